@@ -363,35 +363,41 @@ impl UNetConfig {
         if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
             return Err("conv_in_kernel / conv_out_kernel: must be odd".into());
         }
-        // Settings that change the architecture and have no implementation here.
-        let unsupported_if_set = [
-            "encoder_hid_dim",
-            "encoder_hid_dim_type",
-            "addition_embed_type",
-            "addition_time_embed_dim",
-            "projection_class_embeddings_input_dim",
-            "time_embedding_dim",
-            "time_embedding_act_fn",
-            "timestep_post_act",
-            "attention_type",
-            "reverse_transformer_layers_per_block",
-            "class_embeddings_concat",
-            "dual_cross_attention",
-            "resnet_skip_time_act",
-            "resnet_out_scale_factor",
-            "mid_block_only_cross_attention",
-            "cross_attention_norm",
-            "addition_embed_type_num_heads",
-            "dropout",
+        // Settings that change the architecture and have no implementation here: each must be
+        // absent or hold diffusers' default.
+        use serde_json::{Value, json};
+        let defaults: [(&str, Value); 17] = [
+            ("encoder_hid_dim", Value::Null),
+            ("encoder_hid_dim_type", Value::Null),
+            ("addition_embed_type", Value::Null),
+            ("addition_time_embed_dim", Value::Null),
+            ("projection_class_embeddings_input_dim", Value::Null),
+            ("time_embedding_dim", Value::Null),
+            ("time_embedding_act_fn", Value::Null),
+            ("timestep_post_act", Value::Null),
+            ("attention_type", json!("default")),
+            ("reverse_transformer_layers_per_block", Value::Null),
+            ("class_embeddings_concat", json!(false)),
+            ("dual_cross_attention", json!(false)),
+            ("resnet_skip_time_act", json!(false)),
+            ("resnet_out_scale_factor", json!(1.0)),
+            ("mid_block_only_cross_attention", Value::Null),
+            ("cross_attention_norm", Value::Null),
+            ("dropout", json!(0.0)),
         ];
-        for key in unsupported_if_set {
-            match self.other.get(key) {
-                None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => {}
-                Some(serde_json::Value::Number(n)) if key == "dropout" && n.as_f64() == Some(0.0) => {}
-                Some(serde_json::Value::String(s)) if key == "attention_type" && s == "default" => {}
-                Some(v) => {
-                    return Err(format!("{key}: setting {v} is not supported by this implementation"));
-                }
+        for (key, default) in defaults {
+            let Some(value) = self.other.get(key) else {
+                continue;
+            };
+            let same = match (value, &default) {
+                (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+                (Value::Bool(false), Value::Null) => true,
+                (a, b) => a == b,
+            };
+            if !same {
+                return Err(format!(
+                    "{key}: {value} is not supported by this implementation (only {default})"
+                ));
             }
         }
         Ok(())
