@@ -1,8 +1,40 @@
+//! `ldmscale`: train, sample and measure families of latent diffusion models of different sizes,
+//! and find which size, sampler, step count and guidance give the best images for a budget.
+
+mod zoo;
+
+use clap::{Parser, Subcommand};
+
+/// Scaling properties of latent diffusion models, as working software.
+///
+/// Reproduces Mei et al., "Bigger is not Always Better: Scaling Properties of Latent Diffusion
+/// Models": a family of Stable-Diffusion-style UNets that differ only in base width, trained
+/// from scratch, sampled with DDIM / DDPM / DPM-Solver++ under classifier-free guidance, and
+/// compared at equal sampling cost (GFLOPs x steps).
+#[derive(Parser, Debug)]
+#[command(name = "ldmscale", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the model family: exact parameters, GFLOPs per forward and normalised cost, beside
+    /// the paper's Table 1.
+    ///
+    /// Counts come from the models the toolkit builds (parameters are allocated lazily, so even
+    /// the 5B model costs no memory). Example: `ldmscale zoo --latent 32 --widths 64,128 --format csv`.
+    Zoo(zoo::ZooArgs),
+}
+
 fn main() {
-    let device = burn::tensor::Device::flex();
-    for c in [64, 96, 128, 160, 192, 224, 256, 288, 320, 512, 768] {
-        let m = ldmscale_model::UNet::new(&ldmscale_model::UNetConfig::paper(c), &device);
-        let k = m.cost(64, 64, 77);
-        println!("{c} {} {} {} {} {}", k.macs(), k.norm_elements, k.activation_elements, k.softmax_elements, k.elementwise);
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Zoo(args) => zoo::run(args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
     }
 }

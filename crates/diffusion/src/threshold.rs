@@ -38,12 +38,13 @@ pub(crate) fn process_x0(config: &SchedulerConfig, x0: Tensor<4>, allow_clip: bo
     }
 }
 
-/// torch.quantile(linear) of an ascending slice, in torch's f32 arithmetic:
-/// rank = q * (n - 1), then `lerp(below, above, rank - floor(rank))`.
+/// torch.quantile(linear) of an ascending slice, as torch 2.15 computes it (checked bit for bit):
+/// `q` is rounded to the tensor's dtype (f32), the rank `q * (n - 1)` and the interpolation
+/// weight are formed in f64, and the lerp runs in f32 with the weight rounded to f32.
 fn torch_quantile_sorted(sorted: &[f32], q: f32) -> f32 {
-    let rank = q * (sorted.len() - 1) as f32;
+    let rank = q as f64 * (sorted.len() - 1) as f64;
     let below = rank.floor();
-    let weight = rank - below;
+    let weight = (rank - below) as f32;
     let lo = sorted[below as usize];
     let hi = sorted[rank.ceil() as usize];
     // torch's lerp switches formula at weight 0.5 for accuracy.

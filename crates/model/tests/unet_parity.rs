@@ -85,7 +85,7 @@ fn check(case: &str) {
     let out = model.forward_with(sample, &timesteps, context, &extra);
     let (shape, reference) = io.f32("out").unwrap();
     assert_eq!(out.dims().to_vec(), shape, "{case}: output shape");
-    let ours = out.into_data().to_vec::<f32>().unwrap();
+    let ours = out.into_data().try_to_vec::<f32>().unwrap();
     let (rel, max_abs) = errors(&ours, &reference);
     let scale = reference.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
     eprintln!("{case}: relative L2 {rel:.2e}, max abs {max_abs:.2e} (|out| <= {scale:.2})");

@@ -360,7 +360,7 @@ impl UNetConfig {
                 "class_embed_type: unsupported {kind:?}; only null (with num_class_embeds) is supported"
             ));
         }
-        if self.conv_in_kernel % 2 == 0 || self.conv_out_kernel % 2 == 0 {
+        if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
             return Err("conv_in_kernel / conv_out_kernel: must be odd".into());
         }
         // Settings that change the architecture and have no implementation here: each must be

@@ -1,0 +1,111 @@
+//! Times the UNet forward (a batched CFG sampling step) and a training step (forward, backward,
+//! AdamW) on this machine, printing one JSON object. `bench/unet.sh` runs it beside the same
+//! model in PyTorch/diffusers and prints the ratios.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer as _};
+use burn::tensor::{Device, Distribution, Tensor};
+use clap::Parser;
+use ldmscale_model::weights::save_unet;
+use ldmscale_model::{UNet, UNetConfig};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Base width of the small SD-layout model ([c, 2c, 2c], attention at the top two levels).
+    #[arg(long, default_value_t = 32)]
+    width: usize,
+    /// Batch (a CFG step runs twice this).
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Latent side.
+    #[arg(long, default_value_t = 32)]
+    latent: usize,
+    /// Text tokens and their width.
+    #[arg(long, default_value_t = 16)]
+    tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    context_dim: usize,
+    /// Timed repetitions after one warm-up.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Writes the model (config.json + weights) here so the peer builds the same one.
+    #[arg(long)]
+    save: Option<PathBuf>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let config = UNetConfig::small(args.width, args.context_dim, 8.min(args.width / 8).max(1));
+    let device = Device::flex();
+    let model = UNet::new(&config, &device);
+    if let Some(dir) = &args.save {
+        save_unet(dir, &config, &model)?;
+    }
+    let (b, l) = (args.batch, args.latent);
+    let cost = model.cost(l, l, args.tokens);
+
+    // Sampling step: CFG doubles the batch in one call.
+    let x = Tensor::<4>::random([2 * b, 4, l, l], Distribution::Normal(0.0, 1.0), &device);
+    let ctx = Tensor::<3>::random([2 * b, args.tokens, args.context_dim], Distribution::Normal(0.0, 1.0), &device);
+    let t: Vec<f32> = (0..2 * b).map(|i| (37 * i % 1000) as f32).collect();
+    let mut forward = Vec::new();
+    for rep in 0..=args.reps {
+        let start = Instant::now();
+        let out = model.forward(x.clone(), &t, ctx.clone());
+        let _ = out.into_data();
+        if rep > 0 {
+            forward.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+
+    // Training step on the autodiff device.
+    let ad = device.autodiff();
+    let mut train_model = UNet::new(&config, &ad);
+    let mut optim = AdamWConfig::new().with_weight_decay(0.01).init();
+    let x = Tensor::<4>::random([b, 4, l, l], Distribution::Normal(0.0, 1.0), &ad);
+    let noise = Tensor::<4>::random([b, 4, l, l], Distribution::Normal(0.0, 1.0), &ad);
+    let ctx = Tensor::<3>::random([b, args.tokens, args.context_dim], Distribution::Normal(0.0, 1.0), &ad);
+    let t: Vec<f32> = (0..b).map(|i| (91 * i % 1000) as f32).collect();
+    let mut train = Vec::new();
+    for rep in 0..=args.reps {
+        let start = Instant::now();
+        let pred = train_model.forward(x.clone(), &t, ctx.clone());
+        let loss = (pred - noise.clone()).powi_scalar(2).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &train_model);
+        train_model = optim.step(1e-4, train_model, grads);
+        if rep > 0 {
+            train.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+
+    let forward_ms = median(forward);
+    let train_ms = median(train);
+    let gflop_fwd = cost.gflops() * (2 * b) as f64;
+    // Backward is about twice the forward's multiply-adds.
+    let gflop_train = cost.gflops() * b as f64 * 3.0;
+    println!(
+        "{}",
+        serde_json::json!({
+            "backend": "burn-flex",
+            "width": args.width,
+            "params": model.num_params(),
+            "batch": b,
+            "latent": l,
+            "gflops_per_sample_forward": cost.gflops(),
+            "cfg_step_ms": forward_ms,
+            "cfg_step_gflops_per_s": gflop_fwd / (forward_ms / 1e3),
+            "train_step_ms": train_ms,
+            "train_step_gflops_per_s": gflop_train / (train_ms / 1e3),
+        })
+    );
+    Ok(())
+}
