@@ -132,8 +132,10 @@ mod tests {
         bytes.truncate(bytes.len() - 1);
         let err = parse(&bytes).unwrap_err().to_string();
         assert!(err.contains("bytes of data"), "{err}");
-        let ints = encode(&[1], &[0.0]);
-        let text = String::from_utf8_lossy(&ints).replace("<f4", "<i4");
-        assert!(parse(text.as_bytes()).unwrap_err().to_string().contains("'<i4'"));
+        let mut ints = encode(&[1], &[0.0]);
+        let at = ints.windows(3).position(|w| w == b"<f4").unwrap();
+        ints[at + 1] = b'i';
+        let err = parse(&ints).unwrap_err().to_string();
+        assert!(err.contains("'<i4'"), "{err}");
     }
 }

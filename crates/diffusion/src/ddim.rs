@@ -45,7 +45,7 @@ pub struct DdimSampler {
 impl DdimSampler {
     /// DDIM with `num_steps` steps; spacing defaults to `leading`.
     pub fn new(config: &SchedulerConfig, options: DdimOptions, num_steps: usize) -> Result<Self> {
-        if !(options.eta >= 0.0) {
+        if options.eta.is_nan() || options.eta < 0.0 {
             return Err(DiffusionError::config(
                 "eta",
                 format!("{} must be >= 0", options.eta),
@@ -106,7 +106,10 @@ impl DdimSampler {
             eps
         };
         let direction = eps.mul_scalar((1.0 - alpha_prod_t_prev - std_dev_t * std_dev_t).sqrt());
-        let mut prev = x0.clone().mul_scalar(alpha_prod_t_prev.sqrt()).add(direction);
+        let mut prev = x0
+            .clone()
+            .mul_scalar(alpha_prod_t_prev.sqrt())
+            .add(direction);
         if self.options.eta > 0.0 {
             let noise = noise.ok_or_else(|| {
                 DiffusionError::NoiseExhausted("DDIM with eta > 0 needs noise".to_string())

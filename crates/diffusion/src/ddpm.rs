@@ -108,8 +108,8 @@ impl DdpmSampler {
                 DiffusionError::NoiseExhausted(format!("DDPM step at t = {t} needs noise"))
             })?;
             // diffusers' `_get_variance` recomputes beta' the same way.
-            let variance = ((1.0 - alpha_prod_t_prev) / (1.0 - alpha_prod_t) * current_beta_t)
-                .max(1e-20);
+            let variance =
+                ((1.0 - alpha_prod_t_prev) / (1.0 - alpha_prod_t) * current_beta_t).max(1e-20);
             let std = match self.options.variance_type {
                 DdpmVariance::FixedSmall => variance.sqrt(),
                 DdpmVariance::FixedSmallLog => (0.5 * variance.ln()).exp(),

@@ -224,14 +224,19 @@ impl DpmSolverSampler {
     }
 
     /// diffusers `convert_model_output` for the ++ algorithms: the x0 prediction.
-    fn convert_model_output(&self, index: usize, output: Tensor<4>, sample: Tensor<4>) -> Tensor<4> {
+    fn convert_model_output(
+        &self,
+        index: usize,
+        output: Tensor<4>,
+        sample: Tensor<4>,
+    ) -> Tensor<4> {
         let (alpha_t, sigma_t) = alpha_sigma(self.sigmas[index]);
         let x0 = match self.config.prediction_type {
             PredictionType::Epsilon => sample.sub(output.mul_scalar(sigma_t)).div_scalar(alpha_t),
             PredictionType::Sample => output,
-            PredictionType::VPrediction => sample
-                .mul_scalar(alpha_t)
-                .sub(output.mul_scalar(sigma_t)),
+            PredictionType::VPrediction => {
+                sample.mul_scalar(alpha_t).sub(output.mul_scalar(sigma_t))
+            }
         };
         process_x0(&self.config, x0, false)
     }
@@ -407,7 +412,9 @@ impl Sampler for DpmSolverSampler {
         self.history.push(x0);
 
         let z = match o.algorithm_type {
-            DpmAlgorithm::SdeDpmSolverPlusPlus => Some(noise.noise(sample.dims(), &sample.device())?),
+            DpmAlgorithm::SdeDpmSolverPlusPlus => {
+                Some(noise.noise(sample.dims(), &sample.device())?)
+            }
             DpmAlgorithm::DpmSolverPlusPlus => None,
         };
         let order = o.solver_order;

@@ -25,7 +25,6 @@ impl<M: ConditionalModel + ?Sized> ConditionalModel for &mut M {
 
 /// Classifier-free guidance around a [`ConditionalModel`]:
 /// `out = u + w (c - u)`, optionally rescaled (diffusers `rescale_noise_cfg`).
-#[derive(Debug)]
 pub struct Cfg<M> {
     model: M,
     /// Conditional contexts, `[B, L, D]`.
@@ -34,6 +33,17 @@ pub struct Cfg<M> {
     both: Tensor<3>,
     scale: f32,
     rescale: f32,
+}
+
+impl<M> std::fmt::Debug for Cfg<M> {
+    // Models need not be Debug; show the guidance settings instead.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cfg")
+            .field("scale", &self.scale)
+            .field("rescale", &self.rescale)
+            .field("cond", &self.cond.dims())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<M: ConditionalModel> Cfg<M> {
@@ -56,7 +66,11 @@ impl<M: ConditionalModel> Cfg<M> {
                 cond.dims()
             )));
         }
-        let uncond = if ub == b { uncond } else { uncond.expand([b, l, d]) };
+        let uncond = if ub == b {
+            uncond
+        } else {
+            uncond.expand([b, l, d])
+        };
         let both = Tensor::cat(vec![uncond, cond.clone()], 0);
         Ok(Self {
             model,
@@ -148,5 +162,8 @@ pub fn rescale_noise_cfg(guided: Tensor<4>, cond: Tensor<4>, phi: f32) -> Tensor
 /// Unbiased standard deviation over all but the batch dimension, as `[B, 1, 1, 1]`.
 fn per_sample_std(x: Tensor<4>) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
-    x.reshape([b, c * h * w]).var(1).sqrt().reshape([b, 1, 1, 1])
+    x.reshape([b, c * h * w])
+        .var(1)
+        .sqrt()
+        .reshape([b, 1, 1, 1])
 }

@@ -26,7 +26,9 @@ pub mod timesteps;
 pub use ddim::{DdimOptions, DdimSampler};
 pub use ddpm::{DdpmOptions, DdpmSampler, DdpmVariance};
 pub use denoiser::{Denoiser, FnDenoiser};
-pub use dpm_solver::{DpmAlgorithm, DpmSolverOptions, DpmSolverSampler, DpmSolverType, FinalSigmas};
+pub use dpm_solver::{
+    DpmAlgorithm, DpmSolverOptions, DpmSolverSampler, DpmSolverType, FinalSigmas,
+};
 pub use error::{DiffusionError, Result};
 pub use guidance::{Cfg, ConditionalModel};
 pub use noise::{NoNoise, NoiseQueue, NoiseSource, SeededNoise};

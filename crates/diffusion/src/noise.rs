@@ -35,7 +35,9 @@ impl SeededNoise {
 
     /// `n` standard-normal values.
     pub fn sample_vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| StandardNormal.sample(&mut self.rng)).collect()
+        (0..n)
+            .map(|_| StandardNormal.sample(&mut self.rng))
+            .collect()
     }
 }
 

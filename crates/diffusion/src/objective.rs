@@ -108,7 +108,7 @@ impl DiffusionObjective {
         snr_gamma: Option<f32>,
     ) -> Result<Self> {
         if let Some(g) = snr_gamma
-            && !(g > 0.0)
+            && (g.is_nan() || g <= 0.0)
         {
             return Err(DiffusionError::config(
                 "snr_gamma",
@@ -123,7 +123,12 @@ impl DiffusionObjective {
     }
 
     /// Noises `x0` with `noise` at per-sample `timesteps` and builds the target.
-    pub fn pair(&self, x0: Tensor<4>, noise: Tensor<4>, timesteps: &[usize]) -> Result<TrainingPair> {
+    pub fn pair(
+        &self,
+        x0: Tensor<4>,
+        noise: Tensor<4>,
+        timesteps: &[usize],
+    ) -> Result<TrainingPair> {
         if x0.dims() != noise.dims() {
             return Err(DiffusionError::Shape(format!(
                 "latents {:?} and noise {:?} differ",
@@ -169,12 +174,20 @@ pub fn weighted_mse(pred: Tensor<4>, target: Tensor<4>, weights: &[f32]) -> Resu
     }
     let [b, c, h, w] = pred.dims();
     let weights = per_sample_coefficient(&pred, weights.iter().copied())?.reshape([b, 1]);
-    let per_sample = pred.sub(target).square().reshape([b, c * h * w]).mean_dim(1);
+    let per_sample = pred
+        .sub(target)
+        .square()
+        .reshape([b, c * h * w])
+        .mean_dim(1);
     Ok(per_sample.mul(weights).mean())
 }
 
 /// Uniform training timesteps in `0..num_train_timesteps`, one per sample.
-pub fn sample_timesteps(rng: &mut impl Rng, batch: usize, num_train_timesteps: usize) -> Vec<usize> {
+pub fn sample_timesteps(
+    rng: &mut impl Rng,
+    batch: usize,
+    num_train_timesteps: usize,
+) -> Vec<usize> {
     (0..batch)
         .map(|_| rng.random_range(0..num_train_timesteps))
         .collect()
@@ -215,7 +228,9 @@ pub fn drop_text(
         .enumerate()
         .map(|(i, &drop)| {
             if drop {
-                null_context.clone().narrow(0, if nb == 1 { 0 } else { i }, 1)
+                null_context
+                    .clone()
+                    .narrow(0, if nb == 1 { 0 } else { i }, 1)
             } else {
                 context.clone().narrow(0, i, 1)
             }

@@ -37,7 +37,9 @@ impl PredictionType {
                     .clone()
                     .mul_scalar(sqrt_a)
                     .sub(model_output.clone().mul_scalar(sqrt_b));
-                let eps = model_output.mul_scalar(sqrt_a).add(sample.mul_scalar(sqrt_b));
+                let eps = model_output
+                    .mul_scalar(sqrt_a)
+                    .add(sample.mul_scalar(sqrt_b));
                 (x0, eps)
             }
         }
@@ -67,8 +69,7 @@ impl PredictionType {
         alpha_prods: &[f32],
     ) -> Result<(Tensor<4>, Tensor<4>)> {
         let sqrt_a = per_sample_coefficient(&sample, alpha_prods.iter().map(|a| a.sqrt()))?;
-        let sqrt_b =
-            per_sample_coefficient(&sample, alpha_prods.iter().map(|a| (1.0 - a).sqrt()))?;
+        let sqrt_b = per_sample_coefficient(&sample, alpha_prods.iter().map(|a| (1.0 - a).sqrt()))?;
         Ok(match self {
             PredictionType::Epsilon => {
                 let x0 = sample.sub(model_output.clone().mul(sqrt_b)).div(sqrt_a);

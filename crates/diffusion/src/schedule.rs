@@ -149,7 +149,10 @@ impl SchedulerConfig {
         } else if self.beta_schedule != BetaSchedule::SquaredcosCapV2 {
             for (field, v) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
                 if !(v > 0.0 && v < 1.0) {
-                    return Err(DiffusionError::config(field, format!("{v} is outside (0, 1)")));
+                    return Err(DiffusionError::config(
+                        field,
+                        format!("{v} is outside (0, 1)"),
+                    ));
                 }
             }
         }
@@ -159,13 +162,16 @@ impl SchedulerConfig {
                 format!("{} is outside (0, 1]", self.dynamic_thresholding_ratio),
             ));
         }
-        if !(self.sample_max_value >= 1.0) {
+        if self.sample_max_value.is_nan() || self.sample_max_value < 1.0 {
             return Err(DiffusionError::config(
                 "sample_max_value",
-                format!("{} must be >= 1 (the threshold is clamped to [1, sample_max_value])", self.sample_max_value),
+                format!(
+                    "{} must be >= 1 (the threshold is clamped to [1, sample_max_value])",
+                    self.sample_max_value
+                ),
             ));
         }
-        if !(self.clip_sample_range > 0.0) {
+        if self.clip_sample_range.is_nan() || self.clip_sample_range <= 0.0 {
             return Err(DiffusionError::config(
                 "clip_sample_range",
                 format!("{} must be positive", self.clip_sample_range),
@@ -274,7 +280,11 @@ pub fn torch_cumprod(values: impl IntoIterator<Item = f32>) -> Vec<f32> {
 
 /// diffusers `betas_for_alpha_bar` with the cosine transform: computed in f64, stored as f32.
 fn cosine_betas(n: usize, max_beta: f64) -> Vec<f32> {
-    let alpha_bar = |t: f64| ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0).cos().powi(2);
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2)
+    };
     (0..n)
         .map(|i| {
             let t1 = i as f64 / n as f64;
@@ -345,7 +355,10 @@ mod tests {
           "num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true,
           "steps_offset": 1, "trained_betas": null, "clip_sample": false
         }"#;
-        assert_eq!(SchedulerConfig::from_json(json).unwrap(), SchedulerConfig::sd());
+        assert_eq!(
+            SchedulerConfig::from_json(json).unwrap(),
+            SchedulerConfig::sd()
+        );
         let v = SchedulerConfig::from_json(
             r#"{"prediction_type": "v_prediction", "timestep_spacing": "trailing"}"#,
         )

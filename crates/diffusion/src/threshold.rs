@@ -29,7 +29,11 @@ pub fn dynamic_threshold(x0: Tensor<4>, ratio: f32, max_value: f32) -> Tensor<4>
 /// `allow_clip` is false for samplers whose diffusers class has no `clip_sample` (DPM-Solver).
 pub(crate) fn process_x0(config: &SchedulerConfig, x0: Tensor<4>, allow_clip: bool) -> Tensor<4> {
     if config.thresholding {
-        dynamic_threshold(x0, config.dynamic_thresholding_ratio, config.sample_max_value)
+        dynamic_threshold(
+            x0,
+            config.dynamic_thresholding_ratio,
+            config.sample_max_value,
+        )
     } else if allow_clip && config.clip_sample {
         let r = config.clip_sample_range;
         x0.clamp(-r, r)

@@ -36,7 +36,10 @@ pub fn ddim_timesteps(
             .collect(),
         TimestepSpacing::Leading => {
             let ratio = t / n;
-            (0..n).rev().map(|i| i * ratio + steps_offset as i64).collect()
+            (0..n)
+                .rev()
+                .map(|i| i * ratio + steps_offset as i64)
+                .collect()
         }
         TimestepSpacing::Trailing => np_arange(t as f64, 0.0, -(t as f64 / n as f64))
             .into_iter()
@@ -72,7 +75,10 @@ pub fn dpm_solver_timesteps(
         }
         TimestepSpacing::Leading => {
             let ratio = last / (n + 1);
-            (1..=n).rev().map(|i| i * ratio + steps_offset as i64).collect()
+            (1..=n)
+                .rev()
+                .map(|i| i * ratio + steps_offset as i64)
+                .collect()
         }
         TimestepSpacing::Trailing => {
             np_arange(last as f64, 0.0, -(num_train_timesteps as f64 / n as f64))
@@ -95,10 +101,15 @@ fn check_steps(num_train_timesteps: usize, num_steps: usize) -> Result<()> {
 }
 
 fn check_range(steps: Vec<i64>, num_train_timesteps: usize) -> Result<Vec<i64>> {
-    match steps.iter().find(|&&s| s < 0 || s >= num_train_timesteps as i64) {
+    match steps
+        .iter()
+        .find(|&&s| s < 0 || s >= num_train_timesteps as i64)
+    {
         Some(s) => Err(DiffusionError::config(
             "steps_offset",
-            format!("timestep {s} falls outside 0..{num_train_timesteps}; lower steps_offset or the step count"),
+            format!(
+                "timestep {s} falls outside 0..{num_train_timesteps}; lower steps_offset or the step count"
+            ),
         )),
         None => Ok(steps),
     }

@@ -90,7 +90,9 @@ fn dynamic_threshold_matches_diffusers() {
     let ratio = fx.manifest["threshold"]["dynamic_thresholding_ratio"]
         .as_f64()
         .unwrap() as f32;
-    let max = fx.manifest["threshold"]["sample_max_value"].as_f64().unwrap() as f32;
+    let max = fx.manifest["threshold"]["sample_max_value"]
+        .as_f64()
+        .unwrap() as f32;
     let x = fx.tensor4("threshold/input", &device);
     check(
         "_threshold_sample",

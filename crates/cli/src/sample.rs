@@ -1,0 +1,282 @@
+//! `ldmscale sample`: run a sampler with classifier-free guidance over a diffusers-format UNet.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use burn::tensor::{Device, Tensor, TensorData};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use ldmscale_diffusion::{
+    Cfg, ConditionalModel, DdimOptions, DdpmOptions, DpmSolverOptions, NoiseQueue, NoiseSource,
+    SamplerKind, SchedulerConfig, SeededNoise, sample,
+};
+use ldmscale_model::UNet;
+use ldmscale_model::weights::load_unet;
+
+use crate::npy;
+
+/// The samplers of the paper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SamplerName {
+    /// DDIM (deterministic with --eta 0), the paper's default.
+    Ddim,
+    /// Ancestral DDPM (stochastic).
+    Ddpm,
+    /// DPM-Solver++ 2M, the paper's higher-order sampler.
+    #[value(name = "dpmpp-2m")]
+    DpmPP2M,
+    /// DPM-Solver++ 3M.
+    #[value(name = "dpmpp-3m")]
+    DpmPP3M,
+}
+
+impl SamplerName {
+    /// The sampler with its options.
+    pub fn kind(self, eta: f32) -> SamplerKind {
+        match self {
+            SamplerName::Ddim => SamplerKind::Ddim(DdimOptions {
+                eta,
+                ..DdimOptions::default()
+            }),
+            SamplerName::Ddpm => SamplerKind::Ddpm(DdpmOptions::default()),
+            SamplerName::DpmPP2M => SamplerKind::DpmSolver(DpmSolverOptions::default()),
+            SamplerName::DpmPP3M => SamplerKind::DpmSolver(DpmSolverOptions {
+                solver_order: 3,
+                ..DpmSolverOptions::default()
+            }),
+        }
+    }
+
+    fn is_stochastic(self, eta: f32) -> bool {
+        self == SamplerName::Ddpm || (self == SamplerName::Ddim && eta > 0.0)
+    }
+}
+
+/// Arguments of `ldmscale sample`.
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// UNet directory in diffusers layout (config.json + diffusion_pytorch_model.safetensors).
+    #[arg(long, value_name = "DIR")]
+    pub unet: PathBuf,
+    /// diffusers scheduler_config.json; default: `scheduler/scheduler_config.json` beside the
+    /// UNet directory if present, else Stable Diffusion's (scaled_linear, steps_offset 1).
+    #[arg(long, value_name = "FILE")]
+    pub scheduler_config: Option<PathBuf>,
+    /// Sampler.
+    #[arg(long, value_enum, default_value_t = SamplerName::Ddim)]
+    pub sampler: SamplerName,
+    /// Sampling steps (denoiser calls).
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Classifier-free guidance scale w; w <= 1 runs the conditional model alone (one
+    /// evaluation per step), w > 1 costs two evaluations per step, as in diffusers.
+    #[arg(long, default_value_t = 7.5)]
+    pub cfg: f32,
+    /// DDIM stochasticity (0 = deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f32,
+    /// Seed of the initial latents and of the sampler's noise.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images to sample (ignored where --prompt-embeds or --init-latents fix the batch).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Text states [B, tokens, width] as .npy (e.g. from a diffusers pipeline's encode_prompt).
+    #[arg(long, value_name = "A.npy")]
+    pub prompt_embeds: PathBuf,
+    /// Unconditional text states [B or 1, tokens, width] (.npy); default: zeros.
+    #[arg(long, value_name = "B.npy")]
+    pub negative_embeds: Option<PathBuf>,
+    /// Initial latents [B, C, H, W] (.npy); default: seeded standard normal noise.
+    #[arg(long, value_name = "L.npy")]
+    pub init_latents: Option<PathBuf>,
+    /// Noise for stochastic samplers, one [B, C, H, W] slice per step, as .npy
+    /// [steps, B, C, H, W] (to replay another implementation's draws); default: seeded.
+    #[arg(long, value_name = "N.npy")]
+    pub noise: Option<PathBuf>,
+    /// Latent side length when --init-latents is not given; default: the config's sample_size.
+    #[arg(long)]
+    pub latent_size: Option<usize>,
+    /// Where to write the final latents (.npy, [B, C, H, W]).
+    #[arg(long, value_name = "OUT.npy")]
+    pub output_latents: Option<PathBuf>,
+}
+
+/// The UNet seen as the conditional model that guidance wraps.
+struct UNetDenoiser<'a>(&'a UNet);
+
+impl ConditionalModel for UNetDenoiser<'_> {
+    fn forward(&mut self, x: Tensor<4>, timesteps: Tensor<1>, context: &Tensor<3>) -> Tensor<4> {
+        let t = timesteps
+            .into_data()
+            .convert::<f32>()
+            .try_to_vec::<f32>()
+            .expect("f32 timesteps");
+        self.0.forward(x, &t, context.clone())
+    }
+}
+
+fn tensor<const D: usize>(array: npy::Array, what: &str, path: &Path, device: &Device) -> Result<Tensor<D>> {
+    ensure!(
+        array.shape.len() == D,
+        "{}: {what} must have {D} dimensions, found shape {:?}",
+        path.display(),
+        array.shape
+    );
+    Ok(Tensor::from_data(TensorData::new(array.data, array.shape), device))
+}
+
+fn scheduler_config(args: &SampleArgs) -> Result<SchedulerConfig> {
+    let beside = args
+        .unet
+        .parent()
+        .map(|p| p.join("scheduler").join("scheduler_config.json"));
+    let path = match (&args.scheduler_config, beside) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(p)) if p.exists() => Some(p),
+        _ => None,
+    };
+    match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            SchedulerConfig::from_json(&python_json_to_json(&text))
+                .with_context(|| format!("{}", p.display()))
+        }
+        None => Ok(SchedulerConfig::sd()),
+    }
+}
+
+/// diffusers writes configs with Python's json module, which emits the non-standard tokens
+/// `Infinity`, `-Infinity` and `NaN` (e.g. DPM-Solver's `lambda_min_clipped`). They become
+/// `null`, which the config reads as "unset" (diffusers' default of -inf).
+fn python_json_to_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            in_string = !(c == '"' && !escaped);
+            escaped = c == '\\' && !escaped;
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(token) = ["-Infinity", "Infinity", "NaN"].iter().find(|t| rest.starts_with(**t)) {
+            out.push_str("null");
+            rest = &rest[token.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+/// Runs the command.
+pub fn run(args: &SampleArgs) -> Result<()> {
+    ensure!(args.steps > 0, "--steps must be at least 1");
+    ensure!(args.eta >= 0.0, "--eta must be non-negative");
+    if args.output_latents.is_none() {
+        bail!(
+            "nothing to write: pass --output-latents OUT.npy (decoding to PNG needs the first-stage autoencoder, not available yet)"
+        );
+    }
+    let device = Device::flex();
+    let (config, unet) = load_unet(&args.unet, &device)?;
+    let scheduler = scheduler_config(args)?;
+
+    let prompt = npy::read(&args.prompt_embeds)?;
+    let cond: Tensor<3> = tensor(prompt, "--prompt-embeds", &args.prompt_embeds, &device)?;
+    let [batch, tokens, width] = cond.dims();
+    let context_dim = config.level(0).cross_attention_dim;
+    ensure!(
+        width == context_dim,
+        "{}: text states are {width} wide but the UNet's cross_attention_dim is {context_dim}",
+        args.prompt_embeds.display()
+    );
+    let uncond: Tensor<3> = match &args.negative_embeds {
+        Some(p) => tensor(npy::read(p)?, "--negative-embeds", p, &device)?,
+        None => Tensor::zeros([1, tokens, width], &device),
+    };
+
+    let initial: Tensor<4> = match &args.init_latents {
+        Some(p) => {
+            let t: Tensor<4> = tensor(npy::read(p)?, "--init-latents", p, &device)?;
+            ensure!(
+                t.dims()[0] == batch && t.dims()[1] == config.in_channels,
+                "{}: latents {:?} do not match batch {batch} and {} channels",
+                p.display(),
+                t.dims(),
+                config.in_channels
+            );
+            t
+        }
+        None => {
+            let side = args.latent_size.or(config.sample_size).unwrap_or(64);
+            let shape = [batch, config.in_channels, side, side];
+            SeededNoise::new(args.seed).noise(shape, &device)?
+        }
+    };
+    if args.init_latents.is_none() && args.batch != batch {
+        eprintln!("note: batch {batch} taken from --prompt-embeds (not --batch {})", args.batch);
+    }
+
+    let mut noise: Box<dyn NoiseSource> = match &args.noise {
+        Some(p) => {
+            let array = npy::read(p)?;
+            ensure!(
+                array.shape.len() == 5 && array.shape[1..] == initial.dims(),
+                "{}: noise must be [steps, {:?}], found {:?}",
+                p.display(),
+                initial.dims(),
+                array.shape
+            );
+            let slice: usize = array.shape[1..].iter().product();
+            let dims = initial.dims();
+            let slices = array
+                .data
+                .chunks_exact(slice)
+                .map(|c| Tensor::from_data(TensorData::new(c.to_vec(), dims), &device));
+            Box::new(NoiseQueue::new(slices.collect::<Vec<_>>()))
+        }
+        // A seed different from the initial latents' so both streams are independent.
+        None => Box::new(SeededNoise::new(args.seed.wrapping_add(0x5eed))),
+    };
+    if !args.sampler.is_stochastic(args.eta) && args.noise.is_some() {
+        eprintln!("note: --noise is ignored by a deterministic sampler");
+    }
+
+    let mut sampler = args.sampler.kind(args.eta).build(&scheduler, args.steps)?;
+    let mut guided = Cfg::new(UNetDenoiser(&unet), cond, uncond, args.cfg)?;
+    let [_, _, h, w] = initial.dims();
+    let gflops_per_eval = unet.cost(h, w, tokens).gflops();
+
+    let bar = ProgressBar::new(args.steps as u64).with_style(
+        ProgressStyle::with_template("{spinner} sampling {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}]")
+            .expect("valid template"),
+    );
+    let mut tick = |_: &ldmscale_diffusion::StepEvent<'_>| bar.inc(1);
+    let start = Instant::now();
+    let out = sample(sampler.as_mut(), &mut guided, initial, noise.as_mut(), Some(&mut tick))?;
+    bar.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+
+    let dims = out.latents.dims();
+    let values = out.latents.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32");
+    ensure!(values.iter().all(|v| v.is_finite()), "sampling produced non-finite latents");
+    if let Some(path) = &args.output_latents {
+        npy::write(path, &dims, &values)?;
+    }
+    eprintln!(
+        "{} steps of {:?}, CFG {}: {} evaluations per image x {:.3} GFLOPs = {:.2} GFLOPs per image; {:.2} s for {} images",
+        out.steps,
+        args.sampler,
+        args.cfg,
+        out.evaluations,
+        gflops_per_eval,
+        out.evaluations as f64 * gflops_per_eval,
+        seconds,
+        batch
+    );
+    Ok(())
+}
