@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer as _};
+use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Parser;
 use ldmscale_model::weights::save_unet;
@@ -55,7 +55,11 @@ fn main() -> Result<()> {
 
     // Sampling step: CFG doubles the batch in one call.
     let x = Tensor::<4>::random([2 * b, 4, l, l], Distribution::Normal(0.0, 1.0), &device);
-    let ctx = Tensor::<3>::random([2 * b, args.tokens, args.context_dim], Distribution::Normal(0.0, 1.0), &device);
+    let ctx = Tensor::<3>::random(
+        [2 * b, args.tokens, args.context_dim],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
     let t: Vec<f32> = (0..2 * b).map(|i| (37 * i % 1000) as f32).collect();
     let mut forward = Vec::new();
     for rep in 0..=args.reps {
@@ -73,7 +77,11 @@ fn main() -> Result<()> {
     let mut optim = AdamWConfig::new().with_weight_decay(0.01).init();
     let x = Tensor::<4>::random([b, 4, l, l], Distribution::Normal(0.0, 1.0), &ad);
     let noise = Tensor::<4>::random([b, 4, l, l], Distribution::Normal(0.0, 1.0), &ad);
-    let ctx = Tensor::<3>::random([b, args.tokens, args.context_dim], Distribution::Normal(0.0, 1.0), &ad);
+    let ctx = Tensor::<3>::random(
+        [b, args.tokens, args.context_dim],
+        Distribution::Normal(0.0, 1.0),
+        &ad,
+    );
     let t: Vec<f32> = (0..b).map(|i| (91 * i % 1000) as f32).collect();
     let mut train = Vec::new();
     for rep in 0..=args.reps {

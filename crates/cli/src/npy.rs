@@ -31,7 +31,10 @@ fn parse(bytes: &[u8]) -> Result<Array> {
             if bytes.len() < 12 {
                 bail!("truncated header");
             }
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+            (
+                u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+                12,
+            )
         }
         v => bail!("unknown .npy version {v}"),
     };
@@ -41,7 +44,9 @@ fn parse(bytes: &[u8]) -> Result<Array> {
     let header = std::str::from_utf8(header).context("header is not text")?;
     let field = |name: &str| -> Result<&str> {
         let key = format!("'{name}':");
-        let at = header.find(&key).with_context(|| format!("header has no {name:?}"))?;
+        let at = header
+            .find(&key)
+            .with_context(|| format!("header has no {name:?}"))?;
         Ok(header[at + key.len()..].trim_start())
     };
     let descr = field("descr")?;
@@ -50,7 +55,10 @@ fn parse(bytes: &[u8]) -> Result<Array> {
     } else if descr.starts_with("'<f8'") {
         8
     } else {
-        bail!("dtype {} is not supported; expected '<f4' or '<f8'", descr.split(',').next().unwrap_or(""));
+        bail!(
+            "dtype {} is not supported; expected '<f4' or '<f8'",
+            descr.split(',').next().unwrap_or("")
+        );
     };
     if field("fortran_order")?.starts_with("True") {
         bail!("Fortran-order arrays are not supported; save with np.ascontiguousarray");
@@ -61,12 +69,19 @@ fn parse(bytes: &[u8]) -> Result<Array> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().with_context(|| format!("bad dimension {s:?}")))
+        .map(|s| {
+            s.parse::<usize>()
+                .with_context(|| format!("bad dimension {s:?}"))
+        })
         .collect::<Result<_>>()?;
     let count: usize = shape.iter().product();
     let body = &bytes[start + header_len..];
     if body.len() != count * width {
-        bail!("expected {} bytes of data for shape {shape:?}, found {}", count * width, body.len());
+        bail!(
+            "expected {} bytes of data for shape {shape:?}, found {}",
+            count * width,
+            body.len()
+        );
     }
     let data = if width == 4 {
         body.chunks_exact(4)

@@ -32,20 +32,28 @@ pub enum SamplerName {
 }
 
 impl SamplerName {
-    /// The sampler with its options.
-    pub fn kind(self, eta: f32) -> SamplerKind {
-        match self {
+    /// The sampler with its options; DPM-Solver's other settings (algorithm, final sigmas,
+    /// lower_order_final, ...) come from the scheduler config when one is given.
+    pub fn kind(self, eta: f32, scheduler_json: Option<&str>) -> Result<SamplerKind> {
+        let dpm = |order: usize| -> Result<SamplerKind> {
+            let base = match scheduler_json {
+                Some(text) => DpmSolverOptions::from_json(text)?,
+                None => DpmSolverOptions::default(),
+            };
+            Ok(SamplerKind::DpmSolver(DpmSolverOptions {
+                solver_order: order,
+                ..base
+            }))
+        };
+        Ok(match self {
             SamplerName::Ddim => SamplerKind::Ddim(DdimOptions {
                 eta,
                 ..DdimOptions::default()
             }),
             SamplerName::Ddpm => SamplerKind::Ddpm(DdpmOptions::default()),
-            SamplerName::DpmPP2M => SamplerKind::DpmSolver(DpmSolverOptions::default()),
-            SamplerName::DpmPP3M => SamplerKind::DpmSolver(DpmSolverOptions {
-                solver_order: 3,
-                ..DpmSolverOptions::default()
-            }),
-        }
+            SamplerName::DpmPP2M => dpm(2)?,
+            SamplerName::DpmPP3M => dpm(3)?,
+        })
     }
 
     fn is_stochastic(self, eta: f32) -> bool {
@@ -117,17 +125,26 @@ impl ConditionalModel for UNetDenoiser<'_> {
     }
 }
 
-fn tensor<const D: usize>(array: npy::Array, what: &str, path: &Path, device: &Device) -> Result<Tensor<D>> {
+fn tensor<const D: usize>(
+    array: npy::Array,
+    what: &str,
+    path: &Path,
+    device: &Device,
+) -> Result<Tensor<D>> {
     ensure!(
         array.shape.len() == D,
         "{}: {what} must have {D} dimensions, found shape {:?}",
         path.display(),
         array.shape
     );
-    Ok(Tensor::from_data(TensorData::new(array.data, array.shape), device))
+    Ok(Tensor::from_data(
+        TensorData::new(array.data, array.shape),
+        device,
+    ))
 }
 
-fn scheduler_config(args: &SampleArgs) -> Result<SchedulerConfig> {
+/// The scheduler config and, when read from a file, its text.
+fn scheduler_config(args: &SampleArgs) -> Result<(SchedulerConfig, Option<String>)> {
     let beside = args
         .unet
         .parent()
@@ -139,37 +156,14 @@ fn scheduler_config(args: &SampleArgs) -> Result<SchedulerConfig> {
     };
     match path {
         Some(p) => {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            SchedulerConfig::from_json(&python_json_to_json(&text))
-                .with_context(|| format!("{}", p.display()))
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            let config =
+                SchedulerConfig::from_json(&text).with_context(|| format!("{}", p.display()))?;
+            Ok((config, Some(text)))
         }
-        None => Ok(SchedulerConfig::sd()),
+        None => Ok((SchedulerConfig::sd(), None)),
     }
-}
-
-/// diffusers writes configs with Python's json module, which emits the non-standard tokens
-/// `Infinity`, `-Infinity` and `NaN` (e.g. DPM-Solver's `lambda_min_clipped`). They become
-/// `null`, which the config reads as "unset" (diffusers' default of -inf).
-fn python_json_to_json(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut rest = text;
-    while let Some(c) = rest.chars().next() {
-        if in_string {
-            in_string = !(c == '"' && !escaped);
-            escaped = c == '\\' && !escaped;
-        } else if c == '"' {
-            in_string = true;
-        } else if let Some(token) = ["-Infinity", "Infinity", "NaN"].iter().find(|t| rest.starts_with(**t)) {
-            out.push_str("null");
-            rest = &rest[token.len()..];
-            continue;
-        }
-        out.push(c);
-        rest = &rest[c.len_utf8()..];
-    }
-    out
 }
 
 /// Runs the command.
@@ -183,7 +177,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     }
     let device = Device::flex();
     let (config, unet) = load_unet(&args.unet, &device)?;
-    let scheduler = scheduler_config(args)?;
+    let (scheduler, scheduler_json) = scheduler_config(args)?;
 
     let prompt = npy::read(&args.prompt_embeds)?;
     let cond: Tensor<3> = tensor(prompt, "--prompt-embeds", &args.prompt_embeds, &device)?;
@@ -218,7 +212,10 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         }
     };
     if args.init_latents.is_none() && args.batch != batch {
-        eprintln!("note: batch {batch} taken from --prompt-embeds (not --batch {})", args.batch);
+        eprintln!(
+            "note: batch {batch} taken from --prompt-embeds (not --batch {})",
+            args.batch
+        );
     }
 
     let mut noise: Box<dyn NoiseSource> = match &args.noise {
@@ -246,24 +243,43 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         eprintln!("note: --noise is ignored by a deterministic sampler");
     }
 
-    let mut sampler = args.sampler.kind(args.eta).build(&scheduler, args.steps)?;
+    let mut sampler = args
+        .sampler
+        .kind(args.eta, scheduler_json.as_deref())?
+        .build(&scheduler, args.steps)?;
     let mut guided = Cfg::new(UNetDenoiser(&unet), cond, uncond, args.cfg)?;
     let [_, _, h, w] = initial.dims();
     let gflops_per_eval = unet.cost(h, w, tokens).gflops();
 
     let bar = ProgressBar::new(args.steps as u64).with_style(
-        ProgressStyle::with_template("{spinner} sampling {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}]")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{spinner} sampling {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}]",
+        )
+        .expect("valid template"),
     );
     let mut tick = |_: &ldmscale_diffusion::StepEvent<'_>| bar.inc(1);
     let start = Instant::now();
-    let out = sample(sampler.as_mut(), &mut guided, initial, noise.as_mut(), Some(&mut tick))?;
+    let out = sample(
+        sampler.as_mut(),
+        &mut guided,
+        initial,
+        noise.as_mut(),
+        Some(&mut tick),
+    )?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
 
     let dims = out.latents.dims();
-    let values = out.latents.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32");
-    ensure!(values.iter().all(|v| v.is_finite()), "sampling produced non-finite latents");
+    let values = out
+        .latents
+        .into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32");
+    ensure!(
+        values.iter().all(|v| v.is_finite()),
+        "sampling produced non-finite latents"
+    );
     if let Some(path) = &args.output_latents {
         npy::write(path, &dims, &values)?;
     }

@@ -28,7 +28,11 @@ pub struct ZooArgs {
     #[arg(long, default_value_t = 77)]
     pub context: usize,
     /// Base widths (filters) to list; default: the paper's Table 1.
-    #[arg(long, value_delimiter = ',', default_value = "64,96,128,160,192,224,256,288,320,512,768")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "64,96,128,160,192,224,256,288,320,512,768"
+    )]
     pub widths: Vec<usize>,
     /// How to print the rows.
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -133,9 +137,16 @@ fn csv(rows: &[ZooRow]) -> String {
             r.normalized_cost,
             paper.map(|p| p.params.to_string()).unwrap_or_default(),
             paper.map(|p| p.gflops.to_string()).unwrap_or_default(),
-            paper.map(|p| p.normalized_cost.to_string()).unwrap_or_default(),
-            r.gflops_vs_paper.map(|d| format!("{d:.5}")).unwrap_or_default(),
-            r.note.as_deref().map(|n| format!("\"{}\"", n.replace('"', "'"))).unwrap_or_default(),
+            paper
+                .map(|p| p.normalized_cost.to_string())
+                .unwrap_or_default(),
+            r.gflops_vs_paper
+                .map(|d| format!("{d:.5}"))
+                .unwrap_or_default(),
+            r.note
+                .as_deref()
+                .map(|n| format!("\"{}\"", n.replace('"', "'")))
+                .unwrap_or_default(),
         );
     }
     out

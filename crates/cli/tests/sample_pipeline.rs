@@ -47,7 +47,16 @@ fn final_latents_match_the_diffusers_pipeline() {
             .arg(&unet)
             .arg("--scheduler-config")
             .arg(dir.join(scheduler))
-            .args(["--sampler", sampler, "--steps", &steps, "--cfg", &cfg, "--eta", &eta])
+            .args([
+                "--sampler",
+                sampler,
+                "--steps",
+                &steps,
+                "--cfg",
+                &cfg,
+                "--eta",
+                &eta,
+            ])
             .arg("--prompt-embeds")
             .arg(dir.join("prompt_embeds.npy"))
             .arg("--negative-embeds")
@@ -62,7 +71,11 @@ fn final_latents_match_the_diffusers_pipeline() {
         let result = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert!(result.status.success(), "{file}: {stderr}");
-        let per_step = if case["cfg"].as_f64().unwrap() > 1.0 { 2 } else { 1 };
+        let per_step = if case["cfg"].as_f64().unwrap() > 1.0 {
+            2
+        } else {
+            1
+        };
         let evaluations = per_step * case["steps"].as_u64().unwrap();
         assert!(
             stderr.contains(&format!("{evaluations} evaluations per image")),
@@ -75,10 +88,15 @@ fn final_latents_match_the_diffusers_pipeline() {
         // 1e-3, unless the case amplifies rounding so much that diffusers' own f32 run lies
         // further than that from its f64 run (20 guided DPM++ steps of a random network do:
         // a 1e-6 change of the input moves the output by 3e-3); then twice that distance.
-        let floor = case["f32_vs_f64_relative_l2"].as_f64().expect("f32_vs_f64_relative_l2");
+        let floor = case["f32_vs_f64_relative_l2"]
+            .as_f64()
+            .expect("f32_vs_f64_relative_l2");
         let tolerance = 1e-3f64.max(2.0 * floor);
         eprintln!("{file}: relative L2 {err:.2e} (diffusers f32 vs f64: {floor:.1e})");
-        assert!(err < tolerance, "{file}: relative L2 error {err:.3e} >= {tolerance:.1e}");
+        assert!(
+            err < tolerance,
+            "{file}: relative L2 error {err:.3e} >= {tolerance:.1e}"
+        );
     }
 }
 
@@ -102,10 +120,19 @@ fn bad_inputs_are_named() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert!(!result.status.success());
-    assert!(stderr.contains("wrong.npy") && stderr.contains("cross_attention_dim"), "{stderr}");
+    assert!(
+        stderr.contains("wrong.npy") && stderr.contains("cross_attention_dim"),
+        "{stderr}"
+    );
     // A UNet directory that does not exist.
     let result = Command::new(env!("CARGO_BIN_EXE_ldmscale"))
-        .args(["sample", "--unet", "/nonexistent/unet", "--output-latents", "o.npy"])
+        .args([
+            "sample",
+            "--unet",
+            "/nonexistent/unet",
+            "--output-latents",
+            "o.npy",
+        ])
         .arg("--prompt-embeds")
         .arg(dir.join("prompt_embeds.npy"))
         .output()

@@ -122,7 +122,7 @@ impl DpmSolverOptions {
     /// Parses a diffusers scheduler config; Python's `-Infinity` (how diffusers writes the
     /// default `lambda_min_clipped`) is read as "no clipping".
     pub fn from_json(json: &str) -> Result<Self> {
-        let options: Self = serde_json::from_str(&json.replace("-Infinity", "null"))?;
+        let options: Self = serde_json::from_str(&crate::schedule::python_json_to_json(json))?;
         options.validate()?;
         Ok(options)
     }

@@ -119,7 +119,7 @@ impl SchedulerConfig {
 
     /// Parses a diffusers `scheduler_config.json` and validates it.
     pub fn from_json(json: &str) -> Result<Self> {
-        let config: Self = serde_json::from_str(json)?;
+        let config: Self = serde_json::from_str(&python_json_to_json(json))?;
         config.validate()?;
         Ok(config)
     }
@@ -313,9 +313,46 @@ fn rescale_zero_terminal_snr(betas: &[f32]) -> Vec<f32> {
     out
 }
 
+/// diffusers writes configs with Python's json module, which emits the non-standard tokens
+/// `Infinity`, `-Infinity` and `NaN` (e.g. DPM-Solver's `lambda_min_clipped`). They become
+/// `null`, which the config reads as "unset" (diffusers' default of -inf).
+pub fn python_json_to_json(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            in_string = c != '"' || escaped;
+            escaped = c == '\\' && !escaped;
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(token) = ["-Infinity", "Infinity", "NaN"]
+            .iter()
+            .find(|t| rest.starts_with(**t))
+        {
+            out.push_str("null");
+            rest = &rest[token.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn python_json_tokens_become_null() {
+        let text = r#"{"a": -Infinity, "b": "x -Infinity NaN", "c": [NaN, Infinity], "d": "q\\"}"#;
+        assert_eq!(
+            python_json_to_json(text),
+            r#"{"a": null, "b": "x -Infinity NaN", "c": [null, null], "d": "q\\"}"#
+        );
+    }
 
     #[test]
     fn linspace_is_two_sided() {

@@ -153,7 +153,8 @@ impl ModuleMapper for Loader<'_> {
         match self.read(&key, &expected) {
             Ok((values, shape)) => {
                 self.used.insert(key);
-                let mut tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &self.device);
+                let mut tensor =
+                    Tensor::<D>::from_data(TensorData::new(values, shape), &self.device);
                 if transposed {
                     tensor = tensor.transpose();
                 }
@@ -170,7 +171,11 @@ impl ModuleMapper for Loader<'_> {
 
 /// Loads weights from a safetensors file into `module`, requiring every parameter and allowing
 /// no unused tensor.
-pub fn load_safetensors<M: Module>(module: M, file: &Path, device: &Device) -> Result<M, ModelError> {
+pub fn load_safetensors<M: Module>(
+    module: M,
+    file: &Path,
+    device: &Device,
+) -> Result<M, ModelError> {
     let bytes = std::fs::read(file).map_err(|e| ModelError::io(file, e))?;
     let file_name = file.display().to_string();
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::CorruptWeights {
@@ -216,7 +221,11 @@ pub fn load_safetensors<M: Module>(module: M, file: &Path, device: &Device) -> R
     if !unexpected.is_empty() {
         unexpected.sort();
         let total = unexpected.len();
-        let mut keys = unexpected.into_iter().take(5).collect::<Vec<_>>().join(", ");
+        let mut keys = unexpected
+            .into_iter()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join(", ");
         if total > 5 {
             keys.push_str(&format!(" ... ({total} in all)"));
         }

@@ -92,7 +92,11 @@ pub struct ZooRow {
 /// Counts the family at `widths` for `latent`x`latent` latents and `context` text tokens.
 /// Models are built with lazily initialised parameters, so even 5B parameters cost no memory.
 pub fn family(widths: &[usize], latent: usize, context: usize, device: &Device) -> Vec<ZooRow> {
-    let gflops_of = |c: usize| UNet::new(&UNetConfig::paper(c), device).cost(latent, latent, context).gflops();
+    let gflops_of = |c: usize| {
+        UNet::new(&UNetConfig::paper(c), device)
+            .cost(latent, latent, context)
+            .gflops()
+    };
     let reference = gflops_of(REFERENCE_WIDTH);
     widths
         .iter()

@@ -41,7 +41,11 @@ fn paper_config_matches_the_diffusers_config_of_the_fixture() {
             serde_json::from_value(counts[c.to_string()]["config"].clone()).unwrap();
         let ours = UNetConfig::paper(c);
         for level in 0..4 {
-            assert_eq!(ours.level(level), theirs.level(level), "width {c} level {level}");
+            assert_eq!(
+                ours.level(level),
+                theirs.level(level),
+                "width {c} level {level}"
+            );
         }
         assert_eq!(ours.block_out_channels, theirs.block_out_channels);
         assert_eq!(ours.down_block_types, theirs.down_block_types);
@@ -63,7 +67,12 @@ fn multiply_adds_equal_a_hook_count_on_diffusers() {
         // The hook count sees the timestep MLP and the attention products too; ours must agree
         // to within the few small per-sample matmuls either side may attribute differently.
         let rel = (cost.macs() as f64 / total as f64 - 1.0).abs();
-        assert!(rel < 1e-4, "width {c}: {} vs {} multiply-adds", cost.macs(), total);
+        assert!(
+            rel < 1e-4,
+            "width {c}: {} vs {} multiply-adds",
+            cost.macs(),
+            total
+        );
     }
 }
 
@@ -75,12 +84,24 @@ fn gflops_within_one_percent_of_the_paper() {
         let rel = row.gflops / paper.gflops - 1.0;
         if row.width == 64 {
             // Table 1's 25.3 is a typo (its own normalised cost says ~56): flagged, not matched.
-            assert!(row.note.as_deref().unwrap_or("").contains("typo"), "{row:?}");
+            assert!(
+                row.note.as_deref().unwrap_or("").contains("typo"),
+                "{row:?}"
+            );
             assert!((row.gflops - 56.6).abs() < 1.0, "{row:?}");
         } else {
-            assert!(rel.abs() < 0.01, "width {}: {:.1} vs paper {:.1}", row.width, row.gflops, paper.gflops);
+            assert!(
+                rel.abs() < 0.01,
+                "width {}: {:.1} vs paper {:.1}",
+                row.width,
+                row.gflops,
+                paper.gflops
+            );
             assert!(row.note.is_none(), "{row:?}");
-            assert!((row.normalized_cost - paper.normalized_cost).abs() < 0.011, "{row:?}");
+            assert!(
+                (row.normalized_cost - paper.normalized_cost).abs() < 0.011,
+                "{row:?}"
+            );
         }
     }
 }

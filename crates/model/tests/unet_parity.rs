@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use ldmscale_model::weights::load_unet;
 use ldmscale_model::ExtraConditioning;
+use ldmscale_model::weights::load_unet;
 use safetensors::{Dtype, SafeTensors};
 
 fn fixtures() -> PathBuf {

@@ -4,12 +4,14 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
-use ldmscale_model::weights::{load_unet, parameter_shapes, save_unet, CONFIG_FILE, WEIGHTS_FILE};
+use ldmscale_model::weights::{CONFIG_FILE, WEIGHTS_FILE, load_unet, parameter_shapes, save_unet};
 use ldmscale_model::{ModelError, UNet, UNetConfig};
 use safetensors::SafeTensors;
 
 fn case_dir(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/unet").join(case)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/unet")
+        .join(case)
 }
 
 /// Every tensor of a safetensors file as (shape, raw bytes).
@@ -37,7 +39,9 @@ fn write_all(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<u8>)>) {
 }
 
 /// A copy of a fixture directory whose weights `edit` may change.
-fn edited_copy(edit: impl FnOnce(&mut BTreeMap<String, (Vec<usize>, Vec<u8>)>)) -> tempfile::TempDir {
+fn edited_copy(
+    edit: impl FnOnce(&mut BTreeMap<String, (Vec<usize>, Vec<u8>)>),
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let src = case_dir("sd15_like_conv");
     std::fs::copy(src.join(CONFIG_FILE), dir.path().join(CONFIG_FILE)).unwrap();
@@ -49,7 +53,12 @@ fn edited_copy(edit: impl FnOnce(&mut BTreeMap<String, (Vec<usize>, Vec<u8>)>)) 
 
 #[test]
 fn names_and_shapes_equal_diffusers() {
-    for case in ["sd_like_linear", "sd15_like_conv", "lcm_timestep_cond", "upscaler_like"] {
+    for case in [
+        "sd_like_linear",
+        "sd15_like_conv",
+        "lcm_timestep_cond",
+        "upscaler_like",
+    ] {
         let dir = case_dir(case);
         let config = UNetConfig::from_json_file(&dir.join(CONFIG_FILE)).unwrap();
         let ours = parameter_shapes(&UNet::new(&config, &Device::flex()));
@@ -76,14 +85,24 @@ fn save_then_load_gives_the_same_bytes_and_outputs() {
     let (config2, model2) = load_unet(out_dir.path(), &device).unwrap();
     assert_eq!(config.block_out_channels, config2.block_out_channels);
     let x = Tensor::<4>::from_data(
-        TensorData::new((0..2 * 4 * 16 * 16).map(|i| (i as f32 * 0.37).sin()).collect(), [2, 4, 16, 16]),
+        TensorData::new(
+            (0..2 * 4 * 16 * 16)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect(),
+            [2, 4, 16, 16],
+        ),
         &device,
     );
     let ctx = Tensor::<3>::from_data(
-        TensorData::new((0..2 * 3 * 32).map(|i| (i as f32 * 0.11).cos()).collect(), [2, 3, 32]),
+        TensorData::new(
+            (0..2 * 3 * 32).map(|i| (i as f32 * 0.11).cos()).collect(),
+            [2, 3, 32],
+        ),
         &device,
     );
-    let a = model.forward(x.clone(), &[10.0, 900.0], ctx.clone()).into_data();
+    let a = model
+        .forward(x.clone(), &[10.0, 900.0], ctx.clone())
+        .into_data();
     let b = model2.forward(x, &[10.0, 900.0], ctx).into_data();
     assert_eq!(a, b);
 }
@@ -121,10 +140,16 @@ fn a_wrong_shape_is_named() {
 #[test]
 fn an_unexpected_tensor_is_named() {
     let dir = edited_copy(|t| {
-        t.insert("add_embedding.linear_1.weight".into(), (vec![2], vec![0; 8]));
+        t.insert(
+            "add_embedding.linear_1.weight".into(),
+            (vec![2], vec![0; 8]),
+        );
     });
     let err = load_err(dir.path());
-    assert!(err.contains("add_embedding.linear_1.weight") && err.contains("unexpected"), "{err}");
+    assert!(
+        err.contains("add_embedding.linear_1.weight") && err.contains("unexpected"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -134,7 +159,10 @@ fn a_corrupt_file_is_named() {
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains(WEIGHTS_FILE) && err.contains("safetensors"), "{err}");
+    assert!(
+        err.contains(WEIGHTS_FILE) && err.contains("safetensors"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -146,7 +174,10 @@ fn a_bad_config_names_the_field() {
     config["block_out_channels"] = serde_json::json!([8, 8, 16, 18]);
     std::fs::write(&file, config.to_string()).unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains("block_out_channels[3]") && err.contains(CONFIG_FILE), "{err}");
+    assert!(
+        err.contains("block_out_channels[3]") && err.contains(CONFIG_FILE),
+        "{err}"
+    );
     assert!(matches!(
         load_unet(dir.path(), &Device::flex()),
         Err(ModelError::Config { .. })

@@ -42,7 +42,9 @@ impl Attention {
         let v = self.split_heads(self.to_v.forward(context));
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
         let [batch, heads, tokens, head_dim] = out.dims();
-        let merged = out.swap_dims(1, 2).reshape([batch, tokens, heads * head_dim]);
+        let merged = out
+            .swap_dims(1, 2)
+            .reshape([batch, tokens, heads * head_dim]);
         self.to_out.forward(merged)
     }
 
@@ -122,7 +124,11 @@ impl TransformerBlock {
         device: &Device,
     ) -> Self {
         let norm = || LayerNormConfig::new(dim).init(device);
-        let attn1_context = if only_cross_attention { context_dim } else { dim };
+        let attn1_context = if only_cross_attention {
+            context_dim
+        } else {
+            dim
+        };
         Self {
             norm1: norm(),
             attn1: Attention::new(dim, attn1_context, num_heads, device),
@@ -143,14 +149,21 @@ impl TransformerBlock {
             h.clone()
         };
         let x = self.attn1.forward(h, attn1_context) + x;
-        let x = self.attn2.forward(self.norm2.forward(x.clone()), context.clone()) + x;
+        let x = self
+            .attn2
+            .forward(self.norm2.forward(x.clone()), context.clone())
+            + x;
         self.ff.forward(self.norm3.forward(x.clone())) + x
     }
 
     /// Cost for `tokens` tokens reading `keys` context tokens.
     pub fn cost(&self, tokens: usize, keys: usize, cost: &mut Cost) {
         let [dim] = self.norm1.gamma.lazy_shape().dims();
-        let self_keys = if self.only_cross_attention { keys } else { tokens };
+        let self_keys = if self.only_cross_attention {
+            keys
+        } else {
+            tokens
+        };
         norm_cost(tokens * dim, cost);
         self.attn1.cost(tokens, self_keys, cost);
         cost.elementwise(tokens * dim);
@@ -255,7 +268,13 @@ impl SpatialTransformer {
 
     /// Cost for one `[channels, h, w]` sample reading `keys` context tokens.
     pub fn cost(&self, h: usize, w: usize, keys: usize, cost: &mut Cost) {
-        let [channels] = self.norm.gamma.as_ref().expect("affine").lazy_shape().dims();
+        let [channels] = self
+            .norm
+            .gamma
+            .as_ref()
+            .expect("affine")
+            .lazy_shape()
+            .dims();
         norm_cost(channels * h * w, cost);
         self.proj_in.cost(channels, h, w, cost);
         for block in &self.transformer_blocks {

@@ -35,10 +35,23 @@ impl Shared {
     }
 
     fn resnet(&self, c_in: usize, c_out: usize, scale: f64, device: &Device) -> ResnetBlock {
-        ResnetBlock::new(c_in, c_out, self.time_dim, self.groups, self.eps, scale, device)
+        ResnetBlock::new(
+            c_in,
+            c_out,
+            self.time_dim,
+            self.groups,
+            self.eps,
+            scale,
+            device,
+        )
     }
 
-    fn transformer(&self, level: &LevelConfig, only_cross: bool, device: &Device) -> SpatialTransformer {
+    fn transformer(
+        &self,
+        level: &LevelConfig,
+        only_cross: bool,
+        device: &Device,
+    ) -> SpatialTransformer {
         SpatialTransformer::new(
             level.channels,
             level.cross_attention_dim,

@@ -250,12 +250,18 @@ impl UNetConfig {
 
     /// Resolved settings of `level` (0 = highest resolution).
     pub fn level(&self, level: usize) -> LevelConfig {
-        let heads = self.num_attention_heads.as_ref().unwrap_or(&self.attention_head_dim);
+        let heads = self
+            .num_attention_heads
+            .as_ref()
+            .unwrap_or(&self.attention_head_dim);
         LevelConfig {
             channels: self.block_out_channels[level],
             layers: self.layers_per_block.at(level).expect("validated"),
             num_heads: heads.at(level).expect("validated"),
-            transformer_layers: self.transformer_layers_per_block.at(level).expect("validated"),
+            transformer_layers: self
+                .transformer_layers_per_block
+                .at(level)
+                .expect("validated"),
             cross_attention_dim: self.cross_attention_dim.at(level).expect("validated"),
             only_cross_attention: self.only_cross_attention.at(level).expect("validated"),
         }
@@ -301,22 +307,38 @@ impl UNetConfig {
             ));
         }
         let lists: [(&str, bool); 6] = [
-            ("layers_per_block", self.layers_per_block.len_matches(levels)),
-            ("attention_head_dim", self.attention_head_dim.len_matches(levels)),
+            (
+                "layers_per_block",
+                self.layers_per_block.len_matches(levels),
+            ),
+            (
+                "attention_head_dim",
+                self.attention_head_dim.len_matches(levels),
+            ),
             (
                 "num_attention_heads",
-                self.num_attention_heads.as_ref().is_none_or(|h| h.len_matches(levels)),
+                self.num_attention_heads
+                    .as_ref()
+                    .is_none_or(|h| h.len_matches(levels)),
             ),
             (
                 "transformer_layers_per_block",
                 self.transformer_layers_per_block.len_matches(levels),
             ),
-            ("cross_attention_dim", self.cross_attention_dim.len_matches(levels)),
-            ("only_cross_attention", self.only_cross_attention.len_matches(levels)),
+            (
+                "cross_attention_dim",
+                self.cross_attention_dim.len_matches(levels),
+            ),
+            (
+                "only_cross_attention",
+                self.only_cross_attention.len_matches(levels),
+            ),
         ];
         for (field, ok) in lists {
             if !ok {
-                return Err(format!("{field}: a list must have one entry per level ({levels})"));
+                return Err(format!(
+                    "{field}: a list must have one entry per level ({levels})"
+                ));
             }
         }
         let groups = self.norm_num_groups;
@@ -341,7 +363,10 @@ impl UNetConfig {
             }
         }
         if self.act_fn != "silu" {
-            return Err(format!("act_fn: unsupported {:?}; expected \"silu\"", self.act_fn));
+            return Err(format!(
+                "act_fn: unsupported {:?}; expected \"silu\"",
+                self.act_fn
+            ));
         }
         if self.resnet_time_scale_shift != "default" {
             return Err(format!(
@@ -407,12 +432,24 @@ impl UNetConfig {
     /// SD layout, widths [c, 2c, 4c, 4c], 8 heads everywhere, 1024-wide text context,
     /// linear projections.
     pub fn paper(c: usize) -> Self {
-        Self::sd_layout(vec![c, 2 * c, 4 * c, 4 * c], 1024, PerLevel::All(8), true, false)
+        Self::sd_layout(
+            vec![c, 2 * c, 4 * c, 4 * c],
+            1024,
+            PerLevel::All(8),
+            true,
+            false,
+        )
     }
 
     /// Stable Diffusion 1.5's UNet.
     pub fn sd15() -> Self {
-        Self::sd_layout(vec![320, 640, 1280, 1280], 768, PerLevel::All(8), false, false)
+        Self::sd_layout(
+            vec![320, 640, 1280, 1280],
+            768,
+            PerLevel::All(8),
+            false,
+            false,
+        )
     }
 
     /// Stable Diffusion 2.1's UNet (heads 5/10/20/20 through diffusers' `attention_head_dim` quirk).
@@ -438,8 +475,11 @@ impl UNetConfig {
             true,
             false,
         );
-        config.down_block_types =
-            vec![DOWN_CROSS_ATTN.into(), DOWN_CROSS_ATTN.into(), DOWN_PLAIN.into()];
+        config.down_block_types = vec![
+            DOWN_CROSS_ATTN.into(),
+            DOWN_CROSS_ATTN.into(),
+            DOWN_PLAIN.into(),
+        ];
         config.up_block_types = vec![UP_PLAIN.into(), UP_CROSS_ATTN.into(), UP_CROSS_ATTN.into()];
         config.norm_num_groups = (c / 4).clamp(1, 32);
         config.sample_size = Some(16);

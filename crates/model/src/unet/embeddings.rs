@@ -26,9 +26,15 @@ pub fn timestep_sinusoid(
     for &t in timesteps {
         let args: Vec<f32> = freqs.iter().map(|&f| t * f).collect();
         let (first, second): (Vec<f32>, Vec<f32>) = if flip_sin_to_cos {
-            (args.iter().map(|a| a.cos()).collect(), args.iter().map(|a| a.sin()).collect())
+            (
+                args.iter().map(|a| a.cos()).collect(),
+                args.iter().map(|a| a.sin()).collect(),
+            )
         } else {
-            (args.iter().map(|a| a.sin()).collect(), args.iter().map(|a| a.cos()).collect())
+            (
+                args.iter().map(|a| a.sin()).collect(),
+                args.iter().map(|a| a.cos()).collect(),
+            )
         };
         data.extend(first);
         data.extend(second);
@@ -52,8 +58,7 @@ impl TimestepEmbedding {
     /// `in_dim` sinusoid features to `embed_dim`.
     pub fn new(in_dim: usize, embed_dim: usize, cond_dim: Option<usize>, device: &Device) -> Self {
         Self {
-            cond_proj: cond_dim
-                .map(|d| LinearConfig::new(d, in_dim).with_bias(false).init(device)),
+            cond_proj: cond_dim.map(|d| LinearConfig::new(d, in_dim).with_bias(false).init(device)),
             linear_1: LinearConfig::new(in_dim, embed_dim).init(device),
             linear_2: LinearConfig::new(embed_dim, embed_dim).init(device),
         }

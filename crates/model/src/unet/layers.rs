@@ -17,7 +17,9 @@ pub fn conv(
 ) -> Conv2d {
     Conv2dConfig::new([c_in, c_out], [kernel, kernel])
         .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(padding, padding, padding, padding))
+        .with_padding(PaddingConfig2d::Explicit(
+            padding, padding, padding, padding,
+        ))
         .init(device)
 }
 

@@ -16,8 +16,8 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::cost::Cost;
 use blocks::{DownBlock, MidBlock, Shared, UpBlock};
-pub use config::{PerLevel, UNetConfig};
 use config::{DOWN_CROSS_ATTN, UP_CROSS_ATTN};
+pub use config::{PerLevel, UNetConfig};
 use embeddings::{TimestepEmbedding, timestep_sinusoid};
 use layers::{conv, conv_cost, group_norm, norm_cost};
 
@@ -105,7 +105,12 @@ impl UNet {
         let k_out = config.conv_out_kernel;
         Self {
             conv_in: conv(config.in_channels, base, k_in, 1, k_in / 2, device),
-            time_embedding: TimestepEmbedding::new(base, time_dim, config.time_cond_proj_dim, device),
+            time_embedding: TimestepEmbedding::new(
+                base,
+                time_dim,
+                config.time_cond_proj_dim,
+                device,
+            ),
             class_embedding: config
                 .num_class_embeds
                 .map(|n| EmbeddingConfig::new(n, time_dim).init(device)),
@@ -153,7 +158,10 @@ impl UNet {
                 .class_labels
                 .clone()
                 .expect("this UNet has a class embedding: pass class_labels");
-            time = time + embedding.forward(labels.unsqueeze_dim::<2>(1)).squeeze_dim::<2>(1);
+            time = time
+                + embedding
+                    .forward(labels.unsqueeze_dim::<2>(1))
+                    .squeeze_dim::<2>(1);
         }
         // Every residual block applies SiLU to the embedding first: do it once.
         let time = silu(time);
@@ -174,8 +182,7 @@ impl UNet {
         for block in &self.up_blocks {
             x = block.forward(x, &time, &context, &mut skips);
         }
-        self.conv_out
-            .forward(silu(self.conv_norm_out.forward(x)))
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
     }
 
     /// Cost of one forward pass for one sample of `[h, w]` latents reading `keys` text tokens,

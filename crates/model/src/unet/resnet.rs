@@ -48,7 +48,10 @@ impl ResnetBlock {
     /// applies that once for all blocks, as diffusers' per-block SiLU gives the same values).
     pub fn forward(&self, x: Tensor<4>, time: &Tensor<2>) -> Tensor<4> {
         let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let t = self.time_emb_proj.forward(time.clone()).unsqueeze_dims::<4>(&[2, 3]);
+        let t = self
+            .time_emb_proj
+            .forward(time.clone())
+            .unsqueeze_dims::<4>(&[2, 3]);
         let h = h + t;
         let h = self.conv2.forward(silu(self.norm2.forward(h)));
         let skip = match &self.conv_shortcut {
