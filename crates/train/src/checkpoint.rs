@@ -1,0 +1,87 @@
+//! Checkpoints: a directory per step, written under a temporary name and renamed into place,
+//! so a run killed at any moment leaves only complete checkpoints.
+//!
+//! `checkpoints/step-000100/` holds `unet/` and `unet_ema/` (diffusers layout),
+//! `optimizer.safetensors` (AdamW moments and EMA shadow by parameter name) and `state.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The scalar state of a run at a checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Samples consumed (the data cursor).
+    pub samples: u64,
+    /// AdamW's step counter.
+    pub adamw_step: u64,
+    /// Training compute so far: forward+backward GFLOPs (3x the forward).
+    pub train_gflops: f64,
+    /// The paper's training-compute axis: normalised cost x iterations.
+    pub normalized_cost_x_iterations: f64,
+    /// Loss at the last step.
+    pub last_loss: f64,
+    /// The data key the run was trained on.
+    pub data_key: String,
+}
+
+/// `checkpoints/` under a run directory.
+pub fn checkpoints_dir(run: &Path) -> PathBuf {
+    run.join("checkpoints")
+}
+
+/// The directory of the checkpoint at `step`.
+pub fn step_dir(run: &Path, step: u64) -> PathBuf {
+    checkpoints_dir(run).join(format!("step-{step:08}"))
+}
+
+/// Complete checkpoints, oldest first.
+pub fn list(run: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(checkpoints_dir(run)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u64, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+            e.path().join("state.json").exists().then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Writes a checkpoint through `write(tmp_dir)`, then renames it into place and deletes all but
+/// the newest `keep` checkpoints.
+pub fn commit(
+    run: &Path,
+    step: u64,
+    keep: usize,
+    write: impl FnOnce(&Path) -> Result<(), String>,
+) -> Result<PathBuf, String> {
+    let dir = step_dir(run, step);
+    let tmp = checkpoints_dir(run).join(format!(".tmp-step-{step:08}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    write(&tmp)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let all = list(run);
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
+        let _ = std::fs::remove_dir_all(old);
+    }
+    // Temporary directories of killed runs.
+    if let Ok(entries) = std::fs::read_dir(checkpoints_dir(run)) {
+        for e in entries.filter_map(|e| e.ok()) {
+            if e.file_name().to_string_lossy().starts_with(".tmp-") && e.path() != tmp {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(dir)
+}

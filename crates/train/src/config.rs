@@ -1,0 +1,232 @@
+//! A training run's configuration (TOML). Unknown keys are errors, so a typo never silently
+//! falls back to a default.
+
+use serde::{Deserialize, Serialize};
+
+use ldmscale_model::UNetConfig;
+
+use crate::ema::EmaConfig;
+use crate::optimizer::{AdamWConfig, LrSchedule};
+
+/// Which layout a width is scaled in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// The paper's layout: widths [c, 2c, 4c, 4c], attention at three levels, 8 heads.
+    Paper,
+    /// The CPU layout: widths [c, 2c, 2c], attention at two levels (`UNetConfig::small`).
+    Small,
+}
+
+/// The denoiser to train: a family member of a given base width.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Layout.
+    pub family: Family,
+    /// Base width (the paper's "filters").
+    pub width: usize,
+    /// Attention heads at every level.
+    #[serde(default = "default_heads")]
+    pub heads: usize,
+    /// GroupNorm groups (32 in the paper; smaller for tiny CPU models).
+    #[serde(default = "default_groups")]
+    pub norm_groups: usize,
+}
+
+fn default_heads() -> usize {
+    8
+}
+fn default_groups() -> usize {
+    32
+}
+
+impl ModelConfig {
+    /// The UNet for latents of `latent_channels` x `latent_size`^2 and `context_dim`-wide text.
+    pub fn unet(&self, latent_channels: usize, latent_size: usize, context_dim: usize) -> UNetConfig {
+        let mut c = match self.family {
+            Family::Paper => {
+                let mut c = UNetConfig::paper(self.width);
+                c.cross_attention_dim = ldmscale_model::unet::PerLevel::All(context_dim);
+                c
+            }
+            Family::Small => UNetConfig::small(self.width, context_dim, self.heads),
+        };
+        c.attention_head_dim = ldmscale_model::unet::PerLevel::All(self.heads);
+        c.norm_num_groups = self.norm_groups;
+        c.in_channels = latent_channels;
+        c.out_channels = latent_channels;
+        c.sample_size = Some(latent_size);
+        c
+    }
+
+    /// Checks the width against the group count and heads, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.width == 0 || self.norm_groups == 0 || self.width % self.norm_groups != 0 {
+            return Err(format!(
+                "model.width = {}: must be a positive multiple of model.norm_groups ({})",
+                self.width, self.norm_groups
+            ));
+        }
+        if self.heads == 0 || self.width % self.heads != 0 {
+            return Err(format!(
+                "model.heads = {}: must divide model.width ({})",
+                self.heads, self.width
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What the network predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// The added noise (SD 1.x).
+    Epsilon,
+    /// The velocity (SD 2.x 768).
+    VPrediction,
+}
+
+/// A whole training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The denoiser.
+    pub model: ModelConfig,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Samples per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    /// Peak learning rate (the paper: 1e-4).
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    /// Linear warmup steps.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// After warmup.
+    #[serde(default = "constant")]
+    pub lr_schedule: LrSchedule,
+    /// AdamW settings.
+    #[serde(default)]
+    pub adamw: AdamWConfig,
+    /// Global gradient-norm clip.
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+    /// Exponential moving average of the weights (saved beside them).
+    #[serde(default)]
+    pub ema: Option<EmaConfig>,
+    /// Probability of replacing a caption by the null caption (for classifier-free guidance).
+    #[serde(default = "default_dropout")]
+    pub text_dropout: f64,
+    /// What the network predicts.
+    #[serde(default = "epsilon")]
+    pub objective: Objective,
+    /// Min-SNR-gamma loss weighting (Hang et al.), e.g. 5.
+    #[serde(default)]
+    pub snr_gamma: Option<f32>,
+    /// Seed of initialisation, data order, timesteps, noise and dropout.
+    #[serde(default)]
+    pub seed: u64,
+    /// Steps between checkpoints (the last step always gets one).
+    #[serde(default = "default_every")]
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (older ones are deleted).
+    #[serde(default = "default_keep")]
+    pub keep_last: usize,
+    /// Steps between metric lines.
+    #[serde(default = "one_u64")]
+    pub log_every: u64,
+}
+
+fn one() -> usize {
+    1
+}
+fn one_u64() -> u64 {
+    1
+}
+fn default_lr() -> f64 {
+    1e-4
+}
+fn constant() -> LrSchedule {
+    LrSchedule::Constant
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn epsilon() -> Objective {
+    Objective::Epsilon
+}
+fn default_every() -> u64 {
+    500
+}
+fn default_keep() -> usize {
+    3
+}
+
+impl TrainConfig {
+    /// Parses TOML; `origin` names the source in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
+        config.validate().map_err(|e| format!("{origin}: {e}"))?;
+        Ok(config)
+    }
+
+    /// The config as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Range checks, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        self.model.validate()?;
+        if self.steps == 0 {
+            return Err("steps: must be at least 1".into());
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return Err("batch_size, grad_accum: must be at least 1".into());
+        }
+        if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
+            return Err(format!("learning_rate = {}: must be positive", self.learning_rate));
+        }
+        if !(0.0..=1.0).contains(&self.text_dropout) {
+            return Err(format!("text_dropout = {}: must be in [0, 1]", self.text_dropout));
+        }
+        if self.checkpoint_every == 0 || self.keep_last == 0 || self.log_every == 0 {
+            return Err("checkpoint_every, keep_last, log_every: must be at least 1".into());
+        }
+        if let Some(c) = self.grad_clip
+            && c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        {
+            return Err(format!("grad_clip = {c}: must be positive"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "steps = 10\nbatch_size = 4\n[model]\nfamily = \"small\"\nwidth = 32\nheads = 4\nnorm_groups = 8\n";
+
+    #[test]
+    fn parses_and_round_trips() {
+        let c = TrainConfig::from_toml(MINIMAL, "run.toml").unwrap();
+        assert_eq!(c.learning_rate, 1e-4);
+        assert_eq!(TrainConfig::from_toml(&c.to_toml(), "again").unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_widths_are_named() {
+        let err = TrainConfig::from_toml(&format!("{MINIMAL}learning_rat = 1.0\n"), "run.toml");
+        // The typo sits in [model] (last table), so the error names that key.
+        assert!(err.unwrap_err().contains("learning_rat"));
+        let err = TrainConfig::from_toml(&MINIMAL.replace("width = 32", "width = 36"), "run.toml")
+            .unwrap_err();
+        assert!(err.contains("model.width = 36") && err.contains("norm_groups"), "{err}");
+    }
+}

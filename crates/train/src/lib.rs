@@ -1,0 +1,15 @@
+//! Training text-to-image LDMs from scratch: one recipe for every width of a family, exact
+//! resume, and training compute accounted as the paper does (normalised cost x iterations).
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod ema;
+pub mod optimizer;
+pub mod params;
+pub mod trainer;
+
+pub use checkpoint::TrainState;
+pub use config::{Family, ModelConfig, Objective, TrainConfig};
+pub use data::{SyntheticData, TrainingData};
+pub use trainer::{RunSummary, train};

@@ -1,0 +1,179 @@
+//! Parameters by name: the training state (gradients, optimizer moments, EMA weights) is keyed by
+//! each parameter's path in the module tree, so it survives a restart (burn's parameter ids do
+//! not) and is saved as plain safetensors.
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+
+/// Flat f32 tensors by parameter path (shapes are the model's business).
+pub type Named = BTreeMap<String, Tensor<1>>;
+
+/// Tracks the dotted path of the parameter being visited.
+#[derive(Default)]
+struct PathTracker(Vec<String>);
+
+impl PathTracker {
+    fn enter(&mut self, name: &str) {
+        self.0.push(name.to_string());
+    }
+    fn exit(&mut self) {
+        self.0.pop();
+    }
+    fn key(&self) -> String {
+        self.0.join(".")
+    }
+}
+
+fn flat<const D: usize>(t: Tensor<D>) -> Tensor<1> {
+    let n = t.shape().num_elements();
+    t.reshape([n])
+}
+
+/// The current values of every float parameter, flattened, on the inner (non-autodiff) device.
+pub fn snapshot<M: Module>(module: &M) -> Named {
+    struct Snap {
+        path: PathTracker,
+        out: Named,
+    }
+    impl ModuleVisitor for Snap {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.out.insert(self.path.key(), flat(param.val().inner()));
+        }
+    }
+    let mut v = Snap {
+        path: PathTracker::default(),
+        out: Named::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+/// Moves the gradients of `module`'s parameters out of `grads`, by name, flattened.
+pub fn named_gradients<M: Module>(module: &M, mut grads: GradientsParams) -> Named {
+    struct Collect<'a> {
+        path: PathTracker,
+        grads: &'a mut GradientsParams,
+        out: Named,
+    }
+    impl ModuleVisitor for Collect<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.grads.remove::<D>(param.id) {
+                self.out.insert(self.path.key(), flat(g));
+            }
+        }
+    }
+    let mut v = Collect {
+        path: PathTracker::default(),
+        grads: &mut grads,
+        out: Named::new(),
+    };
+    module.visit(&mut v);
+    v.out
+}
+
+/// Replaces parameter values by name: `update(name, current_flat)` returns the new flat value or
+/// `None` to keep it. Autodiff tracking (require_grad) is preserved.
+pub fn update<M: Module>(module: M, update: &mut dyn FnMut(&str, Tensor<1>) -> Option<Tensor<1>>) -> M {
+    struct Apply<'a> {
+        path: PathTracker,
+        update: &'a mut dyn FnMut(&str, Tensor<1>) -> Option<Tensor<1>>,
+    }
+    impl ModuleMapper for Apply<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.enter(name);
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.exit();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let key = self.path.key();
+            let (id, tensor, mapper) = param.consume();
+            let require_grad = tensor.is_require_grad();
+            let shape = tensor.shape();
+            let inner = tensor.clone().inner();
+            let tensor = match (self.update)(&key, flat(inner)) {
+                Some(new) => {
+                    let mut t = Tensor::<D>::from_inner(new.reshape(shape));
+                    if require_grad {
+                        t = t.require_grad();
+                    }
+                    t
+                }
+                None => tensor,
+            };
+            Param::from_mapped_value(id, tensor, mapper)
+        }
+    }
+    module.map(&mut Apply {
+        path: PathTracker::default(),
+        update,
+    })
+}
+
+/// Reads named flat tensors from safetensors bytes (f32, any shape).
+pub fn read_named(bytes: &[u8], prefix: &str, device: &burn::tensor::Device) -> Result<Named, String> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+    let mut out = Named::new();
+    for (name, view) in st.tensors() {
+        let Some(key) = name.strip_prefix(prefix) else {
+            continue;
+        };
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(format!("{name}: expected F32, found {:?}", view.dtype()));
+        }
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let n = values.len();
+        out.insert(
+            key.to_string(),
+            Tensor::from_data(burn::tensor::TensorData::new(values, [n]), device),
+        );
+    }
+    Ok(out)
+}
+
+/// Serialises groups of named flat tensors, each name prefixed by its group, to safetensors.
+pub fn write_named(groups: &[(&str, &Named)], metadata: BTreeMap<String, String>) -> Vec<u8> {
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (prefix, named) in groups {
+        for (k, t) in named.iter() {
+            let values = t
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .expect("f32 tensor");
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            data.push((format!("{prefix}{k}"), vec![values.len()], bytes));
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = data
+        .iter()
+        .map(|(k, shape, bytes)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .expect("consistent"),
+            )
+        })
+        .collect();
+    safetensors::serialize(views, Some(metadata.into_iter().collect())).expect("serialisable")
+}
