@@ -1,0 +1,11 @@
+//! The study: sweeps of model size x sampler x steps x guidance, a results store, the paper's
+//! analysis, plots, a report, and a budget planner.
+
+pub mod analysis;
+pub mod cell;
+pub mod plan;
+pub mod plot;
+pub mod store;
+
+pub use cell::{Cell, CellKey};
+pub use store::Store;
