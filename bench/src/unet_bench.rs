@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
-// Tensor buffers are large and short-lived: glibc's malloc hands them back to the kernel and
-// every new one page-faults (a quarter of the step time); mimalloc keeps them.
+// Tensor buffers are large and short-lived: glibc's malloc (and mimalloc) hand them back to
+// the kernel and every new one page-faults (a third of the step time); jemalloc keeps them.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use std::time::Instant;
 
 use anyhow::Result;
