@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod cell;
 pub mod plan;
 pub mod plot;
+pub mod report;
 pub mod store;
 
 pub use cell::{Cell, CellKey};

@@ -1,0 +1,238 @@
+//! The study's report: one self-contained HTML page (inline SVG plots, tables, sample grids as
+//! inline PNG) and a Markdown summary, both stating each finding of the paper with the verdict
+//! this run measured.
+
+use std::fmt::Write as _;
+
+use crate::analysis::{Finding, Setting, crossover, findings, optimal_cfg, samplers, settings, widths, winners};
+use crate::cell::Cell;
+use crate::plot;
+
+/// Extra material the pipeline provides beside the cells.
+#[derive(Clone, Debug, Default)]
+pub struct ReportInputs {
+    /// Title line, e.g. "quick preset on shapes, 4 widths".
+    pub title: String,
+    /// Free-form facts about the run (dataset, encoders, hardware, wall time), in order.
+    pub facts: Vec<(String, String)>,
+    /// Training curves: (width, [(normalised cost x iterations, FID)]) for Fig. 3.
+    pub training_curves: Vec<(u32, Vec<(f64, f64)>)>,
+    /// Sample grids as (caption, PNG bytes), e.g. widths at equal cost (Fig. 10).
+    pub grids: Vec<(String, Vec<u8>)>,
+    /// What the FID was computed on (e.g. "Inception pool3, pytorch-fid mode").
+    pub fid_features: String,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn verdict_class(v: &str) -> &'static str {
+    match v {
+        "holds" => "holds",
+        "does not hold" => "fails",
+        _ => "unmeasured",
+    }
+}
+
+fn setting_row(s: &Setting) -> String {
+    format!(
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}{}</td><td>{:.3}</td><td>{:.1}</td></tr>",
+        s.width,
+        s.params,
+        esc(&s.sampler),
+        s.steps,
+        s.cfg,
+        s.fid,
+        s.fid_ci.map(|(a, b)| format!(" <small>[{a:.2}, {b:.2}]</small>")).unwrap_or_default(),
+        s.cost_gflops,
+        s.ms_per_image
+    )
+}
+
+/// Renders the HTML page and the Markdown summary.
+pub fn render(cells: &[Cell], inputs: &ReportInputs) -> Result<(String, String), String> {
+    let all = settings(cells);
+    let optimal = optimal_cfg(&all);
+    let found: Vec<Finding> = findings(cells);
+    let models = widths(&optimal);
+    let sampler_names = samplers(&optimal);
+
+    let mut html = String::new();
+    let _ = write!(
+        html,
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>ldmscale study: {title}</title>
+<style>
+body {{ font: 15px/1.5 system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; padding: 0 1em; }}
+h1 {{ font-size: 1.7em; margin-bottom: .2em; }} h2 {{ margin-top: 2em; border-bottom: 1px solid #ddd; }}
+table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ddd; padding: 4px 10px; text-align: right; }}
+th {{ background: #f5f5f5; }} td:first-child, th:first-child {{ text-align: left; }}
+.finding {{ border-left: 5px solid #999; padding: .4em 1em; margin: 1em 0; background: #fafafa; }}
+.holds {{ border-color: #2a9d3c; }} .fails {{ border-color: #d33; }} .unmeasured {{ border-color: #aaa; }}
+.verdict {{ font-weight: bold; text-transform: uppercase; font-size: .85em; }}
+.plots {{ display: flex; flex-wrap: wrap; gap: 12px; }} .plots svg {{ max-width: 100%; height: auto; border: 1px solid #eee; }}
+.grid img {{ image-rendering: pixelated; max-width: 100%; border: 1px solid #eee; }}
+small {{ color: #666; }}
+</style></head><body>
+<h1>Bigger is not always better &mdash; measured</h1>
+<p>{title}</p>"#,
+        title = esc(&inputs.title)
+    );
+    html.push_str("<table>");
+    for (k, v) in &inputs.facts {
+        let _ = write!(html, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(v));
+    }
+    let _ = write!(
+        html,
+        "<tr><th>cells measured</th><td>{}</td></tr><tr><th>FID features</th><td>{}</td></tr></table>",
+        cells.len(),
+        esc(&inputs.fid_features)
+    );
+
+    html.push_str("<h2>The paper's findings on this run</h2>");
+    for f in &found {
+        let _ = write!(
+            html,
+            "<div class=\"finding {}\"><span class=\"verdict\">{}</span> &mdash; {}<br><small>{}</small></div>",
+            verdict_class(&f.verdict),
+            esc(&f.verdict),
+            esc(&f.claim),
+            esc(&f.evidence)
+        );
+    }
+    if inputs.training_curves.is_empty() {
+        html.push_str("<div class=\"finding unmeasured\"><span class=\"verdict\">not measured</span> &mdash; Pretraining performance scales with training compute (Sec. 3.1)<br><small>no FID was measured during training</small></div>");
+    }
+
+    html.push_str("<h2>Which model for which budget</h2><p>Best setting (optimal guidance) at each measured sampling budget, all samplers.</p><table><tr><th>budget GFLOPs</th><th>model</th><th>sampler</th><th>steps</th><th>CFG</th><th>FID</th></tr>");
+    for w in winners(&optimal, None) {
+        let _ = write!(
+            html,
+            "<tr><td>{:.3}</td><td>{} filters</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}</td></tr>",
+            w.budget, w.best.width, esc(&w.best.sampler), w.best.steps, w.best.cfg, w.best.fid
+        );
+    }
+    html.push_str("</table>");
+    if models.len() >= 2 {
+        html.push_str("<p>Crossover budgets (GFLOPs per image from which the larger model stays ahead):</p><table><tr><th>smaller</th><th>larger</th>");
+        for s in &sampler_names {
+            let _ = write!(html, "<th>{}</th>", esc(s));
+        }
+        html.push_str("</tr>");
+        for pair in models.windows(2) {
+            let _ = write!(html, "<tr><td>{}</td><td>{}</td>", pair[0], pair[1]);
+            for s in &sampler_names {
+                let c = crossover(&optimal, pair[0], pair[1], Some(s));
+                let _ = write!(html, "<td>{}</td>", c.map(|c| format!("{c:.3}")).unwrap_or_else(|| "never".into()));
+            }
+            html.push_str("</tr>");
+        }
+        html.push_str("</table>");
+    }
+
+    html.push_str("<h2>FID against sampling cost (Figs. 9, 11)</h2><div class=\"plots\">");
+    for s in &sampler_names {
+        html.push_str(&plot::fid_vs_cost(&optimal, s)?);
+    }
+    html.push_str("</div><h2>FID against guidance (Fig. 8)</h2><div class=\"plots\">");
+    for s in &sampler_names {
+        let mut steps: Vec<u32> = all.iter().filter(|x| &x.sampler == s).map(|x| x.steps).collect();
+        steps.sort();
+        steps.dedup();
+        for st in [steps.first(), steps.last()].into_iter().flatten().collect::<std::collections::BTreeSet<_>>() {
+            html.push_str(&plot::fid_vs_cfg(&all, s, *st)?);
+        }
+    }
+    html.push_str("</div>");
+    if !inputs.training_curves.is_empty() {
+        let series: Vec<plot::Series> = inputs
+            .training_curves
+            .iter()
+            .map(|(w, pts)| plot::Series {
+                label: format!("{w} filters"),
+                points: pts.clone(),
+            })
+            .collect();
+        html.push_str("<h2>FID against training compute (Fig. 3)</h2><div class=\"plots\">");
+        html.push_str(&plot::line_chart(
+            "FID vs training compute",
+            "normalised cost x iterations (log)",
+            "FID",
+            &series,
+            true,
+        )?);
+        html.push_str("</div>");
+    }
+    for (caption, png) in &inputs.grids {
+        let _ = write!(
+            html,
+            "<h2>{}</h2><div class=\"grid\"><img src=\"data:image/png;base64,{}\" alt=\"{}\"></div>",
+            esc(caption),
+            base64(png),
+            esc(caption)
+        );
+    }
+    html.push_str("<h2>Optimal guidance per model and steps</h2><table><tr><th>model</th><th>params</th><th>sampler</th><th>steps</th><th>best CFG</th><th>FID</th><th>GFLOPs/img</th><th>ms/img</th></tr>");
+    for s in &optimal {
+        html.push_str(&setting_row(s));
+    }
+    html.push_str("</table><p><small>Made by ldmscale. Sampling cost counts every denoiser evaluation (guidance doubles them) at the GFLOPs of one forward.</small></p></body></html>\n");
+
+    let mut md = format!("# ldmscale study: {}\n\n", inputs.title);
+    for (k, v) in &inputs.facts {
+        let _ = writeln!(md, "- **{k}**: {v}");
+    }
+    let _ = writeln!(md, "- **cells measured**: {}\n- **FID features**: {}\n\n## Findings\n", cells.len(), inputs.fid_features);
+    for f in &found {
+        let _ = writeln!(md, "- **{}** — {}  \n  {}", f.verdict.to_uppercase(), f.claim, f.evidence);
+    }
+    let _ = writeln!(md, "\n## Best setting per budget\n\n| budget GFLOPs | model | sampler | steps | CFG | FID |\n|---:|---:|---|---:|---:|---:|");
+    for w in winners(&optimal, None) {
+        let _ = writeln!(
+            md,
+            "| {:.3} | {} | {} | {} | {:.1} | {:.2} |",
+            w.budget, w.best.width, w.best.sampler, w.best.steps, w.best.cfg, w.best.fid
+        );
+    }
+    Ok((html, md))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::tests::paper_like;
+
+    #[test]
+    fn report_states_every_finding_and_plots() {
+        let inputs = ReportInputs {
+            title: "test <run>".into(),
+            facts: vec![("dataset".into(), "shapes".into())],
+            grids: vec![("grid".into(), vec![1, 2, 3, 4])],
+            ..Default::default()
+        };
+        let (html, md) = render(&paper_like(), &inputs).unwrap();
+        assert!(html.contains("test &lt;run&gt;"));
+        assert_eq!(html.matches("class=\"finding holds\"").count(), 4);
+        assert!(html.contains("not measured"));
+        assert!(html.matches("<svg").count() >= 6);
+        assert!(html.contains("data:image/png;base64,AQIDBA=="));
+        assert!(md.contains("## Findings") && md.contains("HOLDS"));
+    }
+}
