@@ -3,6 +3,7 @@
 
 pub mod analysis;
 pub mod cell;
+pub mod config;
 pub mod plan;
 pub mod plot;
 pub mod report;

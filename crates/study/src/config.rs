@@ -1,0 +1,338 @@
+//! A study's configuration (TOML) and the built-in presets.
+
+use serde::{Deserialize, Serialize};
+
+/// How the first-stage autoencoder is obtained.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FirstStage {
+    /// Train a small KL autoencoder on the training split.
+    Train {
+        /// Spatial downsampling factor (4 or 8).
+        factor: usize,
+        /// Latent channels.
+        latent_channels: usize,
+        /// Base width of the autoencoder.
+        width: usize,
+        /// Optimizer steps.
+        steps: u64,
+    },
+    /// A diffusers AutoencoderKL directory (e.g. the SD VAE).
+    Pretrained {
+        /// Directory with config.json + diffusion_pytorch_model.safetensors.
+        path: String,
+    },
+}
+
+/// The sweep grid.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SweepConfig {
+    /// Samplers: ddim, ddpm, dpmpp-2m, dpmpp-3m.
+    pub samplers: Vec<String>,
+    /// Step counts.
+    pub steps: Vec<u32>,
+    /// Guidance rates.
+    pub cfg: Vec<f64>,
+    /// DPM-Solver++ is not designed for more steps than this (the paper stops at 20).
+    #[serde(default = "twenty")]
+    pub dpm_max_steps: u32,
+    /// Seeds of the initial noise per cell.
+    #[serde(default = "one_seed")]
+    pub seeds: Vec<u64>,
+    /// Images generated per cell.
+    pub samples_per_cell: u32,
+}
+
+fn twenty() -> u32 {
+    20
+}
+fn one_seed() -> Vec<u64> {
+    vec![0]
+}
+
+/// Training recipe shared by every width.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipeConfig {
+    /// Optimizer steps per width.
+    pub steps: u64,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// Warmup steps.
+    #[serde(default)]
+    pub warmup_steps: u64,
+    /// Caption dropout for guidance.
+    #[serde(default = "dropout")]
+    pub text_dropout: f64,
+    /// EMA max decay (none: no EMA).
+    #[serde(default)]
+    pub ema_max_decay: Option<f64>,
+    /// Steps between FID measurements during training (Fig. 3); 0 = only at the end.
+    #[serde(default)]
+    pub eval_every: u64,
+}
+
+fn dropout() -> f64 {
+    0.1
+}
+
+/// A whole study.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyConfig {
+    /// Preset or user name.
+    pub name: String,
+    /// Dataset spec: shapes, fashion-mnist, mnist, emoji, folder:DIR, coco:CAPTIONS.json:IMAGES_DIR.
+    pub dataset: String,
+    /// Image side in pixels.
+    pub resolution: usize,
+    /// Training examples used.
+    pub train_examples: usize,
+    /// Held-out examples (FID reference set and evaluation prompts).
+    pub val_examples: usize,
+    /// First stage.
+    pub first_stage: FirstStage,
+    /// Text encoder: "hash" (frozen hashed-token embeddings), "minilm", or "clip:DIR".
+    pub text_encoder: String,
+    /// Model family layout: "small" or "paper".
+    pub family: String,
+    /// Base widths to train.
+    pub widths: Vec<usize>,
+    /// Attention heads.
+    pub heads: usize,
+    /// GroupNorm groups.
+    pub norm_groups: usize,
+    /// Training recipe.
+    pub recipe: RecipeConfig,
+    /// Sweep grid.
+    pub sweep: SweepConfig,
+    /// Features FID is computed on: "inception" (pytorch-fid) or "in-domain".
+    pub fid_features: String,
+}
+
+impl StudyConfig {
+    /// A built-in preset.
+    pub fn preset(name: &str) -> Result<Self, String> {
+        let base = |name: &str| StudyConfig {
+            name: name.into(),
+            dataset: "shapes".into(),
+            resolution: 32,
+            train_examples: 2048,
+            val_examples: 256,
+            first_stage: FirstStage::Train {
+                factor: 4,
+                latent_channels: 4,
+                width: 32,
+                steps: 400,
+            },
+            text_encoder: "hash".into(),
+            family: "small".into(),
+            widths: vec![16, 24, 32, 48],
+            heads: 4,
+            norm_groups: 8,
+            recipe: RecipeConfig {
+                steps: 600,
+                batch_size: 16,
+                learning_rate: 1e-3,
+                warmup_steps: 50,
+                text_dropout: 0.1,
+                ema_max_decay: Some(0.999),
+                eval_every: 0,
+            },
+            sweep: SweepConfig {
+                samplers: vec!["ddim".into(), "ddpm".into(), "dpmpp-2m".into()],
+                steps: vec![2, 4, 8, 16, 32],
+                cfg: vec![1.0, 2.0, 3.0, 5.0],
+                dpm_max_steps: 20,
+                seeds: vec![0],
+                samples_per_cell: 64,
+            },
+            fid_features: "in-domain".into(),
+        };
+        Ok(match name {
+            "tiny" => {
+                let mut c = base("tiny");
+                c.train_examples = 256;
+                c.val_examples = 64;
+                c.resolution = 16;
+                c.first_stage = FirstStage::Train {
+                    factor: 4,
+                    latent_channels: 4,
+                    width: 16,
+                    steps: 150,
+                };
+                c.widths = vec![8, 16];
+                c.heads = 2;
+                c.norm_groups = 4;
+                c.recipe.steps = 120;
+                c.recipe.batch_size = 8;
+                c.recipe.warmup_steps = 10;
+                c.sweep.samplers = vec!["ddim".into(), "dpmpp-2m".into()];
+                c.sweep.steps = vec![2, 8];
+                c.sweep.cfg = vec![1.0, 3.0];
+                c.sweep.samples_per_cell = 16;
+                c
+            }
+            "quick" => base("quick"),
+            "full" => {
+                let mut c = base("full");
+                c.dataset = "fashion-mnist".into();
+                c.train_examples = 60000;
+                c.val_examples = 2000;
+                c.widths = vec![16, 24, 32, 48, 64];
+                c.recipe.steps = 20000;
+                c.recipe.batch_size = 32;
+                c.recipe.eval_every = 2000;
+                c.sweep.steps = vec![4, 8, 16, 25, 50];
+                c.sweep.cfg = vec![1.0, 1.5, 2.0, 3.0, 5.0, 7.5];
+                c.sweep.seeds = vec![0, 1];
+                c.sweep.samples_per_cell = 1000;
+                c.fid_features = "inception".into();
+                c
+            }
+            "paper" => StudyConfig {
+                name: "paper".into(),
+                dataset: "coco:annotations/captions_val2014.json:val2014".into(),
+                resolution: 512,
+                train_examples: 600_000_000,
+                val_examples: 30_000,
+                first_stage: FirstStage::Pretrained {
+                    path: "sd-vae".into(),
+                },
+                text_encoder: "clip:text_encoder".into(),
+                family: "paper".into(),
+                widths: vec![64, 96, 128, 160, 192, 224, 256, 288, 320, 512, 768],
+                heads: 8,
+                norm_groups: 32,
+                recipe: RecipeConfig {
+                    steps: 500_000,
+                    batch_size: 2048,
+                    learning_rate: 1e-4,
+                    warmup_steps: 10_000,
+                    text_dropout: 0.1,
+                    ema_max_decay: Some(0.9999),
+                    eval_every: 50_000,
+                },
+                sweep: SweepConfig {
+                    samplers: vec!["ddim".into(), "ddpm".into(), "dpmpp-2m".into()],
+                    steps: vec![4, 8, 10, 15, 20, 25, 30, 40, 50],
+                    cfg: vec![1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 7.5, 8.0],
+                    dpm_max_steps: 20,
+                    seeds: vec![0],
+                    samples_per_cell: 30_000,
+                },
+                fid_features: "inception".into(),
+            },
+            other => return Err(format!("unknown preset {other:?}; expected tiny, quick, full or paper")),
+        })
+    }
+
+    /// Parses TOML; unknown keys are errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, String> {
+        let c: Self = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
+        c.validate().map_err(|e| format!("{origin}: {e}"))?;
+        Ok(c)
+    }
+
+    /// TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Range and consistency checks, naming the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.widths.is_empty() {
+            return Err("widths: at least one width".into());
+        }
+        for &w in &self.widths {
+            if w == 0 || w % self.norm_groups != 0 || w % self.heads != 0 {
+                return Err(format!(
+                    "widths: {w} must be a positive multiple of norm_groups ({}) and heads ({})",
+                    self.norm_groups, self.heads
+                ));
+            }
+        }
+        if !["small", "paper"].contains(&self.family.as_str()) {
+            return Err(format!("family = {:?}: expected \"small\" or \"paper\"", self.family));
+        }
+        for s in &self.sweep.samplers {
+            if !["ddim", "ddpm", "dpmpp-2m", "dpmpp-3m"].contains(&s.as_str()) {
+                return Err(format!("sweep.samplers: unknown sampler {s:?}; expected ddim, ddpm, dpmpp-2m or dpmpp-3m"));
+            }
+        }
+        if self.sweep.steps.is_empty() || self.sweep.cfg.is_empty() || self.sweep.samples_per_cell < 2 {
+            return Err("sweep: needs steps, cfg rates and at least 2 samples per cell".into());
+        }
+        if !["inception", "in-domain"].contains(&self.fid_features.as_str()) {
+            return Err(format!("fid_features = {:?}: expected \"inception\" or \"in-domain\"", self.fid_features));
+        }
+        if self.resolution == 0 || self.train_examples == 0 || self.val_examples < 2 {
+            return Err("resolution, train_examples, val_examples: must be positive (val at least 2)".into());
+        }
+        if let FirstStage::Train { factor, .. } = &self.first_stage
+            && !(self.resolution.is_multiple_of(*factor) && [2, 4, 8].contains(factor))
+        {
+            return Err(format!(
+                "first_stage.factor = {factor}: must be 2, 4 or 8 and divide resolution ({})",
+                self.resolution
+            ));
+        }
+        Ok(())
+    }
+
+    /// The sweep's cells for one width: (sampler, steps, cfg, seed), DPM capped at its max steps.
+    pub fn cells(&self) -> Vec<(String, u32, f64, u64)> {
+        let mut out = Vec::new();
+        for s in &self.sweep.samplers {
+            for &n in &self.sweep.steps {
+                if s.starts_with("dpmpp") && n > self.sweep.dpm_max_steps {
+                    continue;
+                }
+                for &w in &self.sweep.cfg {
+                    for &seed in &self.sweep.seeds {
+                        out.push((s.clone(), n, w, seed));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_round_trip() {
+        for p in ["tiny", "quick", "full", "paper"] {
+            let c = StudyConfig::preset(p).unwrap();
+            c.validate().unwrap();
+            assert_eq!(StudyConfig::from_toml(&c.to_toml(), p).unwrap(), c);
+        }
+        let q = StudyConfig::preset("quick").unwrap();
+        // The quick preset's promise: >= 4 widths, 3 samplers, 5 step counts, 4 guidance rates.
+        assert!(q.widths.len() >= 4 && q.sweep.samplers.len() >= 3);
+        assert!(q.sweep.steps.len() >= 5 && q.sweep.cfg.len() >= 4);
+        assert!(StudyConfig::preset("huge").is_err());
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut c = StudyConfig::preset("tiny").unwrap();
+        c.widths = vec![10];
+        assert!(c.validate().unwrap_err().contains("widths: 10"));
+        let text = StudyConfig::preset("tiny").unwrap().to_toml().replace("resolution = 16", "resolutoin = 16");
+        assert!(StudyConfig::from_toml(&text, "s.toml").unwrap_err().contains("resolutoin"));
+    }
+
+    #[test]
+    fn dpm_cells_stop_at_twenty_steps() {
+        let c = StudyConfig::preset("quick").unwrap();
+        assert!(c.cells().iter().all(|(s, n, _, _)| !s.starts_with("dpmpp") || *n <= 20));
+        assert!(c.cells().iter().any(|(s, n, _, _)| s == "ddim" && *n == 32));
+    }
+}
