@@ -4,6 +4,7 @@
 pub mod analysis;
 pub mod cell;
 pub mod config;
+pub mod in_domain;
 pub mod plan;
 pub mod plot;
 pub mod report;

@@ -1,0 +1,37 @@
+//! Datasets of ldmscale: captioned images behind one [`Dataset`] trait, deterministic train/val
+//! splits, resize/crop/flip transforms, seeded resumable batching, and a memory-mapped latent
+//! cache.
+//!
+//! Sources: the procedural [`Shapes`] (no files needed), the fetched assets Fashion-MNIST,
+//! MNIST and emoji ([`GrayClasses`], [`Emoji`]), and user data: an image folder
+//! ([`ImageFolder`]), COCO captions ([`Coco`]) and WebDataset tar shards ([`WebDataset`]).
+//! Configs name them with a [`DatasetSpec`] (`"shapes"`, `"coco:JSON:DIR"`, ...).
+//!
+//! Everything random (splits, shuffles, crops, flips, procedural scenes) is a pure function of
+//! seeds and indices through the crate's own small generator, so runs resume exactly and do not
+//! shift when dependencies are upgraded.
+
+pub mod batch;
+pub mod cache;
+pub mod dataset;
+pub mod error;
+pub mod folder;
+pub mod image;
+pub mod mnist;
+pub mod rng;
+pub mod shapes;
+pub mod spec;
+pub mod transform;
+pub mod webdataset;
+
+pub use batch::{Batch, BatchLoader, Cursor, LoaderConfig, Sampler};
+pub use cache::{CacheKey, CachedBatch, LatentCache, LatentCacheWriter, StorageDtype, file_sha256};
+pub use dataset::{Dataset, Example, Skipped, Split, SplitConfig, SplitDataset};
+pub use error::DataError;
+pub use folder::{Coco, CocoCaptions, ImageFolder};
+pub use image::Image;
+pub use mnist::{CaptionStyle, Emoji, GrayClasses, Part, assets_dir};
+pub use shapes::{Scene, Shapes, ShapesConfig};
+pub use spec::DatasetSpec;
+pub use transform::{Crop, Transform};
+pub use webdataset::WebDataset;

@@ -1,0 +1,227 @@
+//! The latent cache: round trip through safetensors shards, resumption, and refusal of a cache
+//! built for another setting.
+
+use std::path::Path;
+
+use ldmscale_data::cache::{MANIFEST, Manifest};
+use ldmscale_data::{
+    CacheKey, Crop, DataError, LatentCache, LatentCacheWriter, StorageDtype, file_sha256,
+};
+
+fn key(dtype: StorageDtype) -> CacheKey {
+    CacheKey {
+        dataset: "shapes:seed=3".into(),
+        split: "train (val fraction 0.01, salt 0)".into(),
+        resolution: [32, 32],
+        crop: Crop::Center,
+        image_encoder: "tiny-vae".into(),
+        image_encoder_hash: "ab12".into(),
+        text_encoder: "all-MiniLM-L6-v2".into(),
+        text_encoder_hash: "cd34".into(),
+        latent_shape: [4, 4, 4],
+        text_shape: [5, 3],
+        scaling_factor: 0.18215,
+        dtype,
+    }
+}
+
+/// Example `i`'s arrays: distinct, non-round values.
+fn arrays(i: usize) -> (Vec<f32>, Vec<f32>, Vec<u8>) {
+    let latent = (0..64)
+        .map(|k| (i as f32 * 0.731 + k as f32 * 0.113).sin())
+        .collect();
+    let text = (0..15)
+        .map(|k| (i as f32 * 1.37 - k as f32 * 0.29).cos() * 3.0)
+        .collect();
+    let mask = (0..5).map(|k| (k <= i % 5) as u8).collect();
+    (latent, text, mask)
+}
+
+fn fill(dir: &Path, key: CacheKey, n: usize, shard: usize) -> Manifest {
+    let mut w = LatentCacheWriter::create(dir, key, shard).unwrap();
+    for i in 0..n {
+        let (l, t, m) = arrays(i);
+        w.push(&format!("ex-{i}"), &l, &t, &m).unwrap();
+    }
+    w.finish().unwrap()
+}
+
+#[test]
+fn round_trip_f32_is_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = fill(dir.path(), key(StorageDtype::F32), 11, 4);
+    assert_eq!(m.count, 11);
+    assert_eq!(
+        m.shards.iter().map(|s| s.count).collect::<Vec<_>>(),
+        [4, 4, 3]
+    );
+    for s in &m.shards {
+        assert!(dir.path().join(&s.file).is_file());
+    }
+
+    let cache = LatentCache::open(dir.path(), &key(StorageDtype::F32)).unwrap();
+    assert_eq!(cache.len(), 11);
+    assert_eq!(cache.id(9).unwrap(), "ex-9");
+    // Across shards, out of order, with a repeat.
+    let order = [10, 0, 5, 4, 3, 5];
+    let batch = cache.batch(&order).unwrap();
+    assert_eq!(batch.ids, order.map(|i| format!("ex-{i}")));
+    for (b, &i) in order.iter().enumerate() {
+        let (l, t, m) = arrays(i);
+        assert_eq!(&batch.latents[b * 64..(b + 1) * 64], &l[..]);
+        assert_eq!(&batch.text_states[b * 15..(b + 1) * 15], &t[..]);
+        assert_eq!(&batch.text_mask[b * 5..(b + 1) * 5], &m[..]);
+    }
+    let err = cache.batch(&[11]).unwrap_err();
+    assert!(matches!(err, DataError::OutOfRange { .. }), "{err}");
+
+    // The shards are ordinary safetensors files, readable by any safetensors reader.
+    let bytes = std::fs::read(dir.path().join("shard-00001.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("latents").unwrap().shape(), [4, 4, 4, 4]);
+    assert_eq!(st.tensor("text_states").unwrap().shape(), [4, 5, 3]);
+    assert_eq!(
+        st.tensor("text_mask").unwrap().dtype(),
+        safetensors::Dtype::U8
+    );
+}
+
+#[test]
+fn round_trip_f16_is_close() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), key(StorageDtype::F16), 3, 8);
+    let cache = LatentCache::open(dir.path(), &key(StorageDtype::F16)).unwrap();
+    let batch = cache.batch(&[2]).unwrap();
+    let (l, t, _) = arrays(2);
+    for (a, b) in batch
+        .latents
+        .iter()
+        .zip(&l)
+        .chain(batch.text_states.iter().zip(&t))
+    {
+        assert!((a - b).abs() <= b.abs() * 1e-3 + 1e-6, "{a} vs {b}");
+    }
+    assert_ne!(batch.latents, l, "stored in half precision");
+}
+
+#[test]
+fn another_setting_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), key(StorageDtype::F32), 2, 8);
+    let mut other = key(StorageDtype::F32);
+    other.resolution = [64, 64];
+    other.image_encoder_hash = "ffff".into();
+    let err = LatentCache::open(dir.path(), &other).err().unwrap();
+    assert!(matches!(err, DataError::CacheKeyMismatch { .. }));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("resolution: cache has [32,32], asked for [64,64]"),
+        "{msg}"
+    );
+    assert!(msg.contains("image_encoder_hash"), "{msg}");
+    assert!(
+        !msg.contains("text_encoder"),
+        "only differing fields: {msg}"
+    );
+    // Writing into it with another key is refused the same way.
+    let err = LatentCacheWriter::create(dir.path(), other, 8)
+        .err()
+        .unwrap();
+    assert!(matches!(err, DataError::CacheKeyMismatch { .. }));
+    // And a finished cache is not reopened for writing.
+    let err = LatentCacheWriter::create(dir.path(), key(StorageDtype::F32), 8)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("already complete"), "{err}");
+    // Caches for distinct keys get distinct folders.
+    let root = Path::new("/caches");
+    assert_ne!(
+        key(StorageDtype::F32).dir_in(root),
+        key(StorageDtype::F16).dir_in(root)
+    );
+    let dir_name = key(StorageDtype::F32).dir_in(root);
+    assert!(
+        dir_name
+            .to_string_lossy()
+            .starts_with("/caches/shapes-32x32-"),
+        "{dir_name:?}"
+    );
+}
+
+#[test]
+fn interrupted_encoding_resumes_at_the_last_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = LatentCacheWriter::create(dir.path(), key(StorageDtype::F32), 3).unwrap();
+    for i in 0..7 {
+        let (l, t, m) = arrays(i);
+        w.push(&format!("ex-{i}"), &l, &t, &m).unwrap();
+    }
+    drop(w); // a crash: example 6 was pending, shards 0-1 (examples 0-5) are on disk
+    let err = LatentCache::open(dir.path(), &key(StorageDtype::F32))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("incomplete"), "{err}");
+
+    let mut w = LatentCacheWriter::create(dir.path(), key(StorageDtype::F32), 3).unwrap();
+    assert_eq!(w.len(), 6);
+    for i in w.len()..10 {
+        let (l, t, m) = arrays(i);
+        w.push(&format!("ex-{i}"), &l, &t, &m).unwrap();
+    }
+    w.finish().unwrap();
+    let resumed = LatentCache::open(dir.path(), &key(StorageDtype::F32)).unwrap();
+
+    let fresh_dir = tempfile::tempdir().unwrap();
+    fill(fresh_dir.path(), key(StorageDtype::F32), 10, 3);
+    let fresh = LatentCache::open(fresh_dir.path(), &key(StorageDtype::F32)).unwrap();
+    let all: Vec<usize> = (0..10).collect();
+    assert_eq!(resumed.batch(&all).unwrap(), fresh.batch(&all).unwrap());
+}
+
+#[test]
+fn bad_input_and_damaged_files_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = LatentCacheWriter::create(dir.path(), key(StorageDtype::F32), 4).unwrap();
+    let (l, t, m) = arrays(0);
+    let err = w.push("short", &l[..60], &t, &m).unwrap_err().to_string();
+    assert!(
+        err.contains("\"short\": latent has 60 values") && err.contains("[4, 4, 4]"),
+        "{err}"
+    );
+    let err = w.push("mask", &l, &t, &m[..4]).unwrap_err().to_string();
+    assert!(err.contains("text mask has 4 values"), "{err}");
+    w.push("ok", &l, &t, &m).unwrap();
+    w.finish().unwrap();
+
+    // A truncated shard.
+    let shard = dir.path().join("shard-00000.safetensors");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() - 10]).unwrap();
+    let err = LatentCache::open(dir.path(), &key(StorageDtype::F32))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("shard-00000.safetensors") && err.contains("safetensors"),
+        "{err}"
+    );
+
+    // No manifest.
+    let empty = tempfile::tempdir().unwrap();
+    let err = LatentCache::open(empty.path(), &key(StorageDtype::F32))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains(MANIFEST), "{err}");
+}
+
+#[test]
+fn file_hash_is_sha256() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("w.bin");
+    std::fs::write(&f, b"abc").unwrap();
+    assert_eq!(
+        file_sha256(&f).unwrap(),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+}
