@@ -95,7 +95,9 @@ pub struct StudyConfig {
     pub val_examples: usize,
     /// First stage.
     pub first_stage: FirstStage,
-    /// Text encoder: "hash" (frozen hashed-token embeddings), "minilm", or "clip:DIR".
+    /// Text encoder (frozen): "tiny-random" (a small BERT over the captions' words, randomly
+    /// initialised and frozen: no asset needed), "minilm" (all-MiniLM-L6-v2 from the asset
+    /// cache), "dir:DIR" or "clip:DIR" (a transformers directory).
     pub text_encoder: String,
     /// Model family layout: "small" or "paper".
     pub family: String,
@@ -128,7 +130,7 @@ impl StudyConfig {
                 width: 32,
                 steps: 400,
             },
-            text_encoder: "hash".into(),
+            text_encoder: "tiny-random".into(),
             family: "small".into(),
             widths: vec![16, 24, 32, 48],
             heads: 4,
@@ -265,6 +267,15 @@ impl StudyConfig {
         }
         if self.sweep.steps.is_empty() || self.sweep.cfg.is_empty() || self.sweep.samples_per_cell < 2 {
             return Err("sweep: needs steps, cfg rates and at least 2 samples per cell".into());
+        }
+        let text_ok = ["tiny-random", "minilm"].contains(&self.text_encoder.as_str())
+            || self.text_encoder.starts_with("dir:")
+            || self.text_encoder.starts_with("clip:");
+        if !text_ok {
+            return Err(format!(
+                "text_encoder = {:?}: expected tiny-random, minilm, dir:DIR or clip:DIR",
+                self.text_encoder
+            ));
         }
         if !["inception", "in-domain"].contains(&self.fid_features.as_str()) {
             return Err(format!("fid_features = {:?}: expected \"inception\" or \"in-domain\"", self.fid_features));

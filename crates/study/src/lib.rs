@@ -5,6 +5,7 @@ pub mod analysis;
 pub mod cell;
 pub mod config;
 pub mod in_domain;
+pub mod pipeline;
 pub mod plan;
 pub mod plot;
 pub mod report;
