@@ -24,38 +24,116 @@ pub const CONFIG_FILE: &str = "config.json";
 /// One step of a module path: the field name and the type that owns it.
 type PathStep = (String, String);
 
-/// diffusers' name for the parameter at `path`, and whether it is a linear weight (transposed
-/// between burn and PyTorch).
-fn diffusers_key(path: &[PathStep]) -> (String, bool) {
-    let mut parts = Vec::with_capacity(path.len());
-    for (name, owner) in path {
-        let part = match (owner.as_str(), name.as_str()) {
-            // Variant names of enum modules are not part of diffusers' names.
-            (o, _) if o.starts_with("Enum:") => continue,
-            ("Struct:Attention", "to_out") => "to_out.0",
-            ("Struct:FeedForward", "proj_in") => "net.0.proj",
-            ("Struct:FeedForward", "proj_out") => "net.2",
-            ("Struct:DownBlock", "downsampler") => "downsamplers.0",
-            ("Struct:UpBlock", "upsampler") => "upsamplers.0",
-            ("Struct:GroupNorm" | "Struct:LayerNorm", "gamma") => "weight",
-            ("Struct:GroupNorm" | "Struct:LayerNorm", "beta") => "bias",
-            (_, n) => n,
-        };
-        parts.push(part);
+/// How a model's module paths map to tensor names in a weights file. Every naming applies
+/// diffusers' renames (below) after its own, so shared layers (GroupNorm, LayerNorm) are named
+/// alike everywhere.
+#[derive(Clone, Copy, Debug)]
+pub struct Naming {
+    /// Prepended to every tensor name (transformers' `CLIPTextModel` stores `text_model.…`).
+    pub prefix: &'static str,
+    /// `(owner type, field, name)` renames checked before diffusers' table, for fields whose Rust
+    /// name cannot be the reference library's (BERT's `LayerNorm`, `self`). The owner is burn's
+    /// container type, e.g. `"Struct:BertLayer"`.
+    pub renames: &'static [(&'static str, &'static str, &'static str)],
+    /// Tensors a file may hold that the model has no use for (buffers such as `position_ids`,
+    /// heads such as BERT's pooler): an entry matches a full file name (prefix included)
+    /// exactly, or as a prefix when it ends in '.'.
+    pub ignored: &'static [&'static str],
+    /// Older names of path components, `(current, legacy)`: a tensor missing under its name is
+    /// also looked up with the component `current` replaced by `legacy` (diffusers' deprecated VAE
+    /// attention blocks store `query`/`key`/`value`/`proj_attn`).
+    pub legacy: &'static [(&'static str, &'static str)],
+}
+
+impl Naming {
+    /// diffusers' names, as the UNet uses them.
+    pub const DIFFUSERS: Naming = Naming {
+        prefix: "",
+        renames: &[],
+        ignored: &[],
+        legacy: &[],
+    };
+
+    /// The file's name for the parameter at `path`, and whether it is a linear weight (transposed
+    /// between burn and PyTorch).
+    fn key(&self, path: &[PathStep]) -> (String, bool) {
+        let mut parts = Vec::with_capacity(path.len() + 1);
+        if !self.prefix.is_empty() {
+            parts.push(self.prefix.trim_end_matches('.'));
+        }
+        for (name, owner) in path {
+            let renamed = self
+                .renames
+                .iter()
+                .find(|(o, n, _)| o == owner && n == name)
+                .map(|(_, _, to)| *to);
+            let part = match (owner.as_str(), name.as_str(), renamed) {
+                (_, _, Some(to)) => to,
+                // Variant names of enum modules are not part of diffusers' names.
+                (o, _, None) if o.starts_with("Enum:") => continue,
+                ("Struct:Attention", "to_out", None) => "to_out.0",
+                ("Struct:FeedForward", "proj_in", None) => "net.0.proj",
+                ("Struct:FeedForward", "proj_out", None) => "net.2",
+                ("Struct:DownBlock", "downsampler", None) => "downsamplers.0",
+                ("Struct:UpBlock", "upsampler", None) => "upsamplers.0",
+                ("Struct:GroupNorm" | "Struct:LayerNorm", "gamma", None) => "weight",
+                ("Struct:GroupNorm" | "Struct:LayerNorm", "beta", None) => "bias",
+                (_, n, None) => n,
+            };
+            parts.push(part);
+        }
+        let transposed = path
+            .last()
+            .is_some_and(|(name, owner)| owner == "Struct:Linear" && name == "weight");
+        (parts.join("."), transposed)
     }
-    let transposed = path
-        .last()
-        .is_some_and(|(name, owner)| owner == "Struct:Linear" && name == "weight");
-    (parts.join("."), transposed)
+
+    /// Whether the model may leave the file's tensor `name` unused.
+    fn is_ignored(&self, name: &str) -> bool {
+        self.ignored.iter().any(|pattern| {
+            if pattern.ends_with('.') {
+                name.starts_with(pattern)
+            } else {
+                name == *pattern
+            }
+        })
+    }
+
+    /// Other names `key` may be stored under, per [`Naming::legacy`].
+    fn legacy_keys(&self, key: &str) -> Vec<String> {
+        let parts: Vec<&str> = key.split('.').collect();
+        self.legacy
+            .iter()
+            .filter_map(|(current, legacy)| {
+                let current: Vec<&str> = current.split('.').collect();
+                let n = current.len();
+                let at = (0..=parts.len().saturating_sub(n))
+                    .find(|&i| parts[i..i + n] == current[..])?;
+                let mut renamed: Vec<&str> = parts[..at].to_vec();
+                renamed.push(legacy);
+                renamed.extend_from_slice(&parts[at + n..]);
+                Some(renamed.join("."))
+            })
+            .collect()
+    }
 }
 
 /// Every parameter of `module` in diffusers naming, with its shape as PyTorch stores it.
 pub fn parameter_shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
-    struct Shapes {
+    parameter_shapes_named(module, &Naming::DIFFUSERS)
+}
+
+/// Every parameter of `module` under `naming`, with its shape as PyTorch stores it.
+pub fn parameter_shapes_named<M: Module>(
+    module: &M,
+    naming: &Naming,
+) -> BTreeMap<String, Vec<usize>> {
+    struct Shapes<'n> {
+        naming: &'n Naming,
         path: Vec<PathStep>,
         out: BTreeMap<String, Vec<usize>>,
     }
-    impl ModuleVisitor for Shapes {
+    impl ModuleVisitor for Shapes<'_> {
         fn enter_module(&mut self, name: &str, container_type: &str) {
             self.path.push((name.into(), container_type.into()));
         }
@@ -63,7 +141,7 @@ pub fn parameter_shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let (key, transposed) = diffusers_key(&self.path);
+            let (key, transposed) = self.naming.key(&self.path);
             let mut shape = param.lazy_shape().dims::<D>().to_vec();
             if transposed {
                 shape.reverse();
@@ -72,6 +150,7 @@ pub fn parameter_shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
         }
     }
     let mut visitor = Shapes {
+        naming,
         path: Vec::new(),
         out: BTreeMap::new(),
     };
@@ -80,6 +159,7 @@ pub fn parameter_shapes<M: Module>(module: &M) -> BTreeMap<String, Vec<usize>> {
 }
 
 struct Loader<'a> {
+    naming: &'a Naming,
     file: &'a str,
     tensors: &'a SafeTensors<'a>,
     device: Device,
@@ -89,16 +169,26 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    fn read(&self, key: &str, expected: &[usize]) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
-        let view = self
-            .tensors
-            .tensor(key)
-            .map_err(|_| ModelError::MissingKey {
-                file: self.file.into(),
-                key: key.into(),
-                expected: expected.to_vec(),
-                hint: String::new(),
-            })?;
+    /// Reads `key` (or a legacy name of it); returns the values, the shape and the name found.
+    fn read(
+        &self,
+        key: &str,
+        expected: &[usize],
+    ) -> Result<(Vec<f32>, Vec<usize>, String), ModelError> {
+        let mut found = self.tensors.tensor(key).map(|view| (view, key.to_string()));
+        for legacy in self.naming.legacy_keys(key) {
+            if found.is_ok() {
+                break;
+            }
+            found = self.tensors.tensor(&legacy).map(|view| (view, legacy));
+        }
+        let (view, key) = found.map_err(|_| ModelError::MissingKey {
+            file: self.file.into(),
+            key: key.into(),
+            expected: expected.to_vec(),
+            hint: String::new(),
+        })?;
+        let key = key.as_str();
         let bad = |message: String| ModelError::BadTensor {
             file: self.file.into(),
             key: key.into(),
@@ -131,7 +221,7 @@ impl Loader<'_> {
                 )));
             }
         };
-        Ok((values, view.shape().to_vec()))
+        Ok((values, view.shape().to_vec(), key.to_string()))
     }
 }
 
@@ -145,14 +235,14 @@ impl ModuleMapper for Loader<'_> {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let (key, transposed) = diffusers_key(&self.path);
+        let (key, transposed) = self.naming.key(&self.path);
         let mut expected = param.lazy_shape().dims::<D>().to_vec();
         if transposed {
             expected.reverse();
         }
         match self.read(&key, &expected) {
-            Ok((values, shape)) => {
-                self.used.insert(key);
+            Ok((values, shape, found)) => {
+                self.used.insert(found);
                 let mut tensor =
                     Tensor::<D>::from_data(TensorData::new(values, shape), &self.device);
                 if transposed {
@@ -176,6 +266,17 @@ pub fn load_safetensors<M: Module>(
     file: &Path,
     device: &Device,
 ) -> Result<M, ModelError> {
+    load_safetensors_named(module, file, device, &Naming::DIFFUSERS)
+}
+
+/// [`load_safetensors`] under `naming`: every parameter is required, and every tensor of the
+/// file must be used unless `naming` ignores it.
+pub fn load_safetensors_named<M: Module>(
+    module: M,
+    file: &Path,
+    device: &Device,
+    naming: &Naming,
+) -> Result<M, ModelError> {
     let bytes = std::fs::read(file).map_err(|e| ModelError::io(file, e))?;
     let file_name = file.display().to_string();
     let tensors = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::CorruptWeights {
@@ -183,6 +284,7 @@ pub fn load_safetensors<M: Module>(
         message: e.to_string(),
     })?;
     let mut loader = Loader {
+        naming,
         file: &file_name,
         tensors: &tensors,
         device: device.clone(),
@@ -215,7 +317,7 @@ pub fn load_safetensors<M: Module>(
     let mut unexpected: Vec<String> = tensors
         .names()
         .into_iter()
-        .filter(|name| !loader.used.contains(*name))
+        .filter(|name| !loader.used.contains(*name) && !naming.is_ignored(name))
         .map(|name| name.to_string())
         .collect();
     if !unexpected.is_empty() {
@@ -240,11 +342,21 @@ pub fn load_safetensors<M: Module>(
 /// Writes `module`'s parameters, in diffusers naming and PyTorch layout, to a safetensors file,
 /// atomically (temporary file, then rename).
 pub fn save_safetensors<M: Module>(module: &M, file: &Path) -> Result<(), ModelError> {
-    struct Collect {
+    save_safetensors_named(module, file, &Naming::DIFFUSERS)
+}
+
+/// [`save_safetensors`] under `naming` (current names, never legacy ones).
+pub fn save_safetensors_named<M: Module>(
+    module: &M,
+    file: &Path,
+    naming: &Naming,
+) -> Result<(), ModelError> {
+    struct Collect<'n> {
+        naming: &'n Naming,
         path: Vec<PathStep>,
         out: BTreeMap<String, (Vec<usize>, Vec<u8>)>,
     }
-    impl ModuleVisitor for Collect {
+    impl ModuleVisitor for Collect<'_> {
         fn enter_module(&mut self, name: &str, container_type: &str) {
             self.path.push((name.into(), container_type.into()));
         }
@@ -252,7 +364,7 @@ pub fn save_safetensors<M: Module>(module: &M, file: &Path) -> Result<(), ModelE
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let (key, transposed) = diffusers_key(&self.path);
+            let (key, transposed) = self.naming.key(&self.path);
             let mut tensor = param.val();
             if transposed {
                 tensor = tensor.transpose();
@@ -268,6 +380,7 @@ pub fn save_safetensors<M: Module>(module: &M, file: &Path) -> Result<(), ModelE
         }
     }
     let mut collect = Collect {
+        naming,
         path: Vec::new(),
         out: BTreeMap::new(),
     };
@@ -283,6 +396,36 @@ pub fn save_safetensors<M: Module>(module: &M, file: &Path) -> Result<(), ModelE
         .collect();
     let bytes = safetensors::serialize(views, None).map_err(|e| ModelError::io(file, e))?;
     write_atomic(file, &bytes)
+}
+
+/// The tensor names of a safetensors file, read from its header alone (the data is not loaded).
+pub fn tensor_names(file: &Path) -> Result<Vec<String>, ModelError> {
+    use std::io::Read;
+    let corrupt = |message: String| ModelError::CorruptWeights {
+        file: file.display().to_string(),
+        message,
+    };
+    let mut reader = std::fs::File::open(file).map_err(|e| ModelError::io(file, e))?;
+    let mut len = [0u8; 8];
+    reader
+        .read_exact(&mut len)
+        .map_err(|e| corrupt(format!("no header: {e}")))?;
+    let len = u64::from_le_bytes(len);
+    // safetensors caps headers at 100 MB; a larger length means the file is not safetensors.
+    if len > 100_000_000 {
+        return Err(corrupt(format!("header length {len} is implausible")));
+    }
+    let mut header = vec![0u8; len as usize];
+    reader
+        .read_exact(&mut header)
+        .map_err(|e| corrupt(format!("truncated header: {e}")))?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| corrupt(format!("header: {e}")))?;
+    Ok(header
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k != "__metadata__")
+        .collect())
 }
 
 /// Writes `bytes` to `file` through a temporary file in the same directory and a rename, so a

@@ -1,0 +1,21 @@
+//! Evaluation metrics of the ldmscale toolkit, numerically equal to the reference libraries:
+//!
+//! - FID with the FID Inception-v3 (`pt_inception-2015-12-05`) read directly from its
+//!   TorchScript archive ([`inception`], [`weights`], [`pickle`]), in pytorch-fid's and
+//!   clean-fid's preprocessing ([`preprocess`]); statistics, Fréchet distance and KID in f64
+//!   ([`stats`]); `.npz` statistics files ([`npz`]); folders end to end ([`fid`]).
+
+pub mod error;
+pub mod fid;
+pub mod inception;
+pub mod npz;
+pub mod pickle;
+pub mod preprocess;
+pub mod stats;
+pub mod weights;
+
+pub use error::EvalError;
+pub use fid::{FidExtractor, FolderStatistics, default_inception_path, folder_statistics};
+pub use inception::{FEATURE_DIM, FID_INCEPTION_PARAMS, FidInception};
+pub use preprocess::{FidMode, RgbImage};
+pub use stats::{GaussianStats, Kid, KidOptions, StatsAccumulator, frechet_distance};
