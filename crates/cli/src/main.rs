@@ -1,8 +1,13 @@
 //! `ldmscale`: train, sample and measure families of latent diffusion models of different sizes,
 //! and find which size, sampler, step count and guidance give the best images for a budget.
 
+mod clip_score;
+mod fid;
 mod npy;
+mod plan;
 mod sample;
+mod study;
+mod train_vae;
 mod zoo;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +40,38 @@ enum Command {
     /// `ldmscale sample --unet unet/ --sampler dpmpp-2m --steps 20 --cfg 7.5
     /// --prompt-embeds p.npy --negative-embeds n.npy --output-latents out.npy`.
     Sample(Box<sample::SampleArgs>),
+    /// Fréchet Inception Distance between two image folders or .npz statistics, equal to
+    /// pytorch-fid 0.3.0 (`--mode pytorch-fid`, default) or clean-fid 0.1.35 (`--mode clean`).
+    ///
+    /// Example: `ldmscale fid samples/ real.npz --mode clean`;
+    /// `ldmscale fid real/ --save-stats real.npz` only writes the statistics.
+    Fid(Box<fid::FidArgs>),
+    /// CLIP score of images against their captions, equal to torchmetrics' CLIPScore:
+    /// `max(mean(100 * cos(image, caption)), 0)` with a local transformers CLIPModel directory.
+    ///
+    /// Example: `ldmscale clip-score --images samples/ --captions captions.tsv --clip clip-vit-large-patch14/`.
+    ClipScore(Box<clip_score::ClipScoreArgs>),
+    /// Recommend the model size, sampler, steps and guidance with the best FID within a
+    /// sampling budget, from a study's results store.
+    ///
+    /// Example: `ldmscale plan --store study/results.sqlite --budget-gflops 2.5`.
+    Plan(plan::PlanArgs),
+    /// Work with results stores: merge shards, write a report.
+    #[command(subcommand)]
+    Results(plan::ResultsCommand),
+    /// Train a small KL autoencoder (the first stage) on a dataset's images.
+    ///
+    /// Reports held-out reconstruction PSNR and stores 1 / std of training latents as the
+    /// scaling factor in the diffusers config it writes. Example:
+    /// `ldmscale train-vae --data shapes --resolution 32 --factor 4 --steps 2000 --output vae/`.
+    TrainVae(Box<train_vae::TrainVaeArgs>),
+    /// Run the paper's study end to end: data, first stage, text encoder, train a width family,
+    /// sweep samplers x steps x guidance, evaluate, analyse, report. Resumable.
+    ///
+    /// With no arguments, the `quick` preset on the procedural `shapes` dataset (no download).
+    /// `--dry-run` prints the plan with its estimated compute. Example:
+    /// `ldmscale study --preset tiny --out /tmp/tiny`.
+    Study(study::StudyArgs),
 }
 
 fn main() {
@@ -42,6 +79,12 @@ fn main() {
     let result = match &cli.command {
         Command::Zoo(args) => zoo::run(args),
         Command::Sample(args) => sample::run(args),
+        Command::Fid(args) => fid::run(args),
+        Command::ClipScore(args) => clip_score::run(args),
+        Command::Plan(args) => plan::plan(args),
+        Command::Results(command) => plan::results(command),
+        Command::Study(args) => study::run(args),
+        Command::TrainVae(args) => train_vae::run(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

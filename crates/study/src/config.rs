@@ -118,39 +118,41 @@ pub struct StudyConfig {
 impl StudyConfig {
     /// A built-in preset.
     pub fn preset(name: &str) -> Result<Self, String> {
+        // The quick preset is sized for a 2-core CPU in minutes: 16x16 images, a KL-f2 first
+        // stage (8x8 latents), four widths of the small layout.
         let base = |name: &str| StudyConfig {
             name: name.into(),
             dataset: "shapes".into(),
-            resolution: 32,
+            resolution: 16,
             train_examples: 2048,
             val_examples: 256,
             first_stage: FirstStage::Train {
-                factor: 4,
+                factor: 2,
                 latent_channels: 4,
                 width: 32,
-                steps: 400,
+                steps: 300,
             },
             text_encoder: "tiny-random".into(),
             family: "small".into(),
-            widths: vec![16, 24, 32, 48],
+            widths: vec![8, 16, 24, 32],
             heads: 4,
-            norm_groups: 8,
+            norm_groups: 4,
             recipe: RecipeConfig {
-                steps: 600,
+                steps: 400,
                 batch_size: 16,
                 learning_rate: 1e-3,
-                warmup_steps: 50,
+                warmup_steps: 40,
                 text_dropout: 0.1,
-                ema_max_decay: Some(0.999),
+                ema_max_decay: Some(0.995),
                 eval_every: 0,
             },
             sweep: SweepConfig {
                 samplers: vec!["ddim".into(), "ddpm".into(), "dpmpp-2m".into()],
-                steps: vec![2, 4, 8, 16, 32],
+                steps: vec![1, 2, 4, 8, 16],
                 cfg: vec![1.0, 2.0, 3.0, 5.0],
                 dpm_max_steps: 20,
                 seeds: vec![0],
-                samples_per_cell: 64,
+                samples_per_cell: 32,
             },
             fid_features: "in-domain".into(),
         };
@@ -182,6 +184,15 @@ impl StudyConfig {
             "full" => {
                 let mut c = base("full");
                 c.dataset = "fashion-mnist".into();
+                c.resolution = 32;
+                c.first_stage = FirstStage::Train {
+                    factor: 4,
+                    latent_channels: 4,
+                    width: 32,
+                    steps: 3000,
+                };
+                c.heads = 4;
+                c.norm_groups = 8;
                 c.train_examples = 60000;
                 c.val_examples = 2000;
                 c.widths = vec![16, 24, 32, 48, 64];
@@ -344,6 +355,6 @@ mod tests {
     fn dpm_cells_stop_at_twenty_steps() {
         let c = StudyConfig::preset("quick").unwrap();
         assert!(c.cells().iter().all(|(s, n, _, _)| !s.starts_with("dpmpp") || *n <= 20));
-        assert!(c.cells().iter().any(|(s, n, _, _)| s == "ddim" && *n == 32));
+        assert!(c.cells().iter().any(|(s, n, _, _)| s == "ddim" && *n == 16));
     }
 }
