@@ -138,7 +138,8 @@ pub fn run(args: &ClipScoreArgs) -> Result<()> {
             .iter()
             .map(|(p, s)| serde_json::json!({ "image": p.display().to_string(), "score": s }))
             .collect();
-        let out = serde_json::json!({ "clip_score": score, "pairs": pairs.len(), "per_pair": pairs });
+        let out =
+            serde_json::json!({ "clip_score": score, "pairs": pairs.len(), "per_pair": pairs });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!("CLIP score: {score:.6} ({} pairs)", scored.len());
@@ -168,9 +169,18 @@ mod tests {
             json: true,
         };
         let (score, scored) = score_pairs(&args).unwrap();
-        let want = manifest["cases"]["vit_b32_like"]["clip_score"].as_f64().unwrap();
-        assert!((score - want).abs() < 1e-3, "{score} vs torchmetrics {want}");
-        for ((_, ours), theirs) in scored.iter().zip(manifest["cases"]["vit_b32_like"]["per_pair"].as_array().unwrap()) {
+        let want = manifest["cases"]["vit_b32_like"]["clip_score"]
+            .as_f64()
+            .unwrap();
+        assert!(
+            (score - want).abs() < 1e-3,
+            "{score} vs torchmetrics {want}"
+        );
+        for ((_, ours), theirs) in scored.iter().zip(
+            manifest["cases"]["vit_b32_like"]["per_pair"]
+                .as_array()
+                .unwrap(),
+        ) {
             assert!((ours - theirs.as_f64().unwrap()).abs() < 1e-3);
         }
         let files = image_files(&args.images).unwrap();
@@ -196,6 +206,9 @@ mod tests {
         let named = dir.path().join("named.tsv");
         std::fs::write(&named, "a_wide.png\tok\nmissing.png\tno\n").unwrap();
         let err = pair_captions(&files, &named).unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("missing.png"), "{err}");
+        assert!(
+            err.contains("line 2") && err.contains("missing.png"),
+            "{err}"
+        );
     }
 }

@@ -47,7 +47,8 @@ pub struct FidArgs {
 }
 
 fn is_stats_file(path: &Path) -> bool {
-    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npz"))
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
 }
 
 /// Statistics of one input, and its features when they were computed and asked for.
@@ -59,7 +60,10 @@ struct Input {
 }
 
 fn load_extractor(args: &FidArgs, device: &Device) -> Result<FidExtractor> {
-    let path = args.inception.clone().unwrap_or_else(default_inception_path);
+    let path = args
+        .inception
+        .clone()
+        .unwrap_or_else(default_inception_path);
     if !path.exists() {
         bail!(
             "{}: FID Inception weights not found; run tools/fetch-assets.sh inception or pass --inception",
@@ -144,8 +148,7 @@ fn compute(args: &FidArgs) -> Result<Outcome> {
     if args.second.is_none() && args.save_stats.is_none() {
         bail!("give a second folder or .npz to compare with, or --save-stats OUT.npz");
     }
-    if args.kid
-        && (is_stats_file(&args.first) || args.second.as_deref().is_none_or(is_stats_file))
+    if args.kid && (is_stats_file(&args.first) || args.second.as_deref().is_none_or(is_stats_file))
     {
         bail!("--kid needs two image folders: KID is computed from features, not from mu/sigma");
     }
@@ -200,9 +203,7 @@ pub fn run(args: &FidArgs) -> Result<()> {
         return Ok(()); // statistics only, written by compute
     };
     if args.json {
-        let input = |(path, images): &(String, Option<usize>)| {
-            serde_json::json!({ "path": path, "images": images })
-        };
+        let input = |(path, images): &(String, Option<usize>)| serde_json::json!({ "path": path, "images": images });
         let mut out = serde_json::json!({
             "fid": fid,
             "mode": args.mode.name(),
@@ -256,7 +257,13 @@ mod tests {
                 } else {
                     0.01
                 };
-                (name, NamedTensor { shape, values: vec![value; n] })
+                (
+                    name,
+                    NamedTensor {
+                        shape,
+                        values: vec![value; n],
+                    },
+                )
             })
             .collect();
         let path = dir.join("constant.safetensors");
@@ -273,7 +280,10 @@ mod tests {
         let mut a = args(dir.path(), None);
         a.save_stats = Some(dir.path().join("out.npz"));
         let err = run(&a).unwrap_err().to_string();
-        assert!(err.contains("no images") && err.contains(&dir.path().display().to_string()), "{err}");
+        assert!(
+            err.contains("no images") && err.contains(&dir.path().display().to_string()),
+            "{err}"
+        );
         let err = run(&args(&dir.path().join("missing"), Some(dir.path()))).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
     }
@@ -283,7 +293,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let images = dir.path().join("images");
         std::fs::create_dir(&images).unwrap();
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/eval/fid/images/a");
+        let fixtures =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/eval/fid/images/a");
         for name in ["00.png", "01.png", "02.png"] {
             std::fs::copy(fixtures.join(name), images.join(name)).unwrap();
         }
@@ -302,8 +313,13 @@ mod tests {
         let mut b = args(&images, Some(&stats));
         b.inception = a.inception.clone();
         let fid = compute(&b).unwrap().fid.unwrap();
-        let scale: f64 = (0..FEATURE_DIM).map(|i| saved.sigma[i * FEATURE_DIM + i]).sum();
-        assert!(fid.abs() < 1e-4 && fid.abs() < 1e-3 * scale, "{fid} (trace {scale})");
+        let scale: f64 = (0..FEATURE_DIM)
+            .map(|i| saved.sigma[i * FEATURE_DIM + i])
+            .sum();
+        assert!(
+            fid.abs() < 1e-4 && fid.abs() < 1e-3 * scale,
+            "{fid} (trace {scale})"
+        );
     }
 
     #[test]
@@ -311,12 +327,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let small = dir.path().join("small.npz");
         let large = dir.path().join("large.npz");
-        write_stats(&small, &GaussianStats { mu: vec![0.0; 2], sigma: vec![1.0, 0.0, 0.0, 1.0] }).unwrap();
-        write_stats(&large, &GaussianStats { mu: vec![0.0; 3], sigma: vec![0.0; 9] }).unwrap();
+        write_stats(
+            &small,
+            &GaussianStats {
+                mu: vec![0.0; 2],
+                sigma: vec![1.0, 0.0, 0.0, 1.0],
+            },
+        )
+        .unwrap();
+        write_stats(
+            &large,
+            &GaussianStats {
+                mu: vec![0.0; 3],
+                sigma: vec![0.0; 9],
+            },
+        )
+        .unwrap();
         let err = run(&args(&small, Some(&large))).unwrap_err().to_string();
-        assert!(err.contains("small.npz has 2-wide") && err.contains("large.npz has 3-wide"), "{err}");
+        assert!(
+            err.contains("small.npz has 2-wide") && err.contains("large.npz has 3-wide"),
+            "{err}"
+        );
         let mut k = args(&small, Some(&small));
         k.kid = true;
-        assert!(run(&k).unwrap_err().to_string().contains("--kid needs two image folders"));
+        assert!(
+            run(&k)
+                .unwrap_err()
+                .to_string()
+                .contains("--kid needs two image folders")
+        );
     }
 }

@@ -7,6 +7,7 @@ mod npy;
 mod plan;
 mod sample;
 mod study;
+mod train;
 mod train_vae;
 mod zoo;
 
@@ -72,6 +73,15 @@ enum Command {
     /// `--dry-run` prints the plan with its estimated compute. Example:
     /// `ldmscale study --preset tiny --out /tmp/tiny`.
     Study(study::StudyArgs),
+    /// Train one UNet width from scratch on encoded data (resumes from its newest checkpoint).
+    ///
+    /// Example: `ldmscale train --config run.toml --out runs/w32 --width 32`.
+    Train(Box<train::TrainArgs>),
+    /// Train every width of a family with the identical recipe, one directory per width,
+    /// skipping finished widths.
+    ///
+    /// Example: `ldmscale train-family --config run.toml --widths 16,24,32,48 --out family/`.
+    TrainFamily(Box<train::TrainArgs>),
 }
 
 fn main() {
@@ -84,6 +94,8 @@ fn main() {
         Command::Plan(args) => plan::plan(args),
         Command::Results(command) => plan::results(command),
         Command::Study(args) => study::run(args),
+        Command::Train(args) => train::run(args),
+        Command::TrainFamily(args) => train::family(args),
         Command::TrainVae(args) => train_vae::run(args),
     };
     if let Err(e) = result {

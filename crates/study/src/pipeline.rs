@@ -35,16 +35,23 @@ fn s<E: std::fmt::Display>(x: E) -> String {
 }
 
 /// Captioned images of one split, as `[3, H, W]` floats in [-1, 1].
-struct Split2 {
-    images: Vec<f32>,
-    captions: Vec<String>,
+pub struct Captioned {
+    /// `N x 3 x H x W` values.
+    pub images: Vec<f32>,
+    /// `N` captions.
+    pub captions: Vec<String>,
 }
 
-fn load_split(config: &StudyConfig, split: Split, count: usize) -> Result<Split2, String> {
-    let spec_text = if config.dataset == "shapes" {
-        format!("shapes:resolution={}", config.resolution)
+fn load_split(config: &StudyConfig, split: Split, count: usize) -> Result<Captioned, String> {
+    load_images(&config.dataset, config.resolution, split, count)
+}
+
+/// The first `count` usable examples of `split` of `dataset` at `resolution` (centre crop).
+pub fn load_images(dataset: &str, resolution: usize, split: Split, count: usize) -> Result<Captioned, String> {
+    let spec_text = if dataset == "shapes" {
+        format!("shapes:resolution={resolution}")
     } else {
-        config.dataset.clone()
+        dataset.to_string()
     };
     let spec: DatasetSpec = spec_text.parse().map_err(s)?;
     let dataset = spec.open().map_err(s)?;
@@ -53,7 +60,7 @@ fn load_split(config: &StudyConfig, split: Split, count: usize) -> Result<Split2
         salt: 0,
     };
     let data = SplitDataset::new(dataset, split, split_config).map_err(s)?;
-    let transform = Transform::center(config.resolution as u32);
+    let transform = Transform::center(resolution as u32);
     let mut images = Vec::new();
     let mut captions = Vec::new();
     let mut index = 0;
@@ -71,9 +78,9 @@ fn load_split(config: &StudyConfig, split: Split, count: usize) -> Result<Split2
         index += 1;
     }
     if captions.len() < 2 {
-        return Err(format!("{}: only {} usable {split:?} examples", config.dataset, captions.len()));
+        return Err(format!("{spec_text}: only {} usable {split:?} examples", captions.len()));
     }
-    Ok(Split2 { images, captions })
+    Ok(Captioned { images, captions })
 }
 
 fn images_tensor(images: &[f32], res: usize, device: &Device) -> Tensor<4> {
@@ -151,12 +158,13 @@ fn progress(len: u64, what: &str) -> ProgressBar {
 }
 
 /// Encoded examples held in memory for training.
-struct Encoded {
+pub struct Encoded {
     latents: Vec<f32>,
     latent_shape: [usize; 3],
     states: Vec<f32>,
     context_shape: [usize; 2],
     null: Vec<f32>,
+    mask: Vec<f32>,
     key: String,
 }
 
@@ -194,6 +202,60 @@ impl TrainingData for Encoded {
     fn key(&self) -> String {
         self.key.clone()
     }
+}
+
+/// The frozen text encoder `kind` ("tiny-random", "minilm", "dir:DIR", "clip:DIR"), loaded
+/// from `dir` when a previous run saved it there, else made (a tiny-random one over the words of
+/// `captions`) and saved to `dir`.
+pub fn text_encoder(kind: &str, dir: &Path, captions: &[String], device: &Device) -> Result<TextConditioner, String> {
+    if let Ok(t) = TextConditioner::load(dir, None, device) {
+        return Ok(t);
+    }
+    let t = match kind {
+        "tiny-random" => {
+            device.seed(17);
+            tiny_text_conditioner(captions, &TinyTextSpec::default(), device).map_err(s)?
+        }
+        "minilm" => TextConditioner::load(&ldmscale_model::text::default_minilm_dir(), None, device)
+            .map_err(|x| format!("{x} (run tools/fetch-assets.sh minilm)"))?,
+        other => match other.strip_prefix("dir:").or(other.strip_prefix("clip:")) {
+            Some(path) => TextConditioner::load(Path::new(path), None, device).map_err(s)?,
+            None => return Err(format!("text_encoder = {other:?}: expected tiny-random, minilm or dir:PATH")),
+        },
+    };
+    t.save(dir).map_err(s)?;
+    Ok(t)
+}
+
+/// Encodes images to scaled latents and captions to text states (at most 32 tokens), in memory.
+pub fn encode(
+    vae: &AutoencoderKL,
+    vae_config: &AutoencoderKLConfig,
+    text: &TextConditioner,
+    examples: &Captioned,
+    res: usize,
+    key: String,
+    device: &Device,
+) -> Result<Encoded, String> {
+    let length = text.encoder.max_positions().min(32);
+    let width = text.encoder.hidden_size();
+    let (states, mask) = encode_text(text, &examples.captions, length, device)?;
+    let (null, _) = encode_text(text, &[String::new()], length, device)?;
+    let mut latents = Vec::new();
+    for chunk in examples.images.chunks(64 * 3 * res * res) {
+        let z = vae.encode(images_tensor(chunk, res, device)).mode();
+        latents.extend(vec_of(vae_config.vae_to_latents(z)));
+    }
+    let f = vae.downsampling_factor();
+    Ok(Encoded {
+        latents,
+        latent_shape: [vae_config.latent_channels, res / f, res / f],
+        states,
+        context_shape: [length, width],
+        null,
+        mask,
+        key,
+    })
 }
 
 /// Text states of `captions`, `[N, L, D]` with padding positions zeroed, and masks `[N, L]`.
@@ -343,46 +405,16 @@ pub fn run(config: &StudyConfig, out: &Path, shard: Option<(usize, usize)>) -> R
 
     // 3. Text encoder and the encoded training set.
     let text_dir = out.join("text_encoder");
-    let text = match TextConditioner::load(&text_dir, None, &device) {
-        Ok(t) => t,
-        Err(_) => {
-            let t = match config.text_encoder.as_str() {
-                "tiny-random" => {
-                    device.seed(17);
-                    tiny_text_conditioner(&train_split.captions, &TinyTextSpec::default(), &device).map_err(s)?
-                }
-                "minilm" => TextConditioner::load(&ldmscale_model::text::default_minilm_dir(), None, &device)
-                    .map_err(|x| format!("{x} (run tools/fetch-assets.sh minilm)"))?,
-                other => match other.strip_prefix("dir:").or(other.strip_prefix("clip:")) {
-                    Some(dir) => TextConditioner::load(Path::new(dir), None, &device).map_err(s)?,
-                    None => return Err(format!("text_encoder = {other:?}: expected tiny-random, minilm or dir:PATH")),
-                },
-            };
-            t.save(&text_dir).map_err(s)?;
-            t
-        }
-    };
-    let length = text.encoder.max_positions().min(32);
-    let width = text.encoder.hidden_size();
+    let text = text_encoder(&config.text_encoder, &text_dir, &train_split.captions, &device)?;
     eprintln!("[3/7] encoding {} training images and captions", train_split.captions.len());
-    let (train_states, train_mask) = encode_text(&text, &train_split.captions, length, &device)?;
-    let (val_states, val_mask) = encode_text(&text, &val_split.captions, length, &device)?;
-    let (null, _) = encode_text(&text, &[String::new()], length, &device)?;
-    let mut latents = Vec::new();
-    for chunk in train_split.images.chunks(64 * 3 * res * res) {
-        let z = vae.encode(images_tensor(chunk, res, &device)).mode();
-        latents.extend(vec_of(vae_config.vae_to_latents(z)));
-    }
+    let key = format!("{}@{res} vae:{} text:{}", config.dataset, vae_config.scaling_factor, config.text_encoder);
+    let data = encode(&vae, &vae_config, &text, &train_split, res, key, &device)?;
+    let (length, width) = (data.context_shape[0], data.context_shape[1]);
+    let latent_shape = data.latent_shape;
     let f = vae.downsampling_factor();
-    let latent_shape = [vae_config.latent_channels, res / f, res / f];
-    let data = Encoded {
-        latents,
-        latent_shape,
-        states: train_states.clone(),
-        context_shape: [length, width],
-        null: null.clone(),
-        key: format!("{}@{res} vae:{} text:{}", config.dataset, vae_config.scaling_factor, config.text_encoder),
-    };
+    let (train_states, train_mask) = (data.states.clone(), data.mask.clone());
+    let (val_states, val_mask) = encode_text(&text, &val_split.captions, length, &device)?;
+    let null = data.null.clone();
 
     // 4. The family.
     let mut model_dirs = Vec::new();

@@ -1,0 +1,138 @@
+//! `ldmscale train` and `ldmscale train-family`: one recipe, any width, exact resume.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
+use clap::Args;
+use ldmscale_data::Split;
+use ldmscale_model::vae::load_vae;
+use ldmscale_study::pipeline::{encode, load_images, text_encoder};
+use ldmscale_train::{TrainConfig, train};
+use serde::Deserialize;
+
+/// Where the training pairs come from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataConfig {
+    /// Dataset spec (shapes, fashion-mnist, folder:DIR, coco:JSON:DIR, ...).
+    dataset: String,
+    /// Image side in pixels.
+    resolution: usize,
+    /// Training examples to encode.
+    examples: usize,
+    /// First-stage autoencoder: a diffusers AutoencoderKL directory (e.g. from `train-vae`).
+    first_stage: String,
+    /// Frozen text encoder: tiny-random, minilm, dir:DIR or clip:DIR.
+    text_encoder: String,
+}
+
+/// A run file: `[data]` and `[train]` (with `[train.model]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunFile {
+    data: DataConfig,
+    train: toml::Value,
+}
+
+/// Arguments shared by `train` and `train-family`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Run file (TOML) with `[data]` (dataset, resolution, examples, first_stage, text_encoder)
+    /// and `[train]` (steps, batch_size, learning_rate, ..., `[train.model]` family/width/heads/
+    /// norm_groups). Unknown keys are errors.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Output directory; a run there resumes from its newest checkpoint.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Overrides `train.steps` (a finished run can be extended).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Overrides `train.model.width` (`train` only).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Widths to train with the identical recipe, one directory each (`train-family` only).
+    #[arg(long, value_delimiter = ',')]
+    pub widths: Vec<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig)> {
+    let origin = args.config.display().to_string();
+    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {origin}"))?;
+    let run: RunFile = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    let mut train_text = toml::to_string(&run.train)?;
+    if let Some(steps) = args.steps {
+        let mut v = run.train.clone();
+        v.as_table_mut().context("[train] must be a table")?.insert("steps".into(), toml::Value::Integer(steps as i64));
+        train_text = toml::to_string(&v)?;
+    }
+    let config = TrainConfig::from_toml(&train_text, &format!("{origin} [train]")).map_err(anyhow::Error::msg)?;
+    Ok((run.data, config))
+}
+
+fn run_one(data_config: &DataConfig, config: &TrainConfig, shared: &Path, out: &Path, quiet: bool) -> Result<()> {
+    let device = Device::flex();
+    let (vae_config, vae) = load_vae(Path::new(&data_config.first_stage), &device)?;
+    let examples = load_images(&data_config.dataset, data_config.resolution, Split::Train, data_config.examples)
+        .map_err(anyhow::Error::msg)?;
+    let text = text_encoder(&data_config.text_encoder, &shared.join("text_encoder"), &examples.captions, &device)
+        .map_err(anyhow::Error::msg)?;
+    let key = format!(
+        "{}@{} vae:{}:{} text:{} n:{}",
+        data_config.dataset,
+        data_config.resolution,
+        data_config.first_stage,
+        vae_config.scaling_factor,
+        data_config.text_encoder,
+        examples.captions.len()
+    );
+    let data = encode(&vae, &vae_config, &text, &examples, data_config.resolution, key, &device)
+        .map_err(anyhow::Error::msg)?;
+    let summary = train(config, &data, out, &device, !quiet).map_err(anyhow::Error::msg)?;
+    println!(
+        "width {}: step {} loss {:.4}; training compute {:.3e} GFLOPs = {:.2} normalised cost x iterations; {} steps in {:.1} s; models: {}",
+        config.model.width,
+        summary.state.step,
+        summary.state.last_loss,
+        summary.state.train_gflops,
+        summary.state.normalized_cost_x_iterations,
+        summary.steps_run,
+        summary.seconds,
+        summary.model_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+    );
+    Ok(())
+}
+
+/// `ldmscale train`.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let (data, mut config) = load(args)?;
+    if let Some(w) = args.width {
+        config.model.width = w;
+        config.validate().map_err(anyhow::Error::msg)?;
+    }
+    run_one(&data, &config, &args.out, &args.out, args.quiet)
+}
+
+/// `ldmscale train-family`.
+pub fn family(args: &TrainArgs) -> Result<()> {
+    let (data, config) = load(args)?;
+    if args.widths.is_empty() {
+        bail!("--widths: name the widths to train, e.g. --widths 16,24,32,48");
+    }
+    for &w in &args.widths {
+        let mut c = config.clone();
+        c.model.width = w;
+        c.validate().map_err(|e| anyhow::anyhow!("width {w}: {e}"))?;
+    }
+    for &w in &args.widths {
+        let mut c = config.clone();
+        c.model.width = w;
+        // Finished widths return at once (the run directory says so); others resume.
+        run_one(&data, &c, &args.out, &args.out.join(format!("w{w}")), args.quiet)?;
+    }
+    Ok(())
+}
