@@ -15,7 +15,11 @@ pub struct PlanArgs {
     #[arg(long, value_name = "FILE")]
     pub store: PathBuf,
     /// Sampling budget in GFLOPs per image (guidance's doubled evaluations count).
-    #[arg(long, conflicts_with = "budget_ms", required_unless_present = "budget_ms")]
+    #[arg(
+        long,
+        conflicts_with = "budget_ms",
+        required_unless_present = "budget_ms"
+    )]
     pub budget_gflops: Option<f64>,
     /// Sampling budget in milliseconds per image, as measured on the machine that ran the sweep.
     #[arg(long)]
@@ -49,7 +53,9 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
     println!(
         "Expected FID {:.2}{} at {:.3} GFLOPs ({:.1} ms on the sweep's machine) per image; {} measured settings fit the budget.",
         b.fid,
-        b.fid_ci.map(|(l, h)| format!(" (95% interval {l:.2}..{h:.2})")).unwrap_or_default(),
+        b.fid_ci
+            .map(|(l, h)| format!(" (95% interval {l:.2}..{h:.2})"))
+            .unwrap_or_default(),
         b.cost_gflops,
         b.ms_per_image,
         rec.candidates

@@ -32,20 +32,27 @@ pub struct StudyArgs {
 pub fn run(args: &StudyArgs) -> Result<()> {
     let config = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            StudyConfig::from_toml(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            StudyConfig::from_toml(&text, &path.display().to_string())
+                .map_err(anyhow::Error::msg)?
         }
         None => StudyConfig::preset(&args.preset).map_err(anyhow::Error::msg)?,
     };
     if args.dry_run {
-        print!("{}", pipeline::dry_run(&config).map_err(anyhow::Error::msg)?);
+        print!(
+            "{}",
+            pipeline::dry_run(&config).map_err(anyhow::Error::msg)?
+        );
         println!("\n# the config, as TOML:\n{}", config.to_toml());
         return Ok(());
     }
     let shard = match &args.shard {
         None => None,
         Some(text) => {
-            let (i, n) = text.split_once('/').context("--shard: expected i/N, e.g. 0/4")?;
+            let (i, n) = text
+                .split_once('/')
+                .context("--shard: expected i/N, e.g. 0/4")?;
             let (i, n): (usize, usize) = (i.parse()?, n.parse()?);
             if n == 0 || i >= n {
                 bail!("--shard {text}: need 0 <= i < N");
@@ -53,7 +60,10 @@ pub fn run(args: &StudyArgs) -> Result<()> {
             Some((i, n))
         }
     };
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("study-{}", config.name)));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("study-{}", config.name)));
     let summary = pipeline::run(&config, &out, shard).map_err(anyhow::Error::msg)?;
     println!(
         "{} cells in {:.0} s; report: {}",

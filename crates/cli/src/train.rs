@@ -62,25 +62,45 @@ pub struct TrainArgs {
 
 fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig)> {
     let origin = args.config.display().to_string();
-    let text = std::fs::read_to_string(&args.config).with_context(|| format!("reading {origin}"))?;
+    let text =
+        std::fs::read_to_string(&args.config).with_context(|| format!("reading {origin}"))?;
     let run: RunFile = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
     let mut train_text = toml::to_string(&run.train)?;
     if let Some(steps) = args.steps {
         let mut v = run.train.clone();
-        v.as_table_mut().context("[train] must be a table")?.insert("steps".into(), toml::Value::Integer(steps as i64));
+        v.as_table_mut()
+            .context("[train] must be a table")?
+            .insert("steps".into(), toml::Value::Integer(steps as i64));
         train_text = toml::to_string(&v)?;
     }
-    let config = TrainConfig::from_toml(&train_text, &format!("{origin} [train]")).map_err(anyhow::Error::msg)?;
+    let config = TrainConfig::from_toml(&train_text, &format!("{origin} [train]"))
+        .map_err(anyhow::Error::msg)?;
     Ok((run.data, config))
 }
 
-fn run_one(data_config: &DataConfig, config: &TrainConfig, shared: &Path, out: &Path, quiet: bool) -> Result<()> {
+fn run_one(
+    data_config: &DataConfig,
+    config: &TrainConfig,
+    shared: &Path,
+    out: &Path,
+    quiet: bool,
+) -> Result<()> {
     let device = Device::flex();
     let (vae_config, vae) = load_vae(Path::new(&data_config.first_stage), &device)?;
-    let examples = load_images(&data_config.dataset, data_config.resolution, Split::Train, data_config.examples)
-        .map_err(anyhow::Error::msg)?;
-    let text = text_encoder(&data_config.text_encoder, &shared.join("text_encoder"), &examples.captions, &device)
-        .map_err(anyhow::Error::msg)?;
+    let examples = load_images(
+        &data_config.dataset,
+        data_config.resolution,
+        Split::Train,
+        data_config.examples,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let text = text_encoder(
+        &data_config.text_encoder,
+        &shared.join("text_encoder"),
+        &examples.captions,
+        &device,
+    )
+    .map_err(anyhow::Error::msg)?;
     let key = format!(
         "{}@{} vae:{}:{} text:{} n:{}",
         data_config.dataset,
@@ -90,8 +110,16 @@ fn run_one(data_config: &DataConfig, config: &TrainConfig, shared: &Path, out: &
         data_config.text_encoder,
         examples.captions.len()
     );
-    let data = encode(&vae, &vae_config, &text, &examples, data_config.resolution, key, &device)
-        .map_err(anyhow::Error::msg)?;
+    let data = encode(
+        &vae,
+        &vae_config,
+        &text,
+        &examples,
+        data_config.resolution,
+        key,
+        &device,
+    )
+    .map_err(anyhow::Error::msg)?;
     let summary = train(config, &data, out, &device, !quiet).map_err(anyhow::Error::msg)?;
     println!(
         "width {}: step {} loss {:.4}; training compute {:.3e} GFLOPs = {:.2} normalised cost x iterations; {} steps in {:.1} s; models: {}",
@@ -102,7 +130,12 @@ fn run_one(data_config: &DataConfig, config: &TrainConfig, shared: &Path, out: &
         summary.state.normalized_cost_x_iterations,
         summary.steps_run,
         summary.seconds,
-        summary.model_dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ")
+        summary
+            .model_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
@@ -126,13 +159,20 @@ pub fn family(args: &TrainArgs) -> Result<()> {
     for &w in &args.widths {
         let mut c = config.clone();
         c.model.width = w;
-        c.validate().map_err(|e| anyhow::anyhow!("width {w}: {e}"))?;
+        c.validate()
+            .map_err(|e| anyhow::anyhow!("width {w}: {e}"))?;
     }
     for &w in &args.widths {
         let mut c = config.clone();
         c.model.width = w;
         // Finished widths return at once (the run directory says so); others resume.
-        run_one(&data, &c, &args.out, &args.out.join(format!("w{w}")), args.quiet)?;
+        run_one(
+            &data,
+            &c,
+            &args.out,
+            &args.out.join(format!("w{w}")),
+            args.quiet,
+        )?;
     }
     Ok(())
 }

@@ -31,7 +31,10 @@ fn run_file(dir: &Path, steps: u64) -> std::path::PathBuf {
 
 fn train(config: &Path, out: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ldmscale"));
-    cmd.args(["train", "--quiet", "--config"]).arg(config).arg("--out").arg(out);
+    cmd.args(["train", "--quiet", "--config"])
+        .arg(config)
+        .arg("--out")
+        .arg(out);
     cmd
 }
 
@@ -40,8 +43,16 @@ fn newest(run: &Path) -> Option<(u64, std::path::PathBuf)> {
         .ok()?
         .filter_map(|e| e.ok())
         .filter_map(|e| {
-            let step = e.file_name().to_string_lossy().strip_prefix("step-")?.parse().ok()?;
-            e.path().join("state.json").exists().then(|| (step, e.path()))
+            let step = e
+                .file_name()
+                .to_string_lossy()
+                .strip_prefix("step-")?
+                .parse()
+                .ok()?;
+            e.path()
+                .join("state.json")
+                .exists()
+                .then(|| (step, e.path()))
         })
         .collect();
     all.sort();
@@ -67,19 +78,33 @@ fn sigkill_then_resume_is_bit_identical() {
         {
             break step;
         }
-        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
         std::thread::sleep(Duration::from_millis(5));
     };
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    assert!(killed_at < steps, "the run finished before it could be killed");
+    assert!(
+        killed_at < steps,
+        "the run finished before it could be killed"
+    );
     let resumed = train(&config, &killed).output().unwrap();
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
 
     let (a_step, a) = newest(&straight).unwrap();
     let (b_step, b) = newest(&killed).unwrap();
     assert_eq!((a_step, b_step), (steps, steps));
-    for file in ["optimizer.safetensors", "unet/diffusion_pytorch_model.safetensors", "unet_ema/diffusion_pytorch_model.safetensors"] {
+    for file in [
+        "optimizer.safetensors",
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet_ema/diffusion_pytorch_model.safetensors",
+    ] {
         assert!(
             std::fs::read(a.join(file)).unwrap() == std::fs::read(b.join(file)).unwrap(),
             "{file} differs after kill at step {killed_at} and resume"
@@ -91,10 +116,15 @@ fn sigkill_then_resume_is_bit_identical() {
 fn bad_run_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let config = run_file(dir.path(), 4);
-    let text = std::fs::read_to_string(&config).unwrap().replace("width = 8", "width = 10");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("width = 8", "width = 10");
     std::fs::write(&config, text).unwrap();
     let out = train(&config, &dir.path().join("o")).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("run.toml") && err.contains("model.width = 10"), "{err}");
+    assert!(
+        err.contains("run.toml") && err.contains("model.width = 10"),
+        "{err}"
+    );
 }

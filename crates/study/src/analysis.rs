@@ -45,7 +45,10 @@ pub fn settings(cells: &[Cell]) -> Vec<Setting> {
     let mut groups: BTreeMap<(u32, String, u32, i64), Vec<&Cell>> = BTreeMap::new();
     for c in cells {
         let k = c.key();
-        groups.entry((k.width, k.sampler, k.steps, k.cfg_milli)).or_default().push(c);
+        groups
+            .entry((k.width, k.sampler, k.steps, k.cfg_milli))
+            .or_default()
+            .push(c);
     }
     groups
         .into_values()
@@ -55,7 +58,9 @@ pub fn settings(cells: &[Cell]) -> Vec<Setting> {
             let fid_ci = if g.len() == 1 {
                 first.fid_ci
             } else {
-                let sd = (g.iter().map(|c| (c.fid - fid).powi(2)).sum::<f64>() / (g.len() - 1) as f64).sqrt();
+                let sd = (g.iter().map(|c| (c.fid - fid).powi(2)).sum::<f64>()
+                    / (g.len() - 1) as f64)
+                    .sqrt();
                 let half = 1.96 * sd / (g.len() as f64).sqrt();
                 Some((fid - half, fid + half))
             };
@@ -155,7 +160,12 @@ pub fn winners(optimal: &[Setting], sampler: Option<&str>) -> Vec<BudgetWinner> 
 
 /// The smallest measured budget from which the larger model's best FID within budget stays
 /// below the smaller model's (None when it never overtakes).
-pub fn crossover(optimal: &[Setting], small: u32, large: u32, sampler: Option<&str>) -> Option<f64> {
+pub fn crossover(
+    optimal: &[Setting],
+    small: u32,
+    large: u32,
+    sampler: Option<&str>,
+) -> Option<f64> {
     let mut found = None;
     for b in budgets(optimal).into_iter().rev() {
         let l = best_within(optimal, Some(large), sampler, b);
@@ -194,7 +204,10 @@ fn not_measured(claim: &str, why: &str) -> Finding {
 
 /// Whether, for `sampler`, some budget is won by a model smaller than the largest one that can
 /// be run within that budget (the paper's "smaller models sample more efficiently").
-fn small_wins_somewhere(optimal: &[Setting], sampler: Option<&str>) -> Option<(f64, u32, f64, u32, f64)> {
+fn small_wins_somewhere(
+    optimal: &[Setting],
+    sampler: Option<&str>,
+) -> Option<(f64, u32, f64, u32, f64)> {
     for w in winners(optimal, sampler) {
         // The largest model affordable at this budget, and its best FID there.
         let affordable = widths(optimal)
@@ -216,7 +229,10 @@ pub fn findings(cells: &[Cell]) -> Vec<Finding> {
     let mut out = Vec::new();
     let claim = "Smaller models sample more efficiently: under a given sampling budget a smaller model often reaches a better FID than a larger one (Sec. 3.3)";
     if models.len() < 2 {
-        out.push(not_measured(claim, "fewer than two model sizes in the sweep"));
+        out.push(not_measured(
+            claim,
+            "fewer than two model sizes in the sweep",
+        ));
         return out;
     }
     out.push(match small_wins_somewhere(&optimal, None) {
@@ -267,7 +283,16 @@ pub fn findings(cells: &[Cell]) -> Vec<Finding> {
             verdict: verdict(per_sampler.iter().all(|(_, h)| *h)),
             evidence: per_sampler
                 .iter()
-                .map(|(s, h)| format!("{s}: {}", if *h { "a smaller model wins some budget" } else { "the largest affordable model always wins" }))
+                .map(|(s, h)| {
+                    format!(
+                        "{s}: {}",
+                        if *h {
+                            "a smaller model wins some budget"
+                        } else {
+                            "the largest affordable model always wins"
+                        }
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("; "),
         });
@@ -275,20 +300,39 @@ pub fn findings(cells: &[Cell]) -> Vec<Finding> {
 
     let claim = "DPM-Solver++ beats DDIM, and DDIM beats DDPM, at few sampling steps (Sec. 3.4)";
     let at = |sampler: &str, steps: u32| -> Option<f64> {
-        let v: Vec<f64> = optimal.iter().filter(|s| s.sampler == sampler && s.steps == steps).map(|s| s.fid).collect();
+        let v: Vec<f64> = optimal
+            .iter()
+            .filter(|s| s.sampler == sampler && s.steps == steps)
+            .map(|s| s.fid)
+            .collect();
         mean(v.into_iter())
     };
     let common: Vec<u32> = {
-        let mut st: Vec<u32> = optimal.iter().filter(|s| s.steps <= 20).map(|s| s.steps).collect();
+        let mut st: Vec<u32> = optimal
+            .iter()
+            .filter(|s| s.steps <= 20)
+            .map(|s| s.steps)
+            .collect();
         st.sort();
         st.dedup();
-        st.into_iter().filter(|&n| at("ddim", n).is_some() && at("ddpm", n).is_some() && at("dpmpp-2m", n).is_some()).collect()
+        st.into_iter()
+            .filter(|&n| {
+                at("ddim", n).is_some() && at("ddpm", n).is_some() && at("dpmpp-2m", n).is_some()
+            })
+            .collect()
     };
     if common.is_empty() {
-        out.push(not_measured(claim, "no step count <= 20 measured with ddim, ddpm and dpmpp-2m"));
+        out.push(not_measured(
+            claim,
+            "no step count <= 20 measured with ddim, ddpm and dpmpp-2m",
+        ));
     } else {
         let n = common[0];
-        let (d, p, m) = (at("ddim", n).unwrap(), at("ddpm", n).unwrap(), at("dpmpp-2m", n).unwrap());
+        let (d, p, m) = (
+            at("ddim", n).unwrap(),
+            at("ddpm", n).unwrap(),
+            at("dpmpp-2m", n).unwrap(),
+        );
         out.push(Finding {
             claim: claim.into(),
             verdict: verdict(m < d && d < p),

@@ -239,7 +239,11 @@ impl StudyConfig {
                 },
                 fid_features: "inception".into(),
             },
-            other => return Err(format!("unknown preset {other:?}; expected tiny, quick, full or paper")),
+            other => {
+                return Err(format!(
+                    "unknown preset {other:?}; expected tiny, quick, full or paper"
+                ));
+            }
         })
     }
 
@@ -269,14 +273,22 @@ impl StudyConfig {
             }
         }
         if !["small", "paper"].contains(&self.family.as_str()) {
-            return Err(format!("family = {:?}: expected \"small\" or \"paper\"", self.family));
+            return Err(format!(
+                "family = {:?}: expected \"small\" or \"paper\"",
+                self.family
+            ));
         }
         for s in &self.sweep.samplers {
             if !["ddim", "ddpm", "dpmpp-2m", "dpmpp-3m"].contains(&s.as_str()) {
-                return Err(format!("sweep.samplers: unknown sampler {s:?}; expected ddim, ddpm, dpmpp-2m or dpmpp-3m"));
+                return Err(format!(
+                    "sweep.samplers: unknown sampler {s:?}; expected ddim, ddpm, dpmpp-2m or dpmpp-3m"
+                ));
             }
         }
-        if self.sweep.steps.is_empty() || self.sweep.cfg.is_empty() || self.sweep.samples_per_cell < 2 {
+        if self.sweep.steps.is_empty()
+            || self.sweep.cfg.is_empty()
+            || self.sweep.samples_per_cell < 2
+        {
             return Err("sweep: needs steps, cfg rates and at least 2 samples per cell".into());
         }
         let text_ok = ["tiny-random", "minilm"].contains(&self.text_encoder.as_str())
@@ -289,10 +301,16 @@ impl StudyConfig {
             ));
         }
         if !["inception", "in-domain"].contains(&self.fid_features.as_str()) {
-            return Err(format!("fid_features = {:?}: expected \"inception\" or \"in-domain\"", self.fid_features));
+            return Err(format!(
+                "fid_features = {:?}: expected \"inception\" or \"in-domain\"",
+                self.fid_features
+            ));
         }
         if self.resolution == 0 || self.train_examples == 0 || self.val_examples < 2 {
-            return Err("resolution, train_examples, val_examples: must be positive (val at least 2)".into());
+            return Err(
+                "resolution, train_examples, val_examples: must be positive (val at least 2)"
+                    .into(),
+            );
         }
         if let FirstStage::Train { factor, .. } = &self.first_stage
             && !(self.resolution.is_multiple_of(*factor) && [2, 4, 8].contains(factor))
@@ -347,14 +365,25 @@ mod tests {
         let mut c = StudyConfig::preset("tiny").unwrap();
         c.widths = vec![10];
         assert!(c.validate().unwrap_err().contains("widths: 10"));
-        let text = StudyConfig::preset("tiny").unwrap().to_toml().replace("resolution = 16", "resolutoin = 16");
-        assert!(StudyConfig::from_toml(&text, "s.toml").unwrap_err().contains("resolutoin"));
+        let text = StudyConfig::preset("tiny")
+            .unwrap()
+            .to_toml()
+            .replace("resolution = 16", "resolutoin = 16");
+        assert!(
+            StudyConfig::from_toml(&text, "s.toml")
+                .unwrap_err()
+                .contains("resolutoin")
+        );
     }
 
     #[test]
     fn dpm_cells_stop_at_twenty_steps() {
         let c = StudyConfig::preset("quick").unwrap();
-        assert!(c.cells().iter().all(|(s, n, _, _)| !s.starts_with("dpmpp") || *n <= 20));
+        assert!(
+            c.cells()
+                .iter()
+                .all(|(s, n, _, _)| !s.starts_with("dpmpp") || *n <= 20)
+        );
         assert!(c.cells().iter().any(|(s, n, _, _)| s == "ddim" && *n == 16));
     }
 }

@@ -88,7 +88,12 @@ impl InDomainClip {
         let i = self.embed_images(images);
         let t = self.embed_text(states, mask);
         let [n, _] = i.dims();
-        let scale = self.logit_scale.val().clamp_max(100f32.ln()).exp().reshape([1, 1]);
+        let scale = self
+            .logit_scale
+            .val()
+            .clamp_max(100f32.ln())
+            .exp()
+            .reshape([1, 1]);
         let logits = i.matmul(t.transpose()) * scale;
         let eye: Tensor<2> = Tensor::<1, Int>::arange(0..n as i64, &logits.device())
             .reshape([n, 1])
@@ -126,33 +131,49 @@ pub fn train(
     let [_, _, text_width] = states.dims();
     let train_n = n - val;
     let ad = device.clone().autodiff();
-    ad.seed(seed);
-    let mut model = InDomainClip::new(text_width, 64, &ad);
+    let mut model = params::seeded_init(&ad, seed, || InDomainClip::new(text_width, 64, &ad));
     let mut adam = AdamW::new(AdamWConfig {
         weight_decay: 0.1,
         ..AdamWConfig::default()
     });
     for step in 1..=steps {
         let mut rng = rng_for(seed, step, 0xC11B);
-        let idx: Vec<i64> = (0..batch.min(train_n)).map(|_| rng.random_range(0..train_n) as i64).collect();
+        let idx: Vec<i64> = (0..batch.min(train_n))
+            .map(|_| rng.random_range(0..train_n) as i64)
+            .collect();
         let idx_t = Tensor::<1, Int>::from_data(TensorData::new(idx.clone(), [idx.len()]), device);
         let x = images.clone().select(0, idx_t.clone()).autodiff();
         let s = states.clone().select(0, idx_t.clone()).autodiff();
         let m = mask.clone().select(0, idx_t).autodiff();
         let loss = model.loss(x, s, m);
-        let grads = params::named_gradients(&model, GradientsParams::from_grads(loss.backward(), &model));
+        let grads =
+            params::named_gradients(&model, GradientsParams::from_grads(loss.backward(), &model));
         let mut grads = grads;
         adam.begin_step();
         let lr = 2e-3 * (step as f64 / 20.0).min(1.0);
-        model = params::update(model, &mut |name, p| grads.remove(name).map(|g| adam.update(name, p, g, lr)));
+        model = params::update(model, &mut |name, p| {
+            grads.remove(name).map(|g| adam.update(name, p, g, lr))
+        });
     }
     let model = model.valid();
     let (retrieval_accuracy, chance) = if val >= 2 {
         let vi = model.embed_images(images.clone().narrow(0, train_n, val));
-        let vt = model.embed_text(states.clone().narrow(0, train_n, val), mask.clone().narrow(0, train_n, val));
+        let vt = model.embed_text(
+            states.clone().narrow(0, train_n, val),
+            mask.clone().narrow(0, train_n, val),
+        );
         let sims = vi.matmul(vt.transpose());
-        let best: Vec<i64> = sims.argmax(1).into_data().convert::<i64>().try_to_vec::<i64>().expect("ints");
-        let hits = best.iter().enumerate().filter(|(i, b)| *i as i64 == **b).count();
+        let best: Vec<i64> = sims
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .try_to_vec::<i64>()
+            .expect("ints");
+        let hits = best
+            .iter()
+            .enumerate()
+            .filter(|(i, b)| *i as i64 == **b)
+            .count();
         (hits as f64 / val as f64, 1.0 / val as f64)
     } else {
         (f64::NAN, f64::NAN)
@@ -192,7 +213,11 @@ mod tests {
         let mask = Tensor::<2>::ones([n, 2], &device);
         let trained = train(&images, &states, &mask, 8, 60, 32, 1, &device);
         // 8 held-out pairs, one per class: chance is 1/8.
-        assert!(trained.retrieval_accuracy >= 0.75, "accuracy {}", trained.retrieval_accuracy);
+        assert!(
+            trained.retrieval_accuracy >= 0.75,
+            "accuracy {}",
+            trained.retrieval_accuracy
+        );
         assert_eq!(trained.chance, 0.125);
         let f = trained.model.image_features(images.narrow(0, 0, 4));
         assert_eq!(f.dims(), [4, FEATURE_DIM]);

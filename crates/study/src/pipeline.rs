@@ -11,8 +11,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use ldmscale_data::{Dataset, DatasetSpec, Split, SplitConfig, SplitDataset, Transform};
 use ldmscale_diffusion::{
-    Cfg, ConditionalModel, DdimOptions, DdpmOptions, DpmSolverOptions, NoiseSource, SamplerKind, SchedulerConfig,
-    SeededNoise, sample,
+    Cfg, ConditionalModel, DdimOptions, DdpmOptions, DpmSolverOptions, NoiseSource, SamplerKind,
+    SchedulerConfig, SeededNoise, sample,
 };
 use ldmscale_eval::{GaussianStats, frechet_distance};
 use ldmscale_model::text::{TextConditioner, TextEncoder, TinyTextSpec, tiny_text_conditioner};
@@ -47,7 +47,12 @@ fn load_split(config: &StudyConfig, split: Split, count: usize) -> Result<Captio
 }
 
 /// The first `count` usable examples of `split` of `dataset` at `resolution` (centre crop).
-pub fn load_images(dataset: &str, resolution: usize, split: Split, count: usize) -> Result<Captioned, String> {
+pub fn load_images(
+    dataset: &str,
+    resolution: usize,
+    split: Split,
+    count: usize,
+) -> Result<Captioned, String> {
     let spec_text = if dataset == "shapes" {
         format!("shapes:resolution={resolution}")
     } else {
@@ -78,7 +83,10 @@ pub fn load_images(dataset: &str, resolution: usize, split: Split, count: usize)
         index += 1;
     }
     if captions.len() < 2 {
-        return Err(format!("{spec_text}: only {} usable {split:?} examples", captions.len()));
+        return Err(format!(
+            "{spec_text}: only {} usable {split:?} examples",
+            captions.len()
+        ));
     }
     Ok(Captioned { images, captions })
 }
@@ -89,7 +97,10 @@ fn images_tensor(images: &[f32], res: usize, device: &Device) -> Tensor<4> {
 }
 
 fn vec_of<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32")
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("f32")
 }
 
 /// Trains the small KL autoencoder (L2 reconstruction + a small KL term, as LDM's KL-f models)
@@ -105,8 +116,7 @@ fn train_first_stage(
 ) -> (AutoencoderKLConfig, AutoencoderKL, f64) {
     let mut config = AutoencoderKLConfig::small(factor, width);
     let ad = device.clone().autodiff();
-    ad.seed(seed);
-    let mut model = AutoencoderKL::new(&config, &ad);
+    let mut model = params::seeded_init(&ad, seed, || AutoencoderKL::new(&config, &ad));
     let mut adam = AdamW::new(AdamWConfig {
         weight_decay: 0.0,
         ..AdamWConfig::default()
@@ -117,19 +127,29 @@ fn train_first_stage(
     let batch = 16.min(n);
     for step in 1..=steps {
         let mut rng = rng_for(seed, step, 0xAE);
-        let idx: Vec<i64> = (0..batch).map(|_| rand::RngExt::random_range(&mut rng, 0..n) as i64).collect();
+        let idx: Vec<i64> = (0..batch)
+            .map(|_| rand::RngExt::random_range(&mut rng, 0..n) as i64)
+            .collect();
         let idx = Tensor::<1, burn::tensor::Int>::from_data(TensorData::new(idx, [batch]), device);
         let x = all.clone().select(0, idx).autodiff();
         let posterior = model.encode(x.clone());
         let [b, c, h, w] = posterior.mode().dims();
-        let noise: Vec<f32> = (0..b * c * h * w).map(|_| StandardNormal.sample(&mut rng)).collect();
-        let z = posterior.sample(Tensor::<4>::from_data(TensorData::new(noise, [b, c, h, w]), &ad));
+        let noise: Vec<f32> = (0..b * c * h * w)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
+        let z = posterior.sample(Tensor::<4>::from_data(
+            TensorData::new(noise, [b, c, h, w]),
+            &ad,
+        ));
         let recon = model.decode(z);
         let loss = (recon - x).powi_scalar(2).mean() + posterior.kl().mean() * 1e-6;
-        let mut grads = params::named_gradients(&model, GradientsParams::from_grads(loss.backward(), &model));
+        let mut grads =
+            params::named_gradients(&model, GradientsParams::from_grads(loss.backward(), &model));
         adam.begin_step();
         let lr = 1e-3 * (step as f64 / 20.0).min(1.0);
-        model = params::update(model, &mut |name, p| grads.remove(name).map(|g| adam.update(name, p, g, lr)));
+        model = params::update(model, &mut |name, p| {
+            grads.remove(name).map(|g| adam.update(name, p, g, lr))
+        });
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -150,8 +170,10 @@ fn train_first_stage(
 fn progress(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {prefix:>14} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-            .expect("template"),
+        ProgressStyle::with_template(
+            "{spinner} {prefix:>14} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("template"),
     );
     bar.set_prefix(what.to_string());
     bar
@@ -207,20 +229,41 @@ impl TrainingData for Encoded {
 /// The frozen text encoder `kind` ("tiny-random", "minilm", "dir:DIR", "clip:DIR"), loaded
 /// from `dir` when a previous run saved it there, else made (a tiny-random one over the words of
 /// `captions`) and saved to `dir`.
-pub fn text_encoder(kind: &str, dir: &Path, captions: &[String], device: &Device) -> Result<TextConditioner, String> {
+pub fn text_encoder(
+    kind: &str,
+    dir: &Path,
+    captions: &[String],
+    device: &Device,
+) -> Result<TextConditioner, String> {
     if let Ok(t) = TextConditioner::load(dir, None, device) {
         return Ok(t);
     }
     let t = match kind {
         "tiny-random" => {
-            device.seed(17);
-            tiny_text_conditioner(captions, &TinyTextSpec::default(), device).map_err(s)?
+            let mut made = None;
+            params::seeded_init(device, 17, || {
+                made = Some(tiny_text_conditioner(
+                    captions,
+                    &TinyTextSpec::default(),
+                    device,
+                ));
+                made.as_ref()
+                    .and_then(|r| r.as_ref().ok())
+                    .map(|t| t.encoder.clone())
+            });
+            made.expect("built").map_err(s)?
         }
-        "minilm" => TextConditioner::load(&ldmscale_model::text::default_minilm_dir(), None, device)
-            .map_err(|x| format!("{x} (run tools/fetch-assets.sh minilm)"))?,
+        "minilm" => {
+            TextConditioner::load(&ldmscale_model::text::default_minilm_dir(), None, device)
+                .map_err(|x| format!("{x} (run tools/fetch-assets.sh minilm)"))?
+        }
         other => match other.strip_prefix("dir:").or(other.strip_prefix("clip:")) {
             Some(path) => TextConditioner::load(Path::new(path), None, device).map_err(s)?,
-            None => return Err(format!("text_encoder = {other:?}: expected tiny-random, minilm or dir:PATH")),
+            None => {
+                return Err(format!(
+                    "text_encoder = {other:?}: expected tiny-random, minilm or dir:PATH"
+                ));
+            }
         },
     };
     t.save(dir).map_err(s)?;
@@ -259,7 +302,12 @@ pub fn encode(
 }
 
 /// Text states of `captions`, `[N, L, D]` with padding positions zeroed, and masks `[N, L]`.
-fn encode_text(text: &TextConditioner, captions: &[String], length: usize, device: &Device) -> Result<(Vec<f32>, Vec<f32>), String> {
+fn encode_text(
+    text: &TextConditioner,
+    captions: &[String],
+    length: usize,
+    device: &Device,
+) -> Result<(Vec<f32>, Vec<f32>), String> {
     let width = text.encoder.hidden_size();
     let mut states = Vec::with_capacity(captions.len() * length * width);
     let mut masks = Vec::with_capacity(captions.len() * length);
@@ -330,14 +378,19 @@ fn generate(
     let mut evaluations = 0;
     for start in (0..n).step_by(32) {
         let len = 32.min(n - start);
-        let mut sampler_impl = sampler_kind(sampler)?.build(&SchedulerConfig::sd(), steps as usize).map_err(s)?;
+        let mut sampler_impl = sampler_kind(sampler)?
+            .build(&SchedulerConfig::sd(), steps as usize)
+            .map_err(s)?;
         let mut noise = SeededNoise::new(seed.wrapping_mul(1000).wrapping_add(start as u64));
         let init = noise.noise([len, c, h, w], &device).map_err(s)?;
         let chunk = cond.clone().narrow(0, start, len);
         let mut guided = Cfg::new(UNetModel(unet), chunk, null.clone(), cfg as f32).map_err(s)?;
         let out = sample(sampler_impl.as_mut(), &mut guided, init, &mut noise, None).map_err(s)?;
         evaluations = out.evaluations;
-        images.push(vae.decode(vae_config.latents_to_vae(out.latents)).clamp(-1.0, 1.0));
+        images.push(
+            vae.decode(vae_config.latents_to_vae(out.latents))
+                .clamp(-1.0, 1.0),
+        );
     }
     Ok((Tensor::cat(images, 0), evaluations))
 }
@@ -360,7 +413,11 @@ pub struct Summary {
 
 /// Runs (or resumes) the study in `out`. `shard = Some((i, n))` measures only the sweep cells
 /// shard i of n owns (train the family once, then run shards in parallel and merge stores).
-pub fn run(config: &StudyConfig, out: &Path, shard: Option<(usize, usize)>) -> Result<Summary, String> {
+pub fn run(
+    config: &StudyConfig,
+    out: &Path,
+    shard: Option<(usize, usize)>,
+) -> Result<Summary, String> {
     config.validate()?;
     let start = Instant::now();
     let device = Device::flex();
@@ -387,16 +444,35 @@ pub fn run(config: &StudyConfig, out: &Path, shard: Option<(usize, usize)>) -> R
     let vae_dir = out.join("first_stage");
     let (vae_config, vae, psnr) = match (&config.first_stage, load_vae(&vae_dir, &device)) {
         (_, Ok((c, m))) => {
-            let psnr = std::fs::read_to_string(vae_dir.join("psnr.txt")).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(f64::NAN);
+            let psnr = std::fs::read_to_string(vae_dir.join("psnr.txt"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .unwrap_or(f64::NAN);
             (c, m, psnr)
         }
         (FirstStage::Pretrained { path }, Err(_)) => {
             let (c, m) = load_vae(Path::new(path), &device).map_err(s)?;
             (c, m, f64::NAN)
         }
-        (FirstStage::Train { factor, width, steps, .. }, Err(_)) => {
+        (
+            FirstStage::Train {
+                factor,
+                width,
+                steps,
+                ..
+            },
+            Err(_),
+        ) => {
             eprintln!("[2/7] first stage: training a KL-f{factor} autoencoder ({steps} steps)");
-            let (c, m, psnr) = train_first_stage(&train_split.images, res, *factor, *width, *steps, 0, &device);
+            let (c, m, psnr) = train_first_stage(
+                &train_split.images,
+                res,
+                *factor,
+                *width,
+                *steps,
+                0,
+                &device,
+            );
             save_vae(&vae_dir, &c, &m).map_err(s)?;
             write_atomic(&vae_dir.join("psnr.txt"), format!("{psnr}\n").as_bytes()).map_err(s)?;
             (c, m, psnr)
@@ -405,9 +481,20 @@ pub fn run(config: &StudyConfig, out: &Path, shard: Option<(usize, usize)>) -> R
 
     // 3. Text encoder and the encoded training set.
     let text_dir = out.join("text_encoder");
-    let text = text_encoder(&config.text_encoder, &text_dir, &train_split.captions, &device)?;
-    eprintln!("[3/7] encoding {} training images and captions", train_split.captions.len());
-    let key = format!("{}@{res} vae:{} text:{}", config.dataset, vae_config.scaling_factor, config.text_encoder);
+    let text = text_encoder(
+        &config.text_encoder,
+        &text_dir,
+        &train_split.captions,
+        &device,
+    )?;
+    eprintln!(
+        "[3/7] encoding {} training images and captions",
+        train_split.captions.len()
+    );
+    let key = format!(
+        "{}@{res} vae:{} text:{}",
+        config.dataset, vae_config.scaling_factor, config.text_encoder
+    );
     let data = encode(&vae, &vae_config, &text, &train_split, res, key, &device)?;
     let (length, width) = (data.context_shape[0], data.context_shape[1]);
     let latent_shape = data.latent_shape;
@@ -421,7 +508,11 @@ pub fn run(config: &StudyConfig, out: &Path, shard: Option<(usize, usize)>) -> R
     for &w in &config.widths {
         let train_config = TrainConfig {
             model: ModelConfig {
-                family: if config.family == "paper" { ldmscale_train::Family::Paper } else { ldmscale_train::Family::Small },
+                family: if config.family == "paper" {
+                    ldmscale_train::Family::Paper
+                } else {
+                    ldmscale_train::Family::Small
+                },
                 width: w,
                 heads: config.heads,
                 norm_groups: config.norm_groups,
@@ -434,10 +525,13 @@ pub fn run(config: &StudyConfig, out: &Path, shard: Option<(usize, usize)>) -> R
             lr_schedule: ldmscale_train::optimizer::LrSchedule::Constant,
             adamw: AdamWConfig::default(),
             grad_clip: Some(1.0),
-            ema: config.recipe.ema_max_decay.map(|d| ldmscale_train::ema::EmaConfig {
-                max_decay: d,
-                ..Default::default()
-            }),
+            ema: config
+                .recipe
+                .ema_max_decay
+                .map(|d| ldmscale_train::ema::EmaConfig {
+                    max_decay: d,
+                    ..Default::default()
+                }),
             text_dropout: config.recipe.text_dropout,
             objective: ldmscale_train::Objective::Epsilon,
             snr_gamma: None,
@@ -458,8 +552,14 @@ pub fn run(config: &StudyConfig, out: &Path, shard: Option<(usize, usize)>) -> R
     let held = (n_train / 8).clamp(2, 64);
     let clip = in_domain::train(
         &images_tensor(&train_split.images, res, &device),
-        &Tensor::from_data(TensorData::new(train_states.clone(), [n_train, length, width]), &device),
-        &Tensor::from_data(TensorData::new(train_mask.clone(), [n_train, length]), &device),
+        &Tensor::from_data(
+            TensorData::new(train_states.clone(), [n_train, length, width]),
+            &device,
+        ),
+        &Tensor::from_data(
+            TensorData::new(train_mask.clone(), [n_train, length]),
+            &device,
+        ),
         held,
         300,
         64,
@@ -469,7 +569,8 @@ pub fn run(config: &StudyConfig, out: &Path, shard: Option<(usize, usize)>) -> R
     let n_val = val_split.captions.len();
     let val_images = images_tensor(&val_split.images, res, &device);
     let reference = stats_of(clip.model.image_features(val_images))?;
-    let val_states_t = Tensor::<3>::from_data(TensorData::new(val_states, [n_val, length, width]), &device);
+    let val_states_t =
+        Tensor::<3>::from_data(TensorData::new(val_states, [n_val, length, width]), &device);
     let val_mask_t = Tensor::<2>::from_data(TensorData::new(val_mask, [n_val, length]), &device);
     let null_t = Tensor::<3>::from_data(TensorData::new(null, [1, length, width]), &device);
 
@@ -488,7 +589,9 @@ pub fn run(config: &StudyConfig, out: &Path, shard: Option<(usize, usize)>) -> R
         let gflops = unet.cost(latent_shape[1], latent_shape[2], length).gflops();
         let params = unet.num_params() as u64;
         let cond = val_states_t.clone().narrow(0, 0, per_cell);
-        let text_emb = clip.model.embed_text(cond.clone(), val_mask_t.clone().narrow(0, 0, per_cell));
+        let text_emb = clip
+            .model
+            .embed_text(cond.clone(), val_mask_t.clone().narrow(0, 0, per_cell));
         for (sampler, steps, cfg, seed) in &cells {
             let key = CellKey {
                 width: *w as u32,
@@ -498,16 +601,35 @@ pub fn run(config: &StudyConfig, out: &Path, shard: Option<(usize, usize)>) -> R
                 seed: *seed,
             };
             bar.inc(1);
-            if shard.is_some_and(|(i, n)| !shard_owns(&key, i, n)) || store.contains(&key).map_err(s)? {
+            if shard.is_some_and(|(i, n)| !shard_owns(&key, i, n))
+                || store.contains(&key).map_err(s)?
+            {
                 continue;
             }
             bar.set_message(format!("w{w} {sampler} x{steps} cfg {cfg}"));
             let t0 = Instant::now();
-            let (images, evaluations) =
-                generate(&unet, &vae, &vae_config, sampler, *steps, *cfg, *seed, &cond, &null_t, latent_shape)?;
+            let (images, evaluations) = generate(
+                &unet,
+                &vae,
+                &vae_config,
+                sampler,
+                *steps,
+                *cfg,
+                *seed,
+                &cond,
+                &null_t,
+                latent_shape,
+            )?;
             let wall = t0.elapsed().as_secs_f64();
-            let fid = frechet_distance(&stats_of(clip.model.image_features(images.clone()))?, &reference).map_err(s)?;
-            let cos: f32 = (clip.model.embed_images(images) * text_emb.clone()).sum_dim(1).mean().into_scalar();
+            let fid = frechet_distance(
+                &stats_of(clip.model.image_features(images.clone()))?,
+                &reference,
+            )
+            .map_err(s)?;
+            let cos: f32 = (clip.model.embed_images(images) * text_emb.clone())
+                .sum_dim(1)
+                .mean()
+                .into_scalar();
             store
                 .insert(&Cell {
                     width: *w as u32,
@@ -520,7 +642,9 @@ pub fn run(config: &StudyConfig, out: &Path, shard: Option<(usize, usize)>) -> R
                     fid,
                     fid_ci: None,
                     clip: None,
-                    in_domain_clip: Some((100.0 * cos as f64).max(0.0)),
+                    // Unclamped, unlike torchmetrics' CLIP score: an in-domain encoder's cosines centre
+                    // near zero and a negative mean is information, not noise.
+                    in_domain_clip: Some(100.0 * cos as f64),
                     cmmd: None,
                     evaluations: evaluations as u64,
                     gflops_per_eval: gflops,
@@ -535,20 +659,66 @@ pub fn run(config: &StudyConfig, out: &Path, shard: Option<(usize, usize)>) -> R
     eprintln!("[7/7] report");
     let stored = store.cells().map_err(s)?;
     let mut grids = Vec::new();
-    if let Some(grid) = sample_grid(config, &model_dirs, &vae, &vae_config, &val_states_t, &null_t, latent_shape, &device)? {
+    if let Some(grid) = sample_grid(
+        config,
+        &model_dirs,
+        &vae,
+        &vae_config,
+        &val_states_t,
+        &null_t,
+        latent_shape,
+        &device,
+    )? {
         grids.push(grid);
     }
     let inputs = ReportInputs {
-        title: format!("{} preset: {} at {res}x{res}, widths {:?}", config.name, config.dataset, config.widths),
+        title: format!(
+            "{} preset: {} at {res}x{res}, widths {:?}",
+            config.name, config.dataset, config.widths
+        ),
         facts: vec![
-            ("dataset".into(), format!("{} ({} train / {} val examples)", config.dataset, n_train, n_val)),
-            ("first stage".into(), format!("KL-f{f} autoencoder, {} latent channels, scaling factor {:.4}, reconstruction PSNR {psnr:.2} dB", vae_config.latent_channels, vae_config.scaling_factor)),
-            ("text encoder".into(), format!("{} ({width} wide, {length} tokens)", config.text_encoder)),
-            ("training".into(), format!("{} steps of batch {} per width, lr {}", config.recipe.steps, config.recipe.batch_size, config.recipe.learning_rate)),
-            ("in-domain CLIP".into(), format!("held-out retrieval accuracy {:.1}% (chance {:.1}%)", 100.0 * clip.retrieval_accuracy, 100.0 * clip.chance)),
-            ("wall time".into(), format!("{:.0} s", start.elapsed().as_secs_f64())),
+            (
+                "dataset".into(),
+                format!(
+                    "{} ({} train / {} val examples)",
+                    config.dataset, n_train, n_val
+                ),
+            ),
+            (
+                "first stage".into(),
+                format!(
+                    "KL-f{f} autoencoder, {} latent channels, scaling factor {:.4}, reconstruction PSNR {psnr:.2} dB",
+                    vae_config.latent_channels, vae_config.scaling_factor
+                ),
+            ),
+            (
+                "text encoder".into(),
+                format!("{} ({width} wide, {length} tokens)", config.text_encoder),
+            ),
+            (
+                "training".into(),
+                format!(
+                    "{} steps of batch {} per width, lr {}",
+                    config.recipe.steps, config.recipe.batch_size, config.recipe.learning_rate
+                ),
+            ),
+            (
+                "in-domain CLIP".into(),
+                format!(
+                    "held-out retrieval accuracy {:.1}% (chance {:.1}%)",
+                    100.0 * clip.retrieval_accuracy,
+                    100.0 * clip.chance
+                ),
+            ),
+            (
+                "wall time".into(),
+                format!("{:.0} s", start.elapsed().as_secs_f64()),
+            ),
         ],
-        fid_features: format!("in-domain CLIP image features ({} dims), {per_cell} samples per cell vs {n_val} held-out images", in_domain::FEATURE_DIM),
+        fid_features: format!(
+            "in-domain CLIP image features ({} dims), {per_cell} samples per cell vs {n_val} held-out images",
+            in_domain::FEATURE_DIM
+        ),
         grids,
         ..Default::default()
     };
@@ -578,14 +748,31 @@ fn sample_grid(
     device: &Device,
 ) -> Result<Option<(String, Vec<u8>)>, String> {
     let steps = *config.sweep.steps.iter().max().expect("steps");
-    let cfg = config.sweep.cfg.iter().copied().fold(1.0f64, |a, b| if (b - 3.0).abs() < (a - 3.0).abs() { b } else { a });
+    let cfg = config.sweep.cfg.iter().copied().fold(1.0f64, |a, b| {
+        if (b - 3.0).abs() < (a - 3.0).abs() {
+            b
+        } else {
+            a
+        }
+    });
     let [n, ..] = prompts.dims();
     let cols = 8.min(n);
     let res = config.resolution;
     let mut rows = Vec::new();
     for (_, dir) in models {
         let (_, unet) = load_unet(dir, device).map_err(s)?;
-        let (imgs, _) = generate(&unet, vae, vae_config, "ddim", steps, cfg, 7, &prompts.clone().narrow(0, 0, cols), null, latent_shape)?;
+        let (imgs, _) = generate(
+            &unet,
+            vae,
+            vae_config,
+            "ddim",
+            steps,
+            cfg,
+            7,
+            &prompts.clone().narrow(0, 0, cols),
+            null,
+            latent_shape,
+        )?;
         rows.push(imgs);
     }
     let grid = Tensor::cat(rows, 0); // [models * cols, 3, res, res]
@@ -598,15 +785,21 @@ fn sample_grid(
         for ch in 0..3 {
             for y in 0..res {
                 for x in 0..res {
-                    chw[ch * gw * gh + (r * res + y) * gw + c * res + x] = v[((i * 3 + ch) * res + y) * res + x];
+                    chw[ch * gw * gh + (r * res + y) * gw + c * res + x] =
+                        v[((i * 3 + ch) * res + y) * res + x];
                 }
             }
         }
     }
-    let image = ldmscale_data::Image::from_chw_f32(gw as u32, gh as u32, &chw).ok_or("grid image")?;
+    let image =
+        ldmscale_data::Image::from_chw_f32(gw as u32, gh as u32, &chw).ok_or("grid image")?;
     let caption = format!(
         "Samples: one row per width ({}), DDIM {steps} steps, guidance {cfg}, same prompts and noise (Fig. 10)",
-        models.iter().map(|(w, _)| w.to_string()).collect::<Vec<_>>().join(", ")
+        models
+            .iter()
+            .map(|(w, _)| w.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(Some((caption, image.to_png())))
 }
@@ -617,7 +810,11 @@ pub fn dry_run(config: &StudyConfig) -> Result<String, String> {
     config.validate()?;
     use std::fmt::Write as _;
     let (factor, latent_channels) = match &config.first_stage {
-        FirstStage::Train { factor, latent_channels, .. } => (*factor, *latent_channels),
+        FirstStage::Train {
+            factor,
+            latent_channels,
+            ..
+        } => (*factor, *latent_channels),
         FirstStage::Pretrained { .. } => (8, 4),
     };
     let (tokens, text_width) = match config.text_encoder.as_str() {
@@ -627,22 +824,33 @@ pub fn dry_run(config: &StudyConfig) -> Result<String, String> {
     };
     let side = config.resolution / factor;
     let mut out = String::new();
-    let _ = writeln!(out, "study {:?}: {} at {}x{}, latents {latent_channels}x{side}x{side}, text {tokens}x{text_width}", config.name, config.dataset, config.resolution, config.resolution);
+    let _ = writeln!(
+        out,
+        "study {:?}: {} at {}x{}, latents {latent_channels}x{side}x{side}, text {tokens}x{text_width}",
+        config.name, config.dataset, config.resolution, config.resolution
+    );
     let mut problems = Vec::new();
     if let FirstStage::Pretrained { path } = &config.first_stage
         && !Path::new(path).join("config.json").exists()
     {
         problems.push(format!("first_stage.path {path:?}: no config.json (a diffusers AutoencoderKL directory is needed)"));
     }
-    if let Some(dir) = config.text_encoder.strip_prefix("dir:").or(config.text_encoder.strip_prefix("clip:"))
+    if let Some(dir) = config
+        .text_encoder
+        .strip_prefix("dir:")
+        .or(config.text_encoder.strip_prefix("clip:"))
         && !Path::new(dir).join("config.json").exists()
     {
-        problems.push(format!("text_encoder {dir:?}: no config.json (a transformers directory is needed)"));
+        problems.push(format!(
+            "text_encoder {dir:?}: no config.json (a transformers directory is needed)"
+        ));
     }
     if let Some(rest) = config.dataset.strip_prefix("coco:") {
         for part in rest.split(':') {
             if !Path::new(part).exists() {
-                problems.push(format!("dataset: {part:?} does not exist (COCO captions json and image folder)"));
+                problems.push(format!(
+                    "dataset: {part:?} does not exist (COCO captions json and image folder)"
+                ));
             }
         }
     }
@@ -651,11 +859,19 @@ pub fn dry_run(config: &StudyConfig) -> Result<String, String> {
     let samples = config.sweep.samples_per_cell as f64;
     let mut total_train = 0.0;
     let mut total_sample = 0.0;
-    let _ = writeln!(out, "\n{:>7} {:>14} {:>12} {:>16} {:>16}", "width", "params", "GFLOPs/eval", "train GFLOPs", "sweep GFLOPs");
+    let _ = writeln!(
+        out,
+        "\n{:>7} {:>14} {:>12} {:>16} {:>16}",
+        "width", "params", "GFLOPs/eval", "train GFLOPs", "sweep GFLOPs"
+    );
     let mut smallest: Option<UNet> = None;
     for &w in &config.widths {
         let model = ModelConfig {
-            family: if config.family == "paper" { ldmscale_train::Family::Paper } else { ldmscale_train::Family::Small },
+            family: if config.family == "paper" {
+                ldmscale_train::Family::Paper
+            } else {
+                ldmscale_train::Family::Small
+            },
             width: w,
             heads: config.heads,
             norm_groups: config.norm_groups,
@@ -665,37 +881,62 @@ pub fn dry_run(config: &StudyConfig) -> Result<String, String> {
         let train = 3.0 * g * (config.recipe.batch_size as u64 * config.recipe.steps) as f64;
         let sweep: f64 = cells
             .iter()
-            .map(|(_, steps, cfg, _)| samples * *steps as f64 * if *cfg > 1.0 { 2.0 } else { 1.0 } * g)
+            .map(|(_, steps, cfg, _)| {
+                samples * *steps as f64 * if *cfg > 1.0 { 2.0 } else { 1.0 } * g
+            })
             .sum();
         total_train += train;
         total_sample += sweep;
-        let _ = writeln!(out, "{w:>7} {:>14} {g:>12.3} {train:>16.3e} {sweep:>16.3e}", unet.num_params());
+        let _ = writeln!(
+            out,
+            "{w:>7} {:>14} {g:>12.3} {train:>16.3e} {sweep:>16.3e}",
+            unet.num_params()
+        );
         if smallest.is_none() {
             smallest = Some(unet);
         }
     }
-    let _ = writeln!(out, "\n{} sweep cells per width ({} samplers x steps {:?} x guidance {:?} x {} seeds; DPM-Solver++ up to {} steps), {} samples each",
-        cells.len(), config.sweep.samplers.len(), config.sweep.steps, config.sweep.cfg, config.sweep.seeds.len(), config.sweep.dpm_max_steps, config.sweep.samples_per_cell);
+    let _ = writeln!(
+        out,
+        "\n{} sweep cells per width ({} samplers x steps {:?} x guidance {:?} x {} seeds; DPM-Solver++ up to {} steps), {} samples each",
+        cells.len(),
+        config.sweep.samplers.len(),
+        config.sweep.steps,
+        config.sweep.cfg,
+        config.sweep.seeds.len(),
+        config.sweep.dpm_max_steps,
+        config.sweep.samples_per_cell
+    );
     // Throughput: one timed forward of the smallest model (parameters initialised now).
     let unet = smallest.expect("widths");
     let batch = 8;
-    let x = Tensor::<4>::zeros([batch, latent_channels, side.min(64), side.min(64)], &device);
+    let x = Tensor::<4>::zeros(
+        [batch, latent_channels, side.min(64), side.min(64)],
+        &device,
+    );
     let ctx = Tensor::<3>::zeros([batch, tokens, text_width], &device);
     let t = vec![500.0; batch];
     let _ = unet.forward(x.clone(), &t, ctx.clone());
     let t0 = Instant::now();
     let _ = vec_of(unet.forward(x, &t, ctx));
-    let gflops_per_s = unet.cost(side.min(64), side.min(64), tokens).gflops() * batch as f64 / t0.elapsed().as_secs_f64();
+    let gflops_per_s = unet.cost(side.min(64), side.min(64), tokens).gflops() * batch as f64
+        / t0.elapsed().as_secs_f64();
     let hours = |g: f64| g / gflops_per_s / 3600.0;
     let _ = writeln!(
         out,
         "\nestimated compute: training {:.3e} GFLOPs, sweep {:.3e} GFLOPs; at {gflops_per_s:.1} GFLOP/s measured here: {:.2} h training + {:.2} h sampling (evaluation and the first stage extra)",
-        total_train, total_sample, hours(total_train), hours(total_sample)
+        total_train,
+        total_sample,
+        hours(total_train),
+        hours(total_sample)
     );
     if problems.is_empty() {
         let _ = writeln!(out, "inputs: all present");
     } else {
-        let _ = writeln!(out, "inputs missing, the study cannot run until they are provided:");
+        let _ = writeln!(
+            out,
+            "inputs missing, the study cannot run until they are provided:"
+        );
         for p in &problems {
             let _ = writeln!(out, "  - {p}");
         }

@@ -37,14 +37,22 @@ pub fn recommend(cells: &[Cell], budget: Budget) -> Result<Recommendation, Strin
         Budget::Milliseconds(ms) => s.ms_per_image <= ms,
     };
     let within: Vec<Setting> = optimal.iter().filter(|s| fits(s)).cloned().collect();
-    let Some(best) = within.iter().min_by(|a, b| a.fid.total_cmp(&b.fid)).cloned() else {
+    let Some(best) = within
+        .iter()
+        .min_by(|a, b| a.fid.total_cmp(&b.fid))
+        .cloned()
+    else {
         let cheapest = optimal
             .iter()
             .min_by(|a, b| a.cost_gflops.total_cmp(&b.cost_gflops))
             .expect("non-empty");
         return Err(format!(
             "no measured setting fits the budget; the cheapest is the {}-filter model with {} {} steps: {:.3} GFLOPs, {:.1} ms per image",
-            cheapest.width, cheapest.steps, cheapest.sampler, cheapest.cost_gflops, cheapest.ms_per_image
+            cheapest.width,
+            cheapest.steps,
+            cheapest.sampler,
+            cheapest.cost_gflops,
+            cheapest.ms_per_image
         ));
     };
     let runner_up = within

@@ -24,13 +24,26 @@ const PALETTE: [RGBColor; 8] = [
 ];
 
 /// A line chart with markers as an SVG document; `log_x` for cost axes.
-pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_x: bool) -> Result<String, String> {
-    let points: Vec<(f64, f64)> = series.iter().flat_map(|s| s.points.iter().copied()).collect();
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    log_x: bool,
+) -> Result<String, String> {
+    let points: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.points.iter().copied())
+        .collect();
     if points.is_empty() {
         return Err(format!("{title}: nothing to plot"));
     }
-    let (mut x0, mut x1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (mut y0, mut y1) = points.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let (mut x0, mut x1) = points
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (mut y0, mut y1) = points
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     if log_x {
         x0 = (x0 * 0.8).max(1e-12);
         x1 *= 1.25;
@@ -65,10 +78,15 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
                 for (i, s) in series.iter().enumerate() {
                     let color = PALETTE[i % PALETTE.len()];
                     chart
-                        .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+                        .draw_series(LineSeries::new(
+                            s.points.iter().copied(),
+                            color.stroke_width(2),
+                        ))
                         .map_err(|e| e.to_string())?
                         .label(s.label.clone())
-                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+                        .legend(move |(x, y)| {
+                            PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+                        });
                     chart
                         .draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))
                         .map_err(|e| e.to_string())?;
@@ -83,9 +101,17 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
             }};
         }
         if log_x {
-            draw!(builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1).map_err(|e| e.to_string())?);
+            draw!(
+                builder
+                    .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
+                    .map_err(|e| e.to_string())?
+            );
         } else {
-            draw!(builder.build_cartesian_2d(x0..x1, y0..y1).map_err(|e| e.to_string())?);
+            draw!(
+                builder
+                    .build_cartesian_2d(x0..x1, y0..y1)
+                    .map_err(|e| e.to_string())?
+            );
         }
         root.present().map_err(|e| e.to_string())?;
     }
@@ -156,9 +182,15 @@ mod tests {
     fn charts_are_svg_with_every_model() {
         let s = settings(&paper_like());
         let svg = fid_vs_cfg(&s, "ddim", 4).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("32 filters") && svg.contains("64 filters"));
+        assert!(
+            svg.starts_with("<svg") && svg.contains("32 filters") && svg.contains("64 filters")
+        );
         let svg = fid_vs_cost(&optimal_cfg(&s), "dpmpp-2m").unwrap();
-        assert!(svg.contains("<polyline") || svg.contains("<path"), "{}", &svg[..200]);
+        assert!(
+            svg.contains("<polyline") || svg.contains("<path"),
+            "{}",
+            &svg[..200]
+        );
         assert!(fid_vs_cost(&optimal_cfg(&s), "unknown").is_err());
     }
 }

@@ -4,7 +4,9 @@
 
 use std::fmt::Write as _;
 
-use crate::analysis::{Finding, Setting, crossover, findings, optimal_cfg, samplers, settings, widths, winners};
+use crate::analysis::{
+    Finding, Setting, crossover, findings, optimal_cfg, samplers, settings, widths, winners,
+};
 use crate::cell::Cell;
 use crate::plot;
 
@@ -24,14 +26,20 @@ pub struct ReportInputs {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn base64(bytes: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
         for i in 0..4 {
             if i <= chunk.len() {
@@ -61,10 +69,23 @@ fn setting_row(s: &Setting) -> String {
         s.steps,
         s.cfg,
         s.fid,
-        s.fid_ci.map(|(a, b)| format!(" <small>[{a:.2}, {b:.2}]</small>")).unwrap_or_default(),
+        s.fid_ci
+            .map(|(a, b)| format!(" <small>[{a:.2}, {b:.2}]</small>"))
+            .unwrap_or_default(),
         s.cost_gflops,
         s.ms_per_image
     )
+}
+
+/// The budget winners, keeping only budgets where the winning setting changes.
+fn winner_changes(optimal: &[Setting]) -> Vec<crate::analysis::BudgetWinner> {
+    let mut out: Vec<crate::analysis::BudgetWinner> = Vec::new();
+    for w in winners(optimal, None) {
+        if out.last().is_none_or(|last| last.best != w.best) {
+            out.push(w);
+        }
+    }
+    out
 }
 
 /// Renders the HTML page and the Markdown summary.
@@ -121,12 +142,18 @@ small {{ color: #666; }}
         html.push_str("<div class=\"finding unmeasured\"><span class=\"verdict\">not measured</span> &mdash; Pretraining performance scales with training compute (Sec. 3.1)<br><small>no FID was measured during training</small></div>");
     }
 
-    html.push_str("<h2>Which model for which budget</h2><p>Best setting (optimal guidance) at each measured sampling budget, all samplers.</p><table><tr><th>budget GFLOPs</th><th>model</th><th>sampler</th><th>steps</th><th>CFG</th><th>FID</th></tr>");
-    for w in winners(&optimal, None) {
+    html.push_str("<h2>Which model for which budget</h2><p>Best setting (optimal guidance) from each sampling budget on, all samplers; a row per change of the winner.</p><table><tr><th>from GFLOPs</th><th>model</th><th>sampler</th><th>steps</th><th>CFG</th><th>FID</th></tr>");
+    let changes = winner_changes(&optimal);
+    for w in &changes {
         let _ = write!(
             html,
             "<tr><td>{:.3}</td><td>{} filters</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}</td></tr>",
-            w.budget, w.best.width, esc(&w.best.sampler), w.best.steps, w.best.cfg, w.best.fid
+            w.budget,
+            w.best.width,
+            esc(&w.best.sampler),
+            w.best.steps,
+            w.best.cfg,
+            w.best.fid
         );
     }
     html.push_str("</table>");
@@ -140,7 +167,12 @@ small {{ color: #666; }}
             let _ = write!(html, "<tr><td>{}</td><td>{}</td>", pair[0], pair[1]);
             for s in &sampler_names {
                 let c = crossover(&optimal, pair[0], pair[1], Some(s));
-                let _ = write!(html, "<td>{}</td>", c.map(|c| format!("{c:.3}")).unwrap_or_else(|| "never".into()));
+                let _ = write!(
+                    html,
+                    "<td>{}</td>",
+                    c.map(|c| format!("{c:.3}"))
+                        .unwrap_or_else(|| "never".into())
+                );
             }
             html.push_str("</tr>");
         }
@@ -153,10 +185,18 @@ small {{ color: #666; }}
     }
     html.push_str("</div><h2>FID against guidance (Fig. 8)</h2><div class=\"plots\">");
     for s in &sampler_names {
-        let mut steps: Vec<u32> = all.iter().filter(|x| &x.sampler == s).map(|x| x.steps).collect();
+        let mut steps: Vec<u32> = all
+            .iter()
+            .filter(|x| &x.sampler == s)
+            .map(|x| x.steps)
+            .collect();
         steps.sort();
         steps.dedup();
-        for st in [steps.first(), steps.last()].into_iter().flatten().collect::<std::collections::BTreeSet<_>>() {
+        for st in [steps.first(), steps.last()]
+            .into_iter()
+            .flatten()
+            .collect::<std::collections::BTreeSet<_>>()
+        {
             html.push_str(&plot::fid_vs_cfg(&all, s, *st)?);
         }
     }
@@ -199,12 +239,26 @@ small {{ color: #666; }}
     for (k, v) in &inputs.facts {
         let _ = writeln!(md, "- **{k}**: {v}");
     }
-    let _ = writeln!(md, "- **cells measured**: {}\n- **FID features**: {}\n\n## Findings\n", cells.len(), inputs.fid_features);
+    let _ = writeln!(
+        md,
+        "- **cells measured**: {}\n- **FID features**: {}\n\n## Findings\n",
+        cells.len(),
+        inputs.fid_features
+    );
     for f in &found {
-        let _ = writeln!(md, "- **{}** — {}  \n  {}", f.verdict.to_uppercase(), f.claim, f.evidence);
+        let _ = writeln!(
+            md,
+            "- **{}** — {}  \n  {}",
+            f.verdict.to_uppercase(),
+            f.claim,
+            f.evidence
+        );
     }
-    let _ = writeln!(md, "\n## Best setting per budget\n\n| budget GFLOPs | model | sampler | steps | CFG | FID |\n|---:|---:|---|---:|---:|---:|");
-    for w in winners(&optimal, None) {
+    let _ = writeln!(
+        md,
+        "\n## Best setting per budget\n\n| from GFLOPs | model | sampler | steps | CFG | FID |\n|---:|---:|---|---:|---:|---:|"
+    );
+    for w in &changes {
         let _ = writeln!(
             md,
             "| {:.3} | {} | {} | {} | {:.1} | {:.2} |",

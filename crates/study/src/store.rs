@@ -175,7 +175,10 @@ impl Store {
     /// Sets a metadata value (e.g. the study config).
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.conn
-            .execute("INSERT OR REPLACE INTO meta VALUES (?1, ?2)", params![key, value])
+            .execute(
+                "INSERT OR REPLACE INTO meta VALUES (?1, ?2)",
+                params![key, value],
+            )
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
@@ -183,7 +186,9 @@ impl Store {
     /// A metadata value.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.conn
-            .query_row("SELECT value FROM meta WHERE key=?1", params![key], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key=?1", params![key], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.err(e))
     }
@@ -192,7 +197,10 @@ impl Store {
 /// Whether shard `index` of `count` owns `key` (a stable hash of the key, so every process
 /// agrees without coordination).
 pub fn shard_owns(key: &CellKey, index: usize, count: usize) -> bool {
-    let text = format!("{}|{}|{}|{}|{}", key.width, key.sampler, key.steps, key.cfg_milli, key.seed);
+    let text = format!(
+        "{}|{}|{}|{}|{}",
+        key.width, key.sampler, key.steps, key.cfg_milli, key.seed
+    );
     // FNV-1a: stable across platforms and releases, unlike std's hasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {

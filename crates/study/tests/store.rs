@@ -44,7 +44,9 @@ fn cells_round_trip_and_resume_by_key() {
 #[test]
 fn shards_partition_the_keys_and_merge_back() {
     let dir = tempfile::tempdir().unwrap();
-    let all: Vec<Cell> = (0..40).map(|i| cell(32 * (1 + i % 2), 1 + i / 2, 1.0 + (i % 3) as f64, 0)).collect();
+    let all: Vec<Cell> = (0..40)
+        .map(|i| cell(32 * (1 + i % 2), 1 + i / 2, 1.0 + (i % 3) as f64, 0))
+        .collect();
     let mut merged = Store::open(&dir.path().join("merged.sqlite")).unwrap();
     let mut total = 0;
     for shard in 0..3 {
@@ -64,7 +66,14 @@ fn shards_partition_the_keys_and_merge_back() {
 fn a_file_that_is_not_a_store_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("junk.sqlite");
-    std::fs::write(&path, b"this is not sqlite at all, just text padding it out to a page").unwrap();
-    let err = Store::open(&path).err().expect("junk is rejected").to_string();
+    std::fs::write(
+        &path,
+        b"this is not sqlite at all, just text padding it out to a page",
+    )
+    .unwrap();
+    let err = Store::open(&path)
+        .err()
+        .expect("junk is rejected")
+        .to_string();
     assert!(err.contains("junk.sqlite"), "{err}");
 }

@@ -1,10 +1,10 @@
 //! The whole study end to end on the `tiny` preset: data, first stage, text encoder, a family of
 //! two widths, a sweep, evaluation, analysis and the report; then a resume that recomputes nothing.
 
+use ldmscale_study::Store;
 use ldmscale_study::config::StudyConfig;
 use ldmscale_study::pipeline;
 use ldmscale_study::plan::{Budget, recommend};
-use ldmscale_study::Store;
 
 #[test]
 fn tiny_study_runs_end_to_end_and_resumes() {
@@ -16,7 +16,10 @@ fn tiny_study_runs_end_to_end_and_resumes() {
     let html = std::fs::read_to_string(&summary.report).unwrap();
     assert!(html.contains("The paper's findings on this run"));
     assert!(html.contains("<svg") && html.contains("data:image/png;base64,"));
-    let cells = Store::open(&out.path().join("results.sqlite")).unwrap().cells().unwrap();
+    let cells = Store::open(&out.path().join("results.sqlite"))
+        .unwrap()
+        .cells()
+        .unwrap();
     assert!(cells.iter().all(|c| c.fid.is_finite() && c.fid >= 0.0));
     // Guided cells cost twice the evaluations of unguided ones at the same steps.
     for c in &cells {
@@ -35,5 +38,10 @@ fn tiny_study_runs_end_to_end_and_resumes() {
 
     let again = pipeline::run(&config, out.path(), None).unwrap();
     assert_eq!(again.cells, expected);
-    assert!(again.seconds < summary.seconds, "resume recomputed: {} vs {}", again.seconds, summary.seconds);
+    assert!(
+        again.seconds < summary.seconds,
+        "resume recomputed: {} vs {}",
+        again.seconds,
+        summary.seconds
+    );
 }

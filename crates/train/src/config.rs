@@ -43,7 +43,12 @@ fn default_groups() -> usize {
 
 impl ModelConfig {
     /// The UNet for latents of `latent_channels` x `latent_size`^2 and `context_dim`-wide text.
-    pub fn unet(&self, latent_channels: usize, latent_size: usize, context_dim: usize) -> UNetConfig {
+    pub fn unet(
+        &self,
+        latent_channels: usize,
+        latent_size: usize,
+        context_dim: usize,
+    ) -> UNetConfig {
         let mut c = match self.family {
             Family::Paper => {
                 let mut c = UNetConfig::paper(self.width);
@@ -62,13 +67,14 @@ impl ModelConfig {
 
     /// Checks the width against the group count and heads, naming the field.
     pub fn validate(&self) -> Result<(), String> {
-        if self.width == 0 || self.norm_groups == 0 || self.width % self.norm_groups != 0 {
+        if self.width == 0 || self.norm_groups == 0 || !self.width.is_multiple_of(self.norm_groups)
+        {
             return Err(format!(
                 "model.width = {}: must be a positive multiple of model.norm_groups ({})",
                 self.width, self.norm_groups
             ));
         }
-        if self.heads == 0 || self.width % self.heads != 0 {
+        if self.heads == 0 || !self.width.is_multiple_of(self.heads) {
             return Err(format!(
                 "model.heads = {}: must divide model.width ({})",
                 self.heads, self.width
@@ -190,10 +196,16 @@ impl TrainConfig {
             return Err("batch_size, grad_accum: must be at least 1".into());
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return Err(format!("learning_rate = {}: must be positive", self.learning_rate));
+            return Err(format!(
+                "learning_rate = {}: must be positive",
+                self.learning_rate
+            ));
         }
         if !(0.0..=1.0).contains(&self.text_dropout) {
-            return Err(format!("text_dropout = {}: must be in [0, 1]", self.text_dropout));
+            return Err(format!(
+                "text_dropout = {}: must be in [0, 1]",
+                self.text_dropout
+            ));
         }
         if self.checkpoint_every == 0 || self.keep_last == 0 || self.log_every == 0 {
             return Err("checkpoint_every, keep_last, log_every: must be at least 1".into());
@@ -227,6 +239,9 @@ mod tests {
         assert!(err.unwrap_err().contains("learning_rat"));
         let err = TrainConfig::from_toml(&MINIMAL.replace("width = 32", "width = 36"), "run.toml")
             .unwrap_err();
-        assert!(err.contains("model.width = 36") && err.contains("norm_groups"), "{err}");
+        assert!(
+            err.contains("model.width = 36") && err.contains("norm_groups"),
+            "{err}"
+        );
     }
 }

@@ -68,7 +68,9 @@ impl AdamW {
         let t = self.step as i32;
         let param = param.mul_scalar(1.0 - lr * c.weight_decay);
         let m = match self.m.remove(name) {
-            Some(m) => m.mul_scalar(c.beta1).add(grad.clone().mul_scalar(1.0 - c.beta1)),
+            Some(m) => m
+                .mul_scalar(c.beta1)
+                .add(grad.clone().mul_scalar(1.0 - c.beta1)),
             None => grad.clone().mul_scalar(1.0 - c.beta1),
         };
         let g2 = grad.clone().mul(grad);
@@ -91,12 +93,7 @@ impl AdamW {
 pub fn clip_global_norm(grads: &mut Named, max_norm: Option<f64>) -> f64 {
     let total: f64 = grads
         .values()
-        .map(|g| {
-            g.clone()
-                .powi_scalar(2)
-                .sum()
-                .into_scalar::<f32>() as f64
-        })
+        .map(|g| g.clone().powi_scalar(2).sum().into_scalar::<f32>() as f64)
         .sum::<f64>()
         .sqrt();
     if let Some(max) = max_norm {

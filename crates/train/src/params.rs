@@ -88,7 +88,10 @@ pub fn named_gradients<M: Module>(module: &M, mut grads: GradientsParams) -> Nam
 
 /// Replaces parameter values by name: `update(name, current_flat)` returns the new flat value or
 /// `None` to keep it. Autodiff tracking (require_grad) is preserved.
-pub fn update<M: Module>(module: M, update: &mut dyn FnMut(&str, Tensor<1>) -> Option<Tensor<1>>) -> M {
+pub fn update<M: Module>(
+    module: M,
+    update: &mut dyn FnMut(&str, Tensor<1>) -> Option<Tensor<1>>,
+) -> M {
     struct Apply<'a> {
         path: PathTracker,
         update: &'a mut dyn FnMut(&str, Tensor<1>) -> Option<Tensor<1>>,
@@ -126,7 +129,11 @@ pub fn update<M: Module>(module: M, update: &mut dyn FnMut(&str, Tensor<1>) -> O
 }
 
 /// Reads named flat tensors from safetensors bytes (f32, any shape).
-pub fn read_named(bytes: &[u8], prefix: &str, device: &burn::tensor::Device) -> Result<Named, String> {
+pub fn read_named(
+    bytes: &[u8],
+    prefix: &str,
+    device: &burn::tensor::Device,
+) -> Result<Named, String> {
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
     let mut out = Named::new();
     for (name, view) in st.tensors() {
@@ -176,4 +183,23 @@ pub fn write_named(groups: &[(&str, &Named)], metadata: BTreeMap<String, String>
         })
         .collect();
     safetensors::serialize(views, Some(metadata.into_iter().collect())).expect("serialisable")
+}
+
+/// Builds a module with parameters drawn from `device`'s generator seeded with `seed`, and
+/// initialises them at once. burn's generator is global to the process and parameters are
+/// initialised lazily, so two models built at the same time (parallel tests, say) would
+/// interleave their draws; a process-wide lock around seeding and initialising keeps every
+/// model's initial weights a function of its seed alone.
+pub fn seeded_init<M: Module>(
+    device: &burn::tensor::Device,
+    seed: u64,
+    build: impl FnOnce() -> M,
+) -> M {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    device.seed(seed);
+    let module = build();
+    // Reading every parameter forces its lazy initialisation while the lock is held.
+    let _ = snapshot(&module);
+    module
 }

@@ -106,8 +106,7 @@ pub fn train(
     let unet_config = unet_config(config, data);
     unet_config.validate()?;
     let ad = device.clone().autodiff();
-    ad.seed(config.seed);
-    let mut model = UNet::new(&unet_config, &ad);
+    let mut model = params::seeded_init(&ad, config.seed, || UNet::new(&unet_config, &ad));
     let (fwd_gflops, ref_gflops) = forward_gflops(config, data);
     let normalized_cost = fwd_gflops / ref_gflops;
     let samples_per_step = (config.batch_size * config.grad_accum) as u64;
@@ -127,7 +126,8 @@ pub fn train(
     // Resume from the newest complete checkpoint.
     if let Some((_, dir)) = checkpoint::list(run).pop() {
         let state_path = dir.join("state.json");
-        let text = std::fs::read_to_string(&state_path).map_err(|e| err(&state_path.display().to_string(), e))?;
+        let text = std::fs::read_to_string(&state_path)
+            .map_err(|e| err(&state_path.display().to_string(), e))?;
         let saved: TrainState =
             serde_json::from_str(&text).map_err(|e| err(&state_path.display().to_string(), e))?;
         if saved.data_key != state.data_key {
@@ -139,9 +139,13 @@ pub fn train(
             ));
         }
         let opt_path = dir.join("optimizer.safetensors");
-        let bytes = std::fs::read(&opt_path).map_err(|e| err(&opt_path.display().to_string(), e))?;
+        let bytes =
+            std::fs::read(&opt_path).map_err(|e| err(&opt_path.display().to_string(), e))?;
         let inner = device.clone();
-        let named = |p| params::read_named(&bytes, p, &inner).map_err(|e| err(&opt_path.display().to_string(), e));
+        let named = |p| {
+            params::read_named(&bytes, p, &inner)
+                .map_err(|e| err(&opt_path.display().to_string(), e))
+        };
         let mut weights = named("param/")?;
         adam.m = named("m/")?;
         adam.v = named("v/")?;
@@ -156,7 +160,11 @@ pub fn train(
             w
         });
         if !missing.is_empty() {
-            return Err(format!("{}: missing parameters {:?}", opt_path.display(), &missing[..missing.len().min(3)]));
+            return Err(format!(
+                "{}: missing parameters {:?}",
+                opt_path.display(),
+                &missing[..missing.len().min(3)]
+            ));
         }
         state = saved;
         truncate_metrics(&run.join("metrics.jsonl"), state.step)?;
@@ -179,7 +187,8 @@ pub fn train(
     };
     let schedule = NoiseSchedule::new(&SchedulerConfig::sd()).map_err(|e| e.to_string())?;
     let timesteps = schedule.len();
-    let objective = DiffusionObjective::new(schedule, prediction, config.snr_gamma).map_err(|e| e.to_string())?;
+    let objective = DiffusionObjective::new(schedule, prediction, config.snr_gamma)
+        .map_err(|e| e.to_string())?;
     let null = data.null_context(&ad);
     let [c, h, w] = data.latent_shape();
 
@@ -214,9 +223,10 @@ pub fn train(
             let noise: Vec<f32> = (0..config.batch_size * c * h * w)
                 .map(|_| StandardNormal.sample(&mut rng))
                 .collect();
-            let noise = Tensor::<4>::from_data(TensorData::new(noise, [config.batch_size, c, h, w]), &ad);
-            let (context, _) =
-                drop_text(context, &null, config.text_dropout as f32, &mut rng).map_err(|e| e.to_string())?;
+            let noise =
+                Tensor::<4>::from_data(TensorData::new(noise, [config.batch_size, c, h, w]), &ad);
+            let (context, _) = drop_text(context, &null, config.text_dropout as f32, &mut rng)
+                .map_err(|e| e.to_string())?;
             let pair = objective.pair(x0, noise, &t).map_err(|e| e.to_string())?;
             let t_f32: Vec<f32> = t.iter().map(|&v| v as f32).collect();
             let out = model.forward(pair.noisy.clone(), &t_f32, context);
@@ -228,10 +238,17 @@ pub fn train(
                 ));
             }
             loss_sum += value;
-            let g = params::named_gradients(&model, GradientsParams::from_grads(loss.backward(), &model));
+            let g = params::named_gradients(
+                &model,
+                GradientsParams::from_grads(loss.backward(), &model),
+            );
             let scale = 1.0 / config.grad_accum as f64;
             for (k, v) in g {
-                let v = if config.grad_accum > 1 { v.mul_scalar(scale) } else { v };
+                let v = if config.grad_accum > 1 {
+                    v.mul_scalar(scale)
+                } else {
+                    v
+                };
                 let next = match grads.remove(&k) {
                     Some(a) => a.add(v),
                     None => v,
@@ -240,9 +257,17 @@ pub fn train(
             }
         }
         let grad_norm = clip_global_norm(&mut grads, config.grad_clip);
-        let lr = learning_rate(config.learning_rate, &config.lr_schedule, config.warmup_steps, step, config.steps);
+        let lr = learning_rate(
+            config.learning_rate,
+            &config.lr_schedule,
+            config.warmup_steps,
+            step,
+            config.steps,
+        );
         adam.begin_step();
-        model = params::update(model, &mut |name, p| grads.remove(name).map(|g| adam.update(name, p, g, lr)));
+        model = params::update(model, &mut |name, p| {
+            grads.remove(name).map(|g| adam.update(name, p, g, lr))
+        });
         if let Some(ema) = &config.ema {
             ema.update(&mut shadow, &params::snapshot(&model), step);
         }
@@ -304,10 +329,19 @@ fn write_model_dirs(
     shadow: &Named,
 ) -> Result<(), String> {
     let weights = params::snapshot(model);
-    save_unet(&dir.join("unet"), unet_config, &model_from(unet_config, &weights)).map_err(|e| e.to_string())?;
+    save_unet(
+        &dir.join("unet"),
+        unet_config,
+        &model_from(unet_config, &weights),
+    )
+    .map_err(|e| e.to_string())?;
     if config.ema.is_some() {
-        save_unet(&dir.join("unet_ema"), unet_config, &model_from(unet_config, shadow))
-            .map_err(|e| e.to_string())?;
+        save_unet(
+            &dir.join("unet_ema"),
+            unet_config,
+            &model_from(unet_config, shadow),
+        )
+        .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -325,7 +359,12 @@ fn save_checkpoint(
         write_model_dirs(tmp, config, unet_config, model, shadow)?;
         let weights = params::snapshot(model);
         let bytes = params::write_named(
-            &[("param/", &weights), ("m/", &adam.m), ("v/", &adam.v), ("ema/", shadow)],
+            &[
+                ("param/", &weights),
+                ("m/", &adam.m),
+                ("v/", &adam.v),
+                ("ema/", shadow),
+            ],
             BTreeMap::from([("step".to_string(), state.step.to_string())]),
         );
         write_atomic(&tmp.join("optimizer.safetensors"), &bytes).map_err(|e| e.to_string())?;

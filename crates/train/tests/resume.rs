@@ -56,7 +56,11 @@ fn resumed_run_is_bit_identical() {
     assert_eq!(lines.lines().count(), 5, "{lines}");
     // Final models in diffusers layout, EMA beside.
     for dir in &resumed.model_dirs {
-        assert!(dir.join("diffusion_pytorch_model.safetensors").exists(), "{}", dir.display());
+        assert!(
+            dir.join("diffusion_pytorch_model.safetensors").exists(),
+            "{}",
+            dir.display()
+        );
     }
     // Finished runs are not trained again.
     let again = train(&config(5), &data(), split.path(), &device, false).unwrap();
