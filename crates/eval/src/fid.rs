@@ -19,7 +19,9 @@ pub fn default_inception_path() -> PathBuf {
     let cache = std::env::var_os("LDMSCALE_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
             home.join(".cache").join("ldmscale")
         });
     cache

@@ -6,6 +6,10 @@
 //! (eps 1e-3) after every bias-free convolution; the pooling branch of the A, C and first E
 //! blocks averages without counting the zero padding; the last E block max-pools there.
 //!
+//! The network takes inputs already scaled to [-1, 1]: the TensorFlow graph scaled 8-bit values
+//! as `x / 128 - 1` (clean-fid's `(x - 128) / 128`), pytorch-fid scales [0, 1] values as
+//! `2x - 1` (see [`crate::preprocess`]); the two differ by a factor 255/256 before the offset.
+//!
 //! Names follow the TorchScript archive (`layers.mixed_4.tower_1.conv_2.weight`), so its tensors
 //! load directly, as do safetensors copies under the same names.
 
@@ -32,6 +36,9 @@ pub const FEATURE_DIM: usize = 2048;
 
 /// Side of the square input the network was trained at and FID resizes to.
 pub const INPUT_SIZE: usize = 299;
+
+/// A convolution's input and output channels, kernel, stride and padding.
+type ConvSpec = (usize, usize, [usize; 2], usize, [usize; 2]);
 
 /// Where the parameters come from while the network is built.
 enum Source<'a> {
@@ -121,11 +128,7 @@ impl Source<'_> {
 
     /// Convolutions applied one after the other, named `conv`, `conv_1`, ... inside `name`
     /// (TorchScript's naming of an `nn.Sequential` of them).
-    fn sequence(
-        &mut self,
-        name: &str,
-        layers: &[(usize, usize, [usize; 2], usize, [usize; 2])],
-    ) -> Result<Vec<ConvBn>, EvalError> {
+    fn sequence(&mut self, name: &str, layers: &[ConvSpec]) -> Result<Vec<ConvBn>, EvalError> {
         layers
             .iter()
             .enumerate()
@@ -174,7 +177,9 @@ fn check_layer_attributes(
     if let Some(found) = map.attribute(&format!("{name}.padding")) {
         let ok = match found {
             Attribute::Int(p) => padding == [*p as usize; 2],
-            Attribute::Ints(p) => p.len() == 2 && p[0] == padding[0] as i64 && p[1] == padding[1] as i64,
+            Attribute::Ints(p) => {
+                p.len() == 2 && p[0] == padding[0] as i64 && p[1] == padding[1] as i64
+            }
             Attribute::Bool(_) => false,
         };
         if !ok {
@@ -229,7 +234,10 @@ impl InceptionA {
                     (96, 96, [3, 3], 1, [1, 1]),
                 ],
             )?,
-            tower_2: src.sequence(&format!("{name}.tower_2"), &[(c_in, pool, [1, 1], 1, [0, 0])])?,
+            tower_2: src.sequence(
+                &format!("{name}.tower_2"),
+                &[(c_in, pool, [1, 1], 1, [0, 0])],
+            )?,
         })
     }
 
@@ -313,7 +321,10 @@ impl InceptionC {
                     (c7, 192, row.0, 1, row.1),
                 ],
             )?,
-            tower_2: src.sequence(&format!("{name}.tower_2"), &[(c_in, 192, [1, 1], 1, [0, 0])])?,
+            tower_2: src.sequence(
+                &format!("{name}.tower_2"),
+                &[(c_in, 192, [1, 1], 1, [0, 0])],
+            )?,
         })
     }
 
@@ -343,7 +354,10 @@ impl InceptionD {
         Ok(Self {
             tower: src.sequence(
                 &format!("{name}.tower"),
-                &[(c_in, 192, [1, 1], 1, [0, 0]), (192, 320, [3, 3], 2, [0, 0])],
+                &[
+                    (c_in, 192, [1, 1], 1, [0, 0]),
+                    (192, 320, [3, 3], 2, [0, 0]),
+                ],
             )?,
             tower_1: src.sequence(
                 &format!("{name}.tower_1"),
@@ -528,14 +542,15 @@ impl FidInception {
 
     /// All four block outputs of pytorch-fid's split of the network.
     pub fn forward_blocks(&self, x: Tensor<4>) -> InceptionBlocks {
-        let x = self.conv_2.forward(self.conv_1.forward(self.conv.forward(x)));
+        let x = self
+            .conv_2
+            .forward(self.conv_1.forward(self.conv.forward(x)));
         let block0 = max_pool_reduce(x);
         let x = self.conv_4.forward(self.conv_3.forward(block0.clone()));
         let block1 = max_pool_reduce(x);
-        let x = self.mixed_2.forward(
-            self.mixed_1
-                .forward(self.mixed.forward(block1.clone())),
-        );
+        let x = self
+            .mixed_2
+            .forward(self.mixed_1.forward(self.mixed.forward(block1.clone())));
         let x = self.mixed_3.forward(x);
         let x = self.mixed_7.forward(
             self.mixed_6
@@ -567,7 +582,10 @@ mod tests {
         assert_eq!(net.num_params(), FID_INCEPTION_PARAMS);
         let shapes = FidInception::tensor_shapes();
         assert_eq!(shapes.len(), 376);
-        let total: usize = shapes.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+        let total: usize = shapes
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum();
         assert_eq!(total, FID_INCEPTION_PARAMS);
     }
 }

@@ -4,7 +4,12 @@
 //!   TorchScript archive ([`inception`], [`weights`], [`pickle`]), in pytorch-fid's and
 //!   clean-fid's preprocessing ([`preprocess`]); statistics, Fréchet distance and KID in f64
 //!   ([`stats`]); `.npz` statistics files ([`npz`]); folders end to end ([`fid`]).
+//! - CLIP score as torchmetrics computes it, with a transformers `CLIPModel` directory
+//!   ([`clip`]).
+//! - CMMD, the RBF-kernel MMD between CLIP embeddings of Jayasumana et al. ([`cmmd`]).
 
+pub mod clip;
+pub mod cmmd;
 pub mod error;
 pub mod fid;
 pub mod inception;

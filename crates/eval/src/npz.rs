@@ -60,7 +60,10 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| format!("bad dimension {s:?}")))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad dimension {s:?}"))
+        })
         .collect::<Result<_, _>>()?;
     let count: usize = shape.iter().product();
     let body = &bytes[start + header_len..];
@@ -150,8 +153,8 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, NpyArray>, EvalError> {
         entry
             .read_to_end(&mut data)
             .map_err(|e| EvalError::stats(path.display(), format!("{name}: {e}")))?;
-        let array =
-            parse_npy(&data).map_err(|e| EvalError::stats(path.display(), format!("{name}: {e}")))?;
+        let array = parse_npy(&data)
+            .map_err(|e| EvalError::stats(path.display(), format!("{name}: {e}")))?;
         out.insert(key.to_owned(), array);
     }
     Ok(out)
@@ -167,7 +170,10 @@ pub fn write_npz(path: &Path, arrays: &[(&str, &[usize], &[f64])]) -> Result<(),
             .and_then(|_| zip.write_all(&encode_npy(shape, data)).map_err(Into::into))
             .map_err(|e| EvalError::io(path, e))?;
     }
-    let bytes = zip.finish().map_err(|e| EvalError::io(path, e))?.into_inner();
+    let bytes = zip
+        .finish()
+        .map_err(|e| EvalError::io(path, e))?
+        .into_inner();
     ldmscale_model::weights::write_atomic(path, &bytes).map_err(|e| EvalError::Io {
         file: path.display().to_string(),
         message: e.to_string(),
@@ -247,10 +253,22 @@ mod tests {
         write_stats(&path, &stats).unwrap();
         assert_eq!(read_stats(&path).unwrap(), stats);
         let bad = dir.path().join("bad.npz");
-        write_npz(&bad, &[("mu", &[2], &[0.0, 0.0]), ("sigma", &[3], &[0.0; 3])]).unwrap();
+        write_npz(
+            &bad,
+            &[("mu", &[2], &[0.0, 0.0]), ("sigma", &[3], &[0.0; 3])],
+        )
+        .unwrap();
         let err = read_stats(&bad).unwrap_err().to_string();
-        assert!(err.contains("bad.npz") && err.contains("sigma has shape [3]"), "{err}");
+        assert!(
+            err.contains("bad.npz") && err.contains("sigma has shape [3]"),
+            "{err}"
+        );
         write_npz(&bad, &[("m", &[2], &[0.0, 0.0])]).unwrap();
-        assert!(read_stats(&bad).unwrap_err().to_string().contains("no \"mu\""));
+        assert!(
+            read_stats(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("no \"mu\"")
+        );
     }
 }

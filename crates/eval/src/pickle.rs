@@ -342,7 +342,9 @@ impl<'a> Machine<'a> {
                     _ => self.err(format!("{what} holds {i:?}, not a non-negative integer")),
                 })
                 .collect(),
-            _ => self.err(format!("{what} is {v:?}, not a tuple of at most {MAX_DIMS} ints")),
+            _ => self.err(format!(
+                "{what} is {v:?}, not a tuple of at most {MAX_DIMS} ints"
+            )),
         }
     }
 

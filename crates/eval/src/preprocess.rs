@@ -61,7 +61,12 @@ impl RgbImage {
 
     /// One channel as f32 values in [0, 255], row-major.
     pub fn channel_f32(&self, c: usize) -> Vec<f32> {
-        self.data.iter().skip(c).step_by(3).map(|&v| v as f32).collect()
+        self.data
+            .iter()
+            .skip(c)
+            .step_by(3)
+            .map(|&v| v as f32)
+            .collect()
     }
 }
 

@@ -85,7 +85,7 @@ impl StatsAccumulator {
     /// Adds `rows x dim` features (row-major).
     pub fn add(&mut self, features: &[f32]) -> Result<(), EvalError> {
         let d = self.dim;
-        if d == 0 || features.len() % d != 0 {
+        if d == 0 || !features.len().is_multiple_of(d) {
             return Err(EvalError::Input(format!(
                 "{} feature values are not whole rows of {d}",
                 features.len()
@@ -156,22 +156,30 @@ fn to_mat(values: &[f64], d: usize) -> Mat<f64> {
 }
 
 fn eigen_failed(e: impl std::fmt::Debug) -> EvalError {
-    EvalError::Input(format!("the covariance eigensolver did not converge: {e:?}"))
+    EvalError::Input(format!(
+        "the covariance eigensolver did not converge: {e:?}"
+    ))
 }
 
-/// tr(sqrt(s1 s2)) for symmetric positive semi-definite s1, s2: s1 s2 is similar to
-/// r s2 r with r = sqrt(s1), whose eigenvalues are real and non-negative, so the trace is
-/// the sum of their square roots. Eigenvalues that rounding pushes below zero contribute
-/// nothing, as their square roots are imaginary and FID keeps the real part.
+/// tr(sqrt(s1 s2)) for symmetric positive semi-definite s1, s2: with s1 = U L U^T, s1 s2 is
+/// similar to L^1/2 (U^T s2 U) L^1/2, a symmetric matrix whose eigenvalues are real and
+/// non-negative, so the trace is the sum of their square roots. Eigenvalues that rounding
+/// pushes below zero contribute nothing: their square roots are imaginary, and FID keeps the
+/// real part.
 fn trace_sqrt_product(s1: &Mat<f64>, s2: &Mat<f64>) -> Result<f64, EvalError> {
     let d = s1.nrows();
     let eig = s1.self_adjoint_eigen(Side::Lower).map_err(eigen_failed)?;
     let u = eig.U();
-    let lambda = eig.S().column_vector();
-    let scaled = Mat::from_fn(d, d, |i, j| u[(i, j)] * lambda[j].max(0.0).sqrt());
-    let root = &scaled * u.transpose();
-    let inner = &root * s2 * &root;
-    let sym = Mat::from_fn(d, d, |i, j| 0.5 * (inner[(i, j)] + inner[(j, i)]));
+    let root: Vec<f64> = eig
+        .S()
+        .column_vector()
+        .iter()
+        .map(|l| l.max(0.0).sqrt())
+        .collect();
+    let rotated = u.transpose() * s2 * u;
+    let sym = Mat::from_fn(d, d, |i, j| {
+        0.5 * (rotated[(i, j)] + rotated[(j, i)]) * root[i] * root[j]
+    });
     let mu = sym
         .self_adjoint_eigenvalues(Side::Lower)
         .map_err(eigen_failed)?;
@@ -276,7 +284,7 @@ pub fn kernel_inception_distance(
     dim: usize,
     options: KidOptions,
 ) -> Result<Kid, EvalError> {
-    if dim == 0 || a.len() % dim != 0 || b.len() % dim != 0 {
+    if dim == 0 || !a.len().is_multiple_of(dim) || !b.len().is_multiple_of(dim) {
         return Err(EvalError::Input(format!(
             "feature sets of {} and {} values are not whole rows of {dim}",
             a.len(),
@@ -338,7 +346,9 @@ mod tests {
 
     #[test]
     fn batches_accumulate_like_one_pass() {
-        let rows: Vec<f32> = (0..60).map(|i| ((i * 37 % 11) as f32) * 0.7 + 100.0).collect();
+        let rows: Vec<f32> = (0..60)
+            .map(|i| ((i * 37 % 11) as f32) * 0.7 + 100.0)
+            .collect();
         let whole = GaussianStats::from_features(&rows, 3).unwrap();
         let mut acc = StatsAccumulator::new(3);
         for chunk in rows.chunks(9) {
@@ -366,10 +376,20 @@ mod tests {
             mu: vec![0.0; 3],
             sigma: vec![0.0; 9],
         };
-        assert!(frechet_distance(&s, &t).unwrap_err().to_string().contains("widths"));
+        assert!(
+            frechet_distance(&s, &t)
+                .unwrap_err()
+                .to_string()
+                .contains("widths")
+        );
         let mut u = s.clone();
         u.sigma.pop();
-        assert!(frechet_distance(&s, &u).unwrap_err().to_string().contains("sigma"));
+        assert!(
+            frechet_distance(&s, &u)
+                .unwrap_err()
+                .to_string()
+                .contains("sigma")
+        );
         assert!(GaussianStats::from_features(&[1.0, 2.0], 2).is_err());
     }
 }

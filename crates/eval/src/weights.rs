@@ -58,12 +58,24 @@ impl WeightMap {
 
     /// Reads a `.safetensors` file (f32, f16, bf16 or f64 tensors).
     pub fn from_safetensors(path: &Path) -> Result<Self, EvalError> {
+        Self::from_safetensors_where(path, |_| true)
+    }
+
+    /// Reads the tensors of a `.safetensors` file whose names satisfy `keep` (the others are
+    /// not converted, e.g. the text tower when only the vision tower is wanted).
+    pub fn from_safetensors_where(
+        path: &Path,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<Self, EvalError> {
         let bytes = std::fs::read(path).map_err(|e| EvalError::io(path, e))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| {
             EvalError::archive(path, format!("not a readable safetensors file: {e}"))
         })?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
+            if !keep(&name) {
+                continue;
+            }
             let data = view.data();
             let values: Vec<f32> = match view.dtype() {
                 Dtype::F32 => data

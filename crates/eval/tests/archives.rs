@@ -33,7 +33,10 @@ fn torchscript_modules_are_read_with_their_attributes() {
     let map = WeightMap::from_torch_archive(&archives().join("scripted.pt")).unwrap();
     check_against_expected(&map, "scripted.");
     assert_eq!(map.attribute("net.stride"), Some(&Attribute::Int(2)));
-    assert_eq!(map.attribute("net.padding"), Some(&Attribute::Ints(vec![0, 3])));
+    assert_eq!(
+        map.attribute("net.padding"),
+        Some(&Attribute::Ints(vec![0, 3]))
+    );
     assert_eq!(map.attribute("net.training"), Some(&Attribute::Bool(true)));
 }
 
@@ -50,7 +53,9 @@ fn damaged_archives_are_named_errors() {
     let bytes = std::fs::read(archives().join("state_dict.pt")).unwrap();
     let truncated = dir.path().join("truncated.pt");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let err = WeightMap::from_torch_archive(&truncated).unwrap_err().to_string();
+    let err = WeightMap::from_torch_archive(&truncated)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("truncated.pt"), "{err}");
     let text = dir.path().join("text.pt");
     std::fs::write(&text, b"not a zip").unwrap();

@@ -216,8 +216,7 @@ fn formula_network(device: &Device) -> FidInception {
             (name, NamedTensor { shape, values })
         })
         .collect();
-    FidInception::from_weights(WeightMap::from_tensors("formula weights", tensors), device)
-        .unwrap()
+    FidInception::from_weights(WeightMap::from_tensors("formula weights", tensors), device).unwrap()
 }
 
 fn rel_l2(ours: &[f32], reference: &[f32]) -> f64 {
@@ -230,7 +229,10 @@ fn rel_l2(ours: &[f32], reference: &[f32]) -> f64 {
 }
 
 fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().try_into_vec::<f32>().unwrap()
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
 }
 
 #[test]
@@ -266,7 +268,10 @@ fn formula_weight_network_matches_at_299() {
     let ours = values(net.forward(x));
     let reference = f32s(&refs["features_299"]);
     let err = rel_l2(&ours, &reference);
-    println!("features at 299: relative L2 {err:.2e}, max |diff| {:.2e}", max_abs_diff(&ours, &reference));
+    println!(
+        "features at 299: relative L2 {err:.2e}, max |diff| {:.2e}",
+        max_abs_diff(&ours, &reference)
+    );
     assert!(err < 1e-5, "relative L2 {err}");
 }
 
@@ -277,23 +282,41 @@ fn weights_with_wrong_shapes_or_extra_tensors_are_refused() {
         .into_iter()
         .map(|(name, shape)| {
             let n = shape.iter().product();
-            (name, NamedTensor { shape, values: vec![0.0; n] })
+            (
+                name,
+                NamedTensor {
+                    shape,
+                    values: vec![0.0; n],
+                },
+            )
         })
         .collect();
     let mut extra = tensors.clone();
     extra.insert(
         "layers.fc.weight".into(),
-        NamedTensor { shape: vec![1], values: vec![0.0] },
+        NamedTensor {
+            shape: vec![1],
+            values: vec![0.0],
+        },
     );
     let err = FidInception::from_weights(WeightMap::from_tensors("x.pt", extra), &device)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("x.pt") && err.contains("layers.fc.weight"), "{err}");
-    tensors.get_mut("layers.mixed_4.tower.conv_1.weight").unwrap().shape = vec![128, 128, 7, 1];
+    assert!(
+        err.contains("x.pt") && err.contains("layers.fc.weight"),
+        "{err}"
+    );
+    tensors
+        .get_mut("layers.mixed_4.tower.conv_1.weight")
+        .unwrap()
+        .shape = vec![128, 128, 7, 1];
     let err = FidInception::from_weights(WeightMap::from_tensors("x.pt", tensors.clone()), &device)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("layers.mixed_4.tower.conv_1.weight") && err.contains("[128, 128, 1, 7]"), "{err}");
+    assert!(
+        err.contains("layers.mixed_4.tower.conv_1.weight") && err.contains("[128, 128, 1, 7]"),
+        "{err}"
+    );
     tensors.remove("layers.mixed_4.tower.conv_1.weight");
     let err = FidInception::from_weights(WeightMap::from_tensors("x.pt", tensors), &device)
         .unwrap_err()
@@ -320,7 +343,10 @@ fn safetensors_copies_load_and_torchscript_attributes_are_checked() {
     let direct = formula_network(&device);
     let input = formula("input", &[1, 3, 75, 75]);
     let x = Tensor::<4>::from_data(TensorData::new(input, [1, 3, 75, 75]), &device);
-    assert_eq!(values(from_copy.forward(x.clone())), values(direct.forward(x)));
+    assert_eq!(
+        values(from_copy.forward(x.clone())),
+        values(direct.forward(x))
+    );
 
     // A TorchScript layer whose recorded padding differs from the network's is refused.
     let mut map = WeightMap::from_tensors("x.pt", tensors);
@@ -328,8 +354,13 @@ fn safetensors_copies_load_and_torchscript_attributes_are_checked() {
         "layers.mixed_4.tower.conv_1.padding".into(),
         Attribute::Ints(vec![3, 0]),
     );
-    let err = FidInception::from_weights(map, &device).unwrap_err().to_string();
-    assert!(err.contains("layers.mixed_4.tower.conv_1") && err.contains("padding"), "{err}");
+    let err = FidInception::from_weights(map, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("layers.mixed_4.tower.conv_1") && err.contains("padding"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -363,25 +394,26 @@ fn real_weights_features_match_pytorch_fid_and_clean_fid() {
     assert_eq!(weights.num_values(), ldmscale_eval::FID_INCEPTION_PARAMS);
     let net = FidInception::from_weights(weights, &device).unwrap();
     let refs = read_fixture("features.safetensors");
+    // Set a only, to keep the test to seconds; set b's features enter the FID checks.
+    let images: Vec<RgbImage> = image_files(&fixtures().join("images/a"))
+        .unwrap()
+        .iter()
+        .map(|p| RgbImage::open(p).unwrap())
+        .collect();
     let mut extractor = FidExtractor::new(net, FidMode::PytorchFid, device.clone());
-    for mode in [FidMode::PytorchFid, FidMode::Clean] {
+    for (mode, key) in [
+        (FidMode::PytorchFid, "pytorch_fid_a"),
+        (FidMode::Clean, "clean_a"),
+    ] {
         extractor = extractor.with_mode(mode);
-        for set in ["a", "b"] {
-            let images: Vec<RgbImage> = image_files(&fixtures().join("images").join(set))
-                .unwrap()
-                .iter()
-                .map(|p| RgbImage::open(p).unwrap())
-                .collect();
-            let ours = extractor.features(&images);
-            let key = match mode {
-                FidMode::PytorchFid => format!("pytorch_fid_{set}"),
-                FidMode::Clean => format!("clean_{set}"),
-            };
-            let reference = f32s(&refs[&key]);
-            let err = max_abs_diff(&ours, &reference);
-            println!("{key}: max |diff| {err:.2e}, relative L2 {:.2e}", rel_l2(&ours, &reference));
-            assert!(err < 1e-4, "{key}: max |diff| {err}");
-        }
+        let ours = extractor.features(&images);
+        let reference = f32s(&refs[key]);
+        let err = max_abs_diff(&ours, &reference);
+        println!(
+            "{key}: max |diff| {err:.2e}, relative L2 {:.2e}",
+            rel_l2(&ours, &reference)
+        );
+        assert!(err < 1e-4, "{key}: max |diff| {err}");
     }
 }
 
@@ -418,19 +450,25 @@ fn frechet_distance_matches_pytorch_fid_and_clean_fid() {
         let reference = &expected[case];
         let pytorch_fid = reference["fid_pytorch_fid"].as_f64().unwrap();
         let clean_fid = reference["fid_clean_fid"].as_f64().unwrap();
-        let forced = reference["fid_with_1e-6_offset"].as_f64().unwrap();
-        let ours_forced = frechet_distance_with_offset(&sa, &sb, 1e-6).unwrap();
         println!(
-            "{case}: ours {ours:.9} pytorch-fid {pytorch_fid:.9} (rel {:.1e}), clean-fid rel {:.1e}; \
-             with offset rel {:.1e}",
+            "{case}: ours {ours:.9} pytorch-fid {pytorch_fid:.9} (rel {:.1e}), clean-fid rel {:.1e}",
             relative(ours, pytorch_fid),
             relative(ours, clean_fid),
-            relative(ours_forced, forced)
         );
         assert!(!reference["pytorch_fid_used_offset"].as_bool().unwrap());
         assert!(relative(ours, pytorch_fid) < 1e-6, "{case}");
         assert!(relative(ours, clean_fid) < 1e-6, "{case}");
-        assert!(relative(ours_forced, forced) < 1e-6, "{case} with offset");
+        // pytorch-fid's fallback for a singular product, forced (the 2048-wide cases only run
+        // the plain distance, to keep the test to seconds).
+        if *d < 2048 {
+            let forced = reference["fid_with_1e-6_offset"].as_f64().unwrap();
+            let ours_forced = frechet_distance_with_offset(&sa, &sb, 1e-6).unwrap();
+            println!(
+                "{case}: with the 1e-6 offset rel {:.1e}",
+                relative(ours_forced, forced)
+            );
+            assert!(relative(ours_forced, forced) < 1e-6, "{case} with offset");
+        }
     }
 }
 
@@ -443,15 +481,28 @@ fn kid_matches_clean_fid() {
     let (b, _) = &sets["synth_b"];
     for (case, a, b, d) in [
         ("kid_synth_200", &a[..rows * d], &b[..rows * d], *d),
-        ("kid_real_clean", &sets["clean_a"].0[..], &sets["clean_b"].0[..], 2048),
+        (
+            "kid_real_clean",
+            &sets["clean_a"].0[..],
+            &sets["clean_b"].0[..],
+            2048,
+        ),
     ] {
         // clean-fid sums the kernel in float32 (the features' dtype); we sum in float64 and
         // match its float64 run to rounding.
         let reference = expected[case].as_f64().unwrap();
         let reference_f64 = expected[format!("{case}_f64")].as_f64().unwrap();
         for seed in [0, 7] {
-            let kid = kernel_inception_distance(a, b, d, KidOptions { seed, ..Default::default() })
-                .unwrap();
+            let kid = kernel_inception_distance(
+                a,
+                b,
+                d,
+                KidOptions {
+                    seed,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
             println!(
                 "{case}: ours {:.9e}, clean-fid {reference:.9e} (rel {:.1e}), in float64 rel {:.1e}",
                 kid.mean,
@@ -460,7 +511,10 @@ fn kid_matches_clean_fid() {
             );
             assert!(relative(kid.mean, reference_f64) < 1e-9, "{case}");
             assert!(relative(kid.mean, reference) < 1e-5, "{case}");
-            assert!(kid.std < 1e-12 * reference.abs().max(1.0), "equal sets: every subset is the whole set");
+            assert!(
+                kid.std < 1e-12 * reference.abs().max(1.0),
+                "equal sets: every subset is the whole set"
+            );
         }
     }
 }

@@ -1,0 +1,945 @@
+//! CLIP score as torchmetrics computes it, with a transformers `CLIPModel` directory the user
+//! supplies (`config.json`, `model.safetensors`, `tokenizer.json`, `processor_config.json` or
+//! `preprocessor_config.json`): ViT-B/32, ViT-L/14 and any other size of the same layout.
+//!
+//! - Images: transformers 5's default (torchvision) `CLIPImageProcessor`: the short side resized
+//!   to `size.shortest_edge` with antialiased bicubic on 8-bit values (torch's integer kernel,
+//!   Pillow-style), centre crop, then `(x - 255 mean) / (255 std)` in f32.
+//! - Text: the tokenizer without truncation, then cut to the model's 77 positions as torchmetrics
+//!   does (a longer caption loses its end token, and the pooled token is then the one
+//!   transformers picks: the first `eos_token_id`, else position 0; with the legacy
+//!   `eos_token_id == 2`, the largest id).
+//! - Towers: the vision transformer here ([`ClipVision`]); the text transformer is
+//!   `ldmscale_model::text::ClipTextModel`, shared with the diffusion models' text encoder.
+//! - Score: `100 * cos(image, text)` per pair; the batch mean, clamped at 0.
+
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, Param};
+use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::module::{attention, conv2d, layer_norm, linear};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use ldmscale_model::text::TokenBatch;
+use ldmscale_model::text::{ClipTextConfig, ClipTextModel, TextTokenizer, TokenizerOptions};
+use ldmscale_model::weights::{Naming, load_safetensors_named};
+use serde::Deserialize;
+
+use crate::error::EvalError;
+use crate::preprocess::RgbImage;
+use crate::weights::WeightMap;
+
+/// OpenAI CLIP's normalisation mean (RGB).
+pub const CLIP_MEAN: [f64; 3] = [0.48145466, 0.4578275, 0.40821073];
+/// OpenAI CLIP's normalisation standard deviation (RGB).
+pub const CLIP_STD: [f64; 3] = [0.26862954, 0.26130258, 0.27577711];
+
+fn quick_gelu_default() -> String {
+    "quick_gelu".into()
+}
+fn eps_default() -> f64 {
+    1e-5
+}
+fn channels_default() -> usize {
+    3
+}
+
+/// The vision tower's settings (transformers `CLIPVisionConfig`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ClipVisionConfig {
+    /// Token width.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Transformer layers.
+    pub num_hidden_layers: usize,
+    /// Attention heads.
+    pub num_attention_heads: usize,
+    /// Input side in pixels.
+    pub image_size: usize,
+    /// Patch side in pixels.
+    pub patch_size: usize,
+    /// Input channels.
+    #[serde(default = "channels_default")]
+    pub num_channels: usize,
+    /// MLP activation: `quick_gelu` (OpenAI), `gelu`, `gelu_new`.
+    #[serde(default = "quick_gelu_default")]
+    pub hidden_act: String,
+    /// LayerNorm epsilon.
+    #[serde(default = "eps_default")]
+    pub layer_norm_eps: f64,
+}
+
+/// The MLP activations CLIP configs use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Activation {
+    QuickGelu,
+    Gelu,
+    GeluTanh,
+}
+
+impl Activation {
+    fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "quick_gelu" => Ok(Activation::QuickGelu),
+            "gelu" => Ok(Activation::Gelu),
+            "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
+            other => Err(format!(
+                "hidden_act: unsupported {other:?}; expected quick_gelu, gelu or gelu_new"
+            )),
+        }
+    }
+
+    fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::QuickGelu => x.clone() * sigmoid(x * 1.702),
+            Activation::Gelu => gelu(x),
+            Activation::GeluTanh => burn::tensor::activation::gelu_approximate(x),
+        }
+    }
+}
+
+/// A whole `CLIPModel` config.json.
+#[derive(Debug, Clone)]
+pub struct ClipConfig {
+    /// The text tower.
+    pub text: ClipTextConfig,
+    /// The vision tower.
+    pub vision: ClipVisionConfig,
+    /// Width of the shared embedding space.
+    pub projection_dim: usize,
+    /// The text config's `eos_token_id` (2 means transformers' legacy argmax pooling).
+    pub eos_token_id: i64,
+}
+
+impl ClipConfig {
+    /// Reads a transformers `CLIPModel` config.json; errors name the file and field.
+    pub fn from_json_file(path: &Path) -> Result<Self, EvalError> {
+        let bad = |message: String| EvalError::stats(path.display(), message);
+        let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+        if let Some(kind) = value.get("model_type").and_then(|v| v.as_str())
+            && kind != "clip"
+        {
+            return Err(bad(format!(
+                "model_type is {kind:?}; a CLIPModel directory (model_type \"clip\") is needed"
+            )));
+        }
+        let section = |name: &str| {
+            value
+                .get(name)
+                .cloned()
+                .ok_or_else(|| bad(format!("no {name:?} (is this a CLIPModel config?)")))
+        };
+        let mut text_value = section("text_config")?;
+        let eos_token_id = text_value
+            .get("eos_token_id")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(49407);
+        // ClipTextConfig checks model_type when present; a CLIPModel's text section says so.
+        if let Some(map) = text_value.as_object_mut() {
+            map.entry("model_type")
+                .or_insert_with(|| "clip_text_model".into());
+        }
+        let text: ClipTextConfig =
+            serde_json::from_value(text_value).map_err(|e| bad(format!("text_config: {e}")))?;
+        text.validate()
+            .map_err(|e| bad(format!("text_config.{e}")))?;
+        let vision: ClipVisionConfig = serde_json::from_value(section("vision_config")?)
+            .map_err(|e| bad(format!("vision_config: {e}")))?;
+        Activation::parse(&vision.hidden_act).map_err(|e| bad(format!("vision_config.{e}")))?;
+        if vision.patch_size == 0
+            || !vision.image_size.is_multiple_of(vision.patch_size)
+            || vision.num_attention_heads == 0
+            || !vision
+                .hidden_size
+                .is_multiple_of(vision.num_attention_heads)
+        {
+            return Err(bad(format!(
+                "vision_config: image_size {} / patch_size {} / hidden_size {} / heads {} do not fit",
+                vision.image_size,
+                vision.patch_size,
+                vision.hidden_size,
+                vision.num_attention_heads
+            )));
+        }
+        let projection_dim = value
+            .get("projection_dim")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(512) as usize;
+        Ok(Self {
+            text,
+            vision,
+            projection_dim,
+            eos_token_id,
+        })
+    }
+}
+
+/// LayerNorm parameters (applied with burn's functional layer norm).
+#[derive(Module, Debug)]
+struct Norm {
+    gamma: Param<Tensor<1>>,
+    beta: Param<Tensor<1>>,
+    eps: f64,
+}
+
+impl Norm {
+    fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        layer_norm(x, self.gamma.val(), Some(self.beta.val()), self.eps)
+    }
+}
+
+/// A linear layer stored as burn lays it out (`[d_in, d_out]`).
+#[derive(Module, Debug)]
+struct Dense {
+    weight: Param<Tensor<2>>,
+    bias: Option<Param<Tensor<1>>>,
+}
+
+impl Dense {
+    fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
+    }
+}
+
+#[derive(Module, Debug)]
+struct VisionLayer {
+    layer_norm1: Norm,
+    q_proj: Dense,
+    k_proj: Dense,
+    v_proj: Dense,
+    out_proj: Dense,
+    layer_norm2: Norm,
+    fc1: Dense,
+    fc2: Dense,
+}
+
+/// CLIP's vision transformer with its projection: patches, class token, positions, pre-LN
+/// layers, the class token's post-LN state projected to the embedding space.
+#[derive(Module, Debug)]
+pub struct ClipVision {
+    patch_embedding: Param<Tensor<4>>,
+    class_embedding: Param<Tensor<1>>,
+    position_embedding: Param<Tensor<2>>,
+    pre_layrnorm: Norm,
+    layers: Vec<VisionLayer>,
+    post_layernorm: Norm,
+    visual_projection: Dense,
+    patch_size: usize,
+    heads: usize,
+    #[module(skip)]
+    activation: Activation,
+}
+
+/// Takes tensors by name from a weights file into burn's layouts.
+struct Loader<'a> {
+    map: &'a mut WeightMap,
+    device: Device,
+}
+
+impl Loader<'_> {
+    fn param<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+    ) -> Result<Param<Tensor<D>>, EvalError> {
+        Ok(Param::from_tensor(self.map.take(
+            key,
+            shape,
+            &self.device,
+        )?))
+    }
+
+    fn norm(&mut self, key: &str, d: usize, eps: f64) -> Result<Norm, EvalError> {
+        Ok(Norm {
+            gamma: self.param(&format!("{key}.weight"), [d])?,
+            beta: self.param(&format!("{key}.bias"), [d])?,
+            eps,
+        })
+    }
+
+    /// PyTorch's `[d_out, d_in]` weight, transposed.
+    fn dense(
+        &mut self,
+        key: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Dense, EvalError> {
+        let weight = self
+            .map
+            .take(&format!("{key}.weight"), [d_out, d_in], &self.device)?
+            .transpose();
+        Ok(Dense {
+            weight: Param::from_tensor(weight),
+            bias: if bias {
+                Some(self.param(&format!("{key}.bias"), [d_out])?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+impl ClipVision {
+    fn load(config: &ClipConfig, map: &mut WeightMap, device: &Device) -> Result<Self, EvalError> {
+        let v = &config.vision;
+        let d = v.hidden_size;
+        let positions = (v.image_size / v.patch_size).pow(2) + 1;
+        let mut l = Loader {
+            map,
+            device: device.clone(),
+        };
+        let p = "vision_model";
+        let layers = (0..v.num_hidden_layers)
+            .map(|i| {
+                let k = format!("{p}.encoder.layers.{i}");
+                Ok(VisionLayer {
+                    layer_norm1: l.norm(&format!("{k}.layer_norm1"), d, v.layer_norm_eps)?,
+                    q_proj: l.dense(&format!("{k}.self_attn.q_proj"), d, d, true)?,
+                    k_proj: l.dense(&format!("{k}.self_attn.k_proj"), d, d, true)?,
+                    v_proj: l.dense(&format!("{k}.self_attn.v_proj"), d, d, true)?,
+                    out_proj: l.dense(&format!("{k}.self_attn.out_proj"), d, d, true)?,
+                    layer_norm2: l.norm(&format!("{k}.layer_norm2"), d, v.layer_norm_eps)?,
+                    fc1: l.dense(&format!("{k}.mlp.fc1"), d, v.intermediate_size, true)?,
+                    fc2: l.dense(&format!("{k}.mlp.fc2"), v.intermediate_size, d, true)?,
+                })
+            })
+            .collect::<Result<Vec<_>, EvalError>>()?;
+        Ok(Self {
+            patch_embedding: l.param(
+                &format!("{p}.embeddings.patch_embedding.weight"),
+                [d, v.num_channels, v.patch_size, v.patch_size],
+            )?,
+            class_embedding: l.param(&format!("{p}.embeddings.class_embedding"), [d])?,
+            position_embedding: l.param(
+                &format!("{p}.embeddings.position_embedding.weight"),
+                [positions, d],
+            )?,
+            pre_layrnorm: l.norm(&format!("{p}.pre_layrnorm"), d, v.layer_norm_eps)?,
+            layers,
+            post_layernorm: l.norm(&format!("{p}.post_layernorm"), d, v.layer_norm_eps)?,
+            visual_projection: l.dense("visual_projection", d, config.projection_dim, false)?,
+            patch_size: v.patch_size,
+            heads: v.num_attention_heads,
+            activation: Activation::parse(&v.hidden_act).expect("validated"),
+        })
+    }
+
+    /// Image embeddings `[batch, projection_dim]` of preprocessed `pixel_values`
+    /// `[batch, 3, image_size, image_size]` (transformers' `get_image_features`).
+    pub fn forward(&self, pixel_values: Tensor<4>) -> Tensor<2> {
+        let [batch, _, _, _] = pixel_values.dims();
+        let p = self.patch_size;
+        let patches = conv2d(
+            pixel_values,
+            self.patch_embedding.val(),
+            None,
+            ConvOptions::new([p, p], [0, 0], [1, 1], 1),
+        );
+        let [_, d, gh, gw] = patches.dims();
+        let patches = patches.reshape([batch, d, gh * gw]).swap_dims(1, 2);
+        let class = self
+            .class_embedding
+            .val()
+            .reshape([1, 1, d])
+            .expand([batch, 1, d]);
+        let tokens = gh * gw + 1;
+        let mut x = Tensor::cat(vec![class, patches], 1)
+            + self.position_embedding.val().reshape([1, tokens, d]);
+        x = self.pre_layrnorm.forward(x);
+        for layer in &self.layers {
+            let h = layer.layer_norm1.forward(x.clone());
+            let split = |t: Tensor<3>| {
+                t.reshape([batch, tokens, self.heads, d / self.heads])
+                    .swap_dims(1, 2)
+            };
+            let context = attention(
+                split(layer.q_proj.forward(h.clone())),
+                split(layer.k_proj.forward(h.clone())),
+                split(layer.v_proj.forward(h)),
+                None,
+                None,
+                AttentionModuleOptions::default(),
+            )
+            .swap_dims(1, 2)
+            .reshape([batch, tokens, d]);
+            x = x + layer.out_proj.forward(context);
+            let h = layer.layer_norm2.forward(x.clone());
+            x = x + layer
+                .fc2
+                .forward(self.activation.apply(layer.fc1.forward(h)));
+        }
+        let pooled = x.slice([0..batch, 0..1, 0..d]).reshape([batch, d]);
+        self.visual_projection
+            .forward(self.post_layernorm.forward(pooled))
+    }
+}
+
+/// How images become `pixel_values` (a transformers image-processor config).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClipImageProcessor {
+    /// Resize so the short side has this many pixels (`size.shortest_edge`), or to exactly
+    /// `(height, width)` (`size.height` / `size.width`); `None` when `do_resize` is false.
+    pub resize: Option<ResizeTarget>,
+    /// Centre crop to `(height, width)`, if `do_center_crop`.
+    pub crop: Option<(usize, usize)>,
+    /// `rescale_factor` if `do_rescale` (1/255).
+    pub rescale: Option<f64>,
+    /// `(image_mean, image_std)` if `do_normalize`.
+    pub normalize: Option<([f64; 3], [f64; 3])>,
+}
+
+/// The `size` of an image-processor config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeTarget {
+    /// Short side to this length, aspect ratio kept.
+    ShortestEdge(usize),
+    /// Exactly `(height, width)`.
+    Exact(usize, usize),
+}
+
+impl Default for ClipImageProcessor {
+    /// OpenAI CLIP at 224 pixels.
+    fn default() -> Self {
+        Self {
+            resize: Some(ResizeTarget::ShortestEdge(224)),
+            crop: Some((224, 224)),
+            rescale: Some(1.0 / 255.0),
+            normalize: Some((CLIP_MEAN, CLIP_STD)),
+        }
+    }
+}
+
+impl ClipImageProcessor {
+    /// Reads `processor_config.json` (transformers 5, settings under `image_processor`) or
+    /// `preprocessor_config.json` (older) from a model directory; the defaults where neither
+    /// exists.
+    pub fn from_dir(dir: &Path) -> Result<Self, EvalError> {
+        let candidates = [
+            (dir.join("processor_config.json"), Some("image_processor")),
+            (dir.join("preprocessor_config.json"), None),
+        ];
+        for (path, section) in candidates {
+            if !path.exists() {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| EvalError::io(&path, e))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| EvalError::stats(path.display(), format!("not JSON: {e}")))?;
+            let settings = match section {
+                Some(s) => match value.get(s) {
+                    Some(v) => v.clone(),
+                    None => continue,
+                },
+                None => value,
+            };
+            return Self::from_json(&settings)
+                .map_err(|message| EvalError::stats(path.display(), message));
+        }
+        Ok(Self::default())
+    }
+
+    /// Parses image-processor settings; the error names the field.
+    pub fn from_json(v: &serde_json::Value) -> Result<Self, String> {
+        let flag = |name: &str| v.get(name).and_then(|x| x.as_bool()).unwrap_or(true);
+        let dim = |obj: &serde_json::Value, key: &str| {
+            obj.get(key).and_then(|x| x.as_u64()).map(|x| x as usize)
+        };
+        if let Some(resample) = v.get("resample").and_then(|x| x.as_u64())
+            && resample != 3
+        {
+            return Err(format!(
+                "resample: {resample} is not supported; only bicubic (3), CLIP's setting, is"
+            ));
+        }
+        let resize = if flag("do_resize") {
+            let size = v
+                .get("size")
+                .cloned()
+                .unwrap_or(serde_json::json!({"shortest_edge": 224}));
+            Some(
+                match (
+                    dim(&size, "shortest_edge"),
+                    dim(&size, "height"),
+                    dim(&size, "width"),
+                ) {
+                    (Some(s), _, _) => ResizeTarget::ShortestEdge(s),
+                    (None, Some(h), Some(w)) => ResizeTarget::Exact(h, w),
+                    _ => {
+                        return Err(format!(
+                            "size: {size} has neither shortest_edge nor height and width"
+                        ));
+                    }
+                },
+            )
+        } else {
+            None
+        };
+        let crop = if flag("do_center_crop") {
+            let size = v
+                .get("crop_size")
+                .cloned()
+                .unwrap_or(serde_json::json!({"height": 224, "width": 224}));
+            match (dim(&size, "height"), dim(&size, "width")) {
+                (Some(h), Some(w)) => Some((h, w)),
+                _ => return Err(format!("crop_size: {size} lacks height and width")),
+            }
+        } else {
+            None
+        };
+        let rescale = flag("do_rescale").then(|| {
+            v.get("rescale_factor")
+                .and_then(|x| x.as_f64())
+                .unwrap_or(1.0 / 255.0)
+        });
+        let triple = |name: &str, default: [f64; 3]| -> Result<[f64; 3], String> {
+            match v.get(name) {
+                None => Ok(default),
+                Some(x) => {
+                    let values: Vec<f64> = x
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|e| e.as_f64()).collect())
+                        .unwrap_or_default();
+                    values
+                        .try_into()
+                        .map_err(|_| format!("{name}: {x} is not three numbers"))
+                }
+            }
+        };
+        let normalize = if flag("do_normalize") {
+            Some((
+                triple("image_mean", CLIP_MEAN)?,
+                triple("image_std", CLIP_STD)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            resize,
+            crop,
+            rescale,
+            normalize,
+        })
+    }
+
+    /// `pixel_values` `[3, h, w]` of one image.
+    pub fn pixel_values(&self, image: &RgbImage) -> (Vec<f32>, usize, usize) {
+        let mut img = image.clone();
+        if let Some(target) = self.resize {
+            let (h, w) = match target {
+                ResizeTarget::Exact(h, w) => (h, w),
+                ResizeTarget::ShortestEdge(s) => shortest_edge_size(img.height, img.width, s),
+            };
+            img = resize_u8_bicubic_antialias(&img, h, w);
+        }
+        if let Some((ch, cw)) = self.crop {
+            img = center_crop(&img, ch, cw);
+        }
+        let (h, w) = (img.height, img.width);
+        // transformers fuses rescale into normalisation: mean and std scaled by 1/rescale in f32.
+        let (mean, std) = match (self.rescale, self.normalize) {
+            (Some(r), Some((m, s))) => {
+                let k = (1.0 / r) as f32;
+                (m.map(|x| x as f32 * k), s.map(|x| x as f32 * k))
+            }
+            (None, Some((m, s))) => (m.map(|x| x as f32), s.map(|x| x as f32)),
+            (Some(r), None) => ([0.0; 3], [(1.0 / r) as f32; 3]),
+            (None, None) => ([0.0; 3], [1.0; 3]),
+        };
+        let mut out = Vec::with_capacity(3 * h * w);
+        for c in 0..3 {
+            out.extend(
+                img.data
+                    .iter()
+                    .skip(c)
+                    .step_by(3)
+                    .map(|&v| (v as f32 - mean[c]) / std[c]),
+            );
+        }
+        (out, h, w)
+    }
+}
+
+/// transformers' `get_resize_output_image_size(default_to_square=False)`: short side to `s`, long
+/// side `int(s * long / short)`.
+fn shortest_edge_size(h: usize, w: usize, s: usize) -> (usize, usize) {
+    let (short, long) = if w <= h { (w, h) } else { (h, w) };
+    let new_long = (s as f64 * long as f64 / short as f64) as usize;
+    if w <= h { (new_long, s) } else { (s, new_long) }
+}
+
+/// transformers' centre crop: top-left at `int((H - h) / 2)`, zero padding where the image is
+/// smaller than the crop.
+fn center_crop(img: &RgbImage, ch: usize, cw: usize) -> RgbImage {
+    let pad_top = ch.saturating_sub(img.height) / 2;
+    let pad_left = cw.saturating_sub(img.width) / 2;
+    let (ph, pw) = (img.height.max(ch), img.width.max(cw));
+    // The padded image (identity when it is already large enough).
+    let padded = |y: usize, x: usize| -> [u8; 3] {
+        if y < pad_top || x < pad_left || y - pad_top >= img.height || x - pad_left >= img.width {
+            return [0; 3];
+        }
+        let i = ((y - pad_top) * img.width + (x - pad_left)) * 3;
+        [img.data[i], img.data[i + 1], img.data[i + 2]]
+    };
+    let top = ((ph - ch) as f64 / 2.0) as usize;
+    let left = ((pw - cw) as f64 / 2.0) as usize;
+    let mut data = Vec::with_capacity(ch * cw * 3);
+    for y in 0..ch {
+        for x in 0..cw {
+            data.extend_from_slice(&padded(top + y, left + x));
+        }
+    }
+    RgbImage {
+        width: cw,
+        height: ch,
+        data,
+    }
+}
+
+/// torch's antialiasing bicubic kernel (a = -0.5, as Pillow).
+fn aa_bicubic(x: f64) -> f64 {
+    const A: f64 = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A
+    } else {
+        0.0
+    }
+}
+
+/// Per output position the first source index and int16 weights, and the fixed-point
+/// precision: torch's `_compute_index_ranges_int16_weights` for its uint8 antialiased kernels
+/// (weights in f64 as Pillow's, then scaled by the largest power of two that keeps the biggest
+/// weight below 2^15).
+fn int16_taps(in_size: usize, out_size: usize) -> (Vec<(usize, Vec<i32>)>, u32) {
+    let scale = in_size as f64 / out_size as f64;
+    let (support, inv) = if scale >= 1.0 {
+        (2.0 * scale, 1.0 / scale)
+    } else {
+        (2.0, 1.0)
+    };
+    let mut wt_max = 0.0f64;
+    let taps: Vec<(usize, Vec<f64>)> = (0..out_size)
+        .map(|i| {
+            let center = scale * (i as f64 + 0.5);
+            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
+            let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
+            let mut w: Vec<f64> = (xmin..xmax)
+                .map(|j| aa_bicubic((j as f64 - center + 0.5) * inv))
+                .collect();
+            let total: f64 = w.iter().sum();
+            if total != 0.0 {
+                for v in &mut w {
+                    *v /= total;
+                    wt_max = wt_max.max(*v);
+                }
+            }
+            (xmin, w)
+        })
+        .collect();
+    let mut precision = 0u32;
+    while precision < 22 {
+        let next = (0.5 + wt_max * (1u64 << (precision + 1)) as f64) as i64;
+        if next >= 1 << 15 {
+            break;
+        }
+        precision += 1;
+    }
+    let unit = (1u64 << precision) as f64;
+    let taps = taps
+        .into_iter()
+        .map(|(xmin, w)| {
+            let q = w
+                .iter()
+                .map(|&v| {
+                    let s = v * unit;
+                    (if s < 0.0 { s - 0.5 } else { s + 0.5 }) as i32
+                })
+                .collect();
+            (xmin, q)
+        })
+        .collect();
+    (taps, precision)
+}
+
+fn fixed_point_to_u8(acc: i64, precision: u32) -> u8 {
+    (acc >> precision).clamp(0, 255) as u8
+}
+
+/// `torchvision.transforms.v2.functional.resize(uint8_image, [out_h, out_w], BICUBIC,
+/// antialias=True)` on the CPU: torch's integer kernel, a horizontal then a vertical pass each
+/// rounding to 8 bits.
+pub fn resize_u8_bicubic_antialias(img: &RgbImage, out_h: usize, out_w: usize) -> RgbImage {
+    if img.height == out_h && img.width == out_w {
+        return img.clone();
+    }
+    let mut current = img.clone();
+    if out_w != img.width {
+        let (taps, precision) = int16_taps(img.width, out_w);
+        let mut data = Vec::with_capacity(img.height * out_w * 3);
+        for y in 0..img.height {
+            let row = &current.data[y * img.width * 3..(y + 1) * img.width * 3];
+            for (xmin, w) in &taps {
+                for c in 0..3 {
+                    let mut acc: i64 = 1 << (precision - 1);
+                    for (k, &wk) in w.iter().enumerate() {
+                        acc += row[(xmin + k) * 3 + c] as i64 * wk as i64;
+                    }
+                    data.push(fixed_point_to_u8(acc, precision));
+                }
+            }
+        }
+        current = RgbImage {
+            width: out_w,
+            height: img.height,
+            data,
+        };
+    }
+    if out_h != img.height {
+        let (taps, precision) = int16_taps(img.height, out_h);
+        let w = current.width;
+        let mut data = Vec::with_capacity(out_h * w * 3);
+        for (ymin, wts) in &taps {
+            for x in 0..w {
+                for c in 0..3 {
+                    let mut acc: i64 = 1 << (precision - 1);
+                    for (k, &wk) in wts.iter().enumerate() {
+                        acc += current.data[((ymin + k) * w + x) * 3 + c] as i64 * wk as i64;
+                    }
+                    data.push(fixed_point_to_u8(acc, precision));
+                }
+            }
+        }
+        current = RgbImage {
+            width: w,
+            height: out_h,
+            data,
+        };
+    }
+    current
+}
+
+/// Tensor names of a `CLIPModel` file the text tower does not read.
+const TEXT_NAMING: Naming = Naming {
+    prefix: "text_model.",
+    renames: &[],
+    ignored: &[
+        "text_model.embeddings.position_ids",
+        "text_projection.",
+        "vision_model.",
+        "visual_projection.",
+        "logit_scale",
+    ],
+    legacy: &[],
+};
+
+/// A loaded `CLIPModel` with its tokenizer and image processor.
+#[derive(Debug)]
+pub struct ClipModel {
+    /// The config.
+    pub config: ClipConfig,
+    /// How images are prepared.
+    pub processor: ClipImageProcessor,
+    vision: ClipVision,
+    text: ClipTextModel,
+    text_projection: Dense,
+    tokenizer: TextTokenizer,
+    device: Device,
+}
+
+/// Weights file inside a transformers model directory.
+pub const CLIP_WEIGHTS_FILE: &str = "model.safetensors";
+
+impl ClipModel {
+    /// Loads a transformers `CLIPModel` directory.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, EvalError> {
+        let config = ClipConfig::from_json_file(&dir.join("config.json"))?;
+        let weights_file: PathBuf = dir.join(CLIP_WEIGHTS_FILE);
+        // The text tower is loaded from the same file by the model crate.
+        let mut map = WeightMap::from_safetensors_where(&weights_file, |k| {
+            (k.starts_with("vision_model.")
+                || k.starts_with("visual_projection.")
+                || k.starts_with("text_projection."))
+                && k != "vision_model.embeddings.position_ids"
+        })?;
+        let vision = ClipVision::load(&config, &mut map, device)?;
+        let text_projection = Loader {
+            map: &mut map,
+            device: device.clone(),
+        }
+        .dense(
+            "text_projection",
+            config.text.hidden_size,
+            config.projection_dim,
+            false,
+        )?;
+        map.finish()?;
+        let model_error = |e: ldmscale_model::ModelError| EvalError::Archive {
+            file: weights_file.display().to_string(),
+            message: e.to_string(),
+        };
+        let text = load_safetensors_named(
+            ClipTextModel::new(&config.text, device),
+            &weights_file,
+            device,
+            &TEXT_NAMING,
+        )
+        .map_err(model_error)?;
+        // No truncation here: torchmetrics cuts the ids afterwards (see `tokenize`).
+        let tokenizer = TextTokenizer::from_file(
+            &dir.join("tokenizer.json"),
+            &TokenizerOptions::longest(1 << 20),
+        )
+        .map_err(|e| EvalError::stats(dir.join("tokenizer.json").display(), e.to_string()))?;
+        let processor = ClipImageProcessor::from_dir(dir)?;
+        Ok(Self {
+            config,
+            processor,
+            vision,
+            text,
+            text_projection,
+            tokenizer,
+            device: device.clone(),
+        })
+    }
+
+    /// The vision tower.
+    pub fn vision(&self) -> &ClipVision {
+        &self.vision
+    }
+
+    /// `[n, 3, h, w]` pixel values of `images`.
+    pub fn pixel_values(&self, images: &[RgbImage]) -> Tensor<4> {
+        let mut data = Vec::new();
+        let (mut h, mut w) = (0, 0);
+        for image in images {
+            let (values, ph, pw) = self.processor.pixel_values(image);
+            (h, w) = (ph, pw);
+            data.extend(values);
+        }
+        Tensor::from_data(TensorData::new(data, [images.len(), 3, h, w]), &self.device)
+    }
+
+    /// Projected image embeddings `[n, projection_dim]` (not normalised).
+    pub fn image_embeddings(&self, images: &[RgbImage]) -> Result<Tensor<2>, EvalError> {
+        let s = self.config.vision.image_size;
+        let x = self.pixel_values(images);
+        let [_, _, h, w] = x.dims();
+        if (h, w) != (s, s) {
+            return Err(EvalError::Input(format!(
+                "the image processor makes {h}x{w} inputs but the vision tower takes {s}x{s} \
+                 (check size / crop_size in the processor config)"
+            )));
+        }
+        Ok(self.vision.forward(x))
+    }
+
+    /// Token ids as torchmetrics feeds them: untruncated tokenizer output, padded to the
+    /// longest caption, then cut to `max_position_embeddings`.
+    pub fn tokenize(&self, captions: &[&str]) -> Result<TokenBatch, EvalError> {
+        let batch = self
+            .tokenizer
+            .tokenize(captions)
+            .map_err(|e| EvalError::Input(e.to_string()))?;
+        let max = self.config.text.max_position_embeddings;
+        let rows: Vec<Vec<u32>> = (0..batch.batch)
+            .map(|i| {
+                let row = batch.row(i);
+                row[..row.len().min(max)].to_vec()
+            })
+            .collect();
+        // Rows are already padded to the longest caption; the cut keeps them rectangular.
+        Ok(TokenBatch::from_rows(&rows, self.tokenizer.pad_id(), None))
+    }
+
+    /// Projected text embeddings `[n, projection_dim]` (not normalised).
+    pub fn text_embeddings(&self, captions: &[&str]) -> Result<Tensor<2>, EvalError> {
+        let tokens = self.tokenize(captions)?;
+        let (n, len) = (tokens.batch, tokens.len);
+        let hidden = self.text.forward(tokens.ids_tensor(&self.device), None);
+        let [_, _, d] = hidden.dims();
+        let pooled: Vec<i64> = (0..n)
+            .map(|i| (i * len + pooled_position(tokens.row(i), self.config.eos_token_id)) as i64)
+            .collect();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(pooled, [n]), &self.device);
+        let states = hidden.reshape([n * len, d]).select(0, index);
+        Ok(self.text_projection.forward(states))
+    }
+}
+
+/// The token whose state transformers' `CLIPTextTransformer` pools: with the legacy
+/// `eos_token_id == 2`, the (first) largest id; otherwise the first `eos_token_id`, or position 0
+/// when there is none (a caption cut at 77 tokens).
+pub fn pooled_position(ids: &[u32], eos_token_id: i64) -> usize {
+    if eos_token_id == 2 {
+        let max = ids.iter().copied().max().unwrap_or(0);
+        ids.iter().position(|&t| t == max).unwrap_or(0)
+    } else {
+        ids.iter()
+            .position(|&t| t as i64 == eos_token_id)
+            .unwrap_or(0)
+    }
+}
+
+/// `100 * cos(a_i, b_i)` for each row pair of `a` and `b` (`n x d` each), in f64.
+pub fn pair_scores(a: &[f32], b: &[f32], d: usize) -> Vec<f64> {
+    a.chunks_exact(d)
+        .zip(b.chunks_exact(d))
+        .map(|(x, y)| {
+            let dot: f64 = x.iter().zip(y).map(|(p, q)| *p as f64 * *q as f64).sum();
+            let nx: f64 = x.iter().map(|p| (*p as f64).powi(2)).sum::<f64>().sqrt();
+            let ny: f64 = y.iter().map(|q| (*q as f64).powi(2)).sum::<f64>().sqrt();
+            100.0 * dot / (nx * ny)
+        })
+        .collect()
+}
+
+/// torchmetrics' CLIP score of per-pair scores: their mean, clamped at 0.
+pub fn clip_score(pair_scores: &[f64]) -> f64 {
+    if pair_scores.is_empty() {
+        return 0.0;
+    }
+    (pair_scores.iter().sum::<f64>() / pair_scores.len() as f64).max(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_side_sizes_follow_transformers() {
+        assert_eq!(shortest_edge_size(48, 80, 32), (32, 53));
+        assert_eq!(shortest_edge_size(50, 30, 32), (53, 32));
+        assert_eq!(shortest_edge_size(64, 64, 224), (224, 224));
+    }
+
+    #[test]
+    fn pooling_picks_the_end_token() {
+        assert_eq!(pooled_position(&[49406, 320, 49407, 49407], 49407), 2);
+        assert_eq!(pooled_position(&[49406, 320, 1000], 49407), 0);
+        assert_eq!(pooled_position(&[49406, 320, 49407, 49407], 2), 2);
+    }
+
+    #[test]
+    fn score_is_a_clamped_mean_of_cosines() {
+        let s = pair_scores(&[1.0, 0.0, 0.0, 2.0], &[2.0, 0.0, 0.0, -1.0], 2);
+        assert_eq!(s, vec![100.0, -100.0]);
+        assert_eq!(clip_score(&s), 0.0);
+        assert!((clip_score(&[30.0, 10.0]) - 20.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn constant_images_resize_to_constants() {
+        let img = RgbImage::new(7, 5, vec![200; 7 * 5 * 3]).unwrap();
+        for (h, w) in [(12, 3), (2, 9)] {
+            let out = resize_u8_bicubic_antialias(&img, h, w);
+            assert!(out.data.iter().all(|&v| v == 200), "{h}x{w}");
+        }
+    }
+}
