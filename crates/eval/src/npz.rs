@@ -112,23 +112,39 @@ fn fortran_to_c(data: &[f64], shape: &[usize]) -> Vec<f64> {
     out
 }
 
-/// Encodes an f64 array as `.npy` version 1.0, C order.
-pub fn encode_npy(shape: &[usize], data: &[f64]) -> Vec<u8> {
+/// The `.npy` version 1.0 preamble and header for `descr` ('<f8', '<f4') and `shape`, padded so
+/// the data starts on a 64-byte boundary.
+fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_text = if dims.len() == 1 {
         format!("({},)", dims[0])
     } else {
         format!("({})", dims.join(", "))
     };
-    let mut header = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape_text}, }}");
-    // Pad so the data starts on a 64-byte boundary, ending the header with a newline.
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
     let total = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - total % 64) % 64));
     header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 8);
+    let mut out = Vec::with_capacity(10 + header.len());
     out.extend_from_slice(b"\x93NUMPY\x01\x00");
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
+    out
+}
+
+/// Encodes an f64 array as `.npy` version 1.0, C order.
+pub fn encode_npy(shape: &[usize], data: &[f64]) -> Vec<u8> {
+    let mut out = npy_header("<f8", shape);
+    for v in data {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// Encodes an f32 array as `.npy` version 1.0, C order (latents, text states).
+pub fn encode_npy_f32(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let mut out = npy_header("<f4", shape);
     for v in data {
         out.extend_from_slice(&v.to_le_bytes());
     }
