@@ -167,7 +167,9 @@ pub fn train(args: &TrainVaeArgs, show_progress: bool) -> Result<TrainVaeReport>
 
     let device = Device::flex();
     let train_device = device.clone().autodiff();
-    let mut model = AutoencoderKL::new(&config, &train_device);
+    let mut model = ldmscale_train::params::seeded_init(&train_device, args.seed, || {
+        AutoencoderKL::new(&config, &train_device)
+    });
     let params = model.num_params();
     let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
     let mut noise = SeededNoise::new(args.seed ^ 0x5eed_0a0e);
@@ -382,14 +384,14 @@ mod tests {
             factor: 4,
             base_channels: 8,
             latent_channels: 4,
-            steps: 60,
+            steps: 150,
             batch_size: 8,
             lr: 2e-3,
             loss: RecLoss::L1,
             kl_weight: 1e-6,
             eval_images: 16,
             scale_batches: 2,
-            checkpoint_every: 30,
+            checkpoint_every: 75,
             output: dir.path().to_path_buf(),
             seed: 1,
         };

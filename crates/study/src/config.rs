@@ -144,7 +144,7 @@ impl StudyConfig {
                 warmup_steps: 40,
                 text_dropout: 0.1,
                 ema_max_decay: Some(0.995),
-                eval_every: 0,
+                eval_every: 100,
             },
             sweep: SweepConfig {
                 samplers: vec!["ddim".into(), "ddpm".into(), "dpmpp-2m".into()],
@@ -174,6 +174,7 @@ impl StudyConfig {
                 c.recipe.steps = 120;
                 c.recipe.batch_size = 8;
                 c.recipe.warmup_steps = 10;
+                c.recipe.eval_every = 60;
                 c.sweep.samplers = vec!["ddim".into(), "dpmpp-2m".into()];
                 c.sweep.steps = vec![2, 8];
                 c.sweep.cfg = vec![1.0, 3.0];

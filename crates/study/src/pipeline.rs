@@ -503,6 +503,35 @@ pub fn run(
     let (val_states, val_mask) = encode_text(&text, &val_split.captions, length, &device)?;
     let null = data.null.clone();
 
+    // 5. Evaluator: in-domain CLIP on the training pairs, reference statistics on val images.
+    eprintln!("[5/7] evaluator: in-domain CLIP");
+    let n_train = train_split.captions.len();
+    let held = (n_train / 8).clamp(2, 64);
+    let clip = in_domain::train(
+        &images_tensor(&train_split.images, res, &device),
+        &Tensor::from_data(
+            TensorData::new(train_states.clone(), [n_train, length, width]),
+            &device,
+        ),
+        &Tensor::from_data(
+            TensorData::new(train_mask.clone(), [n_train, length]),
+            &device,
+        ),
+        held,
+        300,
+        64,
+        0,
+        &device,
+    );
+    let n_val = val_split.captions.len();
+    let val_images = images_tensor(&val_split.images, res, &device);
+    let reference = stats_of(clip.model.image_features(val_images))?;
+    let val_states_t =
+        Tensor::<3>::from_data(TensorData::new(val_states, [n_val, length, width]), &device);
+    let val_mask_t = Tensor::<2>::from_data(TensorData::new(val_mask, [n_val, length]), &device);
+    let null_t = Tensor::<3>::from_data(TensorData::new(null, [1, length, width]), &device);
+    let per_cell = (config.sweep.samples_per_cell as usize).min(n_val);
+
     // 4. The family.
     let mut model_dirs = Vec::new();
     for &w in &config.widths {
@@ -539,40 +568,60 @@ pub fn run(
             checkpoint_every: (config.recipe.steps / 4).max(1),
             keep_last: 1,
             log_every: 10,
+            eval_every: config.recipe.eval_every,
         };
         let dir = out.join("models").join(format!("w{w}"));
         eprintln!("[4/7] training width {w} ({} steps)", config.recipe.steps);
-        let summary = ldmscale_train::train(&train_config, &data, &dir, &device, true)?;
+        // Fig. 3: FID of a small sample set during training, against training compute.
+        let eval_log = dir.join("eval.jsonl");
+        let eval_n = per_cell.min(32);
+        let eval_cfg = config.sweep.cfg.iter().copied().fold(1.0f64, |a, b| {
+            if (b - 3.0).abs() < (a - 3.0).abs() {
+                b
+            } else {
+                a
+            }
+        });
+        let cond = val_states_t.clone().narrow(0, 0, eval_n);
+        let mut hook = |unet: &UNet, state: &ldmscale_train::TrainState| -> Result<(), String> {
+            let (images, _) = generate(
+                unet,
+                &vae,
+                &vae_config,
+                "ddim",
+                8,
+                eval_cfg,
+                99,
+                &cond,
+                &null_t,
+                latent_shape,
+            )?;
+            let fid = frechet_distance(&stats_of(clip.model.image_features(images))?, &reference)
+                .map_err(s)?;
+            let line = serde_json::json!({
+                "step": state.step,
+                "normalized_cost_x_iterations": state.normalized_cost_x_iterations,
+                "train_gflops": state.train_gflops,
+                "fid": fid,
+            });
+            use std::io::Write as _;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&eval_log)
+                .map_err(s)?;
+            writeln!(f, "{line}").map_err(s)
+        };
+        let summary = ldmscale_train::train_with_hook(
+            &train_config,
+            &data,
+            &dir,
+            &device,
+            true,
+            Some(&mut hook),
+        )?;
         model_dirs.push((w, summary.model_dirs.last().cloned().expect("a model dir")));
     }
-
-    // 5. Evaluator: in-domain CLIP on the training pairs, reference statistics on val images.
-    eprintln!("[5/7] evaluator: in-domain CLIP");
-    let n_train = train_split.captions.len();
-    let held = (n_train / 8).clamp(2, 64);
-    let clip = in_domain::train(
-        &images_tensor(&train_split.images, res, &device),
-        &Tensor::from_data(
-            TensorData::new(train_states.clone(), [n_train, length, width]),
-            &device,
-        ),
-        &Tensor::from_data(
-            TensorData::new(train_mask.clone(), [n_train, length]),
-            &device,
-        ),
-        held,
-        300,
-        64,
-        0,
-        &device,
-    );
-    let n_val = val_split.captions.len();
-    let val_images = images_tensor(&val_split.images, res, &device);
-    let reference = stats_of(clip.model.image_features(val_images))?;
-    let val_states_t =
-        Tensor::<3>::from_data(TensorData::new(val_states, [n_val, length, width]), &device);
-    let val_mask_t = Tensor::<2>::from_data(TensorData::new(val_mask, [n_val, length]), &device);
-    let null_t = Tensor::<3>::from_data(TensorData::new(null, [1, length, width]), &device);
 
     // 6. Sweep.
     let store_path = match shard {
@@ -581,7 +630,6 @@ pub fn run(
     };
     let mut store = Store::open(&store_path).map_err(s)?;
     let cells = config.cells();
-    let per_cell = (config.sweep.samples_per_cell as usize).min(n_val);
     let bar = progress((cells.len() * model_dirs.len()) as u64, "sweep");
     for (w, dir) in &model_dirs {
         let (unet_config, unet) = load_unet(dir, &device).map_err(s)?;
@@ -720,7 +768,13 @@ pub fn run(
             in_domain::FEATURE_DIM
         ),
         grids,
-        ..Default::default()
+        training_curves: model_dirs
+            .iter()
+            .filter_map(|(w, dir)| {
+                let log = dir.parent().expect("a run directory").join("eval.jsonl");
+                training_curve(&log).map(|c| (*w as u32, c))
+            })
+            .collect(),
     };
     let (html, md) = render(&stored, &inputs)?;
     let report_dir = out.join("report");
@@ -732,6 +786,24 @@ pub fn run(
         report: report_dir.join("report.html"),
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// (normalised cost x iterations, FID) points of a run's evaluation log, the last entry per step
+/// winning (a resumed run re-evaluates the steps after its checkpoint).
+fn training_curve(path: &Path) -> Option<Vec<(f64, f64)>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut by_step = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        by_step.insert(
+            v["step"].as_u64()?,
+            (
+                v["normalized_cost_x_iterations"].as_f64()?,
+                v["fid"].as_f64()?,
+            ),
+        );
+    }
+    (!by_step.is_empty()).then(|| by_step.into_values().collect())
 }
 
 /// One row of 8 samples per width, DDIM at the largest step count and guidance 3 (or the

@@ -77,6 +77,55 @@ fn setting_row(s: &Setting) -> String {
     )
 }
 
+/// Sec. 3.1: every width improves with training compute, and at the end of the common recipe
+/// the largest width is the best.
+fn training_finding(curves: &[(u32, Vec<(f64, f64)>)]) -> Finding {
+    let claim = "Pretraining performance scales with training compute (Sec. 3.1)".to_string();
+    let usable: Vec<&(u32, Vec<(f64, f64)>)> =
+        curves.iter().filter(|(_, c)| c.len() >= 2).collect();
+    if usable.is_empty() {
+        return Finding {
+            claim,
+            verdict: "not measured".into(),
+            evidence: "no FID was measured during training (recipe.eval_every = 0)".into(),
+        };
+    }
+    let improves = usable
+        .iter()
+        .all(|(_, c)| c.last().expect("points").1 < c[0].1);
+    let best_final = usable
+        .iter()
+        .min_by(|a, b| {
+            a.1.last()
+                .expect("points")
+                .1
+                .total_cmp(&b.1.last().expect("points").1)
+        })
+        .map(|(w, _)| *w);
+    let largest = usable.iter().map(|(w, _)| *w).max();
+    Finding {
+        claim,
+        verdict: if improves && best_final == largest {
+            "holds"
+        } else {
+            "does not hold"
+        }
+        .into(),
+        evidence: usable
+            .iter()
+            .map(|(w, c)| {
+                format!(
+                    "{w} filters: FID {:.2} -> {:.2} over {:.3} normalised cost x iterations",
+                    c[0].1,
+                    c.last().expect("points").1,
+                    c.last().expect("points").0
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
 /// The budget winners, keeping only budgets where the winning setting changes.
 fn winner_changes(optimal: &[Setting]) -> Vec<crate::analysis::BudgetWinner> {
     let mut out: Vec<crate::analysis::BudgetWinner> = Vec::new();
@@ -138,9 +187,15 @@ small {{ color: #666; }}
             esc(&f.evidence)
         );
     }
-    if inputs.training_curves.is_empty() {
-        html.push_str("<div class=\"finding unmeasured\"><span class=\"verdict\">not measured</span> &mdash; Pretraining performance scales with training compute (Sec. 3.1)<br><small>no FID was measured during training</small></div>");
-    }
+    let training = training_finding(&inputs.training_curves);
+    let _ = write!(
+        html,
+        "<div class=\"finding {}\"><span class=\"verdict\">{}</span> &mdash; {}<br><small>{}</small></div>",
+        verdict_class(&training.verdict),
+        esc(&training.verdict),
+        esc(&training.claim),
+        esc(&training.evidence)
+    );
 
     html.push_str("<h2>Which model for which budget</h2><p>Best setting (optimal guidance) from each sampling budget on, all samplers; a row per change of the winner.</p><table><tr><th>from GFLOPs</th><th>model</th><th>sampler</th><th>steps</th><th>CFG</th><th>FID</th></tr>");
     let changes = winner_changes(&optimal);

@@ -146,6 +146,10 @@ pub struct TrainConfig {
     /// Steps between metric lines.
     #[serde(default = "one_u64")]
     pub log_every: u64,
+    /// Steps between calls of the evaluation hook (0: never), e.g. FID on a small sample set
+    /// for the quality-against-training-compute curves (Fig. 3).
+    #[serde(default)]
+    pub eval_every: u64,
 }
 
 fn one() -> usize {

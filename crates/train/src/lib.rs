@@ -12,4 +12,4 @@ pub mod trainer;
 pub use checkpoint::TrainState;
 pub use config::{Family, ModelConfig, Objective, TrainConfig};
 pub use data::{SyntheticData, TrainingData};
-pub use trainer::{RunSummary, train};
+pub use trainer::{EvalHook, RunSummary, train, train_with_hook};

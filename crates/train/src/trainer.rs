@@ -86,6 +86,10 @@ fn check_resume(run: &Path, config: &TrainConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// Called every `eval_every` steps with the weights to evaluate (the EMA when the run keeps
+/// one) on the plain device, and the state after that step.
+pub type EvalHook<'a> = &'a mut dyn FnMut(&UNet, &TrainState) -> Result<(), String>;
+
 /// Trains (or resumes) the run in directory `run`.
 pub fn train(
     config: &TrainConfig,
@@ -93,6 +97,18 @@ pub fn train(
     run: &Path,
     device: &Device,
     show_progress: bool,
+) -> Result<RunSummary, String> {
+    train_with_hook(config, data, run, device, show_progress, None)
+}
+
+/// [`train`] with an evaluation hook.
+pub fn train_with_hook(
+    config: &TrainConfig,
+    data: &dyn TrainingData,
+    run: &Path,
+    device: &Device,
+    show_progress: bool,
+    mut hook: Option<EvalHook<'_>>,
 ) -> Result<RunSummary, String> {
     config.validate()?;
     if data.is_empty() {
@@ -293,6 +309,17 @@ pub fn train(
         bar.set_message(format!("loss {:.4}", state.last_loss));
         bar.set_position(step);
 
+        if let Some(hook) = hook.as_mut()
+            && config.eval_every > 0
+            && (step % config.eval_every == 0 || step == config.steps)
+        {
+            let weights = if config.ema.is_some() {
+                shadow.clone()
+            } else {
+                params::snapshot(&model)
+            };
+            hook(&model_from(&unet_config, &weights), &state)?;
+        }
         if step % config.checkpoint_every == 0 || step == config.steps {
             save_checkpoint(run, config, &unet_config, &model, &adam, &shadow, &state)?;
         }
