@@ -300,7 +300,7 @@ small {{ color: #666; }}
         cells.len(),
         inputs.fid_features
     );
-    for f in &found {
+    for f in found.iter().chain(std::iter::once(&training)) {
         let _ = writeln!(
             md,
             "- **{}** — {}  \n  {}",
@@ -343,5 +343,29 @@ mod tests {
         assert!(html.matches("<svg").count() >= 6);
         assert!(html.contains("data:image/png;base64,AQIDBA=="));
         assert!(md.contains("## Findings") && md.contains("HOLDS"));
+        assert!(
+            md.contains("NOT MEASURED** — Pretraining performance"),
+            "{md}"
+        );
+
+        let curves = ReportInputs {
+            training_curves: vec![
+                (16, vec![(0.1, 20.0), (0.2, 15.0)]),
+                (32, vec![(0.3, 18.0), (0.6, 12.0)]),
+            ],
+            ..Default::default()
+        };
+        let (html, md) = render(&paper_like(), &curves).unwrap();
+        assert!(md.contains("HOLDS** — Pretraining performance"), "{md}");
+        assert!(html.contains("FID against training compute"));
+        let worse = ReportInputs {
+            training_curves: vec![(16, vec![(0.1, 20.0), (0.2, 25.0)])],
+            ..Default::default()
+        };
+        let (_, md) = render(&paper_like(), &worse).unwrap();
+        assert!(
+            md.contains("DOES NOT HOLD** — Pretraining performance"),
+            "{md}"
+        );
     }
 }
