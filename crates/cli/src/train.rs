@@ -121,6 +121,7 @@ fn run_one(
     )
     .map_err(anyhow::Error::msg)?;
     let summary = train(config, &data, out, &device, !quiet).map_err(anyhow::Error::msg)?;
+    write_loss_curve(out, config.model.width)?;
     println!(
         "width {}: step {} loss {:.4}; training compute {:.3e} GFLOPs = {:.2} normalised cost x iterations; {} steps in {:.1} s; models: {}",
         config.model.width,
@@ -137,6 +138,26 @@ fn run_one(
             .collect::<Vec<_>>()
             .join(", ")
     );
+    Ok(())
+}
+
+/// Plots `metrics.jsonl` as `loss.svg` beside it.
+fn write_loss_curve(run: &Path, width: usize) -> Result<()> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).context("metrics.jsonl")?;
+    let points: Vec<(f64, f64)> = text
+        .lines()
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            Some((v["step"].as_f64()?, v["loss"].as_f64()?))
+        })
+        .collect();
+    let series = [ldmscale_study::plot::Series {
+        label: format!("{width} filters"),
+        points,
+    }];
+    let svg = ldmscale_study::plot::line_chart("Training loss", "step", "loss", &series, false)
+        .map_err(anyhow::Error::msg)?;
+    ldmscale_model::weights::write_atomic(&run.join("loss.svg"), svg.as_bytes())?;
     Ok(())
 }
 
