@@ -395,6 +395,99 @@ fn generate(
     Ok((Tensor::cat(images, 0), evaluations))
 }
 
+/// What FID is computed on: the in-domain CLIP's image features, or the FID Inception's pool3
+/// features (pytorch-fid mode) when the study asks for them and the weights are present.
+enum FidFeatures<'a> {
+    InDomain(&'a in_domain::InDomainClip),
+    Inception(ldmscale_eval::FidExtractor),
+}
+
+impl FidFeatures<'_> {
+    /// Statistics of images in [-1, 1], `[N, 3, H, W]`.
+    fn stats(&self, images: Tensor<4>) -> Result<GaussianStats, String> {
+        match self {
+            FidFeatures::InDomain(clip) => stats_of(clip.image_features(images)),
+            FidFeatures::Inception(extractor) => {
+                let [n, _, h, w] = images.dims();
+                // To uint8 HWC, as images are saved before pytorch-fid reads them.
+                let v = vec_of(((images + 1.0) * 127.5).round().clamp(0.0, 255.0));
+                let mut rgb = Vec::with_capacity(n);
+                for i in 0..n {
+                    let mut data = vec![0u8; h * w * 3];
+                    for c in 0..3 {
+                        for p in 0..h * w {
+                            data[p * 3 + c] = v[(i * 3 + c) * h * w + p] as u8;
+                        }
+                    }
+                    rgb.push(ldmscale_eval::RgbImage::new(w, h, data).map_err(s)?);
+                }
+                GaussianStats::from_features(&extractor.features(&rgb), ldmscale_eval::FEATURE_DIM)
+                    .map_err(s)
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            FidFeatures::InDomain(_) => format!(
+                "in-domain CLIP image features ({} dims)",
+                in_domain::FEATURE_DIM
+            ),
+            FidFeatures::Inception(_) => "FID Inception pool3 (2048 dims), pytorch-fid mode".into(),
+        }
+    }
+}
+
+/// Inception reference statistics are cached per dataset, split, resolution, count and mode
+/// under `$LDMSCALE_CACHE/stats/` (they do not depend on the study); in-domain ones live in the
+/// study directory (they depend on its trained encoder).
+fn reference_stats(
+    features: &FidFeatures<'_>,
+    config: &StudyConfig,
+    out: &Path,
+    n_val: usize,
+    images: Tensor<4>,
+) -> Result<GaussianStats, String> {
+    let path = match features {
+        FidFeatures::InDomain(_) => out.join("eval").join("reference_in_domain.npz"),
+        FidFeatures::Inception(_) => {
+            let cache = std::env::var_os("LDMSCALE_CACHE")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ldmscale"))
+                })
+                .unwrap_or_else(|| PathBuf::from(".cache/ldmscale"));
+            let name: String = format!(
+                "{}-val-{}px-{}-pytorch-fid.npz",
+                config.dataset, config.resolution, n_val
+            )
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+            cache.join("stats").join(name)
+        }
+    };
+    // The in-domain encoder is retrained on resume (deterministically), so its cache is only
+    // valid for that encoder: it is rewritten every run, and read by nobody else.
+    if matches!(features, FidFeatures::Inception(_))
+        && let Ok(stats) = ldmscale_eval::npz::read_stats(&path)
+    {
+        return Ok(stats);
+    }
+    let stats = features.stats(images)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    ldmscale_eval::npz::write_stats(&path, &stats).map_err(s)?;
+    Ok(stats)
+}
+
 fn stats_of(features: Tensor<2>) -> Result<GaussianStats, String> {
     let [_, d] = features.dims();
     GaussianStats::from_features(&vec_of(features), d).map_err(s)
@@ -525,7 +618,20 @@ pub fn run(
     );
     let n_val = val_split.captions.len();
     let val_images = images_tensor(&val_split.images, res, &device);
-    let reference = stats_of(clip.model.image_features(val_images))?;
+    let features = match config.fid_features.as_str() {
+        "inception" => FidFeatures::Inception(
+            ldmscale_eval::FidExtractor::load(
+                &ldmscale_eval::default_inception_path(),
+                ldmscale_eval::FidMode::PytorchFid,
+                &device,
+            )
+            .map_err(|e| {
+                format!("{e} (fid_features = \"inception\" needs tools/fetch-assets.sh inception)")
+            })?,
+        ),
+        _ => FidFeatures::InDomain(&clip.model),
+    };
+    let reference = reference_stats(&features, config, out, n_val, val_images)?;
     let val_states_t =
         Tensor::<3>::from_data(TensorData::new(val_states, [n_val, length, width]), &device);
     let val_mask_t = Tensor::<2>::from_data(TensorData::new(val_mask, [n_val, length]), &device);
@@ -596,8 +702,7 @@ pub fn run(
                 &null_t,
                 latent_shape,
             )?;
-            let fid = frechet_distance(&stats_of(clip.model.image_features(images))?, &reference)
-                .map_err(s)?;
+            let fid = frechet_distance(&features.stats(images)?, &reference).map_err(s)?;
             let line = serde_json::json!({
                 "step": state.step,
                 "normalized_cost_x_iterations": state.normalized_cost_x_iterations,
@@ -669,11 +774,7 @@ pub fn run(
                 latent_shape,
             )?;
             let wall = t0.elapsed().as_secs_f64();
-            let fid = frechet_distance(
-                &stats_of(clip.model.image_features(images.clone()))?,
-                &reference,
-            )
-            .map_err(s)?;
+            let fid = frechet_distance(&features.stats(images.clone())?, &reference).map_err(s)?;
             let cos: f32 = (clip.model.embed_images(images) * text_emb.clone())
                 .sum_dim(1)
                 .mean()
@@ -764,8 +865,8 @@ pub fn run(
             ),
         ],
         fid_features: format!(
-            "in-domain CLIP image features ({} dims), {per_cell} samples per cell vs {n_val} held-out images",
-            in_domain::FEATURE_DIM
+            "{}, {per_cell} samples per cell vs {n_val} held-out images",
+            features.describe()
         ),
         grids,
         training_curves: model_dirs

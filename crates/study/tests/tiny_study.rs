@@ -45,3 +45,34 @@ fn tiny_study_runs_end_to_end_and_resumes() {
         summary.seconds
     );
 }
+
+#[test]
+fn inception_fid_features_when_the_weights_are_present() {
+    if !ldmscale_eval::default_inception_path().exists() {
+        eprintln!("skipped: FID Inception weights absent (tools/fetch-assets.sh inception)");
+        return;
+    }
+    let cache = tempfile::tempdir().unwrap();
+    let mut config = StudyConfig::preset("tiny").unwrap();
+    config.fid_features = "inception".into();
+    config.widths = vec![8];
+    config.val_examples = 8;
+    config.sweep.samplers = vec!["ddim".into()];
+    config.sweep.steps = vec![2];
+    config.sweep.cfg = vec![1.0];
+    config.sweep.samples_per_cell = 4;
+    config.recipe.eval_every = 0;
+    let out = cache.path().join("study");
+    let summary = pipeline::run(&config, &out, None).unwrap();
+    assert_eq!(summary.cells, 1);
+    let html = std::fs::read_to_string(&summary.report).unwrap();
+    assert!(
+        html.contains("FID Inception pool3"),
+        "report names the features"
+    );
+    let cells = Store::open(&out.join("results.sqlite"))
+        .unwrap()
+        .cells()
+        .unwrap();
+    assert!(cells[0].fid.is_finite() && cells[0].fid > 0.0);
+}
