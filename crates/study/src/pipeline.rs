@@ -399,7 +399,7 @@ fn generate(
 /// features (pytorch-fid mode) when the study asks for them and the weights are present.
 enum FidFeatures<'a> {
     InDomain(&'a in_domain::InDomainClip),
-    Inception(ldmscale_eval::FidExtractor),
+    Inception(Box<ldmscale_eval::FidExtractor>),
 }
 
 impl FidFeatures<'_> {
@@ -619,7 +619,7 @@ pub fn run(
     let n_val = val_split.captions.len();
     let val_images = images_tensor(&val_split.images, res, &device);
     let features = match config.fid_features.as_str() {
-        "inception" => FidFeatures::Inception(
+        "inception" => FidFeatures::Inception(Box::new(
             ldmscale_eval::FidExtractor::load(
                 &ldmscale_eval::default_inception_path(),
                 ldmscale_eval::FidMode::PytorchFid,
