@@ -628,7 +628,7 @@ pub fn run(
             .map_err(|e| {
                 format!("{e} (fid_features = \"inception\" needs tools/fetch-assets.sh inception)")
             })?,
-        ),
+        )),
         _ => FidFeatures::InDomain(&clip.model),
     };
     let reference = reference_stats(&features, config, out, n_val, val_images)?;
