@@ -17,7 +17,7 @@ use rand_distr::{Distribution, StandardNormal};
 use serde_json::json;
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::{Family, Objective, TrainConfig};
+use crate::config::{Objective, TrainConfig};
 use crate::data::{TrainingData, order, rng_for};
 use crate::optimizer::{AdamW, clip_global_norm, learning_rate};
 use crate::params::{self, Named};
@@ -50,16 +50,15 @@ pub fn unet_config(config: &TrainConfig, data: &dyn TrainingData) -> UNetConfig 
 pub fn forward_gflops(config: &TrainConfig, data: &dyn TrainingData) -> (f64, f64) {
     let [_, h, w] = data.latent_shape();
     let [l, _] = data.context_shape();
-    let unet = UNetConfig::clone(&unet_config(config, data));
     let device = Device::flex();
-    let ours = UNet::new(&unet, &device).cost(h, w, l).gflops();
+    let ours = UNet::new(&unet_config(config, data), &device)
+        .cost(h, w, l)
+        .gflops();
+    // The reference is the family's 320-filter member with the paper's 32 groups and 8 heads.
     let mut reference = config.clone();
     reference.model.width = REFERENCE_WIDTH;
     reference.model.norm_groups = 32;
     reference.model.heads = 8;
-    if reference.model.family == Family::Small {
-        reference.model.heads = 8;
-    }
     let ref_unet = unet_config(&reference, data);
     let theirs = UNet::new(&ref_unet, &device).cost(h, w, l).gflops();
     (ours, theirs)
