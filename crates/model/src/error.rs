@@ -69,3 +69,29 @@ impl ModelError {
         }
     }
 }
+
+/// Reads a JSON config file and validates it; either failure is a [`ModelError::Config`]
+/// naming the file.
+pub(crate) fn read_json_config<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    validate: impl FnOnce(&T) -> Result<(), String>,
+) -> Result<T, ModelError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+    let config_error = |message: String| ModelError::Config {
+        file: path.display().to_string(),
+        message,
+    };
+    let config: T = serde_json::from_str(&text).map_err(|e| config_error(e.to_string()))?;
+    validate(&config).map_err(config_error)?;
+    Ok(config)
+}
+
+/// A config as pretty JSON with the identifying `key: value` entry the reference library
+/// writes (`_class_name` for diffusers, `model_type` for transformers).
+pub(crate) fn json_config_with<T: serde::Serialize>(config: &T, key: &str, value: &str) -> String {
+    let mut json = serde_json::to_value(config).expect("config serialises");
+    if let Some(map) = json.as_object_mut() {
+        map.insert(key.into(), value.into());
+    }
+    serde_json::to_string_pretty(&json).expect("config serialises")
+}

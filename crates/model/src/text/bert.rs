@@ -101,25 +101,12 @@ impl BertConfig {
 
     /// Reads and validates a transformers `config.json`.
     pub fn from_json_file(path: &Path) -> Result<Self, ModelError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| ModelError::Config {
-            file: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        config.validate().map_err(|message| ModelError::Config {
-            file: path.display().to_string(),
-            message,
-        })?;
-        Ok(config)
+        crate::error::read_json_config(path, Self::validate)
     }
 
     /// The config as transformers writes it.
     pub fn to_json(&self) -> String {
-        let mut value = serde_json::to_value(self).expect("config serialises");
-        if let Some(map) = value.as_object_mut() {
-            map.insert("model_type".into(), "bert".into());
-        }
-        serde_json::to_string_pretty(&value).expect("config serialises")
+        crate::error::json_config_with(self, "model_type", "bert")
     }
 
     /// Checks every setting this implementation relies on; the error names the field.
