@@ -8,8 +8,11 @@ use clap::Args;
 use ldmscale_data::Split;
 use ldmscale_model::vae::load_vae;
 use ldmscale_study::pipeline::{encode, load_images, text_encoder};
-use ldmscale_train::{TrainConfig, train};
+use ldmscale_train::{TrainConfig, train_with_hook};
 use serde::Deserialize;
+
+mod eval;
+use eval::{EvalConfig, Evaluator};
 
 /// Where the training pairs come from.
 #[derive(Debug, Deserialize)]
@@ -27,20 +30,22 @@ struct DataConfig {
     text_encoder: String,
 }
 
-/// A run file: `[data]` and `[train]` (with `[train.model]`).
+/// A run file: `[data]`, `[train]` (with `[train.model]`) and optionally `[eval]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RunFile {
     data: DataConfig,
     train: toml::Value,
+    eval: Option<EvalConfig>,
 }
 
 /// Arguments shared by `train` and `train-family`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Run file (TOML) with `[data]` (dataset, resolution, examples, first_stage, text_encoder)
-    /// and `[train]` (steps, batch_size, learning_rate, ..., `[train.model]` family/width/heads/
-    /// norm_groups). Unknown keys are errors.
+    /// Run file (TOML) with `[data]` (dataset, resolution, examples, first_stage, text_encoder),
+    /// `[train]` (steps, batch_size, learning_rate, ..., eval_every, `[train.model]` family/width/
+    /// heads/norm_groups) and, optionally, `[eval]` (prompts, sampler, steps, cfg, seed,
+    /// fid_samples): what is measured every `train.eval_every` steps. Unknown keys are errors.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// Output directory; a run there resumes from its newest checkpoint.
@@ -60,7 +65,7 @@ pub struct TrainArgs {
     pub quiet: bool,
 }
 
-fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig)> {
+fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig, Option<EvalConfig>)> {
     let origin = args.config.display().to_string();
     let text =
         std::fs::read_to_string(&args.config).with_context(|| format!("reading {origin}"))?;
@@ -75,12 +80,23 @@ fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig)> {
     }
     let config = TrainConfig::from_toml(&train_text, &format!("{origin} [train]"))
         .map_err(anyhow::Error::msg)?;
-    Ok((run.data, config))
+    let eval = match (run.eval, config.eval_every) {
+        (Some(_), 0) => bail!(
+            "{origin}: [eval] is given but train.eval_every = 0, so it would never run; set train.eval_every"
+        ),
+        (None, 0) => None,
+        (eval, _) => Some(eval.unwrap_or_default()),
+    };
+    if let Some(e) = &eval {
+        e.validate(&origin)?;
+    }
+    Ok((run.data, config, eval))
 }
 
 fn run_one(
     data_config: &DataConfig,
     config: &TrainConfig,
+    eval: Option<&EvalConfig>,
     shared: &Path,
     out: &Path,
     quiet: bool,
@@ -120,8 +136,47 @@ fn run_one(
         &device,
     )
     .map_err(anyhow::Error::msg)?;
-    let summary = train(config, &data, out, &device, !quiet).map_err(anyhow::Error::msg)?;
+    let evaluator = match eval {
+        Some(e) => Some(Evaluator::new(
+            e,
+            &data_config.dataset,
+            data_config.resolution,
+            &vae,
+            &vae_config,
+            &text,
+            out,
+            &device,
+        )?),
+        None => None,
+    };
+    let mut hook = |unet: &ldmscale_model::UNet,
+                    state: &ldmscale_train::TrainState|
+     -> std::result::Result<(), String> {
+        let Some(evaluator) = &evaluator else {
+            return Ok(());
+        };
+        let record = evaluator
+            .evaluate(unet, state)
+            .map_err(|e| format!("evaluation at step {}: {e:#}", state.step))?;
+        if !quiet {
+            eprintln!(
+                "eval at step {}: {}{}",
+                state.step,
+                record.grid,
+                record
+                    .fid
+                    .map(|f| format!(", FID {f:.2}"))
+                    .unwrap_or_default()
+            );
+        }
+        Ok(())
+    };
+    let summary = train_with_hook(config, &data, out, &device, !quiet, Some(&mut hook))
+        .map_err(anyhow::Error::msg)?;
     write_loss_curve(out, config.model.width)?;
+    if let Some(evaluator) = &evaluator {
+        write_fid_curve(&evaluator.log_path(), out, config.model.width)?;
+    }
     println!(
         "width {}: step {} loss {:.4}; training compute {:.3e} GFLOPs = {:.2} normalised cost x iterations; {} steps in {:.1} s; models: {}",
         config.model.width,
@@ -161,19 +216,51 @@ fn write_loss_curve(run: &Path, width: usize) -> Result<()> {
     Ok(())
 }
 
+/// Plots FID against training compute (Fig. 3 for one run) as `fid.svg`, when FID was measured.
+fn write_fid_curve(log: &Path, run: &Path, width: usize) -> Result<()> {
+    let points: Vec<(f64, f64)> = eval::read_records(log)?
+        .iter()
+        .filter_map(|r| Some((r.normalized_cost_x_iterations, r.fid?)))
+        .collect();
+    if points.is_empty() {
+        return Ok(());
+    }
+    let series = [ldmscale_study::plot::Series {
+        label: format!("{width} filters"),
+        points,
+    }];
+    let svg = ldmscale_study::plot::line_chart(
+        "FID during training",
+        "training compute (normalised cost x iterations)",
+        "FID",
+        &series,
+        false,
+    )
+    .map_err(anyhow::Error::msg)?;
+    ldmscale_model::weights::write_atomic(&run.join("fid.svg"), svg.as_bytes())?;
+    Ok(())
+}
+
 /// `ldmscale train`.
 pub fn run(args: &TrainArgs) -> Result<()> {
-    let (data, mut config) = load(args)?;
+    let (data, mut config, eval) = load(args)?;
     if let Some(w) = args.width {
         config.model.width = w;
         config.validate().map_err(anyhow::Error::msg)?;
     }
-    run_one(&data, &config, &args.out, &args.out, args.quiet)
+    run_one(
+        &data,
+        &config,
+        eval.as_ref(),
+        &args.out,
+        &args.out,
+        args.quiet,
+    )
 }
 
 /// `ldmscale train-family`.
 pub fn family(args: &TrainArgs) -> Result<()> {
-    let (data, config) = load(args)?;
+    let (data, config, eval) = load(args)?;
     if args.widths.is_empty() {
         bail!("--widths: name the widths to train, e.g. --widths 16,24,32,48");
     }
@@ -190,6 +277,7 @@ pub fn family(args: &TrainArgs) -> Result<()> {
         run_one(
             &data,
             &c,
+            eval.as_ref(),
             &args.out,
             &args.out.join(format!("w{w}")),
             args.quiet,

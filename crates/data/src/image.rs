@@ -233,6 +233,34 @@ impl Image {
         })
     }
 
+    /// Tiles `count` images given as `count x 3 x size x size` floats in [-1, 1] into a grid
+    /// of `columns` columns, row by row.
+    pub fn grid_from_nchw(
+        values: &[f32],
+        count: usize,
+        size: usize,
+        columns: usize,
+    ) -> Option<Image> {
+        if count == 0 || columns == 0 || values.len() != count * 3 * size * size {
+            return None;
+        }
+        let columns = columns.min(count);
+        let rows = count.div_ceil(columns);
+        let (gw, gh) = (columns * size, rows * size);
+        let mut chw = vec![1f32; 3 * gw * gh];
+        for i in 0..count {
+            let (r, c) = (i / columns, i % columns);
+            for ch in 0..3 {
+                for y in 0..size {
+                    let src = ((i * 3 + ch) * size + y) * size;
+                    let dst = ch * gw * gh + (r * size + y) * gw + c * size;
+                    chw[dst..dst + size].copy_from_slice(&values[src..src + size]);
+                }
+            }
+        }
+        Image::from_chw_f32(gw as u32, gh as u32, &chw)
+    }
+
     /// Encodes as PNG.
     pub fn to_png(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -246,5 +274,23 @@ impl Image {
         )
         .expect("PNG encoding into memory cannot fail for a valid RGB buffer");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_places_images_row_by_row_and_pads_white() {
+        // Three 1x1 images (red, green, blue) in two columns: [red green; blue white].
+        let values = [1.0, -1.0, -1.0, -1.0, 1.0, -1.0, -1.0, -1.0, 1.0];
+        let grid = Image::grid_from_nchw(&values, 3, 1, 2).unwrap();
+        assert_eq!((grid.width, grid.height), (2, 2));
+        assert_eq!(
+            grid.pixels,
+            vec![255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255]
+        );
+        assert!(Image::grid_from_nchw(&values, 2, 1, 2).is_none());
     }
 }

@@ -42,6 +42,26 @@ impl RgbImage {
         })
     }
 
+    /// Quantises `3 x height x width` floats in [-1, 1] (clamped) as a saved PNG would hold
+    /// them: `round((x + 1) * 127.5)`.
+    pub fn from_signed_chw(width: usize, height: usize, chw: &[f32]) -> Result<Self, EvalError> {
+        let n = width * height;
+        if chw.len() != 3 * n {
+            return Err(EvalError::Input(format!(
+                "a 3x{height}x{width} image needs {} values, got {}",
+                3 * n,
+                chw.len()
+            )));
+        }
+        let mut data = Vec::with_capacity(3 * n);
+        for p in 0..n {
+            for c in 0..3 {
+                data.push(((chw[c * n + p] + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8);
+            }
+        }
+        Self::new(width, height, data)
+    }
+
     /// Decodes an image file (PNG, JPEG, WebP, BMP) to RGB as `PIL.Image.convert('RGB')` does:
     /// grey is replicated, alpha is dropped (not composited), palettes are expanded.
     pub fn open(path: &Path) -> Result<Self, EvalError> {
@@ -302,6 +322,15 @@ mod tests {
         for (_, k) in up.iter().chain(&down) {
             assert!((k.iter().sum::<f64>() - 1.0).abs() < 1e-12);
         }
+    }
+
+    #[test]
+    fn signed_floats_quantise_like_a_saved_png() {
+        // 1x2 image: channel-major in, interleaved out.
+        let chw = [-1.0, 1.0, 0.0, 0.002, 0.5, -2.0];
+        let img = RgbImage::from_signed_chw(2, 1, &chw).unwrap();
+        assert_eq!(img.data, vec![0, 128, 191, 255, 128, 0]);
+        assert!(RgbImage::from_signed_chw(2, 2, &chw).is_err());
     }
 
     #[test]

@@ -359,7 +359,7 @@ pub fn sampler_kind(name: &str) -> Result<SamplerKind, String> {
 
 /// Generates images for prompts `cond` and decodes them to [-1, 1].
 #[allow(clippy::too_many_arguments)]
-fn generate(
+pub fn generate(
     unet: &UNet,
     vae: &AutoencoderKL,
     vae_config: &AutoencoderKLConfig,
