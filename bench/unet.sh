@@ -19,6 +19,10 @@ import json, sys
 o, p = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 print(f"{o['width']:<6} {o['params']:<10} {o['cfg_step_ms']:12.1f} {p['cfg_step_ms']:12.1f} {p['cfg_step_ms']/o['cfg_step_ms']:7.2f}x "
       f"{o['train_step_ms']:12.1f} {p['train_step_ms']:12.1f} {p['train_step_ms']/o['train_step_ms']:7.2f}x {o['cfg_step_gflops_per_s']:10.1f}")
+overhead = o.get("sampler_overhead_ms_per_step") or {}
+if overhead:
+    print("       sampler overhead per step (everything but the UNet, batch as above): " + ", ".join(
+        f"{k} {v:.2f} ms ({100 * v / o['cfg_step_ms']:.2f}%)" for k, v in overhead.items()))
 PY
 done
-echo "speedup = torch time / ldmscale time (>1 means ldmscale is faster); GFLOP/s of our CFG step vs ~333 peak fp32 on 2 cores"
+echo "speedup = torch time / ldmscale time (>1 means ldmscale is faster); GFLOP/s of our CFG step (nproc: $(nproc))"

@@ -4,10 +4,9 @@
 
 use std::path::PathBuf;
 
-// Tensor buffers are large and short-lived: glibc's malloc (and mimalloc) hand them back to
-// the kernel and every new one page-faults (a third of the step time); jemalloc keeps them.
+// Tensor buffers are large and short-lived: keep them in the process (see ldmscale-alloc).
 #[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static GLOBAL: ldmscale_alloc::TensorAllocator = ldmscale_alloc::TensorAllocator;
 use std::time::Instant;
 
 use anyhow::Result;
@@ -15,6 +14,10 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Parser;
+use ldmscale_diffusion::{
+    Cfg, ConditionalModel, DdimOptions, DdpmOptions, DpmSolverOptions, SamplerKind,
+    SchedulerConfig, SeededNoise, sample,
+};
 use ldmscale_model::weights::save_unet;
 use ldmscale_model::{UNet, UNetConfig};
 
@@ -40,6 +43,38 @@ struct Args {
     /// Writes the model (config.json + weights) here so the peer builds the same one.
     #[arg(long)]
     save: Option<PathBuf>,
+    /// Skip the training step (to profile sampling alone).
+    #[arg(long)]
+    skip_train: bool,
+    /// Skip the sampling step (to profile training alone).
+    #[arg(long)]
+    skip_cfg: bool,
+}
+
+/// A "network" that returns its input: sampling through it times everything but the UNet
+/// (guidance batching and combination, the sampler's update, noise).
+struct Passthrough;
+
+impl ConditionalModel for Passthrough {
+    fn forward(&mut self, x: Tensor<4>, _: Tensor<1>, _: &Tensor<3>) -> Tensor<4> {
+        x
+    }
+}
+
+/// Milliseconds per step of a guided sampling run of `steps` steps, the UNet excluded.
+fn sampler_overhead_ms(
+    kind: &SamplerKind,
+    steps: usize,
+    x: Tensor<4>,
+    ctx: Tensor<3>,
+) -> Result<f64> {
+    let mut sampler = kind.build(&SchedulerConfig::sd(), steps)?;
+    let mut cfg = Cfg::new(Passthrough, ctx.clone(), ctx, 7.5)?;
+    let mut noise = SeededNoise::new(0);
+    let start = Instant::now();
+    let out = sample(&mut *sampler, &mut cfg, x, &mut noise, None)?;
+    let _ = out.latents.into_data();
+    Ok(start.elapsed().as_secs_f64() * 1e3 / steps as f64)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -68,11 +103,33 @@ fn main() -> Result<()> {
     let t: Vec<f32> = (0..2 * b).map(|i| (37 * i % 1000) as f32).collect();
     let mut forward = Vec::new();
     for rep in 0..=args.reps {
+        if args.skip_cfg {
+            forward.push(f64::NAN);
+            break;
+        }
         let start = Instant::now();
         let out = model.forward(x.clone(), &t, ctx.clone());
         let _ = out.into_data();
         if rep > 0 {
             forward.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+
+    // Sampler overhead per step, beside the UNet's CFG step.
+    let mut overhead = serde_json::Map::new();
+    if !args.skip_cfg {
+        let x = x.clone().narrow(0, 0, b);
+        let ctx = ctx.clone().narrow(0, 0, b);
+        for (name, kind) in [
+            ("ddim", SamplerKind::Ddim(DdimOptions::default())),
+            ("ddpm", SamplerKind::Ddpm(DdpmOptions::default())),
+            (
+                "dpmpp_2m",
+                SamplerKind::DpmSolver(DpmSolverOptions::dpm_pp_2m()),
+            ),
+        ] {
+            let ms = sampler_overhead_ms(&kind, 20, x.clone(), ctx.clone())?;
+            overhead.insert(name.into(), ms.into());
         }
     }
 
@@ -90,6 +147,10 @@ fn main() -> Result<()> {
     let t: Vec<f32> = (0..b).map(|i| (91 * i % 1000) as f32).collect();
     let mut train = Vec::new();
     for rep in 0..=args.reps {
+        if args.skip_train {
+            train.push(f64::NAN);
+            break;
+        }
         let start = Instant::now();
         let pred = train_model.forward(x.clone(), &t, ctx.clone());
         let loss = (pred - noise.clone()).powi_scalar(2).mean();
@@ -118,6 +179,7 @@ fn main() -> Result<()> {
             "cfg_step_gflops_per_s": gflop_fwd / (forward_ms / 1e3),
             "train_step_ms": train_ms,
             "train_step_gflops_per_s": gflop_train / (train_ms / 1e3),
+            "sampler_overhead_ms_per_step": overhead,
         })
     );
     Ok(())

@@ -13,6 +13,10 @@ mod zoo;
 
 use clap::{Parser, Subcommand};
 
+// Tensor buffers are large and short-lived: keep them in the process (see ldmscale-alloc).
+#[global_allocator]
+static GLOBAL: ldmscale_alloc::TensorAllocator = ldmscale_alloc::TensorAllocator;
+
 /// Scaling properties of latent diffusion models, as working software.
 ///
 /// Reproduces Mei et al., "Bigger is not Always Better: Scaling Properties of Latent Diffusion

@@ -53,20 +53,51 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
     println!(
         "Expected FID {:.2}{} at {:.3} GFLOPs ({:.1} ms on the sweep's machine) per image; {} measured settings fit the budget.",
         b.fid,
-        b.fid_ci
-            .map(|(l, h)| format!(" (95% interval {l:.2}..{h:.2})"))
-            .unwrap_or_default(),
+        interval_text(b),
         b.cost_gflops,
         b.ms_per_image,
         rec.candidates
     );
     if let Some(r) = &rec.runner_up {
         println!(
-            "Best other size: {} filters with {} x{} at guidance {:.1}: FID {:.2}.",
-            r.width, r.sampler, r.steps, r.cfg, r.fid
+            "Best other size: {} filters with {} x{} at guidance {:.1}: FID {:.2}{}.",
+            r.width,
+            r.sampler,
+            r.steps,
+            r.cfg,
+            r.fid,
+            interval_text(r)
         );
+        if let (Some(x), Some(y)) = (b.fid_ci, r.fid_ci) {
+            println!(
+                "{}",
+                if x.overlaps(&y) {
+                    "Their 95% intervals overlap: at the sweep's sample size the two are not told apart."
+                } else {
+                    "Their 95% intervals do not overlap."
+                }
+            );
+        }
     }
     Ok(())
+}
+
+/// " (95% CI 10.10..14.20, bootstrap of 100 replicates)", or "" when no interval was measured.
+fn interval_text(s: &ldmscale_study::analysis::Setting) -> String {
+    use ldmscale_study::bootstrap::CiMethod;
+    match s.fid_ci {
+        None => " (no interval measured)".into(),
+        Some(ci) => format!(
+            " (95% CI {:.2}..{:.2}, {})",
+            ci.low,
+            ci.high,
+            match ci.method {
+                CiMethod::Bootstrap => format!("bootstrap of {} replicates", ci.replicates),
+                CiMethod::SeedSpread => format!("spread over {} seeds", ci.replicates),
+                CiMethod::Unknown => "method not recorded".into(),
+            }
+        ),
+    }
 }
 
 /// `ldmscale results ...`.

@@ -109,6 +109,9 @@ pub struct SampleArgs {
     /// Where to write the final latents (.npy, [B, C, H, W]).
     #[arg(long, value_name = "OUT.npy")]
     pub output_latents: Option<PathBuf>,
+    /// Where the UNet runs: `cpu`, or `cuda:N` in a build with `--features cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// The UNet seen as the conditional model that guidance wraps.
@@ -175,7 +178,8 @@ pub fn run(args: &SampleArgs) -> Result<()> {
             "nothing to write: pass --output-latents OUT.npy (decoding to PNG needs the first-stage autoencoder, not available yet)"
         );
     }
-    let device = Device::flex();
+    let device = ldmscale_train::parallel::parse_device(&args.device, "--device")
+        .map_err(anyhow::Error::msg)?;
     let (config, unet) = load_unet(&args.unet, &device)?;
     let (scheduler, scheduler_json) = scheduler_config(args)?;
 

@@ -10,8 +10,9 @@ use ldmscale_study::pipeline;
 /// Arguments of `ldmscale study`.
 #[derive(Args, Debug)]
 pub struct StudyArgs {
-    /// Built-in preset: tiny (CI, minutes), quick (this CPU, ~20 min), full (hours), paper (the
-    /// paper's setup: needs COCO, the SD VAE, a CLIP text encoder and GPUs).
+    /// Built-in preset: tiny (CI, minutes, shapes), quick (a 2-core CPU, under 20 min;
+    /// Fashion-MNIST when tools/fetch-assets.sh fetched it, else shapes), full (hours), paper
+    /// (the paper's setup: needs COCO, the SD VAE, a CLIP text encoder and GPUs).
     #[arg(long, default_value = "quick", conflicts_with = "config")]
     pub preset: String,
     /// A study config (TOML) instead of a preset; `--dry-run` on a preset shows its fields.

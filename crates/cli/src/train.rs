@@ -63,9 +63,19 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Where the training steps run: `cpu`, or `cuda:N` in a build with `--features cuda`
+    /// (data encoding and evaluation stay on the CPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Data parallelism: each micro-batch split across these devices, e.g. `cuda:0,cuda:1`
+    /// (overrides `train.devices`; the first holds the weights and optimizer state).
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
 }
 
 fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig, Option<EvalConfig>)> {
+    // A device this build cannot use fails before any data is read.
+    ldmscale_train::parallel::parse_device(&args.device, "--device").map_err(anyhow::Error::msg)?;
     let origin = args.config.display().to_string();
     let text =
         std::fs::read_to_string(&args.config).with_context(|| format!("reading {origin}"))?;
@@ -78,8 +88,13 @@ fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig, Option<EvalConfig>
             .insert("steps".into(), toml::Value::Integer(steps as i64));
         train_text = toml::to_string(&v)?;
     }
-    let config = TrainConfig::from_toml(&train_text, &format!("{origin} [train]"))
+    let mut config = TrainConfig::from_toml(&train_text, &format!("{origin} [train]"))
         .map_err(anyhow::Error::msg)?;
+    if !args.devices.is_empty() {
+        ldmscale_train::parallel::parse_devices(&args.devices, "--devices")
+            .map_err(anyhow::Error::msg)?;
+        config.devices = args.devices.clone();
+    }
     let eval = match (run.eval, config.eval_every) {
         (Some(_), 0) => bail!(
             "{origin}: [eval] is given but train.eval_every = 0, so it would never run; set train.eval_every"
@@ -99,8 +114,11 @@ fn run_one(
     eval: Option<&EvalConfig>,
     shared: &Path,
     out: &Path,
-    quiet: bool,
+    args: &TrainArgs,
 ) -> Result<()> {
+    let quiet = args.quiet;
+    let train_device = ldmscale_train::parallel::parse_device(&args.device, "--device")
+        .map_err(anyhow::Error::msg)?;
     let device = Device::flex();
     let (vae_config, vae) = load_vae(Path::new(&data_config.first_stage), &device)?;
     let examples = load_images(
@@ -171,7 +189,7 @@ fn run_one(
         }
         Ok(())
     };
-    let summary = train_with_hook(config, &data, out, &device, !quiet, Some(&mut hook))
+    let summary = train_with_hook(config, &data, out, &train_device, !quiet, Some(&mut hook))
         .map_err(anyhow::Error::msg)?;
     write_loss_curve(out, config.model.width)?;
     if let Some(evaluator) = &evaluator {
@@ -196,7 +214,7 @@ fn run_one(
     Ok(())
 }
 
-/// Plots `metrics.jsonl` as `loss.svg` beside it.
+/// Plots `metrics.jsonl` as `loss.png` and `loss.svg` beside it.
 fn write_loss_curve(run: &Path, width: usize) -> Result<()> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).context("metrics.jsonl")?;
     let points: Vec<(f64, f64)> = text
@@ -206,17 +224,11 @@ fn write_loss_curve(run: &Path, width: usize) -> Result<()> {
             Some((v["step"].as_f64()?, v["loss"].as_f64()?))
         })
         .collect();
-    let series = [ldmscale_study::plot::Series {
-        label: format!("{width} filters"),
-        points,
-    }];
-    let svg = ldmscale_study::plot::line_chart("Training loss", "step", "loss", &series, false)
-        .map_err(anyhow::Error::msg)?;
-    ldmscale_model::weights::write_atomic(&run.join("loss.svg"), svg.as_bytes())?;
-    Ok(())
+    write_chart(run, "loss", "Training loss", "step", "loss", width, points)
 }
 
-/// Plots FID against training compute (Fig. 3 for one run) as `fid.svg`, when FID was measured.
+/// Plots FID against training compute (Fig. 3 for one run) as `fid.png` and `fid.svg`, when
+/// FID was measured.
 fn write_fid_curve(log: &Path, run: &Path, width: usize) -> Result<()> {
     let points: Vec<(f64, f64)> = eval::read_records(log)?
         .iter()
@@ -225,19 +237,48 @@ fn write_fid_curve(log: &Path, run: &Path, width: usize) -> Result<()> {
     if points.is_empty() {
         return Ok(());
     }
+    write_chart(
+        run,
+        "fid",
+        "FID during training",
+        "training compute (normalised cost x iterations)",
+        "FID",
+        width,
+        points,
+    )
+}
+
+/// Writes one line chart as `NAME.png` and `NAME.svg` in `run`.
+fn write_chart(
+    run: &Path,
+    name: &str,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    width: usize,
+    points: Vec<(f64, f64)>,
+) -> Result<()> {
     let series = [ldmscale_study::plot::Series {
         label: format!("{width} filters"),
         points,
     }];
-    let svg = ldmscale_study::plot::line_chart(
-        "FID during training",
-        "training compute (normalised cost x iterations)",
-        "FID",
-        &series,
-        false,
-    )
-    .map_err(anyhow::Error::msg)?;
-    ldmscale_model::weights::write_atomic(&run.join("fid.svg"), svg.as_bytes())?;
+    let chart = ldmscale_study::plot::LineChart {
+        title,
+        x_label,
+        y_label,
+        series: &series,
+        intervals: &[],
+        log_x: false,
+    };
+    let write = ldmscale_model::weights::write_atomic;
+    write(
+        &run.join(format!("{name}.png")),
+        &chart.png().map_err(anyhow::Error::msg)?,
+    )?;
+    write(
+        &run.join(format!("{name}.svg")),
+        chart.svg().map_err(anyhow::Error::msg)?.as_bytes(),
+    )?;
     Ok(())
 }
 
@@ -248,14 +289,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         config.model.width = w;
         config.validate().map_err(anyhow::Error::msg)?;
     }
-    run_one(
-        &data,
-        &config,
-        eval.as_ref(),
-        &args.out,
-        &args.out,
-        args.quiet,
-    )
+    run_one(&data, &config, eval.as_ref(), &args.out, &args.out, args)
 }
 
 /// `ldmscale train-family`.
@@ -280,7 +314,7 @@ pub fn family(args: &TrainArgs) -> Result<()> {
             eval.as_ref(),
             &args.out,
             &args.out.join(format!("w{w}")),
-            args.quiet,
+            args,
         )?;
     }
     Ok(())

@@ -82,7 +82,7 @@ fn evaluations_follow_training_and_survive_resume() {
     if fid {
         let f = first[1]["fid"].as_f64().unwrap();
         assert!(f.is_finite() && f > 0.0, "{f}");
-        assert!(run.join("fid.svg").exists());
+        assert!(run.join("fid.svg").exists() && run.join("fid.png").exists());
     } else {
         assert!(first[1]["fid"].is_null());
     }

@@ -99,6 +99,8 @@ fn sigkill_then_resume_is_bit_identical() {
 
     let svg = std::fs::read_to_string(straight.join("loss.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("8 filters"));
+    let png = std::fs::read(straight.join("loss.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"));
     let (a_step, a) = newest(&straight).unwrap();
     let (b_step, b) = newest(&killed).unwrap();
     assert_eq!((a_step, b_step), (steps, steps));

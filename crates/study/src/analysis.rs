@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::bootstrap::{CiMethod, FidCi};
 use crate::cell::Cell;
 
 /// A (model, sampler, steps, guidance) setting with its FID averaged over seeds.
@@ -23,8 +24,9 @@ pub struct Setting {
     pub cfg: f64,
     /// Mean FID over seeds.
     pub fid: f64,
-    /// 95% interval: the bootstrap interval of a single seed, or the spread over seeds.
-    pub fid_ci: Option<(f64, f64)>,
+    /// 95% interval: a single seed's bootstrap interval, or (several seeds) the spread of the
+    /// mean over seeds; `FidCi::method` says which.
+    pub fid_ci: Option<FidCi>,
     /// Mean CLIP-type score over seeds, where measured.
     pub clip: Option<f64>,
     /// Sampling GFLOPs per image.
@@ -62,7 +64,12 @@ pub fn settings(cells: &[Cell]) -> Vec<Setting> {
                     / (g.len() - 1) as f64)
                     .sqrt();
                 let half = 1.96 * sd / (g.len() as f64).sqrt();
-                Some((fid - half, fid + half))
+                Some(FidCi {
+                    low: fid - half,
+                    high: fid + half,
+                    method: CiMethod::SeedSpread,
+                    replicates: g.len() as u32,
+                })
             };
             Setting {
                 width: first.width,
@@ -202,24 +209,63 @@ fn not_measured(claim: &str, why: &str) -> Finding {
     }
 }
 
-/// Whether, for `sampler`, some budget is won by a model smaller than the largest one that can
-/// be run within that budget (the paper's "smaller models sample more efficiently").
+/// "12.34 [10.10, 14.20]": an FID with its interval where measured.
+fn fid_text(s: &Setting) -> String {
+    match s.fid_ci {
+        Some(ci) => format!("{:.2} {}", s.fid, ci.text()),
+        None => format!("{:.2}", s.fid),
+    }
+}
+
+/// Whether the FID difference between two settings is resolved by their 95% intervals
+/// (None: an interval is missing).
+fn separated(a: &Setting, b: &Setting) -> Option<bool> {
+    Some(!a.fid_ci?.overlaps(&b.fid_ci?))
+}
+
+/// What the intervals say about the difference between `a` and `b`.
+fn ci_note(a: &Setting, b: &Setting) -> String {
+    match separated(a, b) {
+        Some(true) => "; their 95% intervals do not overlap".into(),
+        Some(false) => {
+            "; their 95% intervals overlap: the difference lies inside the CIs, so this sample size does not resolve it".into()
+        }
+        None => "; no FID intervals were measured".into(),
+    }
+}
+
+/// A budget at which a model smaller than the largest affordable one has the best FID: (budget,
+/// the winner, the largest affordable model's best). Budgets where the intervals separate the
+/// two are preferred.
 fn small_wins_somewhere(
     optimal: &[Setting],
     sampler: Option<&str>,
-) -> Option<(f64, u32, f64, u32, f64)> {
+) -> Option<(f64, Setting, Setting)> {
+    let mut found: Option<(f64, Setting, Setting)> = None;
     for w in winners(optimal, sampler) {
         // The largest model affordable at this budget, and its best FID there.
-        let affordable = widths(optimal)
+        let Some(affordable) = widths(optimal)
             .into_iter()
             .filter(|&m| best_within(optimal, Some(m), sampler, w.budget).is_some())
-            .max()?;
+            .max()
+        else {
+            continue;
+        };
         if w.best.width < affordable {
-            let big = best_within(optimal, Some(affordable), sampler, w.budget)?;
-            return Some((w.budget, w.best.width, w.best.fid, affordable, big.fid));
+            let Some(big) = best_within(optimal, Some(affordable), sampler, w.budget) else {
+                continue;
+            };
+            let resolved = separated(&w.best, big) == Some(true);
+            let better = match &found {
+                None => true,
+                Some((_, a, b)) => resolved && separated(a, b) != Some(true),
+            };
+            if better {
+                found = Some((w.budget, w.best.clone(), big.clone()));
+            }
         }
     }
-    None
+    found
 }
 
 /// The paper's sampling-efficiency findings, judged on this sweep.
@@ -236,11 +282,16 @@ pub fn findings(cells: &[Cell]) -> Vec<Finding> {
         return out;
     }
     out.push(match small_wins_somewhere(&optimal, None) {
-        Some((budget, small, fid_s, large, fid_l)) => Finding {
+        Some((budget, small, large)) => Finding {
             claim: claim.into(),
             verdict: verdict(true),
             evidence: format!(
-                "at {budget:.2} GFLOPs per image the {small}-filter model reaches FID {fid_s:.2} while the {large}-filter model, also affordable, reaches {fid_l:.2}"
+                "at {budget:.2} GFLOPs per image the {}-filter model reaches FID {} while the {}-filter model, also affordable, reaches {}{}",
+                small.width,
+                fid_text(&small),
+                large.width,
+                fid_text(&large),
+                ci_note(&small, &large)
             ),
         },
         None => Finding {
@@ -254,16 +305,28 @@ pub fn findings(cells: &[Cell]) -> Vec<Finding> {
     let top = budgets(&optimal).last().copied().expect("cells");
     let best = best_within(&optimal, None, None, top).expect("cells");
     let largest = *models.last().expect("models");
-    let fid_largest = best_within(&optimal, Some(largest), None, top).map(|s| s.fid);
+    let at_largest = best_within(&optimal, Some(largest), None, top);
+    // The comparison behind the verdict: the winner against the largest model, or (when the
+    // largest wins) against the best other size.
+    let other = if best.width == largest {
+        optimal
+            .iter()
+            .filter(|s| s.width != largest && s.cost_gflops <= top * (1.0 + 1e-9))
+            .min_by(|a, b| a.fid.total_cmp(&b.fid))
+    } else {
+        at_largest
+    };
     out.push(Finding {
         claim: claim.into(),
         verdict: verdict(best.width == largest),
         evidence: format!(
-            "at the largest budget ({top:.2} GFLOPs) the best FID {:.2} comes from the {}-filter model ({}-filter: {})",
-            best.fid,
+            "at the largest budget ({top:.2} GFLOPs) the best FID {} comes from the {}-filter model ({}{})",
+            fid_text(best),
             best.width,
-            largest,
-            fid_largest.map(|f| format!("{f:.2}")).unwrap_or_else(|| "n/a".into())
+            other
+                .map(|o| format!("best of the {}-filter model: {}", o.width, fid_text(o)))
+                .unwrap_or_else(|| "no other model measured".into()),
+            other.map(|o| ci_note(best, o)).unwrap_or_default()
         ),
     });
 
@@ -333,10 +396,25 @@ pub fn findings(cells: &[Cell]) -> Vec<Finding> {
             at("ddpm", n).unwrap(),
             at("dpmpp-2m", n).unwrap(),
         );
+        let half_widths: Vec<f64> = optimal
+            .iter()
+            .filter(|s| s.steps == n && ["ddim", "ddpm", "dpmpp-2m"].contains(&s.sampler.as_str()))
+            .filter_map(|s| s.fid_ci.map(|ci| 0.5 * (ci.high - ci.low)))
+            .collect();
+        let noise = match mean(half_widths.iter().copied()) {
+            Some(h) if (m - d).abs().min((d - p).abs()) < h => format!(
+                "; the smallest gap ({:.2}) lies inside the mean 95% half-width of the cells behind these means ({h:.2})",
+                (m - d).abs().min((d - p).abs())
+            ),
+            Some(h) => format!(
+                "; both gaps exceed the mean 95% half-width of the cells behind these means ({h:.2})"
+            ),
+            None => "; no FID intervals were measured".into(),
+        };
         out.push(Finding {
             claim: claim.into(),
             verdict: verdict(m < d && d < p),
-            evidence: format!("mean optimal-guidance FID over models at {n} steps: DPM-Solver++ {m:.2}, DDIM {d:.2}, DDPM {p:.2}"),
+            evidence: format!("mean optimal-guidance FID over models at {n} steps: DPM-Solver++ {m:.2}, DDIM {d:.2}, DDPM {p:.2}{noise}"),
         });
     }
     out
@@ -406,8 +484,9 @@ pub(crate) mod tests {
         let s = settings(&[a, b]);
         assert_eq!(s.len(), 1);
         assert_eq!(s[0].fid, 11.0);
-        let (lo, hi) = s[0].fid_ci.unwrap();
-        assert!(lo < 11.0 && hi > 11.0);
+        let ci = s[0].fid_ci.unwrap();
+        assert!(ci.low < 11.0 && ci.high > 11.0);
+        assert_eq!(ci.method, CiMethod::SeedSpread);
     }
 
     #[test]
@@ -443,5 +522,45 @@ pub(crate) mod tests {
             })
             .collect();
         assert_eq!(findings(&flipped)[0].verdict, "does not hold");
+    }
+
+    #[test]
+    fn evidence_says_whether_the_intervals_resolve_the_difference() {
+        let with_ci = |half: f64| -> Vec<Cell> {
+            paper_like()
+                .into_iter()
+                .map(|mut c| {
+                    c.fid_ci = Some(FidCi {
+                        low: c.fid - half,
+                        high: c.fid + half,
+                        method: CiMethod::Bootstrap,
+                        replicates: 100,
+                    });
+                    c
+                })
+                .collect()
+        };
+        let narrow = findings(&with_ci(0.01));
+        assert!(
+            narrow[0].evidence.contains("do not overlap"),
+            "{:?}",
+            narrow[0]
+        );
+        assert!(
+            narrow[0].evidence.contains('['),
+            "intervals printed: {:?}",
+            narrow[0]
+        );
+        assert!(narrow[3].evidence.contains("exceed"), "{:?}", narrow[3]);
+        let wide = findings(&with_ci(1000.0));
+        assert_eq!(wide[0].verdict, "holds");
+        assert!(wide[0].evidence.contains("inside the CIs"), "{:?}", wide[0]);
+        assert!(wide[1].evidence.contains("inside the CIs"), "{:?}", wide[1]);
+        assert!(wide[3].evidence.contains("lies inside"), "{:?}", wide[3]);
+        assert!(
+            findings(&paper_like())[0]
+                .evidence
+                .contains("no FID intervals")
+        );
     }
 }

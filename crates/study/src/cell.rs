@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bootstrap::FidCi;
+
 /// What identifies a cell (a sweep never measures the same key twice).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct CellKey {
@@ -36,8 +38,8 @@ pub struct Cell {
     pub n_samples: u32,
     /// FID against the reference statistics.
     pub fid: f64,
-    /// Bootstrap 95% interval of the FID, if computed.
-    pub fid_ci: Option<(f64, f64)>,
+    /// 95% interval of the FID (bootstrap over generated and reference features), if computed.
+    pub fid_ci: Option<FidCi>,
     /// CLIP score (x100 cosine), if a CLIP model was available.
     pub clip: Option<f64>,
     /// In-domain CLIP score, for the embedded default.

@@ -42,6 +42,19 @@ pub struct SweepConfig {
     pub seeds: Vec<u64>,
     /// Images generated per cell.
     pub samples_per_cell: u32,
+    /// Bootstrap replicates of each cell's FID interval (generated and reference features
+    /// resampled; seeded by the cell); 0 = no interval.
+    #[serde(default = "hundred")]
+    pub bootstrap: u32,
+    /// Budgets of the equal-cost sample grids (Fig. 10), in normalised cost x steps: the
+    /// largest width's evaluations at those steps, guidance doubling counted. Each width gets
+    /// the DDIM step count whose cost matches. Empty: none.
+    #[serde(default)]
+    pub grid_budgets: Vec<f64>,
+}
+
+fn hundred() -> u32 {
+    100
 }
 
 fn twenty() -> u32 {
@@ -115,6 +128,17 @@ pub struct StudyConfig {
     pub fid_features: String,
 }
 
+/// The quick preset's dataset: Fashion-MNIST when `tools/fetch-assets.sh fashion-mnist` has
+/// put it in the asset cache (real images, ten captioned classes), else the procedural
+/// `shapes` (no files needed).
+pub fn quick_dataset() -> &'static str {
+    let dir = ldmscale_data::assets_dir().join("fashion-mnist");
+    let present = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
+        .iter()
+        .all(|f| dir.join(f).is_file());
+    if present { "fashion-mnist" } else { "shapes" }
+}
+
 impl StudyConfig {
     /// A built-in preset.
     pub fn preset(name: &str) -> Result<Self, String> {
@@ -153,6 +177,8 @@ impl StudyConfig {
                 dpm_max_steps: 20,
                 seeds: vec![0],
                 samples_per_cell: 32,
+                bootstrap: 100,
+                grid_budgets: vec![4.0, 16.0],
             },
             fid_features: "in-domain".into(),
         };
@@ -179,9 +205,18 @@ impl StudyConfig {
                 c.sweep.steps = vec![2, 8];
                 c.sweep.cfg = vec![1.0, 3.0];
                 c.sweep.samples_per_cell = 16;
+                c.sweep.bootstrap = 20;
+                c.sweep.grid_budgets = vec![8.0];
                 c
             }
-            "quick" => base("quick"),
+            "quick" => {
+                let mut c = base("quick");
+                c.dataset = quick_dataset().into();
+                // 400 steps left the largest width's FID still falling fast (Fig. 3 curve).
+                c.recipe.steps = 800;
+                c.recipe.eval_every = 200;
+                c
+            }
             "full" => {
                 let mut c = base("full");
                 c.dataset = "fashion-mnist".into();
@@ -204,6 +239,8 @@ impl StudyConfig {
                 c.sweep.cfg = vec![1.0, 1.5, 2.0, 3.0, 5.0, 7.5];
                 c.sweep.seeds = vec![0, 1];
                 c.sweep.samples_per_cell = 1000;
+                c.sweep.bootstrap = 30;
+                c.sweep.grid_budgets = vec![8.0, 25.0];
                 c.fid_features = "inception".into();
                 c
             }
@@ -237,6 +274,8 @@ impl StudyConfig {
                     dpm_max_steps: 20,
                     seeds: vec![0],
                     samples_per_cell: 30_000,
+                    bootstrap: 20,
+                    grid_budgets: vec![10.0, 25.0],
                 },
                 fid_features: "inception".into(),
             },
@@ -306,6 +345,19 @@ impl StudyConfig {
                 "fid_features = {:?}: expected \"inception\" or \"in-domain\"",
                 self.fid_features
             ));
+        }
+        if let Some(b) = self
+            .sweep
+            .grid_budgets
+            .iter()
+            .find(|b| !(b.is_finite() && **b > 0.0))
+        {
+            return Err(format!(
+                "sweep.grid_budgets: {b} is not a positive number of normalised cost x steps"
+            ));
+        }
+        if self.sweep.bootstrap == 1 {
+            return Err("sweep.bootstrap = 1: use 0 (no interval) or at least 2 replicates".into());
         }
         if self.resolution == 0 || self.train_examples == 0 || self.val_examples < 2 {
             return Err(

@@ -2,9 +2,12 @@
 //! analysis, plots, a report, and a budget planner.
 
 pub mod analysis;
+pub mod bootstrap;
 pub mod cell;
 pub mod config;
+pub mod grid;
 pub mod in_domain;
+pub mod latents;
 pub mod pipeline;
 pub mod plan;
 pub mod plot;

@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
-use ldmscale_data::{Dataset, DatasetSpec, Split, SplitConfig, SplitDataset, Transform};
+use ldmscale_data::{CacheKey, Dataset, DatasetSpec, Split, SplitConfig, SplitDataset, Transform};
 use ldmscale_diffusion::{
     Cfg, ConditionalModel, DdimOptions, DdpmOptions, DpmSolverOptions, NoiseSource, SamplerKind,
     SchedulerConfig, SeededNoise, sample,
@@ -17,16 +17,19 @@ use ldmscale_diffusion::{
 use ldmscale_eval::{GaussianStats, frechet_distance};
 use ldmscale_model::text::{TextConditioner, TextEncoder, TinyTextSpec, tiny_text_conditioner};
 use ldmscale_model::vae::{load_vae, save_vae};
-use ldmscale_model::weights::{load_unet, write_atomic};
+use ldmscale_model::weights::{WEIGHTS_FILE, load_unet, write_atomic};
 use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNet};
 use ldmscale_train::data::rng_for;
 use ldmscale_train::optimizer::{AdamW, AdamWConfig};
 use ldmscale_train::{ModelConfig, TrainConfig, TrainingData, params};
 use rand_distr::{Distribution, StandardNormal};
 
+use crate::bootstrap::{self, FidCi};
 use crate::cell::{Cell, CellKey};
 use crate::config::{FirstStage, StudyConfig};
+use crate::grid::{self, EqualCostGrid, GridRow};
 use crate::in_domain;
+use crate::latents;
 use crate::report::{ReportInputs, render};
 use crate::store::{Store, shard_owns};
 
@@ -403,10 +406,14 @@ enum FidFeatures<'a> {
 }
 
 impl FidFeatures<'_> {
-    /// Statistics of images in [-1, 1], `[N, 3, H, W]`.
-    fn stats(&self, images: Tensor<4>) -> Result<GaussianStats, String> {
+    /// Features `[N, dim]` (row-major) of images in [-1, 1], `[N, 3, H, W]`, and `dim`.
+    fn features(&self, images: Tensor<4>) -> Result<(Vec<f32>, usize), String> {
         match self {
-            FidFeatures::InDomain(clip) => stats_of(clip.image_features(images)),
+            FidFeatures::InDomain(clip) => {
+                let f = clip.image_features(images);
+                let [_, d] = f.dims();
+                Ok((vec_of(f), d))
+            }
             FidFeatures::Inception(extractor) => {
                 let [n, _, h, w] = images.dims();
                 // To uint8 HWC, as images are saved before pytorch-fid reads them.
@@ -421,8 +428,7 @@ impl FidFeatures<'_> {
                     }
                     rgb.push(ldmscale_eval::RgbImage::new(w, h, data).map_err(s)?);
                 }
-                GaussianStats::from_features(&extractor.features(&rgb), ldmscale_eval::FEATURE_DIM)
-                    .map_err(s)
+                Ok((extractor.features(&rgb), ldmscale_eval::FEATURE_DIM))
             }
         }
     }
@@ -438,16 +444,65 @@ impl FidFeatures<'_> {
     }
 }
 
-/// Inception reference statistics are cached per dataset, split, resolution, count and mode
-/// under `$LDMSCALE_CACHE/stats/` (they do not depend on the study); in-domain ones live in the
-/// study directory (they depend on its trained encoder).
+/// The reference set's statistics and features, with what cells are measured against it.
+struct Evaluator<'a> {
+    features: FidFeatures<'a>,
+    reference: GaussianStats,
+    reference_features: Vec<f32>,
+    dim: usize,
+    bootstrap: u32,
+}
+
+impl Evaluator<'_> {
+    /// FID of `images` against the reference, without an interval.
+    fn fid_point(&self, images: Tensor<4>) -> Result<f64, String> {
+        let (generated, d) = self.features.features(images)?;
+        let stats = GaussianStats::from_features(&generated, d).map_err(s)?;
+        frechet_distance(&stats, &self.reference).map_err(s)
+    }
+
+    /// FID of `images` against the reference, with its bootstrap interval (replicates seeded
+    /// by `seed`) when the study asks for one; also the features.
+    fn fid(&self, images: Tensor<4>, seed: u64) -> Result<(f64, Option<FidCi>), String> {
+        let (generated, d) = self.features.features(images)?;
+        let stats = GaussianStats::from_features(&generated, d).map_err(s)?;
+        let fid = frechet_distance(&stats, &self.reference).map_err(s)?;
+        let ci = if self.bootstrap >= 2 {
+            Some(bootstrap::fid_interval(
+                &generated,
+                &self.reference_features,
+                self.dim,
+                fid,
+                self.bootstrap as usize,
+                seed,
+            )?)
+        } else {
+            None
+        };
+        Ok((fid, ci))
+    }
+}
+
+/// FNV-1a of a text: a seed stable across platforms and releases.
+fn stable_hash(text: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// Inception reference statistics and features are cached per dataset, split, resolution,
+/// count and mode under `$LDMSCALE_CACHE/stats/` (they do not depend on the study); in-domain
+/// ones live in the study directory (they depend on its trained encoder).
 fn reference_stats(
     features: &FidFeatures<'_>,
     config: &StudyConfig,
     out: &Path,
     n_val: usize,
     images: Tensor<4>,
-) -> Result<GaussianStats, String> {
+) -> Result<(GaussianStats, Vec<f32>, usize), String> {
     let path = match features {
         FidFeatures::InDomain(_) => out.join("eval").join("reference_in_domain.npz"),
         FidFeatures::Inception(_) => {
@@ -473,24 +528,31 @@ fn reference_stats(
             cache.join("stats").join(name)
         }
     };
+    let features_path = path.with_extension("features.npy");
     // The in-domain encoder is retrained on resume (deterministically), so its cache is only
     // valid for that encoder: it is rewritten every run, and read by nobody else.
     if matches!(features, FidFeatures::Inception(_))
         && let Ok(stats) = ldmscale_eval::npz::read_stats(&path)
+        && let Ok(bytes) = std::fs::read(&features_path)
+        && let Ok(array) = ldmscale_eval::npz::parse_npy(&bytes)
+        && array.shape.len() == 2
+        && array.shape[1] == stats.dim()
     {
-        return Ok(stats);
+        let d = stats.dim();
+        return Ok((stats, array.data.iter().map(|&v| v as f32).collect(), d));
     }
-    let stats = features.stats(images)?;
+    let (feats, d) = features.features(images)?;
+    let stats = GaussianStats::from_features(&feats, d).map_err(s)?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
     ldmscale_eval::npz::write_stats(&path, &stats).map_err(s)?;
-    Ok(stats)
-}
-
-fn stats_of(features: Tensor<2>) -> Result<GaussianStats, String> {
-    let [_, d] = features.dims();
-    GaussianStats::from_features(&vec_of(features), d).map_err(s)
+    write_atomic(
+        &features_path,
+        &ldmscale_eval::npz::encode_npy_f32(&[feats.len() / d, d], &feats),
+    )
+    .map_err(s)?;
+    Ok((stats, feats, d))
 }
 
 /// What a study run did.
@@ -572,7 +634,7 @@ pub fn run(
         }
     };
 
-    // 3. Text encoder and the encoded training set.
+    // 3. Text encoder and the encoded training set, in the on-disk latent cache.
     let text_dir = out.join("text_encoder");
     let text = text_encoder(
         &config.text_encoder,
@@ -580,36 +642,91 @@ pub fn run(
         &train_split.captions,
         &device,
     )?;
-    eprintln!(
-        "[3/7] encoding {} training images and captions",
-        train_split.captions.len()
-    );
-    let key = format!(
-        "{}@{res} vae:{} text:{}",
-        config.dataset, vae_config.scaling_factor, config.text_encoder
-    );
-    let data = encode(&vae, &vae_config, &text, &train_split, res, key, &device)?;
-    let (length, width) = (data.context_shape[0], data.context_shape[1]);
-    let latent_shape = data.latent_shape;
+    let length = text.encoder.max_positions().min(32);
+    let width = text.encoder.hidden_size();
     let f = vae.downsampling_factor();
-    let (train_states, train_mask) = (data.states.clone(), data.mask.clone());
+    let latent_shape = [vae_config.latent_channels, res / f, res / f];
+    let n_train = train_split.captions.len();
+    let vae_weights = match &config.first_stage {
+        FirstStage::Pretrained { path } if !vae_dir.join(WEIGHTS_FILE).exists() => {
+            Path::new(path).join(WEIGHTS_FILE)
+        }
+        _ => vae_dir.join(WEIGHTS_FILE),
+    };
+    let text_weights = text_dir.join(ldmscale_model::text::bert::TRANSFORMERS_WEIGHTS_FILE);
+    let hash = |p: &Path| ldmscale_data::file_sha256(p).map_err(s);
+    let cache_key = CacheKey {
+        dataset: config.dataset.clone(),
+        split: format!("train (val fraction 0.1, salt 0), first {n_train} usable examples"),
+        resolution: [res as u32, res as u32],
+        crop: ldmscale_data::Crop::Center,
+        image_encoder: match &config.first_stage {
+            FirstStage::Train { .. } => format!("KL-f{f} trained by the study"),
+            FirstStage::Pretrained { path } => format!("KL-f{f} from {path}"),
+        },
+        image_encoder_hash: hash(&vae_weights)?,
+        text_encoder: config.text_encoder.clone(),
+        text_encoder_hash: hash(&text_weights)?,
+        latent_shape,
+        text_shape: [length, width],
+        scaling_factor: vae_config.scaling_factor as f32,
+        dtype: ldmscale_data::StorageDtype::F32,
+    };
+    let cache_dir = out.join("latents").join("train");
+    let (cache, origin) =
+        latents::open_or_build(&cache_dir, &cache_key, n_train, 256, |start, n| {
+            eprintln!(
+                "[3/7] encoding training images and captions {start}..{}",
+                start + n
+            );
+            let part = Captioned {
+                images: train_split.images[start * 3 * res * res..(start + n) * 3 * res * res]
+                    .to_vec(),
+                captions: train_split.captions[start..start + n].to_vec(),
+            };
+            let e = encode(&vae, &vae_config, &text, &part, res, String::new(), &device)?;
+            Ok((
+                e.latents,
+                e.states,
+                e.mask.iter().map(|&m| (m > 0.5) as u8).collect(),
+            ))
+        })?;
+    match &origin {
+        latents::CacheOrigin::Reused => {
+            eprintln!("[3/7] latent cache {} reused", cache_dir.display())
+        }
+        latents::CacheOrigin::Rebuilt { mismatch } => eprintln!(
+            "[3/7] latent cache {} was built for another setting ({mismatch}); rebuilt",
+            cache_dir.display()
+        ),
+        latents::CacheOrigin::Built { .. } => {}
+    }
+    let all: Vec<usize> = (0..n_train).collect();
+    let stored = cache.batch(&all).map_err(s)?;
+    let train_states = stored.text_states;
+    let train_mask: Vec<f32> = stored.text_mask.iter().map(|&m| m as f32).collect();
     let (val_states, val_mask) = encode_text(&text, &val_split.captions, length, &device)?;
-    let null = data.null.clone();
+    let (null, _) = encode_text(&text, &[String::new()], length, &device)?;
+    let data = latents::CachedTrainingData {
+        cache,
+        null: null.clone(),
+        // As before the cache, so checkpoints of earlier runs still resume.
+        key: format!(
+            "{}@{res} vae:{} text:{}",
+            config.dataset, vae_config.scaling_factor, config.text_encoder
+        ),
+    };
 
     // 5. Evaluator: in-domain CLIP on the training pairs, reference statistics on val images.
     eprintln!("[5/7] evaluator: in-domain CLIP");
-    let n_train = train_split.captions.len();
     let held = (n_train / 8).clamp(2, 64);
     let clip = in_domain::train(
         &images_tensor(&train_split.images, res, &device),
         &Tensor::from_data(
-            TensorData::new(train_states.clone(), [n_train, length, width]),
+            TensorData::new(train_states, [n_train, length, width]),
             &device,
         ),
-        &Tensor::from_data(
-            TensorData::new(train_mask.clone(), [n_train, length]),
-            &device,
-        ),
+        &Tensor::from_data(TensorData::new(train_mask, [n_train, length]), &device),
         held,
         300,
         64,
@@ -631,7 +748,15 @@ pub fn run(
         )),
         _ => FidFeatures::InDomain(&clip.model),
     };
-    let reference = reference_stats(&features, config, out, n_val, val_images)?;
+    let (reference, reference_features, dim) =
+        reference_stats(&features, config, out, n_val, val_images)?;
+    let evaluator = Evaluator {
+        features,
+        reference,
+        reference_features,
+        dim,
+        bootstrap: config.sweep.bootstrap,
+    };
     let val_states_t =
         Tensor::<3>::from_data(TensorData::new(val_states, [n_val, length, width]), &device);
     let val_mask_t = Tensor::<2>::from_data(TensorData::new(val_mask, [n_val, length]), &device);
@@ -675,6 +800,7 @@ pub fn run(
             keep_last: 1,
             log_every: 10,
             eval_every: config.recipe.eval_every,
+            devices: Vec::new(),
         };
         let dir = out.join("models").join(format!("w{w}"));
         eprintln!("[4/7] training width {w} ({} steps)", config.recipe.steps);
@@ -702,7 +828,7 @@ pub fn run(
                 &null_t,
                 latent_shape,
             )?;
-            let fid = frechet_distance(&features.stats(images)?, &reference).map_err(s)?;
+            let fid = evaluator.fid_point(images)?;
             let line = serde_json::json!({
                 "step": state.step,
                 "normalized_cost_x_iterations": state.normalized_cost_x_iterations,
@@ -774,7 +900,7 @@ pub fn run(
                 latent_shape,
             )?;
             let wall = t0.elapsed().as_secs_f64();
-            let fid = frechet_distance(&features.stats(images.clone())?, &reference).map_err(s)?;
+            let (fid, fid_ci) = evaluator.fid(images.clone(), stable_hash(&format!("{key:?}")))?;
             let cos: f32 = (clip.model.embed_images(images) * text_emb.clone())
                 .sum_dim(1)
                 .mean()
@@ -789,7 +915,7 @@ pub fn run(
                     seed: *seed,
                     n_samples: per_cell as u32,
                     fid,
-                    fid_ci: None,
+                    fid_ci,
                     clip: None,
                     // Unclamped, unlike torchmetrics' CLIP score: an in-domain encoder's cosines centre
                     // near zero and a negative mean is information, not noise.
@@ -807,19 +933,29 @@ pub fn run(
     // 7. Report.
     eprintln!("[7/7] report");
     let stored = store.cells().map_err(s)?;
-    let mut grids = Vec::new();
-    if let Some(grid) = sample_grid(
-        config,
-        &model_dirs,
-        &vae,
-        &vae_config,
-        &val_states_t,
-        &null_t,
+    let optimal = crate::analysis::optimal_cfg(&crate::analysis::settings(&stored));
+    let samples = Samples {
+        vae: &vae,
+        vae_config: &vae_config,
+        prompts: val_states_t.clone().narrow(0, 0, per_cell),
+        null: &null_t,
         latent_shape,
-        &device,
-    )? {
-        grids.push(grid);
+        evaluator: &evaluator,
+    };
+    let grids_dir = out.join("grids");
+    let mut equal_cost = Vec::new();
+    for &budget in &config.sweep.grid_budgets {
+        equal_cost.push(equal_cost_grid(
+            budget,
+            &model_dirs,
+            &optimal,
+            &samples,
+            &grids_dir,
+            length,
+            &device,
+        )?);
     }
+    let learning = learning_check(config, &model_dirs, &optimal, &samples, &grids_dir, &device)?;
     let inputs = ReportInputs {
         title: format!(
             "{} preset: {} at {res}x{res}, widths {:?}",
@@ -859,6 +995,7 @@ pub fn run(
                     100.0 * clip.chance
                 ),
             ),
+            ("learning check".into(), learning),
             (
                 "wall time".into(),
                 format!("{:.0} s", start.elapsed().as_secs_f64()),
@@ -866,9 +1003,10 @@ pub fn run(
         ],
         fid_features: format!(
             "{}, {per_cell} samples per cell vs {n_val} held-out images",
-            features.describe()
+            evaluator.features.describe()
         ),
-        grids,
+        grids: Vec::new(),
+        equal_cost,
         training_curves: model_dirs
             .iter()
             .filter_map(|(w, dir)| {
@@ -907,74 +1045,169 @@ fn training_curve(path: &Path) -> Option<Vec<(f64, f64)>> {
     (!by_step.is_empty()).then(|| by_step.into_values().collect())
 }
 
-/// One row of 8 samples per width, DDIM at the largest step count and guidance 3 (or the
-/// largest rate measured), as a PNG.
-#[allow(clippy::too_many_arguments)]
-fn sample_grid(
-    config: &StudyConfig,
-    models: &[(usize, PathBuf)],
-    vae: &AutoencoderKL,
-    vae_config: &AutoencoderKLConfig,
-    prompts: &Tensor<3>,
-    null: &Tensor<3>,
+/// What sampling for the report needs: the decoder, prompts, null context and the evaluator.
+struct Samples<'a> {
+    vae: &'a AutoencoderKL,
+    vae_config: &'a AutoencoderKLConfig,
+    /// The sweep's prompts (`per_cell` of them).
+    prompts: Tensor<3>,
+    null: &'a Tensor<3>,
     latent_shape: [usize; 3],
-    device: &Device,
-) -> Result<Option<(String, Vec<u8>)>, String> {
-    let steps = *config.sweep.steps.iter().max().expect("steps");
-    let cfg = config.sweep.cfg.iter().copied().fold(1.0f64, |a, b| {
-        if (b - 3.0).abs() < (a - 3.0).abs() {
-            b
-        } else {
-            a
-        }
-    });
-    let [n, ..] = prompts.dims();
-    let cols = 8.min(n);
-    let res = config.resolution;
-    let mut rows = Vec::new();
-    for (_, dir) in models {
-        let (_, unet) = load_unet(dir, device).map_err(s)?;
-        let (imgs, _) = generate(
-            &unet,
-            vae,
-            vae_config,
+    evaluator: &'a Evaluator<'a>,
+}
+
+impl Samples<'_> {
+    /// Samples every prompt with DDIM and the sweep's seed 0; the images, their FID and interval.
+    fn measure(
+        &self,
+        unet: &UNet,
+        steps: u32,
+        cfg: f64,
+        bootstrap_seed: u64,
+    ) -> Result<(Tensor<4>, f64, Option<FidCi>), String> {
+        let (images, _) = generate(
+            unet,
+            self.vae,
+            self.vae_config,
             "ddim",
             steps,
             cfg,
-            7,
-            &prompts.clone().narrow(0, 0, cols),
-            null,
-            latent_shape,
+            0,
+            &self.prompts,
+            self.null,
+            self.latent_shape,
         )?;
-        rows.push(imgs);
+        let (fid, ci) = self.evaluator.fid(images.clone(), bootstrap_seed)?;
+        Ok((images, fid, ci))
     }
-    let grid = Tensor::cat(rows, 0); // [models * cols, 3, res, res]
-    let [count, ..] = grid.dims();
-    let v = vec_of(grid);
-    let (gw, gh) = (cols * res, count / cols * res);
-    let mut chw = vec![0f32; 3 * gw * gh];
-    for i in 0..count {
-        let (r, c) = (i / cols, i % cols);
-        for ch in 0..3 {
-            for y in 0..res {
-                for x in 0..res {
-                    chw[ch * gw * gh + (r * res + y) * gw + c * res + x] =
-                        v[((i * 3 + ch) * res + y) * res + x];
-                }
-            }
-        }
+}
+
+/// Columns of the sample grids.
+const GRID_COLUMNS: usize = 8;
+
+/// Fig. 10: one row of samples per width, every width at the DDIM step count that spends
+/// `budget` normalised cost x steps (the largest width's evaluations), at its own optimal
+/// guidance, with the same prompts and noise; FID of each row's full sample set. Kept in
+/// `dir` (JSON + PNG) so a resumed study does not sample it again.
+#[allow(clippy::too_many_arguments)]
+fn equal_cost_grid(
+    budget: f64,
+    models: &[(usize, PathBuf)],
+    optimal: &[crate::analysis::Setting],
+    samples: &Samples<'_>,
+    dir: &Path,
+    tokens: usize,
+    device: &Device,
+) -> Result<EqualCostGrid, String> {
+    let json_path = dir.join(format!("equal-cost-{budget}.json"));
+    let png_path = dir.join(format!("equal-cost-{budget}.png"));
+    if let (Ok(text), Ok(png)) = (
+        std::fs::read_to_string(&json_path),
+        std::fs::read(&png_path),
+    ) && let Ok(mut grid) = serde_json::from_str::<EqualCostGrid>(&text)
+    {
+        grid.png = png;
+        return Ok(grid);
     }
-    let image =
-        ldmscale_data::Image::from_chw_f32(gw as u32, gh as u32, &chw).ok_or("grid image")?;
-    let caption = format!(
-        "Samples: one row per width ({}), DDIM {steps} steps, guidance {cfg}, same prompts and noise (Fig. 10)",
-        models
-            .iter()
-            .map(|(w, _)| w.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
+    eprintln!("[7/7] samples at equal cost: {budget} normalised cost x steps");
+    let [_, h, w] = samples.latent_shape;
+    let mut unets = Vec::new();
+    for (width, model_dir) in models {
+        let (_, unet) = load_unet(model_dir, device).map_err(s)?;
+        let gflops = unet.cost(h, w, tokens).gflops();
+        unets.push((*width as u32, unet, gflops));
+    }
+    let largest = unets.iter().map(|u| u.2).fold(0.0, f64::max);
+    let mut rows = Vec::new();
+    let mut tiles = Vec::new();
+    for (width, unet, gflops) in &unets {
+        let normalised = gflops / largest;
+        // The guidance the sweep found best near the step count a guided run would get.
+        let guided_steps = grid::steps_for_budget(budget, normalised, true);
+        let cfg = grid::optimal_guidance(optimal, *width, "ddim", guided_steps).unwrap_or(1.0);
+        let guided = cfg > 1.0;
+        let steps = grid::steps_for_budget(budget, normalised, guided);
+        let (images, fid, fid_ci) = samples.measure(
+            unet,
+            steps,
+            cfg,
+            stable_hash(&format!("grid {budget} {width}")),
+        )?;
+        let [n, ..] = images.dims();
+        let cols = GRID_COLUMNS.min(n);
+        tiles.extend(vec_of(images.narrow(0, 0, cols)));
+        let evaluations = steps as f64 * if guided { 2.0 } else { 1.0 };
+        rows.push(GridRow {
+            width: *width,
+            steps,
+            cfg,
+            cost_gflops: evaluations * gflops,
+            normalised: evaluations * normalised,
+            fid,
+            fid_ci,
+            samples: n as u32,
+        });
+    }
+    let res = samples.vae.downsampling_factor() * h;
+    let cols = tiles.len() / (rows.len() * 3 * res * res);
+    // Tiles of at least 96 pixels, so small images stay visible and a row holds its label.
+    let scale = 96usize.div_ceil(res).max(1);
+    let gap = 4;
+    let png = grid::tiles_png(&tiles, rows.len(), cols, res, scale, gap)?;
+    let grid = EqualCostGrid {
+        budget,
+        sampler: "ddim".into(),
+        rows,
+        tile_px: (res * scale) as u32,
+        gap_px: gap as u32,
+        png,
+    };
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    write_atomic(&png_path, &grid.png).map_err(s)?;
+    write_atomic(
+        &json_path,
+        serde_json::to_string_pretty(&grid).map_err(s)?.as_bytes(),
+    )
+    .map_err(s)?;
+    Ok(grid)
+}
+
+/// Whether the models learned: the largest width's FID at 50 DDIM steps (its optimal guidance)
+/// against the same width untrained (seeded initialisation, as training starts), as a sentence.
+/// Kept in `dir` so a resumed study does not sample it again.
+fn learning_check(
+    config: &StudyConfig,
+    models: &[(usize, PathBuf)],
+    optimal: &[crate::analysis::Setting],
+    samples: &Samples<'_>,
+    dir: &Path,
+    device: &Device,
+) -> Result<String, String> {
+    let path = dir.join("learning-check.txt");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return Ok(text.trim().to_string());
+    }
+    let Some((width, model_dir)) = models.iter().max_by_key(|(w, _)| *w) else {
+        return Ok("no model trained".into());
+    };
+    eprintln!("[7/7] learning check: width {width}, trained and untrained, 50 DDIM steps");
+    let steps = 50;
+    let cfg = grid::optimal_guidance(optimal, *width as u32, "ddim", steps).unwrap_or(1.0);
+    let (unet_config, trained) = load_unet(model_dir, device).map_err(s)?;
+    let untrained = params::seeded_init(device, 0, || UNet::new(&unet_config, device));
+    let (_, fid_trained, ci_trained) = samples.measure(&trained, steps, cfg, 1)?;
+    let (_, fid_untrained, ci_untrained) = samples.measure(&untrained, steps, cfg, 2)?;
+    let ci = |c: Option<FidCi>| c.map(|c| format!(" {}", c.text())).unwrap_or_default();
+    let text = format!(
+        "{width}-filter model, DDIM {steps} steps, guidance {cfg:.1}: FID {fid_trained:.2}{} after {} training steps vs {fid_untrained:.2}{} untrained (trained {:.0}% lower)",
+        ci(ci_trained),
+        config.recipe.steps,
+        ci(ci_untrained),
+        100.0 * (1.0 - fid_trained / fid_untrained)
     );
-    Ok(Some((caption, image.to_png())))
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    write_atomic(&path, format!("{text}\n").as_bytes()).map_err(s)?;
+    Ok(text)
 }
 
 /// The plan of a study with its estimated compute, without running anything heavy: models

@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 use crate::analysis::{
     Finding, Setting, crossover, findings, optimal_cfg, samplers, settings, widths, winners,
 };
+use crate::bootstrap::CiMethod;
 use crate::cell::Cell;
+use crate::grid::EqualCostGrid;
 use crate::plot;
 
 /// Extra material the pipeline provides beside the cells.
@@ -23,6 +25,8 @@ pub struct ReportInputs {
     pub grids: Vec<(String, Vec<u8>)>,
     /// What the FID was computed on (e.g. "Inception pool3, pytorch-fid mode").
     pub fid_features: String,
+    /// Sample grids of every width at equal sampling cost (Fig. 10).
+    pub equal_cost: Vec<EqualCostGrid>,
 }
 
 fn esc(s: &str) -> String {
@@ -70,7 +74,7 @@ fn setting_row(s: &Setting) -> String {
         s.cfg,
         s.fid,
         s.fid_ci
-            .map(|(a, b)| format!(" <small>[{a:.2}, {b:.2}]</small>"))
+            .map(|ci| format!(" <small>{}</small>", ci.text()))
             .unwrap_or_default(),
         s.cost_gflops,
         s.ms_per_image
@@ -137,6 +141,64 @@ fn winner_changes(optimal: &[Setting]) -> Vec<crate::analysis::BudgetWinner> {
     out
 }
 
+/// What the intervals in the tables and plots are.
+fn interval_note(cells: &[Cell]) -> String {
+    let boot: Vec<u32> = cells
+        .iter()
+        .filter_map(|c| c.fid_ci)
+        .filter(|ci| ci.method == CiMethod::Bootstrap)
+        .map(|ci| ci.replicates)
+        .collect();
+    let seeds = settings(cells).iter().any(|s| s.seeds > 1);
+    let mut parts = Vec::new();
+    if let (Some(lo), Some(hi)) = (boot.iter().min(), boot.iter().max()) {
+        parts.push(format!(
+            "Error bars and bracketed intervals: 95% bootstrap intervals of each cell's FID ({} replicates; generated and reference features resampled with replacement; the percentile interval re-centred on the full-sample FID, since resamples with repeated rows bias FID upward). They are conservative: wider than the spread of FID over fresh samples of the same size.",
+            if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") }
+        ));
+    }
+    if seeds {
+        parts.push("Settings measured with several seeds show the mean FID with mean +- 1.96 standard errors over seeds.".into());
+    }
+    if parts.is_empty() {
+        parts.push("No FID intervals were measured (sweep.bootstrap = 0).".into());
+    }
+    parts.join(" ")
+}
+
+/// One equal-cost grid: the PNG with a label per row (width, steps, guidance, FID).
+fn equal_cost_html(g: &EqualCostGrid) -> String {
+    let mut h = format!(
+        "<h2>Samples at equal sampling cost (Fig. 10): {} normalised cost x steps</h2><p>Every row spends the same sampling compute per image: {}, the same prompts and initial noise, each width at its own optimal guidance; FID of the row's {} images against the reference set.</p><div class=\"eqgrid\"><div class=\"labels\" style=\"gap: {}px\">",
+        g.budget,
+        esc(&g.sampler),
+        g.rows.first().map(|r| r.samples).unwrap_or(0),
+        g.gap_px
+    );
+    for r in &g.rows {
+        let _ = write!(
+            h,
+            "<div class=\"label\" style=\"height: {}px\"><span><b>{} filters</b>, {} steps</span><span>CFG {:.1}, FID {:.2}</span><small>{}{:.3} GFLOPs/img</small></div>",
+            g.tile_px,
+            r.width,
+            r.steps,
+            r.cfg,
+            r.fid,
+            r.fid_ci
+                .map(|ci| format!("95% CI {}, ", ci.text()))
+                .unwrap_or_default(),
+            r.cost_gflops
+        );
+    }
+    let _ = write!(
+        h,
+        "</div><img src=\"data:image/png;base64,{}\" alt=\"samples at {} normalised cost x steps\"></div>",
+        base64(&g.png),
+        g.budget
+    );
+    h
+}
+
 /// Renders the HTML page and the Markdown summary.
 pub fn render(cells: &[Cell], inputs: &ReportInputs) -> Result<(String, String), String> {
     let all = settings(cells);
@@ -159,6 +221,9 @@ th {{ background: #f5f5f5; }} td:first-child, th:first-child {{ text-align: left
 .verdict {{ font-weight: bold; text-transform: uppercase; font-size: .85em; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 12px; }} .plots svg {{ max-width: 100%; height: auto; border: 1px solid #eee; }}
 .grid img {{ image-rendering: pixelated; max-width: 100%; border: 1px solid #eee; }}
+.eqgrid {{ display: flex; gap: 12px; align-items: flex-start; }} .eqgrid img {{ image-rendering: pixelated; flex: none; }}
+.eqgrid .labels {{ display: flex; flex-direction: column; flex: none; width: 230px; }}
+.eqgrid .label {{ display: flex; flex-direction: column; justify-content: center; text-align: right; font-size: 13px; line-height: 1.3; overflow: hidden; }}
 small {{ color: #666; }}
 </style></head><body>
 <h1>Bigger is not always better &mdash; measured</h1>
@@ -197,18 +262,22 @@ small {{ color: #666; }}
         esc(&training.evidence)
     );
 
-    html.push_str("<h2>Which model for which budget</h2><p>Best setting (optimal guidance) from each sampling budget on, all samplers; a row per change of the winner.</p><table><tr><th>from GFLOPs</th><th>model</th><th>sampler</th><th>steps</th><th>CFG</th><th>FID</th></tr>");
+    html.push_str("<h2>Which model for which budget</h2><p>Best setting (optimal guidance) from each sampling budget on, all samplers; a row per change of the winner.</p><table><tr><th>from GFLOPs</th><th>model</th><th>sampler</th><th>steps</th><th>CFG</th><th>FID [95% CI]</th></tr>");
     let changes = winner_changes(&optimal);
     for w in &changes {
         let _ = write!(
             html,
-            "<tr><td>{:.3}</td><td>{} filters</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}</td></tr>",
+            "<tr><td>{:.3}</td><td>{} filters</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}{}</td></tr>",
             w.budget,
             w.best.width,
             esc(&w.best.sampler),
             w.best.steps,
             w.best.cfg,
-            w.best.fid
+            w.best.fid,
+            w.best
+                .fid_ci
+                .map(|ci| format!(" <small>{}</small>", ci.text()))
+                .unwrap_or_default()
         );
     }
     html.push_str("</table>");
@@ -234,7 +303,11 @@ small {{ color: #666; }}
         html.push_str("</table>");
     }
 
-    html.push_str("<h2>FID against sampling cost (Figs. 9, 11)</h2><div class=\"plots\">");
+    let _ = write!(
+        html,
+        "<h2>FID against sampling cost (Figs. 9, 11)</h2><p><small>{}</small></p><div class=\"plots\">",
+        esc(&interval_note(cells))
+    );
     for s in &sampler_names {
         html.push_str(&plot::fid_vs_cost(&optimal, s)?);
     }
@@ -275,6 +348,9 @@ small {{ color: #666; }}
         )?);
         html.push_str("</div>");
     }
+    for g in &inputs.equal_cost {
+        html.push_str(&equal_cost_html(g));
+    }
     for (caption, png) in &inputs.grids {
         let _ = write!(
             html,
@@ -284,7 +360,7 @@ small {{ color: #666; }}
             esc(caption)
         );
     }
-    html.push_str("<h2>Optimal guidance per model and steps</h2><table><tr><th>model</th><th>params</th><th>sampler</th><th>steps</th><th>best CFG</th><th>FID</th><th>GFLOPs/img</th><th>ms/img</th></tr>");
+    html.push_str("<h2>Optimal guidance per model and steps</h2><table><tr><th>model</th><th>params</th><th>sampler</th><th>steps</th><th>best CFG</th><th>FID [95% CI]</th><th>GFLOPs/img</th><th>ms/img</th></tr>");
     for s in &optimal {
         html.push_str(&setting_row(s));
     }
@@ -311,14 +387,42 @@ small {{ color: #666; }}
     }
     let _ = writeln!(
         md,
-        "\n## Best setting per budget\n\n| from GFLOPs | model | sampler | steps | CFG | FID |\n|---:|---:|---|---:|---:|---:|"
+        "\n## Best setting per budget\n\n| from GFLOPs | model | sampler | steps | CFG | FID | 95% CI |\n|---:|---:|---|---:|---:|---:|---|"
     );
     for w in &changes {
         let _ = writeln!(
             md,
-            "| {:.3} | {} | {} | {} | {:.1} | {:.2} |",
-            w.budget, w.best.width, w.best.sampler, w.best.steps, w.best.cfg, w.best.fid
+            "| {:.3} | {} | {} | {} | {:.1} | {:.2} | {} |",
+            w.budget,
+            w.best.width,
+            w.best.sampler,
+            w.best.steps,
+            w.best.cfg,
+            w.best.fid,
+            w.best
+                .fid_ci
+                .map(|ci| ci.text())
+                .unwrap_or_else(|| "-".into())
         );
+    }
+    for g in &inputs.equal_cost {
+        let _ = writeln!(
+            md,
+            "\n## Samples at equal cost: {} normalised cost x steps ({})\n\n| width | steps | CFG | FID | 95% CI | GFLOPs/img |\n|---:|---:|---:|---:|---|---:|",
+            g.budget, g.sampler
+        );
+        for r in &g.rows {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {:.1} | {:.2} | {} | {:.3} |",
+                r.width,
+                r.steps,
+                r.cfg,
+                r.fid,
+                r.fid_ci.map(|ci| ci.text()).unwrap_or_else(|| "-".into()),
+                r.cost_gflops
+            );
+        }
     }
     Ok((html, md))
 }
@@ -337,6 +441,7 @@ mod tests {
             ..Default::default()
         };
         let (html, md) = render(&paper_like(), &inputs).unwrap();
+        assert!(html.contains("No FID intervals were measured"));
         assert!(html.contains("test &lt;run&gt;"));
         assert_eq!(html.matches("class=\"finding holds\"").count(), 4);
         assert!(html.contains("not measured"));
@@ -347,6 +452,70 @@ mod tests {
             md.contains("NOT MEASURED** — Pretraining performance"),
             "{md}"
         );
+
+        // Equal-cost grids: a label per row with width, steps, guidance and FID with its CI.
+        let grid = EqualCostGrid {
+            budget: 16.0,
+            sampler: "ddim".into(),
+            rows: vec![
+                crate::grid::GridRow {
+                    width: 8,
+                    steps: 40,
+                    cfg: 3.0,
+                    cost_gflops: 1.5,
+                    normalised: 16.0,
+                    fid: 12.5,
+                    fid_ci: Some(crate::bootstrap::FidCi {
+                        low: 10.0,
+                        high: 15.25,
+                        method: CiMethod::Bootstrap,
+                        replicates: 100,
+                    }),
+                    samples: 32,
+                },
+                crate::grid::GridRow {
+                    width: 32,
+                    steps: 8,
+                    cfg: 2.0,
+                    cost_gflops: 1.5,
+                    normalised: 16.0,
+                    fid: 20.0,
+                    fid_ci: None,
+                    samples: 32,
+                },
+            ],
+            tile_px: 64,
+            gap_px: 4,
+            png: vec![9, 9, 9],
+        };
+        let with_grid = ReportInputs {
+            equal_cost: vec![grid],
+            ..Default::default()
+        };
+        let mut cells = paper_like();
+        for c in &mut cells {
+            c.fid_ci = Some(crate::bootstrap::FidCi {
+                low: c.fid - 1.0,
+                high: c.fid + 1.0,
+                method: CiMethod::Bootstrap,
+                replicates: 100,
+            });
+        }
+        let (html, md) = render(&cells, &with_grid).unwrap();
+        assert!(html.contains("Samples at equal sampling cost (Fig. 10): 16 normalised"));
+        assert!(html.contains(
+            "<b>8 filters</b>, 40 steps</span><span>CFG 3.0, FID 12.50</span><small>95% CI [10.00, 15.25], 1.500 GFLOPs/img"
+        ));
+        assert!(html.contains(
+            "<b>32 filters</b>, 8 steps</span><span>CFG 2.0, FID 20.00</span><small>1.500 GFLOPs/img"
+        ));
+        assert!(html.contains("data:image/png;base64,CQkJ"));
+        assert!(html.contains("95% bootstrap intervals of each cell's FID (100 replicates"));
+        assert!(
+            md.contains("| 8 | 40 | 3.0 | 12.50 | [10.00, 15.25] | 1.500 |"),
+            "{md}"
+        );
+        assert!(md.contains("95% CI |"));
 
         let curves = ReportInputs {
             training_curves: vec![

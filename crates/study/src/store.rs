@@ -6,6 +6,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::bootstrap::{CiMethod, FidCi};
 use crate::cell::{Cell, CellKey};
 
 /// Errors of the store, naming the database file.
@@ -23,6 +24,10 @@ pub struct Store {
     conn: Connection,
     file: String,
 }
+
+/// Layout version of the store, in `meta.schema_version`. 1 (no version row): the FID interval
+/// had no recorded meaning; 2: `fid_ci_method` and `fid_ci_replicates` say how it was made.
+pub const SCHEMA_VERSION: u32 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cells (
@@ -44,24 +49,87 @@ CREATE TABLE IF NOT EXISTS cells (
     gflops_per_eval REAL NOT NULL,
     sampling_gflops REAL NOT NULL,
     wall_seconds REAL NOT NULL,
+    fid_ci_method TEXT,
+    fid_ci_replicates INTEGER,
     PRIMARY KEY (width, sampler, steps, cfg_milli, seed)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
 impl Store {
-    /// Opens (creating if needed) the store at `path`.
+    /// Opens (creating if needed) the store at `path`. A version-1 store (before FID intervals
+    /// recorded their method) is upgraded in place, its stored intervals marked "unknown"; a
+    /// store from a newer layout is an error.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let file = path.display().to_string();
-        let err = |e: rusqlite::Error| StoreError {
+        let fail = |message: String| StoreError {
             file: file.clone(),
-            message: e.to_string(),
+            message,
         };
-        let conn = Connection::open(path).map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(|e| StoreError {
-            file: file.clone(),
-            message: format!("not a results store: {e}"),
-        })?;
+        let mut conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
+        let existed: bool = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='cells'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(|e| fail(format!("not a results store: {e}")))?;
+        let version: Option<String> = if existed {
+            conn.query_row(
+                "SELECT value FROM meta WHERE key='schema_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| fail(format!("not a results store (no meta table): {e}")))?
+        } else {
+            None
+        };
+        let version: u32 = match (&version, existed) {
+            (None, false) => SCHEMA_VERSION,
+            (None, true) => 1,
+            (Some(v), _) => v.trim().parse().map_err(|_| {
+                fail(format!(
+                    "meta.schema_version = {v:?}: expected a whole number (this ldmscale writes {SCHEMA_VERSION})"
+                ))
+            })?,
+        };
+        if version > SCHEMA_VERSION {
+            return Err(fail(format!(
+                "results store schema version {version} was written by a newer ldmscale; this one reads versions 1 to {SCHEMA_VERSION}"
+            )));
+        }
+        let tx = conn.transaction().map_err(|e| fail(e.to_string()))?;
+        tx.execute_batch(SCHEMA)
+            .map_err(|e| fail(format!("not a results store: {e}")))?;
+        if version < 2 {
+            let columns: Vec<String> = {
+                let mut stmt = tx
+                    .prepare("PRAGMA table_info(cells)")
+                    .map_err(|e| fail(e.to_string()))?;
+                stmt.query_map([], |r| r.get::<_, String>(1))
+                    .and_then(|rows| rows.collect())
+                    .map_err(|e| fail(e.to_string()))?
+            };
+            for (name, kind) in [("fid_ci_method", "TEXT"), ("fid_ci_replicates", "INTEGER")] {
+                if !columns.iter().any(|c| c == name) {
+                    tx.execute_batch(&format!("ALTER TABLE cells ADD COLUMN {name} {kind}"))
+                        .map_err(|e| fail(format!("upgrading to schema 2: {e}")))?;
+                }
+            }
+            tx.execute(
+                "UPDATE cells SET fid_ci_method='unknown' WHERE fid_ci_low IS NOT NULL AND fid_ci_method IS NULL",
+                [],
+            )
+            .map_err(|e| fail(format!("upgrading to schema 2: {e}")))?;
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?1)",
+            params![SCHEMA_VERSION.to_string()],
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        tx.commit().map_err(|e| fail(e.to_string()))?;
         Ok(Self { conn, file })
     }
 
@@ -93,7 +161,10 @@ impl Store {
             message: e.to_string(),
         })?;
         tx.execute(
-            "INSERT OR REPLACE INTO cells VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18)",
+            "INSERT OR REPLACE INTO cells (width, params, sampler, steps, cfg_milli, cfg, seed, n_samples, fid,
+                fid_ci_low, fid_ci_high, clip, in_domain_clip, cmmd, evaluations, gflops_per_eval,
+                sampling_gflops, wall_seconds, fid_ci_method, fid_ci_replicates)
+             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)",
             params![
                 cell.width,
                 cell.params as i64,
@@ -104,8 +175,8 @@ impl Store {
                 cell.seed as i64,
                 cell.n_samples,
                 cell.fid,
-                cell.fid_ci.map(|c| c.0),
-                cell.fid_ci.map(|c| c.1),
+                cell.fid_ci.map(|c| c.low),
+                cell.fid_ci.map(|c| c.high),
                 cell.clip,
                 cell.in_domain_clip,
                 cell.cmmd,
@@ -113,6 +184,8 @@ impl Store {
                 cell.gflops_per_eval,
                 cell.sampling_gflops(),
                 cell.wall_seconds,
+                cell.fid_ci.map(|c| c.method.name()),
+                cell.fid_ci.map(|c| c.replicates),
             ],
         )
         .map_err(|e| StoreError {
@@ -131,7 +204,8 @@ impl Store {
             .conn
             .prepare(
                 "SELECT width, params, sampler, steps, cfg, seed, n_samples, fid, fid_ci_low, fid_ci_high,
-                        clip, in_domain_clip, cmmd, evaluations, gflops_per_eval, wall_seconds
+                        clip, in_domain_clip, cmmd, evaluations, gflops_per_eval, wall_seconds,
+                        fid_ci_method, fid_ci_replicates
                  FROM cells ORDER BY width, sampler, steps, cfg_milli, seed",
             )
             .map_err(|e| self.err(e))?;
@@ -139,6 +213,17 @@ impl Store {
             .query_map([], |r| {
                 let low: Option<f64> = r.get(8)?;
                 let high: Option<f64> = r.get(9)?;
+                let method: Option<String> = r.get(16)?;
+                let replicates: Option<u32> = r.get(17)?;
+                let fid_ci = low.zip(high).map(|(low, high)| FidCi {
+                    low,
+                    high,
+                    method: method
+                        .as_deref()
+                        .and_then(CiMethod::parse)
+                        .unwrap_or(CiMethod::Unknown),
+                    replicates: replicates.unwrap_or(0),
+                });
                 Ok(Cell {
                     width: r.get(0)?,
                     params: r.get::<_, i64>(1)? as u64,
@@ -148,7 +233,7 @@ impl Store {
                     seed: r.get::<_, i64>(5)? as u64,
                     n_samples: r.get(6)?,
                     fid: r.get(7)?,
-                    fid_ci: low.zip(high),
+                    fid_ci,
                     clip: r.get(10)?,
                     in_domain_clip: r.get(11)?,
                     cmmd: r.get(12)?,

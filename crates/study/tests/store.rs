@@ -1,6 +1,7 @@
 //! The results store: transactional cells, resume by key, sharding and merging.
 
-use ldmscale_study::store::shard_owns;
+use ldmscale_study::bootstrap::{CiMethod, FidCi};
+use ldmscale_study::store::{SCHEMA_VERSION, shard_owns};
 use ldmscale_study::{Cell, Store};
 
 fn cell(width: u32, steps: u32, cfg: f64, seed: u64) -> Cell {
@@ -13,7 +14,12 @@ fn cell(width: u32, steps: u32, cfg: f64, seed: u64) -> Cell {
         seed,
         n_samples: 16,
         fid: 100.0 / steps as f64 + cfg,
-        fid_ci: Some((1.0, 2.0)),
+        fid_ci: Some(FidCi {
+            low: 1.0,
+            high: 2.0,
+            method: CiMethod::Bootstrap,
+            replicates: 100,
+        }),
         clip: None,
         in_domain_clip: Some(0.25),
         cmmd: None,
@@ -76,4 +82,54 @@ fn a_file_that_is_not_a_store_is_named() {
         .expect("junk is rejected")
         .to_string();
     assert!(err.contains("junk.sqlite"), "{err}");
+}
+
+/// A store written by the first layout (no schema version, intervals without a method).
+const V1_SCHEMA: &str = "
+CREATE TABLE cells (
+    width INTEGER NOT NULL, params INTEGER NOT NULL, sampler TEXT NOT NULL, steps INTEGER NOT NULL,
+    cfg_milli INTEGER NOT NULL, cfg REAL NOT NULL, seed INTEGER NOT NULL, n_samples INTEGER NOT NULL,
+    fid REAL NOT NULL, fid_ci_low REAL, fid_ci_high REAL, clip REAL, in_domain_clip REAL, cmmd REAL,
+    evaluations INTEGER NOT NULL, gflops_per_eval REAL NOT NULL, sampling_gflops REAL NOT NULL,
+    wall_seconds REAL NOT NULL, PRIMARY KEY (width, sampler, steps, cfg_milli, seed));
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+INSERT INTO cells VALUES (32, 1000, 'ddim', 4, 2000, 2.0, 0, 16, 10.0, 9.0, 11.0, NULL, NULL, NULL, 8, 0.5, 4.0, 1.0);
+INSERT INTO cells VALUES (32, 1000, 'ddim', 8, 2000, 2.0, 0, 16, 8.0, NULL, NULL, NULL, NULL, NULL, 16, 0.5, 8.0, 1.0);
+";
+
+#[test]
+fn version_one_stores_are_upgraded_and_newer_ones_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sqlite");
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(V1_SCHEMA)
+        .unwrap();
+    let mut store = Store::open(&path).unwrap();
+    assert_eq!(
+        store.meta("schema_version").unwrap().as_deref(),
+        Some(SCHEMA_VERSION.to_string().as_str())
+    );
+    let cells = store.cells().unwrap();
+    assert_eq!(cells.len(), 2);
+    let ci = cells[0].fid_ci.expect("old interval kept");
+    assert_eq!((ci.low, ci.high, ci.method), (9.0, 11.0, CiMethod::Unknown));
+    assert!(cells[1].fid_ci.is_none());
+    // New cells go in with their method, and the upgrade is idempotent.
+    store.insert(&cell(64, 4, 1.0, 0)).unwrap();
+    drop(store);
+    let cells = Store::open(&path).unwrap().cells().unwrap();
+    assert_eq!(cells.len(), 3);
+    assert_eq!(cells[2].fid_ci.unwrap().method, CiMethod::Bootstrap);
+
+    let newer = dir.path().join("newer.sqlite");
+    Store::open(&newer)
+        .unwrap()
+        .set_meta("schema_version", "99")
+        .unwrap();
+    let err = Store::open(&newer).err().expect("refused").to_string();
+    assert!(
+        err.contains("newer.sqlite") && err.contains("schema version 99"),
+        "{err}"
+    );
 }

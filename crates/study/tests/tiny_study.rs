@@ -2,6 +2,7 @@
 //! two widths, a sweep, evaluation, analysis and the report; then a resume that recomputes nothing.
 
 use ldmscale_study::Store;
+use ldmscale_study::bootstrap::CiMethod;
 use ldmscale_study::config::StudyConfig;
 use ldmscale_study::pipeline;
 use ldmscale_study::plan::{Budget, recommend};
@@ -21,6 +22,27 @@ fn tiny_study_runs_end_to_end_and_resumes() {
         .cells()
         .unwrap();
     assert!(cells.iter().all(|c| c.fid.is_finite() && c.fid >= 0.0));
+    // Every cell has its bootstrap interval around its FID.
+    for c in &cells {
+        let ci = c.fid_ci.expect("bootstrap interval");
+        assert_eq!(ci.method, CiMethod::Bootstrap);
+        assert_eq!(ci.replicates, config.sweep.bootstrap);
+        assert!(
+            ci.low <= c.fid && c.fid <= ci.high && ci.low < ci.high,
+            "{c:?}"
+        );
+    }
+    // The training set went through the on-disk latent cache.
+    assert!(out.path().join("latents/train/manifest.json").is_file());
+    // The equal-cost grid: one labelled row per width, as an inline PNG.
+    assert!(html.contains("Samples at equal sampling cost (Fig. 10)"));
+    for w in &config.widths {
+        assert!(
+            html.contains(&format!("<b>{w} filters</b>")),
+            "grid row of width {w}"
+        );
+    }
+    assert!(html.contains("learning check"));
     // Guided cells cost twice the evaluations of unguided ones at the same steps.
     for c in &cells {
         let per_step = if c.cfg > 1.0 { 2 } else { 1 };
@@ -36,7 +58,14 @@ fn tiny_study_runs_end_to_end_and_resumes() {
     let rec = recommend(&cells, Budget::Gflops(1e9)).unwrap();
     assert!(config.widths.contains(&(rec.best.width as usize)));
 
+    let manifest = out.path().join("latents/train/manifest.json");
+    let written = std::fs::metadata(&manifest).unwrap().modified().unwrap();
     let again = pipeline::run(&config, out.path(), None).unwrap();
+    assert_eq!(
+        std::fs::metadata(&manifest).unwrap().modified().unwrap(),
+        written,
+        "the resumed study re-encoded its training set"
+    );
     assert_eq!(again.cells, expected);
     assert!(
         again.seconds < summary.seconds,

@@ -150,6 +150,11 @@ pub struct TrainConfig {
     /// for the quality-against-training-compute curves (Fig. 3).
     #[serde(default)]
     pub eval_every: u64,
+    /// Where the steps run: `["cpu"]`, `["cuda:0"]`, or several for data parallelism (each
+    /// micro-batch is split across them; the first holds the weights and optimizer state).
+    /// Empty: the device the caller passes (`--device`, default `cpu`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
 }
 
 fn one() -> usize {
@@ -219,6 +224,7 @@ impl TrainConfig {
         {
             return Err(format!("grad_clip = {c}: must be positive"));
         }
+        crate::parallel::parse_devices(&self.devices, "devices")?;
         Ok(())
     }
 }
@@ -245,6 +251,22 @@ mod tests {
             .unwrap_err();
         assert!(
             err.contains("model.width = 36") && err.contains("norm_groups"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn devices_are_optional_and_checked() {
+        let c = TrainConfig::from_toml(MINIMAL, "run.toml").unwrap();
+        assert!(c.devices.is_empty() && !c.to_toml().contains("devices"));
+        let text = MINIMAL.replace("steps = 10", "steps = 10\ndevices = [\"cpu\", \"cpu\"]");
+        let c = TrainConfig::from_toml(&text, "run.toml").unwrap();
+        assert_eq!(c.devices, ["cpu", "cpu"]);
+        assert_eq!(TrainConfig::from_toml(&c.to_toml(), "again").unwrap(), c);
+        let err = TrainConfig::from_toml(&text.replace("\"cpu\", \"cpu\"", "\"tpu\""), "run.toml")
+            .unwrap_err();
+        assert!(
+            err.contains("run.toml") && err.contains("devices[0]"),
             "{err}"
         );
     }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod ema;
 pub mod optimizer;
+pub mod parallel;
 pub mod params;
 pub mod trainer;
 

@@ -6,7 +6,6 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use ldmscale_diffusion::objective::{DiffusionObjective, drop_text, sample_timesteps};
@@ -20,6 +19,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::config::{Objective, TrainConfig};
 use crate::data::{TrainingData, order, rng_for};
 use crate::optimizer::{AdamW, clip_global_norm, learning_rate};
+use crate::parallel::{self, MicroBatch};
 use crate::params::{self, Named};
 
 /// Width the paper normalises costs against.
@@ -68,7 +68,7 @@ fn err(context: &str, e: impl std::fmt::Display) -> String {
     format!("{context}: {e}")
 }
 
-/// Checks that `run` was started with the same config (only `steps` may grow) and data.
+/// Checks that `run` was started with the same config (only `steps` and `devices` may change).
 fn check_resume(run: &Path, config: &TrainConfig) -> Result<(), String> {
     let path = run.join("config.toml");
     let Ok(text) = std::fs::read_to_string(&path) else {
@@ -76,9 +76,11 @@ fn check_resume(run: &Path, config: &TrainConfig) -> Result<(), String> {
     };
     let mut saved = TrainConfig::from_toml(&text, &path.display().to_string())?;
     saved.steps = config.steps;
+    // Where the steps run may change between sessions (it changes rounding, not the recipe).
+    saved.devices = config.devices.clone();
     if &saved != config {
         return Err(format!(
-            "{}: the run directory was started with a different config (only `steps` may change on resume); use a new --out directory",
+            "{}: the run directory was started with a different config (only `steps` and `devices` may change on resume); use a new --out directory",
             path.display()
         ));
     }
@@ -120,7 +122,17 @@ pub fn train_with_hook(
 
     let unet_config = unet_config(config, data);
     unet_config.validate()?;
+    // `train.devices` (when given) is where the step runs, split across them; the first holds
+    // the weights, the optimizer state and the EMA.
+    let devices = if config.devices.is_empty() {
+        vec![device.clone()]
+    } else {
+        parallel::parse_devices(&config.devices, "train.devices")?
+    };
+    let device = &devices[0];
+    let inner = device.clone().inner();
     let ad = device.clone().autodiff();
+    let replicas: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
     let mut model = params::seeded_init(&ad, config.seed, || UNet::new(&unet_config, &ad));
     let (fwd_gflops, ref_gflops) = forward_gflops(config, data);
     let normalized_cost = fwd_gflops / ref_gflops;
@@ -156,7 +168,6 @@ pub fn train_with_hook(
         let opt_path = dir.join("optimizer.safetensors");
         let bytes =
             std::fs::read(&opt_path).map_err(|e| err(&opt_path.display().to_string(), e))?;
-        let inner = device.clone();
         let named = |p| {
             params::read_named(&bytes, p, &inner)
                 .map_err(|e| err(&opt_path.display().to_string(), e))
@@ -204,7 +215,7 @@ pub fn train_with_hook(
     let timesteps = schedule.len();
     let objective = DiffusionObjective::new(schedule, prediction, config.snr_gamma)
         .map_err(|e| e.to_string())?;
-    let null = data.null_context(&ad);
+    let null = data.null_context(&inner);
     let [c, h, w] = data.latent_shape();
 
     let bar = if show_progress {
@@ -232,31 +243,31 @@ pub fn train_with_hook(
         for micro in 0..config.grad_accum {
             let idx = order(config.seed, data.len(), state.samples, config.batch_size);
             state.samples += config.batch_size as u64;
-            let (x0, context) = data.batch(&idx, &ad)?;
+            let (x0, context) = data.batch(&idx, &inner)?;
             let mut rng = rng_for(config.seed, step, micro as u64 + 1);
             let t = sample_timesteps(&mut rng, config.batch_size, timesteps);
             let noise: Vec<f32> = (0..config.batch_size * c * h * w)
                 .map(|_| StandardNormal.sample(&mut rng))
                 .collect();
-            let noise =
-                Tensor::<4>::from_data(TensorData::new(noise, [config.batch_size, c, h, w]), &ad);
+            let noise = Tensor::<4>::from_data(
+                TensorData::new(noise, [config.batch_size, c, h, w]),
+                &inner,
+            );
             let (context, _) = drop_text(context, &null, config.text_dropout as f32, &mut rng)
                 .map_err(|e| e.to_string())?;
-            let pair = objective.pair(x0, noise, &t).map_err(|e| e.to_string())?;
-            let t_f32: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-            let out = model.forward(pair.noisy.clone(), &t_f32, context);
-            let loss = objective.loss(out, &pair).map_err(|e| e.to_string())?;
-            let value: f64 = loss.clone().into_scalar::<f32>() as f64;
+            let batch = MicroBatch {
+                x0,
+                noise,
+                context,
+                timesteps: t,
+            };
+            let (value, g) = parallel::gradients(&model, &replicas, &objective, batch)?;
             if !value.is_finite() {
                 return Err(format!(
                     "loss is {value} at step {step}: training diverged; the last good checkpoint is kept unchanged (try a lower learning_rate or grad_clip)"
                 ));
             }
             loss_sum += value;
-            let g = params::named_gradients(
-                &model,
-                GradientsParams::from_grads(loss.backward(), &model),
-            );
             let scale = 1.0 / config.grad_accum as f64;
             for (k, v) in g {
                 let v = if config.grad_accum > 1 {
@@ -341,10 +352,13 @@ fn final_dirs(run: &Path, config: &TrainConfig) -> Vec<PathBuf> {
     dirs
 }
 
-/// A UNet on the plain device holding `weights` (by parameter name).
+/// A UNet on the plain CPU device holding `weights` (by parameter name, on any device).
 fn model_from(config: &UNetConfig, weights: &Named) -> UNet {
-    let model = UNet::new(config, &Device::flex());
-    params::update(model, &mut |name, _| weights.get(name).cloned())
+    let cpu = Device::flex();
+    let model = UNet::new(config, &cpu);
+    params::update(model, &mut |name, _| {
+        weights.get(name).map(|w| w.clone().to_device(&cpu))
+    })
 }
 
 fn write_model_dirs(

@@ -5,8 +5,6 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use super::layers::{conv, conv_cost, group_norm, norm_cost};
@@ -37,21 +35,11 @@ impl Attention {
 
     /// `x`: `[batch, tokens, dim]`; `context`: `[batch, keys, context_dim]`.
     pub fn forward(&self, x: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
-        let q = self.split_heads(self.to_q.forward(x));
-        let k = self.split_heads(self.to_k.forward(context.clone()));
-        let v = self.split_heads(self.to_v.forward(context));
-        let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        let [batch, heads, tokens, head_dim] = out.dims();
-        let merged = out
-            .swap_dims(1, 2)
-            .reshape([batch, tokens, heads * head_dim]);
-        self.to_out.forward(merged)
-    }
-
-    fn split_heads(&self, x: Tensor<3>) -> Tensor<4> {
-        let [batch, tokens, dim] = x.dims();
-        x.reshape([batch, tokens, self.num_heads, dim / self.num_heads])
-            .swap_dims(1, 2)
+        let q = self.to_q.forward(x);
+        let k = self.to_k.forward(context.clone());
+        let v = self.to_v.forward(context);
+        self.to_out
+            .forward(super::fused::attention(q, k, v, self.num_heads))
     }
 
     /// Cost for `queries` tokens attending to `keys` tokens of one sample.

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod blocks;
 pub mod config;
 pub mod embeddings;
+pub mod fused;
 mod layers;
 pub mod resnet;
 

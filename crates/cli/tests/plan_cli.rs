@@ -1,0 +1,75 @@
+//! `ldmscale plan` on a results store: the recommendation with its expected FID and 95%
+//! interval, and whether the runner-up's interval overlaps it.
+
+use std::process::Command;
+
+use ldmscale_study::bootstrap::{CiMethod, FidCi};
+use ldmscale_study::{Cell, Store};
+
+fn cell(width: u32, steps: u32, fid: f64, half: f64) -> Cell {
+    Cell {
+        width,
+        params: 1000 * width as u64,
+        sampler: "ddim".into(),
+        steps,
+        cfg: 2.0,
+        seed: 0,
+        n_samples: 32,
+        fid,
+        fid_ci: Some(FidCi {
+            low: fid - half,
+            high: fid + half,
+            method: CiMethod::Bootstrap,
+            replicates: 100,
+        }),
+        clip: None,
+        in_domain_clip: None,
+        cmmd: None,
+        evaluations: 2 * steps as u64,
+        gflops_per_eval: width as f64 / 8.0,
+        wall_seconds: 1.0,
+    }
+}
+
+fn plan(store: &std::path::Path, budget: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ldmscale"))
+        .args(["plan", "--store"])
+        .arg(store)
+        .args(["--budget-gflops", budget])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn plan_prints_the_expected_fid_with_its_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("results.sqlite");
+    let mut store = Store::open(&path).unwrap();
+    // Width 8 at 4 steps: 8 GFLOPs, FID 30 +- 2; width 16 at 2 steps: 8 GFLOPs, FID 31 +- 2.
+    store.insert(&cell(8, 4, 30.0, 2.0)).unwrap();
+    store.insert(&cell(16, 2, 31.0, 2.0)).unwrap();
+    store.insert(&cell(16, 8, 10.0, 0.5)).unwrap();
+    drop(store);
+
+    let text = plan(&path, "8");
+    assert!(text.contains("Run the 8-filter model"), "{text}");
+    assert!(
+        text.contains("Expected FID 30.00 (95% CI 28.00..32.00, bootstrap of 100 replicates)"),
+        "{text}"
+    );
+    assert!(text.contains("Their 95% intervals overlap"), "{text}");
+
+    let text = plan(&path, "100");
+    assert!(text.contains("Run the 16-filter model"), "{text}");
+    assert!(
+        text.contains("(95% CI 9.50..10.50, bootstrap of 100 replicates)"),
+        "{text}"
+    );
+    assert!(text.contains("do not overlap"), "{text}");
+}
