@@ -360,7 +360,13 @@ mod tests {
         // The first two palette colours are drawn, and text (dark pixels) is set.
         let has = |c: RGBColor| image.pixels().any(|p| p.0 == [c.0, c.1, c.2]);
         assert!(has(PALETTE[0]) && has(PALETTE[1]));
-        assert!(image.pixels().filter(|p| p.0.iter().all(|&v| v < 60)).count() > 200);
+        assert!(
+            image
+                .pixels()
+                .filter(|p| p.0.iter().all(|&v| v < 60))
+                .count()
+                > 200
+        );
         let empty = LineChart {
             series: &[],
             ..chart
