@@ -390,7 +390,13 @@ pub fn findings(cells: &[Cell]) -> Vec<Finding> {
             "no step count <= 20 measured with ddim, ddpm and dpmpp-2m",
         ));
     } else {
-        let n = common[0];
+        // At one step DDIM (eta 0) and DDPM are the same update (the last step adds no noise),
+        // so the fewest steps at which they can differ is the one that tests the claim.
+        let n = common
+            .iter()
+            .copied()
+            .find(|&n| n >= 2)
+            .unwrap_or(common[0]);
         let (d, p, m) = (
             at("ddim", n).unwrap(),
             at("ddpm", n).unwrap(),
@@ -522,6 +528,25 @@ pub(crate) mod tests {
             })
             .collect();
         assert_eq!(findings(&flipped)[0].verdict, "does not hold");
+    }
+
+    #[test]
+    fn sampler_ordering_is_judged_where_ddim_and_ddpm_can_differ() {
+        // At one step DDIM and DDPM give the same samples; the claim is judged at 2 steps.
+        let mut cells = paper_like();
+        for w in [32, 64] {
+            for (s, fid) in [("ddim", 300.0), ("ddpm", 300.0), ("dpmpp-2m", 200.0)] {
+                cells.push(cell(w, s, 1, 2.0, fid));
+            }
+        }
+        let f = &findings(&cells)[3];
+        assert_eq!(f.verdict, "holds", "{f:?}");
+        assert!(f.evidence.contains("at 2 steps"), "{f:?}");
+        // With only one step measured, one step it is (and equal FIDs do not hold).
+        let one: Vec<Cell> = cells.into_iter().filter(|c| c.steps == 1).collect();
+        let f = &findings(&one)[3];
+        assert!(f.evidence.contains("at 1 steps"), "{f:?}");
+        assert_eq!(f.verdict, "does not hold", "{f:?}");
     }
 
     #[test]
