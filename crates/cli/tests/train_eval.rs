@@ -4,28 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use burn::tensor::Device;
-use ldmscale_model::vae::save_vae;
-use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig};
+mod common;
 
 fn run_file(dir: &Path, eval: &str) -> PathBuf {
-    let vae_dir = dir.join("vae");
-    let config = AutoencoderKLConfig::small(2, 8);
-    let device = Device::flex();
-    device.seed(3);
-    save_vae(&vae_dir, &config, &AutoencoderKL::new(&config, &device)).unwrap();
-    let file = dir.join("run.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[data]\ndataset = \"shapes\"\nresolution = 16\nexamples = 24\nfirst_stage = \"{}\"\ntext_encoder = \"tiny-random\"\n\n\
-             [train]\nsteps = 4\nbatch_size = 2\nlearning_rate = 1e-3\ncheckpoint_every = 2\neval_every = 2\n\n\
-             [train.model]\nfamily = \"small\"\nwidth = 8\nheads = 2\nnorm_groups = 4\n\n{eval}",
-            vae_dir.display()
-        ),
+    common::tiny_run_file(
+        dir,
+        "steps = 4\nbatch_size = 2\nlearning_rate = 1e-3\ncheckpoint_every = 2\neval_every = 2\n",
+        eval,
     )
-    .unwrap();
-    file
 }
 
 fn train(config: &Path, out: &Path, steps: Option<u64>) -> std::process::Output {

@@ -5,28 +5,16 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use burn::tensor::Device;
-use ldmscale_model::vae::save_vae;
-use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig};
+mod common;
 
 fn run_file(dir: &Path, steps: u64) -> std::path::PathBuf {
-    let vae_dir = dir.join("vae");
-    let config = AutoencoderKLConfig::small(2, 8);
-    let device = Device::flex();
-    device.seed(3);
-    save_vae(&vae_dir, &config, &AutoencoderKL::new(&config, &device)).unwrap();
-    let file = dir.join("run.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[data]\ndataset = \"shapes\"\nresolution = 16\nexamples = 24\nfirst_stage = \"{}\"\ntext_encoder = \"tiny-random\"\n\n\
-             [train]\nsteps = {steps}\nbatch_size = 2\nlearning_rate = 1e-3\ncheckpoint_every = 2\nkeep_last = 2\n\n\
-             [train.model]\nfamily = \"small\"\nwidth = 8\nheads = 2\nnorm_groups = 4\n\n[train.ema]\nmax_decay = 0.99\n",
-            vae_dir.display()
+    common::tiny_run_file(
+        dir,
+        &format!(
+            "steps = {steps}\nbatch_size = 2\nlearning_rate = 1e-3\ncheckpoint_every = 2\nkeep_last = 2\n"
         ),
+        "[train.ema]\nmax_decay = 0.99\n",
     )
-    .unwrap();
-    file
 }
 
 fn train(config: &Path, out: &Path) -> Command {

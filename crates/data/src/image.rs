@@ -234,27 +234,36 @@ impl Image {
     }
 
     /// Tiles `count` images given as `count x 3 x size x size` floats in [-1, 1] into a grid
-    /// of `columns` columns, row by row.
+    /// of `columns` columns, row by row, each scaled up `scale` times (nearest neighbour), with
+    /// `gap` white pixels between tiles; a short last row is padded white.
     pub fn grid_from_nchw(
         values: &[f32],
         count: usize,
         size: usize,
         columns: usize,
+        scale: usize,
+        gap: usize,
     ) -> Option<Image> {
-        if count == 0 || columns == 0 || values.len() != count * 3 * size * size {
+        if count == 0 || columns == 0 || scale == 0 || values.len() != count * 3 * size * size {
             return None;
         }
         let columns = columns.min(count);
         let rows = count.div_ceil(columns);
-        let (gw, gh) = (columns * size, rows * size);
+        let tile = size * scale;
+        let (gw, gh) = (
+            columns * tile + (columns - 1) * gap,
+            rows * tile + (rows - 1) * gap,
+        );
         let mut chw = vec![1f32; 3 * gw * gh];
         for i in 0..count {
-            let (r, c) = (i / columns, i % columns);
+            let (x0, y0) = ((i % columns) * (tile + gap), (i / columns) * (tile + gap));
             for ch in 0..3 {
-                for y in 0..size {
-                    let src = ((i * 3 + ch) * size + y) * size;
-                    let dst = ch * gw * gh + (r * size + y) * gw + c * size;
-                    chw[dst..dst + size].copy_from_slice(&values[src..src + size]);
+                for y in 0..tile {
+                    let src = ((i * 3 + ch) * size + y / scale) * size;
+                    let dst = ch * gw * gh + (y0 + y) * gw + x0;
+                    for x in 0..tile {
+                        chw[dst + x] = values[src + x / scale];
+                    }
                 }
             }
         }
@@ -285,12 +294,12 @@ mod tests {
     fn grid_places_images_row_by_row_and_pads_white() {
         // Three 1x1 images (red, green, blue) in two columns: [red green; blue white].
         let values = [1.0, -1.0, -1.0, -1.0, 1.0, -1.0, -1.0, -1.0, 1.0];
-        let grid = Image::grid_from_nchw(&values, 3, 1, 2).unwrap();
+        let grid = Image::grid_from_nchw(&values, 3, 1, 2, 1, 0).unwrap();
         assert_eq!((grid.width, grid.height), (2, 2));
         assert_eq!(
             grid.pixels,
             vec![255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255]
         );
-        assert!(Image::grid_from_nchw(&values, 2, 1, 2).is_none());
+        assert!(Image::grid_from_nchw(&values, 2, 1, 2, 1, 0).is_none());
     }
 }

@@ -78,41 +78,15 @@ pub fn tiles_png(
     scale: usize,
     gap: usize,
 ) -> Result<Vec<u8>, String> {
-    let tile = res * scale;
     if tiles.len() != rows * cols * 3 * res * res || rows == 0 || cols == 0 {
         return Err(format!(
             "grid: {} values are not {rows} x {cols} images of 3 x {res} x {res}",
             tiles.len()
         ));
     }
-    let (w, h) = (
-        cols * tile + (cols - 1) * gap,
-        rows * tile + (rows - 1) * gap,
-    );
-    let mut img = image::RgbImage::from_pixel(w as u32, h as u32, image::Rgb([255, 255, 255]));
-    for r in 0..rows {
-        for c in 0..cols {
-            let base = (r * cols + c) * 3 * res * res;
-            for y in 0..tile {
-                for x in 0..tile {
-                    let (sy, sx) = (y / scale, x / scale);
-                    let px = |ch: usize| {
-                        let v = tiles[base + ch * res * res + sy * res + sx];
-                        ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8
-                    };
-                    img.put_pixel(
-                        (c * (tile + gap) + x) as u32,
-                        (r * (tile + gap) + y) as u32,
-                        image::Rgb([px(0), px(1), px(2)]),
-                    );
-                }
-            }
-        }
-    }
-    let mut out = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
-        .map_err(|e| format!("grid: encoding the PNG: {e}"))?;
-    Ok(out)
+    let grid = ldmscale_data::Image::grid_from_nchw(tiles, rows * cols, res, cols, scale, gap)
+        .ok_or_else(|| format!("grid: scale {scale} must be at least 1"))?;
+    Ok(grid.to_png())
 }
 
 #[cfg(test)]

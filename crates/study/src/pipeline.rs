@@ -415,19 +415,13 @@ impl FidFeatures<'_> {
                 Ok((vec_of(f), d))
             }
             FidFeatures::Inception(extractor) => {
-                let [n, _, h, w] = images.dims();
-                // To uint8 HWC, as images are saved before pytorch-fid reads them.
-                let v = vec_of(((images + 1.0) * 127.5).round().clamp(0.0, 255.0));
-                let mut rgb = Vec::with_capacity(n);
-                for i in 0..n {
-                    let mut data = vec![0u8; h * w * 3];
-                    for c in 0..3 {
-                        for p in 0..h * w {
-                            data[p * 3 + c] = v[(i * 3 + c) * h * w + p] as u8;
-                        }
-                    }
-                    rgb.push(ldmscale_eval::RgbImage::new(w, h, data).map_err(s)?);
-                }
+                let [_, _, h, w] = images.dims();
+                // Quantised to 8 bits, as images are saved before pytorch-fid reads them.
+                let rgb = vec_of(images)
+                    .chunks(3 * h * w)
+                    .map(|chw| ldmscale_eval::RgbImage::from_signed_chw(w, h, chw))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(s)?;
                 Ok((extractor.features(&rgb), ldmscale_eval::FEATURE_DIM))
             }
         }

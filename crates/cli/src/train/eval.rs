@@ -224,7 +224,7 @@ impl<'a> Evaluator<'a> {
         let images = sample(&self.prompts)?;
         let [count, ..] = images.dims();
         let values = to_vec(images);
-        let grid = Image::grid_from_nchw(&values, count, self.resolution, 8)
+        let grid = Image::grid_from_nchw(&values, count, self.resolution, 8, 1, 0)
             .context("sample grid of the evaluation prompts")?;
         let name = format!("step-{:08}.png", state.step);
         ldmscale_model::weights::write_atomic(&self.dir.join(&name), &grid.to_png())?;
