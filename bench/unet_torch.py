@@ -17,6 +17,7 @@ def main():
     p.add_argument("--tokens", type=int, default=16)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (f32 weights), as ldmscale --precision bf16")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -28,8 +29,9 @@ def main():
     x = torch.randn(2 * b, 4, l, l)
     ctx = torch.randn(2 * b, a.tokens, dim)
     t = torch.tensor([float(37 * i % 1000) for i in range(2 * b)])
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16)
     fwd = []
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         for rep in range(a.reps + 1):
             s = time.perf_counter()
             model(x, t, ctx)
@@ -46,7 +48,9 @@ def main():
     for rep in range(a.reps + 1):
         s = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = ((model(x, t, ctx).sample - noise) ** 2).mean()
+        with autocast():
+            pred = model(x, t, ctx).sample
+        loss = ((pred.float() - noise) ** 2).mean()
         loss.backward()
         opt.step()
         if rep:
@@ -54,6 +58,7 @@ def main():
     print(json.dumps({
         "backend": f"torch-{torch.__version__}",
         "threads": a.threads,
+        "precision": "bf16" if a.bf16 else "f32",
         "cfg_step_ms": statistics.median(fwd),
         "train_step_ms": statistics.median(train),
     }))

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Parser;
 use ldmscale_diffusion::{
@@ -20,6 +20,8 @@ use ldmscale_diffusion::{
 };
 use ldmscale_model::weights::save_unet;
 use ldmscale_model::{UNet, UNetConfig};
+use ldmscale_train::optimizer::{AdamW, AdamWConfig};
+use ldmscale_train::params;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -49,6 +51,9 @@ struct Args {
     /// Skip the sampling step (to profile training alone).
     #[arg(long)]
     skip_cfg: bool,
+    /// Convolution products in bf16 with f32 sums (`ldmscale --precision bf16`).
+    #[arg(long)]
+    bf16: bool,
 }
 
 /// A "network" that returns its input: sampling through it times everything but the UNet
@@ -84,6 +89,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    ldmscale_kernels::bf16::set_products_in_bf16(args.bf16);
     let config = UNetConfig::small(args.width, args.context_dim, 8.min(args.width / 8).max(1));
     let device = Device::flex();
     let model = UNet::new(&config, &device);
@@ -136,7 +142,11 @@ fn main() -> Result<()> {
     // Training step on the autodiff device.
     let ad = device.autodiff();
     let mut train_model = UNet::new(&config, &ad);
-    let mut optim = AdamWConfig::new().with_weight_decay(0.01).init();
+    // The trainer's own optimizer (ldmscale-train), as `ldmscale train` runs it.
+    let mut adam = AdamW::new(AdamWConfig {
+        weight_decay: 0.01,
+        ..AdamWConfig::default()
+    });
     let x = Tensor::<4>::random([b, 4, l, l], Distribution::Normal(0.0, 1.0), &ad);
     let noise = Tensor::<4>::random([b, 4, l, l], Distribution::Normal(0.0, 1.0), &ad);
     let ctx = Tensor::<3>::random(
@@ -154,8 +164,14 @@ fn main() -> Result<()> {
         let start = Instant::now();
         let pred = train_model.forward(x.clone(), &t, ctx.clone());
         let loss = (pred - noise.clone()).powi_scalar(2).mean();
-        let grads = GradientsParams::from_grads(loss.backward(), &train_model);
-        train_model = optim.step(1e-4, train_model, grads);
+        let mut grads = params::named_gradients(
+            &train_model,
+            GradientsParams::from_grads(loss.backward(), &train_model),
+        );
+        adam.begin_step();
+        train_model = params::update(train_model, &mut |name, p| {
+            grads.remove(name).map(|g| adam.update(name, p, g, 1e-4))
+        });
         if rep > 0 {
             train.push(start.elapsed().as_secs_f64() * 1e3);
         }
@@ -170,6 +186,7 @@ fn main() -> Result<()> {
         "{}",
         serde_json::json!({
             "backend": "burn-flex",
+            "precision": if args.bf16 { "bf16" } else { "f32" },
             "width": args.width,
             "params": model.num_params(),
             "batch": b,

@@ -11,7 +11,7 @@ mod train;
 mod train_vae;
 mod zoo;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 // Tensor buffers are large and short-lived: keep them in the process (see ldmscale-alloc).
 #[global_allocator]
@@ -26,6 +26,12 @@ static GLOBAL: ldmscale_alloc::TensorAllocator = ldmscale_alloc::TensorAllocator
 #[derive(Parser, Debug)]
 #[command(name = "ldmscale", version, about, long_about)]
 struct Cli {
+    /// Arithmetic of the CPU convolutions: `f32`, or `bf16` products with f32 sums (as
+    /// PyTorch's bf16 autocast), about 1.7x faster matrix products on CPUs with AVX512-BF16.
+    /// Weights, optimizer state and every other operation stay f32; bf16 results differ from
+    /// f32 from about the third significant digit.
+    #[arg(long, global = true, value_enum, default_value = "f32")]
+    precision: Precision,
     #[command(subcommand)]
     command: Command,
 }
@@ -88,8 +94,24 @@ enum Command {
     TrainFamily(Box<train::TrainArgs>),
 }
 
+/// See `Cli::precision`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Precision {
+    F32,
+    Bf16,
+}
+
 fn main() {
     let cli = Cli::parse();
+    if cli.precision == Precision::Bf16 {
+        if !ldmscale_kernels::bf16::available() {
+            eprintln!(
+                "warning: --precision bf16 on a CPU without AVX512-BF16: products are rounded to \
+                 bf16 but run at f32 speed"
+            );
+        }
+        ldmscale_kernels::bf16::set_products_in_bf16(true);
+    }
     let result = match &cli.command {
         Command::Zoo(args) => zoo::run(args),
         Command::Sample(args) => sample::run(args),

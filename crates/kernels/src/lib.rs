@@ -1,13 +1,28 @@
-//! CPU kernels for the operations where burn's flex backend spends most of a UNet step:
-//! attention with narrow heads (scores, softmax and weighted sum fused, vectorised `exp`).
-//! Plain slices in, plain slices out; `ldmscale-model` decides when to call them.
+//! CPU kernels for the operations where burn's flex backend spends most of a UNet step, each
+//! parallel over fixed chunks (results do not depend on the thread count):
+//! - [`attention`]: attention with narrow heads, scores, softmax and weighted sum fused;
+//! - [`conv`]: convolution as one matrix product per image, forward and backward;
+//! - [`norm`] and [`activation`]: GroupNorm(+SiLU) and GEGLU in one pass each;
+//! - [`optim`]: AdamW, EMA and gradient norms in place;
+//! - [`bf16`]: a bf16 matrix product (AVX512-BF16) for compute where bf16 is allowed.
+//!
+//! Plain slices in, plain slices out; `ldmscale-model` and `ldmscale-train` decide when to call
+//! them.
 
 // The kernels index fixed-size lane arrays in counted loops on purpose: that is the shape the
 // compiler turns into vector instructions.
 #![allow(clippy::needless_range_loop)]
 
+pub mod activation;
 pub mod attention;
+pub mod bf16;
+pub mod conv;
 mod exp;
+pub mod norm;
+pub mod optim;
 mod simd;
 
+pub use activation::{geglu_backward, geglu_forward};
 pub use attention::{AttentionShape, attention_backward, attention_forward};
+pub use conv::{ConvShape, conv2d_backward, conv2d_forward};
+pub use norm::{GroupNormShape, group_norm_backward, group_norm_forward};

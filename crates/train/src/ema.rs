@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::params::Named;
+use ldmscale_kernels::optim::ema_update;
+
+use crate::params::{Named, from_values, into_values, on_flex, read_values};
 
 /// EMA settings (diffusers `EMAModel` arguments).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -57,6 +59,11 @@ impl EmaConfig {
         let one_minus = 1.0 - self.decay(optimization_step);
         for (name, value) in current {
             let next = match shadow.remove(name) {
+                Some(s) if on_flex(&s) && on_flex(value) => {
+                    let mut values = into_values(s);
+                    read_values(value, |current| ema_update(&mut values, current, one_minus));
+                    from_values(values)
+                }
                 Some(s) => s.clone().sub(s.sub(value.clone()).mul_scalar(one_minus)),
                 None => value.clone(),
             };

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
-use crate::params::Named;
+use ldmscale_kernels::optim::{AdamWStep, adamw_update, scale, sum_squares};
+
+use crate::params::{Named, from_values, into_values, on_flex, read_values};
 
 /// AdamW hyper-parameters (PyTorch defaults except weight decay, which diffusers' scripts set).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -66,6 +68,29 @@ impl AdamW {
     pub fn update(&mut self, name: &str, param: Tensor<1>, grad: Tensor<1>, lr: f64) -> Tensor<1> {
         let c = &self.config;
         let t = self.step as i32;
+        if on_flex(&param) && on_flex(&grad) {
+            let step = AdamWStep {
+                lr,
+                beta1: c.beta1,
+                beta2: c.beta2,
+                eps: c.eps,
+                weight_decay: c.weight_decay,
+                bias1: 1.0 - c.beta1.powi(t),
+                bias2: 1.0 - c.beta2.powi(t),
+            };
+            let mut p = into_values(param);
+            let grad = into_values(grad);
+            let (m, v) = (self.m.remove(name), self.v.remove(name));
+            let fresh = m.is_none() || v.is_none();
+            let (mut m, mut v) = match (m, v) {
+                (Some(m), Some(v)) => (into_values(m), into_values(v)),
+                _ => (vec![0.0; p.len()], vec![0.0; p.len()]),
+            };
+            adamw_update(&mut p, &grad, &mut m, &mut v, fresh, step);
+            self.m.insert(name.to_string(), from_values(m));
+            self.v.insert(name.to_string(), from_values(v));
+            return from_values(p);
+        }
         let param = param.mul_scalar(1.0 - lr * c.weight_decay);
         let m = match self.m.remove(name) {
             Some(m) => m
@@ -91,16 +116,37 @@ impl AdamW {
 /// Scales all gradients so their global L2 norm is at most `max_norm` (PyTorch's
 /// clip_grad_norm_); returns the norm before clipping.
 pub fn clip_global_norm(grads: &mut Named, max_norm: Option<f64>) -> f64 {
-    let total: f64 = grads
-        .values()
-        .map(|g| g.clone().powi_scalar(2).sum().into_scalar::<f32>() as f64)
-        .sum::<f64>()
-        .sqrt();
+    let mut total = 0.0;
+    // Elsewhere (a GPU) one read for all parameters, not a synchronisation per parameter.
+    let mut on_device = Vec::new();
+    for g in grads.values() {
+        if on_flex(g) {
+            total += read_values(g, sum_squares);
+        } else {
+            on_device.push(g.clone().powi_scalar(2).sum());
+        }
+    }
+    if !on_device.is_empty() {
+        let sums = Tensor::cat(on_device, 0).into_data().convert::<f32>();
+        total += sums
+            .as_slice::<f32>()
+            .expect("f32 sums")
+            .iter()
+            .map(|&s| s as f64)
+            .sum::<f64>();
+    }
+    let total = total.sqrt();
     if let Some(max) = max_norm {
-        let scale = max / (total + 1e-6);
-        if scale < 1.0 {
+        let factor = max / (total + 1e-6);
+        if factor < 1.0 {
             for g in grads.values_mut() {
-                *g = g.clone().mul_scalar(scale);
+                *g = if on_flex(g) {
+                    let mut values = into_values(g.clone());
+                    scale(&mut values, factor);
+                    from_values(values)
+                } else {
+                    g.clone().mul_scalar(factor)
+                };
             }
         }
     }

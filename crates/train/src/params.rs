@@ -4,9 +4,10 @@
 
 use std::collections::BTreeMap;
 
+use burn::backend::Flex;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Device, Tensor, TensorData};
 
 /// Flat f32 tensors by parameter path (shapes are the model's business).
 pub type Named = BTreeMap<String, Tensor<1>>;
@@ -25,6 +26,35 @@ impl PathTracker {
     fn key(&self) -> String {
         self.0.join(".")
     }
+}
+
+/// Whether `t` is f32 on the flex (CPU) device, where the optimizer runs the in-place kernels
+/// of `ldmscale-kernels` instead of tensor ops.
+pub(crate) fn on_flex(t: &Tensor<1>) -> bool {
+    t.device() == Device::flex() && t.dtype() == DType::F32
+}
+
+/// A flex tensor's values, moved out without a copy when this is the tensor's only handle.
+pub(crate) fn into_values(t: Tensor<1>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().expect("an f32 tensor")
+}
+
+/// `f` of a flex tensor's values, read in place (copied only from a strided view).
+pub(crate) fn read_values<R>(t: &Tensor<1>, f: impl FnOnce(&[f32]) -> R) -> R {
+    let flex = t
+        .clone()
+        .try_into_primitive::<Flex>()
+        .expect("a flex tensor");
+    match flex.as_slice::<f32>() {
+        Some(values) => f(values),
+        None => f(flex.to_contiguous().as_slice::<f32>().expect("f32 values")),
+    }
+}
+
+/// A flat flex tensor owning `values`.
+pub(crate) fn from_values(values: Vec<f32>) -> Tensor<1> {
+    let n = values.len();
+    Tensor::from_data(TensorData::new(values, [n]), &Device::flex())
 }
 
 fn flat<const D: usize>(t: Tensor<D>) -> Tensor<1> {
@@ -195,11 +225,23 @@ pub fn seeded_init<M: Module>(
     seed: u64,
     build: impl FnOnce() -> M,
 ) -> M {
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    device.seed(seed);
-    let module = build();
-    // Reading every parameter forces its lazy initialisation while the lock is held.
-    let _ = snapshot(&module);
-    module
+    with_device_rng(|| {
+        device.seed(seed);
+        let module = build();
+        // Reading every parameter forces its lazy initialisation while the lock is held.
+        let _ = snapshot(&module);
+        module
+    })
+}
+
+/// Runs `f` while no other thread of this process draws from burn's device generator. Any
+/// code that initialises parameters (even ones overwritten right after) must run inside: a
+/// draw from another training between [`seeded_init`]'s seeding and its last draw changes that
+/// training's initial weights.
+pub fn with_device_rng<R>(f: impl FnOnce() -> R) -> R {
+    static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = DEVICE_RNG
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    f()
 }

@@ -355,9 +355,12 @@ fn final_dirs(run: &Path, config: &TrainConfig) -> Vec<PathBuf> {
 /// A UNet on the plain CPU device holding `weights` (by parameter name, on any device).
 fn model_from(config: &UNetConfig, weights: &Named) -> UNet {
     let cpu = Device::flex();
-    let model = UNet::new(config, &cpu);
-    params::update(model, &mut |name, _| {
-        weights.get(name).map(|w| w.clone().to_device(&cpu))
+    // Replacing a lazy parameter initialises it first, drawing from the device generator.
+    params::with_device_rng(|| {
+        let model = UNet::new(config, &cpu);
+        params::update(model, &mut |name, _| {
+            weights.get(name).map(|w| w.clone().to_device(&cpu))
+        })
     })
 }
 

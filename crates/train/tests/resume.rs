@@ -7,17 +7,6 @@ use burn::tensor::{Device, Tensor};
 use ldmscale_train::checkpoint;
 use ldmscale_train::{SyntheticData, TrainConfig, TrainingData, train};
 
-/// The tests of this file train one at a time: two trainings sharing the process's thread pool
-/// were seen to differ in the last bits (about 1 run in 6), which the bit-identity check below
-/// must not confuse with a resume defect.
-static ONE_TRAINING_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_TRAINING_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn config(steps: u64) -> TrainConfig {
     TrainConfig::from_toml(
         &format!(
@@ -45,7 +34,6 @@ fn final_bytes(run: &Path) -> Vec<u8> {
 
 #[test]
 fn resumed_run_is_bit_identical() {
-    let _serial = serial();
     let device = Device::flex();
     let straight = tempfile::tempdir().unwrap();
     let a = train(&config(5), &data(), straight.path(), &device, false).unwrap();
@@ -81,7 +69,6 @@ fn resumed_run_is_bit_identical() {
 
 #[test]
 fn a_changed_config_is_refused() {
-    let _serial = serial();
     let device = Device::flex();
     let run = tempfile::tempdir().unwrap();
     train(&config(2), &data(), run.path(), &device, false).unwrap();
@@ -125,7 +112,6 @@ impl TrainingData for Poisoned {
 
 #[test]
 fn a_nan_loss_stops_without_overwriting_checkpoints() {
-    let _serial = serial();
     let device = Device::flex();
     let run = tempfile::tempdir().unwrap();
     let mut c = config(20);

@@ -4,7 +4,6 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
 use super::layers::{conv, conv_cost, group_norm, norm_cost};
@@ -74,9 +73,8 @@ impl FeedForward {
 
     /// `x`: `[batch, tokens, dim]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let projected = self.proj_in.forward(x);
-        let [value, gate] = projected.chunk(2, 2).try_into().expect("two halves");
-        self.proj_out.forward(value * gelu(gate))
+        self.proj_out
+            .forward(super::fused_ops::geglu(self.proj_in.forward(x)))
     }
 
     /// Cost for `tokens` tokens.
@@ -237,7 +235,7 @@ impl SpatialTransformer {
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
         let [batch, channels, h, w] = x.dims();
         let residual = x.clone();
-        let x = self.norm.forward(x);
+        let x = super::fused_ops::group_norm(&self.norm, x, false);
         let to_tokens = |x: Tensor<4>| x.reshape([batch, channels, h * w]).swap_dims(1, 2);
         let mut tokens = match &self.proj_in {
             Projection::Linear(l) => l.forward(to_tokens(x)),

@@ -9,6 +9,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::attention::SpatialTransformer;
 use super::config::{LevelConfig, UNetConfig};
+use super::fused_conv::conv2d;
 use super::layers::{conv, conv_cost};
 use super::resnet::ResnetBlock;
 use crate::cost::Cost;
@@ -82,7 +83,7 @@ impl Upsample {
     pub fn forward(&self, x: Tensor<4>, size: [usize; 2]) -> Tensor<4> {
         let mut options = InterpolateOptions::new(InterpolateMode::Nearest);
         options.output_size = Some(size);
-        self.conv.forward(interpolate(x, options))
+        conv2d(&self.conv, interpolate(x, options))
     }
 }
 
@@ -149,7 +150,7 @@ impl DownBlock {
             skips.push(x.clone());
         }
         if let Some(down) = &self.downsampler {
-            x = down.conv.forward(x);
+            x = conv2d(&down.conv, x);
             skips.push(x.clone());
         }
         x

@@ -6,6 +6,8 @@ pub mod blocks;
 pub mod config;
 pub mod embeddings;
 pub mod fused;
+pub mod fused_conv;
+pub mod fused_ops;
 mod layers;
 pub mod resnet;
 
@@ -20,6 +22,7 @@ use blocks::{DownBlock, MidBlock, Shared, UpBlock};
 use config::{DOWN_CROSS_ATTN, UP_CROSS_ATTN};
 pub use config::{PerLevel, UNetConfig};
 use embeddings::{TimestepEmbedding, timestep_sinusoid};
+use fused_conv::conv2d;
 use layers::{conv, conv_cost, group_norm, norm_cost};
 
 /// Optional inputs beyond latents, timesteps and text states.
@@ -172,7 +175,7 @@ impl UNet {
         } else {
             sample
         };
-        let mut x = self.conv_in.forward(sample);
+        let mut x = conv2d(&self.conv_in, sample);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
             x = block.forward(x, &time, &context, &mut skips);
@@ -183,7 +186,10 @@ impl UNet {
         for block in &self.up_blocks {
             x = block.forward(x, &time, &context, &mut skips);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        conv2d(
+            &self.conv_out,
+            fused_ops::group_norm(&self.conv_norm_out, x, true),
+        )
     }
 
     /// Cost of one forward pass for one sample of `[h, w]` latents reading `keys` text tokens,

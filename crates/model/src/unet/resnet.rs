@@ -3,9 +3,9 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear, LinearConfig};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
+use super::fused_conv::conv2d;
 use super::layers::{conv, conv_cost, group_norm, norm_cost};
 use crate::cost::Cost;
 
@@ -47,15 +47,21 @@ impl ResnetBlock {
     /// `x`: `[batch, c_in, h, w]`; `time`: `[batch, time_dim]`, already through SiLU (the UNet
     /// applies that once for all blocks, as diffusers' per-block SiLU gives the same values).
     pub fn forward(&self, x: Tensor<4>, time: &Tensor<2>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = conv2d(
+            &self.conv1,
+            super::fused_ops::group_norm(&self.norm1, x.clone(), true),
+        );
         let t = self
             .time_emb_proj
             .forward(time.clone())
             .unsqueeze_dims::<4>(&[2, 3]);
         let h = h + t;
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = conv2d(
+            &self.conv2,
+            super::fused_ops::group_norm(&self.norm2, h, true),
+        );
         let skip = match &self.conv_shortcut {
-            Some(shortcut) => shortcut.forward(x),
+            Some(shortcut) => conv2d(shortcut, x),
             None => x,
         };
         let out = skip + h;

@@ -1,0 +1,645 @@
+//! 2-D convolution on NCHW buffers as one matrix product per image: `out_b = W · col_b`, where
+//! `col_b` (`[c_in * kh * kw, h_out * w_out]`) gathers each output pixel's receptive field.
+//!
+//! burn's flex convolution converts every input to channels-last and every weight to a
+//! transposed copy on one core before its product, and scatters the result back to NCHW element
+//! by element; its backward runs as a transposed convolution and a convolution with a kernel as
+//! large as the image. Here the gather writes rows in the order the product reads them, the
+//! product writes NCHW directly, and the backward is two products per image (`dW += dY colᵀ`,
+//! `dcol = Wᵀ dY`, scattered back to `dx`). Images run in parallel; weight gradients are
+//! summed per fixed group of images and the groups combined in order, so the result does not
+//! depend on scheduling.
+
+use gemm::{Parallelism, gemm};
+
+use crate::bf16::{matmul_bf16, products_in_bf16};
+use rayon::prelude::*;
+
+/// Sizes of one convolution (groups 1, dilation 1, the same padding on both sides of an axis).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub batch: usize,
+    pub channels_in: usize,
+    pub height: usize,
+    pub width: usize,
+    pub channels_out: usize,
+    pub kernel_h: usize,
+    pub kernel_w: usize,
+    /// Step between output pixels, `[h, w]`.
+    pub stride: [usize; 2],
+    /// Zeros added on each side, `[h, w]`.
+    pub padding: [usize; 2],
+}
+
+impl ConvShape {
+    pub fn out_height(&self) -> usize {
+        (self.height + 2 * self.padding[0] - self.kernel_h) / self.stride[0] + 1
+    }
+
+    pub fn out_width(&self) -> usize {
+        (self.width + 2 * self.padding[1] - self.kernel_w) / self.stride[1] + 1
+    }
+
+    /// Output pixels per image and channel.
+    fn pixels(&self) -> usize {
+        self.out_height() * self.out_width()
+    }
+
+    /// Rows of `col`: the weight's inner size.
+    fn patch(&self) -> usize {
+        self.channels_in * self.kernel_h * self.kernel_w
+    }
+
+    fn input_len(&self) -> usize {
+        self.batch * self.channels_in * self.height * self.width
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.batch * self.channels_out * self.pixels()
+    }
+
+    pub fn weight_len(&self) -> usize {
+        self.channels_out * self.patch()
+    }
+
+    /// A 1x1 convolution without stride or padding reads its input as `col` unchanged.
+    fn is_pointwise(&self) -> bool {
+        self.kernel_h == 1 && self.kernel_w == 1 && self.stride == [1, 1] && self.padding == [0, 0]
+    }
+
+    fn check(&self) {
+        assert!(
+            self.kernel_h <= self.height + 2 * self.padding[0]
+                && self.kernel_w <= self.width + 2 * self.padding[1],
+            "kernel larger than the padded input: {self:?}"
+        );
+        assert!(self.stride[0] > 0 && self.stride[1] > 0, "zero stride");
+    }
+}
+
+/// Images per weight-gradient partial sum: fixed by the batch alone, so the order in which
+/// partials are added never depends on the thread count.
+const GRAD_GROUPS: usize = 8;
+
+/// `out = conv(x, weight) + bias`. `x`: `[batch, c_in, h, w]`, `weight`: `[c_out, c_in, kh,
+/// kw]`, `bias`: `[c_out]`, `out`: `[batch, c_out, h_out, w_out]`.
+pub fn conv2d_forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    shape: ConvShape,
+    out: &mut [f32],
+) {
+    forward(x, weight, bias, shape, out, products_in_bf16());
+}
+
+fn forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    shape: ConvShape,
+    out: &mut [f32],
+    bf16: bool,
+) {
+    shape.check();
+    assert_eq!(x.len(), shape.input_len(), "conv input size");
+    assert_eq!(weight.len(), shape.weight_len(), "conv weight size");
+    assert_eq!(out.len(), shape.output_len(), "conv output size");
+    if let Some(b) = bias {
+        assert_eq!(b.len(), shape.channels_out, "conv bias size");
+    }
+    let (pixels, image_in) = (
+        shape.pixels(),
+        shape.channels_in * shape.height * shape.width,
+    );
+    let image_out = shape.channels_out * pixels;
+    if image_out == 0 {
+        return;
+    }
+    let inner = inner_parallelism(shape.batch);
+    out.par_chunks_mut(image_out)
+        .with_max_len(1)
+        .enumerate()
+        .for_each_init(Vec::new, |col, (b, out_b)| {
+            let x_b = &x[b * image_in..][..image_in];
+            let rhs = if shape.is_pointwise() {
+                x_b
+            } else {
+                im2col(x_b, shape, col);
+                col.as_slice()
+            };
+            if let Some(bias) = bias {
+                for (row, &v) in out_b.chunks_exact_mut(pixels).zip(bias) {
+                    row.fill(v);
+                }
+            }
+            product(
+                (shape.channels_out, pixels, shape.patch()),
+                out_b,
+                bias.is_some(),
+                (weight, shape.patch(), 1),
+                (rhs, pixels, 1),
+                inner,
+                bf16,
+            );
+        });
+}
+
+/// Gradients of [`conv2d_forward`] from the output's gradient `d_out`: `dx` (when wanted),
+/// `dweight` and `dbias` (when wanted) are overwritten.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward(
+    x: &[f32],
+    weight: &[f32],
+    d_out: &[f32],
+    shape: ConvShape,
+    dx: Option<&mut [f32]>,
+    dweight: &mut [f32],
+    dbias: Option<&mut [f32]>,
+) {
+    backward(
+        x,
+        weight,
+        d_out,
+        shape,
+        dx,
+        dweight,
+        dbias,
+        products_in_bf16(),
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    x: &[f32],
+    weight: &[f32],
+    d_out: &[f32],
+    shape: ConvShape,
+    dx: Option<&mut [f32]>,
+    dweight: &mut [f32],
+    dbias: Option<&mut [f32]>,
+    bf16: bool,
+) {
+    shape.check();
+    assert_eq!(x.len(), shape.input_len(), "conv input size");
+    assert_eq!(weight.len(), shape.weight_len(), "conv weight size");
+    assert_eq!(d_out.len(), shape.output_len(), "conv output gradient size");
+    assert_eq!(
+        dweight.len(),
+        shape.weight_len(),
+        "conv weight gradient size"
+    );
+    let (pixels, patch) = (shape.pixels(), shape.patch());
+    let (image_in, image_out) = (
+        shape.channels_in * shape.height * shape.width,
+        shape.channels_out * pixels,
+    );
+
+    if let Some(db) = dbias {
+        assert_eq!(db.len(), shape.channels_out, "conv bias gradient size");
+        db.par_iter_mut().enumerate().for_each(|(c, g)| {
+            *g = (0..shape.batch)
+                .map(|b| {
+                    d_out[b * image_out + c * pixels..][..pixels]
+                        .iter()
+                        .sum::<f32>()
+                })
+                .sum();
+        });
+    }
+
+    // Input gradient: one task per image, each owning its slice of `dx`.
+    if let Some(dx) = dx {
+        assert_eq!(dx.len(), shape.input_len(), "conv input gradient size");
+        let inner = inner_parallelism(shape.batch);
+        dx.par_chunks_mut(image_in.max(1))
+            .with_max_len(1)
+            .enumerate()
+            .for_each_init(Vec::new, |dcol, (b, dx_b)| {
+                let dy_b = &d_out[b * image_out..][..image_out];
+                let pointwise = shape.is_pointwise();
+                let dst: &mut [f32] = if pointwise {
+                    dx_b
+                } else {
+                    dcol.clear();
+                    dcol.resize(patch * pixels, 0.0);
+                    dcol.as_mut_slice()
+                };
+                // dcol = Wᵀ dY: Wᵀ is the weight read column by column.
+                product(
+                    (patch, pixels, shape.channels_out),
+                    dst,
+                    false,
+                    (weight, 1, patch),
+                    (dy_b, pixels, 1),
+                    inner,
+                    bf16,
+                );
+                if !pointwise {
+                    col2im(dcol, shape, dx_b);
+                }
+            });
+    }
+
+    // Weight gradient: a partial sum per fixed group of images, then the partials in order.
+    let per_group = shape.batch.div_ceil(GRAD_GROUPS).max(1);
+    let groups = shape.batch.div_ceil(per_group);
+    let mut partials = vec![0f32; groups * dweight.len()];
+    let inner = inner_parallelism(groups);
+    partials
+        .par_chunks_mut(dweight.len().max(1))
+        .with_max_len(1)
+        .enumerate()
+        .for_each_init(Vec::new, |col, (g, partial)| {
+            for b in g * per_group..((g + 1) * per_group).min(shape.batch) {
+                let x_b = &x[b * image_in..][..image_in];
+                let dy_b = &d_out[b * image_out..][..image_out];
+                let rhs = if shape.is_pointwise() {
+                    x_b
+                } else {
+                    im2col(x_b, shape, col);
+                    col.as_slice()
+                };
+                // partial += dY colᵀ: colᵀ is `col` read column by column.
+                product(
+                    (shape.channels_out, patch, pixels),
+                    partial,
+                    b > g * per_group,
+                    (dy_b, pixels, 1),
+                    (rhs, 1, pixels),
+                    inner,
+                    bf16,
+                );
+            }
+        });
+    let len = dweight.len();
+    dweight
+        .par_chunks_mut(4096)
+        .enumerate()
+        .for_each(|(chunk, dst)| {
+            let start = chunk * 4096;
+            dst.copy_from_slice(&partials[start..][..dst.len()]);
+            for g in 1..groups {
+                for (d, &p) in dst.iter_mut().zip(&partials[g * len + start..]) {
+                    *d += p;
+                }
+            }
+        });
+}
+
+/// `dst (+)= lhs rhs` for `(m, n, k)`, `dst` row-major `[m, n]`, operands given as (values, row
+/// stride, column stride); in bf16 (f32 sums) when `bf16`, else f32 `gemm`.
+fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+    parallelism: Parallelism,
+    bf16: bool,
+) {
+    assert!(dst.len() >= m * n, "product output too short");
+    if bf16 {
+        let parallel = !matches!(parallelism, Parallelism::None);
+        matmul_bf16(
+            m, n, k, dst, n, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, parallel,
+        );
+        return;
+    }
+    assert!(
+        m == 0 || n == 0 || k == 0 || {
+            lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs
+                && rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs
+        },
+        "product operands too short"
+    );
+    // SAFETY: the three matrices lie inside their slices with the strides given (checked).
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The pool runs `tasks` independent products side by side; when there are fewer tasks than
+/// threads each product is split too (gemm splits its output, not its sums, so results agree).
+fn inner_parallelism(tasks: usize) -> Parallelism {
+    let threads = rayon::current_num_threads();
+    if tasks >= threads {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(threads)
+    }
+}
+
+/// For each kernel offset `k` (in `0..kernel`) along an axis of `input` pixels, the output
+/// positions whose source `o * stride + k - padding` lies inside the input.
+fn valid_range(
+    k: usize,
+    stride: usize,
+    padding: usize,
+    input: usize,
+    output: usize,
+) -> (usize, usize) {
+    // First o with o * stride + k >= padding; last with o * stride + k < input + padding.
+    let first = padding.saturating_sub(k).div_ceil(stride);
+    let end = if input + padding > k {
+        ((input + padding - k - 1) / stride + 1).min(output)
+    } else {
+        0
+    };
+    (first.min(end), end)
+}
+
+/// `col[(c * kh + ky) * kw + kx][oy * w_out + ox] = x[c][oy * s + ky - p][ox * s + kx - p]`,
+/// zero outside the input.
+fn im2col(x: &[f32], shape: ConvShape, col: &mut Vec<f32>) {
+    let (h_out, w_out) = (shape.out_height(), shape.out_width());
+    let pixels = h_out * w_out;
+    col.clear();
+    col.resize(shape.patch() * pixels, 0.0);
+    let mut rows = col.chunks_exact_mut(pixels);
+    for c in 0..shape.channels_in {
+        let plane = &x[c * shape.height * shape.width..][..shape.height * shape.width];
+        for ky in 0..shape.kernel_h {
+            let (y0, y1) = valid_range(ky, shape.stride[0], shape.padding[0], shape.height, h_out);
+            for kx in 0..shape.kernel_w {
+                let (x0, x1) =
+                    valid_range(kx, shape.stride[1], shape.padding[1], shape.width, w_out);
+                let row = rows.next().expect("patch rows");
+                for oy in y0..y1 {
+                    let iy = oy * shape.stride[0] + ky - shape.padding[0];
+                    let src = &plane[iy * shape.width..][..shape.width];
+                    let dst = &mut row[oy * w_out..][..w_out];
+                    let ix0 = x0 * shape.stride[1] + kx - shape.padding[1];
+                    if shape.stride[1] == 1 {
+                        dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);
+                    } else {
+                        for (i, d) in dst[x0..x1].iter_mut().enumerate() {
+                            *d = src[ix0 + i * shape.stride[1]];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: `dx` (overwritten) sums every `col` entry that read each pixel.
+fn col2im(col: &[f32], shape: ConvShape, dx: &mut [f32]) {
+    let (h_out, w_out) = (shape.out_height(), shape.out_width());
+    let pixels = h_out * w_out;
+    dx.fill(0.0);
+    let mut rows = col.chunks_exact(pixels);
+    for c in 0..shape.channels_in {
+        let plane = &mut dx[c * shape.height * shape.width..][..shape.height * shape.width];
+        for ky in 0..shape.kernel_h {
+            let (y0, y1) = valid_range(ky, shape.stride[0], shape.padding[0], shape.height, h_out);
+            for kx in 0..shape.kernel_w {
+                let (x0, x1) =
+                    valid_range(kx, shape.stride[1], shape.padding[1], shape.width, w_out);
+                let row = rows.next().expect("patch rows");
+                for oy in y0..y1 {
+                    let iy = oy * shape.stride[0] + ky - shape.padding[0];
+                    let dst = &mut plane[iy * shape.width..][..shape.width];
+                    let src = &row[oy * w_out..][..w_out];
+                    let ix0 = x0 * shape.stride[1] + kx - shape.padding[1];
+                    for (i, &g) in src[x0..x1].iter().enumerate() {
+                        dst[ix0 + i * shape.stride[1]] += g;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Direct f64 convolution and its gradients against `d_out`.
+    #[allow(clippy::type_complexity)]
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        d_out: &[f32],
+        s: ConvShape,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let (ho, wo) = (s.out_height(), s.out_width());
+        let mut out = vec![0f64; s.output_len()];
+        let mut dx = vec![0f64; s.input_len()];
+        let mut dw = vec![0f64; s.weight_len()];
+        let mut db = vec![0f64; s.channels_out];
+        for b in 0..s.batch {
+            for co in 0..s.channels_out {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let o = ((b * s.channels_out + co) * ho + oy) * wo + ox;
+                        let mut acc = bias[co] as f64;
+                        let g = d_out[o] as f64;
+                        db[co] += g;
+                        for ci in 0..s.channels_in {
+                            for ky in 0..s.kernel_h {
+                                for kx in 0..s.kernel_w {
+                                    let iy =
+                                        (oy * s.stride[0] + ky) as isize - s.padding[0] as isize;
+                                    let ix =
+                                        (ox * s.stride[1] + kx) as isize - s.padding[1] as isize;
+                                    if iy < 0
+                                        || ix < 0
+                                        || iy >= s.height as isize
+                                        || ix >= s.width as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xi = ((b * s.channels_in + ci) * s.height + iy as usize)
+                                        * s.width
+                                        + ix as usize;
+                                    let wi = ((co * s.channels_in + ci) * s.kernel_h + ky)
+                                        * s.kernel_w
+                                        + kx;
+                                    acc += x[xi] as f64 * w[wi] as f64;
+                                    dx[xi] += g * w[wi] as f64;
+                                    dw[wi] += g * x[xi] as f64;
+                                }
+                            }
+                        }
+                        out[o] = acc;
+                    }
+                }
+            }
+        }
+        (out, dx, dw, db)
+    }
+
+    fn max_rel(got: &[f32], want: &[f64]) -> f64 {
+        let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+        got.iter()
+            .zip(want)
+            .map(|(&g, &w)| (g as f64 - w).abs() / scale)
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn forward_and_backward_match_the_reference() {
+        let shapes = [
+            // 3x3 "same", odd sizes
+            (3, 5, 7, 6, 4, 3, 3, [1, 1], [1, 1]),
+            // stride-2 downsampling
+            (2, 4, 9, 8, 3, 3, 3, [2, 2], [1, 1]),
+            // pointwise, batch of one (products parallel inside)
+            (1, 6, 5, 5, 7, 1, 1, [1, 1], [0, 0]),
+            // no padding, non-square kernel, more images than gradient groups
+            (11, 2, 6, 7, 3, 2, 3, [1, 2], [0, 1]),
+            // kernel as large as the padded input
+            (2, 3, 2, 2, 2, 3, 3, [1, 1], [1, 1]),
+        ];
+        for (batch, ci, h, w, co, kh, kw, stride, padding) in shapes {
+            let s = ConvShape {
+                batch,
+                channels_in: ci,
+                height: h,
+                width: w,
+                channels_out: co,
+                kernel_h: kh,
+                kernel_w: kw,
+                stride,
+                padding,
+            };
+            let x = pseudo_random(s.input_len(), 1);
+            let wt = pseudo_random(s.weight_len(), 2);
+            let bias = pseudo_random(co, 3);
+            let d_out = pseudo_random(s.output_len(), 4);
+            let (want, want_dx, want_dw, want_db) = reference(&x, &wt, &bias, &d_out, s);
+            let mut out = vec![f32::NAN; s.output_len()];
+            conv2d_forward(&x, &wt, Some(&bias), s, &mut out);
+            assert!(max_rel(&out, &want) < 1e-5, "{s:?} forward");
+            let (mut dx, mut dw, mut db) = (
+                vec![f32::NAN; s.input_len()],
+                vec![f32::NAN; s.weight_len()],
+                vec![f32::NAN; co],
+            );
+            conv2d_backward(&x, &wt, &d_out, s, Some(&mut dx), &mut dw, Some(&mut db));
+            assert!(max_rel(&dx, &want_dx) < 1e-5, "{s:?} dx");
+            assert!(max_rel(&dw, &want_dw) < 1e-5, "{s:?} dweight");
+            assert!(max_rel(&db, &want_db) < 1e-5, "{s:?} dbias");
+            // Without bias the output is the bare product.
+            let mut bare = vec![f32::NAN; s.output_len()];
+            conv2d_forward(&x, &wt, None, s, &mut bare);
+            let plane = s.out_height() * s.out_width();
+            for (i, (&o, &b)) in out.iter().zip(&bare).enumerate() {
+                let c = (i / plane) % co;
+                assert!((o - b - bias[c]).abs() < 1e-5, "{s:?} bias at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_products_match_the_reference_on_rounded_operands() {
+        use crate::bf16::{bf16_to_f32, round_to_bf16};
+        let round =
+            |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| bf16_to_f32(round_to_bf16(x))).collect() };
+        for (batch, stride, padding, kernel) in [(3, 1, 1, 3), (2, 2, 1, 3), (1, 1, 0, 1)] {
+            let s = ConvShape {
+                batch,
+                channels_in: 6,
+                height: 9,
+                width: 7,
+                channels_out: 5,
+                kernel_h: kernel,
+                kernel_w: kernel,
+                stride: [stride, stride],
+                padding: [padding, padding],
+            };
+            let x = pseudo_random(s.input_len(), 11);
+            let wt = pseudo_random(s.weight_len(), 12);
+            let bias = pseudo_random(5, 13);
+            let d_out = pseudo_random(s.output_len(), 14);
+            // Each product rounds both of its operands; the reference rounds them alike.
+            let (want, _, _, _) = reference(&round(&x), &round(&wt), &bias, &d_out, s);
+            let (_, want_dx, _, _) = reference(&x, &round(&wt), &bias, &round(&d_out), s);
+            let (_, _, want_dw, _) = reference(&round(&x), &wt, &bias, &round(&d_out), s);
+            let mut out = vec![f32::NAN; s.output_len()];
+            forward(&x, &wt, Some(&bias), s, &mut out, true);
+            assert!(max_rel(&out, &want) < 1e-5, "{s:?} forward");
+            let (mut dx, mut dw) = (
+                vec![f32::NAN; s.input_len()],
+                vec![f32::NAN; s.weight_len()],
+            );
+            backward(&x, &wt, &d_out, s, Some(&mut dx), &mut dw, None, true);
+            assert!(max_rel(&dx, &want_dx) < 1e-5, "{s:?} dx");
+            assert!(max_rel(&dw, &want_dw) < 1e-5, "{s:?} dweight");
+            // And it is bf16: the f32 result differs.
+            let mut exact = vec![0f32; s.output_len()];
+            forward(&x, &wt, Some(&bias), s, &mut exact, false);
+            assert!(max_rel(&exact, &want) > 1e-5, "{s:?} bf16 rounding visible");
+        }
+    }
+
+    #[test]
+    fn gradients_do_not_depend_on_the_thread_count() {
+        let s = ConvShape {
+            batch: 13,
+            channels_in: 8,
+            height: 6,
+            width: 6,
+            channels_out: 5,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: [1, 1],
+            padding: [1, 1],
+        };
+        let x = pseudo_random(s.input_len(), 5);
+        let wt = pseudo_random(s.weight_len(), 6);
+        let d_out = pseudo_random(s.output_len(), 7);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut dw = vec![0f32; s.weight_len()];
+                let mut dx = vec![0f32; s.input_len()];
+                conv2d_backward(&x, &wt, &d_out, s, Some(&mut dx), &mut dw, None);
+                (dx, dw)
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3, 5] {
+            assert_eq!(run(threads), one, "{threads} threads");
+        }
+    }
+}
