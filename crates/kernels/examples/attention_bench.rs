@@ -3,8 +3,9 @@
 //! `cargo run --release -p ldmscale-kernels --example attention_bench [reps]` prints one JSON
 //! line per shape: the minimum over `reps` (default 7) forward and backward times.
 
-use std::time::Instant;
+mod common;
 
+use common::{min_ms, reps_arg};
 use ldmscale_kernels::{AttentionShape, attention_backward, attention_forward};
 
 /// (batch, heads, queries, keys, head_dim): self-attention at 32x32 and 16x16 latents and at
@@ -29,22 +30,8 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn min_ms(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .fold(f64::INFINITY, f64::min)
-}
-
 fn main() {
-    let reps: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse().expect("reps: a count"))
-        .unwrap_or(7);
+    let reps = reps_arg(7);
     for (batch, heads, queries, keys, head_dim) in SHAPES {
         let s = AttentionShape {
             batch,

@@ -77,6 +77,10 @@ impl ConvShape {
     }
 }
 
+/// Output pixels from which the backward products read their operands in the layouts gemm
+/// packs fastest at the price of transposing small matrices (measured at 8x8 and 32x32).
+const LARGE_IMAGE: usize = 256;
+
 /// Images per weight-gradient partial sum: fixed by the batch alone, so the order in which
 /// partials are added never depends on the thread count.
 const GRAD_GROUPS: usize = 8;
@@ -212,6 +216,14 @@ fn backward(
     if let Some(dx) = dx {
         assert_eq!(dx.len(), shape.input_len(), "conv input gradient size");
         let inner = inner_parallelism(shape.batch);
+        // Wᵀ once, row-major, on large images: packing a transposed operand for every image
+        // costs more there (on 8x8 images the transpose costs more than it saves).
+        let weight_t =
+            (pixels >= LARGE_IMAGE).then(|| transpose(weight, shape.channels_out, patch));
+        let lhs = match &weight_t {
+            Some(t) => (t.as_slice(), shape.channels_out, 1),
+            None => (weight, 1, patch),
+        };
         dx.par_chunks_mut(image_in.max(1))
             .with_max_len(1)
             .enumerate()
@@ -225,12 +237,12 @@ fn backward(
                     dcol.resize(patch * pixels, 0.0);
                     dcol.as_mut_slice()
                 };
-                // dcol = Wᵀ dY: Wᵀ is the weight read column by column.
+                // dcol = Wᵀ dY.
                 product(
                     (patch, pixels, shape.channels_out),
                     dst,
                     false,
-                    (weight, 1, patch),
+                    lhs,
                     (dy_b, pixels, 1),
                     inner,
                     bf16,
@@ -242,6 +254,10 @@ fn backward(
     }
 
     // Weight gradient: a partial sum per fixed group of images, then the partials in order.
+    // On large images it is computed transposed (dWᵀ = col dYᵀ reads the large `col` row by
+    // row and only the 9x smaller dY transposed; measured 30% faster at 32x32), on small ones
+    // directly (the transposes cost more than they save at 8x8).
+    let transposed = pixels >= LARGE_IMAGE;
     let per_group = shape.batch.div_ceil(GRAD_GROUPS).max(1);
     let groups = shape.batch.div_ceil(per_group);
     let mut partials = vec![0f32; groups * dweight.len()];
@@ -260,20 +276,24 @@ fn backward(
                     im2col(x_b, shape, col);
                     col.as_slice()
                 };
-                // partial += dY colᵀ: colᵀ is `col` read column by column.
-                product(
-                    (shape.channels_out, patch, pixels),
-                    partial,
-                    b > g * per_group,
-                    (dy_b, pixels, 1),
-                    (rhs, 1, pixels),
-                    inner,
-                    bf16,
-                );
+                // partialᵀ += col dYᵀ (dYᵀ is dY read column by column), or
+                // partial += dY colᵀ (colᵀ is `col` read column by column).
+                let (col_t, dy) = ((rhs, 1, pixels), (dy_b, pixels, 1));
+                let (dims, lhs, rhs) = if transposed {
+                    (
+                        (patch, shape.channels_out, pixels),
+                        (rhs, pixels, 1),
+                        (dy_b, 1, pixels),
+                    )
+                } else {
+                    ((shape.channels_out, patch, pixels), dy, col_t)
+                };
+                product(dims, partial, b > g * per_group, lhs, rhs, inner, bf16);
             }
         });
     let len = dweight.len();
-    dweight
+    let mut sum_t = vec![0f32; len];
+    sum_t
         .par_chunks_mut(4096)
         .enumerate()
         .for_each(|(chunk, dst)| {
@@ -285,6 +305,35 @@ fn backward(
                 }
             }
         });
+    if transposed {
+        dweight.copy_from_slice(&transpose(&sum_t, patch, shape.channels_out));
+    } else {
+        dweight.copy_from_slice(&sum_t);
+    }
+}
+
+/// The `[cols, rows]` transpose of row-major `[rows, cols]` `m`.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const BLOCK: usize = 32;
+    let mut t = vec![0f32; rows * cols];
+    if rows == 0 {
+        return t;
+    }
+    // Parallel over blocks of output rows; each reads a column strip of `m` in 32x32 tiles.
+    t.par_chunks_mut(BLOCK * rows)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let c0 = block * BLOCK;
+            let width = out.len() / rows;
+            for r0 in (0..rows).step_by(BLOCK) {
+                for r in r0..(r0 + BLOCK).min(rows) {
+                    for c in 0..width {
+                        out[c * rows + r] = m[r * cols + c0 + c];
+                    }
+                }
+            }
+        });
+    t
 }
 
 /// `dst (+)= lhs rhs` for `(m, n, k)`, `dst` row-major `[m, n]`, operands given as (values, row
