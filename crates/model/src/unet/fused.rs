@@ -17,8 +17,10 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 use ldmscale_kernels::{AttentionShape, attention_backward, attention_forward};
+
+use super::flex_buffers::{contiguous, flex, values};
 
 /// `softmax(q k^T / sqrt(head_dim)) v` per head, on `[batch, tokens, heads * head_dim]` tensors
 /// (queries) and `[batch, keys, heads * head_dim]` (keys, values).
@@ -103,23 +105,6 @@ fn shape_of(q: &FlexTensor, k: &FlexTensor, heads: usize) -> AttentionShape {
 
 fn scale_of(shape: &AttentionShape) -> f32 {
     1.0 / (shape.head_dim as f32).sqrt()
-}
-
-/// The tensor's elements in row-major order, copied only when it is a strided view.
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    if t.as_slice::<f32>().is_some() {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn values(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32 tensor")
-}
-
-fn flex(values: Vec<f32>, shape: [usize; 3]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 /// Output, and the per-row log-sum-exps when `keep_lse`.

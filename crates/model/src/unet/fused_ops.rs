@@ -16,10 +16,12 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::nn::GroupNorm;
 use burn::tensor::activation::{gelu, silu};
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor};
 use ldmscale_kernels::{
     GroupNormShape, geglu_backward, geglu_forward, group_norm_backward, group_norm_forward,
 };
+
+use super::flex_buffers::{contiguous, flex, values};
 
 /// `norm(x)`, then SiLU when `with_silu`; `x` is `[batch, channels, h, w]`.
 pub fn group_norm(norm: &GroupNorm, x: Tensor<4>, with_silu: bool) -> Tensor<4> {
@@ -122,23 +124,6 @@ pub fn geglu(projected: Tensor<3>) -> Tensor<3> {
 pub fn burn_geglu(projected: Tensor<3>) -> Tensor<3> {
     let [value, gate] = projected.chunk(2, 2).try_into().expect("two halves");
     value * gelu(gate)
-}
-
-/// The tensor's elements in row-major order, copied only when it is a strided view.
-fn contiguous(t: &FlexTensor) -> FlexTensor {
-    if t.as_slice::<f32>().is_some() {
-        t.clone()
-    } else {
-        t.to_contiguous()
-    }
-}
-
-fn values(t: &FlexTensor) -> &[f32] {
-    t.as_slice::<f32>().expect("contiguous f32 tensor")
-}
-
-fn flex<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 fn dims4(t: &FlexTensor) -> [usize; 4] {

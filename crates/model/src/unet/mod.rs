@@ -5,6 +5,7 @@ pub mod attention;
 pub mod blocks;
 pub mod config;
 pub mod embeddings;
+mod flex_buffers;
 pub mod fused;
 pub mod fused_conv;
 pub mod fused_ops;
