@@ -5,14 +5,13 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, interpolate};
 use burn::tensor::ops::{AttentionModuleOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
 use super::config::AutoencoderKLConfig;
 use crate::cost::Cost;
-use crate::unet::fused_conv::conv2d;
-use crate::unet::fused_ops;
 
 /// diffusers fixes every norm epsilon of the VAE at 1e-6.
 const NORM_EPS: f64 = 1e-6;
@@ -103,13 +102,10 @@ impl ResnetBlock {
 
     /// `x`: `[batch, c_in, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = conv2d(
-            &self.conv1,
-            fused_ops::group_norm(&self.norm1, x.clone(), true),
-        );
-        let h = conv2d(&self.conv2, fused_ops::group_norm(&self.norm2, h, true));
+        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = self.conv2.forward(silu(self.norm2.forward(h)));
         let skip = match &self.conv_shortcut {
-            Some(shortcut) => conv2d(shortcut, x),
+            Some(shortcut) => shortcut.forward(x),
             None => x,
         };
         skip + h
@@ -163,7 +159,9 @@ impl SelfAttention {
     /// `x`: `[batch, channels, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [batch, channels, h, w] = x.dims();
-        let tokens = fused_ops::group_norm(&self.group_norm, x.clone(), false)
+        let tokens = self
+            .group_norm
+            .forward(x.clone())
             .reshape([batch, channels, h * w])
             .swap_dims(1, 2);
         // One head: [batch, 1, pixels, channels]; the scale is 1/sqrt(channels).
@@ -208,7 +206,7 @@ impl Upsample {
         let [_, _, h, w] = x.dims();
         let mut options = InterpolateOptions::new(InterpolateMode::Nearest);
         options.output_size = Some([2 * h, 2 * w]);
-        conv2d(&self.conv, interpolate(x, options))
+        self.conv.forward(interpolate(x, options))
     }
 }
 
@@ -309,20 +307,17 @@ impl Encoder {
 
     /// `x`: `[batch, in_channels, h, w]` to `[batch, 2 * latent_channels, h/f, w/f]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = conv2d(&self.conv_in, x);
+        let mut x = self.conv_in.forward(x);
         for block in &self.down_blocks {
             for resnet in &block.resnets {
                 x = resnet.forward(x);
             }
             if let Some(down) = &block.downsampler {
-                x = conv2d(&down.conv, x);
+                x = down.conv.forward(x);
             }
         }
         let x = self.mid_block.forward(x);
-        conv2d(
-            &self.conv_out,
-            fused_ops::group_norm(&self.conv_norm_out, x, true),
-        )
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
     }
 
     /// Cost for one sample of `[h, w]` pixels; returns the output size.
@@ -388,7 +383,7 @@ impl Decoder {
 
     /// `z`: `[batch, latent_channels, h, w]` to `[batch, out_channels, h*f, w*f]`.
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
-        let mut x = self.mid_block.forward(conv2d(&self.conv_in, z));
+        let mut x = self.mid_block.forward(self.conv_in.forward(z));
         for block in &self.up_blocks {
             for resnet in &block.resnets {
                 x = resnet.forward(x);
@@ -397,10 +392,7 @@ impl Decoder {
                 x = up.forward(x);
             }
         }
-        conv2d(
-            &self.conv_out,
-            fused_ops::group_norm(&self.conv_norm_out, x, true),
-        )
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
     }
 
     /// Cost for one latent of `[h, w]`; returns the image size.
