@@ -5,13 +5,14 @@
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::module::{attention, interpolate};
 use burn::tensor::ops::{AttentionModuleOptions, InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Tensor};
 
 use super::config::AutoencoderKLConfig;
 use crate::cost::Cost;
+use crate::unet::fused_conv::conv2d;
+use crate::unet::fused_ops;
 
 /// diffusers fixes every norm epsilon of the VAE at 1e-6.
 const NORM_EPS: f64 = 1e-6;
@@ -102,10 +103,13 @@ impl ResnetBlock {
 
     /// `x`: `[batch, c_in, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = conv2d(
+            &self.conv1,
+            fused_ops::group_norm(&self.norm1, x.clone(), true),
+        );
+        let h = conv2d(&self.conv2, fused_ops::group_norm(&self.norm2, h, true));
         let skip = match &self.conv_shortcut {
-            Some(shortcut) => shortcut.forward(x),
+            Some(shortcut) => conv2d(shortcut, x),
             None => x,
         };
         skip + h
@@ -159,9 +163,7 @@ impl SelfAttention {
     /// `x`: `[batch, channels, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [batch, channels, h, w] = x.dims();
-        let tokens = self
-            .group_norm
-            .forward(x.clone())
+        let tokens = fused_ops::group_norm(&self.group_norm, x.clone(), false)
             .reshape([batch, channels, h * w])
             .swap_dims(1, 2);
         // One head: [batch, 1, pixels, channels]; the scale is 1/sqrt(channels).
@@ -206,7 +208,7 @@ impl Upsample {
         let [_, _, h, w] = x.dims();
         let mut options = InterpolateOptions::new(InterpolateMode::Nearest);
         options.output_size = Some([2 * h, 2 * w]);
-        self.conv.forward(interpolate(x, options))
+        conv2d(&self.conv, interpolate(x, options))
     }
 }
 
@@ -307,17 +309,20 @@ impl Encoder {
 
     /// `x`: `[batch, in_channels, h, w]` to `[batch, 2 * latent_channels, h/f, w/f]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut x = self.conv_in.forward(x);
+        let mut x = conv2d(&self.conv_in, x);
         for block in &self.down_blocks {
             for resnet in &block.resnets {
                 x = resnet.forward(x);
             }
             if let Some(down) = &block.downsampler {
-                x = down.conv.forward(x);
+                x = conv2d(&down.conv, x);
             }
         }
         let x = self.mid_block.forward(x);
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        conv2d(
+            &self.conv_out,
+            fused_ops::group_norm(&self.conv_norm_out, x, true),
+        )
     }
 
     /// Cost for one sample of `[h, w]` pixels; returns the output size.
@@ -383,7 +388,7 @@ impl Decoder {
 
     /// `z`: `[batch, latent_channels, h, w]` to `[batch, out_channels, h*f, w*f]`.
     pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
-        let mut x = self.mid_block.forward(self.conv_in.forward(z));
+        let mut x = self.mid_block.forward(conv2d(&self.conv_in, z));
         for block in &self.up_blocks {
             for resnet in &block.resnets {
                 x = resnet.forward(x);
@@ -392,7 +397,10 @@ impl Decoder {
                 x = up.forward(x);
             }
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        conv2d(
+            &self.conv_out,
+            fused_ops::group_norm(&self.conv_norm_out, x, true),
+        )
     }
 
     /// Cost for one latent of `[h, w]`; returns the image size.
