@@ -1157,6 +1157,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_values::pseudo_random;
 
     /// f64 attention and its gradients by the textbook formulas, materialising everything.
     fn reference(
@@ -1208,20 +1209,6 @@ mod tests {
         [out, dq, dk, dv]
     }
 
-    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-        let mut x = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect()
-    }
-
     /// Largest error relative to the largest wanted value, or to `floor` if that is larger.
     fn max_rel(got: &[f32], want: &[f64], floor: f64) -> f64 {
         let scale = want.iter().map(|x| x.abs()).fold(0.0, f64::max).max(floor);
@@ -1234,10 +1221,10 @@ mod tests {
     /// Runs forward and backward on `shape` and checks them against [`reference`].
     fn check_against_reference(s: AttentionShape) {
         let (w, n) = (s.width(), s.batch);
-        let q = pseudo_random(n * s.queries * w, 1);
-        let k = pseudo_random(n * s.keys * w, 2);
-        let v = pseudo_random(n * s.keys * w, 3);
-        let d_out = pseudo_random(n * s.queries * w, 4);
+        let q = pseudo_random(n * s.queries * w, 1, 2.0, 0.0);
+        let k = pseudo_random(n * s.keys * w, 2, 2.0, 0.0);
+        let v = pseudo_random(n * s.keys * w, 3, 2.0, 0.0);
+        let d_out = pseudo_random(n * s.queries * w, 4, 2.0, 0.0);
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let mut out = vec![0f32; q.len()];
         let mut lse = vec![0f32; n * s.heads * s.queries];
@@ -1326,10 +1313,10 @@ mod tests {
     fn results_do_not_depend_on_scheduling() {
         let s = shape(3, 4, 300, 77, 16);
         let w = s.width();
-        let q = pseudo_random(3 * 300 * w, 5);
-        let k = pseudo_random(3 * 77 * w, 6);
-        let v = pseudo_random(3 * 77 * w, 7);
-        let d_out = pseudo_random(3 * 300 * w, 8);
+        let q = pseudo_random(3 * 300 * w, 5, 2.0, 0.0);
+        let k = pseudo_random(3 * 77 * w, 6, 2.0, 0.0);
+        let v = pseudo_random(3 * 77 * w, 7, 2.0, 0.0);
+        let d_out = pseudo_random(3 * 300 * w, 8, 2.0, 0.0);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
@@ -1402,8 +1389,8 @@ mod tests {
             (4, 64, 3),
             (1, 33, 100),
         ] {
-            let a = pseudo_random(m * k, 9);
-            let b = pseudo_random(k * (n + 3), 10);
+            let a = pseudo_random(m * k, 9, 2.0, 0.0);
+            let b = pseudo_random(k * (n + 3), 10, 2.0, 0.0);
             for a_is_rows in [true, false] {
                 let lhs = if a_is_rows {
                     Operand::rows(a.as_ptr(), k)
@@ -1411,7 +1398,7 @@ mod tests {
                     Operand::transposed(a.as_ptr(), m)
                 };
                 let rhs = Operand::rows(b.as_ptr(), n + 3);
-                let start = pseudo_random(m * (n + 1), 11);
+                let start = pseudo_random(m * (n + 1), 11, 2.0, 0.0);
                 let (mut want, mut got) = (start.clone(), start.clone());
                 for accumulate in [false, true] {
                     // SAFETY: the extents match the buffers above.

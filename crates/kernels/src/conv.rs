@@ -483,20 +483,7 @@ fn col2im(col: &[f32], shape: ConvShape, dx: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::test_values::pseudo_random;
 
     /// Direct f64 convolution and its gradients against `d_out`.
     #[allow(clippy::type_complexity)]
@@ -588,10 +575,10 @@ mod tests {
                 stride,
                 padding,
             };
-            let x = pseudo_random(s.input_len(), 1);
-            let wt = pseudo_random(s.weight_len(), 2);
-            let bias = pseudo_random(co, 3);
-            let d_out = pseudo_random(s.output_len(), 4);
+            let x = pseudo_random(s.input_len(), 1, 1.0, 0.0);
+            let wt = pseudo_random(s.weight_len(), 2, 1.0, 0.0);
+            let bias = pseudo_random(co, 3, 1.0, 0.0);
+            let d_out = pseudo_random(s.output_len(), 4, 1.0, 0.0);
             let (want, want_dx, want_dw, want_db) = reference(&x, &wt, &bias, &d_out, s);
             let mut out = vec![f32::NAN; s.output_len()];
             conv2d_forward(&x, &wt, Some(&bias), s, &mut out);
@@ -633,10 +620,10 @@ mod tests {
                 stride: [stride, stride],
                 padding: [padding, padding],
             };
-            let x = pseudo_random(s.input_len(), 11);
-            let wt = pseudo_random(s.weight_len(), 12);
-            let bias = pseudo_random(5, 13);
-            let d_out = pseudo_random(s.output_len(), 14);
+            let x = pseudo_random(s.input_len(), 11, 1.0, 0.0);
+            let wt = pseudo_random(s.weight_len(), 12, 1.0, 0.0);
+            let bias = pseudo_random(5, 13, 1.0, 0.0);
+            let d_out = pseudo_random(s.output_len(), 14, 1.0, 0.0);
             // Each product rounds both of its operands; the reference rounds them alike.
             let (want, _, _, _) = reference(&round(&x), &round(&wt), &bias, &d_out, s);
             let (_, want_dx, _, _) = reference(&x, &round(&wt), &bias, &round(&d_out), s);
@@ -671,9 +658,9 @@ mod tests {
             stride: [1, 1],
             padding: [1, 1],
         };
-        let x = pseudo_random(s.input_len(), 5);
-        let wt = pseudo_random(s.weight_len(), 6);
-        let d_out = pseudo_random(s.output_len(), 7);
+        let x = pseudo_random(s.input_len(), 5, 1.0, 0.0);
+        let wt = pseudo_random(s.weight_len(), 6, 1.0, 0.0);
+        let d_out = pseudo_random(s.output_len(), 7, 1.0, 0.0);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)

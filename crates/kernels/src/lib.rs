@@ -21,6 +21,8 @@ mod exp;
 pub mod norm;
 pub mod optim;
 mod simd;
+#[cfg(test)]
+mod test_values;
 
 pub use activation::{geglu_backward, geglu_forward};
 pub use attention::{AttentionShape, attention_backward, attention_forward};

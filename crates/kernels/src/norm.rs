@@ -420,22 +420,7 @@ fn backward_group<S: Simd>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Deterministic values in about [-scale, scale] plus an offset.
-    fn values(n: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let u = (s >> 40) as f32 / (1u64 << 24) as f32;
-                offset + scale * (2.0 * u - 1.0)
-            })
-            .collect()
-    }
+    use crate::test_values::pseudo_random as values;
 
     struct Reference {
         out: Vec<f64>,
