@@ -1,16 +1,10 @@
 //! The fused CPU attention (forward and gradients) against burn's own attention.
 
-use burn::tensor::{Device, Distribution, Tensor};
-use ldmscale_model::unet::fused::{attention, burn_path};
+mod common;
 
-fn rel_l2(a: Tensor<3>, b: Tensor<3>) -> f32 {
-    let diff = (a - b.clone())
-        .powi_scalar(2)
-        .sum()
-        .into_scalar::<f32>()
-        .sqrt();
-    diff / b.powi_scalar(2).sum().into_scalar::<f32>().sqrt()
-}
+use burn::tensor::{Device, Distribution, Tensor};
+use common::rel_l2;
+use ldmscale_model::unet::fused::{attention, burn_path};
 
 /// Self-attention-like (as many keys as queries) and cross-attention-like shapes, head widths
 /// with and without a lane remainder.

@@ -1,18 +1,12 @@
 //! The fused CPU convolution (forward and gradients) against burn's `Conv2d::forward`.
 
+mod common;
+
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::{Device, Distribution, Tensor};
+use common::rel_l2;
 use ldmscale_model::unet::fused_conv::conv2d;
-
-fn rel_l2<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-    let diff = (a - b.clone())
-        .powi_scalar(2)
-        .sum()
-        .into_scalar::<f32>()
-        .sqrt();
-    diff / b.powi_scalar(2).sum().into_scalar::<f32>().sqrt()
-}
 
 /// (batch, c_in, c_out, height, width, kernel, stride, padding): the UNet's 3x3 "same"
 /// convolution, its stride-2 downsampler, the 1x1 shortcut, and an unpadded odd case.

@@ -1,18 +1,12 @@
 //! The fused CPU GroupNorm(+SiLU) and GEGLU (forward and gradients) against burn's own ops.
 
+mod common;
+
 use burn::module::Param;
 use burn::nn::{GroupNorm, GroupNormConfig};
 use burn::tensor::{Device, Distribution, Tensor};
+use common::rel_l2;
 use ldmscale_model::unet::fused_ops::{burn_geglu, burn_group_norm, geglu, group_norm};
-
-fn rel_l2<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
-    let diff = (a - b.clone())
-        .powi_scalar(2)
-        .sum()
-        .into_scalar::<f32>()
-        .sqrt();
-    diff / b.powi_scalar(2).sum().into_scalar::<f32>().sqrt()
-}
 
 /// `(batch, channels, groups, h, w)`: channels not a multiple of 16, one group, `h * w = 1`,
 /// and a UNet-like shape.
