@@ -10,9 +10,8 @@
 //! summed per fixed group of images and the groups combined in order, so the result does not
 //! depend on scheduling.
 
-use gemm::{Parallelism, gemm};
-
-use crate::bf16::{matmul_bf16, products_in_bf16};
+use crate::bf16::products_in_bf16;
+use crate::product::{inner_parallelism, product};
 use rayon::prelude::*;
 
 /// Sizes of one convolution (groups 1, dilation 1, the same padding on both sides of an axis).
@@ -334,69 +333,6 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
             }
         });
     t
-}
-
-/// `dst (+)= lhs rhs` for `(m, n, k)`, `dst` row-major `[m, n]`, operands given as (values, row
-/// stride, column stride); in bf16 (f32 sums) when `bf16`, else f32 `gemm`.
-fn product(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    accumulate: bool,
-    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
-    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
-    parallelism: Parallelism,
-    bf16: bool,
-) {
-    assert!(dst.len() >= m * n, "product output too short");
-    if bf16 {
-        let parallel = !matches!(parallelism, Parallelism::None);
-        matmul_bf16(
-            m, n, k, dst, n, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, parallel,
-        );
-        return;
-    }
-    assert!(
-        m == 0 || n == 0 || k == 0 || {
-            lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs
-                && rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs
-        },
-        "product operands too short"
-    );
-    // SAFETY: the three matrices lie inside their slices with the strides given (checked).
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
-
-/// The pool runs `tasks` independent products side by side; when there are fewer tasks than
-/// threads each product is split too (gemm splits its output, not its sums, so results agree).
-fn inner_parallelism(tasks: usize) -> Parallelism {
-    let threads = rayon::current_num_threads();
-    if tasks >= threads {
-        Parallelism::None
-    } else {
-        Parallelism::Rayon(threads)
-    }
 }
 
 /// For each kernel offset `k` (in `0..kernel`) along an axis of `input` pixels, the output

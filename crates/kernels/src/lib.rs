@@ -2,6 +2,7 @@
 //! parallel over fixed chunks (results do not depend on the thread count):
 //! - [`attention`]: attention with narrow heads, scores, softmax and weighted sum fused;
 //! - [`conv`]: convolution as one matrix product per image, forward and backward;
+//! - [`linear`]: a dense layer as one matrix product over all rows, forward and backward;
 //! - [`norm`] and [`activation`]: GroupNorm(+SiLU) and GEGLU in one pass each;
 //! - [`optim`]: AdamW, EMA and gradient norms in place;
 //! - [`bf16`]: a bf16 matrix product (AVX512-BF16) for compute where bf16 is allowed.
@@ -18,8 +19,10 @@ pub mod attention;
 pub mod bf16;
 pub mod conv;
 mod exp;
+pub mod linear;
 pub mod norm;
 pub mod optim;
+mod product;
 mod simd;
 #[cfg(test)]
 mod test_values;
@@ -27,4 +30,5 @@ mod test_values;
 pub use activation::{geglu_backward, geglu_forward};
 pub use attention::{AttentionShape, attention_backward, attention_forward};
 pub use conv::{ConvShape, conv2d_backward, conv2d_forward};
+pub use linear::{LinearShape, linear_backward, linear_forward};
 pub use norm::{GroupNormShape, group_norm_backward, group_norm_forward};

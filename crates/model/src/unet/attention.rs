@@ -6,6 +6,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
+use super::fused_linear::linear;
 use super::layers::{conv, conv_cost, group_norm, norm_cost};
 use crate::cost::Cost;
 
@@ -34,11 +35,13 @@ impl Attention {
 
     /// `x`: `[batch, tokens, dim]`; `context`: `[batch, keys, context_dim]`.
     pub fn forward(&self, x: Tensor<3>, context: Tensor<3>) -> Tensor<3> {
-        let q = self.to_q.forward(x);
-        let k = self.to_k.forward(context.clone());
-        let v = self.to_v.forward(context);
-        self.to_out
-            .forward(super::fused::attention(q, k, v, self.num_heads))
+        let q = linear(&self.to_q, x);
+        let k = linear(&self.to_k, context.clone());
+        let v = linear(&self.to_v, context);
+        linear(
+            &self.to_out,
+            super::fused::attention(q, k, v, self.num_heads),
+        )
     }
 
     /// Cost for `queries` tokens attending to `keys` tokens of one sample.
@@ -73,8 +76,10 @@ impl FeedForward {
 
     /// `x`: `[batch, tokens, dim]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.proj_out
-            .forward(super::fused_ops::geglu(self.proj_in.forward(x)))
+        linear(
+            &self.proj_out,
+            super::fused_ops::geglu(linear(&self.proj_in, x)),
+        )
     }
 
     /// Cost for `tokens` tokens.
@@ -238,7 +243,7 @@ impl SpatialTransformer {
         let x = super::fused_ops::group_norm(&self.norm, x, false);
         let to_tokens = |x: Tensor<4>| x.reshape([batch, channels, h * w]).swap_dims(1, 2);
         let mut tokens = match &self.proj_in {
-            Projection::Linear(l) => l.forward(to_tokens(x)),
+            Projection::Linear(l) => linear(l, to_tokens(x)),
             Projection::Conv(c) => to_tokens(c.forward(x)),
         };
         for block in &self.transformer_blocks {
@@ -246,7 +251,7 @@ impl SpatialTransformer {
         }
         let to_map = |t: Tensor<3>| t.swap_dims(1, 2).reshape([batch, channels, h, w]);
         let out = match &self.proj_out {
-            Projection::Linear(l) => to_map(l.forward(tokens)),
+            Projection::Linear(l) => to_map(linear(l, tokens)),
             Projection::Conv(c) => c.forward(to_map(tokens)),
         };
         out + residual

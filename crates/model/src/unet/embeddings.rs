@@ -5,6 +5,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
+use super::fused_linear::linear;
 use crate::cost::Cost;
 
 /// Sinusoidal features of one timestep per sample, computed on the host in f32 with the same
@@ -68,9 +69,9 @@ impl TimestepEmbedding {
     pub fn forward(&self, sinusoid: Tensor<2>, condition: Option<Tensor<2>>) -> Tensor<2> {
         let mut x = sinusoid;
         if let (Some(proj), Some(cond)) = (&self.cond_proj, condition) {
-            x = x + proj.forward(cond);
+            x = x + linear(proj, cond);
         }
-        self.linear_2.forward(silu(self.linear_1.forward(x)))
+        linear(&self.linear_2, silu(linear(&self.linear_1, x)))
     }
 
     /// Cost of one forward for one sample.

@@ -1,8 +1,8 @@
 //! Moving f32 values between flex tensors and the slices `ldmscale-kernels` reads and writes,
-//! for the fused operations (`fused`, `fused_conv`, `fused_ops`).
+//! for the fused operations (`fused`, `fused_conv`, `fused_linear`, `fused_ops`).
 
 use burn::backend::flex::FlexTensor;
-use burn::tensor::TensorData;
+use burn::tensor::{Shape, TensorData};
 
 /// The tensor's elements in row-major order, copied only when it is a strided view.
 pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
@@ -19,6 +19,6 @@ pub(crate) fn values(t: &FlexTensor) -> &[f32] {
 }
 
 /// A tensor of `shape` owning `values`.
-pub(crate) fn flex<const D: usize>(values: Vec<f32>, shape: [usize; D]) -> FlexTensor {
+pub(crate) fn flex(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
 }

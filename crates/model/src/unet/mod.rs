@@ -8,6 +8,7 @@ pub mod embeddings;
 mod flex_buffers;
 pub mod fused;
 pub mod fused_conv;
+pub mod fused_linear;
 pub mod fused_ops;
 mod layers;
 pub mod resnet;

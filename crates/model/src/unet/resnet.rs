@@ -51,9 +51,7 @@ impl ResnetBlock {
             &self.conv1,
             super::fused_ops::group_norm(&self.norm1, x.clone(), true),
         );
-        let t = self
-            .time_emb_proj
-            .forward(time.clone())
+        let t = super::fused_linear::linear(&self.time_emb_proj, time.clone())
             .unsqueeze_dims::<4>(&[2, 3]);
         let h = h + t;
         let h = conv2d(

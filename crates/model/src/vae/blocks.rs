@@ -12,6 +12,7 @@ use burn::tensor::{Device, Tensor};
 use super::config::AutoencoderKLConfig;
 use crate::cost::Cost;
 use crate::unet::fused_conv::conv2d;
+use crate::unet::fused_linear::linear;
 use crate::unet::fused_ops;
 
 /// diffusers fixes every norm epsilon of the VAE at 1e-6.
@@ -167,11 +168,11 @@ impl SelfAttention {
             .reshape([batch, channels, h * w])
             .swap_dims(1, 2);
         // One head: [batch, 1, pixels, channels]; the scale is 1/sqrt(channels).
-        let q = self.to_q.forward(tokens.clone()).unsqueeze_dim::<4>(1);
-        let k = self.to_k.forward(tokens.clone()).unsqueeze_dim::<4>(1);
-        let v = self.to_v.forward(tokens).unsqueeze_dim::<4>(1);
+        let q = linear(&self.to_q, tokens.clone()).unsqueeze_dim::<4>(1);
+        let k = linear(&self.to_k, tokens.clone()).unsqueeze_dim::<4>(1);
+        let v = linear(&self.to_v, tokens).unsqueeze_dim::<4>(1);
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        let out = self.to_out.forward(out.squeeze_dim::<3>(1));
+        let out = linear(&self.to_out, out.squeeze_dim::<3>(1));
         out.swap_dims(1, 2).reshape([batch, channels, h, w]) + x
     }
 

@@ -1,0 +1,316 @@
+//! A dense layer over rows, `y = x W + b`, as one matrix product over all rows.
+//!
+//! burn's `Linear` multiplies a `[batch, tokens, d_in]` input as `batch` separate products
+//! against a broadcast weight, adds the bias in a second pass, and in the backward sums `batch`
+//! weight-gradient products of its own. Here the rows of every sample form one product
+//! (`[rows, d_in] x [d_in, d_out]`, the bias written first and accumulated onto), and the
+//! backward is two products (`dx = dy Wᵀ`, `dW = xᵀ dy` summing over all rows in one go) and a
+//! column sum for the bias. gemm splits each product's output between threads, never its sums,
+//! so the result does not depend on the thread count.
+
+use rayon::prelude::*;
+
+use crate::bf16::products_in_bf16;
+use crate::product::{inner_parallelism, product};
+
+/// Sizes of one dense layer application.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearShape {
+    /// Rows multiplied (every leading dimension of the input, flattened).
+    pub rows: usize,
+    pub d_in: usize,
+    pub d_out: usize,
+}
+
+impl LinearShape {
+    pub fn input_len(&self) -> usize {
+        self.rows * self.d_in
+    }
+
+    pub fn output_len(&self) -> usize {
+        self.rows * self.d_out
+    }
+
+    pub fn weight_len(&self) -> usize {
+        self.d_in * self.d_out
+    }
+}
+
+/// Rows written per task when a pass over the output is split between threads.
+const ROW_BLOCK: usize = 64;
+/// Columns summed per task in the bias gradient.
+const COLUMN_BLOCK: usize = 64;
+
+/// `out = x weight + bias`. `x`: `[rows, d_in]`, `weight`: `[d_in, d_out]` (burn's `Linear`
+/// layout), `bias`: `[d_out]`, `out`: `[rows, d_out]`, all row-major.
+pub fn linear_forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    shape: LinearShape,
+    out: &mut [f32],
+) {
+    forward(x, weight, bias, shape, out, products_in_bf16());
+}
+
+fn forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    shape: LinearShape,
+    out: &mut [f32],
+    bf16: bool,
+) {
+    let LinearShape { rows, d_in, d_out } = shape;
+    assert_eq!(x.len(), shape.input_len(), "linear input size");
+    assert_eq!(weight.len(), shape.weight_len(), "linear weight size");
+    assert_eq!(out.len(), shape.output_len(), "linear output size");
+    if out.is_empty() {
+        return;
+    }
+    if let Some(b) = bias {
+        assert_eq!(b.len(), d_out, "linear bias size");
+        out.par_chunks_mut(ROW_BLOCK * d_out).for_each(|block| {
+            for row in block.chunks_exact_mut(d_out) {
+                row.copy_from_slice(b);
+            }
+        });
+    }
+    product(
+        (rows, d_out, d_in),
+        out,
+        bias.is_some(),
+        (x, d_in, 1),
+        (weight, d_out, 1),
+        inner_parallelism(1),
+        bf16,
+    );
+}
+
+/// Gradients of [`linear_forward`] from the output's gradient `d_out` (`[rows, d_out]`); each of
+/// `dx`, `dweight` and `dbias` that is given is overwritten.
+pub fn linear_backward(
+    x: &[f32],
+    weight: &[f32],
+    d_out: &[f32],
+    shape: LinearShape,
+    dx: Option<&mut [f32]>,
+    dweight: Option<&mut [f32]>,
+    dbias: Option<&mut [f32]>,
+) {
+    backward(
+        x,
+        weight,
+        d_out,
+        shape,
+        dx,
+        dweight,
+        dbias,
+        products_in_bf16(),
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    x: &[f32],
+    weight: &[f32],
+    d_out: &[f32],
+    shape: LinearShape,
+    dx: Option<&mut [f32]>,
+    dweight: Option<&mut [f32]>,
+    dbias: Option<&mut [f32]>,
+    bf16: bool,
+) {
+    let LinearShape {
+        rows,
+        d_in,
+        d_out: n_out,
+    } = shape;
+    assert_eq!(x.len(), shape.input_len(), "linear input size");
+    assert_eq!(weight.len(), shape.weight_len(), "linear weight size");
+    assert_eq!(
+        d_out.len(),
+        shape.output_len(),
+        "linear output gradient size"
+    );
+    let parallel = inner_parallelism(1);
+    if let Some(dx) = dx {
+        assert_eq!(dx.len(), shape.input_len(), "linear input gradient size");
+        // dx = dy Wᵀ (Wᵀ is W read column by column).
+        product(
+            (rows, d_in, n_out),
+            dx,
+            false,
+            (d_out, n_out, 1),
+            (weight, 1, n_out),
+            parallel,
+            bf16,
+        );
+    }
+    if let Some(dw) = dweight {
+        assert_eq!(dw.len(), shape.weight_len(), "linear weight gradient size");
+        // dW = xᵀ dy, the sum running over every row.
+        product(
+            (d_in, n_out, rows),
+            dw,
+            false,
+            (x, 1, d_in),
+            (d_out, n_out, 1),
+            parallel,
+            bf16,
+        );
+    }
+    if let Some(db) = dbias {
+        assert_eq!(db.len(), n_out, "linear bias gradient size");
+        // Each task sums a block of columns over all rows, in row order.
+        db.par_chunks_mut(COLUMN_BLOCK)
+            .enumerate()
+            .for_each(|(block, sums)| {
+                let start = block * COLUMN_BLOCK;
+                sums.fill(0.0);
+                for row in d_out.chunks_exact(n_out) {
+                    for (s, &g) in sums.iter_mut().zip(&row[start..]) {
+                        *s += g;
+                    }
+                }
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_values::pseudo_random;
+
+    /// Direct f64 layer and its gradients against `d_out`.
+    #[allow(clippy::type_complexity)]
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        d_out: &[f32],
+        s: LinearShape,
+    ) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let mut out = vec![0f64; s.output_len()];
+        let mut dx = vec![0f64; s.input_len()];
+        let mut dw = vec![0f64; s.weight_len()];
+        let mut db = vec![0f64; s.d_out];
+        for r in 0..s.rows {
+            for o in 0..s.d_out {
+                let g = d_out[r * s.d_out + o] as f64;
+                let mut acc = bias[o] as f64;
+                db[o] += g;
+                for i in 0..s.d_in {
+                    let (xv, wv) = (x[r * s.d_in + i] as f64, w[i * s.d_out + o] as f64);
+                    acc += xv * wv;
+                    dx[r * s.d_in + i] += g * wv;
+                    dw[i * s.d_out + o] += g * xv;
+                }
+                out[r * s.d_out + o] = acc;
+            }
+        }
+        (out, dx, dw, db)
+    }
+
+    fn max_rel(got: &[f32], want: &[f64]) -> f64 {
+        let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+        got.iter()
+            .zip(want)
+            .map(|(&g, &w)| (g as f64 - w).abs() / scale)
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn forward_and_backward_match_the_reference() {
+        // One row; odd sizes; more columns than a bias block; big enough for gemm's threads.
+        for (rows, d_in, d_out) in [(1, 5, 3), (7, 9, 13), (70, 33, 130), (300, 96, 80)] {
+            let s = LinearShape { rows, d_in, d_out };
+            let x = pseudo_random(s.input_len(), 1, 1.0, 0.0);
+            let w = pseudo_random(s.weight_len(), 2, 1.0, 0.0);
+            let bias = pseudo_random(d_out, 3, 1.0, 0.0);
+            let d_y = pseudo_random(s.output_len(), 4, 1.0, 0.0);
+            let (want, want_dx, want_dw, want_db) = reference(&x, &w, &bias, &d_y, s);
+            let mut out = vec![f32::NAN; s.output_len()];
+            linear_forward(&x, &w, Some(&bias), s, &mut out);
+            assert!(max_rel(&out, &want) < 1e-5, "{s:?} forward");
+            let mut dx = vec![f32::NAN; s.input_len()];
+            let mut dw = vec![f32::NAN; s.weight_len()];
+            let mut db = vec![f32::NAN; d_out];
+            linear_backward(&x, &w, &d_y, s, Some(&mut dx), Some(&mut dw), Some(&mut db));
+            assert!(max_rel(&dx, &want_dx) < 1e-5, "{s:?} dx");
+            assert!(max_rel(&dw, &want_dw) < 1e-5, "{s:?} dweight");
+            assert!(max_rel(&db, &want_db) < 1e-5, "{s:?} dbias");
+            // Without bias the output is the bare product.
+            let mut bare = vec![f32::NAN; s.output_len()];
+            linear_forward(&x, &w, None, s, &mut bare);
+            for (i, (&o, &b)) in out.iter().zip(&bare).enumerate() {
+                assert!((o - b - bias[i % d_out]).abs() < 1e-5, "{s:?} bias at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_products_match_the_reference_on_rounded_operands() {
+        use crate::bf16::{bf16_to_f32, round_to_bf16};
+        let round =
+            |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| bf16_to_f32(round_to_bf16(x))).collect() };
+        let s = LinearShape {
+            rows: 37,
+            d_in: 24,
+            d_out: 19,
+        };
+        let x = pseudo_random(s.input_len(), 11, 1.0, 0.0);
+        let w = pseudo_random(s.weight_len(), 12, 1.0, 0.0);
+        let bias = pseudo_random(s.d_out, 13, 1.0, 0.0);
+        let d_y = pseudo_random(s.output_len(), 14, 1.0, 0.0);
+        // Each product rounds both of its operands; the reference rounds them alike.
+        let (want, _, _, _) = reference(&round(&x), &round(&w), &bias, &d_y, s);
+        let (_, want_dx, _, _) = reference(&x, &round(&w), &bias, &round(&d_y), s);
+        let (_, _, want_dw, _) = reference(&round(&x), &w, &bias, &round(&d_y), s);
+        let mut out = vec![f32::NAN; s.output_len()];
+        forward(&x, &w, Some(&bias), s, &mut out, true);
+        assert!(max_rel(&out, &want) < 1e-5, "forward");
+        let mut dx = vec![f32::NAN; s.input_len()];
+        let mut dw = vec![f32::NAN; s.weight_len()];
+        backward(&x, &w, &d_y, s, Some(&mut dx), Some(&mut dw), None, true);
+        assert!(max_rel(&dx, &want_dx) < 1e-5, "dx");
+        assert!(max_rel(&dw, &want_dw) < 1e-5, "dweight");
+        // And it is bf16: the f32 result differs.
+        let mut exact = vec![0f32; s.output_len()];
+        forward(&x, &w, Some(&bias), s, &mut exact, false);
+        assert!(max_rel(&exact, &want) > 1e-5, "bf16 rounding visible");
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        // Large enough that gemm splits every product between threads.
+        let s = LinearShape {
+            rows: 600,
+            d_in: 128,
+            d_out: 96,
+        };
+        let x = pseudo_random(s.input_len(), 5, 1.0, 0.0);
+        let w = pseudo_random(s.weight_len(), 6, 1.0, 0.0);
+        let bias = pseudo_random(s.d_out, 7, 1.0, 0.0);
+        let d_y = pseudo_random(s.output_len(), 8, 1.0, 0.0);
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut out = vec![0f32; s.output_len()];
+                linear_forward(&x, &w, Some(&bias), s, &mut out);
+                let mut dx = vec![0f32; s.input_len()];
+                let mut dw = vec![0f32; s.weight_len()];
+                let mut db = vec![0f32; s.d_out];
+                linear_backward(&x, &w, &d_y, s, Some(&mut dx), Some(&mut dw), Some(&mut db));
+                (out, dx, dw, db)
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3, 5] {
+            assert!(run(threads) == one, "{threads} threads");
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The matrix product every kernel here builds on: gemm's f32 product, or the bf16 one when
+//! bf16 compute is on.
+
+use gemm::{Parallelism, gemm};
+
+use crate::bf16::matmul_bf16;
+
+/// `dst (+)= lhs rhs` for `(m, n, k)`, `dst` row-major `[m, n]`, operands given as (values, row
+/// stride, column stride); in bf16 (f32 sums) when `bf16`, else f32 `gemm`.
+pub(crate) fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+    parallelism: Parallelism,
+    bf16: bool,
+) {
+    assert!(dst.len() >= m * n, "product output too short");
+    if bf16 {
+        let parallel = !matches!(parallelism, Parallelism::None);
+        matmul_bf16(
+            m, n, k, dst, n, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, parallel,
+        );
+        return;
+    }
+    assert!(
+        m == 0 || n == 0 || k == 0 || {
+            lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs
+                && rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs
+        },
+        "product operands too short"
+    );
+    // SAFETY: the three matrices lie inside their slices with the strides given (checked).
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            if accumulate { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The pool runs `tasks` independent products side by side; when there are fewer tasks than
+/// threads each product is split too (gemm splits its output, not its sums, so results agree).
+pub(crate) fn inner_parallelism(tasks: usize) -> Parallelism {
+    let threads = rayon::current_num_threads();
+    if tasks >= threads {
+        Parallelism::None
+    } else {
+        Parallelism::Rayon(threads)
+    }
+}
