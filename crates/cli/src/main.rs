@@ -26,8 +26,9 @@ static GLOBAL: ldmscale_alloc::TensorAllocator = ldmscale_alloc::TensorAllocator
 #[derive(Parser, Debug)]
 #[command(name = "ldmscale", version, about, long_about)]
 struct Cli {
-    /// Arithmetic of the CPU convolutions: `f32`, or `bf16` products with f32 sums (as
-    /// PyTorch's bf16 autocast), about 1.7x faster matrix products on CPUs with AVX512-BF16.
+    /// Arithmetic of the CPU convolutions and dense layers: `f32`, or `bf16` products with f32
+    /// sums (as PyTorch's bf16 autocast), about 1.7x faster matrix products on CPUs with
+    /// AVX512-BF16.
     /// Weights, optimizer state and every other operation stay f32; bf16 results differ from
     /// f32 from about the third significant digit.
     #[arg(long, global = true, value_enum, default_value = "f32")]

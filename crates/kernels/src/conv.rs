@@ -11,6 +11,7 @@
 //! depend on scheduling.
 
 use crate::bf16::products_in_bf16;
+use crate::buffer::zeroed;
 use crate::product::{inner_parallelism, product};
 use rayon::prelude::*;
 
@@ -232,7 +233,7 @@ fn backward(
                 let dst: &mut [f32] = if pointwise {
                     dx_b
                 } else {
-                    dcol.clear();
+                    // The product overwrites all of it: a reused buffer is not cleared.
                     dcol.resize(patch * pixels, 0.0);
                     dcol.as_mut_slice()
                 };
@@ -259,7 +260,7 @@ fn backward(
     let transposed = pixels >= LARGE_IMAGE;
     let per_group = shape.batch.div_ceil(GRAD_GROUPS).max(1);
     let groups = shape.batch.div_ceil(per_group);
-    let mut partials = vec![0f32; groups * dweight.len()];
+    let mut partials = zeroed(groups * dweight.len());
     let inner = inner_parallelism(groups);
     partials
         .par_chunks_mut(dweight.len().max(1))
@@ -291,7 +292,7 @@ fn backward(
             }
         });
     let len = dweight.len();
-    let mut sum_t = vec![0f32; len];
+    let mut sum_t = zeroed(len);
     sum_t
         .par_chunks_mut(4096)
         .enumerate()
@@ -314,7 +315,7 @@ fn backward(
 /// The `[cols, rows]` transpose of row-major `[rows, cols]` `m`.
 fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     const BLOCK: usize = 32;
-    let mut t = vec![0f32; rows * cols];
+    let mut t = zeroed(rows * cols);
     if rows == 0 {
         return t;
     }
@@ -359,7 +360,7 @@ fn valid_range(
 fn im2col(x: &[f32], shape: ConvShape, col: &mut Vec<f32>) {
     let (h_out, w_out) = (shape.out_height(), shape.out_width());
     let pixels = h_out * w_out;
-    col.clear();
+    // Every element is written below (padding as zeros), so a reused buffer is not cleared.
     col.resize(shape.patch() * pixels, 0.0);
     let mut rows = col.chunks_exact_mut(pixels);
     for c in 0..shape.channels_in {
@@ -370,10 +371,14 @@ fn im2col(x: &[f32], shape: ConvShape, col: &mut Vec<f32>) {
                 let (x0, x1) =
                     valid_range(kx, shape.stride[1], shape.padding[1], shape.width, w_out);
                 let row = rows.next().expect("patch rows");
+                row[..y0 * w_out].fill(0.0);
+                row[y1 * w_out..].fill(0.0);
                 for oy in y0..y1 {
                     let iy = oy * shape.stride[0] + ky - shape.padding[0];
                     let src = &plane[iy * shape.width..][..shape.width];
                     let dst = &mut row[oy * w_out..][..w_out];
+                    dst[..x0].fill(0.0);
+                    dst[x1..].fill(0.0);
                     let ix0 = x0 * shape.stride[1] + kx - shape.padding[1];
                     if shape.stride[1] == 1 {
                         dst[x0..x1].copy_from_slice(&src[ix0..ix0 + (x1 - x0)]);

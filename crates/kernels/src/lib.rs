@@ -2,6 +2,7 @@
 //! parallel over fixed chunks (results do not depend on the thread count):
 //! - [`attention`]: attention with narrow heads, scores, softmax and weighted sum fused;
 //! - [`conv`]: convolution as one matrix product per image, forward and backward;
+//! - [`layer_norm`]: LayerNorm over the last dimension, forward and backward;
 //! - [`linear`]: a dense layer as one matrix product over all rows, forward and backward;
 //! - [`norm`] and [`activation`]: GroupNorm(+SiLU) and GEGLU in one pass each;
 //! - [`optim`]: AdamW, EMA and gradient norms in place;
@@ -17,8 +18,10 @@
 pub mod activation;
 pub mod attention;
 pub mod bf16;
+mod buffer;
 pub mod conv;
 mod exp;
+pub mod layer_norm;
 pub mod linear;
 pub mod norm;
 pub mod optim;
@@ -29,6 +32,8 @@ mod test_values;
 
 pub use activation::{geglu_backward, geglu_forward};
 pub use attention::{AttentionShape, attention_backward, attention_forward};
+pub use buffer::zeroed;
 pub use conv::{ConvShape, conv2d_backward, conv2d_forward};
+pub use layer_norm::{LayerNormShape, layer_norm_backward, layer_norm_forward};
 pub use linear::{LinearShape, linear_backward, linear_forward};
 pub use norm::{GroupNormShape, group_norm_backward, group_norm_forward};

@@ -1,12 +1,13 @@
-//! The fused CPU GroupNorm(+SiLU) and GEGLU (forward and gradients) against burn's own ops.
+//! The fused CPU GroupNorm(+SiLU), LayerNorm and GEGLU (forward and gradients) against burn's
+//! own ops.
 
 mod common;
 
 use burn::module::Param;
-use burn::nn::{GroupNorm, GroupNormConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Distribution, Tensor};
 use common::rel_l2;
-use ldmscale_model::unet::fused_ops::{burn_geglu, burn_group_norm, geglu, group_norm};
+use ldmscale_model::unet::fused_ops::{burn_geglu, burn_group_norm, geglu, group_norm, layer_norm};
 
 /// `(batch, channels, groups, h, w)`: channels not a multiple of 16, one group, `h * w = 1`,
 /// and a UNet-like shape.
@@ -97,6 +98,124 @@ fn group_norm_gradients_match_burn_under_autodiff() {
             }
         }
     }
+}
+
+/// `(batch, tokens, features, epsilon)`: features off and on the lane width, a single row, rows
+/// across the kernel's 64-row blocks, and an epsilon large enough to change the output.
+const LAYER_NORM_CASES: [(usize, usize, usize, f64); 5] = [
+    (2, 7, 19, 1e-5),
+    (1, 1, 5, 1e-5),
+    (3, 70, 64, 1e-5),
+    (2, 40, 128, 1e-5),
+    (2, 9, 24, 0.5),
+];
+
+/// A LayerNorm with random affine parameters (burn initialises them to ones and zeros).
+fn random_layer_norm(features: usize, epsilon: f64, device: &Device) -> LayerNorm {
+    let mut norm = LayerNormConfig::new(features)
+        .with_epsilon(epsilon)
+        .init(device);
+    let param = |mean| {
+        Param::from_tensor(Tensor::<1>::random(
+            [features],
+            Distribution::Normal(mean, 0.5),
+            device,
+        ))
+    };
+    norm.gamma = param(1.0);
+    norm.beta = Some(param(0.0));
+    norm
+}
+
+fn burn_layer_norm(norm: &LayerNorm, x: Tensor<3>) -> Tensor<3> {
+    norm.forward(x)
+}
+
+#[test]
+fn layer_norm_forward_matches_burn_without_autodiff() {
+    let device = Device::flex();
+    for (batch, tokens, features, epsilon) in LAYER_NORM_CASES {
+        let norm = random_layer_norm(features, epsilon, &device);
+        // An offset larger than the spread exercises the variance's cancellation.
+        let x = Tensor::<3>::random(
+            [batch, tokens, features],
+            Distribution::Normal(3.0, 1.0),
+            &device,
+        );
+        let err = rel_l2(
+            layer_norm(&norm, epsilon, x.clone()),
+            norm.forward(x.clone()),
+        );
+        assert!(
+            err < 1e-5,
+            "{batch}x{tokens}x{features} eps {epsilon}: relative L2 {err}"
+        );
+        // Any rank: the same values as rows of a matrix.
+        let x2 = x.reshape([batch * tokens, features]);
+        let err = rel_l2(layer_norm(&norm, epsilon, x2.clone()), norm.forward(x2));
+        assert!(
+            err < 1e-5,
+            "{batch}x{tokens}x{features} as a matrix: relative L2 {err}"
+        );
+    }
+}
+
+#[test]
+fn layer_norm_gradients_match_burn_under_autodiff() {
+    let device = Device::flex().autodiff();
+    for (batch, tokens, features, epsilon) in LAYER_NORM_CASES {
+        let norm = random_layer_norm(features, epsilon, &device);
+        let x = Tensor::<3>::random(
+            [batch, tokens, features],
+            Distribution::Normal(3.0, 1.0),
+            &device,
+        )
+        .require_grad();
+        let run = |f: &dyn Fn(&LayerNorm, Tensor<3>) -> Tensor<3>| {
+            let out = f(&norm, x.clone());
+            // Nonlinear, so that every output element matters differently to the loss.
+            let grads = (out.clone() * out.clone().cos()).sum().backward();
+            let beta = norm.beta.as_ref().expect("bias").val();
+            (
+                out.inner(),
+                x.grad(&grads).expect("x gradient"),
+                norm.gamma.val().grad(&grads).expect("gamma gradient"),
+                beta.grad(&grads).expect("beta gradient"),
+            )
+        };
+        let (out_f, dx_f, dgamma_f, dbeta_f) = run(&|n, x| layer_norm(n, epsilon, x));
+        let (out_b, dx_b, dgamma_b, dbeta_b) = run(&burn_layer_norm);
+        let case = format!("{batch}x{tokens}x{features} eps {epsilon}");
+        let errs = [
+            ("output", rel_l2(out_f, out_b)),
+            ("x", rel_l2(dx_f, dx_b)),
+            ("gamma", rel_l2(dgamma_f, dgamma_b)),
+            ("beta", rel_l2(dbeta_f, dbeta_b)),
+        ];
+        for (name, err) in errs {
+            assert!(err < 1e-5, "{case}: {name} relative L2 {err}");
+        }
+    }
+}
+
+/// A strided view (not contiguous) goes through the same fused op, forward and backward.
+#[test]
+fn layer_norm_accepts_a_transposed_input() {
+    let device = Device::flex().autodiff();
+    let norm = random_layer_norm(6, 1e-5, &device);
+    let base =
+        Tensor::<3>::random([2, 6, 11], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let run = |f: &dyn Fn(&LayerNorm, Tensor<3>) -> Tensor<3>| {
+        let out = f(&norm, base.clone().swap_dims(1, 2));
+        let grads = (out.clone() * out.clone().cos()).sum().backward();
+        (out.inner(), base.grad(&grads).expect("gradient"))
+    };
+    let (out_f, d_f) = run(&|n, x| layer_norm(n, 1e-5, x));
+    let (out_b, d_b) = run(&burn_layer_norm);
+    let err = rel_l2(out_f, out_b);
+    assert!(err < 1e-5, "output relative L2 {err}");
+    let err = rel_l2(d_f, d_b);
+    assert!(err < 1e-5, "gradient relative L2 {err}");
 }
 
 /// `(batch, tokens, hidden)`: hidden widths with and without a lane remainder.

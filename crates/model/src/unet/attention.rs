@@ -10,6 +10,9 @@ use super::fused_linear::linear;
 use super::layers::{conv, conv_cost, group_norm, norm_cost};
 use crate::cost::Cost;
 
+/// The transformer blocks' LayerNorm epsilon (diffusers' `norm_eps` default).
+const LAYER_NORM_EPSILON: f64 = 1e-5;
+
 /// Multi-head attention without biases on q/k/v (diffusers `Attention`).
 #[derive(Module, Debug)]
 pub struct Attention {
@@ -114,7 +117,11 @@ impl TransformerBlock {
         only_cross_attention: bool,
         device: &Device,
     ) -> Self {
-        let norm = || LayerNormConfig::new(dim).init(device);
+        let norm = || {
+            LayerNormConfig::new(dim)
+                .with_epsilon(LAYER_NORM_EPSILON)
+                .init(device)
+        };
         let attn1_context = if only_cross_attention {
             context_dim
         } else {
@@ -133,18 +140,22 @@ impl TransformerBlock {
 
     /// `x`: `[batch, tokens, dim]`; `context`: `[batch, keys, context_dim]`.
     pub fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
-        let h = self.norm1.forward(x.clone());
+        let h = super::fused_ops::layer_norm(&self.norm1, LAYER_NORM_EPSILON, x.clone());
         let attn1_context = if self.only_cross_attention {
             context.clone()
         } else {
             h.clone()
         };
         let x = self.attn1.forward(h, attn1_context) + x;
-        let x = self
-            .attn2
-            .forward(self.norm2.forward(x.clone()), context.clone())
-            + x;
-        self.ff.forward(self.norm3.forward(x.clone())) + x
+        let x = self.attn2.forward(
+            super::fused_ops::layer_norm(&self.norm2, LAYER_NORM_EPSILON, x.clone()),
+            context.clone(),
+        ) + x;
+        self.ff.forward(super::fused_ops::layer_norm(
+            &self.norm3,
+            LAYER_NORM_EPSILON,
+            x.clone(),
+        )) + x
     }
 
     /// Cost for `tokens` tokens reading `keys` context tokens.

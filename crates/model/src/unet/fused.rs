@@ -18,7 +18,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::module::attention as burn_attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Device, Tensor};
-use ldmscale_kernels::{AttentionShape, attention_backward, attention_forward};
+use ldmscale_kernels::{AttentionShape, attention_backward, attention_forward, zeroed};
 
 use super::flex_buffers::{contiguous, flex, values};
 
@@ -117,7 +117,7 @@ fn fused_forward(
 ) -> (FlexTensor, Vec<f32>) {
     let shape = shape_of(q, k, heads);
     let (q, k, v) = (contiguous(q), contiguous(k), contiguous(v));
-    let mut out = vec![0f32; values(&q).len()];
+    let mut out = zeroed(values(&q).len());
     let mut lse = vec![
         0f32;
         if keep_lse {
@@ -168,9 +168,9 @@ impl Backward<Flex, 3> for FusedAttention {
             contiguous(&s.out),
         );
         let (mut dq, mut dk, mut dv) = (
-            vec![0f32; values(&q).len()],
-            vec![0f32; values(&k).len()],
-            vec![0f32; values(&v).len()],
+            zeroed(values(&q).len()),
+            zeroed(values(&k).len()),
+            zeroed(values(&v).len()),
         );
         attention_backward(
             values(&q),

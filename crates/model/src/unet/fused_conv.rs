@@ -12,7 +12,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::{DType, Device, Tensor};
-use ldmscale_kernels::{ConvShape, conv2d_backward, conv2d_forward};
+use ldmscale_kernels::{ConvShape, conv2d_backward, conv2d_forward, zeroed};
 
 use super::flex_buffers::{contiguous, flex, values};
 
@@ -106,7 +106,7 @@ fn forward(
 ) -> (FlexTensor, ConvShape) {
     let shape = shape_of(x, weight, stride, padding);
     let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
-    let mut out = vec![0f32; shape.output_len()];
+    let mut out = zeroed(shape.output_len());
     conv2d_forward(
         values(&x),
         values(&weight),
@@ -142,9 +142,9 @@ impl Backward<Flex, 3> for FusedConv {
         let [node_x, node_weight, node_bias] = ops.parents;
         let d_out = contiguous(&grads.consume::<Flex>(&ops.node));
         let Saved { x, weight, shape } = ops.state;
-        let mut dx = node_x.as_ref().map(|_| vec![0f32; values(&x).len()]);
-        let mut dweight = vec![0f32; shape.weight_len()];
-        let mut dbias = node_bias.as_ref().map(|_| vec![0f32; shape.channels_out]);
+        let mut dx = node_x.as_ref().map(|_| zeroed(values(&x).len()));
+        let mut dweight = zeroed(shape.weight_len());
+        let mut dbias = node_bias.as_ref().map(|_| zeroed(shape.channels_out));
         conv2d_backward(
             values(&x),
             values(&weight),

@@ -12,7 +12,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::{Autodiff, Flex};
 use burn::nn::Linear;
 use burn::tensor::{DType, Device, Tensor};
-use ldmscale_kernels::{LinearShape, linear_backward, linear_forward};
+use ldmscale_kernels::{LinearShape, linear_backward, linear_forward, zeroed};
 
 use super::flex_buffers::{contiguous, flex, values};
 
@@ -98,7 +98,7 @@ fn forward<const D: usize>(
     assert_eq!(x_dims[D - 1], shape.d_in, "linear input features");
     let (x, weight) = (contiguous(x), contiguous(weight));
     let bias = bias.map(contiguous);
-    let mut out = vec![0f32; shape.output_len()];
+    let mut out = zeroed(shape.output_len());
     linear_forward(
         values(&x),
         values(&weight),
@@ -165,9 +165,9 @@ fn register_gradients(
         x_dims,
     } = saved;
     let d_out = contiguous(&d_out);
-    let mut dx = x.map(|_| vec![0f32; shape.input_len()]);
-    let mut dweight = weight.map(|_| vec![0f32; shape.weight_len()]);
-    let mut dbias = bias.map(|_| vec![0f32; shape.d_out]);
+    let mut dx = x.map(|_| zeroed(shape.input_len()));
+    let mut dweight = weight.map(|_| zeroed(shape.weight_len()));
+    let mut dbias = bias.map(|_| zeroed(shape.d_out));
     linear_backward(
         values(&x_values),
         values(&w_values),
