@@ -38,11 +38,15 @@ fn main() {
         let backward = min_ms(reps, || {
             conv2d_backward(&x, &w, &d_out, s, Some(&mut dx), &mut dw, Some(&mut db))
         });
+        let weights_only = min_ms(reps, || {
+            conv2d_backward(&x, &w, &d_out, s, None, &mut dw, Some(&mut db))
+        });
         let flop = 2.0 * (batch * c_out * c_in * kernel * kernel * size * size) as f64;
         println!(
-            "{batch}x{c_in}->{c_out} {size}px k{kernel}: forward {forward:.2} ms ({:.0} GFLOP/s), backward {backward:.2} ms ({:.0} GFLOP/s)",
+            "{batch}x{c_in}->{c_out} {size}px k{kernel}: forward {forward:.2} ms ({:.0} GFLOP/s), backward {backward:.2} ms ({:.0} GFLOP/s: weights {weights_only:.2} ms, input {:.2} ms)",
             flop / forward / 1e6,
-            2.0 * flop / backward / 1e6
+            2.0 * flop / backward / 1e6,
+            backward - weights_only
         );
     }
 }

@@ -215,42 +215,19 @@ fn backward(
     // Input gradient: one task per image, each owning its slice of `dx`.
     if let Some(dx) = dx {
         assert_eq!(dx.len(), shape.input_len(), "conv input gradient size");
-        let inner = inner_parallelism(shape.batch);
-        // Wᵀ once, row-major, on large images: packing a transposed operand for every image
-        // costs more there (on 8x8 images the transpose costs more than it saves).
-        let weight_t =
-            (pixels >= LARGE_IMAGE).then(|| transpose(weight, shape.channels_out, patch));
-        let lhs = match &weight_t {
-            Some(t) => (t.as_slice(), shape.channels_out, 1),
-            None => (weight, 1, patch),
-        };
-        dx.par_chunks_mut(image_in.max(1))
-            .with_max_len(1)
-            .enumerate()
-            .for_each_init(Vec::new, |dcol, (b, dx_b)| {
-                let dy_b = &d_out[b * image_out..][..image_out];
-                let pointwise = shape.is_pointwise();
-                let dst: &mut [f32] = if pointwise {
-                    dx_b
-                } else {
-                    // The product overwrites all of it: a reused buffer is not cleared.
-                    dcol.resize(patch * pixels, 0.0);
-                    dcol.as_mut_slice()
-                };
-                // dcol = Wᵀ dY.
-                product(
-                    (patch, pixels, shape.channels_out),
-                    dst,
-                    false,
-                    lhs,
-                    (dy_b, pixels, 1),
-                    inner,
-                    bf16,
-                );
-                if !pointwise {
-                    col2im(dcol, shape, dx_b);
-                }
-            });
+        let as_convolution = (shape.pixels() >= LARGE_IMAGE)
+            .then(|| transposed_as_convolution(weight, shape))
+            .flatten();
+        if let Some((flipped, shape_t)) = as_convolution {
+            // A stride-1 convolution's input gradient is the convolution of dY with the
+            // flipped, transposed kernel: the product then sums over the long `c_out * kh * kw`
+            // axis, as the forward's does, instead of writing a 9x larger `dcol` to scatter
+            // (measured 10-20% faster at 16x16 and 32x32; slower at 8x8, where flipping the
+            // kernel costs more than it saves).
+            forward(d_out, &flipped, None, shape_t, dx, bf16);
+        } else {
+            input_gradient(weight, d_out, shape, dx, bf16);
+        }
     }
 
     // Weight gradient: a partial sum per fixed group of images, then the partials in order.
@@ -310,6 +287,89 @@ fn backward(
     } else {
         dweight.copy_from_slice(&sum_t);
     }
+}
+
+/// The input gradient as products into a gathered `dcol = Wᵀ dY` scattered back to `dx`
+/// (strided or unpadded convolutions), or straight into `dx` (pointwise ones).
+fn input_gradient(weight: &[f32], d_out: &[f32], shape: ConvShape, dx: &mut [f32], bf16: bool) {
+    let (pixels, patch) = (shape.pixels(), shape.patch());
+    let (image_in, image_out) = (
+        shape.channels_in * shape.height * shape.width,
+        shape.channels_out * pixels,
+    );
+    let inner = inner_parallelism(shape.batch);
+    // Wᵀ once, row-major, on large images: packing a transposed operand for every image
+    // costs more there (on 8x8 images the transpose costs more than it saves).
+    let weight_t = (pixels >= LARGE_IMAGE).then(|| transpose(weight, shape.channels_out, patch));
+    let lhs = match &weight_t {
+        Some(t) => (t.as_slice(), shape.channels_out, 1),
+        None => (weight, 1, patch),
+    };
+    dx.par_chunks_mut(image_in.max(1))
+        .with_max_len(1)
+        .enumerate()
+        .for_each_init(Vec::new, |dcol, (b, dx_b)| {
+            let dy_b = &d_out[b * image_out..][..image_out];
+            let pointwise = shape.is_pointwise();
+            let dst: &mut [f32] = if pointwise {
+                dx_b
+            } else {
+                // The product overwrites all of it: a reused buffer is not cleared.
+                dcol.resize(patch * pixels, 0.0);
+                dcol.as_mut_slice()
+            };
+            // dcol = Wᵀ dY.
+            product(
+                (patch, pixels, shape.channels_out),
+                dst,
+                false,
+                lhs,
+                (dy_b, pixels, 1),
+                inner,
+                bf16,
+            );
+            if !pointwise {
+                col2im(dcol, shape, dx_b);
+            }
+        });
+}
+
+/// For a stride-1 convolution with at most `kernel - 1` padding (not pointwise), the kernel
+/// flipped in space with input and output channels swapped, and the shape of the convolution
+/// that maps dY to dx with it.
+fn transposed_as_convolution(weight: &[f32], shape: ConvShape) -> Option<(Vec<f32>, ConvShape)> {
+    let (kh, kw) = (shape.kernel_h, shape.kernel_w);
+    if shape.is_pointwise()
+        || shape.stride != [1, 1]
+        || shape.padding[0] >= kh
+        || shape.padding[1] >= kw
+    {
+        return None;
+    }
+    let (c_in, c_out) = (shape.channels_in, shape.channels_out);
+    let mut flipped = zeroed(weight.len());
+    flipped
+        .par_chunks_mut(c_out * kh * kw)
+        .enumerate()
+        .for_each(|(ci, dst)| {
+            for co in 0..c_out {
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        dst[(co * kh + ky) * kw + kx] =
+                            weight[((co * c_in + ci) * kh + kh - 1 - ky) * kw + kw - 1 - kx];
+                    }
+                }
+            }
+        });
+    let shape_t = ConvShape {
+        channels_in: c_out,
+        height: shape.out_height(),
+        width: shape.out_width(),
+        channels_out: c_in,
+        padding: [kh - 1 - shape.padding[0], kw - 1 - shape.padding[1]],
+        ..shape
+    };
+    Some((flipped, shape_t))
 }
 
 /// The `[cols, rows]` transpose of row-major `[rows, cols]` `m`.
@@ -503,6 +563,8 @@ mod tests {
             (11, 2, 6, 7, 3, 2, 3, [1, 2], [0, 1]),
             // kernel as large as the padded input
             (2, 3, 2, 2, 2, 3, 3, [1, 1], [1, 1]),
+            // stride 1, non-square kernel, padding on one axis only (dx as a convolution)
+            (2, 3, 6, 5, 4, 2, 3, [1, 1], [0, 1]),
         ];
         for (batch, ci, h, w, co, kh, kw, stride, padding) in shapes {
             let s = ConvShape {
