@@ -18,6 +18,9 @@
 
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+use crate::product::transpose;
+
 /// Output rows per microkernel (broadcast `lhs` words): 12 x 2 accumulators + 2 `rhs` vectors
 /// + 1 broadcast fit the 32 zmm registers.
 const MR: usize = 12;
@@ -138,6 +141,20 @@ pub fn matmul_bf16(
 
     #[cfg(target_arch = "x86_64")]
     if available() {
+        // A transposed operand is copied to row-major first: packing reads rows with vector
+        // loads, columns one element at a time (several times slower than the copy).
+        let lhs_t =
+            (lhs_cs != 1 && lhs_rs == 1 && lhs_cs >= m).then(|| transpose(lhs, k, m, lhs_cs));
+        let (lhs, lhs_rs, lhs_cs) = match &lhs_t {
+            Some(t) => (t.as_slice(), k, 1),
+            None => (lhs, lhs_rs, lhs_cs),
+        };
+        let rhs_t =
+            (rhs_cs != 1 && rhs_rs == 1 && rhs_cs >= k).then(|| transpose(rhs, n, k, rhs_cs));
+        let (rhs, rhs_rs, rhs_cs) = match &rhs_t {
+            Some(t) => (t.as_slice(), n, 1),
+            None => (rhs, rhs_rs, rhs_cs),
+        };
         let shape = Shape {
             m,
             n,

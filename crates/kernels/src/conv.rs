@@ -12,7 +12,7 @@
 
 use crate::bf16::products_in_bf16;
 use crate::buffer::zeroed;
-use crate::product::{inner_parallelism, product};
+use crate::product::{inner_parallelism, product, transpose};
 use rayon::prelude::*;
 
 /// Sizes of one convolution (groups 1, dilation 1, the same padding on both sides of an axis).
@@ -283,7 +283,12 @@ fn backward(
             }
         });
     if transposed {
-        dweight.copy_from_slice(&transpose(&sum_t, patch, shape.channels_out));
+        dweight.copy_from_slice(&transpose(
+            &sum_t,
+            patch,
+            shape.channels_out,
+            shape.channels_out,
+        ));
     } else {
         dweight.copy_from_slice(&sum_t);
     }
@@ -300,7 +305,8 @@ fn input_gradient(weight: &[f32], d_out: &[f32], shape: ConvShape, dx: &mut [f32
     let inner = inner_parallelism(shape.batch);
     // Wᵀ once, row-major, on large images: packing a transposed operand for every image
     // costs more there (on 8x8 images the transpose costs more than it saves).
-    let weight_t = (pixels >= LARGE_IMAGE).then(|| transpose(weight, shape.channels_out, patch));
+    let weight_t =
+        (pixels >= LARGE_IMAGE).then(|| transpose(weight, shape.channels_out, patch, patch));
     let lhs = match &weight_t {
         Some(t) => (t.as_slice(), shape.channels_out, 1),
         None => (weight, 1, patch),
@@ -370,30 +376,6 @@ fn transposed_as_convolution(weight: &[f32], shape: ConvShape) -> Option<(Vec<f3
         ..shape
     };
     Some((flipped, shape_t))
-}
-
-/// The `[cols, rows]` transpose of row-major `[rows, cols]` `m`.
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const BLOCK: usize = 32;
-    let mut t = zeroed(rows * cols);
-    if rows == 0 {
-        return t;
-    }
-    // Parallel over blocks of output rows; each reads a column strip of `m` in 32x32 tiles.
-    t.par_chunks_mut(BLOCK * rows)
-        .enumerate()
-        .for_each(|(block, out)| {
-            let c0 = block * BLOCK;
-            let width = out.len() / rows;
-            for r0 in (0..rows).step_by(BLOCK) {
-                for r in r0..(r0 + BLOCK).min(rows) {
-                    for c in 0..width {
-                        out[c * rows + r] = m[r * cols + c0 + c];
-                    }
-                }
-            }
-        });
-    t
 }
 
 /// For each kernel offset `k` (in `0..kernel`) along an axis of `input` pixels, the output

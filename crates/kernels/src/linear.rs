@@ -11,7 +11,8 @@
 use rayon::prelude::*;
 
 use crate::bf16::products_in_bf16;
-use crate::product::{inner_parallelism, product};
+use crate::buffer::zeroed;
+use crate::product::{inner_parallelism, product, transpose};
 
 /// Sizes of one dense layer application.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,16 +150,31 @@ fn backward(
     }
     if let Some(dw) = dweight {
         assert_eq!(dw.len(), shape.weight_len(), "linear weight gradient size");
-        // dW = xᵀ dy, the sum running over every row.
-        product(
-            (d_in, n_out, rows),
-            dw,
-            false,
-            (x, 1, d_in),
-            (d_out, n_out, 1),
-            parallel,
-            bf16,
-        );
+        // dW = xᵀ dy, the sum running over every row. The bf16 product copies its transposed
+        // operand to row-major first: where dy is the narrower, dWᵀ = dyᵀ x copies less.
+        if bf16 && d_in > n_out {
+            let mut dw_t = zeroed(dw.len());
+            product(
+                (n_out, d_in, rows),
+                &mut dw_t,
+                false,
+                (d_out, 1, n_out),
+                (x, d_in, 1),
+                parallel,
+                bf16,
+            );
+            dw.copy_from_slice(&transpose(&dw_t, n_out, d_in, d_in));
+        } else {
+            product(
+                (d_in, n_out, rows),
+                dw,
+                false,
+                (x, 1, d_in),
+                (d_out, n_out, 1),
+                parallel,
+                bf16,
+            );
+        }
     }
     if let Some(db) = dbias {
         assert_eq!(db.len(), n_out, "linear bias gradient size");

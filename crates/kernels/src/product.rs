@@ -2,8 +2,10 @@
 //! bf16 compute is on.
 
 use gemm::{Parallelism, gemm};
+use rayon::prelude::*;
 
 use crate::bf16::matmul_bf16;
+use crate::buffer::zeroed;
 
 /// `dst (+)= lhs rhs` for `(m, n, k)`, `dst` row-major `[m, n]`, operands given as (values, row
 /// stride, column stride); in bf16 (f32 sums) when `bf16`, else f32 `gemm`.
@@ -66,4 +68,33 @@ pub(crate) fn inner_parallelism(tasks: usize) -> Parallelism {
     } else {
         Parallelism::Rayon(threads)
     }
+}
+
+/// The `[cols, rows]` transpose (row-major) of the `[rows, cols]` matrix whose row `r` starts at
+/// `m[r * row_stride]`.
+pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize, row_stride: usize) -> Vec<f32> {
+    const BLOCK: usize = 32;
+    let mut t = zeroed(rows * cols);
+    if rows == 0 || cols == 0 {
+        return t;
+    }
+    assert!(
+        row_stride >= cols && m.len() >= (rows - 1) * row_stride + cols,
+        "transpose source too short"
+    );
+    // Parallel over blocks of output rows; each reads a column strip of `m` in 32x32 tiles.
+    t.par_chunks_mut(BLOCK * rows)
+        .enumerate()
+        .for_each(|(block, out)| {
+            let c0 = block * BLOCK;
+            let width = out.len() / rows;
+            for r0 in (0..rows).step_by(BLOCK) {
+                for r in r0..(r0 + BLOCK).min(rows) {
+                    for c in 0..width {
+                        out[c * rows + r] = m[r * row_stride + c0 + c];
+                    }
+                }
+            }
+        });
+    t
 }
