@@ -270,31 +270,30 @@ mod tests {
         use crate::bf16::{bf16_to_f32, round_to_bf16};
         let round =
             |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| bf16_to_f32(round_to_bf16(x))).collect() };
-        let s = LinearShape {
-            rows: 37,
-            d_in: 24,
-            d_out: 19,
-        };
-        let x = pseudo_random(s.input_len(), 11, 1.0, 0.0);
-        let w = pseudo_random(s.weight_len(), 12, 1.0, 0.0);
-        let bias = pseudo_random(s.d_out, 13, 1.0, 0.0);
-        let d_y = pseudo_random(s.output_len(), 14, 1.0, 0.0);
-        // Each product rounds both of its operands; the reference rounds them alike.
-        let (want, _, _, _) = reference(&round(&x), &round(&w), &bias, &d_y, s);
-        let (_, want_dx, _, _) = reference(&x, &round(&w), &bias, &round(&d_y), s);
-        let (_, _, want_dw, _) = reference(&round(&x), &w, &bias, &round(&d_y), s);
-        let mut out = vec![f32::NAN; s.output_len()];
-        forward(&x, &w, Some(&bias), s, &mut out, true);
-        assert!(max_rel(&out, &want) < 1e-5, "forward");
-        let mut dx = vec![f32::NAN; s.input_len()];
-        let mut dw = vec![f32::NAN; s.weight_len()];
-        backward(&x, &w, &d_y, s, Some(&mut dx), Some(&mut dw), None, true);
-        assert!(max_rel(&dx, &want_dx) < 1e-5, "dx");
-        assert!(max_rel(&dw, &want_dw) < 1e-5, "dweight");
-        // And it is bf16: the f32 result differs.
-        let mut exact = vec![0f32; s.output_len()];
-        forward(&x, &w, Some(&bias), s, &mut exact, false);
-        assert!(max_rel(&exact, &want) > 1e-5, "bf16 rounding visible");
+        // Wider input than output and the reverse (the weight gradient is formed either way).
+        for (rows, d_in, d_out) in [(37, 24, 19), (29, 11, 23)] {
+            let s = LinearShape { rows, d_in, d_out };
+            let x = pseudo_random(s.input_len(), 11, 1.0, 0.0);
+            let w = pseudo_random(s.weight_len(), 12, 1.0, 0.0);
+            let bias = pseudo_random(s.d_out, 13, 1.0, 0.0);
+            let d_y = pseudo_random(s.output_len(), 14, 1.0, 0.0);
+            // Each product rounds both of its operands; the reference rounds them alike.
+            let (want, _, _, _) = reference(&round(&x), &round(&w), &bias, &d_y, s);
+            let (_, want_dx, _, _) = reference(&x, &round(&w), &bias, &round(&d_y), s);
+            let (_, _, want_dw, _) = reference(&round(&x), &w, &bias, &round(&d_y), s);
+            let mut out = vec![f32::NAN; s.output_len()];
+            forward(&x, &w, Some(&bias), s, &mut out, true);
+            assert!(max_rel(&out, &want) < 1e-5, "{s:?} forward");
+            let mut dx = vec![f32::NAN; s.input_len()];
+            let mut dw = vec![f32::NAN; s.weight_len()];
+            backward(&x, &w, &d_y, s, Some(&mut dx), Some(&mut dw), None, true);
+            assert!(max_rel(&dx, &want_dx) < 1e-5, "{s:?} dx");
+            assert!(max_rel(&dw, &want_dw) < 1e-5, "{s:?} dweight");
+            // And it is bf16: the f32 result differs.
+            let mut exact = vec![0f32; s.output_len()];
+            forward(&x, &w, Some(&bias), s, &mut exact, false);
+            assert!(max_rel(&exact, &want) > 1e-5, "{s:?} bf16 rounding visible");
+        }
     }
 
     #[test]
