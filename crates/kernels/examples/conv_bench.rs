@@ -13,6 +13,9 @@ fn main() {
         (8, 256, 256, 16, 3),
         (8, 256, 256, 8, 3),
         (8, 384, 128, 32, 1),
+        // The quick study's width-32 UNet on 8x8 latents: a training batch, a CFG batch.
+        (16, 32, 32, 8, 3),
+        (64, 64, 64, 4, 3),
     ] {
         let s = ConvShape {
             batch,

@@ -415,6 +415,28 @@ fn im2col(x: &[f32], shape: ConvShape, col: &mut Vec<f32>) {
                 let row = rows.next().expect("patch rows");
                 row[..y0 * w_out].fill(0.0);
                 row[y1 * w_out..].fill(0.0);
+                if shape.stride == [1, 1] && w_out == shape.width {
+                    // Output and input rows are equally long: the valid rows are the plane
+                    // shifted by one offset, so they are copied at once and the columns that
+                    // wrapped around are zeroed (rows of 8 or 16 pixels cost more to loop over
+                    // than to copy).
+                    let shift = (ky * shape.width + kx) as isize
+                        - (shape.padding[0] * shape.width + shape.padding[1]) as isize;
+                    let lo = (y0 * w_out).max((-shift).max(0) as usize);
+                    let hi = (y1 * w_out).min((plane.len() as isize - shift) as usize);
+                    if lo < hi {
+                        let src = (lo as isize + shift) as usize;
+                        row[lo..hi].copy_from_slice(&plane[src..src + hi - lo]);
+                    }
+                    if x0 > 0 || x1 < w_out {
+                        for oy in y0..y1 {
+                            let r = &mut row[oy * w_out..][..w_out];
+                            r[..x0].fill(0.0);
+                            r[x1..].fill(0.0);
+                        }
+                    }
+                    continue;
+                }
                 for oy in y0..y1 {
                     let iy = oy * shape.stride[0] + ky - shape.padding[0];
                     let src = &plane[iy * shape.width..][..shape.width];
