@@ -353,16 +353,24 @@ fn transposed_as_convolution(weight: &[f32], shape: ConvShape) -> Option<(Vec<f3
         return None;
     }
     let (c_in, c_out) = (shape.channels_in, shape.channels_out);
+    // Blocks of input channels, so that reads (along `c_in`) and writes (along `c_out`) both
+    // stream through memory.
+    const BLOCK: usize = 16;
+    let taps = kh * kw;
     let mut flipped = zeroed(weight.len());
     flipped
-        .par_chunks_mut(c_out * kh * kw)
+        .par_chunks_mut(BLOCK * c_out * taps)
         .enumerate()
-        .for_each(|(ci, dst)| {
+        .for_each(|(block, dst)| {
+            let ci0 = block * BLOCK;
+            let count = dst.len() / (c_out * taps);
             for co in 0..c_out {
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        dst[(co * kh + ky) * kw + kx] =
-                            weight[((co * c_in + ci) * kh + kh - 1 - ky) * kw + kw - 1 - kx];
+                for i in 0..count {
+                    let src = &weight[(co * c_in + ci0 + i) * taps..][..taps];
+                    let out = &mut dst[(i * c_out + co) * taps..][..taps];
+                    // Flipping both axes reverses the taps' row-major order.
+                    for (o, &w) in out.iter_mut().zip(src.iter().rev()) {
+                        *o = w;
                     }
                 }
             }
@@ -567,8 +575,11 @@ mod tests {
             (11, 2, 6, 7, 3, 2, 3, [1, 2], [0, 1]),
             // kernel as large as the padded input
             (2, 3, 2, 2, 2, 3, 3, [1, 1], [1, 1]),
-            // stride 1, non-square kernel, padding on one axis only (dx as a convolution)
+            // stride 1, non-square kernel, padding on one axis only
             (2, 3, 6, 5, 4, 2, 3, [1, 1], [0, 1]),
+            // 256+ output pixels at stride 1: dx as a convolution with the flipped kernel
+            (2, 3, 16, 17, 4, 3, 3, [1, 1], [1, 1]),
+            (1, 2, 17, 16, 3, 2, 3, [1, 1], [0, 1]),
         ];
         for (batch, ci, h, w, co, kh, kw, stride, padding) in shapes {
             let s = ConvShape {
