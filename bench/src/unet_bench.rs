@@ -88,6 +88,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
+    // As `ldmscale` runs: on a worker of the kernels' pool (see `run_on_pool`).
+    ldmscale_kernels::run_on_pool(run)
+}
+
+fn run() -> Result<()> {
     let args = Args::parse();
     ldmscale_kernels::bf16::set_products_in_bf16(args.bf16);
     let config = UNetConfig::small(args.width, args.context_dim, 8.min(args.width / 8).max(1));

@@ -113,7 +113,17 @@ fn main() {
         }
         ldmscale_kernels::bf16::set_products_in_bf16(true);
     }
-    let result = match &cli.command {
+    // On a worker of the kernels' thread pool, so that their parallel loops start in place
+    // (see `run_on_pool`).
+    let result = ldmscale_kernels::run_on_pool(|| run(&cli));
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    match &cli.command {
         Command::Zoo(args) => zoo::run(args),
         Command::Sample(args) => sample::run(args),
         Command::Fid(args) => fid::run(args),
@@ -124,9 +134,5 @@ fn main() {
         Command::Train(args) => train::run(args),
         Command::TrainFamily(args) => train::family(args),
         Command::TrainVae(args) => train_vae::run(args),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
     }
 }

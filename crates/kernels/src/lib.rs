@@ -25,6 +25,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod norm;
 pub mod optim;
+mod pool;
 mod product;
 mod simd;
 #[cfg(test)]
@@ -37,3 +38,4 @@ pub use conv::{ConvShape, conv2d_backward, conv2d_forward};
 pub use layer_norm::{LayerNormShape, layer_norm_backward, layer_norm_forward};
 pub use linear::{LinearShape, linear_backward, linear_forward};
 pub use norm::{GroupNormShape, group_norm_backward, group_norm_forward};
+pub use pool::run_on_pool;
