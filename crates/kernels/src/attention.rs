@@ -1157,7 +1157,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_values::pseudo_random;
+    use crate::test_values::{on_threads, pseudo_random};
 
     /// f64 attention and its gradients by the textbook formulas, materialising everything.
     fn reference(
@@ -1318,11 +1318,7 @@ mod tests {
         let v = pseudo_random(3 * 77 * w, 7, 2.0, 0.0);
         let d_out = pseudo_random(3 * 300 * w, 8, 2.0, 0.0);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 let mut out = vec![0f32; q.len()];
                 let mut lse = vec![0f32; 3 * 4 * 300];
                 attention_forward(&q, &k, &v, s, 0.25, &mut out, Some(&mut lse));

@@ -981,11 +981,7 @@ mod tests {
                 )
             };
             match threads {
-                Some(t) => rayon::ThreadPoolBuilder::new()
-                    .num_threads(t)
-                    .build()
-                    .unwrap()
-                    .install(product),
+                Some(t) => crate::test_values::on_threads(t, product),
                 None => product(),
             }
             dst.iter().map(|x| x.to_bits()).collect::<Vec<_>>()

@@ -496,7 +496,7 @@ fn col2im(col: &[f32], shape: ConvShape, dx: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_values::pseudo_random;
+    use crate::test_values::{max_rel, on_threads, pseudo_random};
 
     /// Direct f64 convolution and its gradients against `d_out`.
     #[allow(clippy::type_complexity)]
@@ -552,14 +552,6 @@ mod tests {
             }
         }
         (out, dx, dw, db)
-    }
-
-    fn max_rel(got: &[f32], want: &[f64]) -> f64 {
-        let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-        got.iter()
-            .zip(want)
-            .map(|(&g, &w)| (g as f64 - w).abs() / scale)
-            .fold(0.0, f64::max)
     }
 
     #[test]
@@ -680,11 +672,7 @@ mod tests {
         let wt = pseudo_random(s.weight_len(), 6, 1.0, 0.0);
         let d_out = pseudo_random(s.output_len(), 7, 1.0, 0.0);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 let mut dw = vec![0f32; s.weight_len()];
                 let mut dx = vec![0f32; s.input_len()];
                 conv2d_backward(&x, &wt, &d_out, s, Some(&mut dx), &mut dw, None);

@@ -341,7 +341,7 @@ fn backward_rows<S: Simd>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_values::pseudo_random as values;
+    use crate::test_values::{max_rel, on_threads, pseudo_random as values};
 
     struct Reference {
         out: Vec<f64>,
@@ -389,15 +389,6 @@ mod tests {
             }
         }
         r
-    }
-
-    /// Largest error relative to the largest reference magnitude.
-    fn rel_err(got: &[f32], want: &[f64]) -> f64 {
-        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-        got.iter()
-            .zip(want)
-            .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()))
-            / scale
     }
 
     /// Output, stats, dx, dgamma, dbeta.
@@ -459,7 +450,7 @@ mod tests {
                 ("dgamma", &dgamma, &r.dgamma),
                 ("dbeta", &dbeta, &r.dbeta),
             ] {
-                let err = rel_err(got, want);
+                let err = max_rel(got, want);
                 assert!(err < 2e-6, "{shape:?}: {name} relative error {err}");
             }
         }
@@ -476,15 +467,9 @@ mod tests {
         let gamma = values(37, 9, 1.0, 1.0);
         let beta = values(37, 10, 1.0, 0.0);
         let d_out = values(shape.len(), 11, 1.0, 0.0);
-        let pool = |threads| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("thread pool")
-        };
-        let one = pool(1).install(|| run(&x, &gamma, &beta, &d_out, shape, 1e-5));
+        let one = on_threads(1, || run(&x, &gamma, &beta, &d_out, shape, 1e-5));
         for threads in [2, 3] {
-            let many = pool(threads).install(|| run(&x, &gamma, &beta, &d_out, shape, 1e-5));
+            let many = on_threads(threads, || run(&x, &gamma, &beta, &d_out, shape, 1e-5));
             assert!(
                 one == many,
                 "results differ between 1 and {threads} threads"

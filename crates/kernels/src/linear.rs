@@ -196,7 +196,7 @@ fn backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_values::pseudo_random;
+    use crate::test_values::{max_rel, on_threads, pseudo_random};
 
     /// Direct f64 layer and its gradients against `d_out`.
     #[allow(clippy::type_complexity)]
@@ -226,14 +226,6 @@ mod tests {
             }
         }
         (out, dx, dw, db)
-    }
-
-    fn max_rel(got: &[f32], want: &[f64]) -> f64 {
-        let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
-        got.iter()
-            .zip(want)
-            .map(|(&g, &w)| (g as f64 - w).abs() / scale)
-            .fold(0.0, f64::max)
     }
 
     #[test]
@@ -309,11 +301,7 @@ mod tests {
         let bias = pseudo_random(s.d_out, 7, 1.0, 0.0);
         let d_y = pseudo_random(s.output_len(), 8, 1.0, 0.0);
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
+            on_threads(threads, || {
                 let mut out = vec![0f32; s.output_len()];
                 linear_forward(&x, &w, Some(&bias), s, &mut out);
                 let mut dx = vec![0f32; s.input_len()];

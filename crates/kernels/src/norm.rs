@@ -420,7 +420,7 @@ fn backward_group<S: Simd>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_values::pseudo_random as values;
+    use crate::test_values::{max_rel, on_threads, pseudo_random as values};
 
     struct Reference {
         out: Vec<f64>,
@@ -480,15 +480,6 @@ mod tests {
             }
         }
         r
-    }
-
-    /// Largest error relative to the largest reference magnitude.
-    fn rel_err(got: &[f32], want: &[f64]) -> f64 {
-        let scale = want.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
-        got.iter()
-            .zip(want)
-            .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w).abs()))
-            / scale
     }
 
     #[test]
@@ -552,7 +543,7 @@ mod tests {
                 ("dgamma", &dgamma, &r.dgamma),
                 ("dbeta", &dbeta, &r.dbeta),
             ] {
-                let err = rel_err(got, want);
+                let err = max_rel(got, want);
                 assert!(err < 2e-6, "{case}: {name} relative error {err}");
             }
         }
@@ -599,14 +590,8 @@ mod tests {
             );
             (out, dx, dgamma, dbeta)
         };
-        let pool = |threads| {
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .expect("thread pool")
-        };
-        let one = pool(1).install(run);
-        let three = pool(3).install(run);
+        let one = on_threads(1, run);
+        let three = on_threads(3, run);
         assert!(one == three, "results differ between 1 and 3 threads");
     }
 
