@@ -412,14 +412,19 @@ fn im2col(x: &[f32], shape: ConvShape, col: &mut Vec<f32>) {
     let pixels = h_out * w_out;
     // Every element is written below (padding as zeros), so a reused buffer is not cleared.
     col.resize(shape.patch() * pixels, 0.0);
+    // The valid ranges depend on the kernel offset only: computed once, not per channel (their
+    // divisions were a tenth of the gather's time on 8x8 images).
+    let y_ranges: Vec<_> = (0..shape.kernel_h)
+        .map(|ky| valid_range(ky, shape.stride[0], shape.padding[0], shape.height, h_out))
+        .collect();
+    let x_ranges: Vec<_> = (0..shape.kernel_w)
+        .map(|kx| valid_range(kx, shape.stride[1], shape.padding[1], shape.width, w_out))
+        .collect();
     let mut rows = col.chunks_exact_mut(pixels);
     for c in 0..shape.channels_in {
         let plane = &x[c * shape.height * shape.width..][..shape.height * shape.width];
-        for ky in 0..shape.kernel_h {
-            let (y0, y1) = valid_range(ky, shape.stride[0], shape.padding[0], shape.height, h_out);
-            for kx in 0..shape.kernel_w {
-                let (x0, x1) =
-                    valid_range(kx, shape.stride[1], shape.padding[1], shape.width, w_out);
+        for (ky, &(y0, y1)) in y_ranges.iter().enumerate() {
+            for (kx, &(x0, x1)) in x_ranges.iter().enumerate() {
                 let row = rows.next().expect("patch rows");
                 row[..y0 * w_out].fill(0.0);
                 row[y1 * w_out..].fill(0.0);
