@@ -120,3 +120,36 @@ fn bad_run_files_are_named() {
         "{err}"
     );
 }
+
+/// Data-parallel training from the CLI, whose command runs on a rayon worker (`run_on_pool`)
+/// while the replicas run on plain threads that call into the pool: it must finish with a
+/// pool of one thread (where the command stays on the main thread) and of two.
+#[test]
+fn data_parallel_training_finishes_with_one_or_two_pool_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = run_file(dir.path(), 4);
+    for threads in ["1", "2"] {
+        let out = dir.path().join(format!("threads-{threads}"));
+        let mut child = train(&config, &out)
+            .args(["--devices", "cpu,cpu"])
+            .env("RAYON_NUM_THREADS", threads)
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                child.kill().unwrap();
+                panic!("{threads} pool thread(s): still running after 120 s (deadlock?)");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(status.success(), "{threads} pool thread(s): {status}");
+        assert!(
+            newest(&out).is_some(),
+            "{threads} pool thread(s): no checkpoint"
+        );
+    }
+}
