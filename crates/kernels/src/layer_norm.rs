@@ -343,14 +343,10 @@ mod tests {
     use super::*;
     use crate::test_values::{max_rel, on_threads, pseudo_random as values};
 
-    struct Reference {
-        out: Vec<f64>,
-        dx: Vec<f64>,
-        dgamma: Vec<f64>,
-        dbeta: Vec<f64>,
-    }
+    use crate::norm::GroupNormShape;
+    use crate::norm::tests::{Reference, reference as group_norm_reference};
 
-    /// The f64 forward and backward, written the direct way.
+    /// The f64 reference: GroupNorm's, with one group over all features of a row.
     fn reference(
         x: &[f32],
         gamma: &[f32],
@@ -359,36 +355,13 @@ mod tests {
         shape: LayerNormShape,
         eps: f64,
     ) -> Reference {
-        let features = shape.features;
-        let n = features as f64;
-        let mut r = Reference {
-            out: vec![0.0; x.len()],
-            dx: vec![0.0; x.len()],
-            dgamma: vec![0.0; features],
-            dbeta: vec![0.0; features],
+        let as_group_norm = GroupNormShape {
+            batch: shape.rows,
+            channels: shape.features,
+            groups: 1,
+            spatial: 1,
         };
-        for row in 0..shape.rows {
-            let range = row * features..(row + 1) * features;
-            let xs: Vec<f64> = x[range.clone()].iter().map(|&v| v as f64).collect();
-            let mean = xs.iter().sum::<f64>() / n;
-            let var = xs.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / n;
-            let rstd = 1.0 / (var + eps).sqrt();
-            let xhat: Vec<f64> = xs.iter().map(|v| (v - mean) * rstd).collect();
-            let mut dxhat = vec![0.0; features];
-            for f in 0..features {
-                let dy = d_out[range.start + f] as f64;
-                r.out[range.start + f] = xhat[f] * gamma[f] as f64 + beta[f] as f64;
-                r.dgamma[f] += dy * xhat[f];
-                r.dbeta[f] += dy;
-                dxhat[f] = dy * gamma[f] as f64;
-            }
-            let m1 = dxhat.iter().sum::<f64>() / n;
-            let m2 = dxhat.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / n;
-            for f in 0..features {
-                r.dx[range.start + f] = rstd * (dxhat[f] - m1 - xhat[f] * m2);
-            }
-        }
-        r
+        group_norm_reference(x, gamma, beta, d_out, as_group_norm, eps, false)
     }
 
     /// Output, stats, dx, dgamma, dbeta.

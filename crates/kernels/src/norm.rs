@@ -418,19 +418,20 @@ fn backward_group<S: Simd>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::test_values::{max_rel, on_threads, pseudo_random as values};
 
-    struct Reference {
-        out: Vec<f64>,
-        dx: Vec<f64>,
-        dgamma: Vec<f64>,
-        dbeta: Vec<f64>,
+    pub(crate) struct Reference {
+        pub(crate) out: Vec<f64>,
+        pub(crate) dx: Vec<f64>,
+        pub(crate) dgamma: Vec<f64>,
+        pub(crate) dbeta: Vec<f64>,
     }
 
-    /// The f64 forward and backward, written the direct way.
-    fn reference(
+    /// The f64 forward and backward, written the direct way (also LayerNorm's: one group, one
+    /// spatial element per channel).
+    pub(crate) fn reference(
         x: &[f32],
         gamma: &[f32],
         beta: &[f32],
