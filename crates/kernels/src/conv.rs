@@ -121,6 +121,7 @@ fn forward(
         return;
     }
     let inner = inner_parallelism(shape.batch);
+    let valid = ValidRanges::new(shape);
     out.par_chunks_mut(image_out)
         .with_max_len(1)
         .enumerate()
@@ -129,7 +130,7 @@ fn forward(
             let rhs = if shape.is_pointwise() {
                 x_b
             } else {
-                im2col(x_b, shape, col);
+                im2col(x_b, shape, &valid, col);
                 col.as_slice()
             };
             if let Some(bias) = bias {
@@ -239,6 +240,7 @@ fn backward(
     let groups = shape.batch.div_ceil(per_group);
     let mut partials = zeroed(groups * dweight.len());
     let inner = inner_parallelism(groups);
+    let valid = ValidRanges::new(shape);
     partials
         .par_chunks_mut(dweight.len().max(1))
         .with_max_len(1)
@@ -250,7 +252,7 @@ fn backward(
                 let rhs = if shape.is_pointwise() {
                     x_b
                 } else {
-                    im2col(x_b, shape, col);
+                    im2col(x_b, shape, &valid, col);
                     col.as_slice()
                 };
                 // partialᵀ += col dYᵀ (dYᵀ is dY read column by column), or
@@ -311,6 +313,7 @@ fn input_gradient(weight: &[f32], d_out: &[f32], shape: ConvShape, dx: &mut [f32
         Some(t) => (t.as_slice(), shape.channels_out, 1),
         None => (weight, 1, patch),
     };
+    let valid = ValidRanges::new(shape);
     dx.par_chunks_mut(image_in.max(1))
         .with_max_len(1)
         .enumerate()
@@ -335,7 +338,7 @@ fn input_gradient(weight: &[f32], d_out: &[f32], shape: ConvShape, dx: &mut [f32
                 bf16,
             );
             if !pointwise {
-                col2im(dcol, shape, dx_b);
+                col2im(dcol, shape, &valid, dx_b);
             }
         });
 }
@@ -386,6 +389,28 @@ fn transposed_as_convolution(weight: &[f32], shape: ConvShape) -> Option<(Vec<f3
     Some((flipped, shape_t))
 }
 
+/// For every kernel offset along each axis, the output positions that read inside the input
+/// (see [`valid_range`]): computed once per convolution, not per image and channel (their
+/// integer divisions showed on 8x8 images).
+struct ValidRanges {
+    rows: Vec<(usize, usize)>,
+    cols: Vec<(usize, usize)>,
+}
+
+impl ValidRanges {
+    fn new(shape: ConvShape) -> Self {
+        let (h_out, w_out) = (shape.out_height(), shape.out_width());
+        Self {
+            rows: (0..shape.kernel_h)
+                .map(|ky| valid_range(ky, shape.stride[0], shape.padding[0], shape.height, h_out))
+                .collect(),
+            cols: (0..shape.kernel_w)
+                .map(|kx| valid_range(kx, shape.stride[1], shape.padding[1], shape.width, w_out))
+                .collect(),
+        }
+    }
+}
+
 /// For each kernel offset `k` (in `0..kernel`) along an axis of `input` pixels, the output
 /// positions whose source `o * stride + k - padding` lies inside the input.
 fn valid_range(
@@ -407,24 +432,16 @@ fn valid_range(
 
 /// `col[(c * kh + ky) * kw + kx][oy * w_out + ox] = x[c][oy * s + ky - p][ox * s + kx - p]`,
 /// zero outside the input.
-fn im2col(x: &[f32], shape: ConvShape, col: &mut Vec<f32>) {
+fn im2col(x: &[f32], shape: ConvShape, valid: &ValidRanges, col: &mut Vec<f32>) {
     let (h_out, w_out) = (shape.out_height(), shape.out_width());
     let pixels = h_out * w_out;
     // Every element is written below (padding as zeros), so a reused buffer is not cleared.
     col.resize(shape.patch() * pixels, 0.0);
-    // The valid ranges depend on the kernel offset only: computed once, not per channel (their
-    // divisions were a tenth of the gather's time on 8x8 images).
-    let y_ranges: Vec<_> = (0..shape.kernel_h)
-        .map(|ky| valid_range(ky, shape.stride[0], shape.padding[0], shape.height, h_out))
-        .collect();
-    let x_ranges: Vec<_> = (0..shape.kernel_w)
-        .map(|kx| valid_range(kx, shape.stride[1], shape.padding[1], shape.width, w_out))
-        .collect();
     let mut rows = col.chunks_exact_mut(pixels);
     for c in 0..shape.channels_in {
         let plane = &x[c * shape.height * shape.width..][..shape.height * shape.width];
-        for (ky, &(y0, y1)) in y_ranges.iter().enumerate() {
-            for (kx, &(x0, x1)) in x_ranges.iter().enumerate() {
+        for (ky, &(y0, y1)) in valid.rows.iter().enumerate() {
+            for (kx, &(x0, x1)) in valid.cols.iter().enumerate() {
                 let row = rows.next().expect("patch rows");
                 row[..y0 * w_out].fill(0.0);
                 row[y1 * w_out..].fill(0.0);
@@ -471,18 +488,15 @@ fn im2col(x: &[f32], shape: ConvShape, col: &mut Vec<f32>) {
 }
 
 /// The adjoint of [`im2col`]: `dx` (overwritten) sums every `col` entry that read each pixel.
-fn col2im(col: &[f32], shape: ConvShape, dx: &mut [f32]) {
+fn col2im(col: &[f32], shape: ConvShape, valid: &ValidRanges, dx: &mut [f32]) {
     let (h_out, w_out) = (shape.out_height(), shape.out_width());
     let pixels = h_out * w_out;
     dx.fill(0.0);
     let mut rows = col.chunks_exact(pixels);
     for c in 0..shape.channels_in {
         let plane = &mut dx[c * shape.height * shape.width..][..shape.height * shape.width];
-        for ky in 0..shape.kernel_h {
-            let (y0, y1) = valid_range(ky, shape.stride[0], shape.padding[0], shape.height, h_out);
-            for kx in 0..shape.kernel_w {
-                let (x0, x1) =
-                    valid_range(kx, shape.stride[1], shape.padding[1], shape.width, w_out);
+        for (ky, &(y0, y1)) in valid.rows.iter().enumerate() {
+            for (kx, &(x0, x1)) in valid.cols.iter().enumerate() {
                 let row = rows.next().expect("patch rows");
                 for oy in y0..y1 {
                     let iy = oy * shape.stride[0] + ky - shape.padding[0];
