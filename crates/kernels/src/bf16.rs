@@ -712,15 +712,7 @@ mod tests {
 
     /// Deterministic pseudo-random values in [-1, 1).
     fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
+        crate::test_values::pseudo_random(len, seed, 1.0, 0.0)
     }
 
     /// A dense operand stored row-major (`transposed = false`) or column-major.
