@@ -108,12 +108,7 @@ fn forward<const D: usize>(
     );
     let mut out_dims = x_dims;
     out_dims[D - 1] = shape.d_out;
-    let saved = Saved {
-        x,
-        weight,
-        shape,
-        x_dims: x_dims.to_vec(),
-    };
+    let saved = Saved { x, weight, shape };
     (flex(out, out_dims), saved)
 }
 
@@ -121,12 +116,12 @@ fn forward<const D: usize>(
 #[derive(Debug)]
 struct FusedLinear;
 
+/// The input (contiguous, in its own shape, which the input gradient takes) and weight.
 #[derive(Clone, Debug)]
 struct Saved {
     x: FlexTensor,
     weight: FlexTensor,
     shape: LinearShape,
-    x_dims: Vec<usize>,
 }
 
 impl Backward<Flex, 3> for FusedLinear {
@@ -162,7 +157,6 @@ fn register_gradients(
         x: x_values,
         weight: w_values,
         shape,
-        x_dims,
     } = saved;
     let d_out = contiguous(&d_out);
     let mut dx = x.map(|_| zeroed(shape.input_len()));
@@ -178,7 +172,7 @@ fn register_gradients(
         dbias.as_deref_mut(),
     );
     if let (Some(id), Some(dx)) = (x, dx) {
-        grads.register::<Flex>(id, flex(dx, x_dims));
+        grads.register::<Flex>(id, flex(dx, x_values.layout().shape().to_vec()));
     }
     if let (Some(id), Some(dw)) = (weight, dweight) {
         grads.register::<Flex>(id, flex(dw, [shape.d_in, shape.d_out]));
