@@ -3,8 +3,8 @@
 mod common;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use common::rel_l2;
-use ldmscale_model::unet::fused::{attention, burn_path};
+use common::{fallback, fast, rel_l2};
+use ldmscale_model::ops::{OpKind, attention, burn_attention};
 
 /// Self-attention-like (as many keys as queries) and cross-attention-like shapes, head widths
 /// with and without a lane remainder.
@@ -30,8 +30,10 @@ fn forward_matches_burn_without_autodiff() {
             Distribution::Normal(0.0, 1.0),
             &device,
         );
-        let fused = attention(q.clone(), k.clone(), v.clone(), heads);
-        let reference = burn_path(q, k, v, heads);
+        let fused = fast(OpKind::Attention, 1, || {
+            attention(q.clone(), k.clone(), v.clone(), heads)
+        });
+        let reference = fallback(OpKind::Attention, || burn_attention(q, k, v, heads));
         let err = rel_l2(fused, reference);
         assert!(
             err < 1e-6,
@@ -62,8 +64,8 @@ fn gradients_match_burn_under_autodiff() {
             let g = |t: &Tensor<3>| t.grad(&grads).expect("gradient");
             (out.inner(), [g(&q), g(&k), g(&v)])
         };
-        let (out_fused, grads_fused) = run(attention);
-        let (out_burn, grads_burn) = run(burn_path);
+        let (out_fused, grads_fused) = fast(OpKind::Attention, 1, || run(attention));
+        let (out_burn, grads_burn) = fallback(OpKind::Attention, || run(burn_attention));
         let err = rel_l2(out_fused, out_burn);
         assert!(err < 1e-6, "output: relative L2 {err}");
         for (name, a, b) in [

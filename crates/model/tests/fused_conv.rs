@@ -5,8 +5,8 @@ mod common;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::tensor::{Device, Distribution, Tensor};
-use common::rel_l2;
-use ldmscale_model::unet::fused_conv::conv2d;
+use common::{fast, rel_l2};
+use ldmscale_model::ops::{OpKind, conv2d};
 
 /// (batch, c_in, c_out, height, width, kernel, stride, padding): the UNet's 3x3 "same"
 /// convolution, its stride-2 downsampler, the 1x1 shortcut, and an unpadded odd case.
@@ -27,6 +27,11 @@ fn layer(case: Case, device: &Device) -> Conv2d {
         .init(device)
 }
 
+/// `conv2d(conv, x)`, asserting that the kernels ran.
+fn fast_conv(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    fast(OpKind::Conv2d, 1, || conv2d(conv, x))
+}
+
 #[test]
 fn forward_matches_burn_without_autodiff() {
     let device = Device::flex();
@@ -34,7 +39,7 @@ fn forward_matches_burn_without_autodiff() {
         let (batch, c_in, _, h, w, ..) = case;
         let conv = layer(case, &device);
         let x = Tensor::<4>::random([batch, c_in, h, w], Distribution::Normal(0.0, 1.0), &device);
-        let err = rel_l2(conv2d(&conv, x.clone()), conv.forward(x));
+        let err = rel_l2(fast_conv(&conv, x.clone()), conv.forward(x));
         assert!(err < 1e-6, "{case:?}: relative L2 {err}");
     }
 }
@@ -53,7 +58,7 @@ fn gradients_match_burn_under_autodiff() {
         .require_grad();
         let run = |fused: bool| {
             let out = if fused {
-                conv2d(&conv, x.clone())
+                fast_conv(&conv, x.clone())
             } else {
                 conv.forward(x.clone())
             };

@@ -4,8 +4,8 @@ mod common;
 
 use burn::nn::{Linear, LinearConfig, LinearLayout};
 use burn::tensor::{Device, Distribution, Tensor};
-use common::rel_l2;
-use ldmscale_model::unet::fused_linear::linear;
+use common::{fast, rel_l2};
+use ldmscale_model::ops::{OpKind, linear};
 
 /// (batch, tokens, d_in, d_out, bias, weight layout): attention's bias-free projections, the
 /// feed-forward's widening one, and a weight stored transposed (a strided view).
@@ -26,6 +26,11 @@ fn layer(case: Case, device: &Device) -> Linear {
         .init(device)
 }
 
+/// `linear(dense, x)`, asserting that the kernels ran.
+fn fast_linear<const D: usize>(dense: &Linear, x: Tensor<D>) -> Tensor<D> {
+    fast(OpKind::Linear, 1, || linear(dense, x))
+}
+
 #[test]
 fn forward_matches_burn_without_autodiff() {
     let device = Device::flex();
@@ -37,11 +42,11 @@ fn forward_matches_burn_without_autodiff() {
             Distribution::Normal(0.0, 1.0),
             &device,
         );
-        let err = rel_l2(linear(&dense, x.clone()), dense.forward(x.clone()));
+        let err = rel_l2(fast_linear(&dense, x.clone()), dense.forward(x.clone()));
         assert!(err < 1e-6, "{case:?}: relative L2 {err}");
         // Any rank: the time embedding's `[batch, d_in]`, and a strided (transposed) input.
         let flat = x.clone().reshape([batch * tokens, d_in]);
-        let err = rel_l2(linear(&dense, flat.clone()), dense.forward(flat));
+        let err = rel_l2(fast_linear(&dense, flat.clone()), dense.forward(flat));
         assert!(err < 1e-6, "{case:?} rank 2: relative L2 {err}");
         let strided = Tensor::<3>::random(
             [batch, d_in, tokens],
@@ -49,7 +54,7 @@ fn forward_matches_burn_without_autodiff() {
             &device,
         )
         .swap_dims(1, 2);
-        let err = rel_l2(linear(&dense, strided.clone()), dense.forward(strided));
+        let err = rel_l2(fast_linear(&dense, strided.clone()), dense.forward(strided));
         assert!(err < 1e-6, "{case:?} strided: relative L2 {err}");
     }
 }
@@ -68,7 +73,7 @@ fn gradients_match_burn_under_autodiff() {
         .require_grad();
         let run = |fused: bool| {
             let out = if fused {
-                linear(&dense, x.clone())
+                fast_linear(&dense, x.clone())
             } else {
                 dense.forward(x.clone())
             };

@@ -6,8 +6,21 @@ mod common;
 use burn::module::Param;
 use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Distribution, Tensor};
-use common::{l2, rel_l2, rel_l2_with_floor};
-use ldmscale_model::unet::fused_ops::{burn_geglu, burn_group_norm, geglu, group_norm, layer_norm};
+use common::{fast, l2, rel_l2, rel_l2_with_floor};
+use ldmscale_model::ops::{OpKind, burn_geglu, burn_group_norm, geglu, group_norm, layer_norm};
+
+/// The fused ops, asserting that their kernels ran.
+fn fast_group_norm(norm: &GroupNorm, x: Tensor<4>, with_silu: bool) -> Tensor<4> {
+    fast(OpKind::GroupNorm, 1, || group_norm(norm, x, with_silu))
+}
+
+fn fast_layer_norm<const D: usize>(norm: &LayerNorm, epsilon: f64, x: Tensor<D>) -> Tensor<D> {
+    fast(OpKind::LayerNorm, 1, || layer_norm(norm, epsilon, x))
+}
+
+fn fast_geglu(projected: Tensor<3>) -> Tensor<3> {
+    fast(OpKind::Geglu, 1, || geglu(projected))
+}
 
 /// `(batch, channels, groups, h, w)`: channels not a multiple of 16, one group, `h * w = 1`,
 /// and a UNet-like shape.
@@ -48,7 +61,7 @@ fn group_norm_forward_matches_burn_without_autodiff() {
         let norm = random_norm(channels, groups, &device);
         let x = input([batch, channels, h, w], &device);
         for with_silu in [false, true] {
-            let fused = group_norm(&norm, x.clone(), with_silu);
+            let fused = fast_group_norm(&norm, x.clone(), with_silu);
             let reference = burn_group_norm(&norm, x.clone(), with_silu);
             let err = rel_l2(fused, reference);
             assert!(
@@ -84,7 +97,7 @@ fn group_norm_gradients_match_burn_under_autodiff() {
                     beta.grad(&grads).expect("beta gradient"),
                 )
             };
-            let (out_f, dx_f, dgamma_f, dbeta_f) = run(group_norm);
+            let (out_f, dx_f, dgamma_f, dbeta_f) = run(fast_group_norm);
             let (out_b, dx_b, dgamma_b, dbeta_b) = run(burn_group_norm);
             let case = format!("{batch}x{channels}x{h}x{w}/{groups} silu {with_silu}");
             let errs = [
@@ -143,7 +156,7 @@ fn layer_norm_forward_matches_burn_without_autodiff() {
             &device,
         );
         let err = rel_l2(
-            layer_norm(&norm, epsilon, x.clone()),
+            fast_layer_norm(&norm, epsilon, x.clone()),
             norm.forward(x.clone()),
         );
         assert!(
@@ -152,7 +165,10 @@ fn layer_norm_forward_matches_burn_without_autodiff() {
         );
         // Any rank: the same values as rows of a matrix.
         let x2 = x.reshape([batch * tokens, features]);
-        let err = rel_l2(layer_norm(&norm, epsilon, x2.clone()), norm.forward(x2));
+        let err = rel_l2(
+            fast_layer_norm(&norm, epsilon, x2.clone()),
+            norm.forward(x2),
+        );
         assert!(
             err < 1e-5,
             "{batch}x{tokens}x{features} as a matrix: relative L2 {err}"
@@ -183,7 +199,7 @@ fn layer_norm_gradients_match_burn_under_autodiff() {
                 beta.grad(&grads).expect("beta gradient"),
             )
         };
-        let (out_f, dx_f, dgamma_f, dbeta_f) = run(&|n, x| layer_norm(n, epsilon, x));
+        let (out_f, dx_f, dgamma_f, dbeta_f) = run(&|n, x| fast_layer_norm(n, epsilon, x));
         let (out_b, dx_b, dgamma_b, dbeta_b) = run(&burn_layer_norm);
         let case = format!("{batch}x{tokens}x{features} eps {epsilon}");
         let errs = [
@@ -210,7 +226,7 @@ fn layer_norm_accepts_a_transposed_input() {
         let grads = (out.clone() * out.clone().cos()).sum().backward();
         (out.inner(), base.grad(&grads).expect("gradient"))
     };
-    let (out_f, d_f) = run(&|n, x| layer_norm(n, 1e-5, x));
+    let (out_f, d_f) = run(&|n, x| fast_layer_norm(n, 1e-5, x));
     let (out_b, d_b) = run(&burn_layer_norm);
     let err = rel_l2(out_f, out_b);
     assert!(err < 1e-5, "output relative L2 {err}");
@@ -232,7 +248,7 @@ fn geglu_forward_matches_burn_without_autodiff() {
         );
         // A single output can be a GELU near zero: the error is taken against the input's size.
         let scale = l2(p.clone());
-        let err = rel_l2_with_floor(geglu(p.clone()), burn_geglu(p), scale);
+        let err = rel_l2_with_floor(fast_geglu(p.clone()), burn_geglu(p), scale);
         assert!(err < 1e-5, "{batch}x{tokens}x{hidden}: relative L2 {err}");
     }
 }
@@ -257,7 +273,7 @@ fn geglu_gradients_match_burn_under_autodiff() {
             let grads = (out.clone() * weight.clone()).sum().backward();
             (out.inner(), p.grad(&grads).expect("gradient"))
         };
-        let (out_f, dp_f) = run(geglu);
+        let (out_f, dp_f) = run(fast_geglu);
         let (out_b, dp_b) = run(burn_geglu);
         let case = format!("{batch}x{tokens}x{hidden}");
         // As in the forward test: errors against the inputs' size where a result is near zero.
@@ -273,7 +289,7 @@ fn geglu_gradients_match_burn_under_autodiff() {
 fn geglu_accepts_a_transposed_input() {
     let device = Device::flex();
     let p = Tensor::<3>::random([2, 8, 5], Distribution::Normal(0.0, 1.0), &device).swap_dims(1, 2);
-    let err = rel_l2(geglu(p.clone()), burn_geglu(p));
+    let err = rel_l2(fast_geglu(p.clone()), burn_geglu(p));
     assert!(err < 1e-5, "relative L2 {err}");
 }
 
@@ -313,7 +329,7 @@ fn timings() {
                     }
                 })
             };
-            let (fused, burn) = (time(group_norm), time(burn_group_norm));
+            let (fused, burn) = (time(fast_group_norm), time(burn_group_norm));
             println!(
                 "group_norm+silu {dims:?} autodiff {autodiff}: fused {fused:.1} ms, burn {burn:.1} ms"
             );
@@ -330,7 +346,7 @@ fn timings() {
                 }
             })
         };
-        let (fused, burn) = (time(geglu), time(burn_geglu));
+        let (fused, burn) = (time(fast_geglu), time(burn_geglu));
         println!(
             "geglu [16, 256, 2048] autodiff {autodiff}: fused {fused:.1} ms, burn {burn:.1} ms"
         );

@@ -6,9 +6,9 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
-use super::fused_linear::linear;
 use super::layers::{conv, conv_cost, group_norm, norm_cost};
 use crate::cost::Cost;
+use crate::ops::{self, linear};
 
 /// The transformer blocks' LayerNorm epsilon (diffusers' `norm_eps` default).
 const LAYER_NORM_EPSILON: f64 = 1e-5;
@@ -41,10 +41,7 @@ impl Attention {
         let q = linear(&self.to_q, x);
         let k = linear(&self.to_k, context.clone());
         let v = linear(&self.to_v, context);
-        linear(
-            &self.to_out,
-            super::fused::attention(q, k, v, self.num_heads),
-        )
+        linear(&self.to_out, ops::attention(q, k, v, self.num_heads))
     }
 
     /// Cost for `queries` tokens attending to `keys` tokens of one sample.
@@ -79,10 +76,7 @@ impl FeedForward {
 
     /// `x`: `[batch, tokens, dim]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        linear(
-            &self.proj_out,
-            super::fused_ops::geglu(linear(&self.proj_in, x)),
-        )
+        linear(&self.proj_out, ops::geglu(linear(&self.proj_in, x)))
     }
 
     /// Cost for `tokens` tokens.
@@ -140,7 +134,7 @@ impl TransformerBlock {
 
     /// `x`: `[batch, tokens, dim]`; `context`: `[batch, keys, context_dim]`.
     pub fn forward(&self, x: Tensor<3>, context: &Tensor<3>) -> Tensor<3> {
-        let h = super::fused_ops::layer_norm(&self.norm1, LAYER_NORM_EPSILON, x.clone());
+        let h = ops::layer_norm(&self.norm1, LAYER_NORM_EPSILON, x.clone());
         let attn1_context = if self.only_cross_attention {
             context.clone()
         } else {
@@ -148,14 +142,12 @@ impl TransformerBlock {
         };
         let x = self.attn1.forward(h, attn1_context) + x;
         let x = self.attn2.forward(
-            super::fused_ops::layer_norm(&self.norm2, LAYER_NORM_EPSILON, x.clone()),
+            ops::layer_norm(&self.norm2, LAYER_NORM_EPSILON, x.clone()),
             context.clone(),
         ) + x;
-        self.ff.forward(super::fused_ops::layer_norm(
-            &self.norm3,
-            LAYER_NORM_EPSILON,
-            x.clone(),
-        )) + x
+        self.ff
+            .forward(ops::layer_norm(&self.norm3, LAYER_NORM_EPSILON, x.clone()))
+            + x
     }
 
     /// Cost for `tokens` tokens reading `keys` context tokens.
@@ -251,7 +243,7 @@ impl SpatialTransformer {
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
         let [batch, channels, h, w] = x.dims();
         let residual = x.clone();
-        let x = super::fused_ops::group_norm(&self.norm, x, false);
+        let x = ops::group_norm(&self.norm, x, false);
         let to_tokens = |x: Tensor<4>| x.reshape([batch, channels, h * w]).swap_dims(1, 2);
         let mut tokens = match &self.proj_in {
             Projection::Linear(l) => linear(l, to_tokens(x)),

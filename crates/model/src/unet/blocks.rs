@@ -9,10 +9,10 @@ use burn::tensor::{Device, Tensor};
 
 use super::attention::SpatialTransformer;
 use super::config::{LevelConfig, UNetConfig};
-use super::fused_conv::conv2d;
 use super::layers::{conv, conv_cost};
 use super::resnet::ResnetBlock;
 use crate::cost::Cost;
+use crate::ops::conv2d;
 
 /// Settings every block of one UNet shares.
 #[derive(Clone, Debug)]

@@ -5,8 +5,8 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::fused_linear::linear;
 use crate::cost::Cost;
+use crate::ops::linear;
 
 /// Sinusoidal features of one timestep per sample, computed on the host in f32 with the same
 /// operation order as diffusers (max period 10000, scale 1).

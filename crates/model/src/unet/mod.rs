@@ -5,11 +5,6 @@ pub mod attention;
 pub mod blocks;
 pub mod config;
 pub mod embeddings;
-mod flex_buffers;
-pub mod fused;
-pub mod fused_conv;
-pub mod fused_linear;
-pub mod fused_ops;
 mod layers;
 pub mod resnet;
 
@@ -20,11 +15,11 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::cost::Cost;
+use crate::ops::{self, conv2d};
 use blocks::{DownBlock, MidBlock, Shared, UpBlock};
 use config::{DOWN_CROSS_ATTN, UP_CROSS_ATTN};
 pub use config::{PerLevel, UNetConfig};
 use embeddings::{TimestepEmbedding, timestep_sinusoid};
-use fused_conv::conv2d;
 use layers::{conv, conv_cost, group_norm, norm_cost};
 
 /// Optional inputs beyond latents, timesteps and text states.
@@ -190,7 +185,7 @@ impl UNet {
         }
         conv2d(
             &self.conv_out,
-            fused_ops::group_norm(&self.conv_norm_out, x, true),
+            ops::group_norm(&self.conv_norm_out, x, true),
         )
     }
 

@@ -5,9 +5,9 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
-use super::fused_conv::conv2d;
 use super::layers::{conv, conv_cost, group_norm, norm_cost};
 use crate::cost::Cost;
+use crate::ops::{self, conv2d};
 
 /// GroupNorm, SiLU, 3x3 conv, add the projected time embedding, GroupNorm, SiLU, 3x3 conv, plus
 /// a (1x1-projected where the width changes) skip connection.
@@ -47,17 +47,10 @@ impl ResnetBlock {
     /// `x`: `[batch, c_in, h, w]`; `time`: `[batch, time_dim]`, already through SiLU (the UNet
     /// applies that once for all blocks, as diffusers' per-block SiLU gives the same values).
     pub fn forward(&self, x: Tensor<4>, time: &Tensor<2>) -> Tensor<4> {
-        let h = conv2d(
-            &self.conv1,
-            super::fused_ops::group_norm(&self.norm1, x.clone(), true),
-        );
-        let t = super::fused_linear::linear(&self.time_emb_proj, time.clone())
-            .unsqueeze_dims::<4>(&[2, 3]);
+        let h = conv2d(&self.conv1, ops::group_norm(&self.norm1, x.clone(), true));
+        let t = ops::linear(&self.time_emb_proj, time.clone()).unsqueeze_dims::<4>(&[2, 3]);
         let h = h + t;
-        let h = conv2d(
-            &self.conv2,
-            super::fused_ops::group_norm(&self.norm2, h, true),
-        );
+        let h = conv2d(&self.conv2, ops::group_norm(&self.norm2, h, true));
         let skip = match &self.conv_shortcut {
             Some(shortcut) => conv2d(shortcut, x),
             None => x,

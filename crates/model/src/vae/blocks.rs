@@ -11,9 +11,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::config::AutoencoderKLConfig;
 use crate::cost::Cost;
-use crate::unet::fused_conv::conv2d;
-use crate::unet::fused_linear::linear;
-use crate::unet::fused_ops;
+use crate::ops::{self, conv2d, linear};
 
 /// diffusers fixes every norm epsilon of the VAE at 1e-6.
 const NORM_EPS: f64 = 1e-6;
@@ -104,11 +102,8 @@ impl ResnetBlock {
 
     /// `x`: `[batch, c_in, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let h = conv2d(
-            &self.conv1,
-            fused_ops::group_norm(&self.norm1, x.clone(), true),
-        );
-        let h = conv2d(&self.conv2, fused_ops::group_norm(&self.norm2, h, true));
+        let h = conv2d(&self.conv1, ops::group_norm(&self.norm1, x.clone(), true));
+        let h = conv2d(&self.conv2, ops::group_norm(&self.norm2, h, true));
         let skip = match &self.conv_shortcut {
             Some(shortcut) => conv2d(shortcut, x),
             None => x,
@@ -164,7 +159,7 @@ impl SelfAttention {
     /// `x`: `[batch, channels, h, w]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [batch, channels, h, w] = x.dims();
-        let tokens = fused_ops::group_norm(&self.group_norm, x.clone(), false)
+        let tokens = ops::group_norm(&self.group_norm, x.clone(), false)
             .reshape([batch, channels, h * w])
             .swap_dims(1, 2);
         // One head: [batch, 1, pixels, channels]; the scale is 1/sqrt(channels).
@@ -322,7 +317,7 @@ impl Encoder {
         let x = self.mid_block.forward(x);
         conv2d(
             &self.conv_out,
-            fused_ops::group_norm(&self.conv_norm_out, x, true),
+            ops::group_norm(&self.conv_norm_out, x, true),
         )
     }
 
@@ -400,7 +395,7 @@ impl Decoder {
         }
         conv2d(
             &self.conv_out,
-            fused_ops::group_norm(&self.conv_norm_out, x, true),
+            ops::group_norm(&self.conv_norm_out, x, true),
         )
     }
 

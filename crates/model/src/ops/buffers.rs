@@ -1,11 +1,10 @@
-//! Moving f32 values between flex tensors and the slices `ldmscale-kernels` reads and writes,
-//! for the fused operations (`fused`, `fused_conv`, `fused_linear`, `fused_ops`).
+//! Moving f32 values between flex tensors and the slices `ldmscale-kernels` reads and writes.
 
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{Shape, TensorData};
 
 /// The tensor's elements in row-major order, copied only when it is a strided view.
-pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
+pub(super) fn contiguous(t: &FlexTensor) -> FlexTensor {
     if t.as_slice::<f32>().is_some() {
         t.clone()
     } else {
@@ -14,11 +13,16 @@ pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
 }
 
 /// The values of a contiguous f32 tensor (see [`contiguous`]).
-pub(crate) fn values(t: &FlexTensor) -> &[f32] {
+pub(super) fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("contiguous f32 tensor")
 }
 
 /// A tensor of `shape` owning `values`.
-pub(crate) fn flex(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
+pub(super) fn flex(values: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// A tensor of `like`'s shape owning `values` (a gradient of `like`).
+pub(super) fn shaped_like(values: Vec<f32>, like: &FlexTensor) -> FlexTensor {
+    flex(values, like.layout().shape().clone())
 }
