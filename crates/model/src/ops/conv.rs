@@ -24,7 +24,7 @@ fn fused(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
         PaddingConfig2d::Valid => [0, 0],
         _ => return None,
     };
-    let bias = conv.bias.as_ref()?.val();
+    let bias = conv.bias.as_ref()?;
     if conv.groups != 1 || conv.dilation != [1, 1] {
         return None;
     }
@@ -32,7 +32,8 @@ fn fused(conv: &Conv2d, x: &Tensor<4>) -> Option<Tensor<4>> {
         stride: conv.stride,
         padding,
     };
-    try_fused(op, [x, &conv.weight.val(), &bias])
+    // Weight before bias: lazy parameters draw their initial values in that order.
+    try_fused(op, [x, &conv.weight.val(), &bias.val()])
 }
 
 #[derive(Clone, Debug)]

@@ -1,5 +1,6 @@
-//! Inputs and layers the fused kernels do not cover take burn's ops (the fast-path counters stay
-//! where they were), and give burn's results exactly.
+//! Which path the fused ops take: inputs and layers the kernels do not cover take burn's ops
+//! (the fast-path counters stay where they were) and give burn's results exactly; the UNet and
+//! the VAE run on the kernels.
 
 mod common;
 
@@ -8,9 +9,10 @@ use burn::nn::{GroupNormConfig, LayerNormConfig, LinearConfig, PaddingConfig2d};
 use burn::tensor::{DType, Device, Distribution, Tensor};
 use common::{fallback, fast};
 use ldmscale_model::ops::{
-    OpKind, attention, burn_attention, burn_geglu, burn_group_norm, conv2d, geglu, group_norm,
-    layer_norm, linear,
+    OpKind, attention, burn_attention, burn_geglu, burn_group_norm, conv2d, fast_path_count, geglu,
+    group_norm, layer_norm, linear,
 };
+use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig};
 
 fn random<const D: usize>(dims: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::random(dims, Distribution::Normal(0.0, 1.0), device)
@@ -87,4 +89,36 @@ fn untracked_autodiff_inputs_take_the_kernels() {
     let out = fast(OpKind::Geglu, 1, || geglu(p.clone()));
     let reference = burn_geglu(p);
     assert!(common::rel_l2(out, reference) < 1e-5);
+}
+
+/// The kinds whose kernels did not run during `f`.
+fn not_run(kinds: &[OpKind], f: impl FnOnce()) -> Vec<OpKind> {
+    let before: Vec<u64> = kinds.iter().map(|&kind| fast_path_count(kind)).collect();
+    f();
+    let zipped = kinds.iter().zip(before);
+    zipped
+        .filter(|&(&kind, count)| fast_path_count(kind) == count)
+        .map(|(&kind, _)| kind)
+        .collect()
+}
+
+#[test]
+fn the_unet_and_the_vae_run_on_the_kernels() {
+    use OpKind::*;
+    for device in [Device::flex(), Device::flex().autodiff()] {
+        let unet = UNet::new(&UNetConfig::small(8, 16, 2), &device);
+        let all = [Attention, Conv2d, Linear, LayerNorm, GroupNorm, Geglu];
+        let missed = not_run(&all, || {
+            let sample = random([1, 4, 8, 8], &device);
+            let _ = unet.forward(sample, &[10.0], random([1, 3, 16], &device));
+        });
+        assert!(missed.is_empty(), "UNet: burn's op ran for {missed:?}");
+
+        // The VAE's single-head attention is burn's.
+        let vae = AutoencoderKL::new(&AutoencoderKLConfig::small(4, 8), &device);
+        let missed = not_run(&[Conv2d, Linear, GroupNorm], || {
+            let _ = vae.reconstruct(random([1, 3, 8, 8], &device));
+        });
+        assert!(missed.is_empty(), "VAE: burn's op ran for {missed:?}");
+    }
 }
