@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use ldmscale_eval::RgbImage;
@@ -33,6 +32,8 @@ pub struct ClipScoreArgs {
     /// Print the result (and every pair's score) as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
 }
 
 /// Pairs each image file with its caption.
@@ -83,7 +84,7 @@ fn pair_captions(files: &[PathBuf], captions_file: &Path) -> Result<Vec<(PathBuf
 fn score_pairs(args: &ClipScoreArgs) -> Result<(f64, Vec<(PathBuf, f64)>)> {
     let files = image_files(&args.images)?;
     let pairs = pair_captions(&files, &args.captions)?;
-    let device = Device::flex();
+    let device = args.device.device()?;
     let model = ClipModel::load(&args.clip, &device)
         .with_context(|| format!("loading the CLIP model in {}", args.clip.display()))?;
     let bar = ProgressBar::new(pairs.len() as u64).with_style(
@@ -162,6 +163,7 @@ mod tests {
         )
         .unwrap();
         let args = ClipScoreArgs {
+            device: Default::default(),
             images: clip_fixtures().join("images"),
             captions: clip_fixtures().join("captions.tsv"),
             clip: clip_fixtures().join("vit_b32_like"),

@@ -44,6 +44,8 @@ pub struct FidArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
 }
 
 fn is_stats_file(path: &Path) -> bool {
@@ -152,7 +154,7 @@ fn compute(args: &FidArgs) -> Result<Outcome> {
     {
         bail!("--kid needs two image folders: KID is computed from features, not from mu/sigma");
     }
-    let device = Device::flex();
+    let device = args.device.device()?;
     let mut extractor = None;
     let first = read_input(&args.first, &mut extractor, args, &device)?;
     if let Some(out) = &args.save_stats {
@@ -231,6 +233,7 @@ mod tests {
 
     fn args(first: &Path, second: Option<&Path>) -> FidArgs {
         FidArgs {
+            device: Default::default(),
             first: first.to_path_buf(),
             second: second.map(Path::to_path_buf),
             mode: FidMode::Clean,

@@ -2,6 +2,7 @@
 //! and find which size, sampler, step count and guidance give the best images for a budget.
 
 mod clip_score;
+mod device;
 mod fid;
 mod npy;
 mod plan;
@@ -33,6 +34,9 @@ struct Cli {
     /// f32 from about the third significant digit.
     #[arg(long, global = true, value_enum, default_value = "f32")]
     precision: Precision,
+    /// More log lines: `-v` adds debug lines, `-vv` trace lines.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -104,6 +108,7 @@ enum Precision {
 
 fn main() {
     let cli = Cli::parse();
+    init_logging(cli.verbose);
     if cli.precision == Precision::Bf16 {
         if !ldmscale_kernels::bf16::available() {
             eprintln!(
@@ -120,6 +125,22 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// One subscriber for every command: stage progress at info, skip warnings of the datasets,
+/// all on stderr (stdout carries results).
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => tracing::Level::INFO,
+        1 => tracing::Level::DEBUG,
+        _ => tracing::Level::TRACE,
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {

@@ -5,60 +5,33 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::{Device, Tensor, TensorData};
-use clap::{Args, ValueEnum};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use ldmscale_diffusion::{
-    Cfg, ConditionalModel, DdimOptions, DdpmOptions, DpmSolverOptions, NoiseQueue, NoiseSource,
-    SamplerKind, SchedulerConfig, SeededNoise, sample,
+    Cfg, DdimOptions, DpmSolverOptions, NoiseQueue, NoiseSource, SamplerId, SamplerKind,
+    SchedulerConfig, SeededNoise, sample,
 };
-use ldmscale_model::UNet;
 use ldmscale_model::weights::load_unet;
+use ldmscale_pipeline::UNetDenoiser;
 
+use crate::device::DeviceArgs;
 use crate::npy;
 
-/// The samplers of the paper.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SamplerName {
-    /// DDIM (deterministic with --eta 0), the paper's default.
-    Ddim,
-    /// Ancestral DDPM (stochastic).
-    Ddpm,
-    /// DPM-Solver++ 2M, the paper's higher-order sampler.
-    #[value(name = "dpmpp-2m")]
-    DpmPP2M,
-    /// DPM-Solver++ 3M.
-    #[value(name = "dpmpp-3m")]
-    DpmPP3M,
+/// The sampler with its options; DPM-Solver's other settings (algorithm, final sigmas,
+/// lower_order_final, ...) come from the scheduler config when one is given.
+fn sampler_kind(id: SamplerId, eta: f32, scheduler_json: Option<&str>) -> Result<SamplerKind> {
+    Ok(match (id.kind(), scheduler_json) {
+        (SamplerKind::Ddim(o), _) => SamplerKind::Ddim(DdimOptions { eta, ..o }),
+        (SamplerKind::DpmSolver(o), Some(text)) => SamplerKind::DpmSolver(DpmSolverOptions {
+            solver_order: o.solver_order,
+            ..DpmSolverOptions::from_json(text)?
+        }),
+        (kind, _) => kind,
+    })
 }
 
-impl SamplerName {
-    /// The sampler with its options; DPM-Solver's other settings (algorithm, final sigmas,
-    /// lower_order_final, ...) come from the scheduler config when one is given.
-    pub fn kind(self, eta: f32, scheduler_json: Option<&str>) -> Result<SamplerKind> {
-        let dpm = |order: usize| -> Result<SamplerKind> {
-            let base = match scheduler_json {
-                Some(text) => DpmSolverOptions::from_json(text)?,
-                None => DpmSolverOptions::default(),
-            };
-            Ok(SamplerKind::DpmSolver(DpmSolverOptions {
-                solver_order: order,
-                ..base
-            }))
-        };
-        Ok(match self {
-            SamplerName::Ddim => SamplerKind::Ddim(DdimOptions {
-                eta,
-                ..DdimOptions::default()
-            }),
-            SamplerName::Ddpm => SamplerKind::Ddpm(DdpmOptions::default()),
-            SamplerName::DpmPP2M => dpm(2)?,
-            SamplerName::DpmPP3M => dpm(3)?,
-        })
-    }
-
-    fn is_stochastic(self, eta: f32) -> bool {
-        self == SamplerName::Ddpm || (self == SamplerName::Ddim && eta > 0.0)
-    }
+fn is_stochastic(id: SamplerId, eta: f32) -> bool {
+    id == SamplerId::Ddpm || (id == SamplerId::Ddim && eta > 0.0)
 }
 
 /// Arguments of `ldmscale sample`.
@@ -71,9 +44,9 @@ pub struct SampleArgs {
     /// UNet directory if present, else Stable Diffusion's (scaled_linear, steps_offset 1).
     #[arg(long, value_name = "FILE")]
     pub scheduler_config: Option<PathBuf>,
-    /// Sampler.
-    #[arg(long, value_enum, default_value_t = SamplerName::Ddim)]
-    pub sampler: SamplerName,
+    /// Sampler: ddim, ddpm, dpmpp-2m or dpmpp-3m.
+    #[arg(long, default_value = "ddim")]
+    pub sampler: SamplerId,
     /// Sampling steps (denoiser calls).
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
@@ -109,23 +82,8 @@ pub struct SampleArgs {
     /// Where to write the final latents (.npy, [B, C, H, W]).
     #[arg(long, value_name = "OUT.npy")]
     pub output_latents: Option<PathBuf>,
-    /// Where the UNet runs: `cpu`, or `cuda:N` in a build with `--features cuda`.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-}
-
-/// The UNet seen as the conditional model that guidance wraps.
-struct UNetDenoiser<'a>(&'a UNet);
-
-impl ConditionalModel for UNetDenoiser<'_> {
-    fn forward(&mut self, x: Tensor<4>, timesteps: Tensor<1>, context: &Tensor<3>) -> Tensor<4> {
-        let t = timesteps
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .expect("f32 timesteps");
-        self.0.forward(x, &t, context.clone())
-    }
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 fn tensor<const D: usize>(
@@ -178,7 +136,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
             "nothing to write: pass --output-latents OUT.npy (decoding to PNG needs the first-stage autoencoder, not available yet)"
         );
     }
-    let device = ldmscale_train::parallel::parse_device(&args.device, "--device")
+    let device = args.device.device()
         .map_err(anyhow::Error::msg)?;
     let (config, unet) = load_unet(&args.unet, &device)?;
     let (scheduler, scheduler_json) = scheduler_config(args)?;
@@ -243,14 +201,12 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         // A seed different from the initial latents' so both streams are independent.
         None => Box::new(SeededNoise::new(args.seed.wrapping_add(0x5eed))),
     };
-    if !args.sampler.is_stochastic(args.eta) && args.noise.is_some() {
+    if !is_stochastic(args.sampler, args.eta) && args.noise.is_some() {
         eprintln!("note: --noise is ignored by a deterministic sampler");
     }
 
-    let mut sampler = args
-        .sampler
-        .kind(args.eta, scheduler_json.as_deref())?
-        .build(&scheduler, args.steps)?;
+    let mut sampler =
+        sampler_kind(args.sampler, args.eta, scheduler_json.as_deref())?.build(&scheduler, args.steps)?;
     let mut guided = Cfg::new(UNetDenoiser(&unet), cond, uncond, args.cfg)?;
     let [_, _, h, w] = initial.dims();
     let gflops_per_eval = unet.cost(h, w, tokens).gflops();
@@ -288,7 +244,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         npy::write(path, &dims, &values)?;
     }
     eprintln!(
-        "{} steps of {:?}, CFG {}: {} evaluations per image x {:.3} GFLOPs = {:.2} GFLOPs per image; {:.2} s for {} images",
+        "{} steps of {}, CFG {}: {} evaluations per image x {:.3} GFLOPs = {:.2} GFLOPs per image; {:.2} s for {} images",
         out.steps,
         args.sampler,
         args.cfg,

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ldmscale_study::config::StudyConfig;
-use ldmscale_study::pipeline;
+use ldmscale_study::context::STAGES;
+use ldmscale_study::{RunOptions, pipeline};
+
+use crate::device::DeviceArgs;
 
 /// Arguments of `ldmscale study`.
 #[derive(Args, Debug)]
@@ -18,59 +21,59 @@ pub struct StudyArgs {
     /// A study config (TOML) instead of a preset; `--dry-run` on a preset shows its fields.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Output directory (default: study-<name>). A killed study resumes here.
+    /// Output directory (default: study-<name>). A killed study resumes here; a changed config
+    /// recomputes only the stages the change reaches (the others' results are reused).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Print the plan and its estimated compute, then stop.
+    /// Print the plan, its estimated compute and which stored results would be reused, then stop.
     #[arg(long)]
     pub dry_run: bool,
     /// Measure only sweep shard i of N (e.g. 0/4); merge the stores with `ldmscale results merge`.
     #[arg(long, value_name = "i/N")]
     pub shard: Option<String>,
+    /// Compute only these stages (comma-separated): data, first-stage, text-encoder, latents,
+    /// evaluator, family, sweep, grids, learning-check, report. Earlier stages must be stored;
+    /// the run stops after the last one named.
+    #[arg(long, value_name = "STAGE[,STAGE]", value_delimiter = ',')]
+    pub only: Option<Vec<String>>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// Runs the command.
 pub fn run(args: &StudyArgs) -> Result<()> {
     let config = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            StudyConfig::from_toml(&text, &path.display().to_string())
-                .map_err(anyhow::Error::msg)?
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            StudyConfig::from_toml(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?
         }
         None => StudyConfig::preset(&args.preset).map_err(anyhow::Error::msg)?,
     };
+    let device = args.device.device()?;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("study-{}", config.name)));
     if args.dry_run {
-        print!(
-            "{}",
-            pipeline::dry_run(&config).map_err(anyhow::Error::msg)?
-        );
+        print!("{}", pipeline::dry_run(&config, Some(&out), &device)?);
         println!("\n# the config, as TOML:\n{}", config.to_toml());
         return Ok(());
     }
-    let shard = match &args.shard {
-        None => None,
-        Some(text) => {
-            let (i, n) = text
-                .split_once('/')
-                .context("--shard: expected i/N, e.g. 0/4")?;
-            let (i, n): (usize, usize) = (i.parse()?, n.parse()?);
-            if n == 0 || i >= n {
-                bail!("--shard {text}: need 0 <= i < N");
-            }
-            Some((i, n))
-        }
-    };
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("study-{}", config.name)));
-    let summary = pipeline::run(&config, &out, shard).map_err(anyhow::Error::msg)?;
-    println!(
-        "{} cells in {:.0} s; report: {}",
-        summary.cells,
-        summary.seconds,
-        summary.report.display()
-    );
+    if let Some(stage) = args.only.iter().flatten().find(|s| !STAGES.contains(&s.as_str())) {
+        bail!("--only {stage}: no such stage; the stages are {}", STAGES.join(", "));
+    }
+    let options = RunOptions { shard: parse_shard(args.shard.as_deref())?, only: args.only.clone() };
+    let summary = pipeline::run(&config, &out, &device, &options)?;
+    match &summary.report {
+        Some(report) => println!("{} cells in {:.0} s; report: {}", summary.cells, summary.seconds, report.display()),
+        None => println!("stages {} done in {:.0} s", args.only.iter().flatten().cloned().collect::<Vec<_>>().join(", "), summary.seconds),
+    }
     Ok(())
+}
+
+fn parse_shard(text: Option<&str>) -> Result<Option<(usize, usize)>> {
+    let Some(text) = text else { return Ok(None) };
+    let (i, n) = text.split_once('/').context("--shard: expected i/N, e.g. 0/4")?;
+    let (i, n): (usize, usize) = (i.parse()?, n.parse()?);
+    if n == 0 || i >= n {
+        bail!("--shard {text}: need 0 <= i < N");
+    }
+    Ok(Some((i, n)))
 }

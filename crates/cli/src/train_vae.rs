@@ -80,6 +80,8 @@ pub struct TrainVaeArgs {
     /// Seed of the data order and the posterior noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    #[command(flatten)]
+    pub device: crate::device::DeviceArgs,
 }
 
 /// What a run measured.
@@ -165,7 +167,7 @@ pub fn train(args: &TrainVaeArgs, show_progress: bool) -> Result<TrainVaeReport>
     )?;
     let val_images = held_out_images(&val_set, args.eval_images, args.resolution)?;
 
-    let device = Device::flex();
+    let device = args.device.device()?;
     let train_device = device.clone().autodiff();
     let mut model = ldmscale_train::params::seeded_init(&train_device, args.seed, || {
         AutoencoderKL::new(&config, &train_device)
@@ -379,6 +381,7 @@ mod tests {
     fn a_short_run_learns_and_writes_a_loadable_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
         let args = TrainVaeArgs {
+            device: Default::default(),
             data: "shapes".into(),
             resolution: 16,
             factor: 4,

@@ -4,13 +4,15 @@
 use std::process::Command;
 
 use ldmscale_study::bootstrap::{CiMethod, FidCi};
-use ldmscale_study::{Cell, Store};
+use ldmscale_diffusion::SamplerId;
+use ldmscale_study::{Cell, Store, Variant};
 
 fn cell(width: u32, steps: u32, fid: f64, half: f64) -> Cell {
     Cell {
+        variant: Variant::Base,
         width,
         params: 1000 * width as u64,
-        sampler: "ddim".into(),
+        sampler: SamplerId::Ddim,
         steps,
         cfg: 2.0,
         seed: 0,
@@ -22,9 +24,8 @@ fn cell(width: u32, steps: u32, fid: f64, half: f64) -> Cell {
             method: CiMethod::Bootstrap,
             replicates: 100,
         }),
-        clip: None,
         in_domain_clip: None,
-        cmmd: None,
+        metrics: Vec::new(),
         evaluations: 2 * steps as u64,
         gflops_per_eval: width as f64 / 8.0,
         wall_seconds: 1.0,

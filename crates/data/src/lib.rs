@@ -13,6 +13,7 @@
 
 pub mod batch;
 pub mod cache;
+pub mod captioned;
 pub mod dataset;
 pub mod error;
 pub mod folder;
@@ -25,12 +26,13 @@ pub mod transform;
 pub mod webdataset;
 
 pub use batch::{Batch, BatchLoader, Cursor, LoaderConfig, Sampler};
+pub use captioned::{Captioned, load_captioned};
 pub use cache::{CacheKey, CachedBatch, LatentCache, LatentCacheWriter, StorageDtype, file_sha256};
 pub use dataset::{Dataset, Example, Skipped, Split, SplitConfig, SplitDataset};
 pub use error::DataError;
 pub use folder::{Coco, CocoCaptions, ImageFolder};
 pub use image::Image;
-pub use mnist::{CaptionStyle, Emoji, GrayClasses, Part, assets_dir};
+pub use mnist::{CaptionStyle, Emoji, GrayClasses, Part, assets_dir, cache_root};
 pub use shapes::{Scene, Shapes, ShapesConfig};
 pub use spec::DatasetSpec;
 pub use transform::{Crop, Transform};

@@ -12,17 +12,21 @@ use crate::error::DataError;
 use crate::image::Image;
 use crate::rng::hash_str;
 
-/// Where `tools/fetch-assets.sh` unpacks assets: `$LDMSCALE_CACHE/assets`, by default
-/// `~/.cache/ldmscale/assets`.
-pub fn assets_dir() -> PathBuf {
-    let cache = match std::env::var_os("LDMSCALE_CACHE") {
+/// ldmscale's cache: `$LDMSCALE_CACHE`, by default `~/.cache/ldmscale`.
+pub fn cache_root() -> PathBuf {
+    match std::env::var_os("LDMSCALE_CACHE") {
         Some(dir) => PathBuf::from(dir),
         None => {
             let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
             PathBuf::from(home).join(".cache").join("ldmscale")
         }
-    };
-    cache.join("assets")
+    }
+}
+
+/// Where `tools/fetch-assets.sh` unpacks assets: `$LDMSCALE_CACHE/assets`, by default
+/// `~/.cache/ldmscale/assets`.
+pub fn assets_dir() -> PathBuf {
+    cache_root().join("assets")
 }
 
 /// `path`, or a [`DataError::MissingAsset`] naming the asset to fetch.

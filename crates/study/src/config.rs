@@ -1,6 +1,104 @@
 //! A study's configuration (TOML) and the built-in presets.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+use ldmscale_diffusion::SamplerId;
+pub use ldmscale_train::Family;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The frozen text encoder.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TextEncoderSpec {
+    /// A small BERT over the captions' words, randomly initialised and frozen (no asset).
+    TinyRandom,
+    /// all-MiniLM-L6-v2 from the asset cache.
+    MiniLm,
+    /// A transformers directory (`dir:DIR`).
+    Dir(String),
+    /// A transformers CLIP text model directory (`clip:DIR`).
+    Clip(String),
+}
+
+impl TextEncoderSpec {
+    /// The directory of a `dir:` or `clip:` encoder.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            TextEncoderSpec::Dir(p) | TextEncoderSpec::Clip(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for TextEncoderSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TextEncoderSpec::TinyRandom => f.write_str("tiny-random"),
+            TextEncoderSpec::MiniLm => f.write_str("minilm"),
+            TextEncoderSpec::Dir(p) => write!(f, "dir:{p}"),
+            TextEncoderSpec::Clip(p) => write!(f, "clip:{p}"),
+        }
+    }
+}
+
+impl FromStr for TextEncoderSpec {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        Ok(match text {
+            "tiny-random" => TextEncoderSpec::TinyRandom,
+            "minilm" => TextEncoderSpec::MiniLm,
+            _ => match (text.strip_prefix("dir:"), text.strip_prefix("clip:")) {
+                (Some(p), _) => TextEncoderSpec::Dir(p.into()),
+                (_, Some(p)) => TextEncoderSpec::Clip(p.into()),
+                _ => {
+                    return Err(format!(
+                        "text_encoder = {text:?}: expected tiny-random, minilm, dir:DIR or clip:DIR"
+                    ));
+                }
+            },
+        })
+    }
+}
+
+/// What FID is computed on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FidFeaturesKind {
+    /// The FID Inception's pool3 features (pytorch-fid mode; needs its weights).
+    Inception,
+    /// The in-domain CLIP's image features (trained by the study: no asset).
+    InDomain,
+}
+
+/// Serde through `Display` / `FromStr`, so a typed field keeps its TOML spelling.
+macro_rules! serde_as_text {
+    ($t:ty) => {
+        impl Serialize for $t {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+serde_as_text!(TextEncoderSpec);
+
+/// One sweep cell of a width: a sampler, its steps, a guidance rate and a noise seed.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SweepCell {
+    /// The sampler.
+    pub sampler: SamplerId,
+    /// Sampling steps.
+    pub steps: u32,
+    /// Guidance rate.
+    pub cfg: f64,
+    /// Seed of the initial noise.
+    pub seed: u64,
+}
 
 /// How the first-stage autoencoder is obtained.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -29,7 +127,7 @@ pub enum FirstStage {
 #[serde(deny_unknown_fields)]
 pub struct SweepConfig {
     /// Samplers: ddim, ddpm, dpmpp-2m, dpmpp-3m.
-    pub samplers: Vec<String>,
+    pub samplers: Vec<SamplerId>,
     /// Step counts.
     pub steps: Vec<u32>,
     /// Guidance rates.
@@ -111,9 +209,9 @@ pub struct StudyConfig {
     /// Text encoder (frozen): "tiny-random" (a small BERT over the captions' words, randomly
     /// initialised and frozen: no asset needed), "minilm" (all-MiniLM-L6-v2 from the asset
     /// cache), "dir:DIR" or "clip:DIR" (a transformers directory).
-    pub text_encoder: String,
+    pub text_encoder: TextEncoderSpec,
     /// Model family layout: "small" or "paper".
-    pub family: String,
+    pub family: Family,
     /// Base widths to train.
     pub widths: Vec<usize>,
     /// Attention heads.
@@ -125,7 +223,7 @@ pub struct StudyConfig {
     /// Sweep grid.
     pub sweep: SweepConfig,
     /// Features FID is computed on: "inception" (pytorch-fid) or "in-domain".
-    pub fid_features: String,
+    pub fid_features: FidFeaturesKind,
 }
 
 /// The quick preset's dataset: Fashion-MNIST when `tools/fetch-assets.sh fashion-mnist` has
@@ -156,8 +254,8 @@ impl StudyConfig {
                 width: 32,
                 steps: 300,
             },
-            text_encoder: "tiny-random".into(),
-            family: "small".into(),
+            text_encoder: TextEncoderSpec::TinyRandom,
+            family: Family::Small,
             widths: vec![8, 16, 24, 32],
             heads: 4,
             norm_groups: 4,
@@ -171,7 +269,7 @@ impl StudyConfig {
                 eval_every: 100,
             },
             sweep: SweepConfig {
-                samplers: vec!["ddim".into(), "ddpm".into(), "dpmpp-2m".into()],
+                samplers: vec![SamplerId::Ddim, SamplerId::Ddpm, SamplerId::DpmSolver2M],
                 steps: vec![1, 2, 4, 8, 16],
                 cfg: vec![1.0, 2.0, 3.0, 5.0],
                 dpm_max_steps: 20,
@@ -180,7 +278,7 @@ impl StudyConfig {
                 bootstrap: 100,
                 grid_budgets: vec![4.0, 16.0],
             },
-            fid_features: "in-domain".into(),
+            fid_features: FidFeaturesKind::InDomain,
         };
         Ok(match name {
             "tiny" => {
@@ -201,7 +299,7 @@ impl StudyConfig {
                 c.recipe.batch_size = 8;
                 c.recipe.warmup_steps = 10;
                 c.recipe.eval_every = 60;
-                c.sweep.samplers = vec!["ddim".into(), "dpmpp-2m".into()];
+                c.sweep.samplers = vec![SamplerId::Ddim, SamplerId::DpmSolver2M];
                 c.sweep.steps = vec![2, 8];
                 c.sweep.cfg = vec![1.0, 3.0];
                 c.sweep.samples_per_cell = 16;
@@ -241,7 +339,7 @@ impl StudyConfig {
                 c.sweep.samples_per_cell = 1000;
                 c.sweep.bootstrap = 30;
                 c.sweep.grid_budgets = vec![8.0, 25.0];
-                c.fid_features = "inception".into();
+                c.fid_features = FidFeaturesKind::Inception;
                 c
             }
             "paper" => StudyConfig {
@@ -253,8 +351,8 @@ impl StudyConfig {
                 first_stage: FirstStage::Pretrained {
                     path: "sd-vae".into(),
                 },
-                text_encoder: "clip:text_encoder".into(),
-                family: "paper".into(),
+                text_encoder: TextEncoderSpec::Clip("text_encoder".into()),
+                family: Family::Paper,
                 widths: vec![64, 96, 128, 160, 192, 224, 256, 288, 320, 512, 768],
                 heads: 8,
                 norm_groups: 32,
@@ -268,7 +366,7 @@ impl StudyConfig {
                     eval_every: 50_000,
                 },
                 sweep: SweepConfig {
-                    samplers: vec!["ddim".into(), "ddpm".into(), "dpmpp-2m".into()],
+                    samplers: vec![SamplerId::Ddim, SamplerId::Ddpm, SamplerId::DpmSolver2M],
                     steps: vec![4, 8, 10, 15, 20, 25, 30, 40, 50],
                     cfg: vec![1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 7.5, 8.0],
                     dpm_max_steps: 20,
@@ -277,7 +375,7 @@ impl StudyConfig {
                     bootstrap: 20,
                     grid_budgets: vec![10.0, 25.0],
                 },
-                fid_features: "inception".into(),
+                fid_features: FidFeaturesKind::Inception,
             },
             other => {
                 return Err(format!(
@@ -312,39 +410,11 @@ impl StudyConfig {
                 ));
             }
         }
-        if !["small", "paper"].contains(&self.family.as_str()) {
-            return Err(format!(
-                "family = {:?}: expected \"small\" or \"paper\"",
-                self.family
-            ));
-        }
-        for s in &self.sweep.samplers {
-            if !["ddim", "ddpm", "dpmpp-2m", "dpmpp-3m"].contains(&s.as_str()) {
-                return Err(format!(
-                    "sweep.samplers: unknown sampler {s:?}; expected ddim, ddpm, dpmpp-2m or dpmpp-3m"
-                ));
-            }
-        }
         if self.sweep.steps.is_empty()
             || self.sweep.cfg.is_empty()
             || self.sweep.samples_per_cell < 2
         {
             return Err("sweep: needs steps, cfg rates and at least 2 samples per cell".into());
-        }
-        let text_ok = ["tiny-random", "minilm"].contains(&self.text_encoder.as_str())
-            || self.text_encoder.starts_with("dir:")
-            || self.text_encoder.starts_with("clip:");
-        if !text_ok {
-            return Err(format!(
-                "text_encoder = {:?}: expected tiny-random, minilm, dir:DIR or clip:DIR",
-                self.text_encoder
-            ));
-        }
-        if !["inception", "in-domain"].contains(&self.fid_features.as_str()) {
-            return Err(format!(
-                "fid_features = {:?}: expected \"inception\" or \"in-domain\"",
-                self.fid_features
-            ));
         }
         if let Some(b) = self
             .sweep
@@ -376,22 +446,33 @@ impl StudyConfig {
         Ok(())
     }
 
-    /// The sweep's cells for one width: (sampler, steps, cfg, seed), DPM capped at its max steps.
-    pub fn cells(&self) -> Vec<(String, u32, f64, u64)> {
+    /// The sweep's cells for one width, DPM-Solver++ capped at its max steps.
+    pub fn cells(&self) -> Vec<SweepCell> {
         let mut out = Vec::new();
-        for s in &self.sweep.samplers {
-            for &n in &self.sweep.steps {
-                if s.starts_with("dpmpp") && n > self.sweep.dpm_max_steps {
+        for &sampler in &self.sweep.samplers {
+            for &steps in &self.sweep.steps {
+                if sampler.is_dpm_solver() && steps > self.sweep.dpm_max_steps {
                     continue;
                 }
-                for &w in &self.sweep.cfg {
+                for &cfg in &self.sweep.cfg {
                     for &seed in &self.sweep.seeds {
-                        out.push((s.clone(), n, w, seed));
+                        out.push(SweepCell { sampler, steps, cfg, seed });
                     }
                 }
             }
         }
         out
+    }
+
+    /// `[channels, side, side]` of the latents and the first stage's downsampling factor, as
+    /// the config asks (a pretrained first stage: the SD VAE's KL-f8 with 4 channels).
+    pub fn latent_layout(&self) -> ([usize; 3], usize) {
+        let (factor, channels) = match &self.first_stage {
+            FirstStage::Train { factor, latent_channels, .. } => (*factor, *latent_channels),
+            FirstStage::Pretrained { .. } => (8, 4),
+        };
+        let side = self.resolution / factor;
+        ([channels, side, side], factor)
     }
 }
 
@@ -435,8 +516,8 @@ mod tests {
         assert!(
             c.cells()
                 .iter()
-                .all(|(s, n, _, _)| !s.starts_with("dpmpp") || *n <= 20)
+                .all(|c| !c.sampler.is_dpm_solver() || c.steps <= 20)
         );
-        assert!(c.cells().iter().any(|(s, n, _, _)| s == "ddim" && *n == 16));
+        assert!(c.cells().iter().any(|c| c.sampler == SamplerId::Ddim && c.steps == 16));
     }
 }

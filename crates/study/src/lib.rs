@@ -1,18 +1,29 @@
-//! The study: sweeps of model size x sampler x steps x guidance, a results store, the paper's
-//! analysis, plots, a report, and a budget planner.
+//! The study: sweeps of model size x sampler x steps x guidance as typed stages, a results
+//! store, the paper's analysis and findings, plots, a report, and a budget planner.
 
 pub mod analysis;
 pub mod bootstrap;
 pub mod cell;
 pub mod config;
+pub mod context;
+pub mod dry_run;
+pub mod error;
+pub mod findings;
+pub mod fingerprint;
 pub mod grid;
 pub mod in_domain;
 pub mod latents;
 pub mod pipeline;
 pub mod plan;
 pub mod plot;
+pub mod progress;
 pub mod report;
+pub mod stage;
+pub mod stages;
 pub mod store;
 
-pub use cell::{Cell, CellKey};
+pub use cell::{Cell, CellKey, Variant};
+pub use context::{RunOptions, StudyContext};
+pub use error::StudyError;
+pub use stage::Stage;
 pub use store::Store;

@@ -4,11 +4,10 @@
 
 use std::fmt::Write as _;
 
-use crate::analysis::{
-    Finding, Setting, crossover, findings, optimal_cfg, samplers, settings, widths, winners,
-};
+use crate::analysis::{Setting, crossover, optimal_cfg, samplers, settings, widths, winners};
 use crate::bootstrap::CiMethod;
 use crate::cell::Cell;
+use crate::findings::{Finding, Verdict, findings, training_compute_scales_performance};
 use crate::grid::EqualCostGrid;
 use crate::plot;
 
@@ -56,12 +55,25 @@ fn base64(bytes: &[u8]) -> String {
     out
 }
 
-fn verdict_class(v: &str) -> &'static str {
+fn verdict_class(v: Verdict) -> &'static str {
     match v {
-        "holds" => "holds",
-        "does not hold" => "fails",
-        _ => "unmeasured",
+        Verdict::Holds => "holds",
+        Verdict::DoesNotHold => "fails",
+        Verdict::Inconclusive => "inconclusive",
+        Verdict::NotMeasured => "unmeasured",
     }
+}
+
+/// A finding as a box: verdict, the claim with its section, the evidence.
+fn finding_html(f: &Finding) -> String {
+    format!(
+        "<div class=\"finding {}\"><span class=\"verdict\">{}</span> &mdash; {} ({})<br><small>{}</small></div>",
+        verdict_class(f.verdict),
+        f.verdict.label(),
+        esc(f.claim.text),
+        esc(f.claim.section),
+        esc(&f.evidence)
+    )
 }
 
 fn setting_row(s: &Setting) -> String {
@@ -79,55 +91,6 @@ fn setting_row(s: &Setting) -> String {
         s.cost_gflops,
         s.ms_per_image
     )
-}
-
-/// Sec. 3.1: every width improves with training compute, and at the end of the common recipe
-/// the largest width is the best.
-fn training_finding(curves: &[(u32, Vec<(f64, f64)>)]) -> Finding {
-    let claim = "Pretraining performance scales with training compute (Sec. 3.1)".to_string();
-    let usable: Vec<&(u32, Vec<(f64, f64)>)> =
-        curves.iter().filter(|(_, c)| c.len() >= 2).collect();
-    if usable.is_empty() {
-        return Finding {
-            claim,
-            verdict: "not measured".into(),
-            evidence: "no FID was measured during training (recipe.eval_every = 0)".into(),
-        };
-    }
-    let improves = usable
-        .iter()
-        .all(|(_, c)| c.last().expect("points").1 < c[0].1);
-    let best_final = usable
-        .iter()
-        .min_by(|a, b| {
-            a.1.last()
-                .expect("points")
-                .1
-                .total_cmp(&b.1.last().expect("points").1)
-        })
-        .map(|(w, _)| *w);
-    let largest = usable.iter().map(|(w, _)| *w).max();
-    Finding {
-        claim,
-        verdict: if improves && best_final == largest {
-            "holds"
-        } else {
-            "does not hold"
-        }
-        .into(),
-        evidence: usable
-            .iter()
-            .map(|(w, c)| {
-                format!(
-                    "{w} filters: FID {:.2} -> {:.2} over {:.3} normalised cost x iterations",
-                    c[0].1,
-                    c.last().expect("points").1,
-                    c.last().expect("points").0
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
-    }
 }
 
 /// The budget winners, keeping only budgets where the winning setting changes.
@@ -217,7 +180,7 @@ h1 {{ font-size: 1.7em; margin-bottom: .2em; }} h2 {{ margin-top: 2em; border-bo
 table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ddd; padding: 4px 10px; text-align: right; }}
 th {{ background: #f5f5f5; }} td:first-child, th:first-child {{ text-align: left; }}
 .finding {{ border-left: 5px solid #999; padding: .4em 1em; margin: 1em 0; background: #fafafa; }}
-.holds {{ border-color: #2a9d3c; }} .fails {{ border-color: #d33; }} .unmeasured {{ border-color: #aaa; }}
+.holds {{ border-color: #2a9d3c; }} .fails {{ border-color: #d33; }} .inconclusive {{ border-color: #e0a800; }} .unmeasured {{ border-color: #aaa; }}
 .verdict {{ font-weight: bold; text-transform: uppercase; font-size: .85em; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 12px; }} .plots svg {{ max-width: 100%; height: auto; border: 1px solid #eee; }}
 .grid img {{ image-rendering: pixelated; max-width: 100%; border: 1px solid #eee; }}
@@ -242,25 +205,10 @@ small {{ color: #666; }}
     );
 
     html.push_str("<h2>The paper's findings on this run</h2>");
-    for f in &found {
-        let _ = write!(
-            html,
-            "<div class=\"finding {}\"><span class=\"verdict\">{}</span> &mdash; {}<br><small>{}</small></div>",
-            verdict_class(&f.verdict),
-            esc(&f.verdict),
-            esc(&f.claim),
-            esc(&f.evidence)
-        );
+    let training = training_compute_scales_performance(&inputs.training_curves);
+    for f in found.iter().chain(std::iter::once(&training)) {
+        html.push_str(&finding_html(f));
     }
-    let training = training_finding(&inputs.training_curves);
-    let _ = write!(
-        html,
-        "<div class=\"finding {}\"><span class=\"verdict\">{}</span> &mdash; {}<br><small>{}</small></div>",
-        verdict_class(&training.verdict),
-        esc(&training.verdict),
-        esc(&training.claim),
-        esc(&training.evidence)
-    );
 
     html.push_str("<h2>Which model for which budget</h2><p>Best setting (optimal guidance) from each sampling budget on, all samplers; a row per change of the winner.</p><table><tr><th>from GFLOPs</th><th>model</th><th>sampler</th><th>steps</th><th>CFG</th><th>FID [95% CI]</th></tr>");
     let changes = winner_changes(&optimal);
@@ -379,9 +327,10 @@ small {{ color: #666; }}
     for f in found.iter().chain(std::iter::once(&training)) {
         let _ = writeln!(
             md,
-            "- **{}** — {}  \n  {}",
-            f.verdict.to_uppercase(),
-            f.claim,
+            "- **{}** — {} ({})  \n  {}",
+            f.verdict.label(),
+            f.claim.text,
+            f.claim.section,
             f.evidence
         );
     }
@@ -443,11 +392,13 @@ mod tests {
         let (html, md) = render(&paper_like(), &inputs).unwrap();
         assert!(html.contains("No FID intervals were measured"));
         assert!(html.contains("test &lt;run&gt;"));
-        assert_eq!(html.matches("class=\"finding holds\"").count(), 4);
-        assert!(html.contains("not measured"));
+        // No intervals: every sweep claim is inconclusive; no training curve: not measured.
+        assert_eq!(html.matches("class=\"finding inconclusive\"").count(), 6);
+        assert!(html.contains("<span class=\"verdict\">NOT MEASURED</span>"));
+        assert!(html.contains("(Sec. 3.3.2, Fig. 9)"));
         assert!(html.matches("<svg").count() >= 6);
         assert!(html.contains("data:image/png;base64,AQIDBA=="));
-        assert!(md.contains("## Findings") && md.contains("HOLDS"));
+        assert!(md.contains("## Findings") && md.contains("INCONCLUSIVE** — Smaller models"));
         assert!(
             md.contains("NOT MEASURED** — Pretraining performance"),
             "{md}"
@@ -502,6 +453,11 @@ mod tests {
             });
         }
         let (html, md) = render(&cells, &with_grid).unwrap();
+        assert!(html.contains("class=\"finding holds\""), "{html}");
+        assert!(
+            md.contains("HOLDS** — Smaller models sample more efficiently"),
+            "{md}"
+        );
         assert!(html.contains("Samples at equal sampling cost (Fig. 10): 16 normalised"));
         assert!(html.contains(
             "<b>8 filters</b>, 40 steps</span><span>CFG 3.0, FID 12.50</span><small>95% CI [10.00, 15.25], 1.500 GFLOPs/img"
@@ -525,7 +481,12 @@ mod tests {
             ..Default::default()
         };
         let (html, md) = render(&paper_like(), &curves).unwrap();
-        assert!(md.contains("HOLDS** — Pretraining performance"), "{md}");
+        // Training-time FIDs carry no interval.
+        assert!(
+            md.contains("INCONCLUSIVE** — Pretraining performance"),
+            "{md}"
+        );
+        assert!(md.contains("16 filters: FID 20.00 -> 15.00"), "{md}");
         assert!(html.contains("FID against training compute"));
         let worse = ReportInputs {
             training_curves: vec![(16, vec![(0.1, 20.0), (0.2, 25.0)])],
@@ -533,7 +494,7 @@ mod tests {
         };
         let (_, md) = render(&paper_like(), &worse).unwrap();
         assert!(
-            md.contains("DOES NOT HOLD** — Pretraining performance"),
+            md.contains("INCONCLUSIVE** — Pretraining performance"),
             "{md}"
         );
     }

@@ -1,13 +1,14 @@
-//! The results store: one SQLite row per cell, written in a transaction per cell, so a killed
-//! sweep loses at most the cell in flight and resumes by skipping stored keys. Stores of
-//! several shards merge into one.
+//! The results store: one SQLite row per cell and one per metric of a cell, written in a
+//! transaction per cell, so a killed sweep loses at most the cell in flight and resumes by
+//! skipping stored keys. Stores of several shards merge into one.
 
 use std::path::Path;
 
-use rusqlite::{Connection, OptionalExtension, params};
+use ldmscale_diffusion::SamplerId;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use crate::bootstrap::{CiMethod, FidCi};
-use crate::cell::{Cell, CellKey};
+use crate::cell::{Cell, CellKey, Metric, Variant};
 
 /// Errors of the store, naming the database file.
 #[derive(Debug, thiserror::Error)]
@@ -26,126 +27,100 @@ pub struct Store {
 }
 
 /// Layout version of the store, in `meta.schema_version`. 1 (no version row): the FID interval
-/// had no recorded meaning; 2: `fid_ci_method` and `fid_ci_replicates` say how it was made.
-pub const SCHEMA_VERSION: u32 = 2;
+/// had no recorded meaning; 2: `fid_ci_method` and `fid_ci_replicates` say how it was made;
+/// 3: a model variant in the key, metrics in their own table.
+pub const SCHEMA_VERSION: u32 = 3;
+
+/// The metric names the sweep writes.
+pub const FID: &str = "fid";
+/// The in-domain CLIP score (x100 cosine).
+pub const IN_DOMAIN_CLIP: &str = "in_domain_clip";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cells (
+    id INTEGER PRIMARY KEY,
+    variant TEXT NOT NULL,
     width INTEGER NOT NULL,
-    params INTEGER NOT NULL,
     sampler TEXT NOT NULL,
     steps INTEGER NOT NULL,
     cfg_milli INTEGER NOT NULL,
-    cfg REAL NOT NULL,
     seed INTEGER NOT NULL,
+    params INTEGER NOT NULL,
+    cfg REAL NOT NULL,
     n_samples INTEGER NOT NULL,
-    fid REAL NOT NULL,
-    fid_ci_low REAL,
-    fid_ci_high REAL,
-    clip REAL,
-    in_domain_clip REAL,
-    cmmd REAL,
     evaluations INTEGER NOT NULL,
     gflops_per_eval REAL NOT NULL,
     sampling_gflops REAL NOT NULL,
     wall_seconds REAL NOT NULL,
-    fid_ci_method TEXT,
-    fid_ci_replicates INTEGER,
-    PRIMARY KEY (width, sampler, steps, cfg_milli, seed)
+    UNIQUE (variant, width, sampler, steps, cfg_milli, seed)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    cell INTEGER NOT NULL REFERENCES cells(id),
+    name TEXT NOT NULL,
+    value REAL NOT NULL,
+    ci_low REAL,
+    ci_high REAL,
+    ci_method TEXT,
+    ci_replicates INTEGER,
+    PRIMARY KEY (cell, name)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
+const KEY_MATCH: &str =
+    "variant=?1 AND width=?2 AND sampler=?3 AND steps=?4 AND cfg_milli=?5 AND seed=?6";
+
+fn fail(file: &str, message: impl Into<String>) -> StoreError {
+    StoreError {
+        file: file.to_string(),
+        message: message.into(),
+    }
+}
+
 impl Store {
-    /// Opens (creating if needed) the store at `path`. A version-1 store (before FID intervals
-    /// recorded their method) is upgraded in place, its stored intervals marked "unknown"; a
-    /// store from a newer layout is an error.
+    /// Opens (creating if needed) the store at `path`. Older layouts are upgraded in place
+    /// (version 1's intervals marked "unknown"; version 2's FID and CLIP columns moved to the
+    /// metrics table, every cell of the base variant); a newer layout is an error.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let file = path.display().to_string();
-        let fail = |message: String| StoreError {
-            file: file.clone(),
-            message,
-        };
-        let mut conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
-        let existed: bool = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='cells'",
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n > 0)
-            .map_err(|e| fail(format!("not a results store: {e}")))?;
-        let version: Option<String> = if existed {
-            conn.query_row(
-                "SELECT value FROM meta WHERE key='schema_version'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| fail(format!("not a results store (no meta table): {e}")))?
-        } else {
-            None
-        };
-        let version: u32 = match (&version, existed) {
-            (None, false) => SCHEMA_VERSION,
-            (None, true) => 1,
-            (Some(v), _) => v.trim().parse().map_err(|_| {
-                fail(format!(
-                    "meta.schema_version = {v:?}: expected a whole number (this ldmscale writes {SCHEMA_VERSION})"
-                ))
-            })?,
-        };
+        let mut conn = Connection::open(path).map_err(|e| fail(&file, e.to_string()))?;
+        let version = stored_version(&conn, &file)?;
         if version > SCHEMA_VERSION {
-            return Err(fail(format!(
-                "results store schema version {version} was written by a newer ldmscale; this one reads versions 1 to {SCHEMA_VERSION}"
-            )));
+            return Err(fail(
+                &file,
+                format!(
+                    "results store schema version {version} was written by a newer ldmscale; this one reads versions 1 to {SCHEMA_VERSION}"
+                ),
+            ));
         }
-        let tx = conn.transaction().map_err(|e| fail(e.to_string()))?;
-        tx.execute_batch(SCHEMA)
-            .map_err(|e| fail(format!("not a results store: {e}")))?;
+        let tx = conn.transaction().map_err(|e| fail(&file, e.to_string()))?;
         if version < 2 {
-            let columns: Vec<String> = {
-                let mut stmt = tx
-                    .prepare("PRAGMA table_info(cells)")
-                    .map_err(|e| fail(e.to_string()))?;
-                stmt.query_map([], |r| r.get::<_, String>(1))
-                    .and_then(|rows| rows.collect())
-                    .map_err(|e| fail(e.to_string()))?
-            };
-            for (name, kind) in [("fid_ci_method", "TEXT"), ("fid_ci_replicates", "INTEGER")] {
-                if !columns.iter().any(|c| c == name) {
-                    tx.execute_batch(&format!("ALTER TABLE cells ADD COLUMN {name} {kind}"))
-                        .map_err(|e| fail(format!("upgrading to schema 2: {e}")))?;
-                }
-            }
-            tx.execute(
-                "UPDATE cells SET fid_ci_method='unknown' WHERE fid_ci_low IS NOT NULL AND fid_ci_method IS NULL",
-                [],
-            )
-            .map_err(|e| fail(format!("upgrading to schema 2: {e}")))?;
+            upgrade_to_2(&tx).map_err(|e| fail(&file, format!("upgrading to schema 2: {e}")))?;
         }
+        if version < 3 {
+            upgrade_to_3(&tx).map_err(|e| fail(&file, format!("upgrading to schema 3: {e}")))?;
+        }
+        tx.execute_batch(SCHEMA)
+            .map_err(|e| fail(&file, format!("not a results store: {e}")))?;
         tx.execute(
             "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?1)",
             params![SCHEMA_VERSION.to_string()],
         )
-        .map_err(|e| fail(e.to_string()))?;
-        tx.commit().map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(&file, e.to_string()))?;
+        tx.commit().map_err(|e| fail(&file, e.to_string()))?;
         Ok(Self { conn, file })
     }
 
     fn err(&self, e: rusqlite::Error) -> StoreError {
-        StoreError {
-            file: self.file.clone(),
-            message: e.to_string(),
-        }
+        fail(&self.file, e.to_string())
     }
 
     /// Whether a cell with `key` is stored.
     pub fn contains(&self, key: &CellKey) -> Result<bool, StoreError> {
         self.conn
             .query_row(
-                "SELECT 1 FROM cells WHERE width=?1 AND sampler=?2 AND steps=?3 AND cfg_milli=?4 AND seed=?5",
-                params![key.width, key.sampler, key.steps, key.cfg_milli, key.seed as i64],
+                &format!("SELECT 1 FROM cells WHERE {KEY_MATCH}"),
+                key_params(key),
                 |_| Ok(()),
             )
             .optional()
@@ -153,94 +128,101 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    /// Stores a cell (replacing one with the same key) in its own transaction.
+    /// Stores a cell (replacing one with the same key) with its metrics, in one transaction.
     pub fn insert(&mut self, cell: &Cell) -> Result<(), StoreError> {
-        let key = cell.key();
-        let tx = self.conn.transaction().map_err(|e| StoreError {
-            file: self.file.clone(),
-            message: e.to_string(),
-        })?;
-        tx.execute(
-            "INSERT OR REPLACE INTO cells (width, params, sampler, steps, cfg_milli, cfg, seed, n_samples, fid,
-                fid_ci_low, fid_ci_high, clip, in_domain_clip, cmmd, evaluations, gflops_per_eval,
-                sampling_gflops, wall_seconds, fid_ci_method, fid_ci_replicates)
-             VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13,?14,?15,?16,?17,?18,?19,?20)",
-            params![
-                cell.width,
-                cell.params as i64,
-                cell.sampler,
-                cell.steps,
-                key.cfg_milli,
-                cell.cfg,
-                cell.seed as i64,
-                cell.n_samples,
-                cell.fid,
-                cell.fid_ci.map(|c| c.low),
-                cell.fid_ci.map(|c| c.high),
-                cell.clip,
-                cell.in_domain_clip,
-                cell.cmmd,
-                cell.evaluations as i64,
-                cell.gflops_per_eval,
-                cell.sampling_gflops(),
-                cell.wall_seconds,
-                cell.fid_ci.map(|c| c.method.name()),
-                cell.fid_ci.map(|c| c.replicates),
-            ],
-        )
-        .map_err(|e| StoreError {
-            file: self.file.clone(),
-            message: e.to_string(),
-        })?;
-        tx.commit().map_err(|e| StoreError {
-            file: self.file.clone(),
-            message: e.to_string(),
-        })
+        let file = self.file.clone();
+        let tx = self.conn.transaction().map_err(|e| fail(&file, e.to_string()))?;
+        insert_cell(&tx, cell).map_err(|e| fail(&file, e.to_string()))?;
+        tx.commit().map_err(|e| fail(&file, e.to_string()))
     }
 
-    /// Every stored cell, ordered by key.
+    /// Removes every cell of `width`'s `variant` (its model changed); returns how many.
+    pub fn remove_width(&mut self, variant: Variant, width: u32) -> Result<usize, StoreError> {
+        let file = self.file.clone();
+        let tx = self.conn.transaction().map_err(|e| fail(&file, e.to_string()))?;
+        let run = |tx: &Transaction| -> rusqlite::Result<usize> {
+            tx.execute(
+                "DELETE FROM metrics WHERE cell IN (SELECT id FROM cells WHERE variant=?1 AND width=?2)",
+                params![variant.as_str(), width],
+            )?;
+            tx.execute(
+                "DELETE FROM cells WHERE variant=?1 AND width=?2",
+                params![variant.as_str(), width],
+            )
+        };
+        let n = run(&tx).map_err(|e| fail(&file, e.to_string()))?;
+        tx.commit().map_err(|e| fail(&file, e.to_string()))?;
+        Ok(n)
+    }
+
+    /// Every stored cell with its metrics, ordered by key.
     pub fn cells(&self) -> Result<Vec<Cell>, StoreError> {
+        let mut cells = self.cell_rows()?;
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT width, params, sampler, steps, cfg, seed, n_samples, fid, fid_ci_low, fid_ci_high,
-                        clip, in_domain_clip, cmmd, evaluations, gflops_per_eval, wall_seconds,
-                        fid_ci_method, fid_ci_replicates
-                 FROM cells ORDER BY width, sampler, steps, cfg_milli, seed",
+                "SELECT cell, name, value, ci_low, ci_high, ci_method, ci_replicates FROM metrics ORDER BY cell, name",
+            )
+            .map_err(|e| self.err(e))?;
+        let metrics = stmt
+            .query_map([], |r| {
+                let ci = r.get::<_, Option<f64>>(3)?.zip(r.get::<_, Option<f64>>(4)?);
+                let method: Option<String> = r.get(5)?;
+                let ci = ci.map(|(low, high)| FidCi {
+                    low,
+                    high,
+                    method: method.as_deref().and_then(CiMethod::parse).unwrap_or(CiMethod::Unknown),
+                    replicates: r.get::<_, Option<u32>>(6).ok().flatten().unwrap_or(0),
+                });
+                Ok((r.get::<_, i64>(0)?, Metric { name: r.get(1)?, value: r.get(2)?, ci }))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| self.err(e))?;
+        for (id, metric) in metrics {
+            if let Some((_, cell)) = cells.iter_mut().find(|(cell_id, _)| *cell_id == id) {
+                attach(cell, metric);
+            }
+        }
+        Ok(cells.into_iter().map(|(_, c)| c).collect())
+    }
+
+    /// Cells with their row ids, without metrics.
+    fn cell_rows(&self) -> Result<Vec<(i64, Cell)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, variant, width, sampler, steps, cfg, seed, params, n_samples, evaluations,
+                        gflops_per_eval, wall_seconds
+                 FROM cells ORDER BY variant, width, sampler, steps, cfg_milli, seed",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
-                let low: Option<f64> = r.get(8)?;
-                let high: Option<f64> = r.get(9)?;
-                let method: Option<String> = r.get(16)?;
-                let replicates: Option<u32> = r.get(17)?;
-                let fid_ci = low.zip(high).map(|(low, high)| FidCi {
-                    low,
-                    high,
-                    method: method
-                        .as_deref()
-                        .and_then(CiMethod::parse)
-                        .unwrap_or(CiMethod::Unknown),
-                    replicates: replicates.unwrap_or(0),
-                });
-                Ok(Cell {
-                    width: r.get(0)?,
-                    params: r.get::<_, i64>(1)? as u64,
-                    sampler: r.get(2)?,
-                    steps: r.get(3)?,
-                    cfg: r.get(4)?,
-                    seed: r.get::<_, i64>(5)? as u64,
-                    n_samples: r.get(6)?,
-                    fid: r.get(7)?,
-                    fid_ci,
-                    clip: r.get(10)?,
-                    in_domain_clip: r.get(11)?,
-                    cmmd: r.get(12)?,
-                    evaluations: r.get::<_, i64>(13)? as u64,
-                    gflops_per_eval: r.get(14)?,
-                    wall_seconds: r.get(15)?,
-                })
+                let text = |i: usize| r.get::<_, String>(i);
+                let bad = |i, e: String| rusqlite::Error::FromSqlConversionFailure(
+                    i,
+                    rusqlite::types::Type::Text,
+                    e.into(),
+                );
+                let variant: Variant = text(1)?.parse().map_err(|e| bad(1, e))?;
+                let sampler: SamplerId = text(3)?.parse().map_err(|e: ldmscale_diffusion::UnknownSampler| bad(3, e.to_string()))?;
+                Ok((r.get(0)?, Cell {
+                    variant,
+                    width: r.get(2)?,
+                    sampler,
+                    steps: r.get(4)?,
+                    cfg: r.get(5)?,
+                    seed: r.get::<_, i64>(6)? as u64,
+                    params: r.get::<_, i64>(7)? as u64,
+                    n_samples: r.get(8)?,
+                    fid: f64::NAN,
+                    fid_ci: None,
+                    in_domain_clip: None,
+                    metrics: Vec::new(),
+                    evaluations: r.get::<_, i64>(9)? as u64,
+                    gflops_per_eval: r.get(10)?,
+                    wall_seconds: r.get(11)?,
+                }))
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
@@ -260,10 +242,7 @@ impl Store {
     /// Sets a metadata value (e.g. the study config).
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.conn
-            .execute(
-                "INSERT OR REPLACE INTO meta VALUES (?1, ?2)",
-                params![key, value],
-            )
+            .execute("INSERT OR REPLACE INTO meta VALUES (?1, ?2)", params![key, value])
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
@@ -271,26 +250,168 @@ impl Store {
     /// A metadata value.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.conn
-            .query_row("SELECT value FROM meta WHERE key=?1", params![key], |r| {
-                r.get(0)
-            })
+            .query_row("SELECT value FROM meta WHERE key=?1", params![key], |r| r.get(0))
             .optional()
             .map_err(|e| self.err(e))
     }
 }
 
-/// Whether shard `index` of `count` owns `key` (a stable hash of the key, so every process
-/// agrees without coordination).
-pub fn shard_owns(key: &CellKey, index: usize, count: usize) -> bool {
-    let text = format!(
-        "{}|{}|{}|{}|{}",
-        key.width, key.sampler, key.steps, key.cfg_milli, key.seed
-    );
-    // FNV-1a: stable across platforms and releases, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
+/// Puts a stored metric where the cell keeps it.
+fn attach(cell: &mut Cell, metric: Metric) {
+    match metric.name.as_str() {
+        FID => {
+            cell.fid = metric.value;
+            cell.fid_ci = metric.ci;
+        }
+        IN_DOMAIN_CLIP => cell.in_domain_clip = Some(metric.value),
+        _ => cell.metrics.push(metric),
     }
-    (h % count as u64) as usize == index
+}
+
+fn key_params(key: &CellKey) -> impl rusqlite::Params + '_ {
+    (
+        key.variant.as_str(),
+        key.width,
+        key.sampler.as_str(),
+        key.steps,
+        key.cfg_milli,
+        key.seed as i64,
+    )
+}
+
+fn insert_cell(tx: &Transaction, cell: &Cell) -> rusqlite::Result<()> {
+    let key = cell.key();
+    tx.execute(
+        &format!("DELETE FROM metrics WHERE cell IN (SELECT id FROM cells WHERE {KEY_MATCH})"),
+        key_params(&key),
+    )?;
+    tx.execute(&format!("DELETE FROM cells WHERE {KEY_MATCH}"), key_params(&key))?;
+    tx.execute(
+        "INSERT INTO cells (variant, width, sampler, steps, cfg_milli, seed, params, cfg, n_samples,
+            evaluations, gflops_per_eval, sampling_gflops, wall_seconds)
+         VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
+        params![
+            key.variant.as_str(),
+            key.width,
+            key.sampler.as_str(),
+            key.steps,
+            key.cfg_milli,
+            key.seed as i64,
+            cell.params as i64,
+            cell.cfg,
+            cell.n_samples,
+            cell.evaluations as i64,
+            cell.gflops_per_eval,
+            cell.sampling_gflops(),
+            cell.wall_seconds,
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    let fid = Metric { name: FID.into(), value: cell.fid, ci: cell.fid_ci };
+    let clip = cell
+        .in_domain_clip
+        .map(|value| Metric { name: IN_DOMAIN_CLIP.into(), value, ci: None });
+    for m in std::iter::once(&fid).chain(clip.as_ref()).chain(&cell.metrics) {
+        tx.execute(
+            "INSERT INTO metrics VALUES (?1,?2,?3,?4,?5,?6,?7)",
+            params![
+                id,
+                m.name,
+                m.value,
+                m.ci.map(|c| c.low),
+                m.ci.map(|c| c.high),
+                m.ci.map(|c| c.method.name()),
+                m.ci.map(|c| c.replicates),
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// The layout version of the database `conn` holds (a new file: the current one).
+fn stored_version(conn: &Connection, file: &str) -> Result<u32, StoreError> {
+    let existed: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='cells'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(|e| fail(file, format!("not a results store: {e}")))?;
+    if !existed {
+        return Ok(SCHEMA_VERSION);
+    }
+    let version: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0))
+        .optional()
+        .map_err(|e| fail(file, format!("not a results store (no meta table): {e}")))?;
+    match version {
+        None => Ok(1),
+        Some(v) => v.trim().parse().map_err(|_| {
+            fail(
+                file,
+                format!("meta.schema_version = {v:?}: expected a whole number (this ldmscale writes {SCHEMA_VERSION})"),
+            )
+        }),
+    }
+}
+
+/// Version 1 to 2: the interval's method and replicates.
+fn upgrade_to_2(tx: &Transaction) -> rusqlite::Result<()> {
+    let columns: Vec<String> = tx
+        .prepare("PRAGMA table_info(cells)")?
+        .query_map([], |r| r.get::<_, String>(1))?
+        .collect::<Result<_, _>>()?;
+    for (name, kind) in [("fid_ci_method", "TEXT"), ("fid_ci_replicates", "INTEGER")] {
+        if !columns.iter().any(|c| c == name) {
+            tx.execute_batch(&format!("ALTER TABLE cells ADD COLUMN {name} {kind}"))?;
+        }
+    }
+    tx.execute(
+        "UPDATE cells SET fid_ci_method='unknown' WHERE fid_ci_low IS NOT NULL AND fid_ci_method IS NULL",
+        [],
+    )?;
+    Ok(())
+}
+
+/// Version 2 to 3: every cell becomes the base variant's; FID (with its interval) and the
+/// CLIP scores move to the metrics table.
+fn upgrade_to_3(tx: &Transaction) -> rusqlite::Result<()> {
+    tx.execute_batch("ALTER TABLE cells RENAME TO cells_v2;")?;
+    tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(
+        "INSERT INTO cells (variant, width, sampler, steps, cfg_milli, seed, params, cfg, n_samples,
+            evaluations, gflops_per_eval, sampling_gflops, wall_seconds)
+         SELECT 'base', width, sampler, steps, cfg_milli, seed, params, cfg, n_samples,
+            evaluations, gflops_per_eval, sampling_gflops, wall_seconds FROM cells_v2;",
+    )?;
+    let join = "FROM cells_v2 v JOIN cells c ON c.variant='base' AND c.width=v.width
+        AND c.sampler=v.sampler AND c.steps=v.steps AND c.cfg_milli=v.cfg_milli AND c.seed=v.seed";
+    tx.execute_batch(&format!(
+        "INSERT INTO metrics SELECT c.id, 'fid', v.fid, v.fid_ci_low, v.fid_ci_high,
+            v.fid_ci_method, v.fid_ci_replicates {join};"
+    ))?;
+    for name in ["in_domain_clip", "clip", "cmmd"] {
+        tx.execute_batch(&format!(
+            "INSERT INTO metrics SELECT c.id, '{name}', v.{name}, NULL, NULL, NULL, NULL {join}
+             WHERE v.{name} IS NOT NULL;"
+        ))?;
+    }
+    tx.execute_batch("DROP TABLE cells_v2;")
+}
+
+/// Whether shard `index` of `count` owns `key` (a stable hash of the key, so every process
+/// agrees without coordination; base cells hash as before variants existed).
+pub fn shard_owns(key: &CellKey, index: usize, count: usize) -> bool {
+    let mut fields = vec![
+        key.width.to_string(),
+        key.sampler.as_str().to_string(),
+        key.steps.to_string(),
+        key.cfg_milli.to_string(),
+        key.seed.to_string(),
+    ];
+    if key.variant != Variant::Base {
+        fields.insert(0, key.variant.as_str().to_string());
+    }
+    (crate::fingerprint::fnv1a(&fields.join("|")) % count as u64) as usize == index
 }

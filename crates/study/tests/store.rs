@@ -1,14 +1,17 @@
 //! The results store: transactional cells, resume by key, sharding and merging.
 
+use ldmscale_diffusion::SamplerId;
 use ldmscale_study::bootstrap::{CiMethod, FidCi};
+use ldmscale_study::cell::{Metric, Variant};
 use ldmscale_study::store::{SCHEMA_VERSION, shard_owns};
 use ldmscale_study::{Cell, Store};
 
 fn cell(width: u32, steps: u32, cfg: f64, seed: u64) -> Cell {
     Cell {
+        variant: Variant::Base,
         width,
         params: 1000 * width as u64,
-        sampler: "ddim".into(),
+        sampler: SamplerId::Ddim,
         steps,
         cfg,
         seed,
@@ -20,9 +23,8 @@ fn cell(width: u32, steps: u32, cfg: f64, seed: u64) -> Cell {
             method: CiMethod::Bootstrap,
             replicates: 100,
         }),
-        clip: None,
         in_domain_clip: Some(0.25),
-        cmmd: None,
+        metrics: Vec::new(),
         evaluations: steps as u64 * 2,
         gflops_per_eval: 0.5,
         wall_seconds: 3.0,
@@ -132,4 +134,66 @@ fn version_one_stores_are_upgraded_and_newer_ones_refused() {
         err.contains("newer.sqlite") && err.contains("schema version 99"),
         "{err}"
     );
+}
+
+/// The committed store of schema version 2 (tools/fixtures/make_store_v2.py).
+fn v2_fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/store/results-v2.sqlite")
+}
+
+#[test]
+fn version_two_stores_are_upgraded_in_place_keeping_every_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("results.sqlite");
+    std::fs::copy(v2_fixture(), &path).unwrap();
+    let mut store = Store::open(&path).unwrap();
+    assert_eq!(store.meta("schema_version").unwrap().as_deref(), Some("3"));
+    let cells = store.cells().unwrap();
+    assert_eq!(cells.len(), 5);
+    assert!(cells.iter().all(|c| c.variant == Variant::Base));
+    let first = &cells[0];
+    assert_eq!((first.width, first.sampler, first.steps), (8, SamplerId::Ddim, 2));
+    assert_eq!((first.fid, first.in_domain_clip), (41.25, Some(3.5)));
+    let ci = first.fid_ci.unwrap();
+    assert_eq!((ci.low, ci.high, ci.method, ci.replicates), (38.5, 44.75, CiMethod::Bootstrap, 20));
+    let unguided = cells.iter().find(|c| c.width == 16 && c.steps == 8).unwrap();
+    assert!(unguided.fid_ci.is_none() && unguided.in_domain_clip.is_none());
+    // The never-filled CLIP column's one value survives as a metric.
+    assert_eq!(
+        unguided.metrics,
+        vec![Metric { name: "clip".into(), value: 24.5, ci: None }]
+    );
+    assert!(cells.iter().any(|c| c.sampler == SamplerId::DpmSolver3M && c.in_domain_clip == Some(-1.25)));
+    // The upgraded store takes new cells and opens again unchanged.
+    store.insert(&cell(64, 4, 1.0, 0)).unwrap();
+    drop(store);
+    assert_eq!(Store::open(&path).unwrap().cells().unwrap().len(), 6);
+}
+
+#[test]
+fn metrics_of_any_name_round_trip_and_replace_with_their_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = Store::open(&dir.path().join("r.sqlite")).unwrap();
+    let mut a = cell(32, 4, 2.0, 0);
+    a.metrics = vec![
+        Metric { name: "lpips".into(), value: 0.25, ci: None },
+        Metric { name: "psnr".into(), value: 21.5, ci: a.fid_ci },
+    ];
+    store.insert(&a).unwrap();
+    assert_eq!(store.cells().unwrap(), vec![a.clone()]);
+    a.metrics.truncate(1);
+    a.fid = 7.0;
+    store.insert(&a).unwrap();
+    assert_eq!(store.cells().unwrap(), vec![a.clone()]);
+    store.insert(&cell(16, 4, 2.0, 0)).unwrap();
+    assert_eq!(store.remove_width(Variant::Base, 32).unwrap(), 1);
+    assert_eq!(store.cells().unwrap().len(), 1);
+}
+
+#[test]
+fn cell_seeds_come_from_the_key_fields() {
+    let a = cell(32, 4, 2.0, 0).key();
+    assert_eq!(a.seed_for("bootstrap"), a.clone().seed_for("bootstrap"));
+    assert_ne!(a.seed_for("bootstrap"), cell(32, 4, 2.0, 1).key().seed_for("bootstrap"));
+    assert_ne!(a.seed_for("bootstrap"), a.seed_for("grid"));
 }

@@ -1,46 +1,58 @@
 //! The whole study end to end on the `tiny` preset: data, first stage, text encoder, a family of
-//! two widths, a sweep, evaluation, analysis and the report; then a resume that recomputes nothing.
+//! two widths, a sweep, evaluation, analysis and the report; then a resume that recomputes
+//! nothing, a grid change that reuses everything before the sweep, and the adoption of a
+//! directory written before per-stage fingerprints.
 
-use ldmscale_study::Store;
+use std::path::Path;
+use std::time::SystemTime;
+
+use burn::tensor::Device;
 use ldmscale_study::bootstrap::CiMethod;
 use ldmscale_study::config::StudyConfig;
-use ldmscale_study::pipeline;
 use ldmscale_study::plan::{Budget, recommend};
+use ldmscale_study::{Cell, RunOptions, Store, StudyError, pipeline};
 
-#[test]
-fn tiny_study_runs_end_to_end_and_resumes() {
-    let config = StudyConfig::preset("tiny").unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let summary = pipeline::run(&config, out.path(), None).unwrap();
+fn cells(out: &Path) -> Vec<Cell> {
+    Store::open(&out.join("results.sqlite")).unwrap().cells().unwrap()
+}
+
+fn modified(path: &Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+/// Files whose modification time says whether a stage ran again.
+fn stage_files(config: &StudyConfig, out: &Path) -> Vec<(String, SystemTime)> {
+    let mut files = vec![
+        "first_stage/diffusion_pytorch_model.safetensors".to_string(),
+        "text_encoder/model.safetensors".into(),
+        "latents/train/manifest.json".into(),
+    ];
+    for w in &config.widths {
+        files.push(format!("models/w{w}/unet_ema/diffusion_pytorch_model.safetensors"));
+    }
+    files.into_iter().map(|f| (f.clone(), modified(&out.join(f)))).collect()
+}
+
+fn check_first_run(config: &StudyConfig, out: &Path, summary: &pipeline::Summary) {
     let expected = config.widths.len() * config.cells().len();
     assert_eq!(summary.cells, expected);
-    let html = std::fs::read_to_string(&summary.report).unwrap();
+    let html = std::fs::read_to_string(summary.report.as_ref().unwrap()).unwrap();
     assert!(html.contains("The paper's findings on this run"));
     assert!(html.contains("<svg") && html.contains("data:image/png;base64,"));
-    let cells = Store::open(&out.path().join("results.sqlite"))
-        .unwrap()
-        .cells()
-        .unwrap();
+    let cells = cells(out);
     assert!(cells.iter().all(|c| c.fid.is_finite() && c.fid >= 0.0));
     // Every cell has its bootstrap interval around its FID.
     for c in &cells {
         let ci = c.fid_ci.expect("bootstrap interval");
         assert_eq!(ci.method, CiMethod::Bootstrap);
         assert_eq!(ci.replicates, config.sweep.bootstrap);
-        assert!(
-            ci.low <= c.fid && c.fid <= ci.high && ci.low < ci.high,
-            "{c:?}"
-        );
+        assert!(ci.low <= c.fid && c.fid <= ci.high && ci.low < ci.high, "{c:?}");
     }
-    // The training set went through the on-disk latent cache.
-    assert!(out.path().join("latents/train/manifest.json").is_file());
+    assert!(out.join("latents/train/manifest.json").is_file());
     // The equal-cost grid: one labelled row per width, as an inline PNG.
     assert!(html.contains("Samples at equal sampling cost (Fig. 10)"));
     for w in &config.widths {
-        assert!(
-            html.contains(&format!("<b>{w} filters</b>")),
-            "grid row of width {w}"
-        );
+        assert!(html.contains(&format!("<b>{w} filters</b>")), "grid row of width {w}");
     }
     assert!(html.contains("learning check"));
     // Guided cells cost twice the evaluations of unguided ones at the same steps.
@@ -48,8 +60,7 @@ fn tiny_study_runs_end_to_end_and_resumes() {
         let per_step = if c.cfg > 1.0 { 2 } else { 1 };
         assert_eq!(c.evaluations, per_step * c.steps as u64, "{c:?}");
     }
-    // The models learned something: the largest model's best FID at the most steps beats its
-    // worst (1-step-like) setting.
+    // The models learned something: the largest model's best FID beats its worst setting.
     let largest = *config.widths.iter().max().unwrap() as u32;
     let mine: Vec<_> = cells.iter().filter(|c| c.width == largest).collect();
     let best = mine.iter().map(|c| c.fid).fold(f64::MAX, f64::min);
@@ -57,51 +68,69 @@ fn tiny_study_runs_end_to_end_and_resumes() {
     assert!(best < worst, "best {best} worst {worst}");
     let rec = recommend(&cells, Budget::Gflops(1e9)).unwrap();
     assert!(config.widths.contains(&(rec.best.width as usize)));
-
-    let manifest = out.path().join("latents/train/manifest.json");
-    let written = std::fs::metadata(&manifest).unwrap().modified().unwrap();
-    let again = pipeline::run(&config, out.path(), None).unwrap();
-    assert_eq!(
-        std::fs::metadata(&manifest).unwrap().modified().unwrap(),
-        written,
-        "the resumed study re-encoded its training set"
-    );
-    assert_eq!(again.cells, expected);
-    assert!(
-        again.seconds < summary.seconds,
-        "resume recomputed: {} vs {}",
-        again.seconds,
-        summary.seconds
-    );
 }
 
 #[test]
-fn inception_fid_features_when_the_weights_are_present() {
-    if !ldmscale_eval::default_inception_path().exists() {
-        eprintln!("skipped: FID Inception weights absent (tools/fetch-assets.sh inception)");
-        return;
+fn tiny_study_runs_end_to_end_resumes_and_recomputes_only_what_changed() {
+    let config = StudyConfig::preset("tiny").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path();
+    let device = Device::flex();
+    let run = |c: &StudyConfig| pipeline::run(c, out, &device, &RunOptions::default()).unwrap();
+    let summary = run(&config);
+    check_first_run(&config, out, &summary);
+    let stored = stage_files(&config, out);
+    let first_cells = cells(out);
+
+    let again = run(&config);
+    assert_eq!(stage_files(&config, out), stored, "the resumed study recomputed a stored stage");
+    assert_eq!(again.cells, summary.cells);
+    assert!(again.seconds < summary.seconds, "resume recomputed: {} vs {}", again.seconds, summary.seconds);
+
+    // A new guidance rate in the grid: the first stage, the latent cache and the family are
+    // reused, the stored cells kept as they were, and only the new cells measured.
+    let mut wider = config.clone();
+    wider.sweep.cfg.push(2.0);
+    let grown = run(&wider);
+    assert_eq!(stage_files(&wider, out), stored, "a grid change recomputed a stage before the sweep");
+    assert_eq!(grown.cells, config.widths.len() * wider.cells().len());
+    let now = cells(out);
+    for old in &first_cells {
+        assert!(now.contains(old), "cell {:?} was measured again", old.key());
     }
-    let cache = tempfile::tempdir().unwrap();
+
+    // A directory of the release before per-stage fingerprints: no manifest, no fingerprint
+    // files, no fingerprints in the store. It is adopted and nothing is recomputed.
+    std::fs::remove_file(out.join("stages.json")).unwrap();
+    for w in &config.widths {
+        std::fs::remove_file(out.join(format!("models/w{w}/fingerprint"))).unwrap();
+    }
+    let conn = rusqlite::Connection::open(out.join("results.sqlite")).unwrap();
+    conn.execute("DELETE FROM meta WHERE key LIKE 'fingerprint:%'", []).unwrap();
+    drop(conn);
+    let adopted = run(&wider);
+    assert_eq!(stage_files(&wider, out), stored, "the adopted directory was recomputed");
+    assert_eq!(cells(out), now);
+    assert_eq!(adopted.cells, grown.cells);
+}
+
+#[test]
+fn only_runs_the_named_stages_and_refuses_missing_ones() {
     let mut config = StudyConfig::preset("tiny").unwrap();
-    config.fid_features = "inception".into();
     config.widths = vec![8];
-    config.val_examples = 8;
-    config.sweep.samplers = vec!["ddim".into()];
-    config.sweep.steps = vec![2];
-    config.sweep.cfg = vec![1.0];
-    config.sweep.samples_per_cell = 4;
-    config.recipe.eval_every = 0;
-    let out = cache.path().join("study");
-    let summary = pipeline::run(&config, &out, None).unwrap();
-    assert_eq!(summary.cells, 1);
-    let html = std::fs::read_to_string(&summary.report).unwrap();
-    assert!(
-        html.contains("FID Inception pool3"),
-        "report names the features"
-    );
-    let cells = Store::open(&out.join("results.sqlite"))
-        .unwrap()
-        .cells()
-        .unwrap();
-    assert!(cells[0].fid.is_finite() && cells[0].fid > 0.0);
+    config.recipe.steps = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    let only = |names: &[&str]| RunOptions {
+        shard: None,
+        only: Some(names.iter().map(|s| s.to_string()).collect()),
+    };
+    let err = pipeline::run(&config, dir.path(), &device, &only(&["family"])).unwrap_err();
+    assert!(matches!(err, StudyError::NotRun { stage: "data" }), "{err}");
+    let done = pipeline::run(&config, dir.path(), &device, &only(&["data", "first-stage"])).unwrap();
+    assert!(done.report.is_none() && done.cells == 0);
+    assert!(dir.path().join("first_stage/config.json").is_file());
+    assert!(!dir.path().join("latents").exists(), "--only ran a later stage");
+    let err = pipeline::run(&config, dir.path(), &device, &only(&["sweeep"])).unwrap_err();
+    assert!(matches!(err, StudyError::UnknownStage(ref s) if s == "sweeep"), "{err}");
 }

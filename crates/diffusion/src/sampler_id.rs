@@ -1,0 +1,136 @@
+//! The one spelling of a sampler's name, shared by configs, the CLI and the results store.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::ddim::DdimOptions;
+use crate::ddpm::DdpmOptions;
+use crate::dpm_solver::DpmSolverOptions;
+use crate::sampler::SamplerKind;
+
+/// A sampler of the paper, by name: `ddim`, `ddpm`, `dpmpp-2m`, `dpmpp-3m`.
+/// (`lcm` is reserved for distilled students.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SamplerId {
+    /// DDIM, the paper's default.
+    Ddim,
+    /// Ancestral DDPM.
+    Ddpm,
+    /// DPM-Solver++ 2M.
+    DpmSolver2M,
+    /// DPM-Solver++ 3M.
+    DpmSolver3M,
+}
+
+impl SamplerId {
+    /// Every sampler, in the order reports list them.
+    pub const ALL: [SamplerId; 4] = [
+        SamplerId::Ddim,
+        SamplerId::Ddpm,
+        SamplerId::DpmSolver2M,
+        SamplerId::DpmSolver3M,
+    ];
+
+    /// The name configs, the CLI and the store use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SamplerId::Ddim => "ddim",
+            SamplerId::Ddpm => "ddpm",
+            SamplerId::DpmSolver2M => "dpmpp-2m",
+            SamplerId::DpmSolver3M => "dpmpp-3m",
+        }
+    }
+
+    /// Whether this is a DPM-Solver++ (designed for few steps: the paper stops at 20).
+    pub fn is_dpm_solver(self) -> bool {
+        matches!(self, SamplerId::DpmSolver2M | SamplerId::DpmSolver3M)
+    }
+
+    /// The sampler with its default options (deterministic DDIM, diffusers' DPM-Solver++).
+    pub fn kind(self) -> SamplerKind {
+        match self {
+            SamplerId::Ddim => SamplerKind::Ddim(DdimOptions::default()),
+            SamplerId::Ddpm => SamplerKind::Ddpm(DdpmOptions::default()),
+            SamplerId::DpmSolver2M => SamplerKind::DpmSolver(DpmSolverOptions::default()),
+            SamplerId::DpmSolver3M => SamplerKind::DpmSolver(DpmSolverOptions {
+                solver_order: 3,
+                ..DpmSolverOptions::default()
+            }),
+        }
+    }
+}
+
+impl fmt::Display for SamplerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A sampler name that is not one of [`SamplerId::ALL`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("unknown sampler {name:?}: expected one of ddim, ddpm, dpmpp-2m, dpmpp-3m{hint}")]
+pub struct UnknownSampler {
+    /// The name given.
+    pub name: String,
+    hint: &'static str,
+}
+
+impl FromStr for SamplerId {
+    type Err = UnknownSampler;
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        if let Some(id) = SamplerId::ALL.into_iter().find(|s| s.as_str() == name) {
+            return Ok(id);
+        }
+        let hint = match name {
+            "lcm" => " (lcm samples distilled students, which this release cannot make yet)",
+            "dpm_solver" | "dpmpp" | "dpm++" | "dpmpp2m" => " (DPM-Solver++ is dpmpp-2m)",
+            _ => "",
+        };
+        Err(UnknownSampler {
+            name: name.to_string(),
+            hint,
+        })
+    }
+}
+
+impl Serialize for SamplerId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for SamplerId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_ones_are_named() {
+        for id in SamplerId::ALL {
+            assert_eq!(id.as_str().parse::<SamplerId>(), Ok(id));
+            let json = serde_json::to_string(&id).unwrap();
+            assert_eq!(serde_json::from_str::<SamplerId>(&json).unwrap(), id);
+        }
+        let err = "dpm++".parse::<SamplerId>().unwrap_err();
+        assert_eq!(err.name, "dpm++");
+        assert!(err.to_string().contains("dpmpp-2m"));
+        assert!(serde_json::from_str::<SamplerId>("\"lcm\"").is_err());
+    }
+
+    #[test]
+    fn dpm_solver_orders() {
+        let SamplerKind::DpmSolver(o) = SamplerId::DpmSolver3M.kind() else {
+            panic!("dpmpp-3m is a DPM-Solver");
+        };
+        assert_eq!(o.solver_order, 3);
+        assert!(SamplerId::DpmSolver2M.is_dpm_solver() && !SamplerId::Ddpm.is_dpm_solver());
+    }
+}

@@ -1,0 +1,25 @@
+//! Inference over a latent diffusion model: the bundle of a UNet, its first-stage autoencoder
+//! and its frozen text encoder ([`LatentDiffusion`]), the one adapter that turns the UNet into
+//! the denoiser samplers drive, generation with classifier-free guidance, and encoding of
+//! images and captions. Training (periodic evaluation, class images, teachers), the study and
+//! the CLI all sample through here.
+
+mod denoiser;
+mod encode;
+mod error;
+mod generate;
+
+pub use denoiser::UNetDenoiser;
+pub use encode::{TextBatch, encode_images, encode_text};
+pub use error::PipelineError;
+pub use generate::{Generated, LatentDiffusion, SamplingSpec, generate_batch};
+
+use burn::tensor::Tensor;
+
+/// The values of a tensor as f32, row-major.
+pub fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("converted to f32")
+}

@@ -1,0 +1,16 @@
+//! Progress bars of long stages.
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A bar of `len` steps labelled `what`.
+pub fn bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {prefix:>14} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("template"),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}

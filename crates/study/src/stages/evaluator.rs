@@ -1,0 +1,203 @@
+//! Stage 5: what cells are measured with: the in-domain CLIP (trained on the training pairs)
+//! and the FID features and reference statistics of the held-out images.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::Tensor;
+use ldmscale_eval::npz::{encode_npy_f32, parse_npy, read_stats, write_stats};
+use ldmscale_eval::{FidExtractor, FidMode, GaussianStats, RgbImage, frechet_distance};
+use ldmscale_model::weights::write_atomic;
+use ldmscale_pipeline::values;
+
+use super::data::{self, Splits};
+use super::first_stage::images_tensor;
+use super::latents::{self, Latents};
+use crate::bootstrap::{self, FidCi};
+use crate::config::{FidFeaturesKind, StudyConfig};
+use crate::context::StudyContext;
+use crate::error::StudyError;
+use crate::fingerprint::Fingerprint;
+use crate::in_domain;
+use crate::stage::Stage;
+
+/// The in-domain CLIP's recipe: held-out pairs at most, steps, batch, seed.
+const CLIP_HELD_OUT_MAX: usize = 64;
+const CLIP_STEPS: u64 = 300;
+const CLIP_BATCH: usize = 64;
+
+/// The networks images are measured with.
+pub struct Features {
+    /// The in-domain CLIP (the CLIP score of every cell; FID features unless Inception).
+    pub clip: in_domain::Trained,
+    inception: Option<Box<FidExtractor>>,
+}
+
+/// The reference set's statistics and features, with what cells are measured against it.
+pub struct Evaluator {
+    /// The feature networks.
+    pub features: Features,
+    reference: GaussianStats,
+    reference_features: Vec<f32>,
+    bootstrap: u32,
+}
+
+/// Trains the in-domain CLIP and computes the reference statistics. Training it again is
+/// deterministic and takes seconds, so it is done on every run rather than stored.
+pub struct EvaluatorStage<'a> {
+    /// The examples (held-out images are the reference set).
+    pub data: &'a Splits,
+    /// The encoded training pairs the CLIP learns from.
+    pub latents: &'a Latents,
+}
+
+/// What the evaluator depends on.
+pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
+    Fingerprint::of(
+        "evaluator",
+        &(latents::fingerprint(config), data::fingerprint(config), config.fid_features),
+    )
+}
+
+impl Stage for EvaluatorStage<'_> {
+    type Output = Evaluator;
+    const NAME: &'static str = "evaluator";
+
+    fn fingerprint(&self, cx: &StudyContext) -> Fingerprint {
+        fingerprint(cx.config)
+    }
+
+    fn load(&self, cx: &StudyContext) -> Result<Option<Evaluator>, StudyError> {
+        self.run(cx).map(Some)
+    }
+
+    fn run(&self, cx: &StudyContext) -> Result<Evaluator, StudyError> {
+        tracing::info!("evaluator: in-domain CLIP");
+        let clip = self.train_clip(cx)?;
+        let inception = match cx.config.fid_features {
+            FidFeaturesKind::Inception => Some(Box::new(load_inception(cx)?)),
+            FidFeaturesKind::InDomain => None,
+        };
+        let features = Features { clip, inception };
+        let images = images_tensor(&self.data.val.images, cx.config.resolution, &cx.device);
+        let path = reference_path(&features, cx, self.data.val.len());
+        let (reference, reference_features) = features.reference_stats(&path, images)?;
+        Ok(Evaluator { features, reference, reference_features, bootstrap: cx.config.sweep.bootstrap })
+    }
+}
+
+impl EvaluatorStage<'_> {
+    fn train_clip(&self, cx: &StudyContext) -> Result<in_domain::Trained, StudyError> {
+        let train = &self.latents.train;
+        let n = train.cache.len();
+        let all: Vec<usize> = (0..n).collect();
+        let stored = train.cache.batch(&all)?;
+        let [length, width] = train.cache.key().text_shape;
+        let device = &cx.device;
+        let states = Tensor::from_data(burn::tensor::TensorData::new(stored.text_states, [n, length, width]), device);
+        let mask: Vec<f32> = stored.text_mask.iter().map(|&m| m as f32).collect();
+        let mask = Tensor::from_data(burn::tensor::TensorData::new(mask, [n, length]), device);
+        let images = images_tensor(&self.data.train.images, cx.config.resolution, device);
+        let held = (n / 8).clamp(2, CLIP_HELD_OUT_MAX);
+        Ok(in_domain::train(&images, &states, &mask, held, CLIP_STEPS, CLIP_BATCH, 0, device))
+    }
+}
+
+fn load_inception(cx: &StudyContext) -> Result<FidExtractor, StudyError> {
+    FidExtractor::load(&ldmscale_eval::default_inception_path(), FidMode::PytorchFid, &cx.device).map_err(|e| {
+        StudyError::MissingAsset {
+            what: "fid_features = \"inception\"".into(),
+            asset: "inception",
+            source: Box::new(e),
+        }
+    })
+}
+
+/// Inception reference statistics are cached per dataset, split, resolution, count and mode
+/// under `$LDMSCALE_CACHE/stats/` (they do not depend on the study); in-domain ones live in
+/// the study directory (they depend on its encoder).
+fn reference_path(features: &Features, cx: &StudyContext, n_val: usize) -> PathBuf {
+    if features.inception.is_none() {
+        return cx.path("eval").join("reference_in_domain.npz");
+    }
+    let c = cx.config;
+    let name: String = format!("{}-val-{}px-{}-pytorch-fid.npz", c.dataset, c.resolution, n_val)
+        .chars()
+        .map(|ch| if ch.is_ascii_alphanumeric() || "-_.".contains(ch) { ch } else { '_' })
+        .collect();
+    ldmscale_data::cache_root().join("stats").join(name)
+}
+
+impl Features {
+    /// Features `[N, dim]` (row-major) of images in [-1, 1], `[N, 3, H, W]`, and `dim`.
+    pub fn features(&self, images: Tensor<4>) -> Result<(Vec<f32>, usize), StudyError> {
+        let Some(extractor) = &self.inception else {
+            let f = self.clip.model.image_features(images);
+            let [_, d] = f.dims();
+            return Ok((values(f), d));
+        };
+        let [_, _, h, w] = images.dims();
+        // Quantised to 8 bits, as images are saved before pytorch-fid reads them.
+        let rgb = values(images)
+            .chunks(3 * h * w)
+            .map(|chw| RgbImage::from_signed_chw(w, h, chw))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((extractor.features(&rgb), ldmscale_eval::FEATURE_DIM))
+    }
+
+    /// What FID is computed on, for the report.
+    pub fn describe(&self) -> String {
+        match self.inception {
+            None => format!("in-domain CLIP image features ({} dims)", in_domain::FEATURE_DIM),
+            Some(_) => "FID Inception pool3 (2048 dims), pytorch-fid mode".into(),
+        }
+    }
+
+    /// The reference statistics and features: read from `path` for Inception (cached across
+    /// studies), else computed and written there.
+    fn reference_stats(&self, path: &Path, images: Tensor<4>) -> Result<(GaussianStats, Vec<f32>), StudyError> {
+        let features_path = path.with_extension("features.npy");
+        // The in-domain encoder is retrained on every run, so its statistics are rewritten.
+        if self.inception.is_some()
+            && let Ok(stats) = read_stats(path)
+            && let Ok(bytes) = std::fs::read(&features_path)
+            && let Ok(array) = parse_npy(&bytes)
+            && array.shape.len() == 2
+            && array.shape[1] == stats.dim()
+        {
+            return Ok((stats, array.data.iter().map(|&v| v as f32).collect()));
+        }
+        let (features, d) = self.features(images)?;
+        let stats = GaussianStats::from_features(&features, d)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(StudyError::io(dir))?;
+        }
+        write_stats(path, &stats)?;
+        write_atomic(&features_path, &encode_npy_f32(&[features.len() / d, d], &features))?;
+        Ok((stats, features))
+    }
+}
+
+impl Evaluator {
+    /// FID of `images` against the reference, without an interval.
+    pub fn fid_point(&self, images: Tensor<4>) -> Result<f64, StudyError> {
+        let (generated, d) = self.features.features(images)?;
+        let stats = GaussianStats::from_features(&generated, d)?;
+        Ok(frechet_distance(&stats, &self.reference)?)
+    }
+
+    /// FID of `images` against the reference, with its bootstrap interval (replicates seeded
+    /// by `seed`) when the study asks for one.
+    pub fn fid(&self, images: Tensor<4>, seed: u64) -> Result<(f64, Option<FidCi>), StudyError> {
+        let (generated, d) = self.features.features(images)?;
+        let stats = GaussianStats::from_features(&generated, d)?;
+        let fid = frechet_distance(&stats, &self.reference)?;
+        if self.bootstrap < 2 {
+            return Ok((fid, None));
+        }
+        let replicates = self.bootstrap as usize;
+        let ci = bootstrap::fid_interval(&generated, &self.reference_features, d, fid, replicates, seed)
+            .map_err(StudyError::stage("sweep"))?;
+        Ok((fid, Some(ci)))
+    }
+
+}

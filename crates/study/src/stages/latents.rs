@@ -1,0 +1,145 @@
+//! Stage 4: the training set encoded once into the on-disk latent cache, and the held-out
+//! captions' text states (the sweep's prompts).
+
+use std::path::Path;
+
+use ldmscale_data::{CacheKey, Crop, StorageDtype, file_sha256};
+use ldmscale_model::text::bert::TRANSFORMERS_WEIGHTS_FILE;
+use ldmscale_model::weights::WEIGHTS_FILE;
+use ldmscale_pipeline::{TextBatch, encode_images, encode_text};
+
+use super::data::Splits;
+use super::first_stage::{self, FirstStageModel};
+use super::text::{self, TextModel};
+use crate::config::{FirstStage, StudyConfig};
+use crate::context::StudyContext;
+use crate::error::StudyError;
+use crate::fingerprint::Fingerprint;
+use crate::latents::{CacheOrigin, CachedTrainingData, open_or_build};
+use crate::stage::Stage;
+
+/// The cache's directory in the study.
+pub const DIR: &str = "latents/train";
+/// Examples per cache shard.
+const SHARD: usize = 256;
+
+/// The encoded data every later stage reads.
+pub struct Latents {
+    /// The training set as training data.
+    pub train: CachedTrainingData,
+    /// `[channels, side, side]` of a latent.
+    pub latent_shape: [usize; 3],
+    /// Held-out captions' text states.
+    pub val_text: TextBatch,
+    /// The empty caption's states (guidance's unconditional branch).
+    pub null: TextBatch,
+}
+
+/// Encodes the training set (reusing a cache built for the same key).
+pub struct LatentsStage<'a> {
+    /// The examples.
+    pub data: &'a Splits,
+    /// The autoencoder.
+    pub first: &'a FirstStageModel,
+    /// The text encoder.
+    pub text: &'a TextModel,
+}
+
+/// What the encoded set depends on.
+pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
+    Fingerprint::of("latents", &(first_stage::fingerprint(config), text::fingerprint(config)))
+}
+
+impl Stage for LatentsStage<'_> {
+    type Output = Latents;
+    const NAME: &'static str = "latents";
+
+    fn fingerprint(&self, cx: &StudyContext) -> Fingerprint {
+        fingerprint(cx.config)
+    }
+
+    fn load(&self, cx: &StudyContext) -> Result<Option<Latents>, StudyError> {
+        let key = self.cache_key(cx)?;
+        match ldmscale_data::LatentCache::open(&cx.path(DIR), &key) {
+            Ok(cache) if cache.len() == self.data.train.len() => self.with_prompts(cx, cache).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn run(&self, cx: &StudyContext) -> Result<Latents, StudyError> {
+        let key = self.cache_key(cx)?;
+        let dir = cx.path(DIR);
+        let res = cx.config.resolution;
+        let (cache, origin) = open_or_build(&dir, &key, self.data.train.len(), SHARD, |start, n| {
+            tracing::info!("encoding training images and captions {start}..{}", start + n);
+            let part = self.data.train.slice(start, n, res);
+            let f = self.first;
+            let latents = encode_images(&f.vae, &f.config, &part.images, res, &cx.device);
+            let states = encode_text(&self.text.conditioner, &part.captions, self.text.length, &cx.device)
+                .map_err(|e| e.to_string())?;
+            let mask = states.mask.iter().map(|&m| (m > 0.5) as u8).collect();
+            Ok((latents, states.states, mask))
+        })
+        .map_err(StudyError::stage(Self::NAME))?;
+        if let CacheOrigin::Rebuilt { mismatch } = &origin {
+            tracing::info!("latent cache {} was built for another setting ({mismatch}); rebuilt", dir.display());
+        }
+        self.with_prompts(cx, cache)
+    }
+}
+
+impl LatentsStage<'_> {
+    /// The cache key: the data, both encoders (by the hash of their weights) and the shapes.
+    fn cache_key(&self, cx: &StudyContext) -> Result<CacheKey, StudyError> {
+        let c = cx.config;
+        let res = c.resolution;
+        let f = self.first.vae.downsampling_factor();
+        let vae_weights = match &c.first_stage {
+            FirstStage::Pretrained { path } if !cx.path(first_stage::DIR).join(WEIGHTS_FILE).exists() => {
+                Path::new(path).join(WEIGHTS_FILE)
+            }
+            _ => cx.path(first_stage::DIR).join(WEIGHTS_FILE),
+        };
+        let text_weights = cx.path(text::DIR).join(TRANSFORMERS_WEIGHTS_FILE);
+        Ok(CacheKey {
+            dataset: c.dataset.clone(),
+            split: format!(
+                "train (val fraction 0.1, salt 0), first {} usable examples",
+                self.data.train.len()
+            ),
+            resolution: [res as u32, res as u32],
+            crop: Crop::Center,
+            image_encoder: match &c.first_stage {
+                FirstStage::Train { .. } => format!("KL-f{f} trained by the study"),
+                FirstStage::Pretrained { path } => format!("KL-f{f} from {path}"),
+            },
+            image_encoder_hash: file_sha256(&vae_weights)?,
+            text_encoder: c.text_encoder.to_string(),
+            text_encoder_hash: file_sha256(&text_weights)?,
+            latent_shape: self.latent_shape(res),
+            text_shape: [self.text.length, self.text.width],
+            scaling_factor: self.first.config.scaling_factor as f32,
+            dtype: StorageDtype::F32,
+        })
+    }
+
+    fn latent_shape(&self, res: usize) -> [usize; 3] {
+        let f = self.first.vae.downsampling_factor();
+        [self.first.config.latent_channels, res / f, res / f]
+    }
+
+    /// The cache as training data, beside the held-out and empty captions' states.
+    fn with_prompts(&self, cx: &StudyContext, cache: ldmscale_data::LatentCache) -> Result<Latents, StudyError> {
+        let t = self.text;
+        let val_text = encode_text(&t.conditioner, &self.data.val.captions, t.length, &cx.device)?;
+        let null = encode_text(&t.conditioner, &[String::new()], t.length, &cx.device)?;
+        let c = cx.config;
+        let train = CachedTrainingData {
+            cache,
+            null: null.states.clone(),
+            // As before the cache, so checkpoints of earlier runs still resume.
+            key: format!("{}@{} vae:{} text:{}", c.dataset, c.resolution, self.first.config.scaling_factor, c.text_encoder),
+        };
+        Ok(Latents { train, latent_shape: self.latent_shape(c.resolution), val_text, null })
+    }
+}

@@ -1,0 +1,42 @@
+//! The study's stages, one file each, in the order a study runs them.
+
+pub mod data;
+pub mod evaluator;
+pub mod family;
+pub mod first_stage;
+pub mod grids;
+pub mod latents;
+pub mod learning_check;
+pub mod report;
+pub mod sweep;
+pub mod text;
+
+use crate::config::StudyConfig;
+use crate::context::StudyContext;
+use crate::error::StudyError;
+use crate::fingerprint::Fingerprint;
+
+/// Every stored stage's fingerprint for `config` (the report is never stored).
+pub fn fingerprints(config: &StudyConfig) -> Vec<(&'static str, Fingerprint)> {
+    vec![
+        ("data", data::fingerprint(config)),
+        ("first-stage", first_stage::fingerprint(config)),
+        ("text-encoder", text::fingerprint(config)),
+        ("latents", latents::fingerprint(config)),
+        ("evaluator", evaluator::fingerprint(config)),
+        ("family", family::fingerprint(config)),
+        ("sweep", sweep::fingerprint(config)),
+        ("grids", grids::fingerprint(config)),
+        ("learning-check", learning_check::fingerprint(config)),
+    ]
+}
+
+/// Adopts a study directory written before per-stage fingerprints: its results were all
+/// made by `saved`, its config then (older releases refused any other).
+pub fn adopt_legacy(cx: &StudyContext, saved: &StudyConfig) -> Result<(), StudyError> {
+    for &w in &saved.widths {
+        family::adopt_run(saved, &cx.out, w)?;
+    }
+    sweep::adopt_store(cx, saved)?;
+    cx.adopt_legacy(saved)
+}

@@ -1,0 +1,219 @@
+//! Stage 7: the sweep: width x sampler x steps x guidance x seed, one store row per cell.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::Tensor;
+use ldmscale_model::weights::load_unet;
+use ldmscale_pipeline::{LatentDiffusion, SamplingSpec};
+
+use super::evaluator::{self, Evaluator};
+use super::family::{self, Family};
+use super::first_stage::FirstStageModel;
+use super::latents::Latents;
+use crate::cell::{Cell, CellKey, Variant};
+use crate::config::{StudyConfig, SweepCell};
+use crate::context::StudyContext;
+use crate::error::StudyError;
+use crate::fingerprint::Fingerprint;
+use crate::stage::Stage;
+use crate::store::{Store, shard_owns};
+
+/// Measures every cell the store lacks.
+pub struct SweepStage<'a> {
+    /// The trained widths.
+    pub family: &'a Family,
+    /// Prompts and latent shape.
+    pub latents: &'a Latents,
+    /// FID and CLIP score.
+    pub evaluator: &'a Evaluator,
+    /// The decoder.
+    pub first: &'a FirstStageModel,
+}
+
+/// What width `width`'s cells depend on (not the grid: a cell's key says where in it it lies).
+pub fn width_fingerprint(config: &StudyConfig, width: usize) -> Fingerprint {
+    let s = &config.sweep;
+    Fingerprint::of(
+        "sweep",
+        &(
+            family::width_fingerprint(config, width),
+            evaluator::fingerprint(config),
+            s.samples_per_cell,
+            s.bootstrap,
+        ),
+    )
+}
+
+/// What the sweep depends on: every width's cells and the grid.
+pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
+    let widths: Vec<_> = config.widths.iter().map(|&w| width_fingerprint(config, w)).collect();
+    let s = &config.sweep;
+    Fingerprint::of("sweep", &(widths, &s.samplers, &s.steps, &s.cfg, &s.seeds, s.dpm_max_steps))
+}
+
+/// The store key recording which fingerprint a width's cells were measured for.
+fn meta_key(width: usize) -> String {
+    format!("fingerprint:{}:w{width}", Variant::Base)
+}
+
+/// The store this run writes (one per shard).
+pub fn store_path(cx: &StudyContext) -> PathBuf {
+    match cx.shard {
+        Some((i, n)) => cx.path(format!("results.shard{i}of{n}.sqlite")),
+        None => cx.path("results.sqlite"),
+    }
+}
+
+/// The key of a sweep cell of `width`.
+pub fn cell_key(width: usize, cell: &SweepCell) -> CellKey {
+    CellKey {
+        variant: Variant::Base,
+        width: width as u32,
+        sampler: cell.sampler,
+        steps: cell.steps,
+        cfg_milli: (cell.cfg * 1000.0).round() as i64,
+        seed: cell.seed,
+    }
+}
+
+impl Stage for SweepStage<'_> {
+    type Output = Vec<Cell>;
+    const NAME: &'static str = "sweep";
+
+    fn fingerprint(&self, cx: &StudyContext) -> Fingerprint {
+        fingerprint(cx.config)
+    }
+
+    fn load(&self, cx: &StudyContext) -> Result<Option<Vec<Cell>>, StudyError> {
+        let store = Store::open(&store_path(cx))?;
+        for &w in &cx.config.widths {
+            let current = width_fingerprint(cx.config, w);
+            if store.meta(&meta_key(w))?.as_deref() != Some(current.as_str()) {
+                return Ok(None);
+            }
+            for cell in cx.config.cells() {
+                if self.owns(cx, w, &cell) && !store.contains(&cell_key(w, &cell))? {
+                    return Ok(None);
+                }
+            }
+        }
+        grid_cells(cx, &store).map(Some)
+    }
+
+    fn run(&self, cx: &StudyContext) -> Result<Vec<Cell>, StudyError> {
+        let mut store = Store::open(&store_path(cx))?;
+        let cells = cx.config.cells();
+        let bar = crate::progress::bar((cells.len() * self.family.models.len()) as u64, "sweep");
+        for (w, dir) in &self.family.models {
+            self.refresh_width(cx, &mut store, *w)?;
+            let (_, unet) = load_unet(dir, &cx.device)?;
+            for cell in &cells {
+                bar.inc(1);
+                let key = cell_key(*w, cell);
+                if !self.owns(cx, *w, cell) || store.contains(&key)? {
+                    continue;
+                }
+                bar.set_message(format!("w{w} {} x{} cfg {}", cell.sampler, cell.steps, cell.cfg));
+                store.insert(&self.measure(cx, &unet, key, cell)?)?;
+            }
+        }
+        bar.finish_and_clear();
+        grid_cells(cx, &store)
+    }
+}
+
+impl SweepStage<'_> {
+    fn owns(&self, cx: &StudyContext, width: usize, cell: &SweepCell) -> bool {
+        cx.shard.is_none_or(|(i, n)| shard_owns(&cell_key(width, cell), i, n))
+    }
+
+    /// Drops a width's cells measured for another model or evaluator.
+    fn refresh_width(&self, cx: &StudyContext, store: &mut Store, width: usize) -> Result<(), StudyError> {
+        let current = width_fingerprint(cx.config, width);
+        let key = meta_key(width);
+        if store.meta(&key)?.as_deref() != Some(current.as_str()) {
+            let removed = store.remove_width(Variant::Base, width as u32)?;
+            if removed > 0 {
+                tracing::info!("width {width}: {removed} cells were measured for another model; measuring again");
+            }
+            store.set_meta(&key, current.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Samples one cell's images and measures them.
+    fn measure(&self, cx: &StudyContext, unet: &ldmscale_model::UNet, key: CellKey, cell: &SweepCell) -> Result<Cell, StudyError> {
+        let prompts = (cx.config.sweep.samples_per_cell as usize).min(self.latents.val_text.len());
+        let device = &cx.device;
+        let cond = self.latents.val_text.states_tensor(device).narrow(0, 0, prompts);
+        let mask = self.latents.val_text.mask_tensor(device).narrow(0, 0, prompts);
+        let null = self.latents.null.states_tensor(device);
+        let [_, h, w] = self.latents.latent_shape;
+        let model = LatentDiffusion {
+            unet,
+            vae: &self.first.vae,
+            vae_config: &self.first.config,
+            latent_shape: self.latents.latent_shape,
+        };
+        let spec = SamplingSpec { sampler: cell.sampler, steps: cell.steps, cfg: cell.cfg, seed: cell.seed };
+        let t0 = Instant::now();
+        let generated = model.generate(&spec, &cond, &null)?;
+        let wall_seconds = t0.elapsed().as_secs_f64();
+        let (fid, fid_ci) = self.evaluator.fid(generated.images.clone(), key.seed_for("bootstrap"))?;
+        let clip = &self.evaluator.features.clip.model;
+        let text = clip.embed_text(cond, mask);
+        let cos: f32 = (clip.embed_images(generated.images) * text).sum_dim(1).mean().into_scalar();
+        Ok(Cell {
+            variant: key.variant,
+            width: key.width,
+            params: unet.num_params() as u64,
+            sampler: cell.sampler,
+            steps: cell.steps,
+            cfg: cell.cfg,
+            seed: cell.seed,
+            n_samples: prompts as u32,
+            fid,
+            fid_ci,
+            // Unclamped, unlike torchmetrics' CLIP score: an in-domain encoder's cosines centre
+            // near zero and a negative mean is information, not noise.
+            in_domain_clip: Some(100.0 * cos as f64),
+            metrics: Vec::new(),
+            evaluations: generated.evaluations as u64,
+            gflops_per_eval: unet.cost(h, w, self.latents.val_text.length).gflops(),
+            wall_seconds,
+        })
+    }
+}
+
+/// The stored cells that lie on the current config's grid (a store may hold cells of an
+/// earlier, larger grid).
+pub fn grid_cells(cx: &StudyContext, store: &Store) -> Result<Vec<Cell>, StudyError> {
+    let mut keys = std::collections::HashSet::new();
+    for &w in &cx.config.widths {
+        keys.extend(cx.config.cells().iter().map(|c| cell_key(w, c)));
+    }
+    Ok(store.cells()?.into_iter().filter(|c| keys.contains(&c.key())).collect())
+}
+
+/// Records that the store holds `config`'s cells (adopting a store made before fingerprints).
+pub fn adopt_store(cx: &StudyContext, config: &StudyConfig) -> Result<(), StudyError> {
+    let path = store_path(cx);
+    if !path.exists() {
+        return Ok(());
+    }
+    let store = Store::open(&path)?;
+    for &w in &config.widths {
+        if store.meta(&meta_key(w))?.is_none() {
+            store.set_meta(&meta_key(w), width_fingerprint(config, w).as_str())?;
+        }
+    }
+    Ok(())
+}
+
+/// `[N, L, D]` states of the sweep's prompts.
+pub fn prompts(cx: &StudyContext, latents: &Latents) -> Tensor<3> {
+    let n = (cx.config.sweep.samples_per_cell as usize).min(latents.val_text.len());
+    latents.val_text.states_tensor(&cx.device).narrow(0, 0, n)
+}

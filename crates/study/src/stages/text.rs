@@ -1,0 +1,115 @@
+//! Stage 3: the frozen text encoder.
+
+use std::path::Path;
+
+use burn::tensor::Device;
+use ldmscale_model::text::{TextConditioner, TextEncoder, TinyTextSpec, default_minilm_dir, tiny_text_conditioner};
+use ldmscale_train::params;
+
+use super::data::{self, Splits};
+use crate::config::{StudyConfig, TextEncoderSpec};
+use crate::context::StudyContext;
+use crate::error::StudyError;
+use crate::fingerprint::Fingerprint;
+use crate::stage::{Estimate, Stage};
+
+/// The study directory's text encoder.
+pub const DIR: &str = "text_encoder";
+/// Tokens per caption (at most; fewer when the encoder has fewer positions).
+pub const MAX_TOKENS: usize = 32;
+
+/// The encoder with the text-state shape the study uses.
+pub struct TextModel {
+    /// Tokenizer and encoder.
+    pub conditioner: TextConditioner,
+    /// Tokens per caption.
+    pub length: usize,
+    /// State width.
+    pub width: usize,
+}
+
+/// Makes (tiny-random, over the training captions' words) or loads the text encoder.
+pub struct TextStage<'a> {
+    /// The examples (their captions are the tiny encoder's vocabulary).
+    pub data: &'a Splits,
+}
+
+/// What the encoder depends on: its spec, and for the tiny one the captions it was built over.
+pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
+    let vocabulary = (config.text_encoder == TextEncoderSpec::TinyRandom).then(|| data::fingerprint(config));
+    Fingerprint::of("text-encoder", &(config.text_encoder.to_string(), vocabulary))
+}
+
+impl Stage for TextStage<'_> {
+    type Output = TextModel;
+    const NAME: &'static str = "text-encoder";
+
+    fn fingerprint(&self, cx: &StudyContext) -> Fingerprint {
+        fingerprint(cx.config)
+    }
+
+    fn load(&self, cx: &StudyContext) -> Result<Option<TextModel>, StudyError> {
+        Ok(TextConditioner::load(&cx.path(DIR), None, &cx.device).ok().map(with_shape))
+    }
+
+    fn run(&self, cx: &StudyContext) -> Result<TextModel, StudyError> {
+        let dir = cx.path(DIR);
+        if let Some(old) = cx.recorded(Self::NAME) {
+            cx.retire(&dir, old.as_str())?;
+        }
+        let conditioner = make(&cx.config.text_encoder, &self.data.train.captions, &cx.device)?;
+        conditioner.save(&dir)?;
+        Ok(with_shape(conditioner))
+    }
+}
+
+fn with_shape(conditioner: TextConditioner) -> TextModel {
+    let length = conditioner.encoder.max_positions().min(MAX_TOKENS);
+    let width = conditioner.encoder.hidden_size();
+    TextModel { conditioner, length, width }
+}
+
+/// The text encoder `spec` names: a tiny-random BERT over the words of `captions` (seeded),
+/// MiniLM from the asset cache, or a transformers directory.
+pub fn make(
+    spec: &TextEncoderSpec,
+    captions: &[String],
+    device: &Device,
+) -> Result<TextConditioner, StudyError> {
+    Ok(match spec {
+        TextEncoderSpec::TinyRandom => {
+            let mut made = None;
+            params::seeded_init(device, 17, || {
+                made = Some(tiny_text_conditioner(captions, &TinyTextSpec::default(), device));
+                made.as_ref().and_then(|r| r.as_ref().ok()).map(|t| t.encoder.clone())
+            });
+            made.expect("built")?
+        }
+        TextEncoderSpec::MiniLm => TextConditioner::load(&default_minilm_dir(), None, device)
+            .map_err(|e| StudyError::MissingAsset {
+                what: "text_encoder = \"minilm\"".into(),
+                asset: "minilm",
+                source: Box::new(e),
+            })?,
+        TextEncoderSpec::Dir(path) | TextEncoderSpec::Clip(path) => {
+            TextConditioner::load(Path::new(path), None, device)?
+        }
+    })
+}
+
+/// The text-state shape `--dry-run` assumes, and a missing encoder directory.
+pub fn estimate(config: &StudyConfig) -> (Estimate, [usize; 2]) {
+    let mut e = Estimate::default();
+    let shape = match &config.text_encoder {
+        TextEncoderSpec::TinyRandom => [MAX_TOKENS, TinyTextSpec::default().width],
+        TextEncoderSpec::MiniLm => [MAX_TOKENS, 384],
+        TextEncoderSpec::Dir(_) | TextEncoderSpec::Clip(_) => [77, 1024],
+    };
+    if let Some(dir) = config.text_encoder.path()
+        && !Path::new(dir).join("config.json").exists()
+    {
+        e.problems.push(format!("text_encoder {dir:?}: no config.json (a transformers directory is needed)"));
+    }
+    e.lines.push(format!("text encoder: {}, states {}x{}", config.text_encoder, shape[0], shape[1]));
+    (e, shape)
+}
