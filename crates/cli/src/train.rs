@@ -3,11 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use burn::tensor::Device;
 use clap::Args;
 use ldmscale_data::Split;
 use ldmscale_model::vae::load_vae;
 use ldmscale_study::pipeline::{encode, load_images, text_encoder};
+use ldmscale_train::parallel::{parse_device, parse_devices, training_devices};
 use ldmscale_train::{TrainConfig, train_with_hook};
 use serde::Deserialize;
 
@@ -64,7 +64,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub quiet: bool,
     /// Where the training steps run: `cpu`, or `cuda:N` in a build with `--features cuda`
-    /// (data encoding and evaluation stay on the CPU).
+    /// (data encoding and evaluation run there too, or on the first of `--devices`).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Data parallelism: each micro-batch split across these devices, e.g. `cuda:0,cuda:1`
@@ -75,7 +75,7 @@ pub struct TrainArgs {
 
 fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig, Option<EvalConfig>)> {
     // A device this build cannot use fails before any data is read.
-    ldmscale_train::parallel::parse_device(&args.device, "--device").map_err(anyhow::Error::msg)?;
+    parse_device(&args.device, "--device")?;
     let origin = args.config.display().to_string();
     let text =
         std::fs::read_to_string(&args.config).with_context(|| format!("reading {origin}"))?;
@@ -88,11 +88,9 @@ fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig, Option<EvalConfig>
             .insert("steps".into(), toml::Value::Integer(steps as i64));
         train_text = toml::to_string(&v)?;
     }
-    let mut config = TrainConfig::from_toml(&train_text, &format!("{origin} [train]"))
-        .map_err(anyhow::Error::msg)?;
+    let mut config = TrainConfig::from_toml(&train_text, &format!("{origin} [train]"))?;
     if !args.devices.is_empty() {
-        ldmscale_train::parallel::parse_devices(&args.devices, "--devices")
-            .map_err(anyhow::Error::msg)?;
+        parse_devices(&args.devices, "--devices")?;
         config.devices = args.devices.clone();
     }
     let eval = match (run.eval, config.eval_every) {
@@ -117,9 +115,9 @@ fn run_one(
     args: &TrainArgs,
 ) -> Result<()> {
     let quiet = args.quiet;
-    let train_device = ldmscale_train::parallel::parse_device(&args.device, "--device")
-        .map_err(anyhow::Error::msg)?;
-    let device = Device::flex();
+    let train_device = parse_device(&args.device, "--device")?;
+    // Data and evaluation live where the weights do, so the hook's model meets them there.
+    let device = training_devices(config, &train_device)?.remove(0);
     let (vae_config, vae) = load_vae(Path::new(&data_config.first_stage), &device)?;
     let examples = load_images(
         &data_config.dataset,
@@ -175,7 +173,7 @@ fn run_one(
         };
         let record = evaluator
             .evaluate(unet, state)
-            .map_err(|e| format!("evaluation at step {}: {e:#}", state.step))?;
+            .map_err(|e| format!("{e:#}"))?;
         if !quiet {
             eprintln!(
                 "eval at step {}: {}{}",
@@ -189,8 +187,7 @@ fn run_one(
         }
         Ok(())
     };
-    let summary = train_with_hook(config, &data, out, &train_device, !quiet, Some(&mut hook))
-        .map_err(anyhow::Error::msg)?;
+    let summary = train_with_hook(config, &data, out, &train_device, !quiet, Some(&mut hook))?;
     write_loss_curve(out, config.model.width)?;
     if let Some(evaluator) = &evaluator {
         write_fid_curve(&evaluator.log_path(), out, config.model.width)?;
@@ -287,7 +284,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let (data, mut config, eval) = load(args)?;
     if let Some(w) = args.width {
         config.model.width = w;
-        config.validate().map_err(anyhow::Error::msg)?;
+        config.validate()?;
     }
     run_one(&data, &config, eval.as_ref(), &args.out, &args.out, args)
 }
@@ -301,8 +298,7 @@ pub fn family(args: &TrainArgs) -> Result<()> {
     for &w in &args.widths {
         let mut c = config.clone();
         c.model.width = w;
-        c.validate()
-            .map_err(|e| anyhow::anyhow!("width {w}: {e}"))?;
+        c.validate().with_context(|| format!("width {w}"))?;
     }
     for &w in &args.widths {
         let mut c = config.clone();

@@ -4,9 +4,16 @@
 //! `checkpoints/step-000100/` holds `unet/` and `unet_ema/` (diffusers layout),
 //! `optimizer.safetensors` (AdamW moments and EMA shadow by parameter name) and `state.json`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Device;
+use ldmscale_model::weights::write_atomic;
 use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+use crate::optimizer::AdamW;
+use crate::params::{self, Named};
 
 /// The scalar state of a run at a checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,17 +70,17 @@ pub fn commit(
     run: &Path,
     step: u64,
     keep: usize,
-    write: impl FnOnce(&Path) -> Result<(), String>,
-) -> Result<PathBuf, String> {
+    write: impl FnOnce(&Path) -> Result<(), TrainError>,
+) -> Result<PathBuf, TrainError> {
     let dir = step_dir(run, step);
     let tmp = checkpoints_dir(run).join(format!(".tmp-step-{step:08}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
     write(&tmp)?;
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
     }
-    std::fs::rename(&tmp, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    std::fs::rename(&tmp, &dir).map_err(|e| TrainError::io(&dir, e))?;
     let all = list(run);
     for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
         let _ = std::fs::remove_dir_all(old);
@@ -87,4 +94,84 @@ pub fn commit(
         }
     }
     Ok(dir)
+}
+
+/// What a checkpoint restores besides its model directories.
+pub struct Saved {
+    /// The checkpoint's `optimizer.safetensors`.
+    pub path: PathBuf,
+    /// Weights by parameter name.
+    pub weights: Named,
+    /// AdamW's first moments.
+    pub m: Named,
+    /// AdamW's second moments.
+    pub v: Named,
+    /// The EMA shadow (empty without EMA).
+    pub ema: Named,
+    /// The scalar state.
+    pub state: TrainState,
+}
+
+/// The newest complete checkpoint of `run`, read onto `device`; one trained on data other than
+/// `data_key` is refused.
+pub fn read_latest(
+    run: &Path,
+    data_key: &str,
+    device: &Device,
+) -> Result<Option<Saved>, TrainError> {
+    let Some((_, dir)) = list(run).pop() else {
+        return Ok(None);
+    };
+    let state_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|source| TrainError::State {
+        path: state_path.clone(),
+        source,
+    })?;
+    if state.data_key != data_key {
+        return Err(TrainError::DataChanged {
+            path: state_path,
+            saved: state.data_key,
+            current: data_key.into(),
+        });
+    }
+    let path = dir.join("optimizer.safetensors");
+    let bytes = std::fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+    let group = |prefix| {
+        params::read_named(&bytes, prefix, device).map_err(|source| TrainError::Tensors {
+            path: path.clone(),
+            source,
+        })
+    };
+    Ok(Some(Saved {
+        weights: group("param/")?,
+        m: group("m/")?,
+        v: group("v/")?,
+        ema: group("ema/")?,
+        state,
+        path,
+    }))
+}
+
+/// Writes `optimizer.safetensors` (weights, AdamW moments, EMA by name) and `state.json` into
+/// checkpoint directory `dir`.
+pub fn write_state(
+    dir: &Path,
+    weights: &Named,
+    adam: &AdamW,
+    ema: &Named,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let bytes = params::write_named(
+        &[
+            ("param/", weights),
+            ("m/", &adam.m),
+            ("v/", &adam.v),
+            ("ema/", ema),
+        ],
+        BTreeMap::from([("step".to_string(), state.step.to_string())]),
+    );
+    write_atomic(&dir.join("optimizer.safetensors"), &bytes)?;
+    let json = serde_json::to_string_pretty(state).expect("state serialises");
+    Ok(write_atomic(&dir.join("state.json"), json.as_bytes())?)
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use ldmscale_model::UNetConfig;
 
 use crate::ema::EmaConfig;
+use crate::error::TrainError;
 use crate::optimizer::{AdamWConfig, LrSchedule};
 
 /// Which layout a width is scaled in.
@@ -66,18 +67,23 @@ impl ModelConfig {
     }
 
     /// Checks the width against the group count and heads, naming the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), TrainError> {
         if self.width == 0 || self.norm_groups == 0 || !self.width.is_multiple_of(self.norm_groups)
         {
-            return Err(format!(
-                "model.width = {}: must be a positive multiple of model.norm_groups ({})",
-                self.width, self.norm_groups
+            return Err(TrainError::config(
+                "model.width",
+                self.width,
+                format!(
+                    "must be a positive multiple of model.norm_groups ({})",
+                    self.norm_groups
+                ),
             ));
         }
         if self.heads == 0 || !self.width.is_multiple_of(self.heads) {
-            return Err(format!(
-                "model.heads = {}: must divide model.width ({})",
-                self.heads, self.width
+            return Err(TrainError::config(
+                "model.heads",
+                self.heads,
+                format!("must divide model.width ({})", self.width),
             ));
         }
         Ok(())
@@ -184,9 +190,15 @@ fn default_keep() -> usize {
 
 impl TrainConfig {
     /// Parses TOML; `origin` names the source in errors.
-    pub fn from_toml(text: &str, origin: &str) -> Result<Self, String> {
-        let config: Self = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
-        config.validate().map_err(|e| format!("{origin}: {e}"))?;
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, TrainError> {
+        let config: Self = toml::from_str(text).map_err(|source| TrainError::ParseConfig {
+            origin: origin.into(),
+            source,
+        })?;
+        config.validate().map_err(|e| TrainError::ConfigFile {
+            origin: origin.into(),
+            source: Box::new(e),
+        })?;
         Ok(config)
     }
 
@@ -196,33 +208,35 @@ impl TrainConfig {
     }
 
     /// Range checks, naming the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), TrainError> {
         self.model.validate()?;
         if self.steps == 0 {
-            return Err("steps: must be at least 1".into());
+            return Err(TrainError::settings("steps", "must be at least 1"));
         }
         if self.batch_size == 0 || self.grad_accum == 0 {
-            return Err("batch_size, grad_accum: must be at least 1".into());
+            return Err(TrainError::settings(
+                "batch_size, grad_accum",
+                "must be at least 1",
+            ));
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
-            return Err(format!(
-                "learning_rate = {}: must be positive",
-                self.learning_rate
-            ));
+            let lr = self.learning_rate;
+            return Err(TrainError::config("learning_rate", lr, "must be positive"));
         }
         if !(0.0..=1.0).contains(&self.text_dropout) {
-            return Err(format!(
-                "text_dropout = {}: must be in [0, 1]",
-                self.text_dropout
-            ));
+            let p = self.text_dropout;
+            return Err(TrainError::config("text_dropout", p, "must be in [0, 1]"));
         }
         if self.checkpoint_every == 0 || self.keep_last == 0 || self.log_every == 0 {
-            return Err("checkpoint_every, keep_last, log_every: must be at least 1".into());
+            return Err(TrainError::settings(
+                "checkpoint_every, keep_last, log_every",
+                "must be at least 1",
+            ));
         }
         if let Some(c) = self.grad_clip
             && c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
         {
-            return Err(format!("grad_clip = {c}: must be positive"));
+            return Err(TrainError::config("grad_clip", c, "must be positive"));
         }
         crate::parallel::parse_devices(&self.devices, "devices")?;
         Ok(())
@@ -232,6 +246,7 @@ impl TrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::DeviceProblem;
 
     const MINIMAL: &str = "steps = 10\nbatch_size = 4\n[model]\nfamily = \"small\"\nwidth = 32\nheads = 4\nnorm_groups = 8\n";
 
@@ -245,13 +260,20 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_widths_are_named() {
         let err = TrainConfig::from_toml(&format!("{MINIMAL}learning_rat = 1.0\n"), "run.toml");
-        // The typo sits in [model] (last table), so the error names that key.
-        assert!(err.unwrap_err().contains("learning_rat"));
+        // The typo sits in [model] (last table), so the parser names that key.
+        assert!(
+            matches!(&err, Err(TrainError::ParseConfig { origin, .. }) if origin == "run.toml"),
+            "{err:?}"
+        );
         let err = TrainConfig::from_toml(&MINIMAL.replace("width = 32", "width = 36"), "run.toml")
             .unwrap_err();
+        let TrainError::ConfigFile { origin, source } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(origin, "run.toml");
         assert!(
-            err.contains("model.width = 36") && err.contains("norm_groups"),
-            "{err}"
+            matches!(&**source, TrainError::InvalidConfig { field, value: Some(v), .. } if field == "model.width" && v == "36"),
+            "{err:?}"
         );
     }
 
@@ -265,9 +287,13 @@ mod tests {
         assert_eq!(TrainConfig::from_toml(&c.to_toml(), "again").unwrap(), c);
         let err = TrainConfig::from_toml(&text.replace("\"cpu\", \"cpu\"", "\"tpu\""), "run.toml")
             .unwrap_err();
+        let TrainError::ConfigFile { origin, source } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(origin, "run.toml");
         assert!(
-            err.contains("run.toml") && err.contains("devices[0]"),
-            "{err}"
+            matches!(&**source, TrainError::Device { field, reason: DeviceProblem::UnknownName, .. } if field == "devices[0]"),
+            "{err:?}"
         );
     }
 }

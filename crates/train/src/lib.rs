@@ -1,16 +1,25 @@
-//! Training text-to-image LDMs from scratch: one recipe for every width of a family, exact
-//! resume, and training compute accounted as the paper does (normalised cost x iterations).
+//! Training LDMs from scratch: one loop over any [`TrainTask`] (text-to-image first), one
+//! recipe for every width of a family, exact resume, and training compute accounted as the
+//! paper does (normalised cost x iterations).
 
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod ema;
+pub mod error;
 pub mod optimizer;
 pub mod parallel;
 pub mod params;
+pub mod sync;
+pub mod task;
+pub mod tasks;
 pub mod trainer;
 
 pub use checkpoint::TrainState;
 pub use config::{Family, ModelConfig, Objective, TrainConfig};
 pub use data::{SyntheticData, TrainingData};
-pub use trainer::{EvalHook, RunSummary, train, train_with_hook};
+pub use error::TrainError;
+pub use sync::{DeviceThreads, GradSync};
+pub use task::{ShardLoss, TrainTask};
+pub use tasks::TextToImage;
+pub use trainer::{EvalHook, RunSummary, train, train_task, train_with_hook};

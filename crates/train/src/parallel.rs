@@ -4,9 +4,10 @@
 //! A micro-batch is drawn exactly as on one device (same examples, timesteps, noise and text
 //! dropout), split into contiguous shards, one per device; each device runs forward and backward
 //! on its shard with its own replica of the model; the gradients are moved to the first device,
-//! weighted by shard size and summed by parameter name. The caller then takes one AdamW step
-//! there and the next step forks the updated weights to the replicas again. The result equals one
-//! device with the whole batch up to float rounding (the loss is a mean over samples).
+//! weighted by shard size and summed by parameter name ([`crate::sync::DeviceThreads`]). The
+//! caller then takes one AdamW step there and the next step forks the updated weights to the
+//! replicas again. The result equals one device with the whole batch up to float rounding (the
+//! loss is a mean over samples).
 //!
 //! burn-train's multi-device strategy does the same fork / gradients-to-main-device / one
 //! optimizer step, but inside its `Learner`: its optimizer state is keyed by burn's `ParamId`
@@ -19,16 +20,25 @@ use std::ops::Range;
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use ldmscale_diffusion::objective::DiffusionObjective;
 use ldmscale_model::UNet;
 
+use crate::error::{DeviceProblem, TrainError};
 use crate::params::{self, Named};
+use crate::sync::{DeviceThreads, GradSync, ShardGrads};
+use crate::task::ShardLoss;
+use crate::tasks::{DenoisingLoss, TextImageBatch};
 
 /// The device a name denotes: `cpu` (burn's flex backend) or `cuda` / `cuda:N` (burn's CUDA
 /// backend, in builds with the `cuda` feature). `field` names the setting in errors.
-pub fn parse_device(name: &str, field: &str) -> Result<Device, String> {
+pub fn parse_device(name: &str, field: &str) -> Result<Device, TrainError> {
     let name = name.trim();
+    let problem = |reason| TrainError::Device {
+        field: field.into(),
+        name: name.into(),
+        reason,
+    };
     if name == "cpu" {
         return Ok(Device::flex());
     }
@@ -37,37 +47,42 @@ pub fn parse_device(name: &str, field: &str) -> Result<Device, String> {
         Some(rest) => rest
             .strip_prefix(':')
             .and_then(|i| i.parse::<usize>().ok())
-            .ok_or_else(|| {
-                format!("{field} = {name:?}: expected \"cpu\", \"cuda\" or \"cuda:N\"")
-            })?,
-        None => {
-            return Err(format!(
-                "{field} = {name:?}: expected \"cpu\", \"cuda\" or \"cuda:N\""
-            ));
-        }
+            .ok_or_else(|| problem(DeviceProblem::UnknownName))?,
+        None => return Err(problem(DeviceProblem::UnknownName)),
     };
-    cuda(index, name, field)
+    cuda(index).ok_or_else(|| problem(DeviceProblem::NoCuda))
 }
 
 #[cfg(feature = "cuda")]
-fn cuda(index: usize, _name: &str, _field: &str) -> Result<Device, String> {
-    Ok(Device::cuda(index))
+fn cuda(index: usize) -> Option<Device> {
+    Some(Device::cuda(index))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda(_index: usize, name: &str, field: &str) -> Result<Device, String> {
-    Err(format!(
-        "{field} = {name:?}: this build has no CUDA support; rebuild with the cargo feature `cuda` (README.md, section GPUs)"
-    ))
+fn cuda(_index: usize) -> Option<Device> {
+    None
 }
 
 /// Parses a list of device names (see [`parse_device`]); `field` names the setting in errors.
-pub fn parse_devices(names: &[String], field: &str) -> Result<Vec<Device>, String> {
+pub fn parse_devices(names: &[String], field: &str) -> Result<Vec<Device>, TrainError> {
     names
         .iter()
         .enumerate()
         .map(|(i, n)| parse_device(n, &format!("{field}[{i}]")))
         .collect()
+}
+
+/// The plain devices a run's steps run on: `config.devices` when given, else `device`. The
+/// first holds the weights, the optimizer state and the EMA, and is where the evaluation hook
+/// gets its model.
+pub fn training_devices(
+    config: &crate::TrainConfig,
+    device: &Device,
+) -> Result<Vec<Device>, TrainError> {
+    if config.devices.is_empty() {
+        return Ok(vec![device.clone()]);
+    }
+    parse_devices(&config.devices, "train.devices")
 }
 
 /// Contiguous shards of `n` samples over `k` devices, sizes differing by at most one (the first
@@ -87,116 +102,88 @@ pub fn shard_ranges(n: usize, k: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// One micro-batch before splitting, on the first device's plain (non-autodiff) side.
-pub struct MicroBatch {
-    /// Clean latents `[B, C, h, w]`.
-    pub x0: Tensor<4>,
-    /// Noise `[B, C, h, w]`.
-    pub noise: Tensor<4>,
-    /// Text states after dropout `[B, L, D]`.
-    pub context: Tensor<3>,
-    /// One training timestep per sample.
-    pub timesteps: Vec<usize>,
-}
+/// A text-to-image micro-batch, by the name callers that drive steps themselves use.
+pub type MicroBatch = TextImageBatch;
 
-/// The loss (mean over the micro-batch) and its gradients by parameter name, flattened, on the
-/// plain side of `devices[0]`, where `model` lives. `devices` are the autodiff devices of the
-/// replicas; the first must be `model`'s own.
+/// [`batch_gradients`] of one text-to-image micro-batch split over autodiff `devices` (the
+/// first must be `model`'s), for callers that drive steps themselves (the GPU check).
 pub fn gradients(
     model: &UNet,
     devices: &[Device],
     objective: &DiffusionObjective,
     batch: MicroBatch,
-) -> Result<(f64, Named), String> {
-    let n = batch.timesteps.len();
-    let shards = shard_ranges(n, devices.len());
-    if shards.len() == 1 {
-        // One device: no split, no weighting, no copies (keeps the single-device arithmetic).
-        return shard_gradients(model, &devices[0], objective, &batch, 0..n);
-    }
-    let main = devices[0].clone().inner();
-    let results: Vec<Result<(f64, Named), String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = shards
+) -> Result<(f64, Named), TrainError> {
+    let sync = DeviceThreads::new(devices)?;
+    let loss = DenoisingLoss::new(objective.clone());
+    batch_gradients(model, &sync, &loss, batch)
+}
+
+/// The loss (mean over `batch`) and its gradients by parameter name, flattened, on the
+/// weights' plain device, from the shards `sync` places in this process: the first runs on
+/// `model` (which lives on [`GradSync::weights_device`]), the others at the same time on
+/// replicas forked to their devices, one thread each.
+pub fn batch_gradients<B: Sync, L: ShardLoss<B>>(
+    model: &UNet,
+    sync: &dyn GradSync,
+    loss: &L,
+    batch: B,
+) -> Result<(f64, Named), TrainError> {
+    let rows = loss.rows(&batch);
+    let shards = sync.local_shards(rows);
+    let results = std::thread::scope(|scope| {
+        let batch = &batch;
+        let handles: Vec<_> = shards[1..]
             .iter()
-            .enumerate()
-            .skip(1)
-            .map(|(k, range)| {
+            .map(|(range, device)| {
                 let replica = model.clone();
-                let device = devices[k].clone();
-                let batch = &batch;
-                let range = range.clone();
                 scope.spawn(move || {
-                    let replica = replica.fork(&device);
-                    shard_gradients(&replica, &device, objective, batch, range)
+                    let replica = replica.fork(device);
+                    shard_gradients(&replica, device, loss, batch, range.clone())
                 })
             })
             .collect();
-        // The first shard runs here, on the model itself, while the others run on theirs.
-        let mut out = vec![shard_gradients(
-            model,
-            &devices[0],
-            objective,
-            &batch,
-            shards[0].clone(),
-        )];
-        out.extend(handles.into_iter().map(|h| {
-            h.join()
-                .unwrap_or_else(|e| Err(format!("a data-parallel worker panicked: {e:?}")))
+        let (range, device) = &shards[0];
+        let mut out = vec![shard_gradients(model, device, loss, batch, range.clone())];
+        out.extend(handles.into_iter().enumerate().map(|(i, h)| {
+            h.join().unwrap_or_else(|panic| {
+                Err(TrainError::WorkerPanicked {
+                    shard: i + 1,
+                    message: panic_message(panic.as_ref()),
+                })
+            })
         }));
         out
     });
-    let mut loss = 0.0;
-    let mut sum = Named::new();
-    for (result, range) in results.into_iter().zip(&shards) {
-        let (shard_loss, grads) = result?;
-        let weight = range.len() as f64 / n as f64;
-        loss += weight * shard_loss;
-        for (name, g) in grads {
-            let g = g.to_device(&main).mul_scalar(weight);
-            let next = match sum.remove(&name) {
-                Some(acc) => acc.add(g),
-                None => g,
-            };
-            sum.insert(name, next);
-        }
-    }
-    Ok((loss, sum))
+    let results = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    sync.reduce(results, rows)
 }
 
-/// Forward and backward of `model` (on autodiff device `device`) over samples `range`.
-fn shard_gradients(
+/// Forward and backward of `model` (on autodiff device `device`) over rows `rows` of `batch`.
+fn shard_gradients<B, L: ShardLoss<B>>(
     model: &UNet,
     device: &Device,
-    objective: &DiffusionObjective,
-    batch: &MicroBatch,
-    range: Range<usize>,
-) -> Result<(f64, Named), String> {
-    let whole = range.len() == batch.timesteps.len();
-    let take4 = |t: &Tensor<4>| {
-        let t = if whole {
-            t.clone()
-        } else {
-            t.clone().narrow(0, range.start, range.len())
-        };
-        t.to_device(device).autodiff()
-    };
-    let x0 = take4(&batch.x0);
-    let noise = take4(&batch.noise);
-    let context = if whole {
-        batch.context.clone()
-    } else {
-        batch.context.clone().narrow(0, range.start, range.len())
+    loss: &L,
+    batch: &B,
+    rows: Range<usize>,
+) -> Result<ShardGrads, TrainError> {
+    let shard = loss.shard(batch, rows.clone(), device);
+    let value = loss.loss(model, shard)?;
+    let scalar = value.clone().into_scalar::<f32>() as f64;
+    let grads =
+        params::named_gradients(model, GradientsParams::from_grads(value.backward(), model));
+    Ok(ShardGrads {
+        rows,
+        loss: scalar,
+        grads,
+    })
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(s), _) => s.to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a panic without a message".into(),
     }
-    .to_device(device)
-    .autodiff();
-    let t = &batch.timesteps[range];
-    let pair = objective.pair(x0, noise, t).map_err(|e| e.to_string())?;
-    let t_f32: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-    let out = model.forward(pair.noisy.clone(), &t_f32, context);
-    let loss = objective.loss(out, &pair).map_err(|e| e.to_string())?;
-    let value = loss.clone().into_scalar::<f32>() as f64;
-    let grads = params::named_gradients(model, GradientsParams::from_grads(loss.backward(), model));
-    Ok((value, grads))
 }
 
 #[cfg(test)]
@@ -211,20 +198,26 @@ mod tests {
         assert_eq!(shard_ranges(5, 1), vec![0..5]);
     }
 
+    fn problem(name: &str, field: &str) -> (String, DeviceProblem) {
+        match parse_device(name, field) {
+            Err(TrainError::Device { field, reason, .. }) => (field, reason),
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+
     #[test]
     fn device_names_are_checked() {
         assert!(parse_device("cpu", "train.devices[0]").is_ok());
-        let e = parse_device("gpu0", "train.devices[1]").unwrap_err();
-        assert!(
-            e.contains("train.devices[1]") && e.contains("cuda:N"),
-            "{e}"
+        let unknown = DeviceProblem::UnknownName;
+        assert_eq!(
+            problem("gpu0", "train.devices[1]"),
+            ("train.devices[1]".into(), unknown.clone())
         );
-        let e = parse_device("cuda:x", "--device").unwrap_err();
-        assert!(e.contains("--device"), "{e}");
+        assert_eq!(problem("cuda:x", "--device"), ("--device".into(), unknown));
         #[cfg(not(feature = "cuda"))]
-        {
-            let e = parse_device("cuda:1", "--device").unwrap_err();
-            assert!(e.contains("feature `cuda`"), "{e}");
-        }
+        assert_eq!(
+            problem("cuda:1", "--device"),
+            ("--device".into(), DeviceProblem::NoCuda)
+        );
     }
 }

@@ -9,6 +9,8 @@ use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
+use crate::error::TensorsError;
+
 /// Flat f32 tensors by parameter path (shapes are the model's business).
 pub type Named = BTreeMap<String, Tensor<1>>;
 
@@ -163,15 +165,18 @@ pub fn read_named(
     bytes: &[u8],
     prefix: &str,
     device: &burn::tensor::Device,
-) -> Result<Named, String> {
-    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())?;
+) -> Result<Named, TensorsError> {
+    let st = safetensors::SafeTensors::deserialize(bytes)?;
     let mut out = Named::new();
     for (name, view) in st.tensors() {
         let Some(key) = name.strip_prefix(prefix) else {
             continue;
         };
         if view.dtype() != safetensors::Dtype::F32 {
-            return Err(format!("{name}: expected F32, found {:?}", view.dtype()));
+            return Err(TensorsError::NotF32 {
+                name,
+                dtype: format!("{:?}", view.dtype()),
+            });
         }
         let values: Vec<f32> = view
             .data()

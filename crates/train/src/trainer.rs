@@ -1,26 +1,28 @@
-//! The training loop: the paper's recipe (AdamW, constant LR after warmup, EMA, text dropout
-//! for CFG) with exact resume and training compute accounted per checkpoint.
+//! The training loop: the paper's recipe (AdamW, constant LR after warmup, EMA, gradient
+//! clipping) over any [`TrainTask`], with exact resume and training compute accounted per
+//! checkpoint. [`train`] and [`train_with_hook`] run the text-to-image task.
 
-use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use ldmscale_diffusion::objective::{DiffusionObjective, drop_text, sample_timesteps};
-use ldmscale_diffusion::{NoiseSchedule, PredictionType, SchedulerConfig};
 use ldmscale_model::weights::{save_unet, write_atomic};
 use ldmscale_model::{UNet, UNetConfig};
-use rand_distr::{Distribution, StandardNormal};
 use serde_json::json;
 
-use crate::checkpoint::{self, TrainState};
-use crate::config::{Objective, TrainConfig};
+use crate::checkpoint::{self, Saved, TrainState};
+use crate::config::{ModelConfig, TrainConfig};
 use crate::data::{TrainingData, order, rng_for};
+use crate::error::TrainError;
 use crate::optimizer::{AdamW, clip_global_norm, learning_rate};
-use crate::parallel::{self, MicroBatch};
+use crate::parallel::{self, training_devices};
 use crate::params::{self, Named};
+use crate::sync::{DeviceThreads, GradSync};
+use crate::task::TrainTask;
+use crate::tasks::TextToImage;
 
 /// Width the paper normalises costs against.
 const REFERENCE_WIDTH: usize = 320;
@@ -38,38 +40,99 @@ pub struct RunSummary {
     pub model_dirs: Vec<PathBuf>,
 }
 
-/// The UNet config a run trains.
-pub fn unet_config(config: &TrainConfig, data: &dyn TrainingData) -> UNetConfig {
-    let [c, h, _] = data.latent_shape();
-    let [_, d] = data.context_shape();
-    config.model.unet(c, h, d)
+/// Called every `eval_every` steps with the weights to evaluate (the EMA when the run keeps
+/// one) on the plain side of the first training device, and the state after that step.
+pub type EvalHook<'a> = &'a mut dyn FnMut(&UNet, &TrainState) -> Result<(), String>;
+
+/// Trains (or resumes) text-to-image run `run` on `data`.
+pub fn train(
+    config: &TrainConfig,
+    data: &dyn TrainingData,
+    run: &Path,
+    device: &Device,
+    show_progress: bool,
+) -> Result<RunSummary, TrainError> {
+    train_with_hook(config, data, run, device, show_progress, None)
+}
+
+/// [`train`] with an evaluation hook. The steps run on `config.devices` when given (split
+/// across them by [`DeviceThreads`]), else on `device`.
+pub fn train_with_hook(
+    config: &TrainConfig,
+    data: &dyn TrainingData,
+    run: &Path,
+    device: &Device,
+    show_progress: bool,
+    hook: Option<EvalHook<'_>>,
+) -> Result<RunSummary, TrainError> {
+    config.validate()?;
+    let devices = training_devices(config, device)?;
+    let sync = DeviceThreads::new(&devices)?;
+    let task = TextToImage::new(config, data, &devices[0].clone().inner())?;
+    train_task(config, &task, &sync, run, show_progress, hook)
+}
+
+/// Trains (or resumes) run `run` of `task`, its shards placed and reduced by `sync`.
+pub fn train_task<T: TrainTask>(
+    config: &TrainConfig,
+    task: &T,
+    sync: &dyn GradSync,
+    run: &Path,
+    show_progress: bool,
+    hook: Option<EvalHook<'_>>,
+) -> Result<RunSummary, TrainError> {
+    let unet_config = prepare_run_dir(config, task, run)?;
+    let trainer = Trainer::start(config, task, sync, run, unet_config)?;
+    if trainer.state.step >= config.steps {
+        return Ok(RunSummary {
+            state: trainer.state,
+            steps_run: 0,
+            seconds: 0.0,
+            model_dirs: final_dirs(run, config),
+        });
+    }
+    trainer.run(show_progress, hook)
 }
 
 /// GFLOPs of one forward of the run's UNet and of the width-320 model of the same family at
-/// the same sizes (for normalised cost).
-pub fn forward_gflops(config: &TrainConfig, data: &dyn TrainingData) -> (f64, f64) {
-    let [_, h, w] = data.latent_shape();
-    let [l, _] = data.context_shape();
-    let device = Device::flex();
-    let ours = UNet::new(&unet_config(config, data), &device)
-        .cost(h, w, l)
-        .gflops();
+/// the same sizes (for normalised cost). `device` only hosts the (never initialised) models.
+pub fn forward_gflops<T: TrainTask>(config: &TrainConfig, task: &T, device: &Device) -> (f64, f64) {
+    let [h, w, l] = task.forward_size();
+    let gflops = |model: &ModelConfig| {
+        let unet_config = task.unet_config(model);
+        UNet::new(&unet_config, device).cost(h, w, l).gflops()
+    };
     // The reference is the family's 320-filter member with the paper's 32 groups and 8 heads.
-    let mut reference = config.clone();
-    reference.model.width = REFERENCE_WIDTH;
-    reference.model.norm_groups = 32;
-    reference.model.heads = 8;
-    let ref_unet = unet_config(&reference, data);
-    let theirs = UNet::new(&ref_unet, &device).cost(h, w, l).gflops();
-    (ours, theirs)
+    let mut reference = config.model.clone();
+    reference.width = REFERENCE_WIDTH;
+    reference.norm_groups = 32;
+    reference.heads = 8;
+    (gflops(&config.model), gflops(&reference))
 }
 
-fn err(context: &str, e: impl std::fmt::Display) -> String {
-    format!("{context}: {e}")
+/// Checks the config and the run directory (a resumed run must have the same config) and
+/// records the config there; returns the UNet config the task trains.
+fn prepare_run_dir<T: TrainTask>(
+    config: &TrainConfig,
+    task: &T,
+    run: &Path,
+) -> Result<UNetConfig, TrainError> {
+    config.validate()?;
+    if task.examples() == 0 {
+        return Err(TrainError::NoData);
+    }
+    std::fs::create_dir_all(run).map_err(|e| TrainError::io(run, e))?;
+    check_resume(run, config)?;
+    write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
+    let unet_config = task.unet_config(&config.model);
+    unet_config
+        .validate()
+        .map_err(|message| TrainError::settings("model", message))?;
+    Ok(unet_config)
 }
 
 /// Checks that `run` was started with the same config (only `steps` and `devices` may change).
-fn check_resume(run: &Path, config: &TrainConfig) -> Result<(), String> {
+fn check_resume(run: &Path, config: &TrainConfig) -> Result<(), TrainError> {
     let path = run.join("config.toml");
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(());
@@ -79,106 +142,89 @@ fn check_resume(run: &Path, config: &TrainConfig) -> Result<(), String> {
     // Where the steps run may change between sessions (it changes rounding, not the recipe).
     saved.devices = config.devices.clone();
     if &saved != config {
-        return Err(format!(
-            "{}: the run directory was started with a different config (only `steps` and `devices` may change on resume); use a new --out directory",
-            path.display()
-        ));
+        return Err(TrainError::ConfigChanged { path });
     }
     Ok(())
 }
 
-/// Called every `eval_every` steps with the weights to evaluate (the EMA when the run keeps
-/// one) on the plain device, and the state after that step.
-pub type EvalHook<'a> = &'a mut dyn FnMut(&UNet, &TrainState) -> Result<(), String>;
-
-/// Trains (or resumes) the run in directory `run`.
-pub fn train(
-    config: &TrainConfig,
-    data: &dyn TrainingData,
-    run: &Path,
-    device: &Device,
-    show_progress: bool,
-) -> Result<RunSummary, String> {
-    train_with_hook(config, data, run, device, show_progress, None)
+/// A run in progress: the model, the optimizer and EMA state, and the scalar state.
+struct Trainer<'a, T: TrainTask> {
+    config: &'a TrainConfig,
+    task: &'a T,
+    sync: &'a dyn GradSync,
+    run: &'a Path,
+    unet_config: UNetConfig,
+    /// The plain side of the weights' device (batches, the EMA, the evaluated model).
+    device: Device,
+    model: UNet,
+    adam: AdamW,
+    shadow: Named,
+    state: TrainState,
+    forward_gflops: f64,
+    normalized_cost: f64,
 }
 
-/// [`train`] with an evaluation hook.
-pub fn train_with_hook(
-    config: &TrainConfig,
-    data: &dyn TrainingData,
-    run: &Path,
-    device: &Device,
-    show_progress: bool,
-    mut hook: Option<EvalHook<'_>>,
-) -> Result<RunSummary, String> {
-    config.validate()?;
-    if data.is_empty() {
-        return Err("the training data has no examples".into());
-    }
-    std::fs::create_dir_all(run).map_err(|e| err(&run.display().to_string(), e))?;
-    check_resume(run, config)?;
-    write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())
-        .map_err(|e| e.to_string())?;
+/// What a step reports besides the state.
+struct StepReport {
+    lr: f64,
+    grad_norm: f64,
+}
 
-    let unet_config = unet_config(config, data);
-    unet_config.validate()?;
-    // `train.devices` (when given) is where the step runs, split across them; the first holds
-    // the weights, the optimizer state and the EMA.
-    let devices = if config.devices.is_empty() {
-        vec![device.clone()]
-    } else {
-        parallel::parse_devices(&config.devices, "train.devices")?
-    };
-    let device = &devices[0];
-    let inner = device.clone().inner();
-    let ad = device.clone().autodiff();
-    let replicas: Vec<Device> = devices.iter().map(|d| d.clone().autodiff()).collect();
-    let mut model = params::seeded_init(&ad, config.seed, || UNet::new(&unet_config, &ad));
-    let (fwd_gflops, ref_gflops) = forward_gflops(config, data);
-    let normalized_cost = fwd_gflops / ref_gflops;
-    let samples_per_step = (config.batch_size * config.grad_accum) as u64;
-
-    let mut adam = AdamW::new(config.adamw.clone());
-    let mut shadow = Named::new();
-    let mut state = TrainState {
-        step: 0,
-        samples: 0,
-        adamw_step: 0,
-        train_gflops: 0.0,
-        normalized_cost_x_iterations: 0.0,
-        last_loss: f64::NAN,
-        data_key: data.key(),
-    };
-
-    // Resume from the newest complete checkpoint.
-    if let Some((_, dir)) = checkpoint::list(run).pop() {
-        let state_path = dir.join("state.json");
-        let text = std::fs::read_to_string(&state_path)
-            .map_err(|e| err(&state_path.display().to_string(), e))?;
-        let saved: TrainState =
-            serde_json::from_str(&text).map_err(|e| err(&state_path.display().to_string(), e))?;
-        if saved.data_key != state.data_key {
-            return Err(format!(
-                "{}: the run was trained on {:?}, not {:?}; use a new --out directory",
-                state_path.display(),
-                saved.data_key,
-                state.data_key
-            ));
-        }
-        let opt_path = dir.join("optimizer.safetensors");
-        let bytes =
-            std::fs::read(&opt_path).map_err(|e| err(&opt_path.display().to_string(), e))?;
-        let named = |p| {
-            params::read_named(&bytes, p, &inner)
-                .map_err(|e| err(&opt_path.display().to_string(), e))
+impl<'a, T: TrainTask> Trainer<'a, T> {
+    /// A freshly initialised model, then the newest checkpoint of `run` restored over it.
+    fn start(
+        config: &'a TrainConfig,
+        task: &'a T,
+        sync: &'a dyn GradSync,
+        run: &'a Path,
+        unet_config: UNetConfig,
+    ) -> Result<Self, TrainError> {
+        let ad = sync.weights_device().clone();
+        let device = ad.clone().inner();
+        let model = params::seeded_init(&ad, config.seed, || UNet::new(&unet_config, &ad));
+        let (ours, reference) = forward_gflops(config, task, &device);
+        let trainer = Self {
+            config,
+            task,
+            sync,
+            run,
+            unet_config,
+            device,
+            model,
+            adam: AdamW::new(config.adamw.clone()),
+            shadow: Named::new(),
+            state: TrainState {
+                step: 0,
+                samples: 0,
+                adamw_step: 0,
+                train_gflops: 0.0,
+                normalized_cost_x_iterations: 0.0,
+                last_loss: f64::NAN,
+                data_key: task.data_key(),
+            },
+            forward_gflops: ours,
+            normalized_cost: ours / reference,
         };
-        let mut weights = named("param/")?;
-        adam.m = named("m/")?;
-        adam.v = named("v/")?;
-        adam.step = saved.adamw_step;
-        shadow = named("ema/")?;
+        let saved = checkpoint::read_latest(run, &trainer.state.data_key, &trainer.device)?;
+        match saved {
+            Some(saved) => trainer.restore(saved),
+            None => Ok(trainer),
+        }
+    }
+
+    /// Takes over a checkpoint's weights, optimizer and EMA state, and drops metric lines
+    /// after it.
+    fn restore(mut self, saved: Saved) -> Result<Self, TrainError> {
+        let Saved {
+            path,
+            mut weights,
+            m,
+            v,
+            ema,
+            state,
+        } = saved;
         let mut missing = Vec::new();
-        model = params::update(model, &mut |name, _| {
+        self.model = params::update(self.model, &mut |name, _| {
             let w = weights.remove(name);
             if w.is_none() {
                 missing.push(name.to_string());
@@ -186,88 +232,106 @@ pub fn train_with_hook(
             w
         });
         if !missing.is_empty() {
-            return Err(format!(
-                "{}: missing parameters {:?}",
-                opt_path.display(),
-                &missing[..missing.len().min(3)]
-            ));
+            return Err(TrainError::MissingParameters {
+                path,
+                names: missing,
+            });
         }
-        state = saved;
-        truncate_metrics(&run.join("metrics.jsonl"), state.step)?;
+        (self.adam.m, self.adam.v, self.adam.step) = (m, v, state.adamw_step);
+        self.shadow = ema;
+        self.state = state;
+        truncate_metrics(&self.run.join("metrics.jsonl"), self.state.step)?;
+        Ok(self)
     }
 
-    let start = Instant::now();
-    let first = state.step;
-    if first >= config.steps {
-        return Ok(RunSummary {
-            state,
-            steps_run: 0,
-            seconds: 0.0,
-            model_dirs: final_dirs(run, config),
+    /// Steps up to `config.steps`, logging, evaluating and checkpointing on the way, then
+    /// writes the final models.
+    fn run(
+        mut self,
+        show_progress: bool,
+        mut hook: Option<EvalHook<'_>>,
+    ) -> Result<RunSummary, TrainError> {
+        let config = self.config;
+        let start = Instant::now();
+        let first = self.state.step;
+        let bar = progress_bar(config, first, show_progress);
+        let metrics_path = self.run.join("metrics.jsonl");
+        let mut metrics = File::options()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| TrainError::io(&metrics_path, e))?;
+        for step in first + 1..=config.steps {
+            let report;
+            (self, report) = self.step(step)?;
+            if step % config.log_every == 0 || step == config.steps {
+                let line = self.metrics_line(&report, start.elapsed().as_secs_f64());
+                writeln!(metrics, "{line}").map_err(|e| TrainError::io(&metrics_path, e))?;
+            }
+            bar.set_message(format!("loss {:.4}", self.state.last_loss));
+            bar.set_position(step);
+            let last = step == config.steps;
+            if let Some(hook) = hook.as_deref_mut()
+                && config.eval_every > 0
+                && (step % config.eval_every == 0 || last)
+            {
+                self.evaluate(hook)?;
+            }
+            if step % config.checkpoint_every == 0 || last {
+                self.save_checkpoint()?;
+            }
+        }
+        bar.finish_and_clear();
+        write_model_dirs(self.run, &self.model_dirs_content())?;
+        Ok(RunSummary {
+            steps_run: self.state.step - first,
+            state: self.state,
+            seconds: start.elapsed().as_secs_f64(),
+            model_dirs: final_dirs(self.run, config),
+        })
+    }
+
+    /// One optimizer step: accumulated gradients, clipping, AdamW, EMA, and the state after.
+    fn step(mut self, step: u64) -> Result<(Self, StepReport), TrainError> {
+        let config = self.config;
+        let (mut grads, loss) = self.accumulated_gradients(step)?;
+        let grad_norm = clip_global_norm(&mut grads, config.grad_clip);
+        let lr = learning_rate(
+            config.learning_rate,
+            &config.lr_schedule,
+            config.warmup_steps,
+            step,
+            config.steps,
+        );
+        self.adam.begin_step();
+        let adam = &mut self.adam;
+        self.model = params::update(self.model, &mut |name, p| {
+            grads.remove(name).map(|g| adam.update(name, p, g, lr))
         });
+        if let Some(ema) = &config.ema {
+            ema.update(&mut self.shadow, &params::snapshot(&self.model), step);
+        }
+        let samples_per_step = (config.batch_size * config.grad_accum) as f64;
+        let state = &mut self.state;
+        state.step = step;
+        state.adamw_step = self.adam.step;
+        state.last_loss = loss;
+        state.train_gflops += 3.0 * self.forward_gflops * samples_per_step;
+        state.normalized_cost_x_iterations = self.normalized_cost * step as f64;
+        Ok((self, StepReport { lr, grad_norm }))
     }
 
-    let prediction = match config.objective {
-        Objective::Epsilon => PredictionType::Epsilon,
-        Objective::VPrediction => PredictionType::VPrediction,
-    };
-    let schedule = NoiseSchedule::new(&SchedulerConfig::sd()).map_err(|e| e.to_string())?;
-    let timesteps = schedule.len();
-    let objective = DiffusionObjective::new(schedule, prediction, config.snr_gamma)
-        .map_err(|e| e.to_string())?;
-    let null = data.null_context(&inner);
-    let [c, h, w] = data.latent_shape();
-
-    let bar = if show_progress {
-        ProgressBar::new(config.steps)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} width {prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}",
-        )
-        .expect("template"),
-    );
-    bar.set_prefix(config.model.width.to_string());
-    bar.set_position(first);
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(run.join("metrics.jsonl"))
-        .map_err(|e| err("metrics.jsonl", e))?;
-
-    for step in first + 1..=config.steps {
+    /// The mean loss and gradients of step `step`'s micro-batches (scaled by their count).
+    fn accumulated_gradients(&mut self, step: u64) -> Result<(Named, f64), TrainError> {
+        let config = self.config;
         let mut grads = Named::new();
         let mut loss_sum = 0.0;
         for micro in 0..config.grad_accum {
-            let idx = order(config.seed, data.len(), state.samples, config.batch_size);
-            state.samples += config.batch_size as u64;
-            let (x0, context) = data.batch(&idx, &inner)?;
-            let mut rng = rng_for(config.seed, step, micro as u64 + 1);
-            let t = sample_timesteps(&mut rng, config.batch_size, timesteps);
-            let noise: Vec<f32> = (0..config.batch_size * c * h * w)
-                .map(|_| StandardNormal.sample(&mut rng))
-                .collect();
-            let noise = Tensor::<4>::from_data(
-                TensorData::new(noise, [config.batch_size, c, h, w]),
-                &inner,
-            );
-            let (context, _) = drop_text(context, &null, config.text_dropout as f32, &mut rng)
-                .map_err(|e| e.to_string())?;
-            let batch = MicroBatch {
-                x0,
-                noise,
-                context,
-                timesteps: t,
-            };
-            let (value, g) = parallel::gradients(&model, &replicas, &objective, batch)?;
-            if !value.is_finite() {
-                return Err(format!(
-                    "loss is {value} at step {step}: training diverged; the last good checkpoint is kept unchanged (try a lower learning_rate or grad_clip)"
-                ));
+            let (loss, g) = self.micro_batch_gradients(step, micro as u64)?;
+            if !loss.is_finite() {
+                return Err(TrainError::Diverged { step, loss });
             }
-            loss_sum += value;
+            loss_sum += loss;
             let scale = 1.0 / config.grad_accum as f64;
             for (k, v) in g {
                 let v = if config.grad_accum > 1 {
@@ -282,66 +346,93 @@ pub fn train_with_hook(
                 grads.insert(k, next);
             }
         }
-        let grad_norm = clip_global_norm(&mut grads, config.grad_clip);
-        let lr = learning_rate(
-            config.learning_rate,
-            &config.lr_schedule,
-            config.warmup_steps,
-            step,
-            config.steps,
+        Ok((grads, loss_sum / config.grad_accum as f64))
+    }
+
+    /// Draws micro-batch `micro` of step `step` (examples from the data order, everything else
+    /// from its own generator) and computes its loss and gradients.
+    fn micro_batch_gradients(&mut self, step: u64, micro: u64) -> Result<(f64, Named), TrainError> {
+        let config = self.config;
+        let indices = order(
+            config.seed,
+            self.task.examples(),
+            self.state.samples,
+            config.batch_size,
         );
-        adam.begin_step();
-        model = params::update(model, &mut |name, p| {
-            grads.remove(name).map(|g| adam.update(name, p, g, lr))
-        });
-        if let Some(ema) = &config.ema {
-            ema.update(&mut shadow, &params::snapshot(&model), step);
-        }
+        self.state.samples += config.batch_size as u64;
+        let mut rng = rng_for(config.seed, step, micro + 1);
+        let batch = self.task.draw(&indices, &mut rng, &self.device)?;
+        parallel::batch_gradients(&self.model, self.sync, self.task.shard_loss(), batch)
+    }
 
-        state.step = step;
-        state.adamw_step = adam.step;
-        state.last_loss = loss_sum / config.grad_accum as f64;
-        state.train_gflops += 3.0 * fwd_gflops * samples_per_step as f64;
-        state.normalized_cost_x_iterations = normalized_cost * step as f64;
-        if step % config.log_every == 0 || step == config.steps {
-            let line = json!({
-                "step": step,
-                "loss": state.last_loss,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "samples": state.samples,
-                "train_gflops": state.train_gflops,
-                "normalized_cost_x_iterations": state.normalized_cost_x_iterations,
-                "seconds": start.elapsed().as_secs_f64(),
-            });
-            writeln!(metrics, "{line}").map_err(|e| err("metrics.jsonl", e))?;
-        }
-        bar.set_message(format!("loss {:.4}", state.last_loss));
-        bar.set_position(step);
+    fn metrics_line(&self, report: &StepReport, seconds: f64) -> serde_json::Value {
+        let state = &self.state;
+        json!({
+            "step": state.step,
+            "loss": state.last_loss,
+            "lr": report.lr,
+            "grad_norm": report.grad_norm,
+            "samples": state.samples,
+            "train_gflops": state.train_gflops,
+            "normalized_cost_x_iterations": state.normalized_cost_x_iterations,
+            "seconds": seconds,
+        })
+    }
 
-        if let Some(hook) = hook.as_mut()
-            && config.eval_every > 0
-            && (step % config.eval_every == 0 || step == config.steps)
-        {
-            let weights = if config.ema.is_some() {
-                shadow.clone()
-            } else {
-                params::snapshot(&model)
-            };
-            hook(&model_from(&unet_config, &weights), &state)?;
-        }
-        if step % config.checkpoint_every == 0 || step == config.steps {
-            save_checkpoint(run, config, &unet_config, &model, &adam, &shadow, &state)?;
+    /// Runs the hook on the weights to evaluate (the EMA when kept), on the training device.
+    fn evaluate(
+        &self,
+        hook: &mut dyn FnMut(&UNet, &TrainState) -> Result<(), String>,
+    ) -> Result<(), TrainError> {
+        let weights = if self.config.ema.is_some() {
+            self.shadow.clone()
+        } else {
+            params::snapshot(&self.model)
+        };
+        let unet = model_from(&self.unet_config, &weights, &self.device);
+        hook(&unet, &self.state).map_err(|message| TrainError::Hook {
+            step: self.state.step,
+            source: message.into(),
+        })
+    }
+
+    /// The models a checkpoint or the run's end writes: `unet/`, and `unet_ema/` with EMA.
+    fn model_dirs_content(&self) -> ModelDirs<'_> {
+        ModelDirs {
+            config: &self.unet_config,
+            weights: params::snapshot(&self.model),
+            ema: self.config.ema.as_ref().map(|_| &self.shadow),
+            device: &self.device,
         }
     }
-    bar.finish_and_clear();
-    let model_dirs = write_final(run, config, &unet_config, &model, &shadow)?;
-    Ok(RunSummary {
-        steps_run: state.step - first,
-        state,
-        seconds: start.elapsed().as_secs_f64(),
-        model_dirs,
-    })
+
+    fn save_checkpoint(&self) -> Result<(), TrainError> {
+        let config = self.config;
+        checkpoint::commit(self.run, self.state.step, config.keep_last, |tmp| {
+            let models = self.model_dirs_content();
+            write_model_dirs(tmp, &models)?;
+            checkpoint::write_state(tmp, &models.weights, &self.adam, &self.shadow, &self.state)
+        })?;
+        Ok(())
+    }
+}
+
+/// The UNets saved in diffusers layout beside a checkpoint or in the run directory.
+struct ModelDirs<'a> {
+    config: &'a UNetConfig,
+    weights: Named,
+    ema: Option<&'a Named>,
+    device: &'a Device,
+}
+
+fn write_model_dirs(dir: &Path, models: &ModelDirs<'_>) -> Result<(), TrainError> {
+    let unet = model_from(models.config, &models.weights, models.device);
+    save_unet(&dir.join("unet"), models.config, &unet)?;
+    if let Some(ema) = models.ema {
+        let unet = model_from(models.config, ema, models.device);
+        save_unet(&dir.join("unet_ema"), models.config, &unet)?;
+    }
+    Ok(())
 }
 
 fn final_dirs(run: &Path, config: &TrainConfig) -> Vec<PathBuf> {
@@ -352,84 +443,36 @@ fn final_dirs(run: &Path, config: &TrainConfig) -> Vec<PathBuf> {
     dirs
 }
 
-/// A UNet on the plain CPU device holding `weights` (by parameter name, on any device).
-fn model_from(config: &UNetConfig, weights: &Named) -> UNet {
-    let cpu = Device::flex();
+/// A UNet on plain device `device` holding `weights` (by parameter name, on any device).
+fn model_from(config: &UNetConfig, weights: &Named, device: &Device) -> UNet {
     // Replacing a lazy parameter initialises it first, drawing from the device generator.
     params::with_device_rng(|| {
-        let model = UNet::new(config, &cpu);
+        let model = UNet::new(config, device);
         params::update(model, &mut |name, _| {
-            weights.get(name).map(|w| w.clone().to_device(&cpu))
+            weights.get(name).map(|w| w.clone().to_device(device))
         })
     })
 }
 
-fn write_model_dirs(
-    dir: &Path,
-    config: &TrainConfig,
-    unet_config: &UNetConfig,
-    model: &UNet,
-    shadow: &Named,
-) -> Result<(), String> {
-    let weights = params::snapshot(model);
-    save_unet(
-        &dir.join("unet"),
-        unet_config,
-        &model_from(unet_config, &weights),
-    )
-    .map_err(|e| e.to_string())?;
-    if config.ema.is_some() {
-        save_unet(
-            &dir.join("unet_ema"),
-            unet_config,
-            &model_from(unet_config, shadow),
+fn progress_bar(config: &TrainConfig, position: u64, show: bool) -> ProgressBar {
+    let bar = if show {
+        ProgressBar::new(config.steps)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} width {prefix} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}, {per_sec}] {msg}",
         )
-        .map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-fn save_checkpoint(
-    run: &Path,
-    config: &TrainConfig,
-    unet_config: &UNetConfig,
-    model: &UNet,
-    adam: &AdamW,
-    shadow: &Named,
-    state: &TrainState,
-) -> Result<(), String> {
-    checkpoint::commit(run, state.step, config.keep_last, |tmp| {
-        write_model_dirs(tmp, config, unet_config, model, shadow)?;
-        let weights = params::snapshot(model);
-        let bytes = params::write_named(
-            &[
-                ("param/", &weights),
-                ("m/", &adam.m),
-                ("v/", &adam.v),
-                ("ema/", shadow),
-            ],
-            BTreeMap::from([("step".to_string(), state.step.to_string())]),
-        );
-        write_atomic(&tmp.join("optimizer.safetensors"), &bytes).map_err(|e| e.to_string())?;
-        let json = serde_json::to_string_pretty(state).expect("state serialises");
-        write_atomic(&tmp.join("state.json"), json.as_bytes()).map_err(|e| e.to_string())
-    })?;
-    Ok(())
-}
-
-fn write_final(
-    run: &Path,
-    config: &TrainConfig,
-    unet_config: &UNetConfig,
-    model: &UNet,
-    shadow: &Named,
-) -> Result<Vec<PathBuf>, String> {
-    write_model_dirs(run, config, unet_config, model, shadow)?;
-    Ok(final_dirs(run, config))
+        .expect("template"),
+    );
+    bar.set_prefix(config.model.width.to_string());
+    bar.set_position(position);
+    bar
 }
 
 /// Drops metric lines after `step` (left by a run killed after its last checkpoint).
-fn truncate_metrics(path: &Path, step: u64) -> Result<(), String> {
+fn truncate_metrics(path: &Path, step: u64) -> Result<(), TrainError> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(());
     };
@@ -443,5 +486,5 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<(), String> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    write_atomic(path, kept.as_bytes()).map_err(|e| e.to_string())
+    Ok(write_atomic(path, kept.as_bytes())?)
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
 use ldmscale_train::checkpoint;
-use ldmscale_train::{SyntheticData, TrainConfig, TrainingData, train};
+use ldmscale_train::{SyntheticData, TrainConfig, TrainError, TrainingData, train};
 
 fn config(steps: u64) -> TrainConfig {
     TrainConfig::from_toml(
@@ -75,11 +75,14 @@ fn a_changed_config_is_refused() {
     let mut other = config(4);
     other.learning_rate = 5e-4;
     let err = train(&other, &data(), run.path(), &device, false).unwrap_err();
-    assert!(err.contains("different config"), "{err}");
+    assert!(matches!(err, TrainError::ConfigChanged { .. }), "{err:?}");
     let mut other_data = data();
     other_data.len = 7;
     let err = train(&config(4), &other_data, run.path(), &device, false).unwrap_err();
-    assert!(err.contains("was trained on"), "{err}");
+    assert!(
+        matches!(&err, TrainError::DataChanged { saved, current, .. } if *saved == data().key() && *current == other_data.key()),
+        "{err:?}"
+    );
 }
 
 /// Data whose latents turn NaN after the first few batches.
@@ -118,7 +121,10 @@ fn a_nan_loss_stops_without_overwriting_checkpoints() {
     c.grad_accum = 1;
     c.checkpoint_every = 1;
     let err = train(&c, &Poisoned(data()), run.path(), &device, false).unwrap_err();
-    assert!(err.contains("loss is NaN"), "{err}");
+    assert!(
+        matches!(err, TrainError::Diverged { loss, .. } if loss.is_nan()),
+        "{err:?}"
+    );
     let kept = checkpoint::list(run.path());
     assert!(!kept.is_empty());
     let (step, dir) = kept.last().unwrap();

@@ -34,7 +34,7 @@ pub struct EvalConfig {
     #[serde(default)]
     pub seed: u64,
     /// Samples for FID on Inception pool3 (pytorch-fid mode) against as many validation images;
-    /// 0 skips FID. Needs the FID Inception weights (`tools/fetch-assets.sh fid-inception`).
+    /// 0 skips FID. Needs the FID Inception weights (`tools/fetch-assets.sh inception`).
     #[serde(default)]
     pub fid_samples: usize,
 }
@@ -165,7 +165,7 @@ impl<'a> Evaluator<'a> {
             let extractor = FidExtractor::load(&weights, FidMode::PytorchFid, device)
                 .map_err(|e| {
                     anyhow::anyhow!(
-                        "[eval] fid_samples = {}: {e} (run tools/fetch-assets.sh fid-inception, or set fid_samples = 0)",
+                        "[eval] fid_samples = {}: {e} (run tools/fetch-assets.sh inception, or set fid_samples = 0)",
                         config.fid_samples
                     )
                 })?;

@@ -1,0 +1,65 @@
+//! What a training run learns, apart from how it runs: a [`TrainTask`] draws typed batches and a
+//! [`ShardLoss`] turns a shard of one into a loss on a replica. The loop (optimizer, EMA,
+//! clipping, checkpoints, exact resume) and the gradient synchronisation are the same for all.
+
+use std::ops::Range;
+
+use burn::tensor::{Device, Tensor};
+use ldmscale_model::{UNet, UNetConfig};
+use rand::rngs::StdRng;
+
+use crate::config::ModelConfig;
+use crate::error::TrainError;
+
+/// A training task: text-to-image today; super-resolution, DreamBooth and consistency
+/// distillation plug in the same way.
+///
+/// The loop owns determinism: it picks the example indices of each micro-batch with the pure
+/// [`crate::data::order`] and hands [`TrainTask::draw`] a generator seeded by run, step and
+/// micro-batch; a task draws its noise, timesteps and dropout from that generator alone, so a
+/// resumed run draws the same batches. A batch is drawn whole on the weights' device and then
+/// split into row shards, one per replica.
+///
+/// - Extra inputs (a super-resolution task's low-resolution latent) are fields of the batch,
+///   sharded by rows like the rest, with the UNet widened by [`TrainTask::unet_config`].
+/// - Per-sample weights (DreamBooth's instance and prior rows) are a `[B]` field of the batch;
+///   the loss stays a mean over rows of weighted per-row terms, which is what lets the loop
+///   weight each shard by its row count.
+/// - Extra models (a distillation teacher) are owned by the task: frozen ones compute their
+///   targets in `draw`, without gradients, so the targets are sharded with the batch; a model a
+///   loss must run per replica belongs to the [`ShardLoss`], which is shared across threads.
+pub trait TrainTask {
+    /// One micro-batch, before splitting.
+    type Batch: Sync;
+    /// The part that runs on every replica, on its own thread.
+    type Loss: ShardLoss<Self::Batch>;
+
+    /// Identifies the data (dataset, encoders, resolution) so a run refuses to resume on other
+    /// data.
+    fn data_key(&self) -> String;
+    /// Number of examples the indices of [`TrainTask::draw`] range over.
+    fn examples(&self) -> usize;
+    /// The UNet this task trains for the family member `model`.
+    fn unet_config(&self, model: &ModelConfig) -> UNetConfig;
+    /// `[h, w, tokens]` one sample's forward sees (for the compute accounting).
+    fn forward_size(&self) -> [usize; 3];
+    /// The batch of examples `indices`, drawing all randomness from `rng`, on plain `device`.
+    fn draw(
+        &self,
+        indices: &[usize],
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<Self::Batch, TrainError>;
+    /// The loss of a shard.
+    fn shard_loss(&self) -> &Self::Loss;
+}
+
+/// The loss of one shard of a batch on one replica; called from several threads at once.
+pub trait ShardLoss<B>: Sync {
+    /// Rows (samples) in `batch`.
+    fn rows(&self, batch: &B) -> usize;
+    /// Rows `rows` of `batch` on autodiff device `device`, ready for [`ShardLoss::loss`].
+    fn shard(&self, batch: &B, rows: Range<usize>, device: &Device) -> B;
+    /// The loss (a mean over the shard's rows) of `unet` on `shard`, differentiable.
+    fn loss(&self, unet: &UNet, shard: B) -> Result<Tensor<1>, TrainError>;
+}
