@@ -88,6 +88,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> Result<()> {
+    ldmscale_util::logging::init(ldmscale_util::logging::Verbosity::Normal);
     // As `ldmscale` runs: on a worker of the kernels' pool (see `run_on_pool`).
     ldmscale_kernels::run_on_pool(run)
 }

@@ -152,6 +152,7 @@ fn sync(device: &Device) -> Result<()> {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    ldmscale_util::logging::init(ldmscale_util::logging::Verbosity::Normal);
     let device = parallel::parse_device(&args.device, "--device").map_err(anyhow::Error::msg)?;
     let cpu = Device::flex();
     let (b, l, k, d) = (args.batch, args.latent, args.tokens, args.context_dim);

@@ -108,7 +108,10 @@ enum Precision {
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    ldmscale_util::logging::init(ldmscale_util::logging::Verbosity::from_flags(
+        false,
+        cli.verbose,
+    ));
     if cli.precision == Precision::Bf16 {
         if !ldmscale_kernels::bf16::available() {
             eprintln!(
@@ -125,22 +128,6 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
-}
-
-/// One subscriber for every command: stage progress at info, skip warnings of the datasets,
-/// all on stderr (stdout carries results).
-fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => tracing::Level::INFO,
-        1 => tracing::Level::DEBUG,
-        _ => tracing::Level::TRACE,
-    };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {

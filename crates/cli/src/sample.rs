@@ -136,8 +136,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
             "nothing to write: pass --output-latents OUT.npy (decoding to PNG needs the first-stage autoencoder, not available yet)"
         );
     }
-    let device = args.device.device()
-        .map_err(anyhow::Error::msg)?;
+    let device = args.device.device().map_err(anyhow::Error::msg)?;
     let (config, unet) = load_unet(&args.unet, &device)?;
     let (scheduler, scheduler_json) = scheduler_config(args)?;
 
@@ -155,58 +154,19 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         None => Tensor::zeros([1, tokens, width], &device),
     };
 
-    let initial: Tensor<4> = match &args.init_latents {
-        Some(p) => {
-            let t: Tensor<4> = tensor(npy::read(p)?, "--init-latents", p, &device)?;
-            ensure!(
-                t.dims()[0] == batch && t.dims()[1] == config.in_channels,
-                "{}: latents {:?} do not match batch {batch} and {} channels",
-                p.display(),
-                t.dims(),
-                config.in_channels
-            );
-            t
-        }
-        None => {
-            let side = args.latent_size.or(config.sample_size).unwrap_or(64);
-            let shape = [batch, config.in_channels, side, side];
-            SeededNoise::new(args.seed).noise(shape, &device)?
-        }
-    };
+    let initial = initial_latents(args, &config, batch, &device)?;
     if args.init_latents.is_none() && args.batch != batch {
         eprintln!(
             "note: batch {batch} taken from --prompt-embeds (not --batch {})",
             args.batch
         );
     }
-
-    let mut noise: Box<dyn NoiseSource> = match &args.noise {
-        Some(p) => {
-            let array = npy::read(p)?;
-            ensure!(
-                array.shape.len() == 5 && array.shape[1..] == initial.dims(),
-                "{}: noise must be [steps, {:?}], found {:?}",
-                p.display(),
-                initial.dims(),
-                array.shape
-            );
-            let slice: usize = array.shape[1..].iter().product();
-            let dims = initial.dims();
-            let slices = array
-                .data
-                .chunks_exact(slice)
-                .map(|c| Tensor::from_data(TensorData::new(c.to_vec(), dims), &device));
-            Box::new(NoiseQueue::new(slices.collect::<Vec<_>>()))
-        }
-        // A seed different from the initial latents' so both streams are independent.
-        None => Box::new(SeededNoise::new(args.seed.wrapping_add(0x5eed))),
-    };
+    let mut noise = step_noise(args, &initial, &device)?;
     if !is_stochastic(args.sampler, args.eta) && args.noise.is_some() {
         eprintln!("note: --noise is ignored by a deterministic sampler");
     }
-
-    let mut sampler =
-        sampler_kind(args.sampler, args.eta, scheduler_json.as_deref())?.build(&scheduler, args.steps)?;
+    let mut sampler = sampler_kind(args.sampler, args.eta, scheduler_json.as_deref())?
+        .build(&scheduler, args.steps)?;
     let mut guided = Cfg::new(UNetDenoiser(&unet), cond, uncond, args.cfg)?;
     let [_, _, h, w] = initial.dims();
     let gflops_per_eval = unet.cost(h, w, tokens).gflops();
@@ -255,4 +215,60 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         batch
     );
     Ok(())
+}
+
+/// `--init-latents`, or seeded noise of the UNet's latent size.
+fn initial_latents(
+    args: &SampleArgs,
+    config: &ldmscale_model::UNetConfig,
+    batch: usize,
+    device: &Device,
+) -> Result<Tensor<4>> {
+    Ok(match &args.init_latents {
+        Some(p) => {
+            let t: Tensor<4> = tensor(npy::read(p)?, "--init-latents", p, device)?;
+            ensure!(
+                t.dims()[0] == batch && t.dims()[1] == config.in_channels,
+                "{}: latents {:?} do not match batch {batch} and {} channels",
+                p.display(),
+                t.dims(),
+                config.in_channels
+            );
+            t
+        }
+        None => {
+            let side = args.latent_size.or(config.sample_size).unwrap_or(64);
+            let shape = [batch, config.in_channels, side, side];
+            SeededNoise::new(args.seed).noise(shape, device)?
+        }
+    })
+}
+
+/// `--noise` (the draws injected between steps), or seeded draws.
+fn step_noise(
+    args: &SampleArgs,
+    initial: &Tensor<4>,
+    device: &Device,
+) -> Result<Box<dyn NoiseSource>> {
+    Ok(match &args.noise {
+        Some(p) => {
+            let array = npy::read(p)?;
+            ensure!(
+                array.shape.len() == 5 && array.shape[1..] == initial.dims(),
+                "{}: noise must be [steps, {:?}], found {:?}",
+                p.display(),
+                initial.dims(),
+                array.shape
+            );
+            let slice: usize = array.shape[1..].iter().product();
+            let dims = initial.dims();
+            let slices = array
+                .data
+                .chunks_exact(slice)
+                .map(|c| Tensor::from_data(TensorData::new(c.to_vec(), dims), device));
+            Box::new(NoiseQueue::new(slices.collect::<Vec<_>>()))
+        }
+        // A seed different from the initial latents' so both streams are independent.
+        None => Box::new(SeededNoise::new(args.seed.wrapping_add(0x5eed))),
+    })
 }

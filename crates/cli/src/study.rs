@@ -44,33 +44,65 @@ pub struct StudyArgs {
 pub fn run(args: &StudyArgs) -> Result<()> {
     let config = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            StudyConfig::from_toml(&text, &path.display().to_string()).map_err(anyhow::Error::msg)?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            StudyConfig::from_toml(&text, &path.display().to_string())
+                .map_err(anyhow::Error::msg)?
         }
         None => StudyConfig::preset(&args.preset).map_err(anyhow::Error::msg)?,
     };
     let device = args.device.device()?;
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from(format!("study-{}", config.name)));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("study-{}", config.name)));
     if args.dry_run {
         print!("{}", pipeline::dry_run(&config, Some(&out), &device)?);
         println!("\n# the config, as TOML:\n{}", config.to_toml());
         return Ok(());
     }
-    if let Some(stage) = args.only.iter().flatten().find(|s| !STAGES.contains(&s.as_str())) {
-        bail!("--only {stage}: no such stage; the stages are {}", STAGES.join(", "));
+    if let Some(stage) = args
+        .only
+        .iter()
+        .flatten()
+        .find(|s| !STAGES.contains(&s.as_str()))
+    {
+        bail!(
+            "--only {stage}: no such stage; the stages are {}",
+            STAGES.join(", ")
+        );
     }
-    let options = RunOptions { shard: parse_shard(args.shard.as_deref())?, only: args.only.clone() };
+    let options = RunOptions {
+        shard: parse_shard(args.shard.as_deref())?,
+        only: args.only.clone(),
+    };
     let summary = pipeline::run(&config, &out, &device, &options)?;
     match &summary.report {
-        Some(report) => println!("{} cells in {:.0} s; report: {}", summary.cells, summary.seconds, report.display()),
-        None => println!("stages {} done in {:.0} s", args.only.iter().flatten().cloned().collect::<Vec<_>>().join(", "), summary.seconds),
+        Some(report) => println!(
+            "{} cells in {:.0} s; report: {}",
+            summary.cells,
+            summary.seconds,
+            report.display()
+        ),
+        None => println!(
+            "stages {} done in {:.0} s",
+            args.only
+                .iter()
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+            summary.seconds
+        ),
     }
     Ok(())
 }
 
 fn parse_shard(text: Option<&str>) -> Result<Option<(usize, usize)>> {
     let Some(text) = text else { return Ok(None) };
-    let (i, n) = text.split_once('/').context("--shard: expected i/N, e.g. 0/4")?;
+    let (i, n) = text
+        .split_once('/')
+        .context("--shard: expected i/N, e.g. 0/4")?;
     let (i, n): (usize, usize) = (i.parse()?, n.parse()?);
     if n == 0 || i >= n {
         bail!("--shard {text}: need 0 <= i < N");

@@ -3,8 +3,8 @@
 
 use std::process::Command;
 
-use ldmscale_study::bootstrap::{CiMethod, FidCi};
 use ldmscale_diffusion::SamplerId;
+use ldmscale_study::bootstrap::{CiMethod, FidCi};
 use ldmscale_study::{Cell, Store, Variant};
 
 fn cell(width: u32, steps: u32, fid: f64, half: f64) -> Cell {

@@ -60,7 +60,8 @@ pub fn load_captioned(
     while out.len() < count && !data.len().is_some_and(|n| index >= n) {
         match data.get(index) {
             Ok(ex) => {
-                out.images.extend(transform.apply(&ex.image, index as u64).to_chw_f32());
+                out.images
+                    .extend(transform.apply(&ex.image, index as u64).to_chw_f32());
                 out.captions.push(ex.caption);
             }
             Err(err) => tracing::warn!("{spec_text}: skipping example {index}: {err}"),

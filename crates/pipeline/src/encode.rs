@@ -59,7 +59,10 @@ impl TextBatch {
 
     /// The mask as a `[N, length]` tensor.
     pub fn mask_tensor(&self, device: &Device) -> Tensor<2> {
-        Tensor::from_data(TensorData::new(self.mask.clone(), [self.len(), self.length]), device)
+        Tensor::from_data(
+            TensorData::new(self.mask.clone(), [self.len(), self.length]),
+            device,
+        )
     }
 }
 

@@ -87,7 +87,12 @@ pub fn generate_batch(
         .build(&SchedulerConfig::sd(), spec.steps as usize)?;
     let mut noise = SeededNoise::new(spec.seed.wrapping_mul(1000).wrapping_add(start as u64));
     let init = noise.noise([len, c, h, w], &prompts.device())?;
-    let mut guided = Cfg::new(UNetDenoiser(model.unet), prompts, null.clone(), spec.cfg as f32)?;
+    let mut guided = Cfg::new(
+        UNetDenoiser(model.unet),
+        prompts,
+        null.clone(),
+        spec.cfg as f32,
+    )?;
     let out = sample(sampler.as_mut(), &mut guided, init, &mut noise, None)?;
     Ok((out.latents, out.evaluations))
 }

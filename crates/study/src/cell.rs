@@ -11,7 +11,9 @@ use crate::bootstrap::FidCi;
 
 /// Which model of a width a cell measures: the text-to-image base model, or one derived from
 /// it (super-resolution, DreamBooth and distilled students come with their stages).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Variant {
     /// The pretrained text-to-image model.
@@ -65,7 +67,7 @@ impl CellKey {
     /// A seed for this cell's randomness (bootstrap replicates) from its fields through a
     /// stable hash, the same on every platform and release.
     pub fn seed_for(&self, purpose: &str) -> u64 {
-        crate::fingerprint::stable_seed(&[
+        ldmscale_util::hash::stable_seed(&[
             purpose,
             self.variant.as_str(),
             &self.width.to_string(),

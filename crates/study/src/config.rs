@@ -80,7 +80,9 @@ macro_rules! serde_as_text {
         }
         impl<'de> Deserialize<'de> for $t {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+                String::deserialize(d)?
+                    .parse()
+                    .map_err(serde::de::Error::custom)
             }
         }
     };
@@ -238,151 +240,17 @@ pub fn quick_dataset() -> &'static str {
 }
 
 impl StudyConfig {
-    /// A built-in preset.
+    /// A built-in preset: tiny, quick, full or paper.
     pub fn preset(name: &str) -> Result<Self, String> {
-        // The quick preset is sized for a 2-core CPU in minutes: 16x16 images, a KL-f2 first
-        // stage (8x8 latents), four widths of the small layout.
-        let base = |name: &str| StudyConfig {
-            name: name.into(),
-            dataset: "shapes".into(),
-            resolution: 16,
-            train_examples: 2048,
-            val_examples: 256,
-            first_stage: FirstStage::Train {
-                factor: 2,
-                latent_channels: 4,
-                width: 32,
-                steps: 300,
-            },
-            text_encoder: TextEncoderSpec::TinyRandom,
-            family: Family::Small,
-            widths: vec![8, 16, 24, 32],
-            heads: 4,
-            norm_groups: 4,
-            recipe: RecipeConfig {
-                steps: 400,
-                batch_size: 16,
-                learning_rate: 1e-3,
-                warmup_steps: 40,
-                text_dropout: 0.1,
-                ema_max_decay: Some(0.995),
-                eval_every: 100,
-            },
-            sweep: SweepConfig {
-                samplers: vec![SamplerId::Ddim, SamplerId::Ddpm, SamplerId::DpmSolver2M],
-                steps: vec![1, 2, 4, 8, 16],
-                cfg: vec![1.0, 2.0, 3.0, 5.0],
-                dpm_max_steps: 20,
-                seeds: vec![0],
-                samples_per_cell: 32,
-                bootstrap: 100,
-                grid_budgets: vec![4.0, 16.0],
-            },
-            fid_features: FidFeaturesKind::InDomain,
-        };
-        Ok(match name {
-            "tiny" => {
-                let mut c = base("tiny");
-                c.train_examples = 256;
-                c.val_examples = 64;
-                c.resolution = 16;
-                c.first_stage = FirstStage::Train {
-                    factor: 4,
-                    latent_channels: 4,
-                    width: 16,
-                    steps: 150,
-                };
-                c.widths = vec![8, 16];
-                c.heads = 2;
-                c.norm_groups = 4;
-                c.recipe.steps = 120;
-                c.recipe.batch_size = 8;
-                c.recipe.warmup_steps = 10;
-                c.recipe.eval_every = 60;
-                c.sweep.samplers = vec![SamplerId::Ddim, SamplerId::DpmSolver2M];
-                c.sweep.steps = vec![2, 8];
-                c.sweep.cfg = vec![1.0, 3.0];
-                c.sweep.samples_per_cell = 16;
-                c.sweep.bootstrap = 20;
-                c.sweep.grid_budgets = vec![8.0];
-                c
-            }
-            "quick" => {
-                let mut c = base("quick");
-                c.dataset = quick_dataset().into();
-                // 400 steps left the largest width's FID still falling fast (Fig. 3 curve).
-                c.recipe.steps = 800;
-                c.recipe.eval_every = 200;
-                c
-            }
-            "full" => {
-                let mut c = base("full");
-                c.dataset = "fashion-mnist".into();
-                c.resolution = 32;
-                c.first_stage = FirstStage::Train {
-                    factor: 4,
-                    latent_channels: 4,
-                    width: 32,
-                    steps: 3000,
-                };
-                c.heads = 4;
-                c.norm_groups = 8;
-                c.train_examples = 60000;
-                c.val_examples = 2000;
-                c.widths = vec![16, 24, 32, 48, 64];
-                c.recipe.steps = 20000;
-                c.recipe.batch_size = 32;
-                c.recipe.eval_every = 2000;
-                c.sweep.steps = vec![4, 8, 16, 25, 50];
-                c.sweep.cfg = vec![1.0, 1.5, 2.0, 3.0, 5.0, 7.5];
-                c.sweep.seeds = vec![0, 1];
-                c.sweep.samples_per_cell = 1000;
-                c.sweep.bootstrap = 30;
-                c.sweep.grid_budgets = vec![8.0, 25.0];
-                c.fid_features = FidFeaturesKind::Inception;
-                c
-            }
-            "paper" => StudyConfig {
-                name: "paper".into(),
-                dataset: "coco:annotations/captions_val2014.json:val2014".into(),
-                resolution: 512,
-                train_examples: 600_000_000,
-                val_examples: 30_000,
-                first_stage: FirstStage::Pretrained {
-                    path: "sd-vae".into(),
-                },
-                text_encoder: TextEncoderSpec::Clip("text_encoder".into()),
-                family: Family::Paper,
-                widths: vec![64, 96, 128, 160, 192, 224, 256, 288, 320, 512, 768],
-                heads: 8,
-                norm_groups: 32,
-                recipe: RecipeConfig {
-                    steps: 500_000,
-                    batch_size: 2048,
-                    learning_rate: 1e-4,
-                    warmup_steps: 10_000,
-                    text_dropout: 0.1,
-                    ema_max_decay: Some(0.9999),
-                    eval_every: 50_000,
-                },
-                sweep: SweepConfig {
-                    samplers: vec![SamplerId::Ddim, SamplerId::Ddpm, SamplerId::DpmSolver2M],
-                    steps: vec![4, 8, 10, 15, 20, 25, 30, 40, 50],
-                    cfg: vec![1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 7.5, 8.0],
-                    dpm_max_steps: 20,
-                    seeds: vec![0],
-                    samples_per_cell: 30_000,
-                    bootstrap: 20,
-                    grid_budgets: vec![10.0, 25.0],
-                },
-                fid_features: FidFeaturesKind::Inception,
-            },
-            other => {
-                return Err(format!(
-                    "unknown preset {other:?}; expected tiny, quick, full or paper"
-                ));
-            }
-        })
+        match name {
+            "tiny" => Ok(presets::tiny()),
+            "quick" => Ok(presets::quick()),
+            "full" => Ok(presets::full()),
+            "paper" => Ok(presets::paper()),
+            other => Err(format!(
+                "unknown preset {other:?}; expected tiny, quick, full or paper"
+            )),
+        }
     }
 
     /// Parses TOML; unknown keys are errors.
@@ -456,7 +324,12 @@ impl StudyConfig {
                 }
                 for &cfg in &self.sweep.cfg {
                     for &seed in &self.sweep.seeds {
-                        out.push(SweepCell { sampler, steps, cfg, seed });
+                        out.push(SweepCell {
+                            sampler,
+                            steps,
+                            cfg,
+                            seed,
+                        });
                     }
                 }
             }
@@ -468,11 +341,169 @@ impl StudyConfig {
     /// the config asks (a pretrained first stage: the SD VAE's KL-f8 with 4 channels).
     pub fn latent_layout(&self) -> ([usize; 3], usize) {
         let (factor, channels) = match &self.first_stage {
-            FirstStage::Train { factor, latent_channels, .. } => (*factor, *latent_channels),
+            FirstStage::Train {
+                factor,
+                latent_channels,
+                ..
+            } => (*factor, *latent_channels),
             FirstStage::Pretrained { .. } => (8, 4),
         };
         let side = self.resolution / factor;
         ([channels, side, side], factor)
+    }
+}
+
+/// The built-in presets, one function each.
+mod presets {
+    use super::*;
+
+    /// The quick preset's base, sized for a 2-core CPU in minutes: 16x16 images, a KL-f2 first
+    /// stage (8x8 latents), four widths of the small layout.
+    fn base(name: &str) -> StudyConfig {
+        StudyConfig {
+            name: name.into(),
+            dataset: "shapes".into(),
+            resolution: 16,
+            train_examples: 2048,
+            val_examples: 256,
+            first_stage: FirstStage::Train {
+                factor: 2,
+                latent_channels: 4,
+                width: 32,
+                steps: 300,
+            },
+            text_encoder: TextEncoderSpec::TinyRandom,
+            family: Family::Small,
+            widths: vec![8, 16, 24, 32],
+            heads: 4,
+            norm_groups: 4,
+            recipe: RecipeConfig {
+                steps: 400,
+                batch_size: 16,
+                learning_rate: 1e-3,
+                warmup_steps: 40,
+                text_dropout: 0.1,
+                ema_max_decay: Some(0.995),
+                eval_every: 100,
+            },
+            sweep: SweepConfig {
+                samplers: vec![SamplerId::Ddim, SamplerId::Ddpm, SamplerId::DpmSolver2M],
+                steps: vec![1, 2, 4, 8, 16],
+                cfg: vec![1.0, 2.0, 3.0, 5.0],
+                dpm_max_steps: 20,
+                seeds: vec![0],
+                samples_per_cell: 32,
+                bootstrap: 100,
+                grid_budgets: vec![4.0, 16.0],
+            },
+            fid_features: FidFeaturesKind::InDomain,
+        }
+    }
+
+    /// CI: two widths, a few cells, about a minute.
+    pub fn tiny() -> StudyConfig {
+        let mut c = base("tiny");
+        c.train_examples = 256;
+        c.val_examples = 64;
+        c.resolution = 16;
+        c.first_stage = FirstStage::Train {
+            factor: 4,
+            latent_channels: 4,
+            width: 16,
+            steps: 150,
+        };
+        c.widths = vec![8, 16];
+        c.heads = 2;
+        c.norm_groups = 4;
+        c.recipe.steps = 120;
+        c.recipe.batch_size = 8;
+        c.recipe.warmup_steps = 10;
+        c.recipe.eval_every = 60;
+        c.sweep.samplers = vec![SamplerId::Ddim, SamplerId::DpmSolver2M];
+        c.sweep.steps = vec![2, 8];
+        c.sweep.cfg = vec![1.0, 3.0];
+        c.sweep.samples_per_cell = 16;
+        c.sweep.bootstrap = 20;
+        c.sweep.grid_budgets = vec![8.0];
+        c
+    }
+
+    /// A 2-core CPU in minutes.
+    pub fn quick() -> StudyConfig {
+        let mut c = base("quick");
+        c.dataset = quick_dataset().into();
+        // 400 steps left the largest width's FID still falling fast (Fig. 3 curve).
+        c.recipe.steps = 800;
+        c.recipe.eval_every = 200;
+        c
+    }
+
+    /// Hours on a CPU: Fashion-MNIST at 32 px, five widths, Inception FID.
+    pub fn full() -> StudyConfig {
+        let mut c = base("full");
+        c.dataset = "fashion-mnist".into();
+        c.resolution = 32;
+        c.first_stage = FirstStage::Train {
+            factor: 4,
+            latent_channels: 4,
+            width: 32,
+            steps: 3000,
+        };
+        c.heads = 4;
+        c.norm_groups = 8;
+        c.train_examples = 60000;
+        c.val_examples = 2000;
+        c.widths = vec![16, 24, 32, 48, 64];
+        c.recipe.steps = 20000;
+        c.recipe.batch_size = 32;
+        c.recipe.eval_every = 2000;
+        c.sweep.steps = vec![4, 8, 16, 25, 50];
+        c.sweep.cfg = vec![1.0, 1.5, 2.0, 3.0, 5.0, 7.5];
+        c.sweep.seeds = vec![0, 1];
+        c.sweep.samples_per_cell = 1000;
+        c.sweep.bootstrap = 30;
+        c.sweep.grid_budgets = vec![8.0, 25.0];
+        c.fid_features = FidFeaturesKind::Inception;
+        c
+    }
+
+    /// The paper's setup: COCO, the SD VAE, a CLIP text encoder, Table 1's widths.
+    pub fn paper() -> StudyConfig {
+        StudyConfig {
+            name: "paper".into(),
+            dataset: "coco:annotations/captions_val2014.json:val2014".into(),
+            resolution: 512,
+            train_examples: 600_000_000,
+            val_examples: 30_000,
+            first_stage: FirstStage::Pretrained {
+                path: "sd-vae".into(),
+            },
+            text_encoder: TextEncoderSpec::Clip("text_encoder".into()),
+            family: Family::Paper,
+            widths: vec![64, 96, 128, 160, 192, 224, 256, 288, 320, 512, 768],
+            heads: 8,
+            norm_groups: 32,
+            recipe: RecipeConfig {
+                steps: 500_000,
+                batch_size: 2048,
+                learning_rate: 1e-4,
+                warmup_steps: 10_000,
+                text_dropout: 0.1,
+                ema_max_decay: Some(0.9999),
+                eval_every: 50_000,
+            },
+            sweep: SweepConfig {
+                samplers: vec![SamplerId::Ddim, SamplerId::Ddpm, SamplerId::DpmSolver2M],
+                steps: vec![4, 8, 10, 15, 20, 25, 30, 40, 50],
+                cfg: vec![1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 7.5, 8.0],
+                dpm_max_steps: 20,
+                seeds: vec![0],
+                samples_per_cell: 30_000,
+                bootstrap: 20,
+                grid_budgets: vec![10.0, 25.0],
+            },
+            fid_features: FidFeaturesKind::Inception,
+        }
     }
 }
 
@@ -518,6 +549,10 @@ mod tests {
                 .iter()
                 .all(|c| !c.sampler.is_dpm_solver() || c.steps <= 20)
         );
-        assert!(c.cells().iter().any(|c| c.sampler == SamplerId::Ddim && c.steps == 16));
+        assert!(
+            c.cells()
+                .iter()
+                .any(|c| c.sampler == SamplerId::Ddim && c.steps == 16)
+        );
     }
 }

@@ -74,7 +74,12 @@ impl<'a> StudyContext<'a> {
     ) -> Result<Self, StudyError> {
         let only = match &options.only {
             None => None,
-            Some(names) => Some(names.iter().map(|n| stage_index(n)).collect::<Result<_, _>>()?),
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|n| stage_index(n))
+                    .collect::<Result<_, _>>()?,
+            ),
         };
         let manifest = read_manifest(out)?;
         Ok(StudyContext {
@@ -96,7 +101,11 @@ impl<'a> StudyContext<'a> {
     /// The stage's result: loaded when stored for its current fingerprint, else computed.
     pub fn ensure<S: Stage>(&self, stage: &S) -> Result<S::Output, StudyError> {
         let index = stage_index(S::NAME)?;
-        if self.only.as_ref().is_some_and(|o| o.iter().all(|&i| i < index)) {
+        if self
+            .only
+            .as_ref()
+            .is_some_and(|o| o.iter().all(|&i| i < index))
+        {
             return Err(StudyError::OnlyDone);
         }
         let label = format!("[{}/{}] {}", index + 1, STAGES.len(), S::NAME);
@@ -134,12 +143,19 @@ impl<'a> StudyContext<'a> {
         if !path.exists() {
             return Ok(());
         }
-        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         let aside = path.with_file_name(format!("{name}.stale-{fingerprint}"));
         if aside.exists() {
             remove_path(&aside)?;
         }
-        tracing::info!("{} was made for another config: moved to {}", path.display(), aside.display());
+        tracing::info!(
+            "{} was made for another config: moved to {}",
+            path.display(),
+            aside.display()
+        );
         std::fs::rename(path, &aside).map_err(StudyError::io(path))
     }
 

@@ -18,11 +18,16 @@ use crate::stage::Estimate;
 use crate::stages::{self, data, family, first_stage, text};
 
 /// The plan of `config`; with `out`, also which of its stored results would be reused.
-pub fn dry_run(config: &StudyConfig, out: Option<&Path>, device: &Device) -> Result<String, StudyError> {
+pub fn dry_run(
+    config: &StudyConfig,
+    out: Option<&Path>,
+    device: &Device,
+) -> Result<String, StudyError> {
     config.validate().map_err(StudyError::Config)?;
     let (latent_shape, _) = config.latent_layout();
     let (text_estimate, text_shape) = text::estimate(config);
-    let (family_estimate, gflops, smallest) = family_estimate(config, latent_shape, text_shape, device);
+    let (family_estimate, gflops, smallest) =
+        family_estimate(config, latent_shape, text_shape, device);
     let estimates = [
         data::estimate(config),
         first_stage::estimate(config),
@@ -31,13 +36,20 @@ pub fn dry_run(config: &StudyConfig, out: Option<&Path>, device: &Device) -> Res
         sweep_estimate(config, &gflops),
     ];
     let mut text = String::new();
-    let _ = writeln!(text, "study {:?}: latents {:?}, text {:?}", config.name, latent_shape, text_shape);
+    let _ = writeln!(
+        text,
+        "study {:?}: latents {:?}, text {:?}",
+        config.name, latent_shape, text_shape
+    );
     for e in &estimates {
         for line in &e.lines {
             let _ = writeln!(text, "{line}");
         }
     }
-    let (train, sample): (f64, f64) = estimates.iter().map(|e| (e.train_gflops, e.sample_gflops)).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let (train, sample): (f64, f64) = estimates
+        .iter()
+        .map(|e| (e.train_gflops, e.sample_gflops))
+        .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
     let speed = throughput(&smallest, latent_shape, text_shape, device);
     let hours = |g: f64| g / speed / 3600.0;
     let _ = writeln!(
@@ -50,7 +62,10 @@ pub fn dry_run(config: &StudyConfig, out: Option<&Path>, device: &Device) -> Res
     if problems.is_empty() {
         let _ = writeln!(text, "inputs: all present");
     } else {
-        let _ = writeln!(text, "inputs missing, the study cannot run until they are provided:");
+        let _ = writeln!(
+            text,
+            "inputs missing, the study cannot run until they are provided:"
+        );
         for p in problems {
             let _ = writeln!(text, "  - {p}");
         }
@@ -63,10 +78,18 @@ pub fn dry_run(config: &StudyConfig, out: Option<&Path>, device: &Device) -> Res
 
 /// Parameters, GFLOPs and training compute of every width; also each width's GFLOPs per
 /// evaluation and the smallest model.
-fn family_estimate(config: &StudyConfig, latent: [usize; 3], text: [usize; 2], device: &Device) -> (Estimate, Vec<f64>, UNet) {
+fn family_estimate(
+    config: &StudyConfig,
+    latent: [usize; 3],
+    text: [usize; 2],
+    device: &Device,
+) -> (Estimate, Vec<f64>, UNet) {
     let mut e = Estimate::default();
     let mut gflops = Vec::new();
-    e.lines.push(format!("\n{:>7} {:>14} {:>12} {:>16}", "width", "params", "GFLOPs/eval", "train GFLOPs"));
+    e.lines.push(format!(
+        "\n{:>7} {:>14} {:>12} {:>16}",
+        "width", "params", "GFLOPs/eval", "train GFLOPs"
+    ));
     let mut smallest = None;
     for &w in &config.widths {
         let unet_config = family::model_config(config, w).unet(latent[0], latent[1], text[1]);
@@ -75,7 +98,10 @@ fn family_estimate(config: &StudyConfig, latent: [usize; 3], text: [usize; 2], d
         let train = 3.0 * g * (config.recipe.batch_size as u64 * config.recipe.steps) as f64;
         e.train_gflops += train;
         gflops.push(g);
-        e.lines.push(format!("{w:>7} {:>14} {g:>12.3} {train:>16.3e}", unet.num_params()));
+        e.lines.push(format!(
+            "{w:>7} {:>14} {g:>12.3} {train:>16.3e}",
+            unet.num_params()
+        ));
         smallest.get_or_insert(unet);
     }
     (e, gflops, smallest.expect("validated: at least one width"))
@@ -85,9 +111,15 @@ fn family_estimate(config: &StudyConfig, latent: [usize; 3], text: [usize; 2], d
 fn sweep_estimate(config: &StudyConfig, gflops: &[f64]) -> Estimate {
     let s = &config.sweep;
     let cells = config.cells();
-    let evaluations: f64 = cells.iter().map(|c| c.steps as f64 * if c.cfg > 1.0 { 2.0 } else { 1.0 }).sum();
+    let evaluations: f64 = cells
+        .iter()
+        .map(|c| c.steps as f64 * if c.cfg > 1.0 { 2.0 } else { 1.0 })
+        .sum();
     let mut e = Estimate {
-        sample_gflops: gflops.iter().map(|g| s.samples_per_cell as f64 * evaluations * g).sum(),
+        sample_gflops: gflops
+            .iter()
+            .map(|g| s.samples_per_cell as f64 * evaluations * g)
+            .sum(),
         ..Estimate::default()
     };
     e.lines.push(format!(

@@ -68,7 +68,9 @@ pub enum StudyError {
     #[error("--only {0:?}: no such stage; the stages are {stages}", stages = crate::context::STAGES.join(", "))]
     UnknownStage(String),
     /// `--only` left out a stage whose result is needed and not stored.
-    #[error("stage {stage} has not run for this config, and --only leaves it out; add it to --only or run without --only")]
+    #[error(
+        "stage {stage} has not run for this config, and --only leaves it out; add it to --only or run without --only"
+    )]
     NotRun {
         /// The missing stage.
         stage: &'static str,

@@ -59,11 +59,16 @@ pub fn run(
     if !out.join(crate::context::MANIFEST).exists()
         && let Ok(text) = std::fs::read_to_string(&config_path)
     {
-        let saved = StudyConfig::from_toml(&text, &config_path.display().to_string()).map_err(StudyError::Config)?;
+        let saved = StudyConfig::from_toml(&text, &config_path.display().to_string())
+            .map_err(StudyError::Config)?;
         stages::adopt_legacy(&cx, &saved)?;
     }
     write_atomic(&config_path, config.to_toml().as_bytes())?;
-    let mut summary = Summary { cells: 0, report: None, seconds: 0.0 };
+    let mut summary = Summary {
+        cells: 0,
+        report: None,
+        seconds: 0.0,
+    };
     match run_stages(&cx, &mut summary) {
         Ok(()) | Err(StudyError::OnlyDone) => {}
         Err(e) => return Err(e),
@@ -77,14 +82,42 @@ fn run_stages(cx: &StudyContext, summary: &mut Summary) -> Result<(), StudyError
     let data = cx.ensure(&Data)?;
     let first = cx.ensure(&FirstStageStage { data: &data })?;
     let text = cx.ensure(&TextStage { data: &data })?;
-    let latents = cx.ensure(&LatentsStage { data: &data, first: &first, text: &text })?;
-    let evaluator = cx.ensure(&EvaluatorStage { data: &data, latents: &latents })?;
-    let family = cx.ensure(&FamilyStage { latents: &latents, evaluator: &evaluator, first: &first })?;
-    let cells = cx.ensure(&SweepStage { family: &family, latents: &latents, evaluator: &evaluator, first: &first })?;
+    let latents = cx.ensure(&LatentsStage {
+        data: &data,
+        first: &first,
+        text: &text,
+    })?;
+    let evaluator = cx.ensure(&EvaluatorStage {
+        data: &data,
+        latents: &latents,
+    })?;
+    let family = cx.ensure(&FamilyStage {
+        latents: &latents,
+        evaluator: &evaluator,
+        first: &first,
+    })?;
+    let cells = cx.ensure(&SweepStage {
+        family: &family,
+        latents: &latents,
+        evaluator: &evaluator,
+        first: &first,
+    })?;
     summary.cells = cells.len();
-    let probe = || DdimProbe { first: &first, latents: &latents, evaluator: &evaluator };
-    let grids = cx.ensure(&GridsStage { family: &family, cells: &cells, probe: probe() })?;
-    let learning = cx.ensure(&LearningCheckStage { family: &family, cells: &cells, probe: probe() })?;
+    let probe = || DdimProbe {
+        first: &first,
+        latents: &latents,
+        evaluator: &evaluator,
+    };
+    let grids = cx.ensure(&GridsStage {
+        family: &family,
+        cells: &cells,
+        probe: probe(),
+    })?;
+    let learning = cx.ensure(&LearningCheckStage {
+        family: &family,
+        cells: &cells,
+        probe: probe(),
+    })?;
     let report = ReportStage {
         data: &data,
         first: &first,
@@ -104,13 +137,23 @@ pub use crate::dry_run::dry_run;
 // What `ldmscale train` shares with the study: in-memory data, the text encoder, sampling.
 
 /// The first `count` usable examples of `split` of `dataset` at `resolution` (centre crop).
-pub fn load_images(dataset: &str, resolution: usize, split: Split, count: usize) -> Result<Captioned, String> {
+pub fn load_images(
+    dataset: &str,
+    resolution: usize,
+    split: Split,
+    count: usize,
+) -> Result<Captioned, String> {
     ldmscale_data::load_captioned(dataset, resolution, split, count).map_err(|e| e.to_string())
 }
 
 /// The frozen text encoder `kind` ("tiny-random", "minilm", "dir:DIR", "clip:DIR"), loaded
 /// from `dir` when a previous run saved it there, else made and saved to `dir`.
-pub fn text_encoder(kind: &str, dir: &Path, captions: &[String], device: &Device) -> Result<TextConditioner, String> {
+pub fn text_encoder(
+    kind: &str,
+    dir: &Path,
+    captions: &[String],
+    device: &Device,
+) -> Result<TextConditioner, String> {
     if let Ok(t) = TextConditioner::load(dir, None, device) {
         return Ok(t);
     }
@@ -177,7 +220,8 @@ pub fn encode(
     device: &Device,
 ) -> Result<Encoded, String> {
     let length = text.encoder.max_positions().min(stages::text::MAX_TOKENS);
-    let states = encode_text(text, &examples.captions, length, device).map_err(|e| e.to_string())?;
+    let states =
+        encode_text(text, &examples.captions, length, device).map_err(|e| e.to_string())?;
     let null = encode_text(text, &[String::new()], length, device).map_err(|e| e.to_string())?;
     let f = vae.downsampling_factor();
     Ok(Encoded {
@@ -192,7 +236,9 @@ pub fn encode(
 
 /// The sampler named `name` with its default options.
 pub fn sampler_kind(name: &str) -> Result<SamplerKind, String> {
-    name.parse::<SamplerId>().map(SamplerId::kind).map_err(|e| e.to_string())
+    name.parse::<SamplerId>()
+        .map(SamplerId::kind)
+        .map_err(|e| e.to_string())
 }
 
 /// Generates images for prompts `cond` and decodes them to [-1, 1]; also the evaluations.
@@ -209,9 +255,23 @@ pub fn generate(
     null: &Tensor<3>,
     latent_shape: [usize; 3],
 ) -> Result<(Tensor<4>, usize), String> {
-    let sampler = sampler.parse().map_err(|e: ldmscale_diffusion::UnknownSampler| e.to_string())?;
-    let model = LatentDiffusion { unet, vae, vae_config, latent_shape };
-    let spec = SamplingSpec { sampler, steps, cfg, seed };
-    let out = model.generate(&spec, cond, null).map_err(|e| e.to_string())?;
+    let sampler = sampler
+        .parse()
+        .map_err(|e: ldmscale_diffusion::UnknownSampler| e.to_string())?;
+    let model = LatentDiffusion {
+        unet,
+        vae,
+        vae_config,
+        latent_shape,
+    };
+    let spec = SamplingSpec {
+        sampler,
+        steps,
+        cfg,
+        seed,
+    };
+    let out = model
+        .generate(&spec, cond, null)
+        .map_err(|e| e.to_string())?;
     Ok((out.images, out.evaluations))
 }

@@ -4,7 +4,9 @@
 
 use std::fmt::Write as _;
 
-use crate::analysis::{Setting, crossover, optimal_cfg, samplers, settings, widths, winners};
+use crate::analysis::{
+    BudgetWinner, Setting, crossover, optimal_cfg, samplers, settings, widths, winners,
+};
 use crate::bootstrap::CiMethod;
 use crate::cell::Cell;
 use crate::findings::{Finding, Verdict, findings, training_compute_scales_performance};
@@ -164,12 +166,46 @@ fn equal_cost_html(g: &EqualCostGrid) -> String {
 
 /// Renders the HTML page and the Markdown summary.
 pub fn render(cells: &[Cell], inputs: &ReportInputs) -> Result<(String, String), String> {
-    let all = settings(cells);
-    let optimal = optimal_cfg(&all);
-    let found: Vec<Finding> = findings(cells);
-    let models = widths(&optimal);
-    let sampler_names = samplers(&optimal);
+    let analysed = Analysed::of(cells, inputs);
+    Ok((
+        html(cells, inputs, &analysed)?,
+        markdown(cells, inputs, &analysed),
+    ))
+}
 
+/// What the report shows of the cells.
+struct Analysed {
+    /// Every (width, sampler, steps, guidance) setting.
+    all: Vec<Setting>,
+    /// The best guidance of each (width, sampler, steps).
+    optimal: Vec<Setting>,
+    /// The paper's findings, the training one last.
+    found: Vec<Finding>,
+    /// Widths and samplers measured.
+    models: Vec<u32>,
+    sampler_names: Vec<String>,
+    /// The best setting from each budget on, a row per change of the winner.
+    changes: Vec<BudgetWinner>,
+}
+
+impl Analysed {
+    fn of(cells: &[Cell], inputs: &ReportInputs) -> Self {
+        let all = settings(cells);
+        let optimal = optimal_cfg(&all);
+        let mut found = findings(cells);
+        found.push(training_compute_scales_performance(&inputs.training_curves));
+        Analysed {
+            models: widths(&optimal),
+            sampler_names: samplers(&optimal),
+            changes: winner_changes(&optimal),
+            all,
+            optimal,
+            found,
+        }
+    }
+}
+
+fn html(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> Result<String, String> {
     let mut html = String::new();
     let _ = write!(
         html,
@@ -205,14 +241,37 @@ small {{ color: #666; }}
     );
 
     html.push_str("<h2>The paper's findings on this run</h2>");
-    let training = training_compute_scales_performance(&inputs.training_curves);
-    for f in found.iter().chain(std::iter::once(&training)) {
+    for f in &a.found {
         html.push_str(&finding_html(f));
     }
+    html.push_str(&budget_html(a));
+    html.push_str(&plots_html(cells, inputs, a)?);
+    for g in &inputs.equal_cost {
+        html.push_str(&equal_cost_html(g));
+    }
+    for (caption, png) in &inputs.grids {
+        let _ = write!(
+            html,
+            "<h2>{}</h2><div class=\"grid\"><img src=\"data:image/png;base64,{}\" alt=\"{}\"></div>",
+            esc(caption),
+            base64(png),
+            esc(caption)
+        );
+    }
+    html.push_str("<h2>Optimal guidance per model and steps</h2><table><tr><th>model</th><th>params</th><th>sampler</th><th>steps</th><th>best CFG</th><th>FID [95% CI]</th><th>GFLOPs/img</th><th>ms/img</th></tr>");
+    for s in &a.optimal {
+        html.push_str(&setting_row(s));
+    }
+    html.push_str("</table><p><small>Made by ldmscale. Sampling cost counts every denoiser evaluation (guidance doubles them) at the GFLOPs of one forward.</small></p></body></html>\n");
 
+    Ok(html)
+}
+
+/// The best model per budget and the crossovers.
+fn budget_html(a: &Analysed) -> String {
+    let mut html = String::new();
     html.push_str("<h2>Which model for which budget</h2><p>Best setting (optimal guidance) from each sampling budget on, all samplers; a row per change of the winner.</p><table><tr><th>from GFLOPs</th><th>model</th><th>sampler</th><th>steps</th><th>CFG</th><th>FID [95% CI]</th></tr>");
-    let changes = winner_changes(&optimal);
-    for w in &changes {
+    for w in &a.changes {
         let _ = write!(
             html,
             "<tr><td>{:.3}</td><td>{} filters</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}{}</td></tr>",
@@ -229,16 +288,16 @@ small {{ color: #666; }}
         );
     }
     html.push_str("</table>");
-    if models.len() >= 2 {
+    if a.models.len() >= 2 {
         html.push_str("<p>Crossover budgets (GFLOPs per image from which the larger model stays ahead):</p><table><tr><th>smaller</th><th>larger</th>");
-        for s in &sampler_names {
+        for s in &a.sampler_names {
             let _ = write!(html, "<th>{}</th>", esc(s));
         }
         html.push_str("</tr>");
-        for pair in models.windows(2) {
+        for pair in a.models.windows(2) {
             let _ = write!(html, "<tr><td>{}</td><td>{}</td>", pair[0], pair[1]);
-            for s in &sampler_names {
-                let c = crossover(&optimal, pair[0], pair[1], Some(s));
+            for s in &a.sampler_names {
+                let c = crossover(&a.optimal, pair[0], pair[1], Some(s));
                 let _ = write!(
                     html,
                     "<td>{}</td>",
@@ -251,17 +310,24 @@ small {{ color: #666; }}
         html.push_str("</table>");
     }
 
+    html
+}
+
+/// Figs. 9, 11, 8 and 3.
+fn plots_html(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> Result<String, String> {
+    let mut html = String::new();
     let _ = write!(
         html,
         "<h2>FID against sampling cost (Figs. 9, 11)</h2><p><small>{}</small></p><div class=\"plots\">",
         esc(&interval_note(cells))
     );
-    for s in &sampler_names {
-        html.push_str(&plot::fid_vs_cost(&optimal, s)?);
+    for s in &a.sampler_names {
+        html.push_str(&plot::fid_vs_cost(&a.optimal, s)?);
     }
     html.push_str("</div><h2>FID against guidance (Fig. 8)</h2><div class=\"plots\">");
-    for s in &sampler_names {
-        let mut steps: Vec<u32> = all
+    for s in &a.sampler_names {
+        let mut steps: Vec<u32> = a
+            .all
             .iter()
             .filter(|x| &x.sampler == s)
             .map(|x| x.steps)
@@ -273,7 +339,7 @@ small {{ color: #666; }}
             .flatten()
             .collect::<std::collections::BTreeSet<_>>()
         {
-            html.push_str(&plot::fid_vs_cfg(&all, s, *st)?);
+            html.push_str(&plot::fid_vs_cfg(&a.all, s, *st)?);
         }
     }
     html.push_str("</div>");
@@ -296,24 +362,10 @@ small {{ color: #666; }}
         )?);
         html.push_str("</div>");
     }
-    for g in &inputs.equal_cost {
-        html.push_str(&equal_cost_html(g));
-    }
-    for (caption, png) in &inputs.grids {
-        let _ = write!(
-            html,
-            "<h2>{}</h2><div class=\"grid\"><img src=\"data:image/png;base64,{}\" alt=\"{}\"></div>",
-            esc(caption),
-            base64(png),
-            esc(caption)
-        );
-    }
-    html.push_str("<h2>Optimal guidance per model and steps</h2><table><tr><th>model</th><th>params</th><th>sampler</th><th>steps</th><th>best CFG</th><th>FID [95% CI]</th><th>GFLOPs/img</th><th>ms/img</th></tr>");
-    for s in &optimal {
-        html.push_str(&setting_row(s));
-    }
-    html.push_str("</table><p><small>Made by ldmscale. Sampling cost counts every denoiser evaluation (guidance doubles them) at the GFLOPs of one forward.</small></p></body></html>\n");
+    Ok(html)
+}
 
+fn markdown(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> String {
     let mut md = format!("# ldmscale study: {}\n\n", inputs.title);
     for (k, v) in &inputs.facts {
         let _ = writeln!(md, "- **{k}**: {v}");
@@ -324,7 +376,7 @@ small {{ color: #666; }}
         cells.len(),
         inputs.fid_features
     );
-    for f in found.iter().chain(std::iter::once(&training)) {
+    for f in &a.found {
         let _ = writeln!(
             md,
             "- **{}** — {} ({})  \n  {}",
@@ -338,7 +390,7 @@ small {{ color: #666; }}
         md,
         "\n## Best setting per budget\n\n| from GFLOPs | model | sampler | steps | CFG | FID | 95% CI |\n|---:|---:|---|---:|---:|---:|---|"
     );
-    for w in &changes {
+    for w in &a.changes {
         let _ = writeln!(
             md,
             "| {:.3} | {} | {} | {} | {:.1} | {:.2} | {} |",
@@ -373,7 +425,7 @@ small {{ color: #666; }}
             );
         }
     }
-    Ok((html, md))
+    md
 }
 
 #[cfg(test)]

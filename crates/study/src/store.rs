@@ -131,7 +131,10 @@ impl Store {
     /// Stores a cell (replacing one with the same key) with its metrics, in one transaction.
     pub fn insert(&mut self, cell: &Cell) -> Result<(), StoreError> {
         let file = self.file.clone();
-        let tx = self.conn.transaction().map_err(|e| fail(&file, e.to_string()))?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| fail(&file, e.to_string()))?;
         insert_cell(&tx, cell).map_err(|e| fail(&file, e.to_string()))?;
         tx.commit().map_err(|e| fail(&file, e.to_string()))
     }
@@ -139,7 +142,10 @@ impl Store {
     /// Removes every cell of `width`'s `variant` (its model changed); returns how many.
     pub fn remove_width(&mut self, variant: Variant, width: u32) -> Result<usize, StoreError> {
         let file = self.file.clone();
-        let tx = self.conn.transaction().map_err(|e| fail(&file, e.to_string()))?;
+        let tx = self
+            .conn
+            .transaction()
+            .map_err(|e| fail(&file, e.to_string()))?;
         let run = |tx: &Transaction| -> rusqlite::Result<usize> {
             tx.execute(
                 "DELETE FROM metrics WHERE cell IN (SELECT id FROM cells WHERE variant=?1 AND width=?2)",
@@ -171,10 +177,20 @@ impl Store {
                 let ci = ci.map(|(low, high)| FidCi {
                     low,
                     high,
-                    method: method.as_deref().and_then(CiMethod::parse).unwrap_or(CiMethod::Unknown),
+                    method: method
+                        .as_deref()
+                        .and_then(CiMethod::parse)
+                        .unwrap_or(CiMethod::Unknown),
                     replicates: r.get::<_, Option<u32>>(6).ok().flatten().unwrap_or(0),
                 });
-                Ok((r.get::<_, i64>(0)?, Metric { name: r.get(1)?, value: r.get(2)?, ci }))
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    Metric {
+                        name: r.get(1)?,
+                        value: r.get(2)?,
+                        ci,
+                    },
+                ))
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.err(e))?;
@@ -199,30 +215,37 @@ impl Store {
         let rows = stmt
             .query_map([], |r| {
                 let text = |i: usize| r.get::<_, String>(i);
-                let bad = |i, e: String| rusqlite::Error::FromSqlConversionFailure(
-                    i,
-                    rusqlite::types::Type::Text,
-                    e.into(),
-                );
+                let bad = |i, e: String| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        i,
+                        rusqlite::types::Type::Text,
+                        e.into(),
+                    )
+                };
                 let variant: Variant = text(1)?.parse().map_err(|e| bad(1, e))?;
-                let sampler: SamplerId = text(3)?.parse().map_err(|e: ldmscale_diffusion::UnknownSampler| bad(3, e.to_string()))?;
-                Ok((r.get(0)?, Cell {
-                    variant,
-                    width: r.get(2)?,
-                    sampler,
-                    steps: r.get(4)?,
-                    cfg: r.get(5)?,
-                    seed: r.get::<_, i64>(6)? as u64,
-                    params: r.get::<_, i64>(7)? as u64,
-                    n_samples: r.get(8)?,
-                    fid: f64::NAN,
-                    fid_ci: None,
-                    in_domain_clip: None,
-                    metrics: Vec::new(),
-                    evaluations: r.get::<_, i64>(9)? as u64,
-                    gflops_per_eval: r.get(10)?,
-                    wall_seconds: r.get(11)?,
-                }))
+                let sampler: SamplerId = text(3)?
+                    .parse()
+                    .map_err(|e: ldmscale_diffusion::UnknownSampler| bad(3, e.to_string()))?;
+                Ok((
+                    r.get(0)?,
+                    Cell {
+                        variant,
+                        width: r.get(2)?,
+                        sampler,
+                        steps: r.get(4)?,
+                        cfg: r.get(5)?,
+                        seed: r.get::<_, i64>(6)? as u64,
+                        params: r.get::<_, i64>(7)? as u64,
+                        n_samples: r.get(8)?,
+                        fid: f64::NAN,
+                        fid_ci: None,
+                        in_domain_clip: None,
+                        metrics: Vec::new(),
+                        evaluations: r.get::<_, i64>(9)? as u64,
+                        gflops_per_eval: r.get(10)?,
+                        wall_seconds: r.get(11)?,
+                    },
+                ))
             })
             .map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
@@ -242,7 +265,10 @@ impl Store {
     /// Sets a metadata value (e.g. the study config).
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.conn
-            .execute("INSERT OR REPLACE INTO meta VALUES (?1, ?2)", params![key, value])
+            .execute(
+                "INSERT OR REPLACE INTO meta VALUES (?1, ?2)",
+                params![key, value],
+            )
             .map(|_| ())
             .map_err(|e| self.err(e))
     }
@@ -250,7 +276,9 @@ impl Store {
     /// A metadata value.
     pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.conn
-            .query_row("SELECT value FROM meta WHERE key=?1", params![key], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key=?1", params![key], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(|e| self.err(e))
     }
@@ -285,7 +313,10 @@ fn insert_cell(tx: &Transaction, cell: &Cell) -> rusqlite::Result<()> {
         &format!("DELETE FROM metrics WHERE cell IN (SELECT id FROM cells WHERE {KEY_MATCH})"),
         key_params(&key),
     )?;
-    tx.execute(&format!("DELETE FROM cells WHERE {KEY_MATCH}"), key_params(&key))?;
+    tx.execute(
+        &format!("DELETE FROM cells WHERE {KEY_MATCH}"),
+        key_params(&key),
+    )?;
     tx.execute(
         "INSERT INTO cells (variant, width, sampler, steps, cfg_milli, seed, params, cfg, n_samples,
             evaluations, gflops_per_eval, sampling_gflops, wall_seconds)
@@ -307,11 +338,20 @@ fn insert_cell(tx: &Transaction, cell: &Cell) -> rusqlite::Result<()> {
         ],
     )?;
     let id = tx.last_insert_rowid();
-    let fid = Metric { name: FID.into(), value: cell.fid, ci: cell.fid_ci };
-    let clip = cell
-        .in_domain_clip
-        .map(|value| Metric { name: IN_DOMAIN_CLIP.into(), value, ci: None });
-    for m in std::iter::once(&fid).chain(clip.as_ref()).chain(&cell.metrics) {
+    let fid = Metric {
+        name: FID.into(),
+        value: cell.fid,
+        ci: cell.fid_ci,
+    };
+    let clip = cell.in_domain_clip.map(|value| Metric {
+        name: IN_DOMAIN_CLIP.into(),
+        value,
+        ci: None,
+    });
+    for m in std::iter::once(&fid)
+        .chain(clip.as_ref())
+        .chain(&cell.metrics)
+    {
         tx.execute(
             "INSERT INTO metrics VALUES (?1,?2,?3,?4,?5,?6,?7)",
             params![
@@ -342,7 +382,11 @@ fn stored_version(conn: &Connection, file: &str) -> Result<u32, StoreError> {
         return Ok(SCHEMA_VERSION);
     }
     let version: Option<String> = conn
-        .query_row("SELECT value FROM meta WHERE key='schema_version'", [], |r| r.get(0))
+        .query_row(
+            "SELECT value FROM meta WHERE key='schema_version'",
+            [],
+            |r| r.get(0),
+        )
         .optional()
         .map_err(|e| fail(file, format!("not a results store (no meta table): {e}")))?;
     match version {
@@ -413,5 +457,5 @@ pub fn shard_owns(key: &CellKey, index: usize, count: usize) -> bool {
     if key.variant != Variant::Base {
         fields.insert(0, key.variant.as_str().to_string());
     }
-    (crate::fingerprint::fnv1a(&fields.join("|")) % count as u64) as usize == index
+    (ldmscale_util::hash::fnv1a(&fields.join("|")) % count as u64) as usize == index
 }

@@ -32,8 +32,17 @@ fn inception_fid_features_when_the_weights_are_present() {
     let summary = pipeline::run(&config, &out, &Device::flex(), &RunOptions::default()).unwrap();
     assert_eq!(summary.cells, 1);
     let html = std::fs::read_to_string(summary.report.unwrap()).unwrap();
-    assert!(html.contains("FID Inception pool3"), "report names the features");
-    let cells = Store::open(&out.join("results.sqlite")).unwrap().cells().unwrap();
+    assert!(
+        html.contains("FID Inception pool3"),
+        "report names the features"
+    );
+    let cells = Store::open(&out.join("results.sqlite"))
+        .unwrap()
+        .cells()
+        .unwrap();
     assert!(cells[0].fid.is_finite() && cells[0].fid > 0.0);
-    assert!(cache.path().join("stats").is_dir(), "reference statistics in the temporary cache");
+    assert!(
+        cache.path().join("stats").is_dir(),
+        "reference statistics in the temporary cache"
+    );
 }

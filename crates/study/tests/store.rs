@@ -152,18 +152,35 @@ fn version_two_stores_are_upgraded_in_place_keeping_every_value() {
     assert_eq!(cells.len(), 5);
     assert!(cells.iter().all(|c| c.variant == Variant::Base));
     let first = &cells[0];
-    assert_eq!((first.width, first.sampler, first.steps), (8, SamplerId::Ddim, 2));
+    assert_eq!(
+        (first.width, first.sampler, first.steps),
+        (8, SamplerId::Ddim, 2)
+    );
     assert_eq!((first.fid, first.in_domain_clip), (41.25, Some(3.5)));
     let ci = first.fid_ci.unwrap();
-    assert_eq!((ci.low, ci.high, ci.method, ci.replicates), (38.5, 44.75, CiMethod::Bootstrap, 20));
-    let unguided = cells.iter().find(|c| c.width == 16 && c.steps == 8).unwrap();
+    assert_eq!(
+        (ci.low, ci.high, ci.method, ci.replicates),
+        (38.5, 44.75, CiMethod::Bootstrap, 20)
+    );
+    let unguided = cells
+        .iter()
+        .find(|c| c.width == 16 && c.steps == 8)
+        .unwrap();
     assert!(unguided.fid_ci.is_none() && unguided.in_domain_clip.is_none());
     // The never-filled CLIP column's one value survives as a metric.
     assert_eq!(
         unguided.metrics,
-        vec![Metric { name: "clip".into(), value: 24.5, ci: None }]
+        vec![Metric {
+            name: "clip".into(),
+            value: 24.5,
+            ci: None
+        }]
     );
-    assert!(cells.iter().any(|c| c.sampler == SamplerId::DpmSolver3M && c.in_domain_clip == Some(-1.25)));
+    assert!(
+        cells
+            .iter()
+            .any(|c| c.sampler == SamplerId::DpmSolver3M && c.in_domain_clip == Some(-1.25))
+    );
     // The upgraded store takes new cells and opens again unchanged.
     store.insert(&cell(64, 4, 1.0, 0)).unwrap();
     drop(store);
@@ -176,8 +193,16 @@ fn metrics_of_any_name_round_trip_and_replace_with_their_cell() {
     let mut store = Store::open(&dir.path().join("r.sqlite")).unwrap();
     let mut a = cell(32, 4, 2.0, 0);
     a.metrics = vec![
-        Metric { name: "lpips".into(), value: 0.25, ci: None },
-        Metric { name: "psnr".into(), value: 21.5, ci: a.fid_ci },
+        Metric {
+            name: "lpips".into(),
+            value: 0.25,
+            ci: None,
+        },
+        Metric {
+            name: "psnr".into(),
+            value: 21.5,
+            ci: a.fid_ci,
+        },
     ];
     store.insert(&a).unwrap();
     assert_eq!(store.cells().unwrap(), vec![a.clone()]);
@@ -194,6 +219,9 @@ fn metrics_of_any_name_round_trip_and_replace_with_their_cell() {
 fn cell_seeds_come_from_the_key_fields() {
     let a = cell(32, 4, 2.0, 0).key();
     assert_eq!(a.seed_for("bootstrap"), a.clone().seed_for("bootstrap"));
-    assert_ne!(a.seed_for("bootstrap"), cell(32, 4, 2.0, 1).key().seed_for("bootstrap"));
+    assert_ne!(
+        a.seed_for("bootstrap"),
+        cell(32, 4, 2.0, 1).key().seed_for("bootstrap")
+    );
     assert_ne!(a.seed_for("bootstrap"), a.seed_for("grid"));
 }

@@ -13,7 +13,10 @@ use ldmscale_study::plan::{Budget, recommend};
 use ldmscale_study::{Cell, RunOptions, Store, StudyError, pipeline};
 
 fn cells(out: &Path) -> Vec<Cell> {
-    Store::open(&out.join("results.sqlite")).unwrap().cells().unwrap()
+    Store::open(&out.join("results.sqlite"))
+        .unwrap()
+        .cells()
+        .unwrap()
 }
 
 fn modified(path: &Path) -> SystemTime {
@@ -28,9 +31,14 @@ fn stage_files(config: &StudyConfig, out: &Path) -> Vec<(String, SystemTime)> {
         "latents/train/manifest.json".into(),
     ];
     for w in &config.widths {
-        files.push(format!("models/w{w}/unet_ema/diffusion_pytorch_model.safetensors"));
+        files.push(format!(
+            "models/w{w}/unet_ema/diffusion_pytorch_model.safetensors"
+        ));
     }
-    files.into_iter().map(|f| (f.clone(), modified(&out.join(f)))).collect()
+    files
+        .into_iter()
+        .map(|f| (f.clone(), modified(&out.join(f))))
+        .collect()
 }
 
 fn check_first_run(config: &StudyConfig, out: &Path, summary: &pipeline::Summary) {
@@ -46,13 +54,19 @@ fn check_first_run(config: &StudyConfig, out: &Path, summary: &pipeline::Summary
         let ci = c.fid_ci.expect("bootstrap interval");
         assert_eq!(ci.method, CiMethod::Bootstrap);
         assert_eq!(ci.replicates, config.sweep.bootstrap);
-        assert!(ci.low <= c.fid && c.fid <= ci.high && ci.low < ci.high, "{c:?}");
+        assert!(
+            ci.low <= c.fid && c.fid <= ci.high && ci.low < ci.high,
+            "{c:?}"
+        );
     }
     assert!(out.join("latents/train/manifest.json").is_file());
     // The equal-cost grid: one labelled row per width, as an inline PNG.
     assert!(html.contains("Samples at equal sampling cost (Fig. 10)"));
     for w in &config.widths {
-        assert!(html.contains(&format!("<b>{w} filters</b>")), "grid row of width {w}");
+        assert!(
+            html.contains(&format!("<b>{w} filters</b>")),
+            "grid row of width {w}"
+        );
     }
     assert!(html.contains("learning check"));
     // Guided cells cost twice the evaluations of unguided ones at the same steps.
@@ -83,16 +97,29 @@ fn tiny_study_runs_end_to_end_resumes_and_recomputes_only_what_changed() {
     let first_cells = cells(out);
 
     let again = run(&config);
-    assert_eq!(stage_files(&config, out), stored, "the resumed study recomputed a stored stage");
+    assert_eq!(
+        stage_files(&config, out),
+        stored,
+        "the resumed study recomputed a stored stage"
+    );
     assert_eq!(again.cells, summary.cells);
-    assert!(again.seconds < summary.seconds, "resume recomputed: {} vs {}", again.seconds, summary.seconds);
+    assert!(
+        again.seconds < summary.seconds,
+        "resume recomputed: {} vs {}",
+        again.seconds,
+        summary.seconds
+    );
 
     // A new guidance rate in the grid: the first stage, the latent cache and the family are
     // reused, the stored cells kept as they were, and only the new cells measured.
     let mut wider = config.clone();
     wider.sweep.cfg.push(2.0);
     let grown = run(&wider);
-    assert_eq!(stage_files(&wider, out), stored, "a grid change recomputed a stage before the sweep");
+    assert_eq!(
+        stage_files(&wider, out),
+        stored,
+        "a grid change recomputed a stage before the sweep"
+    );
     assert_eq!(grown.cells, config.widths.len() * wider.cells().len());
     let now = cells(out);
     for old in &first_cells {
@@ -106,10 +133,15 @@ fn tiny_study_runs_end_to_end_resumes_and_recomputes_only_what_changed() {
         std::fs::remove_file(out.join(format!("models/w{w}/fingerprint"))).unwrap();
     }
     let conn = rusqlite::Connection::open(out.join("results.sqlite")).unwrap();
-    conn.execute("DELETE FROM meta WHERE key LIKE 'fingerprint:%'", []).unwrap();
+    conn.execute("DELETE FROM meta WHERE key LIKE 'fingerprint:%'", [])
+        .unwrap();
     drop(conn);
     let adopted = run(&wider);
-    assert_eq!(stage_files(&wider, out), stored, "the adopted directory was recomputed");
+    assert_eq!(
+        stage_files(&wider, out),
+        stored,
+        "the adopted directory was recomputed"
+    );
     assert_eq!(cells(out), now);
     assert_eq!(adopted.cells, grown.cells);
 }
@@ -127,10 +159,22 @@ fn only_runs_the_named_stages_and_refuses_missing_ones() {
     };
     let err = pipeline::run(&config, dir.path(), &device, &only(&["family"])).unwrap_err();
     assert!(matches!(err, StudyError::NotRun { stage: "data" }), "{err}");
-    let done = pipeline::run(&config, dir.path(), &device, &only(&["data", "first-stage"])).unwrap();
+    let done = pipeline::run(
+        &config,
+        dir.path(),
+        &device,
+        &only(&["data", "first-stage"]),
+    )
+    .unwrap();
     assert!(done.report.is_none() && done.cells == 0);
     assert!(dir.path().join("first_stage/config.json").is_file());
-    assert!(!dir.path().join("latents").exists(), "--only ran a later stage");
+    assert!(
+        !dir.path().join("latents").exists(),
+        "--only ran a later stage"
+    );
     let err = pipeline::run(&config, dir.path(), &device, &only(&["sweeep"])).unwrap_err();
-    assert!(matches!(err, StudyError::UnknownStage(ref s) if s == "sweeep"), "{err}");
+    assert!(
+        matches!(err, StudyError::UnknownStage(ref s) if s == "sweeep"),
+        "{err}"
+    );
 }

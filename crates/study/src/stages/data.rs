@@ -25,7 +25,12 @@ pub struct Data;
 pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
     Fingerprint::of(
         "data",
-        &(&config.dataset, config.resolution, config.train_examples, config.val_examples),
+        &(
+            &config.dataset,
+            config.resolution,
+            config.train_examples,
+            config.val_examples,
+        ),
     )
 }
 
@@ -63,7 +68,11 @@ pub fn estimate(config: &StudyConfig) -> Estimate {
     }
     e.lines.push(format!(
         "data: {} at {}x{}, {} train / {} val examples",
-        config.dataset, config.resolution, config.resolution, config.train_examples, config.val_examples
+        config.dataset,
+        config.resolution,
+        config.resolution,
+        config.train_examples,
+        config.val_examples
     ));
     e
 }

@@ -54,7 +54,11 @@ pub struct EvaluatorStage<'a> {
 pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
     Fingerprint::of(
         "evaluator",
-        &(latents::fingerprint(config), data::fingerprint(config), config.fid_features),
+        &(
+            latents::fingerprint(config),
+            data::fingerprint(config),
+            config.fid_features,
+        ),
     )
 }
 
@@ -81,7 +85,12 @@ impl Stage for EvaluatorStage<'_> {
         let images = images_tensor(&self.data.val.images, cx.config.resolution, &cx.device);
         let path = reference_path(&features, cx, self.data.val.len());
         let (reference, reference_features) = features.reference_stats(&path, images)?;
-        Ok(Evaluator { features, reference, reference_features, bootstrap: cx.config.sweep.bootstrap })
+        Ok(Evaluator {
+            features,
+            reference,
+            reference_features,
+            bootstrap: cx.config.sweep.bootstrap,
+        })
     }
 }
 
@@ -93,22 +102,30 @@ impl EvaluatorStage<'_> {
         let stored = train.cache.batch(&all)?;
         let [length, width] = train.cache.key().text_shape;
         let device = &cx.device;
-        let states = Tensor::from_data(burn::tensor::TensorData::new(stored.text_states, [n, length, width]), device);
+        let states = Tensor::from_data(
+            burn::tensor::TensorData::new(stored.text_states, [n, length, width]),
+            device,
+        );
         let mask: Vec<f32> = stored.text_mask.iter().map(|&m| m as f32).collect();
         let mask = Tensor::from_data(burn::tensor::TensorData::new(mask, [n, length]), device);
         let images = images_tensor(&self.data.train.images, cx.config.resolution, device);
         let held = (n / 8).clamp(2, CLIP_HELD_OUT_MAX);
-        Ok(in_domain::train(&images, &states, &mask, held, CLIP_STEPS, CLIP_BATCH, 0, device))
+        Ok(in_domain::train(
+            &images, &states, &mask, held, CLIP_STEPS, CLIP_BATCH, 0, device,
+        ))
     }
 }
 
 fn load_inception(cx: &StudyContext) -> Result<FidExtractor, StudyError> {
-    FidExtractor::load(&ldmscale_eval::default_inception_path(), FidMode::PytorchFid, &cx.device).map_err(|e| {
-        StudyError::MissingAsset {
-            what: "fid_features = \"inception\"".into(),
-            asset: "inception",
-            source: Box::new(e),
-        }
+    FidExtractor::load(
+        &ldmscale_eval::default_inception_path(),
+        FidMode::PytorchFid,
+        &cx.device,
+    )
+    .map_err(|e| StudyError::MissingAsset {
+        what: "fid_features = \"inception\"".into(),
+        asset: "inception",
+        source: Box::new(e),
     })
 }
 
@@ -120,10 +137,19 @@ fn reference_path(features: &Features, cx: &StudyContext, n_val: usize) -> PathB
         return cx.path("eval").join("reference_in_domain.npz");
     }
     let c = cx.config;
-    let name: String = format!("{}-val-{}px-{}-pytorch-fid.npz", c.dataset, c.resolution, n_val)
-        .chars()
-        .map(|ch| if ch.is_ascii_alphanumeric() || "-_.".contains(ch) { ch } else { '_' })
-        .collect();
+    let name: String = format!(
+        "{}-val-{}px-{}-pytorch-fid.npz",
+        c.dataset, c.resolution, n_val
+    )
+    .chars()
+    .map(|ch| {
+        if ch.is_ascii_alphanumeric() || "-_.".contains(ch) {
+            ch
+        } else {
+            '_'
+        }
+    })
+    .collect();
     ldmscale_data::cache_root().join("stats").join(name)
 }
 
@@ -147,14 +173,21 @@ impl Features {
     /// What FID is computed on, for the report.
     pub fn describe(&self) -> String {
         match self.inception {
-            None => format!("in-domain CLIP image features ({} dims)", in_domain::FEATURE_DIM),
+            None => format!(
+                "in-domain CLIP image features ({} dims)",
+                in_domain::FEATURE_DIM
+            ),
             Some(_) => "FID Inception pool3 (2048 dims), pytorch-fid mode".into(),
         }
     }
 
     /// The reference statistics and features: read from `path` for Inception (cached across
     /// studies), else computed and written there.
-    fn reference_stats(&self, path: &Path, images: Tensor<4>) -> Result<(GaussianStats, Vec<f32>), StudyError> {
+    fn reference_stats(
+        &self,
+        path: &Path,
+        images: Tensor<4>,
+    ) -> Result<(GaussianStats, Vec<f32>), StudyError> {
         let features_path = path.with_extension("features.npy");
         // The in-domain encoder is retrained on every run, so its statistics are rewritten.
         if self.inception.is_some()
@@ -172,7 +205,10 @@ impl Features {
             std::fs::create_dir_all(dir).map_err(StudyError::io(dir))?;
         }
         write_stats(path, &stats)?;
-        write_atomic(&features_path, &encode_npy_f32(&[features.len() / d, d], &features))?;
+        write_atomic(
+            &features_path,
+            &encode_npy_f32(&[features.len() / d, d], &features),
+        )?;
         Ok((stats, features))
     }
 }
@@ -195,9 +231,15 @@ impl Evaluator {
             return Ok((fid, None));
         }
         let replicates = self.bootstrap as usize;
-        let ci = bootstrap::fid_interval(&generated, &self.reference_features, d, fid, replicates, seed)
-            .map_err(StudyError::stage("sweep"))?;
+        let ci = bootstrap::fid_interval(
+            &generated,
+            &self.reference_features,
+            d,
+            fid,
+            replicates,
+            seed,
+        )
+        .map_err(StudyError::stage("sweep"))?;
         Ok((fid, Some(ci)))
     }
-
 }

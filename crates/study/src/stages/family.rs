@@ -56,13 +56,21 @@ pub struct FamilyStage<'a> {
 pub fn width_fingerprint(config: &StudyConfig, width: usize) -> Fingerprint {
     Fingerprint::of(
         "family",
-        &(latents::fingerprint(config), width, train_config(config, width)),
+        &(
+            latents::fingerprint(config),
+            width,
+            train_config(config, width),
+        ),
     )
 }
 
 /// What the family depends on.
 pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
-    let widths: Vec<_> = config.widths.iter().map(|&w| width_fingerprint(config, w)).collect();
+    let widths: Vec<_> = config
+        .widths
+        .iter()
+        .map(|&w| width_fingerprint(config, w))
+        .collect();
     Fingerprint::of("family", &widths)
 }
 
@@ -73,7 +81,11 @@ pub fn run_dir(out: &Path, width: usize) -> PathBuf {
 
 /// The weights a finished run leaves for sampling (the EMA's when there is one).
 fn final_dir(config: &StudyConfig, run: &Path) -> PathBuf {
-    run.join(if config.recipe.ema_max_decay.is_some() { "unet_ema" } else { "unet" })
+    run.join(if config.recipe.ema_max_decay.is_some() {
+        "unet_ema"
+    } else {
+        "unet"
+    })
 }
 
 impl Stage for FamilyStage<'_> {
@@ -120,7 +132,8 @@ impl FamilyStage<'_> {
         let config = train_config(cx.config, width);
         let eval_log = run.join("eval.jsonl");
         let mut hook = |unet: &UNet, state: &TrainState| -> Result<(), String> {
-            self.evaluate(cx, unet, state, &eval_log).map_err(|e| e.to_string())
+            self.evaluate(cx, unet, state, &eval_log)
+                .map_err(|e| e.to_string())
         };
         let summary = ldmscale_train::train_with_hook(
             &config,
@@ -130,17 +143,36 @@ impl FamilyStage<'_> {
             true,
             Some(&mut hook),
         )
-        .map_err(|e| StudyError::Train { width, message: e.to_string() })?;
+        .map_err(|e| StudyError::Train {
+            width,
+            message: e.to_string(),
+        })?;
         let path = run.join(FINGERPRINT_FILE);
         write_atomic(&path, format!("{fingerprint}\n").as_bytes())?;
-        Ok(summary.model_dirs.last().cloned().unwrap_or_else(|| final_dir(cx.config, &run)))
+        Ok(summary
+            .model_dirs
+            .last()
+            .cloned()
+            .unwrap_or_else(|| final_dir(cx.config, &run)))
     }
 
     /// Fig. 3: FID of a small sample set, appended to the run's `eval.jsonl`.
-    fn evaluate(&self, cx: &StudyContext, unet: &UNet, state: &TrainState, log: &Path) -> Result<(), StudyError> {
+    fn evaluate(
+        &self,
+        cx: &StudyContext,
+        unet: &UNet,
+        state: &TrainState,
+        log: &Path,
+    ) -> Result<(), StudyError> {
         let sweep = &cx.config.sweep;
-        let prompts = EVAL_PROMPTS.min(sweep.samples_per_cell as usize).min(self.latents.val_text.len());
-        let cond = self.latents.val_text.states_tensor(&cx.device).narrow(0, 0, prompts);
+        let prompts = EVAL_PROMPTS
+            .min(sweep.samples_per_cell as usize)
+            .min(self.latents.val_text.len());
+        let cond = self
+            .latents
+            .val_text
+            .states_tensor(&cx.device)
+            .narrow(0, 0, prompts);
         let null = self.latents.null.states_tensor(&cx.device);
         let model = LatentDiffusion {
             unet,
@@ -148,8 +180,15 @@ impl FamilyStage<'_> {
             vae_config: &self.first.config,
             latent_shape: self.latents.latent_shape,
         };
-        let spec = SamplingSpec { sampler: SamplerId::Ddim, steps: EVAL_STEPS, cfg: eval_cfg(cx.config), seed: EVAL_SEED };
-        let fid = self.evaluator.fid_point(model.generate(&spec, &cond, &null)?.images)?;
+        let spec = SamplingSpec {
+            sampler: SamplerId::Ddim,
+            steps: EVAL_STEPS,
+            cfg: eval_cfg(cx.config),
+            seed: EVAL_SEED,
+        };
+        let fid = self
+            .evaluator
+            .fid_point(model.generate(&spec, &cond, &null)?.images)?;
         let line = serde_json::json!({
             "step": state.step,
             "normalized_cost_x_iterations": state.normalized_cost_x_iterations,
@@ -168,7 +207,12 @@ impl FamilyStage<'_> {
 /// The sweep's guidance rate nearest [`EVAL_CFG_TARGET`] (1 when the sweep has none nearer).
 fn eval_cfg(config: &StudyConfig) -> f64 {
     let distance = |w: f64| (w - EVAL_CFG_TARGET).abs();
-    config.sweep.cfg.iter().copied().fold(1.0, |a, b| if distance(b) < distance(a) { b } else { a })
+    config
+        .sweep
+        .cfg
+        .iter()
+        .copied()
+        .fold(1.0, |a, b| if distance(b) < distance(a) { b } else { a })
 }
 
 fn read_fingerprint(run: &Path) -> Option<Fingerprint> {
@@ -182,7 +226,10 @@ pub fn adopt_run(config: &StudyConfig, out: &Path, width: usize) -> Result<(), S
     let run = run_dir(out, width);
     if run.is_dir() && read_fingerprint(&run).is_none() {
         let fingerprint = width_fingerprint(config, width);
-        write_atomic(&run.join(FINGERPRINT_FILE), format!("{fingerprint}\n").as_bytes())?;
+        write_atomic(
+            &run.join(FINGERPRINT_FILE),
+            format!("{fingerprint}\n").as_bytes(),
+        )?;
     }
     Ok(())
 }
@@ -200,7 +247,10 @@ pub fn train_config(config: &StudyConfig, width: usize) -> TrainConfig {
         lr_schedule: LrSchedule::Constant,
         adamw: AdamWConfig::default(),
         grad_clip: Some(GRAD_CLIP),
-        ema: recipe.ema_max_decay.map(|max_decay| EmaConfig { max_decay, ..Default::default() }),
+        ema: recipe.ema_max_decay.map(|max_decay| EmaConfig {
+            max_decay,
+            ..Default::default()
+        }),
         text_dropout: recipe.text_dropout,
         objective: Objective::Epsilon,
         snr_gamma: None,
@@ -215,5 +265,10 @@ pub fn train_config(config: &StudyConfig, width: usize) -> TrainConfig {
 
 /// Width `width` of the config's family.
 pub fn model_config(config: &StudyConfig, width: usize) -> ModelConfig {
-    ModelConfig { family: config.family, width, heads: config.heads, norm_groups: config.norm_groups }
+    ModelConfig {
+        family: config.family,
+        width,
+        heads: config.heads,
+        norm_groups: config.norm_groups,
+    }
 }

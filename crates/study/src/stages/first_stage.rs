@@ -50,7 +50,10 @@ const PROBE: usize = 256;
 
 /// What the autoencoder depends on.
 pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
-    Fingerprint::of("first-stage", &(data::fingerprint(config), &config.first_stage))
+    Fingerprint::of(
+        "first-stage",
+        &(data::fingerprint(config), &config.first_stage),
+    )
 }
 
 impl Stage for FirstStageStage<'_> {
@@ -77,7 +80,13 @@ impl Stage for FirstStageStage<'_> {
     }
 
     fn run(&self, cx: &StudyContext) -> Result<FirstStageModel, StudyError> {
-        let FirstStage::Train { factor, latent_channels, width, steps } = &cx.config.first_stage else {
+        let FirstStage::Train {
+            factor,
+            latent_channels,
+            width,
+            steps,
+        } = &cx.config.first_stage
+        else {
             return self.load(cx)?.ok_or_else(|| match &cx.config.first_stage {
                 FirstStage::Pretrained { path } => StudyError::Config(format!(
                     "first_stage.path {path:?}: not a diffusers AutoencoderKL directory"
@@ -119,24 +128,34 @@ fn train_autoencoder(
 ) -> AutoencoderKL {
     let ad = device.clone().autodiff();
     let mut model = params::seeded_init(&ad, seed, || AutoencoderKL::new(config, &ad));
-    let mut adam = AdamW::new(AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() });
+    let mut adam = AdamW::new(AdamWConfig {
+        weight_decay: 0.0,
+        ..AdamWConfig::default()
+    });
     let [n, ..] = images.dims();
     let batch = BATCH.min(n);
     let bar = crate::progress::bar(steps, "first stage");
     for step in 1..=steps {
         let mut rng = rng_for(seed, step, 0xAE);
-        let idx: Vec<i64> = (0..batch).map(|_| rand::RngExt::random_range(&mut rng, 0..n) as i64).collect();
+        let idx: Vec<i64> = (0..batch)
+            .map(|_| rand::RngExt::random_range(&mut rng, 0..n) as i64)
+            .collect();
         let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [batch]), device);
         let x = images.clone().select(0, idx).autodiff();
         let posterior = model.encode(x.clone());
         let [b, c, h, w] = posterior.mode().dims();
-        let noise: Vec<f32> = (0..b * c * h * w).map(|_| StandardNormal.sample(&mut rng)).collect();
+        let noise: Vec<f32> = (0..b * c * h * w)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
         let z = posterior.sample(Tensor::from_data(TensorData::new(noise, [b, c, h, w]), &ad));
         let loss = (model.decode(z) - x).powi_scalar(2).mean() + posterior.kl().mean() * KL_WEIGHT;
-        let mut grads = params::named_gradients(&model, GradientsParams::from_grads(loss.backward(), &model));
+        let mut grads =
+            params::named_gradients(&model, GradientsParams::from_grads(loss.backward(), &model));
         adam.begin_step();
         let lr = PEAK_LR * (step as f64 / WARMUP_STEPS).min(1.0);
-        model = params::update(model, &mut |name, p| grads.remove(name).map(|g| adam.update(name, p, g, lr)));
+        model = params::update(model, &mut |name, p| {
+            grads.remove(name).map(|g| adam.update(name, p, g, lr))
+        });
         bar.inc(1);
     }
     bar.finish_and_clear();

@@ -58,9 +58,16 @@ impl DdimProbe<'_> {
             vae_config: &self.first.config,
             latent_shape: self.latents.latent_shape,
         };
-        let spec = SamplingSpec { sampler: SamplerId::Ddim, steps, cfg, seed: 0 };
+        let spec = SamplingSpec {
+            sampler: SamplerId::Ddim,
+            steps,
+            cfg,
+            seed: 0,
+        };
         let null = self.latents.null.states_tensor(&cx.device);
-        let images = model.generate(&spec, &sweep::prompts(cx, self.latents), &null)?.images;
+        let images = model
+            .generate(&spec, &sweep::prompts(cx, self.latents), &null)?
+            .images;
         let (fid, ci) = self.evaluator.fid(images.clone(), bootstrap_seed)?;
         Ok((images, fid, ci))
     }
@@ -78,11 +85,17 @@ pub struct GridsStage<'a> {
 
 /// What the grids depend on.
 pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
-    Fingerprint::of("grids", &(sweep::fingerprint(config), &config.sweep.grid_budgets))
+    Fingerprint::of(
+        "grids",
+        &(sweep::fingerprint(config), &config.sweep.grid_budgets),
+    )
 }
 
 fn files(dir: &Path, budget: f64) -> (std::path::PathBuf, std::path::PathBuf) {
-    (dir.join(format!("equal-cost-{budget}.json")), dir.join(format!("equal-cost-{budget}.png")))
+    (
+        dir.join(format!("equal-cost-{budget}.json")),
+        dir.join(format!("equal-cost-{budget}.png")),
+    )
 }
 
 impl Stage for GridsStage<'_> {
@@ -168,7 +181,8 @@ impl GridsStage<'_> {
         let res = cx.config.resolution;
         let cols = tiles.len() / (rows.len() * 3 * res * res);
         let scale = MIN_TILE_PX.div_ceil(res).max(1);
-        let png = grid::tiles_png(&tiles, rows.len(), cols, res, scale, GAP_PX).map_err(StudyError::stage("grids"))?;
+        let png = grid::tiles_png(&tiles, rows.len(), cols, res, scale, GAP_PX)
+            .map_err(StudyError::stage("grids"))?;
         Ok(EqualCostGrid {
             budget,
             sampler: SamplerId::Ddim.to_string(),

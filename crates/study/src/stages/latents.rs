@@ -47,7 +47,10 @@ pub struct LatentsStage<'a> {
 
 /// What the encoded set depends on.
 pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
-    Fingerprint::of("latents", &(first_stage::fingerprint(config), text::fingerprint(config)))
+    Fingerprint::of(
+        "latents",
+        &(first_stage::fingerprint(config), text::fingerprint(config)),
+    )
 }
 
 impl Stage for LatentsStage<'_> {
@@ -61,7 +64,9 @@ impl Stage for LatentsStage<'_> {
     fn load(&self, cx: &StudyContext) -> Result<Option<Latents>, StudyError> {
         let key = self.cache_key(cx)?;
         match ldmscale_data::LatentCache::open(&cx.path(DIR), &key) {
-            Ok(cache) if cache.len() == self.data.train.len() => self.with_prompts(cx, cache).map(Some),
+            Ok(cache) if cache.len() == self.data.train.len() => {
+                self.with_prompts(cx, cache).map(Some)
+            }
             _ => Ok(None),
         }
     }
@@ -70,19 +75,31 @@ impl Stage for LatentsStage<'_> {
         let key = self.cache_key(cx)?;
         let dir = cx.path(DIR);
         let res = cx.config.resolution;
-        let (cache, origin) = open_or_build(&dir, &key, self.data.train.len(), SHARD, |start, n| {
-            tracing::info!("encoding training images and captions {start}..{}", start + n);
-            let part = self.data.train.slice(start, n, res);
-            let f = self.first;
-            let latents = encode_images(&f.vae, &f.config, &part.images, res, &cx.device);
-            let states = encode_text(&self.text.conditioner, &part.captions, self.text.length, &cx.device)
+        let (cache, origin) =
+            open_or_build(&dir, &key, self.data.train.len(), SHARD, |start, n| {
+                tracing::info!(
+                    "encoding training images and captions {start}..{}",
+                    start + n
+                );
+                let part = self.data.train.slice(start, n, res);
+                let f = self.first;
+                let latents = encode_images(&f.vae, &f.config, &part.images, res, &cx.device);
+                let states = encode_text(
+                    &self.text.conditioner,
+                    &part.captions,
+                    self.text.length,
+                    &cx.device,
+                )
                 .map_err(|e| e.to_string())?;
-            let mask = states.mask.iter().map(|&m| (m > 0.5) as u8).collect();
-            Ok((latents, states.states, mask))
-        })
-        .map_err(StudyError::stage(Self::NAME))?;
+                let mask = states.mask.iter().map(|&m| (m > 0.5) as u8).collect();
+                Ok((latents, states.states, mask))
+            })
+            .map_err(StudyError::stage(Self::NAME))?;
         if let CacheOrigin::Rebuilt { mismatch } = &origin {
-            tracing::info!("latent cache {} was built for another setting ({mismatch}); rebuilt", dir.display());
+            tracing::info!(
+                "latent cache {} was built for another setting ({mismatch}); rebuilt",
+                dir.display()
+            );
         }
         self.with_prompts(cx, cache)
     }
@@ -95,7 +112,9 @@ impl LatentsStage<'_> {
         let res = c.resolution;
         let f = self.first.vae.downsampling_factor();
         let vae_weights = match &c.first_stage {
-            FirstStage::Pretrained { path } if !cx.path(first_stage::DIR).join(WEIGHTS_FILE).exists() => {
+            FirstStage::Pretrained { path }
+                if !cx.path(first_stage::DIR).join(WEIGHTS_FILE).exists() =>
+            {
                 Path::new(path).join(WEIGHTS_FILE)
             }
             _ => cx.path(first_stage::DIR).join(WEIGHTS_FILE),
@@ -129,17 +148,34 @@ impl LatentsStage<'_> {
     }
 
     /// The cache as training data, beside the held-out and empty captions' states.
-    fn with_prompts(&self, cx: &StudyContext, cache: ldmscale_data::LatentCache) -> Result<Latents, StudyError> {
+    fn with_prompts(
+        &self,
+        cx: &StudyContext,
+        cache: ldmscale_data::LatentCache,
+    ) -> Result<Latents, StudyError> {
         let t = self.text;
-        let val_text = encode_text(&t.conditioner, &self.data.val.captions, t.length, &cx.device)?;
+        let val_text = encode_text(
+            &t.conditioner,
+            &self.data.val.captions,
+            t.length,
+            &cx.device,
+        )?;
         let null = encode_text(&t.conditioner, &[String::new()], t.length, &cx.device)?;
         let c = cx.config;
         let train = CachedTrainingData {
             cache,
             null: null.states.clone(),
             // As before the cache, so checkpoints of earlier runs still resume.
-            key: format!("{}@{} vae:{} text:{}", c.dataset, c.resolution, self.first.config.scaling_factor, c.text_encoder),
+            key: format!(
+                "{}@{} vae:{} text:{}",
+                c.dataset, c.resolution, self.first.config.scaling_factor, c.text_encoder
+            ),
         };
-        Ok(Latents { train, latent_shape: self.latent_shape(c.resolution), val_text, null })
+        Ok(Latents {
+            train,
+            latent_shape: self.latent_shape(c.resolution),
+            val_text,
+            null,
+        })
     }
 }

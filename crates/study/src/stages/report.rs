@@ -54,7 +54,8 @@ impl Stage for ReportStage<'_> {
     }
 
     fn run(&self, cx: &StudyContext) -> Result<PathBuf, StudyError> {
-        let (html, md) = render(self.cells, &self.inputs(cx)).map_err(StudyError::stage(Self::NAME))?;
+        let (html, md) =
+            render(self.cells, &self.inputs(cx)).map_err(StudyError::stage(Self::NAME))?;
         let dir = cx.path(DIR);
         std::fs::create_dir_all(&dir).map_err(StudyError::io(&dir))?;
         write_atomic(&dir.join("report.html"), html.as_bytes())?;
@@ -68,7 +69,10 @@ impl ReportStage<'_> {
         let c = cx.config;
         let res = c.resolution;
         ReportInputs {
-            title: format!("{} preset: {} at {res}x{res}, widths {:?}", c.name, c.dataset, c.widths),
+            title: format!(
+                "{} preset: {} at {res}x{res}, widths {:?}",
+                c.name, c.dataset, c.widths
+            ),
             facts: self.facts(cx),
             fid_features: format!(
                 "{}, {} samples per cell vs {} held-out images",
@@ -96,7 +100,15 @@ impl ReportStage<'_> {
         let clip = &self.evaluator.features.clip;
         let fact = |k: &str, v: String| (k.to_string(), v);
         vec![
-            fact("dataset", format!("{} ({} train / {} val examples)", c.dataset, self.data.train.len(), self.data.val.len())),
+            fact(
+                "dataset",
+                format!(
+                    "{} ({} train / {} val examples)",
+                    c.dataset,
+                    self.data.train.len(),
+                    self.data.val.len()
+                ),
+            ),
             fact(
                 "first stage",
                 format!(
@@ -107,7 +119,13 @@ impl ReportStage<'_> {
                     self.first.psnr
                 ),
             ),
-            fact("text encoder", format!("{} ({} wide, {} tokens)", c.text_encoder, self.text.width, self.text.length)),
+            fact(
+                "text encoder",
+                format!(
+                    "{} ({} wide, {} tokens)",
+                    c.text_encoder, self.text.width, self.text.length
+                ),
+            ),
             fact(
                 "training",
                 format!(
@@ -125,7 +143,10 @@ impl ReportStage<'_> {
             ),
             fact("learning check", self.learning.to_string()),
             fact("device", format!("{:?}", cx.device)),
-            fact("wall time", format!("{:.0} s", cx.started.elapsed().as_secs_f64())),
+            fact(
+                "wall time",
+                format!("{:.0} s", cx.started.elapsed().as_secs_f64()),
+            ),
         ]
     }
 }
@@ -137,7 +158,10 @@ fn training_curve(path: &Path) -> Option<Vec<(f64, f64)>> {
     let mut by_step = std::collections::BTreeMap::new();
     for line in text.lines() {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        let point = (v["normalized_cost_x_iterations"].as_f64()?, v["fid"].as_f64()?);
+        let point = (
+            v["normalized_cost_x_iterations"].as_f64()?,
+            v["fid"].as_f64()?,
+        );
         by_step.insert(v["step"].as_u64()?, point);
     }
     (!by_step.is_empty()).then(|| by_step.into_values().collect())

@@ -48,9 +48,23 @@ pub fn width_fingerprint(config: &StudyConfig, width: usize) -> Fingerprint {
 
 /// What the sweep depends on: every width's cells and the grid.
 pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
-    let widths: Vec<_> = config.widths.iter().map(|&w| width_fingerprint(config, w)).collect();
+    let widths: Vec<_> = config
+        .widths
+        .iter()
+        .map(|&w| width_fingerprint(config, w))
+        .collect();
     let s = &config.sweep;
-    Fingerprint::of("sweep", &(widths, &s.samplers, &s.steps, &s.cfg, &s.seeds, s.dpm_max_steps))
+    Fingerprint::of(
+        "sweep",
+        &(
+            widths,
+            &s.samplers,
+            &s.steps,
+            &s.cfg,
+            &s.seeds,
+            s.dpm_max_steps,
+        ),
+    )
 }
 
 /// The store key recording which fingerprint a width's cells were measured for.
@@ -115,7 +129,10 @@ impl Stage for SweepStage<'_> {
                 if !self.owns(cx, *w, cell) || store.contains(&key)? {
                     continue;
                 }
-                bar.set_message(format!("w{w} {} x{} cfg {}", cell.sampler, cell.steps, cell.cfg));
+                bar.set_message(format!(
+                    "w{w} {} x{} cfg {}",
+                    cell.sampler, cell.steps, cell.cfg
+                ));
                 store.insert(&self.measure(cx, &unet, key, cell)?)?;
             }
         }
@@ -126,17 +143,25 @@ impl Stage for SweepStage<'_> {
 
 impl SweepStage<'_> {
     fn owns(&self, cx: &StudyContext, width: usize, cell: &SweepCell) -> bool {
-        cx.shard.is_none_or(|(i, n)| shard_owns(&cell_key(width, cell), i, n))
+        cx.shard
+            .is_none_or(|(i, n)| shard_owns(&cell_key(width, cell), i, n))
     }
 
     /// Drops a width's cells measured for another model or evaluator.
-    fn refresh_width(&self, cx: &StudyContext, store: &mut Store, width: usize) -> Result<(), StudyError> {
+    fn refresh_width(
+        &self,
+        cx: &StudyContext,
+        store: &mut Store,
+        width: usize,
+    ) -> Result<(), StudyError> {
         let current = width_fingerprint(cx.config, width);
         let key = meta_key(width);
         if store.meta(&key)?.as_deref() != Some(current.as_str()) {
             let removed = store.remove_width(Variant::Base, width as u32)?;
             if removed > 0 {
-                tracing::info!("width {width}: {removed} cells were measured for another model; measuring again");
+                tracing::info!(
+                    "width {width}: {removed} cells were measured for another model; measuring again"
+                );
             }
             store.set_meta(&key, current.as_str())?;
         }
@@ -144,11 +169,25 @@ impl SweepStage<'_> {
     }
 
     /// Samples one cell's images and measures them.
-    fn measure(&self, cx: &StudyContext, unet: &ldmscale_model::UNet, key: CellKey, cell: &SweepCell) -> Result<Cell, StudyError> {
+    fn measure(
+        &self,
+        cx: &StudyContext,
+        unet: &ldmscale_model::UNet,
+        key: CellKey,
+        cell: &SweepCell,
+    ) -> Result<Cell, StudyError> {
         let prompts = (cx.config.sweep.samples_per_cell as usize).min(self.latents.val_text.len());
         let device = &cx.device;
-        let cond = self.latents.val_text.states_tensor(device).narrow(0, 0, prompts);
-        let mask = self.latents.val_text.mask_tensor(device).narrow(0, 0, prompts);
+        let cond = self
+            .latents
+            .val_text
+            .states_tensor(device)
+            .narrow(0, 0, prompts);
+        let mask = self
+            .latents
+            .val_text
+            .mask_tensor(device)
+            .narrow(0, 0, prompts);
         let null = self.latents.null.states_tensor(device);
         let [_, h, w] = self.latents.latent_shape;
         let model = LatentDiffusion {
@@ -157,14 +196,24 @@ impl SweepStage<'_> {
             vae_config: &self.first.config,
             latent_shape: self.latents.latent_shape,
         };
-        let spec = SamplingSpec { sampler: cell.sampler, steps: cell.steps, cfg: cell.cfg, seed: cell.seed };
+        let spec = SamplingSpec {
+            sampler: cell.sampler,
+            steps: cell.steps,
+            cfg: cell.cfg,
+            seed: cell.seed,
+        };
         let t0 = Instant::now();
         let generated = model.generate(&spec, &cond, &null)?;
         let wall_seconds = t0.elapsed().as_secs_f64();
-        let (fid, fid_ci) = self.evaluator.fid(generated.images.clone(), key.seed_for("bootstrap"))?;
+        let (fid, fid_ci) = self
+            .evaluator
+            .fid(generated.images.clone(), key.seed_for("bootstrap"))?;
         let clip = &self.evaluator.features.clip.model;
         let text = clip.embed_text(cond, mask);
-        let cos: f32 = (clip.embed_images(generated.images) * text).sum_dim(1).mean().into_scalar();
+        let cos: f32 = (clip.embed_images(generated.images) * text)
+            .sum_dim(1)
+            .mean()
+            .into_scalar();
         Ok(Cell {
             variant: key.variant,
             width: key.width,
@@ -194,7 +243,11 @@ pub fn grid_cells(cx: &StudyContext, store: &Store) -> Result<Vec<Cell>, StudyEr
     for &w in &cx.config.widths {
         keys.extend(cx.config.cells().iter().map(|c| cell_key(w, c)));
     }
-    Ok(store.cells()?.into_iter().filter(|c| keys.contains(&c.key())).collect())
+    Ok(store
+        .cells()?
+        .into_iter()
+        .filter(|c| keys.contains(&c.key()))
+        .collect())
 }
 
 /// Records that the store holds `config`'s cells (adopting a store made before fingerprints).

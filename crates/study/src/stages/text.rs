@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use burn::tensor::Device;
-use ldmscale_model::text::{TextConditioner, TextEncoder, TinyTextSpec, default_minilm_dir, tiny_text_conditioner};
+use ldmscale_model::text::{
+    TextConditioner, TextEncoder, TinyTextSpec, default_minilm_dir, tiny_text_conditioner,
+};
 use ldmscale_train::params;
 
 use super::data::{self, Splits};
@@ -36,8 +38,12 @@ pub struct TextStage<'a> {
 
 /// What the encoder depends on: its spec, and for the tiny one the captions it was built over.
 pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
-    let vocabulary = (config.text_encoder == TextEncoderSpec::TinyRandom).then(|| data::fingerprint(config));
-    Fingerprint::of("text-encoder", &(config.text_encoder.to_string(), vocabulary))
+    let vocabulary =
+        (config.text_encoder == TextEncoderSpec::TinyRandom).then(|| data::fingerprint(config));
+    Fingerprint::of(
+        "text-encoder",
+        &(config.text_encoder.to_string(), vocabulary),
+    )
 }
 
 impl Stage for TextStage<'_> {
@@ -49,7 +55,9 @@ impl Stage for TextStage<'_> {
     }
 
     fn load(&self, cx: &StudyContext) -> Result<Option<TextModel>, StudyError> {
-        Ok(TextConditioner::load(&cx.path(DIR), None, &cx.device).ok().map(with_shape))
+        Ok(TextConditioner::load(&cx.path(DIR), None, &cx.device)
+            .ok()
+            .map(with_shape))
     }
 
     fn run(&self, cx: &StudyContext) -> Result<TextModel, StudyError> {
@@ -57,7 +65,11 @@ impl Stage for TextStage<'_> {
         if let Some(old) = cx.recorded(Self::NAME) {
             cx.retire(&dir, old.as_str())?;
         }
-        let conditioner = make(&cx.config.text_encoder, &self.data.train.captions, &cx.device)?;
+        let conditioner = make(
+            &cx.config.text_encoder,
+            &self.data.train.captions,
+            &cx.device,
+        )?;
         conditioner.save(&dir)?;
         Ok(with_shape(conditioner))
     }
@@ -66,7 +78,11 @@ impl Stage for TextStage<'_> {
 fn with_shape(conditioner: TextConditioner) -> TextModel {
     let length = conditioner.encoder.max_positions().min(MAX_TOKENS);
     let width = conditioner.encoder.hidden_size();
-    TextModel { conditioner, length, width }
+    TextModel {
+        conditioner,
+        length,
+        width,
+    }
 }
 
 /// The text encoder `spec` names: a tiny-random BERT over the words of `captions` (seeded),
@@ -80,8 +96,14 @@ pub fn make(
         TextEncoderSpec::TinyRandom => {
             let mut made = None;
             params::seeded_init(device, 17, || {
-                made = Some(tiny_text_conditioner(captions, &TinyTextSpec::default(), device));
-                made.as_ref().and_then(|r| r.as_ref().ok()).map(|t| t.encoder.clone())
+                made = Some(tiny_text_conditioner(
+                    captions,
+                    &TinyTextSpec::default(),
+                    device,
+                ));
+                made.as_ref()
+                    .and_then(|r| r.as_ref().ok())
+                    .map(|t| t.encoder.clone())
             });
             made.expect("built")?
         }
@@ -108,8 +130,13 @@ pub fn estimate(config: &StudyConfig) -> (Estimate, [usize; 2]) {
     if let Some(dir) = config.text_encoder.path()
         && !Path::new(dir).join("config.json").exists()
     {
-        e.problems.push(format!("text_encoder {dir:?}: no config.json (a transformers directory is needed)"));
+        e.problems.push(format!(
+            "text_encoder {dir:?}: no config.json (a transformers directory is needed)"
+        ));
     }
-    e.lines.push(format!("text encoder: {}, states {}x{}", config.text_encoder, shape[0], shape[1]));
+    e.lines.push(format!(
+        "text encoder: {}, states {}x{}",
+        config.text_encoder, shape[0], shape[1]
+    ));
     (e, shape)
 }
