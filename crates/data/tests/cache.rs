@@ -7,6 +7,7 @@ use ldmscale_data::cache::{MANIFEST, Manifest};
 use ldmscale_data::{
     CacheKey, Crop, DataError, LatentCache, LatentCacheWriter, StorageDtype, file_sha256,
 };
+use ldmscale_testkit::assert_mentions;
 
 fn key(dtype: StorageDtype) -> CacheKey {
     CacheKey {
@@ -184,10 +185,7 @@ fn bad_input_and_damaged_files_are_reported() {
     let mut w = LatentCacheWriter::create(dir.path(), key(StorageDtype::F32), 4).unwrap();
     let (l, t, m) = arrays(0);
     let err = w.push("short", &l[..60], &t, &m).unwrap_err().to_string();
-    assert!(
-        err.contains("\"short\": latent has 60 values") && err.contains("[4, 4, 4]"),
-        "{err}"
-    );
+    assert_mentions(&err, &["\"short\": latent has 60 values", "[4, 4, 4]"]);
     let err = w.push("mask", &l, &t, &m[..4]).unwrap_err().to_string();
     assert!(err.contains("text mask has 4 values"), "{err}");
     w.push("ok", &l, &t, &m).unwrap();
@@ -201,10 +199,7 @@ fn bad_input_and_damaged_files_are_reported() {
         .err()
         .unwrap()
         .to_string();
-    assert!(
-        err.contains("shard-00000.safetensors") && err.contains("safetensors"),
-        "{err}"
-    );
+    assert_mentions(&err, &["shard-00000.safetensors", "safetensors"]);
 
     // No manifest.
     let empty = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@ use ldmscale_data::{
     BatchLoader, Coco, CocoCaptions, DataError, Dataset, DatasetSpec, Image, ImageFolder,
     LoaderConfig, ShapesConfig, Split, SplitConfig, SplitDataset, Transform, WebDataset,
 };
+use ldmscale_testkit::assert_mentions;
 
 /// A small image whose colour encodes `k`.
 fn image(k: u8) -> Image {
@@ -112,18 +113,12 @@ fn folder_with_captions_jsonl() {
     // An empty folder says what it expected.
     let empty = tempfile::tempdir().unwrap();
     let err = ImageFolder::open(empty.path()).err().unwrap().to_string();
-    assert!(
-        err.contains("captions.jsonl") && err.contains(".txt"),
-        "{err}"
-    );
+    assert_mentions(&err, &["captions.jsonl", ".txt"]);
     let err = ImageFolder::open(&root.join("nope"))
         .err()
         .unwrap()
         .to_string();
-    assert!(
-        err.contains("nope") && err.contains("not a folder"),
-        "{err}"
-    );
+    assert_mentions(&err, &["nope", "not a folder"]);
 }
 
 fn write_coco(root: &Path) {
@@ -224,10 +219,7 @@ fn coco_captions_one_per_image_or_every_caption() {
         .err()
         .unwrap()
         .to_string();
-    assert!(
-        err.contains("bad.json") && err.contains("annotations"),
-        "{err}"
-    );
+    assert_mentions(&err, &["bad.json", "annotations"]);
 }
 
 fn tar_member(builder: &mut tar::Builder<std::fs::File>, name: &str, bytes: &[u8]) {

@@ -4,11 +4,12 @@
 mod common;
 
 use burn::tensor::Device;
-use common::{Fixtures, TOL, max_rel_err, to_vec};
+use common::{Fixtures, TOL};
 use ldmscale_diffusion::guidance::{apply_guidance, rescale_noise_cfg};
 use ldmscale_diffusion::objective::{add_noise, min_snr_weights, snr, velocity};
 use ldmscale_diffusion::threshold::dynamic_threshold;
 use ldmscale_diffusion::{NoiseSchedule, PredictionType, SchedulerConfig};
+use ldmscale_testkit::{max_rel_err, values};
 use serde_json::Value;
 
 fn check(what: &str, got: &[f32], want: &[f32], bound: f32) {
@@ -28,14 +29,14 @@ fn guidance_matches_diffusers() {
     let guided = apply_guidance(u, c.clone(), scale);
     check(
         "cfg u + w (c - u)",
-        &to_vec(guided.clone()),
+        &values(guided.clone()),
         &fx.f32("guidance/guided").1,
         0.0,
     );
     // torch's std accumulates differently from burn's two-pass f32 variance.
     check(
         "cfg rescale",
-        &to_vec(rescale_noise_cfg(guided, c, phi)),
+        &values(rescale_noise_cfg(guided, c, phi)),
         &fx.f32("guidance/rescaled").1,
         TOL,
     );
@@ -56,13 +57,13 @@ fn training_targets_match_diffusers() {
         .collect();
     check(
         "add_noise",
-        &to_vec(add_noise(&schedule, x0.clone(), noise.clone(), &t).unwrap()),
+        &values(add_noise(&schedule, x0.clone(), noise.clone(), &t).unwrap()),
         &fx.f32("objective/noisy").1,
         TOL,
     );
     check(
         "get_velocity",
-        &to_vec(velocity(&schedule, x0, noise, &t).unwrap()),
+        &values(velocity(&schedule, x0, noise, &t).unwrap()),
         &fx.f32("objective/velocity").1,
         TOL,
     );
@@ -96,7 +97,7 @@ fn dynamic_threshold_matches_diffusers() {
     let x = fx.tensor4("threshold/input", &device);
     check(
         "_threshold_sample",
-        &to_vec(dynamic_threshold(x, ratio, max)),
+        &values(dynamic_threshold(x, ratio, max)),
         &fx.f32("threshold/output").1,
         TOL,
     );

@@ -6,6 +6,7 @@ use ldmscale_diffusion::guidance::apply_guidance;
 use ldmscale_diffusion::{
     Cfg, ConditionalModel, DdimOptions, Denoiser, NoNoise, SamplerKind, SchedulerConfig, sample,
 };
+use ldmscale_testkit::values;
 
 /// Output = x + (per-sample mean of the context); records what it was called with.
 #[derive(Default)]
@@ -21,12 +22,8 @@ impl ConditionalModel for Probe {
             .reshape([n, l * d])
             .mean_dim(1)
             .reshape([n, 1, 1, 1]);
-        let means = ctx_mean
-            .clone()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap();
-        let ts = timesteps.into_data().try_into_vec_as::<f32>().unwrap();
+        let means = values(ctx_mean.clone());
+        let ts = values(timesteps);
         self.calls.push((x.dims()[0], ts, means));
         x.add(ctx_mean)
     }
@@ -61,7 +58,7 @@ fn guidance_runs_one_batched_call_uncond_first() {
         "[uncond; cond] along the batch"
     );
     // u = -1, c = 1 or 2: u + 7.5 (c - u).
-    let got = out.into_data().try_into_vec_as::<f32>().unwrap();
+    let got = values(out);
     assert_eq!(got[..4], [14.0; 4]);
     assert_eq!(got[4..], [21.5; 4]);
 }
@@ -79,7 +76,7 @@ fn scale_at_most_one_is_a_single_conditional_call() {
         assert_eq!(probe.calls.len(), 1);
         assert_eq!(probe.calls[0].0, 2, "conditional half only");
         assert_eq!(probe.calls[0].2, vec![1.0, 2.0]);
-        let got = out.into_data().try_into_vec_as::<f32>().unwrap();
+        let got = values(out);
         assert_eq!(got, [1.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]);
     }
 }
@@ -116,21 +113,14 @@ fn guidance_formula_and_rescale_extremes() {
     let c = u.clone().mul_scalar(2.0);
     let g = apply_guidance(u.clone(), c.clone(), 1.0);
     assert_eq!(
-        g.into_data().try_into_vec_as::<f32>().unwrap(),
-        c.clone().into_data().try_into_vec_as::<f32>().unwrap(),
+        values(g),
+        values(c.clone()),
         "w = 1 gives the conditional output"
     );
     // phi = 1 rescales the guided output to the conditional std exactly.
     let guided = apply_guidance(u, c.clone(), 5.0);
     let r = ldmscale_diffusion::guidance::rescale_noise_cfg(guided, c.clone(), 1.0);
-    let std = |t: Tensor<4>| {
-        t.reshape([1, 4])
-            .var(1)
-            .sqrt()
-            .into_data()
-            .try_into_vec_as::<f32>()
-            .unwrap()[0]
-    };
+    let std = |t: Tensor<4>| values(t.reshape([1, 4]).var(1).sqrt())[0];
     assert!((std(r) - std(c)).abs() < 1e-5);
 }
 

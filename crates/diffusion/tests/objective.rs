@@ -3,12 +3,9 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use ldmscale_diffusion::objective::{drop_text, sample_timesteps, weighted_mse};
 use ldmscale_diffusion::{DiffusionObjective, NoiseSchedule, PredictionType, SchedulerConfig};
+use ldmscale_testkit::values;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-
-fn vec4(t: Tensor<4>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().unwrap()
-}
 
 fn ramp(n: usize, scale: f32, device: &Device) -> Tensor<4> {
     let v: Vec<f32> = (0..n)
@@ -36,17 +33,14 @@ fn targets_let_the_prediction_recover_x0_and_noise() {
         let (x0_hat, eps_hat) = prediction
             .x0_and_eps_per_sample(pair.noisy.clone(), pair.target.clone(), &alphas)
             .unwrap();
-        for (a, b) in vec4(x0_hat).iter().zip(vec4(x0.clone())) {
+        for (a, b) in values(x0_hat).iter().zip(values(x0.clone())) {
             assert!((a - b).abs() < 1e-4, "{prediction:?}: x0 {a} vs {b}");
         }
-        for (a, b) in vec4(eps_hat).iter().zip(vec4(noise.clone())) {
+        for (a, b) in values(eps_hat).iter().zip(values(noise.clone())) {
             assert!((a - b).abs() < 1e-4, "{prediction:?}: eps {a} vs {b}");
         }
         let loss = obj.loss(pair.target.clone(), &pair).unwrap();
-        assert_eq!(
-            loss.into_data().try_into_vec_as::<f32>().unwrap(),
-            vec![0.0]
-        );
+        assert_eq!(values(loss), vec![0.0]);
     }
 }
 
@@ -69,10 +63,7 @@ fn min_snr_weights_and_weighted_loss() {
     );
     let loss = weighted_mse(pred, x0, &[0.5, 0.25]).unwrap();
     // mean(0.5 * 1, 0.25 * 4) = 0.75
-    assert_eq!(
-        loss.into_data().try_into_vec_as::<f32>().unwrap(),
-        vec![0.75]
-    );
+    assert_eq!(values(loss), vec![0.75]);
     assert!(
         DiffusionObjective::new(obj.schedule.clone(), PredictionType::Epsilon, Some(0.0)).is_err()
     );
@@ -87,8 +78,8 @@ fn text_dropout_is_seeded_and_uses_the_null_context() {
     let (a, dropped) = run(1);
     let (b, again) = run(1);
     assert_eq!(dropped, again);
-    let va = a.into_data().try_into_vec_as::<f32>().unwrap();
-    assert_eq!(va, b.into_data().try_into_vec_as::<f32>().unwrap());
+    let va = values(a);
+    assert_eq!(va, values(b));
     let n = dropped.iter().filter(|&&d| d).count();
     assert!((6..=26).contains(&n), "{n} of 64 dropped at p = 0.25");
     for (i, &d) in dropped.iter().enumerate() {

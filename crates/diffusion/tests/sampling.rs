@@ -8,6 +8,7 @@ use ldmscale_diffusion::{
     NoNoise, NoiseQueue, NoiseSchedule, NoiseSource, Sampler, SamplerKind, SchedulerConfig,
     SeededNoise, TimestepSpacing, sample,
 };
+use ldmscale_testkit::values;
 
 const MU: f32 = 0.5;
 const SD: f32 = 0.3;
@@ -28,7 +29,7 @@ impl Denoiser for GaussianDenoiser {
 }
 
 fn mean_std(t: Tensor<4>) -> (f32, f32) {
-    let v: Vec<f32> = t.into_data().try_into_vec_as::<f32>().unwrap();
+    let v: Vec<f32> = values(t);
     let n = v.len() as f64;
     let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
     let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0);
@@ -97,8 +98,8 @@ fn ddim_is_the_exact_linear_map_on_gaussian_data() {
         }
         let (x0, x1, _) = run_gaussian(&kind, steps);
         let a0 = ac(ts[0]);
-        let x0: Vec<f32> = x0.into_data().try_into_vec_as::<f32>().unwrap();
-        let x1: Vec<f32> = x1.into_data().try_into_vec_as::<f32>().unwrap();
+        let x0: Vec<f32> = values(x0);
+        let x1: Vec<f32> = values(x1);
         let worst = x0
             .iter()
             .zip(&x1)
@@ -257,10 +258,7 @@ fn samplers_are_reusable_and_observable() {
             Some(&mut observer),
         )
         .unwrap();
-        (
-            out.latents.into_data().try_into_vec_as::<f32>().unwrap(),
-            seen,
-        )
+        (values(out.latents), seen)
     };
     let (first, seen) = run(sampler.as_mut());
     let (second, _) = run(sampler.as_mut());
@@ -311,10 +309,7 @@ fn stochastic_samplers_need_noise_and_use_it() {
             None,
         )
         .unwrap();
-        assert_eq!(
-            a.latents.into_data().try_into_vec_as::<f32>().unwrap(),
-            b.latents.into_data().try_into_vec_as::<f32>().unwrap()
-        );
+        assert_eq!(values(a.latents), values(b.latents));
     }
 }
 

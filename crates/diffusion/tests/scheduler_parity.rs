@@ -14,12 +14,13 @@
 mod common;
 
 use burn::tensor::{Device, Tensor};
-use common::{Analytic, Fixtures, TOL, max_rel_err, to_vec};
+use common::{Analytic, Fixtures, TOL};
 use ldmscale_diffusion::timesteps::{ddim_timesteps, dpm_solver_timesteps};
 use ldmscale_diffusion::{
     DpmSolverSampler, NoiseQueue, NoiseSchedule, SamplerKind, SchedulerConfig, StepEvent,
     TimestepSpacing, sample,
 };
+use ldmscale_testkit::{max_rel_err, values};
 use serde_json::Value;
 
 #[test]
@@ -128,7 +129,7 @@ fn trajectories_match_diffusers() {
 
             let mut noise = NoiseQueue::new(noise_bank.iter().cloned());
             let mut trajectory = Vec::new();
-            let mut record = |e: &StepEvent<'_>| trajectory.push(to_vec(e.sample.clone()));
+            let mut record = |e: &StepEvent<'_>| trajectory.push(values(e.sample.clone()));
             let out = sample(
                 sampler.as_mut(),
                 &mut Analytic,
@@ -143,7 +144,7 @@ fn trajectories_match_diffusers() {
             let got: Vec<f32> = if full {
                 trajectory.concat()
             } else {
-                to_vec(out.latents)
+                values(out.latents)
             };
             let want = &all_traj[traj_off * per..(traj_off + rows) * per];
             let e = max_rel_err(&got, want);

@@ -2,12 +2,13 @@
 //! tools/fixtures/make_fid_fixtures.py (fixtures/eval/fid/archives/): names, values of
 //! transposed and offset views, float16 / bfloat16 storages, module attributes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use ldmscale_eval::weights::{Attribute, WeightMap};
+use ldmscale_testkit::{assert_mentions, fixture_dir};
 
 fn archives() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/eval/fid/archives")
+    fixture_dir("eval/fid/archives")
 }
 
 fn check_against_expected(map: &WeightMap, prefix: &str) {
@@ -60,5 +61,5 @@ fn damaged_archives_are_named_errors() {
     let text = dir.path().join("text.pt");
     std::fs::write(&text, b"not a zip").unwrap();
     let err = WeightMap::open(&text).unwrap_err().to_string();
-    assert!(err.contains("text.pt") && err.contains("zip"), "{err}");
+    assert_mentions(&err, &["text.pt", "zip"]);
 }

@@ -1,80 +1,24 @@
 //! CLIP score and CMMD against transformers 5.23 / torchmetrics 1.9 / the CMMD reference, on the
 //! random-weight CLIPModel fixtures of tools/fixtures/make_clip_fixtures.py (fixtures/eval/clip/).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use ldmscale_eval::RgbImage;
 use ldmscale_eval::clip::{ClipModel, clip_score, pair_scores};
 use ldmscale_eval::cmmd::cmmd;
-use safetensors::{Dtype, SafeTensors};
+use ldmscale_testkit::{
+    assert_mentions, fixture_dir, max_abs_diff, read_json, read_safetensors, rel_l2, str_array,
+    values,
+};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/eval/clip")
+    fixture_dir("eval/clip")
 }
 
 fn manifest() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("manifest.json")).unwrap())
-        .unwrap()
-}
-
-struct Array {
-    shape: Vec<usize>,
-    f32: Vec<f32>,
-    i64: Vec<i64>,
-}
-
-fn read(path: &Path) -> BTreeMap<String, Array> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let data = v.data();
-            let (f32, i64) = match v.dtype() {
-                Dtype::F32 => (
-                    data.chunks_exact(4)
-                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                        .collect(),
-                    vec![],
-                ),
-                Dtype::I64 => (
-                    vec![],
-                    data.chunks_exact(8)
-                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-                        .collect(),
-                ),
-                other => panic!("{k}: {other:?}"),
-            };
-            (
-                k,
-                Array {
-                    shape: v.shape().to_vec(),
-                    f32,
-                    i64,
-                },
-            )
-        })
-        .collect()
-}
-
-fn values(t: Tensor<2>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap()
-}
-
-fn rel_l2(ours: &[f32], reference: &[f32]) -> f64 {
-    assert_eq!(ours.len(), reference.len());
-    let (mut d2, mut r2) = (0.0f64, 0.0f64);
-    for (a, b) in ours.iter().zip(reference) {
-        d2 += ((a - b) as f64).powi(2);
-        r2 += (*b as f64).powi(2);
-    }
-    (d2 / r2).sqrt()
+    read_json(fixtures().join("manifest.json"))
 }
 
 fn images() -> Vec<RgbImage> {
@@ -90,29 +34,20 @@ fn check_case(case: &str) {
     let device = Device::flex();
     let dir = fixtures().join(case);
     let model = ClipModel::load(&dir, &device).unwrap();
-    let reference = read(&dir.join("reference.safetensors"));
+    let reference = read_safetensors(dir.join("reference.safetensors"));
     let images = images();
 
     // Preprocessing: pixel values equal transformers' CLIPImageProcessor (torchvision backend).
     let ours_pixels = model.pixel_values(&images);
     let px = &reference["pixel_values"];
     assert_eq!(ours_pixels.dims().to_vec(), px.shape);
-    let ours_px: Vec<f32> = ours_pixels
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec()
-        .unwrap();
-    let worst = ours_px
-        .iter()
-        .zip(&px.f32)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let worst = max_abs_diff(&values(ours_pixels), &px.f32());
     println!("{case}: pixel_values max |diff| {worst:.2e}");
     assert!(worst < 1e-5, "{case}: pixel values differ by {worst}");
 
     // The vision tower on the reference's own pixel values, then end to end.
-    let x = Tensor::<4>::from_data(TensorData::new(px.f32.clone(), px.shape.clone()), &device);
-    let image_ref = &reference["image_embeds"].f32;
+    let x = Tensor::<4>::from_data(TensorData::new(px.f32(), px.shape.clone()), &device);
+    let image_ref = &reference["image_embeds"].f32();
     let from_ref = values(model.vision().forward(x));
     let end_to_end = values(model.image_embeddings(&images).unwrap());
     println!(
@@ -125,18 +60,13 @@ fn check_case(case: &str) {
 
     // Tokens as torchmetrics feeds them (one caption is cut at 77), and the text tower.
     let m = manifest();
-    let captions: Vec<&str> = m["captions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect();
+    let captions = str_array(&m["captions"]);
     let tokens = model.tokenize(&captions).unwrap();
     let ids: Vec<i64> = tokens.ids.iter().map(|&i| i as i64).collect();
     assert_eq!(vec![tokens.batch, tokens.len], reference["input_ids"].shape);
-    assert_eq!(ids, reference["input_ids"].i64, "{case}: token ids");
+    assert_eq!(ids, reference["input_ids"].i64(), "{case}: token ids");
     let text = values(model.text_embeddings(&captions).unwrap());
-    let text_ref = &reference["text_embeds"].f32;
+    let text_ref = &reference["text_embeds"].f32();
     println!(
         "{case}: text embeddings rel L2 {:.2e}",
         rel_l2(&text, text_ref)
@@ -147,7 +77,7 @@ fn check_case(case: &str) {
     let d = model.config.projection_dim;
     let scores = pair_scores(&end_to_end, &text, d);
     let expected = &m["cases"][case];
-    for (ours, theirs) in scores.iter().zip(&reference["scores"].f32) {
+    for (ours, theirs) in scores.iter().zip(&reference["scores"].f32()) {
         assert!(
             (ours - *theirs as f64).abs() < 1e-3,
             "{case}: {ours} vs {theirs}"
@@ -171,18 +101,18 @@ fn vit_l14_like_with_legacy_eos_pooling_matches() {
 
 #[test]
 fn cmmd_matches_the_reference_formula() {
-    let arrays = read(&fixtures().join("cmmd.safetensors"));
-    let (x, y) = (&arrays["x"], &arrays["y"]);
-    let d = x.shape[1];
+    let arrays = read_safetensors(fixtures().join("cmmd.safetensors"));
+    let d = arrays["x"].shape[1];
+    let (x, y) = (arrays["x"].f32(), arrays["y"].f32());
     let m = manifest();
     let want = m["cmmd"]["float64"].as_f64().unwrap();
-    let ours = cmmd(&x.f32, &y.f32, d).unwrap();
+    let ours = cmmd(&x, &y, d).unwrap();
     println!(
         "CMMD ours {ours:.12} reference {want:.12} (float32 reference {})",
         m["cmmd"]["float32"]
     );
     assert!((ours - want).abs() / want < 1e-10);
-    assert!(cmmd(&x.f32, &x.f32, d).unwrap().abs() < 1e-9);
+    assert!(cmmd(&x, &x, d).unwrap().abs() < 1e-9);
 }
 
 #[test]
@@ -201,10 +131,7 @@ fn broken_model_directories_are_named_errors() {
     let err = ClipModel::load(dir.path(), &device)
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("config.json") && err.contains("patch_size 7"),
-        "{err}"
-    );
+    assert_mentions(&err, &["config.json", "patch_size 7"]);
 
     write(original.replace(
         "\"hidden_act\": \"quick_gelu\"",
@@ -219,8 +146,5 @@ fn broken_model_directories_are_named_errors() {
     let err = ClipModel::load(dir.path(), &device)
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("model.safetensors") && err.contains("visual_projection.weight"),
-        "{err}"
-    );
+    assert_mentions(&err, &["model.safetensors", "visual_projection.weight"]);
 }

@@ -6,7 +6,7 @@
 //! cache and skips with a note when they are absent.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use ldmscale_eval::fid::image_files;
@@ -19,41 +19,24 @@ use ldmscale_eval::{
     FidExtractor, FidMode, GaussianStats, KidOptions, RgbImage, default_inception_path,
     frechet_distance,
 };
-use safetensors::{Dtype, SafeTensors};
+use ldmscale_testkit::{
+    RawTensor, assert_mentions, fixture_dir, max_abs_diff, read_json, read_safetensors, rel_l2,
+    values,
+};
+use safetensors::Dtype;
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/eval/fid")
+    fixture_dir("eval/fid")
 }
 
 fn manifest() -> Value {
-    let text = std::fs::read_to_string(fixtures().join("manifest.json")).unwrap();
-    serde_json::from_str(&text).unwrap()
+    read_json(fixtures().join("manifest.json"))
 }
 
-/// The tensors of a fixture file, each as (shape, dtype, raw bytes).
-fn read_fixture(name: &str) -> BTreeMap<String, (Vec<usize>, Dtype, Vec<u8>)> {
-    let bytes = std::fs::read(fixtures().join(name)).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| (k, (v.shape().to_vec(), v.dtype(), v.data().to_vec())))
-        .collect()
-}
-
-fn f32s(t: &(Vec<usize>, Dtype, Vec<u8>)) -> Vec<f32> {
-    assert_eq!(t.1, Dtype::F32);
-    t.2.chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+/// The tensors of a fixture file.
+fn read_fixture(name: &str) -> BTreeMap<String, RawTensor> {
+    read_safetensors(fixtures().join(name))
 }
 
 fn relative(a: f64, b: f64) -> f64 {
@@ -68,32 +51,32 @@ fn relative(a: f64, b: f64) -> f64 {
 fn decoding_to_rgb_matches_pil_convert() {
     let refs = read_fixture("preprocess.safetensors");
     let images = fixtures().join("images");
-    for (key, (shape, dtype, bytes)) in &refs {
+    for (key, t) in &refs {
         let Some(file) = key.strip_prefix("rgb_") else {
             continue;
         };
-        assert_eq!(*dtype, Dtype::U8);
+        assert_eq!(t.dtype, Dtype::U8);
         let path = if file == "odd.png" {
             images.join(file)
         } else {
             images.join("convert").join(file)
         };
         let ours = RgbImage::open(&path).unwrap();
-        assert_eq!([ours.height, ours.width, 3], shape[..], "{file}");
+        assert_eq!([ours.height, ours.width, 3], t.shape[..], "{file}");
         let worst = ours
             .data
             .iter()
-            .zip(bytes)
+            .zip(&t.data)
             .map(|(a, b)| (*a as i32 - *b as i32).abs())
             .max()
             .unwrap();
         let mean = ours
             .data
             .iter()
-            .zip(bytes)
+            .zip(&t.data)
             .map(|(a, b)| (*a as f64 - *b as f64).abs())
             .sum::<f64>()
-            / bytes.len() as f64;
+            / t.data.len() as f64;
         println!("{file}: max |diff| {worst} levels, mean {mean:.4}");
         if file.ends_with(".jpg") {
             // PIL decodes with libjpeg-turbo, the image crate with zune-jpeg: their IDCT and
@@ -109,11 +92,7 @@ fn decoding_to_rgb_matches_pil_convert() {
 fn fid_inputs_match_pytorch_fid_and_clean_fid() {
     let refs = read_fixture("preprocess.safetensors");
     let image = RgbImage::open(&fixtures().join("images/odd.png")).unwrap();
-    let rows: Vec<usize> = refs["odd_rows"]
-        .2
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as usize)
-        .collect();
+    let rows: Vec<usize> = refs["odd_rows"].i64().iter().map(|&r| r as usize).collect();
     for (mode, key, tolerance) in [
         (FidMode::PytorchFid, "pytorch_fid_odd_rows", 1e-6),
         (FidMode::Clean, "clean_odd_rows", 1e-6),
@@ -125,7 +104,7 @@ fn fid_inputs_match_pytorch_fid_and_clean_fid() {
                 ours.extend_from_slice(&full[(c * 299 + r) * 299..(c * 299 + r + 1) * 299]);
             }
         }
-        let reference = f32s(&refs[key]);
+        let reference = refs[key].f32();
         let err = max_abs_diff(&ours, &reference);
         println!("{}: network input max |diff| {err:.2e}", mode.name());
         assert!(err <= tolerance, "{}: {err}", mode.name());
@@ -155,8 +134,8 @@ fn resizers_match_torch_and_pil_at_other_sizes() {
             );
         }
         let bilinear = resize_bilinear(&chw, 3, h, w, oh, ow);
-        let err_bilinear = max_abs_diff(&bilinear, &f32s(&refs[&format!("bilinear_{oh}x{ow}")]));
-        let err_pil = max_abs_diff(&pil, &f32s(&refs[&format!("pil_bicubic_{oh}x{ow}")]));
+        let err_bilinear = max_abs_diff(&bilinear, &refs[&format!("bilinear_{oh}x{ow}")].f32());
+        let err_pil = max_abs_diff(&pil, &refs[&format!("pil_bicubic_{oh}x{ow}")].f32());
         println!("{oh}x{ow}: bilinear max |diff| {err_bilinear:.2e}, PIL bicubic {err_pil:.2e}");
         assert!(err_bilinear <= 1e-6, "bilinear {oh}x{ow}: {err_bilinear}");
         assert!(err_pil <= 1e-4, "PIL bicubic {oh}x{ow}: {err_pil}"); // values in [0, 255]
@@ -219,22 +198,6 @@ fn formula_network(device: &Device) -> FidInception {
     FidInception::from_weights(WeightMap::from_tensors("formula weights", tensors), device).unwrap()
 }
 
-fn rel_l2(ours: &[f32], reference: &[f32]) -> f64 {
-    let (mut d2, mut r2) = (0.0f64, 0.0f64);
-    for (a, b) in ours.iter().zip(reference) {
-        d2 += ((a - b) as f64).powi(2);
-        r2 += (*b as f64).powi(2);
-    }
-    (d2 / r2).sqrt()
-}
-
-fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .unwrap()
-}
-
 #[test]
 fn formula_weight_network_matches_pytorch_fid_blocks() {
     let device = Device::flex();
@@ -250,7 +213,7 @@ fn formula_weight_network_matches_pytorch_fid_blocks() {
         ("block3", values(blocks.features)),
     ];
     for (name, ours) in outputs {
-        let reference = f32s(&refs[name]);
+        let reference = refs[name].f32();
         let err = rel_l2(&ours, &reference);
         let abs = max_abs_diff(&ours, &reference);
         println!("{name}: relative L2 {err:.2e}, max |diff| {abs:.2e}");
@@ -266,7 +229,7 @@ fn formula_weight_network_matches_at_299() {
     let input = formula("input", &[2, 3, 299, 299]);
     let x = Tensor::<4>::from_data(TensorData::new(input, [2, 3, 299, 299]), &device);
     let ours = values(net.forward(x));
-    let reference = f32s(&refs["features_299"]);
+    let reference = refs["features_299"].f32();
     let err = rel_l2(&ours, &reference);
     println!(
         "features at 299: relative L2 {err:.2e}, max |diff| {:.2e}",
@@ -302,10 +265,7 @@ fn weights_with_wrong_shapes_or_extra_tensors_are_refused() {
     let err = FidInception::from_weights(WeightMap::from_tensors("x.pt", extra), &device)
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("x.pt") && err.contains("layers.fc.weight"),
-        "{err}"
-    );
+    assert_mentions(&err, &["x.pt", "layers.fc.weight"]);
     tensors
         .get_mut("layers.mixed_4.tower.conv_1.weight")
         .unwrap()
@@ -313,9 +273,9 @@ fn weights_with_wrong_shapes_or_extra_tensors_are_refused() {
     let err = FidInception::from_weights(WeightMap::from_tensors("x.pt", tensors.clone()), &device)
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("layers.mixed_4.tower.conv_1.weight") && err.contains("[128, 128, 1, 7]"),
-        "{err}"
+    assert_mentions(
+        &err,
+        &["layers.mixed_4.tower.conv_1.weight", "[128, 128, 1, 7]"],
     );
     tensors.remove("layers.mixed_4.tower.conv_1.weight");
     let err = FidInception::from_weights(WeightMap::from_tensors("x.pt", tensors), &device)
@@ -357,10 +317,7 @@ fn safetensors_copies_load_and_torchscript_attributes_are_checked() {
     let err = FidInception::from_weights(map, &device)
         .unwrap_err()
         .to_string();
-    assert!(
-        err.contains("layers.mixed_4.tower.conv_1") && err.contains("padding"),
-        "{err}"
-    );
+    assert_mentions(&err, &["layers.mixed_4.tower.conv_1", "padding"]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -407,7 +364,7 @@ fn real_weights_features_match_pytorch_fid_and_clean_fid() {
     ] {
         extractor = extractor.with_mode(mode);
         let ours = extractor.features(&images);
-        let reference = f32s(&refs[key]);
+        let reference = refs[key].f32();
         let err = max_abs_diff(&ours, &reference);
         println!(
             "{key}: max |diff| {err:.2e}, relative L2 {:.2e}",
@@ -425,8 +382,8 @@ fn feature_sets() -> BTreeMap<String, (Vec<f32>, usize)> {
     let mut out = BTreeMap::new();
     for file in ["stats.safetensors", "features.safetensors"] {
         for (k, t) in read_fixture(file) {
-            let dim = *t.0.last().unwrap();
-            out.insert(k, (f32s(&t), dim));
+            let dim = *t.shape.last().unwrap();
+            out.insert(k, (t.f32(), dim));
         }
     }
     out

@@ -1157,7 +1157,7 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_values::{on_threads, pseudo_random};
+    use crate::test_values::{max_rel_floor, on_threads, pseudo_random};
 
     /// f64 attention and its gradients by the textbook formulas, materialising everything.
     fn reference(
@@ -1209,15 +1209,6 @@ mod tests {
         [out, dq, dk, dv]
     }
 
-    /// Largest error relative to the largest wanted value, or to `floor` if that is larger.
-    fn max_rel(got: &[f32], want: &[f64], floor: f64) -> f64 {
-        let scale = want.iter().map(|x| x.abs()).fold(0.0, f64::max).max(floor);
-        got.iter()
-            .zip(want)
-            .map(|(g, w)| (*g as f64 - w).abs() / scale)
-            .fold(0.0, f64::max)
-    }
-
     /// Runs forward and backward on `shape` and checks them against [`reference`].
     fn check_against_reference(s: AttentionShape) {
         let (w, n) = (s.width(), s.batch);
@@ -1248,7 +1239,7 @@ mod tests {
             // With a single key the score gradients are zero, up to the rounding of
             // `dP - delta` (terms of size one).
             let floor = if s.keys == 1 { 1.0 } else { 1e-12 };
-            let err = max_rel(got, want, floor);
+            let err = max_rel_floor(got, want, floor);
             assert!(
                 err < 2e-6,
                 "{name} {s:?}: max error {err} of the largest value"

@@ -18,7 +18,13 @@ pub fn pseudo_random(n: usize, seed: u64, scale: f32, offset: f32) -> Vec<f32> {
 
 /// The largest error of `got` relative to the largest reference magnitude (at least 1e-6).
 pub fn max_rel(got: &[f32], want: &[f64]) -> f64 {
-    let scale = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+    max_rel_floor(got, want, 1e-6)
+}
+
+/// The largest error of `got` relative to the largest reference magnitude, or to `floor` if
+/// that is larger.
+pub fn max_rel_floor(got: &[f32], want: &[f64], floor: f64) -> f64 {
+    let scale = want.iter().fold(floor, |m, v| m.max(v.abs()));
     got.iter()
         .zip(want)
         .map(|(&g, &w)| (g as f64 - w).abs() / scale)

@@ -2,17 +2,15 @@
 //! (fixtures/unet/family_counts.json), multiply-adds against an independent count made with
 //! hooks on diffusers' forward, and GFLOPs against the paper.
 
-use std::path::Path;
-
 use burn::module::Module;
 use burn::tensor::Device;
 use ldmscale_model::zoo::{family, paper_entry};
 use ldmscale_model::{UNet, UNetConfig};
+use ldmscale_testkit::{fixture_dir, read_json};
 use serde_json::Value;
 
 fn counts() -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/unet/family_counts.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    read_json(fixture_dir("unet/family_counts.json"))
 }
 
 const WIDTHS: [usize; 11] = [64, 96, 128, 160, 192, 224, 256, 288, 320, 512, 768];

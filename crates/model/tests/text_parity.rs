@@ -15,10 +15,14 @@ use ldmscale_model::text::{
     TokenBatch, TokenizerOptions, tiny_text_conditioner, word_tokenizer,
 };
 use ldmscale_model::weights::CONFIG_FILE;
+use ldmscale_testkit::{
+    RawTensor, assert_mentions, assert_parity, fixture_dir, read_json, read_safetensors, str_array,
+    values,
+};
 use safetensors::{Dtype, SafeTensors};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/text")
+    fixture_dir("text")
 }
 
 /// The MiniLM asset directory (tools/fetch-assets.sh minilm), if it has been fetched.
@@ -35,53 +39,22 @@ fn minilm_dir() -> Option<PathBuf> {
     }
 }
 
-enum Values {
-    F32(Vec<f32>),
-    I64(Vec<i64>),
+type Io = BTreeMap<String, RawTensor>;
+
+fn read_io(path: &Path) -> Io {
+    read_safetensors(path)
 }
 
-fn read_io(path: &Path) -> BTreeMap<String, (Vec<usize>, Values)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let values = match v.dtype() {
-                Dtype::F32 => Values::F32(
-                    v.data()
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                        .collect(),
-                ),
-                Dtype::I64 => Values::I64(
-                    v.data()
-                        .chunks_exact(8)
-                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-                        .collect(),
-                ),
-                other => panic!("{k}: unexpected dtype {other:?}"),
-            };
-            (k, (v.shape().to_vec(), values))
-        })
-        .collect()
+fn ints(io: &Io, name: &str) -> (Vec<usize>, Vec<i64>) {
+    (io[name].shape.clone(), io[name].i64())
 }
 
-fn ints(io: &BTreeMap<String, (Vec<usize>, Values)>, name: &str) -> (Vec<usize>, Vec<i64>) {
-    match &io[name] {
-        (shape, Values::I64(v)) => (shape.clone(), v.clone()),
-        _ => panic!("{name} is not i64"),
-    }
-}
-
-fn floats(io: &BTreeMap<String, (Vec<usize>, Values)>, name: &str) -> (Vec<usize>, Vec<f32>) {
-    match &io[name] {
-        (shape, Values::F32(v)) => (shape.clone(), v.clone()),
-        _ => panic!("{name} is not f32"),
-    }
+fn floats(io: &Io, name: &str) -> (Vec<usize>, Vec<f32>) {
+    (io[name].shape.clone(), io[name].f32())
 }
 
 /// A token batch from the fixture's `input_ids` and `attention_mask`.
-fn batch(io: &BTreeMap<String, (Vec<usize>, Values)>, ids: &str, mask: &str) -> TokenBatch {
+fn batch(io: &Io, ids: &str, mask: &str) -> TokenBatch {
     let (shape, ids) = ints(io, ids);
     let (_, mask) = ints(io, mask);
     TokenBatch {
@@ -92,36 +65,15 @@ fn batch(io: &BTreeMap<String, (Vec<usize>, Values)>, ids: &str, mask: &str) -> 
     }
 }
 
-/// Relative L2 and max absolute error of `ours` against `reference`.
-fn errors(ours: &[f32], reference: &[f32]) -> (f64, f64) {
-    assert_eq!(ours.len(), reference.len());
-    let (mut diff2, mut ref2, mut max_abs) = (0.0f64, 0.0f64, 0.0f64);
-    for (&a, &b) in ours.iter().zip(reference) {
-        let d = (a - b) as f64;
-        diff2 += d * d;
-        ref2 += (b as f64) * (b as f64);
-        max_abs = max_abs.max(d.abs());
-    }
-    ((diff2 / ref2).sqrt(), max_abs)
-}
-
-fn check(what: &str, ours: Tensor<3>, io: &BTreeMap<String, (Vec<usize>, Values)>, name: &str) {
+fn check(what: &str, ours: Tensor<3>, io: &Io, name: &str) {
     let (shape, reference) = floats(io, name);
     assert_eq!(ours.dims().to_vec(), shape, "{what}: shape");
-    let ours = ours.into_data().try_to_vec::<f32>().unwrap();
-    let (rel, max_abs) = errors(&ours, &reference);
-    let scale = reference.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
-    eprintln!("{what:>28}: relative L2 {rel:.2e}, max abs {max_abs:.2e} (|ref| <= {scale:.2})");
-    assert!(rel <= 1e-5, "{what}: relative L2 {rel:.3e} > 1e-5");
-    assert!(
-        max_abs <= 1e-4 * scale.max(1.0),
-        "{what}: max abs {max_abs:.3e} > 1e-4 x {scale:.2}"
-    );
+    let ours = values(ours);
+    assert_parity(what, &ours, &reference, 1e-5, 1e-4);
 }
 
 fn minilm_captions() -> Vec<String> {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("minilm/captions.json")).unwrap())
-        .unwrap()
+    read_json(fixtures().join("minilm/captions.json"))
 }
 
 #[test]
@@ -271,12 +223,7 @@ fn clip_bpe_tokenizer_ids_equal_transformers() {
         Some(tokenizer.pad_id()),
         tokenizer.token_to_id(want["pad_token"].as_str().unwrap())
     );
-    let captions: Vec<&str> = want["captions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect();
+    let captions = str_array(&want["captions"]);
     let ours = tokenizer.tokenize(&captions).unwrap();
     let rows = |key: &str| -> Vec<u32> {
         want[key]
@@ -438,24 +385,21 @@ fn bad_text_directories_are_named() {
     )
     .unwrap();
     let err = load_bert(dir.path(), &device).unwrap_err().to_string();
-    assert!(err.contains(key) && err.contains("missing"), "{err}");
+    assert_mentions(&err, &[key, "missing"]);
 
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join(CONFIG_FILE)).unwrap()).unwrap();
     config["hidden_act"] = "swish".into();
     std::fs::write(dir.path().join(CONFIG_FILE), config.to_string()).unwrap();
     let err = load_bert(dir.path(), &device).unwrap_err().to_string();
-    assert!(
-        err.contains("hidden_act") && err.contains(CONFIG_FILE),
-        "{err}"
-    );
+    assert_mentions(&err, &["hidden_act", CONFIG_FILE]);
 
     config["model_type"] = "t5".into();
     std::fs::write(dir.path().join(CONFIG_FILE), config.to_string()).unwrap();
     let err = TextConditioner::load(dir.path(), None, &device)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("model_type") && err.contains("t5"), "{err}");
+    assert_mentions(&err, &["model_type", "t5"]);
 }
 
 #[test]

@@ -1,63 +1,37 @@
 //! The UNet forward against diffusers' `UNet2DConditionModel` on random-weight fixtures
 //! (tools/fixtures/make_unet_fixtures.py).
 
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ldmscale_model::ExtraConditioning;
 use ldmscale_model::weights::load_unet;
-use safetensors::{Dtype, SafeTensors};
+use ldmscale_testkit::{RawTensor, assert_parity, fixture_dir, read_safetensors, values};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/unet")
+    fixture_dir("unet")
 }
 
-struct Io {
-    bytes: Vec<u8>,
-}
+/// The tensors of a case's `io.safetensors`.
+struct Io(BTreeMap<String, RawTensor>);
 
 impl Io {
     fn open(case: &str) -> Self {
-        Io {
-            bytes: std::fs::read(fixtures().join(case).join("io.safetensors")).unwrap(),
-        }
-    }
-
-    fn get(&self, name: &str) -> Option<(Vec<usize>, Dtype, Vec<u8>)> {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let view = st.tensor(name).ok()?;
-        Some((view.shape().to_vec(), view.dtype(), view.data().to_vec()))
+        Io(read_safetensors(
+            fixtures().join(case).join("io.safetensors"),
+        ))
     }
 
     fn f32(&self, name: &str) -> Option<(Vec<usize>, Vec<f32>)> {
-        let (shape, dtype, data) = self.get(name)?;
-        assert_eq!(dtype, Dtype::F32, "{name}");
-        let values = data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        Some((shape, values))
+        let t = self.0.get(name)?;
+        Some((t.shape.clone(), t.f32()))
     }
 
     fn tensor<const D: usize>(&self, name: &str, device: &Device) -> Option<Tensor<D>> {
         let (shape, values) = self.f32(name)?;
         Some(Tensor::from_data(TensorData::new(values, shape), device))
     }
-}
-
-/// Relative L2 error and max absolute error of `ours` against `reference`.
-fn errors(ours: &[f32], reference: &[f32]) -> (f64, f64) {
-    assert_eq!(ours.len(), reference.len());
-    let mut diff2 = 0.0f64;
-    let mut ref2 = 0.0f64;
-    let mut max_abs = 0.0f64;
-    for (&a, &b) in ours.iter().zip(reference) {
-        let d = (a - b) as f64;
-        diff2 += d * d;
-        ref2 += (b as f64) * (b as f64);
-        max_abs = max_abs.max(d.abs());
-    }
-    ((diff2 / ref2).sqrt(), max_abs)
 }
 
 fn check(case: &str) {
@@ -71,29 +45,17 @@ fn check(case: &str) {
         timestep_cond: io.tensor("timestep_cond", &device),
         class_labels: None,
     };
-    if let Some((shape, dtype, data)) = io.get("class_labels") {
-        assert_eq!(dtype, Dtype::I64);
-        let labels: Vec<i64> = data
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-            .collect();
+    if let Some(labels) = io.0.get("class_labels") {
         extra.class_labels = Some(Tensor::<1, Int>::from_data(
-            TensorData::new(labels, shape),
+            TensorData::new(labels.i64(), labels.shape.clone()),
             &device,
         ));
     }
     let out = model.forward_with(sample, &timesteps, context, &extra);
     let (shape, reference) = io.f32("out").unwrap();
     assert_eq!(out.dims().to_vec(), shape, "{case}: output shape");
-    let ours = out.into_data().try_to_vec::<f32>().unwrap();
-    let (rel, max_abs) = errors(&ours, &reference);
-    let scale = reference.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
-    eprintln!("{case}: relative L2 {rel:.2e}, max abs {max_abs:.2e} (|out| <= {scale:.2})");
-    assert!(rel <= 1e-4, "{case}: relative L2 error {rel:.3e} > 1e-4");
-    assert!(
-        max_abs <= 1e-4 * scale.max(1.0),
-        "{case}: max abs error {max_abs:.3e} > 1e-4 x {scale:.2}"
-    );
+    let ours = values(out);
+    assert_parity(case, &ours, &reference, 1e-4, 1e-4);
 }
 
 #[test]

@@ -10,10 +10,13 @@ use ldmscale_model::vae::{
     AutoencoderKL, AutoencoderKLConfig, DiagonalGaussian, VAE_NAMING, load_vae, save_vae,
 };
 use ldmscale_model::weights::{CONFIG_FILE, WEIGHTS_FILE, parameter_shapes_named};
-use safetensors::SafeTensors;
+use ldmscale_testkit::{
+    RawTensor, assert_mentions, assert_parity, fixture_dir, read_json, read_safetensors, values,
+    write_safetensors,
+};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/vae")
+    fixture_dir("vae")
 }
 
 const CASES: [&str; 3] = ["kl_f4", "kl_f8", "odd_plain"];
@@ -23,39 +26,18 @@ type Tensors = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
 /// Every tensor of a safetensors file as (shape, f32 values).
 fn read_all(path: &Path) -> Tensors {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
+    read_safetensors(path)
         .into_iter()
-        .map(|(k, v)| {
-            let values = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (k, (v.shape().to_vec(), values))
-        })
+        .map(|(k, t)| (k, (t.shape.clone(), t.f32())))
         .collect()
 }
 
 fn write_all(path: &Path, tensors: &Tensors) {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let raw = tensors
         .iter()
-        .map(|(k, (shape, v))| {
-            let data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-            (k.clone(), shape.clone(), data)
-        })
+        .map(|(k, (shape, v))| (k.clone(), RawTensor::from_f32(shape.clone(), v)))
         .collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
-        .iter()
-        .map(|(k, shape, data)| {
-            let view =
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                    .unwrap();
-            (k.clone(), view)
-        })
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    write_safetensors(path, &raw);
 }
 
 fn tensor<const D: usize>(io: &Tensors, name: &str) -> Tensor<D> {
@@ -66,37 +48,11 @@ fn tensor<const D: usize>(io: &Tensors, name: &str) -> Tensor<D> {
     )
 }
 
-/// Relative L2 and max absolute error of `ours` against `reference`.
-fn errors(ours: &[f32], reference: &[f32]) -> (f64, f64) {
-    assert_eq!(ours.len(), reference.len());
-    let (mut diff2, mut ref2, mut max_abs) = (0.0f64, 0.0f64, 0.0f64);
-    for (&a, &b) in ours.iter().zip(reference) {
-        let d = (a - b) as f64;
-        diff2 += d * d;
-        ref2 += (b as f64) * (b as f64);
-        max_abs = max_abs.max(d.abs());
-    }
-    ((diff2 / ref2).sqrt(), max_abs)
-}
-
 fn check<const D: usize>(case: &str, what: &str, ours: Tensor<D>, io: &Tensors) {
     let (shape, reference) = &io[what];
     assert_eq!(&ours.dims().to_vec(), shape, "{case}: {what} shape");
-    let ours = ours
-        .into_data()
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .unwrap();
-    let (rel, max_abs) = errors(&ours, reference);
-    let scale = reference.iter().fold(0.0f64, |m, &v| m.max(v.abs() as f64));
-    eprintln!(
-        "{case:>10} {what:>8}: relative L2 {rel:.2e}, max abs {max_abs:.2e} (|ref| <= {scale:.3})"
-    );
-    assert!(rel <= 1e-5, "{case}: {what}: relative L2 {rel:.3e} > 1e-5");
-    assert!(
-        max_abs <= 1e-4 * scale.max(1.0),
-        "{case}: {what}: max abs {max_abs:.3e} > 1e-4 x {scale:.3}"
-    );
+    let ours = values(ours);
+    assert_parity(&format!("{case} {what}"), &ours, reference, 1e-5, 1e-4);
 }
 
 fn parity(case: &str) {
@@ -143,8 +99,7 @@ fn names_and_shapes_equal_diffusers() {
 }
 
 fn manifest() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(fixtures().join("manifest.json")).unwrap())
-        .unwrap()
+    read_json(fixtures().join("manifest.json"))
 }
 
 #[test]
@@ -251,8 +206,7 @@ fn bad_files_are_named() {
     let copy = |edit: &dyn Fn(&mut Tensors, &mut serde_json::Value)| {
         let dir = tempfile::tempdir().unwrap();
         let mut tensors = read_all(&src.join(WEIGHTS_FILE));
-        let mut config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(src.join(CONFIG_FILE)).unwrap()).unwrap();
+        let mut config: serde_json::Value = read_json(src.join(CONFIG_FILE));
         edit(&mut tensors, &mut config);
         write_all(&dir.path().join(WEIGHTS_FILE), &tensors);
         std::fs::write(dir.path().join(CONFIG_FILE), config.to_string()).unwrap();
@@ -265,25 +219,13 @@ fn bad_files_are_named() {
     let (_d, err) = copy(&|t, _| {
         t.remove(key).unwrap();
     });
-    assert!(
-        err.contains(key) && err.contains("missing") && err.contains(WEIGHTS_FILE),
-        "{err}"
-    );
+    assert_mentions(&err, &[key, "missing", WEIGHTS_FILE]);
     let (_d, err) = copy(&|_, c| c["use_quant_conv"] = true.into());
-    assert!(
-        err.contains("quant_conv.weight") && err.contains("missing"),
-        "{err}"
-    );
+    assert_mentions(&err, &["quant_conv.weight", "missing"]);
     let (_d, err) = copy(&|_, c| c["down_block_types"][1] = "AttnDownEncoderBlock2D".into());
-    assert!(
-        err.contains("down_block_types[1]") && err.contains(CONFIG_FILE),
-        "{err}"
-    );
+    assert_mentions(&err, &["down_block_types[1]", CONFIG_FILE]);
     let (_d, err) = copy(&|_, c| c["norm_num_groups"] = 3.into());
-    assert!(
-        err.contains("block_out_channels[0]") && err.contains("norm_num_groups"),
-        "{err}"
-    );
+    assert_mentions(&err, &["block_out_channels[0]", "norm_num_groups"]);
 }
 
 #[test]
@@ -294,19 +236,10 @@ fn posterior_clamps_logvar_and_the_latent_scaling_inverts() {
         &device,
     );
     let posterior = DiagonalGaussian::from_moments(moments);
-    let logvar = posterior
-        .logvar
-        .clone()
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap();
+    let logvar = values(posterior.logvar.clone());
     assert_eq!(logvar, vec![20.0, -30.0]);
     let noise = Tensor::<4>::ones([1, 2, 1, 1], &device);
-    let sample = posterior
-        .sample(noise)
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap();
+    let sample = values(posterior.sample(noise));
     assert!((sample[0] - (0.5 + 10f32.exp())).abs() < 1e-2);
     assert!((sample[1] - (-2.0 + (-15f32).exp())).abs() < 1e-6);
 
@@ -315,13 +248,9 @@ fn posterior_clamps_logvar_and_the_latent_scaling_inverts() {
     let z = Tensor::<4>::from_data(TensorData::new(vec![1.0f32, -3.0], [1, 2, 1, 1]), &device);
     let scaled = config.vae_to_latents(z.clone());
     let expected = [(1.0 - 0.25) * 0.18215, (-3.0 - 0.25) * 0.18215];
-    let got = scaled.clone().into_data().try_to_vec::<f32>().unwrap();
+    let got = values(scaled.clone());
     assert!((got[0] - expected[0]).abs() < 1e-6 && (got[1] - expected[1]).abs() < 1e-6);
-    let back = config
-        .latents_to_vae(scaled)
-        .into_data()
-        .try_to_vec::<f32>()
-        .unwrap();
+    let back = values(config.latents_to_vae(scaled));
     assert!((back[0] - 1.0).abs() < 1e-5 && (back[1] + 3.0).abs() < 1e-5);
 }
 

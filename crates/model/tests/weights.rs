@@ -6,48 +6,23 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Device, Tensor, TensorData};
 use ldmscale_model::weights::{CONFIG_FILE, WEIGHTS_FILE, load_unet, parameter_shapes, save_unet};
 use ldmscale_model::{ModelError, UNet, UNetConfig};
-use safetensors::SafeTensors;
+use ldmscale_testkit::{
+    RawTensor, assert_mentions, fixture_dir, read_json, read_safetensors, write_safetensors,
+};
+use safetensors::Dtype;
 
 fn case_dir(case: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fixtures/unet")
-        .join(case)
-}
-
-/// Every tensor of a safetensors file as (shape, raw bytes).
-fn read_all(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| (k, (v.shape().to_vec(), v.data().to_vec())))
-        .collect()
-}
-
-fn write_all(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<u8>)>) {
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(k, (shape, data))| {
-            (
-                k.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                    .unwrap(),
-            )
-        })
-        .collect();
-    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+    fixture_dir("unet").join(case)
 }
 
 /// A copy of a fixture directory whose weights `edit` may change.
-fn edited_copy(
-    edit: impl FnOnce(&mut BTreeMap<String, (Vec<usize>, Vec<u8>)>),
-) -> tempfile::TempDir {
+fn edited_copy(edit: impl FnOnce(&mut BTreeMap<String, RawTensor>)) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let src = case_dir("sd15_like_conv");
     std::fs::copy(src.join(CONFIG_FILE), dir.path().join(CONFIG_FILE)).unwrap();
-    let mut tensors = read_all(&src.join(WEIGHTS_FILE));
+    let mut tensors = read_safetensors(src.join(WEIGHTS_FILE));
     edit(&mut tensors);
-    write_all(&dir.path().join(WEIGHTS_FILE), &tensors);
+    write_safetensors(dir.path().join(WEIGHTS_FILE), &tensors);
     dir
 }
 
@@ -62,9 +37,9 @@ fn names_and_shapes_equal_diffusers() {
         let dir = case_dir(case);
         let config = UNetConfig::from_json_file(&dir.join(CONFIG_FILE)).unwrap();
         let ours = parameter_shapes(&UNet::new(&config, &Device::flex()));
-        let theirs: BTreeMap<String, Vec<usize>> = read_all(&dir.join(WEIGHTS_FILE))
+        let theirs: BTreeMap<String, Vec<usize>> = read_safetensors(dir.join(WEIGHTS_FILE))
             .into_iter()
-            .map(|(k, (shape, _))| (k, shape))
+            .map(|(k, t)| (k, t.shape))
             .collect();
         assert_eq!(ours, theirs, "{case}");
     }
@@ -78,8 +53,8 @@ fn save_then_load_gives_the_same_bytes_and_outputs() {
     let out_dir = tempfile::tempdir().unwrap();
     save_unet(out_dir.path(), &config, &model).unwrap();
     assert_eq!(
-        read_all(&src.join(WEIGHTS_FILE)),
-        read_all(&out_dir.path().join(WEIGHTS_FILE)),
+        read_safetensors(src.join(WEIGHTS_FILE)),
+        read_safetensors(out_dir.path().join(WEIGHTS_FILE)),
         "saved weights differ from the diffusers file they were loaded from"
     );
     let (config2, model2) = load_unet(out_dir.path(), &device).unwrap();
@@ -121,7 +96,7 @@ fn a_missing_tensor_is_named() {
         t.remove(key).unwrap();
     });
     let err = load_err(dir.path());
-    assert!(err.contains(key) && err.contains("missing"), "{err}");
+    assert_mentions(&err, &[key, "missing"]);
     assert!(err.contains(WEIGHTS_FILE), "{err}");
 }
 
@@ -129,12 +104,10 @@ fn a_missing_tensor_is_named() {
 fn a_wrong_shape_is_named() {
     let key = "conv_in.weight";
     let dir = edited_copy(|t| {
-        let (shape, data) = t.get_mut(key).unwrap();
-        shape.swap(0, 1);
-        let _ = data;
+        t.get_mut(key).unwrap().shape.swap(0, 1);
     });
     let err = load_err(dir.path());
-    assert!(err.contains(key) && err.contains("shape"), "{err}");
+    assert_mentions(&err, &[key, "shape"]);
 }
 
 #[test]
@@ -142,14 +115,15 @@ fn an_unexpected_tensor_is_named() {
     let dir = edited_copy(|t| {
         t.insert(
             "add_embedding.linear_1.weight".into(),
-            (vec![2], vec![0; 8]),
+            RawTensor {
+                shape: vec![2],
+                dtype: Dtype::F32,
+                data: vec![0; 8],
+            },
         );
     });
     let err = load_err(dir.path());
-    assert!(
-        err.contains("add_embedding.linear_1.weight") && err.contains("unexpected"),
-        "{err}"
-    );
+    assert_mentions(&err, &["add_embedding.linear_1.weight", "unexpected"]);
 }
 
 #[test]
@@ -159,25 +133,18 @@ fn a_corrupt_file_is_named() {
     let bytes = std::fs::read(&file).unwrap();
     std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
     let err = load_err(dir.path());
-    assert!(
-        err.contains(WEIGHTS_FILE) && err.contains("safetensors"),
-        "{err}"
-    );
+    assert_mentions(&err, &[WEIGHTS_FILE, "safetensors"]);
 }
 
 #[test]
 fn a_bad_config_names_the_field() {
     let dir = edited_copy(|_| {});
     let file = dir.path().join(CONFIG_FILE);
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let mut config: serde_json::Value = read_json(&file);
     config["block_out_channels"] = serde_json::json!([8, 8, 16, 18]);
     std::fs::write(&file, config.to_string()).unwrap();
     let err = load_err(dir.path());
-    assert!(
-        err.contains("block_out_channels[3]") && err.contains(CONFIG_FILE),
-        "{err}"
-    );
+    assert_mentions(&err, &["block_out_channels[3]", CONFIG_FILE]);
     assert!(matches!(
         load_unet(dir.path(), &Device::flex()),
         Err(ModelError::Config { .. })

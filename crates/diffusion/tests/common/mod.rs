@@ -1,12 +1,15 @@
-//! Shared helpers for the parity tests: fixture loading, the analytic denoiser, error metrics.
+//! Shared helpers for the parity tests: the scheduler fixtures and the analytic denoiser (error
+//! measures are `ldmscale_testkit`'s).
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use ldmscale_diffusion::Denoiser;
-use safetensors::{Dtype, SafeTensors};
+use ldmscale_testkit::{RawTensor, fixture_dir, read_json, read_safetensors};
+use safetensors::Dtype;
 use serde_json::Value;
 
 /// Parity bound from the project spec: |a - b| <= TOL * max(1, |b|).
@@ -14,7 +17,7 @@ pub const TOL: f32 = 1e-5;
 
 /// `fixtures/schedulers/` loaded into memory.
 pub struct Fixtures {
-    bytes: Vec<u8>,
+    tensors: BTreeMap<String, RawTensor>,
     pub manifest: Value,
 }
 
@@ -25,44 +28,37 @@ impl Fixtures {
         let dir = std::env::var_os("LDMSCALE_SCHEDULER_FIXTURES")
             .filter(|d| !d.is_empty())
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/schedulers")
-            });
-        let bytes = std::fs::read(dir.join("schedulers.safetensors"))
-            .expect("fixtures/schedulers/schedulers.safetensors (run tools/fixtures/make_scheduler_fixtures.py)");
-        let manifest = serde_json::from_slice(
-            &std::fs::read(dir.join("manifest.json")).expect("fixtures/schedulers/manifest.json"),
-        )
-        .expect("manifest.json is JSON");
-        Self { bytes, manifest }
+            .unwrap_or_else(|| fixture_dir("schedulers"));
+        let file = dir.join("schedulers.safetensors");
+        assert!(
+            file.exists(),
+            "{} is missing (run tools/fixtures/make_scheduler_fixtures.py)",
+            file.display()
+        );
+        Self {
+            tensors: read_safetensors(file),
+            manifest: read_json(dir.join("manifest.json")),
+        }
     }
 
-    fn view(&self, name: &str) -> (Vec<usize>, Dtype, Vec<u8>) {
-        let st = SafeTensors::deserialize(&self.bytes).expect("valid safetensors");
-        let v = st
-            .tensor(name)
-            .unwrap_or_else(|e| panic!("fixture tensor {name}: {e}"));
-        (v.shape().to_vec(), v.dtype(), v.data().to_vec())
+    fn tensor(&self, name: &str) -> &RawTensor {
+        self.tensors
+            .get(name)
+            .unwrap_or_else(|| panic!("no fixture tensor {name}"))
     }
 
     /// An f32 tensor as (shape, values).
     pub fn f32(&self, name: &str) -> (Vec<usize>, Vec<f32>) {
-        let (shape, dtype, data) = self.view(name);
-        assert_eq!(dtype, Dtype::F32, "{name} is not f32");
-        let values = data
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect();
-        (shape, values)
+        let t = self.tensor(name);
+        assert_eq!(t.dtype, Dtype::F32, "{name} is not f32");
+        (t.shape.clone(), t.f32())
     }
 
     /// An i64 tensor's values.
     pub fn i64(&self, name: &str) -> Vec<i64> {
-        let (_, dtype, data) = self.view(name);
-        assert_eq!(dtype, Dtype::I64, "{name} is not i64");
-        data.chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
-            .collect()
+        let t = self.tensor(name);
+        assert_eq!(t.dtype, Dtype::I64, "{name} is not i64");
+        t.i64()
     }
 
     /// A 4-d f32 fixture tensor on `device`.
@@ -95,25 +91,4 @@ impl Denoiser for Analytic {
         let z = y.clone().div(y.add_scalar(1.0));
         x.mul_scalar(k1).add(z.mul_scalar(0.2)).sub_scalar(k2)
     }
-}
-
-/// max |a - b| / max(1, |b|) (NaN counts as infinitely wrong unless both are NaN).
-pub fn max_rel_err(actual: &[f32], expected: &[f32]) -> f32 {
-    assert_eq!(actual.len(), expected.len(), "length mismatch");
-    actual
-        .iter()
-        .zip(expected)
-        .map(|(&a, &b)| {
-            if a.is_nan() && b.is_nan() || a == b {
-                0.0
-            } else {
-                let e = (a - b).abs() / b.abs().max(1.0);
-                if e.is_nan() { f32::INFINITY } else { e }
-            }
-        })
-        .fold(0.0, f32::max)
-}
-
-pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().try_into_vec_as::<f32>().unwrap()
 }
