@@ -8,9 +8,6 @@ use std::path::PathBuf;
 use ldmscale_diffusion::DiffusionError;
 use ldmscale_model::ModelError;
 
-/// An error from a source that is only known as `dyn Error` (training data, evaluation hooks).
-pub type BoxedError = Box<dyn Error + Send + Sync>;
-
 /// What went wrong in a training run.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -101,7 +98,7 @@ pub enum TrainError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// Saving model weights failed.
+    /// Writing through the model crate (UNet weights, atomic file writes) failed.
     #[error(transparent)]
     Model(#[from] ModelError),
     /// The noise schedule or training objective refused its inputs.
@@ -111,10 +108,10 @@ pub enum TrainError {
     #[error("the training data has no examples")]
     NoData,
     /// Reading a batch of training data failed.
-    #[error("reading the training data")]
+    #[error("reading the training data: {message}")]
     Data {
-        /// The data source's error.
-        source: BoxedError,
+        /// The data source's message ([`crate::TrainingData::batch`] reports a `String`).
+        message: String,
     },
     /// The loss stopped being finite.
     #[error(
@@ -135,12 +132,12 @@ pub enum TrainError {
         message: String,
     },
     /// The evaluation hook failed.
-    #[error("evaluation at step {step}")]
+    #[error("evaluation at step {step}: {message}")]
     Hook {
         /// The step evaluated.
         step: u64,
-        /// The hook's error.
-        source: BoxedError,
+        /// The hook's message ([`crate::trainer::EvalHook`] reports a `String`).
+        message: String,
     },
 }
 
@@ -218,11 +215,4 @@ pub fn chain(error: &dyn Error) -> String {
         source = e.source();
     }
     out
-}
-
-/// Transitional: removed once study has StudyError.
-impl From<TrainError> for String {
-    fn from(e: TrainError) -> String {
-        chain(&e)
-    }
 }

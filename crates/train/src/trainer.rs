@@ -392,7 +392,7 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
         let unet = model_from(&self.unet_config, &weights, &self.device);
         hook(&unet, &self.state).map_err(|message| TrainError::Hook {
             step: self.state.step,
-            source: message.into(),
+            message,
         })
     }
 

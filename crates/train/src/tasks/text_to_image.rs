@@ -107,7 +107,7 @@ impl TrainTask for TextToImage<'_> {
         let (x0, context) = self
             .data
             .batch(indices, device)
-            .map_err(|e| TrainError::Data { source: e.into() })?;
+            .map_err(|message| TrainError::Data { message })?;
         let b = indices.len();
         let timesteps = sample_timesteps(rng, b, self.train_timesteps);
         let [c, h, w] = self.data.latent_shape();
