@@ -21,9 +21,12 @@ use ldmscale_diffusion::{NoiseSchedule, PredictionType, SchedulerConfig};
 use ldmscale_model::unet::PerLevel;
 use ldmscale_model::weights::save_unet;
 use ldmscale_model::{UNet, UNetConfig};
+use ldmscale_train::DeviceThreads;
 use ldmscale_train::optimizer::{AdamW, AdamWConfig, clip_global_norm};
-use ldmscale_train::parallel::{self, MicroBatch};
+use ldmscale_train::parallel;
 use ldmscale_train::params;
+use ldmscale_train::params::Named;
+use ldmscale_train::tasks::{DenoisingLoss, TextImageBatch};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -128,14 +131,13 @@ fn dp_check(
     );
     let inner = device.clone().inner();
     let grads = |devices: &[Device]| -> Result<Vec<f32>> {
-        let batch = MicroBatch {
+        let batch = TextImageBatch {
             x0: Tensor::from_data(TensorData::new(x0.clone(), [b, 4, l, l]), &inner),
             noise: Tensor::from_data(TensorData::new(noise.clone(), [b, 4, l, l]), &inner),
             context: Tensor::from_data(TensorData::new(ctx.clone(), [b, k, d]), &inner),
             timesteps: (0..b).map(|i| 53 * i % 1000).collect(),
         };
-        let (_, g) =
-            parallel::gradients(&model, devices, &objective, batch).map_err(anyhow::Error::msg)?;
+        let (_, g) = gradients(&model, devices, &objective, batch)?;
         Ok(flat_grads(g))
     };
     let one = grads(std::slice::from_ref(&ad))?;
@@ -148,6 +150,19 @@ fn sync(device: &Device) -> Result<()> {
     device
         .sync()
         .map_err(|e| anyhow!("device sync failed: {e:?}"))
+}
+
+/// The loss and gradients of one text-to-image batch split over autodiff `devices` (the first
+/// `model`'s), as a training step computes them.
+fn gradients(
+    model: &UNet,
+    devices: &[Device],
+    objective: &DiffusionObjective,
+    batch: TextImageBatch,
+) -> Result<(f64, Named)> {
+    let sync = DeviceThreads::new(devices)?;
+    let loss = DenoisingLoss::new(objective.clone());
+    Ok(parallel::batch_gradients(model, &sync, &loss, batch)?)
 }
 
 fn main() -> Result<()> {
@@ -233,7 +248,7 @@ fn main() -> Result<()> {
         let (mut train_ms, mut grad_ms, mut warmup_s) = (Vec::new(), Vec::new(), 0.0);
         let mut losses = Vec::new();
         for rep in 0..args.warmup + args.reps {
-            let batch = MicroBatch {
+            let batch = TextImageBatch {
                 x0: Tensor::from_data(TensorData::new(x0.clone(), [b, 4, l, l]), &inner),
                 noise: Tensor::from_data(TensorData::new(noise.clone(), [b, 4, l, l]), &inner),
                 context: Tensor::from_data(TensorData::new(ctx.clone(), [b, k, d]), &inner),
@@ -242,8 +257,7 @@ fn main() -> Result<()> {
             sync(&device)?;
             let start = Instant::now();
             let (loss, mut grads) =
-                parallel::gradients(&model, std::slice::from_ref(&ad), &objective, batch)
-                    .map_err(anyhow::Error::msg)?;
+                gradients(&model, std::slice::from_ref(&ad), &objective, batch)?;
             sync(&device)?;
             let grads_done = start.elapsed().as_secs_f64() * 1e3;
             clip_global_norm(&mut grads, Some(1.0));

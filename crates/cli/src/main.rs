@@ -37,6 +37,9 @@ struct Cli {
     /// More log lines: `-v` adds debug lines, `-vv` trace lines.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Warnings and errors only: no progress lines or bars.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -139,8 +142,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Plan(args) => plan::plan(args),
         Command::Results(command) => plan::results(command),
         Command::Study(args) => study::run(args),
-        Command::Train(args) => train::run(args),
-        Command::TrainFamily(args) => train::family(args),
+        Command::Train(args) => train::run(args, cli.quiet),
+        Command::TrainFamily(args) => train::family(args, cli.quiet),
         Command::TrainVae(args) => train_vae::run(args),
     }
 }

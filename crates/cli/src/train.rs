@@ -6,8 +6,12 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use ldmscale_data::Split;
 use ldmscale_model::vae::load_vae;
-use ldmscale_study::pipeline::{encode, load_images, text_encoder};
-use ldmscale_train::parallel::{parse_device, parse_devices, training_devices};
+use ldmscale_study::config::TextEncoderSpec;
+use ldmscale_study::stages::text::load_or_make;
+use ldmscale_train::InMemory;
+use ldmscale_train::parallel::{parse_devices, training_devices};
+
+use crate::device::DeviceArgs;
 use ldmscale_train::{TrainConfig, train_with_hook};
 use serde::Deserialize;
 
@@ -60,13 +64,10 @@ pub struct TrainArgs {
     /// Widths to train with the identical recipe, one directory each (`train-family` only).
     #[arg(long, value_delimiter = ',')]
     pub widths: Vec<usize>,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
-    /// Where the training steps run: `cpu`, or `cuda:N` in a build with `--features cuda`
-    /// (data encoding and evaluation run there too, or on the first of `--devices`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// Where the training steps run (data encoding and evaluation run there too, or on the
+    /// first of `--devices`).
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// Data parallelism: each micro-batch split across these devices, e.g. `cuda:0,cuda:1`
     /// (overrides `train.devices`; the first holds the weights and optimizer state).
     #[arg(long, value_delimiter = ',')]
@@ -75,7 +76,7 @@ pub struct TrainArgs {
 
 fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig, Option<EvalConfig>)> {
     // A device this build cannot use fails before any data is read.
-    parse_device(&args.device, "--device")?;
+    args.device.device()?;
     let origin = args.config.display().to_string();
     let text =
         std::fs::read_to_string(&args.config).with_context(|| format!("reading {origin}"))?;
@@ -113,26 +114,28 @@ fn run_one(
     shared: &Path,
     out: &Path,
     args: &TrainArgs,
+    quiet: bool,
 ) -> Result<()> {
-    let quiet = args.quiet;
-    let train_device = parse_device(&args.device, "--device")?;
+    let train_device = args.device.device()?;
     // Data and evaluation live where the weights do, so the hook's model meets them there.
     let device = training_devices(config, &train_device)?.remove(0);
     let (vae_config, vae) = load_vae(Path::new(&data_config.first_stage), &device)?;
-    let examples = load_images(
+    let examples = ldmscale_data::load_captioned(
         &data_config.dataset,
         data_config.resolution,
         Split::Train,
         data_config.examples,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let text = text_encoder(
-        &data_config.text_encoder,
+    )?;
+    let spec: TextEncoderSpec = data_config
+        .text_encoder
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let text = load_or_make(
+        &spec,
         &shared.join("text_encoder"),
         &examples.captions,
         &device,
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let key = format!(
         "{}@{} vae:{}:{} text:{} n:{}",
         data_config.dataset,
@@ -142,16 +145,15 @@ fn run_one(
         data_config.text_encoder,
         examples.captions.len()
     );
-    let data = encode(
+    let data = InMemory::encode(
         &vae,
         &vae_config,
         &text,
-        &examples,
+        (&examples.images, &examples.captions),
         data_config.resolution,
         key,
         &device,
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     let evaluator = match eval {
         Some(e) => Some(Evaluator::new(
             e,
@@ -280,17 +282,25 @@ fn write_chart(
 }
 
 /// `ldmscale train`.
-pub fn run(args: &TrainArgs) -> Result<()> {
+pub fn run(args: &TrainArgs, quiet: bool) -> Result<()> {
     let (data, mut config, eval) = load(args)?;
     if let Some(w) = args.width {
         config.model.width = w;
         config.validate()?;
     }
-    run_one(&data, &config, eval.as_ref(), &args.out, &args.out, args)
+    run_one(
+        &data,
+        &config,
+        eval.as_ref(),
+        &args.out,
+        &args.out,
+        args,
+        quiet,
+    )
 }
 
 /// `ldmscale train-family`.
-pub fn family(args: &TrainArgs) -> Result<()> {
+pub fn family(args: &TrainArgs, quiet: bool) -> Result<()> {
     let (data, config, eval) = load(args)?;
     if args.widths.is_empty() {
         bail!("--widths: name the widths to train, e.g. --widths 16,24,32,48");
@@ -311,6 +321,7 @@ pub fn family(args: &TrainArgs) -> Result<()> {
             &args.out,
             &args.out.join(format!("w{w}")),
             args,
+            quiet,
         )?;
     }
     Ok(())

@@ -16,7 +16,7 @@ pub enum StudyError {
     #[error("{0}")]
     Config(String),
     /// A file or directory could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         /// The file or directory.
         path: PathBuf,
@@ -27,12 +27,12 @@ pub enum StudyError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Training a width of the family.
-    #[error("training width {width}: {message}")]
+    #[error("training width {width}")]
     Train {
         /// The width.
         width: usize,
         /// Why it stopped.
-        message: String,
+        source: ldmscale_train::TrainError,
     },
     /// Sampling or encoding.
     #[error(transparent)]
@@ -47,7 +47,7 @@ pub enum StudyError {
     #[error(transparent)]
     Eval(#[from] EvalError),
     /// An asset the config asks for is not on this machine.
-    #[error("{what} (fetch it with tools/fetch-assets.sh {asset}): {source}")]
+    #[error("{what} needs an asset: fetch it with tools/fetch-assets.sh {asset}")]
     MissingAsset {
         /// What needs it.
         what: String,

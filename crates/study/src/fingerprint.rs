@@ -27,6 +27,14 @@ impl Fingerprint {
     }
 }
 
+/// `of(config, width)` for every width of the config, in order.
+pub fn per_width(
+    config: &crate::config::StudyConfig,
+    of: impl Fn(&crate::config::StudyConfig, usize) -> Fingerprint,
+) -> Vec<Fingerprint> {
+    config.widths.iter().map(|&w| of(config, w)).collect()
+}
+
 impl std::fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

@@ -2,8 +2,11 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// A bar of `len` steps labelled `what`.
+/// A bar of `len` steps labelled `what` (hidden under `-q`).
 pub fn bar(len: u64, what: &str) -> ProgressBar {
+    if ldmscale_util::logging::quiet() {
+        return ProgressBar::hidden();
+    }
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template(

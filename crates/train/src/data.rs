@@ -3,6 +3,9 @@
 //! exactly where it stopped without saving any generator state).
 
 use burn::tensor::{Device, Tensor, TensorData};
+use ldmscale_model::text::{TextConditioner, TextEncoder};
+use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig};
+use ldmscale_pipeline::{PipelineError, encode_images, encode_text};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -25,6 +28,82 @@ pub trait TrainingData {
     /// Identifies the data (dataset, encoders, resolution) so a run refuses to resume on other
     /// data.
     fn key(&self) -> String;
+}
+
+/// Encoded examples held in memory (a dataset small enough to encode up front).
+pub struct InMemory {
+    latents: Vec<f32>,
+    latent_shape: [usize; 3],
+    states: Vec<f32>,
+    context_shape: [usize; 2],
+    null: Vec<f32>,
+    key: String,
+}
+
+/// Tokens per caption at most.
+const MAX_TOKENS: usize = 32;
+
+impl InMemory {
+    /// Encodes `images` (`N x 3 x res x res` in [-1, 1]) to scaled latents and `captions` to
+    /// text states of at most 32 tokens; `key` identifies the data in checkpoints.
+    pub fn encode(
+        vae: &AutoencoderKL,
+        vae_config: &AutoencoderKLConfig,
+        text: &TextConditioner,
+        (images, captions): (&[f32], &[String]),
+        res: usize,
+        key: String,
+        device: &Device,
+    ) -> Result<Self, PipelineError> {
+        let length = text.encoder.max_positions().min(MAX_TOKENS);
+        let states = encode_text(text, captions, length, device)?;
+        let null = encode_text(text, &[String::new()], length, device)?;
+        let f = vae.downsampling_factor();
+        Ok(Self {
+            latents: encode_images(vae, vae_config, images, res, device),
+            latent_shape: [vae_config.latent_channels, res / f, res / f],
+            states: states.states,
+            context_shape: [length, states.width],
+            null: null.states,
+            key,
+        })
+    }
+}
+
+impl TrainingData for InMemory {
+    fn len(&self) -> usize {
+        self.latents.len() / self.latent_shape.iter().product::<usize>()
+    }
+    fn latent_shape(&self) -> [usize; 3] {
+        self.latent_shape
+    }
+    fn context_shape(&self) -> [usize; 2] {
+        self.context_shape
+    }
+    fn batch(&self, indices: &[usize], device: &Device) -> Result<(Tensor<4>, Tensor<3>), String> {
+        let ls: usize = self.latent_shape.iter().product();
+        let cs: usize = self.context_shape.iter().product();
+        let mut l = Vec::with_capacity(indices.len() * ls);
+        let mut c = Vec::with_capacity(indices.len() * cs);
+        for &i in indices {
+            l.extend_from_slice(&self.latents[i * ls..(i + 1) * ls]);
+            c.extend_from_slice(&self.states[i * cs..(i + 1) * cs]);
+        }
+        let [ch, h, w] = self.latent_shape;
+        let [tl, td] = self.context_shape;
+        let b = indices.len();
+        Ok((
+            Tensor::from_data(TensorData::new(l, [b, ch, h, w]), device),
+            Tensor::from_data(TensorData::new(c, [b, tl, td]), device),
+        ))
+    }
+    fn null_context(&self, device: &Device) -> Tensor<3> {
+        let [tl, td] = self.context_shape;
+        Tensor::from_data(TensorData::new(self.null.clone(), [1, tl, td]), device)
+    }
+    fn key(&self) -> String {
+        self.key.clone()
+    }
 }
 
 /// A deterministic per-purpose generator for `(seed, step, stream)`.

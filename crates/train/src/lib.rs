@@ -17,7 +17,7 @@ pub mod trainer;
 
 pub use checkpoint::TrainState;
 pub use config::{Family, ModelConfig, Objective, TrainConfig};
-pub use data::{SyntheticData, TrainingData};
+pub use data::{InMemory, SyntheticData, TrainingData};
 pub use error::TrainError;
 pub use sync::{DeviceThreads, GradSync};
 pub use task::{ShardLoss, TrainTask};

@@ -21,14 +21,12 @@ use std::ops::Range;
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::Device;
-use ldmscale_diffusion::objective::DiffusionObjective;
 use ldmscale_model::UNet;
 
 use crate::error::{DeviceProblem, TrainError};
 use crate::params::{self, Named};
-use crate::sync::{DeviceThreads, GradSync, ShardGrads};
+use crate::sync::{GradSync, ShardGrads};
 use crate::task::ShardLoss;
-use crate::tasks::{DenoisingLoss, TextImageBatch};
 
 /// The device a name denotes: `cpu` (burn's flex backend) or `cuda` / `cuda:N` (burn's CUDA
 /// backend, in builds with the `cuda` feature). `field` names the setting in errors.
@@ -100,22 +98,6 @@ pub fn shard_ranges(n: usize, k: usize) -> Vec<Range<usize>> {
         })
         .filter(|r| !r.is_empty())
         .collect()
-}
-
-/// A text-to-image micro-batch, by the name callers that drive steps themselves use.
-pub type MicroBatch = TextImageBatch;
-
-/// [`batch_gradients`] of one text-to-image micro-batch split over autodiff `devices` (the
-/// first must be `model`'s), for callers that drive steps themselves (the GPU check).
-pub fn gradients(
-    model: &UNet,
-    devices: &[Device],
-    objective: &DiffusionObjective,
-    batch: MicroBatch,
-) -> Result<(f64, Named), TrainError> {
-    let sync = DeviceThreads::new(devices)?;
-    let loss = DenoisingLoss::new(objective.clone());
-    batch_gradients(model, &sync, &loss, batch)
 }
 
 /// The loss (mean over `batch`) and its gradients by parameter name, flattened, on the

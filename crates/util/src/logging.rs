@@ -1,6 +1,8 @@
 //! The one log subscriber of every ldmscale binary: stage progress at info, warnings (skipped
 //! examples, stale results moved aside) always, all on stderr (stdout carries results).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 /// How much to log: `-q` gives [`Verbosity::Quiet`], `-v` / `-vv` more.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verbosity {
@@ -35,8 +37,16 @@ impl Verbosity {
     }
 }
 
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Whether `-q` asked for no progress output (long work hides its progress bars).
+pub fn quiet() -> bool {
+    QUIET.load(Ordering::Relaxed)
+}
+
 /// Installs the subscriber for this process (a second call is a no-op).
 pub fn init(verbosity: Verbosity) {
+    QUIET.store(verbosity == Verbosity::Quiet, Ordering::Relaxed);
     let _ = tracing_subscriber::fmt()
         .with_max_level(verbosity.level())
         .with_writer(std::io::stderr)

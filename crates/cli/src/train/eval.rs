@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Tensor};
 use ldmscale_data::{Image, Split};
+use ldmscale_diffusion::SamplerId;
 use ldmscale_eval::{FidExtractor, FidMode, GaussianStats, RgbImage, frechet_distance};
 use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, TextConditioner, UNet};
-use ldmscale_study::pipeline::{encode, generate, load_images, sampler_kind};
-use ldmscale_train::{TrainState, TrainingData};
+use ldmscale_pipeline::{LatentDiffusion, SamplingSpec};
+use ldmscale_train::{InMemory, TrainState, TrainingData};
 use serde::Deserialize;
 
 /// `[eval]` of a run file.
@@ -68,7 +69,9 @@ impl Default for EvalConfig {
 impl EvalConfig {
     /// Checks the fields that can be checked before anything is loaded.
     pub fn validate(&self, origin: &str) -> Result<()> {
-        sampler_kind(&self.sampler).map_err(|e| anyhow::anyhow!("{origin} [eval] sampler: {e}"))?;
+        self.sampler
+            .parse::<SamplerId>()
+            .map_err(|e| anyhow::anyhow!("{origin} [eval] sampler: {e}"))?;
         if self.prompts == 0 {
             bail!("{origin} [eval] prompts: must be at least 1");
         }
@@ -128,7 +131,7 @@ impl<'a> Evaluator<'a> {
         device: &Device,
     ) -> Result<Self> {
         let wanted = config.prompts.max(config.fid_samples);
-        let val = load_images(dataset, resolution, Split::Val, wanted)
+        let val = ldmscale_data::load_captioned(dataset, resolution, Split::Val, wanted)
             .map_err(|e| anyhow::anyhow!("[eval]: validation split of {dataset}: {e}"))?;
         let available = val.captions.len();
         if config.fid_samples > available {
@@ -137,16 +140,15 @@ impl<'a> Evaluator<'a> {
                 config.fid_samples
             );
         }
-        let encoded = encode(
+        let encoded = InMemory::encode(
             vae,
             vae_config,
             text,
-            &val,
+            (&val.images, &val.captions),
             resolution,
             "eval".into(),
             device,
-        )
-        .map_err(anyhow::Error::msg)?;
+        )?;
         let states = |n: usize| -> Result<Tensor<3>> {
             let indices: Vec<usize> = (0..n).collect();
             Ok(encoded
@@ -205,21 +207,20 @@ impl<'a> Evaluator<'a> {
     /// was killed after evaluating and resumed from an earlier checkpoint).
     pub fn evaluate(&self, unet: &UNet, state: &TrainState) -> Result<EvalRecord> {
         let c = &self.config;
-        let sample = |cond: &Tensor<3>| {
-            generate(
-                unet,
-                self.vae,
-                self.vae_config,
-                &c.sampler,
-                c.steps,
-                c.cfg,
-                c.seed,
-                cond,
-                &self.null,
-                self.latent_shape,
-            )
-            .map(|(images, _)| images)
-            .map_err(anyhow::Error::msg)
+        let model = LatentDiffusion {
+            unet,
+            vae: self.vae,
+            vae_config: self.vae_config,
+            latent_shape: self.latent_shape,
+        };
+        let spec = SamplingSpec {
+            sampler: c.sampler.parse()?,
+            steps: c.steps,
+            cfg: c.cfg,
+            seed: c.seed,
+        };
+        let sample = |cond: &Tensor<3>| -> Result<Tensor<4>> {
+            Ok(model.generate(&spec, cond, &self.null)?.images)
         };
         let images = sample(&self.prompts)?;
         let [count, ..] = images.dims();

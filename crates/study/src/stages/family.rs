@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use ldmscale_diffusion::SamplerId;
 use ldmscale_model::UNet;
 use ldmscale_model::weights::write_atomic;
-use ldmscale_pipeline::{LatentDiffusion, SamplingSpec};
+use ldmscale_pipeline::SamplingSpec;
 use ldmscale_train::ema::EmaConfig;
 use ldmscale_train::optimizer::{AdamWConfig, LrSchedule};
 use ldmscale_train::{ModelConfig, Objective, TrainConfig, TrainState};
@@ -18,7 +18,7 @@ use super::latents::{self, Latents};
 use crate::config::StudyConfig;
 use crate::context::StudyContext;
 use crate::error::StudyError;
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, per_width};
 use crate::stage::Stage;
 
 /// Each width's run directory is `models/w{width}`.
@@ -66,11 +66,7 @@ pub fn width_fingerprint(config: &StudyConfig, width: usize) -> Fingerprint {
 
 /// What the family depends on.
 pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
-    let widths: Vec<_> = config
-        .widths
-        .iter()
-        .map(|&w| width_fingerprint(config, w))
-        .collect();
+    let widths = per_width(config, width_fingerprint);
     Fingerprint::of("family", &widths)
 }
 
@@ -133,7 +129,7 @@ impl FamilyStage<'_> {
         let eval_log = run.join("eval.jsonl");
         let mut hook = |unet: &UNet, state: &TrainState| -> Result<(), String> {
             self.evaluate(cx, unet, state, &eval_log)
-                .map_err(|e| e.to_string())
+                .map_err(|e| ldmscale_train::error::chain(&e))
         };
         let summary = ldmscale_train::train_with_hook(
             &config,
@@ -143,10 +139,7 @@ impl FamilyStage<'_> {
             true,
             Some(&mut hook),
         )
-        .map_err(|e| StudyError::Train {
-            width,
-            message: e.to_string(),
-        })?;
+        .map_err(|e| StudyError::Train { width, source: e })?;
         let path = run.join(FINGERPRINT_FILE);
         write_atomic(&path, format!("{fingerprint}\n").as_bytes())?;
         Ok(summary
@@ -164,22 +157,9 @@ impl FamilyStage<'_> {
         state: &TrainState,
         log: &Path,
     ) -> Result<(), StudyError> {
-        let sweep = &cx.config.sweep;
-        let prompts = EVAL_PROMPTS
-            .min(sweep.samples_per_cell as usize)
-            .min(self.latents.val_text.len());
-        let cond = self
-            .latents
-            .val_text
-            .states_tensor(&cx.device)
-            .narrow(0, 0, prompts);
-        let null = self.latents.null.states_tensor(&cx.device);
-        let model = LatentDiffusion {
-            unet,
-            vae: &self.first.vae,
-            vae_config: &self.first.config,
-            latent_shape: self.latents.latent_shape,
-        };
+        let n = EVAL_PROMPTS.min(cx.config.sweep.samples_per_cell as usize);
+        let prompts = self.latents.prompts(n, &cx.device);
+        let model = self.latents.model(unet, self.first);
         let spec = SamplingSpec {
             sampler: SamplerId::Ddim,
             steps: EVAL_STEPS,
@@ -188,7 +168,7 @@ impl FamilyStage<'_> {
         };
         let fid = self
             .evaluator
-            .fid_point(model.generate(&spec, &cond, &null)?.images)?;
+            .fid_point(model.generate(&spec, &prompts.cond, &prompts.null)?.images)?;
         let line = serde_json::json!({
             "step": state.step,
             "normalized_cost_x_iterations": state.normalized_cost_x_iterations,

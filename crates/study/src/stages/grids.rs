@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use ldmscale_diffusion::SamplerId;
 use ldmscale_model::UNet;
 use ldmscale_model::weights::{load_unet, write_atomic};
-use ldmscale_pipeline::{LatentDiffusion, SamplingSpec, values};
+use ldmscale_pipeline::{SamplingSpec, values};
 
 use super::evaluator::Evaluator;
 use super::family::Family;
@@ -52,22 +52,17 @@ impl DdimProbe<'_> {
         cfg: f64,
         bootstrap_seed: u64,
     ) -> Result<(Tensor<4>, f64, Option<FidCi>), StudyError> {
-        let model = LatentDiffusion {
-            unet,
-            vae: &self.first.vae,
-            vae_config: &self.first.config,
-            latent_shape: self.latents.latent_shape,
-        };
+        let model = self.latents.model(unet, self.first);
         let spec = SamplingSpec {
             sampler: SamplerId::Ddim,
             steps,
             cfg,
             seed: 0,
         };
-        let null = self.latents.null.states_tensor(&cx.device);
-        let images = model
-            .generate(&spec, &sweep::prompts(cx, self.latents), &null)?
-            .images;
+        let prompts = self
+            .latents
+            .prompts(sweep::samples_per_cell(cx), &cx.device);
+        let images = model.generate(&spec, &prompts.cond, &prompts.null)?.images;
         let (fid, ci) = self.evaluator.fid(images.clone(), bootstrap_seed)?;
         Ok((images, fid, ci))
     }

@@ -3,10 +3,12 @@
 
 use std::path::Path;
 
+use burn::tensor::{Device, Tensor};
 use ldmscale_data::{CacheKey, Crop, StorageDtype, file_sha256};
+use ldmscale_model::UNet;
 use ldmscale_model::text::bert::TRANSFORMERS_WEIGHTS_FILE;
 use ldmscale_model::weights::WEIGHTS_FILE;
-use ldmscale_pipeline::{TextBatch, encode_images, encode_text};
+use ldmscale_pipeline::{LatentDiffusion, TextBatch, encode_images, encode_text};
 
 use super::data::Splits;
 use super::first_stage::{self, FirstStageModel};
@@ -102,6 +104,38 @@ impl Stage for LatentsStage<'_> {
             );
         }
         self.with_prompts(cx, cache)
+    }
+}
+
+/// Text states of prompts: the conditional ones, their mask and the empty caption's.
+pub struct Prompts {
+    /// `[N, L, D]`.
+    pub cond: Tensor<3>,
+    /// `[N, L]`.
+    pub mask: Tensor<2>,
+    /// `[1, L, D]`.
+    pub null: Tensor<3>,
+}
+
+impl Latents {
+    /// The first `n` held-out captions (fewer when there are fewer).
+    pub fn prompts(&self, n: usize, device: &Device) -> Prompts {
+        let n = n.min(self.val_text.len());
+        Prompts {
+            cond: self.val_text.states_tensor(device).narrow(0, 0, n),
+            mask: self.val_text.mask_tensor(device).narrow(0, 0, n),
+            null: self.null.states_tensor(device),
+        }
+    }
+
+    /// `unet` over these latents, decoded by `first`.
+    pub fn model<'a>(&self, unet: &'a UNet, first: &'a FirstStageModel) -> LatentDiffusion<'a> {
+        LatentDiffusion {
+            unet,
+            vae: &first.vae,
+            vae_config: &first.config,
+            latent_shape: self.latent_shape,
+        }
     }
 }
 

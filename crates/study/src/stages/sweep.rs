@@ -4,9 +4,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::Tensor;
 use ldmscale_model::weights::load_unet;
-use ldmscale_pipeline::{LatentDiffusion, SamplingSpec};
+use ldmscale_pipeline::SamplingSpec;
 
 use super::evaluator::{self, Evaluator};
 use super::family::{self, Family};
@@ -16,7 +15,7 @@ use crate::cell::{Cell, CellKey, Variant};
 use crate::config::{StudyConfig, SweepCell};
 use crate::context::StudyContext;
 use crate::error::StudyError;
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, per_width};
 use crate::stage::Stage;
 use crate::store::{Store, shard_owns};
 
@@ -48,11 +47,7 @@ pub fn width_fingerprint(config: &StudyConfig, width: usize) -> Fingerprint {
 
 /// What the sweep depends on: every width's cells and the grid.
 pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
-    let widths: Vec<_> = config
-        .widths
-        .iter()
-        .map(|&w| width_fingerprint(config, w))
-        .collect();
+    let widths = per_width(config, width_fingerprint);
     let s = &config.sweep;
     Fingerprint::of(
         "sweep",
@@ -176,26 +171,9 @@ impl SweepStage<'_> {
         key: CellKey,
         cell: &SweepCell,
     ) -> Result<Cell, StudyError> {
-        let prompts = (cx.config.sweep.samples_per_cell as usize).min(self.latents.val_text.len());
-        let device = &cx.device;
-        let cond = self
-            .latents
-            .val_text
-            .states_tensor(device)
-            .narrow(0, 0, prompts);
-        let mask = self
-            .latents
-            .val_text
-            .mask_tensor(device)
-            .narrow(0, 0, prompts);
-        let null = self.latents.null.states_tensor(device);
+        let prompts = self.latents.prompts(samples_per_cell(cx), &cx.device);
         let [_, h, w] = self.latents.latent_shape;
-        let model = LatentDiffusion {
-            unet,
-            vae: &self.first.vae,
-            vae_config: &self.first.config,
-            latent_shape: self.latents.latent_shape,
-        };
+        let model = self.latents.model(unet, self.first);
         let spec = SamplingSpec {
             sampler: cell.sampler,
             steps: cell.steps,
@@ -203,13 +181,13 @@ impl SweepStage<'_> {
             seed: cell.seed,
         };
         let t0 = Instant::now();
-        let generated = model.generate(&spec, &cond, &null)?;
+        let generated = model.generate(&spec, &prompts.cond, &prompts.null)?;
         let wall_seconds = t0.elapsed().as_secs_f64();
         let (fid, fid_ci) = self
             .evaluator
             .fid(generated.images.clone(), key.seed_for("bootstrap"))?;
         let clip = &self.evaluator.features.clip.model;
-        let text = clip.embed_text(cond, mask);
+        let text = clip.embed_text(prompts.cond, prompts.mask);
         let cos: f32 = (clip.embed_images(generated.images) * text)
             .sum_dim(1)
             .mean()
@@ -222,7 +200,7 @@ impl SweepStage<'_> {
             steps: cell.steps,
             cfg: cell.cfg,
             seed: cell.seed,
-            n_samples: prompts as u32,
+            n_samples: samples_per_cell(cx).min(self.latents.val_text.len()) as u32,
             fid,
             fid_ci,
             // Unclamped, unlike torchmetrics' CLIP score: an in-domain encoder's cosines centre
@@ -265,8 +243,7 @@ pub fn adopt_store(cx: &StudyContext, config: &StudyConfig) -> Result<(), StudyE
     Ok(())
 }
 
-/// `[N, L, D]` states of the sweep's prompts.
-pub fn prompts(cx: &StudyContext, latents: &Latents) -> Tensor<3> {
-    let n = (cx.config.sweep.samples_per_cell as usize).min(latents.val_text.len());
-    latents.val_text.states_tensor(&cx.device).narrow(0, 0, n)
+/// Images per cell: one per prompt.
+pub fn samples_per_cell(cx: &StudyContext) -> usize {
+    cx.config.sweep.samples_per_cell as usize
 }

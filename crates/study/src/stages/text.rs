@@ -119,6 +119,22 @@ pub fn make(
     })
 }
 
+/// The encoder saved in `dir` by an earlier run, else the one `spec` names, made and saved
+/// there (what `ldmscale train` shares with the study).
+pub fn load_or_make(
+    spec: &TextEncoderSpec,
+    dir: &Path,
+    captions: &[String],
+    device: &Device,
+) -> Result<TextConditioner, StudyError> {
+    if let Ok(t) = TextConditioner::load(dir, None, device) {
+        return Ok(t);
+    }
+    let t = make(spec, captions, device)?;
+    t.save(dir)?;
+    Ok(t)
+}
+
 /// The text-state shape `--dry-run` assumes, and a missing encoder directory.
 pub fn estimate(config: &StudyConfig) -> (Estimate, [usize; 2]) {
     let mut e = Estimate::default();
