@@ -124,48 +124,9 @@ fn image_tensor(values: Vec<f32>, batch: usize, r: usize, device: &Device) -> Te
 /// Trains per `args`; writes checkpoints and the final model to `args.output`.
 pub fn train(args: &TrainVaeArgs, show_progress: bool) -> Result<TrainVaeReport> {
     let start = Instant::now();
-    if args.steps == 0 || args.batch_size == 0 {
-        bail!("--steps and --batch-size must be positive");
-    }
-    if !args.factor.is_power_of_two() {
-        bail!(
-            "--factor {}: expected a power of two (4, 8, ...)",
-            args.factor
-        );
-    }
-    if !(args.resolution as usize).is_multiple_of(args.factor) {
-        bail!(
-            "--resolution {} is not a multiple of --factor {}",
-            args.resolution,
-            args.factor
-        );
-    }
-    let mut config = AutoencoderKLConfig::small(args.factor, args.base_channels);
-    config.latent_channels = args.latent_channels;
-    config.sample_size = ldmscale_model::vae::SampleSize::Square(args.resolution as usize);
-    config
-        .validate()
-        .map_err(|e| anyhow::anyhow!("autoencoder settings: {e}"))?;
-
-    let spec: DatasetSpec = args
-        .data
-        .parse()
-        .with_context(|| format!("--data {:?}", args.data))?;
-    let split = SplitConfig::default();
-    let train_set = SplitDataset::new(spec.open()?, Split::Train, split)?;
-    let val_set = SplitDataset::new(spec.open()?, Split::Val, split)?;
+    let mut config = autoencoder_config(args)?;
+    let (mut loader, val_images) = data(args)?;
     let r = args.resolution as usize;
-    let mut loader = BatchLoader::new(
-        train_set,
-        Transform::random(args.resolution, false),
-        LoaderConfig {
-            batch_size: args.batch_size,
-            seed: args.seed,
-            shuffle: true,
-            workers: 0,
-        },
-    )?;
-    let val_images = held_out_images(&val_set, args.eval_images, args.resolution)?;
 
     let device = args.device.device()?;
     let train_device = device.clone().autodiff();
@@ -177,17 +138,7 @@ pub fn train(args: &TrainVaeArgs, show_progress: bool) -> Result<TrainVaeReport>
     let mut noise = SeededNoise::new(args.seed ^ 0x5eed_0a0e);
     let val_psnr_at_start = psnr(&model.valid(), &val_images, r, args.batch_size, &device);
 
-    let bar = if show_progress {
-        ProgressBar::new(args.steps as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} train-vae {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
-        )
-        .expect("valid template"),
-    );
+    let bar = progress(args.steps as u64, show_progress);
     let tail = (args.steps / 10).max(1);
     let (mut tail_rec, mut tail_kl) = (0.0f64, 0.0f64);
     let values_per_batch = (args.batch_size * 3 * r * r) as f64;
@@ -267,6 +218,73 @@ pub fn train(args: &TrainVaeArgs, show_progress: bool) -> Result<TrainVaeReport>
     };
     write_report(&args.output, &report)?;
     Ok(report)
+}
+
+/// The autoencoder `args` ask for, checked.
+fn autoencoder_config(args: &TrainVaeArgs) -> Result<AutoencoderKLConfig> {
+    if args.steps == 0 || args.batch_size == 0 {
+        bail!("--steps and --batch-size must be positive");
+    }
+    if !args.factor.is_power_of_two() {
+        bail!(
+            "--factor {}: expected a power of two (4, 8, ...)",
+            args.factor
+        );
+    }
+    if !(args.resolution as usize).is_multiple_of(args.factor) {
+        bail!(
+            "--resolution {} is not a multiple of --factor {}",
+            args.resolution,
+            args.factor
+        );
+    }
+    let mut config = AutoencoderKLConfig::small(args.factor, args.base_channels);
+    config.latent_channels = args.latent_channels;
+    config.sample_size = ldmscale_model::vae::SampleSize::Square(args.resolution as usize);
+    config
+        .validate()
+        .map_err(|e| anyhow::anyhow!("autoencoder settings: {e}"))?;
+    Ok(config)
+}
+
+/// The training loader and the held-out images of `args.data`.
+fn data(
+    args: &TrainVaeArgs,
+) -> Result<(BatchLoader<SplitDataset<Box<dyn Dataset>>>, Vec<Vec<f32>>)> {
+    let spec: DatasetSpec = args
+        .data
+        .parse()
+        .with_context(|| format!("--data {:?}", args.data))?;
+    let split = SplitConfig::default();
+    let train_set = SplitDataset::new(spec.open()?, Split::Train, split)?;
+    let val_set = SplitDataset::new(spec.open()?, Split::Val, split)?;
+    let loader = BatchLoader::new(
+        train_set,
+        Transform::random(args.resolution, false),
+        LoaderConfig {
+            batch_size: args.batch_size,
+            seed: args.seed,
+            shuffle: true,
+            workers: 0,
+        },
+    )?;
+    let val_images = held_out_images(&val_set, args.eval_images, args.resolution)?;
+    Ok((loader, val_images))
+}
+
+fn progress(steps: u64, show: bool) -> ProgressBar {
+    let bar = if show {
+        ProgressBar::new(steps)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} train-vae {bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar
 }
 
 /// The first `count` held-out images, centre-cropped to `resolution`, as CHW floats in [-1, 1].
