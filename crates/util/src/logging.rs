@@ -1,6 +1,7 @@
 //! The one log subscriber of every ldmscale binary: stage progress at info, warnings (skipped
 //! examples, stale results moved aside) always, all on stderr (stdout carries results).
 
+use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// How much to log: `-q` gives [`Verbosity::Quiet`], `-v` / `-vv` more.
@@ -50,6 +51,7 @@ pub fn init(verbosity: Verbosity) {
     let _ = tracing_subscriber::fmt()
         .with_max_level(verbosity.level())
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
         .try_init();

@@ -142,12 +142,22 @@ impl ReportStage<'_> {
                 ),
             ),
             fact("learning check", self.learning.to_string()),
-            fact("device", format!("{:?}", cx.device)),
+            fact("device", device_name(&cx.device)),
             fact(
                 "wall time",
                 format!("{:.0} s", cx.started.elapsed().as_secs_f64()),
             ),
         ]
+    }
+}
+
+/// The device as a reader names it ("cpu" for burn's flex backend).
+fn device_name(device: &burn::tensor::Device) -> String {
+    let name = format!("{device:?}");
+    if name.contains("Flex") {
+        "cpu (burn flex backend)".into()
+    } else {
+        name
     }
 }
 
