@@ -1,26 +1,18 @@
 //! The evaluation hook: called every `eval_every` steps with a model on the training device;
 //! its failure stops the run as `TrainError::Hook`.
 
+mod common;
+
 use burn::module::Module;
 use burn::tensor::Device;
 use ldmscale_train::{SyntheticData, TrainConfig, TrainError, train_with_hook};
 
 fn config() -> TrainConfig {
-    TrainConfig::from_toml(
-        "steps = 4\nbatch_size = 2\neval_every = 2\ncheckpoint_every = 2\n\
-         [model]\nfamily = \"small\"\nwidth = 8\nheads = 2\nnorm_groups = 4\n[ema]\nmax_decay = 0.99\n",
-        "test",
-    )
-    .unwrap()
+    common::config("steps = 4\nbatch_size = 2\neval_every = 2\ncheckpoint_every = 2")
 }
 
 fn data() -> SyntheticData {
-    SyntheticData {
-        len: 6,
-        classes: 3,
-        latent_shape: [4, 8, 8],
-        context_shape: [3, 16],
-    }
+    common::data(6)
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Data parallelism: a batch split over several devices trains the same model as one device with
 //! the whole batch (up to float rounding), step by step.
 
+mod common;
+
 use std::path::Path;
 
 use burn::tensor::Device;
@@ -9,23 +11,13 @@ use ldmscale_train::params::{Named, read_named};
 use ldmscale_train::{SyntheticData, TrainConfig, train};
 
 fn config(batch: usize, devices: &str) -> TrainConfig {
-    TrainConfig::from_toml(
-        &format!(
-            "steps = 4\nbatch_size = {batch}\ngrad_accum = 2\nlearning_rate = 2e-3\nwarmup_steps = 1\ngrad_clip = 1.0\ncheckpoint_every = 4\n{devices}\n\
-             [model]\nfamily = \"small\"\nwidth = 8\nheads = 2\nnorm_groups = 4\n[ema]\nmax_decay = 0.99\n"
-        ),
-        "test",
-    )
-    .unwrap()
+    common::config(&format!(
+        "steps = 4\nbatch_size = {batch}\ngrad_accum = 2\nlearning_rate = 2e-3\nwarmup_steps = 1\ngrad_clip = 1.0\ncheckpoint_every = 4\n{devices}"
+    ))
 }
 
 fn data() -> SyntheticData {
-    SyntheticData {
-        len: 12,
-        classes: 3,
-        latent_shape: [4, 8, 8],
-        context_shape: [3, 16],
-    }
+    common::data(12)
 }
 
 /// Final weights, AdamW moments and EMA, by group and name.

@@ -1,6 +1,8 @@
 //! Exact resume: a run stopped after a checkpoint and resumed ends with the same bits as an
 //! uninterrupted run; bad inputs fail clearly without touching checkpoints.
 
+mod common;
+
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
@@ -8,23 +10,13 @@ use ldmscale_train::checkpoint;
 use ldmscale_train::{SyntheticData, TrainConfig, TrainError, TrainingData, train};
 
 fn config(steps: u64) -> TrainConfig {
-    TrainConfig::from_toml(
-        &format!(
-            "steps = {steps}\nbatch_size = 2\ngrad_accum = 2\nlearning_rate = 1e-3\nwarmup_steps = 2\ngrad_clip = 1.0\ncheckpoint_every = 2\nkeep_last = 2\n\
-             [model]\nfamily = \"small\"\nwidth = 8\nheads = 2\nnorm_groups = 4\n[ema]\nmax_decay = 0.99\n"
-        ),
-        "test",
-    )
-    .unwrap()
+    common::config(&format!(
+        "steps = {steps}\nbatch_size = 2\ngrad_accum = 2\nlearning_rate = 1e-3\nwarmup_steps = 2\ngrad_clip = 1.0\ncheckpoint_every = 2\nkeep_last = 2"
+    ))
 }
 
 fn data() -> SyntheticData {
-    SyntheticData {
-        len: 6,
-        classes: 3,
-        latent_shape: [4, 8, 8],
-        context_shape: [3, 16],
-    }
+    common::data(6)
 }
 
 fn final_bytes(run: &Path) -> Vec<u8> {

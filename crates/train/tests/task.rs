@@ -2,6 +2,8 @@
 //! instance and prior rows) train through `train_task`, shard like the built-in task, and with
 //! uniform weights train the same bits as text-to-image.
 
+mod common;
+
 use std::ops::Range;
 use std::path::Path;
 
@@ -102,23 +104,13 @@ impl ShardLoss<WeightedBatch> for WeightedLoss {
 }
 
 fn config(batch: usize) -> TrainConfig {
-    TrainConfig::from_toml(
-        &format!(
-            "steps = 3\nbatch_size = {batch}\ngrad_accum = 2\nlearning_rate = 2e-3\nwarmup_steps = 1\ngrad_clip = 1.0\ncheckpoint_every = 3\n\
-             [model]\nfamily = \"small\"\nwidth = 8\nheads = 2\nnorm_groups = 4\n[ema]\nmax_decay = 0.99\n"
-        ),
-        "test",
-    )
-    .unwrap()
+    common::config(&format!(
+        "steps = 3\nbatch_size = {batch}\ngrad_accum = 2\nlearning_rate = 2e-3\nwarmup_steps = 1\ngrad_clip = 1.0\ncheckpoint_every = 3"
+    ))
 }
 
 fn data() -> SyntheticData {
-    SyntheticData {
-        len: 10,
-        classes: 3,
-        latent_shape: [4, 8, 8],
-        context_shape: [3, 16],
-    }
+    common::data(10)
 }
 
 /// Trains the weighted task on `devices` CPU threads into `run`.
