@@ -70,24 +70,20 @@ pub enum FidFeaturesKind {
     InDomain,
 }
 
-/// Serde through `Display` / `FromStr`, so a typed field keeps its TOML spelling.
-macro_rules! serde_as_text {
-    ($t:ty) => {
-        impl Serialize for $t {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
-            }
-        }
-        impl<'de> Deserialize<'de> for $t {
-            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                String::deserialize(d)?
-                    .parse()
-                    .map_err(serde::de::Error::custom)
-            }
-        }
-    };
+// Serde through `Display` / `FromStr`, so the typed field keeps its TOML spelling.
+impl Serialize for TextEncoderSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
-serde_as_text!(TextEncoderSpec);
+
+impl<'de> Deserialize<'de> for TextEncoderSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
 
 /// One sweep cell of a width: a sampler, its steps, a guidance rate and a noise seed.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -538,6 +534,31 @@ mod tests {
             StudyConfig::from_toml(&text, "s.toml")
                 .unwrap_err()
                 .contains("resolutoin")
+        );
+    }
+
+    #[test]
+    fn typed_fields_keep_their_toml_spelling() {
+        let toml = StudyConfig::preset("paper").unwrap().to_toml();
+        assert!(
+            toml.contains("text_encoder = \"clip:text_encoder\""),
+            "{toml}"
+        );
+        assert!(
+            toml.contains("family = \"paper\"") && toml.contains("fid_features = \"inception\"")
+        );
+        assert!(toml.contains("\"dpmpp-2m\""), "{toml}");
+        let bad = toml.replace("\"dpmpp-2m\"", "\"dpm++\"");
+        let err = StudyConfig::from_toml(&bad, "s.toml").unwrap_err();
+        assert!(
+            err.contains("s.toml") && err.contains("dpm++") && err.contains("dpmpp-2m"),
+            "{err}"
+        );
+        let bad = toml.replace("clip:text_encoder", "bert");
+        assert!(
+            StudyConfig::from_toml(&bad, "s.toml")
+                .unwrap_err()
+                .contains("text_encoder")
         );
     }
 
