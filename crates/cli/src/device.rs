@@ -15,10 +15,10 @@ pub struct DeviceArgs {
 impl DeviceArgs {
     /// The device, or an error naming the flag.
     pub fn device(&self) -> Result<Device> {
-        Ok(
-            ldmscale_train::parallel::parse_device(&self.device, "--device")
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-        )
+        Ok(ldmscale_train::parallel::parse_device(
+            &self.device,
+            "--device",
+        )?)
     }
 }
 

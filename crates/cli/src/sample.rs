@@ -136,7 +136,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
             "nothing to write: pass --output-latents OUT.npy (decoding to PNG needs the first-stage autoencoder, not available yet)"
         );
     }
-    let device = args.device.device().map_err(anyhow::Error::msg)?;
+    let device = args.device.device()?;
     let (config, unet) = load_unet(&args.unet, &device)?;
     let (scheduler, scheduler_json) = scheduler_config(args)?;
 

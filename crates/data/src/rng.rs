@@ -5,12 +5,7 @@
 
 /// FNV-1a over the bytes, finished with the SplitMix64 mixer so nearby strings spread evenly.
 pub fn hash_str(s: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in s.as_bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix(h)
+    mix(ldmscale_util::hash::fnv1a(s))
 }
 
 /// Combines values into one well-mixed 64-bit key (order matters).

@@ -45,8 +45,8 @@ pub fn run(
     options: &RunOptions,
 ) -> Result<Summary, StudyError> {
     config.validate().map_err(StudyError::Config)?;
-    std::fs::create_dir_all(out).map_err(StudyError::io(out))?;
     let cx = StudyContext::open(config, out, device.clone(), options)?;
+    std::fs::create_dir_all(out).map_err(StudyError::io(out))?;
     let config_path = out.join(CONFIG_FILE);
     if !out.join(crate::context::MANIFEST).exists()
         && let Ok(text) = std::fs::read_to_string(&config_path)

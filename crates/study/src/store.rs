@@ -194,9 +194,14 @@ impl Store {
             })
             .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
             .map_err(|e| self.err(e))?;
+        let index: std::collections::HashMap<i64, usize> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (*id, i))
+            .collect();
         for (id, metric) in metrics {
-            if let Some((_, cell)) = cells.iter_mut().find(|(cell_id, _)| *cell_id == id) {
-                attach(cell, metric);
+            if let Some(&i) = index.get(&id) {
+                attach(&mut cells[i].1, metric);
             }
         }
         Ok(cells.into_iter().map(|(_, c)| c).collect())

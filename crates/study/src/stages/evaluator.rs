@@ -216,17 +216,20 @@ impl Features {
 impl Evaluator {
     /// FID of `images` against the reference, without an interval.
     pub fn fid_point(&self, images: Tensor<4>) -> Result<f64, StudyError> {
+        Ok(self.generated_fid(images)?.0)
+    }
+
+    /// FID of `images` and their features `[N, dim]`, row-major.
+    fn generated_fid(&self, images: Tensor<4>) -> Result<(f64, Vec<f32>, usize), StudyError> {
         let (generated, d) = self.features.features(images)?;
         let stats = GaussianStats::from_features(&generated, d)?;
-        Ok(frechet_distance(&stats, &self.reference)?)
+        Ok((frechet_distance(&stats, &self.reference)?, generated, d))
     }
 
     /// FID of `images` against the reference, with its bootstrap interval (replicates seeded
     /// by `seed`) when the study asks for one.
     pub fn fid(&self, images: Tensor<4>, seed: u64) -> Result<(f64, Option<FidCi>), StudyError> {
-        let (generated, d) = self.features.features(images)?;
-        let stats = GaussianStats::from_features(&generated, d)?;
-        let fid = frechet_distance(&stats, &self.reference)?;
+        let (fid, generated, d) = self.generated_fid(images)?;
         if self.bootstrap < 2 {
             return Ok((fid, None));
         }

@@ -4,13 +4,15 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::Module;
+use burn::tensor::Tensor;
+use ldmscale_model::UNet;
 use ldmscale_model::weights::load_unet;
-use ldmscale_pipeline::SamplingSpec;
+use ldmscale_pipeline::{LatentDiffusion, SamplingSpec};
 
 use super::evaluator::{self, Evaluator};
 use super::family::{self, Family};
 use super::first_stage::FirstStageModel;
-use super::latents::Latents;
+use super::latents::{Latents, Prompts};
 use crate::cell::{Cell, CellKey, Variant};
 use crate::config::{StudyConfig, SweepCell};
 use crate::context::StudyContext;
@@ -97,13 +99,14 @@ impl Stage for SweepStage<'_> {
 
     fn load(&self, cx: &StudyContext) -> Result<Option<Vec<Cell>>, StudyError> {
         let store = Store::open(&store_path(cx))?;
+        let cells = cx.config.cells();
         for &w in &cx.config.widths {
             let current = width_fingerprint(cx.config, w);
             if store.meta(&meta_key(w))?.as_deref() != Some(current.as_str()) {
                 return Ok(None);
             }
-            for cell in cx.config.cells() {
-                if self.owns(cx, w, &cell) && !store.contains(&cell_key(w, &cell))? {
+            for cell in &cells {
+                if self.owns(cx, w, cell) && !store.contains(&cell_key(w, cell))? {
                     return Ok(None);
                 }
             }
@@ -118,6 +121,7 @@ impl Stage for SweepStage<'_> {
         for (w, dir) in &self.family.models {
             self.refresh_width(cx, &mut store, *w)?;
             let (_, unet) = load_unet(dir, &cx.device)?;
+            let width = self.width_inputs(cx, &unet);
             for cell in &cells {
                 bar.inc(1);
                 let key = cell_key(*w, cell);
@@ -128,7 +132,7 @@ impl Stage for SweepStage<'_> {
                     "w{w} {} x{} cfg {}",
                     cell.sampler, cell.steps, cell.cfg
                 ));
-                store.insert(&self.measure(cx, &unet, key, cell)?)?;
+                store.insert(&self.measure(&width, key, cell)?)?;
             }
         }
         bar.finish_and_clear();
@@ -163,44 +167,56 @@ impl SweepStage<'_> {
         Ok(())
     }
 
+    /// What every cell of one width shares: its model, cost, prompts and their CLIP text
+    /// embedding.
+    fn width_inputs<'a>(&'a self, cx: &StudyContext, unet: &'a UNet) -> WidthInputs<'a> {
+        let prompts = self.latents.prompts(samples_per_cell(cx), &cx.device);
+        let [_, h, w] = self.latents.latent_shape;
+        let clip = &self.evaluator.features.clip.model;
+        WidthInputs {
+            model: self.latents.model(unet, self.first),
+            params: unet.num_params() as u64,
+            gflops_per_eval: unet.cost(h, w, self.latents.val_text.length).gflops(),
+            text_embedding: clip.embed_text(prompts.cond.clone(), prompts.mask.clone()),
+            prompts,
+        }
+    }
+
     /// Samples one cell's images and measures them.
     fn measure(
         &self,
-        cx: &StudyContext,
-        unet: &ldmscale_model::UNet,
+        width: &WidthInputs,
         key: CellKey,
         cell: &SweepCell,
     ) -> Result<Cell, StudyError> {
-        let prompts = self.latents.prompts(samples_per_cell(cx), &cx.device);
-        let [_, h, w] = self.latents.latent_shape;
-        let model = self.latents.model(unet, self.first);
         let spec = SamplingSpec {
             sampler: cell.sampler,
             steps: cell.steps,
             cfg: cell.cfg,
             seed: cell.seed,
         };
+        let prompts = &width.prompts;
         let t0 = Instant::now();
-        let generated = model.generate(&spec, &prompts.cond, &prompts.null)?;
+        let generated = width.model.generate(&spec, &prompts.cond, &prompts.null)?;
         let wall_seconds = t0.elapsed().as_secs_f64();
         let (fid, fid_ci) = self
             .evaluator
             .fid(generated.images.clone(), key.seed_for("bootstrap"))?;
         let clip = &self.evaluator.features.clip.model;
-        let text = clip.embed_text(prompts.cond, prompts.mask);
-        let cos: f32 = (clip.embed_images(generated.images) * text)
+        let cos: f32 = (clip.embed_images(generated.images) * width.text_embedding.clone())
             .sum_dim(1)
             .mean()
             .into_scalar();
+        let [n_samples, _, _] = prompts.cond.dims();
         Ok(Cell {
             variant: key.variant,
             width: key.width,
-            params: unet.num_params() as u64,
+            params: width.params,
             sampler: cell.sampler,
             steps: cell.steps,
             cfg: cell.cfg,
             seed: cell.seed,
-            n_samples: samples_per_cell(cx).min(self.latents.val_text.len()) as u32,
+            n_samples: n_samples as u32,
             fid,
             fid_ci,
             // Unclamped, unlike torchmetrics' CLIP score: an in-domain encoder's cosines centre
@@ -208,18 +224,28 @@ impl SweepStage<'_> {
             in_domain_clip: Some(100.0 * cos as f64),
             metrics: Vec::new(),
             evaluations: generated.evaluations as u64,
-            gflops_per_eval: unet.cost(h, w, self.latents.val_text.length).gflops(),
+            gflops_per_eval: width.gflops_per_eval,
             wall_seconds,
         })
     }
 }
 
+/// See [`SweepStage::width_inputs`].
+struct WidthInputs<'a> {
+    model: LatentDiffusion<'a>,
+    params: u64,
+    gflops_per_eval: f64,
+    prompts: Prompts,
+    text_embedding: Tensor<2>,
+}
+
 /// The stored cells that lie on the current config's grid (a store may hold cells of an
 /// earlier, larger grid).
 pub fn grid_cells(cx: &StudyContext, store: &Store) -> Result<Vec<Cell>, StudyError> {
+    let cells = cx.config.cells();
     let mut keys = std::collections::HashSet::new();
     for &w in &cx.config.widths {
-        keys.extend(cx.config.cells().iter().map(|c| cell_key(w, c)));
+        keys.extend(cells.iter().map(|c| cell_key(w, c)));
     }
     Ok(store
         .cells()?
