@@ -247,10 +247,11 @@ fn autoencoder_config(args: &TrainVaeArgs) -> Result<AutoencoderKLConfig> {
     Ok(config)
 }
 
+/// Batches of the training split.
+type TrainLoader = BatchLoader<SplitDataset<Box<dyn Dataset>>>;
+
 /// The training loader and the held-out images of `args.data`.
-fn data(
-    args: &TrainVaeArgs,
-) -> Result<(BatchLoader<SplitDataset<Box<dyn Dataset>>>, Vec<Vec<f32>>)> {
+fn data(args: &TrainVaeArgs) -> Result<(TrainLoader, Vec<Vec<f32>>)> {
     let spec: DatasetSpec = args
         .data
         .parse()

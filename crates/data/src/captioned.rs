@@ -57,7 +57,7 @@ pub fn load_captioned(
     let transform = Transform::center(resolution as u32);
     let mut out = Captioned::default();
     let mut index = 0;
-    while out.len() < count && !data.len().is_some_and(|n| index >= n) {
+    while out.len() < count && data.len().is_none_or(|n| index < n) {
         match data.get(index) {
             Ok(ex) => {
                 out.images

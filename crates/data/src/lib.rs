@@ -26,8 +26,8 @@ pub mod transform;
 pub mod webdataset;
 
 pub use batch::{Batch, BatchLoader, Cursor, LoaderConfig, Sampler};
-pub use captioned::{Captioned, load_captioned};
 pub use cache::{CacheKey, CachedBatch, LatentCache, LatentCacheWriter, StorageDtype, file_sha256};
+pub use captioned::{Captioned, load_captioned};
 pub use dataset::{Dataset, Example, Skipped, Split, SplitConfig, SplitDataset};
 pub use error::DataError;
 pub use folder::{Coco, CocoCaptions, ImageFolder};

@@ -321,7 +321,9 @@ fn sampler_ordering(optimal: &[Setting], claim: Claim, better: &str, worse: &str
 /// inconclusive until they do.
 pub fn training_compute_scales_performance(curves: &[(u32, Vec<(f64, f64)>)]) -> Finding {
     let claim = TRAINING_COMPUTE_SCALES_PERFORMANCE;
-    let usable: Vec<(u32, (f64, f64), (f64, f64))> = curves
+    // (width, first point, last point) of every curve with two points or more.
+    type FirstLast = (u32, (f64, f64), (f64, f64));
+    let usable: Vec<FirstLast> = curves
         .iter()
         .filter(|(_, c)| c.len() >= 2)
         .map(|(w, c)| (*w, c[0], *c.last().expect("two points")))
