@@ -15,6 +15,7 @@ pub mod batch;
 pub mod cache;
 pub mod captioned;
 pub mod dataset;
+pub mod degrade;
 pub mod error;
 pub mod folder;
 pub mod image;

@@ -1,0 +1,6 @@
+//! The RealESRGAN two-stage degradation (x4 real-world super-resolution), operation by operation
+//! as BasicSR / Real-ESRGAN compute them, on float RGB images.
+
+mod float_image;
+
+pub use float_image::FloatImage;
