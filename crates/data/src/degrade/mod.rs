@@ -2,5 +2,7 @@
 //! as BasicSR / Real-ESRGAN compute them, on float RGB images.
 
 mod float_image;
+mod kernels;
 
 pub use float_image::FloatImage;
+pub use kernels::{Kernel, KernelShape, bessel_j1, filter2d};
