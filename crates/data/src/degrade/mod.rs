@@ -5,4 +5,4 @@ mod float_image;
 mod kernels;
 
 pub use float_image::FloatImage;
-pub use kernels::{Kernel, KernelShape, bessel_j1, filter2d};
+pub use kernels::{Kernel, KernelShape, filter2d};
