@@ -131,18 +131,27 @@ fn reflect(index: isize, len: usize) -> usize {
     i as usize
 }
 
+/// Source index of every (output position, kernel tap) along an axis of `len`, reflect-101.
+fn reflected_taps(len: usize, size: usize) -> Vec<usize> {
+    let half = (size / 2) as isize;
+    (0..len)
+        .flat_map(|i| (0..size).map(move |k| reflect(i as isize + k as isize - half, len)))
+        .collect()
+}
+
 /// BasicSR `filter2D`: each channel padded by `size / 2` with reflect-101, then correlated
 /// (torch `conv2d`, no flip) with the kernel; output has the input's size.
 pub fn filter2d(img: &FloatImage, kernel: &Kernel) -> FloatImage {
-    let half = (kernel.size / 2) as isize;
+    let size = kernel.size;
+    let rows = reflected_taps(img.height, size);
+    let cols = reflected_taps(img.width, size);
     let mut out = FloatImage::zeros(img.width, img.height);
     for y in 0..img.height {
         for x in 0..img.width {
             let mut acc = [0.0f64; 3];
-            for (row, col) in grid(kernel.size) {
-                let w = kernel.weights[row * kernel.size + col];
-                let sy = reflect(y as isize + row as isize - half, img.height);
-                let sx = reflect(x as isize + col as isize - half, img.width);
+            for (row, col) in grid(size) {
+                let w = kernel.weights[row * size + col];
+                let (sy, sx) = (rows[y * size + row], cols[x * size + col]);
                 for (c, a) in acc.iter_mut().enumerate() {
                     *a += w * img.get(sx, sy, c) as f64;
                 }
