@@ -3,6 +3,8 @@
 
 mod float_image;
 mod kernels;
+mod random_kernels;
 
 pub use float_image::FloatImage;
 pub use kernels::{Kernel, KernelShape, filter2d};
+pub use random_kernels::{BlurParams, FinalSincParams, KernelDraw, KernelFamily};
