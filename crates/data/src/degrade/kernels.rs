@@ -132,7 +132,7 @@ fn reflect(index: isize, len: usize) -> usize {
 }
 
 /// Source index of every (output position, kernel tap) along an axis of `len`, reflect-101.
-fn reflected_taps(len: usize, size: usize) -> Vec<usize> {
+pub(super) fn reflected_taps(len: usize, size: usize) -> Vec<usize> {
     let half = (size / 2) as isize;
     (0..len)
         .flat_map(|i| (0..size).map(move |k| reflect(i as isize + k as isize - half, len)))

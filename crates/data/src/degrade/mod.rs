@@ -4,7 +4,9 @@
 mod float_image;
 mod kernels;
 mod random_kernels;
+mod usm;
 
 pub use float_image::FloatImage;
 pub use kernels::{Kernel, KernelShape, filter2d};
 pub use random_kernels::{BlurParams, FinalSincParams, KernelDraw, KernelFamily};
+pub use usm::{UsmParams, filter_separable, gaussian_kernel_1d, usm_sharp};

@@ -1,0 +1,54 @@
+//! The degradation's operations against BasicSR 1.4.2 and PyTorch (fixtures/degradation/*.json,
+//! made by tools/fixtures/make_degradation_fixtures.py).
+
+use ldmscale_data::degrade::{FloatImage, UsmParams, usm_sharp};
+use serde_json::Value;
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/../../fixtures/degradation/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(&path).expect("read fixture")).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn usize_of(v: &Value) -> usize {
+    v.as_u64().unwrap() as usize
+}
+
+/// An image stored as `height x width x 3` values; `scale` 255 for 8-bit ones.
+fn image(doc: &Value, key: &str, scale: f64) -> FloatImage {
+    let pixels = floats(&doc[key])
+        .into_iter()
+        .map(|v| (v / scale) as f32)
+        .collect();
+    FloatImage::from_pixels(usize_of(&doc["width"]), usize_of(&doc["height"]), pixels).unwrap()
+}
+
+fn max_error(got: &FloatImage, want: &[f64]) -> f64 {
+    assert_eq!(got.pixels.len(), want.len());
+    got.pixels
+        .iter()
+        .zip(want)
+        .map(|(&a, b)| (a as f64 - b).abs())
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn usm_sharp_matches_basicsr() {
+    let doc = fixture("usm");
+    let out = usm_sharp(&image(&doc, "image", 255.0), UsmParams::default());
+    for key in ["usm_sharp_torch", "usm_sharp_numpy"] {
+        let err = max_error(&out, &floats(&doc[key]));
+        println!("{key}: max error {err:e}");
+        assert!(err < 1e-5, "{key}: max error {err}");
+    }
+}
