@@ -1,27 +1,42 @@
 //! `ldmscale train-vae`: trains a small KL autoencoder (the first stage) on a dataset's images,
 //! reports reconstruction PSNR on held-out images, and measures the latent scaling factor.
 //!
-//! Loss per image, as in LDM's autoencoder (without its GAN and perceptual terms): the summed L1
-//! (or squared) reconstruction error of a decoded posterior sample, plus `beta` times the KL
-//! divergence of the posterior to N(0, I); averaged over the batch; AdamW. The scaling factor
-//! is 1 / std of posterior samples over training images, as Stable Diffusion measured its 0.18215.
-//! Checkpoints are diffusers `AutoencoderKL` directories written file by file atomically.
+//! The loop is the study's first stage's (`ldmscale_train::autoencoder`) with LDM's loss scale:
+//! the L1 (or squared) reconstruction error of a decoded posterior sample summed per image,
+//! plus `--kl-weight` times the KL divergence of the posterior to N(0, I), averaged over the
+//! batch; AdamW without weight decay or warmup. Batches come from a shuffled loader with random
+//! crops. The scaling factor is 1 / std of posterior modes of further training batches, as Stable
+//! Diffusion measured its 0.18215. Checkpoints are diffusers `AutoencoderKL` directories written
+//! file by file atomically.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use ldmscale_data::{
     BatchLoader, Dataset, DatasetSpec, LoaderConfig, Split, SplitConfig, SplitDataset, Transform,
 };
-use ldmscale_diffusion::SeededNoise;
 use ldmscale_model::vae::{AutoencoderKL, AutoencoderKLConfig, save_vae};
 use ldmscale_model::weights::write_atomic;
+use ldmscale_train::TrainError;
+use ldmscale_train::autoencoder::{
+    AutoencoderRecipe, AutoencoderStep, ImageBatches, ReconstructionLoss, Reduction, StdRng,
+    latent_scaling_factor, reconstruction_psnr, train_autoencoder,
+};
+use ldmscale_train::params;
+
+/// Largest accepted sizes: beyond them a run cannot fit in memory (or is a typo).
+const MAX_FACTOR: usize = 64;
+const MAX_RESOLUTION: usize = 4096;
+const MAX_CHANNELS: usize = 1024;
+const MAX_BATCH: usize = 4096;
+const MAX_IMAGES: usize = 100_000;
+/// Values of one first-level activation of a batch (2^32 f32 values: 16 GiB).
+const MAX_ACTIVATION_VALUES: u128 = 1 << 32;
 
 /// Reconstruction loss.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -95,11 +110,12 @@ pub struct TrainVaeReport {
     pub final_reconstruction_per_value: f64,
     /// KL per image over the last 10% of steps.
     pub final_kl: f64,
-    /// Mean PSNR (dB, images in [0, 1]) of posterior-mode reconstructions of held-out images.
+    /// PSNR (dB, images in [0, 1]) of the mean squared error of posterior-mode reconstructions
+    /// of held-out images.
     pub val_psnr: f64,
     /// The same before training, for comparison.
     pub val_psnr_at_start: f64,
-    /// 1 / std of training latents, stored in config.json as `scaling_factor`.
+    /// 1 / std of posterior modes of training images, stored in config.json as `scaling_factor`.
     pub scaling_factor: f64,
     /// GFLOPs to encode one image / decode one latent.
     pub encode_gflops: f64,
@@ -124,92 +140,37 @@ fn image_tensor(values: Vec<f32>, batch: usize, r: usize, device: &Device) -> Te
 /// Trains per `args`; writes checkpoints and the final model to `args.output`.
 pub fn train(args: &TrainVaeArgs, show_progress: bool) -> Result<TrainVaeReport> {
     let start = Instant::now();
-    let mut config = autoencoder_config(args)?;
-    let (mut loader, val_images) = data(args)?;
-    let r = args.resolution as usize;
-
+    let (mut config, recipe) = settings(args)?;
+    let (loader, val_images) = data(args)?;
     let device = args.device.device()?;
-    let train_device = device.clone().autodiff();
-    let mut model = ldmscale_train::params::seeded_init(&train_device, args.seed, || {
-        AutoencoderKL::new(&config, &train_device)
-    });
-    let params = model.num_params();
-    let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
-    let mut noise = SeededNoise::new(args.seed ^ 0x5eed_0a0e);
-    let val_psnr_at_start = psnr(&model.valid(), &val_images, r, args.batch_size, &device);
+    let r = args.resolution as usize;
+    let val = image_tensor(val_images.concat(), val_images.len(), r, &device);
+    let untrained =
+        params::seeded_init(&device, args.seed, || AutoencoderKL::new(&config, &device));
+    let val_psnr_at_start = reconstruction_psnr(&untrained, &val, args.batch_size);
+    let params = untrained.num_params();
 
-    let bar = progress(args.steps as u64, show_progress);
-    let tail = (args.steps / 10).max(1);
-    let (mut tail_rec, mut tail_kl) = (0.0f64, 0.0f64);
-    let values_per_batch = (args.batch_size * 3 * r * r) as f64;
-    for step in 0..args.steps {
-        let batch = loader.next_batch()?;
-        let b = batch.len();
-        let x = image_tensor(batch.images_chw_f32(), b, r, &train_device);
-        let posterior = model.encode(x.clone());
-        let shape = posterior.mean.dims();
-        let eps = Tensor::from_data(
-            TensorData::new(noise.sample_vec(shape.iter().product()), shape),
-            &train_device,
-        );
-        let reconstruction = model.decode(posterior.sample(eps));
-        let error = reconstruction - x;
-        let error = match args.loss {
-            RecLoss::L1 => error.abs(),
-            RecLoss::L2 => error.powi_scalar(2),
-        };
-        let rec = error.sum() / b as f32;
-        let kl = posterior.kl().mean();
-        let loss = rec.clone() + kl.clone() * args.kl_weight as f32;
-        let rec_value = rec.into_scalar::<f32>() as f64;
-        let kl_value = kl.into_scalar::<f32>() as f64;
-        if !(rec_value.is_finite() && kl_value.is_finite()) {
-            bail!(
-                "step {step}: the loss diverged (reconstruction {rec_value}, KL {kl_value}); lower --lr"
-            );
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(args.lr, model, grads);
-        if step + tail >= args.steps {
-            tail_rec += rec_value * b as f64 / values_per_batch;
-            tail_kl += kl_value;
-        }
-        bar.inc(1);
-        if step % 10 == 0 {
-            bar.set_message(format!(
-                "rec/value {:.4} kl {:.1}",
-                rec_value * b as f64 / values_per_batch,
-                kl_value
-            ));
-        }
-        if args.checkpoint_every > 0
-            && (step + 1) % args.checkpoint_every == 0
-            && step + 1 < args.steps
-        {
-            save_vae(&args.output, &config, &model.valid())
-                .with_context(|| format!("checkpoint at step {}", step + 1))?;
-        }
-    }
-    bar.finish_and_clear();
+    let mut batches = LoaderBatches {
+        loader,
+        resolution: r,
+    };
+    let mut progress = Progress::new(args, &config, show_progress);
+    let trained = train_autoencoder(&config, &recipe, &mut batches, &device, &mut |s, model| {
+        progress.observe(s, model)
+    })
+    .map_err(|e| flag_error(e, args))?;
+    progress.bar.finish_and_clear();
+    let tail = (progress.tail_reconstruction(), progress.tail_kl());
 
-    let trained = model.valid();
-    config.scaling_factor = 1.0
-        / latent_std(
-            &trained,
-            &mut loader,
-            args.scale_batches,
-            r,
-            &mut noise,
-            &device,
-        )?;
+    config.scaling_factor = scaling_factor(&trained, &mut batches, args, &device)?;
     save_vae(&args.output, &config, &trained).context("saving the trained autoencoder")?;
     let latent = r / args.factor;
     let report = TrainVaeReport {
         steps: args.steps,
         params,
-        final_reconstruction_per_value: tail_rec / tail as f64,
-        final_kl: tail_kl / tail as f64,
-        val_psnr: psnr(&trained, &val_images, r, args.batch_size, &device),
+        final_reconstruction_per_value: tail.0,
+        final_kl: tail.1,
+        val_psnr: reconstruction_psnr(&trained, &val, args.batch_size),
         val_psnr_at_start,
         scaling_factor: config.scaling_factor,
         encode_gflops: trained.encode_cost(r, r).gflops(),
@@ -220,31 +181,178 @@ pub fn train(args: &TrainVaeArgs, show_progress: bool) -> Result<TrainVaeReport>
     Ok(report)
 }
 
-/// The autoencoder `args` ask for, checked.
-fn autoencoder_config(args: &TrainVaeArgs) -> Result<AutoencoderKLConfig> {
-    if args.steps == 0 || args.batch_size == 0 {
-        bail!("--steps and --batch-size must be positive");
-    }
-    if !args.factor.is_power_of_two() {
-        bail!(
-            "--factor {}: expected a power of two (4, 8, ...)",
-            args.factor
-        );
-    }
-    if !(args.resolution as usize).is_multiple_of(args.factor) {
-        bail!(
-            "--resolution {} is not a multiple of --factor {}",
-            args.resolution,
-            args.factor
-        );
-    }
+/// The autoencoder and the recipe `args` ask for, every flag checked before any work.
+fn settings(args: &TrainVaeArgs) -> Result<(AutoencoderKLConfig, AutoencoderRecipe)> {
+    check_sizes(args)?;
+    let recipe = AutoencoderRecipe {
+        loss: match args.loss {
+            RecLoss::L1 => ReconstructionLoss::L1,
+            RecLoss::L2 => ReconstructionLoss::L2,
+        },
+        reduction: Reduction::SumPerImage,
+        kl_weight: args.kl_weight,
+        learning_rate: args.lr,
+        warmup_steps: 0,
+        batch_size: args.batch_size,
+        steps: args.steps as u64,
+        seed: args.seed,
+    };
+    recipe.validate().map_err(|e| flag_error(e, args))?;
     let mut config = AutoencoderKLConfig::small(args.factor, args.base_channels);
     config.latent_channels = args.latent_channels;
     config.sample_size = ldmscale_model::vae::SampleSize::Square(args.resolution as usize);
     config
         .validate()
         .map_err(|e| anyhow::anyhow!("autoencoder settings: {e}"))?;
-    Ok(config)
+    Ok((config, recipe))
+}
+
+/// Refuses sizes that cannot run or would exhaust memory, naming the flag.
+fn check_sizes(args: &TrainVaeArgs) -> Result<()> {
+    let r = args.resolution as usize;
+    let f = args.factor;
+    if !(f.is_power_of_two() && f <= MAX_FACTOR) {
+        bail!("--factor {f}: expected a power of two up to {MAX_FACTOR} (4, 8, ...)");
+    }
+    if r < f || !r.is_multiple_of(f) || r > MAX_RESOLUTION {
+        bail!("--resolution {r}: expected a multiple of --factor {f} up to {MAX_RESOLUTION}");
+    }
+    for (flag, value, max) in [
+        ("--base-channels", args.base_channels, MAX_CHANNELS),
+        ("--latent-channels", args.latent_channels, MAX_CHANNELS),
+        ("--batch-size", args.batch_size, MAX_BATCH),
+        ("--eval-images", args.eval_images, MAX_IMAGES),
+        ("--scale-batches", args.scale_batches, MAX_IMAGES),
+    ] {
+        if value == 0 || value > max {
+            bail!("{flag} {value}: expected 1 to {max}");
+        }
+    }
+    // The first level's activations of one batch, a lower bound of what a step holds.
+    let values = (args.batch_size * args.base_channels) as u128 * (r * r) as u128;
+    if values > MAX_ACTIVATION_VALUES {
+        bail!(
+            "--batch-size {} x --base-channels {} x --resolution {r}^2: one activation alone would hold {values} values (at most {MAX_ACTIVATION_VALUES})",
+            args.batch_size,
+            args.base_channels
+        );
+    }
+    Ok(())
+}
+
+/// A training error in the user's terms: recipe fields as the flags that set them.
+fn flag_error(error: TrainError, args: &TrainVaeArgs) -> anyhow::Error {
+    match error {
+        TrainError::InvalidConfig {
+            field,
+            value,
+            message,
+        } => {
+            let flag = match field.as_str() {
+                "learning_rate" => "--lr",
+                "kl_weight" => "--kl-weight",
+                "batch_size" => "--batch-size",
+                "steps" => "--steps",
+                other => other,
+            };
+            anyhow::anyhow!("{flag} {}: {message}", value.unwrap_or_default())
+        }
+        TrainError::Diverged { step, loss } => anyhow::anyhow!(
+            "step {step}: the loss diverged ({loss}) at --lr {}; try a lower --lr",
+            args.lr
+        ),
+        other => anyhow::Error::new(other),
+    }
+}
+
+/// The training split's batches, as the shared loop draws them (the loader has its own order).
+struct LoaderBatches {
+    loader: TrainLoader,
+    resolution: usize,
+}
+
+impl LoaderBatches {
+    fn next(&mut self, device: &Device) -> Result<Tensor<4>, TrainError> {
+        let batch = self.loader.next_batch().map_err(|e| TrainError::Data {
+            message: e.to_string(),
+        })?;
+        let values = batch.images_chw_f32();
+        Ok(image_tensor(values, batch.len(), self.resolution, device))
+    }
+}
+
+impl ImageBatches for LoaderBatches {
+    fn draw(
+        &mut self,
+        _size: usize,
+        _rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<Tensor<4>, TrainError> {
+        self.next(device)
+    }
+}
+
+/// The progress bar, the loss over the last 10% of steps, and periodic checkpoints.
+struct Progress<'a> {
+    args: &'a TrainVaeArgs,
+    config: &'a AutoencoderKLConfig,
+    bar: ProgressBar,
+    tail: u64,
+    sums: (f64, f64),
+}
+
+impl<'a> Progress<'a> {
+    fn new(args: &'a TrainVaeArgs, config: &'a AutoencoderKLConfig, show: bool) -> Self {
+        Self {
+            args,
+            config,
+            bar: progress(args.steps as u64, show),
+            tail: (args.steps as u64 / 10).max(1),
+            sums: (0.0, 0.0),
+        }
+    }
+
+    fn observe(&mut self, s: &AutoencoderStep, model: &AutoencoderKL) -> Result<(), TrainError> {
+        let steps = self.args.steps as u64;
+        if s.step + self.tail > steps {
+            self.sums.0 += s.reconstruction_per_value;
+            self.sums.1 += s.kl_per_image;
+        }
+        self.bar.inc(1);
+        if s.step % 10 == 1 {
+            let (rec, kl) = (s.reconstruction_per_value, s.kl_per_image);
+            self.bar
+                .set_message(format!("rec/value {rec:.4} kl {kl:.1}"));
+        }
+        let every = self.args.checkpoint_every as u64;
+        if every > 0 && s.step.is_multiple_of(every) && s.step < steps {
+            save_vae(&self.args.output, self.config, &model.valid())?;
+        }
+        Ok(())
+    }
+
+    fn tail_reconstruction(&self) -> f64 {
+        self.sums.0 / self.tail as f64
+    }
+
+    fn tail_kl(&self) -> f64 {
+        self.sums.1 / self.tail as f64
+    }
+}
+
+/// 1 / std of the latents of `--scale-batches` further training batches.
+fn scaling_factor(
+    vae: &AutoencoderKL,
+    batches: &mut LoaderBatches,
+    args: &TrainVaeArgs,
+    device: &Device,
+) -> Result<f64> {
+    let drawn = (0..args.scale_batches)
+        .map(|_| batches.next(device))
+        .collect::<Result<Vec<_>, _>>()?;
+    let images = Tensor::cat(drawn, 0);
+    latent_scaling_factor(vae, &images, args.batch_size)
+        .context("the latents have no spread; the scaling factor is undefined")
 }
 
 /// Batches of the training split.
@@ -303,82 +411,6 @@ fn held_out_images(set: &dyn Dataset, count: usize, resolution: u32) -> Result<V
         .collect()
 }
 
-/// Mean PSNR (dB, pixel values in [0, 1]) of posterior-mode reconstructions.
-fn psnr(
-    model: &AutoencoderKL,
-    images: &[Vec<f32>],
-    r: usize,
-    batch_size: usize,
-    device: &Device,
-) -> f64 {
-    let mut total = 0.0;
-    for chunk in images.chunks(batch_size) {
-        let x = image_tensor(chunk.concat(), chunk.len(), r, device);
-        let reconstruction = model.reconstruct(x.clone()).clamp(-1.0, 1.0);
-        // Squared error in [0, 1] units is a quarter of that in [-1, 1] units.
-        let mse = (reconstruction - x)
-            .powi_scalar(2)
-            .flatten::<2>(1, 3)
-            .mean_dim(1)
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .expect("f32 values");
-        total += mse
-            .iter()
-            .map(|&m| psnr_of_mse(m as f64 / 4.0))
-            .sum::<f64>();
-    }
-    total / images.len() as f64
-}
-
-/// PSNR in dB of a mean squared error of values in [0, 1]; a perfect match is capped at 100 dB.
-fn psnr_of_mse(mse: f64) -> f64 {
-    if mse <= 1e-10 {
-        100.0
-    } else {
-        -10.0 * mse.log10()
-    }
-}
-
-/// Standard deviation of posterior samples over `batches` training batches.
-fn latent_std<D: Dataset>(
-    model: &AutoencoderKL,
-    loader: &mut BatchLoader<D>,
-    batches: usize,
-    r: usize,
-    noise: &mut SeededNoise,
-    device: &Device,
-) -> Result<f64> {
-    let (mut sum, mut sum2, mut n) = (0.0f64, 0.0f64, 0usize);
-    for _ in 0..batches.max(1) {
-        let batch = loader.next_batch()?;
-        let posterior = model.encode(image_tensor(batch.images_chw_f32(), batch.len(), r, device));
-        let shape = posterior.mean.dims();
-        let eps = Tensor::from_data(
-            TensorData::new(noise.sample_vec(shape.iter().product()), shape),
-            device,
-        );
-        let z = posterior
-            .sample(eps)
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .expect("f32 values");
-        for v in z {
-            sum += v as f64;
-            sum2 += (v as f64) * (v as f64);
-            n += 1;
-        }
-    }
-    let mean = sum / n as f64;
-    let std = (sum2 / n as f64 - mean * mean).max(0.0).sqrt();
-    if !(std > 0.0 && std.is_finite()) {
-        bail!("latents have no spread (std {std}); the scaling factor is undefined");
-    }
-    Ok(std)
-}
-
 fn write_report(dir: &Path, report: &TrainVaeReport) -> Result<()> {
     let json = serde_json::to_string_pretty(report)?;
     write_atomic(&dir.join("train_vae.json"), json.as_bytes())?;
@@ -389,17 +421,11 @@ fn write_report(dir: &Path, report: &TrainVaeReport) -> Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn psnr_of_known_errors() {
-        assert!((psnr_of_mse(0.01) - 20.0).abs() < 1e-9);
-        assert!((psnr_of_mse(1e-4) - 40.0).abs() < 1e-9);
-        assert_eq!(psnr_of_mse(0.0), 100.0);
-    }
+    /// A change that makes the arguments invalid.
+    type Spoil = fn(&mut TrainVaeArgs);
 
-    #[test]
-    fn a_short_run_learns_and_writes_a_loadable_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let args = TrainVaeArgs {
+    fn args(output: &Path) -> TrainVaeArgs {
+        TrainVaeArgs {
             device: Default::default(),
             data: "shapes".into(),
             resolution: 16,
@@ -414,9 +440,38 @@ mod tests {
             eval_images: 16,
             scale_batches: 2,
             checkpoint_every: 75,
-            output: dir.path().to_path_buf(),
+            output: output.to_path_buf(),
             seed: 1,
-        };
+        }
+    }
+
+    #[test]
+    fn settings_that_cannot_run_are_refused_naming_the_flag() {
+        let cases: [(Spoil, &str); 10] = [
+            (|a| a.lr = f64::NAN, "--lr NaN"),
+            (|a| a.lr = 0.0, "--lr 0"),
+            (|a| a.kl_weight = -1.0, "--kl-weight -1"),
+            (|a| a.steps = 0, "--steps 0"),
+            (|a| a.batch_size = 0, "--batch-size 0"),
+            (|a| a.batch_size = 100_000_000, "--batch-size"),
+            (|a| a.resolution = 18, "--resolution 18"),
+            (|a| a.resolution = 1_000_000, "--resolution 1000000"),
+            (|a| a.factor = 3, "--factor 3"),
+            (|a| a.latent_channels = 0, "--latent-channels 0"),
+        ];
+        for (spoil, flag) in cases {
+            let mut a = args(Path::new("unused"));
+            spoil(&mut a);
+            let message = settings(&a).unwrap_err().to_string();
+            assert!(message.starts_with(flag), "{flag}: {message}");
+        }
+        assert!(settings(&args(Path::new("unused"))).is_ok());
+    }
+
+    #[test]
+    fn a_short_run_learns_and_writes_a_loadable_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = args(dir.path());
         let report = train(&args, false).unwrap();
         assert!(
             report.val_psnr > report.val_psnr_at_start + 3.0,

@@ -2,6 +2,7 @@
 //! recipe for every width of a family, exact resume, and training compute accounted as the
 //! paper does (normalised cost x iterations).
 
+pub mod autoencoder;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

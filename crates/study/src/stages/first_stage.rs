@@ -2,17 +2,14 @@
 
 use std::path::Path;
 
-use burn::module::Module;
-use burn::optim::GradientsParams;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use ldmscale_model::vae::{load_vae, save_vae};
 use ldmscale_model::weights::write_atomic;
 use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig};
-use ldmscale_pipeline::values;
-use ldmscale_train::data::rng_for;
-use ldmscale_train::optimizer::{AdamW, AdamWConfig};
-use ldmscale_train::params;
-use rand_distr::{Distribution, StandardNormal};
+use ldmscale_train::autoencoder::{
+    self, AutoencoderRecipe, AutoencoderStep, ReconstructionLoss, Reduction, SampledImages,
+};
+use ldmscale_train::error::chain;
 
 use super::data::{self, Splits};
 use crate::config::{FirstStage, StudyConfig};
@@ -43,8 +40,8 @@ pub const DIR: &str = "first_stage";
 /// Training recipe of the small KL autoencoder.
 const BATCH: usize = 16;
 const PEAK_LR: f64 = 1e-3;
-const WARMUP_STEPS: f64 = 20.0;
-const KL_WEIGHT: f32 = 1e-6;
+const WARMUP_STEPS: u64 = 20;
+const KL_WEIGHT: f64 = 1e-6;
 /// Training images the scaling factor and PSNR are measured on.
 const PROBE: usize = 256;
 
@@ -103,8 +100,8 @@ impl Stage for FirstStageStage<'_> {
         config.latent_channels = *latent_channels;
         let res = cx.config.resolution;
         let images = images_tensor(&self.data.train.images, res, &cx.device);
-        let vae = train_autoencoder(&config, &images, *steps, 0, &cx.device);
-        let (scaling_factor, psnr) = calibrate(&vae, &images);
+        let vae = train(&config, &images, *steps, &cx.device)?;
+        let (scaling_factor, psnr) = calibrate(&vae, &images)?;
         config.scaling_factor = scaling_factor;
         save_vae(&dir, &config, &vae)?;
         write_atomic(&dir.join("psnr.txt"), format!("{psnr}\n").as_bytes())?;
@@ -118,63 +115,58 @@ pub fn images_tensor(images: &[f32], res: usize, device: &Device) -> Tensor<4> {
     Tensor::from_data(TensorData::new(images.to_vec(), [n, 3, res, res]), device)
 }
 
-/// L2 reconstruction plus a small KL term, as LDM's KL-f autoencoders.
-fn train_autoencoder(
+/// The study's recipe: squared error averaged per value plus a small KL term.
+fn recipe(steps: u64) -> AutoencoderRecipe {
+    AutoencoderRecipe {
+        loss: ReconstructionLoss::L2,
+        reduction: Reduction::MeanPerValue,
+        kl_weight: KL_WEIGHT,
+        learning_rate: PEAK_LR,
+        warmup_steps: WARMUP_STEPS,
+        batch_size: BATCH,
+        steps,
+        seed: 0,
+    }
+}
+
+/// Trains the autoencoder on `images` (batches sampled with replacement), with a progress bar.
+fn train(
     config: &AutoencoderKLConfig,
     images: &Tensor<4>,
     steps: u64,
-    seed: u64,
     device: &Device,
-) -> AutoencoderKL {
-    let ad = device.clone().autodiff();
-    let mut model = params::seeded_init(&ad, seed, || AutoencoderKL::new(config, &ad));
-    let mut adam = AdamW::new(AdamWConfig {
-        weight_decay: 0.0,
-        ..AdamWConfig::default()
-    });
-    let [n, ..] = images.dims();
-    let batch = BATCH.min(n);
+) -> Result<AutoencoderKL, StudyError> {
     let bar = crate::progress::bar(steps, "first stage");
-    for step in 1..=steps {
-        let mut rng = rng_for(seed, step, 0xAE);
-        let idx: Vec<i64> = (0..batch)
-            .map(|_| rand::RngExt::random_range(&mut rng, 0..n) as i64)
-            .collect();
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [batch]), device);
-        let x = images.clone().select(0, idx).autodiff();
-        let posterior = model.encode(x.clone());
-        let [b, c, h, w] = posterior.mode().dims();
-        let noise: Vec<f32> = (0..b * c * h * w)
-            .map(|_| StandardNormal.sample(&mut rng))
-            .collect();
-        let z = posterior.sample(Tensor::from_data(TensorData::new(noise, [b, c, h, w]), &ad));
-        let loss = (model.decode(z) - x).powi_scalar(2).mean() + posterior.kl().mean() * KL_WEIGHT;
-        let mut grads =
-            params::named_gradients(&model, GradientsParams::from_grads(loss.backward(), &model));
-        adam.begin_step();
-        let lr = PEAK_LR * (step as f64 / WARMUP_STEPS).min(1.0);
-        model = params::update(model, &mut |name, p| {
-            grads.remove(name).map(|g| adam.update(name, p, g, lr))
-        });
+    let mut tick = |_: &AutoencoderStep, _: &AutoencoderKL| {
         bar.inc(1);
-    }
+        Ok(())
+    };
+    let trained = autoencoder::train_autoencoder(
+        config,
+        &recipe(steps),
+        &mut SampledImages(images),
+        device,
+        &mut tick,
+    );
     bar.finish_and_clear();
-    model.valid()
+    trained.map_err(|e| StudyError::stage("first-stage")(chain(&e)))
 }
 
-/// The latent scaling factor (1 / std of training latents, as Stable Diffusion set it) and the
-/// reconstruction PSNR, both over the first [`PROBE`] training images.
-fn calibrate(vae: &AutoencoderKL, images: &Tensor<4>) -> (f64, f64) {
+/// The latent scaling factor and the reconstruction PSNR, both over the first [`PROBE`]
+/// training images.
+fn calibrate(vae: &AutoencoderKL, images: &Tensor<4>) -> Result<(f64, f64), StudyError> {
     let [n, ..] = images.dims();
     let probe = images.clone().narrow(0, 0, n.min(PROBE));
-    let z = vae.encode(probe.clone()).mode();
-    let recon = vae.decode(z.clone()).clamp(-1.0, 1.0);
-    let mse: f32 = (recon - probe).powi_scalar(2).mean().into_scalar();
-    let psnr = 10.0 * (4.0 / mse as f64).log10();
-    let zv = values(z);
-    let mean = zv.iter().map(|&v| v as f64).sum::<f64>() / zv.len() as f64;
-    let var = zv.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / zv.len() as f64;
-    (1.0 / var.sqrt().max(1e-6), psnr)
+    let scaling_factor =
+        autoencoder::latent_scaling_factor(vae, &probe, PROBE).ok_or_else(|| {
+            StudyError::stage("first-stage")(
+                "the trained autoencoder's latents have no spread; no scaling factor exists".into(),
+            )
+        })?;
+    Ok((
+        scaling_factor,
+        autoencoder::reconstruction_psnr(vae, &probe, PROBE),
+    ))
 }
 
 /// A pretrained first stage that is not there.
