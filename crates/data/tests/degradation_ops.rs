@@ -1,7 +1,7 @@
 //! The degradation's operations against BasicSR 1.4.2 and PyTorch (fixtures/degradation/*.json,
 //! made by tools/fixtures/make_degradation_fixtures.py).
 
-use ldmscale_data::degrade::{FloatImage, UsmParams, usm_sharp};
+use ldmscale_data::degrade::{FloatImage, ResizeMode, ResizeTo, UsmParams, resize, usm_sharp};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
@@ -51,4 +51,30 @@ fn usm_sharp_matches_basicsr() {
         println!("{key}: max error {err:e}");
         assert!(err < 1e-5, "{key}: max error {err}");
     }
+}
+
+#[test]
+fn resize_matches_torch_interpolate() {
+    let doc = fixture("resize");
+    let img = image(&doc, "image", 1.0);
+    let mut worst = 0.0f64;
+    for case in doc["cases"].as_array().unwrap() {
+        let mode = match case["mode"].as_str().unwrap() {
+            "area" => ResizeMode::Area,
+            "bilinear" => ResizeMode::Bilinear,
+            "bicubic" => ResizeMode::Bicubic,
+            other => panic!("unknown mode {other}"),
+        };
+        let (width, height) = (usize_of(&case["out_width"]), usize_of(&case["out_height"]));
+        let to = match case["scale"].as_f64() {
+            Some(s) => ResizeTo::Scale(s),
+            None => ResizeTo::Size { width, height },
+        };
+        let out = resize(&img, to, mode).unwrap();
+        assert_eq!((out.width, out.height), (width, height), "{mode:?} {to:?}");
+        let err = max_error(&out, &floats(&case["output"]));
+        assert!(err < 1e-5, "{mode:?} {to:?}: max error {err}");
+        worst = worst.max(err);
+    }
+    println!("resize max error {worst:e}");
 }

@@ -4,9 +4,11 @@
 mod float_image;
 mod kernels;
 mod random_kernels;
+mod resize;
 mod usm;
 
 pub use float_image::FloatImage;
 pub use kernels::{Kernel, KernelShape, filter2d};
 pub use random_kernels::{BlurParams, FinalSincParams, KernelDraw, KernelFamily};
+pub use resize::{ResizeMode, ResizeTo, resize};
 pub use usm::{UsmParams, filter_separable, gaussian_kernel_1d, usm_sharp};
