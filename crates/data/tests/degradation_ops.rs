@@ -1,7 +1,10 @@
 //! The degradation's operations against BasicSR 1.4.2 and PyTorch (fixtures/degradation/*.json,
 //! made by tools/fixtures/make_degradation_fixtures.py).
 
-use ldmscale_data::degrade::{FloatImage, ResizeMode, ResizeTo, UsmParams, resize, usm_sharp};
+use ldmscale_data::degrade::{
+    FloatImage, ResizeMode, ResizeTo, UsmParams, add_gaussian_noise, add_poisson_noise, resize,
+    usm_sharp,
+};
 use serde_json::Value;
 
 fn fixture(name: &str) -> Value {
@@ -24,13 +27,24 @@ fn usize_of(v: &Value) -> usize {
     v.as_u64().unwrap() as usize
 }
 
-/// An image stored as `height x width x 3` values; `scale` 255 for 8-bit ones.
+/// An image stored as `height x width x 3` values under `key`, its size in `doc`'s `width` and
+/// `height`; `scale` 255 for 8-bit ones.
 fn image(doc: &Value, key: &str, scale: f64) -> FloatImage {
-    let pixels = floats(&doc[key])
+    sized_image(doc, &doc[key], scale)
+}
+
+/// `values` as an image of the size `sized` gives.
+fn sized_image(sized: &Value, values: &Value, scale: f64) -> FloatImage {
+    let pixels = floats(values)
         .into_iter()
         .map(|v| (v / scale) as f32)
         .collect();
-    FloatImage::from_pixels(usize_of(&doc["width"]), usize_of(&doc["height"]), pixels).unwrap()
+    FloatImage::from_pixels(
+        usize_of(&sized["width"]),
+        usize_of(&sized["height"]),
+        pixels,
+    )
+    .unwrap()
 }
 
 fn max_error(got: &FloatImage, want: &[f64]) -> f64 {
@@ -77,4 +91,39 @@ fn resize_matches_torch_interpolate() {
         worst = worst.max(err);
     }
     println!("resize max error {worst:e}");
+}
+
+#[test]
+fn noise_matches_basicsr_given_torch_draws() {
+    let doc = fixture("noise");
+    let mut worst = 0.0f64;
+    for case in doc["cases"].as_array().unwrap() {
+        let img = sized_image(&doc, &doc["images"][case["image"].as_str().unwrap()], 1.0);
+        let gray = case["gray"].as_bool().unwrap();
+        let out = match case["kind"].as_str().unwrap() {
+            "gaussian" => {
+                let normals: Vec<f32> = floats(&case["normals"])
+                    .into_iter()
+                    .map(|v| v as f32)
+                    .collect();
+                add_gaussian_noise(&img, case["sigma"].as_f64().unwrap() as f32, gray, &normals)
+            }
+            _ => {
+                let mut counts = floats(&case["counts"]).into_iter();
+                let scale = case["scale"].as_f64().unwrap() as f32;
+                add_poisson_noise(&img, scale, gray, |_| {
+                    counts.next().expect("a count per value")
+                })
+            }
+        };
+        let err = max_error(&out, &floats(&case["output"]));
+        assert!(
+            err < 1e-6,
+            "{} {}: max error {err}",
+            case["kind"],
+            case["image"]
+        );
+        worst = worst.max(err);
+    }
+    println!("noise max error {worst:e}");
 }

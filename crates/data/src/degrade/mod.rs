@@ -3,12 +3,16 @@
 
 mod float_image;
 mod kernels;
+mod noise;
 mod random_kernels;
 mod resize;
 mod usm;
 
 pub use float_image::FloatImage;
 pub use kernels::{Kernel, KernelShape, filter2d};
+pub use noise::{
+    Noise, NoiseParams, add_gaussian_noise, add_poisson_noise, poisson, standard_normal,
+};
 pub use random_kernels::{BlurParams, FinalSincParams, KernelDraw, KernelFamily};
 pub use resize::{ResizeMode, ResizeTo, resize};
 pub use usm::{UsmParams, filter_separable, gaussian_kernel_1d, usm_sharp};
