@@ -40,8 +40,15 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
             .extension()
             .and_then(|e| e.to_str())
             .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
-        if is_image && path.is_file() {
-            files.push(path);
+        if !is_image {
+            continue;
+        }
+        // Followed symlinks: a broken or looping one (or a folder named like an image) is
+        // skipped, and said so.
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() => files.push(path),
+            Ok(_) => eprintln!("warning: skipping {}: not a file", path.display()),
+            Err(e) => eprintln!("warning: skipping {}: {e}", path.display()),
         }
     }
     if files.is_empty() {

@@ -18,6 +18,52 @@ pub struct NpyArray {
     pub data: Vec<f64>,
 }
 
+/// The most data one `.npy` array may hold: 4 GiB (FID statistics hold 32 MB).
+pub const MAX_NPY_BYTES: u64 = 4 << 30;
+
+/// The most dimensions an array may have (NumPy's own limit).
+const MAX_NPY_DIMS: usize = 64;
+
+/// The dimensions in the text after `'shape':`, e.g. `(2, 3), ...`.
+fn parse_shape(text: &str) -> Result<Vec<usize>, String> {
+    let inner = text
+        .strip_prefix('(')
+        .and_then(|rest| rest.split_once(')'))
+        .map(|(inner, _)| inner)
+        .ok_or_else(|| {
+            format!(
+                "malformed 'shape' {:?}",
+                text.chars().take(40).collect::<String>()
+            )
+        })?;
+    let shape: Vec<usize> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("bad dimension {s:?} in 'shape'"))
+        })
+        .collect::<Result<_, _>>()?;
+    if shape.len() > MAX_NPY_DIMS {
+        return Err(format!(
+            "'shape' has {} dimensions, more than {MAX_NPY_DIMS}",
+            shape.len()
+        ));
+    }
+    Ok(shape)
+}
+
+/// Bytes of data `shape` needs at `width` bytes per value, checked against overflow and
+/// [`MAX_NPY_BYTES`].
+fn data_bytes(shape: &[usize], width: usize) -> Result<usize, String> {
+    shape
+        .iter()
+        .try_fold(width, |n, &d| n.checked_mul(d))
+        .filter(|&n| n as u64 <= MAX_NPY_BYTES)
+        .ok_or_else(|| format!("'shape' {shape:?} needs more than {MAX_NPY_BYTES} bytes of data"))
+}
+
 /// Parses `.npy` bytes holding little-endian f64 or f32 values, C or Fortran order.
 pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
@@ -31,9 +77,12 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
         ),
         v => return Err(format!("unsupported .npy version {v}")),
     };
-    let header = bytes
-        .get(start..start + header_len)
-        .ok_or("truncated .npy header")?;
+    let header = bytes.get(start..start + header_len).ok_or_else(|| {
+        format!(
+            "header declares {header_len} bytes, the file has {} after the preamble",
+            bytes.len() - start.min(bytes.len())
+        )
+    })?;
     let header = std::str::from_utf8(header).map_err(|_| "the .npy header is not text")?;
     let field = |name: &str| -> Result<&str, String> {
         let key = format!("'{name}':");
@@ -54,23 +103,12 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
         ));
     };
     let fortran = field("fortran_order")?.starts_with("True");
-    let shape_text = field("shape")?;
-    let close = shape_text.find(')').ok_or("malformed .npy shape")?;
-    let shape: Vec<usize> = shape_text[1..close]
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|_| format!("bad dimension {s:?}"))
-        })
-        .collect::<Result<_, _>>()?;
-    let count: usize = shape.iter().product();
+    let shape = parse_shape(field("shape")?)?;
+    let expected = data_bytes(&shape, width)?;
     let body = &bytes[start + header_len..];
-    if body.len() != count * width {
+    if body.len() != expected {
         return Err(format!(
-            "expected {} bytes of data for shape {shape:?}, found {}",
-            count * width,
+            "expected {expected} bytes of data for shape {shape:?}, found {}",
             body.len()
         ));
     }
@@ -165,10 +203,30 @@ pub fn read_npz(path: &Path) -> Result<BTreeMap<String, NpyArray>, EvalError> {
         let Some(key) = name.strip_suffix(".npy") else {
             continue;
         };
+        let declared = entry.size();
+        // The header block is small; anything past the data limit is refused before reading.
+        if declared > MAX_NPY_BYTES + (1 << 20) {
+            return Err(EvalError::stats(
+                path.display(),
+                format!("{name}: declares {declared} bytes, more than {MAX_NPY_BYTES} of data"),
+            ));
+        }
+        // Grown as bytes arrive, and never past the declared size, whatever a deflated
+        // member really holds.
         let mut data = Vec::new();
-        entry
+        (&mut entry)
+            .take(declared)
             .read_to_end(&mut data)
             .map_err(|e| EvalError::stats(path.display(), format!("{name}: {e}")))?;
+        if data.len() as u64 != declared {
+            return Err(EvalError::stats(
+                path.display(),
+                format!(
+                    "{name}: holds {} bytes, its header declares {declared}",
+                    data.len()
+                ),
+            ));
+        }
         let array = parse_npy(&data)
             .map_err(|e| EvalError::stats(path.display(), format!("{name}: {e}")))?;
         out.insert(key.to_owned(), array);

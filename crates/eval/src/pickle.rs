@@ -16,9 +16,16 @@
 //!
 //! Anything else (another opcode, another global, a call with unexpected arguments) is an
 //! error naming the opcode or global and its byte offset.
+//!
+//! The input is untrusted, so every size is bounded: lengths are checked against the bytes left
+//! before anything is allocated, memo indices cannot run ahead of the file, the finished value
+//! may nest at most [`MAX_DEPTH`] containers and may not contain itself, and dropping a value
+//! (of any depth) never recurses.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::rc::Rc;
 
 /// Element type of a PyTorch storage.
@@ -69,6 +76,14 @@ pub struct TensorRef {
     pub strides: Vec<usize>,
 }
 
+/// The elements of a tuple or list. Dropping them never recurses, however deeply they nest.
+#[derive(Clone, Default)]
+pub struct Items(pub Vec<Value>);
+
+/// The entries of a dict, in insertion order. Dropping them never recurses.
+#[derive(Clone, Default)]
+pub struct Entries(pub Vec<(Value, Value)>);
+
 /// A value the restricted machine can build.
 #[derive(Clone)]
 pub enum Value {
@@ -82,12 +97,12 @@ pub enum Value {
     Float(f64),
     /// A string.
     Str(String),
-    /// A tuple.
-    Tuple(Vec<Value>),
+    /// A tuple (shared: a memoised tuple fetched twice is not copied).
+    Tuple(Rc<Items>),
     /// A list (shared, as pickle lists are mutable and may be memoised before being filled).
-    List(Rc<RefCell<Vec<Value>>>),
+    List(Rc<RefCell<Items>>),
     /// A dict in insertion order.
-    Dict(Rc<RefCell<Vec<(Value, Value)>>>),
+    Dict(Rc<RefCell<Entries>>),
     /// A TorchScript module object: its class and the attribute dict `BUILD` gave it.
     Object(Rc<RefCell<Object>>),
     /// A tensor view.
@@ -124,25 +139,164 @@ pub enum Global {
     TorchScriptClass(String),
 }
 
-impl fmt::Debug for Value {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Deref for Items {
+    type Target = Vec<Value>;
+    fn deref(&self) -> &Vec<Value> {
+        &self.0
+    }
+}
+
+impl DerefMut for Items {
+    fn deref_mut(&mut self) -> &mut Vec<Value> {
+        &mut self.0
+    }
+}
+
+impl Deref for Entries {
+    type Target = Vec<(Value, Value)>;
+    fn deref(&self) -> &Vec<(Value, Value)> {
+        &self.0
+    }
+}
+
+impl DerefMut for Entries {
+    fn deref_mut(&mut self) -> &mut Vec<(Value, Value)> {
+        &mut self.0
+    }
+}
+
+impl Drop for Items {
+    fn drop(&mut self) {
+        dismantle(std::mem::take(&mut self.0));
+    }
+}
+
+impl Drop for Entries {
+    fn drop(&mut self) {
+        dismantle(flatten_entries(std::mem::take(&mut self.0)));
+    }
+}
+
+impl Drop for Object {
+    fn drop(&mut self) {
+        let values = std::mem::take(&mut self.attributes)
+            .into_iter()
+            .map(|(_, v)| v);
+        dismantle(values.collect());
+    }
+}
+
+fn flatten_entries(entries: Vec<(Value, Value)>) -> Vec<Value> {
+    entries.into_iter().flat_map(|(k, v)| [k, v]).collect()
+}
+
+/// Drops `pending` without recursion: a container this drop would free is emptied into the
+/// work list first, so the nested drops it triggers find nothing left to drop.
+fn dismantle(mut pending: Vec<Value>) {
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::Tuple(mut rc) => {
+                if let Some(items) = Rc::get_mut(&mut rc) {
+                    pending.append(&mut items.0);
+                }
+            }
+            Value::List(rc) if Rc::strong_count(&rc) == 1 => {
+                pending.append(&mut rc.borrow_mut().0);
+            }
+            Value::Dict(rc) if Rc::strong_count(&rc) == 1 => {
+                let entries = std::mem::take(&mut rc.borrow_mut().0);
+                pending.extend(flatten_entries(entries));
+            }
+            Value::Object(rc) if Rc::strong_count(&rc) == 1 => {
+                let attributes = std::mem::take(&mut rc.borrow_mut().attributes);
+                pending.extend(attributes.into_iter().map(|(_, v)| v));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// How deep and how many items of a value error messages show.
+const DEBUG_DEPTH: usize = 3;
+const DEBUG_ITEMS: usize = 8;
+
+/// Writes `items` as `open a, b, ... close`, at most [`DEBUG_ITEMS`] of them.
+fn fmt_seq<'v>(
+    f: &mut fmt::Formatter<'_>,
+    (open, close): (&str, &str),
+    items: impl ExactSizeIterator<Item = (Option<&'v Value>, &'v Value)>,
+    depth: usize,
+) -> fmt::Result {
+    let len = items.len();
+    write!(f, "{open}")?;
+    if depth >= DEBUG_DEPTH && len > 0 {
+        write!(f, "...{len} items")?;
+        return write!(f, "{close}");
+    }
+    for (i, (key, value)) in items.take(DEBUG_ITEMS).enumerate() {
+        if i > 0 {
+            write!(f, ", ")?;
+        }
+        if let Some(key) = key {
+            key.fmt_depth(f, depth + 1)?;
+            write!(f, ": ")?;
+        }
+        value.fmt_depth(f, depth + 1)?;
+    }
+    if len > DEBUG_ITEMS {
+        write!(f, ", ...{} more", len - DEBUG_ITEMS)?;
+    }
+    write!(f, "{close}")
+}
+
+impl Value {
+    /// Debug output cut at [`DEBUG_DEPTH`] levels and [`DEBUG_ITEMS`] items, so that error
+    /// messages stay short and a list that contains itself prints.
+    fn fmt_depth(&self, f: &mut fmt::Formatter<'_>, depth: usize) -> fmt::Result {
         match self {
             Value::None => write!(f, "None"),
             Value::Bool(b) => write!(f, "{b}"),
             Value::Int(i) => write!(f, "{i}"),
             Value::Float(x) => write!(f, "{x}"),
+            Value::Str(s) if s.len() > 80 => write!(f, "{:?}...", truncate(s, 80)),
             Value::Str(s) => write!(f, "{s:?}"),
-            Value::Tuple(items) => f.debug_tuple("").field(items).finish(),
-            Value::List(items) => f.debug_list().entries(items.borrow().iter()).finish(),
-            Value::Dict(items) => f
-                .debug_map()
-                .entries(items.borrow().iter().map(|(k, v)| (k, v)))
-                .finish(),
-            Value::Object(o) => write!(f, "<{}>", o.borrow().class),
+            Value::Tuple(items) => fmt_seq(f, ("(", ")"), items.iter().map(|v| (None, v)), depth),
+            Value::List(items) => match items.try_borrow() {
+                Ok(items) => fmt_seq(f, ("[", "]"), items.iter().map(|v| (None, v)), depth),
+                Err(_) => write!(f, "[<in use>]"),
+            },
+            Value::Dict(items) => match items.try_borrow() {
+                Ok(items) => fmt_seq(
+                    f,
+                    ("{", "}"),
+                    items.iter().map(|(k, v)| (Some(k), v)),
+                    depth,
+                ),
+                Err(_) => write!(f, "{{<in use>}}"),
+            },
+            Value::Object(o) => match o.try_borrow() {
+                Ok(o) => write!(f, "<{}>", truncate(&o.class, 80)),
+                Err(_) => write!(f, "<object>"),
+            },
             Value::Tensor(t) => write!(f, "tensor{:?}", t.shape),
-            Value::Storage(s) => write!(f, "storage({})", s.key),
+            Value::Storage(s) => write!(f, "storage({})", truncate(&s.key, 80)),
             Value::Global(g) => write!(f, "{g:?}"),
         }
+    }
+}
+
+/// The first `max` bytes of `s` (rounded down to a character boundary).
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl fmt::Debug for Value {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.fmt_depth(f, 0)
     }
 }
 
@@ -172,6 +326,11 @@ enum Item {
 /// Bounds that keep a hostile file from making the reader allocate without limit.
 const MAX_MEMO: usize = 1 << 20;
 const MAX_DIMS: usize = 16;
+/// How many containers the finished value may nest (TorchScript modules nest about ten).
+pub const MAX_DEPTH: usize = 200;
+/// How many attribute entries all `BUILD`s together may copy (a few thousand in real files;
+/// the bound stops a file that rebuilds one huge dict over and over).
+const MAX_BUILD_ENTRIES: usize = 1 << 22;
 
 struct Machine<'a> {
     bytes: &'a [u8],
@@ -179,6 +338,7 @@ struct Machine<'a> {
     op_at: usize,
     stack: Vec<Item>,
     memo: Vec<Option<Value>>,
+    build_entries: usize,
 }
 
 impl<'a> Machine<'a> {
@@ -266,8 +426,12 @@ impl<'a> Machine<'a> {
     }
 
     fn memo_put(&mut self, index: usize) -> Result<(), PickleError> {
-        if index >= MAX_MEMO {
-            return self.err(format!("memo index {index} is too large"));
+        // A real pickle numbers its memo entries from 0, one per opcode at most.
+        if index >= MAX_MEMO || index > self.bytes.len() {
+            return self.err(format!(
+                "memo index {index} is larger than the pickle ({} bytes) can use",
+                self.bytes.len()
+            ));
         }
         let v = self.top()?.clone();
         if self.memo.len() <= index {
@@ -312,7 +476,7 @@ impl<'a> Machine<'a> {
     }
 
     fn persistent_load(&self, pid: Value) -> Result<Value, PickleError> {
-        let Value::Tuple(parts) = pid else {
+        let Value::Tuple(parts) = &pid else {
             return self.err(format!("persistent id {pid:?} is not a tuple"));
         };
         match parts.as_slice() {
@@ -328,7 +492,7 @@ impl<'a> Machine<'a> {
                 numel: *numel as usize,
             })),
             _ => self.err(format!(
-                "persistent id {parts:?} is not ('storage', <Float|Half|BFloat16|Double>Storage, key, location, numel)"
+                "persistent id {pid:?} is not ('storage', <Float|Half|BFloat16|Double>Storage, key, location, numel)"
             )),
         }
     }
@@ -336,6 +500,7 @@ impl<'a> Machine<'a> {
     fn dims(&self, v: &Value, what: &str) -> Result<Vec<usize>, PickleError> {
         match v {
             Value::Tuple(items) if items.len() <= MAX_DIMS => items
+                .0
                 .iter()
                 .map(|i| match i {
                     Value::Int(n) if *n >= 0 => Ok(*n as usize),
@@ -387,9 +552,7 @@ impl<'a> Machine<'a> {
                 [Value::List(items)] => Ok(Value::List(items.clone())),
                 _ => self.err("build_*list: expected one list argument"),
             },
-            Value::Global(Global::OrderedDict) if args.is_empty() => {
-                Ok(Value::Dict(Rc::new(RefCell::new(Vec::new()))))
-            }
+            Value::Global(Global::OrderedDict) if args.is_empty() => Ok(empty_dict()),
             other => self.err(format!("REDUCE of {other:?} is not allowed")),
         }
     }
@@ -410,12 +573,19 @@ impl<'a> Machine<'a> {
                     // FRAME: the frame length only groups opcodes.
                     self.take(8)?;
                 }
-                b'.' => return self.pop(), // STOP
+                b'.' => {
+                    // STOP
+                    let value = self.pop()?;
+                    return match nesting_depth(&value) {
+                        Ok(_) => Ok(value),
+                        Err(message) => self.err(message),
+                    };
+                }
                 b'(' => self.stack.push(Item::Mark),
-                b')' => self.push(Value::Tuple(Vec::new())),
+                b')' => self.push(tuple(Vec::new())),
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.push(Value::Tuple(items));
+                    self.push(tuple(items));
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -424,9 +594,9 @@ impl<'a> Machine<'a> {
                         items.push(self.pop()?);
                     }
                     items.reverse();
-                    self.push(Value::Tuple(items));
+                    self.push(tuple(items));
                 }
-                b']' => self.push(Value::List(Rc::new(RefCell::new(Vec::new())))),
+                b']' => self.push(Value::List(Rc::default())),
                 b'a' => {
                     let v = self.pop()?;
                     let Value::List(list) = self.top()? else {
@@ -441,7 +611,7 @@ impl<'a> Machine<'a> {
                     };
                     list.borrow_mut().extend(items);
                 }
-                b'}' => self.push(Value::Dict(Rc::new(RefCell::new(Vec::new())))),
+                b'}' => self.push(empty_dict()),
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
@@ -569,6 +739,12 @@ impl<'a> Machine<'a> {
                     let Value::Object(obj) = self.top()?.clone() else {
                         return self.err("BUILD on something other than a TorchScript object");
                     };
+                    self.build_entries += state.borrow().len();
+                    if self.build_entries > MAX_BUILD_ENTRIES {
+                        return self.err(format!(
+                            "BUILD copies more than {MAX_BUILD_ENTRIES} attributes in all"
+                        ));
+                    }
                     let mut attributes = Vec::new();
                     for (k, v) in state.borrow().iter() {
                         let Value::Str(k) = k else {
@@ -593,6 +769,105 @@ impl<'a> Machine<'a> {
     }
 }
 
+fn tuple(items: Vec<Value>) -> Value {
+    Value::Tuple(Rc::new(Items(items)))
+}
+
+fn empty_dict() -> Value {
+    Value::Dict(Rc::default())
+}
+
+/// A container's identity (its allocation), for the depth check; `None` for other values.
+fn container_id(value: &Value) -> Option<usize> {
+    Some(match value {
+        Value::Tuple(rc) => Rc::as_ptr(rc) as *const () as usize,
+        Value::List(rc) => Rc::as_ptr(rc) as *const () as usize,
+        Value::Dict(rc) => Rc::as_ptr(rc) as *const () as usize,
+        Value::Object(rc) => Rc::as_ptr(rc) as *const () as usize,
+        _ => return None,
+    })
+}
+
+/// The values a container holds (cheap: containers are shared, not copied).
+fn children(value: &Value) -> Vec<Value> {
+    match value {
+        Value::Tuple(items) => items.0.clone(),
+        Value::List(items) => items.borrow().0.clone(),
+        Value::Dict(entries) => flatten_entries(entries.borrow().0.clone()),
+        Value::Object(o) => o
+            .borrow()
+            .attributes
+            .iter()
+            .map(|(_, v)| v.clone())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// How many containers `root` nests, without recursion; an error when that is more than
+/// [`MAX_DEPTH`] or when a container holds itself (memo references can make both). Shared
+/// containers are measured once, so the walk is linear in the value's size.
+fn nesting_depth(root: &Value) -> Result<usize, String> {
+    enum Seen {
+        Open,
+        Done(usize),
+    }
+    /// A container being measured: its id, its children, the next child, the deepest so far.
+    struct Frame {
+        id: usize,
+        children: Vec<Value>,
+        next: usize,
+        deepest: usize,
+    }
+    let Some(id) = container_id(root) else {
+        return Ok(0);
+    };
+    let too_deep = || format!("containers nest deeper than {MAX_DEPTH} levels");
+    let mut seen = HashMap::from([(id, Seen::Open)]);
+    let mut path = vec![Frame {
+        id,
+        children: children(root),
+        next: 0,
+        deepest: 0,
+    }];
+    while let Some(top) = path.last_mut() {
+        if let Some(child) = top.children.get(top.next).cloned() {
+            top.next += 1;
+            let Some(id) = container_id(&child) else {
+                continue;
+            };
+            match seen.get(&id) {
+                Some(Seen::Open) => return Err("a container holds itself".into()),
+                Some(Seen::Done(depth)) => top.deepest = top.deepest.max(*depth),
+                None if path.len() >= MAX_DEPTH => return Err(too_deep()),
+                None => {
+                    seen.insert(id, Seen::Open);
+                    path.push(Frame {
+                        id,
+                        children: children(&child),
+                        next: 0,
+                        deepest: 0,
+                    });
+                }
+            }
+            continue;
+        }
+        let done = path.pop().expect("a frame");
+        let depth = done.deepest + 1;
+        if depth > MAX_DEPTH {
+            return Err(too_deep());
+        }
+        seen.insert(done.id, Seen::Done(depth));
+        if let Some(parent) = path.last_mut() {
+            parent.deepest = parent.deepest.max(depth);
+        }
+    }
+    match seen.get(&id) {
+        Some(Seen::Done(depth)) => Ok(*depth),
+        _ => unreachable!("the root is measured last"),
+    }
+}
+
 /// Runs the restricted machine over `bytes` and returns the pickled value.
 pub fn parse(bytes: &[u8]) -> Result<Value, PickleError> {
     Machine {
@@ -601,6 +876,7 @@ pub fn parse(bytes: &[u8]) -> Result<Value, PickleError> {
         op_at: 0,
         stack: Vec::new(),
         memo: Vec::new(),
+        build_entries: 0,
     }
     .run()
 }

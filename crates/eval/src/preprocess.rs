@@ -69,10 +69,11 @@ impl RgbImage {
             file: path.display().to_string(),
             message,
         };
-        let reader = image::ImageReader::open(path)
+        let mut reader = image::ImageReader::open(path)
             .map_err(|e| image_error(e.to_string()))?
             .with_guessed_format()
             .map_err(|e| image_error(e.to_string()))?;
+        reader.limits(decode_limits());
         let decoded = reader.decode().map_err(|e| image_error(e.to_string()))?;
         let rgb = decoded.to_rgb8();
         let (width, height) = rgb.dimensions();
@@ -88,6 +89,18 @@ impl RgbImage {
             .map(|&v| v as f32)
             .collect()
     }
+}
+
+/// The largest image side decoded (a header may declare up to 2^32 - 1).
+pub const MAX_IMAGE_SIDE: u32 = 1 << 14;
+
+/// Decoder limits: the header's size is checked against these before any pixel is allocated.
+pub fn decode_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(1 << 30);
+    limits
 }
 
 /// How images become Inception inputs.

@@ -289,18 +289,42 @@ impl WeightMap {
     }
 }
 
+/// The largest archive member read (the FID Inception's largest storage is 8 MB; CLIP ViT-L's
+/// whole archive 1.7 GB).
+pub const MAX_ENTRY_BYTES: u64 = 4 << 30;
+
+/// Reads one archive member, trusting its declared size only up to [`MAX_ENTRY_BYTES`] and never
+/// reading past it (a deflated member may claim any size).
 fn read_entry<R: std::io::Read + std::io::Seek>(
     zip: &mut zip::ZipArchive<R>,
     name: &str,
     path: &Path,
 ) -> Result<Vec<u8>, EvalError> {
-    let mut entry = zip
+    let entry = zip
         .by_name(name)
         .map_err(|e| EvalError::archive(path, format!("{name}: {e}")))?;
-    let mut bytes = Vec::with_capacity(entry.size() as usize);
+    let declared = entry.size();
+    if declared > MAX_ENTRY_BYTES {
+        return Err(EvalError::archive(
+            path,
+            format!("{name}: declares {declared} bytes, more than the {MAX_ENTRY_BYTES} read"),
+        ));
+    }
+    // Grown as the bytes arrive, so a false declared size allocates nothing up front.
+    let mut bytes = Vec::new();
     entry
+        .take(declared)
         .read_to_end(&mut bytes)
         .map_err(|e| EvalError::archive(path, format!("{name}: {e}")))?;
+    if bytes.len() as u64 != declared {
+        return Err(EvalError::archive(
+            path,
+            format!(
+                "{name}: holds {} bytes, its header declares {declared}",
+                bytes.len()
+            ),
+        ));
+    }
     Ok(bytes)
 }
 
@@ -308,7 +332,12 @@ fn read_entry<R: std::io::Read + std::io::Seek>(
 struct Found {
     tensors: Vec<(String, TensorRef)>,
     attributes: BTreeMap<String, Attribute>,
+    visits: usize,
 }
+
+/// How many values `walk` visits at most: a module shared under many names is visited once per
+/// name, so a file of modules that each hold the next one twice would take 2^depth visits.
+const MAX_WALK_VISITS: usize = 1 << 20;
 
 fn join(prefix: &str, name: &str) -> String {
     if prefix.is_empty() {
@@ -319,7 +348,15 @@ fn join(prefix: &str, name: &str) -> String {
 }
 
 /// Collects tensors and integer attributes below `value` under dotted names.
+/// The pickle reader bounds the nesting (to `pickle::MAX_DEPTH`), and with it this recursion.
 fn walk(value: &Value, prefix: &str, found: &mut Found, path: &Path) -> Result<(), EvalError> {
+    found.visits += 1;
+    if found.visits > MAX_WALK_VISITS {
+        return Err(EvalError::archive(
+            path,
+            format!("more than {MAX_WALK_VISITS} module attributes (modules shared too often?)"),
+        ));
+    }
     match value {
         Value::Tensor(t) => found.tensors.push((prefix.to_owned(), t.clone())),
         Value::Object(obj) => {
@@ -394,7 +431,17 @@ fn gather(t: &TensorRef, bytes: &[u8]) -> Result<Vec<f32>, String> {
             t.storage.key, t.storage.numel
         ));
     }
-    let numel: usize = t.shape.iter().product();
+    let numel = t
+        .shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .filter(|&n| n <= t.storage.numel)
+        .ok_or_else(|| {
+            format!(
+                "view of shape {:?} has more elements than storage data/{} ({})",
+                t.shape, t.storage.key, t.storage.numel
+            )
+        })?;
     if numel == 0 {
         return Ok(Vec::new());
     }
