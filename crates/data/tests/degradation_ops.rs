@@ -2,8 +2,8 @@
 //! made by tools/fixtures/make_degradation_fixtures.py).
 
 use ldmscale_data::degrade::{
-    FloatImage, ResizeMode, ResizeTo, UsmParams, add_gaussian_noise, add_poisson_noise, resize,
-    usm_sharp,
+    FloatImage, ResizeMode, ResizeTo, UsmParams, add_gaussian_noise, add_poisson_noise, jpeg,
+    resize, usm_sharp,
 };
 use serde_json::Value;
 
@@ -126,4 +126,27 @@ fn noise_matches_basicsr_given_torch_draws() {
         worst = worst.max(err);
     }
     println!("noise max error {worst:e}");
+}
+
+#[test]
+fn jpeg_matches_basicsr_diffjpeg() {
+    let doc = fixture("jpeg");
+    let mut worst = 0.0f64;
+    for case in doc["cases"].as_array().unwrap() {
+        let img = image(case, "image", 1.0);
+        let quality = case["quality"].as_f64().unwrap() as f32;
+        let err = max_error(&jpeg(&img, quality), &floats(&case["output"]));
+        println!(
+            "jpeg {}x{} quality {quality}: max error {err:e}",
+            img.width, img.height
+        );
+        assert!(
+            err < 1e-4,
+            "{}x{} quality {quality}: max error {err}",
+            img.width,
+            img.height
+        );
+        worst = worst.max(err);
+    }
+    println!("jpeg max error {worst:e}");
 }

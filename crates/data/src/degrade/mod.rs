@@ -2,6 +2,7 @@
 //! as BasicSR / Real-ESRGAN compute them, on float RGB images.
 
 mod float_image;
+mod jpeg;
 mod kernels;
 mod noise;
 mod random_kernels;
@@ -9,6 +10,7 @@ mod resize;
 mod usm;
 
 pub use float_image::FloatImage;
+pub use jpeg::{jpeg, quality_to_factor};
 pub use kernels::{Kernel, KernelShape, filter2d};
 pub use noise::{
     Noise, NoiseParams, add_gaussian_noise, add_poisson_noise, poisson, standard_normal,
