@@ -122,8 +122,17 @@ impl Cost {
 
 /// Output length along one axis and the number of kernel taps, summed over output positions,
 /// that fall inside the input.
+/// A kernel wider than the padded input (or a zero stride) gives no output, rather than an
+/// underflowed length that would loop for ever.
 fn valid_taps(len: usize, kernel: usize, stride: usize, padding: usize) -> (usize, u64) {
-    let out = (len + 2 * padding - kernel) / stride + 1;
+    let padded = len.saturating_add(padding.saturating_mul(2));
+    let Some(span) = padded
+        .checked_sub(kernel)
+        .filter(|_| stride > 0 && kernel > 0)
+    else {
+        return (0, 0);
+    };
+    let out = span / stride + 1;
     let mut taps = 0u64;
     for o in 0..out {
         let start = (o * stride) as isize - padding as isize;
@@ -154,5 +163,15 @@ mod tests {
         assert_eq!(c.conv_macs, 10 * 10 * 6);
         assert_eq!(c.elementwise, 3 * 16);
         assert_eq!(c.flops(), 2 * 600 + 48);
+    }
+
+    #[test]
+    fn kernels_wider_than_the_input_give_nothing_instead_of_looping() {
+        // Latent size 0: 0 + 2 - 3 would underflow.
+        assert_eq!(valid_taps(0, 3, 1, 1), (0, 0));
+        assert_eq!(valid_taps(1, 7, 1, 0), (0, 0));
+        assert_eq!(valid_taps(4, 3, 0, 1), (0, 0));
+        let mut c = Cost::default();
+        assert_eq!(c.conv2d(4, 8, 3, 2, 1, 0, 0), (0, 0));
     }
 }

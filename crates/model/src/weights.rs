@@ -415,6 +415,16 @@ pub fn tensor_names(file: &Path) -> Result<Vec<String>, ModelError> {
     if len > 100_000_000 {
         return Err(corrupt(format!("header length {len} is implausible")));
     }
+    let file_len = reader
+        .metadata()
+        .map_err(|e| ModelError::io(file, e))?
+        .len();
+    if len > file_len.saturating_sub(8) {
+        return Err(corrupt(format!(
+            "header length {len} is more than the {} bytes after it",
+            file_len.saturating_sub(8)
+        )));
+    }
     let mut header = vec![0u8; len as usize];
     reader
         .read_exact(&mut header)
@@ -434,8 +444,14 @@ pub fn write_atomic(file: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     let mut tmp = file.as_os_str().to_owned();
     tmp.push(format!(".tmp{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| ModelError::io(&tmp, e))?;
-    std::fs::rename(&tmp, file).map_err(|e| ModelError::io(file, e))
+    let written = std::fs::write(&tmp, bytes)
+        .map_err(|e| ModelError::io(&tmp, e))
+        .and_then(|_| std::fs::rename(&tmp, file).map_err(|e| ModelError::io(file, e)));
+    if written.is_err() {
+        // A partial temporary file would pile up on the very disk that ran out.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// Loads a UNet from a diffusers directory (`config.json` + `diffusion_pytorch_model.safetensors`).

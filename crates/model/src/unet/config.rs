@@ -192,6 +192,19 @@ pub struct UNetConfig {
     pub other: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The most resolution levels a config may have.
+pub const MAX_LEVELS: usize = 8;
+/// The most channels (or context width, or heads) anywhere.
+pub const MAX_CHANNELS: usize = 1 << 14;
+/// The most residual or transformer layers per level.
+pub const MAX_LAYERS: usize = 64;
+/// The widest input / output convolution kernel.
+pub const MAX_KERNEL: usize = 15;
+/// The largest latent side (1024 pixels per side is 128; 512 latents are 4096-pixel images).
+pub const MAX_SAMPLE_SIZE: usize = 512;
+/// The largest class-embedding table.
+pub const MAX_CLASS_EMBEDS: usize = 1 << 20;
+
 /// Settings of one level, resolved from the per-level lists.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LevelConfig {
@@ -260,6 +273,7 @@ impl UNetConfig {
         if levels == 0 {
             return Err("block_out_channels: expected at least one level".into());
         }
+        self.validate_sizes()?;
         if self.down_block_types.len() != levels {
             return Err(format!(
                 "down_block_types: expected {levels} entries (one per block_out_channels), got {}",
@@ -410,6 +424,108 @@ impl UNetConfig {
                 return Err(format!(
                     "{key}: {value} is not supported by this implementation (only {default})"
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sizes within which every count a model is built from stays far from overflow and a model
+    /// fits in memory (SD 2.1: 1280 channels, 4 levels, 1024-wide context).
+    fn validate_sizes(&self) -> Result<(), String> {
+        let in_range = |field: String, value: usize, min: usize, max: usize| {
+            if (min..=max).contains(&value) {
+                Ok(())
+            } else {
+                Err(format!("{field} = {value}: expected {min}..={max}"))
+            }
+        };
+        in_range(
+            "block_out_channels (levels)".into(),
+            self.num_levels(),
+            1,
+            MAX_LEVELS,
+        )?;
+        for (i, &c) in self.block_out_channels.iter().enumerate() {
+            in_range(format!("block_out_channels[{i}]"), c, 1, MAX_CHANNELS)?;
+        }
+        in_range("in_channels".into(), self.in_channels, 1, MAX_CHANNELS)?;
+        in_range("out_channels".into(), self.out_channels, 1, MAX_CHANNELS)?;
+        in_range("conv_in_kernel".into(), self.conv_in_kernel, 1, MAX_KERNEL)?;
+        in_range(
+            "conv_out_kernel".into(),
+            self.conv_out_kernel,
+            1,
+            MAX_KERNEL,
+        )?;
+        in_range("downsample_padding".into(), self.downsample_padding, 0, 1)?;
+        if let Some(size) = self.sample_size {
+            in_range("sample_size".into(), size, 1, MAX_SAMPLE_SIZE)?;
+        }
+        if let Some(n) = self.num_class_embeds {
+            in_range("num_class_embeds".into(), n, 1, MAX_CLASS_EMBEDS)?;
+        }
+        if let Some(d) = self.time_cond_proj_dim {
+            in_range("time_cond_proj_dim".into(), d, 1, MAX_CHANNELS)?;
+        }
+        let per_level: [(&str, &PerLevel<usize>, usize, usize); 5] = [
+            ("layers_per_block", &self.layers_per_block, 1, MAX_LAYERS),
+            (
+                "transformer_layers_per_block",
+                &self.transformer_layers_per_block,
+                1,
+                MAX_LAYERS,
+            ),
+            (
+                "cross_attention_dim",
+                &self.cross_attention_dim,
+                1,
+                MAX_CHANNELS,
+            ),
+            (
+                "attention_head_dim",
+                &self.attention_head_dim,
+                1,
+                MAX_CHANNELS,
+            ),
+            (
+                "num_attention_heads",
+                self.num_attention_heads
+                    .as_ref()
+                    .unwrap_or(&PerLevel::All(1)),
+                1,
+                MAX_CHANNELS,
+            ),
+        ];
+        for (field, values, min, max) in per_level {
+            for level in 0..self.num_levels() {
+                if let Some(v) = values.at(level) {
+                    in_range(format!("{field}[{level}]"), v, min, max)?;
+                }
+            }
+        }
+        let finite = [
+            ("norm_eps", self.norm_eps, self.norm_eps > 0.0),
+            ("freq_shift", self.freq_shift, true),
+            ("mid_block_scale_factor", self.mid_block_scale_factor, true),
+        ];
+        for (field, value, ok) in finite {
+            if !value.is_finite() || !ok {
+                return Err(format!(
+                    "{field} = {value}: expected a finite number{}",
+                    if field == "norm_eps" { " > 0" } else { "" }
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks a latent size `h x w` the model is to run at; the error names `field` (e.g.
+    /// `--latent-size`). Every size from 1 works (skips are upsampled to fit); the bound keeps
+    /// activations and attention within memory.
+    pub fn check_latent_size(&self, field: &str, h: usize, w: usize) -> Result<(), String> {
+        for side in [h, w] {
+            if !(1..=MAX_SAMPLE_SIZE).contains(&side) {
+                return Err(format!("{field} = {side}: expected 1..={MAX_SAMPLE_SIZE}"));
             }
         }
         Ok(())
