@@ -16,7 +16,8 @@ use ldmscale_train::{TrainConfig, train_with_hook};
 use serde::Deserialize;
 
 mod eval;
-use eval::{EvalConfig, Evaluator};
+use eval::EvalConfig;
+use ldmscale_train::evaluation::{EvalRecord, read_records};
 
 /// Where the training pairs come from.
 #[derive(Debug, Deserialize)]
@@ -155,7 +156,7 @@ fn run_one(
         &device,
     )?;
     let evaluator = match eval {
-        Some(e) => Some(Evaluator::new(
+        Some(e) => Some(eval::evaluator(
             e,
             &data_config.dataset,
             data_config.resolution,
@@ -175,24 +176,16 @@ fn run_one(
         };
         let record = evaluator
             .evaluate(unet, state)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| ldmscale_train::error::chain(&e))?;
         if !quiet {
-            eprintln!(
-                "eval at step {}: {}{}",
-                state.step,
-                record.grid,
-                record
-                    .fid
-                    .map(|f| format!(", FID {f:.2}"))
-                    .unwrap_or_default()
-            );
+            eprintln!("eval at step {}: {}", state.step, describe(&record));
         }
         Ok(())
     };
     let summary = train_with_hook(config, &data, out, &train_device, !quiet, Some(&mut hook))?;
     write_loss_curve(out, config.model.width)?;
     if let Some(evaluator) = &evaluator {
-        write_fid_curve(&evaluator.log_path(), out, config.model.width)?;
+        write_fid_curve(&evaluator.log, out, config.model.width)?;
     }
     println!(
         "width {}: step {} loss {:.4}; training compute {:.3e} GFLOPs = {:.2} normalised cost x iterations; {} steps in {:.1} s; models: {}",
@@ -213,6 +206,15 @@ fn run_one(
     Ok(())
 }
 
+/// An evaluation in one line: the grid's path and the FID, where measured.
+fn describe(record: &EvalRecord) -> String {
+    let grid = record.grid.as_deref().unwrap_or("no grid");
+    match record.fid {
+        Some(fid) => format!("{grid}, FID {fid:.2}"),
+        None => grid.to_string(),
+    }
+}
+
 /// Plots `metrics.jsonl` as `loss.png` and `loss.svg` beside it.
 fn write_loss_curve(run: &Path, width: usize) -> Result<()> {
     let text = std::fs::read_to_string(run.join("metrics.jsonl")).context("metrics.jsonl")?;
@@ -229,7 +231,7 @@ fn write_loss_curve(run: &Path, width: usize) -> Result<()> {
 /// Plots FID against training compute (Fig. 3 for one run) as `fid.png` and `fid.svg`, when
 /// FID was measured.
 fn write_fid_curve(log: &Path, run: &Path, width: usize) -> Result<()> {
-    let points: Vec<(f64, f64)> = eval::read_records(log)?
+    let points: Vec<(f64, f64)> = read_records(log)?
         .iter()
         .filter_map(|r| Some((r.normalized_cost_x_iterations, r.fid?)))
         .collect();

@@ -8,6 +8,7 @@ pub mod config;
 pub mod data;
 pub mod ema;
 pub mod error;
+pub mod evaluation;
 pub mod optimizer;
 pub mod parallel;
 pub mod params;

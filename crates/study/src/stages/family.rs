@@ -1,14 +1,15 @@
 //! Stage 6: the family: every width trained with one recipe on the latent cache, with FID
 //! measured during training (Fig. 3).
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use burn::tensor::Tensor;
 use ldmscale_diffusion::SamplerId;
 use ldmscale_model::UNet;
 use ldmscale_model::weights::write_atomic;
 use ldmscale_pipeline::SamplingSpec;
 use ldmscale_train::ema::EmaConfig;
+use ldmscale_train::evaluation::{BoxError, FidProbe, FidScore, TrainingEvaluator};
 use ldmscale_train::optimizer::{AdamWConfig, LrSchedule};
 use ldmscale_train::{ModelConfig, Objective, TrainConfig, TrainState};
 
@@ -126,9 +127,11 @@ impl FamilyStage<'_> {
         }
         tracing::info!("training width {width} ({} steps)", cx.config.recipe.steps);
         let config = train_config(cx.config, width);
-        let eval_log = run.join("eval.jsonl");
+        let evaluator = self.training_evaluator(cx, &run);
         let mut hook = |unet: &UNet, state: &TrainState| -> Result<(), String> {
-            self.evaluate(cx, unet, state, &eval_log)
+            evaluator
+                .evaluate(unet, state)
+                .map(drop)
                 .map_err(|e| ldmscale_train::error::chain(&e))
         };
         let summary = ldmscale_train::train_with_hook(
@@ -149,38 +152,36 @@ impl FamilyStage<'_> {
             .unwrap_or_else(|| final_dir(cx.config, &run)))
     }
 
-    /// Fig. 3: FID of a small sample set, appended to the run's `eval.jsonl`.
-    fn evaluate(
-        &self,
-        cx: &StudyContext,
-        unet: &UNet,
-        state: &TrainState,
-        log: &Path,
-    ) -> Result<(), StudyError> {
+    /// Fig. 3: FID of a small sample set (the study's features against its held-out
+    /// images), recorded in the run's `eval.jsonl`.
+    fn training_evaluator(&self, cx: &StudyContext, run: &Path) -> TrainingEvaluator<'_> {
         let n = EVAL_PROMPTS.min(cx.config.sweep.samples_per_cell as usize);
         let prompts = self.latents.prompts(n, &cx.device);
-        let model = self.latents.model(unet, self.first);
-        let spec = SamplingSpec {
-            sampler: SamplerId::Ddim,
-            steps: EVAL_STEPS,
-            cfg: eval_cfg(cx.config),
-            seed: EVAL_SEED,
-        };
-        let fid = self
-            .evaluator
-            .fid_point(model.generate(&spec, &prompts.cond, &prompts.null)?.images)?;
-        let line = serde_json::json!({
-            "step": state.step,
-            "normalized_cost_x_iterations": state.normalized_cost_x_iterations,
-            "train_gflops": state.train_gflops,
-            "fid": fid,
-        });
-        let mut file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .map_err(StudyError::io(log))?;
-        writeln!(file, "{line}").map_err(StudyError::io(log))
+        TrainingEvaluator {
+            vae: &self.first.vae,
+            vae_config: &self.first.config,
+            latent_shape: self.latents.latent_shape,
+            spec: SamplingSpec {
+                sampler: SamplerId::Ddim,
+                steps: EVAL_STEPS,
+                cfg: eval_cfg(cx.config),
+                seed: EVAL_SEED,
+            },
+            null: prompts.null,
+            fid: Some(FidProbe {
+                prompts: prompts.cond,
+                score: Box::new(self.evaluator),
+            }),
+            grid: None,
+            log: run.join("eval.jsonl"),
+        }
+    }
+}
+
+/// The study's FID as the training evaluator's score.
+impl FidScore for Evaluator {
+    fn fid(&self, images: Tensor<4>) -> Result<f64, BoxError> {
+        Ok(self.fid_point(images)?)
     }
 }
 
