@@ -57,3 +57,93 @@ fn invalid_params_are_an_error() {
     let err = realesrgan(&hr(32, 32), &params, 0).unwrap_err();
     assert!(err.to_string().contains("odd"), "{err}");
 }
+
+/// `pattern_image` of tools/fixtures/make_degradation_fixtures.py: a ramp left, an integer
+/// texture right, so both sides build the same 8-bit HR without storing it.
+fn pattern_image(size: usize) -> FloatImage {
+    let mut img = FloatImage::zeros(size, size);
+    for y in 0..size {
+        for x in 0..size {
+            for c in 0..3 {
+                let ramp = (x * 2 + y + c * 40) % 256;
+                let texture = (x * x * 7 + y * 13 + c * 101 + x * y * 3) % 256;
+                let v = if x < size / 2 { ramp } else { texture };
+                img.set(x, y, c, v as f32 / 255.0);
+            }
+        }
+    }
+    img
+}
+
+/// Mean |4-neighbour Laplacian| of the LR and mean |LR - 4x4-averaged HR|, in 8-bit units.
+fn lr_statistics(lr: &FloatImage, hr: &FloatImage) -> (f64, f64) {
+    let v = |img: &FloatImage, x: usize, y: usize, c: usize| img.get(x, y, c) as f64 * 255.0;
+    let (mut laplacian, mut n_lap) = (0.0, 0.0);
+    let (mut deviation, mut n_dev) = (0.0, 0.0);
+    for y in 0..lr.height {
+        for x in 0..lr.width {
+            for c in 0..3 {
+                if (1..lr.width - 1).contains(&x) && (1..lr.height - 1).contains(&y) {
+                    let centre = 4.0 * v(lr, x, y, c);
+                    let around = v(lr, x - 1, y, c)
+                        + v(lr, x + 1, y, c)
+                        + v(lr, x, y - 1, c)
+                        + v(lr, x, y + 1, c);
+                    laplacian += (centre - around).abs();
+                    n_lap += 1.0;
+                }
+                let clean: f64 = (0..16)
+                    .map(|i| v(hr, 4 * x + i % 4, 4 * y + i / 4, c))
+                    .sum::<f64>()
+                    / 16.0;
+                deviation += (v(lr, x, y, c) - clean).abs();
+                n_dev += 1.0;
+            }
+        }
+    }
+    (laplacian / n_lap, deviation / n_dev)
+}
+
+fn mean_and_std(xs: &[f64]) -> (f64, f64) {
+    let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+    let var = xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+    (mean, var.sqrt())
+}
+
+#[test]
+fn statistics_match_the_reference_pipeline() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/degradation/pipeline.json"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let draws = doc["draws"].as_u64().unwrap() as usize;
+    let hr = pattern_image(doc["size"].as_u64().unwrap() as usize);
+    let params = RealEsrganParams::x4plus();
+    let stats: Vec<(f64, f64)> = (0..draws as u64)
+        .map(|i| {
+            lr_statistics(
+                &realesrgan(&hr, &params, seed_for("stats", i)).unwrap(),
+                &hr,
+            )
+        })
+        .collect();
+    for (name, ours) in [
+        ("laplacian", stats.iter().map(|s| s.0).collect::<Vec<_>>()),
+        ("deviation", stats.iter().map(|s| s.1).collect()),
+    ] {
+        let (mean, std) = mean_and_std(&ours);
+        let reference = doc[format!("{name}_mean")].as_f64().unwrap();
+        let reference_std = doc[format!("{name}_std")].as_f64().unwrap();
+        // Both are means of independent draws: allow 3 standard errors of their difference.
+        let tolerance = 3.0 * ((std * std + reference_std * reference_std) / draws as f64).sqrt();
+        println!(
+            "{name}: ours {mean:.3} (std {std:.3}), reference {reference:.3} (std {reference_std:.3}), tolerance {tolerance:.3}"
+        );
+        assert!(
+            (mean - reference).abs() < tolerance,
+            "{name}: {mean} vs {reference}"
+        );
+    }
+}
