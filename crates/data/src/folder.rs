@@ -144,8 +144,20 @@ fn relative(root: &Path, path: &Path) -> String {
         .join("/")
 }
 
-/// Collects image files under `dir`, recursively (hidden entries skipped).
+/// Collects image files under `dir`, recursively (hidden entries skipped). Symlinks are
+/// followed, except into a folder already on the way down (a loop) or one that cannot be
+/// resolved; those are skipped with a warning naming the link.
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+    let root = std::fs::canonicalize(dir).map_err(|e| DataError::io(dir, e))?;
+    walk_below(dir, &mut vec![root], out)
+}
+
+/// `ancestors`: the canonical folders from the root down to `dir`.
+fn walk_below(
+    dir: &Path,
+    ancestors: &mut Vec<PathBuf>,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), DataError> {
     let entries = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
     for entry in entries {
         let entry = entry.map_err(|e| DataError::io(dir, e))?;
@@ -154,8 +166,26 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
             continue;
         }
         let kind = entry.file_type().map_err(|e| DataError::io(&path, e))?;
-        if kind.is_dir() || (kind.is_symlink() && path.is_dir()) {
-            walk(&path, out)?;
+        if kind.is_symlink() {
+            match std::fs::canonicalize(&path) {
+                Err(e) => tracing::warn!("skipping symlink {}: {e}", path.display()),
+                Ok(target) if ancestors.contains(&target) => tracing::warn!(
+                    "skipping symlink {}: it loops back to {}",
+                    path.display(),
+                    target.display()
+                ),
+                Ok(target) if target.is_dir() => {
+                    ancestors.push(target);
+                    walk_below(&path, ancestors, out)?;
+                    ancestors.pop();
+                }
+                Ok(_) if is_image(&path) => out.push(path),
+                Ok(_) => {}
+            }
+        } else if kind.is_dir() {
+            ancestors.push(std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()));
+            walk_below(&path, ancestors, out)?;
+            ancestors.pop();
         } else if is_image(&path) {
             out.push(path);
         }

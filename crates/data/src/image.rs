@@ -7,6 +7,18 @@ use image::{DynamicImage, RgbImage, imageops::FilterType};
 
 use crate::error::DataError;
 
+/// The largest image side decoded (a header may declare up to 2^32 - 1).
+pub const MAX_IMAGE_SIDE: u32 = 1 << 14;
+
+/// Decoder limits: a header's size is checked against these before any pixel is allocated.
+fn decode_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(1 << 30);
+    limits
+}
+
 /// An 8-bit RGB image, row-major, `height x width x 3` bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Image {
@@ -63,11 +75,15 @@ impl Image {
     /// with transparency are composited over white, so RGBA icons keep their look. `name` is
     /// used in the error.
     pub fn decode(bytes: &[u8], name: &str) -> Result<Self, DataError> {
-        let decoded = image::load_from_memory(bytes).map_err(|e| DataError::Image {
+        let image_error = |e: image::ImageError| DataError::Image {
             file: name.to_string(),
             message: e.to_string(),
-        })?;
-        Ok(Self::from_dynamic(decoded))
+        };
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| image_error(e.into()))?;
+        reader.limits(decode_limits());
+        Ok(Self::from_dynamic(reader.decode().map_err(image_error)?))
     }
 
     /// Reads and decodes an image file.

@@ -62,6 +62,12 @@ pub fn expand_braces(pattern: &str) -> Result<Vec<String>, DataError> {
     Ok(out)
 }
 
+/// The largest image member read (a 16384 x 16384 RGBA PNG stored raw is 1 GiB; real ones
+/// are a few MB).
+pub const MAX_IMAGE_MEMBER_BYTES: u64 = 1 << 30;
+/// The largest caption member read.
+pub const MAX_TEXT_MEMBER_BYTES: u64 = 1 << 20;
+
 /// One indexed sample.
 struct Sample {
     shard: usize,
@@ -143,6 +149,7 @@ fn index_shard(
     skipped: &mut Vec<Skipped>,
 ) -> Result<(), DataError> {
     let file = std::fs::File::open(shard).map_err(|e| DataError::io(shard, e))?;
+    let shard_len = file.metadata().map_err(|e| DataError::io(shard, e))?.len();
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let entries = archive
         .entries_with_seek()
@@ -172,7 +179,7 @@ fn index_shard(
         }
     };
     for entry in entries {
-        let mut entry =
+        let entry =
             entry.map_err(|e| DataError::format(shard.display(), format!("corrupt tar: {e}")))?;
         if !entry.header().entry_type().is_file() {
             continue;
@@ -194,6 +201,7 @@ fn index_shard(
         let plain = !ext.contains('.');
         let kind = ext.rsplit('.').next().unwrap_or("");
         let at = || format!("{}:{path}", shard.display());
+        check_member_size(&entry, shard_len, kind).map_err(|e| DataError::format(at(), e))?;
         if IMAGE_EXTENSIONS.contains(&kind) {
             if plain || pending.image.is_none() {
                 pending.image = Some((path.clone(), entry.raw_file_position(), entry.size()));
@@ -201,6 +209,7 @@ fn index_shard(
         } else if kind == "txt" || kind == "json" {
             let mut text = String::new();
             entry
+                .take(MAX_TEXT_MEMBER_BYTES)
                 .read_to_string(&mut text)
                 .map_err(|e| DataError::format(at(), format!("unreadable text member: {e}")))?;
             if kind == "txt" {
@@ -214,6 +223,34 @@ fn index_shard(
         }
     }
     finish(pending, samples, skipped);
+    Ok(())
+}
+
+/// A member's declared size must fit in the shard after its header, and within the limit for
+/// its kind, before anything is allocated for it (a header may declare up to 8 GiB, or any size
+/// through a PAX record).
+fn check_member_size<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    shard_len: u64,
+    kind: &str,
+) -> Result<(), String> {
+    let size = entry.size();
+    let left = shard_len.saturating_sub(entry.raw_file_position());
+    if size > left {
+        return Err(format!(
+            "header declares {size} bytes, the shard has {left} after it (truncated or corrupt tar)"
+        ));
+    }
+    let limit = if IMAGE_EXTENSIONS.contains(&kind) {
+        MAX_IMAGE_MEMBER_BYTES
+    } else {
+        MAX_TEXT_MEMBER_BYTES
+    };
+    if size > limit && (IMAGE_EXTENSIONS.contains(&kind) || kind == "txt" || kind == "json") {
+        return Err(format!(
+            "{size} bytes, more than the {limit} read for a .{kind} member"
+        ));
+    }
     Ok(())
 }
 
