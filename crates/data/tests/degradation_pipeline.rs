@@ -51,6 +51,22 @@ fn each_seed_gives_its_own_reproducible_degradation() {
 }
 
 #[test]
+fn scaled_variant_caps_kernels_only_for_small_images() {
+    let params = RealEsrganParams::x4plus();
+    assert_eq!(params.scaled_for(512, 512).unwrap(), params);
+    assert_eq!(params.scaled_for(140, 300).unwrap(), params);
+    let small = params.scaled_for(40, 32).unwrap();
+    assert_eq!(small.usm.radius | 1, 31);
+    assert_eq!(small.blur1.sizes, (7, 21));
+    assert_eq!(small.blur2.sizes, (3, 3)); // 0.15 x 32 = 4.8 px after the first resize
+    assert_eq!(small.final_sinc.sizes, (7, 7)); // the LR is 8 px
+    let lr = realesrgan(&hr(40, 32), &small, seed_for("val", 0)).unwrap();
+    assert_eq!((lr.width, lr.height), (10, 8));
+    let err = params.scaled_for(15, 64).unwrap_err();
+    assert!(err.to_string().contains("16 px"), "{err}");
+}
+
+#[test]
 fn invalid_params_are_an_error() {
     let mut params = RealEsrganParams::x4plus();
     params.blur2.sizes = (7, 20);

@@ -77,6 +77,47 @@ impl RealEsrganParams {
     }
 }
 
+/// The largest odd number not above `n` (at least 1).
+fn odd_at_most(n: usize) -> usize {
+    if n % 2 == 1 {
+        n
+    } else {
+        n.saturating_sub(1).max(1)
+    }
+}
+
+impl RealEsrganParams {
+    /// The variant for small images: every kernel capped to the smallest side it can meet (the
+    /// USM blur and blur 1 to the HR, blur 2 to the smallest first-stage resize, the final sinc to
+    /// the LR), sizes drawn from `min(lo, cap)..=cap`. Unchanged for sides of 140 px and up (the
+    /// paper's 512 px crops included). An error below 16 px, where the second resize would reach
+    /// zero pixels.
+    pub fn scaled_for(&self, width: usize, height: usize) -> Result<Self, DataError> {
+        let side = width.min(height);
+        if side < 4 * self.scale {
+            return Err(DataError::Spec {
+                spec: format!("realesrgan on {width}x{height}"),
+                message: format!(
+                    "images need at least {} px per side for x{}",
+                    4 * self.scale,
+                    self.scale
+                ),
+            });
+        }
+        let cap = |sizes: (usize, usize), limit: usize| {
+            let hi = sizes.1.min(odd_at_most(limit));
+            (sizes.0.min(hi), hi)
+        };
+        let mut scaled = self.clone();
+        scaled.usm.radius = self.usm.radius.min(odd_at_most(side) - 1);
+        scaled.blur1.sizes = cap(self.blur1.sizes, side);
+        let first_stage = (side as f64 * self.resize1.range.0).floor() as usize;
+        scaled.blur2.sizes = cap(self.blur2.sizes, first_stage.max(1));
+        scaled.final_sinc.sizes = cap(self.final_sinc.sizes, side / self.scale);
+        Ok(scaled)
+    }
+}
+
 /// The seed of image `index` of `split`, so that every image's degradation is reproducible alone.
 pub fn seed_for(split: &str, index: u64) -> u64 {
     hash_u64s(&[hash_str(split), index])
