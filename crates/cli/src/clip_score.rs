@@ -49,18 +49,30 @@ fn pair_captions(files: &[PathBuf], captions_file: &Path) -> Result<Vec<(PathBuf
             .iter()
             .filter_map(|p| Some((p.file_name()?.to_str()?.to_owned(), p)))
             .collect();
-        return lines
-            .iter()
+        // Line numbers as in the file (blank lines count).
+        let numbered = text
+            .lines()
             .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty());
+        let mut first_line: BTreeMap<&str, usize> = BTreeMap::new();
+        return numbered
             .map(|(i, line)| {
                 let (name, caption) = line.split_once('\t').expect("checked");
-                let path = by_name.get(name.trim()).with_context(|| {
+                let name = name.trim();
+                let path = by_name.get(name).with_context(|| {
                     format!(
                         "{} line {}: no image {name:?} in the image folder",
                         captions_file.display(),
                         i + 1
                     )
                 })?;
+                if let Some(first) = first_line.insert(name, i + 1) {
+                    bail!(
+                        "{} line {}: a second caption for {name:?} (the first is on line {first}); give one per image",
+                        captions_file.display(),
+                        i + 1
+                    );
+                }
                 Ok(((*path).clone(), caption.to_owned()))
             })
             .collect();
@@ -82,6 +94,7 @@ fn pair_captions(files: &[PathBuf], captions_file: &Path) -> Result<Vec<(PathBuf
 
 /// Every readable pair's score (`100 * cos`) and the CLIP score (their mean, clamped at 0).
 fn score_pairs(args: &ClipScoreArgs) -> Result<(f64, Vec<(PathBuf, f64)>)> {
+    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     let files = image_files(&args.images)?;
     let pairs = pair_captions(&files, &args.captions)?;
     let device = args.device.device()?;
@@ -95,7 +108,7 @@ fn score_pairs(args: &ClipScoreArgs) -> Result<(f64, Vec<(PathBuf, f64)>)> {
     );
     let d = model.config.projection_dim;
     let mut scored: Vec<(PathBuf, f64)> = Vec::with_capacity(pairs.len());
-    for chunk in pairs.chunks(args.batch.max(1)) {
+    for chunk in pairs.chunks(args.batch) {
         let mut images = Vec::with_capacity(chunk.len());
         let mut captions = Vec::with_capacity(chunk.len());
         let mut names = Vec::with_capacity(chunk.len());
@@ -210,6 +223,12 @@ mod tests {
         let err = pair_captions(&files, &named).unwrap_err().to_string();
         assert!(
             err.contains("line 2") && err.contains("missing.png"),
+            "{err}"
+        );
+        std::fs::write(&named, "a_wide.png\tok\n\na_wide.png\tagain\n").unwrap();
+        let err = pair_captions(&files, &named).unwrap_err().to_string();
+        assert!(
+            err.contains("named.tsv line 3") && err.contains("second caption"),
             "{err}"
         );
     }

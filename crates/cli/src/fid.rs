@@ -147,6 +147,7 @@ struct Outcome {
 }
 
 fn compute(args: &FidArgs) -> Result<Outcome> {
+    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
     if args.second.is_none() && args.save_stats.is_none() {
         bail!("give a second folder or .npz to compare with, or --save-stats OUT.npz");
     }

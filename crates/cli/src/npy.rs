@@ -26,6 +26,21 @@ pub fn read(path: &Path) -> Result<Array> {
     })
 }
 
+/// Fails, naming the file and the first index, when a value is NaN or infinite.
+pub fn check_finite(array: &Array, path: &Path) -> Result<()> {
+    let bad = array.data.iter().position(|v| !v.is_finite());
+    if let Some(at) = bad {
+        let count = array.data.iter().filter(|v| !v.is_finite()).count();
+        anyhow::bail!(
+            "{}: value {at} (of {}) is {}; {count} values are not finite",
+            path.display(),
+            array.data.len(),
+            array.data[at]
+        );
+    }
+    Ok(())
+}
+
 /// Writes an f32 array to `path` atomically.
 pub fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     ldmscale_model::weights::write_atomic(path, &encode_npy_f32(shape, data))

@@ -11,6 +11,7 @@ use ldmscale_diffusion::{
     Cfg, DdimOptions, DpmSolverOptions, NoiseQueue, NoiseSource, SamplerId, SamplerKind,
     SchedulerConfig, SeededNoise, sample,
 };
+use ldmscale_model::unet::config::MAX_SAMPLE_SIZE;
 use ldmscale_model::weights::load_unet;
 use ldmscale_pipeline::UNetDenoiser;
 
@@ -86,22 +87,71 @@ pub struct SampleArgs {
     pub device: DeviceArgs,
 }
 
-fn tensor<const D: usize>(
-    array: npy::Array,
-    what: &str,
-    path: &Path,
-    device: &Device,
-) -> Result<Tensor<D>> {
+/// The most latent values (all images of the batch together) sampled at once: 1 GiB of f32.
+/// The UNet's activations are a few hundred times the latents, so more would not run anyway.
+const MAX_LATENT_ELEMENTS: usize = 1 << 28;
+
+/// Reads an input array, checking its rank, that no dimension is zero and that every value is
+/// finite (a NaN would otherwise surface only as non-finite latents after sampling).
+fn read_input(path: &Path, what: &str, rank: usize) -> Result<npy::Array> {
+    let array = npy::read(path)?;
     ensure!(
-        array.shape.len() == D,
-        "{}: {what} must have {D} dimensions, found shape {:?}",
+        array.shape.len() == rank && array.shape.iter().all(|&d| d > 0),
+        "{}: {what} must have {rank} non-zero dimensions, found shape {:?}",
         path.display(),
         array.shape
     );
-    Ok(Tensor::from_data(
-        TensorData::new(array.data, array.shape),
-        device,
-    ))
+    npy::check_finite(&array, path)?;
+    Ok(array)
+}
+
+fn tensor<const D: usize>(array: npy::Array, device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(array.data, array.shape), device)
+}
+
+/// The checks on the command line that need no file.
+fn check_args(args: &SampleArgs) -> Result<()> {
+    ensure!(args.steps > 0, "--steps must be at least 1");
+    ensure!(
+        args.eta.is_finite() && args.eta >= 0.0,
+        "--eta {} must be a finite non-negative number",
+        args.eta
+    );
+    ensure!(
+        args.cfg.is_finite(),
+        "--cfg {} must be a finite number",
+        args.cfg
+    );
+    ensure!(args.batch > 0, "--batch must be at least 1");
+    if let Some(side) = args.latent_size {
+        ensure!(
+            (1..=MAX_SAMPLE_SIZE).contains(&side),
+            "--latent-size {side}: expected 1..={MAX_SAMPLE_SIZE}"
+        );
+    }
+    Ok(())
+}
+
+/// Input arrays, read and checked before the UNet is loaded.
+struct Inputs {
+    prompt: npy::Array,
+    negative: Option<npy::Array>,
+    init: Option<npy::Array>,
+    noise: Option<npy::Array>,
+}
+
+fn read_inputs(args: &SampleArgs) -> Result<Inputs> {
+    let optional = |path: &Option<PathBuf>, what: &str, rank: usize| {
+        path.as_deref()
+            .map(|p| read_input(p, what, rank))
+            .transpose()
+    };
+    Ok(Inputs {
+        prompt: read_input(&args.prompt_embeds, "--prompt-embeds", 3)?,
+        negative: optional(&args.negative_embeds, "--negative-embeds", 3)?,
+        init: optional(&args.init_latents, "--init-latents", 4)?,
+        noise: optional(&args.noise, "--noise", 5)?,
+    })
 }
 
 /// The scheduler config and, when read from a file, its text.
@@ -129,19 +179,24 @@ fn scheduler_config(args: &SampleArgs) -> Result<(SchedulerConfig, Option<String
 
 /// Runs the command.
 pub fn run(args: &SampleArgs) -> Result<()> {
-    ensure!(args.steps > 0, "--steps must be at least 1");
-    ensure!(args.eta >= 0.0, "--eta must be non-negative");
+    check_args(args)?;
     if args.output_latents.is_none() {
         bail!(
             "nothing to write: pass --output-latents OUT.npy (decoding to PNG needs the first-stage autoencoder, not available yet)"
         );
     }
+    let inputs = read_inputs(args)?;
     let device = args.device.device()?;
     let (config, unet) = load_unet(&args.unet, &device)?;
     let (scheduler, scheduler_json) = scheduler_config(args)?;
+    ensure!(
+        args.steps <= scheduler.num_train_timesteps,
+        "--steps {}: the scheduler has {} training timesteps",
+        args.steps,
+        scheduler.num_train_timesteps
+    );
 
-    let prompt = npy::read(&args.prompt_embeds)?;
-    let cond: Tensor<3> = tensor(prompt, "--prompt-embeds", &args.prompt_embeds, &device)?;
+    let cond: Tensor<3> = tensor(inputs.prompt, &device);
     let [batch, tokens, width] = cond.dims();
     let context_dim = config.level(0).cross_attention_dim;
     ensure!(
@@ -149,19 +204,19 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         "{}: text states are {width} wide but the UNet's cross_attention_dim is {context_dim}",
         args.prompt_embeds.display()
     );
-    let uncond: Tensor<3> = match &args.negative_embeds {
-        Some(p) => tensor(npy::read(p)?, "--negative-embeds", p, &device)?,
+    let uncond: Tensor<3> = match inputs.negative {
+        Some(array) => tensor(array, &device),
         None => Tensor::zeros([1, tokens, width], &device),
     };
 
-    let initial = initial_latents(args, &config, batch, &device)?;
+    let initial = initial_latents(args, inputs.init, &config, batch, &device)?;
     if args.init_latents.is_none() && args.batch != batch {
         eprintln!(
             "note: batch {batch} taken from --prompt-embeds (not --batch {})",
             args.batch
         );
     }
-    let mut noise = step_noise(args, &initial, &device)?;
+    let mut noise = step_noise(args, inputs.noise, &initial, &device)?;
     if !is_stochastic(args.sampler, args.eta) && args.noise.is_some() {
         eprintln!("note: --noise is ignored by a deterministic sampler");
     }
@@ -220,13 +275,14 @@ pub fn run(args: &SampleArgs) -> Result<()> {
 /// `--init-latents`, or seeded noise of the UNet's latent size.
 fn initial_latents(
     args: &SampleArgs,
+    init: Option<npy::Array>,
     config: &ldmscale_model::UNetConfig,
     batch: usize,
     device: &Device,
 ) -> Result<Tensor<4>> {
-    Ok(match &args.init_latents {
-        Some(p) => {
-            let t: Tensor<4> = tensor(npy::read(p)?, "--init-latents", p, device)?;
+    Ok(match (init, &args.init_latents) {
+        (Some(array), Some(p)) => {
+            let t: Tensor<4> = tensor(array, device);
             ensure!(
                 t.dims()[0] == batch && t.dims()[1] == config.in_channels,
                 "{}: latents {:?} do not match batch {batch} and {} channels",
@@ -236,9 +292,14 @@ fn initial_latents(
             );
             t
         }
-        None => {
+        _ => {
             let side = args.latent_size.or(config.sample_size).unwrap_or(64);
             let shape = [batch, config.in_channels, side, side];
+            let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            ensure!(
+                elements.is_some_and(|n| n <= MAX_LATENT_ELEMENTS),
+                "latents {shape:?} (batch from --prompt-embeds, --latent-size {side}) hold more than {MAX_LATENT_ELEMENTS} values"
+            );
             SeededNoise::new(args.seed).noise(shape, device)?
         }
     })
@@ -247,12 +308,12 @@ fn initial_latents(
 /// `--noise` (the draws injected between steps), or seeded draws.
 fn step_noise(
     args: &SampleArgs,
+    noise: Option<npy::Array>,
     initial: &Tensor<4>,
     device: &Device,
 ) -> Result<Box<dyn NoiseSource>> {
-    Ok(match &args.noise {
-        Some(p) => {
-            let array = npy::read(p)?;
+    Ok(match (noise, &args.noise) {
+        (Some(array), Some(p)) => {
             ensure!(
                 array.shape.len() == 5 && array.shape[1..] == initial.dims(),
                 "{}: noise must be [steps, {:?}], found {:?}",
@@ -269,6 +330,6 @@ fn step_noise(
             Box::new(NoiseQueue::new(slices.collect::<Vec<_>>()))
         }
         // A seed different from the initial latents' so both streams are independent.
-        None => Box::new(SeededNoise::new(args.seed.wrapping_add(0x5eed))),
+        _ => Box::new(SeededNoise::new(args.seed.wrapping_add(0x5eed))),
     })
 }
