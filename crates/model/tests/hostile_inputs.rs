@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use burn::tensor::Device;
 use ldmscale_model::unet::config::MAX_SAMPLE_SIZE;
 use ldmscale_model::weights::{load_safetensors, tensor_names, write_atomic};
-use ldmscale_model::{UNet, UNetConfig};
+use ldmscale_model::{AutoencoderKLConfig, UNet, UNetConfig};
 
 /// The SD 1.5 config with `edit` applied to its JSON, written to `dir/config.json`.
 fn edited_config(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) -> std::path::PathBuf {
@@ -146,4 +146,48 @@ fn safetensors_headers_that_do_not_fit_the_file_are_refused() {
         err.contains("near_limit.safetensors") && err.contains("more than"),
         "{err}"
     );
+}
+
+#[test]
+fn autoencoder_config_sizes_are_bounded_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, serde_json::Value, &str); 4] = [
+        (
+            "block_out_channels",
+            serde_json::json!([128, 256, 512, 1_000_000_000]),
+            "block_out_channels[3] = 1000000000",
+        ),
+        (
+            "layers_per_block",
+            1_000_000.into(),
+            "layers_per_block = 1000000",
+        ),
+        (
+            "latent_channels",
+            100_000_000.into(),
+            "latent_channels = 100000000",
+        ),
+        (
+            "latents_std",
+            serde_json::json!([1.0, 1.0, 1.0, -1.0]),
+            "latents_std",
+        ),
+    ];
+    for (field, value, want) in cases {
+        let mut json: serde_json::Value =
+            serde_json::from_str(&AutoencoderKLConfig::sd().to_json()).unwrap();
+        json[field] = value;
+        if field == "latents_std" {
+            json["latents_mean"] = serde_json::json!([0.0, 0.0, 0.0, 0.0]);
+        }
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, json.to_string()).unwrap();
+        let err = AutoencoderKLConfig::from_json_file(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("config.json") && err.contains(want),
+            "{field}: {err}"
+        );
+    }
 }

@@ -250,6 +250,7 @@ impl AutoencoderKLConfig {
         if self.layers_per_block == 0 {
             return Err("layers_per_block: must be at least 1".into());
         }
+        self.validate_sizes()?;
         for (field, value) in [
             ("in_channels", self.in_channels),
             ("out_channels", self.out_channels),
@@ -283,8 +284,11 @@ impl AutoencoderKLConfig {
                         ));
                     }
                 }
-                if std.iter().any(|&s| s <= 0.0) {
-                    return Err("latents_std: entries must be positive".into());
+                if std.iter().any(|&s| !(s.is_finite() && s > 0.0)) {
+                    return Err("latents_std: entries must be positive finite numbers".into());
+                }
+                if mean.iter().any(|m| !m.is_finite()) {
+                    return Err("latents_mean: entries must be finite numbers".into());
                 }
             }
             _ => return Err("latents_mean / latents_std: give both or neither".into()),
@@ -295,6 +299,37 @@ impl AutoencoderKLConfig {
             return Err(format!(
                 "norm_type: unsupported {kind}; only \"group\" (AutoencoderKL) is supported"
             ));
+        }
+        Ok(())
+    }
+
+    /// Upper bounds that keep a hostile config from aborting on allocation when the model is
+    /// built (the same limits as the UNet's).
+    fn validate_sizes(&self) -> Result<(), String> {
+        use crate::unet::config::{MAX_CHANNELS, MAX_LAYERS, MAX_LEVELS};
+        let at_most = |field: String, value: usize, max: usize| {
+            if value <= max {
+                Ok(())
+            } else {
+                Err(format!("{field} = {value}: expected at most {max}"))
+            }
+        };
+        at_most(
+            "block_out_channels (levels)".into(),
+            self.num_levels(),
+            MAX_LEVELS,
+        )?;
+        for (i, &c) in self.block_out_channels.iter().enumerate() {
+            at_most(format!("block_out_channels[{i}]"), c, MAX_CHANNELS)?;
+        }
+        at_most("layers_per_block".into(), self.layers_per_block, MAX_LAYERS)?;
+        at_most("in_channels".into(), self.in_channels, MAX_CHANNELS)?;
+        at_most("out_channels".into(), self.out_channels, MAX_CHANNELS)?;
+        at_most("latent_channels".into(), self.latent_channels, MAX_CHANNELS)?;
+        if let Some(shift) = self.shift_factor
+            && !shift.is_finite()
+        {
+            return Err(format!("shift_factor: {shift} must be a finite number"));
         }
         Ok(())
     }
