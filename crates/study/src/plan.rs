@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::analysis::{Setting, optimal_cfg, settings};
+use crate::analysis::{Setting, settings};
 use crate::cell::Cell;
 
 /// A budget in GFLOPs per image or in measured milliseconds per image on this machine.
@@ -22,7 +22,7 @@ pub struct Recommendation {
     pub best: Setting,
     /// The runner-up from another model size, if any (how much the choice of size matters).
     pub runner_up: Option<Setting>,
-    /// Settings measured within budget.
+    /// Settings (width, sampler, steps, guidance) measured within budget.
     pub candidates: usize,
 }
 
@@ -31,26 +31,29 @@ pub fn recommend(cells: &[Cell], budget: Budget) -> Result<Recommendation, Strin
     if cells.is_empty() {
         return Err("the results store has no cells: run a sweep first (`ldmscale study`)".into());
     }
-    let optimal = optimal_cfg(&settings(cells));
+    // Every guidance rate competes: an unguided cell costs half a guided one, so choosing each
+    // setting's best guidance before applying the budget would drop cells that fit.
+    let all = settings(cells);
     let fits = |s: &Setting| match budget {
         Budget::Gflops(g) => s.cost_gflops <= g * (1.0 + 1e-9),
         Budget::Milliseconds(ms) => s.ms_per_image <= ms,
     };
-    let within: Vec<Setting> = optimal.iter().filter(|s| fits(s)).cloned().collect();
+    let within: Vec<Setting> = all.iter().filter(|s| fits(s)).cloned().collect();
     let Some(best) = within
         .iter()
         .min_by(|a, b| a.fid.total_cmp(&b.fid))
         .cloned()
     else {
-        let cheapest = optimal
+        let cheapest = all
             .iter()
             .min_by(|a, b| a.cost_gflops.total_cmp(&b.cost_gflops))
             .expect("non-empty");
         return Err(format!(
-            "no measured setting fits the budget; the cheapest is the {}-filter model with {} {} steps: {:.3} GFLOPs, {:.1} ms per image",
+            "no measured setting fits the budget; the cheapest is the {}-filter model with {} {} steps at guidance {}: {:.4} GFLOPs, {:.1} ms per image",
             cheapest.width,
             cheapest.steps,
             cheapest.sampler,
+            cheapest.cfg,
             cheapest.cost_gflops,
             cheapest.ms_per_image
         ));
@@ -83,5 +86,42 @@ mod tests {
         let none = recommend(&cells, Budget::Gflops(1e-3)).unwrap_err();
         assert!(none.contains("cheapest"), "{none}");
         assert!(recommend(&[], Budget::Gflops(1.0)).is_err());
+    }
+
+    /// The planner against a brute-force scan of every stored setting, at budgets between and
+    /// on every measured cost (an unguided cell is cheaper than its guided twin).
+    #[test]
+    fn planner_equals_a_brute_force_scan() {
+        let cells = paper_like();
+        let all = settings(&cells);
+        let mut budgets: Vec<f64> = all.iter().map(|s| s.cost_gflops).collect();
+        budgets.extend(all.iter().map(|s| s.cost_gflops * 1.37));
+        for budget in budgets {
+            let scan = all
+                .iter()
+                .filter(|s| s.cost_gflops <= budget)
+                .min_by(|a, b| a.fid.total_cmp(&b.fid))
+                .expect("each budget is at least one setting's cost");
+            let rec = recommend(&cells, Budget::Gflops(budget)).unwrap();
+            assert_eq!(rec.best.fid, scan.fid, "budget {budget}");
+            assert!(rec.best.cost_gflops <= budget * (1.0 + 1e-9));
+            let fitting = all.iter().filter(|s| s.cost_gflops <= budget).count();
+            assert_eq!(rec.candidates, fitting, "budget {budget}");
+        }
+    }
+
+    /// The reported case: the cheapest cells are unguided, and their guided twins of lower FID
+    /// cost twice as much; a budget between the two must still find the unguided cells.
+    #[test]
+    fn unguided_cells_count_when_guided_ones_do_not_fit() {
+        let cells = paper_like();
+        let all = settings(&cells);
+        let unguided = all
+            .iter()
+            .filter(|s| s.cfg == 1.0)
+            .min_by(|a, b| a.cost_gflops.total_cmp(&b.cost_gflops))
+            .expect("paper_like has unguided cells");
+        let rec = recommend(&cells, Budget::Gflops(unguided.cost_gflops)).unwrap();
+        assert_eq!(rec.best.cfg, 1.0);
     }
 }
