@@ -1,12 +1,13 @@
 //! `ldmscale plan` and `ldmscale results`: answers from a results store.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use ldmscale_study::Store;
 use ldmscale_study::plan::{Budget, recommend};
 use ldmscale_study::report::{ReportInputs, render};
+use ldmscale_study::store::OnConflict;
 
 /// Arguments of `ldmscale plan`.
 #[derive(Args, Debug)]
@@ -31,10 +32,7 @@ pub struct PlanArgs {
 
 /// Runs `ldmscale plan`.
 pub fn plan(args: &PlanArgs) -> Result<()> {
-    if !args.store.exists() {
-        bail!("{}: no such results store", args.store.display());
-    }
-    let cells = Store::open(&args.store)?.cells()?;
+    let cells = Store::open_read_only(&args.store)?.cells()?;
     let budget = match (args.budget_gflops, args.budget_ms) {
         (Some(g), _) if g > 0.0 => Budget::Gflops(g),
         (_, Some(ms)) if ms > 0.0 => Budget::Milliseconds(ms),
@@ -100,6 +98,27 @@ fn interval_text(s: &ldmscale_study::analysis::Setting) -> String {
     }
 }
 
+/// `--on-conflict` of `results merge`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConflictChoice {
+    /// Change nothing and say which cells differ.
+    Refuse,
+    /// Keep the output store's value.
+    Keep,
+    /// Take the input's value.
+    Replace,
+}
+
+impl ConflictChoice {
+    fn policy(self) -> OnConflict {
+        match self {
+            ConflictChoice::Refuse => OnConflict::Refuse,
+            ConflictChoice::Keep => OnConflict::Keep,
+            ConflictChoice::Replace => OnConflict::Replace,
+        }
+    }
+}
+
 /// `ldmscale results ...`.
 #[derive(Subcommand, Debug)]
 pub enum ResultsCommand {
@@ -108,9 +127,14 @@ pub enum ResultsCommand {
         /// The store to write into (created if missing).
         #[arg(value_name = "OUT")]
         out: PathBuf,
-        /// Shard stores to read.
+        /// Shard stores to read (never changed). Only stores of one study merge (the same
+        /// data, first stage, text encoder and evaluator, and the same model of each width).
         #[arg(value_name = "IN", required = true)]
         inputs: Vec<PathBuf>,
+        /// A cell both stores hold with different values: refuse the merge (nothing written),
+        /// keep the output store's value, or replace it with the input's.
+        #[arg(long, value_enum, default_value = "refuse")]
+        on_conflict: ConflictChoice,
     },
     /// Writes the HTML report and Markdown summary of a store.
     Report {
@@ -123,23 +147,43 @@ pub enum ResultsCommand {
     },
 }
 
+/// Merges `inputs` into `out` one by one; an input that is refused stops the merge there,
+/// and the inputs before it stay merged (each merge is one transaction).
+fn merge(out: &Path, inputs: &[PathBuf], on_conflict: OnConflict) -> Result<()> {
+    for input in inputs {
+        Store::open_read_only(input)?;
+    }
+    let mut store = Store::open(out)?;
+    for input in inputs {
+        let s = store.merge_from(input, on_conflict)?;
+        let mut line = format!("{}: {} new cells", input.display(), s.added);
+        if s.identical > 0 {
+            line += &format!(", {} already here with equal values", s.identical);
+        }
+        if s.conflicting > 0 {
+            line += &format!(
+                ", {} with other values ({} replaced, {} kept)",
+                s.conflicting,
+                s.replaced,
+                s.conflicting - s.replaced
+            );
+        }
+        eprintln!("{line}");
+    }
+    eprintln!("{}: {} cells in all", out.display(), store.cells()?.len());
+    Ok(())
+}
+
 /// Runs `ldmscale results ...`.
 pub fn results(command: &ResultsCommand) -> Result<()> {
     match command {
-        ResultsCommand::Merge { out, inputs } => {
-            let mut store = Store::open(out)?;
-            for input in inputs {
-                if !input.exists() {
-                    bail!("{}: no such results store", input.display());
-                }
-                let n = store.merge_from(input)?;
-                eprintln!("{}: {n} cells", input.display());
-            }
-            eprintln!("{}: {} cells in all", out.display(), store.cells()?.len());
-            Ok(())
-        }
+        ResultsCommand::Merge {
+            out,
+            inputs,
+            on_conflict,
+        } => merge(out, inputs, on_conflict.policy()),
         ResultsCommand::Report { store, out } => {
-            let cells = Store::open(store)?.cells()?;
+            let cells = Store::open_read_only(store)?.cells()?;
             if cells.is_empty() {
                 bail!("{}: the store has no cells", store.display());
             }

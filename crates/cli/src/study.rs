@@ -88,12 +88,32 @@ pub fn run(args: &StudyArgs) -> Result<()> {
 
 fn parse_shard(text: Option<&str>) -> Result<Option<(usize, usize)>> {
     let Some(text) = text else { return Ok(None) };
-    let (i, n) = text
-        .split_once('/')
-        .context("--shard: expected i/N, e.g. 0/4")?;
-    let (i, n): (usize, usize) = (i.parse()?, n.parse()?);
-    if n == 0 || i >= n {
-        bail!("--shard {text}: need 0 <= i < N");
+    let parsed = text.split_once('/').and_then(|(i, n)| {
+        Some((
+            i.trim().parse::<usize>().ok()?,
+            n.trim().parse::<usize>().ok()?,
+        ))
+    });
+    match parsed {
+        Some((i, n)) if i < n => Ok(Some((i, n))),
+        _ => bail!("--shard {text}: expected i/N with whole numbers 0 <= i < N, e.g. 0/4"),
     }
-    Ok(Some((i, n)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_shard;
+
+    #[test]
+    fn shards_parse_or_say_what_is_expected() {
+        assert_eq!(parse_shard(Some("1/4")).unwrap(), Some((1, 4)));
+        assert_eq!(parse_shard(None).unwrap(), None);
+        for bad in ["1/-1", "4/4", "0/0", "a/2", "1", "-1/2", "1/2/3"] {
+            let err = parse_shard(Some(bad)).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("--shard {bad}")) && err.contains("0 <= i < N"),
+                "{err}"
+            );
+        }
+    }
 }

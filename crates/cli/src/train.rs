@@ -10,6 +10,7 @@ use ldmscale_study::config::TextEncoderSpec;
 use ldmscale_study::stages::text::load_or_make;
 use ldmscale_train::InMemory;
 use ldmscale_train::parallel::{parse_devices, training_devices};
+use ldmscale_util::lock::DirLock;
 
 use crate::device::DeviceArgs;
 use ldmscale_train::{TrainConfig, train_with_hook};
@@ -290,6 +291,7 @@ pub fn run(args: &TrainArgs, quiet: bool) -> Result<()> {
         config.model.width = w;
         config.validate()?;
     }
+    let _lock = DirLock::acquire(&args.out, "ldmscale train")?;
     run_one(
         &data,
         &config,
@@ -312,6 +314,7 @@ pub fn family(args: &TrainArgs, quiet: bool) -> Result<()> {
         c.model.width = w;
         c.validate().with_context(|| format!("width {w}"))?;
     }
+    let _lock = DirLock::acquire(&args.out, "ldmscale train-family")?;
     for &w in &args.widths {
         let mut c = config.clone();
         c.model.width = w;

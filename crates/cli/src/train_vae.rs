@@ -28,6 +28,7 @@ use ldmscale_train::autoencoder::{
     latent_scaling_factor, reconstruction_psnr, train_autoencoder,
 };
 use ldmscale_train::params;
+use ldmscale_util::lock::DirLock;
 
 /// Largest accepted sizes: beyond them a run cannot fit in memory (or is a typo).
 const MAX_FACTOR: usize = 64;
@@ -142,6 +143,7 @@ pub fn train(args: &TrainVaeArgs, show_progress: bool) -> Result<TrainVaeReport>
     let start = Instant::now();
     let (mut config, recipe) = settings(args)?;
     let (loader, val_images) = data(args)?;
+    let _lock = DirLock::acquire(&args.output, "ldmscale train-vae")?;
     let device = args.device.device()?;
     let r = args.resolution as usize;
     let val = image_tensor(val_images.concat(), val_images.len(), r, &device);

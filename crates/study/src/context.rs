@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use ldmscale_model::weights::write_atomic;
+use ldmscale_util::lock::DirLock;
 use serde::{Deserialize, Serialize};
 
 use crate::config::StudyConfig;
@@ -60,6 +61,8 @@ pub struct StudyContext<'a> {
     pub started: Instant,
     only: Option<Vec<usize>>,
     manifest: RefCell<Manifest>,
+    /// Held while the run lasts.
+    _lock: Option<DirLock>,
 }
 
 impl<'a> StudyContext<'a> {
@@ -90,7 +93,16 @@ impl<'a> StudyContext<'a> {
             started: Instant::now(),
             only,
             manifest: RefCell::new(manifest),
+            _lock: None,
         })
+    }
+
+    /// Takes the output directory (creating it) for this run alone, and reads its record again
+    /// under the lock; another run there is an error naming its process.
+    pub fn locked(mut self) -> Result<Self, StudyError> {
+        self._lock = Some(DirLock::acquire(&self.out, "ldmscale study")?);
+        self.manifest = RefCell::new(read_manifest(&self.out)?);
+        Ok(self)
     }
 
     /// `out/relative`.

@@ -26,6 +26,9 @@ pub enum StudyError {
     /// The results store.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Another run holds the study directory.
+    #[error(transparent)]
+    Lock(#[from] ldmscale_util::lock::LockError),
     /// Training a width of the family.
     #[error("training width {width}")]
     Train {

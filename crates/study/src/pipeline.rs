@@ -45,8 +45,7 @@ pub fn run(
     options: &RunOptions,
 ) -> Result<Summary, StudyError> {
     config.validate().map_err(StudyError::Config)?;
-    let cx = StudyContext::open(config, out, device.clone(), options)?;
-    std::fs::create_dir_all(out).map_err(StudyError::io(out))?;
+    let cx = StudyContext::open(config, out, device.clone(), options)?.locked()?;
     let config_path = out.join(CONFIG_FILE);
     if !out.join(crate::context::MANIFEST).exists()
         && let Ok(text) = std::fs::read_to_string(&config_path)

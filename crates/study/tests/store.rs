@@ -3,7 +3,7 @@
 use ldmscale_diffusion::SamplerId;
 use ldmscale_study::bootstrap::{CiMethod, FidCi};
 use ldmscale_study::cell::{Metric, Variant};
-use ldmscale_study::store::{SCHEMA_VERSION, shard_owns};
+use ldmscale_study::store::{OnConflict, SCHEMA_VERSION, STUDY_FINGERPRINT, shard_owns};
 use ldmscale_study::{Cell, Store};
 
 fn cell(width: u32, steps: u32, cfg: f64, seed: u64) -> Cell {
@@ -49,6 +49,20 @@ fn cells_round_trip_and_resume_by_key() {
     assert_eq!(cells[0].sampling_gflops(), 4.0);
 }
 
+/// A shard's store as the sweep leaves it: its cells and the study's fingerprints.
+fn shard_store(path: &std::path::Path, study: &str, cells: &[Cell]) -> Store {
+    let mut s = Store::open(path).unwrap();
+    s.set_meta(STUDY_FINGERPRINT, study).unwrap();
+    for w in [32, 64] {
+        s.set_meta(&format!("fingerprint:base:w{w}"), &format!("model{w}"))
+            .unwrap();
+    }
+    for c in cells {
+        s.insert(c).unwrap();
+    }
+    s
+}
+
 #[test]
 fn shards_partition_the_keys_and_merge_back() {
     let dir = tempfile::tempdir().unwrap();
@@ -59,15 +73,139 @@ fn shards_partition_the_keys_and_merge_back() {
     let mut total = 0;
     for shard in 0..3 {
         let path = dir.path().join(format!("shard{shard}.sqlite"));
-        let mut s = Store::open(&path).unwrap();
-        for c in all.iter().filter(|c| shard_owns(&c.key(), shard, 3)) {
-            s.insert(c).unwrap();
-        }
-        drop(s);
-        total += merged.merge_from(&path).unwrap();
+        let owned: Vec<Cell> = all
+            .iter()
+            .filter(|c| shard_owns(&c.key(), shard, 3))
+            .cloned()
+            .collect();
+        drop(shard_store(&path, "study-a", &owned));
+        let summary = merged.merge_from(&path, OnConflict::Refuse).unwrap();
+        assert_eq!((summary.identical, summary.conflicting), (0, 0));
+        total += summary.added;
     }
     assert_eq!(total, all.len(), "every key owned by exactly one shard");
     assert_eq!(merged.cells().unwrap().len(), all.len());
+    assert_eq!(
+        merged.meta(STUDY_FINGERPRINT).unwrap().as_deref(),
+        Some("study-a")
+    );
+    // Merging a shard again finds every cell already there with equal values.
+    let again = merged
+        .merge_from(&dir.path().join("shard0.sqlite"), OnConflict::Refuse)
+        .unwrap();
+    assert_eq!(again.added, 0);
+    assert!(again.identical > 0);
+}
+
+#[test]
+fn stores_of_another_study_or_model_are_refused_and_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours.sqlite");
+    let mut store = shard_store(&ours, "study-a", &[cell(32, 4, 2.0, 0)]);
+    let other_study = dir.path().join("other.sqlite");
+    drop(shard_store(&other_study, "study-b", &[cell(32, 8, 2.0, 0)]));
+    let err = store
+        .merge_from(&other_study, OnConflict::Replace)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("other.sqlite") && err.contains("different studies"),
+        "{err}"
+    );
+    let other_model = dir.path().join("model.sqlite");
+    let s = shard_store(&other_model, "study-a", &[cell(32, 8, 2.0, 0)]);
+    s.set_meta("fingerprint:base:w32", "retrained").unwrap();
+    drop(s);
+    let err = store
+        .merge_from(&other_model, OnConflict::Replace)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("w32") && err.contains("different models"),
+        "{err}"
+    );
+    let unnamed = dir.path().join("unnamed.sqlite");
+    Store::open(&unnamed)
+        .unwrap()
+        .insert(&cell(32, 8, 2.0, 0))
+        .unwrap();
+    let err = store
+        .merge_from(&unnamed, OnConflict::Replace)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no study fingerprint"), "{err}");
+    assert_eq!(store.cells().unwrap(), vec![cell(32, 4, 2.0, 0)]);
+}
+
+#[test]
+fn conflicting_cells_are_refused_unless_a_side_is_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours.sqlite");
+    let theirs = dir.path().join("theirs.sqlite");
+    let mut store = shard_store(&ours, "s", &[cell(32, 4, 2.0, 0)]);
+    let mut changed = cell(32, 4, 2.0, 0);
+    changed.fid += 1.0;
+    drop(shard_store(
+        &theirs,
+        "s",
+        &[changed.clone(), cell(64, 2, 1.0, 0)],
+    ));
+    let err = store
+        .merge_from(&theirs, OnConflict::Refuse)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("1 cells of") && err.contains("base w32 ddim x4 cfg 2 seed 0"),
+        "{err}"
+    );
+    assert_eq!(
+        store.cells().unwrap().len(),
+        1,
+        "a refused merge writes nothing"
+    );
+    let kept = store.merge_from(&theirs, OnConflict::Keep).unwrap();
+    assert_eq!((kept.added, kept.conflicting, kept.replaced), (1, 1, 0));
+    assert_eq!(store.cells().unwrap()[0], cell(32, 4, 2.0, 0));
+    let replaced = store.merge_from(&theirs, OnConflict::Replace).unwrap();
+    assert_eq!((replaced.added, replaced.replaced), (0, 1));
+    assert_eq!(store.cells().unwrap()[0], changed);
+}
+
+#[test]
+fn read_only_opening_changes_no_file_and_refuses_other_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let foreign = dir.path().join("app.sqlite");
+    rusqlite::Connection::open(&foreign)
+        .unwrap()
+        .execute_batch("CREATE TABLE users (name TEXT); INSERT INTO users VALUES ('x');")
+        .unwrap();
+    let before = std::fs::read(&foreign).unwrap();
+    let err = Store::open_read_only(&foreign).err().unwrap().to_string();
+    assert!(
+        err.contains("app.sqlite") && err.contains("not an ldmscale results store"),
+        "{err}"
+    );
+    let err = Store::open(&foreign).err().unwrap().to_string();
+    assert!(
+        err.contains("users") && err.contains("left unchanged"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&foreign).unwrap(), before);
+    let missing = dir.path().join("missing.sqlite");
+    assert!(Store::open_read_only(&missing).is_err());
+    assert!(!missing.exists(), "nothing created");
+    // A version 2 store reads upgraded, from a read-only file, and stays version 2 on disk.
+    let old = dir.path().join("v2.sqlite");
+    std::fs::copy(v2_fixture(), &old).unwrap();
+    let before = std::fs::read(&old).unwrap();
+    let mut perms = std::fs::metadata(&old).unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&old, perms).unwrap();
+    let store = Store::open_read_only(&old).unwrap();
+    assert_eq!(store.cells().unwrap().len(), 5);
+    assert_eq!(store.meta("schema_version").unwrap().as_deref(), Some("3"));
+    drop(store);
+    assert_eq!(std::fs::read(&old).unwrap(), before);
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! What every crate and binary of ldmscale shares below the models: stable hashing for seeds,
-//! and the one log subscriber.
+//! the one log subscriber, and the lock on an output directory.
 
 pub mod hash;
+pub mod lock;
 pub mod logging;

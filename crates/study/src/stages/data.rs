@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use ldmscale_data::{Captioned, Split, load_captioned};
+use ldmscale_data::{Captioned, DatasetSpec, Split, load_captioned};
 
 use crate::config::StudyConfig;
 use crate::context::StudyContext;
@@ -49,9 +49,10 @@ impl Stage for Data {
     fn run(&self, cx: &StudyContext) -> Result<Splits, StudyError> {
         let c = cx.config;
         tracing::info!("data: {} at {}x{}", c.dataset, c.resolution, c.resolution);
+        let dataset = c.dataset.to_string();
         Ok(Splits {
-            train: load_captioned(&c.dataset, c.resolution, Split::Train, c.train_examples)?,
-            val: load_captioned(&c.dataset, c.resolution, Split::Val, c.val_examples)?,
+            train: load_captioned(&dataset, c.resolution, Split::Train, c.train_examples)?,
+            val: load_captioned(&dataset, c.resolution, Split::Val, c.val_examples)?,
         })
     }
 }
@@ -59,12 +60,21 @@ impl Stage for Data {
 /// The dataset's files that are missing.
 pub fn estimate(config: &StudyConfig) -> Estimate {
     let mut e = Estimate::default();
-    if let Some(rest) = config.dataset.strip_prefix("coco:") {
-        for part in rest.split(':').filter(|p| !Path::new(p).exists()) {
-            e.problems.push(format!(
-                "dataset: {part:?} does not exist (COCO captions json and image folder)"
-            ));
-        }
+    let inputs: Vec<(&Path, &str)> = match &config.dataset {
+        DatasetSpec::Coco {
+            annotations,
+            images,
+            ..
+        } => vec![
+            (annotations, "the COCO captions json"),
+            (images, "the COCO image folder"),
+        ],
+        DatasetSpec::Folder { path } => vec![(path, "the image folder")],
+        _ => Vec::new(),
+    };
+    for (path, what) in inputs.into_iter().filter(|(p, _)| !p.exists()) {
+        e.problems
+            .push(format!("dataset: {path:?} does not exist ({what})"));
     }
     e.lines.push(format!(
         "data: {} at {}x{}, {} train / {} val examples",

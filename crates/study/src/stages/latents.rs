@@ -155,7 +155,7 @@ impl LatentsStage<'_> {
         };
         let text_weights = cx.path(text::DIR).join(TRANSFORMERS_WEIGHTS_FILE);
         Ok(CacheKey {
-            dataset: c.dataset.clone(),
+            dataset: c.dataset.to_string(),
             split: format!(
                 "train (val fraction 0.1, salt 0), first {} usable examples",
                 self.data.train.len()

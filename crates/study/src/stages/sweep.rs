@@ -19,7 +19,7 @@ use crate::context::StudyContext;
 use crate::error::StudyError;
 use crate::fingerprint::{Fingerprint, per_width};
 use crate::stage::Stage;
-use crate::store::{Store, shard_owns};
+use crate::store::{STUDY_FINGERPRINT, Store, shard_owns};
 
 /// Measures every cell the store lacks.
 pub struct SweepStage<'a> {
@@ -116,6 +116,7 @@ impl Stage for SweepStage<'_> {
 
     fn run(&self, cx: &StudyContext) -> Result<Vec<Cell>, StudyError> {
         let mut store = Store::open(&store_path(cx))?;
+        record_study(cx.config, &store)?;
         let cells = cx.config.cells();
         let bar = crate::progress::bar((cells.len() * self.family.models.len()) as u64, "sweep");
         for (w, dir) in &self.family.models {
@@ -261,11 +262,19 @@ pub fn adopt_store(cx: &StudyContext, config: &StudyConfig) -> Result<(), StudyE
         return Ok(());
     }
     let store = Store::open(&path)?;
+    record_study(config, &store)?;
     for &w in &config.widths {
         if store.meta(&meta_key(w))?.is_none() {
             store.set_meta(&meta_key(w), width_fingerprint(config, w).as_str())?;
         }
     }
+    Ok(())
+}
+
+/// Records which study the store's cells belong to, so `results merge` can refuse another's.
+fn record_study(config: &StudyConfig, store: &Store) -> Result<(), StudyError> {
+    let study = evaluator::fingerprint(config);
+    store.set_meta(STUDY_FINGERPRINT, study.as_str())?;
     Ok(())
 }
 

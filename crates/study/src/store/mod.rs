@@ -5,10 +5,13 @@
 use std::path::Path;
 
 use ldmscale_diffusion::SamplerId;
-use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use crate::bootstrap::{CiMethod, FidCi};
 use crate::cell::{Cell, CellKey, Metric, Variant};
+
+mod merge;
+pub use merge::{MergeSummary, OnConflict, STUDY_FINGERPRINT};
 
 /// Errors of the store, naming the database file.
 #[derive(Debug, thiserror::Error)]
@@ -78,37 +81,45 @@ fn fail(file: &str, message: impl Into<String>) -> StoreError {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `path`. Older layouts are upgraded in place
-    /// (version 1's intervals marked "unknown"; version 2's FID and CLIP columns moved to the
-    /// metrics table, every cell of the base variant); a newer layout is an error.
+    /// Opens (creating if needed) the store at `path` for writing. Older layouts are upgraded
+    /// in place (version 1's intervals marked "unknown"; version 2's FID and CLIP columns moved
+    /// to the metrics table, every cell of the base variant); a newer layout, or an SQLite file
+    /// that holds other tables and no cells, is an error and is left untouched.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let file = path.display().to_string();
         let mut conn = Connection::open(path).map_err(|e| fail(&file, e.to_string()))?;
-        let version = stored_version(&conn, &file)?;
-        if version > SCHEMA_VERSION {
-            return Err(fail(
-                &file,
-                format!(
-                    "results store schema version {version} was written by a newer ldmscale; this one reads versions 1 to {SCHEMA_VERSION}"
-                ),
-            ));
-        }
-        let tx = conn.transaction().map_err(|e| fail(&file, e.to_string()))?;
-        if version < 2 {
-            upgrade_to_2(&tx).map_err(|e| fail(&file, format!("upgrading to schema 2: {e}")))?;
-        }
-        if version < 3 {
-            upgrade_to_3(&tx).map_err(|e| fail(&file, format!("upgrading to schema 3: {e}")))?;
-        }
-        tx.execute_batch(SCHEMA)
-            .map_err(|e| fail(&file, format!("not a results store: {e}")))?;
-        tx.execute(
-            "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?1)",
-            params![SCHEMA_VERSION.to_string()],
-        )
-        .map_err(|e| fail(&file, e.to_string()))?;
-        tx.commit().map_err(|e| fail(&file, e.to_string()))?;
+        let version = stored_version(&conn, &file)?.unwrap_or(SCHEMA_VERSION);
+        upgrade(&mut conn, version, &file)?;
         Ok(Self { conn, file })
+    }
+
+    /// Opens an existing store without writing to it (a read-only file or folder works): an
+    /// older layout is upgraded in a copy in memory, the file is never changed, and a file
+    /// that is not a results store is refused without creating anything.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        let file = path.display().to_string();
+        if !path.is_file() {
+            return Err(fail(&file, "no such results store"));
+        }
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| fail(&file, e.to_string()))?;
+        let version = stored_version(&conn, &file)?.ok_or_else(|| {
+            fail(
+                &file,
+                "not an ldmscale results store (it has no cells table; `ldmscale study` writes results.sqlite)",
+            )
+        })?;
+        if version == SCHEMA_VERSION {
+            return Ok(Self { conn, file });
+        }
+        let mut copy = copy_to_memory(&conn).map_err(|e| fail(&file, e.to_string()))?;
+        upgrade(&mut copy, version, &file)?;
+        Ok(Self { conn: copy, file })
+    }
+
+    /// The database file, as errors name it.
+    pub fn file(&self) -> &str {
+        &self.file
     }
 
     fn err(&self, e: rusqlite::Error) -> StoreError {
@@ -256,17 +267,6 @@ impl Store {
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
-    /// Copies every cell of the store at `other` into this one (later values win on equal keys).
-    /// Returns the number of cells copied.
-    pub fn merge_from(&mut self, other: &Path) -> Result<usize, StoreError> {
-        let source = Store::open(other)?;
-        let cells = source.cells()?;
-        for cell in &cells {
-            self.insert(cell)?;
-        }
-        Ok(cells.len())
-    }
-
     /// Sets a metadata value (e.g. the study config).
     pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StoreError> {
         self.conn
@@ -373,18 +373,24 @@ fn insert_cell(tx: &Transaction, cell: &Cell) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// The layout version of the database `conn` holds (a new file: the current one).
-fn stored_version(conn: &Connection, file: &str) -> Result<u32, StoreError> {
-    let existed: bool = conn
-        .query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='cells'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map(|n| n > 0)
+/// The layout version of the database `conn` holds; `None` for a database without a cells
+/// table: a new, empty file, or (an error) one that holds other tables.
+fn stored_version(conn: &Connection, file: &str) -> Result<Option<u32>, StoreError> {
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
         .map_err(|e| fail(file, format!("not a results store: {e}")))?;
-    if !existed {
-        return Ok(SCHEMA_VERSION);
+    if !tables.iter().any(|t| t == "cells") {
+        if tables.is_empty() {
+            return Ok(None);
+        }
+        return Err(fail(
+            file,
+            format!(
+                "not an ldmscale results store (it holds the tables {}, and no cells table); left unchanged",
+                tables.join(", ")
+            ),
+        ));
     }
     let version: Option<String> = conn
         .query_row(
@@ -395,14 +401,64 @@ fn stored_version(conn: &Connection, file: &str) -> Result<u32, StoreError> {
         .optional()
         .map_err(|e| fail(file, format!("not a results store (no meta table): {e}")))?;
     match version {
-        None => Ok(1),
-        Some(v) => v.trim().parse().map_err(|_| {
+        None => Ok(Some(1)),
+        Some(v) => v.trim().parse().map(Some).map_err(|_| {
             fail(
                 file,
                 format!("meta.schema_version = {v:?}: expected a whole number (this ldmscale writes {SCHEMA_VERSION})"),
             )
         }),
     }
+}
+
+/// Brings `conn` from layout `version` to the current one in one transaction.
+fn upgrade(conn: &mut Connection, version: u32, file: &str) -> Result<(), StoreError> {
+    if version > SCHEMA_VERSION {
+        return Err(fail(
+            file,
+            format!(
+                "results store schema version {version} was written by a newer ldmscale; this one reads versions 1 to {SCHEMA_VERSION}"
+            ),
+        ));
+    }
+    let tx = conn.transaction().map_err(|e| fail(file, e.to_string()))?;
+    if version < 2 {
+        upgrade_to_2(&tx).map_err(|e| fail(file, format!("upgrading to schema 2: {e}")))?;
+    }
+    if version < 3 {
+        upgrade_to_3(&tx).map_err(|e| fail(file, format!("upgrading to schema 3: {e}")))?;
+    }
+    tx.execute_batch(SCHEMA)
+        .map_err(|e| fail(file, format!("not a results store: {e}")))?;
+    tx.execute(
+        "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?1)",
+        params![SCHEMA_VERSION.to_string()],
+    )
+    .map_err(|e| fail(file, e.to_string()))?;
+    tx.commit().map_err(|e| fail(file, e.to_string()))
+}
+
+/// Every table of `source` (layout and rows) in a new in-memory database.
+fn copy_to_memory(source: &Connection) -> rusqlite::Result<Connection> {
+    let copy = Connection::open_in_memory()?;
+    let tables: Vec<(String, String)> = source
+        .prepare("SELECT name, sql FROM sqlite_master WHERE type='table'")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    for (name, sql) in tables {
+        copy.execute_batch(&sql)?;
+        let mut select = source.prepare(&format!("SELECT * FROM \"{name}\""))?;
+        let width = select.column_count();
+        let marks = vec!["?"; width].join(",");
+        let mut insert = copy.prepare(&format!("INSERT INTO \"{name}\" VALUES ({marks})"))?;
+        let mut rows = select.query([])?;
+        while let Some(row) = rows.next()? {
+            let values: Vec<rusqlite::types::Value> =
+                (0..width).map(|i| row.get(i)).collect::<Result<_, _>>()?;
+            insert.execute(rusqlite::params_from_iter(values))?;
+        }
+    }
+    Ok(copy)
 }
 
 /// Version 1 to 2: the interval's method and replicates.

@@ -3,9 +3,12 @@
 use std::fmt;
 use std::str::FromStr;
 
+use ldmscale_data::DatasetSpec;
 use ldmscale_diffusion::SamplerId;
 pub use ldmscale_train::Family;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub mod validate;
 
 /// The frozen text encoder.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -194,8 +197,9 @@ fn dropout() -> f64 {
 pub struct StudyConfig {
     /// Preset or user name.
     pub name: String,
-    /// Dataset spec: shapes, fashion-mnist, mnist, emoji, folder:DIR, coco:CAPTIONS.json:IMAGES_DIR.
-    pub dataset: String,
+    /// Dataset: shapes, fashion-mnist, mnist, emoji, folder:DIR, coco:CAPTIONS.json:IMAGES_DIR,
+    /// wds:PATTERN (ldmscale-data's `DatasetSpec`: the string or a table with `kind`).
+    pub dataset: DatasetSpec,
     /// Image side in pixels.
     pub resolution: usize,
     /// Training examples used.
@@ -227,12 +231,16 @@ pub struct StudyConfig {
 /// The quick preset's dataset: Fashion-MNIST when `tools/fetch-assets.sh fashion-mnist` has
 /// put it in the asset cache (real images, ten captioned classes), else the procedural
 /// `shapes` (no files needed).
-pub fn quick_dataset() -> &'static str {
+pub fn quick_dataset() -> DatasetSpec {
     let dir = ldmscale_data::assets_dir().join("fashion-mnist");
     let present = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"]
         .iter()
         .all(|f| dir.join(f).is_file());
-    if present { "fashion-mnist" } else { "shapes" }
+    if present {
+        presets::dataset("fashion-mnist")
+    } else {
+        presets::dataset("shapes")
+    }
 }
 
 impl StudyConfig {
@@ -261,53 +269,15 @@ impl StudyConfig {
         toml::to_string_pretty(self).expect("config serialises")
     }
 
-    /// Range and consistency checks, naming the field.
+    /// Every range and consistency check, before any work: all problems at once, one a line,
+    /// each naming its field (`sweep.cfg[0]: NaN is not a number in [0, 1000]`).
     pub fn validate(&self) -> Result<(), String> {
-        if self.widths.is_empty() {
-            return Err("widths: at least one width".into());
+        let problems = validate::problems(self);
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems[0].clone()),
+            n => Err(format!("{n} problems:\n  {}", problems.join("\n  "))),
         }
-        for &w in &self.widths {
-            if w == 0 || w % self.norm_groups != 0 || w % self.heads != 0 {
-                return Err(format!(
-                    "widths: {w} must be a positive multiple of norm_groups ({}) and heads ({})",
-                    self.norm_groups, self.heads
-                ));
-            }
-        }
-        if self.sweep.steps.is_empty()
-            || self.sweep.cfg.is_empty()
-            || self.sweep.samples_per_cell < 2
-        {
-            return Err("sweep: needs steps, cfg rates and at least 2 samples per cell".into());
-        }
-        if let Some(b) = self
-            .sweep
-            .grid_budgets
-            .iter()
-            .find(|b| !(b.is_finite() && **b > 0.0))
-        {
-            return Err(format!(
-                "sweep.grid_budgets: {b} is not a positive number of normalised cost x steps"
-            ));
-        }
-        if self.sweep.bootstrap == 1 {
-            return Err("sweep.bootstrap = 1: use 0 (no interval) or at least 2 replicates".into());
-        }
-        if self.resolution == 0 || self.train_examples == 0 || self.val_examples < 2 {
-            return Err(
-                "resolution, train_examples, val_examples: must be positive (val at least 2)"
-                    .into(),
-            );
-        }
-        if let FirstStage::Train { factor, .. } = &self.first_stage
-            && !(self.resolution.is_multiple_of(*factor) && [2, 4, 8].contains(factor))
-        {
-            return Err(format!(
-                "first_stage.factor = {factor}: must be 2, 4 or 8 and divide resolution ({})",
-                self.resolution
-            ));
-        }
-        Ok(())
     }
 
     /// The sweep's cells for one width, DPM-Solver++ capped at its max steps.
@@ -353,12 +323,17 @@ impl StudyConfig {
 mod presets {
     use super::*;
 
+    /// A preset's dataset from its spec string.
+    pub(super) fn dataset(spec: &str) -> DatasetSpec {
+        spec.parse().expect("a preset's dataset spec parses")
+    }
+
     /// The quick preset's base, sized for a 2-core CPU in minutes: 16x16 images, a KL-f2 first
     /// stage (8x8 latents), four widths of the small layout.
     fn base(name: &str) -> StudyConfig {
         StudyConfig {
             name: name.into(),
-            dataset: "shapes".into(),
+            dataset: dataset("shapes"),
             resolution: 16,
             train_examples: 2048,
             val_examples: 256,
@@ -427,7 +402,7 @@ mod presets {
     /// A 2-core CPU in minutes.
     pub fn quick() -> StudyConfig {
         let mut c = base("quick");
-        c.dataset = quick_dataset().into();
+        c.dataset = quick_dataset();
         // 400 steps left the largest width's FID still falling fast (Fig. 3 curve).
         c.recipe.steps = 800;
         c.recipe.eval_every = 200;
@@ -437,7 +412,7 @@ mod presets {
     /// Hours on a CPU: Fashion-MNIST at 32 px, five widths, Inception FID.
     pub fn full() -> StudyConfig {
         let mut c = base("full");
-        c.dataset = "fashion-mnist".into();
+        c.dataset = dataset("fashion-mnist");
         c.resolution = 32;
         c.first_stage = FirstStage::Train {
             factor: 4,
@@ -467,7 +442,7 @@ mod presets {
     pub fn paper() -> StudyConfig {
         StudyConfig {
             name: "paper".into(),
-            dataset: "coco:annotations/captions_val2014.json:val2014".into(),
+            dataset: dataset("coco:annotations/captions_val2014.json:val2014"),
             resolution: 512,
             train_examples: 600_000_000,
             val_examples: 30_000,
@@ -525,7 +500,7 @@ mod tests {
     fn bad_fields_are_named() {
         let mut c = StudyConfig::preset("tiny").unwrap();
         c.widths = vec![10];
-        assert!(c.validate().unwrap_err().contains("widths: 10"));
+        assert!(c.validate().unwrap_err().contains("widths[0]: 10"));
         let text = StudyConfig::preset("tiny")
             .unwrap()
             .to_toml()
@@ -535,6 +510,84 @@ mod tests {
                 .unwrap_err()
                 .contains("resolutoin")
         );
+    }
+
+    /// The inputs that passed `--dry-run` and failed after the family trained: all
+    /// named at once, by field, before any work.
+    #[test]
+    fn every_problem_is_named_before_any_work() {
+        let mut c = StudyConfig::preset("tiny").unwrap();
+        c.sweep.cfg = vec![f64::NAN, 3.0, 3.0004];
+        c.sweep.steps = vec![0, 2];
+        c.sweep.samplers = vec![];
+        c.recipe.batch_size = 0;
+        c.recipe.learning_rate = f64::NAN;
+        c.heads = 0;
+        let err = c.validate().unwrap_err();
+        for field in [
+            "sweep.cfg[0]: NaN",
+            "sweep.cfg[2]: repeats",
+            "sweep.steps[0]: 0 is outside 1..=1000",
+            "sweep.samplers: must name at least one",
+            "recipe.batch_size: 0",
+            "recipe.learning_rate: NaN",
+            "heads: 0",
+            "widths[0]",
+        ] {
+            assert!(err.contains(field), "{field} missing from:\n{err}");
+        }
+        assert!(err.starts_with("9 problems:"), "{err}");
+    }
+
+    #[test]
+    fn sizes_that_would_exhaust_memory_or_divide_by_zero_are_refused() {
+        let tiny = StudyConfig::preset("tiny").unwrap();
+        type Breakage = fn(&mut StudyConfig);
+        let cases: [(&str, Breakage); 7] = [
+            ("resolution", |c| c.resolution = 1_000_000),
+            ("recipe.batch_size", |c| c.recipe.batch_size = 100_000_000),
+            ("norm_groups", |c| c.norm_groups = 0),
+            ("first_stage.factor", |c| {
+                c.first_stage = FirstStage::Train {
+                    factor: 0,
+                    latent_channels: 4,
+                    width: 16,
+                    steps: 1,
+                }
+            }),
+            ("resolution", |c| c.resolution = 24), // 6 px latents: not halvable twice
+            ("train_examples", |c| c.train_examples = usize::MAX / 2),
+            ("sweep: no cells", |c| {
+                c.sweep.samplers = vec![SamplerId::DpmSolver2M];
+                c.sweep.steps = vec![50];
+            }),
+        ];
+        for (field, change) in cases {
+            let mut c = tiny.clone();
+            change(&mut c);
+            let err = c.validate().unwrap_err();
+            assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn toml_nan_and_typed_dataset_errors_name_the_file_and_field() {
+        let toml = StudyConfig::preset("tiny").unwrap().to_toml();
+        let bad = toml.replace("cfg = [", "cfg = [nan, ");
+        let err = StudyConfig::from_toml(&bad, "s.toml").unwrap_err();
+        assert!(
+            err.starts_with("s.toml: ") && err.contains("sweep.cfg[0]"),
+            "{err}"
+        );
+        let bad = toml.replace("dataset = \"shapes\"", "dataset = \"shapez\"");
+        let err = StudyConfig::from_toml(&bad, "s.toml").unwrap_err();
+        assert!(err.contains("dataset") && err.contains("shapez"), "{err}");
+        let table = toml.replace(
+            "dataset = \"shapes\"",
+            "dataset = { kind = \"shapes\", seed = 3 }",
+        );
+        let c = StudyConfig::from_toml(&table, "s.toml").unwrap();
+        assert_eq!(c.dataset.to_string(), "shapes:seed=3");
     }
 
     #[test]

@@ -1,0 +1,215 @@
+//! One process at a time per output directory. Two `study` or `train` runs on one `--out`
+//! would delete each other's checkpoints in flight, or silently do the same work twice.
+//!
+//! The lock is an advisory `flock` on `DIR/.ldmscale.lock`, held for the life of a
+//! [`DirLock`]. The kernel releases it when the process ends however it ends, so a killed run
+//! never leaves a lock that blocks the next one; the file itself records who holds it, for the
+//! error message, and is left in place (deleting it would let two processes lock two inodes).
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The lock file's name inside a locked directory.
+pub const LOCK_FILE: &str = ".ldmscale.lock";
+
+/// Why a directory could not be locked.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another live process holds it.
+    InUse {
+        /// The directory.
+        dir: PathBuf,
+        /// Who holds it, as its lock file records ("pid 12 on host since ... : command").
+        holder: String,
+    },
+    /// The directory or its lock file could not be made or read.
+    Io {
+        /// The path that failed.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::InUse { dir, holder } => write!(
+                f,
+                "{}: in use by {holder}; wait for it to finish or choose another --out",
+                dir.display()
+            ),
+            LockError::Io { path, source } => write!(f, "{}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for LockError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LockError::Io { source, .. } => Some(source),
+            LockError::InUse { .. } => None,
+        }
+    }
+}
+
+/// A held lock on an output directory; dropping it releases the lock.
+#[derive(Debug)]
+pub struct DirLock {
+    file: File,
+    dir: PathBuf,
+}
+
+impl DirLock {
+    /// Creates `dir` if needed and locks it for `command` (a few words for the error another
+    /// process will see), or says which process holds it.
+    pub fn acquire(dir: &Path, command: &str) -> Result<Self, LockError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LockError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(LockError::InUse {
+                    dir: dir.to_path_buf(),
+                    holder: record_of(&mut file).unwrap_or_else(|| "another process".into()),
+                });
+            }
+            Err(TryLockError::Error(source)) => return Err(LockError::Io { path, source }),
+        }
+        if let Some(stale) = record_of(&mut file) {
+            tracing::info!(
+                "{}: the lock of {stale} was left behind (that process is gone); taking it over",
+                dir.display()
+            );
+        }
+        write_record(&mut file, command).map_err(io(&path))?;
+        Ok(Self {
+            file,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The locked directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // An empty record means "released cleanly"; the flock goes with the file handle.
+        let _ = self.file.set_len(0);
+    }
+}
+
+fn record_of(file: &mut File) -> Option<String> {
+    let mut text = String::new();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    file.read_to_string(&mut text).ok()?;
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+fn write_record(file: &mut File, command: &str) -> std::io::Result<()> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "this host".into());
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| utc_text(d.as_secs()))
+        .unwrap_or_default();
+    file.set_len(0)?;
+    file.seek(SeekFrom::Start(0))?;
+    writeln!(
+        file,
+        "pid {} on {host} since {since} ({command})",
+        std::process::id()
+    )?;
+    file.sync_all()
+}
+
+/// `2026-12-05 17:30:12 UTC` for seconds since the Unix epoch (the proleptic Gregorian
+/// calendar, by Hinnant's days-to-civil algorithm).
+fn utc_text(secs: u64) -> String {
+    let (days, rest) = ((secs / 86_400) as i64, secs % 86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_names_the_holder_and_a_released_one_is_taken_again() {
+        let dir = std::env::temp_dir().join(format!("ldmscale-lock-{}", std::process::id()));
+        let first = DirLock::acquire(&dir, "study --preset tiny").unwrap();
+        // flock is per open file description: a second open in this process conflicts too.
+        let err = DirLock::acquire(&dir, "train").unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, LockError::InUse { .. }), "{err:?}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id()))
+                && text.contains("study --preset tiny")
+                && text.contains(" UTC"),
+            "{text}"
+        );
+        drop(first);
+        let again = DirLock::acquire(&dir, "train").unwrap();
+        assert_eq!(again.dir(), dir);
+        drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_lock_file_left_by_a_dead_process_does_not_block() {
+        let dir = std::env::temp_dir().join(format!("ldmscale-stale-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(LOCK_FILE),
+            "pid 999999 on gone since then (study)\n",
+        )
+        .unwrap();
+        let lock = DirLock::acquire(&dir, "study").unwrap();
+        let record = std::fs::read_to_string(dir.join(LOCK_FILE)).unwrap();
+        assert!(
+            record.starts_with(&format!("pid {} ", std::process::id())),
+            "{record}"
+        );
+        drop(lock);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn utc_text_matches_known_dates() {
+        assert_eq!(utc_text(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_text(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_text(1_796_488_212), "2026-12-05 16:30:12 UTC");
+    }
+}
