@@ -81,7 +81,16 @@ pub(crate) fn read_json_config<T: serde::de::DeserializeOwned>(
         file: path.display().to_string(),
         message,
     };
-    let config: T = serde_json::from_str(&text).map_err(|e| config_error(e.to_string()))?;
+    // The path names the field (`block_out_channels[2]`), not just a line and column.
+    let mut json = serde_json::Deserializer::from_str(&text);
+    let config: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        config_error(match field.as_str() {
+            "." => inner.to_string(),
+            _ => format!("field `{field}`: {inner}"),
+        })
+    })?;
     validate(&config).map_err(config_error)?;
     Ok(config)
 }

@@ -65,6 +65,28 @@ fn config_sizes_that_would_hang_divide_by_zero_or_exhaust_memory_are_named() {
 }
 
 #[test]
+fn config_type_errors_name_the_field_not_just_a_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&str, serde_json::Value, &str); 3] = [
+        (
+            "block_out_channels",
+            serde_json::json!([320, "640", 1280, 1280]),
+            "field `block_out_channels[1]`",
+        ),
+        ("sample_size", "64".into(), "field `sample_size`"),
+        ("norm_eps", serde_json::Value::Null, "field `norm_eps`"),
+    ];
+    for (field, value, want) in cases {
+        let path = edited_config(dir.path(), |j| j[field] = value);
+        let err = UNetConfig::from_json_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("config.json") && err.contains(want),
+            "{field}: {err}"
+        );
+    }
+}
+
+#[test]
 fn latent_sizes_are_checked_and_the_cost_of_size_zero_ends() {
     let config = UNetConfig::small(8, 8, 2);
     for bad in [0, MAX_SAMPLE_SIZE + 1, 100_000] {
