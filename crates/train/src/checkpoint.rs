@@ -75,12 +75,12 @@ pub fn commit(
     let dir = step_dir(run, step);
     let tmp = checkpoints_dir(run).join(format!(".tmp-step-{step:08}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    write(&tmp)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+    let placed = write_then_rename(&tmp, &dir, write);
+    if placed.is_err() {
+        // A failed save (disk full, say) must not leave its half-written copy on that disk.
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    std::fs::rename(&tmp, &dir).map_err(|e| TrainError::io(&dir, e))?;
+    placed?;
     let all = list(run);
     for (_, old) in all.iter().take(all.len().saturating_sub(keep)) {
         let _ = std::fs::remove_dir_all(old);
@@ -94,6 +94,20 @@ pub fn commit(
         }
     }
     Ok(dir)
+}
+
+/// Writes the checkpoint into `tmp`, then moves it to `dir`, replacing an older copy.
+fn write_then_rename(
+    tmp: &Path,
+    dir: &Path,
+    write: impl FnOnce(&Path) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
+    std::fs::create_dir_all(tmp).map_err(|e| TrainError::io(tmp, e))?;
+    write(tmp)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    }
+    std::fs::rename(tmp, dir).map_err(|e| TrainError::io(dir, e))
 }
 
 /// What a checkpoint restores besides its model directories.
@@ -174,4 +188,33 @@ pub fn write_state(
     write_atomic(&dir.join("optimizer.safetensors"), &bytes)?;
     let json = serde_json::to_string_pretty(state).expect("state serialises");
     Ok(write_atomic(&dir.join("state.json"), json.as_bytes())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leftovers(run: &Path) -> Vec<String> {
+        std::fs::read_dir(checkpoints_dir(run))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_save_leaves_no_temporary_directory() {
+        let run = tempfile::tempdir().unwrap();
+        let failing = |tmp: &Path| {
+            std::fs::write(tmp.join("unet.safetensors"), b"half").unwrap();
+            Err(TrainError::io(tmp, std::io::Error::other("disk full")))
+        };
+        assert!(commit(run.path(), 7, 2, failing).is_err());
+        assert_eq!(leftovers(run.path()), Vec::<String>::new());
+
+        let written = |tmp: &Path| {
+            std::fs::write(tmp.join("state.json"), b"{}").map_err(|e| TrainError::io(tmp, e))
+        };
+        commit(run.path(), 8, 2, written).unwrap();
+        assert_eq!(leftovers(run.path()), vec!["step-00000008".to_string()]);
+    }
 }
