@@ -276,13 +276,33 @@ fn check_labels(file: &Path, labels: &[u8]) -> Result<(), DataError> {
     }
 }
 
+/// The largest decompressed IDX file read: Fashion-MNIST's largest is 47 MB.
+const MAX_IDX_BYTES: u64 = 1 << 30;
+
 /// Reads a gzipped IDX file of unsigned bytes with `rank` dimensions: (dims, data).
 fn read_idx_gz(file: &Path, rank: u8) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+    read_idx_gz_within(file, rank, MAX_IDX_BYTES)
+}
+
+/// [`read_idx_gz`] refusing files that decompress to more than `max_bytes`.
+fn read_idx_gz_within(
+    file: &Path,
+    rank: u8,
+    max_bytes: u64,
+) -> Result<(Vec<usize>, Vec<u8>), DataError> {
     let raw = std::fs::File::open(file).map_err(|e| DataError::io(file, e))?;
     let mut bytes = Vec::new();
+    // Bounded, so a gzip bomb is an error rather than an out-of-memory kill.
     flate2::read::GzDecoder::new(raw)
+        .take(max_bytes + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| DataError::format(file.display(), format!("not a readable gzip file: {e}")))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(DataError::format(
+            file.display(),
+            format!("decompresses to more than {max_bytes} bytes; not an MNIST-sized IDX file"),
+        ));
+    }
     let header_len = 4 + 4 * rank as usize;
     if bytes.len() < header_len || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
         return Err(DataError::format(
@@ -305,12 +325,12 @@ fn read_idx_gz(file: &Path, rank: u8) -> Result<(Vec<usize>, Vec<u8>), DataError
             u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize
         })
         .collect();
-    let expected: usize = dims.iter().product();
-    if bytes.len() - header_len != expected {
+    let expected = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    if expected != Some(bytes.len() - header_len) {
         return Err(DataError::format(
             file.display(),
             format!(
-                "dims {dims:?} need {expected} bytes of data, found {}",
+                "dims {dims:?} do not match the {} bytes of data",
                 bytes.len() - header_len
             ),
         ));
@@ -442,5 +462,40 @@ impl Dataset for Emoji {
             image: Image::open(&self.dir.join(&item.file))?,
             caption: item.caption.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod idx_tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzipped(dir: &Path, bytes: &[u8]) -> std::path::PathBuf {
+        let path = dir.join("t.gz");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(bytes).unwrap();
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        path
+    }
+
+    #[test]
+    fn idx_files_too_large_or_with_overflowing_dims_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut idx = vec![0, 0, 8, 1, 0, 0, 0, 8];
+        idx.extend([7u8; 8]);
+        let ok = gzipped(dir.path(), &idx);
+        assert_eq!(read_idx_gz_within(&ok, 1, 100).unwrap().1, vec![7u8; 8]);
+
+        let bomb = gzipped(dir.path(), &[0u8; 4096]);
+        let err = read_idx_gz_within(&bomb, 1, 1000).unwrap_err().to_string();
+        assert!(err.contains("more than 1000 bytes"), "{err}");
+
+        let huge = [
+            0, 0, 8, 3, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255,
+        ];
+        let err = read_idx_gz_within(&gzipped(dir.path(), &huge), 3, 100)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("do not match"), "{err}");
     }
 }
