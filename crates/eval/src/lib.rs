@@ -7,6 +7,7 @@
 //! - CLIP score as torchmetrics computes it, with a transformers `CLIPModel` directory
 //!   ([`clip`]).
 //! - CMMD, the RBF-kernel MMD between CLIP embeddings of Jayasumana et al. ([`cmmd`]).
+//! - PSNR and SSIM of super-resolution results as BasicSR 1.4.2 computes them ([`sr_metrics`]).
 
 pub mod clip;
 pub mod cmmd;
@@ -16,6 +17,7 @@ pub mod inception;
 pub mod npz;
 pub mod pickle;
 pub mod preprocess;
+pub mod sr_metrics;
 pub mod stats;
 pub mod weights;
 
@@ -23,4 +25,5 @@ pub use error::EvalError;
 pub use fid::{FidExtractor, FolderStatistics, default_inception_path, folder_statistics};
 pub use inception::{FEATURE_DIM, FID_INCEPTION_PARAMS, FidInception};
 pub use preprocess::{FidMode, RgbImage};
+pub use sr_metrics::{RgbView, SrMetricOptions, psnr, ssim};
 pub use stats::{GaussianStats, Kid, KidOptions, StatsAccumulator, frechet_distance};
