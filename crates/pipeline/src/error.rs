@@ -12,4 +12,7 @@ pub enum PipelineError {
     /// The text encoder or tokenizer failed.
     #[error("text encoding: {0}")]
     Text(#[from] ModelError),
+    /// The UNet does not fit the task (the message names the config field).
+    #[error("UNet config: {0}")]
+    UNetConfig(String),
 }

@@ -1,18 +1,21 @@
 //! Inference over a latent diffusion model: the bundle of a UNet, its first-stage autoencoder
 //! and its frozen text encoder ([`LatentDiffusion`]), the one adapter that turns the UNet into
 //! the denoiser samplers drive, generation with classifier-free guidance, and encoding of
-//! images and captions. Training (periodic evaluation, class images, teachers), the study and
-//! the CLI all sample through here.
+//! images and captions; super-resolution ([`SuperResolution`]: the LR latent concatenated to
+//! the noisy one, no guidance). Training (periodic evaluation, class images, teachers), the
+//! study and the CLI all sample through here.
 
 mod denoiser;
 mod encode;
 mod error;
 mod generate;
+mod super_res;
 
 pub use denoiser::UNetDenoiser;
 pub use encode::{TextBatch, encode_images, encode_text};
 pub use error::PipelineError;
 pub use generate::{Generated, LatentDiffusion, SamplingSpec, generate_batch};
+pub use super_res::{SrDenoiser, SrSampling, SuperResolution};
 
 use burn::tensor::Tensor;
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod embeddings;
 mod layers;
 pub mod resnet;
+pub mod super_res;
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;

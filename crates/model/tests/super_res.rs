@@ -1,0 +1,136 @@
+//! The super-resolution UNet made from a text-to-image one: at finetune step 0 it ignores the
+//! LR latent (its output is the text-to-image model's), it saves in diffusers layout with
+//! `in_channels` doubled, and UNets that cannot be converted are refused naming the field.
+
+use burn::tensor::{Device, Distribution, Tensor};
+use ldmscale_model::UNetConfig;
+use ldmscale_model::weights::{CONFIG_FILE, WEIGHTS_FILE, load_unet, save_unet};
+use ldmscale_testkit::{
+    RawTensor, fixture_dir, max_abs_diff, read_safetensors, values, write_safetensors,
+};
+
+const CASE: &str = "sd_like_linear";
+
+fn inputs(device: &Device) -> (Tensor<4>, Tensor<3>) {
+    device.seed(11);
+    let x = Tensor::random([2, 4, 16, 16], Distribution::Normal(0.0, 1.0), device);
+    let context = Tensor::random([2, 5, 32], Distribution::Normal(0.0, 1.0), device);
+    (x, context)
+}
+
+#[test]
+fn at_step_zero_the_sr_model_equals_the_text_to_image_model_for_any_lr() {
+    let device = Device::flex();
+    let (config, t2i) = load_unet(&fixture_dir("unet").join(CASE), &device).unwrap();
+    let (sr_config, sr) = t2i.clone().into_super_res(&config, 4).unwrap();
+    assert_eq!(sr_config.in_channels, 8);
+    assert_eq!(sr_config.concat_channels(), Some(4));
+    let (x, context) = inputs(&device);
+    for (draw, t) in [[0.0, 999.0], [250.0, 500.0], [731.0, 17.0]]
+        .into_iter()
+        .enumerate()
+    {
+        let reference = values(t2i.forward(x.clone(), &t, context.clone()));
+        // LR latents of growing scale: nothing of them may leak through the zero weights.
+        let scale = 10f32.powi(draw as i32);
+        let lr = Tensor::<4>::random([2, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        let input = Tensor::cat(vec![x.clone(), lr * scale], 1);
+        let ours = values(sr.forward(input, &t, context.clone()));
+        let diff = max_abs_diff(&ours, &reference);
+        assert!(diff <= 1e-6, "timesteps {t:?}, LR scale {scale}: {diff}");
+    }
+}
+
+/// Saves `sr`'s weights and returns the dir and its tensors.
+fn saved_sr() -> (
+    tempfile::TempDir,
+    UNetConfig,
+    std::collections::BTreeMap<String, RawTensor>,
+) {
+    let device = Device::flex();
+    let (config, t2i) = load_unet(&fixture_dir("unet").join(CASE), &device).unwrap();
+    let (sr_config, sr) = t2i.into_super_res(&config, 4).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_unet(dir.path(), &sr_config, &sr).unwrap();
+    let tensors = read_safetensors(dir.path().join(WEIGHTS_FILE));
+    (dir, sr_config, tensors)
+}
+
+#[test]
+fn saved_in_diffusers_layout_with_the_old_weights_and_bias_copied() {
+    let (dir, sr_config, saved) = saved_sr();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join(CONFIG_FILE)).unwrap())
+            .unwrap();
+    assert_eq!(json["in_channels"], 8);
+    assert_eq!(json["out_channels"], 4);
+    let original = read_safetensors(fixture_dir("unet").join(CASE).join(WEIGHTS_FILE));
+    let (old, new) = (&original["conv_in.weight"], &saved["conv_in.weight"]);
+    assert_eq!(new.shape, [8, 8, 3, 3]);
+    let (old_w, new_w) = (old.f32(), new.f32());
+    for o in 0..8 {
+        let row = &new_w[o * 72..(o + 1) * 72];
+        assert_eq!(
+            row[..36],
+            old_w[o * 36..(o + 1) * 36],
+            "old weights of output {o}"
+        );
+        assert!(
+            row[36..].iter().all(|&v| v == 0.0),
+            "new weights of output {o}"
+        );
+    }
+    let bias = original["conv_in.bias"].f32();
+    assert!(
+        bias.iter().any(|&b| b != 0.0),
+        "the fixture's bias must matter"
+    );
+    assert_eq!(saved["conv_in.bias"].f32(), bias);
+    for (name, t) in &original {
+        if !name.starts_with("conv_in.weight") {
+            assert_eq!(&saved[name], t, "{name}");
+        }
+    }
+    let (loaded_config, _) = load_unet(dir.path(), &Device::flex()).unwrap();
+    assert_eq!(loaded_config, sr_config);
+}
+
+#[test]
+fn a_dropped_bias_would_be_caught() {
+    // The check above must be able to fail: the same model with conv_in's bias zeroed (the
+    // instruct-pix2pix mistake) differs from the text-to-image model.
+    let device = Device::flex();
+    let (dir, _, mut saved) = saved_sr();
+    let bias = saved.get_mut("conv_in.bias").unwrap();
+    *bias = RawTensor::from_f32(bias.shape.clone(), &[0.0; 8]);
+    write_safetensors(dir.path().join(WEIGHTS_FILE), &saved);
+    let (_, broken) = load_unet(dir.path(), &device).unwrap();
+    let (_, t2i) = load_unet(&fixture_dir("unet").join(CASE), &device).unwrap();
+    let (x, context) = inputs(&device);
+    let input = Tensor::cat(vec![x.clone(), x.clone()], 1);
+    let t = [10.0, 900.0];
+    let diff = max_abs_diff(
+        &values(broken.forward(input, &t, context.clone())),
+        &values(t2i.forward(x, &t, context)),
+    );
+    assert!(diff > 1e-3, "{diff}");
+}
+
+#[test]
+fn unets_that_cannot_become_sr_models_are_refused_naming_the_field() {
+    let config =
+        UNetConfig::from_json_file(&fixture_dir("unet").join(CASE).join(CONFIG_FILE)).unwrap();
+    let sr = config.super_res(4).unwrap();
+    let err = sr.super_res(4).unwrap_err();
+    assert!(err.starts_with("in_channels: 8"), "{err}");
+    let err = config.super_res(3).unwrap_err();
+    assert!(err.starts_with("in_channels: 4"), "{err}");
+    assert_eq!(config.concat_channels(), None);
+    let mut upscaler =
+        UNetConfig::from_json_file(&fixture_dir("unet").join("upscaler_like").join(CONFIG_FILE))
+            .unwrap();
+    assert_eq!(upscaler.concat_channels(), Some(3));
+    upscaler.in_channels = 4;
+    let err = upscaler.super_res(4).unwrap_err();
+    assert!(err.starts_with("num_class_embeds: 1000"), "{err}");
+}
