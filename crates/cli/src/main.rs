@@ -7,6 +7,7 @@ mod fid;
 mod npy;
 mod plan;
 mod sample;
+mod sr_metrics;
 mod study;
 mod train;
 mod train_vae;
@@ -70,6 +71,16 @@ enum Command {
     ///
     /// Example: `ldmscale clip-score --images samples/ --captions captions.tsv --clip clip-vit-large-patch14/`.
     ClipScore(Box<clip_score::ClipScoreArgs>),
+    /// PSNR between two image folders matched by file name, equal to BasicSR 1.4.2's
+    /// calculate_psnr (see the conventions under --help).
+    ///
+    /// Example (an SR paper's x4 setting): `ldmscale psnr hr/ sr/ --y-channel --crop-border 4`.
+    Psnr(sr_metrics::SrMetricArgs),
+    /// SSIM between two image folders matched by file name, equal to BasicSR 1.4.2's
+    /// calculate_ssim (see the conventions under --help).
+    ///
+    /// Example (Real-ESRGAN's validation): `ldmscale ssim hr/ sr/ --crop-border 4 --per-image`.
+    Ssim(sr_metrics::SrMetricArgs),
     /// Recommend the model size, sampler, steps and guidance with the best FID within a
     /// sampling budget, from a study's results store.
     ///
@@ -139,6 +150,8 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Sample(args) => sample::run(args),
         Command::Fid(args) => fid::run(args),
         Command::ClipScore(args) => clip_score::run(args),
+        Command::Psnr(args) => sr_metrics::run(sr_metrics::SrMetric::Psnr, args),
+        Command::Ssim(args) => sr_metrics::run(sr_metrics::SrMetric::Ssim, args),
         Command::Plan(args) => plan::plan(args),
         Command::Results(command) => plan::results(command),
         Command::Study(args) => study::run(args),

@@ -9,7 +9,12 @@
 //! Gaussian window (sigma 1.5) over the valid region, `c1 = (0.01 * 255)^2`,
 //! `c2 = (0.03 * 255)^2`, averaged over channels.
 
+use std::path::Path;
+
+use image::DynamicImage;
+
 use crate::error::EvalError;
+use crate::preprocess::{RgbImage, decode_limits};
 
 /// The side of SSIM's Gaussian window (`cv2.getGaussianKernel(11, 1.5)`).
 pub const SSIM_WINDOW: usize = 11;
@@ -93,6 +98,50 @@ pub fn gaussian_window() -> [f64; SSIM_WINDOW] {
     }
     let sum: f64 = k.iter().sum();
     k.map(|v| v / sum)
+}
+
+/// Decodes an 8-bit image for PSNR / SSIM. RGB is taken as is; grey is replicated to RGB (as
+/// `cv2.imread` gives BasicSR a grey PNG); RGBA only when every pixel is opaque (the alpha is
+/// dropped). Translucent images and 16-bit or float images are errors naming the file: the
+/// metrics compare 8-bit RGB values in [0, 255].
+pub fn open_rgb8(path: &Path) -> Result<RgbImage, EvalError> {
+    let error = |message: String| EvalError::Image {
+        file: path.display().to_string(),
+        message,
+    };
+    let mut reader = image::ImageReader::open(path)
+        .map_err(|e| error(e.to_string()))?
+        .with_guessed_format()
+        .map_err(|e| error(e.to_string()))?;
+    reader.limits(decode_limits());
+    let decoded = reader.decode().map_err(|e| error(e.to_string()))?;
+    let (width, height) = (decoded.width() as usize, decoded.height() as usize);
+    let rgb = match decoded {
+        DynamicImage::ImageRgb8(img) => img.into_raw(),
+        DynamicImage::ImageLuma8(_) => decoded.to_rgb8().into_raw(),
+        DynamicImage::ImageRgba8(_) | DynamicImage::ImageLumaA8(_) => opaque_rgb(&decoded)
+            .ok_or_else(|| {
+                error(
+                    "has translucent pixels; PSNR / SSIM compare opaque RGB: flatten the alpha \
+                     channel onto a background first"
+                        .into(),
+                )
+            })?,
+        other => {
+            return Err(error(format!(
+                "{:?} pixels; PSNR / SSIM take 8-bit RGB or grey images (values 0..255)",
+                other.color()
+            )));
+        }
+    };
+    RgbImage::new(width, height, rgb)
+}
+
+/// The RGB bytes of an image with alpha when every pixel is opaque.
+fn opaque_rgb(image: &DynamicImage) -> Option<Vec<u8>> {
+    let rgba = image.to_rgba8();
+    let opaque = rgba.pixels().all(|p| p.0[3] == 255);
+    opaque.then(|| image.to_rgb8().into_raw())
 }
 
 /// One channel of the compared region, row-major.
@@ -296,6 +345,33 @@ mod tests {
     fn luma_is_bt601_studio_swing() {
         assert!((luma(0.0, 0.0, 0.0) - 16.0).abs() < 1e-5);
         assert!((luma(255.0, 255.0, 255.0) - 235.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn decoding_replicates_grey_drops_opaque_alpha_and_refuses_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let save = |name: &str, img: DynamicImage| {
+            let path = dir.path().join(name);
+            img.save(&path).unwrap();
+            path
+        };
+        let grey = image::GrayImage::from_fn(3, 2, |x, y| image::Luma([(10 * x + y) as u8]));
+        let rgb = open_rgb8(&save("g.png", grey.into())).unwrap();
+        assert_eq!(&rgb.data[..6], &[0, 0, 0, 10, 10, 10]);
+        let opaque = image::RgbaImage::from_pixel(2, 2, image::Rgba([1, 2, 3, 255]));
+        let rgb = open_rgb8(&save("o.png", opaque.into())).unwrap();
+        assert_eq!(rgb.data, [1, 2, 3].repeat(4));
+        let mut clear = image::RgbaImage::from_pixel(2, 2, image::Rgba([1, 2, 3, 255]));
+        clear.put_pixel(1, 1, image::Rgba([1, 2, 3, 0]));
+        let e = open_rgb8(&save("t.png", clear.into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("t.png") && e.contains("translucent"), "{e}");
+        let deep = image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(2, 2, image::Rgb([9; 3]));
+        let e = open_rgb8(&save("d.png", deep.into()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("d.png") && e.contains("8-bit"), "{e}");
     }
 
     #[test]
