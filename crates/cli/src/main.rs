@@ -2,6 +2,7 @@
 //! and find which size, sampler, step count and guidance give the best images for a budget.
 
 mod clip_score;
+mod degrade;
 mod device;
 mod fid;
 mod npy;
@@ -111,6 +112,29 @@ enum Command {
     ///
     /// Example: `ldmscale train-family --config run.toml --widths 16,24,32,48 --out family/`.
     TrainFamily(Box<train::TrainArgs>),
+    /// Degrade a folder of high-resolution images to a frozen low-resolution set for x4
+    /// super-resolution, with the RealESRGAN two-stage degradation (Real-ESRGAN's x4plus
+    /// settings, the paper's).
+    ///
+    /// Each image is sharpened (USM), then degraded twice by blur (Gaussian, generalised,
+    /// plateau or sinc kernels), random resize (area, bilinear, bicubic), Gaussian or Poisson
+    /// noise and JPEG, then resized to 1/scale with a final sinc filter and JPEG in random
+    /// order, and rounded to 8 bits; each operation equals BasicSR 1.4.2 / PyTorch on fixtures.
+    ///
+    /// Seeds: the files are sorted by name and image i is degraded with a seed made from
+    /// (--split, i, --seed) alone, so the same folder, settings and seed give byte-identical
+    /// PNGs on any machine and with any number of threads. Adding or renaming files shifts the
+    /// indices, so make the set once and keep it (several versions of this degradation
+    /// circulate): `manifest.json` records the settings, seeds and each input's and output's
+    /// SHA-256. The set appears at --out only when complete; a killed run leaves a hidden
+    /// `.NAME.partial-PID` folder beside it, safe to delete.
+    ///
+    /// Inputs are read as OpenCV's imread gives them to Real-ESRGAN: grey images replicated to
+    /// RGB, 16-bit ones reduced to 8 bits, a fully opaque alpha channel dropped (each noted in
+    /// the manifest); images with transparent pixels, sides below 4 x scale or not divisible by
+    /// the scale are refused, all named at once before any work. Example:
+    /// `ldmscale degrade --input div2k-val-crops/ --out lr-x4/ --seed 0`.
+    Degrade(Box<degrade::DegradeArgs>),
 }
 
 /// See `Cli::precision`.
@@ -158,5 +182,6 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args, cli.quiet),
         Command::TrainFamily(args) => train::family(args, cli.quiet),
         Command::TrainVae(args) => train_vae::run(args),
+        Command::Degrade(args) => degrade::run(args, cli.quiet),
     }
 }

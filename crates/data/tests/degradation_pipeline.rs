@@ -74,6 +74,38 @@ fn invalid_params_are_an_error() {
     assert!(err.to_string().contains("odd"), "{err}");
 }
 
+#[test]
+fn every_field_is_checked_and_named() {
+    RealEsrganParams::x4plus().validate().unwrap();
+    type Break = fn(&mut RealEsrganParams);
+    let cases: [(&str, Break); 5] = [
+        ("noise2.gray_prob", |p| p.noise2.gray_prob = 1.5),
+        ("jpeg1", |p| p.jpeg1 = (95.0, 30.0)),
+        ("resize1.range", |p| p.resize1.range = (0.0, 1.5)),
+        ("final_sinc.sizes", |p| p.final_sinc.sizes = (7, 201)),
+        ("blur1.sigma", |p| p.blur1.sigma = (f64::NAN, 3.0)),
+    ];
+    for (field, break_it) in cases {
+        let mut params = RealEsrganParams::x4plus();
+        break_it(&mut params);
+        let err = params.validate().unwrap_err().to_string();
+        assert!(err.starts_with(field), "{field}: {err}");
+    }
+}
+
+#[test]
+fn params_round_trip_through_json_and_refuse_unknown_keys() {
+    let params = RealEsrganParams::x4plus();
+    let json = serde_json::to_string(&params).unwrap();
+    assert_eq!(
+        serde_json::from_str::<RealEsrganParams>(&json).unwrap(),
+        params
+    );
+    let typo = json.replace("\"gray_prob\"", "\"grey_prob\"");
+    let err = serde_json::from_str::<RealEsrganParams>(&typo).unwrap_err();
+    assert!(err.to_string().contains("grey_prob"), "{err}");
+}
+
 /// `pattern_image` of tools/fixtures/make_degradation_fixtures.py: a ramp left, an integer
 /// texture right, so both sides build the same 8-bit HR without storing it.
 fn pattern_image(size: usize) -> FloatImage {

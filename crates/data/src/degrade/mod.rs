@@ -16,7 +16,7 @@ pub use kernels::{Kernel, KernelShape, filter2d};
 pub use noise::{
     Noise, NoiseParams, add_gaussian_noise, add_poisson_noise, poisson, standard_normal,
 };
-pub use pipeline::{RealEsrganParams, ResizeParams, realesrgan, seed_for};
+pub use pipeline::{RealEsrganParams, ResizeParams, realesrgan, seed_for, set_seed};
 pub use random_kernels::{BlurParams, FinalSincParams, KernelDraw, KernelFamily};
 pub use resize::{ResizeMode, ResizeTo, resize};
 pub use usm::{UsmParams, filter_separable, gaussian_kernel_1d, usm_sharp};

@@ -8,7 +8,8 @@ use crate::rng::SplitMix64;
 
 /// One noise stage's settings (Real-ESRGAN's `gaussian_noise_prob`, `noise_range`,
 /// `poisson_scale_range`, `gray_noise_prob`).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NoiseParams {
     /// Probability of Gaussian noise; Poisson noise otherwise.
     pub gaussian_prob: f64,

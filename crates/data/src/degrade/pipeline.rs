@@ -10,9 +10,11 @@ use super::resize::{ResizeMode, ResizeTo, resize};
 use super::usm::{UsmParams, usm_sharp};
 use crate::DataError;
 use crate::rng::{SplitMix64, hash_str, hash_u64s};
+use serde::{Deserialize, Serialize};
 
 /// One random resize (Real-ESRGAN's `resize_prob` for up / down / keep and `resize_range`).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ResizeParams {
     /// Probabilities of up, down, keep.
     pub prob: [f64; 3],
@@ -31,7 +33,8 @@ impl ResizeParams {
 }
 
 /// Every setting of the degradation; [`RealEsrganParams::x4plus`] is the paper's.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RealEsrganParams {
     /// Downscaling factor of the whole degradation.
     pub scale: usize,
@@ -123,14 +126,142 @@ pub fn seed_for(split: &str, index: u64) -> u64 {
     hash_u64s(&[hash_str(split), index])
 }
 
+/// The seed of image `index` of `split` in a set made with the user's `seed` (`ldmscale degrade
+/// --seed`): [`seed_for`] mixed with it, so each seed gives an independent set.
+pub fn set_seed(seed: u64, split: &str, index: u64) -> u64 {
+    hash_u64s(&[seed_for(split, index), seed])
+}
+
+/// The largest kernel side accepted (Real-ESRGAN's is 21); larger ones would only slow runs down.
+const MAX_KERNEL_SIZE: usize = 99;
+
+fn field_error(field: &str, message: String) -> DataError {
+    DataError::Format {
+        file: field.to_string(),
+        message,
+    }
+}
+
+/// `value` is a probability.
+fn check_prob(field: &str, value: f64) -> Result<(), DataError> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(field_error(
+            field,
+            format!("{value} is not a probability in [0, 1]"),
+        ))
+    }
+}
+
+/// `lo <= hi`, both finite and within `[min, max]`.
+fn check_range(field: &str, (lo, hi): (f64, f64), min: f64, max: f64) -> Result<(), DataError> {
+    if lo.is_finite() && hi.is_finite() && min <= lo && lo <= hi && hi <= max {
+        Ok(())
+    } else {
+        Err(field_error(
+            field,
+            format!("[{lo}, {hi}]: need {min} <= lo <= hi <= {max}"),
+        ))
+    }
+}
+
+fn check_sizes(field: &str, (lo, hi): (usize, usize)) -> Result<(), DataError> {
+    if lo % 2 == 1 && hi % 2 == 1 && lo <= hi && hi <= MAX_KERNEL_SIZE {
+        Ok(())
+    } else {
+        Err(field_error(
+            field,
+            format!("[{lo}, {hi}]: need odd lo <= odd hi <= {MAX_KERNEL_SIZE}"),
+        ))
+    }
+}
+
+fn check_resize(field: &str, resize: &ResizeParams) -> Result<(), DataError> {
+    let prob = &resize.prob;
+    if prob.iter().any(|p| !(0.0..=1.0).contains(p)) || prob.iter().sum::<f64>() <= 0.0 {
+        return Err(field_error(
+            &format!("{field}.prob"),
+            format!("{prob:?}: need probabilities in [0, 1], not all zero"),
+        ));
+    }
+    let (lo, hi) = resize.range;
+    if !(lo > 0.0 && lo <= 1.0 && (1.0..=4.0).contains(&hi)) {
+        return Err(field_error(
+            &format!("{field}.range"),
+            format!("[{lo}, {hi}]: need 0 < lo <= 1 <= hi <= 4"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_noise(field: &str, noise: &NoiseParams) -> Result<(), DataError> {
+    check_prob(&format!("{field}.gaussian_prob"), noise.gaussian_prob)?;
+    check_prob(&format!("{field}.gray_prob"), noise.gray_prob)?;
+    check_range(&format!("{field}.sigma"), noise.sigma, 0.0, 255.0)?;
+    check_range(
+        &format!("{field}.poisson_scale"),
+        noise.poisson_scale,
+        0.0,
+        100.0,
+    )
+}
+
+fn check_blur(field: &str, blur: &BlurParams) -> Result<(), DataError> {
+    check_prob(&format!("{field}.sinc_prob"), blur.sinc_prob)?;
+    check_sizes(&format!("{field}.sizes"), blur.sizes)?;
+    check_range(&format!("{field}.sigma"), blur.sigma, 1e-3, 100.0)?;
+    blur.validate().map_err(|e| match e {
+        DataError::Spec { message, .. } => field_error(field, message),
+        other => other,
+    })
+}
+
+impl RealEsrganParams {
+    /// Checks every field, naming the first one out of range (`blur2.sizes: ...`).
+    pub fn validate(&self) -> Result<(), DataError> {
+        if !(1..=16).contains(&self.scale) {
+            return Err(field_error(
+                "scale",
+                format!("{} is not in 1..=16", self.scale),
+            ));
+        }
+        let usm = &self.usm;
+        if usm.radius > 2 * MAX_KERNEL_SIZE
+            || !usm.weight.is_finite()
+            || !(usm.threshold.is_finite() && usm.threshold >= 0.0)
+        {
+            return Err(field_error(
+                "usm",
+                format!(
+                    "{usm:?}: need radius <= {}, finite weight, threshold >= 0",
+                    2 * MAX_KERNEL_SIZE
+                ),
+            ));
+        }
+        check_blur("blur1", &self.blur1)?;
+        check_resize("resize1", &self.resize1)?;
+        check_noise("noise1", &self.noise1)?;
+        check_range("jpeg1", self.jpeg1, 1.0, 100.0)?;
+        check_prob("blur2_prob", self.blur2_prob)?;
+        check_blur("blur2", &self.blur2)?;
+        check_resize("resize2", &self.resize2)?;
+        check_noise("noise2", &self.noise2)?;
+        check_range("jpeg2", self.jpeg2, 1.0, 100.0)?;
+        let sinc = &self.final_sinc;
+        check_prob("final_sinc.prob", sinc.prob)?;
+        check_range("final_sinc.omega", sinc.omega, 1e-3, std::f64::consts::PI)?;
+        check_sizes("final_sinc.sizes", sinc.sizes)
+    }
+}
+
 /// Degrades `hr` to a low-resolution image of `hr / scale` (floored), rounded to 8-bit levels.
 pub fn realesrgan(
     hr: &FloatImage,
     params: &RealEsrganParams,
     seed: u64,
 ) -> Result<FloatImage, DataError> {
-    params.blur1.validate()?;
-    params.blur2.validate()?;
+    params.validate()?;
     let mut rng = SplitMix64::new(seed);
     // The dataset draws all three kernels before the model's feed_data draws the rest.
     let kernel1 = params.blur1.draw(&mut rng).kernel();

@@ -39,7 +39,8 @@ impl KernelFamily {
 
 /// The settings of one blur stage (Real-ESRGAN's `kernel_list`/`kernel_prob`, `blur_sigma`,
 /// `betag_range`, `betap_range`, `sinc_prob`, and the hard-coded odd sizes 7..21).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct BlurParams {
     /// Probability of each family, in [`KernelFamily::ALL`] order (need not sum to 1).
     pub kernel_prob: [f64; 6],
@@ -162,7 +163,8 @@ impl BlurParams {
 
 /// Real-ESRGAN's final sinc filter: with probability `prob` a sinc of odd size in `sizes` and
 /// cutoff in `omega`, else none (Real-ESRGAN's "pulse" kernel, an identity).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FinalSincParams {
     pub prob: f64,
     pub omega: (f64, f64),

@@ -7,7 +7,8 @@ use super::float_image::FloatImage;
 use super::kernels::reflected_taps;
 
 /// BasicSR's `USMSharp` / `usm_sharp` settings.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UsmParams {
     /// Blur size; an even value is raised to the next odd one, as BasicSR does.
     pub radius: usize,
