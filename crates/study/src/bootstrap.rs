@@ -16,6 +16,10 @@
 //! spread itself is conservative (wider than the true sampling spread of FID at n, for the same
 //! reason).
 
+mod paired;
+
+pub use paired::{PairedDifference, paired_difference};
+
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par, Side};
 use rand::rngs::StdRng;
@@ -325,12 +329,18 @@ pub fn fid_interval(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use rand_distr::{Distribution, StandardNormal};
 
     /// `rows x d` Gaussian features `z A + shift` (A fixed by `mix_seed`).
-    fn gaussian(rows: usize, d: usize, shift: f32, mix_seed: u64, rng: &mut StdRng) -> Vec<f32> {
+    pub(super) fn gaussian(
+        rows: usize,
+        d: usize,
+        shift: f32,
+        mix_seed: u64,
+        rng: &mut StdRng,
+    ) -> Vec<f32> {
         let mut mix_rng = StdRng::seed_from_u64(mix_seed);
         let a: Vec<f32> = (0..d * d)
             .map(|_| StandardNormal.sample(&mut mix_rng))
