@@ -3,6 +3,8 @@
 //!
 //! `checkpoints/step-000100/` holds `unet/` and `unet_ema/` (diffusers layout),
 //! `optimizer.safetensors` (AdamW moments and EMA shadow by parameter name) and `state.json`.
+//! `snapshots/step-000050/` (the config's `snapshot_steps`) holds the models and `state.json`
+//! only, and is never deleted: quality against training compute from one run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -110,6 +112,46 @@ fn write_then_rename(
     std::fs::rename(tmp, dir).map_err(|e| TrainError::io(dir, e))
 }
 
+/// `snapshots/` under a run directory.
+pub fn snapshots_dir(run: &Path) -> PathBuf {
+    run.join("snapshots")
+}
+
+/// Complete snapshots (`snapshot_steps`), oldest first.
+pub fn snapshots(run: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(snapshots_dir(run)) else {
+        return Vec::new();
+    };
+    let mut out: Vec<(u64, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Writes snapshot `step` through `write(tmp_dir)` and renames it into place (a resumed run
+/// that passes the step again writes the same bits).
+pub fn commit_snapshot(
+    run: &Path,
+    step: u64,
+    write: impl FnOnce(&Path) -> Result<(), TrainError>,
+) -> Result<PathBuf, TrainError> {
+    let parent = snapshots_dir(run);
+    let dir = parent.join(format!("step-{step:08}"));
+    let tmp = parent.join(format!(".tmp-step-{step:08}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let placed = write_then_rename(&tmp, &dir, write);
+    if placed.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    placed.map(|_| dir)
+}
+
 /// What a checkpoint restores besides its model directories.
 pub struct Saved {
     /// The checkpoint's `optimizer.safetensors`.
@@ -186,6 +228,11 @@ pub fn write_state(
         BTreeMap::from([("step".to_string(), state.step.to_string())]),
     );
     write_atomic(&dir.join("optimizer.safetensors"), &bytes)?;
+    write_state_json(dir, state)
+}
+
+/// Writes `state.json` into `dir`.
+pub fn write_state_json(dir: &Path, state: &TrainState) -> Result<(), TrainError> {
     let json = serde_json::to_string_pretty(state).expect("state serialises");
     Ok(write_atomic(&dir.join("state.json"), json.as_bytes())?)
 }

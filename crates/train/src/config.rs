@@ -149,6 +149,10 @@ pub struct TrainConfig {
     /// Checkpoints kept (older ones are deleted).
     #[serde(default = "default_keep")]
     pub keep_last: usize,
+    /// Steps whose models are kept for good in `snapshots/step-N/` (e.g. the finetune
+    /// checkpoints of quality against finetune compute, Fig. 4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshot_steps: Vec<u64>,
     /// Steps between metric lines.
     #[serde(default = "one_u64")]
     pub log_every: u64,
@@ -233,12 +237,29 @@ impl TrainConfig {
                 "must be at least 1",
             ));
         }
+        self.validate_snapshot_steps()?;
         if let Some(c) = self.grad_clip
             && c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
         {
             return Err(TrainError::config("grad_clip", c, "must be positive"));
         }
         crate::parallel::parse_devices(&self.devices, "devices")?;
+        Ok(())
+    }
+
+    fn validate_snapshot_steps(&self) -> Result<(), TrainError> {
+        let mut previous = 0;
+        for (i, &step) in self.snapshot_steps.iter().enumerate() {
+            // Steps beyond `steps` are kept for a resumed run that goes further.
+            if step <= previous {
+                return Err(TrainError::config(
+                    format!("snapshot_steps[{i}]"),
+                    step,
+                    "must be at least 1 and above the previous entry",
+                ));
+            }
+            previous = step;
+        }
         Ok(())
     }
 }

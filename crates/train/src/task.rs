@@ -8,8 +8,10 @@ use burn::tensor::{Device, Tensor};
 use ldmscale_model::{UNet, UNetConfig};
 use rand::rngs::StdRng;
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, TrainConfig};
 use crate::error::TrainError;
+use crate::params::Named;
+use crate::trainer::REFERENCE_WIDTH;
 
 /// A training task: text-to-image today; super-resolution, DreamBooth and consistency
 /// distillation plug in the same way.
@@ -52,6 +54,20 @@ pub trait TrainTask {
     ) -> Result<Self::Batch, TrainError>;
     /// The loss of a shard.
     fn shard_loss(&self) -> &Self::Loss;
+    /// Weights to start from by parameter name, on any device (a finetune's pretrained
+    /// model); `None`: the seeded initialisation.
+    fn initial_weights(&self) -> Option<&Named> {
+        None
+    }
+    /// The UNet whose forward cost normalises this task's (the paper: the family's 320-filter
+    /// member, with 32 groups and 8 heads).
+    fn reference_unet_config(&self, config: &TrainConfig) -> UNetConfig {
+        let mut reference = config.model.clone();
+        reference.width = REFERENCE_WIDTH;
+        reference.norm_groups = 32;
+        reference.heads = 8;
+        self.unet_config(&reference)
+    }
 }
 
 /// The loss of one shard of a batch on one replica; called from several threads at once.

@@ -14,7 +14,7 @@ use ldmscale_model::{UNet, UNetConfig};
 use serde_json::json;
 
 use crate::checkpoint::{self, Saved, TrainState};
-use crate::config::{ModelConfig, TrainConfig};
+use crate::config::TrainConfig;
 use crate::data::{TrainingData, order, rng_for};
 use crate::error::TrainError;
 use crate::optimizer::{AdamW, clip_global_norm, learning_rate};
@@ -25,7 +25,7 @@ use crate::task::TrainTask;
 use crate::tasks::TextToImage;
 
 /// Width the paper normalises costs against.
-const REFERENCE_WIDTH: usize = 320;
+pub(crate) const REFERENCE_WIDTH: usize = 320;
 
 /// What a finished (or already finished) run reports.
 #[derive(Clone, Debug)]
@@ -98,16 +98,11 @@ pub fn train_task<T: TrainTask>(
 /// the same sizes (for normalised cost). `device` only hosts the (never initialised) models.
 pub fn forward_gflops<T: TrainTask>(config: &TrainConfig, task: &T, device: &Device) -> (f64, f64) {
     let [h, w, l] = task.forward_size();
-    let gflops = |model: &ModelConfig| {
-        let unet_config = task.unet_config(model);
-        UNet::new(&unet_config, device).cost(h, w, l).gflops()
-    };
-    // The reference is the family's 320-filter member with the paper's 32 groups and 8 heads.
-    let mut reference = config.model.clone();
-    reference.width = REFERENCE_WIDTH;
-    reference.norm_groups = 32;
-    reference.heads = 8;
-    (gflops(&config.model), gflops(&reference))
+    let gflops = |unet_config: &UNetConfig| UNet::new(unet_config, device).cost(h, w, l).gflops();
+    (
+        gflops(&task.unet_config(&config.model)),
+        gflops(&task.reference_unet_config(config)),
+    )
 }
 
 /// Checks the config and the run directory (a resumed run must have the same config) and
@@ -182,6 +177,10 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
         let ad = sync.weights_device().clone();
         let device = ad.clone().inner();
         let model = params::seeded_init(&ad, config.seed, || UNet::new(&unet_config, &ad));
+        let model = match task.initial_weights() {
+            Some(weights) => initialised_from(model, weights, &device)?,
+            None => model,
+        };
         let (ours, reference) = forward_gflops(config, task, &device);
         let trainer = Self {
             config,
@@ -279,6 +278,9 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
             }
             if step % config.checkpoint_every == 0 || last {
                 self.save_checkpoint()?;
+            }
+            if config.snapshot_steps.contains(&step) {
+                self.save_snapshot()?;
             }
         }
         bar.finish_and_clear();
@@ -415,6 +417,34 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
         })?;
         Ok(())
     }
+
+    /// The models and state at this step, kept for good in `snapshots/step-N/`.
+    fn save_snapshot(&self) -> Result<(), TrainError> {
+        checkpoint::commit_snapshot(self.run, self.state.step, |tmp| {
+            write_model_dirs(tmp, &self.model_dirs_content())?;
+            checkpoint::write_state_json(tmp, &self.state)
+        })?;
+        Ok(())
+    }
+}
+
+/// `model` with every parameter taken from `weights` (by name); one missing is an error.
+fn initialised_from(model: UNet, weights: &Named, device: &Device) -> Result<UNet, TrainError> {
+    let mut missing = Vec::new();
+    let model = params::update(model, &mut |name, _| {
+        let w = weights.get(name).map(|w| w.clone().to_device(device));
+        if w.is_none() {
+            missing.push(name.to_string());
+        }
+        w
+    });
+    if !missing.is_empty() {
+        return Err(TrainError::MissingParameters {
+            path: PathBuf::from("initial weights"),
+            names: missing,
+        });
+    }
+    Ok(model)
 }
 
 /// The UNets saved in diffusers layout beside a checkpoint or in the run directory.

@@ -238,6 +238,7 @@ pub fn train_config(config: &StudyConfig, width: usize) -> TrainConfig {
         seed: 0,
         checkpoint_every: (recipe.steps / CHECKPOINTS_PER_RUN).max(1),
         keep_last: 1,
+        snapshot_steps: Vec::new(),
         log_every: 10,
         eval_every: recipe.eval_every,
         devices: Vec::new(),

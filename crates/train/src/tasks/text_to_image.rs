@@ -56,13 +56,7 @@ impl<'d> TextToImage<'d> {
         data: &'d dyn TrainingData,
         device: &Device,
     ) -> Result<Self, TrainError> {
-        let prediction = match config.objective {
-            Objective::Epsilon => PredictionType::Epsilon,
-            Objective::VPrediction => PredictionType::VPrediction,
-        };
-        let schedule = NoiseSchedule::new(&SchedulerConfig::sd())?;
-        let train_timesteps = schedule.len();
-        let objective = DiffusionObjective::new(schedule, prediction, config.snr_gamma)?;
+        let (objective, train_timesteps) = denoising_objective(config)?;
         Ok(Self {
             data,
             null: data.null_context(device),
@@ -71,6 +65,21 @@ impl<'d> TextToImage<'d> {
             loss: DenoisingLoss::new(objective),
         })
     }
+}
+
+/// The run's objective (epsilon or v, optionally min-SNR weighted) over SD's noise schedule,
+/// and the schedule's training timesteps.
+pub(crate) fn denoising_objective(
+    config: &TrainConfig,
+) -> Result<(DiffusionObjective, usize), TrainError> {
+    let prediction = match config.objective {
+        Objective::Epsilon => PredictionType::Epsilon,
+        Objective::VPrediction => PredictionType::VPrediction,
+    };
+    let schedule = NoiseSchedule::new(&SchedulerConfig::sd())?;
+    let train_timesteps = schedule.len();
+    let objective = DiffusionObjective::new(schedule, prediction, config.snr_gamma)?;
+    Ok((objective, train_timesteps))
 }
 
 impl TrainTask for TextToImage<'_> {
@@ -155,7 +164,7 @@ impl ShardLoss<TextImageBatch> for DenoisingLoss {
 }
 
 /// Rows `rows` of `t` (all of it, without a copy, when `whole`) on autodiff device `device`.
-fn rows_on<const D: usize>(
+pub(crate) fn rows_on<const D: usize>(
     t: &Tensor<D>,
     rows: &Range<usize>,
     whole: bool,
