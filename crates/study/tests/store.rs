@@ -363,3 +363,31 @@ fn cell_seeds_come_from_the_key_fields() {
     );
     assert_ne!(a.seed_for("bootstrap"), a.seed_for("grid"));
 }
+
+#[test]
+fn kept_features_follow_their_cells_through_remeasure_merge_and_removal() {
+    use ldmscale_study::store::FeatureRows;
+    let dir = tempfile::tempdir().unwrap();
+    let rows = |v: f32| FeatureRows::new(vec![v, 1.0, 2.0, v], 2).unwrap();
+    let shard = dir.path().join("shard.sqlite");
+    let mut s = shard_store(&shard, "s", &[]);
+    let (a, b) = (cell(32, 4, 2.0, 0), cell(64, 4, 2.0, 0));
+    s.insert_with_features(&a, Some(&rows(0.5))).unwrap();
+    s.insert_with_features(&b, Some(&rows(0.25))).unwrap();
+    s.set_reference_features(&rows(9.0)).unwrap();
+    assert_eq!(s.cell_features(&a.key()).unwrap(), Some(rows(0.5)));
+    drop(s);
+
+    let mut merged = Store::open(&dir.path().join("merged.sqlite")).unwrap();
+    assert_eq!(merged.reference_features().unwrap(), None);
+    merged.merge_from(&shard, OnConflict::Refuse).unwrap();
+    assert_eq!(merged.cell_features(&b.key()).unwrap(), Some(rows(0.25)));
+    assert_eq!(merged.reference_features().unwrap(), Some(rows(9.0)));
+
+    // Measured again without features: the old rows no longer describe the cell.
+    merged.insert(&a).unwrap();
+    assert_eq!(merged.cell_features(&a.key()).unwrap(), None);
+    merged.remove_width(Variant::Base, 64).unwrap();
+    assert_eq!(merged.cell_features(&b.key()).unwrap(), None);
+    assert!(FeatureRows::new(vec![1.0; 5], 2).is_err());
+}

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use rusqlite::params;
 
+use super::features::{self, FeatureRows};
 use super::{Store, StoreError, fail, insert_cell};
 use crate::cell::{Cell, CellKey};
 
@@ -85,7 +86,8 @@ impl Store {
             }
             _ => {}
         }
-        self.write_merge(&meta, &writes)?;
+        let features = features_to_copy(&source, &writes, self.reference_features()?.is_none())?;
+        self.write_merge(&meta, &writes, &features)?;
         Ok(summary)
     }
 
@@ -132,7 +134,12 @@ impl Store {
         .map_err(|e| self.err(e))
     }
 
-    fn write_merge(&mut self, meta: &[(String, String)], cells: &[Cell]) -> Result<(), StoreError> {
+    fn write_merge(
+        &mut self,
+        meta: &[(String, String)],
+        cells: &[Cell],
+        features: &Copied,
+    ) -> Result<(), StoreError> {
         let file = self.file.clone();
         let run = |conn: &mut rusqlite::Connection| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
@@ -142,10 +149,45 @@ impl Store {
             for cell in cells {
                 insert_cell(&tx, cell)?;
             }
+            for (key, rows) in &features.cells {
+                features::put_cell(&tx, key, rows)?;
+            }
+            if let Some(rows) = &features.reference {
+                features::put(&tx, features::REFERENCE, rows)?;
+            }
             tx.commit()
         };
         run(&mut self.conn).map_err(|e| fail(&file, e.to_string()))
     }
+}
+
+/// The feature rows a merge copies along with its cells.
+struct Copied {
+    cells: Vec<(CellKey, FeatureRows)>,
+    reference: Option<FeatureRows>,
+}
+
+/// The kept features of the cells being written, and the reference's where this store lacks
+/// it (stores of one study share one reference set).
+fn features_to_copy(
+    source: &Store,
+    cells: &[Cell],
+    want_reference: bool,
+) -> Result<Copied, StoreError> {
+    let mut copied = Vec::new();
+    for cell in cells {
+        if let Some(rows) = source.cell_features(&cell.key())? {
+            copied.push((cell.key(), rows));
+        }
+    }
+    let reference = match want_reference {
+        true => source.reference_features()?,
+        false => None,
+    };
+    Ok(Copied {
+        cells: copied,
+        reference,
+    })
 }
 
 fn mismatch(ours: &Store, theirs: &Store, key: &str, a: &str, b: &str) -> StoreError {

@@ -10,7 +10,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 use crate::bootstrap::{CiMethod, FidCi};
 use crate::cell::{Cell, CellKey, Metric, Variant};
 
+mod features;
 mod merge;
+pub use features::FeatureRows;
 pub use merge::{MergeSummary, OnConflict, STUDY_FINGERPRINT};
 
 /// Errors of the store, naming the database file.
@@ -141,13 +143,26 @@ impl Store {
 
     /// Stores a cell (replacing one with the same key) with its metrics, in one transaction.
     pub fn insert(&mut self, cell: &Cell) -> Result<(), StoreError> {
+        self.insert_with_features(cell, None)
+    }
+
+    /// Stores a cell with its metrics and, where given, its generated features (for paired
+    /// comparisons), in one transaction.
+    pub fn insert_with_features(
+        &mut self,
+        cell: &Cell,
+        generated: Option<&FeatureRows>,
+    ) -> Result<(), StoreError> {
         let file = self.file.clone();
-        let tx = self
-            .conn
-            .transaction()
-            .map_err(|e| fail(&file, e.to_string()))?;
-        insert_cell(&tx, cell).map_err(|e| fail(&file, e.to_string()))?;
-        tx.commit().map_err(|e| fail(&file, e.to_string()))
+        let run = |conn: &mut Connection| -> rusqlite::Result<()> {
+            let tx = conn.transaction()?;
+            insert_cell(&tx, cell)?;
+            if let Some(rows) = generated {
+                features::put_cell(&tx, &cell.key(), rows)?;
+            }
+            tx.commit()
+        };
+        run(&mut self.conn).map_err(|e| fail(&file, e.to_string()))
     }
 
     /// Removes every cell of `width`'s `variant` (its model changed); returns how many.
@@ -162,6 +177,7 @@ impl Store {
                 "DELETE FROM metrics WHERE cell IN (SELECT id FROM cells WHERE variant=?1 AND width=?2)",
                 params![variant.as_str(), width],
             )?;
+            features::forget_width(tx, variant, width)?;
             tx.execute(
                 "DELETE FROM cells WHERE variant=?1 AND width=?2",
                 params![variant.as_str(), width],
@@ -314,6 +330,7 @@ fn key_params(key: &CellKey) -> impl rusqlite::Params + '_ {
 
 fn insert_cell(tx: &Transaction, cell: &Cell) -> rusqlite::Result<()> {
     let key = cell.key();
+    features::forget_cell(tx, &key)?;
     tx.execute(
         &format!("DELETE FROM metrics WHERE cell IN (SELECT id FROM cells WHERE {KEY_MATCH})"),
         key_params(&key),
@@ -429,6 +446,7 @@ fn upgrade(conn: &mut Connection, version: u32, file: &str) -> Result<(), StoreE
         upgrade_to_3(&tx).map_err(|e| fail(file, format!("upgrading to schema 3: {e}")))?;
     }
     tx.execute_batch(SCHEMA)
+        .and_then(|()| tx.execute_batch(features::FEATURES_SCHEMA))
         .map_err(|e| fail(file, format!("not a results store: {e}")))?;
     tx.execute(
         "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?1)",
