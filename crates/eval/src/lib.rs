@@ -7,13 +7,15 @@
 //! - CLIP score as torchmetrics computes it, with a transformers `CLIPModel` directory
 //!   ([`clip`]).
 //! - CMMD, the RBF-kernel MMD between CLIP embeddings of Jayasumana et al. ([`cmmd`]).
-//! - PSNR and SSIM of super-resolution results as BasicSR 1.4.2 computes them ([`sr_metrics`]).
+//! - PSNR and SSIM of super-resolution results as BasicSR 1.4.2 computes them ([`sr_metrics`]);
+//!   LPIPS with AlexNet / VGG16 trunks as the `lpips` 0.1.4 package ([`lpips`]).
 
 pub mod clip;
 pub mod cmmd;
 pub mod error;
 pub mod fid;
 pub mod inception;
+pub mod lpips;
 pub mod npz;
 pub mod pickle;
 pub mod preprocess;
