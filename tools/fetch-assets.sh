@@ -5,13 +5,17 @@
 #   ${LDMSCALE_CACHE:-~/.cache/ldmscale}/assets/<name>/
 # A name already unpacked is skipped, so a second run is a no-op.
 #
-# Usage: tools/fetch-assets.sh [NAME ...]      (default: all)
+# Usage: tools/fetch-assets.sh [NAME ...]      (default: all but lpips, which needs the fixture venv)
 # Names:  inception      FID Inception-v3 TorchScript      -> assets/fid-inception/pt_inception-2015-12-05.pt
 #         minilm         all-MiniLM-L6-v2 text encoder     -> assets/minilm/{model.safetensors,tokenizer.json,config.json,...}
 #         fashion-mnist  Fashion-MNIST (IDX, gzipped)       -> assets/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 #         mnist          MNIST (CSV)                        -> assets/mnist/mnist_{train,test}.csv
 #         emoji          Google emoji 64x64 PNG + names     -> assets/emoji/{emoji.json,img/*.png}
+#         lpips          LPIPS v0.1 linear heads (lpips 0.1.4 wheel), as safetensors with the
+#                        fixture venv's torch (tools/setup-python.sh) -> assets/lpips/{alex,vgg}.safetensors
+#                        (the AlexNet / VGG16 trunks are not in any package: see tools/convert_lpips_trunk.py)
 set -euo pipefail
+tools="$(cd "$(dirname "$0")" && pwd)"
 cache="${LDMSCALE_CACHE:-$HOME/.cache/ldmscale}"
 assets="$cache/assets"
 mkdir -p "$assets"
@@ -81,6 +85,25 @@ fetch_emoji() {
   mv package/img/google/64 out/img
 }
 
+fetch_lpips() {
+  python3 -m pip download -q --no-deps -d . lpips==0.1.4
+  check lpips-0.1.4-py3-none-any.whl fd537af5828b69d2e6ffc0a397bd506dbc28ca183543617690844c08e102ec5e
+  python3 -m zipfile -e lpips-0.1.4-py3-none-any.whl x
+  local venv
+  venv="$(bash "$tools/setup-python.sh")"
+  mkdir -p out
+  cp x/lpips-0.1.4.dist-info/LICENSE out/LICENSE
+  # torch.load with weights_only=True: plain tensors only, no arbitrary unpickling.
+  "$venv/bin/python" - x/lpips/weights/v0.1 out <<'PY'
+import sys, torch
+from safetensors.torch import save_file
+src, dst = sys.argv[1], sys.argv[2]
+for net in ("alex", "vgg"):
+    state = torch.load(f"{src}/{net}.pth", map_location="cpu", weights_only=True)
+    save_file({k: v.float().contiguous() for k, v in state.items()}, f"{dst}/{net}.safetensors")
+PY
+}
+
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(inception minilm fashion-mnist mnist emoji)
 for name in "${names[@]}"; do
@@ -90,6 +113,7 @@ for name in "${names[@]}"; do
     fashion-mnist) install fashion-mnist fetch_fashion_mnist ;;
     mnist) install mnist fetch_mnist ;;
     emoji) install emoji fetch_emoji ;;
-    *) echo "fetch-assets: unknown asset '$name' (known: inception minilm fashion-mnist mnist emoji)" >&2; exit 2 ;;
+    lpips) install lpips fetch_lpips ;;
+    *) echo "fetch-assets: unknown asset '$name' (known: inception minilm fashion-mnist mnist emoji lpips)" >&2; exit 2 ;;
   esac
 done

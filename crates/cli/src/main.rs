@@ -5,6 +5,7 @@ mod clip_score;
 mod degrade;
 mod device;
 mod fid;
+mod lpips;
 mod npy;
 mod plan;
 mod sample;
@@ -82,6 +83,11 @@ enum Command {
     ///
     /// Example (Real-ESRGAN's validation): `ldmscale ssim hr/ sr/ --crop-border 4 --per-image`.
     Ssim(sr_metrics::SrMetricArgs),
+    /// LPIPS v0.1 between two image folders matched by file name, equal to the lpips 0.1.4
+    /// package, with a local AlexNet / VGG16 trunk (see --help for the weights).
+    ///
+    /// Example: `ldmscale lpips hr/ sr/ --net alex --trunk alex-trunk.safetensors`.
+    Lpips(Box<lpips::LpipsArgs>),
     /// Recommend the model size, sampler, steps and guidance with the best FID within a
     /// sampling budget, from a study's results store.
     ///
@@ -176,6 +182,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::ClipScore(args) => clip_score::run(args),
         Command::Psnr(args) => sr_metrics::run(sr_metrics::SrMetric::Psnr, args),
         Command::Ssim(args) => sr_metrics::run(sr_metrics::SrMetric::Ssim, args),
+        Command::Lpips(args) => lpips::run(args),
         Command::Plan(args) => plan::plan(args),
         Command::Results(command) => plan::results(command),
         Command::Study(args) => study::run(args),

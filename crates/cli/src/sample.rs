@@ -8,12 +8,12 @@ use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use ldmscale_diffusion::{
-    Cfg, DdimOptions, DpmSolverOptions, NoiseQueue, NoiseSource, SamplerId, SamplerKind,
+    Cfg, DdimOptions, Denoiser, DpmSolverOptions, NoiseQueue, NoiseSource, SamplerId, SamplerKind,
     SchedulerConfig, SeededNoise, sample,
 };
 use ldmscale_model::unet::config::MAX_SAMPLE_SIZE;
 use ldmscale_model::weights::load_unet;
-use ldmscale_pipeline::UNetDenoiser;
+use ldmscale_pipeline::{SrDenoiser, UNetDenoiser};
 
 use crate::device::DeviceArgs;
 use crate::npy;
@@ -80,6 +80,11 @@ pub struct SampleArgs {
     /// Latent side length when --init-latents is not given; default: the config's sample_size.
     #[arg(long)]
     pub latent_size: Option<usize>,
+    /// Low-resolution latents [B, C, h, w] (.npy) for a super-resolution UNet (`in_channels` =
+    /// 2 x `out_channels`): the first stage's scaled latents of the LR image upsampled x4.
+    /// Sampled without guidance (--cfg is ignored), the prompt states as the fixed context.
+    #[arg(long, value_name = "LR.npy")]
+    pub lr_latents: Option<PathBuf>,
     /// Where to write the final latents (.npy, [B, C, H, W]).
     #[arg(long, value_name = "OUT.npy")]
     pub output_latents: Option<PathBuf>,
@@ -138,6 +143,7 @@ struct Inputs {
     negative: Option<npy::Array>,
     init: Option<npy::Array>,
     noise: Option<npy::Array>,
+    lr: Option<npy::Array>,
 }
 
 fn read_inputs(args: &SampleArgs) -> Result<Inputs> {
@@ -151,6 +157,7 @@ fn read_inputs(args: &SampleArgs) -> Result<Inputs> {
         negative: optional(&args.negative_embeds, "--negative-embeds", 3)?,
         init: optional(&args.init_latents, "--init-latents", 4)?,
         noise: optional(&args.noise, "--noise", 5)?,
+        lr: optional(&args.lr_latents, "--lr-latents", 4)?,
     })
 }
 
@@ -209,10 +216,24 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         None => Tensor::zeros([1, tokens, width], &device),
     };
 
-    let initial = initial_latents(args, inputs.init, &config, batch, &device)?;
+    let lr = lr_latents(args, inputs.lr, &config, &device)?;
+    let batch = lr.as_ref().map_or(batch, |t| t.dims()[0]);
+    let lr_size = lr.as_ref().map(|t| [t.dims()[2], t.dims()[3]]);
+    let initial = initial_latents(args, inputs.init, &config, (batch, lr_size), &device)?;
+    if let Some(size) = lr_size {
+        ensure!(
+            initial.dims()[2..] == size,
+            "--init-latents {:?} and --lr-latents {size:?} differ in size",
+            initial.dims()
+        );
+    }
     if args.init_latents.is_none() && args.batch != batch {
+        let from = match lr_size {
+            Some(_) => "--lr-latents",
+            None => "--prompt-embeds",
+        };
         eprintln!(
-            "note: batch {batch} taken from --prompt-embeds (not --batch {})",
+            "note: batch {batch} taken from {from} (not --batch {})",
             args.batch
         );
     }
@@ -222,7 +243,21 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     }
     let mut sampler = sampler_kind(args.sampler, args.eta, scheduler_json.as_deref())?
         .build(&scheduler, args.steps)?;
-    let mut guided = Cfg::new(UNetDenoiser(&unet), cond, uncond, args.cfg)?;
+    let mut denoiser: Box<dyn Denoiser + '_> = match lr {
+        Some(lr) => {
+            ensure!(
+                cond.dims()[0] == 1 || cond.dims()[0] == batch,
+                "{}: {} prompt states for {batch} LR latents (give 1 or {batch})",
+                args.prompt_embeds.display(),
+                cond.dims()[0]
+            );
+            if args.cfg > 1.0 {
+                eprintln!("note: super-resolution samples without guidance (--cfg ignored)");
+            }
+            Box::new(SrDenoiser::new(&unet, lr, &cond))
+        }
+        None => Box::new(Cfg::new(UNetDenoiser(&unet), cond, uncond, args.cfg)?),
+    };
     let [_, _, h, w] = initial.dims();
     let gflops_per_eval = unet.cost(h, w, tokens).gflops();
 
@@ -236,7 +271,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     let start = Instant::now();
     let out = sample(
         sampler.as_mut(),
-        &mut guided,
+        &mut denoiser,
         initial,
         noise.as_mut(),
         Some(&mut tick),
@@ -272,29 +307,69 @@ pub fn run(args: &SampleArgs) -> Result<()> {
     Ok(())
 }
 
+/// `--lr-latents` for a super-resolution UNet (required there, refused elsewhere), checked
+/// against the UNet's `in_channels - out_channels`.
+fn lr_latents(
+    args: &SampleArgs,
+    lr: Option<npy::Array>,
+    config: &ldmscale_model::UNetConfig,
+    device: &Device,
+) -> Result<Option<Tensor<4>>> {
+    let config_file = args.unet.join("config.json");
+    match (config.concat_channels(), lr, &args.lr_latents) {
+        (None, None, _) => Ok(None),
+        (Some(c), Some(array), Some(p)) => {
+            ensure!(
+                array.shape[1] == c,
+                "{}: LR latents {:?} must have {c} channels ({}: in_channels {} - out_channels {})",
+                p.display(),
+                array.shape,
+                config_file.display(),
+                config.in_channels,
+                config.out_channels
+            );
+            Ok(Some(tensor(array, device)))
+        }
+        (Some(c), _, _) => bail!(
+            "{}: in_channels {} = out_channels {} + {c}: a super-resolution UNet; pass \
+             --lr-latents LR.npy ([B, {c}, h, w], the LR image upsampled x4 and encoded)",
+            config_file.display(),
+            config.in_channels,
+            config.out_channels
+        ),
+        (None, _, _) => bail!(
+            "--lr-latents given but {}: in_channels {} equals out_channels: not a \
+             super-resolution UNet",
+            config_file.display(),
+            config.in_channels
+        ),
+    }
+}
+
 /// `--init-latents`, or seeded noise of the UNet's latent size.
 fn initial_latents(
     args: &SampleArgs,
     init: Option<npy::Array>,
     config: &ldmscale_model::UNetConfig,
-    batch: usize,
+    (batch, lr_size): (usize, Option<[usize; 2]>),
     device: &Device,
 ) -> Result<Tensor<4>> {
     Ok(match (init, &args.init_latents) {
         (Some(array), Some(p)) => {
             let t: Tensor<4> = tensor(array, device);
             ensure!(
-                t.dims()[0] == batch && t.dims()[1] == config.in_channels,
+                t.dims()[0] == batch && t.dims()[1] == config.out_channels,
                 "{}: latents {:?} do not match batch {batch} and {} channels",
                 p.display(),
                 t.dims(),
-                config.in_channels
+                config.out_channels
             );
             t
         }
         _ => {
             let side = args.latent_size.or(config.sample_size).unwrap_or(64);
-            let shape = [batch, config.in_channels, side, side];
+            let [h, w] = lr_size.unwrap_or([side, side]);
+            let shape = [batch, config.out_channels, h, w];
             let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
             ensure!(
                 elements.is_some_and(|n| n <= MAX_LATENT_ELEMENTS),

@@ -119,7 +119,10 @@ fn measure(metric: SrMetric, a: &Path, b: &Path, options: SrMetricOptions) -> Re
 }
 
 /// The files of both folders paired by file name; a name in only one folder is an error.
-fn matched_pairs(first: &Path, second: &Path) -> Result<BTreeMap<String, (PathBuf, PathBuf)>> {
+pub(crate) fn matched_pairs(
+    first: &Path,
+    second: &Path,
+) -> Result<BTreeMap<String, (PathBuf, PathBuf)>> {
     let (a, b) = (by_name(first)?, by_name(second)?);
     for (have, dir, other) in [(&a, second, first), (&b, first, second)] {
         let missing: Vec<&str> = have

@@ -10,7 +10,7 @@
 //! `tools/convert_lpips_trunk.py`; the heads (`lin<k>.model.1.weight`, `[1, C, 1, 1]`) are the
 //! lpips wheel's `weights/v0.1/<net>.pth`, converted by `tools/fetch-assets.sh lpips`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::module::{conv2d, max_pool2d};
 use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
@@ -25,6 +25,19 @@ const SHIFT: [f32; 3] = [-0.030, -0.088, -0.188];
 const SCALE: [f32; 3] = [0.458, 0.448, 0.450];
 /// Added to the channel norm before dividing (`lpips.normalize_tensor`).
 const NORM_EPS: f32 = 1e-10;
+
+/// Where `tools/fetch-assets.sh lpips` puts the v0.1 heads of `net`:
+/// `$LDMSCALE_CACHE/assets/lpips/<net>.safetensors`, the cache defaulting to `~/.cache/ldmscale`.
+pub fn default_heads_path(net: LpipsNet) -> PathBuf {
+    let cache = std::env::var_os("LDMSCALE_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            home.unwrap_or_default().join(".cache").join("ldmscale")
+        });
+    let file = format!("{}.safetensors", net.name());
+    cache.join("assets").join("lpips").join(file)
+}
 
 /// The trunk network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
