@@ -6,6 +6,7 @@ mod degrade;
 mod device;
 mod fid;
 mod lpips;
+mod finetune_sr;
 mod npy;
 mod plan;
 mod sample;
@@ -118,6 +119,14 @@ enum Command {
     ///
     /// Example: `ldmscale train-family --config run.toml --widths 16,24,32,48 --out family/`.
     TrainFamily(Box<train::TrainArgs>),
+    /// Finetune a text-to-image UNet for x4 super-resolution on a folder of HR images.
+    ///
+    /// `conv_in` is widened to read the LR latent (RealESRGAN-degraded crop, upsampled x4,
+    /// encoded) beside the noisy one, starting equal to the text-to-image model; models are
+    /// kept at `--snapshot-steps`. Example: `ldmscale finetune-sr --unet w64/unet
+    /// --first-stage vae/ --text-encoder study/text_encoder --hr photos/ --out sr-w64
+    /// --steps 400 --snapshot-steps 100,200,400`.
+    FinetuneSr(Box<finetune_sr::FinetuneSrArgs>),
     /// Degrade a folder of high-resolution images to a frozen low-resolution set for x4
     /// super-resolution, with the RealESRGAN two-stage degradation (Real-ESRGAN's x4plus
     /// settings, the paper's).
@@ -188,6 +197,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Study(args) => study::run(args),
         Command::Train(args) => train::run(args, cli.quiet),
         Command::TrainFamily(args) => train::family(args, cli.quiet),
+        Command::FinetuneSr(args) => finetune_sr::run(args, cli.quiet),
         Command::TrainVae(args) => train_vae::run(args),
         Command::Degrade(args) => degrade::run(args, cli.quiet),
     }

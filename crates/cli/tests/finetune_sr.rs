@@ -1,0 +1,174 @@
+//! `ldmscale finetune-sr` end to end on a tiny UNet, autoencoder and HR folder: it trains, keeps
+//! its snapshots, writes an SR UNet that `ldmscale sample` samples with `--lr-latents`, and
+//! refuses bad inputs naming the file or flag.
+
+#[allow(dead_code)]
+#[path = "../src/npy.rs"]
+mod npy;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::Device;
+use ldmscale_data::Image;
+use ldmscale_model::vae::save_vae;
+use ldmscale_model::weights::save_unet;
+use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig};
+
+/// A tiny pretrained setup under `root`: `unet/`, `vae/`, `empty.npy` and `hr/` with three
+/// 40x36 images.
+fn setup(root: &Path) {
+    let device = Device::flex();
+    device.seed(1);
+    let mut config = UNetConfig::small(8, 16, 2);
+    config.norm_num_groups = 4;
+    save_unet(&root.join("unet"), &config, &UNet::new(&config, &device)).unwrap();
+    let vae_config = AutoencoderKLConfig::small(2, 8);
+    let vae = AutoencoderKL::new(&vae_config, &device);
+    save_vae(&root.join("vae"), &vae_config, &vae).unwrap();
+    npy::write(&root.join("empty.npy"), &[1, 3, 16], &[0.0; 48]).unwrap();
+    std::fs::create_dir_all(root.join("hr")).unwrap();
+    for i in 0..3u32 {
+        let mut image = Image::filled(40, 36, [20, 40, 60]);
+        for y in 0..36 {
+            for x in 0..40 {
+                let v = ((x * (i + 2) + y * 3) % 255) as u8;
+                image.set_pixel(x, y, [v, 255 - v, (v / 2) + 60]);
+            }
+        }
+        std::fs::write(root.join(format!("hr/{i}.png")), image.to_png()).unwrap();
+    }
+}
+
+fn ldmscale(args: &[&str], root: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ldmscale"))
+        .current_dir(root)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn finetune(root: &Path, unet: &str, hr: &str, crop: &str) -> Output {
+    ldmscale(
+        &[
+            "-q",
+            "finetune-sr",
+            "--unet",
+            unet,
+            "--first-stage",
+            "vae",
+            "--hr",
+            hr,
+            "--empty-context",
+            "empty.npy",
+            "--out",
+            "run",
+            "--crop",
+            crop,
+            "--steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--crops-per-image",
+            "2",
+            "--learning-rate",
+            "1e-3",
+            "--snapshot-steps",
+            "2,4",
+            "--checkpoint-every",
+            "2",
+        ],
+        root,
+    )
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn finetunes_keeps_snapshots_and_the_result_samples() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    setup(root);
+    let out = finetune(root, "unet", "hr", "32");
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("step 4") && stdout.contains("snapshots at steps [2, 4]"),
+        "{stdout}"
+    );
+    for step in ["00000002", "00000004"] {
+        let config: PathBuf = root.join(format!("run/snapshots/step-{step}/unet/config.json"));
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+        assert_eq!(json["in_channels"], 8, "{}", config.display());
+    }
+    // Crop 32 and a factor-2 first stage: 16x16 latents.
+    npy::write(&root.join("lr.npy"), &[2, 4, 16, 16], &[0.25; 2048]).unwrap();
+    let out = ldmscale(
+        &[
+            "sample",
+            "--unet",
+            "run/unet",
+            "--steps",
+            "3",
+            "--cfg",
+            "1",
+            "--prompt-embeds",
+            "empty.npy",
+            "--lr-latents",
+            "lr.npy",
+            "--output-latents",
+            "sr.npy",
+        ],
+        root,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        npy::read(&root.join("sr.npy")).unwrap().shape,
+        [2, 4, 16, 16]
+    );
+}
+
+#[test]
+fn bad_inputs_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    setup(root);
+    std::fs::create_dir_all(root.join("empty")).unwrap();
+    let out = finetune(root, "unet", "empty", "32");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("--hr empty: no images"),
+        "{}",
+        text(&out)
+    );
+
+    let out = finetune(root, "unet", "hr", "64");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("0.png: 40x36 is smaller than the 64x64 crop"),
+        "{}",
+        text(&out)
+    );
+
+    let out = finetune(root, "unet", "hr", "30");
+    assert!(!out.status.success());
+    assert!(text(&out).contains("--crop 30"), "{}", text(&out));
+
+    // An SR UNet is not a text-to-image one.
+    assert!(finetune(root, "unet", "hr", "32").status.success());
+    std::fs::rename(root.join("run"), root.join("first")).unwrap();
+    let out = finetune(root, "first/unet", "hr", "32");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("first/unet/config.json: in_channels: 8"),
+        "{}",
+        text(&out)
+    );
+}
