@@ -3,6 +3,7 @@
 use std::f64::consts::PI;
 
 use super::float_image::FloatImage;
+use super::rows::{Tap, padded_row, store_row, weighted_sum};
 
 /// A square, odd-sized filter kernel, row-major `size x size`.
 #[derive(Clone, Debug, PartialEq)]
@@ -122,7 +123,10 @@ impl Kernel {
 }
 
 /// Reflect-101 index (edge not repeated), as torch `F.pad(mode="reflect")`.
-fn reflect(index: isize, len: usize) -> usize {
+pub(super) fn reflect(index: isize, len: usize) -> usize {
+    if len == 1 {
+        return 0; // no other pixel to reflect to (torch refuses; the loop would not end)
+    }
     let last = len as isize - 1;
     let mut i = index;
     while i < 0 || i > last {
@@ -140,26 +144,31 @@ pub(super) fn reflected_taps(len: usize, size: usize) -> Vec<usize> {
 }
 
 /// BasicSR `filter2D`: each channel padded by `size / 2` with reflect-101, then correlated
-/// (torch `conv2d`, no flip) with the kernel; output has the input's size.
+/// (torch `conv2d`, no flip) with the kernel; output has the input's size. Rotated kernels are
+/// not separable: each output row sums `size^2` shifted input rows (see [`super::rows`]).
 pub fn filter2d(img: &FloatImage, kernel: &Kernel) -> FloatImage {
-    let size = kernel.size;
-    let rows = reflected_taps(img.height, size);
-    let cols = reflected_taps(img.width, size);
-    let mut out = FloatImage::zeros(img.width, img.height);
-    for y in 0..img.height {
-        for x in 0..img.width {
-            let mut acc = [0.0f64; 3];
-            for (row, col) in grid(size) {
-                let w = kernel.weights[row * size + col];
-                let (sy, sx) = (rows[y * size + row], cols[x * size + col]);
-                for (c, a) in acc.iter_mut().enumerate() {
-                    *a += w * img.get(sx, sy, c) as f64;
-                }
-            }
-            for (c, a) in acc.into_iter().enumerate() {
-                out.set(x, y, c, a as f32);
-            }
+    let (size, w, h) = (kernel.size, img.width, img.height);
+    let half = size / 2;
+    let stride = (w + 2 * half) * 3;
+    let mut padded = Vec::with_capacity(h * stride);
+    let mut row = Vec::new();
+    for y in 0..h {
+        padded_row(&img.pixels, w, y, half, &mut row);
+        padded.extend_from_slice(&row);
+    }
+    let rows = reflected_taps(h, size);
+    let mut out = FloatImage::zeros(w, h);
+    let mut acc = vec![0.0f64; w * 3];
+    let mut taps: Vec<Tap> = Vec::with_capacity(size * size);
+    for y in 0..h {
+        taps.clear();
+        for (r, &src_y) in rows[y * size..(y + 1) * size].iter().enumerate() {
+            let src = &padded[src_y * stride..(src_y + 1) * stride];
+            let weights = &kernel.weights[r * size..(r + 1) * size];
+            taps.extend(weights.iter().enumerate().map(|(c, &w)| (w, &src[c * 3..])));
         }
+        weighted_sum(&mut acc, &taps);
+        store_row(&mut out.pixels[y * w * 3..(y + 1) * w * 3], &acc);
     }
     out
 }
@@ -176,6 +185,58 @@ mod tests {
         assert!((bessel_j1(1.0) - 0.440_050_585_744_933_5).abs() < 1e-13);
         assert!((bessel_j1(10.0) - 0.043_472_746_168_861_44).abs() < 1e-13);
         assert!(bessel_j1(3.831_705_970_207_512_5).abs() < 1e-13);
+    }
+
+    /// The per-pixel form `filter2d` replaced: same tap order, so the same bits.
+    fn filter2d_direct(img: &FloatImage, kernel: &Kernel) -> FloatImage {
+        let size = kernel.size;
+        let rows = reflected_taps(img.height, size);
+        let cols = reflected_taps(img.width, size);
+        let mut out = FloatImage::zeros(img.width, img.height);
+        for y in 0..img.height {
+            for x in 0..img.width {
+                let mut acc = [0.0f64; 3];
+                for (row, col) in grid(size) {
+                    let w = kernel.weights[row * size + col];
+                    let (sy, sx) = (rows[y * size + row], cols[x * size + col]);
+                    for (c, a) in acc.iter_mut().enumerate() {
+                        *a += w * img.get(sx, sy, c) as f64;
+                    }
+                }
+                for (c, a) in acc.into_iter().enumerate() {
+                    out.set(x, y, c, a as f32);
+                }
+            }
+        }
+        out
+    }
+
+    fn noise_image(width: usize, height: usize, seed: u64) -> FloatImage {
+        let mut rng = crate::rng::SplitMix64::new(seed);
+        let pixels = (0..width * height * 3)
+            .map(|_| rng.next_f64() as f32)
+            .collect();
+        FloatImage::from_pixels(width, height, pixels).unwrap()
+    }
+
+    #[test]
+    fn filter2d_gives_the_bits_of_the_direct_form() {
+        let shape = KernelShape {
+            sigma_x: 2.5,
+            sigma_y: 0.7,
+            theta: 0.6,
+            isotropic: false,
+        };
+        // Images smaller than the kernel reflect more than once.
+        for (w, h, size) in [(37, 23, 21), (5, 9, 21), (16, 16, 7), (1, 3, 3)] {
+            let img = noise_image(w, h, size as u64);
+            for kernel in [
+                Kernel::gaussian(size, shape),
+                Kernel::circular_lowpass(size, 1.3),
+            ] {
+                assert_eq!(filter2d(&img, &kernel), filter2d_direct(&img, &kernel));
+            }
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod noise;
 mod pipeline;
 mod random_kernels;
 mod resize;
+mod rows;
 mod usm;
 
 pub use float_image::FloatImage;

@@ -5,6 +5,7 @@
 
 use super::float_image::FloatImage;
 use super::kernels::reflected_taps;
+use super::rows::{Tap, padded_row, store_row, weighted_sum};
 
 /// BasicSR's `USMSharp` / `usm_sharp` settings.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -58,36 +59,32 @@ pub fn gaussian_kernel_1d(size: usize, sigma: f64) -> Vec<f64> {
 
 /// Correlates each channel with `k` along rows, then along columns (the separable form of
 /// BasicSR's `filter2D` with the outer-product kernel), reflect-101 borders, odd `k.len()`.
+/// Whole rows at a time, in the per-pixel tap order (see [`super::rows`]).
 pub fn filter_separable(img: &FloatImage, k: &[f64]) -> FloatImage {
     let size = k.len();
     let (w, h) = (img.width, img.height);
-    let cols = reflected_taps(w, size);
-    let rows = reflected_taps(h, size);
     let mut horizontal = vec![0.0f64; w * h * 3];
-    for y in 0..h {
-        for x in 0..w {
-            for (t, &weight) in k.iter().enumerate() {
-                let src = cols[x * size + t];
-                for c in 0..3 {
-                    horizontal[(y * w + x) * 3 + c] += weight * img.get(src, y, c) as f64;
-                }
-            }
-        }
+    let mut padded = Vec::new();
+    for (y, acc) in horizontal.chunks_exact_mut(w * 3).enumerate() {
+        padded_row(&img.pixels, w, y, size / 2, &mut padded);
+        let taps: Vec<Tap> = k
+            .iter()
+            .enumerate()
+            .map(|(t, &wt)| (wt, &padded[t * 3..]))
+            .collect();
+        weighted_sum(acc, &taps);
     }
+    let rows = reflected_taps(h, size);
     let mut out = FloatImage::zeros(w, h);
+    let mut acc = vec![0.0f64; w * 3];
     for y in 0..h {
-        for x in 0..w {
-            let mut acc = [0.0f64; 3];
-            for (t, &weight) in k.iter().enumerate() {
-                let src = (rows[y * size + t] * w + x) * 3;
-                for (c, a) in acc.iter_mut().enumerate() {
-                    *a += weight * horizontal[src + c];
-                }
-            }
-            for (c, a) in acc.into_iter().enumerate() {
-                out.set(x, y, c, a as f32);
-            }
-        }
+        let taps: Vec<Tap> = k
+            .iter()
+            .zip(&rows[y * size..(y + 1) * size])
+            .map(|(&wt, &src_y)| (wt, &horizontal[src_y * w * 3..(src_y + 1) * w * 3]))
+            .collect();
+        weighted_sum(&mut acc, &taps);
+        store_row(&mut out.pixels[y * w * 3..(y + 1) * w * 3], &acc);
     }
     out
 }
@@ -144,6 +141,55 @@ mod tests {
             .fold(0.0, f64::max);
         assert!(err < 1e-15, "{err}");
         assert!((k.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+
+    /// The per-pixel form `filter_separable` replaced: same tap order, so the same bits.
+    fn filter_separable_direct(img: &FloatImage, k: &[f64]) -> FloatImage {
+        let size = k.len();
+        let (w, h) = (img.width, img.height);
+        let cols = reflected_taps(w, size);
+        let rows = reflected_taps(h, size);
+        let mut horizontal = vec![0.0f64; w * h * 3];
+        for y in 0..h {
+            for x in 0..w {
+                for (t, &weight) in k.iter().enumerate() {
+                    let src = cols[x * size + t];
+                    for c in 0..3 {
+                        horizontal[(y * w + x) * 3 + c] += weight * img.get(src, y, c) as f64;
+                    }
+                }
+            }
+        }
+        let mut out = FloatImage::zeros(w, h);
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = [0.0f64; 3];
+                for (t, &weight) in k.iter().enumerate() {
+                    let src = (rows[y * size + t] * w + x) * 3;
+                    for (c, a) in acc.iter_mut().enumerate() {
+                        *a += weight * horizontal[src + c];
+                    }
+                }
+                for (c, a) in acc.into_iter().enumerate() {
+                    out.set(x, y, c, a as f32);
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn filter_separable_gives_the_bits_of_the_direct_form() {
+        let mut rng = crate::rng::SplitMix64::new(5);
+        for (w, h, size) in [(40, 31, 51), (7, 60, 13), (3, 2, 5)] {
+            let pixels = (0..w * h * 3).map(|_| rng.next_f64() as f32).collect();
+            let img = FloatImage::from_pixels(w, h, pixels).unwrap();
+            let k = gaussian_kernel_1d(size, 0.0);
+            assert_eq!(
+                filter_separable(&img, &k),
+                filter_separable_direct(&img, &k)
+            );
+        }
     }
 
     #[test]
