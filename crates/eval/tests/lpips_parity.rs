@@ -159,3 +159,35 @@ fn identical_inputs_give_zero_and_wrong_weights_are_named() {
         "{e}"
     );
 }
+
+/// The wheel's real v0.1 heads, as `tools/fetch-assets.sh lpips` converts them, loaded from
+/// files by `Lpips::load` (the trunk a formula written to a temporary safetensors file).
+#[test]
+fn real_v01_heads_load_from_safetensors_and_match() {
+    let device = Device::flex();
+    let dir = fixture_dir("eval/lpips");
+    let tmp = tempfile::tempdir().unwrap();
+    for net in [LpipsNet::Alex, LpipsNet::Vgg] {
+        let name = net.name();
+        let reference = read_safetensors(dir.join(format!("{name}.safetensors")));
+        let trunk = tmp.path().join(format!("{name}-trunk.safetensors"));
+        formula_map("trunk", net.trunk_shapes())
+            .save_safetensors(&trunk)
+            .unwrap();
+        let heads = dir.join(format!("heads_{name}.safetensors"));
+        let lpips = Lpips::load(net, &trunk, &heads, &device).unwrap();
+        let (x0, x1) = (
+            tensor4(&reference["input0"], &device),
+            tensor4(&reference["input1"], &device),
+        );
+        let ours = values(lpips.forward(x0, x1).unwrap());
+        let expected = reference["lpips_real_heads"].f32();
+        assert_parity(
+            &format!("{name} LPIPS, real heads"),
+            &ours,
+            &expected,
+            1e-5,
+            1e-6,
+        );
+    }
+}
