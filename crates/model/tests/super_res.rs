@@ -37,6 +37,7 @@ fn at_step_zero_the_sr_model_equals_the_text_to_image_model_for_any_lr() {
         let input = Tensor::cat(vec![x.clone(), lr * scale], 1);
         let ours = values(sr.forward(input, &t, context.clone()));
         let diff = max_abs_diff(&ours, &reference);
+        eprintln!("timesteps {t:?}, LR scale {scale}: max |SR - text-to-image| = {diff:e}");
         assert!(diff <= 1e-6, "timesteps {t:?}, LR scale {scale}: {diff}");
     }
 }
@@ -133,4 +134,60 @@ fn unets_that_cannot_become_sr_models_are_refused_naming_the_field() {
     upscaler.in_channels = 4;
     let err = upscaler.super_res(4).unwrap_err();
     assert!(err.starts_with("num_class_embeds: 1000"), "{err}");
+}
+
+/// diffusers' own widening of the `one_level` fixture (tools/fixtures/make_sr_unet_fixture.py).
+const DIFFUSERS_SR: &str = "sr_widened";
+
+#[test]
+fn saved_tensors_and_config_equal_diffusers_widened_model() {
+    let device = Device::flex();
+    let (config, t2i) = load_unet(&fixture_dir("unet").join("one_level"), &device).unwrap();
+    let (sr_config, sr) = t2i.into_super_res(&config, 4).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    save_unet(dir.path(), &sr_config, &sr).unwrap();
+    let theirs = fixture_dir("unet").join(DIFFUSERS_SR);
+    assert!(
+        read_safetensors(dir.path().join(WEIGHTS_FILE))
+            == read_safetensors(theirs.join(WEIGHTS_FILE)),
+        "weights differ from diffusers' widened model"
+    );
+    let json = |p: &std::path::Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join(CONFIG_FILE)).unwrap()).unwrap()
+    };
+    let (ours, theirs) = (json(dir.path()), json(&theirs));
+    for key in [
+        "in_channels",
+        "out_channels",
+        "block_out_channels",
+        "cross_attention_dim",
+    ] {
+        assert_eq!(ours[key], theirs[key], "{key}");
+    }
+}
+
+#[test]
+fn diffusers_widened_model_loads_and_matches_its_outputs() {
+    let device = Device::flex();
+    let dir = fixture_dir("unet").join(DIFFUSERS_SR);
+    let (config, sr) = load_unet(&dir, &device).unwrap();
+    assert_eq!(config.concat_channels(), Some(4));
+    let io = read_safetensors(dir.join("io.safetensors"));
+    let tensor = |name: &str| io[name].clone();
+    let sample = tensor("sample");
+    let context = tensor("encoder_hidden_states");
+    let out = sr.forward(
+        Tensor::from_data(
+            burn::tensor::TensorData::new(sample.f32(), sample.shape.clone()),
+            &device,
+        ),
+        &tensor("timesteps").f32(),
+        Tensor::from_data(
+            burn::tensor::TensorData::new(context.f32(), context.shape.clone()),
+            &device,
+        ),
+    );
+    let ours = values(out);
+    ldmscale_testkit::assert_parity("sr_widened", &ours, &tensor("out").f32(), 1e-5, 1e-5);
+    assert_eq!(tensor("out").f32(), tensor("out_text_to_image").f32());
 }
