@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use ldmscale_study::Store;
+use ldmscale_study::pairing::Pairing;
 use ldmscale_study::plan::{Budget, recommend};
 use ldmscale_study::report::{ReportInputs, render};
 use ldmscale_study::store::OnConflict;
@@ -183,13 +184,15 @@ pub fn results(command: &ResultsCommand) -> Result<()> {
             on_conflict,
         } => merge(out, inputs, on_conflict.policy()),
         ResultsCommand::Report { store, out } => {
-            let cells = Store::open_read_only(store)?.cells()?;
+            let opened = Store::open_read_only(store)?;
+            let cells = opened.cells()?;
             if cells.is_empty() {
                 bail!("{}: the store has no cells", store.display());
             }
             let inputs = ReportInputs {
                 title: format!("results of {}", store.display()),
                 fid_features: "as stored".into(),
+                pairing: Pairing::from_store(&opened, &cells)?,
                 ..Default::default()
             };
             let (html, md) = render(&cells, &inputs).map_err(anyhow::Error::msg)?;

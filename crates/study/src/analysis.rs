@@ -4,14 +4,16 @@
 //! are in [`crate::findings`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use crate::bootstrap::{CiMethod, FidCi};
-use crate::cell::Cell;
+use crate::cell::{Cell, CellKey};
+use crate::pairing::{Pairing, PairingHandle};
 
 /// A (model, sampler, steps, guidance) setting with its FID averaged over seeds.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Setting {
     /// Base width.
     pub width: u32,
@@ -36,11 +38,24 @@ pub struct Setting {
     pub ms_per_image: f64,
     /// Seeds averaged.
     pub seeds: usize,
+    /// The cells averaged, by seed.
+    #[serde(skip)]
+    pub keys: Vec<CellKey>,
+    /// The kept features, for paired comparisons.
+    #[serde(skip)]
+    pub pairing: PairingHandle,
 }
 
 fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
     let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     (n > 0).then(|| sum / n as f64)
+}
+
+/// The keys of a setting's cells, by seed.
+fn seed_ordered_keys(cells: &[&Cell]) -> Vec<CellKey> {
+    let mut keys: Vec<CellKey> = cells.iter().map(|c| c.key()).collect();
+    keys.sort_by_key(|k| k.seed);
+    keys
 }
 
 /// A cell's CLIP score: the general one where measured, else the in-domain one.
@@ -51,6 +66,11 @@ fn clip_score(c: &&Cell) -> Option<f64> {
 
 /// Averages cells over seeds.
 pub fn settings(cells: &[Cell]) -> Vec<Setting> {
+    settings_paired(cells, None)
+}
+
+/// [`settings`] linked to the kept features, for paired comparisons.
+pub fn settings_paired(cells: &[Cell], pairing: Option<Arc<Pairing>>) -> Vec<Setting> {
     let mut groups: BTreeMap<(u32, String, u32, i64), Vec<&Cell>> = BTreeMap::new();
     for c in cells {
         let cfg_milli = c.key().cfg_milli;
@@ -90,6 +110,8 @@ pub fn settings(cells: &[Cell]) -> Vec<Setting> {
                 cost_gflops: first.sampling_gflops(),
                 ms_per_image: mean(g.iter().map(|c| c.ms_per_image())).expect("non-empty"),
                 seeds: g.len(),
+                keys: seed_ordered_keys(&g),
+                pairing: PairingHandle(pairing.clone()),
             }
         })
         .collect()

@@ -334,7 +334,7 @@ pub(super) mod tests {
     use rand_distr::{Distribution, StandardNormal};
 
     /// `rows x d` Gaussian features `z A + shift` (A fixed by `mix_seed`).
-    pub(super) fn gaussian(
+    pub(crate) fn gaussian(
         rows: usize,
         d: usize,
         shift: f32,

@@ -8,8 +8,11 @@
 
 use serde::Serialize;
 
-use crate::analysis::{Setting, optimal_cfg, settings};
+use std::sync::Arc;
+
+use crate::analysis::{Setting, optimal_cfg, settings_paired};
 use crate::cell::Cell;
+use crate::pairing::Pairing;
 
 mod claims;
 #[cfg(test)]
@@ -60,8 +63,10 @@ pub struct Interval {
     pub high: f64,
 }
 
-/// What the intervals of [`Difference::fid_gap`] are (a paired interval would be another).
+/// What the interval of a difference is: the range two marginal intervals allow, or the
+/// paired bootstrap interval of the difference itself.
 const GAP_INTERVAL: &str = "the range the 95% FID intervals allow";
+const PAIRED_INTERVAL: &str = "the paired 95% bootstrap interval of the difference";
 
 /// A deciding difference: positive favours the claim; with a 95% interval where one is known.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -70,12 +75,27 @@ pub struct Difference {
     pub value: f64,
     /// Interval, where the inputs had one.
     pub interval: Option<Interval>,
+    /// Whether the interval is the paired bootstrap's (same prompts, noise and reference
+    /// rows on both sides), not the range of two marginal intervals.
+    pub paired: bool,
 }
 
 impl Difference {
-    /// `other.fid - favoured.fid`. Its interval is the range the two 95% intervals allow, so it
-    /// excludes 0 exactly when they are disjoint.
+    /// `other.fid - favoured.fid`. Its interval is the paired bootstrap interval where both
+    /// settings kept their features, else the range the two 95% intervals allow (which
+    /// excludes 0 exactly when they are disjoint).
     pub fn fid_gap(favoured: &Setting, other: &Setting) -> Self {
+        let paired = favoured.pairing.0.as_ref();
+        if let Some(d) = paired.and_then(|p| p.difference(favoured, other)) {
+            return Difference {
+                value: d.value,
+                interval: Some(Interval {
+                    low: d.low,
+                    high: d.high,
+                }),
+                paired: true,
+            };
+        }
         let interval = match (favoured.fid_ci, other.fid_ci) {
             (Some(f), Some(o)) => Some(Interval {
                 low: o.low - f.high,
@@ -86,6 +106,7 @@ impl Difference {
         Difference {
             value: other.fid - favoured.fid,
             interval,
+            paired: false,
         }
     }
 
@@ -94,6 +115,7 @@ impl Difference {
         Difference {
             value,
             interval: None,
+            paired: false,
         }
     }
 
@@ -109,12 +131,14 @@ impl Difference {
         Some(Difference {
             value,
             interval: low.zip(high).map(|(low, high)| Interval { low, high }),
+            paired: diffs.iter().all(|d| d.paired),
         })
     }
 
     /// The same difference read against the claim.
     pub fn negated(self) -> Self {
         Difference {
+            paired: self.paired,
             value: -self.value,
             interval: self.interval.map(|i| Interval {
                 low: -i.high,
@@ -143,10 +167,15 @@ impl Difference {
         let reading = match self.verdict() {
             Verdict::Holds => "lies above 0",
             Verdict::DoesNotHold => "lies below 0",
+            _ if self.paired => "contains 0",
             _ => "contains 0: the difference lies inside the intervals",
         };
+        let kind = match self.paired {
+            true => PAIRED_INTERVAL,
+            false => GAP_INTERVAL,
+        };
         format!(
-            "margin for the claim {:.2} [{:.2}, {:.2}] ({GAP_INTERVAL} {reading})",
+            "margin for the claim {:.2} [{:.2}, {:.2}] ({kind} {reading})",
             self.value, i.low, i.high
         )
     }
@@ -303,7 +332,12 @@ impl Finding {
 
 /// The paper's sampling-efficiency findings, judged on a sweep.
 pub fn findings(cells: &[Cell]) -> Vec<Finding> {
-    let all = settings(cells);
+    findings_paired(cells, None)
+}
+
+/// [`findings`] with paired intervals where `pairing` holds both sides' features.
+pub fn findings_paired(cells: &[Cell], pairing: Option<Arc<Pairing>>) -> Vec<Finding> {
+    let all = settings_paired(cells, pairing);
     let optimal = optimal_cfg(&all);
     vec![
         optimal_guidance_depends_on_model_size(&all),

@@ -134,6 +134,7 @@ mod tests {
             cost_gflops: 1.0,
             ms_per_image: 1.0,
             seeds: 1,
+            ..Default::default()
         };
         let opt = [s(2, 1.0), s(8, 3.0), s(16, 5.0)];
         assert_eq!(optimal_guidance(&opt, 8, "ddim", 1), Some(1.0));

@@ -13,6 +13,7 @@ pub mod fingerprint;
 pub mod grid;
 pub mod in_domain;
 pub mod latents;
+pub mod pairing;
 pub mod pipeline;
 pub mod plan;
 pub mod plot;

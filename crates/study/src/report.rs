@@ -3,14 +3,17 @@
 //! this run measured.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::analysis::{
-    BudgetWinner, Setting, crossover, optimal_cfg, samplers, settings, widths, winners,
+    BudgetWinner, Setting, crossover, optimal_cfg, samplers, settings, settings_paired, widths,
+    winners,
 };
 use crate::bootstrap::CiMethod;
 use crate::cell::Cell;
-use crate::findings::{Finding, Verdict, findings, training_compute_scales_performance};
+use crate::findings::{Finding, Verdict, findings_paired, training_compute_scales_performance};
 use crate::grid::EqualCostGrid;
+use crate::pairing::Pairing;
 use crate::plot;
 
 /// Extra material the pipeline provides beside the cells.
@@ -28,6 +31,8 @@ pub struct ReportInputs {
     pub fid_features: String,
     /// Sample grids of every width at equal sampling cost (Fig. 10).
     pub equal_cost: Vec<EqualCostGrid>,
+    /// The sweep's kept features, for paired comparisons in the findings.
+    pub pairing: Option<Arc<Pairing>>,
 }
 
 fn esc(s: &str) -> String {
@@ -107,7 +112,7 @@ fn winner_changes(optimal: &[Setting]) -> Vec<crate::analysis::BudgetWinner> {
 }
 
 /// What the intervals in the tables and plots are.
-fn interval_note(cells: &[Cell]) -> String {
+fn interval_note(cells: &[Cell], paired: bool) -> String {
     let boot: Vec<u32> = cells
         .iter()
         .filter_map(|c| c.fid_ci)
@@ -127,6 +132,9 @@ fn interval_note(cells: &[Cell]) -> String {
     }
     if parts.is_empty() {
         parts.push("No FID intervals were measured (sweep.bootstrap = 0).".into());
+    }
+    if paired {
+        parts.push("The findings' differences between two settings are paired: each bootstrap replicate draws one set of prompt indices (shared by both settings, which sample prompt i from the same initial noise) and one set of reference rows, so the interval is that of the difference itself, usually far narrower than the range two overlapping intervals allow.".into());
     }
     parts.join(" ")
 }
@@ -190,9 +198,9 @@ struct Analysed {
 
 impl Analysed {
     fn of(cells: &[Cell], inputs: &ReportInputs) -> Self {
-        let all = settings(cells);
+        let all = settings_paired(cells, inputs.pairing.clone());
         let optimal = optimal_cfg(&all);
-        let mut found = findings(cells);
+        let mut found = findings_paired(cells, inputs.pairing.clone());
         found.push(training_compute_scales_performance(&inputs.training_curves));
         Analysed {
             models: widths(&optimal),
@@ -319,7 +327,7 @@ fn plots_html(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> Result<Str
     let _ = write!(
         html,
         "<h2>FID against sampling cost (Figs. 9, 11)</h2><p><small>{}</small></p><div class=\"plots\">",
-        esc(&interval_note(cells))
+        esc(&interval_note(cells, inputs.pairing.is_some()))
     );
     for s in &a.sampler_names {
         html.push_str(&plot::fid_vs_cost(&a.optimal, s)?);

@@ -47,6 +47,8 @@ fn check_first_run(config: &StudyConfig, out: &Path, summary: &pipeline::Summary
     let html = std::fs::read_to_string(summary.report.as_ref().unwrap()).unwrap();
     assert!(html.contains("The paper's findings on this run"));
     assert!(html.contains("<svg") && html.contains("data:image/png;base64,"));
+    // The sweep kept its features, so the findings compare settings paired.
+    assert!(html.contains("the paired 95% bootstrap interval of the difference"));
     let cells = cells(out);
     assert!(cells.iter().all(|c| c.fid.is_finite() && c.fid >= 0.0));
     // Every cell has its bootstrap interval around its FID.

@@ -2,6 +2,7 @@
 //! intervals overlap (or are missing), not measured.
 
 use super::*;
+use crate::analysis::settings;
 use crate::analysis::tests::{cell, paper_like};
 use crate::bootstrap::{CiMethod, FidCi};
 

@@ -19,6 +19,7 @@ use crate::error::StudyError;
 use crate::fingerprint::Fingerprint;
 use crate::in_domain;
 use crate::stage::Stage;
+use crate::store::FeatureRows;
 
 /// The in-domain CLIP's recipe: held-out pairs at most, steps, batch, seed.
 const CLIP_HELD_OUT_MAX: usize = 64;
@@ -229,13 +230,41 @@ impl Evaluator {
     /// FID of `images` against the reference, with its bootstrap interval (replicates seeded
     /// by `seed`) when the study asks for one.
     pub fn fid(&self, images: Tensor<4>, seed: u64) -> Result<(f64, Option<FidCi>), StudyError> {
+        let (fid, ci, _) = self.fid_and_features(images, seed)?;
+        Ok((fid, ci))
+    }
+
+    /// The reference set's features, for paired comparisons.
+    pub fn reference_rows(&self) -> Result<FeatureRows, StudyError> {
+        let d = self.reference.dim();
+        FeatureRows::new(self.reference_features.clone(), d).map_err(StudyError::stage("evaluator"))
+    }
+
+    /// [`Evaluator::fid`] with the generated images' features.
+    pub fn fid_and_features(
+        &self,
+        images: Tensor<4>,
+        seed: u64,
+    ) -> Result<(f64, Option<FidCi>, FeatureRows), StudyError> {
         let (fid, generated, d) = self.generated_fid(images)?;
+        let ci = self.interval(fid, &generated, d, seed)?;
+        let rows = FeatureRows::new(generated, d).map_err(StudyError::stage("sweep"))?;
+        Ok((fid, ci, rows))
+    }
+
+    fn interval(
+        &self,
+        fid: f64,
+        generated: &[f32],
+        d: usize,
+        seed: u64,
+    ) -> Result<Option<FidCi>, StudyError> {
         if self.bootstrap < 2 {
-            return Ok((fid, None));
+            return Ok(None);
         }
         let replicates = self.bootstrap as usize;
         let ci = bootstrap::fid_interval(
-            &generated,
+            generated,
             &self.reference_features,
             d,
             fid,
@@ -243,6 +272,6 @@ impl Evaluator {
             seed,
         )
         .map_err(StudyError::stage("sweep"))?;
-        Ok((fid, Some(ci)))
+        Ok(Some(ci))
     }
 }

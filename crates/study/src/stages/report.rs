@@ -8,14 +8,17 @@ use super::data::Splits;
 use super::evaluator::Evaluator;
 use super::family::Family;
 use super::first_stage::FirstStageModel;
+use super::sweep;
 use super::text::TextModel;
 use crate::cell::Cell;
 use crate::context::StudyContext;
 use crate::error::StudyError;
 use crate::fingerprint::Fingerprint;
 use crate::grid::EqualCostGrid;
+use crate::pairing::Pairing;
 use crate::report::{ReportInputs, render};
 use crate::stage::Stage;
+use crate::store::Store;
 
 /// The report's directory in the study.
 pub const DIR: &str = "report";
@@ -54,8 +57,12 @@ impl Stage for ReportStage<'_> {
     }
 
     fn run(&self, cx: &StudyContext) -> Result<PathBuf, StudyError> {
-        let (html, md) =
-            render(self.cells, &self.inputs(cx)).map_err(StudyError::stage(Self::NAME))?;
+        let mut inputs = self.inputs(cx);
+        let path = sweep::store_path(cx);
+        if path.is_file() {
+            inputs.pairing = Pairing::from_store(&Store::open_read_only(&path)?, self.cells)?;
+        }
+        let (html, md) = render(self.cells, &inputs).map_err(StudyError::stage(Self::NAME))?;
         let dir = cx.path(DIR);
         std::fs::create_dir_all(&dir).map_err(StudyError::io(&dir))?;
         write_atomic(&dir.join("report.html"), html.as_bytes())?;
@@ -91,6 +98,7 @@ impl ReportStage<'_> {
                     training_curve(&log).map(|curve| (*w as u32, curve))
                 })
                 .collect(),
+            pairing: None,
         }
     }
 

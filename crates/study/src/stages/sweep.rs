@@ -19,7 +19,7 @@ use crate::context::StudyContext;
 use crate::error::StudyError;
 use crate::fingerprint::{Fingerprint, per_width};
 use crate::stage::Stage;
-use crate::store::{STUDY_FINGERPRINT, Store, shard_owns};
+use crate::store::{FeatureRows, STUDY_FINGERPRINT, Store, shard_owns};
 
 /// Measures every cell the store lacks.
 pub struct SweepStage<'a> {
@@ -117,6 +117,7 @@ impl Stage for SweepStage<'_> {
     fn run(&self, cx: &StudyContext) -> Result<Vec<Cell>, StudyError> {
         let mut store = Store::open(&store_path(cx))?;
         record_study(cx.config, &store)?;
+        self.keep_reference(&mut store)?;
         let cells = cx.config.cells();
         let bar = crate::progress::bar((cells.len() * self.family.models.len()) as u64, "sweep");
         for (w, dir) in &self.family.models {
@@ -133,7 +134,8 @@ impl Stage for SweepStage<'_> {
                     "w{w} {} x{} cfg {}",
                     cell.sampler, cell.steps, cell.cfg
                 ));
-                store.insert(&self.measure(&width, key, cell)?)?;
+                let (measured, features) = self.measure(&width, key, cell)?;
+                store.insert_with_features(&measured, features.as_ref())?;
             }
         }
         bar.finish_and_clear();
@@ -183,13 +185,22 @@ impl SweepStage<'_> {
         }
     }
 
-    /// Samples one cell's images and measures them.
+    /// Stores the reference features the cells' kept features are paired against.
+    fn keep_reference(&self, store: &mut Store) -> Result<(), StudyError> {
+        let reference = self.evaluator.reference_rows()?;
+        if keeps(&reference) && store.reference_features()?.as_ref() != Some(&reference) {
+            store.set_reference_features(&reference)?;
+        }
+        Ok(())
+    }
+
+    /// Samples one cell's images and measures them; the features are kept where small.
     fn measure(
         &self,
         width: &WidthInputs,
         key: CellKey,
         cell: &SweepCell,
-    ) -> Result<Cell, StudyError> {
+    ) -> Result<(Cell, Option<FeatureRows>), StudyError> {
         let spec = SamplingSpec {
             sampler: cell.sampler,
             steps: cell.steps,
@@ -200,16 +211,16 @@ impl SweepStage<'_> {
         let t0 = Instant::now();
         let generated = width.model.generate(&spec, &prompts.cond, &prompts.null)?;
         let wall_seconds = t0.elapsed().as_secs_f64();
-        let (fid, fid_ci) = self
+        let (fid, fid_ci, features) = self
             .evaluator
-            .fid(generated.images.clone(), key.seed_for("bootstrap"))?;
+            .fid_and_features(generated.images.clone(), key.seed_for("bootstrap"))?;
         let clip = &self.evaluator.features.clip.model;
         let cos: f32 = (clip.embed_images(generated.images) * width.text_embedding.clone())
             .sum_dim(1)
             .mean()
             .into_scalar();
         let [n_samples, _, _] = prompts.cond.dims();
-        Ok(Cell {
+        let cell = Cell {
             variant: key.variant,
             width: key.width,
             params: width.params,
@@ -227,8 +238,18 @@ impl SweepStage<'_> {
             evaluations: generated.evaluations as u64,
             gflops_per_eval: width.gflops_per_eval,
             wall_seconds,
-        })
+        };
+        Ok((cell, keeps(&features).then_some(features)))
     }
+}
+
+/// The most feature values kept per cell (4 MB): the small presets' cells (quick: 32 x 128)
+/// are compared paired; `full` (1000 x 2048) and `paper` would need gigabytes of store, and
+/// their findings fall back to the marginal intervals.
+const MAX_KEPT_VALUES: usize = 1 << 20;
+
+fn keeps(rows: &FeatureRows) -> bool {
+    rows.data.len() <= MAX_KEPT_VALUES
 }
 
 /// See [`SweepStage::width_inputs`].
