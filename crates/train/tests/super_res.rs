@@ -1,6 +1,7 @@
 //! Super-resolution finetuning: it starts from the pretrained text-to-image weights, learns to
-//! read the LR latent (the loss falls and the new input weights leave zero), resumes
-//! bit-identically, and keeps its snapshots.
+//! read the LR latent (the loss falls, the new input weights leave zero, another example's LR
+//! makes the loss worse, which it cannot at step 0), resumes bit-identically, and keeps its
+//! snapshots.
 
 #[allow(dead_code)]
 mod common;
@@ -12,7 +13,9 @@ use ldmscale_model::weights::load_unet;
 use ldmscale_model::{UNet, UNetConfig};
 use ldmscale_train::params::{seeded_init, snapshot};
 use ldmscale_train::tasks::{SrData, SrPairs};
-use ldmscale_train::{DeviceThreads, SuperRes, TrainConfig, TrainError, checkpoint, train_task};
+use ldmscale_train::{
+    DeviceThreads, ShardLoss, SuperRes, TrainConfig, TrainError, TrainTask, checkpoint, train_task,
+};
 
 /// The tiny family member the common config trains, as a text-to-image UNet.
 fn pretrained(seed: u64) -> (UNetConfig, UNet) {
@@ -108,17 +111,17 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[test]
-fn the_loss_falls_and_the_lr_weights_leave_zero() {
+fn the_loss_falls_and_the_model_learns_to_read_the_lr() {
     let run = tempfile::tempdir().unwrap();
-    let mut c = config(40, 2e-3);
+    let mut c = config(150, 2e-3);
     c.snapshot_steps.clear();
     finetune(&c, &pairs(16), run.path()).unwrap();
     let l = losses(run.path());
     let (first, last) = (
         l[..8].iter().sum::<f64>() / 8.0,
-        l[32..].iter().sum::<f64>() / 8.0,
+        l[142..].iter().sum::<f64>() / 8.0,
     );
-    eprintln!("loss, mean of steps 1-8: {first:.4}, of steps 33-40: {last:.4}");
+    eprintln!("loss, mean of steps 1-8: {first:.4}, of steps 143-150: {last:.4}");
     assert!(last < 0.7 * first, "loss {first:.4} -> {last:.4}");
     let trained = weights(&run.path().join("unet"));
     let conv_in = &trained
@@ -133,6 +136,43 @@ fn the_loss_falls_and_the_lr_weights_leave_zero() {
         .map(|v| v.abs())
         .sum();
     assert!(lr_part > 1e-2, "LR input weights still {lr_part}");
+    // The model reads the LR latent: another example's LR makes its loss worse.
+    let (_, trained) = load_unet(&run.path().join("unet"), &Device::flex()).unwrap();
+    let (matched, swapped) = held_out_losses(&c, &trained);
+    eprintln!("loss with the matching LR {matched:.4}, with another example's {swapped:.4}");
+    assert!(matched < 0.9 * swapped, "{matched} vs {swapped}");
+    // Before finetuning the LR latent cannot matter.
+    let (config, unet) = pretrained(7);
+    let (_, start) = unet.into_super_res(&config, 4).unwrap();
+    let (matched, swapped) = held_out_losses(&c, &start);
+    assert_eq!(matched, swapped);
+}
+
+/// Mean losses of `model` over fixed draws with the matching LR latents and with
+/// each example's LR replaced by the next example's.
+fn held_out_losses(config: &TrainConfig, model: &UNet) -> (f64, f64) {
+    let device = Device::flex();
+    let data = pairs(16);
+    let (c, unet) = pretrained(7);
+    let task = SuperRes::new(config, &data, (&c, unet), empty_prompt()).unwrap();
+    let indices: Vec<usize> = (0..16).collect();
+    let (mut matched, mut swapped) = (0.0, 0.0);
+    for draw in 0..4 {
+        let loss = |roll: usize| {
+            let mut rng = ldmscale_train::data::rng_for(99, draw, 0);
+            let mut batch = task.draw(&indices, &mut rng, &device).unwrap();
+            if roll > 0 {
+                let lr = batch.lr.clone();
+                let (head, tail) = (lr.clone().narrow(0, 0, roll), lr.narrow(0, roll, 16 - roll));
+                batch.lr = Tensor::cat(vec![tail, head], 0);
+            }
+            let loss = task.shard_loss().loss(model, batch).unwrap();
+            loss.into_scalar::<f32>() as f64
+        };
+        matched += loss(0) / 4.0;
+        swapped += loss(1) / 4.0;
+    }
+    (matched, swapped)
 }
 
 #[test]
