@@ -80,9 +80,9 @@ pub struct FinetuneSrArgs {
     /// e.g. `50,100,200`.
     #[arg(long, value_delimiter = ',')]
     pub snapshot_steps: Vec<u64>,
-    /// Steps between resumable checkpoints; default: a quarter of --steps.
-    #[arg(long)]
-    pub checkpoint_every: Option<u64>,
+    /// Steps between resumable checkpoints (the last step always gets one).
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: u64,
     /// Keep an EMA of the weights with this maximum decay (saved as `unet_ema/`).
     #[arg(long)]
     pub ema_max_decay: Option<f64>,
@@ -148,8 +148,7 @@ fn train_config(args: &FinetuneSrArgs, unet: &UNetConfig) -> Result<TrainConfig>
     };
     t.insert("objective".into(), objective.into());
     t.insert("seed".into(), int(args.seed));
-    let every = args.checkpoint_every.unwrap_or((args.steps / 4).max(1));
-    t.insert("checkpoint_every".into(), int(every));
+    t.insert("checkpoint_every".into(), int(args.checkpoint_every));
     t.insert("keep_last".into(), int(2));
     let snapshots = args.snapshot_steps.iter().map(|&s| int(s)).collect();
     t.insert("snapshot_steps".into(), toml::Value::Array(snapshots));

@@ -48,38 +48,40 @@ fn ldmscale(args: &[&str], root: &Path) -> Output {
         .unwrap()
 }
 
+/// `finetune-sr` on `unet/`, `hr/` and crop 32 (entries 3, 7 and 13; the steps are 15).
+const FINETUNE: [&str; 26] = [
+    "-q",
+    "finetune-sr",
+    "--unet",
+    "unet",
+    "--first-stage",
+    "vae",
+    "--hr",
+    "hr",
+    "--empty-context",
+    "empty.npy",
+    "--out",
+    "run",
+    "--crop",
+    "32",
+    "--steps",
+    "4",
+    "--batch-size",
+    "2",
+    "--crops-per-image",
+    "2",
+    "--learning-rate",
+    "1e-3",
+    "--snapshot-steps",
+    "2,4",
+    "--checkpoint-every",
+    "2",
+];
+
 fn finetune(root: &Path, unet: &str, hr: &str, crop: &str) -> Output {
-    ldmscale(
-        &[
-            "-q",
-            "finetune-sr",
-            "--unet",
-            unet,
-            "--first-stage",
-            "vae",
-            "--hr",
-            hr,
-            "--empty-context",
-            "empty.npy",
-            "--out",
-            "run",
-            "--crop",
-            crop,
-            "--steps",
-            "4",
-            "--batch-size",
-            "2",
-            "--crops-per-image",
-            "2",
-            "--learning-rate",
-            "1e-3",
-            "--snapshot-steps",
-            "2,4",
-            "--checkpoint-every",
-            "2",
-        ],
-        root,
-    )
+    let mut args = FINETUNE.to_vec();
+    (args[3], args[7], args[13]) = (unet, hr, crop);
+    ldmscale(&args, root)
 }
 
 fn text(out: &Output) -> String {
@@ -132,6 +134,17 @@ fn finetunes_keeps_snapshots_and_the_result_samples() {
     assert_eq!(
         npy::read(&root.join("sr.npy")).unwrap().shape,
         [2, 4, 16, 16]
+    );
+    // The same command resumes (nothing left to do); more steps extend the run.
+    let stdout = |out: Output| String::from_utf8_lossy(&out.stdout).into_owned();
+    let again = stdout(finetune(root, "unet", "hr", "32"));
+    assert!(again.contains("0 steps in"), "{again}");
+    let mut args = FINETUNE.to_vec();
+    args[15] = "6";
+    let more = stdout(ldmscale(&args, root));
+    assert!(
+        more.contains("step 6") && more.contains("2 steps in"),
+        "{more}"
     );
 }
 
