@@ -15,8 +15,8 @@ use ldmscale_model::vae::load_vae;
 use ldmscale_model::weights::load_unet;
 use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNetConfig};
 use ldmscale_pipeline::encode_text;
-use ldmscale_train::tasks::SrPairs;
 use ldmscale_train::tasks::sr_pairs::upsampled_lr;
+use ldmscale_train::tasks::{SrOptions, SrPairs};
 use ldmscale_train::{DeviceThreads, SuperRes, TrainConfig, checkpoint, train_task};
 use ldmscale_util::lock::DirLock;
 
@@ -86,6 +86,11 @@ pub struct FinetuneSrArgs {
     /// Keep an EMA of the weights with this maximum decay (saved as `unet_ema/`).
     #[arg(long)]
     pub ema_max_decay: Option<f64>,
+    /// Noise-augment the LR latents with levels 0..=MAX of the x4 upscaler's schedule, the level
+    /// fed to a new noise-level embedding (diffusers' x4 upscaler trains with 350); off by
+    /// default. `ldmscale sample --noise-level` then sets the level.
+    #[arg(long, value_name = "MAX")]
+    pub noise_augmentation: Option<usize>,
     /// What the network predicts (as the pretrained model was trained).
     #[arg(long, value_enum, default_value = "epsilon")]
     pub objective: ObjectiveArg,
@@ -115,8 +120,11 @@ pub fn run(args: &FinetuneSrArgs, quiet: bool) -> Result<()> {
     let pairs = encode_pairs(args, &hr, (&vae, &vae_config), quiet, &device)?;
     drop(hr);
     let context = empty_context(args, &device)?;
-    let task = SuperRes::new(&config, &pairs, (&unet_config, unet), context)
-        .with_context(|| format!("--unet {}", args.unet.display()))?;
+    let options = SrOptions {
+        noise_augmentation: args.noise_augmentation,
+    };
+    let task = SuperRes::with_options(&config, &pairs, (&unet_config, unet), context, options)
+        .context("the super-resolution task")?;
     let sync = DeviceThreads::new(std::slice::from_ref(&device))?;
     let summary = train_task(&config, &task, &sync, &args.out, !quiet, None)?;
     report(args, &summary);

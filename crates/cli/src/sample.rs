@@ -13,7 +13,7 @@ use ldmscale_diffusion::{
 };
 use ldmscale_model::unet::config::MAX_SAMPLE_SIZE;
 use ldmscale_model::weights::load_unet;
-use ldmscale_pipeline::{SrDenoiser, UNetDenoiser};
+use ldmscale_pipeline::{SrDenoiser, UNetDenoiser, low_res_schedule, noise_lr};
 
 use crate::device::DeviceArgs;
 use crate::npy;
@@ -85,6 +85,11 @@ pub struct SampleArgs {
     /// Sampled without guidance (--cfg is ignored), the prompt states as the fixed context.
     #[arg(long, value_name = "LR.npy")]
     pub lr_latents: Option<PathBuf>,
+    /// Noise level of the LR latents for an SR UNet with a noise-level embedding
+    /// (`num_class_embeds`): they are noised to it first (seeded by --seed), as diffusers' x4
+    /// upscaler does (its default 20).
+    #[arg(long)]
+    pub noise_level: Option<usize>,
     /// Where to write the final latents (.npy, [B, C, H, W]).
     #[arg(long, value_name = "OUT.npy")]
     pub output_latents: Option<PathBuf>,
@@ -254,7 +259,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
             if args.cfg > 1.0 {
                 eprintln!("note: super-resolution samples without guidance (--cfg ignored)");
             }
-            Box::new(SrDenoiser::new(&unet, lr, &cond))
+            Box::new(sr_denoiser(args, &unet, &config, lr, &cond)?)
         }
         None => Box::new(Cfg::new(UNetDenoiser(&unet), cond, uncond, args.cfg)?),
     };
@@ -305,6 +310,36 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         batch
     );
     Ok(())
+}
+
+/// The SR denoiser over `lr`, noised to `--noise-level` first for a UNet with a noise-level
+/// embedding.
+fn sr_denoiser<'a>(
+    args: &SampleArgs,
+    unet: &'a ldmscale_model::UNet,
+    config: &ldmscale_model::UNetConfig,
+    lr: Tensor<4>,
+    context: &Tensor<3>,
+) -> Result<SrDenoiser<'a>> {
+    let Some(levels) = config.num_class_embeds else {
+        ensure!(
+            args.noise_level.is_none(),
+            "--noise-level given but {}/config.json has no noise-level embedding (num_class_embeds)",
+            args.unet.display()
+        );
+        return Ok(SrDenoiser::new(unet, lr, context));
+    };
+    let level = args.noise_level.unwrap_or(20);
+    let max = levels.min(low_res_schedule().num_train_timesteps);
+    ensure!(
+        level < max,
+        "--noise-level {level}: expected 0..{max} ({}/config.json: num_class_embeds {levels})",
+        args.unet.display()
+    );
+    let [b, ..] = lr.dims();
+    let noise = SeededNoise::new(args.seed ^ 0x10_5e5).noise(lr.dims(), &lr.device())?;
+    let lr = noise_lr(lr, noise, &vec![level; b])?;
+    Ok(SrDenoiser::new(unet, lr, context).at_noise_level(level))
 }
 
 /// `--lr-latents` for a super-resolution UNet (required there, refused elsewhere), checked

@@ -185,3 +185,48 @@ fn bad_inputs_are_named() {
         text(&out)
     );
 }
+
+#[test]
+fn noise_augmentation_trains_and_samples_at_a_noise_level() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    setup(root);
+    let mut args = FINETUNE.to_vec();
+    args.extend(["--noise-augmentation", "350"]);
+    let out = ldmscale(&args, root);
+    assert!(out.status.success(), "{}", text(&out));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("run/unet/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["num_class_embeds"], 1000);
+    npy::write(&root.join("lr.npy"), &[1, 4, 16, 16], &[0.25; 1024]).unwrap();
+    let sample = |level: &str| {
+        let args = [
+            "sample",
+            "--unet",
+            "run/unet",
+            "--steps",
+            "2",
+            "--cfg",
+            "1",
+            "--prompt-embeds",
+            "empty.npy",
+            "--lr-latents",
+            "lr.npy",
+            "--output-latents",
+            "sr.npy",
+            "--noise-level",
+            level,
+        ];
+        ldmscale(&args, root)
+    };
+    let out = sample("20");
+    assert!(out.status.success(), "{}", text(&out));
+    let out = sample("1000");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("--noise-level 1000: expected 0..1000"),
+        "{}",
+        text(&out)
+    );
+}

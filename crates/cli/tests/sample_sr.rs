@@ -109,6 +109,16 @@ fn lr_latents_are_required_by_sr_unets_and_refused_by_others() {
         "{stderr}"
     );
 
+    let mut with_level = args.to_vec();
+    with_level.extend([
+        std::ffi::OsStr::new("--noise-level"),
+        std::ffi::OsStr::new("20"),
+    ]);
+    let result = sample(&unet, &with_level);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success());
+    assert!(stderr.contains("has no noise-level embedding"), "{stderr}");
+
     npy::write(&lr, &[2, 3, 16, 16], &[0.5; 2 * 3 * 16 * 16]).unwrap();
     let result = sample(&unet, &args);
     let stderr = String::from_utf8_lossy(&result.stderr);

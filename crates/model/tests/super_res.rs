@@ -2,9 +2,9 @@
 //! LR latent (its output is the text-to-image model's), it saves in diffusers layout with
 //! `in_channels` doubled, and UNets that cannot be converted are refused naming the field.
 
-use burn::tensor::{Device, Distribution, Tensor};
-use ldmscale_model::UNetConfig;
+use burn::tensor::{Device, Distribution, Int, Tensor};
 use ldmscale_model::weights::{CONFIG_FILE, WEIGHTS_FILE, load_unet, save_unet};
+use ldmscale_model::{ExtraConditioning, UNetConfig};
 use ldmscale_testkit::{
     RawTensor, fixture_dir, max_abs_diff, read_safetensors, values, write_safetensors,
 };
@@ -40,6 +40,34 @@ fn at_step_zero_the_sr_model_equals_the_text_to_image_model_for_any_lr() {
         eprintln!("timesteps {t:?}, LR scale {scale}: max |SR - text-to-image| = {diff:e}");
         assert!(diff <= 1e-6, "timesteps {t:?}, LR scale {scale}: {diff}");
     }
+}
+
+#[test]
+fn a_zero_noise_level_embedding_keeps_the_text_to_image_output() {
+    let device = Device::flex();
+    let (config, t2i) = load_unet(&fixture_dir("unet").join(CASE), &device).unwrap();
+    let (sr_config, sr) = t2i.clone().into_super_res(&config, 4).unwrap();
+    let sr_config = sr_config.with_noise_level_embedding(1000);
+    let sr = sr.with_noise_level_embedding(1000);
+    assert_eq!(sr_config.num_class_embeds, Some(1000));
+    let (x, context) = inputs(&device);
+    let lr = Tensor::<4>::random([2, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let t = [40.0, 600.0];
+    let extra = ExtraConditioning {
+        class_labels: Some(Tensor::<1, Int>::from_ints([20, 349], &device)),
+        timestep_cond: None,
+    };
+    let input = Tensor::cat(vec![x.clone(), lr], 1);
+    let ours = values(sr.forward_with(input, &t, context.clone(), &extra));
+    let reference = values(t2i.forward(x, &t, context));
+    assert!(max_abs_diff(&ours, &reference) <= 1e-6);
+    // Saved and loaded in diffusers layout with its table.
+    let dir = tempfile::tempdir().unwrap();
+    save_unet(dir.path(), &sr_config, &sr).unwrap();
+    let saved = read_safetensors(dir.path().join(WEIGHTS_FILE));
+    assert_eq!(saved["class_embedding.weight"].shape, [1000, 32]);
+    let (loaded, _) = load_unet(dir.path(), &device).unwrap();
+    assert_eq!(loaded.num_class_embeds, Some(1000));
 }
 
 /// Saves `sr`'s weights and returns the dir and its tensors.

@@ -15,7 +15,9 @@ pub use denoiser::UNetDenoiser;
 pub use encode::{TextBatch, encode_images, encode_text};
 pub use error::PipelineError;
 pub use generate::{Generated, LatentDiffusion, SamplingSpec, generate_batch};
-pub use super_res::{SrDenoiser, SrSampling, SuperResolution};
+pub use super_res::{
+    SrDenoiser, SrSampling, SuperResolution, level_labels, low_res_schedule, noise_lr,
+};
 
 use burn::tensor::Tensor;
 

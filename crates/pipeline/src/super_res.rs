@@ -1,12 +1,49 @@
 //! Super-resolution inference: a UNet that reads the low-resolution image's latent (upsampled x4,
 //! encoded by the first stage) concatenated to the noisy latent, with a fixed empty-prompt
 //! context and no guidance, as the paper samples SR.
+//!
+//! Optionally (off by default) the LR latent is noise-augmented as in diffusers' x4 upscaler:
+//! noised to a level of [`low_res_schedule`], the level fed to a noise-level (class) embedding;
+//! a UNet with `num_class_embeds` is sampled at [`SuperResolution::noise_level`].
 
-use burn::tensor::Tensor;
-use ldmscale_diffusion::{Denoiser, NoiseSource, SamplerId, SchedulerConfig, SeededNoise, sample};
-use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig};
+use burn::tensor::{Int, Tensor, TensorData};
+use ldmscale_diffusion::objective::add_noise;
+use ldmscale_diffusion::{
+    BetaSchedule, Denoiser, NoiseSchedule, NoiseSource, SamplerId, SchedulerConfig, SeededNoise,
+    sample,
+};
+use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, ExtraConditioning, UNet, UNetConfig};
 
 use crate::{Generated, PipelineError};
+
+/// The noise schedule of the LR augmentation: Stable Diffusion's x4 upscaler's
+/// (`ImageConcatWithNoiseAugmentation`: 1000 levels, betas from 1e-4 to 0.02 on a
+/// square-root-linear ramp, diffusers' `scaled_linear`).
+pub fn low_res_schedule() -> SchedulerConfig {
+    SchedulerConfig {
+        num_train_timesteps: 1000,
+        beta_start: 0.0001,
+        beta_end: 0.02,
+        beta_schedule: BetaSchedule::ScaledLinear,
+        ..SchedulerConfig::default()
+    }
+}
+
+/// `lr` noised with `noise` to one level of [`low_res_schedule`] per sample.
+pub fn noise_lr(
+    lr: Tensor<4>,
+    noise: Tensor<4>,
+    levels: &[usize],
+) -> Result<Tensor<4>, PipelineError> {
+    let schedule = NoiseSchedule::new(&low_res_schedule())?;
+    Ok(add_noise(&schedule, lr, noise, levels)?)
+}
+
+/// Noise levels as the class labels of a UNet's noise-level embedding.
+pub fn level_labels(levels: &[usize], device: &burn::tensor::Device) -> Tensor<1, Int> {
+    let values: Vec<i64> = levels.iter().map(|&l| l as i64).collect();
+    Tensor::from_data(TensorData::new(values, [levels.len()]), device)
+}
 
 /// The SR UNet as the denoiser samplers drive: `eps([x, lr], t, context)`.
 pub struct SrDenoiser<'a> {
@@ -15,6 +52,8 @@ pub struct SrDenoiser<'a> {
     lr: Tensor<4>,
     /// `[B, L, D]`.
     context: Tensor<3>,
+    /// The noise level of the LR latents, for a UNet with a noise-level embedding.
+    extra: ExtraConditioning,
 }
 
 impl<'a> SrDenoiser<'a> {
@@ -28,14 +67,29 @@ impl<'a> SrDenoiser<'a> {
         } else {
             context.clone().expand([b, l, d])
         };
-        Self { unet, lr, context }
+        Self {
+            unet,
+            lr,
+            context,
+            extra: ExtraConditioning::default(),
+        }
+    }
+
+    /// Tells a UNet with a noise-level embedding that the LR latents carry noise of `level`
+    /// (they must already be noised to it, see [`noise_lr`]).
+    pub fn at_noise_level(mut self, level: usize) -> Self {
+        let [b, ..] = self.lr.dims();
+        self.extra.class_labels = Some(level_labels(&vec![level; b], &self.lr.device()));
+        self
     }
 }
 
 impl Denoiser for SrDenoiser<'_> {
     fn predict(&mut self, x: Tensor<4>, timesteps: &[f32]) -> Tensor<4> {
         let input = Tensor::cat(vec![x, self.lr.clone()], 1);
-        self.unet.forward(input, timesteps, self.context.clone())
+        let context = self.context.clone();
+        self.unet
+            .forward_with(input, timesteps, context, &self.extra)
     }
 }
 
@@ -51,6 +105,11 @@ pub struct SuperResolution<'a> {
     pub context: Tensor<3>,
     /// The noise schedule and prediction type the UNet was trained with.
     pub scheduler: SchedulerConfig,
+    /// Noise level of the LR augmentation at sampling (diffusers' default 20); used only by a
+    /// UNet with a noise-level embedding (`num_class_embeds`).
+    pub noise_level: usize,
+    /// Size of the UNet's noise-level embedding, if it has one.
+    levels: Option<usize>,
 }
 
 /// How to sample SR: the sampler, its steps and the seed of the noise (no guidance).
@@ -94,6 +153,8 @@ impl<'a> SuperResolution<'a> {
             vae_config,
             context,
             scheduler: SchedulerConfig::sd(),
+            noise_level: 20,
+            levels: unet_config.num_class_embeds,
         })
     }
 
@@ -131,6 +192,25 @@ impl<'a> SuperResolution<'a> {
         })
     }
 
+    /// The denoiser over `lr` noised to [`SuperResolution::noise_level`] (seeded by `seed`).
+    fn augmented(
+        &self,
+        lr: Tensor<4>,
+        levels: usize,
+        seed: u64,
+    ) -> Result<SrDenoiser<'a>, PipelineError> {
+        let level = self.noise_level;
+        if level >= levels.min(low_res_schedule().num_train_timesteps) {
+            return Err(PipelineError::UNetConfig(format!(
+                "noise level {level}: the UNet's num_class_embeds is {levels}"
+            )));
+        }
+        let [b, ..] = lr.dims();
+        let noise = SeededNoise::new(seed ^ 0x10_5e5).noise(lr.dims(), &lr.device())?;
+        let lr = noise_lr(lr, noise, &vec![level; b])?;
+        Ok(SrDenoiser::new(self.unet, lr, &self.context).at_noise_level(level))
+    }
+
     fn generate_batch(
         &self,
         lr: Tensor<4>,
@@ -144,7 +224,10 @@ impl<'a> SuperResolution<'a> {
         let seed = spec.seed.wrapping_mul(1000).wrapping_add(start as u64);
         let mut noise = SeededNoise::new(seed);
         let init = noise.noise(lr.dims(), &lr.device())?;
-        let mut denoiser = SrDenoiser::new(self.unet, lr, &self.context);
+        let mut denoiser = match self.levels {
+            None => SrDenoiser::new(self.unet, lr, &self.context),
+            Some(levels) => self.augmented(lr, levels, seed)?,
+        };
         let out = sample(sampler.as_mut(), &mut denoiser, init, &mut noise, None)?;
         Ok((out.latents, out.evaluations))
     }
@@ -170,6 +253,13 @@ mod tests {
         Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
     }
 
+    /// The seeded context of the step-0 test (re-seeding keeps the draws that follow equal).
+    fn bundle_context() -> Tensor<3> {
+        let device = Device::flex();
+        device.seed(3);
+        normal([1, 5, 32], &device)
+    }
+
     #[test]
     fn at_step_zero_sr_sampling_equals_unguided_text_to_image_sampling() {
         let device = Device::flex();
@@ -177,8 +267,7 @@ mod tests {
         let (sr_config, sr) = t2i.clone().into_super_res(&config, 4).unwrap();
         let vae_config = AutoencoderKLConfig::small(2, 8);
         let vae = AutoencoderKL::new(&vae_config, &device);
-        device.seed(3);
-        let context = normal([1, 5, 32], &device);
+        let context = bundle_context();
         let lr = normal([3, 4, 16, 16], &device) * 3.0;
         let bundle = SuperResolution::new(&sr, &sr_config, &vae, &vae_config, context.clone());
         let spec = SrSampling {
@@ -198,8 +287,21 @@ mod tests {
         let cond = context.clone().expand([3, 5, 32]);
         let mut plain = Cfg::new(UNetDenoiser(&t2i), cond, context, 1.0).unwrap();
         let reference = sample(sampler.as_mut(), &mut plain, init, &mut noise, None).unwrap();
-        let diff: f32 = (ours - reference.latents).abs().max().into_scalar();
+        let diff: f32 = (ours - reference.latents.clone()).abs().max().into_scalar();
         assert!(diff <= 1e-5, "{diff}");
+
+        // With a (zero) noise-level embedding the noised LR cannot matter either.
+        let aug_config = sr_config.with_noise_level_embedding(1000);
+        let aug = sr.with_noise_level_embedding(1000);
+        let context = bundle_context();
+        let mut bundle = SuperResolution::new(&aug, &aug_config, &vae, &vae_config, context);
+        let bundle = bundle.as_mut().unwrap();
+        let (augmented, _) = bundle.generate_latents(&lr, &spec).unwrap();
+        let diff: f32 = (augmented - reference.latents).abs().max().into_scalar();
+        assert!(diff <= 1e-5, "{diff}");
+        bundle.noise_level = 1000;
+        let err = bundle.generate_latents(&lr, &spec).expect_err("refused");
+        assert!(err.to_string().contains("noise level 1000"), "{err}");
     }
 
     #[test]

@@ -11,8 +11,9 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor};
 use ldmscale_model::weights::load_unet;
 use ldmscale_model::{UNet, UNetConfig};
+use ldmscale_train::data::rng_for;
 use ldmscale_train::params::{seeded_init, snapshot};
-use ldmscale_train::tasks::{SrData, SrPairs};
+use ldmscale_train::tasks::{SrData, SrOptions, SrPairs};
 use ldmscale_train::{
     DeviceThreads, ShardLoss, SuperRes, TrainConfig, TrainError, TrainTask, checkpoint, train_task,
 };
@@ -57,8 +58,17 @@ fn config(steps: u64, lr: f64) -> TrainConfig {
 }
 
 fn finetune(config: &TrainConfig, data: &dyn SrData, run: &Path) -> Result<u64, TrainError> {
+    finetune_with(config, data, run, SrOptions::default())
+}
+
+fn finetune_with(
+    config: &TrainConfig,
+    data: &dyn SrData,
+    run: &Path,
+    options: SrOptions,
+) -> Result<u64, TrainError> {
     let (c, unet) = pretrained(7);
-    let task = SuperRes::new(config, data, (&c, unet), empty_prompt())?;
+    let task = SuperRes::with_options(config, data, (&c, unet), empty_prompt(), options)?;
     let sync = DeviceThreads::new(&[Device::flex()])?;
     Ok(train_task(config, &task, &sync, run, false, None)?.steps_run)
 }
@@ -159,7 +169,7 @@ fn held_out_losses(config: &TrainConfig, model: &UNet) -> (f64, f64) {
     let (mut matched, mut swapped) = (0.0, 0.0);
     for draw in 0..4 {
         let loss = |roll: usize| {
-            let mut rng = ldmscale_train::data::rng_for(99, draw, 0);
+            let mut rng = rng_for(99, draw, 0);
             let mut batch = task.draw(&indices, &mut rng, &device).unwrap();
             if roll > 0 {
                 let lr = batch.lr.clone();
@@ -250,4 +260,66 @@ fn bad_inputs_name_the_field() {
     cfg.snapshot_steps = vec![3, 2];
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.starts_with("snapshot_steps[1] = 2"), "{err}");
+}
+
+#[test]
+fn noise_augmentation_noises_the_lr_trains_the_level_embedding_and_resumes() {
+    let data = pairs(6);
+    let options = SrOptions {
+        noise_augmentation: Some(350),
+    };
+    let (c, unet) = pretrained(7);
+    let cfg = config(5, 1e-3);
+    let task = SuperRes::with_options(&cfg, &data, (&c, unet), empty_prompt(), options).unwrap();
+    assert_eq!(task.sr_config().num_class_embeds, Some(1000));
+    let device = Device::flex();
+    let batch = task
+        .draw(&[0, 1, 2, 3], &mut rng_for(1, 1, 1), &device)
+        .unwrap();
+    assert_eq!(batch.noise_levels.len(), 4);
+    assert!(
+        batch.noise_levels.iter().all(|&l| l <= 350),
+        "{:?}",
+        batch.noise_levels
+    );
+    let (_, clean) = data.pairs(&[0, 1, 2, 3], &device).unwrap();
+    let moved: f32 = (batch.lr - clean).abs().max().into_scalar();
+    assert!(moved > 1e-2, "LR latents not noised: {moved}");
+
+    let straight = tempfile::tempdir().unwrap();
+    finetune_with(&cfg, &data, straight.path(), options).unwrap();
+    let split = tempfile::tempdir().unwrap();
+    finetune_with(&config(3, 1e-3), &data, split.path(), options).unwrap();
+    std::fs::remove_dir_all(checkpoint::step_dir(split.path(), 3)).unwrap();
+    assert_eq!(
+        finetune_with(&cfg, &data, split.path(), options).unwrap(),
+        3
+    );
+    let trained = weights(&split.path().join("unet"));
+    assert_eq!(trained, weights(&straight.path().join("unet")));
+    let table = &trained
+        .iter()
+        .find(|(k, _)| k == "class_embedding.weight")
+        .unwrap()
+        .1;
+    assert!(
+        table.iter().any(|&v| v != 0.0),
+        "the level embedding never trained"
+    );
+    // Turning augmentation on for a run trained without it is refused.
+    let plain = tempfile::tempdir().unwrap();
+    finetune(&config(2, 1e-3), &data, plain.path()).unwrap();
+    let err = finetune_with(&config(4, 1e-3), &data, plain.path(), options).unwrap_err();
+    assert!(matches!(err, TrainError::DataChanged { .. }), "{err:?}");
+    let (c, unet) = pretrained(7);
+    let too_high = SrOptions {
+        noise_augmentation: Some(1000),
+    };
+    let err = SuperRes::with_options(&cfg, &data, (&c, unet), empty_prompt(), too_high)
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().starts_with("noise_augmentation = 1000"),
+        "{err}"
+    );
 }

@@ -6,6 +6,7 @@
 //! (diffusers' instruct-pix2pix script drops the bias, diffusers issue 4960).
 
 use burn::module::Param;
+use burn::nn::EmbeddingConfig;
 use burn::tensor::Tensor;
 
 use super::{UNet, UNetConfig};
@@ -40,6 +41,15 @@ impl UNetConfig {
         Ok(config)
     }
 
+    /// This SR config with a noise-level embedding of `levels` entries (diffusers' x4 upscaler:
+    /// `num_class_embeds` 1000, the level of the noise added to the LR input as the class).
+    pub fn with_noise_level_embedding(&self, levels: usize) -> UNetConfig {
+        let mut config = self.clone();
+        config.num_class_embeds = Some(levels);
+        config.class_embed_type = None;
+        config
+    }
+
     /// Latent channels of the LR conditioning a super-resolution config reads (`in_channels -
     /// out_channels`); `None` for a UNet that reads only its own latent.
     pub fn concat_channels(&self) -> Option<usize> {
@@ -55,6 +65,17 @@ impl UNet {
         let [out, _, kh, kw] = weight.dims();
         let zeros = Tensor::zeros([out, extra, kh, kw], &weight.device());
         self.conv_in.weight = Param::from_tensor(Tensor::cat(vec![weight, zeros], 1));
+        self
+    }
+
+    /// This UNet with a noise-level embedding of `levels` entries added to the time embedding,
+    /// zero so that the output does not depend on the level until trained.
+    pub fn with_noise_level_embedding(mut self, levels: usize) -> UNet {
+        let width = 4 * self.base_channels;
+        let device = self.conv_in.weight.device();
+        let mut embedding = EmbeddingConfig::new(levels, width).init(&device);
+        embedding.weight = Param::from_tensor(Tensor::zeros([levels, width], &device));
+        self.class_embedding = Some(embedding);
         self
     }
 

@@ -5,5 +5,5 @@ pub mod super_res;
 pub mod text_to_image;
 
 pub use sr_pairs::SrPairs;
-pub use super_res::{SrBatch, SrData, SrLoss, SuperRes};
+pub use super_res::{SrBatch, SrData, SrLoss, SrOptions, SuperRes};
 pub use text_to_image::{DenoisingLoss, TextImageBatch, TextToImage};

@@ -2,13 +2,18 @@
 //! to read the LR latent beside the noisy one ([`UNet::into_super_res`]: new input weights zero,
 //! old weights and bias copied), trained with the text-to-image objective on (HR latent, LR
 //! latent) pairs under the fixed empty-prompt context. No caption dropout: there are no captions.
+//! Optional noise augmentation of the LR latent ([`SrOptions::noise_augmentation`], off by
+//! default): a random level per sample of the x4 upscaler's schedule, fed to a zero-initialised
+//! noise-level embedding.
 
 use std::ops::Range;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use ldmscale_diffusion::objective::{DiffusionObjective, sample_timesteps};
 use ldmscale_model::unet::PerLevel;
-use ldmscale_model::{UNet, UNetConfig};
+use ldmscale_model::{ExtraConditioning, UNet, UNetConfig};
+use ldmscale_pipeline::{level_labels, low_res_schedule, noise_lr};
+use rand::RngExt;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -47,8 +52,22 @@ pub struct SuperRes<'d> {
     context: Tensor<3>,
     train_timesteps: usize,
     key: String,
+    /// The highest LR noise level drawn, when augmenting.
+    max_noise_level: Option<usize>,
     loss: SrLoss,
 }
+
+/// Choices of the super-resolution task beyond the recipe.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SrOptions {
+    /// Noise-augment the LR latent with levels drawn from `0..=max` (diffusers' x4 upscaler:
+    /// 350) of [`low_res_schedule`], the level fed to a noise-level embedding of
+    /// [`NOISE_LEVELS`] entries. `None` (the default): the LR latent as encoded.
+    pub noise_augmentation: Option<usize>,
+}
+
+/// Entries of the noise-level embedding (diffusers' x4 upscaler's `num_class_embeds`).
+pub const NOISE_LEVELS: usize = 1000;
 
 /// One super-resolution micro-batch.
 pub struct SrBatch {
@@ -62,6 +81,8 @@ pub struct SrBatch {
     pub context: Tensor<3>,
     /// One training timestep per sample.
     pub timesteps: Vec<usize>,
+    /// The LR latents' noise level per sample (empty without noise augmentation).
+    pub noise_levels: Vec<usize>,
 }
 
 /// The text-to-image denoising loss with the LR latent concatenated to the noisy input.
@@ -75,21 +96,35 @@ impl<'d> SuperRes<'d> {
     pub fn new(
         config: &TrainConfig,
         data: &'d dyn SrData,
-        (pretrained_config, pretrained): (&UNetConfig, UNet),
+        pretrained: (&UNetConfig, UNet),
         context: Tensor<3>,
     ) -> Result<Self, TrainError> {
+        Self::with_options(config, data, pretrained, context, SrOptions::default())
+    }
+
+    /// [`SuperRes::new`] with `options`.
+    pub fn with_options(
+        config: &TrainConfig,
+        data: &'d dyn SrData,
+        (pretrained_config, pretrained): (&UNetConfig, UNet),
+        context: Tensor<3>,
+        options: SrOptions,
+    ) -> Result<Self, TrainError> {
         let [c, ..] = data.latent_shape();
-        let (sr_config, sr) = pretrained
+        let (mut sr_config, mut sr) = pretrained
             .into_super_res(pretrained_config, c)
             .map_err(|message| TrainError::settings("unet", message))?;
         check_model(config, &sr_config)?;
         check_context(&context, &sr_config)?;
+        let mut key = format!("super-res({}", data.key());
+        if let Some(max) = options.noise_augmentation {
+            check_noise_level(max)?;
+            sr_config = sr_config.with_noise_level_embedding(NOISE_LEVELS);
+            sr = sr.with_noise_level_embedding(NOISE_LEVELS);
+            key.push_str(&format!(", LR noise levels 0..={max}"));
+        }
         let initial = params::snapshot(&sr);
-        let key = format!(
-            "super-res({}, unet {:016x})",
-            data.key(),
-            weights_digest(&initial)
-        );
+        let key = format!("{key}, unet {:016x})", weights_digest(&initial));
         let (objective, train_timesteps) = denoising_objective(config)?;
         Ok(Self {
             data,
@@ -98,6 +133,7 @@ impl<'d> SuperRes<'d> {
             context,
             train_timesteps,
             key,
+            max_noise_level: options.noise_augmentation,
             loss: SrLoss { objective },
         })
     }
@@ -116,6 +152,18 @@ fn check_model(config: &TrainConfig, sr: &UNetConfig) -> Result<(), TrainError> 
             "model.width",
             config.model.width,
             format!("the pretrained UNet's base width is {base} (block_out_channels[0])"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_noise_level(max: usize) -> Result<(), TrainError> {
+    let levels = NOISE_LEVELS.min(low_res_schedule().num_train_timesteps);
+    if max >= levels {
+        return Err(TrainError::config(
+            "noise_augmentation",
+            max,
+            format!("the highest noise level must be below {levels}"),
         ));
     }
     Ok(())
@@ -153,6 +201,13 @@ fn weights_digest(weights: &Named) -> u64 {
         }
     }
     h
+}
+
+/// `shape` standard-normal values from `rng`.
+fn normal(rng: &mut StdRng, shape: [usize; 4], device: &Device) -> Tensor<4> {
+    let n = shape.iter().product();
+    let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut *rng)).collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// `config` at base width 320 (every level scaled alike, multiples of 32 channels) with 32
@@ -194,7 +249,7 @@ impl TrainTask for SuperRes<'_> {
         [h, w, l]
     }
 
-    /// Timesteps, then noise, from `rng`.
+    /// Timesteps, then noise, then (when augmenting) LR noise levels and LR noise, from `rng`.
     fn draw(
         &self,
         indices: &[usize],
@@ -208,10 +263,18 @@ impl TrainTask for SuperRes<'_> {
         let b = indices.len();
         let timesteps = sample_timesteps(rng, b, self.train_timesteps);
         let [c, h, w] = self.data.latent_shape();
-        let noise: Vec<f32> = (0..b * c * h * w)
-            .map(|_| StandardNormal.sample(&mut *rng))
-            .collect();
-        let noise = Tensor::<4>::from_data(TensorData::new(noise, [b, c, h, w]), device);
+        let noise = normal(rng, [b, c, h, w], device);
+        let (lr, noise_levels) = match self.max_noise_level {
+            Some(max) => {
+                let levels: Vec<usize> = (0..b).map(|_| rng.random_range(0..=max)).collect();
+                let lr_noise = normal(rng, [b, c, h, w], device);
+                let lr = noise_lr(lr, lr_noise, &levels).map_err(|e| TrainError::Data {
+                    message: e.to_string(),
+                })?;
+                (lr, levels)
+            }
+            None => (lr, Vec::new()),
+        };
         let [_, l, d] = self.context.dims();
         let context = self.context.clone().to_device(device).expand([b, l, d]);
         Ok(SrBatch {
@@ -220,6 +283,7 @@ impl TrainTask for SuperRes<'_> {
             noise,
             context,
             timesteps,
+            noise_levels,
         })
     }
 
@@ -248,7 +312,11 @@ impl ShardLoss<SrBatch> for SrLoss {
             lr: rows_on(&batch.lr, &rows, whole, device),
             noise: rows_on(&batch.noise, &rows, whole, device),
             context: rows_on(&batch.context, &rows, whole, device),
-            timesteps: batch.timesteps[rows].to_vec(),
+            timesteps: batch.timesteps[rows.clone()].to_vec(),
+            noise_levels: match batch.noise_levels.is_empty() {
+                true => Vec::new(),
+                false => batch.noise_levels[rows].to_vec(),
+            },
         }
     }
 
@@ -258,7 +326,11 @@ impl ShardLoss<SrBatch> for SrLoss {
             .pair(shard.x0, shard.noise, &shard.timesteps)?;
         let t: Vec<f32> = shard.timesteps.iter().map(|&v| v as f32).collect();
         let input = Tensor::cat(vec![pair.noisy.clone(), shard.lr], 1);
-        let out = unet.forward(input, &t, shard.context);
+        let mut extra = ExtraConditioning::default();
+        if !shard.noise_levels.is_empty() {
+            extra.class_labels = Some(level_labels(&shard.noise_levels, &input.device()));
+        }
+        let out = unet.forward_with(input, &t, shard.context, &extra);
         Ok(self.objective.loss(out, &pair)?)
     }
 }
