@@ -16,9 +16,9 @@ use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, ExtraConditioning, UNet
 
 use crate::{Generated, PipelineError};
 
-/// The noise schedule of the LR augmentation: Stable Diffusion's x4 upscaler's
-/// (`ImageConcatWithNoiseAugmentation`: 1000 levels, betas from 1e-4 to 0.02 on a
-/// square-root-linear ramp, diffusers' `scaled_linear`).
+/// The noise schedule of the LR augmentation: Stable Diffusion's x4 upscaler's, as diffusers'
+/// single-file loader builds its `low_res_scheduler` (1000 levels, `scaled_linear` betas from
+/// 1e-4 to 0.02).
 pub fn low_res_schedule() -> SchedulerConfig {
     SchedulerConfig {
         num_train_timesteps: 1000,
