@@ -16,8 +16,10 @@
 //! spread itself is conservative (wider than the true sampling spread of FID at n, for the same
 //! reason).
 
+mod kid;
 mod paired;
 
+pub use kid::{KidResampler, MAX_KID_ROWS};
 pub use paired::{PairedDifference, paired_difference};
 
 use faer::linalg::matmul::matmul;

@@ -49,7 +49,7 @@ pub fn paired_difference(
     }
     let all_rows = |k: usize| (0..k).collect::<Vec<usize>>();
     let value = mean_difference(pairs, &all_rows(n), &all_rows(m))?;
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x9A1_BED_D1FF);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x09A1_BEDD_1FF0);
     let mut draws = Vec::with_capacity(replicates);
     for _ in 0..replicates {
         let a: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();

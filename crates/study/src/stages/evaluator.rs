@@ -5,21 +5,23 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
 use ldmscale_eval::npz::{encode_npy_f32, parse_npy, read_stats, write_stats};
-use ldmscale_eval::{FidExtractor, FidMode, GaussianStats, RgbImage, frechet_distance};
+use ldmscale_eval::stats::kernel_inception_distance;
+use ldmscale_eval::{FidExtractor, FidMode, GaussianStats, KidOptions, RgbImage, frechet_distance};
 use ldmscale_model::weights::write_atomic;
 use ldmscale_pipeline::values;
 
 use super::data::{self, Splits};
 use super::first_stage::images_tensor;
 use super::latents::{self, Latents};
-use crate::bootstrap::{self, FidCi};
+use crate::bootstrap::{self, FidCi, KidResampler};
+use crate::cell::Metric;
 use crate::config::{FidFeaturesKind, StudyConfig};
 use crate::context::StudyContext;
 use crate::error::StudyError;
 use crate::fingerprint::Fingerprint;
 use crate::in_domain;
 use crate::stage::Stage;
-use crate::store::FeatureRows;
+use crate::store::{FeatureRows, KID};
 
 /// The in-domain CLIP's recipe: held-out pairs at most, steps, batch, seed.
 const CLIP_HELD_OUT_MAX: usize = 64;
@@ -250,6 +252,32 @@ impl Evaluator {
         let ci = self.interval(fid, &generated, d, seed)?;
         let rows = FeatureRows::new(generated, d).map_err(StudyError::stage("sweep"))?;
         Ok((fid, ci, rows))
+    }
+
+    /// KID of `generated` against the reference: the kernel form with a bootstrap interval
+    /// (when the study asks for intervals) up to `MAX_KID_ROWS` rows a side, clean-fid's
+    /// subset estimator without one beyond.
+    pub fn kid(&self, generated: &FeatureRows, seed: u64) -> Result<Metric, StudyError> {
+        let err = StudyError::stage("sweep");
+        let reference = &self.reference_features;
+        let m = reference.len() / generated.dim.max(1);
+        let (value, ci) = if generated.rows.max(m) <= bootstrap::MAX_KID_ROWS {
+            let k = KidResampler::new(&generated.data, reference, generated.dim).map_err(err)?;
+            k.with_interval(self.bootstrap as usize, seed)
+        } else {
+            let options = KidOptions {
+                seed,
+                ..Default::default()
+            };
+            let kid =
+                kernel_inception_distance(&generated.data, reference, generated.dim, options)?;
+            (kid.mean, None)
+        };
+        Ok(Metric {
+            name: KID.into(),
+            value,
+            ci,
+        })
     }
 
     fn interval(

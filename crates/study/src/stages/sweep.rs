@@ -234,7 +234,7 @@ impl SweepStage<'_> {
             // Unclamped, unlike torchmetrics' CLIP score: an in-domain encoder's cosines centre
             // near zero and a negative mean is information, not noise.
             in_domain_clip: Some(100.0 * cos as f64),
-            metrics: Vec::new(),
+            metrics: vec![self.evaluator.kid(&features, key.seed_for("kid"))?],
             evaluations: generated.evaluations as u64,
             gflops_per_eval: width.gflops_per_eval,
             wall_seconds,

@@ -40,6 +40,8 @@ pub const SCHEMA_VERSION: u32 = 3;
 pub const FID: &str = "fid";
 /// The in-domain CLIP score (x100 cosine).
 pub const IN_DOMAIN_CLIP: &str = "in_domain_clip";
+/// Kernel inception distance on the FID features (unbiased MMD^2, cubic kernel).
+pub const KID: &str = "kid";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS cells (
