@@ -162,7 +162,7 @@ enum Precision {
 fn main() {
     let cli = Cli::parse();
     ldmscale_util::logging::init(ldmscale_util::logging::Verbosity::from_flags(
-        false,
+        cli.quiet,
         cli.verbose,
     ));
     if cli.precision == Precision::Bf16 {
