@@ -141,21 +141,7 @@ impl FidResampler {
         // (n + m) d^2 + 20 d^3 (two eigensolves and products of d x d matrices).
         let gram_cost = small * small * large + 10.0 * small.powi(3);
         let cov_cost = (n + m) as f64 * (d * d) as f64 + 20.0 * (d as f64).powi(3);
-        let grams = (gram_cost <= cov_cost).then(|| {
-            let gram = |a: &Mat<f64>, b: &Mat<f64>| {
-                let mut g = Mat::zeros(a.nrows(), b.nrows());
-                matmul(
-                    g.as_mut(),
-                    Accum::Replace,
-                    a.as_ref(),
-                    b.transpose(),
-                    1.0,
-                    Par::rayon(0),
-                );
-                g
-            };
-            (gram(&x, &x), gram(&y, &y), gram(&x, &y))
-        });
+        let grams = (gram_cost <= cov_cost).then(|| (gram(&x, &x), gram(&y, &y), gram(&x, &y)));
         Ok(Self {
             n,
             m,
@@ -293,6 +279,20 @@ impl FidResampler {
         }
         Ok(out)
     }
+}
+
+/// `a b^T`: the inner products of every row of `a` with every row of `b`.
+fn gram(a: &Mat<f64>, b: &Mat<f64>) -> Mat<f64> {
+    let mut g = Mat::zeros(a.nrows(), b.nrows());
+    matmul(
+        g.as_mut(),
+        Accum::Replace,
+        a.as_ref(),
+        b.transpose(),
+        1.0,
+        Par::rayon(0),
+    );
+    g
 }
 
 /// The re-centred 95% percentile interval around `fid` from bootstrap `replicates`.

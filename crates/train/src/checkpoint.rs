@@ -48,7 +48,14 @@ pub fn step_dir(run: &Path, step: u64) -> PathBuf {
 
 /// Complete checkpoints, oldest first.
 pub fn list(run: &Path) -> Vec<(u64, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(checkpoints_dir(run)) else {
+    let mut out = step_dirs(&checkpoints_dir(run));
+    out.retain(|(_, dir)| dir.join("state.json").exists());
+    out
+}
+
+/// The `step-N` directories in `dir`, by step.
+fn step_dirs(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
     let mut out: Vec<(u64, PathBuf)> = entries
@@ -56,10 +63,7 @@ pub fn list(run: &Path) -> Vec<(u64, PathBuf)> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
             let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
-            e.path()
-                .join("state.json")
-                .exists()
-                .then(|| (step, e.path()))
+            Some((step, e.path()))
         })
         .collect();
     out.sort();
@@ -119,19 +123,7 @@ pub fn snapshots_dir(run: &Path) -> PathBuf {
 
 /// Complete snapshots (`snapshot_steps`), oldest first.
 pub fn snapshots(run: &Path) -> Vec<(u64, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(snapshots_dir(run)) else {
-        return Vec::new();
-    };
-    let mut out: Vec<(u64, PathBuf)> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
-            Some((step, e.path()))
-        })
-        .collect();
-    out.sort();
-    out
+    step_dirs(&snapshots_dir(run))
 }
 
 /// Writes snapshot `step` through `write(tmp_dir)` and renames it into place (a resumed run

@@ -3,12 +3,11 @@
 //! bootstrap percentile interval. Unlike FID it has no bias at small n, so its replicates need
 //! no re-centring.
 
-use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, Par};
+use faer::Mat;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use super::{CiMethod, FidCi, percentile};
+use super::{CiMethod, FidCi, gram, percentile};
 
 /// Above this many rows on a side the kernel matrices (rows^2 x 8 bytes) are not built; the
 /// caller uses clean-fid's subset estimator instead.
@@ -36,15 +35,7 @@ impl KidResampler {
         let x = Mat::from_fn(n, d, |i, j| generated[i * d + j] as f64);
         let y = Mat::from_fn(m, d, |i, j| reference[i * d + j] as f64);
         let kernel = |a: &Mat<f64>, b: &Mat<f64>| {
-            let mut g = Mat::zeros(a.nrows(), b.nrows());
-            matmul(
-                g.as_mut(),
-                Accum::Replace,
-                a.as_ref(),
-                b.transpose(),
-                1.0,
-                Par::rayon(0),
-            );
+            let g = gram(a, b);
             Mat::from_fn(g.nrows(), g.ncols(), |i, j| {
                 (g[(i, j)] / d as f64 + 1.0).powi(3)
             })
