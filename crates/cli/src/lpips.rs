@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ldmscale_eval::lpips::{Lpips, LpipsNet, default_heads_path};
-use ldmscale_eval::sr_metrics::open_rgb8;
 
-use crate::sr_metrics::matched_pairs;
+use crate::sr_metrics::{matched_pairs, open_pair};
 
 /// Where the weights come from, printed by `--help`.
 const WEIGHTS: &str = "\
@@ -85,18 +84,7 @@ pub fn run(args: &LpipsArgs) -> Result<()> {
 
 /// LPIPS of one pair, errors naming the files.
 fn distance(lpips: &Lpips, a: &Path, b: &Path) -> Result<f64> {
-    let (ia, ib) = (open_rgb8(a)?, open_rgb8(b)?);
-    if (ia.width, ia.height) != (ib.width, ib.height) {
-        bail!(
-            "{} is {}x{} but {} is {}x{}: the images must have the same size",
-            a.display(),
-            ia.width,
-            ia.height,
-            b.display(),
-            ib.width,
-            ib.height
-        );
-    }
+    let (ia, ib) = open_pair(a, b)?;
     let what = || format!("{} vs {}", a.display(), b.display());
     let (x0, x1) = (lpips.input(&[&ia])?, lpips.input(&[&ib])?);
     let value = lpips.forward(x0, x1).with_context(what)?;

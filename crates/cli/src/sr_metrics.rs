@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, bail};
 use clap::Args;
+use ldmscale_eval::RgbImage;
 use ldmscale_eval::fid::image_files;
 use ldmscale_eval::sr_metrics::{RgbView, SrMetricOptions, open_rgb8, psnr, ssim};
 
@@ -95,8 +96,8 @@ fn format_value(v: f64) -> String {
     }
 }
 
-/// One image pair's metric, errors naming both files.
-fn measure(metric: SrMetric, a: &Path, b: &Path, options: SrMetricOptions) -> Result<f64> {
+/// Two images of one size as 8-bit RGB, errors naming the files.
+pub(crate) fn open_pair(a: &Path, b: &Path) -> Result<(RgbImage, RgbImage)> {
     let (ia, ib) = (open_rgb8(a)?, open_rgb8(b)?);
     if (ia.width, ia.height) != (ib.width, ib.height) {
         bail!(
@@ -109,6 +110,12 @@ fn measure(metric: SrMetric, a: &Path, b: &Path, options: SrMetricOptions) -> Re
             ib.height
         );
     }
+    Ok((ia, ib))
+}
+
+/// One image pair's metric, errors naming both files.
+fn measure(metric: SrMetric, a: &Path, b: &Path, options: SrMetricOptions) -> Result<f64> {
+    let (ia, ib) = open_pair(a, b)?;
     let va = RgbView::new(&ia.data, ia.width, ia.height);
     let vb = RgbView::new(&ib.data, ib.width, ib.height);
     let value = match metric {
