@@ -5,12 +5,15 @@
 #   ${LDMSCALE_CACHE:-~/.cache/ldmscale}/assets/<name>/
 # A name already unpacked is skipped, so a second run is a no-op.
 #
-# Usage: tools/fetch-assets.sh [NAME ...]      (default: all but lpips, which needs the fixture venv)
+# Usage: tools/fetch-assets.sh [NAME ...]      (default: all but lpips, which needs the fixture venv,
+#                                              and photos, which is 110 MB of downloads)
 # Names:  inception      FID Inception-v3 TorchScript      -> assets/fid-inception/pt_inception-2015-12-05.pt
 #         minilm         all-MiniLM-L6-v2 text encoder     -> assets/minilm/{model.safetensors,tokenizer.json,config.json,...}
 #         fashion-mnist  Fashion-MNIST (IDX, gzipped)       -> assets/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz
 #         mnist          MNIST (CSV)                        -> assets/mnist/mnist_{train,test}.csv
 #         emoji          Google emoji 64x64 PNG + names     -> assets/emoji/{emoji.json,img/*.png}
+#         photos         natural photographs for super-resolution (DIV2K-like) -> assets/photos/
+#                        {plasma/NAME.jpg: 10 colour 2560x1600 wallpapers photos, skimage/NAME.{png,jpg}: 7}
 #         lpips          LPIPS v0.1 linear heads (lpips 0.1.4 wheel), as safetensors with the
 #                        fixture venv's torch (tools/setup-python.sh) -> assets/lpips/{alex,vgg}.safetensors
 #                        (the AlexNet / VGG16 trunks are not in any package: see tools/convert_lpips_trunk.py)
@@ -85,6 +88,34 @@ fetch_emoji() {
   mv package/img/google/64 out/img
 }
 
+# Debian's KDE wallpapers (only the photographs; Grey is left out as it is grey) at their largest
+# size, and the photographs in scikit-image's wheel.
+plasma_photos=(BytheWater ColdRipple ColorfulCups DarkestHour EveningGlow FallenLeaf Kite OneStandsOut Path summer_1am)
+skimage_photos=(astronaut.png coffee.png chelsea.png motorcycle_left.png motorcycle_right.png rocket.jpg hubble_deep_field.jpg)
+
+fetch_photos() {
+  local deb="plasma-workspace-wallpapers_4%3a5.27.5-2_all.deb"
+  apt-get download plasma-workspace-wallpapers=4:5.27.5-2 >/dev/null 2>&1 ||
+    { apt-get update -qq >/dev/null && apt-get download plasma-workspace-wallpapers=4:5.27.5-2; }
+  check "$deb" 32cd18b71c8c938a18b3b351f217c02ac590e323caa3cf322fbb875ce8892f8b
+  dpkg-deb -x "$deb" x
+  mkdir -p out/plasma out/skimage
+  for name in "${plasma_photos[@]}"; do
+    mv "x/usr/share/wallpapers/$name/contents/images/2560x1600.jpg" "out/plasma/$name.jpg"
+  done
+  cp x/usr/share/doc/plasma-workspace-wallpapers/copyright out/plasma/COPYRIGHT
+  local whl=scikit_image-0.25.2-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+  # The platform is pinned so any Python fetches the same wheel; only its data files are used.
+  python3 -m pip download -q --no-deps --only-binary=:all: --implementation cp --python-version 3.11 \
+    --abi cp311 --platform manylinux_2_17_x86_64 -d . scikit-image==0.25.2
+  check "$whl" 24cc986e1f4187a12aa319f777b36008764e856e5013666a4a83f8df083c2641
+  python3 -m zipfile -e "$whl" w
+  for name in "${skimage_photos[@]}"; do
+    mv "w/skimage/data/$name" "out/skimage/$name"
+  done
+  cp w/scikit_image-0.25.2.dist-info/LICENSE.txt out/skimage/LICENSE.txt
+}
+
 fetch_lpips() {
   python3 -m pip download -q --no-deps -d . lpips==0.1.4
   check lpips-0.1.4-py3-none-any.whl fd537af5828b69d2e6ffc0a397bd506dbc28ca183543617690844c08e102ec5e
@@ -114,6 +145,7 @@ for name in "${names[@]}"; do
     mnist) install mnist fetch_mnist ;;
     emoji) install emoji fetch_emoji ;;
     lpips) install lpips fetch_lpips ;;
-    *) echo "fetch-assets: unknown asset '$name' (known: inception minilm fashion-mnist mnist emoji lpips)" >&2; exit 2 ;;
+    photos) install photos fetch_photos ;;
+    *) echo "fetch-assets: unknown asset '$name' (known: inception minilm fashion-mnist mnist emoji lpips photos)" >&2; exit 2 ;;
   esac
 done
