@@ -48,6 +48,16 @@ pub enum DataError {
         /// What is wrong and what forms are accepted.
         message: String,
     },
+    /// A setting given as a string or number (an HR source, a crop size) is invalid.
+    #[error("{field} {value:?}: {message}")]
+    Setting {
+        /// What the setting is (`HR source`, `crop size`).
+        field: String,
+        /// The value as given.
+        value: String,
+        /// What is wrong and what is accepted.
+        message: String,
+    },
     /// An index past the end of a finite dataset.
     #[error("{dataset}: index {index} out of range (len {len})")]
     OutOfRange {
@@ -91,6 +101,18 @@ impl DataError {
         DataError::Io {
             file: path.display().to_string(),
             message: e.to_string(),
+        }
+    }
+
+    pub(crate) fn setting(
+        field: &str,
+        value: impl std::fmt::Display,
+        message: impl Into<String>,
+    ) -> Self {
+        DataError::Setting {
+            field: field.to_string(),
+            value: value.to_string(),
+            message: message.into(),
         }
     }
 

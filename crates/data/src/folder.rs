@@ -136,7 +136,7 @@ impl ImageFolder {
 }
 
 /// `path` relative to `root`, with `/` separators.
-fn relative(root: &Path, path: &Path) -> String {
+pub(crate) fn relative(root: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
     rel.components()
         .map(|c| c.as_os_str().to_string_lossy())
@@ -147,7 +147,7 @@ fn relative(root: &Path, path: &Path) -> String {
 /// Collects image files under `dir`, recursively (hidden entries skipped). Symlinks are
 /// followed, except into a folder already on the way down (a loop) or one that cannot be
 /// resolved; those are skipped with a warning naming the link.
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
+pub(crate) fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
     let root = std::fs::canonicalize(dir).map_err(|e| DataError::io(dir, e))?;
     walk_below(dir, &mut vec![root], out)
 }

@@ -86,6 +86,51 @@ impl Image {
         Ok(Self::from_dynamic(reader.decode().map_err(image_error)?))
     }
 
+    /// Decodes to 8-bit RGB as OpenCV's `imread(IMREAD_COLOR)` does (grey replicated, 16 bits
+    /// reduced, an opaque alpha dropped), with a note of the conversion made. Transparency is an
+    /// error rather than composited: a transparent pixel has no defined colour for an HR target.
+    pub fn decode_opaque(
+        bytes: &[u8],
+        name: &str,
+    ) -> Result<(Self, Option<&'static str>), DataError> {
+        let image_error = |e: image::ImageError| DataError::Image {
+            file: name.to_string(),
+            message: e.to_string(),
+        };
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| image_error(e.into()))?;
+        reader.limits(decode_limits());
+        let img = reader.decode().map_err(image_error)?;
+        let color = img.color();
+        if color.has_alpha() && img.to_rgba16().pixels().any(|p| p[3] != u16::MAX) {
+            return Err(DataError::format(
+                name,
+                "has transparent pixels; expected opaque RGB or grey (flatten it onto a background first)",
+            ));
+        }
+        let grey = color.channel_count() <= 2;
+        let wide = color.bytes_per_pixel() / color.channel_count() > 1;
+        let note = match (grey, wide, color.has_alpha()) {
+            (false, false, false) => None,
+            (true, false, _) => Some("grey replicated to RGB"),
+            (true, true, _) => Some("16-bit grey reduced to 8-bit and replicated to RGB"),
+            (false, true, _) => Some("reduced to 8 bits per channel"),
+            (false, false, true) => Some("opaque alpha channel dropped"),
+        };
+        let rgb = img.into_rgb8();
+        let (width, height) = rgb.dimensions();
+        let pixels = rgb.into_raw();
+        Ok((
+            Image {
+                width,
+                height,
+                pixels,
+            },
+            note,
+        ))
+    }
+
     /// Reads and decodes an image file.
     pub fn open(path: &Path) -> Result<Self, DataError> {
         let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;

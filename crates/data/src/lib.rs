@@ -5,7 +5,9 @@
 //! Sources: the procedural [`Shapes`] (no files needed), the fetched assets Fashion-MNIST,
 //! MNIST and emoji ([`GrayClasses`], [`Emoji`]), and user data: an image folder
 //! ([`ImageFolder`]), COCO captions ([`Coco`]) and WebDataset tar shards ([`WebDataset`]).
-//! Configs name them with a [`DatasetSpec`] (`"shapes"`, `"coco:JSON:DIR"`, ...).
+//! Configs name them with a [`DatasetSpec`] (`"shapes"`, `"coco:JSON:DIR"`, ...); the
+//! super-resolution study's high-resolution images with an [`HrSource`] (`"photos"`,
+//! `"div2k:DIR"`, ...), cut into seeded crops by [`hr_crops`].
 //!
 //! Everything random (splits, shuffles, crops, flips, procedural scenes) is a pure function of
 //! seeds and indices through the crate's own small generator, so runs resume exactly and do not
@@ -18,6 +20,7 @@ pub mod dataset;
 pub mod degrade;
 pub mod error;
 pub mod folder;
+pub mod hr;
 pub mod image;
 pub mod mnist;
 pub mod rng;
@@ -32,6 +35,7 @@ pub use captioned::{Captioned, load_captioned};
 pub use dataset::{Dataset, Example, Skipped, Split, SplitConfig, SplitDataset};
 pub use error::DataError;
 pub use folder::{Coco, CocoCaptions, ImageFolder};
+pub use hr::{CropSpec, Downscale, HrSource, for_each_hr_crop, hr_crops, hr_crops_of_images};
 pub use image::Image;
 pub use mnist::{CaptionStyle, Emoji, GrayClasses, Part, assets_dir, cache_root};
 pub use shapes::{Scene, Shapes, ShapesConfig};
