@@ -1,4 +1,4 @@
-//! Diffusion core of ldmscale: noise schedules, samplers (DDIM, DDPM, DPM-Solver++),
+//! Diffusion core of ldmscale: noise schedules, samplers (DDIM, DDPM, DPM-Solver++, LCM),
 //! classifier-free guidance and training objectives.
 //!
 //! Numerics follow diffusers 0.42.1 in f32 and in its order of operations (parity fixtures in
@@ -20,6 +20,7 @@ pub mod denoiser;
 pub mod dpm_solver;
 pub mod error;
 pub mod guidance;
+pub mod lcm;
 pub mod noise;
 pub mod objective;
 pub mod prediction;
@@ -37,6 +38,7 @@ pub use dpm_solver::{
 };
 pub use error::{DiffusionError, Result};
 pub use guidance::{Cfg, ConditionalModel};
+pub use lcm::{LcmOptions, LcmSampler, boundary_scalings, guidance_embedding, lcm_timesteps};
 pub use noise::{NoNoise, NoiseQueue, NoiseSource, SeededNoise};
 pub use objective::DiffusionObjective;
 pub use sampler::{SampleOutput, Sampler, SamplerKind, StepEvent, sample};

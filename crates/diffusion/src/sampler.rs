@@ -8,6 +8,7 @@ use crate::ddpm::{DdpmOptions, DdpmSampler};
 use crate::denoiser::Denoiser;
 use crate::dpm_solver::{DpmSolverOptions, DpmSolverSampler};
 use crate::error::{DiffusionError, Result};
+use crate::lcm::{LcmOptions, LcmSampler};
 use crate::noise::NoiseSource;
 use crate::schedule::SchedulerConfig;
 
@@ -113,6 +114,9 @@ pub enum SamplerKind {
     Ddpm(DdpmOptions),
     /// DPM-Solver++ (multistep, order 1-3, optionally SDE).
     DpmSolver(DpmSolverOptions),
+    /// Latent Consistency Model multistep sampling (a distilled student with a guidance
+    /// embedding; one evaluation per step).
+    Lcm(LcmOptions),
 }
 
 impl SamplerKind {
@@ -122,6 +126,7 @@ impl SamplerKind {
             SamplerKind::Ddim(o) => Box::new(DdimSampler::new(config, *o, num_steps)?),
             SamplerKind::Ddpm(o) => Box::new(DdpmSampler::new(config, *o, num_steps)?),
             SamplerKind::DpmSolver(o) => Box::new(DpmSolverSampler::new(config, *o, num_steps)?),
+            SamplerKind::Lcm(o) => Box::new(LcmSampler::new(config, *o, num_steps)?),
         })
     }
 }

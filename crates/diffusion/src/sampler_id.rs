@@ -8,10 +8,11 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::ddim::DdimOptions;
 use crate::ddpm::DdpmOptions;
 use crate::dpm_solver::DpmSolverOptions;
+use crate::lcm::LcmOptions;
 use crate::sampler::SamplerKind;
 
-/// A sampler of the paper, by name: `ddim`, `ddpm`, `dpmpp-2m`, `dpmpp-3m`.
-/// (`lcm` is reserved for distilled students.)
+/// A sampler by name: the paper's `ddim`, `ddpm`, `dpmpp-2m`, `dpmpp-3m`, and `lcm` for
+/// students distilled with a guidance embedding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SamplerId {
     /// DDIM, the paper's default.
@@ -22,15 +23,18 @@ pub enum SamplerId {
     DpmSolver2M,
     /// DPM-Solver++ 3M.
     DpmSolver3M,
+    /// Latent Consistency Model sampling; needs a UNet with `time_cond_proj_dim`.
+    Lcm,
 }
 
 impl SamplerId {
     /// Every sampler, in the order reports list them.
-    pub const ALL: [SamplerId; 4] = [
+    pub const ALL: [SamplerId; 5] = [
         SamplerId::Ddim,
         SamplerId::Ddpm,
         SamplerId::DpmSolver2M,
         SamplerId::DpmSolver3M,
+        SamplerId::Lcm,
     ];
 
     /// The name configs, the CLI and the store use.
@@ -40,12 +44,19 @@ impl SamplerId {
             SamplerId::Ddpm => "ddpm",
             SamplerId::DpmSolver2M => "dpmpp-2m",
             SamplerId::DpmSolver3M => "dpmpp-3m",
+            SamplerId::Lcm => "lcm",
         }
     }
 
     /// Whether this is a DPM-Solver++ (designed for few steps: the paper stops at 20).
     pub fn is_dpm_solver(self) -> bool {
         matches!(self, SamplerId::DpmSolver2M | SamplerId::DpmSolver3M)
+    }
+
+    /// Whether guidance enters as the model's guidance embedding (`timestep_cond`, one
+    /// evaluation per step) instead of classifier-free guidance.
+    pub fn uses_guidance_embedding(self) -> bool {
+        self == SamplerId::Lcm
     }
 
     /// The sampler with its default options (deterministic DDIM, diffusers' DPM-Solver++).
@@ -58,6 +69,7 @@ impl SamplerId {
                 solver_order: 3,
                 ..DpmSolverOptions::default()
             }),
+            SamplerId::Lcm => SamplerKind::Lcm(LcmOptions::default()),
         }
     }
 }
@@ -70,7 +82,7 @@ impl fmt::Display for SamplerId {
 
 /// A sampler name that is not one of [`SamplerId::ALL`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("unknown sampler {name:?}: expected one of ddim, ddpm, dpmpp-2m, dpmpp-3m{hint}")]
+#[error("unknown sampler {name:?}: expected one of ddim, ddpm, dpmpp-2m, dpmpp-3m, lcm{hint}")]
 pub struct UnknownSampler {
     /// The name given.
     pub name: String,
@@ -84,7 +96,6 @@ impl FromStr for SamplerId {
             return Ok(id);
         }
         let hint = match name {
-            "lcm" => " (lcm samples distilled students, which this release cannot make yet)",
             "dpm_solver" | "dpmpp" | "dpm++" | "dpmpp2m" => " (DPM-Solver++ is dpmpp-2m)",
             _ => "",
         };
@@ -122,7 +133,11 @@ mod tests {
         let err = "dpm++".parse::<SamplerId>().unwrap_err();
         assert_eq!(err.name, "dpm++");
         assert!(err.to_string().contains("dpmpp-2m"));
-        assert!(serde_json::from_str::<SamplerId>("\"lcm\"").is_err());
+        assert_eq!("lcm".parse::<SamplerId>(), Ok(SamplerId::Lcm));
+        assert!(
+            SamplerId::Lcm.uses_guidance_embedding() && !SamplerId::Ddim.uses_guidance_embedding()
+        );
+        assert!(matches!(SamplerId::Lcm.kind(), SamplerKind::Lcm(_)));
     }
 
     #[test]
