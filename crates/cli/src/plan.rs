@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use ldmscale_study::Store;
 use ldmscale_study::pairing::Pairing;
 use ldmscale_study::plan::{Budget, recommend};
 use ldmscale_study::report::{ReportInputs, render};
 use ldmscale_study::store::OnConflict;
+use ldmscale_study::super_res::SrResults;
+use ldmscale_study::{Cell, Store, Variant};
 
 /// Arguments of `ldmscale plan`.
 #[derive(Args, Debug)]
@@ -185,7 +186,10 @@ pub fn results(command: &ResultsCommand) -> Result<()> {
         } => merge(out, inputs, on_conflict.policy()),
         ResultsCommand::Report { store, out } => {
             let opened = Store::open_read_only(store)?;
-            let cells = opened.cells()?;
+            let (cells, downstream): (Vec<Cell>, Vec<Cell>) = opened
+                .cells()?
+                .into_iter()
+                .partition(|c| c.variant == Variant::Base);
             if cells.is_empty() {
                 bail!("{}: the store has no cells", store.display());
             }
@@ -193,6 +197,7 @@ pub fn results(command: &ResultsCommand) -> Result<()> {
                 title: format!("results of {}", store.display()),
                 fid_features: "as stored".into(),
                 pairing: Pairing::from_store(&opened, &cells)?,
+                super_res: SrResults::from_cells(downstream),
                 ..Default::default()
             };
             let (html, md) = render(&cells, &inputs).map_err(anyhow::Error::msg)?;

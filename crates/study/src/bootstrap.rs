@@ -330,6 +330,26 @@ pub fn fid_interval(
     Ok(recentred_interval(fid, &r.replicates(replicates, seed)?))
 }
 
+/// The 95% percentile-bootstrap interval of the mean of per-image `values` (a PSNR, an SSIM,
+/// a perceptual distance), resampling images with replacement; `None` below two replicates or
+/// two values.
+pub fn mean_interval(values: &[f64], replicates: usize, seed: u64) -> Option<FidCi> {
+    let n = values.len();
+    if replicates < 2 || n < 2 {
+        return None;
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let means: Vec<f64> = (0..replicates)
+        .map(|_| (0..n).map(|_| values[rng.random_range(0..n)]).sum::<f64>() / n as f64)
+        .collect();
+    Some(FidCi {
+        low: percentile(&means, 2.5),
+        high: percentile(&means, 97.5),
+        method: CiMethod::Bootstrap,
+        replicates: replicates as u32,
+    })
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;

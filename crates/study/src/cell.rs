@@ -10,39 +10,76 @@ use serde::{Deserialize, Serialize};
 use crate::bootstrap::FidCi;
 
 /// Which model of a width a cell measures: the text-to-image base model, or one derived from
-/// it (super-resolution, DreamBooth and distilled students come with their stages).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
-#[serde(rename_all = "kebab-case")]
+/// it (DreamBooth and distilled students come with their stages).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Variant {
     /// The pretrained text-to-image model.
     #[default]
     Base,
+    /// The x4 super-resolution model finetuned from the base for `finetune_steps` optimizer
+    /// steps (a run's snapshots are variants of their own, for Fig. 4).
+    SuperRes {
+        /// Optimizer steps of the finetune.
+        finetune_steps: u64,
+    },
 }
 
+/// The kind of [`Variant::SuperRes`], as the store spells it before `@steps`.
+pub const SUPER_RES: &str = "super-res";
+
 impl Variant {
-    /// The name the store uses.
-    pub fn as_str(self) -> &'static str {
+    /// The variant's kind: what stage made it ("base", "super-res").
+    pub fn kind(self) -> &'static str {
         match self {
             Variant::Base => "base",
+            Variant::SuperRes { .. } => SUPER_RES,
+        }
+    }
+
+    /// The name the store uses: the kind, and `@N` for the finetune steps.
+    pub fn name(self) -> String {
+        match self {
+            Variant::Base => "base".into(),
+            Variant::SuperRes { finetune_steps } => format!("{SUPER_RES}@{finetune_steps}"),
         }
     }
 }
 
 impl fmt::Display for Variant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(&self.name())
     }
 }
 
 impl FromStr for Variant {
     type Err = String;
     fn from_str(name: &str) -> Result<Self, String> {
-        match name {
-            "base" => Ok(Variant::Base),
-            other => Err(format!("unknown model variant {other:?}: expected base")),
+        let expected = "expected base or super-res@STEPS";
+        match name.split_once('@') {
+            None if name == "base" => Ok(Variant::Base),
+            Some((SUPER_RES, steps)) => steps
+                .parse()
+                .map(|finetune_steps| Variant::SuperRes { finetune_steps })
+                .map_err(|_| {
+                    format!("model variant {name:?}: {steps:?} is not a step count; {expected}")
+                }),
+            _ => Err(format!("unknown model variant {name:?}: {expected}")),
         }
+    }
+}
+
+// Serde through the store's spelling, so a cell's JSON names its variant as the store does.
+impl Serialize for Variant {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Variant {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -69,7 +106,7 @@ impl CellKey {
     pub fn seed_for(&self, purpose: &str) -> u64 {
         ldmscale_util::hash::stable_seed(&[
             purpose,
-            self.variant.as_str(),
+            &self.variant.name(),
             &self.width.to_string(),
             self.sampler.as_str(),
             &self.steps.to_string(),

@@ -17,7 +17,7 @@ use crate::fingerprint::Fingerprint;
 use crate::stage::Stage;
 
 /// The stages in the order a study runs them.
-pub const STAGES: [&str; 10] = [
+pub const STAGES: [&str; 12] = [
     "data",
     "first-stage",
     "text-encoder",
@@ -27,6 +27,8 @@ pub const STAGES: [&str; 10] = [
     "sweep",
     "grids",
     "learning-check",
+    "sr-data",
+    "super-res",
     "report",
 ];
 

@@ -34,6 +34,7 @@ pub fn dry_run(
         text_estimate,
         family_estimate,
         sweep_estimate(config, &gflops),
+        super_res_estimate(config, &gflops),
     ];
     let mut text = String::new();
     let _ = writeln!(
@@ -132,6 +133,48 @@ fn sweep_estimate(config: &StudyConfig, gflops: &[f64]) -> Estimate {
         s.dpm_max_steps,
         s.samples_per_cell
     ));
+    e
+}
+
+/// The super-resolution finetunes and their evaluation (the SR UNet's cost is the base's: only
+/// `conv_in` widens); no lines without a `[super_res]` section.
+fn super_res_estimate(config: &StudyConfig, gflops: &[f64]) -> Estimate {
+    let Some(sr) = &config.super_res else {
+        return Estimate::default();
+    };
+    let sweeps = sr.evaluated_steps().len() * sr.samplers.len();
+    let evaluations: f64 = sr.sample_steps.iter().map(|&s| s as f64).sum::<f64>() * sweeps as f64;
+    let per_width_train = 3.0 * (sr.batch_size as u64 * sr.steps) as f64;
+    let mut e = Estimate {
+        train_gflops: gflops.iter().map(|g| per_width_train * g).sum(),
+        sample_gflops: gflops
+            .iter()
+            .map(|g| sr.eval_pairs as f64 * evaluations * g)
+            .sum(),
+        ..Estimate::default()
+    };
+    e.lines.push(format!(
+        "
+super-resolution: every width finetuned {} steps of batch {} on {} pairs from {:?} ({:?} degradation); snapshots {:?} x {} samplers x steps {:?} on {} frozen evaluation pairs, no guidance",
+        sr.steps,
+        sr.batch_size,
+        sr.train_pairs,
+        sr.hr_source,
+        sr.degradation,
+        sr.evaluated_steps(),
+        sr.samplers.len(),
+        sr.sample_steps,
+        sr.eval_pairs
+    ));
+    if let Some(trunk) = sr
+        .lpips_trunk
+        .as_deref()
+        .filter(|t| !Path::new(t).is_file())
+    {
+        e.problems.push(format!(
+            "super_res.lpips_trunk = {trunk:?}: no such file (make it with tools/convert_lpips_trunk.py)"
+        ));
+    }
     e
 }
 

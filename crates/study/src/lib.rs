@@ -22,6 +22,7 @@ pub mod report;
 pub mod stage;
 pub mod stages;
 pub mod store;
+pub mod super_res;
 
 pub use cell::{Cell, CellKey, Variant};
 pub use context::{RunOptions, StudyContext};

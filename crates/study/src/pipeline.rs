@@ -1,5 +1,6 @@
 //! `ldmscale study`: data -> first stage -> text encoder -> latent cache -> evaluator ->
-//! family -> sweep -> grids -> learning check -> report. Each stage's result is stored under
+//! family -> sweep -> grids -> learning check -> super-resolution data -> super-resolution ->
+//! report. Each stage's result is stored under
 //! the output directory with the fingerprint of what it depends on, so a killed study resumes
 //! where it stopped and a changed config recomputes only the stages the change reaches.
 
@@ -11,17 +12,20 @@ use ldmscale_model::weights::write_atomic;
 use crate::config::StudyConfig;
 use crate::context::{RunOptions, StudyContext};
 use crate::error::StudyError;
-use crate::stages::data::Data;
-use crate::stages::evaluator::EvaluatorStage;
-use crate::stages::family::FamilyStage;
-use crate::stages::first_stage::FirstStageStage;
+use crate::stages::data::{Data, Splits};
+use crate::stages::evaluator::{Evaluator, EvaluatorStage};
+use crate::stages::family::{Family, FamilyStage};
+use crate::stages::first_stage::{FirstStageModel, FirstStageStage};
 use crate::stages::grids::{DdimProbe, GridsStage};
-use crate::stages::latents::LatentsStage;
+use crate::stages::latents::{Latents, LatentsStage};
 use crate::stages::learning_check::LearningCheckStage;
 use crate::stages::report::ReportStage;
+use crate::stages::sr_data::SrDataStage;
+use crate::stages::super_res::SuperResStage;
 use crate::stages::sweep::SweepStage;
 use crate::stages::text::TextStage;
 use crate::stages::{self};
+use crate::super_res::SrResults;
 
 /// What a study run did.
 #[derive(Debug)]
@@ -109,6 +113,12 @@ fn run_stages(cx: &StudyContext, summary: &mut Summary) -> Result<(), StudyError
         cells: &cells,
         probe: probe(),
     })?;
+    let super_res = match cx.config.super_res {
+        Some(_) => Some(run_super_res(
+            cx, &data, &first, &latents, &evaluator, &family,
+        )?),
+        None => None,
+    };
     let report = ReportStage {
         data: &data,
         first: &first,
@@ -118,9 +128,33 @@ fn run_stages(cx: &StudyContext, summary: &mut Summary) -> Result<(), StudyError
         cells: &cells,
         grids: &grids,
         learning: &learning,
+        super_res: super_res.as_ref(),
     };
     summary.report = Some(cx.ensure(&report)?);
     Ok(())
+}
+
+/// The super-resolution stages: the pairs and frozen evaluation set, then every width
+/// finetuned and measured.
+fn run_super_res(
+    cx: &StudyContext,
+    data: &Splits,
+    first: &FirstStageModel,
+    latents: &Latents,
+    evaluator: &Evaluator,
+    family: &Family,
+) -> Result<SrResults, StudyError> {
+    let sets = cx.ensure(&SrDataStage {
+        data,
+        first,
+        latents,
+    })?;
+    cx.ensure(&SuperResStage {
+        family,
+        sets: &sets,
+        evaluator,
+        first,
+    })
 }
 
 pub use crate::dry_run::dry_run;

@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::analysis::{Setting, settings};
-use crate::cell::Cell;
+use crate::cell::{Cell, Variant};
 
 /// A budget in GFLOPs per image or in measured milliseconds per image on this machine.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -28,6 +28,13 @@ pub struct Recommendation {
 
 /// Recommends a setting for `budget`, or explains why none fits.
 pub fn recommend(cells: &[Cell], budget: Budget) -> Result<Recommendation, String> {
+    // The question is which text-to-image model to sample: downstream variants answer others.
+    let base: Vec<Cell> = cells
+        .iter()
+        .filter(|c| c.variant == Variant::Base)
+        .cloned()
+        .collect();
+    let cells = &base[..];
     if cells.is_empty() {
         return Err("the results store has no cells: run a sweep first (`ldmscale study`)".into());
     }

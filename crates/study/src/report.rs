@@ -15,6 +15,7 @@ use crate::findings::{Finding, Verdict, findings_paired, training_compute_scales
 use crate::grid::EqualCostGrid;
 use crate::pairing::Pairing;
 use crate::plot;
+use crate::super_res::SrResults;
 
 /// Extra material the pipeline provides beside the cells.
 #[derive(Clone, Debug, Default)]
@@ -33,6 +34,8 @@ pub struct ReportInputs {
     pub equal_cost: Vec<EqualCostGrid>,
     /// The sweep's kept features, for paired comparisons in the findings.
     pub pairing: Option<Arc<Pairing>>,
+    /// The super-resolution stage's results (Secs. 3.2, 3.5), when the study has one.
+    pub super_res: Option<SrResults>,
 }
 
 fn esc(s: &str) -> String {
@@ -202,6 +205,9 @@ impl Analysed {
         let optimal = optimal_cfg(&all);
         let mut found = findings_paired(cells, inputs.pairing.clone());
         found.push(training_compute_scales_performance(&inputs.training_curves));
+        if let Some(sr) = &inputs.super_res {
+            found.extend(crate::super_res::findings(&sr.cells));
+        }
         Analysed {
             models: widths(&optimal),
             sampler_names: samplers(&optimal),
@@ -265,6 +271,9 @@ small {{ color: #666; }}
             base64(png),
             esc(caption)
         );
+    }
+    if let Some(sr) = &inputs.super_res {
+        html.push_str(&crate::super_res::html(sr, base64)?);
     }
     html.push_str("<h2>Optimal guidance per model and steps</h2><table><tr><th>model</th><th>params</th><th>sampler</th><th>steps</th><th>best CFG</th><th>FID [95% CI]</th><th>GFLOPs/img</th><th>ms/img</th></tr>");
     for s in &a.optimal {
@@ -432,6 +441,9 @@ fn markdown(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> String {
                 r.cost_gflops
             );
         }
+    }
+    if let Some(sr) = &inputs.super_res {
+        md.push_str(&crate::super_res::markdown(sr));
     }
     md
 }

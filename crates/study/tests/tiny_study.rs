@@ -10,9 +10,17 @@ use burn::tensor::Device;
 use ldmscale_study::bootstrap::CiMethod;
 use ldmscale_study::config::StudyConfig;
 use ldmscale_study::plan::{Budget, recommend};
-use ldmscale_study::{Cell, RunOptions, Store, StudyError, pipeline};
+use ldmscale_study::{Cell, RunOptions, Store, StudyError, Variant, pipeline};
 
+/// The sweep's cells (the text-to-image base models).
 fn cells(out: &Path) -> Vec<Cell> {
+    all_cells(out)
+        .into_iter()
+        .filter(|c| c.variant == Variant::Base)
+        .collect()
+}
+
+fn all_cells(out: &Path) -> Vec<Cell> {
     Store::open(&out.join("results.sqlite"))
         .unwrap()
         .cells()
@@ -34,7 +42,11 @@ fn stage_files(config: &StudyConfig, out: &Path) -> Vec<(String, SystemTime)> {
         files.push(format!(
             "models/w{w}/unet_ema/diffusion_pytorch_model.safetensors"
         ));
+        files.push(format!(
+            "super_res/w{w}/unet/diffusion_pytorch_model.safetensors"
+        ));
     }
+    files.push("super_res/eval/manifest.json".into());
     files
         .into_iter()
         .map(|f| (f.clone(), modified(&out.join(f))))
@@ -82,8 +94,61 @@ fn check_first_run(config: &StudyConfig, out: &Path, summary: &pipeline::Summary
     let best = mine.iter().map(|c| c.fid).fold(f64::MAX, f64::min);
     let worst = mine.iter().map(|c| c.fid).fold(0.0, f64::max);
     assert!(best < worst, "best {best} worst {worst}");
-    let rec = recommend(&cells, Budget::Gflops(1e9)).unwrap();
+    let rec = recommend(&all_cells(out), Budget::Gflops(1e9)).unwrap();
     assert!(config.widths.contains(&(rec.best.width as usize)));
+    check_super_res(config, out, &html);
+}
+
+/// Every width finetuned, every snapshot measured without guidance on the frozen set, and the
+/// section in the report.
+fn check_super_res(config: &StudyConfig, out: &Path, html: &str) {
+    let sr = config.super_res.as_ref().unwrap();
+    let sr_cells: Vec<Cell> = all_cells(out)
+        .into_iter()
+        .filter(|c| c.variant != Variant::Base)
+        .collect();
+    let per_model = sr.samplers.len() * sr.sample_steps.len();
+    assert_eq!(
+        sr_cells.len(),
+        config.widths.len() * sr.evaluated_steps().len() * per_model
+    );
+    for c in &sr_cells {
+        assert!(c.fid.is_finite() && c.fid_ci.is_some(), "{c:?}");
+        assert_eq!((c.cfg, c.evaluations), (1.0, c.steps as u64), "{c:?}");
+        assert_eq!(c.n_samples as usize, sr.eval_pairs);
+        for name in ["psnr", "ssim", "in_domain_perceptual", "finetune_cost"] {
+            let m = c.metrics.iter().find(|m| m.name == name);
+            assert!(m.is_some_and(|m| m.value.is_finite()), "{name} of {c:?}");
+        }
+    }
+    // Finetune compute grows with the snapshot's steps.
+    let cost = |steps: u64| {
+        let c = sr_cells.iter().find(|c| {
+            c.variant
+                == Variant::SuperRes {
+                    finetune_steps: steps,
+                }
+                && c.width == 8
+        });
+        c.unwrap()
+            .metrics
+            .iter()
+            .find(|m| m.name == "finetune_cost")
+            .unwrap()
+            .value
+    };
+    let steps = sr.evaluated_steps();
+    assert!(cost(steps[0]) < cost(*steps.last().unwrap()));
+    assert!(out.join("super_res/fig5.png").is_file());
+    assert_eq!(
+        std::fs::read_dir(out.join("super_res/eval/lr"))
+            .unwrap()
+            .count(),
+        sr.eval_pairs
+    );
+    assert!(html.contains("Super-resolution (Secs. 3.2, 3.5)"));
+    assert!(html.contains("Sec. 3.5, Fig. 12") && html.contains("Sec. 3.2, Fig. 4"));
+    assert!(html.contains("not LPIPS"));
 }
 
 #[test]
@@ -135,7 +200,8 @@ fn tiny_study_runs_end_to_end_resumes_and_recomputes_only_what_changed() {
         std::fs::remove_file(out.join(format!("models/w{w}/fingerprint"))).unwrap();
     }
     let conn = rusqlite::Connection::open(out.join("results.sqlite")).unwrap();
-    conn.execute("DELETE FROM meta WHERE key LIKE 'fingerprint:%'", [])
+    // (Super-resolution came after per-stage fingerprints: a legacy store has base cells only.)
+    conn.execute("DELETE FROM meta WHERE key LIKE 'fingerprint:base:%'", [])
         .unwrap();
     drop(conn);
     let adopted = run(&wider);

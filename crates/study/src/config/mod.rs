@@ -8,7 +8,10 @@ use ldmscale_diffusion::SamplerId;
 pub use ldmscale_train::Family;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod super_res;
 pub mod validate;
+
+pub use super_res::{SrDegradation, SuperResConfig};
 
 /// The frozen text encoder.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -226,6 +229,9 @@ pub struct StudyConfig {
     pub sweep: SweepConfig,
     /// Features FID is computed on: "inception" (pytorch-fid) or "in-domain".
     pub fid_features: FidFeaturesKind,
+    /// Super-resolution finetuning of every width (Secs. 3.2, 3.5); absent: not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub super_res: Option<SuperResConfig>,
 }
 
 /// The quick preset's dataset: Fashion-MNIST when `tools/fetch-assets.sh fashion-mnist` has
@@ -368,6 +374,7 @@ mod presets {
                 grid_budgets: vec![4.0, 16.0],
             },
             fid_features: FidFeaturesKind::InDomain,
+            super_res: Some(SuperResConfig::quick()),
         }
     }
 
@@ -396,6 +403,7 @@ mod presets {
         c.sweep.samples_per_cell = 16;
         c.sweep.bootstrap = 20;
         c.sweep.grid_budgets = vec![8.0];
+        c.super_res = Some(SuperResConfig::tiny());
         c
     }
 
@@ -435,6 +443,17 @@ mod presets {
         c.sweep.bootstrap = 30;
         c.sweep.grid_budgets = vec![8.0, 25.0];
         c.fid_features = FidFeaturesKind::Inception;
+        c.super_res = Some(SuperResConfig {
+            train_pairs: 8192,
+            eval_pairs: 1000,
+            steps: 2000,
+            batch_size: 32,
+            learning_rate: 2e-4,
+            warmup_steps: 100,
+            snapshot_steps: vec![250, 500, 1000],
+            sample_steps: vec![5, 10, 20, 50],
+            ..SuperResConfig::quick()
+        });
         c
     }
 
@@ -474,6 +493,7 @@ mod presets {
                 grid_budgets: vec![10.0, 25.0],
             },
             fid_features: FidFeaturesKind::Inception,
+            super_res: None,
         }
     }
 }

@@ -27,6 +27,7 @@ pub fn problems(c: &StudyConfig) -> Vec<String> {
     check_first_stage(c, &mut p);
     check_recipe(c, &mut p);
     check_sweep(c, &mut p);
+    check_super_res(c, &mut p);
     p.0
 }
 
@@ -252,5 +253,44 @@ fn check_sweep(c: &StudyConfig, p: &mut Problems) {
                 s.dpm_max_steps
             ),
         );
+    }
+}
+
+/// The `[super_res]` section: sizes the study's images and splits can give, a snapshot grid
+/// inside the finetune, samplers that need no guidance embedding.
+fn check_super_res(c: &StudyConfig, p: &mut Problems) {
+    let Some(sr) = &c.super_res else {
+        return;
+    };
+    if sr.hr_source != "study" {
+        p.add(
+            "super_res.hr_source",
+            format!("{:?}: expected \"study\"", sr.hr_source),
+        );
+    }
+    let (_, factor) = c.latent_layout();
+    if !(c.resolution >= 16 && c.resolution.is_multiple_of(4 * factor.max(1))) {
+        p.add(
+            "resolution",
+            format!(
+                "{}: super-resolution needs HR images of at least 16 px whose x4 LR side is a \
+                 multiple of the first stage's downsampling {factor}",
+                c.resolution
+            ),
+        );
+    }
+    p.range("super_res.train_pairs", sr.train_pairs, 1, c.train_examples);
+    p.range("super_res.eval_pairs", sr.eval_pairs, 2, c.val_examples);
+    p.range("super_res.steps", sr.steps, 1, 100_000_000);
+    p.range("super_res.batch_size", sr.batch_size, 1, MAX_BATCH);
+    p.number("super_res.learning_rate", sr.learning_rate, 1e-12, 1.0);
+    p.range("super_res.warmup_steps", sr.warmup_steps, 0, sr.steps);
+    for (i, &s) in sr.snapshot_steps.iter().enumerate() {
+        p.range(&format!("super_res.snapshot_steps[{i}]"), s, 1, sr.steps);
+    }
+    p.list("super_res.samplers", &sr.samplers, |s| *s);
+    p.list("super_res.sample_steps", &sr.sample_steps, |s| *s);
+    for (i, &s) in sr.sample_steps.iter().enumerate() {
+        p.range(&format!("super_res.sample_steps[{i}]"), s, 1, MAX_STEPS);
     }
 }

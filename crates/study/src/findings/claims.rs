@@ -173,7 +173,11 @@ fn smaller_against_largest(optimal: &[Setting]) -> Vec<Comparison> {
 /// Rule: holds if at some budget a smaller model beats the largest affordable one beyond the
 /// intervals; does not hold if the largest affordable model wins beyond them at every budget.
 pub fn smaller_models_sample_more_efficiently(optimal: &[Setting]) -> Finding {
-    let claim = SMALLER_MODELS_SAMPLE_MORE_EFFICIENTLY;
+    smaller_wins_at_some_budget(SMALLER_MODELS_SAMPLE_MORE_EFFICIENTLY, optimal)
+}
+
+/// [`smaller_models_sample_more_efficiently`]'s rule judging `claim` (a downstream task's).
+pub fn smaller_wins_at_some_budget(claim: Claim, optimal: &[Setting]) -> Finding {
     if widths(optimal).len() < 2 {
         return claim.not_measured("fewer than two model sizes in the sweep");
     }
@@ -187,7 +191,11 @@ pub fn smaller_models_sample_more_efficiently(optimal: &[Setting]) -> Finding {
 /// Rule: at the largest budget, the largest model's best FID against the best of every other
 /// model; decided by that one difference.
 pub fn larger_models_win_at_relaxed_budgets(optimal: &[Setting]) -> Finding {
-    let claim = LARGER_MODELS_WIN_AT_RELAXED_BUDGETS;
+    largest_wins_at_largest_budget(LARGER_MODELS_WIN_AT_RELAXED_BUDGETS, optimal)
+}
+
+/// [`larger_models_win_at_relaxed_budgets`]'s rule judging `claim` (a downstream task's).
+pub fn largest_wins_at_largest_budget(claim: Claim, optimal: &[Setting]) -> Finding {
     let (Some(&largest), Some(&top)) = (widths(optimal).last(), budgets(optimal).last()) else {
         return claim.not_measured("no cells");
     };

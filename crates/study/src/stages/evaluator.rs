@@ -39,9 +39,14 @@ pub struct Features {
 pub struct Evaluator {
     /// The feature networks.
     pub features: Features,
-    reference: GaussianStats,
-    reference_features: Vec<f32>,
+    reference: Reference,
     bootstrap: u32,
+}
+
+/// A reference set as FID sees it: its statistics and features.
+pub struct Reference {
+    stats: GaussianStats,
+    features: Vec<f32>,
 }
 
 /// Trains the in-domain CLIP and computes the reference statistics. Training it again is
@@ -87,11 +92,13 @@ impl Stage for EvaluatorStage<'_> {
         let features = Features { clip, inception };
         let images = images_tensor(&self.data.val.images, cx.config.resolution, &cx.device);
         let path = reference_path(&features, cx, self.data.val.len());
-        let (reference, reference_features) = features.reference_stats(&path, images)?;
+        let (stats, reference_features) = features.reference_stats(&path, images)?;
         Ok(Evaluator {
             features,
-            reference,
-            reference_features,
+            reference: Reference {
+                stats,
+                features: reference_features,
+            },
             bootstrap: cx.config.sweep.bootstrap,
         })
     }
@@ -219,14 +226,26 @@ impl Features {
 impl Evaluator {
     /// FID of `images` against the reference, without an interval.
     pub fn fid_point(&self, images: Tensor<4>) -> Result<f64, StudyError> {
-        Ok(self.generated_fid(images)?.0)
+        Ok(self.generated_fid(&self.reference, images)?.0)
+    }
+
+    /// Another reference set (`images` in [-1, 1]) measured with the same features: the HR
+    /// images of a downstream task.
+    pub fn reference_of(&self, images: Tensor<4>) -> Result<Reference, StudyError> {
+        let (features, d) = self.features.features(images)?;
+        let stats = GaussianStats::from_features(&features, d)?;
+        Ok(Reference { stats, features })
     }
 
     /// FID of `images` and their features `[N, dim]`, row-major.
-    fn generated_fid(&self, images: Tensor<4>) -> Result<(f64, Vec<f32>, usize), StudyError> {
+    fn generated_fid(
+        &self,
+        reference: &Reference,
+        images: Tensor<4>,
+    ) -> Result<(f64, Vec<f32>, usize), StudyError> {
         let (generated, d) = self.features.features(images)?;
         let stats = GaussianStats::from_features(&generated, d)?;
-        Ok((frechet_distance(&stats, &self.reference)?, generated, d))
+        Ok((frechet_distance(&stats, &reference.stats)?, generated, d))
     }
 
     /// FID of `images` against the reference, with its bootstrap interval (replicates seeded
@@ -238,8 +257,8 @@ impl Evaluator {
 
     /// The reference set's features, for paired comparisons.
     pub fn reference_rows(&self) -> Result<FeatureRows, StudyError> {
-        let d = self.reference.dim();
-        FeatureRows::new(self.reference_features.clone(), d).map_err(StudyError::stage("evaluator"))
+        let d = self.reference.stats.dim();
+        FeatureRows::new(self.reference.features.clone(), d).map_err(StudyError::stage("evaluator"))
     }
 
     /// [`Evaluator::fid`] with the generated images' features.
@@ -248,8 +267,18 @@ impl Evaluator {
         images: Tensor<4>,
         seed: u64,
     ) -> Result<(f64, Option<FidCi>, FeatureRows), StudyError> {
-        let (fid, generated, d) = self.generated_fid(images)?;
-        let ci = self.interval(fid, &generated, d, seed)?;
+        self.fid_against(&self.reference, images, seed)
+    }
+
+    /// [`Evaluator::fid_and_features`] against another reference set.
+    pub fn fid_against(
+        &self,
+        reference: &Reference,
+        images: Tensor<4>,
+        seed: u64,
+    ) -> Result<(f64, Option<FidCi>, FeatureRows), StudyError> {
+        let (fid, generated, d) = self.generated_fid(reference, images)?;
+        let ci = self.interval(reference, fid, &generated, d, seed)?;
         let rows = FeatureRows::new(generated, d).map_err(StudyError::stage("sweep"))?;
         Ok((fid, ci, rows))
     }
@@ -259,7 +288,7 @@ impl Evaluator {
     /// subset estimator without one beyond.
     pub fn kid(&self, generated: &FeatureRows, seed: u64) -> Result<Metric, StudyError> {
         let err = StudyError::stage("sweep");
-        let reference = &self.reference_features;
+        let reference = &self.reference.features;
         let m = reference.len() / generated.dim.max(1);
         let (value, ci) = if generated.rows.max(m) <= bootstrap::MAX_KID_ROWS {
             let k = KidResampler::new(&generated.data, reference, generated.dim).map_err(err)?;
@@ -282,6 +311,7 @@ impl Evaluator {
 
     fn interval(
         &self,
+        reference: &Reference,
         fid: f64,
         generated: &[f32],
         d: usize,
@@ -291,15 +321,8 @@ impl Evaluator {
             return Ok(None);
         }
         let replicates = self.bootstrap as usize;
-        let ci = bootstrap::fid_interval(
-            generated,
-            &self.reference_features,
-            d,
-            fid,
-            replicates,
-            seed,
-        )
-        .map_err(StudyError::stage("sweep"))?;
+        let ci = bootstrap::fid_interval(generated, &reference.features, d, fid, replicates, seed)
+            .map_err(StudyError::stage("sweep"))?;
         Ok(Some(ci))
     }
 }

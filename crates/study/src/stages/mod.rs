@@ -8,6 +8,8 @@ pub mod grids;
 pub mod latents;
 pub mod learning_check;
 pub mod report;
+pub mod sr_data;
+pub mod super_res;
 pub mod sweep;
 pub mod text;
 
@@ -28,6 +30,7 @@ pub fn fingerprints(config: &StudyConfig) -> Vec<(&'static str, Fingerprint)> {
         ("sweep", sweep::fingerprint(config)),
         ("grids", grids::fingerprint(config)),
         ("learning-check", learning_check::fingerprint(config)),
+        ("sr-data", sr_data::fingerprint(config)),
     ]
 }
 

@@ -19,6 +19,7 @@ use crate::pairing::Pairing;
 use crate::report::{ReportInputs, render};
 use crate::stage::Stage;
 use crate::store::Store;
+use crate::super_res::SrResults;
 
 /// The report's directory in the study.
 pub const DIR: &str = "report";
@@ -41,6 +42,8 @@ pub struct ReportStage<'a> {
     pub grids: &'a [EqualCostGrid],
     /// The learning check's sentence.
     pub learning: &'a str,
+    /// The super-resolution section's results, when the study has one.
+    pub super_res: Option<&'a SrResults>,
 }
 
 impl Stage for ReportStage<'_> {
@@ -99,6 +102,7 @@ impl ReportStage<'_> {
                 })
                 .collect(),
             pairing: None,
+            super_res: self.super_res.cloned(),
         }
     }
 

@@ -48,7 +48,7 @@ impl FeatureRows {
 fn cell_name(key: &CellKey) -> String {
     format!(
         "{}/w{}/{}/{}/cfg{}/seed{}",
-        key.variant.as_str(),
+        key.variant.name(),
         key.width,
         key.sampler.as_str(),
         key.steps,
@@ -66,10 +66,12 @@ pub(super) fn forget_cell(tx: &Transaction, key: &CellKey) -> rusqlite::Result<(
     Ok(())
 }
 
-/// Removes the rows of every cell of a width's variant.
+/// Removes the rows of every cell of a width's variants of `variant`'s kind.
 pub(super) fn forget_width(tx: &Transaction, variant: Variant, width: u32) -> rusqlite::Result<()> {
-    let pattern = format!("{}/w{width}/%", variant.as_str());
-    tx.execute("DELETE FROM features WHERE name LIKE ?1", params![pattern])?;
+    let kind = variant.kind();
+    for pattern in [format!("{kind}/w{width}/%"), format!("{kind}@%/w{width}/%")] {
+        tx.execute("DELETE FROM features WHERE name LIKE ?1", params![pattern])?;
+    }
     Ok(())
 }
 

@@ -74,6 +74,9 @@ CREATE TABLE IF NOT EXISTS metrics (
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 ";
 
+/// Cells of width ?2 whose variant is of kind ?1 (`base`, or `super-res@N` for any N).
+const KIND_MATCH: &str = "(variant=?1 OR variant LIKE ?1 || '@%') AND width=?2";
+
 const KEY_MATCH: &str =
     "variant=?1 AND width=?2 AND sampler=?3 AND steps=?4 AND cfg_milli=?5 AND seed=?6";
 
@@ -167,7 +170,8 @@ impl Store {
         run(&mut self.conn).map_err(|e| fail(&file, e.to_string()))
     }
 
-    /// Removes every cell of `width`'s `variant` (its model changed); returns how many.
+    /// Removes every cell of `width`'s variants of `variant`'s kind (its model changed; a
+    /// super-resolution run's every snapshot); returns how many.
     pub fn remove_width(&mut self, variant: Variant, width: u32) -> Result<usize, StoreError> {
         let file = self.file.clone();
         let tx = self
@@ -176,13 +180,15 @@ impl Store {
             .map_err(|e| fail(&file, e.to_string()))?;
         let run = |tx: &Transaction| -> rusqlite::Result<usize> {
             tx.execute(
-                "DELETE FROM metrics WHERE cell IN (SELECT id FROM cells WHERE variant=?1 AND width=?2)",
-                params![variant.as_str(), width],
+                &format!(
+                    "DELETE FROM metrics WHERE cell IN (SELECT id FROM cells WHERE {KIND_MATCH})"
+                ),
+                params![variant.kind(), width],
             )?;
             features::forget_width(tx, variant, width)?;
             tx.execute(
-                "DELETE FROM cells WHERE variant=?1 AND width=?2",
-                params![variant.as_str(), width],
+                &format!("DELETE FROM cells WHERE {KIND_MATCH}"),
+                params![variant.kind(), width],
             )
         };
         let n = run(&tx).map_err(|e| fail(&file, e.to_string()))?;
@@ -321,7 +327,7 @@ fn attach(cell: &mut Cell, metric: Metric) {
 
 fn key_params(key: &CellKey) -> impl rusqlite::Params + '_ {
     (
-        key.variant.as_str(),
+        key.variant.name(),
         key.width,
         key.sampler.as_str(),
         key.steps,
@@ -346,7 +352,7 @@ fn insert_cell(tx: &Transaction, cell: &Cell) -> rusqlite::Result<()> {
             evaluations, gflops_per_eval, sampling_gflops, wall_seconds)
          VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)",
         params![
-            key.variant.as_str(),
+            key.variant.name(),
             key.width,
             key.sampler.as_str(),
             key.steps,
@@ -536,7 +542,7 @@ pub fn shard_owns(key: &CellKey, index: usize, count: usize) -> bool {
         key.seed.to_string(),
     ];
     if key.variant != Variant::Base {
-        fields.insert(0, key.variant.as_str().to_string());
+        fields.insert(0, key.variant.name());
     }
     (ldmscale_util::hash::fnv1a(&fields.join("|")) % count as u64) as usize == index
 }
