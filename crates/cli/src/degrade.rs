@@ -1,6 +1,8 @@
 //! `ldmscale degrade`: a folder of high-resolution images to a frozen low-resolution set with the
 //! RealESRGAN degradation, each image seeded by its place in the sorted folder, with a manifest of
-//! settings and hashes so the set can be checked and reproduced.
+//! settings and hashes so the set can be checked and reproduced. With `--hr-source` the HR
+//! images are first cut as seeded crops of a source (`photos`, `div2k:DIR`, `folder:DIR`) and
+//! kept beside the LR set in `hr/`.
 
 mod params;
 
@@ -8,10 +10,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use image::{DynamicImage, ImageReader};
+use image::ImageReader;
 use indicatif::{ProgressBar, ProgressStyle};
 use ldmscale_data::degrade::{FloatImage, RealEsrganParams, realesrgan, set_seed};
 use ldmscale_data::image::{Image, MAX_IMAGE_SIDE};
+use ldmscale_data::{CropSpec, DataError, Downscale, HrSource, for_each_hr_crop};
 use rayon::prelude::*;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -29,8 +32,28 @@ const MAX_LISTED: usize = 20;
 pub struct DegradeArgs {
     /// Folder of high-resolution images (PNG, JPEG, WebP, BMP; not recursive). Files are taken in
     /// byte order of their names: a file's index, and so its seed, is its place in that order.
+    #[arg(
+        long,
+        required_unless_present = "hr_source",
+        conflicts_with = "hr_source"
+    )]
+    pub input: Option<PathBuf>,
+    /// Instead of --input: cut --crops seeded HR crops of --crop-size px from `photos`
+    /// (`tools/fetch-assets.sh photos`), `div2k:DIR` or `folder:DIR`, kept in `--out/hr/` as
+    /// `crop-NNNNN.png` beside their LR images. Crop i's image and place come from (--seed, i).
     #[arg(long)]
-    pub input: PathBuf,
+    pub hr_source: Option<HrSource>,
+    /// With --hr-source: how many crops.
+    #[arg(long, default_value_t = 100)]
+    pub crops: usize,
+    /// With --hr-source: the HR crop side in pixels (a multiple of the scale).
+    #[arg(long, default_value_t = 256)]
+    pub crop_size: u32,
+    /// With --hr-source: `off` (full resolution, as the paper's 512 px DIV2K crops), a factor k
+    /// (a region k times larger, k x k blocks averaged) or `paper-view` (k = 512 / crop size,
+    /// fitted per image: small crops show as much of a photo as a 512 px one).
+    #[arg(long, default_value = "off")]
+    pub downscale: Downscale,
     /// Folder to create with one 8-bit RGB PNG per input (same stem) and `manifest.json`. It must
     /// not exist (or be empty): an evaluation set is never overwritten.
     #[arg(long)]
@@ -88,8 +111,23 @@ struct Manifest<'a> {
     seed: u64,
     split: &'a str,
     seed_rule: &'static str,
+    /// How the HR images were cut, with --hr-source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hr_crops: Option<CropsRecord>,
     files: Vec<Record>,
 }
+
+/// The crops behind `hr/`, enough to cut them again.
+#[derive(Serialize)]
+struct CropsRecord {
+    source: String,
+    spec: CropSpec,
+    crop_rule: &'static str,
+}
+
+const CROP_RULE: &str = "crop i (0-based): image index (uniform over the source's files in \
+     relative-path order), then left, then top, drawn from SplitMix64(hash_u64s([hash_str(\"hr-crop\"), \
+     seed, i])) (ldmscale_data::hr)";
 
 const SEED_RULE: &str = "image i (0-based, files sorted by name) uses \
      hash_u64s([hash_u64s([hash_str(split), i]), seed]) (ldmscale_data::degrade::set_seed)";
@@ -97,9 +135,13 @@ const SEED_RULE: &str = "image i (0-based, files sorted by name) uses \
 /// Runs the command; `quiet` hides the progress bar.
 pub fn run(args: &DegradeArgs, quiet: bool) -> Result<()> {
     let base = args.params.resolve(args.scale)?;
-    let files = image_files(&args.input)?;
-    let planned = plan(&files, &base, &args.params)?;
     let staging = Staging::create(&args.out)?;
+    let (input, hr_crops) = match &args.hr_source {
+        Some(source) => cut_crops(source, args, base.scale as u32, staging.dir())?,
+        None => (args.input.clone().expect("clap requires --input"), None),
+    };
+    let files = image_files(&input)?;
+    let planned = plan(&files, &base, &args.params)?;
     let bar = progress(planned.len(), quiet);
     let records = planned
         .par_iter()
@@ -118,6 +160,7 @@ pub fn run(args: &DegradeArgs, quiet: bool) -> Result<()> {
         seed: args.seed,
         split: &args.split,
         seed_rule: SEED_RULE,
+        hr_crops,
         files: records?,
     };
     let json = serde_json::to_string_pretty(&manifest)? + "\n";
@@ -133,6 +176,50 @@ pub fn run(args: &DegradeArgs, quiet: bool) -> Result<()> {
         args.split
     );
     Ok(())
+}
+
+/// Writes the source's crops into `dir/hr/`, giving that folder and the manifest's record.
+fn cut_crops(
+    source: &HrSource,
+    args: &DegradeArgs,
+    scale: u32,
+    dir: &Path,
+) -> Result<(PathBuf, Option<CropsRecord>)> {
+    if args.crop_size % scale != 0 || args.crop_size < 4 * scale {
+        bail!(
+            "--crop-size {}: expected a multiple of the scale {scale} of at least {}",
+            args.crop_size,
+            4 * scale
+        );
+    }
+    if args.crops == 0 {
+        bail!("--crops 0: expected at least one crop");
+    }
+    let spec = CropSpec {
+        count: args.crops,
+        size: args.crop_size,
+        seed: args.seed,
+        downscale: args.downscale,
+    };
+    let files = source
+        .files()
+        .with_context(|| format!("--hr-source {source}"))?;
+    let hr = dir.join("hr");
+    std::fs::create_dir(&hr).with_context(|| format!("{}", hr.display()))?;
+    for_each_hr_crop(&files, &spec, |i, crop| {
+        let path = hr.join(format!("crop-{i:05}.png"));
+        std::fs::write(&path, crop.to_png()).map_err(|e| DataError::Io {
+            file: path.display().to_string(),
+            message: e.to_string(),
+        })
+    })
+    .with_context(|| format!("--hr-source {source}"))?;
+    let record = CropsRecord {
+        source: source.to_string(),
+        spec,
+        crop_rule: CROP_RULE,
+    };
+    Ok((hr, Some(record)))
 }
 
 fn progress(len: usize, quiet: bool) -> ProgressBar {
@@ -285,12 +372,7 @@ fn reader(path: &Path) -> Result<ImageReader<std::io::BufReader<std::fs::File>>>
 fn degrade_file(p: &Planned, args: &DegradeArgs, dir: &Path) -> Result<Record> {
     let file = p.path.display();
     let bytes = std::fs::read(&p.path).with_context(|| format!("{file}"))?;
-    let decoded = image::ImageReader::new(std::io::Cursor::new(&bytes))
-        .with_guessed_format()
-        .with_context(|| format!("{file}"))?
-        .decode()
-        .with_context(|| format!("{file}: unreadable image"))?;
-    let (hr, conversion) = to_rgb8(decoded).with_context(|| format!("{file}"))?;
+    let (hr, conversion) = Image::decode_opaque(&bytes, &file.to_string())?;
     let seed = set_seed(args.seed, &args.split, p.index as u64);
     let lr = realesrgan(&FloatImage::from_image(&hr), &p.params, seed)
         .with_context(|| format!("{file}: degradation"))?
@@ -308,28 +390,6 @@ fn degrade_file(p: &Planned, args: &DegradeArgs, dir: &Path) -> Result<Record> {
         output_sha256: sha256(&png),
         lr_size: [lr.width(), lr.height()],
     })
-}
-
-/// 8-bit RGB as OpenCV's `imread(IMREAD_COLOR)` gives Real-ESRGAN: grey replicated, 16 bits
-/// reduced, alpha dropped, but only when fully opaque (transparent pixels have no defined colour).
-fn to_rgb8(img: DynamicImage) -> Result<(Image, Option<&'static str>)> {
-    let color = img.color();
-    if color.has_alpha() && img.to_rgba8().pixels().any(|p| p[3] != 255) {
-        bail!("has transparent pixels; flatten it onto a background first");
-    }
-    let grey = color.channel_count() <= 2;
-    let wide = color.bytes_per_pixel() / color.channel_count() > 1;
-    let conversion = match (grey, wide, color.has_alpha()) {
-        (false, false, false) => None,
-        (true, false, _) => Some("grey replicated to RGB"),
-        (true, true, _) => Some("16-bit grey reduced to 8-bit and replicated to RGB"),
-        (false, true, _) => Some("reduced to 8 bits per channel"),
-        (false, false, true) => Some("opaque alpha channel dropped"),
-    };
-    let rgb = img.into_rgb8();
-    let (w, h) = rgb.dimensions();
-    let image = Image::from_rgb(w, h, rgb.into_raw()).expect("an RgbImage holds w x h x 3 bytes");
-    Ok((image, conversion))
 }
 
 fn sha256(bytes: &[u8]) -> String {

@@ -198,3 +198,98 @@ fn an_existing_set_is_never_overwritten() {
         "mine"
     );
 }
+
+#[test]
+fn hr_source_crops_are_kept_beside_their_lr_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir_all(photos.join("sub")).unwrap();
+    rgb(&photos.join("a.png"), 80, 60);
+    rgb(&photos.join("sub/b.png"), 64, 96);
+    let source = format!("folder:{}", s(&photos));
+    let run = |name: &str| {
+        let out = dir.path().join(name);
+        let args = ["degrade", "--hr-source", &source, "--out", s(&out)];
+        let extra = [
+            "--crops",
+            "5",
+            "--crop-size",
+            "32",
+            "--downscale",
+            "paper-view",
+        ];
+        let result = ldmscale(&[&args[..], &extra[..]].concat());
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(result.status.success(), "{stderr}");
+        out
+    };
+    let (first, second) = (run("one"), run("two"));
+    for name in ["hr/crop-00004.png", "crop-00004.png", "manifest.json"] {
+        let read = |d: &Path| std::fs::read(d.join(name)).unwrap();
+        assert_eq!(read(&first), read(&second), "{name}");
+    }
+    let hr = image::open(first.join("hr/crop-00000.png")).unwrap();
+    assert_eq!((hr.width(), hr.height()), (32, 32));
+    let lr = image::open(first.join("crop-00000.png")).unwrap();
+    assert_eq!((lr.width(), lr.height()), (8, 8));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(first.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["hr_crops"]["source"], source.as_str());
+    assert_eq!(manifest["hr_crops"]["spec"]["downscale"], "paper-view");
+    assert_eq!(manifest["files"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn hr_source_bad_settings_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let photos = dir.path().join("photos");
+    std::fs::create_dir(&photos).unwrap();
+    rgb(&photos.join("small.png"), 24, 24);
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    let folder = format!("folder:{}", s(&photos));
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--hr-source", &folder, "--crop-size", "30"],
+            "--crop-size 30",
+        ),
+        (
+            &["--hr-source", &folder, "--crop-size", "32"],
+            "small.png: 24x24 image is smaller than a 32x32 crop",
+        ),
+        (&["--hr-source", "imagenet"], "unknown HR source `imagenet`"),
+        (
+            &["--hr-source", &folder, "--input", s(&photos)],
+            "cannot be used with",
+        ),
+    ];
+    for (extra, needle) in cases {
+        let out = work.join("out");
+        let result = ldmscale(&[&["degrade", "--out", s(&out)][..], extra].concat());
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(
+            !result.status.success() && stderr.contains(needle),
+            "{extra:?}: {stderr}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&work).unwrap().count(),
+            0,
+            "{extra:?} left files"
+        );
+    }
+    let empty_cache = dir.path().join("cache");
+    let result = Command::new(env!("CARGO_BIN_EXE_ldmscale"))
+        .env("LDMSCALE_CACHE", &empty_cache)
+        .args([
+            "-q",
+            "degrade",
+            "--hr-source",
+            "photos",
+            "--out",
+            s(&work.join("out")),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("tools/fetch-assets.sh photos"), "{stderr}");
+}
