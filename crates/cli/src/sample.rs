@@ -8,8 +8,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use ldmscale_diffusion::{
-    Cfg, DdimOptions, Denoiser, DpmSolverOptions, NoiseQueue, NoiseSource, SamplerId, SamplerKind,
-    SchedulerConfig, SeededNoise, sample,
+    Cfg, DdimOptions, Denoiser, DpmSolverOptions, LcmOptions, NoiseQueue, NoiseSource, SamplerId,
+    SamplerKind, SchedulerConfig, SeededNoise, sample,
 };
 use ldmscale_model::unet::config::MAX_SAMPLE_SIZE;
 use ldmscale_model::weights::load_unet;
@@ -17,6 +17,8 @@ use ldmscale_pipeline::{SrDenoiser, UNetDenoiser, low_res_schedule, noise_lr};
 
 use crate::device::DeviceArgs;
 use crate::npy;
+
+mod lcm;
 
 /// The sampler with its options; DPM-Solver's other settings (algorithm, final sigmas,
 /// lower_order_final, ...) come from the scheduler config when one is given.
@@ -27,6 +29,7 @@ fn sampler_kind(id: SamplerId, eta: f32, scheduler_json: Option<&str>) -> Result
             solver_order: o.solver_order,
             ..DpmSolverOptions::from_json(text)?
         }),
+        (SamplerKind::Lcm(_), Some(text)) => SamplerKind::Lcm(LcmOptions::from_json(text)?),
         (kind, _) => kind,
     })
 }
@@ -45,14 +48,16 @@ pub struct SampleArgs {
     /// UNet directory if present, else Stable Diffusion's (scaled_linear, steps_offset 1).
     #[arg(long, value_name = "FILE")]
     pub scheduler_config: Option<PathBuf>,
-    /// Sampler: ddim, ddpm, dpmpp-2m or dpmpp-3m.
+    /// Sampler: ddim, ddpm, dpmpp-2m, dpmpp-3m, or lcm for a UNet distilled with a guidance
+    /// embedding (time_cond_proj_dim).
     #[arg(long, default_value = "ddim")]
     pub sampler: SamplerId,
     /// Sampling steps (denoiser calls).
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
     /// Classifier-free guidance scale w; w <= 1 runs the conditional model alone (one
-    /// evaluation per step), w > 1 costs two evaluations per step, as in diffusers.
+    /// evaluation per step), w > 1 costs two evaluations per step, as in diffusers. With
+    /// --sampler lcm the student gets the embedding of w - 1 instead (one evaluation per step).
     #[arg(long, default_value_t = 7.5)]
     pub cfg: f32,
     /// DDIM stochasticity (0 = deterministic).
@@ -77,6 +82,10 @@ pub struct SampleArgs {
     /// [steps, B, C, H, W] (to replay another implementation's draws); default: seeded.
     #[arg(long, value_name = "N.npy")]
     pub noise: Option<PathBuf>,
+    /// LCM: the noise injected between its steps, [steps - 1, B, C, H, W] (.npy); default:
+    /// seeded by --seed.
+    #[arg(long, value_name = "N.npy")]
+    pub step_noise: Option<PathBuf>,
     /// Latent side length when --init-latents is not given; default: the config's sample_size.
     #[arg(long)]
     pub latent_size: Option<usize>,
@@ -133,6 +142,7 @@ fn check_args(args: &SampleArgs) -> Result<()> {
         args.cfg
     );
     ensure!(args.batch > 0, "--batch must be at least 1");
+    lcm::check_args(args)?;
     if let Some(side) = args.latent_size {
         ensure!(
             (1..=MAX_SAMPLE_SIZE).contains(&side),
@@ -148,6 +158,7 @@ struct Inputs {
     negative: Option<npy::Array>,
     init: Option<npy::Array>,
     noise: Option<npy::Array>,
+    step_noise: Option<npy::Array>,
     lr: Option<npy::Array>,
 }
 
@@ -162,6 +173,7 @@ fn read_inputs(args: &SampleArgs) -> Result<Inputs> {
         negative: optional(&args.negative_embeds, "--negative-embeds", 3)?,
         init: optional(&args.init_latents, "--init-latents", 4)?,
         noise: optional(&args.noise, "--noise", 5)?,
+        step_noise: optional(&args.step_noise, "--step-noise", 5)?,
         lr: optional(&args.lr_latents, "--lr-latents", 4)?,
     })
 }
@@ -242,7 +254,10 @@ pub fn run(args: &SampleArgs) -> Result<()> {
             args.batch
         );
     }
-    let mut noise = step_noise(args, inputs.noise, &initial, &device)?;
+    let mut noise = match args.sampler {
+        SamplerId::Lcm => lcm::step_noise(args, inputs.step_noise, &initial, &device)?,
+        _ => step_noise(args, inputs.noise, &initial, &device)?,
+    };
     if !is_stochastic(args.sampler, args.eta) && args.noise.is_some() {
         eprintln!("note: --noise is ignored by a deterministic sampler");
     }
@@ -260,6 +275,9 @@ pub fn run(args: &SampleArgs) -> Result<()> {
                 eprintln!("note: super-resolution samples without guidance (--cfg ignored)");
             }
             Box::new(sr_denoiser(args, &unet, &config, lr, &cond)?)
+        }
+        None if args.sampler == SamplerId::Lcm => {
+            Box::new(lcm::denoiser(args, &unet, &config, cond)?)
         }
         None => Box::new(Cfg::new(UNetDenoiser(&unet), cond, uncond, args.cfg)?),
     };
@@ -299,9 +317,13 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         npy::write(path, &dims, &values)?;
     }
     eprintln!(
-        "{} steps of {}, CFG {}: {} evaluations per image x {:.3} GFLOPs = {:.2} GFLOPs per image; {:.2} s for {} images",
+        "{} steps of {}, {} {}: {} evaluations per image x {:.3} GFLOPs = {:.2} GFLOPs per image; {:.2} s for {} images",
         out.steps,
         args.sampler,
+        match args.sampler {
+            SamplerId::Lcm => "guidance (embedded)",
+            _ => "CFG",
+        },
         args.cfg,
         out.evaluations,
         gflops_per_eval,

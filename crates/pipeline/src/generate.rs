@@ -1,10 +1,12 @@
 //! Sampling with classifier-free guidance and decoding to images.
 
 use burn::tensor::Tensor;
-use ldmscale_diffusion::{Cfg, NoiseSource, SamplerId, SchedulerConfig, SeededNoise, sample};
+use ldmscale_diffusion::{
+    Cfg, Denoiser, NoiseSource, SamplerId, SchedulerConfig, SeededNoise, sample,
+};
 use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNet};
 
-use crate::{PipelineError, UNetDenoiser};
+use crate::{LcmDenoiser, PipelineError, UNetDenoiser};
 
 /// A latent diffusion model for inference: a UNet over the latents of a first-stage
 /// autoencoder, conditioned on text states.
@@ -26,7 +28,8 @@ pub struct SamplingSpec {
     pub sampler: SamplerId,
     /// Sampling steps.
     pub steps: u32,
-    /// Guidance rate w (<= 1: the conditional model alone).
+    /// Guidance rate w (<= 1: the conditional model alone; LCM: the student's guidance
+    /// embedding of w - 1).
     pub cfg: f64,
     /// Seed of the initial noise (and of DDPM's step noise).
     pub seed: u64,
@@ -87,12 +90,17 @@ pub fn generate_batch(
         .build(&SchedulerConfig::sd(), spec.steps as usize)?;
     let mut noise = SeededNoise::new(spec.seed.wrapping_mul(1000).wrapping_add(start as u64));
     let init = noise.noise([len, c, h, w], &prompts.device())?;
-    let mut guided = Cfg::new(
-        UNetDenoiser(model.unet),
-        prompts,
-        null.clone(),
-        spec.cfg as f32,
-    )?;
-    let out = sample(sampler.as_mut(), &mut guided, init, &mut noise, None)?;
+    let mut denoiser: Box<dyn Denoiser + '_> = if spec.sampler.uses_guidance_embedding() {
+        Box::new(LcmDenoiser::new(model.unet, prompts, spec.cfg)?)
+    } else {
+        let cfg = spec.cfg as f32;
+        Box::new(Cfg::new(
+            UNetDenoiser(model.unet),
+            prompts,
+            null.clone(),
+            cfg,
+        )?)
+    };
+    let out = sample(sampler.as_mut(), &mut denoiser, init, &mut noise, None)?;
     Ok((out.latents, out.evaluations))
 }

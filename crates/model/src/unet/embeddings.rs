@@ -65,6 +65,13 @@ impl TimestepEmbedding {
         }
     }
 
+    /// Width of the extra condition it projects (LCM's `time_cond_proj_dim`), if any.
+    pub fn condition_dim(&self) -> Option<usize> {
+        self.cond_proj
+            .as_ref()
+            .map(|proj| proj.weight.lazy_shape().dims::<2>()[0])
+    }
+
     /// Embeds `[batch, in_dim]` sinusoid features.
     pub fn forward(&self, sinusoid: Tensor<2>, condition: Option<Tensor<2>>) -> Tensor<2> {
         let mut x = sinusoid;

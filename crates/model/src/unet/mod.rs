@@ -190,6 +190,12 @@ impl UNet {
         )
     }
 
+    /// Width of the extra timestep condition (`time_cond_proj_dim`: an LCM student's guidance
+    /// embedding), if the model has one.
+    pub fn time_cond_proj_dim(&self) -> Option<usize> {
+        self.time_embedding.condition_dim()
+    }
+
     /// Cost of one forward pass for one sample of `[h, w]` latents reading `keys` text tokens,
     /// without CFG (a guided step costs two).
     pub fn cost(&self, h: usize, w: usize, keys: usize) -> Cost {

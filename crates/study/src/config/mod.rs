@@ -521,6 +521,13 @@ mod tests {
         let mut c = StudyConfig::preset("tiny").unwrap();
         c.widths = vec![10];
         assert!(c.validate().unwrap_err().contains("widths[0]: 10"));
+        let mut c = StudyConfig::preset("tiny").unwrap();
+        c.sweep.samplers = vec![SamplerId::Ddim, SamplerId::Lcm];
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .contains("sweep.samplers[1]: lcm samples students")
+        );
         let text = StudyConfig::preset("tiny")
             .unwrap()
             .to_toml()

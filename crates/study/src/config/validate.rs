@@ -219,6 +219,18 @@ fn check_recipe(c: &StudyConfig, p: &mut Problems) {
 fn check_sweep(c: &StudyConfig, p: &mut Problems) {
     let s = &c.sweep;
     p.list("sweep.samplers", &s.samplers, |x| *x);
+    for (i, sampler) in s.samplers.iter().enumerate() {
+        // The family are base text-to-image UNets: none has an LCM student's guidance embedding.
+        if sampler.uses_guidance_embedding() {
+            p.add(
+                format!("sweep.samplers[{i}]"),
+                format!(
+                    "{sampler} samples students distilled with a guidance embedding, which the \
+                     study does not train yet (ldmscale sample --sampler lcm runs one)"
+                ),
+            );
+        }
+    }
     p.list("sweep.steps", &s.steps, |x| *x);
     for (i, &n) in s.steps.iter().enumerate() {
         p.range(&format!("sweep.steps[{i}]"), n, 1, MAX_STEPS);
