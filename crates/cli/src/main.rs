@@ -56,7 +56,8 @@ enum Command {
     /// Counts come from the models the toolkit builds (parameters are allocated lazily, so even
     /// the 5B model costs no memory). Example: `ldmscale zoo --latent 32 --widths 64,128 --format csv`.
     Zoo(zoo::ZooArgs),
-    /// Sample latents with DDIM / DDPM / DPM-Solver++ and classifier-free guidance.
+    /// Sample latents with DDIM / DDPM / DPM-Solver++ and classifier-free guidance, or with
+    /// an LCM student (`--sampler lcm`: guidance as its embedding, one evaluation per step).
     ///
     /// Takes text states as .npy (interop with diffusers' encode_prompt) and prints the sampling
     /// cost: evaluations (doubled by CFG) x GFLOPs per evaluation. Example:
