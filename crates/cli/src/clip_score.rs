@@ -94,7 +94,7 @@ fn pair_captions(files: &[PathBuf], captions_file: &Path) -> Result<Vec<(PathBuf
 
 /// Every readable pair's score (`100 * cos`) and the CLIP score (their mean, clamped at 0).
 fn score_pairs(args: &ClipScoreArgs) -> Result<(f64, Vec<(PathBuf, f64)>)> {
-    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+    crate::checks::count(args.batch, crate::fid::MAX_BATCH, "--batch")?;
     let files = image_files(&args.images)?;
     let pairs = pair_captions(&files, &args.captions)?;
     let device = args.device.device()?;

@@ -48,6 +48,9 @@ pub struct FidArgs {
     pub device: crate::device::DeviceArgs,
 }
 
+/// The largest `--batch`: 4096 Inception inputs are 4 GiB of f32 already.
+pub const MAX_BATCH: usize = 4096;
+
 fn is_stats_file(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("npz"))
@@ -72,6 +75,7 @@ fn load_extractor(args: &FidArgs, device: &Device) -> Result<FidExtractor> {
             path.display()
         );
     }
+    crate::checks::input_file(&path, "--inception")?;
     Ok(FidExtractor::load(&path, args.mode, device)?)
 }
 
@@ -147,7 +151,10 @@ struct Outcome {
 }
 
 fn compute(args: &FidArgs) -> Result<Outcome> {
-    anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+    crate::checks::count(args.batch, MAX_BATCH, "--batch")?;
+    if let Some(out) = &args.save_stats {
+        crate::checks::output_file(out, "--save-stats")?;
+    }
     if args.second.is_none() && args.save_stats.is_none() {
         bail!("give a second folder or .npz to compare with, or --save-stats OUT.npz");
     }

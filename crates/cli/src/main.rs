@@ -1,6 +1,7 @@
 //! `ldmscale`: train, sample and measure families of latent diffusion models of different sizes,
 //! and find which size, sampler, step count and guidance give the best images for a budget.
 
+mod checks;
 mod clip_score;
 mod degrade;
 mod device;
@@ -16,7 +17,7 @@ mod train;
 mod train_vae;
 mod zoo;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 // Tensor buffers are large and short-lived: keep them in the process (see ldmscale-alloc).
 #[global_allocator]
@@ -160,8 +161,20 @@ enum Precision {
     Bf16,
 }
 
+/// Parses the command line, letting negative numbers through as values so that `--lr -1`
+/// reaches the check naming the flag rather than clap's "unexpected argument '-1'".
+fn parse_cli() -> Cli {
+    fn negative_numbers(command: clap::Command) -> clap::Command {
+        command
+            .allow_negative_numbers(true)
+            .mut_subcommands(negative_numbers)
+    }
+    let matches = negative_numbers(Cli::command()).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse_cli();
     ldmscale_util::logging::init(ldmscale_util::logging::Verbosity::from_flags(
         cli.quiet,
         cli.verbose,
@@ -193,8 +206,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Psnr(args) => sr_metrics::run(sr_metrics::SrMetric::Psnr, args),
         Command::Ssim(args) => sr_metrics::run(sr_metrics::SrMetric::Ssim, args),
         Command::Lpips(args) => lpips::run(args),
-        Command::Plan(args) => plan::plan(args),
-        Command::Results(command) => plan::results(command),
+        Command::Plan(args) => checks::plan_args(args).and_then(|()| plan::plan(args)),
+        Command::Results(command) => {
+            checks::results_args(command).and_then(|()| plan::results(command))
+        }
         Command::Study(args) => study::run(args),
         Command::Train(args) => train::run(args, cli.quiet),
         Command::TrainFamily(args) => train::family(args, cli.quiet),

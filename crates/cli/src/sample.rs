@@ -131,9 +131,10 @@ fn tensor<const D: usize>(array: npy::Array, device: &Device) -> Tensor<D> {
 /// The checks on the command line that need no file.
 fn check_args(args: &SampleArgs) -> Result<()> {
     ensure!(args.steps > 0, "--steps must be at least 1");
+    // Above 1, DDIM's noise exceeds the step's variance and the latents turn NaN.
     ensure!(
-        args.eta.is_finite() && args.eta >= 0.0,
-        "--eta {} must be a finite non-negative number",
+        (0.0..=1.0).contains(&args.eta),
+        "--eta {}: expected a number from 0 to 1",
         args.eta
     );
     ensure!(
@@ -208,6 +209,9 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         bail!(
             "nothing to write: pass --output-latents OUT.npy (decoding to PNG needs the first-stage autoencoder, not available yet)"
         );
+    }
+    if let Some(out) = &args.output_latents {
+        crate::checks::output_file(out, "--output-latents")?;
     }
     let inputs = read_inputs(args)?;
     let device = args.device.device()?;
@@ -374,7 +378,14 @@ fn lr_latents(
 ) -> Result<Option<Tensor<4>>> {
     let config_file = args.unet.join("config.json");
     match (config.concat_channels(), lr, &args.lr_latents) {
-        (None, None, _) => Ok(None),
+        (None, None, _) => {
+            ensure!(
+                args.noise_level.is_none(),
+                "--noise-level given but {} is not a super-resolution UNet (it would be ignored)",
+                config_file.display()
+            );
+            Ok(None)
+        }
         (Some(c), Some(array), Some(p)) => {
             ensure!(
                 array.shape[1] == c,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use ldmscale_study::config::StudyConfig;
+use ldmscale_study::context::STAGES;
 use ldmscale_study::{RunOptions, pipeline};
 
 use crate::device::DeviceArgs;
@@ -28,7 +29,7 @@ pub struct StudyArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Measure only sweep shard i of N (e.g. 0/4); merge the stores with `ldmscale results merge`.
-    #[arg(long, value_name = "i/N")]
+    #[arg(long, value_name = "i/N", allow_hyphen_values = true)]
     pub shard: Option<String>,
     /// Compute only these stages (comma-separated): data, first-stage, text-encoder, latents,
     /// evaluator, family, sweep, grids, learning-check, report. Earlier stages must be stored;
@@ -55,15 +56,17 @@ pub fn run(args: &StudyArgs) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("study-{}", config.name)));
+    // Checked before the dry run too, so that it does not pass what the run refuses.
+    let options = RunOptions {
+        shard: parse_shard(args.shard.as_deref())?,
+        only: check_only(args.only.as_deref())?,
+    };
+    crate::checks::output_dir(&out, "--out")?;
     if args.dry_run {
         print!("{}", pipeline::dry_run(&config, Some(&out), &device)?);
         println!("\n# the config, as TOML:\n{}", config.to_toml());
         return Ok(());
     }
-    let options = RunOptions {
-        shard: parse_shard(args.shard.as_deref())?,
-        only: args.only.clone(),
-    };
     let summary = pipeline::run(&config, &out, &device, &options)?;
     match &summary.report {
         Some(report) => println!(
@@ -84,6 +87,21 @@ pub fn run(args: &StudyArgs) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+/// `--only`, each name one of the study's stages.
+fn check_only(names: Option<&[String]>) -> Result<Option<Vec<String>>> {
+    let Some(names) = names else { return Ok(None) };
+    for name in names {
+        if !STAGES.contains(&name.as_str()) {
+            bail!(
+                "--only {:?}: unknown stage {name:?}; expected one of {}",
+                names.join(","),
+                STAGES.join(", ")
+            );
+        }
+    }
+    Ok(Some(names.to_vec()))
 }
 
 fn parse_shard(text: Option<&str>) -> Result<Option<(usize, usize)>> {

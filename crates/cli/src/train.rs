@@ -7,6 +7,7 @@ use clap::Args;
 use ldmscale_data::Split;
 use ldmscale_model::vae::load_vae;
 use ldmscale_study::config::TextEncoderSpec;
+use ldmscale_study::config::validate::MAX_RESOLUTION;
 use ldmscale_study::stages::text::load_or_make;
 use ldmscale_train::InMemory;
 use ldmscale_train::parallel::{parse_devices, training_devices};
@@ -106,8 +107,36 @@ fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig, Option<EvalConfig>
     if let Some(e) = &eval {
         e.validate(&origin)?;
     }
+    run.data.validate(&origin)?;
     Ok((run.data, config, eval))
 }
+
+impl DataConfig {
+    /// Sizes checked before any data is made (a huge resolution would stall generating it).
+    fn validate(&self, origin: &str) -> Result<()> {
+        let (side, n) = (self.resolution, self.examples);
+        if !(1..=MAX_RESOLUTION).contains(&side) {
+            bail!("{origin} [data] resolution = {side}: expected 1 to {MAX_RESOLUTION}");
+        }
+        if n == 0 {
+            bail!("{origin} [data] examples = 0: expected at least 1");
+        }
+        let bytes = side
+            .checked_mul(side)
+            .and_then(|px| px.checked_mul(3 * 4))
+            .and_then(|b| b.checked_mul(n));
+        if bytes.is_none_or(|b| b > MAX_DATA_BYTES) {
+            bail!(
+                "{origin} [data] examples = {n}: {n} images of {side}x{side} need more than {} GiB",
+                MAX_DATA_BYTES >> 30
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The most bytes of f32 images a run encodes in memory.
+const MAX_DATA_BYTES: usize = 1 << 40;
 
 fn run_one(
     data_config: &DataConfig,
@@ -286,6 +315,10 @@ fn write_chart(
 
 /// `ldmscale train`.
 pub fn run(args: &TrainArgs, quiet: bool) -> Result<()> {
+    if !args.widths.is_empty() {
+        bail!("--widths is for `ldmscale train-family`; `train` takes one --width");
+    }
+    crate::checks::output_dir(&args.out, "--out")?;
     let (data, mut config, eval) = load(args)?;
     if let Some(w) = args.width {
         config.model.width = w;
@@ -305,9 +338,19 @@ pub fn run(args: &TrainArgs, quiet: bool) -> Result<()> {
 
 /// `ldmscale train-family`.
 pub fn family(args: &TrainArgs, quiet: bool) -> Result<()> {
+    if args.width.is_some() {
+        bail!("--width is for `ldmscale train`; `train-family` takes --widths");
+    }
+    crate::checks::output_dir(&args.out, "--out")?;
     let (data, config, eval) = load(args)?;
     if args.widths.is_empty() {
         bail!("--widths: name the widths to train, e.g. --widths 16,24,32,48");
+    }
+    if let Some(w) = (1..args.widths.len()).find_map(|i| {
+        let w = args.widths[i];
+        args.widths[..i].contains(&w).then_some(w)
+    }) {
+        bail!("--widths: {w} is named twice");
     }
     for &w in &args.widths {
         let mut c = config.clone();

@@ -141,6 +141,7 @@ fn image_tensor(values: Vec<f32>, batch: usize, r: usize, device: &Device) -> Te
 /// Trains per `args`; writes checkpoints and the final model to `args.output`.
 pub fn train(args: &TrainVaeArgs, show_progress: bool) -> Result<TrainVaeReport> {
     let start = Instant::now();
+    crate::checks::output_dir(&args.output, "--output")?;
     let (mut config, recipe) = settings(args)?;
     let (loader, val_images) = data(args)?;
     let _lock = DirLock::acquire(&args.output, "ldmscale train-vae")?;

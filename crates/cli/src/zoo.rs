@@ -5,7 +5,12 @@ use std::fmt::Write as _;
 use anyhow::{Result, bail};
 use burn::tensor::Device;
 use clap::{Args, ValueEnum};
+use ldmscale_model::UNetConfig;
+use ldmscale_model::unet::config::MAX_SAMPLE_SIZE;
 use ldmscale_model::zoo::{REFERENCE_WIDTH, ZooRow, family};
+
+/// The most text tokens `--context` takes (CLIP uses 77; long-context encoders a few hundred).
+const MAX_CONTEXT: usize = 1 << 16;
 
 /// Output formats.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -41,16 +46,7 @@ pub struct ZooArgs {
 
 /// Runs the command, printing to stdout.
 pub fn run(args: &ZooArgs) -> Result<()> {
-    if args.latent == 0 || args.context == 0 {
-        bail!("--latent and --context must be positive");
-    }
-    for &w in &args.widths {
-        if w == 0 || w % 32 != 0 {
-            bail!(
-                "--widths: {w} is not a positive multiple of 32 (the family uses 32 GroupNorm groups)"
-            );
-        }
-    }
+    check_args(args)?;
     let rows = family(&args.widths, args.latent, args.context, &Device::flex());
     let text = match args.format {
         Format::Table => table(&rows, args),
@@ -58,6 +54,27 @@ pub fn run(args: &ZooArgs) -> Result<()> {
         Format::Csv => csv(&rows),
     };
     print!("{text}");
+    Ok(())
+}
+
+/// Sizes checked before any model is built (a width beyond the config's limits would panic).
+fn check_args(args: &ZooArgs) -> Result<()> {
+    if !(1..=MAX_SAMPLE_SIZE).contains(&args.latent) {
+        bail!("--latent {}: expected 1..={MAX_SAMPLE_SIZE}", args.latent);
+    }
+    if !(1..=MAX_CONTEXT).contains(&args.context) {
+        bail!("--context {}: expected 1..={MAX_CONTEXT}", args.context);
+    }
+    for &w in &args.widths {
+        if w == 0 || w % 32 != 0 {
+            bail!(
+                "--widths: {w} is not a positive multiple of 32 (the family uses 32 GroupNorm groups)"
+            );
+        }
+        if let Err(e) = UNetConfig::paper(w).validate() {
+            bail!("--widths: {w} is too wide for the family's config: {e}");
+        }
+    }
     Ok(())
 }
 

@@ -1,181 +1,816 @@
-//! Hostile and careless command lines through the built binary: sizes that used to hang or
-//! abort, NaN inputs, batch 0, duplicate captions, huge array headers and symlink loops. Each
-//! must exit non-zero (or warn) with a message naming the flag or file, quickly. The inputs are
-//! generated here; no weights are needed, since every check runs before any model is loaded.
+//! Hostile and careless command lines through the built binary, as a table of trials: sizes
+//! that used to hang or abort, NaN inputs, zero / negative / huge numbers, missing, empty and
+//! truncated files, folders given for files, wrong dtypes, duplicate captions, symlink loops.
+//! Every trial must end without a panic or a signal, with the exit status it expects and a
+//! message holding the expected words (the flag or file, and what was expected). The inputs
+//! are generated in a temporary folder; the only committed files read are the small UNet and
+//! pipeline fixtures.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ldmscale_eval::npz::encode_npy_f32;
 
-fn ldmscale(args: &[&str]) -> Output {
-    let start = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_ldmscale"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        start.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        start.elapsed()
-    );
-    out
+mod common;
+
+/// One command line and what it must give.
+struct Trial {
+    class: &'static str,
+    args: Vec<String>,
+    /// Words the output (stderr, then stdout) must hold.
+    expect: String,
+    /// Whether it must succeed (a warning case) rather than fail.
+    succeeds: bool,
 }
 
-/// Runs `args`, expects a failure, and returns stderr.
-fn fails(args: &[&str]) -> String {
-    let out = ldmscale(args);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    stderr
+fn trial(class: &'static str, args: &[&str], expect: &str) -> Trial {
+    Trial {
+        class,
+        args: args.iter().map(|a| a.to_string()).collect(),
+        expect: expect.into(),
+        succeeds: false,
+    }
+}
+
+/// Runs one trial; returns what went wrong, if anything.
+fn check(t: &Trial) -> Option<String> {
+    let start = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_ldmscale"))
+        .args(&t.args)
+        .output()
+        .unwrap();
+    let took = start.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = format!("{stderr}{}", String::from_utf8_lossy(&out.stdout));
+    let problem = if out.status.code().is_none() {
+        "killed by a signal".to_string()
+    } else if out.status.code() == Some(101) || text.contains("panicked at") {
+        "panicked".into()
+    } else if text.contains("RUST_BACKTRACE") {
+        "printed a backtrace hint".into()
+    } else if out.status.success() != t.succeeds {
+        format!("exit status {:?}", out.status.code())
+    } else if !text.contains(&t.expect) {
+        format!("no {:?} in the message", t.expect)
+    } else if took > Duration::from_secs(30) {
+        format!("took {took:?}")
+    } else {
+        return None;
+    };
+    Some(format!("[{}] {:?}: {problem}\n{text}", t.class, t.args))
+}
+
+/// Runs the table, printing the count per class, and fails naming every trial that failed.
+fn run(trials: &[Trial]) {
+    let failures: Vec<String> = trials.iter().filter_map(check).collect();
+    let mut counts = std::collections::BTreeMap::new();
+    for t in trials {
+        *counts.entry(t.class).or_insert(0) += 1;
+    }
+    eprintln!("hostile trials by class: {counts:?}");
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
 }
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// `sample` with prompt embeddings at `prompt` and `extra` flags; the UNet does not exist.
-fn sample(dir: &Path, prompt: &Path, extra: &[&str]) -> String {
-    let out = dir.join("out.npy");
-    let mut args = vec![
-        "sample",
-        "--unet",
-        "/nonexistent/unet",
-        "--prompt-embeds",
-        s(prompt),
-        "--output-latents",
-        s(&out),
-    ];
-    args.extend_from_slice(extra);
-    let err = fails(&args);
-    assert!(!out.exists());
-    err
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-#[test]
-fn sample_refuses_sizes_and_numbers_that_used_to_hang_or_abort() {
-    let dir = tempfile::tempdir().unwrap();
-    let prompt = dir.path().join("prompt.npy");
-    std::fs::write(&prompt, encode_npy_f32(&[1, 2, 4], &[0.5; 8])).unwrap();
-    let cases: [(&[&str], &str); 6] = [
-        (&["--latent-size", "0"], "--latent-size 0: expected 1..="),
-        (
-            &["--latent-size", "100000"],
-            "--latent-size 100000: expected 1..=",
-        ),
-        (&["--steps", "0"], "--steps must be at least 1"),
-        (&["--cfg", "NaN"], "--cfg NaN must be a finite number"),
-        (&["--eta", "inf"], "--eta inf must be a finite"),
-        (&["--batch", "0"], "--batch must be at least 1"),
-    ];
-    for (extra, want) in cases {
-        let err = sample(dir.path(), &prompt, extra);
-        assert!(err.contains(want), "{extra:?}: {err}");
-    }
-}
-
-#[test]
-fn sample_names_the_file_holding_nan_before_sampling() {
-    let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("prompt.npy");
-    std::fs::write(&good, encode_npy_f32(&[1, 2, 4], &[0.5; 8])).unwrap();
-    let mut values = [0.5f32; 8];
-    values[5] = f32::NAN;
-    let nan = dir.path().join("nan_prompt.npy");
-    std::fs::write(&nan, encode_npy_f32(&[1, 2, 4], &values)).unwrap();
-    let err = sample(dir.path(), &nan, &[]);
-    assert!(
-        err.contains("nan_prompt.npy: value 5 (of 8) is NaN"),
-        "{err}"
-    );
-    let latents = dir.path().join("nan_latents.npy");
-    let mut init = vec![0.0f32; 16];
-    init[3] = f32::INFINITY;
-    std::fs::write(&latents, encode_npy_f32(&[1, 1, 4, 4], &init)).unwrap();
-    let err = sample(dir.path(), &good, &["--init-latents", s(&latents)]);
-    assert!(
-        err.contains("nan_latents.npy: value 3 (of 16) is inf"),
-        "{err}"
-    );
-    // Empty dimensions are refused too.
-    let empty = dir.path().join("empty.npy");
-    std::fs::write(&empty, encode_npy_f32(&[1, 0, 4], &[])).unwrap();
-    let err = sample(dir.path(), &empty, &[]);
-    assert!(
-        err.contains("empty.npy") && err.contains("non-zero dimensions"),
-        "{err}"
-    );
-}
-
-#[test]
-fn npy_headers_with_impossible_shapes_name_the_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let header =
-        "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 16), }";
-    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
-    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    bytes.extend_from_slice(header.as_bytes());
-    let path = dir.path().join("overflow.npy");
-    std::fs::write(&path, bytes).unwrap();
-    let err = sample(dir.path(), &path, &[]);
-    assert!(
-        err.contains("overflow.npy") && err.contains("needs more than"),
-        "{err}"
-    );
-}
-
-fn write_png(path: &Path) {
-    image::RgbImage::from_pixel(4, 4, image::Rgb([9, 9, 9]))
+fn write_png(path: &Path, side: u32) {
+    image::RgbImage::from_pixel(side, side, image::Rgb([9, 9, 9]))
         .save(path)
         .unwrap();
 }
 
-#[test]
-fn metric_commands_refuse_batch_zero_and_duplicate_captions() {
-    let dir = tempfile::tempdir().unwrap();
-    let images = dir.path().join("images");
-    std::fs::create_dir(&images).unwrap();
-    write_png(&images.join("a.png"));
-    write_png(&images.join("b.png"));
-    let err = fails(&["fid", s(&images), s(&images), "--batch", "0"]);
-    assert!(err.contains("--batch must be at least 1"), "{err}");
-    let captions = dir.path().join("captions.tsv");
-    std::fs::write(&captions, "a.png\tone\nb.png\ttwo\n").unwrap();
-    let clip = ["--clip", "/nonexistent/clip"];
-    let base = [
-        "clip-score",
-        "--images",
-        s(&images),
-        "--captions",
-        s(&captions),
+/// A `.npy` file with a hand-written header (for shapes and dtypes the writer refuses).
+fn raw_npy(path: &Path, header: &str, data: &[u8]) {
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// The generated inputs every table uses.
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        for folder in ["img", "img2", "empty", "imgt", "big"] {
+            std::fs::create_dir(p.join(folder)).unwrap();
+        }
+        for name in ["a.png", "b.png"] {
+            write_png(&p.join("img").join(name), 16);
+            write_png(&p.join("img2").join(name), 16);
+            write_png(&p.join("big").join(name), 32);
+        }
+        let png = std::fs::read(p.join("img/a.png")).unwrap();
+        std::fs::write(p.join("imgt/a.png"), &png[..40]).unwrap();
+        write_png(&p.join("imgt/b.png"), 16);
+        std::fs::write(p.join("prompt.npy"), encode_npy_f32(&[1, 2, 4], &[0.5; 8])).unwrap();
+        std::fs::write(p.join("empty.txt"), b"").unwrap();
+        std::fs::write(p.join("captions.tsv"), "a.png\tone\nb.png\ttwo\n").unwrap();
+        Fixture { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        s(&self.dir.path().join(name)).to_string()
+    }
+
+    fn write(&self, name: &str, bytes: &[u8]) -> String {
+        std::fs::write(self.dir.path().join(name), bytes).unwrap();
+        self.path(name)
+    }
+}
+
+/// `command` with `extra` flags, then each default `(flag, value)` that `extra` does not give.
+fn with_defaults(command: &[&str], defaults: &[(&str, String)], extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = command.iter().chain(extra).map(|a| a.to_string()).collect();
+    for (flag, value) in defaults {
+        if !extra.contains(flag) {
+            args.extend([flag.to_string(), value.clone()]);
+        }
+    }
+    args
+}
+
+/// `sample` over the committed tiny UNet and pipeline inputs, with `extra` flags.
+fn sample_args(f: &Fixture, extra: &[&str]) -> Vec<String> {
+    let pipeline = root().join("fixtures/pipeline");
+    let file = |name: &str| s(&pipeline.join(name)).to_string();
+    let mut defaults = vec![
+        (
+            "--unet",
+            s(&root().join("fixtures/unet/sd_like_linear")).to_string(),
+        ),
+        ("--scheduler-config", file("scheduler_config.json")),
+        ("--steps", "2".to_string()),
+        ("--prompt-embeds", file("prompt_embeds.npy")),
+        ("--output-latents", f.path("out.npy")),
     ];
-    let err = fails(&[&base[..], &clip, &["--batch", "0"]].concat());
-    assert!(err.contains("--batch must be at least 1"), "{err}");
-    std::fs::write(&captions, "a.png\tone\nb.png\ttwo\na.png\tthree\n").unwrap();
-    let err = fails(&[&base[..], &clip].concat());
-    assert!(
-        err.contains("captions.tsv line 3") && err.contains("second caption for \"a.png\""),
-        "{err}"
+    if !extra.contains(&"--latent-size") {
+        defaults.push(("--init-latents", file("init_latents.npy")));
+    }
+    with_defaults(&["sample"], &defaults, extra)
+}
+
+fn sample_trial(f: &Fixture, class: &'static str, extra: &[&str], expect: &str) -> Trial {
+    Trial {
+        class,
+        args: sample_args(f, extra),
+        expect: expect.into(),
+        succeeds: false,
+    }
+}
+
+/// Arrays of the fixture pipeline's shapes ([2, 3, 32] text, [2, 4, 16, 16] latents) with one
+/// value not finite.
+fn non_finite_inputs(f: &Fixture) -> [String; 4] {
+    let mut text = vec![0.5f32; 2 * 3 * 32];
+    text[5] = f32::NAN;
+    let mut latents = vec![0.0f32; 2 * 4 * 16 * 16];
+    latents[3] = f32::INFINITY;
+    let mut noise = vec![0.0f32; 4 * 2 * 4 * 16 * 16];
+    noise[7] = f32::NEG_INFINITY;
+    [
+        f.write("nan_prompt.npy", &encode_npy_f32(&[2, 3, 32], &text)),
+        f.write(
+            "nan_negative.npy",
+            &encode_npy_f32(&[1, 3, 32], &text[..96]),
+        ),
+        f.write(
+            "inf_latents.npy",
+            &encode_npy_f32(&[2, 4, 16, 16], &latents),
+        ),
+        f.write("inf_noise.npy", &encode_npy_f32(&[4, 2, 4, 16, 16], &noise)),
+    ]
+}
+
+#[test]
+fn sample_checks_numbers_and_inputs_before_sampling() {
+    let f = Fixture::new();
+    let [nan_prompt, nan_negative, inf_latents, inf_noise] = non_finite_inputs(&f);
+    let header =
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 16), }";
+    let overflow = f.path("overflow.npy");
+    raw_npy(Path::new(&overflow), header, &[]);
+    let int = f.path("int.npy");
+    let header = "{'descr': '<i4', 'fortran_order': False, 'shape': (1, 2, 4), }";
+    raw_npy(Path::new(&int), header, &[0; 32]);
+    let good = std::fs::read(root().join("fixtures/pipeline/prompt_embeds.npy")).unwrap();
+    let truncated = f.write("truncated.npy", &good[..good.len() - 10]);
+    let empty_dims = f.write("empty_dims.npy", &encode_npy_f32(&[2, 0, 32], &[]));
+    let (empty_file, folder) = (f.path("empty.txt"), f.path("img"));
+    let missing_dir = f.path("no/such/out.npy");
+    let trials = vec![
+        sample_trial(
+            &f,
+            "size",
+            &["--latent-size", "0"],
+            "--latent-size 0: expected 1..=",
+        ),
+        sample_trial(
+            &f,
+            "size",
+            &["--latent-size", "100000"],
+            "--latent-size 100000: expected",
+        ),
+        sample_trial(&f, "size", &["--steps", "0"], "--steps must be at least 1"),
+        sample_trial(
+            &f,
+            "size",
+            &["--steps", "100000000"],
+            "--steps 100000000: the scheduler has 1000",
+        ),
+        sample_trial(&f, "size", &["--batch", "0"], "--batch must be at least 1"),
+        sample_trial(&f, "size", &["--prompt-embeds", &overflow], "overflow.npy"),
+        sample_trial(
+            &f,
+            "number",
+            &["--cfg", "NaN"],
+            "--cfg NaN must be a finite number",
+        ),
+        sample_trial(
+            &f,
+            "number",
+            &["--eta", "inf"],
+            "--eta inf: expected a number from 0 to 1",
+        ),
+        sample_trial(
+            &f,
+            "number",
+            &["--eta", "-1"],
+            "--eta -1: expected a number from 0 to 1",
+        ),
+        sample_trial(
+            &f,
+            "number",
+            &["--eta", "5"],
+            "--eta 5: expected a number from 0 to 1",
+        ),
+        sample_trial(
+            &f,
+            "number",
+            &["--noise-level", "5"],
+            "--noise-level given but",
+        ),
+        sample_trial(
+            &f,
+            "nan",
+            &["--prompt-embeds", &nan_prompt],
+            "nan_prompt.npy: value 5 (of 192) is NaN",
+        ),
+        sample_trial(
+            &f,
+            "nan",
+            &["--negative-embeds", &nan_negative],
+            "nan_negative.npy: value 5 (of 96) is NaN",
+        ),
+        sample_trial(
+            &f,
+            "nan",
+            &["--init-latents", &inf_latents],
+            "inf_latents.npy: value 3 (of 2048) is inf",
+        ),
+        sample_trial(
+            &f,
+            "nan",
+            &["--sampler", "ddpm", "--noise", &inf_noise],
+            "inf_noise.npy: value 7 (of 8192) is -inf",
+        ),
+        sample_trial(
+            &f,
+            "file",
+            &["--prompt-embeds", &int],
+            "dtype '<i4' is not supported",
+        ),
+        sample_trial(
+            &f,
+            "file",
+            &["--prompt-embeds", &truncated],
+            "truncated.npy: not a supported .npy array: expected 768 bytes",
+        ),
+        sample_trial(
+            &f,
+            "file",
+            &["--prompt-embeds", &empty_file],
+            "empty.txt: not a supported .npy array: missing the .npy magic",
+        ),
+        sample_trial(
+            &f,
+            "file",
+            &["--prompt-embeds", &empty_dims],
+            "empty_dims.npy: --prompt-embeds must have 3 non-zero dimensions",
+        ),
+        sample_trial(&f, "path", &["--prompt-embeds", &folder], "Is a directory"),
+        sample_trial(
+            &f,
+            "path",
+            &["--output-latents", &folder],
+            "--output-latents",
+        ),
+        sample_trial(
+            &f,
+            "path",
+            &["--output-latents", &missing_dir],
+            "does not exist",
+        ),
+        sample_trial(&f, "path", &["--unet", &folder], "config.json"),
+        sample_trial(
+            &f,
+            "path",
+            &["--scheduler-config", &empty_file],
+            "empty.txt: cannot parse scheduler config",
+        ),
+        trial(
+            "path",
+            &[
+                "sample",
+                "--unet",
+                "/nonexistent/unet",
+                "--prompt-embeds",
+                &f.path("prompt.npy"),
+                "--output-latents",
+                &f.path("o.npy"),
+            ],
+            "/nonexistent/unet/config.json",
+        ),
+    ];
+    run(&trials);
+    assert!(!Path::new(&f.path("out.npy")).exists());
+}
+
+#[test]
+fn metric_commands_refuse_bad_numbers_paths_and_captions() {
+    let f = Fixture::new();
+    let (img, img2, empty, imgt) = (
+        f.path("img"),
+        f.path("img2"),
+        f.path("empty"),
+        f.path("imgt"),
     );
+    let captions = f.path("captions.tsv");
+    let dup = f.write("dup.tsv", b"a.png\tone\nb.png\ttwo\na.png\tthree\n");
+    let short = f.write("short.txt", b"one\n");
+    let unknown = f.write("unknown.tsv", b"a.png\tone\nzzz.png\ttwo\n");
+    let empty_caps = f.path("empty.txt");
+    let st_trunc = f.write("trunc.safetensors", b"\xe8\x03\0\0\0\0\0\0{\"a\":");
+    let st_huge = f.write("huge.safetensors", b"\0\0\0\0\0\x01\0\0{}");
+    let bad_npz = f.write("bad.npz", b"PK\x03\x04garbage");
+    let npy = f.path("prompt.npy");
+    let missing_dir = f.path("no/such/stats.npz");
+    let clip = |extra: &[&str]| {
+        let mut a = vec![
+            "clip-score",
+            "--images",
+            &img,
+            "--clip",
+            "/nonexistent/clip",
+        ];
+        a.extend_from_slice(extra);
+        a.iter().map(|x| x.to_string()).collect::<Vec<_>>()
+    };
+    let clip_trial = |extra: &[&str], expect: &str| Trial {
+        class: "metric",
+        args: clip(extra),
+        expect: expect.into(),
+        succeeds: false,
+    };
+    let trials = vec![
+        trial(
+            "number",
+            &["fid", &img, &img2, "--batch", "0"],
+            "--batch 0: expected 1 to 4096",
+        ),
+        trial(
+            "number",
+            &["fid", &img, &img2, "--batch", "100000000"],
+            "--batch 100000000: expected 1 to 4096",
+        ),
+        clip_trial(
+            &["--captions", &captions, "--batch", "0"],
+            "--batch 0: expected 1 to 4096",
+        ),
+        clip_trial(
+            &["--captions", &captions, "--batch", "100000000"],
+            "--batch 100000000: expected",
+        ),
+        clip_trial(
+            &["--captions", &dup],
+            "dup.tsv line 3: a second caption for \"a.png\"",
+        ),
+        clip_trial(
+            &["--captions", &short],
+            "short.txt: 1 captions for 2 images",
+        ),
+        clip_trial(
+            &["--captions", &unknown],
+            "unknown.tsv line 2: no image \"zzz.png\"",
+        ),
+        clip_trial(&["--captions", &empty_caps], "empty.txt: no captions"),
+        clip_trial(&["--captions", &img], "Is a directory"),
+        clip_trial(
+            &["--captions", &captions],
+            "loading the CLIP model in /nonexistent/clip",
+        ),
+        trial(
+            "path",
+            &["fid", &empty, &img2],
+            "no images (png, jpg, jpeg, webp, bmp)",
+        ),
+        trial(
+            "path",
+            &["fid", &npy, &img2],
+            "prompt.npy: not a folder of images or an .npz",
+        ),
+        trial(
+            "path",
+            &["fid", &img, &img2, "--inception", &img],
+            "--inception",
+        ),
+        trial("path", &["fid", &img, "--save-stats", &img], "--save-stats"),
+        trial(
+            "path",
+            &["fid", &img, "--save-stats", &missing_dir],
+            "does not exist",
+        ),
+        trial(
+            "file",
+            &["fid", &bad_npz, &img2],
+            "bad.npz: not an .npz archive",
+        ),
+        trial(
+            "file",
+            &["fid", &img, &img2, "--inception", &st_trunc],
+            "trunc.safetensors: not a readable safetensors file",
+        ),
+        trial(
+            "file",
+            &["fid", &img, &img2, "--inception", &st_huge],
+            "huge.safetensors: not a readable safetensors file",
+        ),
+        trial(
+            "file",
+            &["psnr", &img, &imgt],
+            "imgt/a.png: cannot read image",
+        ),
+        trial(
+            "size",
+            &["psnr", &img, &img2, "--crop-border", "100000000"],
+            "crop border 100000000 leaves less than 1x1",
+        ),
+        trial(
+            "size",
+            &["ssim", &img, &img2, "--crop-border", "3"],
+            "leaves less than 11x11",
+        ),
+        trial(
+            "size",
+            &["ssim", &img, &f.path("big")],
+            "must have the same size",
+        ),
+        trial("path", &["psnr", &img, &empty], "no images"),
+        trial("path", &["psnr", &img, &npy], "prompt.npy"),
+        trial(
+            "file",
+            &[
+                "lpips", &img, &img2, "--trunk", &st_trunc, "--heads", &st_huge,
+            ],
+            "trunc.safetensors: not a readable safetensors file",
+        ),
+    ];
+    run(&trials);
 }
 
 #[cfg(unix)]
 #[test]
-fn symlink_loops_in_an_image_folder_are_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let images = dir.path().join("images");
-    std::fs::create_dir(&images).unwrap();
-    std::os::unix::fs::symlink("loop.png", images.join("loop.png")).unwrap();
-    let err = fails(&[
-        "fid",
-        s(&images),
-        "--save-stats",
-        s(&dir.path().join("o.npz")),
-    ]);
+fn symlink_loops_are_named_and_quiet_keeps_warnings() {
+    let f = Fixture::new();
+    let dir = f.dir.path().join("loops");
+    std::fs::create_dir(&dir).unwrap();
+    std::os::unix::fs::symlink("loop.png", dir.join("loop.png")).unwrap();
+    let stats = f.path("o.npz");
+    let trials = vec![
+        trial(
+            "warn",
+            &["fid", s(&dir), "--save-stats", &stats],
+            "skipping",
+        ),
+        trial(
+            "warn",
+            &["-q", "fid", s(&dir), "--save-stats", &stats],
+            "loop.png",
+        ),
+    ];
+    run(&trials);
+    // The warning comes through the log subscriber, and says which file and that none is left.
+    let out = Command::new(env!("CARGO_BIN_EXE_ldmscale"))
+        .args(["fid", s(&dir), "--save-stats", &stats])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("warning: skipping") && err.contains("loop.png") && err.contains("no images"),
+        err.contains("WARN") && err.contains("loop.png") && err.contains("no images"),
         "{err}"
     );
+}
+
+#[test]
+fn model_free_commands_refuse_bad_numbers_and_paths() {
+    let f = Fixture::new();
+    let vae = f.path("vae_out");
+    let file = f.path("prompt.npy");
+    let store = f.dir.path().join("store.sqlite");
+    std::fs::copy(root().join("fixtures/store/results-v2.sqlite"), &store).unwrap();
+    let store = s(&store).to_string();
+    let before = std::fs::read(&store).unwrap();
+    let tv = |extra: &[&str]| {
+        let defaults = [("--steps", "1".to_string()), ("--output", vae.clone())];
+        with_defaults(&["train-vae"], &defaults, extra)
+    };
+    let tv_trial = |extra: &[&str], expect: &str| Trial {
+        class: "number",
+        args: tv(extra),
+        expect: expect.into(),
+        succeeds: false,
+    };
+    let study = |extra: &[&str]| {
+        let defaults = [("--preset", "tiny".to_string()), ("--out", f.path("study"))];
+        with_defaults(&["study", "--dry-run"], &defaults, extra)
+    };
+    let study_trial = |extra: &[&str], expect: &str| Trial {
+        class: "number",
+        args: study(extra),
+        expect: expect.into(),
+        succeeds: false,
+    };
+    let trials = vec![
+        tv_trial(&["--lr", "NaN"], "--lr NaN: expected a finite rate > 0"),
+        tv_trial(&["--lr", "-1"], "--lr -1: expected a finite rate > 0"),
+        tv_trial(&["--lr", "0"], "--lr 0: expected a finite rate > 0"),
+        tv_trial(
+            &["--kl-weight=-1"],
+            "--kl-weight -1: expected a finite weight >= 0",
+        ),
+        tv_trial(
+            &["--kl-weight", "NaN"],
+            "--kl-weight NaN: expected a finite weight",
+        ),
+        tv_trial(&["--batch-size", "0"], "--batch-size 0: expected 1 to 4096"),
+        tv_trial(
+            &["--batch-size", "100000000"],
+            "--batch-size 100000000: expected 1 to 4096",
+        ),
+        tv_trial(
+            &["--resolution", "1000000"],
+            "--resolution 1000000: expected a multiple",
+        ),
+        tv_trial(&["--factor", "3"], "--factor 3: expected a power of two"),
+        tv_trial(
+            &["--base-channels", "100000"],
+            "--base-channels 100000: expected 1 to 1024",
+        ),
+        tv_trial(&["--eval-images", "0"], "--eval-images 0: expected 1 to"),
+        tv_trial(&["--data", "bogus"], "unknown dataset kind \"bogus\""),
+        Trial {
+            class: "path",
+            ..tv_trial(&["--output", &file], "exists and is not a folder")
+        },
+        study_trial(
+            &["--shard", "1/-1"],
+            "--shard 1/-1: expected i/N with whole numbers 0 <= i < N",
+        ),
+        study_trial(&["--shard", "-1/4"], "--shard -1/4: expected i/N"),
+        study_trial(&["--shard", "4/4"], "--shard 4/4: expected i/N"),
+        study_trial(&["--shard", "1/0"], "--shard 1/0: expected i/N"),
+        study_trial(
+            &["--only", "bogus"],
+            "--only \"bogus\": unknown stage \"bogus\"",
+        ),
+        study_trial(&["--device", "gpu"], "--device = \"gpu\": expected"),
+        Trial {
+            class: "path",
+            ..study_trial(&["--out", &file], "exists and is not a folder")
+        },
+        trial(
+            "path",
+            &["study", "--config", &f.path("img"), "--dry-run"],
+            "Is a directory",
+        ),
+        trial(
+            "path",
+            &["study", "--config", &f.path("empty.txt"), "--dry-run"],
+            "missing field `name`",
+        ),
+        trial(
+            "size",
+            &["zoo", "--widths", "100000000"],
+            "--widths: 100000000 is too wide",
+        ),
+        trial(
+            "size",
+            &["zoo", "--widths", "7"],
+            "--widths: 7 is not a positive multiple of 32",
+        ),
+        trial(
+            "size",
+            &["zoo", "--latent", "0"],
+            "--latent 0: expected 1..=512",
+        ),
+        trial(
+            "size",
+            &["zoo", "--latent", "100000"],
+            "--latent 100000: expected 1..=512",
+        ),
+        trial(
+            "size",
+            &["zoo", "--context", "100000000"],
+            "--context 100000000: expected",
+        ),
+        trial(
+            "number",
+            &["plan", "--store", &store, "--budget-gflops", "NaN"],
+            "--budget-gflops NaN: expected a finite number above 0",
+        ),
+        trial(
+            "number",
+            &["plan", "--store", &store, "--budget-gflops", "-1"],
+            "--budget-gflops -1: expected",
+        ),
+        trial(
+            "number",
+            &["plan", "--store", &store, "--budget-gflops", "inf"],
+            "--budget-gflops inf: expected",
+        ),
+        trial(
+            "number",
+            &["plan", "--store", &store, "--budget-ms", "0"],
+            "--budget-ms 0: expected",
+        ),
+        trial(
+            "path",
+            &["plan", "--store", &f.path("img"), "--budget-gflops", "1"],
+            "--store",
+        ),
+        trial(
+            "path",
+            &[
+                "plan",
+                "--store",
+                &f.path("empty.txt"),
+                "--budget-gflops",
+                "1",
+            ],
+            "not an ldmscale results store",
+        ),
+        trial(
+            "silent",
+            &["results", "merge", &store, &store],
+            "is also an input",
+        ),
+        trial("path", &["results", "merge", &f.path("img"), &store], "OUT"),
+        trial(
+            "path",
+            &["results", "merge", &f.path("no/m.sqlite"), &store],
+            "does not exist",
+        ),
+        trial(
+            "path",
+            &["results", "report", "--store", &store, "--out", &file],
+            "exists and is not a folder",
+        ),
+    ];
+    run(&trials);
+    assert_eq!(
+        std::fs::read(&store).unwrap(),
+        before,
+        "a refused command changed the store"
+    );
+    assert!(!Path::new(&vae).exists());
+}
+
+#[test]
+fn train_run_files_with_impossible_sizes_are_refused_before_any_work() {
+    let f = Fixture::new();
+    let good = "steps = 1\nbatch_size = 2\nlearning_rate = 1e-3\n";
+    let run_file = |name: &str, train: &str, edit: &dyn Fn(String) -> String| {
+        let dir = f.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = common::tiny_run_file(&dir, train, "");
+        let text = edit(std::fs::read_to_string(&path).unwrap());
+        std::fs::write(&path, text).unwrap();
+        s(&path).to_string()
+    };
+    let same = |t: String| t;
+    let cases: Vec<(String, &str)> = vec![
+        (
+            run_file("bs", "steps = 1\nbatch_size = 100000000\n", &same),
+            "batch_size = 100000000: must be at most 65536",
+        ),
+        (
+            run_file("bs0", "steps = 1\nbatch_size = 0\n", &same),
+            "batch_size, grad_accum: must be at least 1",
+        ),
+        (
+            run_file(
+                "lr",
+                "steps = 1\nbatch_size = 2\nlearning_rate = nan\n",
+                &same,
+            ),
+            "learning_rate = NaN: must be positive",
+        ),
+        (
+            run_file("w", good, &|t| t.replace("width = 8", "width = 100000000")),
+            "model.width = 100000000",
+        ),
+        (
+            run_file("h", good, &|t| t.replace("heads = 2", "heads = 0")),
+            "model.heads = 0",
+        ),
+        (
+            run_file("res", good, &|t| {
+                t.replace("resolution = 16", "resolution = 1000000")
+            }),
+            "[data] resolution = 1000000: expected 1 to 8192",
+        ),
+        (
+            run_file("ex", good, &|t| t.replace("examples = 24", "examples = 0")),
+            "[data] examples = 0: expected at least 1",
+        ),
+        (
+            run_file("steps", good, &|t| t.replace("steps = 1", "steps = -1")),
+            "expected u64",
+        ),
+    ];
+    let out = f.path("run");
+    let mut trials: Vec<Trial> = cases
+        .iter()
+        .map(|(config, expect)| {
+            trial(
+                "config",
+                &["train", "--config", config, "--out", &out],
+                expect,
+            )
+        })
+        .collect();
+    let ok = &run_file("ok", good, &same);
+    let file = f.path("prompt.npy");
+    trials.extend([
+        trial(
+            "path",
+            &["train", "--config", ok, "--out", &file],
+            "exists and is not a folder",
+        ),
+        trial(
+            "path",
+            &["train", "--config", &f.path("img"), "--out", &out],
+            "Is a directory",
+        ),
+        trial(
+            "number",
+            &["train", "--config", ok, "--out", &out, "--width", "0"],
+            "model.width = 0",
+        ),
+        trial(
+            "number",
+            &["train", "--config", ok, "--out", &out, "--widths", "8,16"],
+            "--widths is for `ldmscale train-family`",
+        ),
+        trial(
+            "number",
+            &[
+                "train-family",
+                "--config",
+                ok,
+                "--out",
+                &out,
+                "--widths",
+                "8,8",
+            ],
+            "--widths: 8 is named twice",
+        ),
+        trial(
+            "number",
+            &[
+                "train-family",
+                "--config",
+                ok,
+                "--out",
+                &out,
+                "--widths",
+                "0",
+            ],
+            "model.width = 0",
+        ),
+    ]);
+    run(&trials);
+    assert!(!Path::new(&out).exists(), "a refused run made its --out");
 }

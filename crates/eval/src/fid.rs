@@ -47,8 +47,8 @@ pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>, EvalError> {
         // skipped, and said so.
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_file() => files.push(path),
-            Ok(_) => eprintln!("warning: skipping {}: not a file", path.display()),
-            Err(e) => eprintln!("warning: skipping {}: {e}", path.display()),
+            Ok(_) => tracing::warn!("skipping {}: not a file", path.display()),
+            Err(e) => tracing::warn!("skipping {}: {e}", path.display()),
         }
     }
     if files.is_empty() {

@@ -19,6 +19,10 @@ pub enum Family {
     Small,
 }
 
+/// Micro-batches (and accumulation counts) above this are refused: the paper's batch is 2048,
+/// and a larger number would only stall allocating it.
+pub const MAX_BATCH: usize = 65_536;
+
 /// The denoiser to train: a family member of a given base width.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,6 +89,10 @@ impl ModelConfig {
                 self.heads,
                 format!("must divide model.width ({})", self.width),
             ));
+        }
+        // The built UNet's own limits: a width beyond them would panic when the model is made.
+        if let Err(e) = self.unet(4, 8, 64).validate() {
+            return Err(TrainError::config("model.width", self.width, e));
         }
         Ok(())
     }
@@ -222,6 +230,15 @@ impl TrainConfig {
                 "batch_size, grad_accum",
                 "must be at least 1",
             ));
+        }
+        for (field, n) in [
+            ("batch_size", self.batch_size),
+            ("grad_accum", self.grad_accum),
+        ] {
+            if n > MAX_BATCH {
+                let message = format!("must be at most {MAX_BATCH}");
+                return Err(TrainError::config(field, n, message));
+            }
         }
         if !(self.learning_rate > 0.0 && self.learning_rate.is_finite()) {
             let lr = self.learning_rate;

@@ -24,6 +24,8 @@ pub enum LockError {
         /// Who holds it, as its lock file records ("pid 12 on host since ... : command").
         holder: String,
     },
+    /// The path exists and is not a directory.
+    NotADirectory(PathBuf),
     /// The directory or its lock file could not be made or read.
     Io {
         /// The path that failed.
@@ -41,19 +43,18 @@ impl std::fmt::Display for LockError {
                 "{}: in use by {holder}; wait for it to finish or choose another --out",
                 dir.display()
             ),
+            LockError::NotADirectory(dir) => write!(
+                f,
+                "{}: exists and is not a directory; choose another output directory",
+                dir.display()
+            ),
             LockError::Io { path, source } => write!(f, "{}: {source}", path.display()),
         }
     }
 }
 
-impl std::error::Error for LockError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            LockError::Io { source, .. } => Some(source),
-            LockError::InUse { .. } => None,
-        }
-    }
-}
+// No `source`: the I/O error is part of the message already and would print twice.
+impl std::error::Error for LockError {}
 
 /// A held lock on an output directory; dropping it releases the lock.
 #[derive(Debug)]
@@ -70,6 +71,9 @@ impl DirLock {
             let path = path.to_path_buf();
             move |source| LockError::Io { path, source }
         };
+        if dir.exists() && !dir.is_dir() {
+            return Err(LockError::NotADirectory(dir.to_path_buf()));
+        }
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
