@@ -116,9 +116,10 @@ pub fn boundary_scalings(t: i64, timestep_scaling: f64) -> (f32, f32) {
 /// `w' = 1000 w` and `half = dim / 2`, `[sin(w' f_j), cos(w' f_j)]` over
 /// `f_j = exp(-j ln(10000) / (half - 1))`, a zero appended when `dim` is odd.
 ///
-/// Computed in f32 in torch's order. exp, sin and cos are rounded correctly (via f64), which
-/// equals torch wherever its vectorised f32 exp is (all 8 frequencies of dim 16; for dim 256
-/// one frequency is an ulp off in torch, moving that entry by up to 5e-4 at w' = 7000).
+/// Computed in f32 in torch's order, with exp, sin and cos evaluated in f64 and rounded. That
+/// equals torch up to an ulp wherever its vectorised f32 exp is correctly rounded (all 8
+/// frequencies of dim 16; for dim 256 torch is an ulp off at one frequency, which moves that
+/// entry by up to 5e-4 at w' = 7000).
 pub fn guidance_embedding(guidance_scale: f64, dim: usize) -> Result<Vec<f32>> {
     if dim < 4 {
         return Err(DiffusionError::config(

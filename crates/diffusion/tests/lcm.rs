@@ -112,8 +112,9 @@ fn guidance_embedding_equals_diffusers() {
         for (row, &g) in want.chunks_exact(dim).zip(&scales) {
             let ours = guidance_embedding(g, dim).unwrap();
             let diff = max_abs_diff(&ours, row);
-            // d256: one of torch's 128 f32 exp results is an ulp off (see guidance_embedding).
-            let bound = if dim == 256 { 1e-3 } else { 1e-6 };
+            // torch's f32 sin and cos may be an ulp off; for d256 also one of its 128 exp
+            // results, which moves one entry by up to 5e-4 (see guidance_embedding).
+            let bound = if dim == 256 { 1e-3 } else { 1.2e-7 };
             assert!(diff <= bound, "dim {dim}, scale {g}: max abs {diff:e}");
             let off = ours.iter().zip(row).filter(|(a, b)| (*a - *b).abs() > 1e-6);
             assert!(off.count() <= 2, "dim {dim}, scale {g}");
