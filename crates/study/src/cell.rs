@@ -188,3 +188,25 @@ impl Cell {
         1000.0 * self.wall_seconds / self.n_samples.max(1) as f64
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variants_round_trip_through_their_store_names() {
+        let sr = Variant::SuperRes {
+            finetune_steps: 250,
+        };
+        for v in [Variant::Base, sr] {
+            assert_eq!(v.name().parse::<Variant>().unwrap(), v);
+            let json = serde_json::to_string(&v).unwrap();
+            assert_eq!(serde_json::from_str::<Variant>(&json).unwrap(), v);
+        }
+        assert_eq!(sr.to_string(), "super-res@250");
+        assert_eq!(sr.kind(), "super-res");
+        for bad in ["super-res", "super-res@x", "base@3", "dreambooth@1"] {
+            assert!(bad.parse::<Variant>().is_err(), "{bad}");
+        }
+    }
+}

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
+use ldmscale_data::HrSource;
 use ldmscale_model::UNet;
 use ldmscale_pipeline::values;
 
@@ -166,6 +167,11 @@ super-resolution: every width finetuned {} steps of batch {} on {} pairs from {:
         sr.sample_steps,
         sr.eval_pairs
     ));
+    if sr.hr_source != HrSource::Study
+        && let Err(err) = sr.hr_source.files()
+    {
+        e.problems.push(format!("super_res.hr_source: {err}"));
+    }
     if let Some(trunk) = sr
         .lpips_trunk
         .as_deref()

@@ -7,7 +7,7 @@ use ldmscale_data::degrade::FloatImage;
 use ldmscale_data::image::Image;
 
 use crate::analysis::{Setting, settings, widths};
-use crate::cell::{Cell, Variant};
+use crate::cell::{Cell, Metric, Variant};
 use crate::findings::{
     Claim, Comparison, Difference, Finding, all_hold, largest_wins_at_largest_budget,
     smaller_wins_at_some_budget,
@@ -64,6 +64,9 @@ pub struct SrResults {
     pub eval_hash: String,
     /// The perceptual metric's name ([`LPIPS`] or [`IN_DOMAIN_PERCEPTUAL`]).
     pub perceptual: &'static str,
+    /// The bicubic x4 upsampling of the LR images measured like a cell ("fid", PSNR, SSIM,
+    /// the perceptual metric): the baseline finetuning has to beat.
+    pub baseline: Vec<Metric>,
 }
 
 impl SrResults {
@@ -81,6 +84,7 @@ impl SrResults {
             eval_hash: "(not recorded in the store)".into(),
             perceptual: if lpips { LPIPS } else { IN_DOMAIN_PERCEPTUAL },
             fig5: Vec::new(),
+            baseline: Vec::new(),
             cells,
         })
     }
@@ -241,6 +245,9 @@ fn fig4(cells: &[Cell], metric: &str, label: &str) -> Result<String, String> {
         .map(|w| finetune_curve(cells, w, &at, metric))
         .filter(|(s, _)| !s.points.is_empty())
         .unzip();
+    if series.is_empty() {
+        return Ok(String::new());
+    }
     plot::line_chart_with_intervals(
         &format!(
             "SR {label} vs finetune compute ({} x{}, 95% CI)",
@@ -345,7 +352,11 @@ pub fn html(sr: &SrResults, base64: impl Fn(&[u8]) -> String) -> Result<String, 
         &sr.eval_hash[..sr.eval_hash.len().min(12)]
     );
     h.push_str(&fig4(&sr.cells, "fid", "FID")?);
-    h.push_str(&fig4(&sr.cells, sr.perceptual, &metric)?);
+    let short = match sr.perceptual {
+        LPIPS => "LPIPS",
+        _ => "in-domain perceptual distance",
+    };
+    h.push_str(&fig4(&sr.cells, sr.perceptual, short)?);
     h.push_str(&fig12(&sr.cells)?);
     h.push_str("</div>");
     if !sr.fig5.is_empty() {
@@ -366,8 +377,8 @@ fn perceptual_label(name: &str) -> String {
     }
 }
 
-fn metric_text(c: &Cell, name: &str) -> String {
-    match c.metrics.iter().find(|m| m.name == name) {
+fn metric_text(metrics: &[Metric], name: &str) -> String {
+    match metrics.iter().find(|m| m.name == name) {
         Some(m) => match m.ci {
             Some(ci) => format!(
                 "{:.3} <small>[{:.3}, {:.3}]</small>",
@@ -390,22 +401,33 @@ fn table_html(sr: &SrResults) -> String {
             "in-domain perceptual"
         }
     );
+    if !sr.baseline.is_empty() {
+        let b = &sr.baseline;
+        let _ = write!(
+            h,
+            "<tr><td>bicubic x4 (the LR)</td><td>-</td><td>-</td><td>-</td><td>-</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>0</td></tr>",
+            metric_text(b, "fid"),
+            metric_text(b, PSNR),
+            metric_text(b, SSIM),
+            metric_text(b, sr.perceptual)
+        );
+    }
     for c in cells {
         let _ = write!(
             h,
             "<tr><td>{} filters</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.4}</td></tr>",
             c.width,
             finetune_steps(c).unwrap_or(0),
-            metric_text(c, FINETUNE_COST),
+            metric_text(&c.metrics, FINETUNE_COST),
             c.sampler,
             c.steps,
             c.fid,
             c.fid_ci
                 .map(|ci| format!(" <small>{}</small>", ci.text()))
                 .unwrap_or_default(),
-            metric_text(c, PSNR),
-            metric_text(c, SSIM),
-            metric_text(c, sr.perceptual),
+            metric_text(&c.metrics, PSNR),
+            metric_text(&c.metrics, SSIM),
+            metric_text(&c.metrics, sr.perceptual),
             c.sampling_gflops()
         );
     }
@@ -427,6 +449,23 @@ pub fn markdown(sr: &SrResults) -> String {
             .map(|m| format!("{:.3}", m.value))
             .unwrap_or_else(|| "-".into())
     };
+    let baseline = |name: &str| {
+        sr.baseline
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| format!("{:.3}", m.value))
+            .unwrap_or_else(|| "-".into())
+    };
+    if !sr.baseline.is_empty() {
+        let _ = writeln!(
+            md,
+            "| bicubic x4 (the LR) | - | - | - | {} | {} | {} | {} |",
+            baseline("fid"),
+            baseline(PSNR),
+            baseline(SSIM),
+            baseline(sr.perceptual)
+        );
+    }
     for c in &sr.cells {
         let _ = writeln!(
             md,
@@ -442,4 +481,137 @@ pub fn markdown(sr: &SrResults) -> String {
         );
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootstrap::{CiMethod, FidCi};
+    use crate::findings::Verdict;
+    use ldmscale_diffusion::SamplerId;
+
+    /// An SR cell of `width` after `finetune` steps at `steps` DDIM steps, FID `fid` +- 0.5.
+    fn cell(width: u32, finetune: u64, steps: u32, fid: f64) -> Cell {
+        Cell {
+            variant: Variant::SuperRes {
+                finetune_steps: finetune,
+            },
+            width,
+            params: width as u64 * 1000,
+            sampler: SamplerId::Ddim,
+            steps,
+            cfg: 1.0,
+            seed: 0,
+            n_samples: 64,
+            fid,
+            fid_ci: Some(FidCi {
+                low: fid - 0.5,
+                high: fid + 0.5,
+                method: CiMethod::Bootstrap,
+                replicates: 100,
+            }),
+            in_domain_clip: None,
+            metrics: vec![Metric {
+                name: FINETUNE_COST.into(),
+                value: finetune as f64 * width as f64 / 320.0,
+                ci: None,
+            }],
+            evaluations: steps as u64,
+            gflops_per_eval: width as f64,
+            wall_seconds: 1.0,
+        }
+    }
+
+    /// Both widths at snapshots 50 and 100 and steps 4, 40; FIDs from `fid(width, finetune,
+    /// steps)`.
+    fn grid(fid: impl Fn(u32, u64, u32) -> f64) -> Vec<Cell> {
+        let mut cells = Vec::new();
+        for width in [8, 32] {
+            for finetune in [50, 100] {
+                for steps in [4, 40] {
+                    cells.push(cell(width, finetune, steps, fid(width, finetune, steps)));
+                }
+            }
+        }
+        cells
+    }
+
+    fn verdict(cells: &[Cell], id: &str) -> Verdict {
+        let f = findings(cells);
+        f.iter().find(|f| f.claim.id == id).unwrap().verdict
+    }
+
+    #[test]
+    fn the_larger_model_ahead_early_and_late_holds_the_pretraining_claim() {
+        let id = DOWNSTREAM_SCALES_WITH_PRETRAINING.id;
+        // 32 filters: 10 after 50 steps, 9 after 100; 8 filters: 14 and 13.
+        let cells = grid(|w, ft, _| if w == 32 { 10.0 } else { 14.0 } - ft as f64 / 50.0);
+        assert_eq!(verdict(&cells, id), Verdict::Holds);
+        // The smaller one catches up with more finetuning: its 100-step model beats the
+        // larger's 50-step one beyond the intervals.
+        let cells = grid(|w, ft, _| match (w, ft) {
+            (32, 50) => 12.0,
+            (32, _) => 8.0,
+            (_, 50) => 14.0,
+            _ => 10.0,
+        });
+        assert_eq!(verdict(&cells, id), Verdict::DoesNotHold);
+        // Within the intervals: inconclusive.
+        let cells = grid(|w, _, _| if w == 32 { 10.0 } else { 10.4 });
+        assert_eq!(verdict(&cells, id), Verdict::Inconclusive);
+    }
+
+    #[test]
+    fn few_step_efficiency_is_judged_below_twenty_steps_and_the_top_budget_beyond() {
+        // The 8-filter model wins at 4 steps (cheaper and better), the 32 at 40 steps.
+        let cells = grid(|w, _, steps| match (w, steps) {
+            (8, 4) => 10.0,
+            (32, 4) => 14.0,
+            (8, _) => 9.0,
+            _ => 6.0,
+        });
+        assert_eq!(
+            verdict(&cells, SR_SMALLER_MODELS_EFFICIENT_AT_FEW_STEPS.id),
+            Verdict::Holds
+        );
+        assert_eq!(
+            verdict(&cells, SR_LARGER_MODELS_WIN_BEYOND.id),
+            Verdict::Holds
+        );
+        assert!(
+            findings(&[])
+                .iter()
+                .all(|f| f.verdict == Verdict::NotMeasured)
+        );
+    }
+
+    #[test]
+    fn figures_and_tables_render_every_width_and_the_baseline() {
+        let mut cells = grid(|w, ft, steps| w as f64 / 8.0 + ft as f64 / 100.0 + steps as f64);
+        for c in &mut cells {
+            c.metrics.push(Metric {
+                name: IN_DOMAIN_PERCEPTUAL.into(),
+                value: 0.5,
+                ci: None,
+            });
+        }
+        let sr = SrResults {
+            eval_pairs: 64,
+            eval_hash: "ab".repeat(32),
+            perceptual: IN_DOMAIN_PERCEPTUAL,
+            baseline: vec![Metric {
+                name: PSNR.into(),
+                value: 21.5,
+                ci: None,
+            }],
+            ..SrResults::from_cells(cells).unwrap()
+        };
+        let html = html(&sr, |_| String::new()).unwrap();
+        assert!(html.contains("SR FID vs finetune compute") && html.contains("vs sampling cost"));
+        assert!(html.contains("SR in-domain perceptual distance vs finetune compute"));
+        assert!(html.contains("8 filters") && html.contains("32 filters"));
+        assert!(html.contains("bicubic x4") && html.contains("21.500"));
+        assert!(html.contains("not LPIPS"));
+        assert!(markdown(&sr).contains("| bicubic x4 (the LR) | - | - | - | - | 21.500 |"));
+    }
 }

@@ -493,7 +493,7 @@ mod presets {
                 grid_budgets: vec![10.0, 25.0],
             },
             fid_features: FidFeaturesKind::Inception,
-            super_res: None,
+            super_res: Some(SuperResConfig::paper()),
         }
     }
 }
@@ -528,6 +528,19 @@ mod tests {
                 .unwrap_err()
                 .contains("sweep.samplers[1]: lcm samples students")
         );
+        let mut c = StudyConfig::preset("tiny").unwrap();
+        let sr = c.super_res.as_mut().unwrap();
+        sr.samplers = vec![SamplerId::Lcm];
+        sr.snapshot_steps = vec![0];
+        sr.eval_pairs = 1_000_000;
+        let err = c.validate().unwrap_err();
+        for field in [
+            "super_res.samplers[0]: lcm",
+            "super_res.snapshot_steps[0]: 0",
+            "super_res.eval_pairs: 1000000 is outside 2..=64",
+        ] {
+            assert!(err.contains(field), "{field} missing from:\n{err}");
+        }
         let text = StudyConfig::preset("tiny")
             .unwrap()
             .to_toml()

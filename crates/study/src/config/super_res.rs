@@ -1,6 +1,7 @@
 //! The `[super_res]` section: x4 super-resolution finetuning of every width and its
 //! evaluation (Secs. 3.2 and 3.5, Figs. 4, 5, 12).
 
+use ldmscale_data::{Downscale, HrSource};
 use ldmscale_diffusion::SamplerId;
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +11,8 @@ use serde::{Deserialize, Serialize};
 pub enum SrDegradation {
     /// The paper's, with kernel sizes capped to small images (`RealEsrganParams::scaled_for`).
     Scaled,
-    /// The paper's (Real-ESRGAN x4plus), unchanged: needs HR images of at least 84 px.
+    /// The paper's (Real-ESRGAN x4plus), unchanged: meant for paper-scale crops (its 21-tap
+    /// kernels and resize ranges assume images of hundreds of pixels).
     Paper,
 }
 
@@ -20,9 +22,17 @@ pub enum SrDegradation {
 #[serde(deny_unknown_fields)]
 pub struct SuperResConfig {
     /// Where HR images come from: "study" (the study's own images at its resolution: the
-    /// training split for finetuning, the held-out split for evaluation).
+    /// training split for finetuning, the held-out split for evaluation), "photos" (the
+    /// offline photographs of `tools/fetch-assets.sh photos`), "div2k:DIR" or "folder:DIR".
+    /// The files of the last three are split: every fifth (by sorted path) is held out for
+    /// evaluation, the rest give the training crops.
     #[serde(default = "study_source")]
-    pub hr_source: String,
+    pub hr_source: HrSource,
+    /// Crops of a file source at the study's resolution: "off" (full resolution, as the
+    /// paper's 512 px DIV2K crops), a factor k (a k-times larger region area-averaged down) or
+    /// "paper-view" (the scene a 512 px crop shows, where the image allows).
+    #[serde(default = "paper_view")]
+    pub downscale: Downscale,
     /// RealESRGAN degradation parameters: "scaled" or "paper".
     #[serde(default = "scaled")]
     pub degradation: SrDegradation,
@@ -56,8 +66,12 @@ pub struct SuperResConfig {
     pub lpips_trunk: Option<String>,
 }
 
-fn study_source() -> String {
-    "study".into()
+fn study_source() -> HrSource {
+    HrSource::Study
+}
+
+fn paper_view() -> Downscale {
+    Downscale::PaperView
 }
 
 fn scaled() -> SrDegradation {
@@ -83,6 +97,7 @@ impl SuperResConfig {
     pub fn tiny() -> Self {
         SuperResConfig {
             hr_source: study_source(),
+            downscale: paper_view(),
             degradation: SrDegradation::Scaled,
             train_pairs: 128,
             eval_pairs: 16,
@@ -95,6 +110,28 @@ impl SuperResConfig {
             sample_steps: vec![2, 8],
             seed: 0,
             lpips_trunk: None,
+        }
+    }
+
+    /// The paper's setup: DIV2K (held-out fifth) at full resolution, 512 px HR / 128 px LR,
+    /// the paper's degradation, snapshots every 50 finetune steps, DDIM at the step
+    /// grid, LPIPS with a local AlexNet trunk.
+    pub fn paper() -> Self {
+        SuperResConfig {
+            hr_source: "div2k:DIV2K".parse().expect("a valid source"),
+            downscale: Downscale::Off,
+            degradation: SrDegradation::Paper,
+            train_pairs: 100_000,
+            eval_pairs: 3000,
+            steps: 500,
+            batch_size: 64,
+            learning_rate: 5e-5,
+            warmup_steps: 0,
+            snapshot_steps: (1..10).map(|k| 50 * k).collect(),
+            samplers: vec![SamplerId::Ddim],
+            sample_steps: vec![5, 10, 20, 50, 100, 200],
+            seed: 0,
+            lpips_trunk: Some("lpips/alexnet.safetensors".into()),
         }
     }
 
@@ -112,3 +149,6 @@ impl SuperResConfig {
         }
     }
 }
+
+/// Every fifth file (by sorted path) of a file source is held out for evaluation.
+pub const EVAL_EVERY: usize = 5;

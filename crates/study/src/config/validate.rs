@@ -5,6 +5,8 @@
 use std::collections::HashSet;
 use std::hash::Hash;
 
+use ldmscale_data::HrSource;
+
 use super::{Family, FirstStage, StudyConfig};
 
 /// Image sides above this are refused (the paper samples 512 px; 8192 px images would need
@@ -16,6 +18,8 @@ pub const MAX_WIDTH: usize = 4096;
 pub const MAX_BATCH: usize = 65_536;
 /// Sampling steps cannot exceed the training schedule's timesteps.
 pub const MAX_STEPS: u32 = 1000;
+/// Super-resolution pairs above this are refused (the paper evaluates on 3k crops).
+pub const MAX_PAIRS: usize = 10_000_000;
 /// Latent channels above this are refused (SD uses 4).
 pub const MAX_LATENT_CHANNELS: usize = 64;
 
@@ -274,14 +278,12 @@ fn check_super_res(c: &StudyConfig, p: &mut Problems) {
     let Some(sr) = &c.super_res else {
         return;
     };
-    if sr.hr_source != "study" {
-        p.add(
-            "super_res.hr_source",
-            format!("{:?}: expected \"study\"", sr.hr_source),
-        );
-    }
-    let (_, factor) = c.latent_layout();
-    if !(c.resolution >= 16 && c.resolution.is_multiple_of(4 * factor.max(1))) {
+
+    let factor = match c.first_stage {
+        FirstStage::Train { factor, .. } => factor.max(1),
+        FirstStage::Pretrained { .. } => 8,
+    };
+    if !(c.resolution >= 16 && c.resolution.is_multiple_of(4 * factor)) {
         p.add(
             "resolution",
             format!(
@@ -291,8 +293,13 @@ fn check_super_res(c: &StudyConfig, p: &mut Problems) {
             ),
         );
     }
-    p.range("super_res.train_pairs", sr.train_pairs, 1, c.train_examples);
-    p.range("super_res.eval_pairs", sr.eval_pairs, 2, c.val_examples);
+    // The study's own images bound the pairs; a file source crops as many as asked.
+    let (train_max, eval_max) = match sr.hr_source {
+        HrSource::Study => (c.train_examples, c.val_examples),
+        _ => (MAX_PAIRS, MAX_PAIRS),
+    };
+    p.range("super_res.train_pairs", sr.train_pairs, 1, train_max);
+    p.range("super_res.eval_pairs", sr.eval_pairs, 2, eval_max);
     p.range("super_res.steps", sr.steps, 1, 100_000_000);
     p.range("super_res.batch_size", sr.batch_size, 1, MAX_BATCH);
     p.number("super_res.learning_rate", sr.learning_rate, 1e-12, 1.0);
@@ -301,6 +308,14 @@ fn check_super_res(c: &StudyConfig, p: &mut Problems) {
         p.range(&format!("super_res.snapshot_steps[{i}]"), s, 1, sr.steps);
     }
     p.list("super_res.samplers", &sr.samplers, |s| *s);
+    for (i, sampler) in sr.samplers.iter().enumerate() {
+        if sampler.uses_guidance_embedding() {
+            p.add(
+                format!("super_res.samplers[{i}]"),
+                format!("{sampler} needs a student with a guidance embedding; SR models have none"),
+            );
+        }
+    }
     p.list("super_res.sample_steps", &sr.sample_steps, |s| *s);
     for (i, &s) in sr.sample_steps.iter().enumerate() {
         p.range(&format!("super_res.sample_steps[{i}]"), s, 1, MAX_STEPS);

@@ -6,12 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Tensor;
-use ldmscale_data::Captioned;
 use ldmscale_data::degrade::{FloatImage, RealEsrganParams, realesrgan, seed_for};
 use ldmscale_data::image::Image;
+use ldmscale_data::{Captioned, CropSpec, HrSource, hr_crops};
 use ldmscale_model::weights::write_atomic;
 use ldmscale_train::tasks::SrPairs;
 use ldmscale_train::tasks::sr_pairs::{latents_of, upsample_to, upsampled_lr};
+use ldmscale_util::hash::stable_seed;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -19,6 +20,7 @@ use super::data::{self, Splits};
 use super::first_stage::{self, FirstStageModel};
 use super::latents::Latents;
 use super::text;
+use crate::config::super_res::EVAL_EVERY;
 use crate::config::{SrDegradation, StudyConfig, SuperResConfig};
 use crate::context::StudyContext;
 use crate::error::StudyError;
@@ -47,7 +49,9 @@ pub struct EvalSet {
     pub hr: Vec<FloatImage>,
     /// Their LR images (x4 smaller), as stored.
     pub lr: Vec<FloatImage>,
-    /// The LR images upsampled x4 and encoded: what the SR models read `[N, C, h, w]`.
+    /// The LR images upsampled x4 (bicubic, clamped): the baseline an SR model must beat.
+    pub upsampled: Vec<FloatImage>,
+    /// Those encoded: what the SR models read `[N, C, h, w]`.
     pub lr_latents: Tensor<4>,
     /// SHA-256 of the stored PNGs, in order: identifies the set in the cells' fingerprint.
     pub hash: String,
@@ -76,6 +80,7 @@ pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
     let recipe = sr.map(|s| {
         (
             &s.hr_source,
+            s.downscale,
             s.degradation,
             s.train_pairs,
             s.eval_pairs,
@@ -99,6 +104,7 @@ fn eval_fingerprint(config: &StudyConfig, sr: &SuperResConfig) -> Fingerprint {
         &(
             data::fingerprint(config),
             &sr.hr_source,
+            sr.downscale,
             sr.degradation,
             sr.eval_pairs,
         ),
@@ -130,7 +136,7 @@ impl Stage for SrDataStage<'_> {
         let sr = section(cx)?;
         let res = cx.config.resolution;
         let params = degradation(sr.degradation, res)?;
-        let hr = hr_images(&self.data.train, sr.train_pairs, res);
+        let hr = self.hr_set(cx, sr, false)?;
         let mut lr = Vec::with_capacity(hr.len());
         for (i, image) in hr.iter().enumerate() {
             lr.push(upsampled_lr(image, &params, seed_for("train", i as u64)).map_err(task_error)?);
@@ -158,6 +164,7 @@ impl Stage for SrDataStage<'_> {
             eval: EvalSet {
                 hr: eval_hr,
                 lr: eval_lr,
+                upsampled: up,
                 lr_latents,
                 hash,
             },
@@ -179,7 +186,7 @@ impl SrDataStage<'_> {
         if let Some(set) = read_eval_set(&dir, &fingerprint)? {
             return Ok(set);
         }
-        let hr = hr_images(&self.data.val, sr.eval_pairs, cx.config.resolution);
+        let hr = self.hr_set(cx, sr, true)?;
         let lr = hr
             .iter()
             .enumerate()
@@ -194,6 +201,63 @@ impl SrDataStage<'_> {
 
 fn task_error(e: ldmscale_train::TrainError) -> StudyError {
     StudyError::stage("sr-data")(ldmscale_train::error::chain(&e))
+}
+
+impl SrDataStage<'_> {
+    /// The HR images for training or evaluation: the study's own images of that split, or
+    /// seeded crops at the study's resolution of a file source's training or held-out files
+    /// (the evaluation crops' seed is fixed, so the frozen set does not move with `seed`).
+    fn hr_set(
+        &self,
+        cx: &StudyContext,
+        sr: &SuperResConfig,
+        eval: bool,
+    ) -> Result<Vec<FloatImage>, StudyError> {
+        let res = cx.config.resolution;
+        let (count, split) = match eval {
+            true => (sr.eval_pairs, &self.data.val),
+            false => (sr.train_pairs, &self.data.train),
+        };
+        if sr.hr_source == HrSource::Study {
+            return Ok(hr_images(split, count, res));
+        }
+        let files = split_files(&sr.hr_source, sr.hr_source.files()?, eval)?;
+        let seed = match eval {
+            true => stable_seed(&["sr-eval"]),
+            false => stable_seed(&["sr-train", &sr.seed.to_string()]),
+        };
+        let spec = CropSpec {
+            count,
+            size: res as u32,
+            seed,
+            downscale: sr.downscale,
+        };
+        Ok(hr_crops(&files, &spec)?
+            .iter()
+            .map(FloatImage::from_image)
+            .collect())
+    }
+}
+
+/// A file source's held-out files (every [`EVAL_EVERY`]th by sorted path) or the others.
+fn split_files(
+    source: &HrSource,
+    files: Vec<PathBuf>,
+    eval: bool,
+) -> Result<Vec<PathBuf>, StudyError> {
+    if files.len() < 2 {
+        return Err(StudyError::Config(format!(
+            "super_res.hr_source = \"{source}\": {} image file(s); at least 2 are needed (every \
+             {EVAL_EVERY}th is held out for evaluation)",
+            files.len()
+        )));
+    }
+    Ok(files
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| (i % EVAL_EVERY == 0) == eval)
+        .map(|(_, f)| f)
+        .collect())
 }
 
 /// The RealESRGAN parameters for HR images of side `res`.

@@ -341,6 +341,16 @@ impl SuperResStage<'_> {
         store: &Store,
         fig5: Vec<u8>,
     ) -> Result<SrResults, StudyError> {
+        let hr = hr_tensor(&self.sets.eval.hr, cx);
+        let reference = self.evaluator.reference_of(hr.clone())?;
+        let perceptual = Perceptual::new(sr, cx)?;
+        let measure = Measure {
+            stage: self,
+            reference: &reference,
+            hr: &hr,
+            perceptual: &perceptual,
+        };
+        let baseline = measure.baseline(cx, sr)?;
         let keys: std::collections::HashSet<CellKey> =
             all_keys(cx.config, sr).into_iter().collect();
         let cells = store
@@ -354,6 +364,7 @@ impl SuperResStage<'_> {
             eval_pairs: self.sets.eval.hr.len(),
             eval_hash: self.sets.eval.hash.clone(),
             perceptual: Perceptual::name(sr),
+            baseline,
         })
     }
 }
@@ -449,6 +460,32 @@ impl Measure<'_, '_> {
             gflops_per_eval: 0.0,
             wall_seconds,
         })
+    }
+
+    /// The bicubic x4 upsampling of the LR images, measured like a cell: what finetuning has
+    /// to beat.
+    fn baseline(&self, cx: &StudyContext, sr: &SuperResConfig) -> Result<Vec<Metric>, StudyError> {
+        let images = hr_tensor(&self.stage.sets.eval.upsampled, cx).clamp(-1.0, 1.0);
+        let key = CellKey {
+            width: 0,
+            ..cell_key(sr, 0, 0, (SamplerId::Ddim, 0))
+        };
+        let (fid, ci, _) = self.stage.evaluator.fid_against(
+            self.reference,
+            images.clone(),
+            key.seed_for("bootstrap"),
+        )?;
+        let mut metrics = vec![Metric {
+            name: "fid".into(),
+            value: fid,
+            ci,
+        }];
+        metrics.extend(self.pixel_metrics(&images, &key)?);
+        let distances = self
+            .perceptual
+            .distances(self.stage.evaluator, images, self.hr.clone())?;
+        metrics.push(mean_metric(self.perceptual.metric(), &distances, &key));
+        Ok(metrics)
     }
 
     /// PSNR and SSIM of every image against its HR image, as BasicSR computes them on the
