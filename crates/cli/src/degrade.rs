@@ -43,17 +43,19 @@ pub struct DegradeArgs {
     /// `crop-NNNNN.png` beside their LR images. Crop i's image and place come from (--seed, i).
     #[arg(long)]
     pub hr_source: Option<HrSource>,
-    /// With --hr-source: how many crops.
-    #[arg(long, default_value_t = 100)]
-    pub crops: usize,
-    /// With --hr-source: the HR crop side in pixels (a multiple of the scale).
-    #[arg(long, default_value_t = 256)]
-    pub crop_size: u32,
+    /// With --hr-source: how many crops [default: 100].
+    // No clap defaults, so that a value given with --input is refused, not ignored.
+    #[arg(long, conflicts_with = "input")]
+    pub crops: Option<usize>,
+    /// With --hr-source: the HR crop side in pixels, a multiple of the scale [default: 256].
+    #[arg(long, conflicts_with = "input")]
+    pub crop_size: Option<u32>,
     /// With --hr-source: `off` (full resolution, as the paper's 512 px DIV2K crops), a factor k
     /// (a region k times larger, k x k blocks averaged) or `paper-view` (k = 512 / crop size,
     /// fitted per image: small crops show as much of a photo as a 512 px one).
-    #[arg(long, default_value = "off")]
-    pub downscale: Downscale,
+    /// [default: off]
+    #[arg(long, conflicts_with = "input")]
+    pub downscale: Option<Downscale>,
     /// Folder to create with one 8-bit RGB PNG per input (same stem) and `manifest.json`. It must
     /// not exist (or be empty): an evaluation set is never overwritten.
     #[arg(long)]
@@ -185,21 +187,21 @@ fn cut_crops(
     scale: u32,
     dir: &Path,
 ) -> Result<(PathBuf, Option<CropsRecord>)> {
-    if args.crop_size % scale != 0 || args.crop_size < 4 * scale {
+    let (count, size) = (args.crops.unwrap_or(100), args.crop_size.unwrap_or(256));
+    if !size.is_multiple_of(scale) || size < 4 * scale {
         bail!(
-            "--crop-size {}: expected a multiple of the scale {scale} of at least {}",
-            args.crop_size,
+            "--crop-size {size}: expected a multiple of the scale {scale} of at least {}",
             4 * scale
         );
     }
-    if args.crops == 0 {
+    if count == 0 {
         bail!("--crops 0: expected at least one crop");
     }
     let spec = CropSpec {
-        count: args.crops,
-        size: args.crop_size,
+        count,
+        size,
         seed: args.seed,
-        downscale: args.downscale,
+        downscale: args.downscale.unwrap_or_default(),
     };
     let files = source
         .files()

@@ -248,7 +248,7 @@ fn hr_source_bad_settings_are_refused() {
     let work = dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let folder = format!("folder:{}", s(&photos));
-    let cases: [(&[&str], &str); 4] = [
+    let cases: [(&[&str], &str); 5] = [
         (
             &["--hr-source", &folder, "--crop-size", "30"],
             "--crop-size 30",
@@ -261,6 +261,10 @@ fn hr_source_bad_settings_are_refused() {
         (
             &["--hr-source", &folder, "--input", s(&photos)],
             "cannot be used with",
+        ),
+        (
+            &["--input", s(&photos), "--crops", "3"],
+            "cannot be used with '--crops <CROPS>'",
         ),
     ];
     for (extra, needle) in cases {
