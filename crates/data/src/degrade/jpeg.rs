@@ -6,6 +6,8 @@
 
 use std::f64::consts::PI;
 
+use serde::{Deserialize, Serialize};
+
 use super::float_image::FloatImage;
 
 /// IJG luma table, row = vertical frequency, as in the JPEG standard.
@@ -63,26 +65,46 @@ struct Plane {
     values: Vec<f32>,
 }
 
+/// How the image is padded to whole 16 px blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum JpegPadding {
+    /// Zeros, as BasicSR's `DiffJPEG`.
+    #[default]
+    Zero,
+    /// The nearest edge pixel, as real encoders do (for images much smaller than a block).
+    Edge,
+}
+
 /// `DiffJPEG(differentiable=False)(img, quality)` on one image.
 pub fn jpeg(img: &FloatImage, quality: f32) -> FloatImage {
+    jpeg_padded(img, quality, JpegPadding::Zero)
+}
+
+/// [`jpeg`] with the padding chosen.
+pub fn jpeg_padded(img: &FloatImage, quality: f32, padding: JpegPadding) -> FloatImage {
     let factor = quality_to_factor(quality);
-    let (y, cb, cr) = to_ycbcr_420(img);
+    let (y, cb, cr) = to_ycbcr_420(img, padding);
     let y = compress_plane(y, &steps(true, factor));
     let cb = compress_plane(cb, &steps(false, factor));
     let cr = compress_plane(cr, &steps(false, factor));
     to_rgb(&y, &cb, &cr, img.width, img.height)
 }
 
-/// Zero-pads to a multiple of 16, scales to [0, 255] and converts to Y and 2x2-averaged Cb, Cr.
-fn to_ycbcr_420(img: &FloatImage) -> (Plane, Plane, Plane) {
+/// Pads to a multiple of 16, scales to [0, 255] and converts to Y and 2x2-averaged Cb, Cr.
+fn to_ycbcr_420(img: &FloatImage, padding: JpegPadding) -> (Plane, Plane, Plane) {
     let (w, h) = (img.width.div_ceil(16) * 16, img.height.div_ceil(16) * 16);
     let mut planes: [Vec<f32>; 3] = std::array::from_fn(|_| vec![0.0; w * h]);
+    let inside = |xx: usize, yy: usize| xx < img.width && yy < img.height;
     for yy in 0..h {
         for xx in 0..w {
-            let [r, g, b] = if xx < img.width && yy < img.height {
-                [0, 1, 2].map(|c| img.get(xx, yy, c) * 255.0)
-            } else {
-                [0.0; 3]
+            let [r, g, b] = match padding {
+                _ if inside(xx, yy) => [0, 1, 2].map(|c| img.get(xx, yy, c) * 255.0),
+                JpegPadding::Zero => [0.0; 3],
+                JpegPadding::Edge => {
+                    let (x, y) = (xx.min(img.width - 1), yy.min(img.height - 1));
+                    [0, 1, 2].map(|c| img.get(x, y, c) * 255.0)
+                }
             };
             planes[0][yy * w + xx] = 0.299 * r + 0.587 * g + 0.114 * b;
             planes[1][yy * w + xx] = -0.168736 * r + -0.331264 * g + 0.5 * b + 128.0;
@@ -238,5 +260,29 @@ mod tests {
         assert!(out.pixels.iter().all(|v| (v - 128.0 / 255.0).abs() < 1e-6));
         let odd = jpeg(&FloatImage::zeros(5, 3), 40.0);
         assert_eq!((odd.width, odd.height), (5, 3));
+    }
+
+    /// A flat colour 4 px image: zero padding (BasicSR) darkens and desaturates it, edge
+    /// padding keeps it (the whole 16 px block is then flat).
+    #[test]
+    fn edge_padding_keeps_a_tiny_flat_image() {
+        let colour = [0.9f32, 0.3, 0.2];
+        let pixels: Vec<f32> = (0..16).flat_map(|_| colour).collect();
+        let img = FloatImage::from_pixels(4, 4, pixels).unwrap();
+        let edge = jpeg_padded(&img, 50.0, JpegPadding::Edge);
+        let zero = jpeg(&img, 50.0);
+        let error = |out: &FloatImage| {
+            out.pixels
+                .iter()
+                .zip(img.pixels.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max)
+        };
+        assert!(error(&edge) < 0.02, "edge padding moved {}", error(&edge));
+        assert!(
+            error(&zero) > 0.1,
+            "zero padding moved only {}",
+            error(&zero)
+        );
     }
 }

@@ -12,7 +12,7 @@ mod rows;
 mod usm;
 
 pub use float_image::FloatImage;
-pub use jpeg::{jpeg, quality_to_factor};
+pub use jpeg::{JpegPadding, jpeg, jpeg_padded, quality_to_factor};
 pub use kernels::{Kernel, KernelShape, filter2d};
 pub use noise::{
     Noise, NoiseParams, add_gaussian_noise, add_poisson_noise, poisson, standard_normal,

@@ -2,7 +2,7 @@
 //! (kernels drawn first, as its dataset does), with one generator seeded per image.
 
 use super::float_image::FloatImage;
-use super::jpeg::jpeg;
+use super::jpeg::{JpegPadding, jpeg_padded};
 use super::kernels::filter2d;
 use super::noise::NoiseParams;
 use super::random_kernels::{BlurParams, FinalSincParams, weighted_index};
@@ -52,6 +52,11 @@ pub struct RealEsrganParams {
     pub noise2: NoiseParams,
     pub jpeg2: (f64, f64),
     pub final_sinc: FinalSincParams,
+    /// How the JPEG simulation pads to whole 16 px blocks: zeros as BasicSR (the paper's), or
+    /// the edge pixels repeated (the small-image variant: on a 4 px LR, zeros fill three
+    /// quarters of the block and darken and desaturate the whole image).
+    #[serde(default)]
+    pub jpeg_padding: JpegPadding,
 }
 
 impl RealEsrganParams {
@@ -76,9 +81,13 @@ impl RealEsrganParams {
             noise2: NoiseParams::x4plus_second(),
             jpeg2: (30.0, 95.0),
             final_sinc: FinalSincParams::x4plus(),
+            jpeg_padding: JpegPadding::Zero,
         }
     }
 }
+
+/// Sides from which [`RealEsrganParams::scaled_for`] changes nothing.
+const SMALL_SIDE: usize = 140;
 
 /// The largest odd number not above `n` (at least 1).
 fn odd_at_most(n: usize) -> usize {
@@ -92,9 +101,9 @@ fn odd_at_most(n: usize) -> usize {
 impl RealEsrganParams {
     /// The variant for small images: every kernel capped to the smallest side it can meet (the
     /// USM blur and blur 1 to the HR, blur 2 to the smallest first-stage resize, the final sinc to
-    /// the LR), sizes drawn from `min(lo, cap)..=cap`. Unchanged for sides of 140 px and up (the
-    /// paper's 512 px crops included). An error below 16 px, where the second resize would reach
-    /// zero pixels.
+    /// the LR), sizes drawn from `min(lo, cap)..=cap`, and JPEG padding by edge pixels. Unchanged
+    /// for sides of 140 px and up (the paper's 512 px crops included). An error below 16 px, where
+    /// the second resize would reach zero pixels.
     pub fn scaled_for(&self, width: usize, height: usize) -> Result<Self, DataError> {
         let side = width.min(height);
         if side < 4 * self.scale {
@@ -117,6 +126,9 @@ impl RealEsrganParams {
         let first_stage = (side as f64 * self.resize1.range.0).floor() as usize;
         scaled.blur2.sizes = cap(self.blur2.sizes, first_stage.max(1));
         scaled.final_sinc.sizes = cap(self.final_sinc.sizes, side / self.scale);
+        if side < SMALL_SIDE {
+            scaled.jpeg_padding = JpegPadding::Edge;
+        }
         Ok(scaled)
     }
 }
@@ -273,7 +285,8 @@ pub fn realesrgan(
     let scale = params.resize1.draw_scale(&mut rng);
     out = resize(&out, ResizeTo::Scale(scale), draw_mode(&mut rng))?;
     out = params.noise1.draw(&mut rng).apply(&out, &mut rng);
-    out = clamped_jpeg(&out, draw_quality(params.jpeg1, &mut rng));
+    let padding = params.jpeg_padding;
+    out = clamped_jpeg(&out, draw_quality(params.jpeg1, &mut rng), padding);
 
     if rng.chance(params.blur2_prob) {
         out = filter2d(&out, &kernel2);
@@ -304,9 +317,9 @@ pub fn realesrgan(
         };
     out = if rng.chance(0.5) {
         let resized = resize_and_sinc(&out, &mut rng)?;
-        clamped_jpeg(&resized, draw_quality(params.jpeg2, &mut rng))
+        clamped_jpeg(&resized, draw_quality(params.jpeg2, &mut rng), padding)
     } else {
-        let compressed = clamped_jpeg(&out, draw_quality(params.jpeg2, &mut rng));
+        let compressed = clamped_jpeg(&out, draw_quality(params.jpeg2, &mut rng), padding);
         resize_and_sinc(&compressed, &mut rng)?
     };
     Ok(round_to_8_bits(out))
@@ -314,13 +327,13 @@ pub fn realesrgan(
 
 /// Real-ESRGAN clamps to [0, 1] before every JPEG ("otherwise JPEGer will result in unpleasant
 /// artifacts"): the sinc's negative lobes overshoot.
-fn clamped_jpeg(img: &FloatImage, quality: f32) -> FloatImage {
+fn clamped_jpeg(img: &FloatImage, quality: f32, padding: JpegPadding) -> FloatImage {
     let mut clamped = img.clone();
     clamped
         .pixels
         .iter_mut()
         .for_each(|v| *v = v.clamp(0.0, 1.0));
-    jpeg(&clamped, quality)
+    jpeg_padded(&clamped, quality, padding)
 }
 
 /// Real-ESRGAN's `random.choice(['area', 'bilinear', 'bicubic'])`.
