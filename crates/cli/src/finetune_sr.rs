@@ -16,8 +16,9 @@ use ldmscale_model::weights::load_unet;
 use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNetConfig};
 use ldmscale_pipeline::encode_text;
 use ldmscale_train::tasks::sr_pairs::upsampled_lr;
+use ldmscale_train::tasks::super_res::check_noise_level;
 use ldmscale_train::tasks::{SrOptions, SrPairs};
-use ldmscale_train::{DeviceThreads, SuperRes, TrainConfig, checkpoint, train_task};
+use ldmscale_train::{DeviceThreads, SuperRes, TrainConfig, TrainError, checkpoint, train_task};
 use ldmscale_util::lock::DirLock;
 
 use crate::device::DeviceArgs;
@@ -101,10 +102,19 @@ pub struct FinetuneSrArgs {
     pub device: DeviceArgs,
 }
 
+/// The most crops of one image (more would stall allocating them).
+const MAX_CROPS_PER_IMAGE: usize = 4096;
+/// The most bytes of f32 HR crops held at once.
+const MAX_CROP_BYTES: usize = 1 << 36;
+
 /// Runs the command.
 pub fn run(args: &FinetuneSrArgs, quiet: bool) -> Result<()> {
     let device = args.device.device()?;
-    let _lock = DirLock::acquire(&args.out, "ldmscale finetune-sr")?;
+    crate::checks::count(
+        args.crops_per_image,
+        MAX_CROPS_PER_IMAGE,
+        "--crops-per-image",
+    )?;
     let (vae_config, vae) = load_vae(&args.first_stage, &device)
         .with_context(|| format!("--first-stage {}", args.first_stage.display()))?;
     let (unet_config, unet) = load_unet(&args.unet, &device)
@@ -115,11 +125,17 @@ pub fn run(args: &FinetuneSrArgs, quiet: bool) -> Result<()> {
         .map_err(|m| anyhow::anyhow!("{}: {m}", unet_file.display()))?;
     check_crop(args.crop, vae.downsampling_factor())?;
     let config = train_config(args, &unet_config)?;
+    if let Some(max) = args.noise_augmentation {
+        check_noise_level(max).map_err(|e| anyhow::anyhow!("--noise-augmentation: {e}"))?;
+    }
+    let context = empty_context(args, &device)?;
+    image_files(&args.hr)?;
+    // Taken once the arguments are known good, so a refused run leaves no --out behind.
+    let _lock = DirLock::acquire(&args.out, "ldmscale finetune-sr")?;
 
     let hr = hr_crops(args, quiet)?;
     let pairs = encode_pairs(args, &hr, (&vae, &vae_config), quiet, &device)?;
     drop(hr);
-    let context = empty_context(args, &device)?;
     let options = SrOptions {
         noise_augmentation: args.noise_augmentation,
     };
@@ -167,7 +183,31 @@ fn train_config(args: &FinetuneSrArgs, unet: &UNetConfig) -> Result<TrainConfig>
         t.insert("ema".into(), ema.into());
     }
     let text = toml::to_string(&t)?;
-    Ok(TrainConfig::from_toml(&text, "finetune-sr arguments")?)
+    TrainConfig::from_toml(&text, "finetune-sr arguments").map_err(name_the_flag)
+}
+
+/// The flags behind the run config's fields, so that an error names what the user typed.
+const FLAGS: [(&str, &str); 7] = [
+    ("steps", "--steps"),
+    ("batch_size", "--batch-size"),
+    ("learning_rate", "--learning-rate"),
+    ("checkpoint_every", "--checkpoint-every"),
+    ("ema.max_decay", "--ema-max-decay"),
+    ("snapshot_steps", "--snapshot-steps"),
+    ("warmup_steps", "--warmup-steps"),
+];
+
+fn name_the_flag(e: TrainError) -> anyhow::Error {
+    let TrainError::ConfigFile { source, .. } = &e else {
+        return e.into();
+    };
+    let TrainError::InvalidConfig { field, .. } = &**source else {
+        return e.into();
+    };
+    match FLAGS.iter().find(|(f, _)| field.starts_with(f)) {
+        Some((_, flag)) => anyhow::anyhow!("{flag}: {source}"),
+        None => e.into(),
+    }
 }
 
 /// `[model]` of the pretrained UNet: its base width, heads and groups (they label the run).
@@ -211,11 +251,19 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// `--crops-per-image` crops of every HR image, at positions seeded by file name and crop.
 fn hr_crops(args: &FinetuneSrArgs, quiet: bool) -> Result<Vec<FloatImage>> {
-    ensure!(
-        args.crops_per_image > 0,
-        "--crops-per-image must be at least 1"
-    );
     let files = image_files(&args.hr)?;
+    let bytes = [args.crops_per_image, args.crop, args.crop, 3 * 4]
+        .iter()
+        .try_fold(files.len(), |n, &k| n.checked_mul(k))
+        .filter(|&b| b <= MAX_CROP_BYTES);
+    ensure!(
+        bytes.is_some(),
+        "--crops-per-image {} x {} images of --crop {}: the crops need more than {} GiB",
+        args.crops_per_image,
+        files.len(),
+        args.crop,
+        MAX_CROP_BYTES >> 30
+    );
     let bar = progress(files.len(), "reading HR", quiet);
     let crop = args.crop as u32;
     let mut crops = Vec::with_capacity(files.len() * args.crops_per_image);

@@ -18,8 +18,8 @@ mod common;
 struct Trial {
     class: &'static str,
     args: Vec<String>,
-    /// Words the output (stderr, then stdout) must hold.
-    expect: String,
+    /// Words the output (stderr, then stdout) must hold, each.
+    expect: Vec<String>,
     /// Whether it must succeed (a warning case) rather than fail.
     succeeds: bool,
 }
@@ -28,7 +28,7 @@ fn trial(class: &'static str, args: &[&str], expect: &str) -> Trial {
     Trial {
         class,
         args: args.iter().map(|a| a.to_string()).collect(),
-        expect: expect.into(),
+        expect: vec![expect.into()],
         succeeds: false,
     }
 }
@@ -51,8 +51,8 @@ fn check(t: &Trial) -> Option<String> {
         "printed a backtrace hint".into()
     } else if out.status.success() != t.succeeds {
         format!("exit status {:?}", out.status.code())
-    } else if !text.contains(&t.expect) {
-        format!("no {:?} in the message", t.expect)
+    } else if let Some(missing) = t.expect.iter().find(|w| !text.contains(w.as_str())) {
+        format!("no {missing:?} in the message")
     } else if took > Duration::from_secs(30) {
         format!("took {took:?}")
     } else {
@@ -166,7 +166,7 @@ fn sample_trial(f: &Fixture, class: &'static str, extra: &[&str], expect: &str) 
     Trial {
         class,
         args: sample_args(f, extra),
-        expect: expect.into(),
+        expect: vec![expect.into()],
         succeeds: false,
     }
 }
@@ -381,7 +381,7 @@ fn metric_commands_refuse_bad_numbers_paths_and_captions() {
     let clip_trial = |extra: &[&str], expect: &str| Trial {
         class: "metric",
         args: clip(extra),
-        expect: expect.into(),
+        expect: vec![expect.into()],
         succeeds: false,
     };
     let trials = vec![
@@ -539,7 +539,7 @@ fn model_free_commands_refuse_bad_numbers_and_paths() {
     let tv_trial = |extra: &[&str], expect: &str| Trial {
         class: "number",
         args: tv(extra),
-        expect: expect.into(),
+        expect: vec![expect.into()],
         succeeds: false,
     };
     let study = |extra: &[&str]| {
@@ -549,7 +549,7 @@ fn model_free_commands_refuse_bad_numbers_and_paths() {
     let study_trial = |extra: &[&str], expect: &str| Trial {
         class: "number",
         args: study(extra),
-        expect: expect.into(),
+        expect: vec![expect.into()],
         succeeds: false,
     };
     let trials = vec![
@@ -813,4 +813,259 @@ fn train_run_files_with_impossible_sizes_are_refused_before_any_work() {
     ]);
     run(&trials);
     assert!(!Path::new(&out).exists(), "a refused run made its --out");
+}
+
+/// A tiny UNet, autoencoder and empty context under the fixture folder for `finetune-sr`.
+fn finetune_inputs(f: &Fixture) -> Vec<String> {
+    use burn::tensor::Device;
+    use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig};
+    let device = Device::flex();
+    device.seed(1);
+    let mut config = UNetConfig::small(8, 16, 2);
+    config.norm_num_groups = 4;
+    let unet = f.dir.path().join("unet");
+    ldmscale_model::weights::save_unet(&unet, &config, &UNet::new(&config, &device)).unwrap();
+    let vae_config = AutoencoderKLConfig::small(2, 8);
+    let vae = f.dir.path().join("vae");
+    ldmscale_model::vae::save_vae(&vae, &vae_config, &AutoencoderKL::new(&vae_config, &device))
+        .unwrap();
+    let empty = f.write("context.npy", &encode_npy_f32(&[1, 3, 16], &[0.0; 48]));
+    let mut args = vec!["finetune-sr", "--unet", s(&unet), "--first-stage", s(&vae)];
+    let hr = f.path("img");
+    args.extend(["--hr", &hr, "--empty-context", &empty]);
+    args.extend(["--crop", "16", "--steps", "1"]);
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+#[test]
+fn finetune_sr_names_the_flag_before_making_its_output() {
+    let f = Fixture::new();
+    let base = finetune_inputs(&f);
+    let out = f.path("run");
+    let mut nan = vec![0.0f32; 48];
+    nan[2] = f32::NAN;
+    let nan = f.write("nan_context.npy", &encode_npy_f32(&[1, 3, 16], &nan));
+    let cases: [(&str, &[&str], &str); 13] = [
+        (
+            "number",
+            &["--crops-per-image", "0"],
+            "--crops-per-image 0: expected 1 to 4096",
+        ),
+        (
+            "size",
+            &["--crops-per-image", "100000000"],
+            "--crops-per-image 100000000: expected",
+        ),
+        (
+            "number",
+            &["--ema-max-decay", "2"],
+            "--ema-max-decay: ema.max_decay = 2: must be in [0, 1]",
+        ),
+        (
+            "number",
+            &["--ema-max-decay", "NaN"],
+            "--ema-max-decay: ema.max_decay = NaN",
+        ),
+        (
+            "number",
+            &["--ema-max-decay", "-1"],
+            "--ema-max-decay: ema.max_decay = -1",
+        ),
+        (
+            "number",
+            &["--learning-rate", "NaN"],
+            "--learning-rate: learning_rate = NaN",
+        ),
+        (
+            "number",
+            &["--batch-size", "100000000"],
+            "--batch-size: batch_size = 100000000: must be at most",
+        ),
+        (
+            "number",
+            &["--snapshot-steps", "5,3"],
+            "--snapshot-steps: snapshot_steps[1] = 3",
+        ),
+        (
+            "number",
+            &["--checkpoint-every", "0"],
+            "--checkpoint-every: checkpoint_every",
+        ),
+        (
+            "number",
+            &["--noise-augmentation", "100000"],
+            "--noise-augmentation: noise_augmentation = 100000",
+        ),
+        ("size", &["--crop", "0"], "--crop 0: must be at least 16"),
+        (
+            "nan",
+            &["--empty-context", &nan],
+            "nan_context.npy: value 2 (of 48) is NaN",
+        ),
+        ("path", &["--hr", &f.path("empty")], "--hr"),
+    ];
+    let mut trials: Vec<Trial> = cases
+        .iter()
+        .map(|(class, extra, expect)| {
+            let mut args = base.clone();
+            // A later flag replaces the base's value of the same flag.
+            if let Some(i) = args.iter().position(|a| a == extra[0]) {
+                args.drain(i..i + 2);
+            }
+            args.extend(extra.iter().map(|a| a.to_string()));
+            args.extend(["--out".to_string(), out.clone()]);
+            Trial {
+                class,
+                args,
+                expect: vec![expect.to_string()],
+                succeeds: false,
+            }
+        })
+        .collect();
+    let mut onto_file = base.clone();
+    onto_file.extend(["--out".to_string(), f.path("prompt.npy")]);
+    trials.push(Trial {
+        class: "path",
+        args: onto_file,
+        expect: vec!["exists and is not a directory".into()],
+        succeeds: false,
+    });
+    run(&trials);
+    assert!(
+        !Path::new(&out).exists(),
+        "a refused finetune made its --out"
+    );
+}
+
+/// A tar of one member whose header declares 1 TiB (GNU base-256 size) and 1 KiB after it.
+fn tar_declaring_a_tebibyte(path: &Path) {
+    let mut header = [0u8; 512];
+    header[..7].copy_from_slice(b"000.png");
+    header[100..108].copy_from_slice(b"0000644\0");
+    header[124] = 0x80;
+    header[124 + 6] = 0x01; // 2^40, big-endian in bytes 124..136
+    header[136..148].copy_from_slice(b"00000000000\0");
+    header[156] = b'0';
+    header[257..263].copy_from_slice(b"ustar ");
+    header[148..156].copy_from_slice(b"        ");
+    let sum: u32 = header.iter().map(|&b| u32::from(b)).sum();
+    header[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut bytes = header.to_vec();
+    bytes.extend_from_slice(&[0; 1024]);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn study_configs_and_shards_that_cannot_run_fail_the_dry_run() {
+    let f = Fixture::new();
+    let out = Command::new(env!("CARGO_BIN_EXE_ldmscale"))
+        .args([
+            "study",
+            "--preset",
+            "tiny",
+            "--dry-run",
+            "--out",
+            &f.path("s"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let marker = "# the config, as TOML:\n";
+    let tiny = &text[text.find(marker).expect("the dry run prints its config") + marker.len()..];
+    let edits: [(&str, &str, &str, &str); 10] = [
+        (
+            "heads0",
+            "heads = 2\n",
+            "heads = 0\n",
+            "heads: 0 is outside 1..=",
+        ),
+        (
+            "cfg",
+            "cfg = [\n    1.0,",
+            "cfg = [\n    nan,",
+            "sweep.cfg[0]: NaN is not a number",
+        ),
+        (
+            "steps",
+            "steps = [\n    2,",
+            "steps = [\n    0,",
+            "sweep.steps[0]: 0 is outside 1..=",
+        ),
+        (
+            "batch0",
+            "batch_size = 8\nlearning_rate",
+            "batch_size = 0\nlearning_rate",
+            "recipe.batch_size: 0 is outside",
+        ),
+        (
+            "batch",
+            "batch_size = 8\nlearning_rate",
+            "batch_size = 100000000\nlearning_rate",
+            "recipe.batch_size: 100000000 is outside",
+        ),
+        (
+            "lr",
+            "learning_rate = 0.001\nwarmup_steps = 10",
+            "learning_rate = nan\nwarmup_steps = 10",
+            "recipe.learning_rate: NaN",
+        ),
+        (
+            "samplers",
+            "samplers = [\n    \"ddim\",\n    \"dpmpp-2m\",\n]",
+            "samplers = []",
+            "sweep.samplers: must name at least one",
+        ),
+        (
+            "res",
+            "resolution = 16\n",
+            "resolution = 1000000\n",
+            "resolution: 1000000 is outside 1..=",
+        ),
+        (
+            "width",
+            "    16,\n]",
+            "    100000000,\n]",
+            "widths[1]: 100000000 must be",
+        ),
+        (
+            "key",
+            "heads = 2\n",
+            "heads = 2\nbogus = 1\n",
+            "unknown field `bogus`",
+        ),
+    ];
+    let mut trials = Vec::new();
+    for (name, from, to, expect) in edits {
+        assert!(tiny.contains(from), "the tiny preset changed: no {from:?}");
+        let config = f.write(
+            &format!("{name}.toml"),
+            tiny.replacen(from, to, 1).as_bytes(),
+        );
+        let args = [
+            "study",
+            "--config",
+            &config,
+            "--dry-run",
+            "--out",
+            &f.path("s"),
+        ];
+        let mut t = trial("config", &args, expect);
+        t.expect.push(format!("{name}.toml"));
+        trials.push(t);
+    }
+    let tar = f.dir.path().join("huge.tar");
+    tar_declaring_a_tebibyte(&tar);
+    let data = format!("wds:{}", s(&tar));
+    let args = [
+        "train-vae",
+        "--data",
+        &data,
+        "--steps",
+        "1",
+        "--output",
+        &f.path("v"),
+    ];
+    trials.push(trial("size", &args, "header declares 1099511627776 bytes"));
+    run(&trials);
+    assert!(!Path::new(&f.path("s")).exists() && !Path::new(&f.path("v")).exists());
 }

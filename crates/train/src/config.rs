@@ -255,6 +255,7 @@ impl TrainConfig {
             ));
         }
         self.validate_snapshot_steps()?;
+        self.validate_averages()?;
         if let Some(c) = self.grad_clip
             && c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
         {
@@ -262,6 +263,23 @@ impl TrainConfig {
         }
         crate::parallel::parse_devices(&self.devices, "devices")?;
         Ok(())
+    }
+
+    /// AdamW's and the EMA's rates: a decay of 2 or NaN would silently ruin the weights.
+    fn validate_averages(&self) -> Result<(), TrainError> {
+        let a = &self.adamw;
+        in_range("adamw.beta1", a.beta1, 0.0, 1.0, false)?;
+        in_range("adamw.beta2", a.beta2, 0.0, 1.0, false)?;
+        positive("adamw.eps", a.eps)?;
+        in_range("adamw.weight_decay", a.weight_decay, 0.0, 1e6, true)?;
+        if let Some(g) = self.snr_gamma {
+            positive("snr_gamma", g.into())?;
+        }
+        let Some(e) = &self.ema else { return Ok(()) };
+        in_range("ema.max_decay", e.max_decay, 0.0, 1.0, true)?;
+        in_range("ema.min_decay", e.min_decay, 0.0, e.max_decay, true)?;
+        positive("ema.inv_gamma", e.inv_gamma)?;
+        positive("ema.power", e.power)
     }
 
     fn validate_snapshot_steps(&self) -> Result<(), TrainError> {
@@ -281,12 +299,54 @@ impl TrainConfig {
     }
 }
 
+/// A finite `value` above zero, naming the field.
+fn positive(field: &str, value: f64) -> Result<(), TrainError> {
+    if value > 0.0 && value.is_finite() {
+        return Ok(());
+    }
+    Err(TrainError::config(
+        field,
+        value,
+        "must be a finite number above 0",
+    ))
+}
+
+/// `value` in `[low, high]` (`[low, high)` unless `closed`), NaN refused, naming the field.
+fn in_range(field: &str, value: f64, low: f64, high: f64, closed: bool) -> Result<(), TrainError> {
+    let below_high = value < high || (closed && value == high);
+    if value >= low && below_high {
+        return Ok(());
+    }
+    let end = if closed { ']' } else { ')' };
+    Err(TrainError::config(
+        field,
+        value,
+        format!("must be in [{low}, {high}{end}"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::error::DeviceProblem;
 
     const MINIMAL: &str = "steps = 10\nbatch_size = 4\n[model]\nfamily = \"small\"\nwidth = 32\nheads = 4\nnorm_groups = 8\n";
+
+    #[test]
+    fn averages_outside_their_ranges_are_named() {
+        for (ema, field) in [
+            ("max_decay = 2.0", "ema.max_decay"),
+            ("max_decay = nan", "ema.max_decay"),
+            ("min_decay = 0.99999", "ema.min_decay"),
+            ("power = -1.0", "ema.power"),
+        ] {
+            let text = format!("{MINIMAL}[ema]\n{ema}\n");
+            let err = TrainConfig::from_toml(&text, "run.toml").unwrap_err();
+            assert!(format!("{err:?}").contains(field), "{ema}: {err:?}");
+        }
+        let ok = format!("{MINIMAL}[ema]\nmax_decay = 0.999\n");
+        assert!(TrainConfig::from_toml(&ok, "run.toml").is_ok());
+    }
 
     #[test]
     fn parses_and_round_trips() {

@@ -157,7 +157,8 @@ fn check_model(config: &TrainConfig, sr: &UNetConfig) -> Result<(), TrainError> 
     Ok(())
 }
 
-fn check_noise_level(max: usize) -> Result<(), TrainError> {
+/// The highest noise-augmentation level must be a level of the LR schedule and the embedding.
+pub fn check_noise_level(max: usize) -> Result<(), TrainError> {
     let levels = NOISE_LEVELS.min(low_res_schedule().num_train_timesteps);
     if max >= levels {
         return Err(TrainError::config(
