@@ -2,7 +2,8 @@
 //! so a run killed at any moment leaves only complete checkpoints.
 //!
 //! `checkpoints/step-000100/` holds `unet/` and `unet_ema/` (diffusers layout),
-//! `optimizer.safetensors` (AdamW moments and EMA shadow by parameter name) and `state.json`.
+//! `optimizer.safetensors` (AdamW moments, EMA shadow and the task's extra state, such as a
+//! distillation's target, by parameter name) and `state.json`.
 //! `snapshots/step-000050/` (the config's `snapshot_steps`) holds the models and `state.json`
 //! only, and is never deleted: quality against training compute from one run.
 
@@ -156,6 +157,8 @@ pub struct Saved {
     pub v: Named,
     /// The EMA shadow (empty without EMA).
     pub ema: Named,
+    /// The task's extra state (empty for tasks without one).
+    pub task: Named,
     /// The scalar state.
     pub state: TrainState,
 }
@@ -196,18 +199,19 @@ pub fn read_latest(
         m: group("m/")?,
         v: group("v/")?,
         ema: group("ema/")?,
+        task: group("task/")?,
         state,
         path,
     }))
 }
 
-/// Writes `optimizer.safetensors` (weights, AdamW moments, EMA by name) and `state.json` into
-/// checkpoint directory `dir`.
+/// Writes `optimizer.safetensors` (weights, AdamW moments, EMA and the task's extra state by
+/// name) and `state.json` into checkpoint directory `dir`.
 pub fn write_state(
     dir: &Path,
     weights: &Named,
     adam: &AdamW,
-    ema: &Named,
+    (ema, task): (&Named, &Named),
     state: &TrainState,
 ) -> Result<(), TrainError> {
     let bytes = params::write_named(
@@ -216,6 +220,7 @@ pub fn write_state(
             ("m/", &adam.m),
             ("v/", &adam.v),
             ("ema/", ema),
+            ("task/", task),
         ],
         BTreeMap::from([("step".to_string(), state.step.to_string())]),
     );

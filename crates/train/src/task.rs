@@ -59,6 +59,27 @@ pub trait TrainTask {
     fn initial_weights(&self) -> Option<&Named> {
         None
     }
+    /// Forward passes of the trained UNet's size one training sample costs (compute
+    /// accounting): 3, a forward and its backward; a distillation adds its frozen models'.
+    fn forward_passes(&self) -> f64 {
+        3.0
+    }
+    /// Weights the task keeps beside the model and advances after every step (a consistency
+    /// distillation's EMA target), by name. The loop saves them in every checkpoint, so a
+    /// resumed run draws the same targets; none by default.
+    fn extra_state(&self) -> Named {
+        Named::new()
+    }
+    /// Sets the extra state at the start of a run: `None` for a fresh run (the task's initial
+    /// state), else a checkpoint's; returns the names a checkpoint lacks.
+    fn start_extra_state(&self, saved: Option<Named>) -> Result<(), Vec<String>> {
+        let _ = saved;
+        Ok(())
+    }
+    /// Called after every optimizer step with the model's new weights (plain device).
+    fn after_step(&self, weights: &Named) {
+        let _ = weights;
+    }
     /// The UNet whose forward cost normalises this task's (the paper: the family's 320-filter
     /// member, with 32 groups and 8 heads).
     fn reference_unet_config(&self, config: &TrainConfig) -> UNetConfig {

@@ -207,7 +207,14 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
         let saved = checkpoint::read_latest(run, &trainer.state.data_key, &trainer.device)?;
         match saved {
             Some(saved) => trainer.restore(saved),
-            None => Ok(trainer),
+            None => {
+                task.start_extra_state(None)
+                    .map_err(|names| TrainError::MissingParameters {
+                        path: PathBuf::from("task state"),
+                        names,
+                    })?;
+                Ok(trainer)
+            }
         }
     }
 
@@ -220,8 +227,15 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
             m,
             v,
             ema,
+            task,
             state,
         } = saved;
+        self.task
+            .start_extra_state(Some(task))
+            .map_err(|names| TrainError::MissingParameters {
+                path: path.clone(),
+                names,
+            })?;
         let mut missing = Vec::new();
         self.model = params::update(self.model, &mut |name, _| {
             let w = weights.remove(name);
@@ -310,15 +324,17 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
         self.model = params::update(self.model, &mut |name, p| {
             grads.remove(name).map(|g| adam.update(name, p, g, lr))
         });
+        let weights = params::snapshot(&self.model);
         if let Some(ema) = &config.ema {
-            ema.update(&mut self.shadow, &params::snapshot(&self.model), step);
+            ema.update(&mut self.shadow, &weights, step);
         }
+        self.task.after_step(&weights);
         let samples_per_step = (config.batch_size * config.grad_accum) as f64;
         let state = &mut self.state;
         state.step = step;
         state.adamw_step = self.adam.step;
         state.last_loss = loss;
-        state.train_gflops += 3.0 * self.forward_gflops * samples_per_step;
+        state.train_gflops += self.task.forward_passes() * self.forward_gflops * samples_per_step;
         state.normalized_cost_x_iterations = self.normalized_cost * step as f64;
         Ok((self, StepReport { lr, grad_norm }))
     }
@@ -413,7 +429,9 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
         checkpoint::commit(self.run, self.state.step, config.keep_last, |tmp| {
             let models = self.model_dirs_content();
             write_model_dirs(tmp, &models)?;
-            checkpoint::write_state(tmp, &models.weights, &self.adam, &self.shadow, &self.state)
+            let extra = self.task.extra_state();
+            let saved = (&self.shadow, &extra);
+            checkpoint::write_state(tmp, &models.weights, &self.adam, saved, &self.state)
         })?;
         Ok(())
     }

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod blocks;
 pub mod config;
 pub mod embeddings;
+pub mod guidance;
 mod layers;
 pub mod resnet;
 pub mod super_res;

@@ -1,9 +1,11 @@
 //! The training tasks.
 
+pub mod lcm_distill;
 pub mod sr_pairs;
 pub mod super_res;
 pub mod text_to_image;
 
+pub use lcm_distill::{ConsistencyLoss, LcmBatch, LcmDistill, LcmLoss, LcmOptions};
 pub use sr_pairs::SrPairs;
 pub use super_res::{SrBatch, SrData, SrLoss, SrOptions, SuperRes};
 pub use text_to_image::{DenoisingLoss, TextImageBatch, TextToImage};
