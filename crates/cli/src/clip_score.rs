@@ -119,7 +119,7 @@ fn score_pairs(args: &ClipScoreArgs) -> Result<(f64, Vec<(PathBuf, f64)>)> {
                     captions.push(caption.as_str());
                     names.push(path.clone());
                 }
-                Err(e) => eprintln!("warning: skipped {}: {e}", path.display()),
+                Err(e) => tracing::warn!("skipped {}: {e}", path.display()),
             }
         }
         if !images.is_empty() {

@@ -95,10 +95,10 @@ fn folder_input(extractor: &FidExtractor, dir: &Path, args: &FidArgs) -> Result<
     bar.finish_and_clear();
     let found = result?;
     for (_, reason) in &found.skipped {
-        eprintln!("warning: skipped an unreadable image: {reason}");
+        tracing::warn!("skipped an unreadable image: {reason}");
     }
     let seconds = start.elapsed().as_secs_f64();
-    eprintln!(
+    tracing::info!(
         "{}: {} images in {seconds:.1} s ({:.2} images/s)",
         dir.display(),
         found.images,
@@ -168,7 +168,7 @@ fn compute(args: &FidArgs) -> Result<Outcome> {
     if let Some(out) = &args.save_stats {
         write_stats(out, &first.stats)
             .with_context(|| format!("saving the statistics of {}", first.label))?;
-        eprintln!("wrote {}", out.display());
+        tracing::info!("wrote {}", out.display());
     }
     let Some(second_path) = &args.second else {
         return Ok(Outcome {

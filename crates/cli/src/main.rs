@@ -169,8 +169,24 @@ fn parse_cli() -> Cli {
             .allow_negative_numbers(true)
             .mut_subcommands(negative_numbers)
     }
-    let matches = negative_numbers(Cli::command()).get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    let matches = negative_numbers(Cli::command())
+        .try_get_matches()
+        .unwrap_or_else(|e| exit_with(e));
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| exit_with(e))
+}
+
+/// Exits with clap's message, saying what a whole-number flag expects where Rust's parse error
+/// ("invalid digit found in string", e.g. for `--seed -1`) does not.
+fn exit_with(e: clap::Error) -> ! {
+    if e.kind() != clap::error::ErrorKind::ValueValidation {
+        e.exit()
+    }
+    let text = e.to_string().replace(
+        "invalid digit found in string",
+        "expected a whole number 0, 1, 2, ...",
+    );
+    eprint!("{text}");
+    std::process::exit(2)
 }
 
 fn main() {

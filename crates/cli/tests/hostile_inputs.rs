@@ -580,6 +580,18 @@ fn model_free_commands_refuse_bad_numbers_and_paths() {
         ),
         tv_trial(&["--eval-images", "0"], "--eval-images 0: expected 1 to"),
         tv_trial(&["--data", "bogus"], "unknown dataset kind \"bogus\""),
+        tv_trial(
+            &["--data", "shapes:resolution=1000000"],
+            "the resolution must be 16 to 16384 pixels",
+        ),
+        tv_trial(
+            &["--seed=-1"],
+            "'-1' for '--seed <SEED>': expected a whole number",
+        ),
+        tv_trial(
+            &["--steps", "abc"],
+            "'abc' for '--steps <STEPS>': expected a whole number",
+        ),
         Trial {
             class: "path",
             ..tv_trial(&["--output", &file], "exists and is not a folder")
@@ -619,6 +631,11 @@ fn model_free_commands_refuse_bad_numbers_and_paths() {
             "size",
             &["zoo", "--widths", "7"],
             "--widths: 7 is not a positive multiple of 32",
+        ),
+        trial(
+            "number",
+            &["zoo", "--widths=-32"],
+            "'-32' for '--widths <WIDTHS>': expected a whole",
         ),
         trial(
             "size",

@@ -600,10 +600,12 @@ pub struct Shapes {
 impl Shapes {
     /// The dataset with these settings.
     pub fn new(config: ShapesConfig) -> Result<Self, DataError> {
-        if config.resolution < 16 {
+        // Above the image side limit, drawing one example would stall allocating it.
+        let max = crate::image::MAX_IMAGE_SIDE;
+        if !(16..=max).contains(&config.resolution) {
             return Err(DataError::Spec {
                 spec: format!("shapes resolution {}", config.resolution),
-                message: "the resolution must be at least 16 pixels".into(),
+                message: format!("the resolution must be 16 to {max} pixels"),
             });
         }
         Ok(Shapes { config })
