@@ -9,7 +9,8 @@
 //! an EMA copy of the student at `(z_s, s)`. Both sides apply the boundary scalings `c_skip`,
 //! `c_out`; the loss is L2 or Huber. The student reads the embedding of `w` (the sampler gives
 //! it `cfg - 1`, diffusers' convention). The EMA target is the task's extra state: every
-//! checkpoint stores it, so a resumed run is bit-identical.
+//! checkpoint stores it, so a resumed run is bit-identical. The config's `text_dropout` is
+//! not applied: the teacher's unconditional half reads the null caption already.
 
 use std::ops::Range;
 use std::sync::Mutex;
@@ -103,7 +104,7 @@ impl LcmOptions {
         if self.embedding_dim < 4 {
             return bad("embedding_dim", &self.embedding_dim, "must be at least 4");
         }
-        if self.ddim_steps == 0 || train_timesteps % self.ddim_steps != 0 {
+        if self.ddim_steps == 0 || !train_timesteps.is_multiple_of(self.ddim_steps) {
             let message = format!("must divide the {train_timesteps} training timesteps");
             return bad("ddim_steps", &self.ddim_steps, &message);
         }
