@@ -33,6 +33,11 @@ pub struct SuperResConfig {
     /// "paper-view" (the scene a 512 px crop shows, where the image allows).
     #[serde(default = "paper_view")]
     pub downscale: Downscale,
+    /// HR side in pixels (LR: a quarter); none: the study's resolution. The `study` source
+    /// renders or resizes its images to it, so SR can run above the pretraining resolution
+    /// (a 4 px LR of a 16 px image holds little more than its colours).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<usize>,
     /// RealESRGAN degradation parameters: "scaled" or "paper".
     #[serde(default = "scaled")]
     pub degradation: SrDegradation,
@@ -79,6 +84,11 @@ fn scaled() -> SrDegradation {
 }
 
 impl SuperResConfig {
+    /// The HR side: [`SuperResConfig::resolution`] or the study's.
+    pub fn hr_side(&self, study_resolution: usize) -> usize {
+        self.resolution.unwrap_or(study_resolution)
+    }
+
     /// The finetune steps evaluated: the snapshots and the last step, ascending.
     pub fn evaluated_steps(&self) -> Vec<u64> {
         let mut steps: Vec<u64> = self
@@ -98,6 +108,7 @@ impl SuperResConfig {
         SuperResConfig {
             hr_source: study_source(),
             downscale: paper_view(),
+            resolution: None,
             degradation: SrDegradation::Scaled,
             train_pairs: 128,
             eval_pairs: 16,
@@ -120,6 +131,7 @@ impl SuperResConfig {
         SuperResConfig {
             hr_source: "div2k:DIV2K".parse().expect("a valid source"),
             downscale: Downscale::Off,
+            resolution: None,
             degradation: SrDegradation::Paper,
             train_pairs: 100_000,
             eval_pairs: 3000,

@@ -283,13 +283,17 @@ fn check_super_res(c: &StudyConfig, p: &mut Problems) {
         FirstStage::Train { factor, .. } => factor.max(1),
         FirstStage::Pretrained { .. } => 8,
     };
-    if !(c.resolution >= 16 && c.resolution.is_multiple_of(4 * factor)) {
+    let side = sr.hr_side(c.resolution);
+    if !(16..=MAX_RESOLUTION).contains(&side) || !side.is_multiple_of(4 * factor) {
+        let field = match sr.resolution {
+            Some(_) => "super_res.resolution",
+            None => "resolution",
+        };
         p.add(
-            "resolution",
+            field,
             format!(
-                "{}: super-resolution needs HR images of at least 16 px whose x4 LR side is a \
-                 multiple of the first stage's downsampling {factor}",
-                c.resolution
+                "{side}: super-resolution needs HR images of 16 to {MAX_RESOLUTION} px whose x4 \
+                 LR side is a multiple of the first stage's downsampling {factor}"
             ),
         );
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Tensor;
 use ldmscale_data::degrade::{FloatImage, RealEsrganParams, realesrgan, seed_for};
 use ldmscale_data::image::Image;
-use ldmscale_data::{Captioned, CropSpec, HrSource, hr_crops};
+use ldmscale_data::{Captioned, CropSpec, HrSource, Split, hr_crops, load_captioned};
 use ldmscale_model::weights::write_atomic;
 use ldmscale_train::tasks::SrPairs;
 use ldmscale_train::tasks::sr_pairs::{latents_of, upsample_to, upsampled_lr};
@@ -80,6 +80,7 @@ pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
     let recipe = sr.map(|s| {
         (
             &s.hr_source,
+            s.resolution,
             s.downscale,
             s.degradation,
             s.train_pairs,
@@ -104,6 +105,7 @@ fn eval_fingerprint(config: &StudyConfig, sr: &SuperResConfig) -> Fingerprint {
         &(
             data::fingerprint(config),
             &sr.hr_source,
+            sr.resolution,
             sr.downscale,
             sr.degradation,
             sr.eval_pairs,
@@ -134,7 +136,7 @@ impl Stage for SrDataStage<'_> {
 
     fn run(&self, cx: &StudyContext) -> Result<SrSets, StudyError> {
         let sr = section(cx)?;
-        let res = cx.config.resolution;
+        let res = sr.hr_side(cx.config.resolution);
         let params = degradation(sr.degradation, res)?;
         let hr = self.hr_set(cx, sr, false)?;
         let mut lr = Vec::with_capacity(hr.len());
@@ -213,13 +215,26 @@ impl SrDataStage<'_> {
         sr: &SuperResConfig,
         eval: bool,
     ) -> Result<Vec<FloatImage>, StudyError> {
-        let res = cx.config.resolution;
+        let res = sr.hr_side(cx.config.resolution);
         let (count, split) = match eval {
             true => (sr.eval_pairs, &self.data.val),
             false => (sr.train_pairs, &self.data.train),
         };
-        if sr.hr_source == HrSource::Study {
+        if sr.hr_source == HrSource::Study && res == cx.config.resolution {
             return Ok(hr_images(split, count, res));
+        }
+        if sr.hr_source == HrSource::Study {
+            let (name, part) = match eval {
+                true => ("val", Split::Val),
+                false => ("train", Split::Train),
+            };
+            tracing::info!("super-res: the {name} split again at {res} px");
+            let dataset = cx.config.dataset.to_string();
+            return Ok(hr_images(
+                &load_captioned(&dataset, res, part, count)?,
+                count,
+                res,
+            ));
         }
         let files = split_files(&sr.hr_source, sr.hr_source.files()?, eval)?;
         let seed = match eval {

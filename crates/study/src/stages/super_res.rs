@@ -222,8 +222,9 @@ impl Stage for SuperResStage<'_> {
                 finals.push((*w, self.fig5_samples(cx, sr, last)?));
             }
         }
-        let fig5 = fig5_png(&self.sets.eval, &finals, cx.config.resolution)
-            .map_err(StudyError::stage(Self::NAME))?;
+        let res = sr.hr_side(cx.config.resolution);
+        let fig5 =
+            fig5_png(&self.sets.eval, &finals, res).map_err(StudyError::stage(Self::NAME))?;
         write_atomic(&fig5_path(cx), &fig5)?;
         self.results(cx, sr, &store, fig5)
     }
@@ -233,9 +234,9 @@ fn owns(cx: &StudyContext, key: &CellKey) -> bool {
     cx.shard.is_none_or(|(i, n)| shard_owns(key, i, n))
 }
 
-/// The HR images as a tensor in [-1, 1].
+/// Equally sized square images as a tensor in [-1, 1].
 fn hr_tensor(images: &[FloatImage], cx: &StudyContext) -> Tensor<4> {
-    let res = cx.config.resolution;
+    let res = images.first().map_or(0, |i| i.width);
     let mut chw = Vec::with_capacity(images.len() * 3 * res * res);
     for image in images {
         chw.extend(image.to_image().to_chw_f32());
