@@ -95,7 +95,7 @@ fn check_only(names: Option<&[String]>) -> Result<Option<Vec<String>>> {
     for name in names {
         if !STAGES.contains(&name.as_str()) {
             bail!(
-                "--only {:?}: unknown stage {name:?}; expected one of {}",
+                "--only {:?}: no such stage {name:?}; expected one of {}",
                 names.join(","),
                 STAGES.join(", ")
             );

@@ -605,7 +605,7 @@ fn model_free_commands_refuse_bad_numbers_and_paths() {
         study_trial(&["--shard", "1/0"], "--shard 1/0: expected i/N"),
         study_trial(
             &["--only", "bogus"],
-            "--only \"bogus\": unknown stage \"bogus\"",
+            "--only \"bogus\": no such stage \"bogus\"",
         ),
         study_trial(&["--device", "gpu"], "--device = \"gpu\": expected"),
         Trial {
