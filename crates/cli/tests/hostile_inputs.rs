@@ -208,6 +208,23 @@ fn sample_checks_numbers_and_inputs_before_sampling() {
     let good = std::fs::read(root().join("fixtures/pipeline/prompt_embeds.npy")).unwrap();
     let truncated = f.write("truncated.npy", &good[..good.len() - 10]);
     let empty_dims = f.write("empty_dims.npy", &encode_npy_f32(&[2, 0, 32], &[]));
+    let big_endian = f.path("big_endian.npy");
+    let header = "{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3, 32), }";
+    raw_npy(Path::new(&big_endian), header, &[0; 768]);
+    let half = f.path("half.npy");
+    let header = "{'descr': '<f2', 'fortran_order': False, 'shape': (2, 3, 32), }";
+    raw_npy(Path::new(&half), header, &[0; 384]);
+    // The fixture UNet's config beside its weights cut to 3000 bytes.
+    let cut = f.dir.path().join("cut_unet");
+    std::fs::create_dir(&cut).unwrap();
+    let unet = root().join("fixtures/unet/sd_like_linear");
+    std::fs::copy(unet.join("config.json"), cut.join("config.json")).unwrap();
+    let weights = std::fs::read(unet.join("diffusion_pytorch_model.safetensors")).unwrap();
+    std::fs::write(
+        cut.join("diffusion_pytorch_model.safetensors"),
+        &weights[..3000],
+    )
+    .unwrap();
     let (empty_file, folder) = (f.path("empty.txt"), f.path("img"));
     let missing_dir = f.path("no/such/out.npy");
     let trials = vec![
@@ -324,6 +341,24 @@ fn sample_checks_numbers_and_inputs_before_sampling() {
             "does not exist",
         ),
         sample_trial(&f, "path", &["--unet", &folder], "config.json"),
+        sample_trial(
+            &f,
+            "file",
+            &["--prompt-embeds", &big_endian],
+            "dtype '>f4' is not supported",
+        ),
+        sample_trial(
+            &f,
+            "file",
+            &["--prompt-embeds", &half],
+            "dtype '<f2' is not supported",
+        ),
+        sample_trial(
+            &f,
+            "file",
+            &["--unet", s(&cut)],
+            "diffusion_pytorch_model.safetensors: not a readable safetensors file",
+        ),
         sample_trial(
             &f,
             "path",
@@ -862,7 +897,19 @@ fn finetune_sr_names_the_flag_before_making_its_output() {
     let mut nan = vec![0.0f32; 48];
     nan[2] = f32::NAN;
     let nan = f.write("nan_context.npy", &encode_npy_f32(&[1, 3, 16], &nan));
-    let cases: [(&str, &[&str], &str); 13] = [
+    // The autoencoder's config beside its weights cut to 500 bytes.
+    let cut_vae = f.path("cut_vae");
+    std::fs::create_dir(&cut_vae).unwrap();
+    let vae = f.dir.path().join("vae");
+    std::fs::copy(
+        vae.join("config.json"),
+        Path::new(&cut_vae).join("config.json"),
+    )
+    .unwrap();
+    let weights = std::fs::read(vae.join("diffusion_pytorch_model.safetensors")).unwrap();
+    let cut_weights = Path::new(&cut_vae).join("diffusion_pytorch_model.safetensors");
+    std::fs::write(cut_weights, &weights[..500]).unwrap();
+    let cases: [(&str, &[&str], &str); 14] = [
         (
             "number",
             &["--crops-per-image", "0"],
@@ -920,6 +967,11 @@ fn finetune_sr_names_the_flag_before_making_its_output() {
             "nan_context.npy: value 2 (of 48) is NaN",
         ),
         ("path", &["--hr", &f.path("empty")], "--hr"),
+        (
+            "file",
+            &["--first-stage", &cut_vae],
+            "not a readable safetensors file",
+        ),
     ];
     let mut trials: Vec<Trial> = cases
         .iter()
