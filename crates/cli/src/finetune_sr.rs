@@ -210,8 +210,9 @@ fn name_the_flag(e: TrainError) -> anyhow::Error {
     }
 }
 
-/// `[model]` of the pretrained UNet: its base width, heads and groups (they label the run).
-fn model_table(unet: &UNetConfig) -> toml::Table {
+/// `[model]` of a pretrained UNet: its base width, heads and groups (they label the run;
+/// `distill` labels its runs with the teacher's).
+pub(crate) fn model_table(unet: &UNetConfig) -> toml::Table {
     let family = if unet.num_levels() == 4 {
         "paper"
     } else {

@@ -5,6 +5,7 @@ mod checks;
 mod clip_score;
 mod degrade;
 mod device;
+mod distill;
 mod fid;
 mod finetune_sr;
 mod lpips;
@@ -129,6 +130,13 @@ enum Command {
     /// --first-stage vae/ --text-encoder study/text_encoder --hr photos/ --out sr-w64
     /// --steps 400 --snapshot-steps 100,200,400`.
     FinetuneSr(Box<finetune_sr::FinetuneSrArgs>),
+    /// Distil a text-to-image teacher into a few-step student (resumes like `train`).
+    ///
+    /// `--method lcm`: latent consistency distillation; the student is the teacher with a
+    /// zero-initialised guidance embedding (`time_cond_proj_dim`) and samples with `sample
+    /// --sampler lcm`. Example: `ldmscale distill --teacher runs/w32/unet --method lcm
+    /// --config distill.toml --out lcm-w32`.
+    Distill(Box<distill::DistillArgs>),
     /// Degrade a folder of high-resolution images to a frozen low-resolution set for x4
     /// super-resolution, with the RealESRGAN two-stage degradation (Real-ESRGAN's x4plus
     /// settings, the paper's).
@@ -230,6 +238,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::Train(args) => train::run(args, cli.quiet),
         Command::TrainFamily(args) => train::family(args, cli.quiet),
         Command::FinetuneSr(args) => finetune_sr::run(args, cli.quiet),
+        Command::Distill(args) => distill::run(args, cli.quiet),
         Command::TrainVae(args) => train_vae::run(args),
         Command::Degrade(args) => degrade::run(args, cli.quiet),
     }

@@ -3,9 +3,12 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use burn::tensor::Device;
 use clap::Args;
 use ldmscale_data::Split;
+use ldmscale_model::text::TextConditioner;
 use ldmscale_model::vae::load_vae;
+use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig};
 use ldmscale_study::config::TextEncoderSpec;
 use ldmscale_study::config::validate::MAX_RESOLUTION;
 use ldmscale_study::stages::text::load_or_make;
@@ -21,10 +24,10 @@ mod eval;
 use eval::EvalConfig;
 use ldmscale_train::evaluation::{EvalRecord, read_records};
 
-/// Where the training pairs come from.
+/// Where the training pairs come from (`[data]` of a run file; `distill` reads it too).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct DataConfig {
+pub(crate) struct DataConfig {
     /// Dataset spec (shapes, fashion-mnist, folder:DIR, coco:JSON:DIR, ...).
     dataset: String,
     /// Image side in pixels.
@@ -113,7 +116,7 @@ fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig, Option<EvalConfig>
 
 impl DataConfig {
     /// Sizes checked before any data is made (a huge resolution would stall generating it).
-    fn validate(&self, origin: &str) -> Result<()> {
+    pub(crate) fn validate(&self, origin: &str) -> Result<()> {
         let (side, n) = (self.resolution, self.examples);
         if !(1..=MAX_RESOLUTION).contains(&side) {
             bail!("{origin} [data] resolution = {side}: expected 1 to {MAX_RESOLUTION}");
@@ -150,41 +153,12 @@ fn run_one(
     let train_device = args.device.device()?;
     // Data and evaluation live where the weights do, so the hook's model meets them there.
     let device = training_devices(config, &train_device)?.remove(0);
-    let (vae_config, vae) = load_vae(Path::new(&data_config.first_stage), &device)?;
-    let examples = ldmscale_data::load_captioned(
-        &data_config.dataset,
-        data_config.resolution,
-        Split::Train,
-        data_config.examples,
-    )?;
-    let spec: TextEncoderSpec = data_config
-        .text_encoder
-        .parse()
-        .map_err(anyhow::Error::msg)?;
-    let text = load_or_make(
-        &spec,
-        &shared.join("text_encoder"),
-        &examples.captions,
-        &device,
-    )?;
-    let key = format!(
-        "{}@{} vae:{}:{} text:{} n:{}",
-        data_config.dataset,
-        data_config.resolution,
-        data_config.first_stage,
-        vae_config.scaling_factor,
-        data_config.text_encoder,
-        examples.captions.len()
-    );
-    let data = InMemory::encode(
-        &vae,
-        &vae_config,
-        &text,
-        (&examples.images, &examples.captions),
-        data_config.resolution,
-        key,
-        &device,
-    )?;
+    let Encoded {
+        data,
+        vae,
+        vae_config,
+        text,
+    } = encode_data(data_config, shared, &device)?;
     let evaluator = match eval {
         Some(e) => Some(eval::evaluator(
             e,
@@ -234,6 +208,64 @@ fn run_one(
             .join(", ")
     );
     Ok(())
+}
+
+/// A run file's data encoded, with the models that encoded it.
+pub(crate) struct Encoded {
+    pub data: InMemory,
+    pub vae: AutoencoderKL,
+    pub vae_config: AutoencoderKLConfig,
+    pub text: TextConditioner,
+}
+
+/// Loads `[data]`'s examples and encodes them on `device` (the text encoder made or loaded
+/// under `shared/text_encoder`).
+pub(crate) fn encode_data(
+    data_config: &DataConfig,
+    shared: &Path,
+    device: &Device,
+) -> Result<Encoded> {
+    let (vae_config, vae) = load_vae(Path::new(&data_config.first_stage), device)?;
+    let examples = ldmscale_data::load_captioned(
+        &data_config.dataset,
+        data_config.resolution,
+        Split::Train,
+        data_config.examples,
+    )?;
+    let spec: TextEncoderSpec = data_config
+        .text_encoder
+        .parse()
+        .map_err(anyhow::Error::msg)?;
+    let text = load_or_make(
+        &spec,
+        &shared.join("text_encoder"),
+        &examples.captions,
+        device,
+    )?;
+    let key = format!(
+        "{}@{} vae:{}:{} text:{} n:{}",
+        data_config.dataset,
+        data_config.resolution,
+        data_config.first_stage,
+        vae_config.scaling_factor,
+        data_config.text_encoder,
+        examples.captions.len()
+    );
+    let data = InMemory::encode(
+        &vae,
+        &vae_config,
+        &text,
+        (&examples.images, &examples.captions),
+        data_config.resolution,
+        key,
+        device,
+    )?;
+    Ok(Encoded {
+        data,
+        vae,
+        vae_config,
+        text,
+    })
 }
 
 /// An evaluation in one line: the grid's path and the FID, where measured.

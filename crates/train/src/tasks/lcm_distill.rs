@@ -85,8 +85,10 @@ impl Default for LcmOptions {
 }
 
 impl LcmOptions {
-    /// Checks every field against `train_timesteps`; the error names the field (`lcm.x`).
-    pub fn validate(&self, train_timesteps: usize) -> Result<(), TrainError> {
+    /// Checks every field (against SD's training schedule, the task's); the error names the
+    /// field (`lcm.x`).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let train_timesteps = SchedulerConfig::sd().num_train_timesteps;
         let bad = |field: &str, value: &dyn ToString, message: &str| {
             Err(TrainError::config(
                 format!("lcm.{field}"),
@@ -173,7 +175,7 @@ impl<'d> LcmDistill<'d> {
         device: &Device,
     ) -> Result<Self, TrainError> {
         let schedule = NoiseSchedule::new(&SchedulerConfig::sd())?;
-        options.validate(schedule.len())?;
+        options.validate()?;
         check_teacher(config, teacher_config, data)?;
         let student_config = teacher_config
             .with_guidance_embedding(options.embedding_dim)

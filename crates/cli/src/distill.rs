@@ -1,0 +1,143 @@
+//! `ldmscale distill`: distil a text-to-image teacher into a few-step student on a run file's
+//! data, resumable exactly like `train`. Methods: `lcm` (latent consistency distillation).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use ldmscale_model::UNetConfig;
+use ldmscale_model::weights::load_unet;
+use ldmscale_train::parallel::training_devices;
+use ldmscale_train::tasks::LcmOptions;
+use ldmscale_train::{DeviceThreads, LcmDistill, RunSummary, TrainConfig, train_task};
+use ldmscale_util::lock::DirLock;
+use serde::Deserialize;
+
+use crate::device::DeviceArgs;
+use crate::finetune_sr::model_table;
+use crate::train::{DataConfig, encode_data};
+
+/// The distillation method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    /// Latent consistency distillation (LCM): the student reads the guidance as an
+    /// embedding and samples with `sample --sampler lcm`.
+    Lcm,
+}
+
+/// Arguments of `ldmscale distill`.
+#[derive(Args, Debug)]
+pub struct DistillArgs {
+    /// The teacher: a text-to-image UNet in diffusers layout (e.g. `RUN/unet` of `train`).
+    /// The text encoder of its run (`text_encoder/` beside it) encodes the captions when
+    /// present.
+    #[arg(long, value_name = "DIR")]
+    pub teacher: PathBuf,
+    /// Distillation method.
+    #[arg(long, value_enum)]
+    pub method: Method,
+    /// Run file (TOML): `[data]` as for `train` (the teacher's data and encoders), `[train]`
+    /// (the optimizer recipe; `[train.model]` may be left out, it is the teacher's) and,
+    /// optionally, `[lcm]` (w_min, w_max, embedding_dim, ddim_steps, ema_decay, loss = "l2" |
+    /// "huber", huber_c, timestep_scaling). Unknown keys are errors.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Output directory; a run there resumes from its newest checkpoint.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Overrides `train.steps` (a finished run can be extended).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Where the steps run.
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// A distillation run file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DistillFile {
+    data: DataConfig,
+    train: toml::Value,
+    #[serde(default)]
+    lcm: LcmOptions,
+}
+
+/// Runs the command.
+pub fn run(args: &DistillArgs, quiet: bool) -> Result<()> {
+    crate::checks::output_dir(&args.out, "--out")?;
+    let device = args.device.device()?;
+    let (teacher_config, teacher) = load_unet(&args.teacher, &device)
+        .with_context(|| format!("--teacher {}", args.teacher.display()))?;
+    let (data_config, config, options) = load(args, &teacher_config)?;
+    // Taken once the arguments are known good, so a refused run leaves no --out behind.
+    let _lock = DirLock::acquire(&args.out, "ldmscale distill")?;
+    let devices = training_devices(&config, &device)?;
+    let plain = devices[0].clone().inner();
+    let encoded = encode_data(&data_config, text_encoder_home(args), &plain)?;
+    let teacher_file = args.teacher.join("config.json");
+    let sync = DeviceThreads::new(&devices)?;
+    let summary = match args.method {
+        Method::Lcm => {
+            let teacher = (&teacher_config, teacher);
+            let task = LcmDistill::new(&config, &encoded.data, teacher, options, &plain)
+                .with_context(|| format!("--teacher {}", teacher_file.display()))?;
+            train_task(&config, &task, &sync, &args.out, !quiet, None)?
+        }
+    };
+    report(&config, &summary);
+    Ok(())
+}
+
+/// Where the text encoder lives: beside the teacher when its run kept one, else in `--out`.
+fn text_encoder_home(args: &DistillArgs) -> &Path {
+    match args.teacher.parent() {
+        Some(run) if run.join("text_encoder").join("config.json").exists() => run,
+        _ => &args.out,
+    }
+}
+
+/// The run file's data, recipe (`[train.model]` filled in from the teacher) and options.
+fn load(args: &DistillArgs, teacher: &UNetConfig) -> Result<(DataConfig, TrainConfig, LcmOptions)> {
+    let origin = args.config.display().to_string();
+    let text =
+        std::fs::read_to_string(&args.config).with_context(|| format!("reading {origin}"))?;
+    let file: DistillFile = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+    let mut train = file.train;
+    let table = train
+        .as_table_mut()
+        .with_context(|| format!("{origin}: [train] must be a table"))?;
+    if let Some(steps) = args.steps {
+        table.insert("steps".into(), toml::Value::Integer(steps as i64));
+    }
+    if !table.contains_key("model") {
+        table.insert("model".into(), model_table(teacher).into());
+    }
+    let config = TrainConfig::from_toml(&toml::to_string(&train)?, &format!("{origin} [train]"))?;
+    file.data.validate(&origin)?;
+    file.lcm
+        .validate()
+        .with_context(|| format!("{origin} [lcm]"))?;
+    Ok((file.data, config, file.lcm))
+}
+
+fn report(config: &TrainConfig, summary: &RunSummary) {
+    println!(
+        "distilled width {}: step {} loss {:.4e}; training compute {:.3e} GFLOPs (student \
+         forward and backward, teacher and target forwards) = {:.2} normalised cost x \
+         iterations; {} steps in {:.1} s; models: {}",
+        config.model.width,
+        summary.state.step,
+        summary.state.last_loss,
+        summary.state.train_gflops,
+        summary.state.normalized_cost_x_iterations,
+        summary.steps_run,
+        summary.seconds,
+        summary
+            .model_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+}

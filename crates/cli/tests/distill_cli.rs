@@ -1,0 +1,178 @@
+//! `ldmscale distill --method lcm` end to end on a tiny teacher trained by `ldmscale train`:
+//! it distils a student that `sample --sampler lcm` accepts, extends and resumes like `train`,
+//! and refuses bad options and teachers naming the field.
+
+#[allow(dead_code)]
+#[path = "../src/npy.rs"]
+mod npy;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+mod common;
+
+fn ldmscale(args: &[&str], root: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ldmscale"))
+        .current_dir(root)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// The teacher: `teacher/unet` (and `teacher/text_encoder`) from 2 steps of `train`; the
+/// distillation file `distill.toml` with the same data and `lcm` table `lcm`.
+fn setup(root: &Path, lcm: &str) {
+    let run = common::tiny_run_file(root, "steps = 2\nbatch_size = 2", "");
+    let out = ldmscale(
+        &["-q", "train", "--config", "run.toml", "--out", "teacher"],
+        root,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(run).unwrap();
+    let data = &text[..text.find("[train]").unwrap()];
+    let train = "[train]\nsteps = 3\nbatch_size = 2\nlearning_rate = 1e-3\ncheckpoint_every = 2\n";
+    let file = format!("{data}{train}\n[lcm]\nembedding_dim = 16\n{lcm}");
+    std::fs::write(root.join("distill.toml"), file).unwrap();
+}
+
+fn distill(root: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "-q",
+        "distill",
+        "--teacher",
+        "teacher/unet",
+        "--method",
+        "lcm",
+    ];
+    args.extend(["--config", "distill.toml", "--out", "student"]);
+    args.extend(extra);
+    ldmscale(&args, root)
+}
+
+#[test]
+fn distils_a_student_the_lcm_sampler_takes_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup(root, "loss = \"huber\"\n");
+    let out = distill(root, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(report.contains("step 3"), "{report}");
+    let config = std::fs::read_to_string(root.join("student/unet/config.json")).unwrap();
+    assert!(config.contains("\"time_cond_proj_dim\": 16"), "{config}");
+    // Extended by two steps: it resumes from step 3 instead of starting again.
+    let out = distill(root, &["--steps", "5"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        report.contains("step 5") && report.contains("2 steps"),
+        "{report}"
+    );
+    // The student samples with the LCM sampler (the teacher would be refused).
+    let json: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let width = json["cross_attention_dim"].as_u64().unwrap() as usize;
+    npy::write(&root.join("e.npy"), &[1, 3, width], &vec![0.1; 3 * width]).unwrap();
+    let sample = |unet: &str| {
+        let args = [
+            "-q",
+            "sample",
+            "--unet",
+            unet,
+            "--sampler",
+            "lcm",
+            "--steps",
+            "2",
+        ];
+        let rest = [
+            "--cfg",
+            "8",
+            "--prompt-embeds",
+            "e.npy",
+            "--output-latents",
+            "x.npy",
+        ];
+        ldmscale(&[&args[..], &rest[..]].concat(), root)
+    };
+    let out = sample("student/unet");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(root.join("x.npy").exists());
+    let out = sample("teacher/unet");
+    assert!(
+        stderr(&out).contains("time_cond_proj_dim"),
+        "{}",
+        stderr(&out)
+    );
+    // Other options on the same run directory are refused.
+    let text = std::fs::read_to_string(root.join("distill.toml")).unwrap();
+    std::fs::write(root.join("distill.toml"), text.replace("huber", "l2")).unwrap();
+    let out = distill(root, &["--steps", "6"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn bad_options_and_teachers_name_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup(root, "w_min = 15.0\nw_max = 5.0\n");
+    let out = distill(root, &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("lcm.w_max = 5"), "{}", stderr(&out));
+    assert!(!root.join("student/checkpoints").exists());
+    let out = ldmscale(
+        &[
+            "-q",
+            "distill",
+            "--teacher",
+            "teacher/unet",
+            "--method",
+            "codi",
+            "--config",
+            "distill.toml",
+            "--out",
+            "student",
+        ],
+        root,
+    );
+    assert!(
+        stderr(&out).contains("possible values: lcm"),
+        "{}",
+        stderr(&out)
+    );
+    // An LCM student is no teacher.
+    let text = std::fs::read_to_string(root.join("distill.toml")).unwrap();
+    std::fs::write(
+        root.join("distill.toml"),
+        text.replace("w_min = 15.0", "w_min = 1.0"),
+    )
+    .unwrap();
+    assert!(distill(root, &[]).status.success());
+    let out = ldmscale(
+        &[
+            "-q",
+            "distill",
+            "--teacher",
+            "student/unet",
+            "--method",
+            "lcm",
+            "--config",
+            "distill.toml",
+            "--out",
+            "again",
+        ],
+        root,
+    );
+    assert!(
+        stderr(&out).contains("time_cond_proj_dim: 16"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("student/unet/config.json"),
+        "{}",
+        stderr(&out)
+    );
+}
