@@ -15,15 +15,22 @@ pub enum DiffusionError {
         /// What is wrong with it.
         message: String,
     },
-    /// A scheduler config could not be parsed.
+    /// A scheduler config could not be parsed. Not a `source`: the message holds it already,
+    /// and an error chain would print it twice.
     #[error("cannot parse scheduler config: {0}")]
-    Parse(#[from] serde_json::Error),
+    Parse(serde_json::Error),
     /// Tensors or arguments disagree about their shapes.
     #[error("shape mismatch: {0}")]
     Shape(String),
     /// A sampler needed noise that its noise source could not provide.
     #[error("noise source exhausted: {0}")]
     NoiseExhausted(String),
+}
+
+impl From<serde_json::Error> for DiffusionError {
+    fn from(e: serde_json::Error) -> Self {
+        DiffusionError::Parse(e)
+    }
 }
 
 impl DiffusionError {
