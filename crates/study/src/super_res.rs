@@ -24,6 +24,8 @@ pub const LPIPS: &str = "lpips";
 /// 1 - cosine of the in-domain CLIP's image embeddings of SR and HR, mean over images: the
 /// perceptual distance of a study without LPIPS weights (never reported as LPIPS).
 pub const IN_DOMAIN_PERCEPTUAL: &str = "in_domain_perceptual";
+/// PSNR of each HR evaluation image against another one: what ignoring the LR image scores.
+pub const UNRELATED_PSNR: &str = "psnr_unrelated";
 /// Finetune compute of the model measured, normalised cost x iterations (Fig. 4's x axis).
 pub const FINETUNE_COST: &str = "finetune_cost";
 
@@ -359,19 +361,25 @@ pub fn learning_check(sr: &SrResults) -> Option<String> {
         per_width.push((w, best));
     }
     let beating = per_width.iter().filter(|(_, p)| *p > bicubic).count();
+    let floor = sr.baseline.iter().find(|m| m.name == UNRELATED_PSNR);
+    // Closer to unrelated images than to bicubic: the LR image is not read.
+    let ignoring = |p: f64| floor.is_some_and(|f| p < f.value + 0.25 * (bicubic - f.value));
+    let floor_text = floor
+        .map(|f| format!(", an unrelated HR image {:.2} dB", f.value))
+        .unwrap_or_default();
     let list: Vec<String> = per_width
         .iter()
         .map(|(w, p)| format!("{w} filters {p:.2} dB"))
         .collect();
+    let note = if per_width.iter().all(|(_, p)| ignoring(*p)) {
+        "; every model scores closer to unrelated images than to bicubic: they do not read the LR image, so the findings below measure generation without it"
+    } else {
+        ""
+    };
     Some(format!(
-        "{beating} of {} widths beat the bicubic x4 baseline's PSNR ({bicubic:.2} dB) after {last} finetune steps (best over samplers and steps: {}){}",
+        "{beating} of {} widths beat the bicubic x4 baseline's PSNR ({bicubic:.2} dB{floor_text}) after {last} finetune steps (best over samplers and steps: {}){note}",
         per_width.len(),
         list.join(", "),
-        if beating == 0 {
-            "; the models do not yet use the LR image, so the findings below measure generation without it"
-        } else {
-            ""
-        }
     ))
 }
 
@@ -660,5 +668,28 @@ mod tests {
                 .unwrap()
                 .starts_with("0 of 2 widths beat")
         );
+        let mut sr = sr;
+        sr.baseline.push(Metric {
+            name: UNRELATED_PSNR.into(),
+            value: 8.0,
+            ci: None,
+        });
+        let psnr = |c: &mut Cell, value: f64| {
+            c.metrics.retain(|m| m.name != PSNR);
+            c.metrics.push(Metric {
+                name: PSNR.into(),
+                value,
+                ci: None,
+            })
+        };
+        sr.cells.iter_mut().for_each(|c| psnr(c, 9.0));
+        assert!(
+            learning_check(&sr)
+                .unwrap()
+                .contains("do not read the LR image")
+        );
+        sr.cells.iter_mut().for_each(|c| psnr(c, 25.0));
+        let check = learning_check(&sr).unwrap();
+        assert!(check.starts_with("2 of 2 widths beat") && !check.contains("do not read"));
     }
 }

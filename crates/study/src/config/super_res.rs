@@ -3,6 +3,7 @@
 
 use ldmscale_data::{Downscale, HrSource};
 use ldmscale_diffusion::SamplerId;
+use ldmscale_train::Objective;
 use serde::{Deserialize, Serialize};
 
 /// Which RealESRGAN parameters degrade the HR images.
@@ -45,6 +46,12 @@ pub struct SuperResConfig {
     pub train_pairs: usize,
     /// Frozen evaluation pairs (made once, stored as PNG with their hash).
     pub eval_pairs: usize,
+    /// What the finetuned SR model predicts: "v_prediction" (as diffusers' x4 upscaler) or
+    /// "epsilon" (as the pretrained model). The noise term carries almost no loss at the high
+    /// noise levels where the LR image decides the picture, so with "epsilon" small models
+    /// learn to ignore it.
+    #[serde(default = "v_prediction")]
+    pub objective: Objective,
     /// Finetune optimizer steps per width.
     pub steps: u64,
     /// Finetune batch size.
@@ -73,6 +80,10 @@ pub struct SuperResConfig {
 
 fn study_source() -> HrSource {
     HrSource::Study
+}
+
+fn v_prediction() -> Objective {
+    Objective::VPrediction
 }
 
 fn paper_view() -> Downscale {
@@ -109,6 +120,7 @@ impl SuperResConfig {
             hr_source: study_source(),
             downscale: paper_view(),
             resolution: None,
+            objective: v_prediction(),
             degradation: SrDegradation::Scaled,
             train_pairs: 128,
             eval_pairs: 16,
@@ -132,6 +144,7 @@ impl SuperResConfig {
             hr_source: "div2k:DIV2K".parse().expect("a valid source"),
             downscale: Downscale::Off,
             resolution: None,
+            objective: v_prediction(),
             degradation: SrDegradation::Paper,
             train_pairs: 100_000,
             eval_pairs: 3000,

@@ -10,7 +10,7 @@ use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 use ldmscale_data::degrade::FloatImage;
 use ldmscale_data::image::Image;
-use ldmscale_diffusion::SamplerId;
+use ldmscale_diffusion::{PredictionType, SamplerId};
 use ldmscale_eval::lpips::{Lpips, LpipsNet, default_heads_path};
 use ldmscale_eval::{RgbView, SrMetricOptions, psnr, ssim};
 use ldmscale_model::UNet;
@@ -34,7 +34,7 @@ use crate::fingerprint::Fingerprint;
 use crate::stage::Stage;
 use crate::store::{Store, shard_owns};
 use crate::super_res::{
-    FINETUNE_COST, IN_DOMAIN_PERCEPTUAL, LPIPS, PSNR, SSIM, SrResults, fig5_png,
+    FINETUNE_COST, IN_DOMAIN_PERCEPTUAL, LPIPS, PSNR, SSIM, SrResults, UNRELATED_PSNR, fig5_png,
 };
 
 /// The file in a run directory naming the fingerprint it was finetuned for.
@@ -110,7 +110,7 @@ pub fn train_config(config: &StudyConfig, sr: &SuperResConfig, width: usize) -> 
         grad_clip: Some(1.0),
         ema: None,
         text_dropout: 0.0,
-        objective: Objective::Epsilon,
+        objective: sr.objective,
         snr_gamma: None,
         seed: sr.seed,
         checkpoint_every: (sr.steps / 4).max(1),
@@ -310,7 +310,7 @@ impl SuperResStage<'_> {
         snapshot: &Path,
     ) -> Result<Vec<f32>, StudyError> {
         let (config, unet) = load_unet(&snapshot.join("unet"), &cx.device)?;
-        let model = self.model(&unet, &config)?;
+        let model = self.model(&unet, &config, sr)?;
         let n = FIG5_IMAGES.min(self.sets.eval.hr.len());
         let lr = self.sets.eval.lr_latents.clone().narrow(0, 0, n);
         let spec = SrSampling {
@@ -321,18 +321,25 @@ impl SuperResStage<'_> {
         Ok(values(model.generate(&lr, &spec)?.images))
     }
 
+    /// The SR model sampling as it was trained (its prediction type).
     fn model<'m>(
         &'m self,
         unet: &'m UNet,
         config: &ldmscale_model::UNetConfig,
+        sr: &SuperResConfig,
     ) -> Result<SuperResolution<'m>, StudyError> {
-        Ok(SuperResolution::new(
+        let mut model = SuperResolution::new(
             unet,
             config,
             &self.first.vae,
             &self.first.config,
             self.sets.context.clone(),
-        )?)
+        )?;
+        model.scheduler.prediction_type = match sr.objective {
+            Objective::Epsilon => PredictionType::Epsilon,
+            Objective::VPrediction => PredictionType::VPrediction,
+        };
+        Ok(model)
     }
 
     fn results(
@@ -400,7 +407,7 @@ impl Measure<'_, '_> {
         }
         let (config, unet) = load_unet(&dir.join("unet"), &cx.device)?;
         let finetune = read_state(dir)?;
-        let model = self.stage.model(&unet, &config)?;
+        let model = self.stage.model(&unet, &config, sr)?;
         let [_, h, w] = self.stage.sets.pairs.latent_shape();
         let [_, length, _] = self.stage.sets.context.dims();
         let gflops_per_eval = unet.cost(h, w, length).gflops();
@@ -482,11 +489,36 @@ impl Measure<'_, '_> {
             ci,
         }];
         metrics.extend(self.pixel_metrics(&images, &key)?);
+        metrics.push(self.unrelated_psnr(&key)?);
         let distances = self
             .perceptual
             .distances(self.stage.evaluator, images, self.hr.clone())?;
         metrics.push(mean_metric(self.perceptual.metric(), &distances, &key));
         Ok(metrics)
+    }
+
+    /// PSNR of every HR image against the next one: what a model that ignores the LR image
+    /// scores (the floor of the learning check).
+    fn unrelated_psnr(&self, key: &CellKey) -> Result<Metric, StudyError> {
+        let hr: Vec<Image> = self
+            .stage
+            .sets
+            .eval
+            .hr
+            .iter()
+            .map(|i| i.to_image())
+            .collect();
+        let mut values = Vec::with_capacity(hr.len());
+        for (i, a) in hr.iter().enumerate() {
+            let b = &hr[(i + 1) % hr.len()];
+            let (w, h) = (a.width() as usize, a.height() as usize);
+            let (a, b) = (
+                RgbView::new(a.as_bytes(), w, h),
+                RgbView::new(b.as_bytes(), w, h),
+            );
+            values.push(psnr(a, b, SrMetricOptions::default())?.min(100.0));
+        }
+        Ok(mean_metric(UNRELATED_PSNR, &values, key))
     }
 
     /// PSNR and SSIM of every image against its HR image, as BasicSR computes them on the
