@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use ldmscale_study::pairing::Pairing;
-use ldmscale_study::plan::{Budget, recommend};
+use ldmscale_study::plan::{Budget, Recommendation, recommend_paired};
 use ldmscale_study::report::{ReportInputs, render};
 use ldmscale_study::store::OnConflict;
 use ldmscale_study::super_res::SrResults;
@@ -34,13 +34,15 @@ pub struct PlanArgs {
 
 /// Runs `ldmscale plan`.
 pub fn plan(args: &PlanArgs) -> Result<()> {
-    let cells = Store::open_read_only(&args.store)?.cells()?;
+    let store = Store::open_read_only(&args.store)?;
+    let cells = store.cells()?;
     let budget = match (args.budget_gflops, args.budget_ms) {
         (Some(g), _) if g > 0.0 => Budget::Gflops(g),
         (_, Some(ms)) if ms > 0.0 => Budget::Milliseconds(ms),
         _ => bail!("the budget must be positive"),
     };
-    let rec = recommend(&cells, budget).map_err(anyhow::Error::msg)?;
+    let pairing = Pairing::from_store(&store, &cells)?;
+    let rec = recommend_paired(&cells, budget, pairing).map_err(anyhow::Error::msg)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rec)?);
         return Ok(());
@@ -68,18 +70,36 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
             r.fid,
             interval_text(r)
         );
-        if let (Some(x), Some(y)) = (b.fid_ci, r.fid_ci) {
-            println!(
-                "{}",
-                if x.overlaps(&y) {
-                    "Their 95% intervals overlap: at the sweep's sample size the two are not told apart."
-                } else {
-                    "Their 95% intervals do not overlap."
-                }
-            );
-        }
+        println!("{}", margin_text(&rec));
     }
     Ok(())
+}
+
+/// "Margin over it: FID 1.20 (95% CI 0.40..2.00, paired bootstrap): decided." or why not.
+fn margin_text(rec: &Recommendation) -> String {
+    let Some(m) = rec.margin else {
+        return String::new();
+    };
+    let Some(i) = m.interval else {
+        return format!(
+            "Margin over it: FID {:.2}, no interval measured: not decided.",
+            m.value
+        );
+    };
+    let kind = match m.paired {
+        true => "paired bootstrap",
+        false => "the range the two intervals allow",
+    };
+    let reading = match rec.decided {
+        true => "decided",
+        false => {
+            "not decided: the interval contains 0, so at the sweep's sample size the two are not told apart"
+        }
+    };
+    format!(
+        "Margin over it: FID {:.2} (95% CI {:.2}..{:.2}, {kind}): {reading}.",
+        m.value, i.low, i.high
+    )
 }
 
 /// " (95% CI 10.10..14.20, bootstrap of 100 replicates)", or "" when no interval was measured.

@@ -1,5 +1,5 @@
 //! `ldmscale plan` on a results store: the recommendation with its expected FID and 95%
-//! interval, and whether the runner-up's interval overlaps it.
+//! interval, and the margin over the runner-up with its interval, decided or not.
 
 use std::process::Command;
 
@@ -64,7 +64,10 @@ fn plan_prints_the_expected_fid_with_its_interval() {
         text.contains("Expected FID 30.00 (95% CI 28.00..32.00, bootstrap of 100 replicates)"),
         "{text}"
     );
-    assert!(text.contains("Their 95% intervals overlap"), "{text}");
+    assert!(
+        text.contains("Margin over it: FID 1.00 (95% CI -3.00..5.00, the range the two intervals allow): not decided"),
+        "{text}"
+    );
 
     let text = plan(&path, "100");
     assert!(text.contains("Run the 16-filter model"), "{text}");
@@ -72,5 +75,8 @@ fn plan_prints_the_expected_fid_with_its_interval() {
         text.contains("(95% CI 9.50..10.50, bootstrap of 100 replicates)"),
         "{text}"
     );
-    assert!(text.contains("do not overlap"), "{text}");
+    assert!(
+        text.contains("Margin over it: FID 20.00 (95% CI 17.50..22.50, the range the two intervals allow): decided."),
+        "{text}"
+    );
 }

@@ -10,7 +10,9 @@ use serde::Serialize;
 
 use crate::bootstrap::{CiMethod, FidCi};
 use crate::cell::{Cell, CellKey};
+use crate::findings::Difference;
 use crate::pairing::{Pairing, PairingHandle};
+use crate::store::KID;
 
 /// A (model, sampler, steps, guidance) setting with its FID averaged over seeds.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -32,6 +34,10 @@ pub struct Setting {
     pub fid_ci: Option<FidCi>,
     /// Mean CLIP-type score over seeds, where measured.
     pub clip: Option<f64>,
+    /// Mean KID over seeds, where every seed measured it.
+    pub kid: Option<f64>,
+    /// Its 95% interval, by the rule of `fid_ci`.
+    pub kid_ci: Option<FidCi>,
     /// Sampling GFLOPs per image.
     pub cost_gflops: f64,
     /// Wall milliseconds per image.
@@ -81,40 +87,67 @@ pub fn settings_paired(cells: &[Cell], pairing: Option<Arc<Pairing>>) -> Vec<Set
     }
     groups
         .into_values()
-        .map(|g| {
-            let first = g[0];
-            let fid = mean(g.iter().map(|c| c.fid)).expect("non-empty");
-            let fid_ci = if g.len() == 1 {
-                first.fid_ci
-            } else {
-                let sd = (g.iter().map(|c| (c.fid - fid).powi(2)).sum::<f64>()
-                    / (g.len() - 1) as f64)
-                    .sqrt();
-                let half = 1.96 * sd / (g.len() as f64).sqrt();
-                Some(FidCi {
-                    low: fid - half,
-                    high: fid + half,
-                    method: CiMethod::SeedSpread,
-                    replicates: g.len() as u32,
-                })
-            };
-            Setting {
-                width: first.width,
-                params: first.params,
-                sampler: first.sampler.as_str().to_string(),
-                steps: first.steps,
-                cfg: first.cfg,
-                fid,
-                fid_ci,
-                clip: mean(g.iter().filter_map(clip_score)),
-                cost_gflops: first.sampling_gflops(),
-                ms_per_image: mean(g.iter().map(|c| c.ms_per_image())).expect("non-empty"),
-                seeds: g.len(),
-                keys: seed_ordered_keys(&g),
-                pairing: PairingHandle(pairing.clone()),
-            }
-        })
+        .map(|g| setting_of(&g, &pairing))
         .collect()
+}
+
+/// The mean of per-seed values and its 95% interval: the one seed's own interval, or (several
+/// seeds) mean +- 1.96 standard errors over seeds.
+fn seed_mean(values: &[(f64, Option<FidCi>)]) -> Option<(f64, Option<FidCi>)> {
+    let mean = mean(values.iter().map(|v| v.0))?;
+    if values.len() == 1 {
+        return Some((mean, values[0].1));
+    }
+    let n = values.len() as f64;
+    let var = values.iter().map(|v| (v.0 - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    let half = 1.96 * var.sqrt() / n.sqrt();
+    let ci = FidCi {
+        low: mean - half,
+        high: mean + half,
+        method: CiMethod::SeedSpread,
+        replicates: values.len() as u32,
+    };
+    Some((mean, Some(ci)))
+}
+
+/// A cell's KID metric with its interval.
+fn kid_of(c: &&Cell) -> Option<(f64, Option<FidCi>)> {
+    let m = c.metrics.iter().find(|m| m.name == KID)?;
+    Some((m.value, m.ci))
+}
+
+/// The KID over seeds, only when every seed measured it (a partial mean would mix seeds).
+fn seed_kid(g: &[&Cell]) -> (Option<f64>, Option<FidCi>) {
+    let kids: Option<Vec<_>> = g.iter().map(kid_of).collect();
+    match kids.as_deref().and_then(seed_mean) {
+        Some((kid, ci)) => (Some(kid), ci),
+        None => (None, None),
+    }
+}
+
+/// One setting from its cells (one per seed).
+fn setting_of(g: &[&Cell], pairing: &Option<Arc<Pairing>>) -> Setting {
+    let first = g[0];
+    let fids: Vec<_> = g.iter().map(|c| (c.fid, c.fid_ci)).collect();
+    let (fid, fid_ci) = seed_mean(&fids).expect("non-empty");
+    let (kid, kid_ci) = seed_kid(g);
+    Setting {
+        width: first.width,
+        params: first.params,
+        sampler: first.sampler.as_str().to_string(),
+        steps: first.steps,
+        cfg: first.cfg,
+        fid,
+        fid_ci,
+        clip: mean(g.iter().filter_map(clip_score)),
+        kid,
+        kid_ci,
+        cost_gflops: first.sampling_gflops(),
+        ms_per_image: mean(g.iter().map(|c| c.ms_per_image())).expect("non-empty"),
+        seeds: g.len(),
+        keys: seed_ordered_keys(g),
+        pairing: PairingHandle(pairing.clone()),
+    }
 }
 
 /// For every (model, sampler, steps), the guidance rate with the lowest FID (Fig. 8).
@@ -179,19 +212,47 @@ pub struct BudgetWinner {
     pub budget: f64,
     /// The winning setting.
     pub best: Setting,
+    /// The best setting of another model size within the same budget, if one fits.
+    pub runner_up: Option<Setting>,
 }
 
-/// The best setting at every measured budget.
+impl BudgetWinner {
+    /// `FID(runner-up) - FID(winner)` with its 95% interval (paired where both kept their
+    /// features); None when no other size fits the budget. The winner is decided only when
+    /// the interval lies above 0.
+    pub fn margin(&self) -> Option<Difference> {
+        let other = self.runner_up.as_ref()?;
+        Some(Difference::fid_gap(&self.best, other))
+    }
+}
+
+/// The best setting at every measured budget, with the best of the other sizes.
 pub fn winners(optimal: &[Setting], sampler: Option<&str>) -> Vec<BudgetWinner> {
     budgets(optimal)
         .into_iter()
         .filter_map(|b| {
-            best_within(optimal, None, sampler, b).map(|s| BudgetWinner {
+            let best = best_within(optimal, None, sampler, b)?;
+            Some(BudgetWinner {
                 budget: b,
-                best: s.clone(),
+                best: best.clone(),
+                runner_up: runner_up(optimal, best.width, sampler, b).cloned(),
             })
         })
         .collect()
+}
+
+/// The lowest-FID setting of a width other than `winner` within `budget`.
+fn runner_up<'a>(
+    optimal: &'a [Setting],
+    winner: u32,
+    sampler: Option<&str>,
+    budget: f64,
+) -> Option<&'a Setting> {
+    widths(optimal)
+        .into_iter()
+        .filter(|&w| w != winner)
+        .filter_map(|w| best_within(optimal, Some(w), sampler, budget))
+        .min_by(|a, b| a.fid.total_cmp(&b.fid))
 }
 
 /// The smallest measured budget from which the larger model's best FID within budget stays
@@ -280,6 +341,66 @@ pub(crate) mod tests {
         let ci = s[0].fid_ci.unwrap();
         assert!(ci.low < 11.0 && ci.high > 11.0);
         assert_eq!(ci.method, CiMethod::SeedSpread);
+    }
+
+    /// `c` with a KID metric of `value` and, if given, an interval `half` either side.
+    pub(crate) fn with_kid(mut c: Cell, value: f64, half: Option<f64>) -> Cell {
+        let ci = half.map(|h| FidCi {
+            low: value - h,
+            high: value + h,
+            method: CiMethod::Bootstrap,
+            replicates: 100,
+        });
+        c.metrics.push(crate::cell::Metric {
+            name: KID.into(),
+            value,
+            ci,
+        });
+        c
+    }
+
+    #[test]
+    fn kid_is_averaged_over_seeds_like_fid() {
+        let one = with_kid(cell(32, "ddim", 4, 2.0, 10.0), 0.002, Some(0.001));
+        let s = settings(std::slice::from_ref(&one));
+        assert_eq!(s[0].kid, Some(0.002));
+        assert_eq!(s[0].kid_ci, one.metrics[0].ci, "one seed: its own interval");
+
+        let mut other = with_kid(cell(32, "ddim", 4, 2.0, 12.0), 0.004, Some(0.001));
+        other.seed = 1;
+        let s = settings(&[one.clone(), other]);
+        assert!((s[0].kid.unwrap() - 0.003).abs() < 1e-12);
+        let ci = s[0].kid_ci.unwrap();
+        assert_eq!(ci.method, CiMethod::SeedSpread);
+        // Standard deviation 0.001 * sqrt(2) over 2 seeds: half-width 1.96e-3.
+        assert!((ci.high - ci.low - 2.0 * 1.96e-3).abs() < 1e-12, "{ci:?}");
+
+        // A seed without KID: no mean of the rest.
+        let mut bare = cell(32, "ddim", 4, 2.0, 12.0);
+        bare.seed = 1;
+        let s = settings(&[one, bare]);
+        assert_eq!((s[0].kid, s[0].kid_ci), (None, None));
+    }
+
+    #[test]
+    fn the_runner_up_is_the_best_other_size_within_budget() {
+        let opt = optimal_cfg(&settings(&paper_like()));
+        let all = winners(&opt, None);
+        assert!(all.iter().any(|w| w.runner_up.is_none()));
+        assert!(all.iter().any(|w| w.runner_up.is_some()));
+        for w in all {
+            let Some(r) = &w.runner_up else {
+                let fits = |x: &u32| best_within(&opt, Some(*x), None, w.budget).is_some();
+                assert_eq!(widths(&opt).iter().filter(|x| fits(x)).count(), 1);
+                continue;
+            };
+            assert_ne!(r.width, w.best.width);
+            let scan = best_within(&opt, Some(r.width), None, w.budget).unwrap();
+            assert_eq!(r, scan);
+            let m = w.margin().unwrap();
+            assert_eq!(m.value, r.fid - w.best.fid);
+            assert!(m.value >= 0.0 && m.interval.is_none());
+        }
     }
 
     #[test]

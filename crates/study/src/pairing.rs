@@ -117,11 +117,11 @@ mod tests {
     use rand::rngs::StdRng;
 
     use super::*;
-    use crate::analysis::settings_paired;
     use crate::analysis::tests::cell;
+    use crate::analysis::{optimal_cfg, settings_paired, winners};
     use crate::bootstrap::fid_interval;
     use crate::bootstrap::tests::gaussian;
-    use crate::findings::Difference;
+    use crate::findings::{Difference, Verdict};
 
     const D: usize = 6;
 
@@ -168,6 +168,21 @@ mod tests {
         assert!((d.value - gap.value).abs() < 1e-9);
         assert!(d.interval.unwrap().low > 0.0, "paired {:?}", d.interval);
         assert!(d.text().contains("paired"), "{}", d.text());
+
+        // The budget table's margin at the budget both widths fit: decided only when paired.
+        let margin = |settings: &[Setting]| {
+            let top = winners(&optimal_cfg(settings), None)
+                .pop()
+                .expect("a budget");
+            assert_eq!(
+                (top.best.width, top.runner_up.as_ref().unwrap().width),
+                (32, 64)
+            );
+            top.margin().expect("a runner-up")
+        };
+        assert_eq!(margin(&marginal).verdict(), Verdict::Inconclusive);
+        let m = margin(&paired);
+        assert!(m.paired && m.verdict() == Verdict::Holds, "{m:?}");
 
         // A side without kept features falls back to the marginal range.
         let (cells, reference, mut kept) = two_widths();

@@ -1,10 +1,14 @@
 //! The budget planner: which width, sampler, steps and guidance give the best FID within a
 //! sampling budget, from a results store.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
-use crate::analysis::{Setting, settings};
+use crate::analysis::{Setting, settings_paired};
 use crate::cell::{Cell, Variant};
+use crate::findings::{Difference, Verdict};
+use crate::pairing::Pairing;
 
 /// A budget in GFLOPs per image or in measured milliseconds per image on this machine.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -22,12 +26,27 @@ pub struct Recommendation {
     pub best: Setting,
     /// The runner-up from another model size, if any (how much the choice of size matters).
     pub runner_up: Option<Setting>,
+    /// `FID(runner-up) - FID(best)` with its 95% interval (paired where both kept their
+    /// features, else the range the two intervals allow); None without a runner-up.
+    pub margin: Option<Difference>,
+    /// Whether the margin's interval lies above 0 (false without a runner-up).
+    pub decided: bool,
     /// Settings (width, sampler, steps, guidance) measured within budget.
     pub candidates: usize,
 }
 
 /// Recommends a setting for `budget`, or explains why none fits.
 pub fn recommend(cells: &[Cell], budget: Budget) -> Result<Recommendation, String> {
+    recommend_paired(cells, budget, None)
+}
+
+/// [`recommend`] with the margin over the runner-up paired where `pairing` kept both sides'
+/// features.
+pub fn recommend_paired(
+    cells: &[Cell],
+    budget: Budget,
+    pairing: Option<Arc<Pairing>>,
+) -> Result<Recommendation, String> {
     // The question is which text-to-image model to sample: downstream variants answer others.
     let base: Vec<Cell> = cells
         .iter()
@@ -40,7 +59,7 @@ pub fn recommend(cells: &[Cell], budget: Budget) -> Result<Recommendation, Strin
     }
     // Every guidance rate competes: an unguided cell costs half a guided one, so choosing each
     // setting's best guidance before applying the budget would drop cells that fit.
-    let all = settings(cells);
+    let all = settings_paired(cells, pairing);
     let fits = |s: &Setting| match budget {
         Budget::Gflops(g) => s.cost_gflops <= g * (1.0 + 1e-9),
         Budget::Milliseconds(ms) => s.ms_per_image <= ms,
@@ -70,7 +89,10 @@ pub fn recommend(cells: &[Cell], budget: Budget) -> Result<Recommendation, Strin
         .filter(|s| s.width != best.width)
         .min_by(|a, b| a.fid.total_cmp(&b.fid))
         .cloned();
+    let margin = runner_up.as_ref().map(|r| Difference::fid_gap(&best, r));
     Ok(Recommendation {
+        decided: margin.is_some_and(|m| m.verdict() == Verdict::Holds),
+        margin,
         best,
         runner_up,
         candidates: within.len(),
@@ -80,7 +102,9 @@ pub fn recommend(cells: &[Cell], budget: Budget) -> Result<Recommendation, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::settings;
     use crate::analysis::tests::paper_like;
+    use crate::bootstrap::{CiMethod, FidCi};
 
     #[test]
     fn small_budgets_pick_small_models_and_large_budgets_large_ones() {
@@ -90,6 +114,11 @@ mod tests {
         let high = recommend(&cells, Budget::Gflops(1e6)).unwrap();
         assert_eq!(high.best.width, 64);
         assert!(high.runner_up.is_some());
+        // No intervals: a margin, but nothing decided.
+        let m = high.margin.unwrap();
+        assert_eq!(m.value, high.runner_up.unwrap().fid - high.best.fid);
+        assert!(m.value > 0.0 && !high.decided);
+        assert!(low.margin.is_none() && !low.decided, "only one size fits");
         let none = recommend(&cells, Budget::Gflops(1e-3)).unwrap_err();
         assert!(none.contains("cheapest"), "{none}");
         assert!(recommend(&[], Budget::Gflops(1.0)).is_err());
@@ -130,5 +159,30 @@ mod tests {
             .expect("paper_like has unguided cells");
         let rec = recommend(&cells, Budget::Gflops(unguided.cost_gflops)).unwrap();
         assert_eq!(rec.best.cfg, 1.0);
+    }
+
+    /// The margin decides when the intervals leave room for no other order.
+    #[test]
+    fn the_margin_decides_only_outside_its_interval() {
+        let with_half = |half: f64| -> Vec<Cell> {
+            let mut cells = paper_like();
+            for c in &mut cells {
+                let (low, high) = (c.fid - half, c.fid + half);
+                let method = CiMethod::Bootstrap;
+                c.fid_ci = Some(FidCi {
+                    low,
+                    high,
+                    method,
+                    replicates: 100,
+                });
+            }
+            cells
+        };
+        let narrow = recommend(&with_half(0.01), Budget::Gflops(1e6)).unwrap();
+        let i = narrow.margin.unwrap().interval.unwrap();
+        assert!(i.low > 0.0 && narrow.decided, "{i:?}");
+        let wide = recommend(&with_half(100.0), Budget::Gflops(1e6)).unwrap();
+        let i = wide.margin.unwrap().interval.unwrap();
+        assert!(i.low < 0.0 && !wide.decided, "{i:?}");
     }
 }

@@ -283,37 +283,61 @@ pub fn fid_vs_cfg(settings: &[Setting], sampler: &str, steps: u32) -> Result<Str
     )
 }
 
+/// A setting's value with its interval, as a chart shows it.
+type Reading = fn(&Setting) -> Option<(f64, Option<crate::bootstrap::FidCi>)>;
+
 /// Figs. 9 and 11: FID at the optimal guidance against sampling cost, one line per model.
 pub fn fid_vs_cost(optimal: &[Setting], sampler: &str) -> Result<String, String> {
+    let title = format!("FID vs sampling cost, {sampler} (optimal guidance, 95% CI)");
+    metric_vs_cost(optimal, sampler, |s| Some((s.fid, s.fid_ci)), &title, "FID")
+}
+
+/// KID x 10^3 against sampling cost at the FID-optimal guidance, one line per model (Figs.
+/// 9, 11 read with the small-sample-unbiased distance).
+pub fn kid_vs_cost(optimal: &[Setting], sampler: &str) -> Result<String, String> {
+    let title = format!("KID x 10^3 vs sampling cost, {sampler} (FID-optimal guidance, 95% CI)");
+    let milli = |s: &Setting| {
+        let ci = s.kid_ci.map(|c| crate::bootstrap::FidCi {
+            low: c.low * 1e3,
+            high: c.high * 1e3,
+            ..c
+        });
+        s.kid.map(|k| (k * 1e3, ci))
+    };
+    metric_vs_cost(optimal, sampler, milli, &title, "KID x 10^3")
+}
+
+/// One line per model of `read` against sampling cost, with error bars where measured.
+fn metric_vs_cost(
+    optimal: &[Setting],
+    sampler: &str,
+    read: Reading,
+    title: &str,
+    y_label: &str,
+) -> Result<String, String> {
     let (series, intervals): (Vec<Series>, Vec<Vec<Interval>>) = widths(optimal)
         .into_iter()
         .map(|w| {
-            let mut points: Vec<(f64, f64)> = optimal
+            let mut readings: Vec<(f64, f64, Option<crate::bootstrap::FidCi>)> = optimal
                 .iter()
                 .filter(|s| s.width == w && s.sampler == sampler)
-                .map(|s| (s.cost_gflops, s.fid))
+                .filter_map(|s| read(s).map(|(v, ci)| (s.cost_gflops, v, ci)))
                 .collect();
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let mut intervals: Vec<Interval> = optimal
+            readings.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let points = readings.iter().map(|r| (r.0, r.1)).collect();
+            let bars = readings
                 .iter()
-                .filter(|s| s.width == w && s.sampler == sampler)
-                .filter_map(|s| s.fid_ci.map(|ci| (s.cost_gflops, ci.low, ci.high)))
+                .filter_map(|r| r.2.map(|ci| (r.0, ci.low, ci.high)))
                 .collect();
-            intervals.sort_by(|a, b| a.0.total_cmp(&b.0));
-            (
-                Series {
-                    label: format!("{w} filters"),
-                    points,
-                },
-                intervals,
-            )
+            let label = format!("{w} filters");
+            (Series { label, points }, bars)
         })
         .filter(|(s, _)| !s.points.is_empty())
         .unzip();
     line_chart_with_intervals(
-        &format!("FID vs sampling cost, {sampler} (optimal guidance, 95% CI)"),
+        title,
         "sampling cost: GFLOPs per image (log)",
-        "FID",
+        y_label,
         &series,
         &intervals,
         true,
@@ -402,5 +426,23 @@ mod tests {
         let banded = fid_vs_cost(&with_ci, "ddim").unwrap();
         assert!(banded.contains("<polygon") && !plain.contains("<polygon"));
         assert!(banded.matches("<polyline").count() > plain.matches("<polyline").count());
+    }
+
+    /// The KID chart draws KID x 10^3: with KID = FID / 1000 its lines are the FID chart's.
+    #[test]
+    fn kid_charts_show_kid_in_thousandths() {
+        let mut opt = optimal_cfg(&settings(&paper_like()));
+        let none = kid_vs_cost(&opt, "ddim").unwrap_err();
+        assert!(none.contains("nothing to plot"), "{none}");
+        for x in &mut opt {
+            x.kid = Some(x.fid / 1000.0);
+        }
+        let lines = |svg: &str| -> Vec<String> {
+            let tag = |p: &str| p[..p.find("/>").unwrap_or(p.len())].to_string();
+            svg.split("<polyline").skip(1).map(tag).collect()
+        };
+        let kid = kid_vs_cost(&opt, "ddim").unwrap();
+        assert!(kid.contains("KID x 10^3"));
+        assert_eq!(lines(&kid), lines(&fid_vs_cost(&opt, "ddim").unwrap()));
     }
 }

@@ -11,7 +11,9 @@ use crate::analysis::{
 };
 use crate::bootstrap::CiMethod;
 use crate::cell::Cell;
-use crate::findings::{Finding, Verdict, findings_paired, training_compute_scales_performance};
+use crate::findings::{
+    Difference, Finding, Verdict, findings_paired, training_compute_scales_performance,
+};
 use crate::grid::EqualCostGrid;
 use crate::pairing::Pairing;
 use crate::plot;
@@ -86,9 +88,51 @@ fn finding_html(f: &Finding) -> String {
     )
 }
 
+/// KID x 10^3 with its interval: "1.23 [0.80, 1.70]", or "-" where not measured.
+fn kid_text(s: &Setting) -> String {
+    let Some(kid) = s.kid else {
+        return "-".into();
+    };
+    match s.kid_ci {
+        Some(ci) => format!(
+            "{:.2} [{:.2}, {:.2}]",
+            kid * 1e3,
+            ci.low * 1e3,
+            ci.high * 1e3
+        ),
+        None => format!("{:.2}", kid * 1e3),
+    }
+}
+
+/// The margin of a budget row's winner: "+0.35 [0.10, 0.60] over 16 filters (paired)".
+fn margin_text(row: &BudgetRow) -> String {
+    let (Some(d), Some(other)) = (row.margin, &row.winner.runner_up) else {
+        return "no other size fits".into();
+    };
+    let over = format!("over {} filters", other.width);
+    let Some(i) = d.interval else {
+        return format!("{:+.2} {over} (no interval)", d.value);
+    };
+    let kind = if d.paired { "paired" } else { "interval range" };
+    format!(
+        "{:+.2} [{:.2}, {:.2}] {over} ({kind})",
+        d.value, i.low, i.high
+    )
+}
+
+/// Whether the row's winner is decided: "yes", "no" (the interval contains 0 or is missing),
+/// or "-" when it is the only size within budget.
+fn decided_text(row: &BudgetRow) -> &'static str {
+    match row.margin.map(|d| d.verdict()) {
+        None => "-",
+        Some(Verdict::Holds) => "yes",
+        Some(_) => "no",
+    }
+}
+
 fn setting_row(s: &Setting) -> String {
     format!(
-        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}{}</td><td>{:.3}</td><td>{:.1}</td></tr>",
+        "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}{}</td><td>{}</td><td>{:.3}</td><td>{:.1}</td></tr>",
         s.width,
         s.params,
         esc(&s.sampler),
@@ -98,21 +142,37 @@ fn setting_row(s: &Setting) -> String {
         s.fid_ci
             .map(|ci| format!(" <small>{}</small>", ci.text()))
             .unwrap_or_default(),
+        kid_text(s),
         s.cost_gflops,
         s.ms_per_image
     )
 }
 
-/// The budget winners, keeping only budgets where the winning setting changes.
-fn winner_changes(optimal: &[Setting]) -> Vec<crate::analysis::BudgetWinner> {
-    let mut out: Vec<crate::analysis::BudgetWinner> = Vec::new();
+/// A row of the budget table: the winner from its budget on, and its margin at that budget.
+struct BudgetRow {
+    winner: BudgetWinner,
+    margin: Option<Difference>,
+}
+
+/// The budget winners, keeping only budgets where the winning setting changes; margins are
+/// bootstrapped for the kept rows only (each is a paired bootstrap).
+fn winner_changes(optimal: &[Setting]) -> Vec<BudgetRow> {
+    let mut kept: Vec<BudgetWinner> = Vec::new();
     for w in winners(optimal, None) {
-        if out.last().is_none_or(|last| last.best != w.best) {
-            out.push(w);
+        if kept.last().is_none_or(|last| last.best != w.best) {
+            kept.push(w);
         }
     }
-    out
+    kept.into_iter()
+        .map(|winner| BudgetRow {
+            margin: winner.margin(),
+            winner,
+        })
+        .collect()
 }
+
+/// What the budget table's KID and margin columns are.
+const BUDGET_NOTE: &str = "KID x 10^3: the unbiased kernel inception distance (cubic kernel) of the same samples, times 1000, with its 95% bootstrap interval. Margin: FID of the runner-up (the best other model size within the row's first budget) minus the winner's, with its 95% interval: paired bootstrap where both kept their features (same prompts, noise and reference rows resampled together), else the range the two FID intervals allow. A winner is decided only when that interval lies above 0.";
 
 /// What the intervals in the tables and plots are.
 fn interval_note(cells: &[Cell], paired: bool) -> String {
@@ -196,7 +256,7 @@ struct Analysed {
     models: Vec<u32>,
     sampler_names: Vec<String>,
     /// The best setting from each budget on, a row per change of the winner.
-    changes: Vec<BudgetWinner>,
+    changes: Vec<BudgetRow>,
 }
 
 impl Analysed {
@@ -237,7 +297,7 @@ th {{ background: #f5f5f5; }} td:first-child, th:first-child {{ text-align: left
 .eqgrid {{ display: flex; gap: 12px; align-items: flex-start; }} .eqgrid img {{ image-rendering: pixelated; flex: none; }}
 .eqgrid .labels {{ display: flex; flex-direction: column; flex: none; width: 230px; }}
 .eqgrid .label {{ display: flex; flex-direction: column; justify-content: center; text-align: right; font-size: 13px; line-height: 1.3; overflow: hidden; }}
-small {{ color: #666; }}
+small {{ color: #666; }} tr.undecided td {{ background: #fff6dd; }}
 </style></head><body>
 <h1>Bigger is not always better &mdash; measured</h1>
 <p>{title}</p>"#,
@@ -275,7 +335,7 @@ small {{ color: #666; }}
     if let Some(sr) = &inputs.super_res {
         html.push_str(&crate::super_res::html(sr, base64)?);
     }
-    html.push_str("<h2>Optimal guidance per model and steps</h2><table><tr><th>model</th><th>params</th><th>sampler</th><th>steps</th><th>best CFG</th><th>FID [95% CI]</th><th>GFLOPs/img</th><th>ms/img</th></tr>");
+    html.push_str("<h2>Optimal guidance per model and steps</h2><table><tr><th>model</th><th>params</th><th>sampler</th><th>steps</th><th>best CFG</th><th>FID [95% CI]</th><th>KID x10&sup3; [95% CI]</th><th>GFLOPs/img</th><th>ms/img</th></tr>");
     for s in &a.optimal {
         html.push_str(&setting_row(s));
     }
@@ -287,24 +347,11 @@ small {{ color: #666; }}
 /// The best model per budget and the crossovers.
 fn budget_html(a: &Analysed) -> String {
     let mut html = String::new();
-    html.push_str("<h2>Which model for which budget</h2><p>Best setting (optimal guidance) from each sampling budget on, all samplers; a row per change of the winner.</p><table><tr><th>from GFLOPs</th><th>model</th><th>sampler</th><th>steps</th><th>CFG</th><th>FID [95% CI]</th></tr>");
-    for w in &a.changes {
-        let _ = write!(
-            html,
-            "<tr><td>{:.3}</td><td>{} filters</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}{}</td></tr>",
-            w.budget,
-            w.best.width,
-            esc(&w.best.sampler),
-            w.best.steps,
-            w.best.cfg,
-            w.best.fid,
-            w.best
-                .fid_ci
-                .map(|ci| format!(" <small>{}</small>", ci.text()))
-                .unwrap_or_default()
-        );
+    html.push_str("<h2>Which model for which budget</h2><p>Best setting (optimal guidance) from each sampling budget on, all samplers; a row per change of the winner.</p><table><tr><th>from GFLOPs</th><th>model</th><th>sampler</th><th>steps</th><th>CFG</th><th>FID [95% CI]</th><th>KID x10&sup3; [95% CI]</th><th>margin over the runner-up (95% CI)</th><th>decided</th></tr>");
+    for row in &a.changes {
+        html.push_str(&budget_row_html(row));
     }
-    html.push_str("</table>");
+    let _ = write!(html, "</table><p><small>{}</small></p>", esc(BUDGET_NOTE));
     if a.models.len() >= 2 {
         html.push_str("<p>Crossover budgets (GFLOPs per image from which the larger model stays ahead):</p><table><tr><th>smaller</th><th>larger</th>");
         for s in &a.sampler_names {
@@ -330,6 +377,47 @@ fn budget_html(a: &Analysed) -> String {
     html
 }
 
+/// One budget row; an undecided winner's row is marked.
+fn budget_row_html(row: &BudgetRow) -> String {
+    let b = &row.winner.best;
+    let class = match decided_text(row) {
+        "no" => " class=\"undecided\"",
+        _ => "",
+    };
+    format!(
+        "<tr{class}><td>{:.3}</td><td>{} filters</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+        row.winner.budget,
+        b.width,
+        esc(&b.sampler),
+        b.steps,
+        b.cfg,
+        b.fid,
+        b.fid_ci
+            .map(|ci| format!(" <small>{}</small>", ci.text()))
+            .unwrap_or_default(),
+        kid_text(b),
+        esc(&margin_text(row)),
+        decided_text(row)
+    )
+}
+
+/// KID against sampling cost beside Figs. 9, 11, for the samplers whose cells measured KID.
+fn kid_plots_html(a: &Analysed) -> Result<String, String> {
+    let measured = |s: &String| a.optimal.iter().any(|x| &x.sampler == s && x.kid.is_some());
+    let with_kid: Vec<&String> = a.sampler_names.iter().filter(|s| measured(s)).collect();
+    if with_kid.is_empty() {
+        return Ok(String::new());
+    }
+    let mut html = String::from(
+        "<h2>KID against sampling cost</h2><p><small>KID x 10^3 of the same samples at each setting's FID-optimal guidance, with 95% bootstrap intervals; unlike FID it is unbiased at small sample sizes.</small></p><div class=\"plots\">",
+    );
+    for s in with_kid {
+        html.push_str(&plot::kid_vs_cost(&a.optimal, s)?);
+    }
+    html.push_str("</div>");
+    Ok(html)
+}
+
 /// Figs. 9, 11, 8 and 3.
 fn plots_html(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> Result<String, String> {
     let mut html = String::new();
@@ -341,7 +429,9 @@ fn plots_html(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> Result<Str
     for s in &a.sampler_names {
         html.push_str(&plot::fid_vs_cost(&a.optimal, s)?);
     }
-    html.push_str("</div><h2>FID against guidance (Fig. 8)</h2><div class=\"plots\">");
+    html.push_str("</div>");
+    html.push_str(&kid_plots_html(a)?);
+    html.push_str("<h2>FID against guidance (Fig. 8)</h2><div class=\"plots\">");
     for s in &a.sampler_names {
         let mut steps: Vec<u32> = a
             .all
@@ -382,6 +472,32 @@ fn plots_html(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> Result<Str
     Ok(html)
 }
 
+/// The budget table in Markdown, with its note.
+fn budget_markdown(a: &Analysed) -> String {
+    let mut md = String::from(
+        "\n## Best setting per budget\n\n| from GFLOPs | model | sampler | steps | CFG | FID | 95% CI | KID x10^3 [95% CI] | margin over the runner-up (95% CI) | decided |\n|---:|---:|---|---:|---:|---:|---|---|---|---|\n",
+    );
+    for row in &a.changes {
+        let b = &row.winner.best;
+        let _ = writeln!(
+            md,
+            "| {:.3} | {} | {} | {} | {:.1} | {:.2} | {} | {} | {} | {} |",
+            row.winner.budget,
+            b.width,
+            b.sampler,
+            b.steps,
+            b.cfg,
+            b.fid,
+            b.fid_ci.map(|ci| ci.text()).unwrap_or_else(|| "-".into()),
+            kid_text(b),
+            margin_text(row),
+            decided_text(row)
+        );
+    }
+    let _ = writeln!(md, "\n{BUDGET_NOTE}");
+    md
+}
+
 fn markdown(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> String {
     let mut md = format!("# ldmscale study: {}\n\n", inputs.title);
     for (k, v) in &inputs.facts {
@@ -403,26 +519,7 @@ fn markdown(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> String {
             f.evidence
         );
     }
-    let _ = writeln!(
-        md,
-        "\n## Best setting per budget\n\n| from GFLOPs | model | sampler | steps | CFG | FID | 95% CI |\n|---:|---:|---|---:|---:|---:|---|"
-    );
-    for w in &a.changes {
-        let _ = writeln!(
-            md,
-            "| {:.3} | {} | {} | {} | {:.1} | {:.2} | {} |",
-            w.budget,
-            w.best.width,
-            w.best.sampler,
-            w.best.steps,
-            w.best.cfg,
-            w.best.fid,
-            w.best
-                .fid_ci
-                .map(|ci| ci.text())
-                .unwrap_or_else(|| "-".into())
-        );
-    }
+    md.push_str(&budget_markdown(a));
     for g in &inputs.equal_cost {
         let _ = writeln!(
             md,
@@ -451,7 +548,59 @@ fn markdown(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::analysis::tests::paper_like;
+    use crate::analysis::tests::{cell, paper_like, with_kid};
+
+    /// Two widths on one sampler, FID +- 0.5 and KID = FID / 1000 +- 0.0005: the budget rows
+    /// are the 16-filter model alone, an undecided 32-filter winner (margin 0.2 +- 1) and a
+    /// decided one (margin 3 +- 1).
+    fn budget_cells() -> Vec<Cell> {
+        let c = |width, steps, fid: f64| {
+            let mut c = cell(width, "ddim", steps, 1.0, fid);
+            c.fid_ci = Some(crate::bootstrap::FidCi {
+                low: fid - 0.5,
+                high: fid + 0.5,
+                method: CiMethod::Bootstrap,
+                replicates: 100,
+            });
+            with_kid(c, fid / 1000.0, Some(0.0005))
+        };
+        // Cost: steps x width^2 / 1000 GFLOPs.
+        vec![c(16, 2, 10.0), c(16, 8, 8.0), c(32, 2, 7.8), c(32, 4, 5.0)]
+    }
+
+    #[test]
+    fn budget_table_shows_kid_and_the_winners_margin() {
+        let (html, md) = render(&budget_cells(), &ReportInputs::default()).unwrap();
+        let rows = [
+            "| 0.512 | 16 | ddim | 2 | 1.0 | 10.00 | [9.50, 10.50] | 10.00 [9.50, 10.50] | no other size fits | - |",
+            "| 2.048 | 32 | ddim | 2 | 1.0 | 7.80 | [7.30, 8.30] | 7.80 [7.30, 8.30] | +0.20 [-0.80, 1.20] over 16 filters (interval range) | no |",
+            "| 4.096 | 32 | ddim | 4 | 1.0 | 5.00 | [4.50, 5.50] | 5.00 [4.50, 5.50] | +3.00 [2.00, 4.00] over 16 filters (interval range) | yes |",
+        ];
+        for row in rows {
+            assert!(md.contains(row), "{row}\n{md}");
+        }
+        assert!(
+            md.contains("| KID x10^3 [95% CI] | margin over the runner-up (95% CI) | decided |")
+        );
+        assert!(md.contains("decided only when that interval lies above 0"));
+        // HTML: both tables carry KID; only the undecided row is marked.
+        assert_eq!(html.matches("<th>KID x10&sup3; [95% CI]</th>").count(), 2);
+        assert_eq!(html.matches("<tr class=\"undecided\">").count(), 1);
+        assert!(html.contains(
+            "<tr class=\"undecided\"><td>2.048</td><td>32 filters</td><td>ddim</td><td>2</td><td>1.0</td><td>7.80 <small>[7.30, 8.30]</small></td><td>7.80 [7.30, 8.30]</td><td>+0.20 [-0.80, 1.20] over 16 filters (interval range)</td><td>no</td></tr>"
+        ), "{html}");
+        assert!(
+            html.contains("<td>5.00 [4.50, 5.50]</td><td>4.096</td>"),
+            "optimal-guidance row"
+        );
+        assert!(html.contains("KID against sampling cost"));
+
+        // Without KID the column says so and no KID chart is drawn.
+        let (html, md) = render(&paper_like(), &ReportInputs::default()).unwrap();
+        assert!(md.contains("| - | no other size fits | - |"), "{md}");
+        assert!(md.contains("over 32 filters (no interval) | no |"), "{md}");
+        assert!(!html.contains("KID against sampling cost"));
+    }
 
     #[test]
     fn report_states_every_finding_and_plots() {
