@@ -172,8 +172,20 @@ pub enum ResultsCommand {
 /// Merges `inputs` into `out` one by one; an input that is refused stops the merge there,
 /// and the inputs before it stay merged (each merge is one transaction).
 fn merge(out: &Path, inputs: &[PathBuf], on_conflict: OnConflict) -> Result<()> {
-    for input in inputs {
-        Store::open_read_only(input)?;
+    let opened = inputs
+        .iter()
+        .map(|input| Store::open_read_only(input))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Refusals before OUT is opened for writing (which would upgrade an older layout).
+    if out.is_file() {
+        let existing = Store::open_read_only(out)?;
+        opened
+            .iter()
+            .try_for_each(|s| existing.check_mergeable(s))?;
+    } else if let Some(first) = opened.first() {
+        opened[1..]
+            .iter()
+            .try_for_each(|s| first.check_mergeable(s))?;
     }
     let mut store = Store::open(out)?;
     for input in inputs {

@@ -135,6 +135,16 @@ fn stores_of_another_study_or_model_are_refused_and_nothing_changes() {
         .to_string();
     assert!(err.contains("no study fingerprint"), "{err}");
     assert_eq!(store.cells().unwrap(), vec![cell(32, 4, 2.0, 0)]);
+    // The same refusals from read-only stores, before anything is opened for writing.
+    drop(store);
+    let read = |p: &std::path::Path| Store::open_read_only(p).unwrap();
+    let ours = read(&ours);
+    for other in [&other_study, &other_model, &unnamed] {
+        assert!(ours.check_mergeable(&read(other)).is_err(), "{other:?}");
+    }
+    let twin = dir.path().join("twin.sqlite");
+    drop(shard_store(&twin, "study-a", &[cell(32, 16, 2.0, 0)]));
+    ours.check_mergeable(&read(&twin)).unwrap();
 }
 
 #[test]

@@ -91,6 +91,13 @@ impl Store {
         Ok(summary)
     }
 
+    /// Refuses, as [`Store::merge_from`] would, a `source` of another study or another model
+    /// of a shared width; reads only, so a read-only store can be checked before anything is
+    /// opened for writing.
+    pub fn check_mergeable(&self, source: &Store) -> Result<(), StoreError> {
+        self.meta_to_adopt(source).map(drop)
+    }
+
     /// The identity entries of `source` this store lacks, after checking that the two stores
     /// hold the same study and the same model of every width they share.
     fn meta_to_adopt(&self, source: &Store) -> Result<Vec<(String, String)>, StoreError> {
