@@ -7,7 +7,8 @@
 //! ([`ImageFolder`]), COCO captions ([`Coco`]) and WebDataset tar shards ([`WebDataset`]).
 //! Configs name them with a [`DatasetSpec`] (`"shapes"`, `"coco:JSON:DIR"`, ...); the
 //! super-resolution study's high-resolution images with an [`HrSource`] (`"photos"`,
-//! `"div2k:DIR"`, ...), cut into seeded crops by [`hr_crops`].
+//! `"div2k:DIR"`, ...), cut into seeded crops by [`hr_crops`]; DreamBooth's subjects and prompts come from
+//! [`dreambooth`] ([`SubjectSet`], [`evaluation_prompts`]).
 //!
 //! Everything random (splits, shuffles, crops, flips, procedural scenes) is a pure function of
 //! seeds and indices through the crate's own small generator, so runs resume exactly and do not
@@ -18,6 +19,7 @@ pub mod cache;
 pub mod captioned;
 pub mod dataset;
 pub mod degrade;
+pub mod dreambooth;
 pub mod error;
 pub mod folder;
 pub mod hr;
@@ -33,6 +35,11 @@ pub use batch::{Batch, BatchLoader, Cursor, LoaderConfig, Sampler};
 pub use cache::{CacheKey, CachedBatch, LatentCache, LatentCacheWriter, StorageDtype, file_sha256};
 pub use captioned::{Captioned, load_captioned};
 pub use dataset::{Dataset, Example, Skipped, Split, SplitConfig, SplitDataset};
+pub use dreambooth::{
+    EvalPrompt, Pattern, PromptGroup, Subject, SubjectSet, caption_vocabulary,
+    check_evaluation_prompts, check_identifier, check_prompts, class_twin, evaluation_prompts,
+    load_instance_dir,
+};
 pub use error::DataError;
 pub use folder::{Coco, CocoCaptions, ImageFolder};
 pub use hr::{CropSpec, Downscale, HrSource, for_each_hr_crop, hr_crops, hr_crops_of_images};

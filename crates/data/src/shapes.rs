@@ -330,7 +330,8 @@ pub struct Scene {
     pub layout: Layout,
 }
 
-const NUMBER_WORDS: [&str; 5] = ["zero", "one", "two", "three", "four"];
+/// Count words of group captions, indexed by the count.
+pub const NUMBER_WORDS: [&str; 5] = ["zero", "one", "two", "three", "four"];
 /// Minimum distance between two objects' boxes, as a fraction of the side.
 const GAP: f64 = 0.03;
 /// Minimum distance between a box and the image border.
