@@ -833,6 +833,19 @@ fn train_run_files_with_impossible_sizes_are_refused_before_any_work() {
         ),
         trial(
             "number",
+            &[
+                "degrade",
+                "--input",
+                &f.path("img"),
+                "--out",
+                &out,
+                "--scale",
+                "0",
+            ],
+            "--scale 0: expected a downscaling factor",
+        ),
+        trial(
+            "number",
             &["train", "--config", ok, "--out", &out, "--widths", "8,16"],
             "--widths is for `ldmscale train-family`",
         ),

@@ -156,12 +156,12 @@ fn super_res_estimate(config: &StudyConfig, gflops: &[f64]) -> Estimate {
     };
     e.lines.push(format!(
         "
-super-resolution: every width finetuned {} steps of batch {} on {} pairs from {:?} ({:?} degradation); snapshots {:?} x {} samplers x steps {:?} on {} frozen evaluation pairs, no guidance",
+super-resolution: every width finetuned {} steps of batch {} on {} pairs from {} ({} degradation); snapshots {:?} x {} samplers x steps {:?} on {} frozen evaluation pairs, no guidance",
         sr.steps,
         sr.batch_size,
         sr.train_pairs,
         sr.hr_source,
-        sr.degradation,
+        format!("{:?}", sr.degradation).to_lowercase(),
         sr.evaluated_steps(),
         sr.samplers.len(),
         sr.sample_steps,
@@ -170,7 +170,10 @@ super-resolution: every width finetuned {} steps of batch {} on {} pairs from {:
     if sr.hr_source != HrSource::Study
         && let Err(err) = sr.hr_source.files()
     {
-        e.problems.push(format!("super_res.hr_source: {err}"));
+        e.problems.push(format!(
+            "super_res.hr_source = \"{}\": {err} (the HR images are read from there)",
+            sr.hr_source
+        ));
     }
     if let Some(trunk) = sr
         .lpips_trunk

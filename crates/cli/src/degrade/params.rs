@@ -58,6 +58,10 @@ impl ParamsChoice {
             ParamsChoice::File(path) => read_overrides(path)?,
         };
         if let Some(scale) = scale {
+            anyhow::ensure!(
+                (1..=16).contains(&scale),
+                "--scale {scale}: expected a downscaling factor in 1..=16 (the paper's is 4)"
+            );
             params.scale = scale;
         }
         let origin = match self {
