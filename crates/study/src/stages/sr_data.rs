@@ -199,15 +199,9 @@ impl SrDataStage<'_> {
         let (hr, lr, _) = read_eval_set(&dir, &fingerprint)?.expect("the set just written");
         Ok((hr, lr, hash))
     }
-}
 
-fn task_error(e: ldmscale_train::TrainError) -> StudyError {
-    StudyError::stage("sr-data")(ldmscale_train::error::chain(&e))
-}
-
-impl SrDataStage<'_> {
     /// The HR images for training or evaluation: the study's own images of that split, or
-    /// seeded crops at the study's resolution of a file source's training or held-out files
+    /// seeded crops at the HR side of a file source's training or held-out files
     /// (the evaluation crops' seed is fixed, so the frozen set does not move with `seed`).
     fn hr_set(
         &self,
@@ -252,6 +246,10 @@ impl SrDataStage<'_> {
             .map(FloatImage::from_image)
             .collect())
     }
+}
+
+fn task_error(e: ldmscale_train::TrainError) -> StudyError {
+    StudyError::stage("sr-data")(ldmscale_train::error::chain(&e))
 }
 
 /// A file source's held-out files (every [`EVAL_EVERY`]th by sorted path) or the others.
