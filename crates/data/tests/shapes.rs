@@ -278,5 +278,5 @@ fn too_small_resolution_is_an_error() {
     })
     .err()
     .unwrap();
-    assert!(err.to_string().contains("at least 16"), "{err}");
+    assert!(err.to_string().contains("must be 16 to 16384"), "{err}");
 }
