@@ -24,29 +24,33 @@ use crate::shapes::{
 };
 
 /// A subject's fill: two colours in an arrangement anchored to the shape, so it scales with it.
+/// Features are [`PATTERN_UNIT`] radii across, coarse enough to survive at 32 px.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pattern {
-    /// Diagonal bands, half a radius wide.
+    /// Diagonal bands one unit wide.
     Stripes,
-    /// Squares half a radius on a side.
+    /// Squares one unit on a side.
     Checker,
-    /// Dots of the second colour on the first, two per radius.
+    /// Dots of the second colour on the first, one per unit square.
     Dots,
     /// Left half the first colour, right half the second.
     TwoTone,
 }
 
+/// Size of a pattern's features, in radii of the shape.
+pub const PATTERN_UNIT: f64 = 0.7;
+
 impl Pattern {
     /// Which colour (0 or 1) covers the offset (dx, dy) from the centre, in radii, y down.
     pub fn colour_index(self, dx: f64, dy: f64) -> usize {
         let parity = |v: f64| (v.floor() as i64).rem_euclid(2) as usize;
+        let (u, v) = (dx / PATTERN_UNIT, dy / PATTERN_UNIT);
         match self {
-            Pattern::Stripes => parity((dx + dy) / 0.5),
-            Pattern::Checker => parity(dx / 0.5) ^ parity(dy / 0.5),
+            Pattern::Stripes => parity(u + v),
+            Pattern::Checker => parity(u) ^ parity(v),
             Pattern::Dots => {
-                let u = (dx / 0.5).rem_euclid(1.0) - 0.5;
-                let v = (dy / 0.5).rem_euclid(1.0) - 0.5;
-                (u * u + v * v <= 0.17 * 0.17 * 4.0) as usize
+                let (a, b) = (u.rem_euclid(1.0) - 0.5, v.rem_euclid(1.0) - 0.5);
+                (a * a + b * b <= 0.33 * 0.33) as usize
             }
             Pattern::TwoTone => (dx >= 0.0) as usize,
         }
@@ -115,8 +119,8 @@ struct Placement {
 }
 
 /// Radii of rendered subjects and class shapes, fractions of the side (large enough that the
-/// pattern survives at 64 px).
-const RADIUS: (f64, f64) = (0.14, 0.3);
+/// pattern survives at 32 px).
+const RADIUS: (f64, f64) = (0.16, 0.32);
 /// Gap between a shape's box and the image border.
 const MARGIN: f64 = 0.01;
 /// Most images one call renders.
