@@ -372,3 +372,30 @@ fn instance_folders_load_sorted_and_an_empty_one_is_an_error() {
     let e = message(load_instance_dir(&missing, "a sks circle").unwrap_err());
     assert!(e.contains("absent"), "{e}");
 }
+
+#[test]
+fn renders_are_pinned() {
+    // Cached class images and trained subjects depend on these bytes never changing silently.
+    use sha2::{Digest, Sha256};
+    let set = SubjectSet::standard();
+    let mut hasher = Sha256::new();
+    for s in set.subjects() {
+        for e in set.instances(&s.name, 2, 32, 0).unwrap() {
+            hasher.update(e.image.as_bytes());
+            hasher.update(e.caption.as_bytes());
+        }
+        for e in set.class_images(&s.name, 2, 32, 0).unwrap() {
+            hasher.update(e.image.as_bytes());
+            hasher.update(e.caption.as_bytes());
+        }
+    }
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        digest,
+        "b85c0cd36313908c53e84a1dfb07aec02c5628dcb16a31c09a3c0ce0158d7060"
+    );
+}
