@@ -14,6 +14,7 @@
 //! implements. Every run reports its number of network evaluations, the unit of the paper's
 //! sampling-cost axis.
 
+pub mod codi;
 pub mod ddim;
 pub mod ddpm;
 pub mod denoiser;
@@ -30,6 +31,7 @@ pub mod schedule;
 pub mod threshold;
 pub mod timesteps;
 
+pub use codi::CodiSampler;
 pub use ddim::{DdimOptions, DdimSampler};
 pub use ddpm::{DdpmOptions, DdpmSampler, DdpmVariance};
 pub use denoiser::{Denoiser, FnDenoiser};

@@ -23,5 +23,5 @@ pub use data::{InMemory, SyntheticData, TrainingData};
 pub use error::TrainError;
 pub use sync::{DeviceThreads, GradSync};
 pub use task::{ShardLoss, TrainTask};
-pub use tasks::{LcmDistill, SuperRes, TextToImage};
+pub use tasks::{CodiDistill, LcmDistill, SuperRes, TextToImage};
 pub use trainer::{EvalHook, RunSummary, train, train_task, train_with_hook};

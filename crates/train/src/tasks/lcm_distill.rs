@@ -222,7 +222,7 @@ impl<'d> LcmDistill<'d> {
 
 /// The teacher must be a text-to-image UNet over the data's latents and text states, of the
 /// width the run is labelled with.
-fn check_teacher(
+pub(crate) fn check_teacher(
     config: &TrainConfig,
     teacher: &UNetConfig,
     data: &dyn TrainingData,
@@ -256,7 +256,7 @@ fn check_teacher(
 
 /// The teacher must read text states `d` wide: CFG contrasts its conditional and
 /// unconditional predictions, which are equal for a UNet without cross-attention.
-fn check_text_context(teacher: &UNetConfig, d: usize) -> Result<(), TrainError> {
+pub(crate) fn check_text_context(teacher: &UNetConfig, d: usize) -> Result<(), TrainError> {
     let reads_text = teacher
         .down_block_types
         .iter()
@@ -282,7 +282,7 @@ fn check_text_context(teacher: &UNetConfig, d: usize) -> Result<(), TrainError> 
     Ok(())
 }
 
-fn prediction_type(config: &TrainConfig) -> PredictionType {
+pub(crate) fn prediction_type(config: &TrainConfig) -> PredictionType {
     match config.objective {
         Objective::Epsilon => PredictionType::Epsilon,
         Objective::VPrediction => PredictionType::VPrediction,
@@ -291,7 +291,7 @@ fn prediction_type(config: &TrainConfig) -> PredictionType {
 
 /// A stable digest of weights (FNV-1a over names and f32 bits): a run refuses to resume
 /// with another teacher.
-fn digest(weights: &Named) -> u64 {
+pub(crate) fn digest(weights: &Named) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -381,22 +381,41 @@ impl LcmDistill<'_> {
 
     /// Replaces the target's weights by name; the names `weights` lacks are returned.
     fn set_target(&self, weights: &Named) -> Result<(), Vec<String>> {
-        let mut target = self.target.lock().unwrap_or_else(|p| p.into_inner());
-        let device = self.null.device();
-        let mut missing = Vec::new();
-        let updated = params::update(target.clone(), &mut |name, _| {
-            let w = weights.get(name).map(|w| w.clone().to_device(&device));
-            if w.is_none() {
-                missing.push(name.to_string());
-            }
-            w
-        });
-        if !missing.is_empty() {
-            return Err(missing);
-        }
-        *target = updated;
-        Ok(())
+        set_weights(&self.target, weights, &self.null.device())
     }
+}
+
+/// Replaces `target`'s weights by name (moved to `device`); the names `weights` lacks are
+/// returned and `target` is left as it was.
+pub(crate) fn set_weights(
+    target: &Mutex<UNet>,
+    weights: &Named,
+    device: &Device,
+) -> Result<(), Vec<String>> {
+    let mut target = target.lock().unwrap_or_else(|p| p.into_inner());
+    let mut missing = Vec::new();
+    let updated = params::update(target.clone(), &mut |name, _| {
+        let w = weights.get(name).map(|w| w.clone().to_device(device));
+        if w.is_none() {
+            missing.push(name.to_string());
+        }
+        w
+    });
+    if !missing.is_empty() {
+        return Err(missing);
+    }
+    *target = updated;
+    Ok(())
+}
+
+/// `target = decay target + (1 - decay) student`, by name.
+pub(crate) fn ema_step(target: &Mutex<UNet>, student: &Named, decay: f64) {
+    let decay = decay as f32;
+    let mut target = target.lock().unwrap_or_else(|p| p.into_inner());
+    *target = params::update(target.clone(), &mut |name, current| {
+        let student = student.get(name)?.clone();
+        Some(current.mul_scalar(decay) + student.mul_scalar(1.0 - decay))
+    });
 }
 
 impl LcmLoss {
@@ -452,24 +471,24 @@ pub fn embeddings(w: &[f32], dim: usize, device: &Device) -> Result<Tensor<2>, T
     ))
 }
 
-fn alphas(schedule: &NoiseSchedule, t: &[usize]) -> Result<Vec<f32>, TrainError> {
+pub(crate) fn alphas(schedule: &NoiseSchedule, t: &[usize]) -> Result<Vec<f32>, TrainError> {
     Ok(t.iter()
         .map(|&t| schedule.alpha_cumprod(t as i64))
         .collect::<Result<_, _>>()?)
 }
 
 /// `[B, 1, 1, 1]`: one coefficient per row, broadcast over channels and pixels.
-fn per_row(values: Vec<f32>, device: &Device) -> Tensor<4> {
+pub(crate) fn per_row(values: Vec<f32>, device: &Device) -> Tensor<4> {
     let n = values.len();
     Tensor::from_data(TensorData::new(values, [n, 1, 1, 1]), device)
 }
 
-fn as_f32(t: &[usize]) -> Vec<f32> {
+pub(crate) fn as_f32(t: &[usize]) -> Vec<f32> {
     t.iter().map(|&v| v as f32).collect()
 }
 
 /// `shape` standard-normal values from `rng`.
-fn normal(rng: &mut StdRng, shape: [usize; 4], device: &Device) -> Tensor<4> {
+pub(crate) fn normal(rng: &mut StdRng, shape: [usize; 4], device: &Device) -> Tensor<4> {
     let n = shape.iter().product();
     let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut *rng)).collect();
     Tensor::from_data(TensorData::new(values, shape), device)
@@ -543,12 +562,7 @@ impl TrainTask for LcmDistill<'_> {
 
     /// `target = decay target + (1 - decay) student`.
     fn after_step(&self, weights: &Named) {
-        let decay = self.options.ema_decay as f32;
-        let mut target = self.target.lock().unwrap_or_else(|p| p.into_inner());
-        *target = params::update(target.clone(), &mut |name, current| {
-            let student = weights.get(name)?.clone();
-            Some(current.mul_scalar(decay) + student.mul_scalar(1.0 - decay))
-        });
+        ema_step(&self.target, weights, self.options.ema_decay);
     }
 }
 
