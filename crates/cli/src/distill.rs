@@ -1,5 +1,6 @@
 //! `ldmscale distill`: distil a text-to-image teacher into a few-step student on a run file's
-//! data, resumable exactly like `train`. Methods: `lcm` (latent consistency distillation).
+//! data, resumable exactly like `train`. Methods: `lcm` (latent consistency distillation) and
+//! `codi` (CoDi-style consistency distillation with guidance inside the loss).
 
 use std::path::{Path, PathBuf};
 
@@ -8,8 +9,9 @@ use clap::{Args, ValueEnum};
 use ldmscale_model::UNetConfig;
 use ldmscale_model::weights::load_unet;
 use ldmscale_train::parallel::training_devices;
-use ldmscale_train::tasks::LcmOptions;
-use ldmscale_train::{DeviceThreads, LcmDistill, RunSummary, TrainConfig, train_task};
+use ldmscale_train::tasks::codi_distill::EVALUATIONS_PER_STEP;
+use ldmscale_train::tasks::{CodiOptions, LcmOptions};
+use ldmscale_train::{CodiDistill, DeviceThreads, LcmDistill, RunSummary, TrainConfig, train_task};
 use ldmscale_util::lock::DirLock;
 use serde::Deserialize;
 
@@ -23,6 +25,15 @@ pub enum Method {
     /// Latent consistency distillation (LCM): the student reads the guidance as an
     /// embedding and samples with `sample --sampler lcm`.
     Lcm,
+    /// CoDi-style consistency distillation: the whole UNet, guided inside the loss; the
+    /// student samples with classifier-free guidance (2 evaluations per step).
+    Codi,
+}
+
+/// The recipe of the chosen method.
+enum Recipe {
+    Lcm(LcmOptions),
+    Codi(CodiOptions),
 }
 
 /// Arguments of `ldmscale distill`.
@@ -39,7 +50,9 @@ pub struct DistillArgs {
     /// Run file (TOML): `[data]` as for `train` (the teacher's data and encoders), `[train]`
     /// (the optimizer recipe; `[train.model]` may be left out, it is the teacher's) and,
     /// optionally, `[lcm]` (w_min, w_max, embedding_dim, ddim_steps, ema_decay, loss = "l2" |
-    /// "huber", huber_c, timestep_scaling). Unknown keys are errors.
+    /// "huber", huber_c, timestep_scaling) for `--method lcm` or `[codi]` (w_min, w_max,
+    /// ddim_steps, ema_decay, timestep_scaling) for `--method codi`. Unknown keys and the
+    /// other method's table are errors.
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
     /// Output directory; a run there resumes from its newest checkpoint.
@@ -59,8 +72,8 @@ pub struct DistillArgs {
 struct DistillFile {
     data: DataConfig,
     train: toml::Value,
-    #[serde(default)]
-    lcm: LcmOptions,
+    lcm: Option<LcmOptions>,
+    codi: Option<CodiOptions>,
 }
 
 /// Runs the command.
@@ -69,23 +82,28 @@ pub fn run(args: &DistillArgs, quiet: bool) -> Result<()> {
     let device = args.device.device()?;
     let (teacher_config, teacher) = load_unet(&args.teacher, &device)
         .with_context(|| format!("--teacher {}", args.teacher.display()))?;
-    let (data_config, config, options) = load(args, &teacher_config)?;
+    let (data_config, config, recipe) = load(args, &teacher_config)?;
     // Taken once the arguments are known good, so a refused run leaves no --out behind.
     let _lock = DirLock::acquire(&args.out, "ldmscale distill")?;
     let devices = training_devices(&config, &device)?;
     let plain = devices[0].clone().inner();
     let encoded = encode_data(&data_config, text_encoder_home(args), &plain)?;
-    let teacher_file = args.teacher.join("config.json");
+    let in_teacher = || format!("--teacher {}", args.teacher.join("config.json").display());
     let sync = DeviceThreads::new(&devices)?;
-    let summary = match args.method {
-        Method::Lcm => {
-            let teacher = (&teacher_config, teacher);
+    let teacher = (&teacher_config, teacher);
+    let summary = match recipe {
+        Recipe::Lcm(options) => {
             let task = LcmDistill::new(&config, &encoded.data, teacher, options, &plain)
-                .with_context(|| format!("--teacher {}", teacher_file.display()))?;
+                .with_context(in_teacher)?;
+            train_task(&config, &task, &sync, &args.out, !quiet, None)?
+        }
+        Recipe::Codi(options) => {
+            let task = CodiDistill::new(&config, &encoded.data, teacher, options, &plain)
+                .with_context(in_teacher)?;
             train_task(&config, &task, &sync, &args.out, !quiet, None)?
         }
     };
-    report(&config, &summary);
+    report(&config, &summary, args.method);
     Ok(())
 }
 
@@ -98,7 +116,7 @@ fn text_encoder_home(args: &DistillArgs) -> &Path {
 }
 
 /// The run file's data, recipe (`[train.model]` filled in from the teacher) and options.
-fn load(args: &DistillArgs, teacher: &UNetConfig) -> Result<(DataConfig, TrainConfig, LcmOptions)> {
+fn load(args: &DistillArgs, teacher: &UNetConfig) -> Result<(DataConfig, TrainConfig, Recipe)> {
     let origin = args.config.display().to_string();
     let text =
         std::fs::read_to_string(&args.config).with_context(|| format!("reading {origin}"))?;
@@ -115,17 +133,49 @@ fn load(args: &DistillArgs, teacher: &UNetConfig) -> Result<(DataConfig, TrainCo
     }
     let config = TrainConfig::from_toml(&toml::to_string(&train)?, &format!("{origin} [train]"))?;
     file.data.validate(&origin)?;
-    file.lcm
-        .validate()
-        .with_context(|| format!("{origin} [lcm]"))?;
-    Ok((file.data, config, file.lcm))
+    let recipe = recipe(args.method, file.lcm, file.codi, &origin)?;
+    Ok((file.data, config, recipe))
 }
 
-fn report(config: &TrainConfig, summary: &RunSummary) {
+/// The method's options, validated; the other method's table is refused (it would be
+/// silently ignored).
+fn recipe(
+    method: Method,
+    lcm: Option<LcmOptions>,
+    codi: Option<CodiOptions>,
+    origin: &str,
+) -> Result<Recipe> {
+    match (method, lcm, codi) {
+        (Method::Lcm, _, Some(_)) => anyhow::bail!("{origin}: [codi] is for --method codi"),
+        (Method::Codi, Some(_), _) => anyhow::bail!("{origin}: [lcm] is for --method lcm"),
+        (Method::Lcm, lcm, None) => {
+            let options = lcm.unwrap_or_default();
+            options
+                .validate()
+                .with_context(|| format!("{origin} [lcm]"))?;
+            Ok(Recipe::Lcm(options))
+        }
+        (Method::Codi, None, codi) => {
+            let options = codi.unwrap_or_default();
+            options
+                .validate()
+                .with_context(|| format!("{origin} [codi]"))?;
+            Ok(Recipe::Codi(options))
+        }
+    }
+}
+
+fn report(config: &TrainConfig, summary: &RunSummary, method: Method) {
+    let sampling = match method {
+        Method::Lcm => "sample it with --sampler lcm (1 evaluation per step)".to_string(),
+        Method::Codi => format!(
+            "sample it with classifier-free guidance ({EVALUATIONS_PER_STEP} evaluations per step)"
+        ),
+    };
     println!(
         "distilled width {}: step {} loss {:.4e}; training compute {:.3e} GFLOPs (student \
          forward and backward, teacher and target forwards) = {:.2} normalised cost x \
-         iterations; {} steps in {:.1} s; models: {}",
+         iterations; {} steps in {:.1} s; models: {}; {sampling}",
         config.model.width,
         summary.state.step,
         summary.state.last_loss,

@@ -135,7 +135,9 @@ enum Command {
     /// `--method lcm`: latent consistency distillation; the student is the teacher with a
     /// zero-initialised guidance embedding (`time_cond_proj_dim`) and samples with `sample
     /// --sampler lcm`. Example: `ldmscale distill --teacher runs/w32/unet --method lcm
-    /// --config distill.toml --out lcm-w32`.
+    /// --config distill.toml --out lcm-w32`. `--method codi`: CoDi-style consistency
+    /// distillation of the whole UNet with guidance inside the loss; the student is a plain
+    /// UNet, sampled with guidance (2 evaluations per step).
     Distill(Box<distill::DistillArgs>),
     /// Degrade a folder of high-resolution images to a frozen low-resolution set for x4
     /// super-resolution, with the RealESRGAN two-stage degradation (Real-ESRGAN's x4plus

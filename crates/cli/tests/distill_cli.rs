@@ -1,6 +1,7 @@
-//! `ldmscale distill --method lcm` end to end on a tiny teacher trained by `ldmscale train`:
-//! it distils a student that `sample --sampler lcm` accepts, extends and resumes like `train`,
-//! and refuses bad options and teachers naming the field.
+//! `ldmscale distill --method lcm|codi` end to end on a tiny teacher trained by `ldmscale
+//! train`: LCM distils a student that `sample --sampler lcm` accepts, CoDi a plain UNet that
+//! samples with guidance; both extend and resume like `train`, and bad options and teachers
+//! are refused naming the field.
 
 #[allow(dead_code)]
 #[path = "../src/npy.rs"]
@@ -26,6 +27,11 @@ fn stderr(out: &Output) -> String {
 /// The teacher: `teacher/unet` (and `teacher/text_encoder`) from 2 steps of `train`; the
 /// distillation file `distill.toml` with the same data and `lcm` table `lcm`.
 fn setup(root: &Path, lcm: &str) {
+    setup_with(root, &format!("[lcm]\nembedding_dim = 16\n{lcm}"));
+}
+
+/// As [`setup`], with `tables` after `[train]`.
+fn setup_with(root: &Path, tables: &str) {
     let run = common::tiny_run_file(root, "steps = 2\nbatch_size = 2", "");
     let out = ldmscale(
         &["-q", "train", "--config", "run.toml", "--out", "teacher"],
@@ -35,18 +41,22 @@ fn setup(root: &Path, lcm: &str) {
     let text = std::fs::read_to_string(run).unwrap();
     let data = &text[..text.find("[train]").unwrap()];
     let train = "[train]\nsteps = 3\nbatch_size = 2\nlearning_rate = 1e-3\ncheckpoint_every = 2\n";
-    let file = format!("{data}{train}\n[lcm]\nembedding_dim = 16\n{lcm}");
+    let file = format!("{data}{train}\n{tables}");
     std::fs::write(root.join("distill.toml"), file).unwrap();
 }
 
 fn distill(root: &Path, extra: &[&str]) -> Output {
+    distill_with(root, "lcm", extra)
+}
+
+fn distill_with(root: &Path, method: &str, extra: &[&str]) -> Output {
     let mut args = vec![
         "-q",
         "distill",
         "--teacher",
         "teacher/unet",
         "--method",
-        "lcm",
+        method,
     ];
     args.extend(["--config", "distill.toml", "--out", "student"]);
     args.extend(extra);
@@ -129,7 +139,7 @@ fn bad_options_and_teachers_name_the_field() {
             "--teacher",
             "teacher/unet",
             "--method",
-            "codi",
+            "guided",
             "--config",
             "distill.toml",
             "--out",
@@ -138,7 +148,7 @@ fn bad_options_and_teachers_name_the_field() {
         root,
     );
     assert!(
-        stderr(&out).contains("possible values: lcm"),
+        stderr(&out).contains("possible values: lcm, codi"),
         "{}",
         stderr(&out)
     );
@@ -175,4 +185,60 @@ fn bad_options_and_teachers_name_the_field() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn codi_distils_a_plain_student_that_samples_with_guidance() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup_with(root, "[codi]\nw_max = 4.0\n");
+    let out = distill_with(root, "codi", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(report.contains("step 3"), "{report}");
+    assert!(report.contains("2 evaluations per step"), "{report}");
+    let config = std::fs::read_to_string(root.join("student/unet/config.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&config).unwrap();
+    assert!(json["time_cond_proj_dim"].is_null(), "{config}");
+    let out = distill_with(root, "codi", &["--steps", "5"]);
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        report.contains("step 5") && report.contains("2 steps"),
+        "{report}"
+    );
+    // A plain UNet: it samples with classifier-free guidance like the teacher.
+    let width = json["cross_attention_dim"].as_u64().unwrap() as usize;
+    npy::write(&root.join("e.npy"), &[1, 3, width], &vec![0.1; 3 * width]).unwrap();
+    let args = [
+        "-q",
+        "sample",
+        "--unet",
+        "student/unet",
+        "--sampler",
+        "ddim",
+    ];
+    let rest = ["--steps", "4", "--cfg", "4", "--prompt-embeds", "e.npy"];
+    let out = ldmscale(
+        &[&args[..], &rest[..], &["--output-latents", "x.npy"]].concat(),
+        root,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(root.join("x.npy").exists());
+}
+
+#[test]
+fn codi_refuses_bad_options_and_the_lcm_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup_with(root, "[codi]\nw_min = 11.0\nw_max = 1.0\n");
+    let out = distill_with(root, "codi", &[]);
+    assert!(stderr(&out).contains("codi.w_max = 1"), "{}", stderr(&out));
+    setup_with(root, "[lcm]\nw_min = 2.0\n");
+    let out = distill_with(root, "codi", &[]);
+    assert!(
+        stderr(&out).contains("[lcm] is for --method lcm"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!root.join("student/checkpoints").exists());
 }
