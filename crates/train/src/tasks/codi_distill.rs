@@ -13,6 +13,11 @@
 //! [`ldmscale_diffusion::Cfg`], two evaluations per step. The EMA target is the task's extra
 //! state (in every checkpoint); the config's `text_dropout` is not applied (the null caption
 //! is the unconditional half already).
+//!
+//! Caveat of the recipe as specified: at the boundary (`t = 19 -> s = 0`, `c_skip(0) = 1`)
+//! the target is the unguided teacher's `z_0` for every `w`, so the exact fixed point of the
+//! loss is a student whose guidance term vanishes; the study should check that its students
+//! still respond to `w`.
 
 use std::ops::Range;
 use std::sync::Mutex;
