@@ -12,7 +12,7 @@ use ldmscale_model::text::clip::load_clip_text;
 use ldmscale_model::text::tokenizer::TOKENIZER_FILE;
 use ldmscale_model::text::{
     ContextProjection, TextConditioner, TextEncoder, TextModel, TextTokenizer, TinyTextSpec,
-    TokenBatch, TokenizerOptions, tiny_text_conditioner, word_tokenizer,
+    TokenBatch, TokenizerOptions, tiny_text_conditioner, with_reserved_words, word_tokenizer,
 };
 use ldmscale_model::weights::CONFIG_FILE;
 use ldmscale_testkit::{
@@ -280,10 +280,37 @@ fn word_vocabulary_is_deterministic_and_counts_words() {
 }
 
 #[test]
+fn reserved_words_get_their_own_ids_after_the_learned_vocabulary() {
+    let learned = || word_tokenizer(&CAPTIONS, 100, 2, 16).unwrap();
+    let size = learned().vocab_size();
+    let words = vec!["sks".to_string(), "zwx".to_string()];
+    let tokenizer = with_reserved_words(learned(), &words, 16).unwrap();
+    assert_eq!(tokenizer.vocab_size(), size + 2);
+    let sks = tokenizer.token_to_id("sks").unwrap();
+    assert_eq!(
+        (sks, tokenizer.token_to_id("zwx")),
+        (size as u32, Some(size as u32 + 1))
+    );
+    // Learned ids are unchanged, and the word is read whole, not as [UNK].
+    assert_eq!(tokenizer.token_to_id("red"), learned().token_to_id("red"));
+    let tokens = tokenizer.tokenize(&["a sks circle"]).unwrap();
+    assert_eq!(tokens.row(0)[2], sks);
+    for (bad, says) in [
+        ("red", "already a word"),
+        ("Sks", "lower-case"),
+        ("a b", "lower-case"),
+    ] {
+        let err = with_reserved_words(learned(), &[bad.to_string()], 16).unwrap_err();
+        assert!(err.to_string().contains(says), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn tiny_encoder_saves_as_a_transformers_directory_and_reloads() {
     let device = Device::flex();
     let spec = TinyTextSpec {
         min_count: 1,
+        reserved: vec!["sks".into()],
         ..TinyTextSpec::default()
     };
     let conditioner = tiny_text_conditioner(&CAPTIONS, &spec, &device).unwrap();
@@ -291,6 +318,8 @@ fn tiny_encoder_saves_as_a_transformers_directory_and_reloads() {
     conditioner.save(dir.path()).unwrap();
     let reloaded = TextConditioner::load(dir.path(), None, &device).unwrap();
     assert_eq!(reloaded.tokenizer.max_length(), spec.max_length);
+    let sks = conditioner.tokenizer.token_to_id("sks");
+    assert!(sks.is_some() && reloaded.tokenizer.token_to_id("sks") == sks);
     let a = conditioner.encode(&CAPTIONS, &device).unwrap();
     let b = reloaded.encode(&CAPTIONS, &device).unwrap();
     assert_eq!(a.hidden.dims(), [5, 9, 64]);

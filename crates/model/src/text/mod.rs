@@ -27,7 +27,7 @@ use crate::error::ModelError;
 use crate::weights::{CONFIG_FILE, Naming, load_safetensors_named, save_safetensors_named};
 pub use bert::{Bert, BertConfig};
 pub use clip::{ClipTextConfig, ClipTextModel};
-pub use tiny::{TinyTextSpec, tiny_text_conditioner, word_tokenizer};
+pub use tiny::{TinyTextSpec, tiny_text_conditioner, with_reserved_words, word_tokenizer};
 pub use tokenizer::{Padding, TextTokenizer, TokenizerOptions};
 
 /// Token ids of a batch of captions, right-padded to one length.

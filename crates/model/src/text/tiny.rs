@@ -34,6 +34,9 @@ pub struct TinyTextSpec {
     pub max_vocab: usize,
     /// Words seen fewer times than this map to `[UNK]`.
     pub min_count: u64,
+    /// Words given ids after the learned vocabulary whatever their count: identifiers the
+    /// captions never use (a DreamBooth subject's "sks"), which would otherwise be `[UNK]`.
+    pub reserved: Vec<String>,
 }
 
 impl Default for TinyTextSpec {
@@ -46,6 +49,7 @@ impl Default for TinyTextSpec {
             max_length: 32,
             max_vocab: 4096,
             min_count: 2,
+            reserved: Vec::new(),
         }
     }
 }
@@ -137,13 +141,63 @@ pub fn word_tokenizer<S: AsRef<str> + Send + Sync>(
     TextTokenizer::new(tokenizer, &TokenizerOptions::longest(max_length)).map_err(fail)
 }
 
+/// `tokenizer` with `words` appended to its vocabulary, in order; a word it already holds, or
+/// one the normaliser would split or change, is an error naming it.
+pub fn with_reserved_words(
+    tokenizer: TextTokenizer,
+    words: &[String],
+    max_length: usize,
+) -> Result<TextTokenizer, ModelError> {
+    if words.is_empty() {
+        return Ok(tokenizer);
+    }
+    let fail = |message: String| ModelError::Config {
+        file: "word vocabulary".into(),
+        message,
+    };
+    let mut json: serde_json::Value = serde_json::from_str(
+        &tokenizer
+            .inner()
+            .to_string(false)
+            .map_err(|e| fail(e.to_string()))?,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    let vocab = json["model"]["vocab"]
+        .as_object_mut()
+        .ok_or_else(|| fail("not a word-level vocabulary".into()))?;
+    for word in words {
+        let plain = !word.is_empty()
+            && word
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !plain {
+            return Err(fail(format!(
+                "reserved word {word:?}: expected lower-case letters and digits (one word)"
+            )));
+        }
+        if vocab.contains_key(word) {
+            return Err(fail(format!(
+                "reserved word {word:?} is already a word of the captions; choose one they never use"
+            )));
+        }
+        let id = vocab.len();
+        vocab.insert(word.clone(), json!(id));
+    }
+    let inner: Tokenizer = json
+        .to_string()
+        .parse()
+        .map_err(|e| fail(format!("rebuilding the tokenizer: {e}")))?;
+    TextTokenizer::new(inner, &TokenizerOptions::longest(max_length)).map_err(fail)
+}
+
 /// A fresh (untrained) small encoder over a vocabulary built from `captions`.
 pub fn tiny_text_conditioner<S: AsRef<str> + Send + Sync>(
     captions: &[S],
     spec: &TinyTextSpec,
     device: &Device,
 ) -> Result<TextConditioner, ModelError> {
-    let tokenizer = word_tokenizer(captions, spec.max_vocab, spec.min_count, spec.max_length)?;
+    let learned = word_tokenizer(captions, spec.max_vocab, spec.min_count, spec.max_length)?;
+    let tokenizer = with_reserved_words(learned, &spec.reserved, spec.max_length)?;
     let config = BertConfig::small(
         tokenizer.vocab_size(),
         spec.width,
