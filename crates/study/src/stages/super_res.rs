@@ -205,16 +205,16 @@ impl Stage for SuperResStage<'_> {
         let hr = hr_tensor(&self.sets.eval.hr, cx);
         let reference = self.evaluator.reference_of(hr.clone())?;
         let perceptual = Perceptual::new(sr, cx)?;
+        let measure = Measure {
+            stage: self,
+            reference: &reference,
+            hr: &hr,
+            perceptual: &perceptual,
+        };
         let mut finals = Vec::new();
         for (w, pretrained) in &self.family.models {
             let snapshots = self.finetune(cx, sr, *w, pretrained)?;
             self.refresh_width(cx, &mut store, *w)?;
-            let measure = Measure {
-                stage: self,
-                reference: &reference,
-                hr: &hr,
-                perceptual: &perceptual,
-            };
             for (step, dir) in &snapshots {
                 measure.snapshot(cx, sr, &mut store, (*w, *step), dir)?;
             }
