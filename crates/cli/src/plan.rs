@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use ldmscale_study::cell::SUPER_RES;
 use ldmscale_study::pairing::Pairing;
 use ldmscale_study::plan::{Budget, Recommendation, recommend_paired};
 use ldmscale_study::report::{ReportInputs, render};
@@ -208,6 +209,14 @@ fn merge(out: &Path, inputs: &[PathBuf], on_conflict: OnConflict) -> Result<()> 
     Ok(())
 }
 
+/// The SR cells' kept features against their HR reference, where the store kept them.
+fn sr_pairing(store: &Store, cells: &[Cell]) -> Result<Option<std::sync::Arc<Pairing>>> {
+    Ok(match store.variant_reference_features(SUPER_RES)? {
+        Some(reference) => Pairing::with_reference(store, reference, cells)?,
+        None => None,
+    })
+}
+
 /// Runs `ldmscale results ...`.
 pub fn results(command: &ResultsCommand) -> Result<()> {
     match command {
@@ -229,7 +238,10 @@ pub fn results(command: &ResultsCommand) -> Result<()> {
                 title: format!("results of {}", store.display()),
                 fid_features: "as stored".into(),
                 pairing: Pairing::from_store(&opened, &cells)?,
-                super_res: SrResults::from_cells(downstream),
+                super_res: SrResults::from_cells(
+                    downstream.clone(),
+                    sr_pairing(&opened, &downstream)?,
+                ),
                 ..Default::default()
             };
             let (html, md) = render(&cells, &inputs).map_err(anyhow::Error::msg)?;

@@ -33,6 +33,16 @@ impl Pairing {
         let Some(reference) = store.reference_features()? else {
             return Ok(None);
         };
+        Self::with_reference(store, reference, cells)
+    }
+
+    /// The kept features of `cells` in `store`, against `reference` (a downstream variant's
+    /// own reference set); `None` when no cell kept its features.
+    pub fn with_reference(
+        store: &Store,
+        reference: FeatureRows,
+        cells: &[Cell],
+    ) -> Result<Option<Arc<Self>>, StoreError> {
         let mut kept = HashMap::new();
         for cell in cells {
             if let Some(rows) = store.cell_features(&cell.key())? {

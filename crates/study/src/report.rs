@@ -266,7 +266,7 @@ impl Analysed {
         let mut found = findings_paired(cells, inputs.pairing.clone());
         found.push(training_compute_scales_performance(&inputs.training_curves));
         if let Some(sr) = &inputs.super_res {
-            found.extend(crate::super_res::findings(&sr.cells));
+            found.extend(crate::super_res::findings(&sr.cells, &sr.pairing));
         }
         Analysed {
             models: widths(&optimal),

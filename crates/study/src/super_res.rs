@@ -6,12 +6,15 @@ use std::fmt::Write as _;
 use ldmscale_data::degrade::FloatImage;
 use ldmscale_data::image::Image;
 
-use crate::analysis::{Setting, settings, widths};
+use std::sync::Arc;
+
+use crate::analysis::{Setting, settings, settings_paired, widths};
 use crate::cell::{Cell, Metric, Variant};
 use crate::findings::{
     Claim, Comparison, Difference, Finding, all_hold, largest_wins_at_largest_budget,
     smaller_wins_at_some_budget,
 };
+use crate::pairing::Pairing;
 use crate::plot::{self, Interval, Series};
 use crate::stages::sr_data::EvalSet;
 
@@ -69,12 +72,14 @@ pub struct SrResults {
     /// The bicubic x4 upsampling of the LR images measured like a cell ("fid", PSNR, SSIM,
     /// the perceptual metric): the baseline finetuning has to beat.
     pub baseline: Vec<Metric>,
+    /// The cells' kept features against the HR set's, for paired comparisons.
+    pub pairing: Option<Arc<Pairing>>,
 }
 
 impl SrResults {
     /// The SR cells among `cells`, as a store read back holds them (no Fig. 5, no set hash);
     /// `None` when there are none.
-    pub fn from_cells(cells: Vec<Cell>) -> Option<Self> {
+    pub fn from_cells(cells: Vec<Cell>, pairing: Option<Arc<Pairing>>) -> Option<Self> {
         let cells: Vec<Cell> = cells
             .into_iter()
             .filter(|c| finetune_steps(c).is_some())
@@ -87,6 +92,7 @@ impl SrResults {
             perceptual: if lpips { LPIPS } else { IN_DOMAIN_PERCEPTUAL },
             fig5: Vec::new(),
             baseline: Vec::new(),
+            pairing,
             cells,
         })
     }
@@ -108,13 +114,13 @@ fn snapshots(cells: &[Cell]) -> Vec<u64> {
 }
 
 /// The settings of the models finetuned for `step` steps.
-fn at_snapshot(cells: &[Cell], step: u64) -> Vec<Setting> {
+fn at_snapshot(cells: &[Cell], step: u64, pairing: &Option<Arc<Pairing>>) -> Vec<Setting> {
     let own: Vec<Cell> = cells
         .iter()
         .filter(|c| finetune_steps(c) == Some(step))
         .cloned()
         .collect();
-    settings(&own)
+    settings_paired(&own, pairing.clone())
 }
 
 /// The sampler and step count Fig. 4 and Sec. 3.2 compare at: the first sampler's most steps.
@@ -134,8 +140,8 @@ fn find<'a>(settings: &'a [Setting], width: u32, at: &(String, u32)) -> Option<&
         .find(|s| s.width == width && s.sampler == at.0 && s.steps == at.1)
 }
 
-/// Sec. 3.2's and 3.5's findings on the SR cells.
-pub fn findings(cells: &[Cell]) -> Vec<Finding> {
+/// Sec. 3.2's and 3.5's findings on the SR cells, paired where `pairing` holds both sides.
+pub fn findings(cells: &[Cell], pairing: &Option<Arc<Pairing>>) -> Vec<Finding> {
     let steps = snapshots(cells);
     let Some(&last) = steps.last() else {
         let why = "the study has no super-resolution cells";
@@ -145,14 +151,14 @@ pub fn findings(cells: &[Cell]) -> Vec<Finding> {
             SR_LARGER_MODELS_WIN_BEYOND.not_measured(why),
         ];
     };
-    let finals = at_snapshot(cells, last);
+    let finals = at_snapshot(cells, last, pairing);
     let few: Vec<Setting> = finals
         .iter()
         .filter(|s| s.steps <= FEW_STEPS)
         .cloned()
         .collect();
     vec![
-        scales_with_pretraining(cells, &steps),
+        scales_with_pretraining(cells, &steps, pairing),
         smaller_wins_at_some_budget(SR_SMALLER_MODELS_EFFICIENT_AT_FEW_STEPS, &few),
         largest_wins_at_largest_budget(SR_LARGER_MODELS_WIN_BEYOND, &finals),
     ]
@@ -161,10 +167,17 @@ pub fn findings(cells: &[Cell]) -> Vec<Finding> {
 /// Rule: the largest width must beat the smallest beyond the intervals both after the whole
 /// finetune and when only its first snapshot meets the smallest's last (more finetuning does
 /// not close the gap); does not hold if either comparison goes the other way.
-fn scales_with_pretraining(cells: &[Cell], steps: &[u64]) -> Finding {
+fn scales_with_pretraining(
+    cells: &[Cell],
+    steps: &[u64],
+    pairing: &Option<Arc<Pairing>>,
+) -> Finding {
     let claim = DOWNSTREAM_SCALES_WITH_PRETRAINING;
     let (first, last) = (steps[0], *steps.last().expect("non-empty"));
-    let (early, finals) = (at_snapshot(cells, first), at_snapshot(cells, last));
+    let (early, finals) = (
+        at_snapshot(cells, first, pairing),
+        at_snapshot(cells, last, pairing),
+    );
     let ws = widths(&finals);
     let (Some(&small), Some(&large), Some(at)) = (ws.first(), ws.last(), reference_point(&finals))
     else {
@@ -268,7 +281,7 @@ fn fig12(cells: &[Cell]) -> Result<String, String> {
     let Some(&last) = snapshots(cells).last() else {
         return Ok(String::new());
     };
-    let finals = at_snapshot(cells, last);
+    let finals = at_snapshot(cells, last, &None);
     let Some((sampler, _)) = reference_point(&finals) else {
         return Ok(String::new());
     };
@@ -350,7 +363,7 @@ pub fn learning_check(sr: &SrResults) -> Option<String> {
     let bicubic = sr.baseline.iter().find(|m| m.name == PSNR)?.value;
     let last = *snapshots(&sr.cells).last()?;
     let mut per_width = Vec::new();
-    for w in widths(&at_snapshot(&sr.cells, last)) {
+    for w in widths(&at_snapshot(&sr.cells, last, &None)) {
         let best = sr
             .cells
             .iter()
@@ -586,7 +599,7 @@ mod tests {
     }
 
     fn verdict(cells: &[Cell], id: &str) -> Verdict {
-        let f = findings(cells);
+        let f = findings(cells, &None);
         f.iter().find(|f| f.claim.id == id).unwrap().verdict
     }
 
@@ -628,7 +641,7 @@ mod tests {
             Verdict::Holds
         );
         assert!(
-            findings(&[])
+            findings(&[], &None)
                 .iter()
                 .all(|f| f.verdict == Verdict::NotMeasured)
         );
@@ -653,7 +666,7 @@ mod tests {
                 value: 21.5,
                 ci: None,
             }],
-            ..SrResults::from_cells(cells).unwrap()
+            ..SrResults::from_cells(cells, None).unwrap()
         };
         let html = html(&sr, |_| String::new()).unwrap();
         assert!(html.contains("SR FID vs finetune compute") && html.contains("vs sampling cost"));

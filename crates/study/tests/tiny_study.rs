@@ -139,6 +139,20 @@ fn check_super_res(config: &StudyConfig, out: &Path, html: &str) {
     };
     let steps = sr.evaluated_steps();
     assert!(cost(steps[0]) < cost(*steps.last().unwrap()));
+    // The SR cells kept their features, and their HR reference set too: paired findings.
+    let store = Store::open_read_only(&out.join("results.sqlite")).unwrap();
+    assert!(
+        store
+            .variant_reference_features("super-res")
+            .unwrap()
+            .is_some()
+    );
+    assert!(store.cell_features(&sr_cells[0].key()).unwrap().is_some());
+    let sec32 = html.split("Sec. 3.2, Fig. 4").nth(1).unwrap();
+    assert!(
+        sec32[..sec32.find("</div>").unwrap()].contains("paired"),
+        "{sec32}"
+    );
     assert!(out.join("super_res/fig5.png").is_file());
     assert_eq!(
         std::fs::read_dir(out.join("super_res/eval/lr"))

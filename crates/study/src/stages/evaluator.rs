@@ -49,6 +49,14 @@ pub struct Reference {
     features: Vec<f32>,
 }
 
+impl Reference {
+    /// The features as rows, for paired comparisons.
+    pub fn rows(&self) -> Result<FeatureRows, StudyError> {
+        FeatureRows::new(self.features.clone(), self.stats.dim())
+            .map_err(StudyError::stage("evaluator"))
+    }
+}
+
 /// Trains the in-domain CLIP and computes the reference statistics. Training it again is
 /// deterministic and takes seconds, so it is done on every run rather than stored.
 pub struct EvaluatorStage<'a> {

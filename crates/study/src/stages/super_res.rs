@@ -24,15 +24,16 @@ use super::evaluator::{self, Evaluator, Reference};
 use super::family::{self, Family};
 use super::first_stage::FirstStageModel;
 use super::sr_data::{self, DIR, SrSets, section};
-use super::sweep;
+use super::sweep::{self, keeps};
 use crate::bootstrap::mean_interval;
 use crate::cell::{Cell, CellKey, Metric, SUPER_RES, Variant};
 use crate::config::{StudyConfig, SuperResConfig};
 use crate::context::StudyContext;
 use crate::error::StudyError;
 use crate::fingerprint::Fingerprint;
+use crate::pairing::Pairing;
 use crate::stage::Stage;
-use crate::store::{Store, shard_owns};
+use crate::store::{FeatureRows, Store, shard_owns};
 use crate::super_res::{
     FINETUNE_COST, IN_DOMAIN_PERCEPTUAL, LPIPS, PSNR, SSIM, SrResults, UNRELATED_PSNR, fig5_png,
 };
@@ -204,6 +205,7 @@ impl Stage for SuperResStage<'_> {
         let mut store = Store::open(&sweep::store_path(cx))?;
         let hr = hr_tensor(&self.sets.eval.hr, cx);
         let reference = self.evaluator.reference_of(hr.clone())?;
+        keep_reference(&mut store, &reference)?;
         let perceptual = Perceptual::new(sr, cx)?;
         let measure = Measure {
             stage: self,
@@ -228,6 +230,15 @@ impl Stage for SuperResStage<'_> {
         write_atomic(&fig5_path(cx), &fig5)?;
         self.results(cx, sr, &store, fig5)
     }
+}
+
+/// Stores the HR set's features, which the SR cells' kept features are paired against.
+fn keep_reference(store: &mut Store, reference: &Reference) -> Result<(), StudyError> {
+    let rows = reference.rows()?;
+    if keeps(&rows) && store.variant_reference_features(SUPER_RES)?.as_ref() != Some(&rows) {
+        store.set_variant_reference_features(SUPER_RES, &rows)?;
+    }
+    Ok(())
 }
 
 fn owns(cx: &StudyContext, key: &CellKey) -> bool {
@@ -361,11 +372,15 @@ impl SuperResStage<'_> {
         let baseline = measure.baseline(cx, sr)?;
         let keys: std::collections::HashSet<CellKey> =
             all_keys(cx.config, sr).into_iter().collect();
-        let cells = store
+        let cells: Vec<Cell> = store
             .cells()?
             .into_iter()
             .filter(|c| keys.contains(&c.key()))
             .collect();
+        let pairing = match store.variant_reference_features(SUPER_RES)? {
+            Some(reference) => Pairing::with_reference(store, reference, &cells)?,
+            None => None,
+        };
         Ok(SrResults {
             cells,
             fig5,
@@ -373,6 +388,7 @@ impl SuperResStage<'_> {
             eval_hash: self.sets.eval.hash.clone(),
             perceptual: Perceptual::name(sr),
             baseline,
+            pairing,
         })
     }
 }
@@ -418,7 +434,7 @@ impl Measure<'_, '_> {
                 at.0,
                 at.1
             );
-            let mut cell = self.cell(&model, key, sr.seed)?;
+            let (mut cell, features) = self.cell(&model, key, sr.seed)?;
             cell.params = unet.num_params() as u64;
             cell.gflops_per_eval = gflops_per_eval;
             cell.metrics.push(Metric {
@@ -426,13 +442,18 @@ impl Measure<'_, '_> {
                 value: finetune.normalized_cost_x_iterations,
                 ci: None,
             });
-            store.insert(&cell)?;
+            store.insert_with_features(&cell, keeps(&features).then_some(&features))?;
         }
         Ok(())
     }
 
-    /// Samples the evaluation set at `key` and measures it.
-    fn cell(&self, model: &SuperResolution, key: CellKey, seed: u64) -> Result<Cell, StudyError> {
+    /// Samples the evaluation set at `key` and measures it; also returns the FID features.
+    fn cell(
+        &self,
+        model: &SuperResolution,
+        key: CellKey,
+        seed: u64,
+    ) -> Result<(Cell, FeatureRows), StudyError> {
         let spec = SrSampling {
             sampler: key.sampler,
             steps: key.steps,
@@ -444,14 +465,14 @@ impl Measure<'_, '_> {
         let wall_seconds = t0.elapsed().as_secs_f64();
         let images = generated.images;
         let evaluator = self.stage.evaluator;
-        let (fid, fid_ci, _) =
+        let (fid, fid_ci, features) =
             evaluator.fid_against(self.reference, images.clone(), key.seed_for("bootstrap"))?;
         let mut metrics = self.pixel_metrics(&images, &key)?;
         let distances = self
             .perceptual
             .distances(evaluator, images.clone(), self.hr.clone())?;
         metrics.push(mean_metric(self.perceptual.metric(), &distances, &key));
-        Ok(Cell {
+        let cell = Cell {
             variant: key.variant,
             width: key.width,
             params: 0,
@@ -467,7 +488,8 @@ impl Measure<'_, '_> {
             evaluations: generated.evaluations as u64,
             gflops_per_eval: 0.0,
             wall_seconds,
-        })
+        };
+        Ok((cell, features))
     }
 
     /// The bicubic x4 upsampling of the LR images, measured like a cell: what finetuning has

@@ -248,7 +248,7 @@ impl SweepStage<'_> {
 /// their findings fall back to the marginal intervals.
 const MAX_KEPT_VALUES: usize = 1 << 20;
 
-fn keeps(rows: &FeatureRows) -> bool {
+pub(crate) fn keeps(rows: &FeatureRows) -> bool {
     rows.data.len() <= MAX_KEPT_VALUES
 }
 

@@ -160,10 +160,32 @@ impl Store {
 
     /// Stores the reference set's features (replacing earlier ones).
     pub fn set_reference_features(&mut self, rows: &FeatureRows) -> Result<(), StoreError> {
+        self.set_features_named(REFERENCE, rows)
+    }
+
+    /// The features of the reference set a downstream variant's cells are measured against
+    /// (`kind`, e.g. "super-res": its HR images), where kept.
+    pub fn variant_reference_features(
+        &self,
+        kind: &str,
+    ) -> Result<Option<FeatureRows>, StoreError> {
+        self.features_named(&format!("{REFERENCE}:{kind}"))
+    }
+
+    /// Stores a downstream variant's reference features (replacing earlier ones).
+    pub fn set_variant_reference_features(
+        &mut self,
+        kind: &str,
+        rows: &FeatureRows,
+    ) -> Result<(), StoreError> {
+        self.set_features_named(&format!("{REFERENCE}:{kind}"), rows)
+    }
+
+    fn set_features_named(&mut self, name: &str, rows: &FeatureRows) -> Result<(), StoreError> {
         let file = self.file.clone();
         let run = |conn: &mut rusqlite::Connection| -> rusqlite::Result<()> {
             let tx = conn.transaction()?;
-            put(&tx, REFERENCE, rows)?;
+            put(&tx, name, rows)?;
             tx.commit()
         };
         run(&mut self.conn).map_err(|e| fail(&file, e.to_string()))
