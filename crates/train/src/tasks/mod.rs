@@ -1,12 +1,14 @@
 //! The training tasks.
 
 pub mod codi_distill;
+pub mod dreambooth;
 pub mod lcm_distill;
 pub mod sr_pairs;
 pub mod super_res;
 pub mod text_to_image;
 
 pub use codi_distill::{CodiBatch, CodiDistill, CodiLoss, CodiOptions};
+pub use dreambooth::{DEFAULT_PRIOR_WEIGHT, DreamBooth, DreamBoothBatch, DreamBoothLoss};
 pub use lcm_distill::{ConsistencyLoss, LcmBatch, LcmDistill, LcmLoss, LcmOptions};
 pub use sr_pairs::SrPairs;
 pub use super_res::{SrBatch, SrData, SrLoss, SrOptions, SuperRes};

@@ -145,7 +145,7 @@ impl<'d> SuperRes<'d> {
 }
 
 /// `model.width` must name the pretrained UNet's base width (it labels the run).
-fn check_model(config: &TrainConfig, sr: &UNetConfig) -> Result<(), TrainError> {
+pub(crate) fn check_model(config: &TrainConfig, sr: &UNetConfig) -> Result<(), TrainError> {
     let base = sr.base_channels();
     if config.model.width != base {
         return Err(TrainError::config(
@@ -188,7 +188,7 @@ fn check_context(context: &Tensor<3>, sr: &UNetConfig) -> Result<(), TrainError>
 
 /// A stable digest of weights (FNV-1a over names and f32 bits), so a run refuses to resume
 /// from another pretrained model.
-fn weights_digest(weights: &Named) -> u64 {
+pub(crate) fn weights_digest(weights: &Named) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
         for &b in bytes {
@@ -205,7 +205,7 @@ fn weights_digest(weights: &Named) -> u64 {
 }
 
 /// `shape` standard-normal values from `rng`.
-fn normal(rng: &mut StdRng, shape: [usize; 4], device: &Device) -> Tensor<4> {
+pub(crate) fn normal(rng: &mut StdRng, shape: [usize; 4], device: &Device) -> Tensor<4> {
     let n = shape.iter().product();
     let values: Vec<f32> = (0..n).map(|_| StandardNormal.sample(&mut *rng)).collect();
     Tensor::from_data(TensorData::new(values, shape), device)
