@@ -385,6 +385,8 @@ fn kept_features_follow_their_cells_through_remeasure_merge_and_removal() {
     s.insert_with_features(&a, Some(&rows(0.5))).unwrap();
     s.insert_with_features(&b, Some(&rows(0.25))).unwrap();
     s.set_reference_features(&rows(9.0)).unwrap();
+    s.set_variant_reference_features("super-res", &rows(7.0))
+        .unwrap();
     assert_eq!(s.cell_features(&a.key()).unwrap(), Some(rows(0.5)));
     drop(s);
 
@@ -393,6 +395,9 @@ fn kept_features_follow_their_cells_through_remeasure_merge_and_removal() {
     merged.merge_from(&shard, OnConflict::Refuse).unwrap();
     assert_eq!(merged.cell_features(&b.key()).unwrap(), Some(rows(0.25)));
     assert_eq!(merged.reference_features().unwrap(), Some(rows(9.0)));
+    // The SR cells' own reference set travels too.
+    let sr = merged.variant_reference_features("super-res").unwrap();
+    assert_eq!(sr, Some(rows(7.0)));
 
     // Measured again without features: the old rows no longer describe the cell.
     merged.insert(&a).unwrap();

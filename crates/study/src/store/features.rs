@@ -5,7 +5,7 @@
 use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::{Store, StoreError, fail};
-use crate::cell::{CellKey, Variant};
+use crate::cell::{CellKey, SUPER_RES, Variant};
 
 /// The table; created by `Store::open`, absent from stores written before it existed.
 pub(super) const FEATURES_SCHEMA: &str = "
@@ -18,6 +18,11 @@ CREATE TABLE IF NOT EXISTS features (
 
 /// The name of the reference set's rows.
 pub(super) const REFERENCE: &str = "reference";
+
+/// The stored names of every reference set: the sweep's and each downstream variant's.
+pub(super) fn reference_names() -> [String; 2] {
+    [REFERENCE.to_string(), format!("{REFERENCE}:{SUPER_RES}")]
+}
 
 /// Feature rows `rows x dim`.
 #[derive(Clone, Debug, PartialEq)]
@@ -106,7 +111,7 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
-    fn features_named(&self, name: &str) -> Result<Option<FeatureRows>, StoreError> {
+    pub(super) fn features_named(&self, name: &str) -> Result<Option<FeatureRows>, StoreError> {
         if !self.has_features()? {
             return Ok(None);
         }

@@ -86,7 +86,7 @@ impl Store {
             }
             _ => {}
         }
-        let features = features_to_copy(&source, &writes, self.reference_features()?.is_none())?;
+        let features = features_to_copy(&source, &writes, self)?;
         self.write_merge(&meta, &writes, &features)?;
         Ok(summary)
     }
@@ -159,8 +159,8 @@ impl Store {
             for (key, rows) in &features.cells {
                 features::put_cell(&tx, key, rows)?;
             }
-            if let Some(rows) = &features.reference {
-                features::put(&tx, features::REFERENCE, rows)?;
+            for (name, rows) in &features.references {
+                features::put(&tx, name, rows)?;
             }
             tx.commit()
         };
@@ -171,29 +171,30 @@ impl Store {
 /// The feature rows a merge copies along with its cells.
 struct Copied {
     cells: Vec<(CellKey, FeatureRows)>,
-    reference: Option<FeatureRows>,
+    /// (name, rows) of reference sets.
+    references: Vec<(String, FeatureRows)>,
 }
 
-/// The kept features of the cells being written, and the reference's where this store lacks
-/// it (stores of one study share one reference set).
-fn features_to_copy(
-    source: &Store,
-    cells: &[Cell],
-    want_reference: bool,
-) -> Result<Copied, StoreError> {
+/// The kept features of the cells being written, and the reference sets' (the sweep's, a
+/// downstream variant's) where `into` lacks them: stores of one study share them.
+fn features_to_copy(source: &Store, cells: &[Cell], into: &Store) -> Result<Copied, StoreError> {
     let mut copied = Vec::new();
     for cell in cells {
         if let Some(rows) = source.cell_features(&cell.key())? {
             copied.push((cell.key(), rows));
         }
     }
-    let reference = match want_reference {
-        true => source.reference_features()?,
-        false => None,
-    };
+    let mut references = Vec::new();
+    for name in features::reference_names() {
+        if into.features_named(&name)?.is_none()
+            && let Some(rows) = source.features_named(&name)?
+        {
+            references.push((name, rows));
+        }
+    }
     Ok(Copied {
         cells: copied,
-        reference,
+        references,
     })
 }
 
