@@ -6,6 +6,7 @@ mod clip_score;
 mod degrade;
 mod device;
 mod distill;
+mod dreambooth;
 mod fid;
 mod finetune_sr;
 mod lpips;
@@ -139,6 +140,16 @@ enum Command {
     /// distillation of the whole UNet with guidance inside the loss; the student is a plain
     /// UNet, sampled with guidance (2 evaluations per step).
     Distill(Box<distill::DistillArgs>),
+    /// DreamBooth: finetune a text-to-image UNet on a subject's images (resumes like `train`).
+    ///
+    /// The instance images (and, with `--class-dir`, the class images for prior preservation)
+    /// are encoded by the first stage and their prompts by the text encoder, both frozen; the
+    /// whole UNet trains with AdamW at a constant learning rate, grad clip 1.0, no text dropout.
+    /// Class images are not generated here: make them with the base model first. Example:
+    /// `ldmscale dreambooth --unet runs/w32/unet --first-stage vae/ --text-encoder
+    /// runs/w32/text_encoder --instance-dir dog/ --instance-prompt "a sks dog" --class-dir
+    /// dogs/ --class-prompt "a dog" --out db-w32 --steps 400`.
+    Dreambooth(Box<dreambooth::DreamBoothArgs>),
     /// Degrade a folder of high-resolution images to a frozen low-resolution set for x4
     /// super-resolution, with the RealESRGAN two-stage degradation (Real-ESRGAN's x4plus
     /// settings, the paper's).
@@ -241,6 +252,7 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         Command::TrainFamily(args) => train::family(args, cli.quiet),
         Command::FinetuneSr(args) => finetune_sr::run(args, cli.quiet),
         Command::Distill(args) => distill::run(args, cli.quiet),
+        Command::Dreambooth(args) => dreambooth::run(args, cli.quiet),
         Command::TrainVae(args) => train_vae::run(args),
         Command::Degrade(args) => degrade::run(args, cli.quiet),
     }
