@@ -118,6 +118,27 @@ pub fn named_gradients<M: Module>(module: &M, mut grads: GradientsParams) -> Nam
     v.out
 }
 
+/// `module` with every parameter taken from `weights` by name (moved to `device`); the names
+/// `weights` lacks are returned instead.
+pub fn with_weights<M: Module>(
+    module: M,
+    weights: &Named,
+    device: &Device,
+) -> Result<M, Vec<String>> {
+    let mut missing = Vec::new();
+    let module = update(module, &mut |name, _| {
+        let w = weights.get(name).map(|w| w.clone().to_device(device));
+        if w.is_none() {
+            missing.push(name.to_string());
+        }
+        w
+    });
+    match missing.is_empty() {
+        true => Ok(module),
+        false => Err(missing),
+    }
+}
+
 /// Replaces parameter values by name: `update(name, current_flat)` returns the new flat value or
 /// `None` to keep it. Autodiff tracking (require_grad) is preserved.
 pub fn update<M: Module>(

@@ -448,21 +448,10 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
 
 /// `model` with every parameter taken from `weights` (by name); one missing is an error.
 fn initialised_from(model: UNet, weights: &Named, device: &Device) -> Result<UNet, TrainError> {
-    let mut missing = Vec::new();
-    let model = params::update(model, &mut |name, _| {
-        let w = weights.get(name).map(|w| w.clone().to_device(device));
-        if w.is_none() {
-            missing.push(name.to_string());
-        }
-        w
-    });
-    if !missing.is_empty() {
-        return Err(TrainError::MissingParameters {
-            path: PathBuf::from("initial weights"),
-            names: missing,
-        });
-    }
-    Ok(model)
+    params::with_weights(model, weights, device).map_err(|names| TrainError::MissingParameters {
+        path: PathBuf::from("initial weights"),
+        names,
+    })
 }
 
 /// The UNets saved in diffusers layout beside a checkpoint or in the run directory.

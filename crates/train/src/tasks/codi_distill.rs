@@ -20,7 +20,6 @@
 //! still respond to `w`.
 
 use std::ops::Range;
-use std::sync::Mutex;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
@@ -36,8 +35,9 @@ use crate::data::TrainingData;
 use crate::error::TrainError;
 use crate::params::{self, Named};
 use crate::task::{ShardLoss, TrainTask};
+use crate::tasks::ema_target::EmaTarget;
 use crate::tasks::lcm_distill::{
-    alphas, as_f32, check_teacher, digest, ema_step, normal, per_row, prediction_type, set_weights,
+    alphas, as_f32, check_teacher, digest, normal, per_row, prediction_type,
 };
 use crate::tasks::super_res::at_reference_width;
 use crate::tasks::text_to_image::rows_on;
@@ -113,7 +113,7 @@ pub struct CodiDistill<'d> {
     /// The student at step 0: the teacher's weights.
     initial: Named,
     /// The EMA target, on the drawing device.
-    target: Mutex<UNet>,
+    target: EmaTarget,
     /// The null caption's states `[1, L, D]` (the unconditional half).
     null: Tensor<3>,
     schedule: NoiseSchedule,
@@ -172,7 +172,7 @@ impl<'d> CodiDistill<'d> {
         };
         Ok(Self {
             data,
-            target: Mutex::new(teacher.clone()),
+            target: EmaTarget::new(teacher.clone(), options.ema_decay),
             teacher,
             config: teacher_config.clone(),
             initial,
@@ -347,12 +347,7 @@ impl TrainTask for CodiDistill<'_> {
         rng: &mut StdRng,
         device: &Device,
     ) -> Result<CodiBatch, TrainError> {
-        let target = self
-            .target
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        self.draw_against(&target, indices, rng, device)
+        self.draw_against(&self.target.current(), indices, rng, device)
     }
 
     fn shard_loss(&self) -> &CodiLoss {
@@ -375,20 +370,16 @@ impl TrainTask for CodiDistill<'_> {
 
     /// The EMA target.
     fn extra_state(&self) -> Named {
-        params::snapshot(&*self.target.lock().unwrap_or_else(|p| p.into_inner()))
+        self.target.snapshot()
     }
 
     fn start_extra_state(&self, saved: Option<Named>) -> Result<(), Vec<String>> {
-        let device = self.null.device();
-        set_weights(
-            &self.target,
-            saved.as_ref().unwrap_or(&self.initial),
-            &device,
-        )
+        let weights = saved.as_ref().unwrap_or(&self.initial);
+        self.target.restore(weights, &self.null.device())
     }
 
     fn after_step(&self, weights: &Named) {
-        ema_step(&self.target, weights, self.options.ema_decay);
+        self.target.update(weights);
     }
 }
 

@@ -13,7 +13,6 @@
 //! not applied: the teacher's unconditional half reads the null caption already.
 
 use std::ops::Range;
-use std::sync::Mutex;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -33,6 +32,7 @@ use crate::data::TrainingData;
 use crate::error::TrainError;
 use crate::params::{self, Named};
 use crate::task::{ShardLoss, TrainTask};
+use crate::tasks::ema_target::EmaTarget;
 use crate::tasks::super_res::at_reference_width;
 use crate::tasks::text_to_image::rows_on;
 
@@ -132,7 +132,7 @@ pub struct LcmDistill<'d> {
     /// The student at step 0 (the teacher's weights, zero `cond_proj`).
     initial: Named,
     /// The EMA target, on the drawing device.
-    target: Mutex<UNet>,
+    target: EmaTarget,
     /// The null caption's states `[1, L, D]` (the teacher's unconditional half).
     null: Tensor<3>,
     schedule: NoiseSchedule,
@@ -200,7 +200,7 @@ impl<'d> LcmDistill<'d> {
             teacher,
             student_config,
             initial,
-            target: Mutex::new(student),
+            target: EmaTarget::new(student, options.ema_decay),
             null: data.null_context(device),
             schedule,
             options,
@@ -378,44 +378,6 @@ impl LcmDistill<'_> {
         let noise = per_row(a_s.iter().map(|a| (1.0 - a).sqrt()).collect(), &device);
         Ok(x0 * signal + eps * noise)
     }
-
-    /// Replaces the target's weights by name; the names `weights` lacks are returned.
-    fn set_target(&self, weights: &Named) -> Result<(), Vec<String>> {
-        set_weights(&self.target, weights, &self.null.device())
-    }
-}
-
-/// Replaces `target`'s weights by name (moved to `device`); the names `weights` lacks are
-/// returned and `target` is left as it was.
-pub(crate) fn set_weights(
-    target: &Mutex<UNet>,
-    weights: &Named,
-    device: &Device,
-) -> Result<(), Vec<String>> {
-    let mut target = target.lock().unwrap_or_else(|p| p.into_inner());
-    let mut missing = Vec::new();
-    let updated = params::update(target.clone(), &mut |name, _| {
-        let w = weights.get(name).map(|w| w.clone().to_device(device));
-        if w.is_none() {
-            missing.push(name.to_string());
-        }
-        w
-    });
-    if !missing.is_empty() {
-        return Err(missing);
-    }
-    *target = updated;
-    Ok(())
-}
-
-/// `target = decay target + (1 - decay) student`, by name.
-pub(crate) fn ema_step(target: &Mutex<UNet>, student: &Named, decay: f64) {
-    let decay = decay as f32;
-    let mut target = target.lock().unwrap_or_else(|p| p.into_inner());
-    *target = params::update(target.clone(), &mut |name, current| {
-        let student = student.get(name)?.clone();
-        Some(current.mul_scalar(decay) + student.mul_scalar(1.0 - decay))
-    });
 }
 
 impl LcmLoss {
@@ -523,12 +485,7 @@ impl TrainTask for LcmDistill<'_> {
         rng: &mut StdRng,
         device: &Device,
     ) -> Result<LcmBatch, TrainError> {
-        let target = self
-            .target
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        self.draw_against(&target, indices, rng, device)
+        self.draw_against(&self.target.current(), indices, rng, device)
     }
 
     fn shard_loss(&self) -> &LcmLoss {
@@ -550,19 +507,17 @@ impl TrainTask for LcmDistill<'_> {
 
     /// The EMA target.
     fn extra_state(&self) -> Named {
-        params::snapshot(&*self.target.lock().unwrap_or_else(|p| p.into_inner()))
+        self.target.snapshot()
     }
 
     fn start_extra_state(&self, saved: Option<Named>) -> Result<(), Vec<String>> {
-        match saved {
-            Some(saved) => self.set_target(&saved),
-            None => self.set_target(&self.initial),
-        }
+        let weights = saved.as_ref().unwrap_or(&self.initial);
+        self.target.restore(weights, &self.null.device())
     }
 
     /// `target = decay target + (1 - decay) student`.
     fn after_step(&self, weights: &Named) {
-        ema_step(&self.target, weights, self.options.ema_decay);
+        self.target.update(weights);
     }
 }
 

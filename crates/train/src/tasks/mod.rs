@@ -2,6 +2,7 @@
 
 pub mod codi_distill;
 pub mod dreambooth;
+pub mod ema_target;
 pub mod lcm_distill;
 pub mod sr_pairs;
 pub mod super_res;
