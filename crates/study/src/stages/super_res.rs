@@ -197,22 +197,15 @@ impl Stage for SuperResStage<'_> {
         let Ok(fig5) = std::fs::read(fig5_path(cx)) else {
             return Ok(None);
         };
-        Ok(Some(self.results(cx, sr, &store, fig5)?))
+        let baseline = self.measure(cx, sr)?.baseline(cx, sr)?;
+        Ok(Some(self.results(cx, sr, &store, fig5, baseline)?))
     }
 
     fn run(&self, cx: &StudyContext) -> Result<SrResults, StudyError> {
         let sr = section(cx)?;
         let mut store = Store::open(&sweep::store_path(cx))?;
-        let hr = hr_tensor(&self.sets.eval.hr, cx);
-        let reference = self.evaluator.reference_of(hr.clone())?;
-        keep_reference(&mut store, &reference)?;
-        let perceptual = Perceptual::new(sr, cx)?;
-        let measure = Measure {
-            stage: self,
-            reference: &reference,
-            hr: &hr,
-            perceptual: &perceptual,
-        };
+        let measure = self.measure(cx, sr)?;
+        keep_reference(&mut store, &measure.reference)?;
         let mut finals = Vec::new();
         for (w, pretrained) in &self.family.models {
             let snapshots = self.finetune(cx, sr, *w, pretrained)?;
@@ -228,7 +221,8 @@ impl Stage for SuperResStage<'_> {
         let fig5 =
             fig5_png(&self.sets.eval, &finals, res).map_err(StudyError::stage(Self::NAME))?;
         write_atomic(&fig5_path(cx), &fig5)?;
-        self.results(cx, sr, &store, fig5)
+        let baseline = measure.baseline(cx, sr)?;
+        self.results(cx, sr, &store, fig5, baseline)
     }
 }
 
@@ -353,23 +347,30 @@ impl SuperResStage<'_> {
         Ok(model)
     }
 
+    /// What the cells are measured against: the HR set's features and the perceptual network.
+    fn measure(
+        &self,
+        cx: &StudyContext,
+        sr: &SuperResConfig,
+    ) -> Result<Measure<'_, '_>, StudyError> {
+        let hr = hr_tensor(&self.sets.eval.hr, cx);
+        Ok(Measure {
+            stage: self,
+            reference: self.evaluator.reference_of(hr.clone())?,
+            hr,
+            perceptual: Perceptual::new(sr, cx)?,
+        })
+    }
+
+    /// The stored cells of the config's grid, with what the report shows beside them.
     fn results(
         &self,
         cx: &StudyContext,
         sr: &SuperResConfig,
         store: &Store,
         fig5: Vec<u8>,
+        baseline: Vec<Metric>,
     ) -> Result<SrResults, StudyError> {
-        let hr = hr_tensor(&self.sets.eval.hr, cx);
-        let reference = self.evaluator.reference_of(hr.clone())?;
-        let perceptual = Perceptual::new(sr, cx)?;
-        let measure = Measure {
-            stage: self,
-            reference: &reference,
-            hr: &hr,
-            perceptual: &perceptual,
-        };
-        let baseline = measure.baseline(cx, sr)?;
         let keys: std::collections::HashSet<CellKey> =
             all_keys(cx.config, sr).into_iter().collect();
         let cells: Vec<Cell> = store
@@ -396,9 +397,9 @@ impl SuperResStage<'_> {
 /// What every cell of the stage measures against.
 struct Measure<'a, 's> {
     stage: &'a SuperResStage<'s>,
-    reference: &'a Reference,
-    hr: &'a Tensor<4>,
-    perceptual: &'a Perceptual,
+    reference: Reference,
+    hr: Tensor<4>,
+    perceptual: Perceptual,
 }
 
 impl Measure<'_, '_> {
@@ -466,7 +467,7 @@ impl Measure<'_, '_> {
         let images = generated.images;
         let evaluator = self.stage.evaluator;
         let (fid, fid_ci, features) =
-            evaluator.fid_against(self.reference, images.clone(), key.seed_for("bootstrap"))?;
+            evaluator.fid_against(&self.reference, images.clone(), key.seed_for("bootstrap"))?;
         let mut metrics = self.pixel_metrics(&images, &key)?;
         let distances = self
             .perceptual
@@ -501,7 +502,7 @@ impl Measure<'_, '_> {
             ..cell_key(sr, 0, 0, (SamplerId::Ddim, 0))
         };
         let (fid, ci, _) = self.stage.evaluator.fid_against(
-            self.reference,
+            &self.reference,
             images.clone(),
             key.seed_for("bootstrap"),
         )?;
