@@ -289,7 +289,14 @@ type Reading = fn(&Setting) -> Option<(f64, Option<crate::bootstrap::FidCi>)>;
 /// Figs. 9 and 11: FID at the optimal guidance against sampling cost, one line per model.
 pub fn fid_vs_cost(optimal: &[Setting], sampler: &str) -> Result<String, String> {
     let title = format!("FID vs sampling cost, {sampler} (optimal guidance, 95% CI)");
-    metric_vs_cost(optimal, sampler, |s| Some((s.fid, s.fid_ci)), &title, "FID")
+    let labels = (COST_AXIS, "FID");
+    metric_vs_cost(
+        optimal,
+        sampler,
+        |s| Some((s.fid, s.fid_ci)),
+        &title,
+        labels,
+    )
 }
 
 /// KID x 10^3 against sampling cost at the FID-optimal guidance, one line per model (Figs.
@@ -304,16 +311,20 @@ pub fn kid_vs_cost(optimal: &[Setting], sampler: &str) -> Result<String, String>
         });
         s.kid.map(|k| (k * 1e3, ci))
     };
-    metric_vs_cost(optimal, sampler, milli, &title, "KID x 10^3")
+    metric_vs_cost(optimal, sampler, milli, &title, (COST_AXIS, "KID x 10^3"))
 }
 
-/// One line per model of `read` against sampling cost, with error bars where measured.
-fn metric_vs_cost(
+/// The sampling-cost axis of Figs. 9 and 11.
+const COST_AXIS: &str = "sampling cost: GFLOPs per image (log)";
+
+/// One line per model of `read` against sampling cost, with error bars where measured;
+/// `(x_label, y_label)`.
+pub(crate) fn metric_vs_cost(
     optimal: &[Setting],
     sampler: &str,
     read: Reading,
     title: &str,
-    y_label: &str,
+    (x_label, y_label): (&str, &str),
 ) -> Result<String, String> {
     let (series, intervals): (Vec<Series>, Vec<Vec<Interval>>) = widths(optimal)
         .into_iter()
@@ -334,14 +345,7 @@ fn metric_vs_cost(
         })
         .filter(|(s, _)| !s.points.is_empty())
         .unzip();
-    line_chart_with_intervals(
-        title,
-        "sampling cost: GFLOPs per image (log)",
-        y_label,
-        &series,
-        &intervals,
-        true,
-    )
+    line_chart_with_intervals(title, x_label, y_label, &series, &intervals, true)
 }
 
 #[cfg(test)]

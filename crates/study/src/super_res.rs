@@ -285,29 +285,15 @@ fn fig12(cells: &[Cell]) -> Result<String, String> {
     let Some((sampler, _)) = reference_point(&finals) else {
         return Ok(String::new());
     };
-    let (series, intervals): (Vec<Series>, Vec<Vec<Interval>>) = widths(&finals)
-        .into_iter()
-        .map(|w| {
-            let own = finals
-                .iter()
-                .filter(|s| s.width == w && s.sampler == sampler);
-            let mut points: Vec<(f64, f64)> = own.clone().map(|s| (s.cost_gflops, s.fid)).collect();
-            let mut bars: Vec<Interval> = own
-                .filter_map(|s| s.fid_ci.map(|ci| (s.cost_gflops, ci.low, ci.high)))
-                .collect();
-            points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            bars.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let label = format!("{w} filters");
-            (Series { label, points }, bars)
-        })
-        .unzip();
-    plot::line_chart_with_intervals(
+    plot::metric_vs_cost(
+        &finals,
+        &sampler,
+        |s| Some((s.fid, s.fid_ci)),
         &format!("SR FID vs sampling cost, {sampler}, no guidance (95% CI)"),
-        "sampling cost: GFLOPs per image, one evaluation per step (log)",
-        "FID",
-        &series,
-        &intervals,
-        true,
+        (
+            "sampling cost: GFLOPs per image, one evaluation per step (log)",
+            "FID",
+        ),
     )
 }
 
