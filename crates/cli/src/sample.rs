@@ -30,6 +30,7 @@ fn sampler_kind(id: SamplerId, eta: f32, scheduler_json: Option<&str>) -> Result
             ..DpmSolverOptions::from_json(text)?
         }),
         (SamplerKind::Lcm(_), Some(text)) => SamplerKind::Lcm(LcmOptions::from_json(text)?),
+        (SamplerKind::Codi(_), Some(text)) => SamplerKind::Codi(LcmOptions::from_json(text)?),
         (kind, _) => kind,
     })
 }
@@ -48,8 +49,9 @@ pub struct SampleArgs {
     /// UNet directory if present, else Stable Diffusion's (scaled_linear, steps_offset 1).
     #[arg(long, value_name = "FILE")]
     pub scheduler_config: Option<PathBuf>,
-    /// Sampler: ddim, ddpm, dpmpp-2m, dpmpp-3m, or lcm for a UNet distilled with a guidance
-    /// embedding (time_cond_proj_dim).
+    /// Sampler: ddim, ddpm, dpmpp-2m, dpmpp-3m; lcm for a UNet distilled with a guidance
+    /// embedding (distill --method lcm, time_cond_proj_dim); codi for a CoDi student (distill
+    /// --method codi: 4 deterministic steps with CFG, two evaluations per step).
     #[arg(long, default_value = "ddim")]
     pub sampler: SamplerId,
     /// Sampling steps (denoiser calls).
@@ -283,6 +285,11 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         None if args.sampler == SamplerId::Lcm => {
             Box::new(lcm::denoiser(args, &unet, &config, cond)?)
         }
+        None if args.sampler == SamplerId::Codi && config.time_cond_proj_dim.is_some() => bail!(
+            "{}: this UNet reads a guidance embedding (time_cond_proj_dim): an LCM student \
+             (distill --method lcm); sample it with --sampler lcm",
+            args.unet.join("config.json").display()
+        ),
         None => Box::new(Cfg::new(UNetDenoiser(&unet), cond, uncond, args.cfg)?),
     };
     let [_, _, h, w] = initial.dims();

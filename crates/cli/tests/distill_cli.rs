@@ -112,7 +112,24 @@ fn distils_a_student_the_lcm_sampler_takes_and_resumes() {
     assert!(root.join("x.npy").exists());
     let out = sample("teacher/unet");
     assert!(
-        stderr(&out).contains("time_cond_proj_dim"),
+        stderr(&out).contains("time_cond_proj_dim")
+            && stderr(&out).contains("distill --method lcm"),
+        "{}",
+        stderr(&out)
+    );
+    // The LCM student is refused by the CoDi sampler, which names the right one.
+    let codi = [
+        "sample",
+        "--unet",
+        "student/unet",
+        "--sampler",
+        "codi",
+        "--prompt-embeds",
+        "e.npy",
+    ];
+    let out = ldmscale(&[&codi[..], &["--output-latents", "y.npy"]].concat(), root);
+    assert!(
+        stderr(&out).contains("sample it with --sampler lcm"),
         "{}",
         stderr(&out)
     );
@@ -206,24 +223,27 @@ fn codi_distils_a_plain_student_that_samples_with_guidance() {
         report.contains("step 5") && report.contains("2 steps"),
         "{report}"
     );
-    // A plain UNet: it samples with classifier-free guidance like the teacher.
+    // A plain UNet: the CoDi sampler runs it with classifier-free guidance, 2 evaluations
+    // per step; a plain DDIM run takes it too.
     let width = json["cross_attention_dim"].as_u64().unwrap() as usize;
     npy::write(&root.join("e.npy"), &[1, 3, width], &vec![0.1; 3 * width]).unwrap();
-    let args = [
-        "-q",
-        "sample",
-        "--unet",
-        "student/unet",
-        "--sampler",
-        "ddim",
-    ];
-    let rest = ["--steps", "4", "--cfg", "4", "--prompt-embeds", "e.npy"];
-    let out = ldmscale(
-        &[&args[..], &rest[..], &["--output-latents", "x.npy"]].concat(),
-        root,
-    );
+    let sample = |sampler: &str| {
+        let args = ["sample", "--unet", "student/unet", "--sampler", sampler];
+        let rest = ["--steps", "4", "--cfg", "4", "--prompt-embeds", "e.npy"];
+        ldmscale(
+            &[&args[..], &rest[..], &["--output-latents", "x.npy"]].concat(),
+            root,
+        )
+    };
+    let out = sample("codi");
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("4 steps of codi, CFG 4: 8 evaluations"),
+        "{}",
+        stderr(&out)
+    );
     assert!(root.join("x.npy").exists());
+    assert!(sample("ddim").status.success());
 }
 
 #[test]

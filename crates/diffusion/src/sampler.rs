@@ -3,6 +3,7 @@
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::codi::CodiSampler;
 use crate::ddim::{DdimOptions, DdimSampler};
 use crate::ddpm::{DdpmOptions, DdpmSampler};
 use crate::denoiser::Denoiser;
@@ -117,6 +118,9 @@ pub enum SamplerKind {
     /// Latent Consistency Model multistep sampling (a distilled student with a guidance
     /// embedding; one evaluation per step).
     Lcm(LcmOptions),
+    /// Deterministic multistep consistency sampling of a CoDi-style student on the LCM grid
+    /// (guidance by the denoiser: two evaluations per step under CFG).
+    Codi(LcmOptions),
 }
 
 impl SamplerKind {
@@ -127,6 +131,7 @@ impl SamplerKind {
             SamplerKind::Ddpm(o) => Box::new(DdpmSampler::new(config, *o, num_steps)?),
             SamplerKind::DpmSolver(o) => Box::new(DpmSolverSampler::new(config, *o, num_steps)?),
             SamplerKind::Lcm(o) => Box::new(LcmSampler::new(config, *o, num_steps)?),
+            SamplerKind::Codi(o) => Box::new(CodiSampler::new(config, *o, num_steps)?),
         })
     }
 }

@@ -11,8 +11,8 @@ use crate::dpm_solver::DpmSolverOptions;
 use crate::lcm::LcmOptions;
 use crate::sampler::SamplerKind;
 
-/// A sampler by name: the paper's `ddim`, `ddpm`, `dpmpp-2m`, `dpmpp-3m`, and `lcm` for
-/// students distilled with a guidance embedding.
+/// A sampler by name: the paper's `ddim`, `ddpm`, `dpmpp-2m`, `dpmpp-3m`, `lcm` for
+/// students distilled with a guidance embedding, and `codi` for CFG-aware consistency students.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SamplerId {
     /// DDIM, the paper's default.
@@ -25,16 +25,20 @@ pub enum SamplerId {
     DpmSolver3M,
     /// Latent Consistency Model sampling; needs a UNet with `time_cond_proj_dim`.
     Lcm,
+    /// Deterministic multistep consistency sampling of a CoDi-style student, with
+    /// classifier-free guidance (two evaluations per step).
+    Codi,
 }
 
 impl SamplerId {
     /// Every sampler, in the order reports list them.
-    pub const ALL: [SamplerId; 5] = [
+    pub const ALL: [SamplerId; 6] = [
         SamplerId::Ddim,
         SamplerId::Ddpm,
         SamplerId::DpmSolver2M,
         SamplerId::DpmSolver3M,
         SamplerId::Lcm,
+        SamplerId::Codi,
     ];
 
     /// The name configs, the CLI and the store use.
@@ -45,6 +49,7 @@ impl SamplerId {
             SamplerId::DpmSolver2M => "dpmpp-2m",
             SamplerId::DpmSolver3M => "dpmpp-3m",
             SamplerId::Lcm => "lcm",
+            SamplerId::Codi => "codi",
         }
     }
 
@@ -59,6 +64,12 @@ impl SamplerId {
         self == SamplerId::Lcm
     }
 
+    /// Whether the sampler is for consistency-distilled students only (a base model's
+    /// boundary-scaled estimate at 4 steps is not a sample of it).
+    pub fn needs_consistency_student(self) -> bool {
+        matches!(self, SamplerId::Lcm | SamplerId::Codi)
+    }
+
     /// The sampler with its default options (deterministic DDIM, diffusers' DPM-Solver++).
     pub fn kind(self) -> SamplerKind {
         match self {
@@ -70,6 +81,7 @@ impl SamplerId {
                 ..DpmSolverOptions::default()
             }),
             SamplerId::Lcm => SamplerKind::Lcm(LcmOptions::default()),
+            SamplerId::Codi => SamplerKind::Codi(LcmOptions::default()),
         }
     }
 }
@@ -82,7 +94,9 @@ impl fmt::Display for SamplerId {
 
 /// A sampler name that is not one of [`SamplerId::ALL`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("unknown sampler {name:?}: expected one of ddim, ddpm, dpmpp-2m, dpmpp-3m, lcm{hint}")]
+#[error(
+    "unknown sampler {name:?}: expected one of ddim, ddpm, dpmpp-2m, dpmpp-3m, lcm, codi{hint}"
+)]
 pub struct UnknownSampler {
     /// The name given.
     pub name: String,
@@ -138,6 +152,12 @@ mod tests {
             SamplerId::Lcm.uses_guidance_embedding() && !SamplerId::Ddim.uses_guidance_embedding()
         );
         assert!(matches!(SamplerId::Lcm.kind(), SamplerKind::Lcm(_)));
+        assert!(matches!(SamplerId::Codi.kind(), SamplerKind::Codi(_)));
+        assert!(!SamplerId::Codi.uses_guidance_embedding());
+        assert!(
+            SamplerId::Codi.needs_consistency_student()
+                && !SamplerId::Ddim.needs_consistency_student()
+        );
     }
 
     #[test]

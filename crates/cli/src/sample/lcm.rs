@@ -14,6 +14,12 @@ use crate::npy;
 /// Flags that do not go with the sampler: `--step-noise` is LCM's alone, and LCM has no use for
 /// DDPM/DDIM noise, a negative prompt or SR latents.
 pub(super) fn check_args(args: &SampleArgs) -> Result<()> {
+    if args.sampler == SamplerId::Codi {
+        ensure!(
+            args.lr_latents.is_none(),
+            "--lr-latents does not go with --sampler codi: it samples text-to-image students only"
+        );
+    }
     if args.sampler != SamplerId::Lcm {
         ensure!(
             args.step_noise.is_none(),
@@ -60,7 +66,8 @@ pub(super) fn denoiser<'a>(
     ensure!(
         config.time_cond_proj_dim.is_some(),
         "{}: --sampler lcm needs a UNet distilled with a guidance embedding \
-         (time_cond_proj_dim in config.json); this UNet has none",
+         (time_cond_proj_dim in config.json; made by ldmscale distill --method lcm); this UNet \
+         has none (a --method codi student samples with --sampler codi)",
         args.unet.join("config.json").display()
     );
     Ok(LcmDenoiser::new(unet, cond, args.cfg as f64)?)

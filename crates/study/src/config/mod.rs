@@ -526,7 +526,7 @@ mod tests {
         assert!(
             c.validate()
                 .unwrap_err()
-                .contains("sweep.samplers[1]: lcm samples students")
+                .contains("sweep.samplers[1]: lcm samples consistency-distilled students")
         );
         let mut c = StudyConfig::preset("tiny").unwrap();
         let sr = c.super_res.as_mut().unwrap();

@@ -224,13 +224,13 @@ fn check_sweep(c: &StudyConfig, p: &mut Problems) {
     let s = &c.sweep;
     p.list("sweep.samplers", &s.samplers, |x| *x);
     for (i, sampler) in s.samplers.iter().enumerate() {
-        // The family are base text-to-image UNets: none has an LCM student's guidance embedding.
-        if sampler.uses_guidance_embedding() {
+        // The family are base text-to-image UNets, not consistency students.
+        if sampler.needs_consistency_student() {
             p.add(
                 format!("sweep.samplers[{i}]"),
                 format!(
-                    "{sampler} samples students distilled with a guidance embedding, which the \
-                     study does not train yet (ldmscale sample --sampler lcm runs one)"
+                    "{sampler} samples consistency-distilled students only, not the base \
+                     family (the distill stage samples its students with it)"
                 ),
             );
         }
@@ -313,10 +313,10 @@ fn check_super_res(c: &StudyConfig, p: &mut Problems) {
     }
     p.list("super_res.samplers", &sr.samplers, |s| *s);
     for (i, sampler) in sr.samplers.iter().enumerate() {
-        if sampler.uses_guidance_embedding() {
+        if sampler.needs_consistency_student() {
             p.add(
                 format!("super_res.samplers[{i}]"),
-                format!("{sampler} needs a student with a guidance embedding; SR models have none"),
+                format!("{sampler} needs a consistency-distilled student; SR models are not"),
             );
         }
     }
