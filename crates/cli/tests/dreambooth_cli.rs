@@ -142,6 +142,26 @@ fn finetunes_with_and_without_the_prior_and_resumes() {
 }
 
 #[test]
+fn class_images_are_generated_by_the_base_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    setup(root);
+    let gen_class = ["--class-dir", "made", "--class-prompt", "a circle"];
+    let flags = [&gen_class[..], &["--num-class-images", "3", "--steps", "1"]].concat();
+    let report = stdout(&dreambooth(root, "gen", &flags));
+    assert!(report.contains("prior preservation w 1"), "{report}");
+    let png = |i: usize| std::fs::read(root.join(format!("made/{i:05}.png"))).unwrap();
+    let first: Vec<Vec<u8>> = (0..3).map(png).collect();
+    assert!(root.join("made/class_images.json").is_file());
+    // A second run reuses them; another prompt on the same folder is refused.
+    stdout(&dreambooth(root, "gen2", &flags));
+    assert_eq!((0..3).map(png).collect::<Vec<_>>(), first);
+    let other = [&flags[..3], &["a square", "--num-class-images", "3"]].concat();
+    let out = dreambooth(root, "gen3", &other);
+    assert!(!out.status.success() && text(&out).contains("another prompt"));
+}
+
+#[test]
 fn bad_inputs_name_the_flag_or_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
@@ -189,5 +209,28 @@ fn bad_inputs_name_the_flag_or_folder() {
         &["--prior-loss-weight"],
     );
     refused(&["--resolution", "15"], &["--resolution 15"]);
+    // Identifiers: not in the instance prompt, in the class prompt, unknown to the encoder.
+    refused(
+        &["--identifier", "zwx"],
+        &["--identifier \"zwx\"", "not a word"],
+    );
+    refused(
+        &[
+            "--class-dir",
+            "class",
+            "--class-prompt",
+            "a sks",
+            "--identifier",
+            "sks",
+        ],
+        &["--identifier \"sks\"", "--class-prompt"],
+    );
+    refused(&["--identifier", "sks"], &["--identifier \"sks\"", "[UNK]"]);
+    refused(&["--identifier", "Sks!"], &["--identifier", "lowercase"]);
+    // A folder of one's own class images with fewer than asked for.
+    refused(
+        &[&CLASS[..4], &["--num-class-images", "5"]].concat(),
+        &["--class-dir", "holds 4 images", "at most 4"],
+    );
     refused(&["--instance-prompt", " "], &["--instance-prompt"]);
 }

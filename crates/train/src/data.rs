@@ -41,7 +41,7 @@ pub struct InMemory {
 }
 
 /// Tokens per caption at most.
-const MAX_TOKENS: usize = 32;
+pub(crate) const MAX_TOKENS: usize = 32;
 
 impl InMemory {
     /// Encodes `images` (`N x 3 x res x res` in [-1, 1]) to scaled latents and `captions` to

@@ -4,6 +4,7 @@
 
 pub mod autoencoder;
 pub mod checkpoint;
+pub mod class_images;
 pub mod config;
 pub mod data;
 pub mod ema;
