@@ -9,6 +9,7 @@ mod distill;
 mod dreambooth;
 mod fid;
 mod finetune_sr;
+mod launch;
 mod lpips;
 mod npy;
 mod plan;

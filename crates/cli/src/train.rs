@@ -17,6 +17,7 @@ use ldmscale_train::parallel::{parse_devices, training_devices};
 use ldmscale_util::lock::DirLock;
 
 use crate::device::DeviceArgs;
+use crate::launch::LaunchArgs;
 use ldmscale_train::{TrainConfig, train_with_hook};
 use serde::Deserialize;
 
@@ -78,11 +79,23 @@ pub struct TrainArgs {
     /// (overrides `train.devices`; the first holds the weights and optimizer state).
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<String>,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
+}
+
+/// The device this rank trains on (`--device cuda` is the rank's GPU); a multi-process run
+/// this build cannot synchronise is refused.
+fn rank_device(args: &TrainArgs) -> Result<Device> {
+    let env = ldmscale_util::launch::process_env();
+    let ranks = args.launch.ranks(&env)?;
+    crate::launch::single_process(&ranks)?;
+    let name = crate::launch::rank_device(&args.device.device, &ranks, &env)?;
+    Ok(ldmscale_train::parallel::parse_device(&name, "--device")?)
 }
 
 fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig, Option<EvalConfig>)> {
     // A device this build cannot use fails before any data is read.
-    args.device.device()?;
+    rank_device(args)?;
     let origin = args.config.display().to_string();
     let text =
         std::fs::read_to_string(&args.config).with_context(|| format!("reading {origin}"))?;
@@ -150,7 +163,7 @@ fn run_one(
     args: &TrainArgs,
     quiet: bool,
 ) -> Result<()> {
-    let train_device = args.device.device()?;
+    let train_device = rank_device(args)?;
     // Data and evaluation live where the weights do, so the hook's model meets them there.
     let device = training_devices(config, &train_device)?.remove(0);
     let Encoded {
