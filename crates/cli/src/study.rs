@@ -9,6 +9,7 @@ use ldmscale_study::context::STAGES;
 use ldmscale_study::{RunOptions, pipeline};
 
 use crate::device::DeviceArgs;
+use ldmscale_util::launch::{Env, array_shard};
 
 /// Arguments of `ldmscale study`.
 #[derive(Args, Debug)]
@@ -29,7 +30,10 @@ pub struct StudyArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Measure only sweep shard i of N (e.g. 0/4); merge the stores with `ldmscale results merge`.
-    #[arg(long, value_name = "i/N", allow_hyphen_values = true)]
+    /// `auto`: the shard of this job-array task (SLURM_ARRAY_TASK_ID/_MIN/_STEP/_COUNT, else
+    /// RANK/WORLD_SIZE); `auto/N` in a Kubernetes Indexed Job of N completions
+    /// (JOB_COMPLETION_INDEX).
+    #[arg(long, value_name = "i/N|auto", allow_hyphen_values = true)]
     pub shard: Option<String>,
     /// Compute only these stages (comma-separated): data, first-stage, text-encoder, latents,
     /// evaluator, family, sweep, grids, learning-check, report. Earlier stages must be stored;
@@ -58,7 +62,7 @@ pub fn run(args: &StudyArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from(format!("study-{}", config.name)));
     // Checked before the dry run too, so that it does not pass what the run refuses.
     let options = RunOptions {
-        shard: parse_shard(args.shard.as_deref())?,
+        shard: parse_shard(args.shard.as_deref(), &ldmscale_util::launch::process_env())?,
         only: check_only(args.only.as_deref())?,
     };
     crate::checks::output_dir(&out, "--out")?;
@@ -104,8 +108,28 @@ fn check_only(names: Option<&[String]>) -> Result<Option<Vec<String>>> {
     Ok(Some(names.to_vec()))
 }
 
-fn parse_shard(text: Option<&str>) -> Result<Option<(usize, usize)>> {
+fn parse_shard(text: Option<&str>, env: &Env) -> Result<Option<(usize, usize)>> {
     let Some(text) = text else { return Ok(None) };
+    if let Some(rest) = text.trim().strip_prefix("auto") {
+        let count = match rest.strip_prefix('/') {
+            None if rest.is_empty() => None,
+            Some(n) => Some(
+                n.trim()
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .with_context(|| {
+                        format!("--shard {text}: expected auto/N with N the whole number of tasks")
+                    })?,
+            ),
+            None => bail!("--shard {text}: expected i/N, auto or auto/N"),
+        };
+        let shard = array_shard(env, count).map_err(|e| match e.name.starts_with("--shard") {
+            true => anyhow::anyhow!("--shard {text}: {}", e.problem),
+            false => anyhow::anyhow!("--shard {text}: {e}"),
+        })?;
+        return Ok(Some(shard));
+    }
     let parsed = text.split_once('/').and_then(|(i, n)| {
         Some((
             i.trim().parse::<usize>().ok()?,
@@ -121,13 +145,46 @@ fn parse_shard(text: Option<&str>) -> Result<Option<(usize, usize)>> {
 #[cfg(test)]
 mod tests {
     use super::parse_shard;
+    use ldmscale_util::launch::Env;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn auto_shards_come_from_the_job_array() {
+        let slurm = env(&[
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_ARRAY_TASK_MIN", "0"),
+            ("SLURM_ARRAY_TASK_STEP", "1"),
+            ("SLURM_ARRAY_TASK_COUNT", "3"),
+        ]);
+        assert_eq!(parse_shard(Some("auto"), &slurm).unwrap(), Some((2, 3)));
+        let k8s = env(&[("JOB_COMPLETION_INDEX", "1")]);
+        assert_eq!(parse_shard(Some("auto/4"), &k8s).unwrap(), Some((1, 4)));
+        for (bad, says) in [
+            ("auto", "not inside a job array"),
+            ("auto/0", "expected auto/N"),
+            ("autox", "expected i/N, auto or auto/N"),
+        ] {
+            let err = format!("{:#}", parse_shard(Some(bad), &Env::new()).unwrap_err());
+            assert!(
+                err.contains(&format!("--shard {bad}")) && err.contains(says),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn shards_parse_or_say_what_is_expected() {
-        assert_eq!(parse_shard(Some("1/4")).unwrap(), Some((1, 4)));
-        assert_eq!(parse_shard(None).unwrap(), None);
+        let none = Env::new();
+        assert_eq!(parse_shard(Some("1/4"), &none).unwrap(), Some((1, 4)));
+        assert_eq!(parse_shard(None, &none).unwrap(), None);
         for bad in ["1/-1", "4/4", "0/0", "a/2", "1", "-1/2", "1/2/3"] {
-            let err = parse_shard(Some(bad)).unwrap_err().to_string();
+            let err = parse_shard(Some(bad), &none).unwrap_err().to_string();
             assert!(
                 err.contains(&format!("--shard {bad}")) && err.contains("0 <= i < N"),
                 "{err}"
