@@ -257,6 +257,8 @@ struct Analysed {
     sampler_names: Vec<String>,
     /// The best setting from each budget on, a row per change of the winner.
     changes: Vec<BudgetRow>,
+    /// The frontier's scaling law, validated by leaving widths out.
+    scaling: crate::scaling_law::ScalingAnalysis,
 }
 
 impl Analysed {
@@ -272,6 +274,7 @@ impl Analysed {
             models: widths(&optimal),
             sampler_names: samplers(&optimal),
             changes: winner_changes(&optimal),
+            scaling: crate::scaling_law::ScalingAnalysis::of(cells),
             all,
             optimal,
             found,
@@ -320,6 +323,7 @@ small {{ color: #666; }} tr.undecided td {{ background: #fff6dd; }}
     }
     html.push_str(&budget_html(a));
     html.push_str(&plots_html(cells, inputs, a)?);
+    html.push_str(&crate::scaling_law::html(&a.scaling)?);
     for g in &inputs.equal_cost {
         html.push_str(&equal_cost_html(g));
     }
@@ -520,6 +524,7 @@ fn markdown(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> String {
         );
     }
     md.push_str(&budget_markdown(a));
+    md.push_str(&crate::scaling_law::markdown(&a.scaling));
     for g in &inputs.equal_cost {
         let _ = writeln!(
             md,
