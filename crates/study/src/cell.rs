@@ -8,6 +8,7 @@ use ldmscale_diffusion::SamplerId;
 use serde::{Deserialize, Serialize};
 
 use crate::bootstrap::FidCi;
+use crate::config::DistillMethod;
 
 /// Which model of a width a cell measures: the text-to-image base model, or one derived from
 /// it (DreamBooth and distilled students come with their stages).
@@ -22,6 +23,13 @@ pub enum Variant {
         /// Optimizer steps of the finetune.
         finetune_steps: u64,
     },
+    /// A consistency-distilled student of the base model, after `steps` optimizer steps.
+    Distilled {
+        /// The distillation method (which also fixes the student's sampler).
+        method: DistillMethod,
+        /// Optimizer steps of the distillation.
+        steps: u64,
+    },
 }
 
 /// The kind of [`Variant::SuperRes`], as the store spells it before `@steps`.
@@ -33,6 +41,7 @@ impl Variant {
         match self {
             Variant::Base => "base",
             Variant::SuperRes { .. } => SUPER_RES,
+            Variant::Distilled { method, .. } => method.as_str(),
         }
     }
 
@@ -41,6 +50,7 @@ impl Variant {
         match self {
             Variant::Base => "base".into(),
             Variant::SuperRes { finetune_steps } => format!("{SUPER_RES}@{finetune_steps}"),
+            Variant::Distilled { method, steps } => format!("{method}@{steps}"),
         }
     }
 }
@@ -54,17 +64,26 @@ impl fmt::Display for Variant {
 impl FromStr for Variant {
     type Err = String;
     fn from_str(name: &str) -> Result<Self, String> {
-        let expected = "expected base or super-res@STEPS";
-        match name.split_once('@') {
-            None if name == "base" => Ok(Variant::Base),
-            Some((SUPER_RES, steps)) => steps
-                .parse()
-                .map(|finetune_steps| Variant::SuperRes { finetune_steps })
-                .map_err(|_| {
-                    format!("model variant {name:?}: {steps:?} is not a step count; {expected}")
-                }),
-            _ => Err(format!("unknown model variant {name:?}: {expected}")),
+        let expected = "expected base, super-res@STEPS, lcm@STEPS or codi@STEPS";
+        let Some((kind, steps)) = name.split_once('@') else {
+            return match name {
+                "base" => Ok(Variant::Base),
+                _ => Err(format!("unknown model variant {name:?}: {expected}")),
+            };
+        };
+        let method = kind.parse::<DistillMethod>();
+        if kind != SUPER_RES && method.is_err() {
+            return Err(format!("unknown model variant {name:?}: {expected}"));
         }
+        let steps: u64 = steps.parse().map_err(|_| {
+            format!("model variant {name:?}: {steps:?} is not a step count; {expected}")
+        })?;
+        Ok(match method {
+            Ok(method) => Variant::Distilled { method, steps },
+            Err(_) => Variant::SuperRes {
+                finetune_steps: steps,
+            },
+        })
     }
 }
 
@@ -198,14 +217,26 @@ mod tests {
         let sr = Variant::SuperRes {
             finetune_steps: 250,
         };
-        for v in [Variant::Base, sr] {
+        let lcm = Variant::Distilled {
+            method: DistillMethod::Lcm,
+            steps: 40,
+        };
+        for v in [Variant::Base, sr, lcm] {
             assert_eq!(v.name().parse::<Variant>().unwrap(), v);
             let json = serde_json::to_string(&v).unwrap();
             assert_eq!(serde_json::from_str::<Variant>(&json).unwrap(), v);
         }
         assert_eq!(sr.to_string(), "super-res@250");
         assert_eq!(sr.kind(), "super-res");
-        for bad in ["super-res", "super-res@x", "base@3", "dreambooth@1"] {
+        assert_eq!((lcm.to_string().as_str(), lcm.kind()), ("lcm@40", "lcm"));
+        for bad in [
+            "super-res",
+            "super-res@x",
+            "base@3",
+            "dreambooth@1",
+            "codi",
+            "lcm@",
+        ] {
             assert!(bad.parse::<Variant>().is_err(), "{bad}");
         }
     }

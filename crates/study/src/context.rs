@@ -17,7 +17,7 @@ use crate::fingerprint::Fingerprint;
 use crate::stage::Stage;
 
 /// The stages in the order a study runs them.
-pub const STAGES: [&str; 12] = [
+pub const STAGES: [&str; 13] = [
     "data",
     "first-stage",
     "text-encoder",
@@ -29,6 +29,7 @@ pub const STAGES: [&str; 12] = [
     "learning-check",
     "sr-data",
     "super-res",
+    "distill",
     "report",
 ];
 

@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod cell;
 pub mod config;
 pub mod context;
+pub mod distill;
 pub mod dreambooth;
 pub mod dry_run;
 pub mod error;

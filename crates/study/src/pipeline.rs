@@ -1,6 +1,6 @@
 //! `ldmscale study`: data -> first stage -> text encoder -> latent cache -> evaluator ->
 //! family -> sweep -> grids -> learning check -> super-resolution data -> super-resolution ->
-//! report. Each stage's result is stored under
+//! distillation -> report. Each stage's result is stored under
 //! the output directory with the fingerprint of what it depends on, so a killed study resumes
 //! where it stopped and a changed config recomputes only the stages the change reaches.
 
@@ -13,6 +13,7 @@ use crate::config::StudyConfig;
 use crate::context::{RunOptions, StudyContext};
 use crate::error::StudyError;
 use crate::stages::data::{Data, Splits};
+use crate::stages::distill::DistillStage;
 use crate::stages::evaluator::{Evaluator, EvaluatorStage};
 use crate::stages::family::{Family, FamilyStage};
 use crate::stages::first_stage::{FirstStageModel, FirstStageStage};
@@ -119,6 +120,15 @@ fn run_stages(cx: &StudyContext, summary: &mut Summary) -> Result<(), StudyError
         )?),
         None => None,
     };
+    let distill = match cx.config.distill {
+        Some(_) => Some(cx.ensure(&DistillStage {
+            family: &family,
+            latents: &latents,
+            evaluator: &evaluator,
+            first: &first,
+        })?),
+        None => None,
+    };
     let report = ReportStage {
         data: &data,
         first: &first,
@@ -129,6 +139,7 @@ fn run_stages(cx: &StudyContext, summary: &mut Summary) -> Result<(), StudyError
         grids: &grids,
         learning: &learning,
         super_res: super_res.as_ref(),
+        distill: distill.as_ref(),
     };
     summary.report = Some(cx.ensure(&report)?);
     Ok(())

@@ -38,6 +38,8 @@ pub struct ReportInputs {
     pub pairing: Option<Arc<Pairing>>,
     /// The super-resolution stage's results (Secs. 3.2, 3.5), when the study has one.
     pub super_res: Option<SrResults>,
+    /// The distillation stage's results (Sec. 3.6), when the study has one.
+    pub distill: Option<crate::distill::DistillResults>,
 }
 
 fn esc(s: &str) -> String {
@@ -270,6 +272,9 @@ impl Analysed {
         if let Some(sr) = &inputs.super_res {
             found.extend(crate::super_res::findings(&sr.cells, &sr.pairing));
         }
+        if let Some(d) = &inputs.distill {
+            found.extend(crate::distill::findings(d));
+        }
         Analysed {
             models: widths(&optimal),
             sampler_names: samplers(&optimal),
@@ -338,6 +343,9 @@ small {{ color: #666; }} tr.undecided td {{ background: #fff6dd; }}
     }
     if let Some(sr) = &inputs.super_res {
         html.push_str(&crate::super_res::html(sr, base64)?);
+    }
+    if let Some(d) = &inputs.distill {
+        html.push_str(&crate::distill::html(d)?);
     }
     html.push_str("<h2>Optimal guidance per model and steps</h2><table><tr><th>model</th><th>params</th><th>sampler</th><th>steps</th><th>best CFG</th><th>FID [95% CI]</th><th>KID x10&sup3; [95% CI]</th><th>GFLOPs/img</th><th>ms/img</th></tr>");
     for s in &a.optimal {
@@ -546,6 +554,9 @@ fn markdown(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> String {
     }
     if let Some(sr) = &inputs.super_res {
         md.push_str(&crate::super_res::markdown(sr));
+    }
+    if let Some(d) = &inputs.distill {
+        md.push_str(&crate::distill::markdown(d));
     }
     md
 }

@@ -101,7 +101,7 @@ impl SrResults {
 fn finetune_steps(c: &Cell) -> Option<u64> {
     match c.variant {
         Variant::SuperRes { finetune_steps } => Some(finetune_steps),
-        Variant::Base => None,
+        _ => None,
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use burn::tensor::Device;
 use ldmscale_study::bootstrap::CiMethod;
-use ldmscale_study::config::StudyConfig;
+use ldmscale_study::config::{DistillMethod, StudyConfig};
 use ldmscale_study::plan::{Budget, recommend};
 use ldmscale_study::{Cell, RunOptions, Store, StudyError, Variant, pipeline};
 
@@ -47,6 +47,14 @@ fn stage_files(config: &StudyConfig, out: &Path) -> Vec<(String, SystemTime)> {
         ));
     }
     files.push("super_res/eval/manifest.json".into());
+    let distill = config.distill.as_ref().unwrap();
+    for w in distill.distilled_widths(config) {
+        for m in &distill.methods {
+            files.push(format!(
+                "distill/{m}/w{w}/unet/diffusion_pytorch_model.safetensors"
+            ));
+        }
+    }
     files
         .into_iter()
         .map(|f| (f.clone(), modified(&out.join(f))))
@@ -97,6 +105,54 @@ fn check_first_run(config: &StudyConfig, out: &Path, summary: &pipeline::Summary
     let rec = recommend(&all_cells(out), Budget::Gflops(1e9)).unwrap();
     assert!(config.widths.contains(&(rec.best.width as usize)));
     check_super_res(config, out, &html);
+    check_distill(config, out, &html);
+}
+
+/// The distilled width's students, each method sampled over the guidance grid at 4 steps with
+/// its own evaluation count, and the section in the report.
+fn check_distill(config: &StudyConfig, out: &Path, html: &str) {
+    let d = config.distill.as_ref().unwrap();
+    let students: Vec<Cell> = all_cells(out)
+        .into_iter()
+        .filter(|c| matches!(c.variant, Variant::Distilled { .. }))
+        .collect();
+    let widths = d.distilled_widths(config);
+    assert_eq!(widths.len(), 1, "tiny distils one width");
+    let grid = config.sweep.cfg.len() * config.sweep.seeds.len();
+    assert_eq!(students.len(), d.methods.len() * grid);
+    for c in &students {
+        let Variant::Distilled { method, steps } = c.variant else {
+            unreachable!()
+        };
+        assert_eq!((c.sampler, c.steps, steps), (method.sampler(), 4, d.steps));
+        let per_step = match method {
+            DistillMethod::Lcm => 1,
+            DistillMethod::Codi if c.cfg > 1.0 => 2,
+            DistillMethod::Codi => 1,
+        };
+        assert_eq!(c.evaluations, per_step * 4, "{c:?}");
+        assert!(c.fid.is_finite() && c.fid_ci.is_some(), "{c:?}");
+        let cost = c.metrics.iter().find(|m| m.name == "distill_cost");
+        assert!(cost.is_some_and(|m| m.value > 0.0), "{c:?}");
+    }
+    // The teachers at the students' steps, as base cells.
+    let teachers = cells(out)
+        .into_iter()
+        .filter(|c| c.steps == 4 && c.sampler == d.teacher_sampler)
+        .count();
+    assert_eq!(teachers, grid * widths.len());
+    let lcm =
+        std::fs::read_to_string(out.join(format!("distill/lcm/w{}/unet/config.json", widths[0])));
+    assert!(lcm.unwrap().contains("time_cond_proj_dim"));
+    assert!(html.contains("Distillation (Sec. 3.6, Fig. 13)"));
+    assert!(html.contains("FID at 4 steps, undistilled vs distilled"));
+    assert!(html.contains("LCM 1, CoDi and CFG 2 evaluations per step"));
+    // One width: the scaling-trend claim cannot be measured, and says so.
+    let trend = html
+        .split("does not change the scaling trends")
+        .nth(1)
+        .unwrap();
+    assert!(trend[..trend.find("</div>").unwrap()].contains("fewer than two widths"));
 }
 
 /// Every width finetuned, every snapshot measured without guidance on the frozen set, and the
@@ -105,7 +161,7 @@ fn check_super_res(config: &StudyConfig, out: &Path, html: &str) {
     let sr = config.super_res.as_ref().unwrap();
     let sr_cells: Vec<Cell> = all_cells(out)
         .into_iter()
-        .filter(|c| c.variant != Variant::Base)
+        .filter(|c| matches!(c.variant, Variant::SuperRes { .. }))
         .collect();
     let per_model = sr.samplers.len() * sr.sample_steps.len();
     assert_eq!(

@@ -8,9 +8,11 @@ use ldmscale_diffusion::SamplerId;
 pub use ldmscale_train::Family;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod distill;
 pub mod super_res;
 pub mod validate;
 
+pub use distill::{DistillConfig, DistillMethod};
 pub use super_res::{SrDegradation, SuperResConfig};
 
 /// The frozen text encoder.
@@ -232,6 +234,10 @@ pub struct StudyConfig {
     /// Super-resolution finetuning of every width (Secs. 3.2, 3.5); absent: not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub super_res: Option<SuperResConfig>,
+    /// Consistency distillation of the widths to few-step students (Sec. 3.6); absent: not
+    /// run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
 }
 
 /// The quick preset's dataset: Fashion-MNIST when `tools/fetch-assets.sh fashion-mnist` has
@@ -375,6 +381,7 @@ mod presets {
             },
             fid_features: FidFeaturesKind::InDomain,
             super_res: Some(SuperResConfig::quick()),
+            distill: Some(DistillConfig::quick()),
         }
     }
 
@@ -404,6 +411,7 @@ mod presets {
         c.sweep.bootstrap = 20;
         c.sweep.grid_budgets = vec![8.0];
         c.super_res = Some(SuperResConfig::tiny());
+        c.distill = Some(DistillConfig::tiny());
         c
     }
 
@@ -454,6 +462,7 @@ mod presets {
             sample_steps: vec![5, 10, 20, 50],
             ..SuperResConfig::quick()
         });
+        c.distill = Some(DistillConfig::full());
         c
     }
 
@@ -494,6 +503,7 @@ mod presets {
             },
             fid_features: FidFeaturesKind::Inception,
             super_res: Some(SuperResConfig::paper()),
+            distill: Some(DistillConfig::paper()),
         }
     }
 }

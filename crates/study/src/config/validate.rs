@@ -32,6 +32,7 @@ pub fn problems(c: &StudyConfig) -> Vec<String> {
     check_recipe(c, &mut p);
     check_sweep(c, &mut p);
     check_super_res(c, &mut p);
+    p.0.extend(super::distill::problems(c));
     p.0
 }
 

@@ -1,6 +1,7 @@
 //! The study's stages, one file each, in the order a study runs them.
 
 pub mod data;
+pub mod distill;
 pub mod evaluator;
 pub mod family;
 pub mod first_stage;

@@ -44,6 +44,8 @@ pub struct ReportStage<'a> {
     pub learning: &'a str,
     /// The super-resolution section's results, when the study has one.
     pub super_res: Option<&'a SrResults>,
+    /// The distillation section's results, when the study has one.
+    pub distill: Option<&'a crate::distill::DistillResults>,
 }
 
 impl Stage for ReportStage<'_> {
@@ -103,6 +105,7 @@ impl ReportStage<'_> {
                 .collect(),
             pairing: None,
             super_res: self.super_res.cloned(),
+            distill: self.distill.cloned(),
         }
     }
 

@@ -172,7 +172,7 @@ impl SweepStage<'_> {
 
     /// What every cell of one width shares: its model, cost, prompts and their CLIP text
     /// embedding.
-    fn width_inputs<'a>(&'a self, cx: &StudyContext, unet: &'a UNet) -> WidthInputs<'a> {
+    pub(crate) fn width_inputs<'a>(&'a self, cx: &StudyContext, unet: &'a UNet) -> WidthInputs<'a> {
         let prompts = self.latents.prompts(samples_per_cell(cx), &cx.device);
         let [_, h, w] = self.latents.latent_shape;
         let clip = &self.evaluator.features.clip.model;
@@ -195,7 +195,7 @@ impl SweepStage<'_> {
     }
 
     /// Samples one cell's images and measures them; the features are kept where small.
-    fn measure(
+    pub(crate) fn measure(
         &self,
         width: &WidthInputs,
         key: CellKey,
@@ -253,7 +253,7 @@ pub(crate) fn keeps(rows: &FeatureRows) -> bool {
 }
 
 /// See [`SweepStage::width_inputs`].
-struct WidthInputs<'a> {
+pub(crate) struct WidthInputs<'a> {
     model: LatentDiffusion<'a>,
     params: u64,
     gflops_per_eval: f64,

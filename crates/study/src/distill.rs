@@ -1,0 +1,379 @@
+//! Distillation's analysis (Sec. 3.6, Fig. 13): the students against their teachers at the
+//! same few steps, against the undistilled FID-vs-cost frontier at equal sampling cost, and
+//! the findings judged on paired intervals.
+//!
+//! Cost convention: a cell's sampling cost is its own evaluations x GFLOPs per evaluation, so
+//! an LCM student counts 1 evaluation per step (guidance is an embedding) and a CoDi student 2
+//! (classifier-free guidance), as the undistilled models with guidance do.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use crate::analysis::{Setting, best_within, budgets, optimal_cfg, settings_paired, widths};
+use crate::cell::{Cell, Variant};
+use crate::config::DistillMethod;
+use crate::findings::{Claim, Comparison, Difference, Finding, Verdict, all_hold};
+use crate::pairing::Pairing;
+use crate::plot::{self, Interval, Series};
+
+/// Distillation compute of a student, normalised cost x iterations.
+pub const DISTILL_COST: &str = "distill_cost";
+
+/// Sec. 3.6, Fig. 13 right.
+pub const DISTILLED_BEATS_UNDISTILLED: Claim = Claim {
+    id: "distilled-beats-undistilled-at-equal-cost",
+    text: "At equal sampling cost, a distilled model reaches a lower FID than the undistilled model of its size",
+    section: "Sec. 3.6, Fig. 13",
+};
+
+/// Sec. 3.6, Fig. 13 left.
+pub const DISTILLATION_KEEPS_SCALING_TRENDS: Claim = Claim {
+    id: "distillation-keeps-scaling-trends",
+    text: "Diffusion distillation does not change the scaling trends: at few sampling steps the larger and the smaller model are ordered the same way after distillation as before",
+    section: "Sec. 3.6, Fig. 13",
+};
+
+/// What the distillation stage measured.
+#[derive(Clone, Debug, Default)]
+pub struct DistillResults {
+    /// The students' cells (variants `lcm@N`, `codi@N`).
+    pub students: Vec<Cell>,
+    /// The teachers' base cells at the students' step count.
+    pub teachers: Vec<Cell>,
+    /// The sweep's grid cells: the undistilled models at every cost.
+    pub sweep: Vec<Cell>,
+    /// All of them paired against the sweep's reference set.
+    pub pairing: Option<Arc<Pairing>>,
+    /// The students' (and teachers') sampling steps.
+    pub sample_steps: u32,
+}
+
+fn method_of(c: &Cell) -> Option<DistillMethod> {
+    match c.variant {
+        Variant::Distilled { method, .. } => Some(method),
+        _ => None,
+    }
+}
+
+impl DistillResults {
+    /// The methods measured, in report order.
+    pub fn methods(&self) -> Vec<DistillMethod> {
+        let found: BTreeSet<DistillMethod> = self.students.iter().filter_map(method_of).collect();
+        found.into_iter().collect()
+    }
+
+    /// One method's students at their optimal guidance, one setting per width.
+    pub fn students(&self, method: DistillMethod) -> Vec<Setting> {
+        let own: Vec<Cell> = self
+            .students
+            .iter()
+            .filter(|c| method_of(c) == Some(method))
+            .cloned()
+            .collect();
+        optimal_cfg(&settings_paired(&own, self.pairing.clone()))
+    }
+
+    /// The teachers at the students' steps, at their optimal guidance.
+    pub fn teachers(&self) -> Vec<Setting> {
+        optimal_cfg(&settings_paired(&self.teachers, self.pairing.clone()))
+    }
+
+    /// Every undistilled setting measured (sweep and teachers, each cell once) at its optimal
+    /// guidance.
+    pub fn undistilled(&self) -> Vec<Setting> {
+        let mut seen = BTreeSet::new();
+        let cells: Vec<Cell> = self
+            .sweep
+            .iter()
+            .chain(&self.teachers)
+            .filter(|c| seen.insert(c.key()))
+            .cloned()
+            .collect();
+        optimal_cfg(&settings_paired(&cells, self.pairing.clone()))
+    }
+}
+
+/// The findings of Sec. 3.6.
+pub fn findings(r: &DistillResults) -> Vec<Finding> {
+    if r.students.is_empty() {
+        let why = "the study distilled no model";
+        return vec![
+            DISTILLED_BEATS_UNDISTILLED.not_measured(why),
+            DISTILLATION_KEEPS_SCALING_TRENDS.not_measured(why),
+        ];
+    }
+    vec![beats_undistilled(r), keeps_scaling_trends(r)]
+}
+
+/// Rule: every student must beat the best undistilled setting of its width whose sampling
+/// cost is at most its own, beyond the interval (paired where both kept their features).
+fn beats_undistilled(r: &DistillResults) -> Finding {
+    let undistilled = r.undistilled();
+    let mut comparisons = Vec::new();
+    for method in r.methods() {
+        for s in r.students(method) {
+            let Some(u) = best_within(&undistilled, Some(s.width), None, s.cost_gflops) else {
+                continue;
+            };
+            comparisons.push(Comparison {
+                what: format!(
+                    "{method} student of {} filters ({} steps, CFG {}, {:.3} GFLOPs) vs its undistilled model within that cost ({} x{}, CFG {}, {:.3} GFLOPs)",
+                    s.width, s.steps, s.cfg, s.cost_gflops, u.sampler, u.steps, u.cfg, u.cost_gflops
+                ),
+                difference: Difference::fid_gap(&s, u),
+            });
+        }
+    }
+    if comparisons.is_empty() {
+        return DISTILLED_BEATS_UNDISTILLED
+            .not_measured("no undistilled setting costs as little as a student");
+    }
+    DISTILLED_BEATS_UNDISTILLED.judged(all_hold(comparisons), "students")
+}
+
+/// `FID(smallest) - FID(largest)` among `settings` (positive: the larger model is better).
+fn size_gap(settings: &[Setting]) -> Option<(Difference, u32, u32)> {
+    let w = widths(settings);
+    let (&small, &large) = (w.first()?, w.last()?);
+    if small == large {
+        return None;
+    }
+    let at = |width: u32| settings.iter().find(|s| s.width == width);
+    Some((Difference::fid_gap(at(large)?, at(small)?), small, large))
+}
+
+/// Rule: the teachers' order of the smallest and largest distilled width at the students'
+/// steps must be decided; the claim holds when every method's students keep that order beyond
+/// their interval and fails when one reverses it.
+fn keeps_scaling_trends(r: &DistillResults) -> Finding {
+    let claim = DISTILLATION_KEEPS_SCALING_TRENDS;
+    let Some((teacher, small, large)) = size_gap(&r.teachers()) else {
+        return claim
+            .not_measured("fewer than two widths distilled, or their teachers not measured");
+    };
+    let trend = format!(
+        "undistilled {large} vs {small} filters at {} steps: {}",
+        r.sample_steps,
+        teacher.text()
+    );
+    let larger_better = match teacher.verdict() {
+        Verdict::Holds => true,
+        Verdict::DoesNotHold => false,
+        _ => {
+            return Finding {
+                claim,
+                verdict: Verdict::Inconclusive,
+                evidence: format!("the undistilled trend is not decided: {trend}"),
+                deciding: None,
+            };
+        }
+    };
+    let comparisons = r
+        .methods()
+        .into_iter()
+        .filter_map(|m| {
+            let (gap, ..) = size_gap(&r.students(m))?;
+            let kept = if larger_better { gap } else { gap.negated() };
+            let order = if larger_better { "larger" } else { "smaller" };
+            Some(Comparison {
+                what: format!(
+                    "{m} students keep the {order} model ahead ({large} vs {small} filters)"
+                ),
+                difference: kept,
+            })
+        })
+        .collect();
+    claim
+        .judged(all_hold(comparisons), "methods")
+        .with_detail(&trend)
+}
+
+/// The cost convention every distillation plot uses, in words.
+fn cost_convention(r: &DistillResults) -> String {
+    let methods: Vec<&str> = r.methods().iter().map(|m| m.cost_convention()).collect();
+    format!(
+        "sampling cost = evaluations x GFLOPs per evaluation: {}; undistilled models 2 per step with guidance (w > 1)",
+        methods.join("; ")
+    )
+}
+
+/// One line per (label, settings) of FID against `x`, with error bars.
+fn fid_series(
+    lines: Vec<(String, Vec<Setting>)>,
+    x: fn(&Setting) -> f64,
+) -> (Vec<Series>, Vec<Vec<Interval>>) {
+    lines
+        .into_iter()
+        .filter(|(_, s)| !s.is_empty())
+        .map(|(label, mut settings)| {
+            settings.sort_by(|a, b| x(a).total_cmp(&x(b)));
+            let points = settings.iter().map(|s| (x(s), s.fid)).collect();
+            let bars = settings
+                .iter()
+                .filter_map(|s| s.fid_ci.map(|c| (x(s), c.low, c.high)))
+                .collect();
+            (Series { label, points }, bars)
+        })
+        .unzip()
+}
+
+/// Fig. 13 left: FID at the students' steps against model width, teachers and students.
+pub fn fig13_left(r: &DistillResults) -> Result<String, String> {
+    let steps = r.sample_steps;
+    let sampler = r.teachers.first().map_or("ddim", |c| c.sampler.as_str());
+    let mut lines = vec![(format!("undistilled ({sampler})"), r.teachers())];
+    for m in r.methods() {
+        lines.push((format!("{m} student"), r.students(m)));
+    }
+    let (series, bars) = fid_series(lines, |s| s.width as f64);
+    plot::line_chart_with_intervals(
+        &format!("FID at {steps} steps, undistilled vs distilled (optimal guidance, 95% CI)"),
+        "model width: base filters",
+        "FID",
+        &series,
+        &bars,
+        false,
+    )
+}
+
+/// The undistilled frontier: the lowest FID of any model and sampler within each cost.
+fn frontier(undistilled: &[Setting]) -> Vec<Setting> {
+    budgets(undistilled)
+        .into_iter()
+        .filter_map(|b| {
+            let best = best_within(undistilled, None, None, b)?;
+            Some(Setting {
+                cost_gflops: b,
+                ..best.clone()
+            })
+        })
+        .collect()
+}
+
+/// Fig. 13 right: the students against the undistilled optimal-FID-vs-cost frontier.
+pub fn fig13_right(r: &DistillResults) -> Result<String, String> {
+    let mut lines = vec![(
+        "undistilled frontier (best of any width)".to_string(),
+        frontier(&r.undistilled()),
+    )];
+    for m in r.methods() {
+        lines.push((format!("{m} students (one point per width)"), r.students(m)));
+    }
+    let (series, bars) = fid_series(lines, |s| s.cost_gflops);
+    plot::line_chart_with_intervals(
+        "FID vs sampling cost: distilled vs the undistilled frontier (95% CI)",
+        "sampling cost: GFLOPs per image (log); LCM 1, CoDi and CFG 2 evaluations per step",
+        "FID",
+        &series,
+        &bars,
+        true,
+    )
+}
+
+/// The report's section.
+pub fn html(r: &DistillResults) -> Result<String, String> {
+    let mut h = String::new();
+    let _ = write!(
+        h,
+        "<h2>Distillation (Sec. 3.6, Fig. 13)</h2><p>Every distilled width's final model distilled by each method with one recipe; students sampled at {} steps over the sweep's guidance grid with the sweep's prompts, noise and reference set (FIDs pair). Cost convention of both plots: {}.</p><div class=\"plots\">",
+        r.sample_steps,
+        esc(&cost_convention(r))
+    );
+    h.push_str(&fig13_left(r)?);
+    h.push_str(&fig13_right(r)?);
+    h.push_str("</div>");
+    h.push_str(&table_html(r));
+    Ok(h)
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// One row per model at its optimal guidance: (label, setting, distillation cost).
+fn rows(r: &DistillResults) -> Vec<(String, Setting, Option<f64>)> {
+    let mut rows: Vec<_> = r
+        .teachers()
+        .into_iter()
+        .map(|s| ("undistilled".to_string(), s, None))
+        .collect();
+    for m in r.methods() {
+        for s in r.students(m) {
+            let cost = r
+                .students
+                .iter()
+                .find(|c| method_of(c) == Some(m) && c.width == s.width)
+                .and_then(|c| c.metrics.iter().find(|x| x.name == DISTILL_COST))
+                .map(|x| x.value);
+            rows.push((m.to_string(), s, cost));
+        }
+    }
+    rows.sort_by_key(|(label, s, _)| (s.width, label.clone()));
+    rows
+}
+
+/// Evaluations per image of a setting's cells (the cost convention made concrete).
+fn evaluations(r: &DistillResults, s: &Setting) -> Option<u64> {
+    let key = s.keys.first()?;
+    let cell = r
+        .students
+        .iter()
+        .chain(&r.teachers)
+        .find(|c| &c.key() == key)?;
+    Some(cell.evaluations)
+}
+
+fn fid_text(s: &Setting) -> String {
+    match s.fid_ci {
+        Some(ci) => format!("{:.3} [{:.3}, {:.3}]", s.fid, ci.low, ci.high),
+        None => format!("{:.3}", s.fid),
+    }
+}
+
+fn table_html(r: &DistillResults) -> String {
+    let mut h = String::from(
+        "<table><tr><th>width</th><th>model</th><th>sampler</th><th>steps</th><th>CFG</th><th>FID [95% CI]</th><th>evaluations/img</th><th>GFLOPs/img</th><th>distillation cost</th></tr>",
+    );
+    for (label, s, cost) in rows(r) {
+        let evaluations = evaluations(r, &s).map_or("-".into(), |e| e.to_string());
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{label}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.3}</td><td>{}</td></tr>",
+            s.width,
+            s.sampler,
+            s.steps,
+            s.cfg,
+            fid_text(&s),
+            evaluations,
+            s.cost_gflops,
+            cost.map_or("-".into(), |c| format!("{c:.3e}"))
+        );
+    }
+    h.push_str("</table>");
+    h
+}
+
+/// The Markdown summary's section.
+pub fn markdown(r: &DistillResults) -> String {
+    let mut md = format!(
+        "\n## Distillation\n\nStudents at {} steps, optimal guidance. {}.\n\n| width | model | sampler | CFG | FID [95% CI] | GFLOPs/img | distillation cost |\n|---:|---|---|---:|---|---:|---:|\n",
+        r.sample_steps,
+        cost_convention(r)
+    );
+    for (label, s, cost) in rows(r) {
+        let _ = writeln!(
+            md,
+            "| {} | {label} | {} | {} | {} | {:.3} | {} |",
+            s.width,
+            s.sampler,
+            s.cfg,
+            fid_text(&s),
+            s.cost_gflops,
+            cost.map_or("-".into(), |c| format!("{c:.3e}"))
+        );
+    }
+    md
+}

@@ -1,0 +1,421 @@
+//! Stage: consistency distillation (Sec. 3.6, Fig. 13). Every distilled width's final model is
+//! the teacher of one student per method, trained with one recipe (resumable, its compute
+//! accounted); each student is sampled at `sample_steps` over the sweep's guidance grid and
+//! seeds, and so is its teacher with the undistilled sampler, all measured like sweep cells
+//! against the sweep's reference set (so the two sides pair).
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use ldmscale_model::weights::{load_unet, write_atomic};
+use ldmscale_train::optimizer::{AdamWConfig, LrSchedule};
+use ldmscale_train::{
+    CodiDistill, DeviceThreads, LcmDistill, RunSummary, TrainConfig, TrainError, train_task,
+};
+
+use super::evaluator::Evaluator;
+use super::family::{self, Family};
+use super::first_stage::FirstStageModel;
+use super::latents::Latents;
+use super::sweep::{self, SweepStage};
+use crate::cell::{Cell, CellKey, Metric, Variant};
+use crate::config::{DistillConfig, DistillMethod, StudyConfig, SweepCell};
+use crate::context::StudyContext;
+use crate::distill::{DISTILL_COST, DistillResults};
+use crate::error::StudyError;
+use crate::fingerprint::Fingerprint;
+use crate::pairing::Pairing;
+use crate::stage::Stage;
+use crate::store::{Store, shard_owns};
+
+/// The stage's directory in the study: `distill/{method}/w{width}` per student.
+pub const DIR: &str = "distill";
+/// The file in a run directory naming the fingerprint it was distilled for.
+const FINGERPRINT_FILE: &str = "fingerprint";
+/// Checkpoints per distillation run.
+const CHECKPOINTS_PER_RUN: u64 = 4;
+
+/// Distils and measures every width the config names.
+pub struct DistillStage<'a> {
+    /// The teachers.
+    pub family: &'a Family,
+    /// The training data and prompts.
+    pub latents: &'a Latents,
+    /// FID and CLIP score.
+    pub evaluator: &'a Evaluator,
+    /// The decoder.
+    pub first: &'a FirstStageModel,
+}
+
+/// The `[distill]` section (the pipeline runs the stage only when there is one).
+fn section<'c>(cx: &StudyContext<'c>) -> Result<&'c DistillConfig, StudyError> {
+    cx.config
+        .distill
+        .as_ref()
+        .ok_or_else(|| StudyError::Config("the study has no [distill] section".into()))
+}
+
+/// One student's run directory.
+pub fn run_dir(out: &Path, method: DistillMethod, width: usize) -> PathBuf {
+    out.join(DIR)
+        .join(method.as_str())
+        .join(format!("w{width}"))
+}
+
+/// One student's distillation as the study configures it (no EMA of the student: the task's
+/// EMA target is its own; no caption dropout: the null caption is the unconditional half).
+pub fn train_config(config: &StudyConfig, d: &DistillConfig, width: usize) -> TrainConfig {
+    TrainConfig {
+        steps: d.steps,
+        batch_size: d.batch_size,
+        learning_rate: d.learning_rate,
+        warmup_steps: d.warmup_steps,
+        lr_schedule: LrSchedule::Constant,
+        adamw: AdamWConfig::default(),
+        ema: None,
+        text_dropout: 0.0,
+        seed: d.seed,
+        checkpoint_every: (d.steps / CHECKPOINTS_PER_RUN).max(1),
+        keep_last: 1,
+        snapshot_steps: Vec::new(),
+        eval_every: 0,
+        ..family::train_config(config, width)
+    }
+}
+
+/// What one student depends on: its teacher, the recipe and the method's options.
+pub fn run_fingerprint(config: &StudyConfig, method: DistillMethod, width: usize) -> Fingerprint {
+    let recipe = config.distill.as_ref().map(|d| {
+        let options = match method {
+            DistillMethod::Lcm => serde_json::to_value(&d.lcm),
+            DistillMethod::Codi => serde_json::to_value(&d.codi),
+        };
+        (train_config(config, d, width), options.ok())
+    });
+    Fingerprint::of(
+        "distill-run",
+        &(family::width_fingerprint(config, width), method, recipe),
+    )
+}
+
+/// What one student's cells depend on: the student and what the sweep measures with.
+fn cells_fingerprint(config: &StudyConfig, method: DistillMethod, width: usize) -> Fingerprint {
+    Fingerprint::of(
+        "distill-cells",
+        &(
+            run_fingerprint(config, method, width),
+            sweep::width_fingerprint(config, width),
+        ),
+    )
+}
+
+fn meta_key(method: DistillMethod, width: usize) -> String {
+    format!("fingerprint:{method}:w{width}")
+}
+
+/// The sampling grid of a student or teacher: the sweep's guidance rates and seeds.
+fn grid(config: &StudyConfig, sampler: ldmscale_diffusion::SamplerId) -> Vec<SweepCell> {
+    let d = config.distill.as_ref();
+    let steps = d.map_or(4, |d| d.sample_steps);
+    let mut cells = Vec::new();
+    for &cfg in &config.sweep.cfg {
+        for &seed in &config.sweep.seeds {
+            cells.push(SweepCell {
+                sampler,
+                steps,
+                cfg,
+                seed,
+            });
+        }
+    }
+    cells
+}
+
+/// The key of a student's cell.
+fn student_key(
+    d: &DistillConfig,
+    method: DistillMethod,
+    width: usize,
+    cell: &SweepCell,
+) -> CellKey {
+    CellKey {
+        variant: Variant::Distilled {
+            method,
+            steps: d.steps,
+        },
+        ..sweep::cell_key(width, cell)
+    }
+}
+
+/// Every key the config asks for: the students' and their teachers'.
+fn all_keys(config: &StudyConfig, d: &DistillConfig) -> Vec<CellKey> {
+    let mut keys = Vec::new();
+    for w in d.distilled_widths(config) {
+        let teacher = grid(config, d.teacher_sampler);
+        keys.extend(teacher.iter().map(|c| sweep::cell_key(w, c)));
+        for &method in &d.methods {
+            let cells = grid(config, method.sampler());
+            keys.extend(cells.iter().map(|c| student_key(d, method, w, c)));
+        }
+    }
+    keys
+}
+
+fn owns(cx: &StudyContext, key: &CellKey) -> bool {
+    cx.shard.is_none_or(|(i, n)| shard_owns(key, i, n))
+}
+
+impl Stage for DistillStage<'_> {
+    type Output = DistillResults;
+    const NAME: &'static str = "distill";
+
+    fn fingerprint(&self, cx: &StudyContext) -> Fingerprint {
+        let Some(d) = &cx.config.distill else {
+            return Fingerprint::of("distill", &());
+        };
+        let mut parts = Vec::new();
+        for w in d.distilled_widths(cx.config) {
+            parts.push(sweep::width_fingerprint(cx.config, w));
+            for &m in &d.methods {
+                parts.push(cells_fingerprint(cx.config, m, w));
+            }
+        }
+        Fingerprint::of("distill", &(parts, all_keys(cx.config, d)))
+    }
+
+    fn load(&self, cx: &StudyContext) -> Result<Option<DistillResults>, StudyError> {
+        let d = section(cx)?;
+        let store = Store::open(&sweep::store_path(cx))?;
+        for w in d.distilled_widths(cx.config) {
+            for &m in &d.methods {
+                let current = cells_fingerprint(cx.config, m, w);
+                if store.meta(&meta_key(m, w))?.as_deref() != Some(current.as_str()) {
+                    return Ok(None);
+                }
+            }
+        }
+        for key in all_keys(cx.config, d) {
+            if owns(cx, &key) && !store.contains(&key)? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(results(cx, d, &store)?))
+    }
+
+    fn run(&self, cx: &StudyContext) -> Result<DistillResults, StudyError> {
+        let d = section(cx)?;
+        let mut store = Store::open(&sweep::store_path(cx))?;
+        for w in d.distilled_widths(cx.config) {
+            let teacher = self.teacher(w)?;
+            self.measure_teacher(cx, d, &mut store, (w, &teacher))?;
+            for &method in &d.methods {
+                let summary = self.distil(cx, d, method, (w, &teacher))?;
+                refresh(cx, &mut store, method, w)?;
+                let student = summary.model_dirs.last().cloned();
+                let student = student.unwrap_or_else(|| run_dir(&cx.out, method, w).join("unet"));
+                self.measure_student(cx, d, &mut store, (method, w), (&student, &summary))?;
+            }
+        }
+        results(cx, d, &store)
+    }
+}
+
+impl DistillStage<'_> {
+    /// Width `width`'s final model.
+    fn teacher(&self, width: usize) -> Result<PathBuf, StudyError> {
+        let found = self.family.models.iter().find(|(w, _)| *w == width);
+        found.map(|(_, dir)| dir.clone()).ok_or_else(|| {
+            StudyError::Config(format!("distill.widths: width {width} was not trained"))
+        })
+    }
+
+    /// The sweep's measuring of cells, for this stage's models.
+    fn sweep(&self) -> SweepStage<'_> {
+        SweepStage {
+            family: self.family,
+            latents: self.latents,
+            evaluator: self.evaluator,
+            first: self.first,
+        }
+    }
+
+    /// Distils (or resumes) one student; a run made for another recipe is moved aside.
+    fn distil(
+        &self,
+        cx: &StudyContext,
+        d: &DistillConfig,
+        method: DistillMethod,
+        (width, teacher): (usize, &Path),
+    ) -> Result<RunSummary, StudyError> {
+        let run = run_dir(&cx.out, method, width);
+        let fingerprint = run_fingerprint(cx.config, method, width);
+        match read_fingerprint(&run) {
+            Some(old) if old != fingerprint => cx.retire(&run, old.as_str())?,
+            _ => {}
+        }
+        let config = train_config(cx.config, d, width);
+        let loaded = load_unet(teacher, &cx.device)?;
+        tracing::info!(
+            "distill: {method} student of width {width} ({} steps)",
+            d.steps
+        );
+        let summary = self
+            .train(d, method, &config, loaded, (&run, &cx.device))
+            .map_err(|source| StudyError::Train { width, source })?;
+        write_atomic(
+            &run.join(FINGERPRINT_FILE),
+            format!("{fingerprint}\n").as_bytes(),
+        )?;
+        Ok(summary)
+    }
+
+    /// The method's task over the latent cache, trained to `config.steps`.
+    fn train(
+        &self,
+        d: &DistillConfig,
+        method: DistillMethod,
+        config: &TrainConfig,
+        (teacher_config, teacher): (ldmscale_model::UNetConfig, ldmscale_model::UNet),
+        (run, device): (&Path, &burn::tensor::Device),
+    ) -> Result<RunSummary, TrainError> {
+        let data = &self.latents.train;
+        let sync = DeviceThreads::new(std::slice::from_ref(device))?;
+        let teacher = (&teacher_config, teacher);
+        match method {
+            DistillMethod::Lcm => {
+                let task = LcmDistill::new(config, data, teacher, d.lcm.clone(), device)?;
+                train_task(config, &task, &sync, run, true, None)
+            }
+            DistillMethod::Codi => {
+                let task = CodiDistill::new(config, data, teacher, d.codi.clone(), device)?;
+                train_task(config, &task, &sync, run, true, None)
+            }
+        }
+    }
+
+    /// The teacher at the students' steps: base cells, measured as the sweep would (and reused
+    /// where the sweep's grid has them).
+    fn measure_teacher(
+        &self,
+        cx: &StudyContext,
+        d: &DistillConfig,
+        store: &mut Store,
+        (width, teacher): (usize, &Path),
+    ) -> Result<(), StudyError> {
+        let missing: Vec<SweepCell> = grid(cx.config, d.teacher_sampler)
+            .into_iter()
+            .filter(|c| {
+                let key = sweep::cell_key(width, c);
+                owns(cx, &key) && !store.contains(&key).unwrap_or(false)
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (_, unet) = load_unet(teacher, &cx.device)?;
+        let sweep = self.sweep();
+        let inputs = sweep.width_inputs(cx, &unet);
+        for cell in missing {
+            tracing::info!(
+                "distill: teacher w{width} {} x{} cfg {}",
+                cell.sampler,
+                cell.steps,
+                cell.cfg
+            );
+            let (measured, features) =
+                sweep.measure(&inputs, sweep::cell_key(width, &cell), &cell)?;
+            store.insert_with_features(&measured, features.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// Every missing cell of one student, with its distillation compute.
+    fn measure_student(
+        &self,
+        cx: &StudyContext,
+        d: &DistillConfig,
+        store: &mut Store,
+        (method, width): (DistillMethod, usize),
+        (student, summary): (&Path, &RunSummary),
+    ) -> Result<(), StudyError> {
+        let missing: Vec<SweepCell> = grid(cx.config, method.sampler())
+            .into_iter()
+            .filter(|c| {
+                let key = student_key(d, method, width, c);
+                owns(cx, &key) && !store.contains(&key).unwrap_or(false)
+            })
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (_, unet) = load_unet(student, &cx.device)?;
+        let sweep = self.sweep();
+        let inputs = sweep.width_inputs(cx, &unet);
+        for cell in missing {
+            tracing::info!(
+                "distill: {method} student w{width} x{} cfg {}",
+                cell.steps,
+                cell.cfg
+            );
+            let key = student_key(d, method, width, &cell);
+            let (mut measured, features) = sweep.measure(&inputs, key, &cell)?;
+            measured.params = unet.num_params() as u64;
+            measured.metrics.push(Metric {
+                name: DISTILL_COST.into(),
+                value: summary.state.normalized_cost_x_iterations,
+                ci: None,
+            });
+            store.insert_with_features(&measured, features.as_ref())?;
+        }
+        Ok(())
+    }
+}
+
+/// Drops a student's cells measured for another student or evaluator.
+fn refresh(
+    cx: &StudyContext,
+    store: &mut Store,
+    method: DistillMethod,
+    width: usize,
+) -> Result<(), StudyError> {
+    let current = cells_fingerprint(cx.config, method, width);
+    let key = meta_key(method, width);
+    if store.meta(&key)?.as_deref() != Some(current.as_str()) {
+        let variant = Variant::Distilled { method, steps: 0 };
+        let removed = store.remove_width(variant, width as u32)?;
+        if removed > 0 {
+            tracing::info!("distill {method} width {width}: {removed} stale cells measured again");
+        }
+        store.set_meta(&key, current.as_str())?;
+    }
+    Ok(())
+}
+
+/// The stored cells of the config's students and teachers, with the sweep's grid (the
+/// undistilled frontier), all paired against the sweep's reference set.
+fn results(
+    cx: &StudyContext,
+    d: &DistillConfig,
+    store: &Store,
+) -> Result<DistillResults, StudyError> {
+    let keys: std::collections::HashSet<CellKey> = all_keys(cx.config, d).into_iter().collect();
+    let (students, teachers): (Vec<Cell>, Vec<Cell>) = store
+        .cells()?
+        .into_iter()
+        .filter(|c| keys.contains(&c.key()))
+        .partition(|c| c.variant != Variant::Base);
+    let sweep = sweep::grid_cells(cx, store)?;
+    let all: Vec<Cell> = [&students[..], &teachers[..], &sweep[..]].concat();
+    Ok(DistillResults {
+        pairing: Pairing::from_store(store, &all)?,
+        students,
+        teachers,
+        sweep,
+        sample_steps: d.sample_steps,
+    })
+}
+
+fn read_fingerprint(run: &Path) -> Option<Fingerprint> {
+    let text = std::fs::read_to_string(run.join(FINGERPRINT_FILE)).ok()?;
+    Some(Fingerprint(text.trim().to_string()))
+}
