@@ -8,6 +8,7 @@ use ldmscale_study::cell::SUPER_RES;
 use ldmscale_study::pairing::Pairing;
 use ldmscale_study::plan::{Budget, Recommendation, recommend_paired};
 use ldmscale_study::report::{ReportInputs, render};
+use ldmscale_study::scaling_law::ScalingAnalysis;
 use ldmscale_study::store::OnConflict;
 use ldmscale_study::super_res::SrResults;
 use ldmscale_study::{Cell, Store, Variant};
@@ -28,6 +29,12 @@ pub struct PlanArgs {
     /// Sampling budget in milliseconds per image, as measured on the machine that ran the sweep.
     #[arg(long)]
     pub budget_ms: Option<f64>,
+    /// Ask the sweep's scaling law about this base width instead, typically one that was never
+    /// trained: its parameters and cost per evaluation follow from the measured widths, its FID
+    /// from the law fitted to their sampling frontiers (needs 3 measured widths; the answer is
+    /// marked as extrapolated, with a 95% prediction interval and the law's held-out error).
+    #[arg(long, value_name = "FILTERS", conflicts_with = "budget_ms")]
+    pub width: Option<u32>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
@@ -42,6 +49,14 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
         (_, Some(ms)) if ms > 0.0 => Budget::Milliseconds(ms),
         _ => bail!("the budget must be positive"),
     };
+    if let Some(width) = args.width {
+        let Budget::Gflops(gflops) = budget else {
+            bail!(
+                "--width predicts from GFLOPs: give --budget-gflops (no timing model exists for an untrained width)"
+            );
+        };
+        return predict_width(&cells, width, gflops, args.json);
+    }
     let pairing = Pairing::from_store(&store, &cells)?;
     let rec = recommend_paired(&cells, budget, pairing).map_err(anyhow::Error::msg)?;
     if args.json {
@@ -72,6 +87,45 @@ pub fn plan(args: &PlanArgs) -> Result<()> {
             interval_text(r)
         );
         println!("{}", margin_text(&rec));
+    }
+    Ok(())
+}
+
+/// `plan --width`: the scaling law's answer for one width, extrapolated.
+fn predict_width(cells: &[Cell], width: u32, budget_gflops: f64, json: bool) -> Result<()> {
+    let analysis = ScalingAnalysis::of(cells);
+    let p = analysis
+        .predict_width(width, budget_gflops)
+        .map_err(anyhow::Error::msg)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+        return Ok(());
+    }
+    let q = &p.prediction;
+    let source = match p.measured_width {
+        true => "From the scaling law",
+        false => "Extrapolated, not measured",
+    };
+    let plural = if p.evaluations == 1.0 { "" } else { "s" };
+    println!(
+        "{source}: the {width}-filter model (~{} parameters, {:.4} GFLOPs per evaluation) with {} evaluation{plural} per image is predicted to reach FID {:.2} (95% prediction interval {:.2}..{:.2}).",
+        p.params, p.gflops_per_eval, p.evaluations, q.fid, q.low, q.high
+    );
+    if let Some(e) = p.held_out_error {
+        println!(
+            "The law predicted each measured width from the others within {:.1}% on average (leave-one-width-out).",
+            100.0 * e
+        );
+    }
+    if p.measured_width {
+        println!(
+            "This width was measured: `ldmscale plan` without --width answers from its cells."
+        );
+    }
+    if p.beyond_measured_evaluations {
+        println!(
+            "The budget buys more evaluations than any measured setting used: extrapolated in sampling too."
+        );
     }
     Ok(())
 }

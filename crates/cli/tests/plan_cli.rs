@@ -80,3 +80,59 @@ fn plan_prints_the_expected_fid_with_its_interval() {
         "{text}"
     );
 }
+
+/// `plan --width`: the scaling law's answer for a width never trained, marked as extrapolated;
+/// refused with a reason where the store has too few widths.
+#[test]
+fn plan_extrapolates_an_untrained_width_from_the_scaling_law() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("results.sqlite");
+    let mut store = Store::open(&path).unwrap();
+    // FID = 2 + 30 / sqrt(width) + 40 / evaluations: larger is better, more steps too.
+    let fid = |w: u32, steps: u32| 2.0 + 30.0 / (w as f64).sqrt() + 40.0 / (2 * steps) as f64;
+    for w in [8u32, 16, 32] {
+        for steps in [1u32, 2, 4, 8] {
+            store.insert(&cell(w, steps, fid(w, steps), 0.5)).unwrap();
+        }
+    }
+    drop(store);
+    let run = |width: &str, budget: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ldmscale"))
+            .args(["plan", "--store"])
+            .arg(&path)
+            .args(["--budget-gflops", budget, "--width", width])
+            .output()
+            .unwrap()
+    };
+    // Width 24: 3 GFLOPs per evaluation, so 30 GFLOPs buy 10 evaluations.
+    let out = run("24", "30");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Extrapolated, not measured: the 24-filter model (~24000 parameters, 3.0000 GFLOPs per evaluation) with 10 evaluations per image"),
+        "{text}"
+    );
+    let predicted: f64 = text
+        .split("reach FID ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .expect("a predicted FID");
+    let truth = 2.0 + 30.0 / 24f64.sqrt() + 4.0;
+    assert!((predicted - truth).abs() < 0.5, "{predicted} vs {truth}");
+
+    let mut store = Store::open(&path).unwrap();
+    store.remove_width(Variant::Base, 32).unwrap();
+    drop(store);
+    let out = run("24", "30");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no scaling law: a scaling-law fit needs at least 3 widths"),
+        "{err}"
+    );
+}
