@@ -330,6 +330,38 @@ impl Finding {
     }
 }
 
+/// How many findings a run decided (Holds or Does not hold) of those it measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct DecisionRate {
+    /// Findings whose deciding difference lies outside its interval.
+    pub decided: usize,
+    /// Findings the run had the cells for.
+    pub measured: usize,
+}
+
+impl DecisionRate {
+    /// Counts `findings`.
+    pub fn of(findings: &[Finding]) -> Self {
+        let measured = findings
+            .iter()
+            .filter(|f| f.verdict != Verdict::NotMeasured);
+        Self {
+            measured: measured.clone().count(),
+            decided: measured
+                .filter(|f| matches!(f.verdict, Verdict::Holds | Verdict::DoesNotHold))
+                .count(),
+        }
+    }
+
+    /// "3 of 7 measured findings decided at 95% (the rest inconclusive at this sample size)".
+    pub fn text(&self) -> String {
+        format!(
+            "{} of {} measured findings decided at 95% (the rest inconclusive at this sample size)",
+            self.decided, self.measured
+        )
+    }
+}
+
 /// The paper's sampling-efficiency findings, judged on a sweep.
 pub fn findings(cells: &[Cell]) -> Vec<Finding> {
     findings_paired(cells, None)

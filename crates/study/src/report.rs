@@ -323,6 +323,8 @@ small {{ color: #666; }} tr.undecided td {{ background: #fff6dd; }}
     );
 
     html.push_str("<h2>The paper's findings on this run</h2>");
+    let rate = crate::findings::DecisionRate::of(&a.found);
+    let _ = write!(html, "<p><strong>{}.</strong></p>", esc(&rate.text()));
     for f in &a.found {
         html.push_str(&finding_html(f));
     }
@@ -521,6 +523,7 @@ fn markdown(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> String {
         cells.len(),
         inputs.fid_features
     );
+    let _ = writeln!(md, "{}.\n", crate::findings::DecisionRate::of(&a.found).text());
     for f in &a.found {
         let _ = writeln!(
             md,

@@ -385,3 +385,19 @@ fn findings_lists_every_sweep_claim() {
     assert_eq!(verdicts, [DoesNotHold, Holds, Holds, Holds, Holds, Holds]);
     assert!(findings(&[]).iter().all(|f| f.verdict == NotMeasured));
 }
+
+#[test]
+fn the_decision_rate_counts_measured_findings_only() {
+    let decided = DecisionRate::of(&findings(&narrow(paper_like())));
+    let undecided = DecisionRate::of(&findings(&with_half_width(paper_like(), 50.0)));
+    assert_eq!(decided.measured, undecided.measured);
+    assert!(decided.measured > 0);
+    assert_eq!(undecided.decided, 0, "{undecided:?}");
+    assert!(decided.decided > 0, "{decided:?}");
+    let none = DecisionRate::of(&findings(&[]));
+    assert_eq!((none.decided, none.measured), (0, 0));
+    assert!(decided.text().starts_with(&format!(
+        "{} of {} measured",
+        decided.decided, decided.measured
+    )));
+}
