@@ -22,6 +22,7 @@ pub mod plot;
 pub mod progress;
 pub mod report;
 pub mod scaling_law;
+pub mod separation;
 pub mod stage;
 pub mod stages;
 pub mod store;

@@ -63,6 +63,16 @@ impl Pairing {
         })
     }
 
+    /// The reference set's rows.
+    pub fn reference(&self) -> &FeatureRows {
+        &self.reference
+    }
+
+    /// The rows one cell kept, if it kept any.
+    pub fn cell_rows(&self, key: &CellKey) -> Option<&FeatureRows> {
+        self.cells.get(key)
+    }
+
     /// `FID(other) - FID(favoured)` with its paired interval, where both settings kept the
     /// features of the same seeds.
     pub fn difference(&self, favoured: &Setting, other: &Setting) -> Option<PairedDifference> {

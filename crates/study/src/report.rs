@@ -261,6 +261,8 @@ struct Analysed {
     changes: Vec<BudgetRow>,
     /// The frontier's scaling law, validated by leaving widths out.
     scaling: crate::scaling_law::ScalingAnalysis,
+    /// How well the FID features separate, where the sweep kept them.
+    separation: Option<crate::separation::Separation>,
 }
 
 impl Analysed {
@@ -280,6 +282,10 @@ impl Analysed {
             sampler_names: samplers(&optimal),
             changes: winner_changes(&optimal),
             scaling: crate::scaling_law::ScalingAnalysis::of(cells),
+            separation: inputs
+                .pairing
+                .as_ref()
+                .and_then(|p| crate::separation::analyse(p, &optimal).ok()),
             all,
             optimal,
             found,
@@ -329,6 +335,9 @@ small {{ color: #666; }} tr.undecided td {{ background: #fff6dd; }}
         html.push_str(&finding_html(f));
     }
     html.push_str(&budget_html(a));
+    if let Some(s) = &a.separation {
+        html.push_str(&crate::separation::html(s));
+    }
     html.push_str(&plots_html(cells, inputs, a)?);
     html.push_str(&crate::scaling_law::html(&a.scaling)?);
     for g in &inputs.equal_cost {
@@ -535,6 +544,9 @@ fn markdown(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> String {
         );
     }
     md.push_str(&budget_markdown(a));
+    if let Some(s) = &a.separation {
+        md.push_str(&crate::separation::markdown(s));
+    }
     md.push_str(&crate::scaling_law::markdown(&a.scaling));
     for g in &inputs.equal_cost {
         let _ = writeln!(
