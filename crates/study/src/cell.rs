@@ -30,10 +30,20 @@ pub enum Variant {
         /// Optimizer steps of the distillation.
         steps: u64,
     },
+    /// DreamBooth finetunes of the base on the study's subjects, with or without prior
+    /// preservation, after `finetune_steps` optimizer steps each.
+    DreamBooth {
+        /// Whether prior preservation was on.
+        prior: bool,
+        /// Optimizer steps of each finetune.
+        finetune_steps: u64,
+    },
 }
 
 /// The kind of [`Variant::SuperRes`], as the store spells it before `@steps`.
 pub const SUPER_RES: &str = "super-res";
+/// The kinds of [`Variant::DreamBooth`] without and with prior preservation.
+pub const DREAMBOOTH: [&str; 2] = ["dreambooth", "dreambooth-prior"];
 
 impl Variant {
     /// The variant's kind: what stage made it ("base", "super-res").
@@ -42,6 +52,7 @@ impl Variant {
             Variant::Base => "base",
             Variant::SuperRes { .. } => SUPER_RES,
             Variant::Distilled { method, .. } => method.as_str(),
+            Variant::DreamBooth { prior, .. } => DREAMBOOTH[usize::from(prior)],
         }
     }
 
@@ -51,6 +62,9 @@ impl Variant {
             Variant::Base => "base".into(),
             Variant::SuperRes { finetune_steps } => format!("{SUPER_RES}@{finetune_steps}"),
             Variant::Distilled { method, steps } => format!("{method}@{steps}"),
+            Variant::DreamBooth { finetune_steps, .. } => {
+                format!("{}@{finetune_steps}", self.kind())
+            }
         }
     }
 }
@@ -64,7 +78,8 @@ impl fmt::Display for Variant {
 impl FromStr for Variant {
     type Err = String;
     fn from_str(name: &str) -> Result<Self, String> {
-        let expected = "expected base, super-res@STEPS, lcm@STEPS or codi@STEPS";
+        let expected = "expected base, super-res@STEPS, lcm@STEPS, codi@STEPS, \
+                        dreambooth@STEPS or dreambooth-prior@STEPS";
         let Some((kind, steps)) = name.split_once('@') else {
             return match name {
                 "base" => Ok(Variant::Base),
@@ -72,15 +87,20 @@ impl FromStr for Variant {
             };
         };
         let method = kind.parse::<DistillMethod>();
-        if kind != SUPER_RES && method.is_err() {
+        let dreambooth = DREAMBOOTH.iter().position(|k| *k == kind);
+        if kind != SUPER_RES && method.is_err() && dreambooth.is_none() {
             return Err(format!("unknown model variant {name:?}: {expected}"));
         }
         let steps: u64 = steps.parse().map_err(|_| {
             format!("model variant {name:?}: {steps:?} is not a step count; {expected}")
         })?;
-        Ok(match method {
-            Ok(method) => Variant::Distilled { method, steps },
-            Err(_) => Variant::SuperRes {
+        Ok(match (method, dreambooth) {
+            (Ok(method), _) => Variant::Distilled { method, steps },
+            (_, Some(prior)) => Variant::DreamBooth {
+                prior: prior == 1,
+                finetune_steps: steps,
+            },
+            _ => Variant::SuperRes {
                 finetune_steps: steps,
             },
         })
@@ -221,7 +241,12 @@ mod tests {
             method: DistillMethod::Lcm,
             steps: 40,
         };
-        for v in [Variant::Base, sr, lcm] {
+        let db = Variant::DreamBooth {
+            prior: true,
+            finetune_steps: 100,
+        };
+        assert_eq!(db.to_string(), "dreambooth-prior@100");
+        for v in [Variant::Base, sr, lcm, db] {
             assert_eq!(v.name().parse::<Variant>().unwrap(), v);
             let json = serde_json::to_string(&v).unwrap();
             assert_eq!(serde_json::from_str::<Variant>(&json).unwrap(), v);
@@ -233,7 +258,7 @@ mod tests {
             "super-res",
             "super-res@x",
             "base@3",
-            "dreambooth@1",
+            "dreambooth",
             "codi",
             "lcm@",
         ] {

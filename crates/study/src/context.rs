@@ -17,7 +17,7 @@ use crate::fingerprint::Fingerprint;
 use crate::stage::Stage;
 
 /// The stages in the order a study runs them.
-pub const STAGES: [&str; 13] = [
+pub const STAGES: [&str; 14] = [
     "data",
     "first-stage",
     "text-encoder",
@@ -30,6 +30,7 @@ pub const STAGES: [&str; 13] = [
     "sr-data",
     "super-res",
     "distill",
+    "dreambooth",
     "report",
 ];
 

@@ -17,8 +17,12 @@ use crate::findings::{Claim, Comparison, Difference, Finding, Verdict, all_hold}
 use crate::pairing::Pairing;
 use crate::plot::{self, Interval, Series};
 
-/// Distillation compute of a student, normalised cost x iterations.
+/// Distillation compute of a student, normalised cost x iterations (the paper's axis: the
+/// same for both methods at equal steps).
 pub const DISTILL_COST: &str = "distill_cost";
+/// Distillation compute of a student in GFLOPs: every forward and backward of student,
+/// teacher and target (CoDi's 9 passes per sample against LCM's 6).
+pub const DISTILL_GFLOPS: &str = "distill_gflops";
 
 /// Sec. 3.6, Fig. 13 right.
 pub const DISTILLED_BEATS_UNDISTILLED: Claim = Claim {
@@ -79,8 +83,9 @@ impl DistillResults {
         optimal_cfg(&settings_paired(&self.teachers, self.pairing.clone()))
     }
 
-    /// Every undistilled setting measured (sweep and teachers, each cell once) at its optimal
-    /// guidance.
+    /// Every undistilled setting measured (sweep and teachers, each cell once), at every
+    /// guidance rate: the guidance optimal within a cost may not be the optimal one overall
+    /// (it may cost twice the evaluations).
     pub fn undistilled(&self) -> Vec<Setting> {
         let mut seen = BTreeSet::new();
         let cells: Vec<Cell> = self
@@ -90,7 +95,7 @@ impl DistillResults {
             .filter(|c| seen.insert(c.key()))
             .cloned()
             .collect();
-        optimal_cfg(&settings_paired(&cells, self.pairing.clone()))
+        settings_paired(&cells, self.pairing.clone())
     }
 }
 
@@ -229,7 +234,7 @@ pub fn fig13_left(r: &DistillResults) -> Result<String, String> {
     let (series, bars) = fid_series(lines, |s| s.width as f64);
     plot::line_chart_with_intervals(
         &format!("FID at {steps} steps, undistilled vs distilled (optimal guidance, 95% CI)"),
-        "model width: base filters",
+        "model width: base filters (equal steps; LCM 1, CoDi and CFG 2 evaluations per step)",
         "FID",
         &series,
         &bars,
@@ -293,7 +298,7 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// One row per model at its optimal guidance: (label, setting, distillation cost).
+/// One row per model at its optimal guidance: (label, setting, distillation GFLOPs).
 fn rows(r: &DistillResults) -> Vec<(String, Setting, Option<f64>)> {
     let mut rows: Vec<_> = r
         .teachers()
@@ -306,7 +311,7 @@ fn rows(r: &DistillResults) -> Vec<(String, Setting, Option<f64>)> {
                 .students
                 .iter()
                 .find(|c| method_of(c) == Some(m) && c.width == s.width)
-                .and_then(|c| c.metrics.iter().find(|x| x.name == DISTILL_COST))
+                .and_then(|c| c.metrics.iter().find(|x| x.name == DISTILL_GFLOPS))
                 .map(|x| x.value);
             rows.push((m.to_string(), s, cost));
         }
@@ -335,7 +340,7 @@ fn fid_text(s: &Setting) -> String {
 
 fn table_html(r: &DistillResults) -> String {
     let mut h = String::from(
-        "<table><tr><th>width</th><th>model</th><th>sampler</th><th>steps</th><th>CFG</th><th>FID [95% CI]</th><th>evaluations/img</th><th>GFLOPs/img</th><th>distillation cost</th></tr>",
+        "<table><tr><th>width</th><th>model</th><th>sampler</th><th>steps</th><th>CFG</th><th>FID [95% CI]</th><th>evaluations/img</th><th>GFLOPs/img</th><th>distillation GFLOPs</th></tr>",
     );
     for (label, s, cost) in rows(r) {
         let evaluations = evaluations(r, &s).map_or("-".into(), |e| e.to_string());
@@ -359,7 +364,7 @@ fn table_html(r: &DistillResults) -> String {
 /// The Markdown summary's section.
 pub fn markdown(r: &DistillResults) -> String {
     let mut md = format!(
-        "\n## Distillation\n\nStudents at {} steps, optimal guidance. {}.\n\n| width | model | sampler | CFG | FID [95% CI] | GFLOPs/img | distillation cost |\n|---:|---|---|---:|---|---:|---:|\n",
+        "\n## Distillation\n\nStudents at {} steps, optimal guidance. {}.\n\n| width | model | sampler | CFG | FID [95% CI] | GFLOPs/img | distillation GFLOPs |\n|---:|---|---|---:|---|---:|---:|\n",
         r.sample_steps,
         cost_convention(r)
     );
@@ -376,4 +381,116 @@ pub fn markdown(r: &DistillResults) -> String {
         );
     }
     md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::tests::cell;
+    use crate::bootstrap::{CiMethod, FidCi};
+
+    /// A cell of `variant` with a FID interval of +- `half`.
+    fn measured(variant: Variant, at: (u32, &str), cfg: f64, fid: f64, half: f64) -> Cell {
+        let (width, sampler) = at;
+        let mut c = cell(width, sampler, 4, cfg, fid);
+        c.variant = variant;
+        c.evaluations = if sampler == "lcm" || cfg <= 1.0 { 4 } else { 8 };
+        c.fid_ci = Some(FidCi {
+            low: fid - half,
+            high: fid + half,
+            method: CiMethod::Bootstrap,
+            replicates: 100,
+        });
+        c
+    }
+
+    fn lcm() -> Variant {
+        Variant::Distilled {
+            method: DistillMethod::Lcm,
+            steps: 10,
+        }
+    }
+
+    /// Teachers 8 and 32 filters at 4 DDIM steps, students of LCM at `student_fids`.
+    fn results(teacher_fids: [f64; 2], student_fids: [f64; 2], half: f64) -> DistillResults {
+        let widths = [8, 32];
+        let teachers = (0..2)
+            .map(|i| {
+                measured(
+                    Variant::Base,
+                    (widths[i], "ddim"),
+                    1.0,
+                    teacher_fids[i],
+                    half,
+                )
+            })
+            .collect();
+        let students = (0..2)
+            .map(|i| measured(lcm(), (widths[i], "lcm"), 3.0, student_fids[i], half))
+            .collect();
+        DistillResults {
+            students,
+            teachers,
+            sweep: Vec::new(),
+            pairing: None,
+            sample_steps: 4,
+        }
+    }
+
+    fn verdicts(r: &DistillResults) -> (Verdict, Verdict) {
+        let f = findings(r);
+        (f[0].verdict, f[1].verdict)
+    }
+
+    #[test]
+    fn the_scaling_trend_is_judged_against_the_teachers_decided_order() {
+        // Larger teacher better beyond the intervals; students keep, reverse, or blur it.
+        assert_eq!(
+            verdicts(&results([10.0, 6.0], [9.0, 5.0], 0.5)).1,
+            Verdict::Holds
+        );
+        assert_eq!(
+            verdicts(&results([10.0, 6.0], [5.0, 9.0], 0.5)).1,
+            Verdict::DoesNotHold
+        );
+        assert_eq!(
+            verdicts(&results([10.0, 6.0], [7.0, 6.8], 0.5)).1,
+            Verdict::Inconclusive
+        );
+        // Smaller teacher better: students that keep the smaller one ahead hold.
+        assert_eq!(
+            verdicts(&results([6.0, 10.0], [5.0, 9.0], 0.5)).1,
+            Verdict::Holds
+        );
+        // Overlapping teachers decide nothing, whatever the students do.
+        let blurred = results([8.0, 7.8], [5.0, 9.0], 0.5);
+        let f = &findings(&blurred)[1];
+        assert_eq!(f.verdict, Verdict::Inconclusive);
+        assert!(f.evidence.contains("not decided"), "{}", f.evidence);
+    }
+
+    #[test]
+    fn students_meet_undistilled_settings_within_their_own_cost() {
+        // LCM students cost 4 evaluations; the guided teachers at CFG 3 cost 8 and are out of
+        // reach, the unguided ones (4 evaluations) are compared.
+        let mut r = results([10.0, 6.0], [9.0, 5.0], 0.3);
+        assert_eq!(verdicts(&r).0, Verdict::Holds);
+        r.teachers
+            .extend([8, 32].map(|w| measured(Variant::Base, (w, "ddim"), 3.0, 1.0, 0.5)));
+        assert_eq!(verdicts(&r).0, Verdict::Holds, "a costlier setting decided");
+        r.teachers[0].fid = 7.0;
+        r.teachers[0].fid_ci = r.students[0].fid_ci.map(|c| FidCi {
+            low: 6.5,
+            high: 7.5,
+            ..c
+        });
+        assert_eq!(verdicts(&r).0, Verdict::DoesNotHold);
+    }
+
+    #[test]
+    fn no_students_measure_nothing() {
+        let r = DistillResults::default();
+        assert_eq!(verdicts(&r), (Verdict::NotMeasured, Verdict::NotMeasured));
+        assert!(markdown(&results([10.0, 6.0], [9.0, 5.0], 0.5)).contains("| 8 | lcm | lcm |"));
+    }
 }

@@ -36,6 +36,7 @@ pub fn dry_run(
         family_estimate,
         sweep_estimate(config, &gflops),
         super_res_estimate(config, &gflops),
+        stages::distill::estimate(config, &gflops),
     ];
     let mut text = String::new();
     let _ = writeln!(

@@ -1,6 +1,6 @@
 //! `ldmscale study`: data -> first stage -> text encoder -> latent cache -> evaluator ->
 //! family -> sweep -> grids -> learning check -> super-resolution data -> super-resolution ->
-//! distillation -> report. Each stage's result is stored under
+//! distillation -> DreamBooth -> report. Each stage's result is stored under
 //! the output directory with the fingerprint of what it depends on, so a killed study resumes
 //! where it stopped and a changed config recomputes only the stages the change reaches.
 
@@ -14,6 +14,7 @@ use crate::context::{RunOptions, StudyContext};
 use crate::error::StudyError;
 use crate::stages::data::{Data, Splits};
 use crate::stages::distill::DistillStage;
+use crate::stages::dreambooth::DreamBoothStage;
 use crate::stages::evaluator::{Evaluator, EvaluatorStage};
 use crate::stages::family::{Family, FamilyStage};
 use crate::stages::first_stage::{FirstStageModel, FirstStageStage};
@@ -129,6 +130,16 @@ fn run_stages(cx: &StudyContext, summary: &mut Summary) -> Result<(), StudyError
         })?),
         None => None,
     };
+    let dreambooth = match cx.config.dreambooth {
+        Some(_) => Some(cx.ensure(&DreamBoothStage {
+            family: &family,
+            latents: &latents,
+            evaluator: &evaluator,
+            first: &first,
+            text: &text,
+        })?),
+        None => None,
+    };
     let report = ReportStage {
         data: &data,
         first: &first,
@@ -140,6 +151,7 @@ fn run_stages(cx: &StudyContext, summary: &mut Summary) -> Result<(), StudyError
         learning: &learning,
         super_res: super_res.as_ref(),
         distill: distill.as_ref(),
+        dreambooth: dreambooth.as_ref(),
     };
     summary.report = Some(cx.ensure(&report)?);
     Ok(())

@@ -40,6 +40,8 @@ pub struct ReportInputs {
     pub super_res: Option<SrResults>,
     /// The distillation stage's results (Sec. 3.6), when the study has one.
     pub distill: Option<crate::distill::DistillResults>,
+    /// The DreamBooth stage's results (Sec. 3.2, Fig. 6), when the study has one.
+    pub dreambooth: Option<crate::dreambooth::results::DreamBoothResults>,
 }
 
 fn esc(s: &str) -> String {
@@ -277,6 +279,9 @@ impl Analysed {
         if let Some(d) = &inputs.distill {
             found.extend(crate::distill::findings(d));
         }
+        if let Some(d) = &inputs.dreambooth {
+            found.extend(crate::dreambooth::results::findings(&d.cells));
+        }
         Analysed {
             models: widths(&optimal),
             sampler_names: samplers(&optimal),
@@ -357,6 +362,9 @@ small {{ color: #666; }} tr.undecided td {{ background: #fff6dd; }}
     }
     if let Some(d) = &inputs.distill {
         html.push_str(&crate::distill::html(d)?);
+    }
+    if let Some(d) = &inputs.dreambooth {
+        html.push_str(&crate::dreambooth::results::html(d, base64)?);
     }
     html.push_str("<h2>Optimal guidance per model and steps</h2><table><tr><th>model</th><th>params</th><th>sampler</th><th>steps</th><th>best CFG</th><th>FID [95% CI]</th><th>KID x10&sup3; [95% CI]</th><th>GFLOPs/img</th><th>ms/img</th></tr>");
     for s in &a.optimal {
@@ -572,6 +580,9 @@ fn markdown(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> String {
     }
     if let Some(d) = &inputs.distill {
         md.push_str(&crate::distill::markdown(d));
+    }
+    if let Some(d) = &inputs.dreambooth {
+        md.push_str(&crate::dreambooth::results::markdown(d));
     }
     md
 }

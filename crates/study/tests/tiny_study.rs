@@ -55,6 +55,15 @@ fn stage_files(config: &StudyConfig, out: &Path) -> Vec<(String, SystemTime)> {
             ));
         }
     }
+    let db = config.dreambooth.as_ref().unwrap();
+    for w in db.finetuned_widths(config) {
+        for kind in ["plain", "prior"] {
+            files.push(format!(
+                "dreambooth/{}/{kind}/w{w}/unet/diffusion_pytorch_model.safetensors",
+                db.subjects[0]
+            ));
+        }
+    }
     files
         .into_iter()
         .map(|f| (f.clone(), modified(&out.join(f))))
@@ -106,6 +115,75 @@ fn check_first_run(config: &StudyConfig, out: &Path, summary: &pipeline::Summary
     assert!(config.widths.contains(&(rec.best.width as usize)));
     check_super_res(config, out, &html);
     check_distill(config, out, &html);
+    check_dreambooth(config, out, &html);
+}
+
+/// One subject on one width, without and with the prior: a cell each with every metric, class
+/// images made by the base once, Fig. 6, and the section and finding in the report.
+fn check_dreambooth(config: &StudyConfig, out: &Path, html: &str) {
+    let d = config.dreambooth.as_ref().unwrap();
+    let cells: Vec<Cell> = all_cells(out)
+        .into_iter()
+        .filter(|c| matches!(c.variant, Variant::DreamBooth { .. }))
+        .collect();
+    assert_eq!(
+        cells.len(),
+        2,
+        "tiny: one width, without and with the prior"
+    );
+    let names = [
+        "db-subject-fidelity",
+        "db-feature-cosine",
+        "db-clip-i",
+        "db-clip-t",
+        "db-prompt-accuracy",
+        "db-pres",
+        "db-language-drift",
+        "db-div",
+        "db-finetune-cost",
+        "db-classifier-accuracy",
+    ];
+    for c in &cells {
+        assert_eq!(
+            c.n_samples as usize,
+            d.prompts * d.samples_per_prompt,
+            "{c:?}"
+        );
+        for name in names {
+            let m = c.metrics.iter().find(|m| m.name == name);
+            assert!(m.is_some_and(|m| m.value.is_finite()), "{name} of {c:?}");
+        }
+        let value = |name: &str| c.metrics.iter().find(|m| m.name == name).unwrap().value;
+        assert!((0.0..=1.0).contains(&value("db-subject-fidelity")));
+        assert!(value("db-classifier-accuracy") >= 0.95);
+        assert!(value("db-finetune-cost") > 0.0);
+        let fidelity = c
+            .metrics
+            .iter()
+            .find(|m| m.name == "db-subject-fidelity")
+            .unwrap();
+        let ci = fidelity.ci.expect("an interval");
+        assert!(ci.low <= fidelity.value && fidelity.value <= ci.high);
+    }
+    let class = out.join(format!(
+        "dreambooth/{}/class/w{}",
+        d.subjects[0], d.widths[0]
+    ));
+    let pngs = std::fs::read_dir(&class).unwrap().filter(|e| {
+        e.as_ref()
+            .unwrap()
+            .path()
+            .extension()
+            .is_some_and(|x| x == "png")
+    });
+    assert_eq!(pngs.count(), d.class_images);
+    assert!(out.join("dreambooth/fig6.png").is_file());
+    assert!(html.contains("DreamBooth (Sec. 3.2, Fig. 6)"));
+    let claim = html
+        .split("DreamBooth quality scales with model size")
+        .nth(1)
+        .unwrap();
+    assert!(claim[..claim.find("</div>").unwrap()].contains("fewer than two widths"));
 }
 
 /// The distilled width's students, each method sampled over the guidance grid at 4 steps with

@@ -9,10 +9,12 @@ pub use ldmscale_train::Family;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub mod distill;
+pub mod dreambooth;
 pub mod super_res;
 pub mod validate;
 
 pub use distill::{DistillConfig, DistillMethod};
+pub use dreambooth::DreamBoothConfig;
 pub use super_res::{SrDegradation, SuperResConfig};
 
 /// The frozen text encoder.
@@ -238,6 +240,10 @@ pub struct StudyConfig {
     /// run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distill: Option<DistillConfig>,
+    /// DreamBooth finetuning of the widths on the `shapes` subjects (Sec. 3.2, Fig. 6);
+    /// absent: not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dreambooth: Option<DreamBoothConfig>,
 }
 
 /// The quick preset's dataset: Fashion-MNIST when `tools/fetch-assets.sh fashion-mnist` has
@@ -382,6 +388,7 @@ mod presets {
             fid_features: FidFeaturesKind::InDomain,
             super_res: Some(SuperResConfig::quick()),
             distill: Some(DistillConfig::quick()),
+            dreambooth: None,
         }
     }
 
@@ -412,6 +419,7 @@ mod presets {
         c.sweep.grid_budgets = vec![8.0];
         c.super_res = Some(SuperResConfig::tiny());
         c.distill = Some(DistillConfig::tiny());
+        c.dreambooth = Some(DreamBoothConfig::tiny());
         c
     }
 
@@ -422,6 +430,10 @@ mod presets {
         // 400 steps left the largest width's FID still falling fast (Fig. 3 curve).
         c.recipe.steps = 800;
         c.recipe.eval_every = 200;
+        // The subjects are shapes: no DreamBooth section on Fashion-MNIST.
+        if matches!(c.dataset, DatasetSpec::Shapes(_)) {
+            c.dreambooth = Some(DreamBoothConfig::quick());
+        }
         c
     }
 
@@ -504,6 +516,7 @@ mod presets {
             fid_features: FidFeaturesKind::Inception,
             super_res: Some(SuperResConfig::paper()),
             distill: Some(DistillConfig::paper()),
+            dreambooth: None,
         }
     }
 }

@@ -33,6 +33,7 @@ pub fn problems(c: &StudyConfig) -> Vec<String> {
     check_sweep(c, &mut p);
     check_super_res(c, &mut p);
     p.0.extend(super::distill::problems(c));
+    p.0.extend(super::dreambooth::problems(c));
     p.0
 }
 

@@ -14,4 +14,6 @@
 //! | DIV (LPIPS) | mean pairwise cosine distance among same-prompt samples in the FID feature space | stand-in |
 
 pub mod classifier;
+pub mod measure;
 pub mod metrics;
+pub mod results;

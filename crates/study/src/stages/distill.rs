@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use ldmscale_model::weights::{load_unet, write_atomic};
 use ldmscale_train::optimizer::{AdamWConfig, LrSchedule};
+use ldmscale_train::tasks::{codi_distill, lcm_distill};
 use ldmscale_train::{
     CodiDistill, DeviceThreads, LcmDistill, RunSummary, TrainConfig, TrainError, train_task,
 };
@@ -21,11 +22,11 @@ use super::sweep::{self, SweepStage};
 use crate::cell::{Cell, CellKey, Metric, Variant};
 use crate::config::{DistillConfig, DistillMethod, StudyConfig, SweepCell};
 use crate::context::StudyContext;
-use crate::distill::{DISTILL_COST, DistillResults};
+use crate::distill::{DISTILL_COST, DISTILL_GFLOPS, DistillResults};
 use crate::error::StudyError;
 use crate::fingerprint::Fingerprint;
 use crate::pairing::Pairing;
-use crate::stage::Stage;
+use crate::stage::{Estimate, Stage};
 use crate::store::{Store, shard_owns};
 
 /// The stage's directory in the study: `distill/{method}/w{width}` per student.
@@ -360,11 +361,18 @@ impl DistillStage<'_> {
             let key = student_key(d, method, width, &cell);
             let (mut measured, features) = sweep.measure(&inputs, key, &cell)?;
             measured.params = unet.num_params() as u64;
-            measured.metrics.push(Metric {
-                name: DISTILL_COST.into(),
-                value: summary.state.normalized_cost_x_iterations,
-                ci: None,
-            });
+            let state = &summary.state;
+            for (name, value) in [
+                (DISTILL_COST, state.normalized_cost_x_iterations),
+                (DISTILL_GFLOPS, state.train_gflops),
+            ] {
+                let ci = None;
+                measured.metrics.push(Metric {
+                    name: name.into(),
+                    value,
+                    ci,
+                });
+            }
             store.insert_with_features(&measured, features.as_ref())?;
         }
         Ok(())
@@ -418,4 +426,52 @@ fn results(
 fn read_fingerprint(run: &Path) -> Option<Fingerprint> {
     let text = std::fs::read_to_string(run.join(FINGERPRINT_FILE)).ok()?;
     Some(Fingerprint(text.trim().to_string()))
+}
+
+/// The distillation runs and the students' and teachers' cells, for `--dry-run`
+/// (`gflops`: per evaluation, per width of `config.widths`); empty without a `[distill]`.
+pub fn estimate(config: &StudyConfig, gflops: &[f64]) -> Estimate {
+    let Some(d) = &config.distill else {
+        return Estimate::default();
+    };
+    let samples = (d.batch_size as u64 * d.steps) as f64;
+    let mut e = Estimate::default();
+    for (&w, &g) in config.widths.iter().zip(gflops) {
+        if !d.distilled_widths(config).contains(&w) {
+            continue;
+        }
+        let guided = |c: &SweepCell| c.steps as f64 * if c.cfg > 1.0 { 2.0 } else { 1.0 };
+        let teacher: f64 = grid(config, d.teacher_sampler).iter().map(guided).sum();
+        e.sample_gflops += config.sweep.samples_per_cell as f64 * teacher * g;
+        for &m in &d.methods {
+            let passes = match m {
+                DistillMethod::Lcm => lcm_distill::FORWARD_PASSES,
+                DistillMethod::Codi => codi_distill::FORWARD_PASSES,
+            };
+            e.train_gflops += passes * samples * g;
+            let evaluations: f64 = grid(config, m.sampler())
+                .iter()
+                .map(|c| c.steps as f64 * per_step(m, c.cfg))
+                .sum();
+            e.sample_gflops += config.sweep.samples_per_cell as f64 * evaluations * g;
+        }
+    }
+    e.lines.push(format!(
+        "\ndistillation: widths {:?} x methods {:?}, {} steps of batch {} each; students and teachers at {} steps x guidance {:?}",
+        d.distilled_widths(config),
+        d.methods.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+        d.steps,
+        d.batch_size,
+        d.sample_steps,
+        config.sweep.cfg
+    ));
+    e
+}
+
+/// Evaluations per sampling step of a method's student at guidance `cfg`.
+fn per_step(method: DistillMethod, cfg: f64) -> f64 {
+    match method {
+        DistillMethod::Codi if cfg > 1.0 => 2.0,
+        _ => 1.0,
+    }
 }

@@ -2,6 +2,7 @@
 
 pub mod data;
 pub mod distill;
+pub mod dreambooth;
 pub mod evaluator;
 pub mod family;
 pub mod first_stage;

@@ -46,6 +46,8 @@ pub struct ReportStage<'a> {
     pub super_res: Option<&'a SrResults>,
     /// The distillation section's results, when the study has one.
     pub distill: Option<&'a crate::distill::DistillResults>,
+    /// The DreamBooth section's results, when the study has one.
+    pub dreambooth: Option<&'a crate::dreambooth::results::DreamBoothResults>,
 }
 
 impl Stage for ReportStage<'_> {
@@ -106,6 +108,7 @@ impl ReportStage<'_> {
             pairing: None,
             super_res: self.super_res.cloned(),
             distill: self.distill.cloned(),
+            dreambooth: self.dreambooth.cloned(),
         }
     }
 

@@ -40,10 +40,29 @@ pub struct TextStage<'a> {
 pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
     let vocabulary =
         (config.text_encoder == TextEncoderSpec::TinyRandom).then(|| data::fingerprint(config));
+    let reserved = reserved_words(config);
+    if reserved.is_empty() {
+        return Fingerprint::of(
+            "text-encoder",
+            &(config.text_encoder.to_string(), vocabulary),
+        );
+    }
     Fingerprint::of(
         "text-encoder",
-        &(config.text_encoder.to_string(), vocabulary),
+        &(config.text_encoder.to_string(), vocabulary, reserved),
     )
+}
+
+/// Words the tiny encoder reserves beyond the captions': the DreamBooth subjects'
+/// identifiers (else they would all be `[UNK]`).
+pub fn reserved_words(config: &StudyConfig) -> Vec<String> {
+    let (Some(d), TextEncoderSpec::TinyRandom) = (&config.dreambooth, &config.text_encoder) else {
+        return Vec::new();
+    };
+    let set = ldmscale_data::dreambooth::SubjectSet::standard();
+    let names = d.subject_names();
+    let ids = names.iter().filter_map(|n| set.identifier_for(n).ok());
+    ids.map(str::to_string).collect()
 }
 
 impl Stage for TextStage<'_> {
@@ -65,9 +84,10 @@ impl Stage for TextStage<'_> {
         if let Some(old) = cx.recorded(Self::NAME) {
             cx.retire(&dir, old.as_str())?;
         }
-        let conditioner = make(
+        let conditioner = make_reserving(
             &cx.config.text_encoder,
             &self.data.train.captions,
+            &reserved_words(cx.config),
             &cx.device,
         )?;
         conditioner.save(&dir)?;
@@ -92,15 +112,26 @@ pub fn make(
     captions: &[String],
     device: &Device,
 ) -> Result<TextConditioner, StudyError> {
+    make_reserving(spec, captions, &[], device)
+}
+
+/// [`make`], the tiny encoder reserving `reserved` words after the captions' (ignored by the
+/// other encoders, whose tokenizers are fixed).
+pub fn make_reserving(
+    spec: &TextEncoderSpec,
+    captions: &[String],
+    reserved: &[String],
+    device: &Device,
+) -> Result<TextConditioner, StudyError> {
+    let tiny = TinyTextSpec {
+        reserved: reserved.to_vec(),
+        ..TinyTextSpec::default()
+    };
     Ok(match spec {
         TextEncoderSpec::TinyRandom => {
             let mut made = None;
             params::seeded_init(device, 17, || {
-                made = Some(tiny_text_conditioner(
-                    captions,
-                    &TinyTextSpec::default(),
-                    device,
-                ));
+                made = Some(tiny_text_conditioner(captions, &tiny, device));
                 made.as_ref()
                     .and_then(|r| r.as_ref().ok())
                     .map(|t| t.encoder.clone())

@@ -46,6 +46,10 @@ use crate::tasks::text_to_image::rows_on;
 /// half); an LCM student costs 1.
 pub const EVALUATIONS_PER_STEP: usize = 2;
 
+/// Forward-pass equivalents per sample of a training step: the student's guided forward and
+/// backward (2 x 3), the teacher's conditional forward (1) and the target's two halves (2).
+pub const FORWARD_PASSES: f64 = 9.0;
+
 /// The CoDi recipe beyond the optimizer (the `[codi]` table of a distillation config).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -362,10 +366,8 @@ impl TrainTask for CodiDistill<'_> {
         at_reference_width(&self.config)
     }
 
-    /// The student's guided forward and backward (2 x 3), the teacher's conditional forward
-    /// (1) and the target's two halves (2).
     fn forward_passes(&self) -> f64 {
-        9.0
+        FORWARD_PASSES
     }
 
     /// The EMA target.

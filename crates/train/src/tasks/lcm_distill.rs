@@ -47,6 +47,10 @@ pub enum ConsistencyLoss {
     Huber,
 }
 
+/// Forward-pass equivalents per sample of a training step: the student's forward and
+/// backward (3), the teacher's two halves and the target (3).
+pub const FORWARD_PASSES: f64 = 6.0;
+
 /// The LCM recipe beyond the optimizer (the `[lcm]` table of a distillation config).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -500,9 +504,8 @@ impl TrainTask for LcmDistill<'_> {
         at_reference_width(&self.student_config)
     }
 
-    /// The student's forward and backward (3), the teacher's two halves and the target (3).
     fn forward_passes(&self) -> f64 {
-        6.0
+        FORWARD_PASSES
     }
 
     /// The EMA target.

@@ -1,0 +1,363 @@
+//! The DreamBooth section's results: pooled values to cell metrics, the finding "DreamBooth
+//! quality scales with model size", and the report section (table, plots, Fig. 6).
+
+use serde::{Deserialize, Serialize};
+
+use super::measure::Pooled;
+use super::metrics;
+use crate::bootstrap::{FidCi, mean_interval};
+use crate::cell::{Cell, Metric, Variant};
+use crate::findings::{Claim, Difference, Finding, Interval, Verdict};
+use crate::plot::{Series, line_chart_with_intervals};
+
+/// A metric of the section: its store name, its label, whether higher is better, and what it
+/// stands in for.
+pub struct MetricInfo {
+    /// Store name.
+    pub name: &'static str,
+    /// Column label.
+    pub label: &'static str,
+    /// Higher is better.
+    pub higher_is_better: bool,
+    /// What it is, in words.
+    pub about: &'static str,
+}
+
+/// The section's metrics, in the order tables show them; the first decides the finding.
+pub const METRICS: [MetricInfo; 8] = [
+    MetricInfo {
+        name: "db-subject-fidelity",
+        label: "subject fidelity",
+        higher_is_better: true,
+        about: "P(subject) of the subject classifier (DINO stand-in)",
+    },
+    MetricInfo {
+        name: "db-feature-cosine",
+        label: "feature cosine",
+        higher_is_better: true,
+        about: "mean pairwise cosine to real renders, FID features (DINO-style)",
+    },
+    MetricInfo {
+        name: "db-clip-i",
+        label: "CLIP-I",
+        higher_is_better: true,
+        about: "mean pairwise cosine to real renders, in-domain CLIP (stand-in)",
+    },
+    MetricInfo {
+        name: "db-clip-t",
+        label: "CLIP-T",
+        higher_is_better: true,
+        about: "cosine with the prompt's class-noun twin, in-domain CLIP (stand-in)",
+    },
+    MetricInfo {
+        name: "db-prompt-accuracy",
+        label: "prompt accuracy",
+        higher_is_better: true,
+        about: "share of samples whose twin outranks 4 one-word edits",
+    },
+    MetricInfo {
+        name: "db-pres",
+        label: "PRES",
+        higher_is_better: false,
+        about: "P(subject) of class-prompt samples (prior collapse; stand-in)",
+    },
+    MetricInfo {
+        name: "db-language-drift",
+        label: "language drift",
+        higher_is_better: false,
+        about: "KID(class-prompt samples, real class images) minus the base model's",
+    },
+    MetricInfo {
+        name: "db-div",
+        label: "DIV",
+        higher_is_better: true,
+        about: "mean cosine distance among a prompt's samples, FID features (LPIPS stand-in)",
+    },
+];
+
+/// Finetune compute of a cell: normalised cost x iterations, summed over its subjects.
+pub const FINETUNE_COST: &str = "db-finetune-cost";
+/// The lowest held-out accuracy of the cell's subject classifiers.
+pub const CLASSIFIER_ACCURACY: &str = "db-classifier-accuracy";
+
+/// The claim of Sec. 3.2 / Fig. 6.
+pub const DREAMBOOTH_SCALES: Claim = Claim {
+    id: "dreambooth-quality-scales-with-size",
+    text: "DreamBooth quality scales with model size",
+    section: "Sec. 3.2, Fig. 6",
+};
+
+/// The section's stored cells and its Fig. 6.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct DreamBoothResults {
+    /// One cell per (width, prior).
+    pub cells: Vec<Cell>,
+    /// Fig. 6 as PNG bytes (empty when not made).
+    #[serde(skip)]
+    pub fig6: Vec<u8>,
+    /// Subjects finetuned.
+    pub subjects: Vec<String>,
+    /// The section's learning rate.
+    pub learning_rate: f64,
+}
+
+/// The metrics of one (width, prior) from its pooled values; `replicates` bootstrap draws
+/// seeded by `seed` give the intervals.
+pub fn pooled_metrics(
+    pooled: &Pooled,
+    replicates: usize,
+    seed: u64,
+) -> Result<Vec<Metric>, String> {
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let metric = |name: &str, v: &[f64]| Metric {
+        name: name.into(),
+        value: mean(v),
+        ci: mean_interval(v, replicates, seed),
+    };
+    let (tuned, base, real) = &pooled.drift;
+    let (drift, drift_ci) =
+        metrics::language_drift(tuned, base, real, pooled.dim, replicates, seed)?;
+    let per_image = [
+        &pooled.subject_fidelity,
+        &pooled.feature_cosine,
+        &pooled.clip_i,
+        &pooled.clip_t,
+        &pooled.prompt_accuracy,
+        &pooled.pres,
+    ];
+    let mut out: Vec<Metric> = METRICS[..6]
+        .iter()
+        .zip(per_image)
+        .map(|(m, v)| metric(m.name, v))
+        .collect();
+    out.push(Metric {
+        name: METRICS[6].name.into(),
+        value: drift,
+        ci: drift_ci,
+    });
+    out.push(metric(METRICS[7].name, &pooled.div));
+    out.push(Metric {
+        name: FINETUNE_COST.into(),
+        value: pooled.finetune_cost.iter().sum(),
+        ci: None,
+    });
+    Ok(out)
+}
+
+fn metric_of<'c>(cell: &'c Cell, name: &str) -> Option<&'c Metric> {
+    cell.metrics.iter().find(|m| m.name == name)
+}
+
+fn prior_of(cell: &Cell) -> Option<bool> {
+    match cell.variant {
+        Variant::DreamBooth { prior, .. } => Some(prior),
+        _ => None,
+    }
+}
+
+/// The cells of one prior setting, by width.
+fn setting(cells: &[Cell], prior: bool) -> Vec<&Cell> {
+    let mut out: Vec<&Cell> = cells
+        .iter()
+        .filter(|c| prior_of(c) == Some(prior))
+        .collect();
+    out.sort_by_key(|c| c.width);
+    out
+}
+
+/// `largest - smallest` of metric `info` (sign flipped where lower is better, so positive
+/// favours the larger model), with the range the two 95% intervals allow.
+fn size_gap(small: &Cell, large: &Cell, info: &MetricInfo) -> Option<Difference> {
+    let (s, l) = (metric_of(small, info.name)?, metric_of(large, info.name)?);
+    let sign = if info.higher_is_better { 1.0 } else { -1.0 };
+    let interval = match (s.ci, l.ci) {
+        (Some(s), Some(l)) => {
+            let (a, b) = (sign * (l.low - s.high), sign * (l.high - s.low));
+            Some(Interval {
+                low: a.min(b),
+                high: a.max(b),
+            })
+        }
+        _ => None,
+    };
+    Some(Difference {
+        value: sign * (l.value - s.value),
+        interval,
+        paired: false,
+    })
+}
+
+/// The finding: subject fidelity of the largest vs the smallest width, with and without the
+/// prior. It holds (does not hold) only when it does in both settings; otherwise inconclusive.
+/// The other metrics' gaps are the evidence beside it.
+pub fn findings(cells: &[Cell]) -> Vec<Finding> {
+    let mut verdicts = Vec::new();
+    let mut evidence = Vec::new();
+    let mut deciding = None;
+    for prior in [false, true] {
+        let by_width = setting(cells, prior);
+        let (Some(small), Some(large)) = (by_width.first(), by_width.last()) else {
+            continue;
+        };
+        if small.width == large.width {
+            continue;
+        }
+        let label = if prior { "with prior" } else { "without prior" };
+        for (i, info) in METRICS.iter().enumerate() {
+            let Some(d) = size_gap(small, large, info) else {
+                continue;
+            };
+            if i == 0 {
+                verdicts.push(d.verdict());
+                deciding.get_or_insert(d);
+            }
+            evidence.push(format!(
+                "{label}, {} (w{} - w{}{}): {}",
+                info.label,
+                large.width,
+                small.width,
+                if info.higher_is_better {
+                    ""
+                } else {
+                    ", lower is better: sign flipped"
+                },
+                d.text()
+            ));
+        }
+    }
+    if verdicts.is_empty() {
+        return vec![DREAMBOOTH_SCALES.not_measured("fewer than two widths finetuned")];
+    }
+    let verdict = if verdicts.iter().all(|v| *v == verdicts[0]) {
+        verdicts[0]
+    } else {
+        Verdict::Inconclusive
+    };
+    vec![Finding {
+        claim: DREAMBOOTH_SCALES,
+        verdict,
+        evidence: format!(
+            "deciding: subject fidelity, largest minus smallest width, in both prior settings; {}",
+            evidence.join("; ")
+        ),
+        deciding,
+    }]
+}
+
+fn value_text(m: Option<&Metric>) -> String {
+    match m {
+        Some(Metric {
+            value, ci: Some(c), ..
+        }) => {
+            format!("{value:.3} [{:.3}, {:.3}]", c.low, c.high)
+        }
+        Some(m) => format!("{:.3}", m.value),
+        None => "-".into(),
+    }
+}
+
+/// The section as Markdown: the table of every metric per width and prior.
+pub fn markdown(r: &DreamBoothResults) -> String {
+    let mut md = format!(
+        "\n## DreamBooth (Sec. 3.2, Fig. 6)\n\nSubjects: {}; learning rate {} for every \
+         width. Every metric is an in-domain stand-in (see the table below); values with 95% \
+         bootstrap intervals over images.\n\n| width | params | prior | finetune cost |",
+        r.subjects.join(", "),
+        r.learning_rate
+    );
+    for m in &METRICS {
+        md.push_str(&format!(" {} |", m.label));
+    }
+    md.push_str("\n|---|---|---|---|");
+    md.push_str(&"---|".repeat(METRICS.len()));
+    md.push('\n');
+    for c in &r.cells {
+        let cost = metric_of(c, FINETUNE_COST).map_or(0.0, |m| m.value);
+        let prior = if prior_of(c) == Some(true) {
+            "yes"
+        } else {
+            "no"
+        };
+        md.push_str(&format!(
+            "| {} | {} | {prior} | {cost:.3} |",
+            c.width, c.params
+        ));
+        for m in &METRICS {
+            md.push_str(&format!(" {} |", value_text(metric_of(c, m.name))));
+        }
+        md.push('\n');
+    }
+    md.push_str("\n| metric | what it is |\n|---|---|\n");
+    for m in &METRICS {
+        md.push_str(&format!("| {} | {} |\n", m.label, m.about));
+    }
+    md
+}
+
+/// One chart per metric against `x` (params or finetune compute), one line per prior setting.
+fn chart(
+    r: &DreamBoothResults,
+    info: &MetricInfo,
+    x: fn(&Cell) -> f64,
+    x_label: &str,
+) -> Result<String, String> {
+    let mut series = Vec::new();
+    let mut intervals = Vec::new();
+    for prior in [false, true] {
+        let cells = setting(&r.cells, prior);
+        let points: Vec<(f64, f64, Option<FidCi>)> = cells
+            .iter()
+            .filter_map(|c| metric_of(c, info.name).map(|m| (x(c), m.value, m.ci)))
+            .collect();
+        if points.is_empty() {
+            continue;
+        }
+        let label = if prior { "with prior" } else { "without prior" };
+        series.push(Series {
+            label: label.into(),
+            points: points.iter().map(|p| (p.0, p.1)).collect(),
+        });
+        intervals.push(
+            points
+                .iter()
+                .filter_map(|p| p.2.map(|c| (p.0, c.low, c.high)))
+                .collect(),
+        );
+    }
+    line_chart_with_intervals(info.label, x_label, info.label, &series, &intervals, true)
+}
+
+/// The section as HTML: the table, Fig. 6 and each metric against width and compute.
+pub fn html(r: &DreamBoothResults, base64: impl Fn(&[u8]) -> String) -> Result<String, String> {
+    let md = markdown(r);
+    let mut html = String::from("<h2>DreamBooth (Sec. 3.2, Fig. 6)</h2>");
+    html.push_str(&format!("<pre>{}</pre>", esc(md.trim())));
+    if !r.fig6.is_empty() {
+        html.push_str(&format!(
+            "<h3>Fig. 6</h3><p><small>First row: the instance images of {}; then each width \
+             from the smallest (without, then with the prior), one sample per evaluation \
+             prompt, the same noise in every row.</small></p><div class=\"grid\"><img \
+             src=\"data:image/png;base64,{}\" alt=\"Fig. 6\"></div>",
+            esc(r.subjects.first().map_or("", String::as_str)),
+            base64(&r.fig6)
+        ));
+    }
+    let params = |c: &Cell| c.params as f64;
+    let cost = |c: &Cell| metric_of(c, FINETUNE_COST).map_or(0.0, |m| m.value);
+    for info in &METRICS {
+        html.push_str(&chart(r, info, params, "parameters")?);
+        html.push_str(&chart(
+            r,
+            info,
+            cost,
+            "finetune compute (normalised cost x iterations)",
+        )?);
+    }
+    Ok(html)
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
