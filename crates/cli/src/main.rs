@@ -14,6 +14,7 @@ mod lpips;
 mod npy;
 mod plan;
 mod sample;
+mod slurm;
 mod sr_metrics;
 mod study;
 mod train;
@@ -114,7 +115,7 @@ enum Command {
     /// With no arguments, the `quick` preset on the procedural `shapes` dataset (no download).
     /// `--dry-run` prints the plan with its estimated compute. Example:
     /// `ldmscale study --preset tiny --out /tmp/tiny`.
-    Study(study::StudyArgs),
+    Study(Box<study::StudyArgs>),
     /// Train one UNet width from scratch on encoded data (resumes from its newest checkpoint).
     ///
     /// Example: `ldmscale train --config run.toml --out runs/w32 --width 32`.

@@ -9,6 +9,7 @@ use ldmscale_study::context::STAGES;
 use ldmscale_study::{RunOptions, pipeline};
 
 use crate::device::DeviceArgs;
+use crate::slurm::{StudyCall, SubmitArgs};
 use ldmscale_util::launch::{Env, array_shard};
 
 /// Arguments of `ldmscale study`.
@@ -30,6 +31,7 @@ pub struct StudyArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Measure only sweep shard i of N (e.g. 0/4); merge the stores with `ldmscale results merge`.
+    /// With `--only family` (last), train only widths j with j mod N = i instead.
     /// `auto`: the shard of this job-array task (SLURM_ARRAY_TASK_ID/_MIN/_STEP/_COUNT, else
     /// RANK/WORLD_SIZE); `auto/N` in a Kubernetes Indexed Job of N completions
     /// (JOB_COMPLETION_INDEX).
@@ -42,6 +44,8 @@ pub struct StudyArgs {
     pub only: Option<Vec<String>>,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub submit: SubmitArgs,
 }
 
 /// Runs the command.
@@ -66,6 +70,18 @@ pub fn run(args: &StudyArgs) -> Result<()> {
         only: check_only(args.only.as_deref())?,
     };
     crate::checks::output_dir(&out, "--out")?;
+    if args.submit.submit.is_some() {
+        if args.only.is_some() || args.shard.is_some() {
+            bail!("--submit: the jobs choose their own --only and --shard; drop those flags");
+        }
+        let call = StudyCall {
+            config_toml: config.to_toml(),
+            widths: &config.widths,
+            out: &out,
+            device: &args.device.device,
+        };
+        return crate::slurm::submit(&args.submit, &call, args.dry_run);
+    }
     if args.dry_run {
         print!("{}", pipeline::dry_run(&config, Some(&out), &device)?);
         println!("\n# the config, as TOML:\n{}", config.to_toml());

@@ -101,12 +101,29 @@ impl<'a> StudyContext<'a> {
         })
     }
 
-    /// Takes the output directory (creating it) for this run alone, and reads its record again
-    /// under the lock; another run there is an error naming its process.
+    /// Takes the output directory (creating it) for this run alone (a shard: beside the other
+    /// shards), and reads its record again under the lock; another run there is an error
+    /// naming its process.
     pub fn locked(mut self) -> Result<Self, StudyError> {
-        self._lock = Some(DirLock::acquire(&self.out, "ldmscale study")?);
+        let command = "ldmscale study";
+        self._lock = Some(match self.shard {
+            Some(shard) => DirLock::acquire_shard(&self.out, command, shard)?,
+            None => DirLock::acquire(&self.out, command)?,
+        });
         self.manifest = RefCell::new(read_manifest(&self.out)?);
         Ok(self)
+    }
+
+    /// Whether this run trains width `index` of `config.widths`: under `--shard i/N` in a run
+    /// that stops after the family (a training array over widths), only index j with
+    /// j mod N = i; otherwise every width (the later stages need them all).
+    pub fn trains_width(&self, index: usize) -> bool {
+        let stops_at_family = self.only.as_ref().and_then(|o| o.iter().max()).copied()
+            == STAGES.iter().position(|s| *s == "family");
+        match self.shard {
+            Some((i, n)) if stops_at_family => index % n == i,
+            _ => true,
+        }
     }
 
     /// `out/relative`.

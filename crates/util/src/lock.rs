@@ -5,6 +5,8 @@
 //! [`DirLock`]. The kernel releases it when the process ends however it ends, so a killed run
 //! never leaves a lock that blocks the next one; the file itself records who holds it, for the
 //! error message, and is left in place (deleting it would let two processes lock two inodes).
+//! The shards of a sharded run (`--shard i/N`, e.g. the tasks of a Slurm array) share the
+//! directory's lock and each holds its own shard's lock exclusively.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -61,48 +63,54 @@ impl std::error::Error for LockError {}
 pub struct DirLock {
     file: File,
     dir: PathBuf,
+    /// A shard's shared hold on the directory's lock (its own lock is `file`).
+    _shared: Option<File>,
 }
 
 impl DirLock {
     /// Creates `dir` if needed and locks it for `command` (a few words for the error another
     /// process will see), or says which process holds it.
     pub fn acquire(dir: &Path, command: &str) -> Result<Self, LockError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| LockError::Io { path, source }
-        };
-        if dir.exists() && !dir.is_dir() {
-            return Err(LockError::NotADirectory(dir.to_path_buf()));
-        }
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let path = dir.join(LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io(&path))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(LockError::InUse {
-                    dir: dir.to_path_buf(),
-                    holder: record_of(&mut file).unwrap_or_else(|| "another process".into()),
-                });
-            }
-            Err(TryLockError::Error(source)) => return Err(LockError::Io { path, source }),
-        }
+        make_dir(dir)?;
+        let file = lock_file(dir, LOCK_FILE, false)?;
+        Self::hold(dir, file, command, None)
+    }
+
+    /// Locks shard `index` of `count` of `dir` for `command`: shards of one directory run at
+    /// the same time (each writes only its own results), while a whole run there, or the same
+    /// shard twice, is refused.
+    pub fn acquire_shard(
+        dir: &Path,
+        command: &str,
+        (index, count): (usize, usize),
+    ) -> Result<Self, LockError> {
+        make_dir(dir)?;
+        let shared = lock_file(dir, LOCK_FILE, true)?;
+        let file = lock_file(dir, &format!(".ldmscale.shard{index}of{count}.lock"), false)?;
+        Self::hold(dir, file, command, Some(shared))
+    }
+
+    /// Records `command` as the holder of the locked `file`.
+    fn hold(
+        dir: &Path,
+        mut file: File,
+        command: &str,
+        shared: Option<File>,
+    ) -> Result<Self, LockError> {
         if let Some(stale) = record_of(&mut file) {
             tracing::info!(
                 "{}: the lock of {stale} was left behind (that process is gone); taking it over",
                 dir.display()
             );
         }
-        write_record(&mut file, command).map_err(io(&path))?;
+        write_record(&mut file, command).map_err(|source| LockError::Io {
+            path: dir.join(LOCK_FILE),
+            source,
+        })?;
         Ok(Self {
             file,
             dir: dir.to_path_buf(),
+            _shared: shared,
         })
     }
 
@@ -116,6 +124,45 @@ impl Drop for DirLock {
     fn drop(&mut self) {
         // An empty record means "released cleanly"; the flock goes with the file handle.
         let _ = self.file.set_len(0);
+    }
+}
+
+/// Creates `dir` if needed (a file in its place is an error).
+fn make_dir(dir: &Path) -> Result<(), LockError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(LockError::NotADirectory(dir.to_path_buf()));
+    }
+    std::fs::create_dir_all(dir).map_err(|source| LockError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// `dir/name` opened and locked (shared or exclusive), or who holds it.
+fn lock_file(dir: &Path, name: &str, shared: bool) -> Result<File, LockError> {
+    let path = dir.join(name);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| LockError::Io {
+            path: path.clone(),
+            source,
+        })?;
+    let locked = match shared {
+        true => file.try_lock_shared(),
+        false => file.try_lock(),
+    };
+    match locked {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(LockError::InUse {
+            dir: dir.to_path_buf(),
+            holder: record_of(&mut file)
+                .unwrap_or_else(|| "another process (or shards of a sharded run)".into()),
+        }),
+        Err(TryLockError::Error(source)) => Err(LockError::Io { path, source }),
     }
 }
 
@@ -188,6 +235,27 @@ mod tests {
         let again = DirLock::acquire(&dir, "train").unwrap();
         assert_eq!(again.dir(), dir);
         drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn shards_lock_apart_and_exclude_a_whole_run() {
+        let dir = std::env::temp_dir().join(format!("ldmscale-shards-{}", std::process::id()));
+        let zero = DirLock::acquire_shard(&dir, "study --shard 0/2", (0, 2)).unwrap();
+        let one = DirLock::acquire_shard(&dir, "study --shard 1/2", (1, 2)).unwrap();
+        let twice = DirLock::acquire_shard(&dir, "study --shard 1/2", (1, 2)).unwrap_err();
+        assert!(twice.to_string().contains("study --shard 1/2"), "{twice}");
+        assert!(matches!(
+            DirLock::acquire(&dir, "study"),
+            Err(LockError::InUse { .. })
+        ));
+        drop((zero, one));
+        let whole = DirLock::acquire(&dir, "study").unwrap();
+        assert!(matches!(
+            DirLock::acquire_shard(&dir, "study --shard 0/2", (0, 2)),
+            Err(LockError::InUse { .. })
+        ));
+        drop(whole);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

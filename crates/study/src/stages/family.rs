@@ -109,8 +109,10 @@ impl Stage for FamilyStage<'_> {
 
     fn run(&self, cx: &StudyContext) -> Result<Family, StudyError> {
         let mut models = Vec::new();
-        for &w in &cx.config.widths {
-            models.push((w, self.train_width(cx, w)?));
+        for (i, &w) in cx.config.widths.iter().enumerate() {
+            if cx.trains_width(i) {
+                models.push((w, self.train_width(cx, w)?));
+            }
         }
         Ok(Family { models })
     }
