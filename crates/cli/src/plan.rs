@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use ldmscale_study::cell::SUPER_RES;
+use ldmscale_study::distill::DistillResults;
 use ldmscale_study::pairing::Pairing;
 use ldmscale_study::plan::{Budget, Recommendation, recommend_paired};
 use ldmscale_study::report::{ReportInputs, render};
@@ -271,6 +272,16 @@ fn sr_pairing(store: &Store, cells: &[Cell]) -> Result<Option<std::sync::Arc<Pai
     })
 }
 
+/// The distilled students with their teachers and the undistilled frontier, paired against
+/// the sweep's reference set; `None` when the store has no students.
+fn distill_results(store: &Store, cells: &[Cell]) -> Result<Option<DistillResults>> {
+    let Some(mut results) = DistillResults::from_cells(cells) else {
+        return Ok(None);
+    };
+    results.pairing = Pairing::from_store(store, &results.cells())?;
+    Ok(Some(results))
+}
+
 /// Runs `ldmscale results ...`.
 pub fn results(command: &ResultsCommand) -> Result<()> {
     match command {
@@ -281,10 +292,10 @@ pub fn results(command: &ResultsCommand) -> Result<()> {
         } => merge(out, inputs, on_conflict.policy()),
         ResultsCommand::Report { store, out } => {
             let opened = Store::open_read_only(store)?;
-            let (cells, downstream): (Vec<Cell>, Vec<Cell>) = opened
-                .cells()?
-                .into_iter()
-                .partition(|c| c.variant == Variant::Base);
+            let stored = opened.cells()?;
+            let distill = distill_results(&opened, &stored)?;
+            let (cells, downstream): (Vec<Cell>, Vec<Cell>) =
+                stored.into_iter().partition(|c| c.variant == Variant::Base);
             if cells.is_empty() {
                 bail!("{}: the store has no cells", store.display());
             }
@@ -296,6 +307,7 @@ pub fn results(command: &ResultsCommand) -> Result<()> {
                     downstream.clone(),
                     sr_pairing(&opened, &downstream)?,
                 ),
+                distill,
                 ..Default::default()
             };
             let (html, md) = render(&cells, &inputs).map_err(anyhow::Error::msg)?;

@@ -10,6 +10,8 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use ldmscale_diffusion::SamplerId;
+
 use crate::analysis::{Setting, best_within, budgets, optimal_cfg, settings_paired, widths};
 use crate::cell::{Cell, Variant};
 use crate::config::DistillMethod;
@@ -61,6 +63,41 @@ fn method_of(c: &Cell) -> Option<DistillMethod> {
 }
 
 impl DistillResults {
+    /// The distillation cells among a store's, without their pairing: the students, the DDIM
+    /// base cells at their steps as teachers (the stage's default teacher sampler: a store does
+    /// not record the stage's config) and every base cell as the undistilled side; `None`
+    /// without students.
+    pub fn from_cells(cells: &[Cell]) -> Option<Self> {
+        let students: Vec<Cell> = cells
+            .iter()
+            .filter(|c| method_of(c).is_some())
+            .cloned()
+            .collect();
+        let steps = students.first()?.steps;
+        let base: Vec<Cell> = cells
+            .iter()
+            .filter(|c| c.variant == Variant::Base)
+            .cloned()
+            .collect();
+        let teachers = base
+            .iter()
+            .filter(|c| c.steps == steps && c.sampler == SamplerId::Ddim)
+            .cloned()
+            .collect();
+        Some(DistillResults {
+            students,
+            teachers,
+            sweep: base,
+            pairing: None,
+            sample_steps: steps,
+        })
+    }
+
+    /// Every cell the results hold (for pairing).
+    pub fn cells(&self) -> Vec<Cell> {
+        [&self.students[..], &self.teachers[..], &self.sweep[..]].concat()
+    }
+
     /// The methods measured, in report order.
     pub fn methods(&self) -> Vec<DistillMethod> {
         let found: BTreeSet<DistillMethod> = self.students.iter().filter_map(method_of).collect();
@@ -485,6 +522,23 @@ mod tests {
             ..c
         });
         assert_eq!(verdicts(&r).0, Verdict::DoesNotHold);
+    }
+
+    #[test]
+    fn a_stores_cells_split_into_students_teachers_and_the_undistilled_side() {
+        let r = results([10.0, 6.0], [9.0, 5.0], 0.5);
+        let mut stored = r.cells();
+        stored.push(cell(8, "ddim", 8, 1.0, 7.0));
+        stored.push(cell(8, "dpmpp-2m", 4, 1.0, 7.0));
+        let back = DistillResults::from_cells(&stored).unwrap();
+        assert_eq!((back.students.len(), back.teachers.len()), (2, 2));
+        assert_eq!((back.sweep.len(), back.sample_steps), (4, 4));
+        assert!(
+            back.teachers
+                .iter()
+                .all(|c| c.sampler == SamplerId::Ddim && c.steps == 4)
+        );
+        assert!(DistillResults::from_cells(&back.sweep).is_none());
     }
 
     #[test]

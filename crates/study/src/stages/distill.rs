@@ -412,15 +412,15 @@ fn results(
         .into_iter()
         .filter(|c| keys.contains(&c.key()))
         .partition(|c| c.variant != Variant::Base);
-    let sweep = sweep::grid_cells(cx, store)?;
-    let all: Vec<Cell> = [&students[..], &teachers[..], &sweep[..]].concat();
-    Ok(DistillResults {
-        pairing: Pairing::from_store(store, &all)?,
+    let mut results = DistillResults {
+        sweep: sweep::grid_cells(cx, store)?,
         students,
         teachers,
-        sweep,
+        pairing: None,
         sample_steps: d.sample_steps,
-    })
+    };
+    results.pairing = Pairing::from_store(store, &results.cells())?;
+    Ok(results)
 }
 
 fn read_fingerprint(run: &Path) -> Option<Fingerprint> {
