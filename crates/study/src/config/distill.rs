@@ -258,3 +258,56 @@ pub fn problems(c: &StudyConfig) -> Vec<String> {
     }
     p
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_fields_are_named_and_presets_validate() {
+        for preset in ["tiny", "quick", "full", "paper"] {
+            let c = StudyConfig::preset(preset).unwrap();
+            assert!(problems(&c).is_empty(), "{preset}: {:?}", problems(&c));
+        }
+        let mut c = StudyConfig::preset("tiny").unwrap();
+        let d = c.distill.as_mut().unwrap();
+        d.methods = vec![DistillMethod::Lcm, DistillMethod::Lcm];
+        d.widths = vec![12];
+        d.sample_steps = 0;
+        d.teacher_sampler = SamplerId::Codi;
+        d.lcm.w_min = 5.0;
+        d.lcm.w_max = 1.0;
+        d.codi.ema_decay = 1.5;
+        let found = problems(&c).join("\n");
+        for field in [
+            "distill.methods[1]: lcm is listed twice",
+            "distill.widths[0]: 12 is not one of the study's widths",
+            "distill.sample_steps: 0",
+            "distill.teacher_sampler: codi",
+            "distill.lcm.w_max = 1",
+            "distill.codi.ema_decay = 1.5",
+        ] {
+            assert!(found.contains(field), "{field} in {found}");
+        }
+        assert!(c.validate().unwrap_err().contains("distill.lcm.w_max"));
+    }
+
+    #[test]
+    fn the_section_round_trips_and_unknown_methods_are_named() {
+        let c = StudyConfig::preset("quick").unwrap();
+        let back = StudyConfig::from_toml(&c.to_toml(), "quick.toml").unwrap();
+        assert_eq!(back.distill, c.distill);
+        let text = c.to_toml().replace("\"codi\"", "\"guided\"");
+        let err = StudyConfig::from_toml(&text, "q.toml").unwrap_err();
+        assert!(
+            err.contains("unknown distillation method \"guided\""),
+            "{err}"
+        );
+        assert_eq!(
+            c.distill
+                .unwrap()
+                .distilled_widths(&StudyConfig::preset("quick").unwrap()),
+            vec![8, 16, 24, 32]
+        );
+    }
+}
