@@ -221,7 +221,8 @@ pub fn findings(cells: &[Cell]) -> Vec<Finding> {
                 } else {
                     ", lower is better: sign flipped"
                 },
-                d.text()
+                // Difference::text words its interval for FID; these are other metrics'.
+                d.text().replace("95% FID intervals", "95% intervals")
             ));
         }
     }
@@ -324,7 +325,11 @@ fn chart(
                 .collect(),
         );
     }
-    line_chart_with_intervals(info.label, x_label, info.label, &series, &intervals, true)
+    let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
+    let (lo, hi) = xs.fold((f64::MAX, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+    // A log axis only where it spans a decade (else it shows no tick labels).
+    let log_x = lo > 0.0 && hi / lo >= 10.0;
+    line_chart_with_intervals(info.label, x_label, info.label, &series, &intervals, log_x)
 }
 
 /// The section as HTML: the table, Fig. 6 and each metric against width and compute.

@@ -503,12 +503,11 @@ fn results(
     store: &Store,
 ) -> Result<DreamBoothResults, StudyError> {
     let keys: std::collections::HashSet<CellKey> = all_keys(cx.config, d).into_iter().collect();
-    let cells = store
-        .cells()?
-        .into_iter()
-        .filter(|c| keys.contains(&c.key()));
+    let mut cells: Vec<Cell> = store.cells()?;
+    cells.retain(|c| keys.contains(&c.key()));
+    cells.sort_by_key(|c| (c.variant, c.width));
     Ok(DreamBoothResults {
-        cells: cells.collect(),
+        cells,
         fig6: Vec::new(),
         subjects: d.subject_names(),
         learning_rate: d.learning_rate,
