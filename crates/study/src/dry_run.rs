@@ -37,6 +37,7 @@ pub fn dry_run(
         sweep_estimate(config, &gflops),
         super_res_estimate(config, &gflops),
         stages::distill::estimate(config, &gflops),
+        stages::dreambooth::estimate(config, &gflops),
     ];
     let mut text = String::new();
     let _ = writeln!(

@@ -32,7 +32,7 @@ use crate::dreambooth::measure::{Pooled, Scorer, SubjectInputs, images_tensor};
 use crate::dreambooth::results::{CLASSIFIER_ACCURACY, DreamBoothResults, pooled_metrics};
 use crate::error::StudyError;
 use crate::fingerprint::Fingerprint;
-use crate::stage::Stage;
+use crate::stage::{Estimate, Stage};
 use crate::store::Store;
 
 /// The stage's directory in the study.
@@ -517,4 +517,63 @@ fn results(
 fn read_fingerprint(run: &Path) -> Option<Fingerprint> {
     let text = std::fs::read_to_string(run.join(FINGERPRINT_FILE)).ok()?;
     Some(Fingerprint(text.trim().to_string()))
+}
+
+/// The section's compute for `--dry-run`, from each width's GFLOPs per evaluation: a forward
+/// and backward pass (3 forwards) per training row (instance rows, doubled with the prior),
+/// and the evaluations of class images, evaluation samples and class-twin samples.
+pub fn estimate(config: &StudyConfig, gflops: &[f64]) -> Estimate {
+    let Some(d) = &config.dreambooth else {
+        return Estimate::default();
+    };
+    let subjects = d.subject_names().len() as f64;
+    let per_sample = d.sample_steps as f64 * if d.cfg > 1.0 { 2.0 } else { 1.0 };
+    let rows = (d.prompts * d.samples_per_prompt) as f64;
+    let mut e = Estimate::default();
+    for (&w, &g) in config.widths.iter().zip(gflops) {
+        if !d.finetuned_widths(config).contains(&w) {
+            continue;
+        }
+        let train_rows = (d.batch_size as u64 * d.steps) as f64 * (1.0 + 2.0);
+        e.train_gflops += subjects * 3.0 * train_rows * g;
+        // Base class twins once; per prior setting, subject prompts and class twins.
+        let samples = d.class_images as f64 + rows * (1.0 + 2.0 * 2.0);
+        e.sample_gflops += subjects * samples * per_sample * g;
+    }
+    e.lines.push(format!(
+        "\ndreambooth: widths {:?} x subjects {:?} x (no prior, prior), {} steps of batch {} \
+         at lr {}; {} class images; {} prompts x {} samples at {} DDIM steps, CFG {}",
+        d.finetuned_widths(config),
+        d.subject_names(),
+        d.steps,
+        d.batch_size,
+        d.learning_rate,
+        d.class_images,
+        d.prompts,
+        d.samples_per_prompt,
+        d.sample_steps,
+        d.cfg
+    ));
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_estimate_counts_finetunes_and_samples_of_the_chosen_widths() {
+        let mut c = StudyConfig::preset("tiny").unwrap();
+        let gflops = [1.0, 4.0];
+        let e = estimate(&c, &gflops);
+        // Width 8 only (1 GFLOP/eval): 1 subject x 3 passes x 8 steps x 2 rows x (1 + 2).
+        assert_eq!(e.train_gflops, 3.0 * 8.0 * 2.0 * 3.0);
+        // 8 class images + 8 rows x 5 sample sets, 8 guided steps (16 evaluations) each.
+        assert_eq!(e.sample_gflops, (8.0 + 8.0 * 5.0) * 16.0);
+        assert!(e.lines[0].contains("dreambooth: widths [8]"));
+        c.dreambooth.as_mut().unwrap().widths = Vec::new();
+        assert_eq!(estimate(&c, &gflops).train_gflops, 5.0 * e.train_gflops);
+        c.dreambooth = None;
+        assert!(estimate(&c, &gflops).lines.is_empty());
+    }
 }
