@@ -3,6 +3,7 @@
 pub mod codi_distill;
 pub mod dreambooth;
 pub mod ema_target;
+pub mod guided_distill;
 pub mod lcm_distill;
 pub mod sr_pairs;
 pub mod super_res;
@@ -10,6 +11,7 @@ pub mod text_to_image;
 
 pub use codi_distill::{CodiBatch, CodiDistill, CodiLoss, CodiOptions};
 pub use dreambooth::{DEFAULT_PRIOR_WEIGHT, DreamBooth, DreamBoothBatch, DreamBoothLoss};
+pub use guided_distill::{GuidedBatch, GuidedDistill, GuidedLoss, GuidedOptions};
 pub use lcm_distill::{ConsistencyLoss, LcmBatch, LcmDistill, LcmLoss, LcmOptions};
 pub use sr_pairs::SrPairs;
 pub use super_res::{SrBatch, SrData, SrLoss, SrOptions, SuperRes};
