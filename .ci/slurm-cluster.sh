@@ -13,17 +13,7 @@ dir="$(cd "$dir" && pwd)"
 export SLURM_CONF="$dir/slurm.conf"
 
 install_packages() {
-    local missing=()
-    command -v slurmctld >/dev/null || missing+=(slurm-wlm)
-    command -v munged >/dev/null || missing+=(munge)
-    [ "${#missing[@]}" -eq 0 ] && return 0
-    export DEBIAN_FRONTEND=noninteractive
-    # Package lists are often deleted from CI images; fetch them when absent.
-    if [ -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)" ]; then
-        apt-get update -q
-    fi
-    apt-get install -y -q --no-install-recommends "${missing[@]}" \
-        || { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; }
+    "$(dirname "$0")/apt-install.sh" slurm-wlm munge
 }
 
 write_config() {

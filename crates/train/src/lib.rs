@@ -10,6 +10,8 @@ pub mod data;
 pub mod ema;
 pub mod error;
 pub mod evaluation;
+#[cfg(feature = "mpi")]
+pub mod mpi_sync;
 pub mod optimizer;
 pub mod parallel;
 pub mod params;

@@ -38,6 +38,11 @@ pub trait GradSync {
     /// The loss and gradients of the whole batch on the weights' plain device: each shard
     /// weighted by its share of the `rows`, summed by parameter name.
     fn reduce(&self, shards: Vec<ShardGrads>, rows: usize) -> Result<(f64, Named), TrainError>;
+    /// Whether this process writes the run directory (checkpoints, metrics, models, the
+    /// evaluation hook's files): rank 0 alone in a multi-process run.
+    fn writes(&self) -> bool {
+        true
+    }
 }
 
 /// Data parallelism in one process: contiguous shards over the devices, one thread each, the

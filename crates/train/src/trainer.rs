@@ -81,7 +81,7 @@ pub fn train_task<T: TrainTask>(
     show_progress: bool,
     hook: Option<EvalHook<'_>>,
 ) -> Result<RunSummary, TrainError> {
-    let unet_config = prepare_run_dir(config, task, run)?;
+    let unet_config = prepare_run_dir(config, task, run, sync.writes())?;
     let trainer = Trainer::start(config, task, sync, run, unet_config)?;
     if trainer.state.step >= config.steps {
         return Ok(RunSummary {
@@ -106,11 +106,13 @@ pub fn forward_gflops<T: TrainTask>(config: &TrainConfig, task: &T, device: &Dev
 }
 
 /// Checks the config and the run directory (a resumed run must have the same config) and
-/// records the config there; returns the UNet config the task trains.
+/// records the config there (when this process `writes`); returns the UNet config the task
+/// trains.
 fn prepare_run_dir<T: TrainTask>(
     config: &TrainConfig,
     task: &T,
     run: &Path,
+    writes: bool,
 ) -> Result<UNetConfig, TrainError> {
     config.validate()?;
     if task.examples() == 0 {
@@ -118,7 +120,9 @@ fn prepare_run_dir<T: TrainTask>(
     }
     std::fs::create_dir_all(run).map_err(|e| TrainError::io(run, e))?;
     check_resume(run, config)?;
-    write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
+    if writes {
+        write_atomic(&run.join("config.toml"), config.to_toml().as_bytes())?;
+    }
     let unet_config = task.unet_config(&config.model);
     unet_config
         .validate()
@@ -253,7 +257,9 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
         (self.adam.m, self.adam.v, self.adam.step) = (m, v, state.adamw_step);
         self.shadow = ema;
         self.state = state;
-        truncate_metrics(&self.run.join("metrics.jsonl"), self.state.step)?;
+        if self.sync.writes() {
+            truncate_metrics(&self.run.join("metrics.jsonl"), self.state.step)?;
+        }
         Ok(self)
     }
 
@@ -269,15 +275,23 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
         let first = self.state.step;
         let bar = progress_bar(config, first, show_progress);
         let metrics_path = self.run.join("metrics.jsonl");
-        let mut metrics = File::options()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| TrainError::io(&metrics_path, e))?;
+        let writes = self.sync.writes();
+        let mut metrics = match writes {
+            true => Some(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(&metrics_path)
+                    .map_err(|e| TrainError::io(&metrics_path, e))?,
+            ),
+            false => None,
+        };
         for step in first + 1..=config.steps {
             let report;
             (self, report) = self.step(step)?;
-            if step % config.log_every == 0 || step == config.steps {
+            if let Some(metrics) = metrics.as_mut()
+                && (step % config.log_every == 0 || step == config.steps)
+            {
                 let line = self.metrics_line(&report, start.elapsed().as_secs_f64());
                 writeln!(metrics, "{line}").map_err(|e| TrainError::io(&metrics_path, e))?;
             }
@@ -285,20 +299,23 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
             bar.set_position(step);
             let last = step == config.steps;
             if let Some(hook) = hook.as_deref_mut()
+                && writes
                 && config.eval_every > 0
                 && (step % config.eval_every == 0 || last)
             {
                 self.evaluate(hook)?;
             }
-            if step % config.checkpoint_every == 0 || last {
+            if writes && (step % config.checkpoint_every == 0 || last) {
                 self.save_checkpoint()?;
             }
-            if config.snapshot_steps.contains(&step) {
+            if writes && config.snapshot_steps.contains(&step) {
                 self.save_snapshot()?;
             }
         }
         bar.finish_and_clear();
-        write_model_dirs(self.run, &self.model_dirs_content())?;
+        if writes {
+            write_model_dirs(self.run, &self.model_dirs_content())?;
+        }
         Ok(RunSummary {
             steps_run: self.state.step - first,
             state: self.state,
