@@ -44,6 +44,8 @@ pub struct Setting {
     pub ms_per_image: f64,
     /// Seeds averaged.
     pub seeds: usize,
+    /// Images per seed (the fewest of its cells; adaptive sampling adds to undecided ones).
+    pub samples: u32,
     /// The cells averaged, by seed.
     #[serde(skip)]
     pub keys: Vec<CellKey>,
@@ -145,6 +147,7 @@ fn setting_of(g: &[&Cell], pairing: &Option<Arc<Pairing>>) -> Setting {
         cost_gflops: first.sampling_gflops(),
         ms_per_image: mean(g.iter().map(|c| c.ms_per_image())).expect("non-empty"),
         seeds: g.len(),
+        samples: g.iter().map(|c| c.n_samples).min().expect("non-empty"),
         keys: seed_ordered_keys(g),
         pairing: PairingHandle(pairing.clone()),
     }

@@ -17,7 +17,7 @@ use crate::fingerprint::Fingerprint;
 use crate::stage::Stage;
 
 /// The stages in the order a study runs them.
-pub const STAGES: [&str; 14] = [
+pub const STAGES: [&str; 15] = [
     "data",
     "first-stage",
     "text-encoder",
@@ -25,6 +25,7 @@ pub const STAGES: [&str; 14] = [
     "evaluator",
     "family",
     "sweep",
+    "adaptive",
     "grids",
     "learning-check",
     "sr-data",

@@ -1,6 +1,6 @@
 //! `ldmscale study`: data -> first stage -> text encoder -> latent cache -> evaluator ->
-//! family -> sweep -> grids -> learning check -> super-resolution data -> super-resolution ->
-//! distillation -> DreamBooth -> report. Each stage's result is stored under
+//! family -> sweep -> adaptive sampling -> grids -> learning check -> super-resolution data ->
+//! super-resolution -> distillation -> DreamBooth -> report. Each stage's result is stored under
 //! the output directory with the fingerprint of what it depends on, so a killed study resumes
 //! where it stopped and a changed config recomputes only the stages the change reaches.
 
@@ -12,6 +12,7 @@ use ldmscale_model::weights::write_atomic;
 use crate::config::StudyConfig;
 use crate::context::{RunOptions, StudyContext};
 use crate::error::StudyError;
+use crate::stages::adaptive::AdaptiveStage;
 use crate::stages::data::{Data, Splits};
 use crate::stages::distill::DistillStage;
 use crate::stages::dreambooth::DreamBoothStage;
@@ -93,12 +94,14 @@ fn run_stages(cx: &StudyContext, summary: &mut Summary) -> Result<(), StudyError
         evaluator: &evaluator,
         first: &first,
     })?;
-    let cells = cx.ensure(&SweepStage {
+    let sweep = || SweepStage {
         family: &family,
         latents: &latents,
         evaluator: &evaluator,
         first: &first,
-    })?;
+    };
+    cx.ensure(&sweep())?;
+    let cells = cx.ensure(&AdaptiveStage { sweep: sweep() })?;
     summary.cells = cells.len();
     let probe = || DdimProbe {
         first: &first,

@@ -134,6 +134,19 @@ fn decided_text(row: &BudgetRow) -> &'static str {
     }
 }
 
+/// The decided column: "yes at 64 samples", "no at 32 samples" (per seed, the fewer of the two
+/// sides; adaptive sampling raises it for undecided rows), or "-".
+fn decided_column(row: &BudgetRow) -> String {
+    let text = decided_text(row);
+    match (&row.winner.runner_up, text) {
+        (Some(r), "yes" | "no") => {
+            let samples = row.winner.best.samples.min(r.samples);
+            format!("{text} at {samples} samples")
+        }
+        _ => text.into(),
+    }
+}
+
 fn setting_row(s: &Setting) -> String {
     format!(
         "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}{}</td><td>{}</td><td>{:.3}</td><td>{:.1}</td></tr>",
@@ -428,7 +441,7 @@ fn budget_row_html(row: &BudgetRow) -> String {
             .unwrap_or_default(),
         kid_text(b),
         esc(&margin_text(row)),
-        decided_text(row)
+        decided_column(row)
     )
 }
 
@@ -522,7 +535,7 @@ fn budget_markdown(a: &Analysed) -> String {
             b.fid_ci.map(|ci| ci.text()).unwrap_or_else(|| "-".into()),
             kid_text(b),
             margin_text(row),
-            decided_text(row)
+            decided_column(row)
         );
     }
     let _ = writeln!(md, "\n{BUDGET_NOTE}");
@@ -540,7 +553,11 @@ fn markdown(cells: &[Cell], inputs: &ReportInputs, a: &Analysed) -> String {
         cells.len(),
         inputs.fid_features
     );
-    let _ = writeln!(md, "{}.\n", crate::findings::DecisionRate::of(&a.found).text());
+    let _ = writeln!(
+        md,
+        "{}.\n",
+        crate::findings::DecisionRate::of(&a.found).text()
+    );
     for f in &a.found {
         let _ = writeln!(
             md,
@@ -615,8 +632,8 @@ mod tests {
         let (html, md) = render(&budget_cells(), &ReportInputs::default()).unwrap();
         let rows = [
             "| 0.512 | 16 | ddim | 2 | 1.0 | 10.00 | [9.50, 10.50] | 10.00 [9.50, 10.50] | no other size fits | - |",
-            "| 2.048 | 32 | ddim | 2 | 1.0 | 7.80 | [7.30, 8.30] | 7.80 [7.30, 8.30] | +0.20 [-0.80, 1.20] over 16 filters (interval range) | no |",
-            "| 4.096 | 32 | ddim | 4 | 1.0 | 5.00 | [4.50, 5.50] | 5.00 [4.50, 5.50] | +3.00 [2.00, 4.00] over 16 filters (interval range) | yes |",
+            "| 2.048 | 32 | ddim | 2 | 1.0 | 7.80 | [7.30, 8.30] | 7.80 [7.30, 8.30] | +0.20 [-0.80, 1.20] over 16 filters (interval range) | no at 100 samples |",
+            "| 4.096 | 32 | ddim | 4 | 1.0 | 5.00 | [4.50, 5.50] | 5.00 [4.50, 5.50] | +3.00 [2.00, 4.00] over 16 filters (interval range) | yes at 100 samples |",
         ];
         for row in rows {
             assert!(md.contains(row), "{row}\n{md}");
@@ -629,7 +646,7 @@ mod tests {
         assert_eq!(html.matches("<th>KID x10&sup3; [95% CI]</th>").count(), 2);
         assert_eq!(html.matches("<tr class=\"undecided\">").count(), 1);
         assert!(html.contains(
-            "<tr class=\"undecided\"><td>2.048</td><td>32 filters</td><td>ddim</td><td>2</td><td>1.0</td><td>7.80 <small>[7.30, 8.30]</small></td><td>7.80 [7.30, 8.30]</td><td>+0.20 [-0.80, 1.20] over 16 filters (interval range)</td><td>no</td></tr>"
+            "<tr class=\"undecided\"><td>2.048</td><td>32 filters</td><td>ddim</td><td>2</td><td>1.0</td><td>7.80 <small>[7.30, 8.30]</small></td><td>7.80 [7.30, 8.30]</td><td>+0.20 [-0.80, 1.20] over 16 filters (interval range)</td><td>no at 100 samples</td></tr>"
         ), "{html}");
         assert!(
             html.contains("<td>5.00 [4.50, 5.50]</td><td>4.096</td>"),
@@ -640,7 +657,10 @@ mod tests {
         // Without KID the column says so and no KID chart is drawn.
         let (html, md) = render(&paper_like(), &ReportInputs::default()).unwrap();
         assert!(md.contains("| - | no other size fits | - |"), "{md}");
-        assert!(md.contains("over 32 filters (no interval) | no |"), "{md}");
+        assert!(
+            md.contains("over 32 filters (no interval) | no at 100 samples |"),
+            "{md}"
+        );
         assert!(!html.contains("KID against sampling cost"));
     }
 

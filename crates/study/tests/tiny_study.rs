@@ -10,6 +10,7 @@ use burn::tensor::Device;
 use ldmscale_study::bootstrap::CiMethod;
 use ldmscale_study::config::{DistillMethod, StudyConfig};
 use ldmscale_study::plan::{Budget, recommend};
+use ldmscale_study::stages::adaptive;
 use ldmscale_study::{Cell, RunOptions, Store, StudyError, Variant, pipeline};
 
 /// The sweep's cells (the text-to-image base models).
@@ -116,6 +117,32 @@ fn check_first_run(config: &StudyConfig, out: &Path, summary: &pipeline::Summary
     check_super_res(config, out, &html);
     check_distill(config, out, &html);
     check_dreambooth(config, out, &html);
+    check_adaptive(config, out, &html);
+}
+
+/// Adaptive sampling: the cells it measured again carry their round and the larger sample
+/// count, within the section's caps; the others keep the sweep's.
+fn check_adaptive(config: &StudyConfig, out: &Path, html: &str) {
+    let a = config.sweep.adaptive.as_ref().unwrap();
+    let base = config.sweep.samples_per_cell;
+    let mut refined = 0;
+    for c in cells(out) {
+        match c.metrics.iter().find(|m| m.name == adaptive::ROUND) {
+            Some(round) => {
+                refined += 1;
+                let expected = a.samples(base, round.value as u32, config.val_examples);
+                assert_eq!(c.n_samples, expected, "{c:?}");
+                assert!(c.n_samples > base, "{c:?}");
+            }
+            None => assert_eq!(c.n_samples, base, "{c:?}"),
+        }
+    }
+    assert!(refined <= (a.rounds * a.max_cells_per_round) as usize);
+    // The budget table says at what sample size each winner was (un)decided.
+    assert!(
+        html.contains(" samples</td></tr>"),
+        "no sample size in the budget table"
+    );
 }
 
 /// One subject on one width, without and with the prior: a cell each with every metric, class

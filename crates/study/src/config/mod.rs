@@ -8,11 +8,13 @@ use ldmscale_diffusion::SamplerId;
 pub use ldmscale_train::Family;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub mod adaptive;
 pub mod distill;
 pub mod dreambooth;
 pub mod super_res;
 pub mod validate;
 
+pub use adaptive::AdaptiveSampling;
 pub use distill::{DistillConfig, DistillMethod};
 pub use dreambooth::DreamBoothConfig;
 pub use super_res::{SrDegradation, SuperResConfig};
@@ -157,6 +159,9 @@ pub struct SweepConfig {
     /// the DDIM step count whose cost matches. Empty: none.
     #[serde(default)]
     pub grid_budgets: Vec<f64>,
+    /// More samples, in rounds, for the budget frontier's undecided winners; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveSampling>,
 }
 
 fn hundred() -> u32 {
@@ -384,6 +389,7 @@ mod presets {
                 samples_per_cell: 32,
                 bootstrap: 100,
                 grid_budgets: vec![4.0, 16.0],
+                adaptive: Some(AdaptiveSampling::quick()),
             },
             fid_features: FidFeaturesKind::InDomain,
             super_res: Some(SuperResConfig::quick()),
@@ -417,6 +423,7 @@ mod presets {
         c.sweep.samples_per_cell = 16;
         c.sweep.bootstrap = 20;
         c.sweep.grid_budgets = vec![8.0];
+        c.sweep.adaptive = Some(AdaptiveSampling::tiny());
         c.super_res = Some(SuperResConfig::tiny());
         c.distill = Some(DistillConfig::tiny());
         c.dreambooth = Some(DreamBoothConfig::tiny());
@@ -462,6 +469,10 @@ mod presets {
         c.sweep.samples_per_cell = 1000;
         c.sweep.bootstrap = 30;
         c.sweep.grid_budgets = vec![8.0, 25.0];
+        c.sweep.adaptive = Some(AdaptiveSampling {
+            max_samples_per_cell: 2000,
+            ..AdaptiveSampling::quick()
+        });
         c.fid_features = FidFeaturesKind::Inception;
         c.super_res = Some(SuperResConfig {
             train_pairs: 8192,
@@ -512,6 +523,7 @@ mod presets {
                 samples_per_cell: 30_000,
                 bootstrap: 20,
                 grid_budgets: vec![10.0, 25.0],
+                adaptive: None,
             },
             fid_features: FidFeaturesKind::Inception,
             super_res: Some(SuperResConfig::paper()),

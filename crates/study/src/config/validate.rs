@@ -249,6 +249,13 @@ fn check_sweep(c: &StudyConfig, p: &mut Problems) {
     p.list("sweep.seeds", &s.seeds, |x| *x);
     p.range("sweep.dpm_max_steps", s.dpm_max_steps, 1, MAX_STEPS);
     p.range("sweep.samples_per_cell", s.samples_per_cell, 2, u32::MAX);
+    for (field, problem) in s
+        .adaptive
+        .iter()
+        .flat_map(|a| a.problems(s.samples_per_cell))
+    {
+        p.add(field, problem);
+    }
     if s.bootstrap == 1 {
         p.add(
             "sweep.bootstrap",

@@ -1,5 +1,6 @@
 //! The study's stages, one file each, in the order a study runs them.
 
+pub mod adaptive;
 pub mod data;
 pub mod distill;
 pub mod dreambooth;
@@ -30,6 +31,7 @@ pub fn fingerprints(config: &StudyConfig) -> Vec<(&'static str, Fingerprint)> {
         ("evaluator", evaluator::fingerprint(config)),
         ("family", family::fingerprint(config)),
         ("sweep", sweep::fingerprint(config)),
+        ("adaptive", adaptive::fingerprint(config)),
         ("grids", grids::fingerprint(config)),
         ("learning-check", learning_check::fingerprint(config)),
         ("sr-data", sr_data::fingerprint(config)),

@@ -173,7 +173,17 @@ impl SweepStage<'_> {
     /// What every cell of one width shares: its model, cost, prompts and their CLIP text
     /// embedding.
     pub(crate) fn width_inputs<'a>(&'a self, cx: &StudyContext, unet: &'a UNet) -> WidthInputs<'a> {
-        let prompts = self.latents.prompts(samples_per_cell(cx), &cx.device);
+        self.width_inputs_for(cx, unet, samples_per_cell(cx))
+    }
+
+    /// [`Self::width_inputs`] with the first `samples` prompts (adaptive sampling's rounds).
+    pub(crate) fn width_inputs_for<'a>(
+        &'a self,
+        cx: &StudyContext,
+        unet: &'a UNet,
+        samples: usize,
+    ) -> WidthInputs<'a> {
+        let prompts = self.latents.prompts(samples, &cx.device);
         let [_, h, w] = self.latents.latent_shape;
         let clip = &self.evaluator.features.clip.model;
         WidthInputs {
