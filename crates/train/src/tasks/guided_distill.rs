@@ -113,10 +113,24 @@ pub struct GuidedBatch {
     pub target: Tensor<4>,
 }
 
-/// The student's clean estimate against the teacher's, SNR-weighted.
+/// The student's clean estimate against a target's, SNR-weighted (both guided stages).
 pub struct GuidedLoss {
     schedule: NoiseSchedule,
     prediction: PredictionType,
+}
+
+impl GuidedLoss {
+    pub(crate) fn new(schedule: NoiseSchedule, prediction: PredictionType) -> Self {
+        Self {
+            schedule,
+            prediction,
+        }
+    }
+
+    /// What the UNets predict.
+    pub(crate) fn prediction(&self) -> PredictionType {
+        self.prediction
+    }
 }
 
 impl<'d> GuidedDistill<'d> {
@@ -152,10 +166,7 @@ impl<'d> GuidedDistill<'d> {
             student_config,
             initial,
             null: data.null_context(device),
-            loss: GuidedLoss {
-                schedule: schedule.clone(),
-                prediction: prediction_type(config),
-            },
+            loss: GuidedLoss::new(schedule.clone(), prediction_type(config)),
             schedule,
             options,
             key,
