@@ -1,7 +1,13 @@
 //! The rank flags of training commands, and what a rank may do in this build.
 
+use std::path::Path;
+
 use anyhow::{Result, bail};
+use burn::tensor::Device;
 use clap::Args;
+#[cfg(feature = "mpi")]
+use ldmscale_train::mpi_sync::MpiSync;
+use ldmscale_train::{EvalHook, RunSummary, TrainConfig, TrainingData};
 use ldmscale_util::launch::{self, Env, RankFlags, Ranks};
 
 /// Who this process is in a multi-process run. Flags override the launcher's variables, read
@@ -51,18 +57,100 @@ pub fn rank_device(device: &str, ranks: &Ranks, env: &Env) -> Result<String> {
     Ok(device.to_string())
 }
 
-/// Refuses a multi-process run this build cannot synchronise: its ranks would train apart and
-/// race on one output directory.
-pub fn single_process(ranks: &Ranks) -> Result<()> {
-    if ranks.world_size > 1 {
+/// This process's part in training: alone (threads over its `--devices`), or one rank of an
+/// MPI world (builds with the `mpi` feature) whose ranks split every batch.
+pub struct Rank {
+    /// Who this process is.
+    pub ranks: Ranks,
+    /// The device it trains on.
+    pub device: Device,
+    #[cfg(feature = "mpi")]
+    mpi: Option<MpiSync>,
+}
+
+impl Rank {
+    /// Joins the run `ranks` describes, for batches of `batch_size` rows; MPI is started once
+    /// and serves every run of this process.
+    pub fn join(ranks: Ranks, device: Device, batch_size: usize) -> Result<Self> {
+        if ranks.world_size == 1 {
+            return Ok(Rank {
+                ranks,
+                device,
+                #[cfg(feature = "mpi")]
+                mpi: None,
+            });
+        }
+        join_world(ranks, device, batch_size)
+    }
+
+    /// Whether this process writes outputs (rank 0).
+    pub fn writes(&self) -> bool {
+        self.ranks.writes()
+    }
+
+    /// Trains (or resumes) text-to-image run `out` as this rank.
+    pub fn train(
+        &self,
+        config: &TrainConfig,
+        data: &dyn TrainingData,
+        out: &Path,
+        show: bool,
+        hook: Option<EvalHook<'_>>,
+    ) -> Result<RunSummary> {
+        #[cfg(feature = "mpi")]
+        if let Some(sync) = &self.mpi {
+            if !config.devices.is_empty() {
+                bail!("train.devices / --devices: an MPI rank trains on its one --device");
+            }
+            let task = ldmscale_train::TextToImage::new(config, data, &self.device)?;
+            let show = show && self.writes();
+            return Ok(ldmscale_train::train_task(
+                config, &task, sync, out, show, hook,
+            )?);
+        }
+        Ok(ldmscale_train::train_with_hook(
+            config,
+            data,
+            out,
+            &self.device,
+            show,
+            hook,
+        )?)
+    }
+}
+
+#[cfg(feature = "mpi")]
+fn join_world(ranks: Ranks, device: Device, batch_size: usize) -> Result<Rank> {
+    let sync = MpiSync::new(&device, batch_size)?;
+    if (sync.rank(), sync.size()) != (ranks.rank, ranks.world_size) {
         bail!(
-            "world size {} (rank {}) from {}: this build has no multi-process gradient sync, \
-             so the ranks would train separate models; run one process, or split a batch over \
-             this process's devices with --devices",
-            ranks.world_size,
+            "rank {} of {} from {}, but the MPI world has this process as rank {} of {}: \
+             start the ranks with mpirun or srun --mpi=pmix",
             ranks.rank,
-            ranks.launcher
+            ranks.world_size,
+            ranks.launcher,
+            sync.rank(),
+            sync.size()
         );
     }
-    Ok(())
+    Ok(Rank {
+        ranks,
+        device,
+        mpi: Some(sync),
+    })
+}
+
+/// Refuses a multi-process run this build cannot synchronise: its ranks would train apart and
+/// race on one output directory.
+#[cfg(not(feature = "mpi"))]
+fn join_world(ranks: Ranks, _device: Device, _batch_size: usize) -> Result<Rank> {
+    bail!(
+        "world size {} (rank {}) from {}: this build has no multi-process gradient sync, \
+         so the ranks would train separate models; build with `--features mpi` and start the \
+         ranks with mpirun, run one process, or split a batch over this process's devices \
+         with --devices",
+        ranks.world_size,
+        ranks.rank,
+        ranks.launcher
+    )
 }

@@ -17,8 +17,9 @@ use ldmscale_train::parallel::{parse_devices, training_devices};
 use ldmscale_util::lock::DirLock;
 
 use crate::device::DeviceArgs;
-use crate::launch::LaunchArgs;
-use ldmscale_train::{TrainConfig, train_with_hook};
+use crate::launch::{LaunchArgs, Rank};
+use ldmscale_train::TrainConfig;
+use ldmscale_util::launch::Ranks;
 use serde::Deserialize;
 
 mod eval;
@@ -83,14 +84,13 @@ pub struct TrainArgs {
     pub launch: LaunchArgs,
 }
 
-/// The device this rank trains on (`--device cuda` is the rank's GPU); a multi-process run
-/// this build cannot synchronise is refused.
-fn rank_device(args: &TrainArgs) -> Result<Device> {
+/// Who this process is, and the device it trains on (`--device cuda` is the rank's GPU).
+fn rank_device(args: &TrainArgs) -> Result<(Device, Ranks)> {
     let env = ldmscale_util::launch::process_env();
     let ranks = args.launch.ranks(&env)?;
-    crate::launch::single_process(&ranks)?;
     let name = crate::launch::rank_device(&args.device.device, &ranks, &env)?;
-    Ok(ldmscale_train::parallel::parse_device(&name, "--device")?)
+    let device = ldmscale_train::parallel::parse_device(&name, "--device")?;
+    Ok((device, ranks))
 }
 
 fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig, Option<EvalConfig>)> {
@@ -160,19 +160,19 @@ fn run_one(
     eval: Option<&EvalConfig>,
     shared: &Path,
     out: &Path,
-    args: &TrainArgs,
+    rank: &Rank,
     quiet: bool,
 ) -> Result<()> {
-    let train_device = rank_device(args)?;
     // Data and evaluation live where the weights do, so the hook's model meets them there.
-    let device = training_devices(config, &train_device)?.remove(0);
+    let device = training_devices(config, &rank.device)?.remove(0);
     let Encoded {
         data,
         vae,
         vae_config,
         text,
     } = encode_data(data_config, shared, &device)?;
-    let evaluator = match eval {
+    // Rank 0 alone evaluates and writes (the others' hooks are never called).
+    let evaluator = match eval.filter(|_| rank.writes()) {
         Some(e) => Some(eval::evaluator(
             e,
             &data_config.dataset,
@@ -199,7 +199,10 @@ fn run_one(
         }
         Ok(())
     };
-    let summary = train_with_hook(config, &data, out, &train_device, !quiet, Some(&mut hook))?;
+    let summary = rank.train(config, &data, out, !quiet, Some(&mut hook))?;
+    if !rank.writes() {
+        return Ok(());
+    }
     write_loss_curve(out, config.model.width)?;
     if let Some(evaluator) = &evaluator {
         write_fid_curve(&evaluator.log, out, config.model.width)?;
@@ -369,14 +372,16 @@ pub fn run(args: &TrainArgs, quiet: bool) -> Result<()> {
         config.model.width = w;
         config.validate()?;
     }
-    let _lock = DirLock::acquire(&args.out, "ldmscale train")?;
+    let (device, ranks) = rank_device(args)?;
+    let rank = Rank::join(ranks, device, config.batch_size)?;
+    let _lock = lock(&rank, &args.out, "ldmscale train")?;
     run_one(
         &data,
         &config,
         eval.as_ref(),
         &args.out,
         &args.out,
-        args,
+        &rank,
         quiet,
     )
 }
@@ -402,7 +407,9 @@ pub fn family(args: &TrainArgs, quiet: bool) -> Result<()> {
         c.model.width = w;
         c.validate().with_context(|| format!("width {w}"))?;
     }
-    let _lock = DirLock::acquire(&args.out, "ldmscale train-family")?;
+    let (device, ranks) = rank_device(args)?;
+    let rank = Rank::join(ranks, device, config.batch_size)?;
+    let _lock = lock(&rank, &args.out, "ldmscale train-family")?;
     for &w in &args.widths {
         let mut c = config.clone();
         c.model.width = w;
@@ -413,9 +420,18 @@ pub fn family(args: &TrainArgs, quiet: bool) -> Result<()> {
             eval.as_ref(),
             &args.out,
             &args.out.join(format!("w{w}")),
-            args,
+            &rank,
             quiet,
         )?;
     }
     Ok(())
+}
+
+/// The output directory locked for this run; the other ranks of a multi-process run share
+/// rank 0's hold (they write nothing there).
+fn lock(rank: &Rank, out: &Path, command: &str) -> Result<Option<DirLock>> {
+    match rank.writes() {
+        true => Ok(Some(DirLock::acquire(out, command)?)),
+        false => Ok(None),
+    }
 }
