@@ -10,7 +10,9 @@ use ldmscale_model::UNetConfig;
 use ldmscale_model::weights::load_unet;
 use ldmscale_train::parallel::training_devices;
 use ldmscale_train::tasks::codi_distill::EVALUATIONS_PER_STEP;
-use ldmscale_train::tasks::{CodiOptions, LcmOptions};
+use ldmscale_train::tasks::{
+    CodiOptions, GuidedDistill, GuidedOptions, LcmOptions, ProgressiveDistill, ProgressiveOptions,
+};
 use ldmscale_train::{CodiDistill, DeviceThreads, LcmDistill, RunSummary, TrainConfig, train_task};
 use ldmscale_util::lock::DirLock;
 use serde::Deserialize;
@@ -28,12 +30,20 @@ pub enum Method {
     /// CoDi-style consistency distillation: the whole UNet, guided inside the loss; the
     /// student samples with classifier-free guidance (2 evaluations per step).
     Codi,
+    /// Guided distillation, stage 1: a student reading the guidance as an embedding learns
+    /// the teacher's CFG output (samples with `sample --sampler guided-ddim`).
+    Guided,
+    /// Guided distillation, stage 2: one round of progressive distillation of a
+    /// w-conditioned teacher (a `guided` or `progressive` student) to half its steps.
+    Progressive,
 }
 
 /// The recipe of the chosen method.
 enum Recipe {
     Lcm(LcmOptions),
     Codi(CodiOptions),
+    Guided(GuidedOptions),
+    Progressive(ProgressiveOptions),
 }
 
 /// Arguments of `ldmscale distill`.
@@ -49,7 +59,9 @@ pub struct DistillArgs {
     pub method: Method,
     /// Run file (TOML): `[data]` as for `train` (the teacher's data and encoders), `[train]`
     /// (the optimizer recipe; `[train.model]` may be left out, it is the teacher's) and,
-    /// optionally, `[lcm]` (w_min, w_max, embedding_dim, ddim_steps, ema_decay, loss = "l2" |
+    /// optionally, `[guided]` (w_min, w_max, embedding_dim) for `--method guided`,
+    /// `[progressive]` (student_steps, w_min, w_max; required) for `--method progressive`, or
+    /// `[lcm]` (w_min, w_max, embedding_dim, ddim_steps, ema_decay, loss = "l2" |
     /// "huber", huber_c, timestep_scaling) for `--method lcm` or `[codi]` (w_min, w_max,
     /// ddim_steps, ema_decay, timestep_scaling) for `--method codi`. Unknown keys and the
     /// other method's table are errors.
@@ -74,6 +86,16 @@ struct DistillFile {
     train: toml::Value,
     lcm: Option<LcmOptions>,
     codi: Option<CodiOptions>,
+    guided: Option<GuidedOptions>,
+    progressive: Option<ProgressiveOptions>,
+}
+
+/// The methods' optional tables; each is refused with another method.
+struct Tables {
+    lcm: Option<LcmOptions>,
+    codi: Option<CodiOptions>,
+    guided: Option<GuidedOptions>,
+    progressive: Option<ProgressiveOptions>,
 }
 
 /// Runs the command.
@@ -99,6 +121,16 @@ pub fn run(args: &DistillArgs, quiet: bool) -> Result<()> {
         }
         Recipe::Codi(options) => {
             let task = CodiDistill::new(&config, &encoded.data, teacher, options, &plain)
+                .with_context(in_teacher)?;
+            train_task(&config, &task, &sync, &args.out, !quiet, None)?
+        }
+        Recipe::Guided(options) => {
+            let task = GuidedDistill::new(&config, &encoded.data, teacher, options, &plain)
+                .with_context(in_teacher)?;
+            train_task(&config, &task, &sync, &args.out, !quiet, None)?
+        }
+        Recipe::Progressive(options) => {
+            let task = ProgressiveDistill::new(&config, &encoded.data, teacher, options, &plain)
                 .with_context(in_teacher)?;
             train_task(&config, &task, &sync, &args.out, !quiet, None)?
         }
@@ -133,41 +165,64 @@ fn load(args: &DistillArgs, teacher: &UNetConfig) -> Result<(DataConfig, TrainCo
     }
     let config = TrainConfig::from_toml(&toml::to_string(&train)?, &format!("{origin} [train]"))?;
     file.data.validate(&origin)?;
-    let recipe = recipe(args.method, file.lcm, file.codi, &origin)?;
+    let tables = Tables {
+        lcm: file.lcm,
+        codi: file.codi,
+        guided: file.guided,
+        progressive: file.progressive,
+    };
+    let recipe = recipe(args.method, tables, &origin)?;
     Ok((file.data, config, recipe))
 }
 
-/// The method's options, validated; the other method's table is refused (it would be
+/// The method's options, validated; another method's table is refused (it would be
 /// silently ignored).
-fn recipe(
-    method: Method,
-    lcm: Option<LcmOptions>,
-    codi: Option<CodiOptions>,
-    origin: &str,
-) -> Result<Recipe> {
-    match (method, lcm, codi) {
-        (Method::Lcm, _, Some(_)) => anyhow::bail!("{origin}: [codi] is for --method codi"),
-        (Method::Codi, Some(_), _) => anyhow::bail!("{origin}: [lcm] is for --method lcm"),
-        (Method::Lcm, lcm, None) => {
-            let options = lcm.unwrap_or_default();
-            options
-                .validate()
-                .with_context(|| format!("{origin} [lcm]"))?;
-            Ok(Recipe::Lcm(options))
-        }
-        (Method::Codi, None, codi) => {
-            let options = codi.unwrap_or_default();
-            options
-                .validate()
-                .with_context(|| format!("{origin} [codi]"))?;
-            Ok(Recipe::Codi(options))
-        }
+fn recipe(method: Method, t: Tables, origin: &str) -> Result<Recipe> {
+    let given = [
+        ("lcm", t.lcm.is_some(), Method::Lcm),
+        ("codi", t.codi.is_some(), Method::Codi),
+        ("guided", t.guided.is_some(), Method::Guided),
+        ("progressive", t.progressive.is_some(), Method::Progressive),
+    ];
+    if let Some((name, ..)) = given
+        .iter()
+        .find(|(_, present, m)| *present && *m != method)
+    {
+        anyhow::bail!("{origin}: [{name}] is for --method {name}");
     }
+    let table = |name: &str| format!("{origin} [{name}]");
+    Ok(match method {
+        Method::Lcm => {
+            let options = t.lcm.unwrap_or_default();
+            options.validate().with_context(|| table("lcm"))?;
+            Recipe::Lcm(options)
+        }
+        Method::Codi => {
+            let options = t.codi.unwrap_or_default();
+            options.validate().with_context(|| table("codi"))?;
+            Recipe::Codi(options)
+        }
+        Method::Guided => {
+            let options = t.guided.unwrap_or_default();
+            options.validate().with_context(|| table("guided"))?;
+            Recipe::Guided(options)
+        }
+        Method::Progressive => {
+            let options = t.progressive.with_context(|| {
+                format!("{origin}: --method progressive needs a [progressive] table (student_steps, w_min, w_max)")
+            })?;
+            options.validate().with_context(|| table("progressive"))?;
+            Recipe::Progressive(options)
+        }
+    })
 }
 
 fn report(config: &TrainConfig, summary: &RunSummary, method: Method) {
     let sampling = match method {
         Method::Lcm => "sample it with --sampler lcm (1 evaluation per step)".to_string(),
+        Method::Guided | Method::Progressive => {
+            "sample it with --sampler guided-ddim (1 evaluation per step)".to_string()
+        }
         Method::Codi => format!(
             "sample it with classifier-free guidance ({EVALUATIONS_PER_STEP} evaluations per step)"
         ),

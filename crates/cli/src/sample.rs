@@ -51,7 +51,9 @@ pub struct SampleArgs {
     pub scheduler_config: Option<PathBuf>,
     /// Sampler: ddim, ddpm, dpmpp-2m, dpmpp-3m; lcm for a UNet distilled with a guidance
     /// embedding (distill --method lcm, time_cond_proj_dim); codi for a CoDi student (distill
-    /// --method codi: 4 deterministic steps with CFG, two evaluations per step).
+    /// --method codi: 4 deterministic steps with CFG, two evaluations per step); guided-ddim for
+    /// a guided-distillation student (distill --method guided or progressive: DDIM, guidance
+    /// embedded, one evaluation per step).
     #[arg(long, default_value = "ddim")]
     pub sampler: SamplerId,
     /// Sampling steps (denoiser calls).
@@ -282,7 +284,7 @@ pub fn run(args: &SampleArgs) -> Result<()> {
             }
             Box::new(sr_denoiser(args, &unet, &config, lr, &cond)?)
         }
-        None if args.sampler == SamplerId::Lcm => {
+        None if args.sampler.uses_guidance_embedding() => {
             Box::new(lcm::denoiser(args, &unet, &config, cond)?)
         }
         None if args.sampler == SamplerId::Codi && config.time_cond_proj_dim.is_some() => bail!(
@@ -331,9 +333,9 @@ pub fn run(args: &SampleArgs) -> Result<()> {
         "{} steps of {}, {} {}: {} evaluations per image x {:.3} GFLOPs = {:.2} GFLOPs per image; {:.2} s for {} images",
         out.steps,
         args.sampler,
-        match args.sampler {
-            SamplerId::Lcm => "guidance (embedded)",
-            _ => "CFG",
+        match args.sampler.uses_guidance_embedding() {
+            true => "guidance (embedded)",
+            false => "CFG",
         },
         args.cfg,
         out.evaluations,

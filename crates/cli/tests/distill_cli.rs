@@ -1,7 +1,8 @@
-//! `ldmscale distill --method lcm|codi` end to end on a tiny teacher trained by `ldmscale
-//! train`: LCM distils a student that `sample --sampler lcm` accepts, CoDi a plain UNet that
-//! samples with guidance; both extend and resume like `train`, and bad options and teachers
-//! are refused naming the field.
+//! `ldmscale distill --method lcm|codi|guided|progressive` end to end on a tiny teacher trained
+//! by `ldmscale train`: LCM distils a student that `sample --sampler lcm` accepts, CoDi a plain
+//! UNet that samples with guidance, guided distillation a w-conditioned student whose
+//! progressive round samples with `--sampler guided-ddim`; they extend and resume like
+//! `train`, and bad options and teachers are refused naming the field.
 
 #[allow(dead_code)]
 #[path = "../src/npy.rs"]
@@ -156,7 +157,7 @@ fn bad_options_and_teachers_name_the_field() {
             "--teacher",
             "teacher/unet",
             "--method",
-            "guided",
+            "meng",
             "--config",
             "distill.toml",
             "--out",
@@ -165,7 +166,7 @@ fn bad_options_and_teachers_name_the_field() {
         root,
     );
     assert!(
-        stderr(&out).contains("possible values: lcm, codi"),
+        stderr(&out).contains("possible values: lcm, codi, guided, progressive"),
         "{}",
         stderr(&out)
     );
@@ -261,4 +262,96 @@ fn codi_refuses_bad_options_and_the_lcm_table() {
         stderr(&out)
     );
     assert!(!root.join("student/checkpoints").exists());
+}
+
+/// Copies the files of `from` (no subfolders) into `to`.
+fn copy_files(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn guided_then_progressive_students_sample_with_guided_ddim() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup_with(root, "[guided]\nembedding_dim = 16\n");
+    let out = distill_with(root, "guided", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(report.contains("--sampler guided-ddim"), "{report}");
+    let config = std::fs::read_to_string(root.join("student/unet/config.json")).unwrap();
+    assert!(config.contains("\"time_cond_proj_dim\": 16"), "{config}");
+    // A round halving the steps, the guided student as its teacher (with its text encoder).
+    copy_files(
+        &root.join("teacher/text_encoder"),
+        &root.join("student/text_encoder"),
+    );
+    let text = std::fs::read_to_string(root.join("distill.toml")).unwrap();
+    let round = text.replace("[guided]\nembedding_dim = 16\n", "");
+    std::fs::write(root.join("round.toml"), &round).unwrap();
+    let progressive = |file: &str| {
+        let args = [
+            "-q",
+            "distill",
+            "--teacher",
+            "student/unet",
+            "--method",
+            "progressive",
+        ];
+        ldmscale(
+            &[&args[..], &["--config", file, "--out", "s8"]].concat(),
+            root,
+        )
+    };
+    let out = progressive("round.toml");
+    assert!(
+        stderr(&out).contains("needs a [progressive] table"),
+        "{}",
+        stderr(&out)
+    );
+    let table = "[progressive]\nstudent_steps = 8\nw_min = 1.0\nw_max = 4.0\n";
+    std::fs::write(root.join("round.toml"), format!("{round}\n{table}")).unwrap();
+    let out = progressive("round.toml");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The s8 student samples with DDIM, guidance embedded: 1 evaluation per step.
+    let json: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let width = json["cross_attention_dim"].as_u64().unwrap() as usize;
+    npy::write(&root.join("e.npy"), &[1, 3, width], &vec![0.1; 3 * width]).unwrap();
+    let sample = |unet: &str| {
+        let args = [
+            "sample",
+            "--unet",
+            unet,
+            "--sampler",
+            "guided-ddim",
+            "--steps",
+            "8",
+        ];
+        let rest = [
+            "--cfg",
+            "3",
+            "--prompt-embeds",
+            "e.npy",
+            "--output-latents",
+            "x.npy",
+        ];
+        ldmscale(&[&args[..], &rest[..]].concat(), root)
+    };
+    let out = sample("s8/unet");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("8 steps of guided-ddim, guidance (embedded) 3: 8 evaluations"),
+        "{}",
+        stderr(&out)
+    );
+    // The plain teacher is refused, naming the methods that make such a student.
+    let out = sample("teacher/unet");
+    assert!(
+        stderr(&out).contains("distill --method guided or progressive"),
+        "{}",
+        stderr(&out)
+    );
 }

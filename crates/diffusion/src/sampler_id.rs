@@ -28,17 +28,21 @@ pub enum SamplerId {
     /// Deterministic multistep consistency sampling of a CoDi-style student, with
     /// classifier-free guidance (two evaluations per step).
     Codi,
+    /// Deterministic DDIM over a guided-distillation student (stage 1 or a progressive
+    /// round): guidance as its embedding, one evaluation per step.
+    GuidedDdim,
 }
 
 impl SamplerId {
     /// Every sampler, in the order reports list them.
-    pub const ALL: [SamplerId; 6] = [
+    pub const ALL: [SamplerId; 7] = [
         SamplerId::Ddim,
         SamplerId::Ddpm,
         SamplerId::DpmSolver2M,
         SamplerId::DpmSolver3M,
         SamplerId::Lcm,
         SamplerId::Codi,
+        SamplerId::GuidedDdim,
     ];
 
     /// The name configs, the CLI and the store use.
@@ -50,6 +54,7 @@ impl SamplerId {
             SamplerId::DpmSolver3M => "dpmpp-3m",
             SamplerId::Lcm => "lcm",
             SamplerId::Codi => "codi",
+            SamplerId::GuidedDdim => "guided-ddim",
         }
     }
 
@@ -61,13 +66,17 @@ impl SamplerId {
     /// Whether guidance enters as the model's guidance embedding (`timestep_cond`, one
     /// evaluation per step) instead of classifier-free guidance.
     pub fn uses_guidance_embedding(self) -> bool {
-        self == SamplerId::Lcm
+        matches!(self, SamplerId::Lcm | SamplerId::GuidedDdim)
     }
 
-    /// Whether the sampler is for consistency-distilled students only (a base model's
-    /// boundary-scaled estimate at 4 steps is not a sample of it).
-    pub fn needs_consistency_student(self) -> bool {
-        matches!(self, SamplerId::Lcm | SamplerId::Codi)
+    /// Whether the sampler is for distilled students only (consistency or guided: a base
+    /// model reads no guidance embedding, and its boundary-scaled estimate at 4 steps is not a
+    /// sample of it).
+    pub fn needs_distilled_student(self) -> bool {
+        matches!(
+            self,
+            SamplerId::Lcm | SamplerId::Codi | SamplerId::GuidedDdim
+        )
     }
 
     /// The sampler with its default options (deterministic DDIM, diffusers' DPM-Solver++).
@@ -82,6 +91,7 @@ impl SamplerId {
             }),
             SamplerId::Lcm => SamplerKind::Lcm(LcmOptions::default()),
             SamplerId::Codi => SamplerKind::Codi(LcmOptions::default()),
+            SamplerId::GuidedDdim => SamplerKind::Ddim(DdimOptions::default()),
         }
     }
 }
@@ -95,7 +105,7 @@ impl fmt::Display for SamplerId {
 /// A sampler name that is not one of [`SamplerId::ALL`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error(
-    "unknown sampler {name:?}: expected one of ddim, ddpm, dpmpp-2m, dpmpp-3m, lcm, codi{hint}"
+    "unknown sampler {name:?}: expected one of ddim, ddpm, dpmpp-2m, dpmpp-3m, lcm, codi, guided-ddim{hint}"
 )]
 pub struct UnknownSampler {
     /// The name given.
@@ -154,9 +164,10 @@ mod tests {
         assert!(matches!(SamplerId::Lcm.kind(), SamplerKind::Lcm(_)));
         assert!(matches!(SamplerId::Codi.kind(), SamplerKind::Codi(_)));
         assert!(!SamplerId::Codi.uses_guidance_embedding());
+        assert!(SamplerId::GuidedDdim.uses_guidance_embedding());
+        assert!(matches!(SamplerId::GuidedDdim.kind(), SamplerKind::Ddim(_)));
         assert!(
-            SamplerId::Codi.needs_consistency_student()
-                && !SamplerId::Ddim.needs_consistency_student()
+            SamplerId::Codi.needs_distilled_student() && !SamplerId::Ddim.needs_distilled_student()
         );
     }
 

@@ -14,10 +14,18 @@ use crate::npy;
 /// Flags that do not go with the sampler: `--step-noise` is LCM's alone, and LCM has no use for
 /// DDPM/DDIM noise, a negative prompt or SR latents.
 pub(super) fn check_args(args: &SampleArgs) -> Result<()> {
-    if args.sampler == SamplerId::Codi {
+    if matches!(args.sampler, SamplerId::Codi | SamplerId::GuidedDdim) {
         ensure!(
             args.lr_latents.is_none(),
-            "--lr-latents does not go with --sampler codi: it samples text-to-image students only"
+            "--lr-latents does not go with --sampler {}: it samples text-to-image students only",
+            args.sampler
+        );
+    }
+    if args.sampler == SamplerId::GuidedDdim {
+        ensure!(
+            args.negative_embeds.is_none(),
+            "--negative-embeds does not go with --sampler guided-ddim: guidance is the \
+             student's embedding of --cfg"
         );
     }
     if args.sampler != SamplerId::Lcm {
@@ -63,12 +71,17 @@ pub(super) fn denoiser<'a>(
     config: &UNetConfig,
     cond: Tensor<3>,
 ) -> Result<LcmDenoiser<'a>> {
+    let method = match args.sampler {
+        SamplerId::Lcm => "lcm",
+        _ => "guided or progressive",
+    };
     ensure!(
         config.time_cond_proj_dim.is_some(),
-        "{}: --sampler lcm needs a UNet distilled with a guidance embedding \
-         (time_cond_proj_dim in config.json; made by ldmscale distill --method lcm); this UNet \
-         has none (a --method codi student samples with --sampler codi)",
-        args.unet.join("config.json").display()
+        "{}: --sampler {} needs a UNet distilled with a guidance embedding \
+         (time_cond_proj_dim in config.json; made by ldmscale distill --method {method}); this \
+         UNet has none (a --method codi student samples with --sampler codi)",
+        args.unet.join("config.json").display(),
+        args.sampler
     );
     Ok(LcmDenoiser::new(unet, cond, args.cfg as f64)?)
 }

@@ -244,7 +244,7 @@ pub fn problems(c: &StudyConfig) -> Vec<String> {
             d.sample_steps
         ));
     }
-    if d.teacher_sampler.needs_consistency_student() {
+    if d.teacher_sampler.needs_distilled_student() {
         p.push(format!(
             "distill.teacher_sampler: {} samples students, not the teachers",
             d.teacher_sampler

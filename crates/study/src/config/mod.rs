@@ -561,7 +561,7 @@ mod tests {
         assert!(
             c.validate()
                 .unwrap_err()
-                .contains("sweep.samplers[1]: lcm samples consistency-distilled students")
+                .contains("sweep.samplers[1]: lcm samples distilled students only")
         );
         let mut c = StudyConfig::preset("tiny").unwrap();
         let sr = c.super_res.as_mut().unwrap();

@@ -227,11 +227,11 @@ fn check_sweep(c: &StudyConfig, p: &mut Problems) {
     p.list("sweep.samplers", &s.samplers, |x| *x);
     for (i, sampler) in s.samplers.iter().enumerate() {
         // The family are base text-to-image UNets, not consistency students.
-        if sampler.needs_consistency_student() {
+        if sampler.needs_distilled_student() {
             p.add(
                 format!("sweep.samplers[{i}]"),
                 format!(
-                    "{sampler} samples consistency-distilled students only, not the base \
+                    "{sampler} samples distilled students only, not the base \
                      family (the distill stage samples its students with it)"
                 ),
             );
@@ -322,10 +322,10 @@ fn check_super_res(c: &StudyConfig, p: &mut Problems) {
     }
     p.list("super_res.samplers", &sr.samplers, |s| *s);
     for (i, sampler) in sr.samplers.iter().enumerate() {
-        if sampler.needs_consistency_student() {
+        if sampler.needs_distilled_student() {
             p.add(
                 format!("super_res.samplers[{i}]"),
-                format!("{sampler} needs a consistency-distilled student; SR models are not"),
+                format!("{sampler} needs a distilled student; SR models are not"),
             );
         }
     }
