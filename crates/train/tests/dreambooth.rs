@@ -295,3 +295,21 @@ fn bad_inputs_name_the_field() {
         .unwrap();
     assert!(err.to_string().starts_with("model.width = 16"), "{err}");
 }
+
+/// The study finetunes several subjects from one loaded base: a finetune must train a copy
+/// and leave the model it was given untouched.
+#[test]
+fn the_given_base_model_is_left_unchanged() {
+    let run = tempfile::tempdir().unwrap();
+    let (c, base) = pretrained(7);
+    let before = values(&base);
+    let inst = instance();
+    let config = config(3, 1e-2);
+    let task = DreamBooth::new(&config, &inst, None, (&c, base.clone())).unwrap();
+    let sync = DeviceThreads::new(&[Device::flex()]).unwrap();
+    train_task(&config, &task, &sync, run.path(), false, None).unwrap();
+    assert_ne!(weights(&run.path().join("unet")), before, "it trained");
+    for ((name, now), (_, then)) in values(&base).iter().zip(&before) {
+        assert_eq!(max_diff(now, then), 0.0, "{name} changed in the base");
+    }
+}

@@ -113,6 +113,24 @@ fn run_fingerprint(config: &StudyConfig, width: usize) -> Fingerprint {
     )
 }
 
+/// What width `width`'s class images depend on: the base, its encoders and the sampling (their
+/// count only extends the folder).
+fn class_fingerprint(config: &StudyConfig, width: usize) -> Fingerprint {
+    let sampling = config
+        .dreambooth
+        .as_ref()
+        .map(|d| (d.sample_steps, d.cfg, d.seed));
+    Fingerprint::of(
+        "dreambooth-class",
+        &(
+            family::width_fingerprint(config, width),
+            text::fingerprint(config),
+            first_stage::fingerprint(config),
+            sampling,
+        ),
+    )
+}
+
 /// What width `width`'s cells depend on: its finetunes and the measuring.
 fn cells_fingerprint(config: &StudyConfig, width: usize) -> Fingerprint {
     let measuring = (evaluator::fingerprint(config), config.sweep.bootstrap);
@@ -339,10 +357,19 @@ impl DreamBoothStage<'_> {
             sampling: self.scorer(cx, d).sampling(),
         };
         let dir = class_dir(&cx.out, &subject.subject.name, width);
+        // Made by another base or sampling: moved aside, made again (never mixed).
+        let fingerprint = class_fingerprint(cx.config, width);
+        if let Some(old) = read_fingerprint(&dir).filter(|old| *old != fingerprint) {
+            cx.retire(&dir, old.as_str())?;
+        }
         let model = self.latents.model(base, self.first);
         let images =
             ensure_class_images(&dir, &request, &model, &self.text.conditioner, &cx.device)
                 .map_err(|source| StudyError::Train { width, source })?;
+        write_atomic(
+            &dir.join(FINGERPRINT_FILE),
+            format!("{fingerprint}\n").as_bytes(),
+        )?;
         let captions = vec![request.prompt.clone(); images.len()];
         let key = format!("dreambooth {} class images w{width}", subject.subject.name);
         self.encode(cx, (images.iter(), &captions), key)
@@ -560,6 +587,25 @@ pub fn estimate(config: &StudyConfig, gflops: &[f64]) -> Estimate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_subject_pick_and_recipe_leave_the_encoder_and_class_images_alone() {
+        let tiny = StudyConfig::preset("tiny").unwrap();
+        let mut other = tiny.clone();
+        let d = other.dreambooth.as_mut().unwrap();
+        d.subjects = vec!["dotted-hexagon".into()];
+        d.learning_rate = 1e-2;
+        d.steps = 99;
+        assert_eq!(text::fingerprint(&other), text::fingerprint(&tiny));
+        assert_eq!(class_fingerprint(&other, 8), class_fingerprint(&tiny, 8));
+        assert_ne!(run_fingerprint(&other, 8), run_fingerprint(&tiny, 8));
+        other.dreambooth.as_mut().unwrap().cfg = 5.0;
+        assert_ne!(class_fingerprint(&other, 8), class_fingerprint(&tiny, 8));
+        let mut without = tiny.clone();
+        without.dreambooth = None;
+        assert_ne!(text::fingerprint(&without), text::fingerprint(&tiny));
+        assert_eq!(text::reserved_words(&tiny), ["sks", "zwx", "qlv", "bnq"]);
+    }
 
     #[test]
     fn the_estimate_counts_finetunes_and_samples_of_the_chosen_widths() {

@@ -53,16 +53,18 @@ pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
     )
 }
 
-/// Words the tiny encoder reserves beyond the captions': the DreamBooth subjects'
-/// identifiers (else they would all be `[UNK]`).
+/// Words the tiny encoder reserves beyond the captions': every standard DreamBooth subject's
+/// identifier (else they would all be `[UNK]`), whichever subjects the section picks, so that
+/// changing the pick does not change the encoder and retrain the family.
 pub fn reserved_words(config: &StudyConfig) -> Vec<String> {
-    let (Some(d), TextEncoderSpec::TinyRandom) = (&config.dreambooth, &config.text_encoder) else {
+    let (Some(_), TextEncoderSpec::TinyRandom) = (&config.dreambooth, &config.text_encoder) else {
         return Vec::new();
     };
     let set = ldmscale_data::dreambooth::SubjectSet::standard();
-    let names = d.subject_names();
-    let ids = names.iter().filter_map(|n| set.identifier_for(n).ok());
-    ids.map(str::to_string).collect()
+    set.subjects()
+        .iter()
+        .map(|s| s.identifier.clone())
+        .collect()
 }
 
 impl Stage for TextStage<'_> {
