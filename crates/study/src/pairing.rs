@@ -17,7 +17,8 @@ const DEFAULT_REPLICATES: u32 = 200;
 pub struct Pairing {
     reference: FeatureRows,
     cells: HashMap<CellKey, FeatureRows>,
-    resamplers: Mutex<HashMap<CellKey, Arc<FidResampler>>>,
+    /// Resamplers by cell and the rows they use.
+    resamplers: Mutex<HashMap<(CellKey, usize), Arc<FidResampler>>>,
 }
 
 impl std::fmt::Debug for Pairing {
@@ -80,9 +81,16 @@ impl Pairing {
         if favoured.keys.is_empty() || seeds(favoured) != seeds(other) {
             return None;
         }
+        // Row i of every cell shares prompt i and noise seed: cells measured again with more
+        // samples (adaptive sampling) pair with the others over their common first rows.
+        let keys = favoured.keys.iter().chain(&other.keys);
+        let rows = keys
+            .map(|k| self.cells.get(k).map(|r| r.rows))
+            .min()
+            .flatten()?;
         let mut pairs = Vec::new();
         for (f, o) in favoured.keys.iter().zip(&other.keys) {
-            pairs.push((self.resampler(f)?, self.resampler(o)?));
+            pairs.push((self.resampler(f, rows)?, self.resampler(o, rows)?));
         }
         let borrowed: Vec<(&FidResampler, &FidResampler)> = pairs
             .iter()
@@ -98,18 +106,21 @@ impl Pairing {
         paired_difference(&borrowed, replicates as usize, seed).ok()
     }
 
-    /// The resampler of one cell's kept features against the reference (built once).
-    fn resampler(&self, key: &CellKey) -> Option<Arc<FidResampler>> {
+    /// The resampler of one cell's first `rows` kept features against the reference (built
+    /// once).
+    fn resampler(&self, key: &CellKey, rows: usize) -> Option<Arc<FidResampler>> {
         let mut cache = self.resamplers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = cache.get(key) {
+        let cache_key = (key.clone(), rows);
+        if let Some(r) = cache.get(&cache_key) {
             return Some(r.clone());
         }
-        let rows = self.cells.get(key)?;
-        if rows.dim != self.reference.dim {
+        let kept = self.cells.get(key)?;
+        if kept.dim != self.reference.dim || kept.rows < rows {
             return None;
         }
-        let r = Arc::new(FidResampler::new(&rows.data, &self.reference.data, rows.dim).ok()?);
-        cache.insert(key.clone(), r.clone());
+        let first = &kept.data[..rows * kept.dim];
+        let r = Arc::new(FidResampler::new(first, &self.reference.data, kept.dim).ok()?);
+        cache.insert(cache_key, r.clone());
         Some(r)
     }
 }
@@ -203,6 +214,16 @@ mod tests {
         assert_eq!(margin(&marginal).verdict(), Verdict::Inconclusive);
         let m = margin(&paired);
         assert!(m.paired && m.verdict() == Verdict::Holds, "{m:?}");
+
+        // A side measured again with more samples pairs over the rows both kept.
+        let (cells, reference, mut kept) = two_widths();
+        let longer = kept.get_mut(&cells[1].key()).unwrap();
+        let extra = gaussian(16, D, 3.0, 9, &mut StdRng::seed_from_u64(5));
+        *longer = FeatureRows::new([longer.data.clone(), extra].concat(), D).unwrap();
+        let mixed = settings_paired(&cells, Pairing::new(reference, kept));
+        let m = Difference::fid_gap(&mixed[0], &mixed[1]);
+        assert!(m.paired);
+        assert_eq!(m.interval, d.interval, "{m:?} vs {d:?}");
 
         // A side without kept features falls back to the marginal range.
         let (cells, reference, mut kept) = two_widths();

@@ -3,6 +3,10 @@
 //! cells of both settings are measured again with more samples (the same prompts extended,
 //! the same seeds), round after round, until decided or the section's caps are reached. Each
 //! round's plan is stored before it is measured, so a killed run resumes the same plan.
+//!
+//! FID falls as the sample grows, so a refined cell's headline FID, interval and KID stay over
+//! its first `samples_per_cell` images, comparable with every other cell; the extra images
+//! serve the paired comparison only, whose two sides are refined together.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -188,7 +192,10 @@ impl AdaptiveStage<'_> {
                     cfg: old.cfg,
                     seed: old.seed,
                 };
-                let (mut measured, features) = self.sweep.measure(&inputs, r.key.clone(), &cell)?;
+                let headline = Some(cx.config.sweep.samples_per_cell as usize);
+                let (mut measured, features) =
+                    self.sweep
+                        .measure_with_headline(&inputs, r.key.clone(), &cell, headline)?;
                 measured.metrics.push(Metric {
                     name: ROUND.into(),
                     value: round as f64,

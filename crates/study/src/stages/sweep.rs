@@ -211,6 +211,20 @@ impl SweepStage<'_> {
         key: CellKey,
         cell: &SweepCell,
     ) -> Result<(Cell, Option<FeatureRows>), StudyError> {
+        self.measure_with_headline(width, key, cell, None)
+    }
+
+    /// [`Self::measure`], with the cell's FID, interval, KID and CLIP score taken over its first
+    /// `headline` images only and the features of all of them kept. Adaptive sampling measures
+    /// a cell again with more images to decide a paired comparison; FID falls with the sample
+    /// size, so its headline stays at the sweep's size, comparable with every other cell.
+    pub(crate) fn measure_with_headline(
+        &self,
+        width: &WidthInputs,
+        key: CellKey,
+        cell: &SweepCell,
+        headline: Option<usize>,
+    ) -> Result<(Cell, Option<FeatureRows>), StudyError> {
         let spec = SamplingSpec {
             sampler: cell.sampler,
             steps: cell.steps,
@@ -221,15 +235,22 @@ impl SweepStage<'_> {
         let t0 = Instant::now();
         let generated = width.model.generate(&spec, &prompts.cond, &prompts.null)?;
         let wall_seconds = t0.elapsed().as_secs_f64();
-        let (fid, fid_ci, features) = self
+        let [n_samples, _, _] = prompts.cond.dims();
+        let scored = headline.unwrap_or(n_samples).min(n_samples);
+        let images = generated.images.clone().narrow(0, 0, scored);
+        let (fid, fid_ci, scored_features) = self
             .evaluator
-            .fid_and_features(generated.images.clone(), key.seed_for("bootstrap"))?;
+            .fid_and_features(images.clone(), key.seed_for("bootstrap"))?;
+        let features = match scored < n_samples {
+            true => self.all_features(generated.images)?,
+            false => scored_features.clone(),
+        };
         let clip = &self.evaluator.features.clip.model;
-        let cos: f32 = (clip.embed_images(generated.images) * width.text_embedding.clone())
+        let text = width.text_embedding.clone().narrow(0, 0, scored);
+        let cos: f32 = (clip.embed_images(images) * text)
             .sum_dim(1)
             .mean()
             .into_scalar();
-        let [n_samples, _, _] = prompts.cond.dims();
         let cell = Cell {
             variant: key.variant,
             width: key.width,
@@ -244,12 +265,18 @@ impl SweepStage<'_> {
             // Unclamped, unlike torchmetrics' CLIP score: an in-domain encoder's cosines centre
             // near zero and a negative mean is information, not noise.
             in_domain_clip: Some(100.0 * cos as f64),
-            metrics: vec![self.evaluator.kid(&features, key.seed_for("kid"))?],
+            metrics: vec![self.evaluator.kid(&scored_features, key.seed_for("kid"))?],
             evaluations: generated.evaluations as u64,
             gflops_per_eval: width.gflops_per_eval,
             wall_seconds,
         };
         Ok((cell, keeps(&features).then_some(features)))
+    }
+
+    /// The FID features of every image.
+    fn all_features(&self, images: Tensor<4>) -> Result<FeatureRows, StudyError> {
+        let (data, d) = self.evaluator.features.features(images)?;
+        FeatureRows::new(data, d).map_err(StudyError::stage("sweep"))
     }
 }
 
