@@ -235,13 +235,26 @@ pub fn winners(optimal: &[Setting], sampler: Option<&str>) -> Vec<BudgetWinner> 
         .into_iter()
         .filter_map(|b| {
             let best = best_within(optimal, None, sampler, b)?;
+            let other = runner_up(optimal, best.width, sampler, b).cloned();
+            let (best, runner_up) = paired_order(best.clone(), other);
             Some(BudgetWinner {
                 budget: b,
-                best: best.clone(),
-                runner_up: runner_up(optimal, best.width, sampler, b).cloned(),
+                best,
+                runner_up,
             })
         })
         .collect()
+}
+
+/// The winner and runner-up as their paired comparison orders them. Both are chosen by their
+/// headline FIDs, over the sweep's sample size; where adaptive sampling measured both again
+/// with more samples, the paired difference over those can reverse the order, and it is the
+/// better-informed of the two.
+pub fn paired_order(best: Setting, runner_up: Option<Setting>) -> (Setting, Option<Setting>) {
+    match runner_up {
+        Some(other) if Difference::fid_gap(&best, &other).value < 0.0 => (other, Some(best)),
+        other => (best, other),
+    }
 }
 
 /// The lowest-FID setting of a width other than `winner` within `budget`.

@@ -231,4 +231,24 @@ mod tests {
         let partial = settings_paired(&cells, Pairing::new(reference, kept));
         assert!(!Difference::fid_gap(&partial[0], &partial[1]).paired);
     }
+
+    /// Both sides measured again with more samples, where the extra rows reverse the order the
+    /// headline FIDs gave: the paired order puts the better-informed winner first.
+    #[test]
+    fn more_samples_can_reverse_the_headline_order() {
+        let (cells, reference, mut kept) = two_widths();
+        let mut rng = StdRng::seed_from_u64(8);
+        for (cell, shift) in cells.iter().zip([0.9f32, 0.0]) {
+            let rows = kept.get_mut(&cell.key()).unwrap();
+            let extra = gaussian(400, D, shift, 7, &mut rng);
+            *rows = FeatureRows::new([rows.data.clone(), extra].concat(), D).unwrap();
+        }
+        let paired = settings_paired(&cells, Pairing::new(reference, kept));
+        assert!(paired[0].fid < paired[1].fid, "headlines: 32 filters ahead");
+        let (best, runner_up) =
+            crate::analysis::paired_order(paired[0].clone(), Some(paired[1].clone()));
+        assert_eq!((best.width, runner_up.unwrap().width), (64, 32));
+        let (best, _) = crate::analysis::paired_order(paired[0].clone(), None);
+        assert_eq!(best.width, 32);
+    }
 }

@@ -89,6 +89,7 @@ pub fn recommend_paired(
         .filter(|s| s.width != best.width)
         .min_by(|a, b| a.fid.total_cmp(&b.fid))
         .cloned();
+    let (best, runner_up) = crate::analysis::paired_order(best, runner_up);
     let margin = runner_up.as_ref().map(|r| Difference::fid_gap(&best, r));
     Ok(Recommendation {
         decided: margin.is_some_and(|m| m.verdict() == Verdict::Holds),
