@@ -88,6 +88,14 @@ pub struct StudyCall<'a> {
 
 /// Writes the scripts and, unless `dry_run`, submits them (and waits with `--wait`).
 pub fn submit(args: &SubmitArgs, call: &StudyCall, dry_run: bool) -> Result<()> {
+    for (flag, value) in [
+        ("--sweep-shards", args.sweep_shards),
+        ("--array-limit", args.array_limit),
+    ] {
+        if value == Some(0) {
+            bail!("{flag} 0: expected at least 1");
+        }
+    }
     if !dry_run {
         // Before anything is written: a missing client is the commonest mistake.
         find_on_path("sbatch")?;
@@ -147,7 +155,7 @@ pub fn submit(args: &SubmitArgs, call: &StudyCall, dry_run: bool) -> Result<()> 
 
 /// The study's jobs in order, each depending on the one before.
 fn jobs(base: &str, binary: &Path, out: &Path, widths: usize, args: &SubmitArgs) -> Vec<Job> {
-    let shards = args.sweep_shards.unwrap_or(widths).max(1);
+    let shards = args.sweep_shards.unwrap_or(widths);
     let stores: Vec<String> = (0..shards)
         .map(|i| {
             quote(
@@ -182,8 +190,10 @@ fn jobs(base: &str, binary: &Path, out: &Path, widths: usize, args: &SubmitArgs)
             name: "report",
             tasks: None,
             commands: vec![
+                // keep: on a resubmission the study's store holds these cells already, with
+                // what later stages added to them.
                 format!(
-                    "{} results merge {} {}",
+                    "{} results merge --on-conflict keep {} {}",
                     quote(&binary.display().to_string()),
                     quote(&out.join("results.sqlite").display().to_string()),
                     stores.join(" ")
@@ -221,7 +231,7 @@ fn script(job: &Job, index: usize, count: usize, dir: &Path, args: &SubmitArgs) 
             .array_limit
             .map(|k| format!("%{k}"))
             .unwrap_or_default();
-        lines.push(format!("#SBATCH --array=0-{}{limit}", n.max(1) - 1));
+        lines.push(format!("#SBATCH --array=0-{}{limit}", n - 1));
     }
     if let Some(p) = &args.partition {
         lines.push(format!("#SBATCH --partition={p}"));

@@ -87,6 +87,35 @@ fn sbatch_missing_from_path_and_shard_auto_outside_an_array_are_clear_errors() {
         "a refused submission wrote {}",
         out.display()
     );
+    for (extra, says) in [
+        (
+            &["--sweep-shards", "0"][..],
+            "--sweep-shards 0: expected at least 1",
+        ),
+        (
+            &["--only", "sweep"][..],
+            "the jobs choose their own --only and --shard",
+        ),
+    ] {
+        let args = [
+            &[
+                "study",
+                "--preset",
+                "tiny",
+                "--submit",
+                "slurm",
+                "--dry-run",
+            ],
+            extra,
+        ]
+        .concat();
+        let refused = ldmscale(&args, &out);
+        assert!(
+            !refused.status.success() && text(&refused).contains(says),
+            "{}",
+            text(&refused)
+        );
+    }
     let outside = Command::new(env!("CARGO_BIN_EXE_ldmscale"))
         .args(["study", "--preset", "tiny", "--shard", "auto", "--out"])
         .arg(&out)
