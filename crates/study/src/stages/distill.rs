@@ -166,22 +166,27 @@ fn owns(cx: &StudyContext, key: &CellKey) -> bool {
     cx.shard.is_none_or(|(i, n)| shard_owns(key, i, n))
 }
 
+/// What the stage's result depends on: every student's and teacher's cells and the grid.
+pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
+    let Some(d) = &config.distill else {
+        return Fingerprint::of("distill", &());
+    };
+    let mut parts = Vec::new();
+    for w in d.distilled_widths(config) {
+        parts.push(sweep::width_fingerprint(config, w));
+        for &m in &d.methods {
+            parts.push(cells_fingerprint(config, m, w));
+        }
+    }
+    Fingerprint::of("distill", &(parts, all_keys(config, d)))
+}
+
 impl Stage for DistillStage<'_> {
     type Output = DistillResults;
     const NAME: &'static str = "distill";
 
     fn fingerprint(&self, cx: &StudyContext) -> Fingerprint {
-        let Some(d) = &cx.config.distill else {
-            return Fingerprint::of("distill", &());
-        };
-        let mut parts = Vec::new();
-        for w in d.distilled_widths(cx.config) {
-            parts.push(sweep::width_fingerprint(cx.config, w));
-            for &m in &d.methods {
-                parts.push(cells_fingerprint(cx.config, m, w));
-            }
-        }
-        Fingerprint::of("distill", &(parts, all_keys(cx.config, d)))
+        fingerprint(cx.config)
     }
 
     fn load(&self, cx: &StudyContext) -> Result<Option<DistillResults>, StudyError> {

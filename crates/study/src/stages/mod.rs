@@ -35,6 +35,7 @@ pub fn fingerprints(config: &StudyConfig) -> Vec<(&'static str, Fingerprint)> {
         ("grids", grids::fingerprint(config)),
         ("learning-check", learning_check::fingerprint(config)),
         ("sr-data", sr_data::fingerprint(config)),
+        ("distill", distill::fingerprint(config)),
     ]
 }
 
