@@ -325,6 +325,9 @@ fn chart(
                 .collect(),
         );
     }
+    if series.is_empty() {
+        return Ok(String::new()); // a metric no cell has (an older store): no chart
+    }
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let (lo, hi) = xs.fold((f64::MAX, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
     // A log axis only where it spans a decade (else it shows no tick labels).
@@ -339,11 +342,11 @@ pub fn html(r: &DreamBoothResults, base64: impl Fn(&[u8]) -> String) -> Result<S
     html.push_str(&format!("<pre>{}</pre>", esc(md.trim())));
     if !r.fig6.is_empty() {
         html.push_str(&format!(
-            "<h3>Fig. 6</h3><p><small>First row: the instance images of {}; then each width \
-             from the smallest (without, then with the prior), one sample per evaluation \
-             prompt, the same noise in every row.</small></p><div class=\"grid\"><img \
-             src=\"data:image/png;base64,{}\" alt=\"Fig. 6\"></div>",
+            "<h3>Fig. 6</h3><p><small>Rows, top to bottom: the instance images of {}; {}. \
+             One sample per evaluation prompt, the same noise in every row.</small></p><div \
+             class=\"grid\"><img src=\"data:image/png;base64,{}\" alt=\"Fig. 6\"></div>",
             esc(r.subjects.first().map_or("", String::as_str)),
+            fig6_rows(&r.cells),
             base64(&r.fig6)
         ));
     }
@@ -361,8 +364,115 @@ pub fn html(r: &DreamBoothResults, base64: impl Fn(&[u8]) -> String) -> Result<S
     Ok(html)
 }
 
+/// The generated rows of Fig. 6 in the stage's order: each width, without then with the prior.
+fn fig6_rows(cells: &[Cell]) -> String {
+    let mut widths: Vec<u32> = cells.iter().map(|c| c.width).collect();
+    widths.sort_unstable();
+    widths.dedup();
+    let rows = widths.iter().flat_map(|w| {
+        [
+            format!("width {w} without the prior"),
+            format!("width {w} with it"),
+        ]
+    });
+    rows.collect::<Vec<_>>().join("; ")
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bootstrap::CiMethod;
+    use ldmscale_diffusion::SamplerId;
+
+    /// A cell of `width` with subject fidelity `value` +- `half`.
+    fn cell(width: u32, prior: bool, value: f64, half: f64) -> Cell {
+        let ci = FidCi {
+            low: value - half,
+            high: value + half,
+            method: CiMethod::Bootstrap,
+            replicates: 100,
+        };
+        Cell {
+            variant: Variant::DreamBooth {
+                prior,
+                finetune_steps: 10,
+            },
+            width,
+            params: width as u64 * 1000,
+            sampler: SamplerId::Ddim,
+            steps: 8,
+            cfg: 3.0,
+            seed: 0,
+            n_samples: 8,
+            fid: 1.0,
+            fid_ci: None,
+            in_domain_clip: None,
+            metrics: vec![
+                Metric {
+                    name: METRICS[0].name.into(),
+                    value,
+                    ci: Some(ci),
+                },
+                Metric {
+                    name: FINETUNE_COST.into(),
+                    value: width as f64,
+                    ci: None,
+                },
+            ],
+            evaluations: 16,
+            gflops_per_eval: 0.1,
+            wall_seconds: 1.0,
+        }
+    }
+
+    fn verdict(cells: &[Cell]) -> Verdict {
+        findings(cells)[0].verdict
+    }
+
+    #[test]
+    fn the_finding_needs_both_prior_settings_to_decide_alike() {
+        let both = |small: f64, large: f64, half: f64| {
+            let mut v = Vec::new();
+            for prior in [false, true] {
+                v.push(cell(8, prior, small, half));
+                v.push(cell(32, prior, large, half));
+            }
+            v
+        };
+        assert_eq!(verdict(&both(0.2, 0.8, 0.1)), Verdict::Holds);
+        assert_eq!(verdict(&both(0.8, 0.2, 0.1)), Verdict::DoesNotHold);
+        assert_eq!(verdict(&both(0.5, 0.6, 0.1)), Verdict::Inconclusive);
+        // Decided without the prior, overlapping with it: inconclusive.
+        let mut mixed = both(0.2, 0.8, 0.1);
+        mixed[3] = cell(32, true, 0.25, 0.1);
+        assert_eq!(verdict(&mixed), Verdict::Inconclusive);
+        let one = [cell(8, false, 0.2, 0.1), cell(8, true, 0.2, 0.1)];
+        assert_eq!(verdict(&one), Verdict::NotMeasured);
+    }
+
+    #[test]
+    fn the_section_shows_the_table_the_rows_of_fig6_and_the_charts() {
+        let r = DreamBoothResults {
+            cells: vec![cell(8, false, 0.2, 0.1), cell(16, false, 0.3, 0.1)],
+            fig6: vec![1, 2, 3],
+            subjects: vec!["striped-circle".into()],
+            learning_rate: 3e-4,
+        };
+        let md = markdown(&r);
+        assert!(
+            md.contains("| 16 | 16000 | no | 16.000 | 0.300 [0.200, 0.400] |"),
+            "{md}"
+        );
+        let html = html(&r, |_| "PNG".into()).unwrap();
+        assert!(html.contains("width 8 without the prior; width 8 with it; width 16"));
+        assert!(html.contains("base64,PNG"));
+        // Two charts per metric the cells have (against parameters and against compute).
+        assert_eq!(html.matches("<svg").count(), 2);
+    }
 }
