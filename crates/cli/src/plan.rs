@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use ldmscale_study::cell::SUPER_RES;
 use ldmscale_study::distill::DistillResults;
+use ldmscale_study::dreambooth::results::DreamBoothResults;
 use ldmscale_study::pairing::Pairing;
 use ldmscale_study::plan::{Budget, Recommendation, recommend_paired};
 use ldmscale_study::report::{ReportInputs, render};
@@ -308,6 +309,7 @@ pub fn results(command: &ResultsCommand) -> Result<()> {
                     sr_pairing(&opened, &downstream)?,
                 ),
                 distill,
+                dreambooth: DreamBoothResults::from_cells(&downstream),
                 ..Default::default()
             };
             let (html, md) = render(&cells, &inputs).map_err(anyhow::Error::msg)?;

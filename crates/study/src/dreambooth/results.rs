@@ -101,6 +101,24 @@ pub struct DreamBoothResults {
     pub learning_rate: f64,
 }
 
+impl DreamBoothResults {
+    /// The section from a store's cells alone (`results report`): its DreamBooth cells, by
+    /// prior then width; the store records neither subjects, learning rate nor Fig. 6. `None`
+    /// when there are no such cells.
+    pub fn from_cells(cells: &[Cell]) -> Option<Self> {
+        let mut mine: Vec<Cell> = cells
+            .iter()
+            .filter(|c| prior_of(c).is_some())
+            .cloned()
+            .collect();
+        mine.sort_by_key(|c| (c.variant, c.width));
+        (!mine.is_empty()).then(|| DreamBoothResults {
+            cells: mine,
+            ..Default::default()
+        })
+    }
+}
+
 /// The metrics of one (width, prior) from its pooled values; `replicates` bootstrap draws
 /// seeded by `seed` give the intervals.
 pub fn pooled_metrics(
@@ -259,12 +277,20 @@ fn value_text(m: Option<&Metric>) -> String {
 
 /// The section as Markdown: the table of every metric per width and prior.
 pub fn markdown(r: &DreamBoothResults) -> String {
+    let recipe = match r.subjects.is_empty() {
+        true => {
+            "Subjects and learning rate: see the study's config (the store keeps neither)".into()
+        }
+        false => format!(
+            "Subjects: {}; learning rate {} for every width",
+            r.subjects.join(", "),
+            r.learning_rate
+        ),
+    };
     let mut md = format!(
-        "\n## DreamBooth (Sec. 3.2, Fig. 6)\n\nSubjects: {}; learning rate {} for every \
-         width. Every metric is an in-domain stand-in (see the table below); values with 95% \
-         bootstrap intervals over images.\n\n| width | params | prior | finetune cost |",
-        r.subjects.join(", "),
-        r.learning_rate
+        "\n## DreamBooth (Sec. 3.2, Fig. 6)\n\n{recipe}. Every metric is an in-domain stand-in \
+         (see the table below); values with 95% bootstrap intervals over images.\n\n| width | \
+         params | prior | finetune cost |"
     );
     for m in &METRICS {
         md.push_str(&format!(" {} |", m.label));
@@ -470,6 +496,15 @@ mod tests {
             "{md}"
         );
         let html = html(&r, |_| "PNG".into()).unwrap();
+        let mut stored = r.cells.clone();
+        stored.push(Cell {
+            variant: Variant::Base,
+            ..cell(8, false, 0.0, 0.0)
+        });
+        let from_store = DreamBoothResults::from_cells(&stored).unwrap();
+        assert_eq!(from_store.cells, r.cells);
+        assert!(markdown(&from_store).contains("the store keeps neither"));
+        assert!(DreamBoothResults::from_cells(&stored[2..]).is_none());
         assert!(html.contains("width 8 without the prior; width 8 with it; width 16"));
         assert!(html.contains("base64,PNG"));
         // Two charts per metric the cells have (against parameters and against compute).
