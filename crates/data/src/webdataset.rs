@@ -4,6 +4,10 @@
 //!
 //! Opening indexes every shard once (headers only, seeking over image data; captions are read
 //! and kept in memory); `get` then reads one image by offset.
+//!
+//! Bad shard sets: missing shards (gaps in a brace range) are an error naming them, before
+//! anything is read; a corrupt shard (truncated or malformed tar, gzip-compressed, unreadable)
+//! is left out whole with a counted warning, up to [`MAX_CORRUPT_SHARD_FRACTION`] of the shards.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -68,6 +72,16 @@ pub const MAX_IMAGE_MEMBER_BYTES: u64 = 1 << 30;
 /// The largest caption member read.
 pub const MAX_TEXT_MEMBER_BYTES: u64 = 1 << 20;
 
+/// The share of shards that may be corrupt before opening fails: at most 1% (rounded down, so
+/// a set of fewer than 100 shards tolerates none). Large downloads (img2dataset, LAION mirrors)
+/// lose a few shards to interrupted transfers, and losing under 1% of the data leaves the
+/// sample statistics as they were; more than that points at a systematic fault (a wrong format,
+/// a half-finished copy) that skipping would hide.
+pub const MAX_CORRUPT_SHARD_FRACTION: f64 = 0.01;
+
+/// How many names an error lists before summarising the rest as a count.
+const MAX_NAMES_LISTED: usize = 20;
+
 /// One indexed sample.
 struct Sample {
     shard: usize,
@@ -84,6 +98,7 @@ pub struct WebDataset {
     shards: Vec<PathBuf>,
     samples: Vec<Sample>,
     skipped: Vec<Skipped>,
+    corrupt_shards: Vec<Skipped>,
 }
 
 /// A sample being gathered while members stream past.
@@ -94,43 +109,141 @@ struct Pending {
     txt: Option<String>,
     json_caption: Option<String>,
     json_error: Option<String>,
+    image_error: Option<String>,
 }
 
 impl WebDataset {
-    /// Indexes the shards named by `pattern` (see [`expand_braces`]).
+    /// Indexes the shards named by `pattern` (see [`expand_braces`]), tolerating up to
+    /// [`MAX_CORRUPT_SHARD_FRACTION`] corrupt shards.
     pub fn open(pattern: &str) -> Result<Self, DataError> {
+        Self::open_tolerating(pattern, MAX_CORRUPT_SHARD_FRACTION)
+    }
+
+    /// Indexes the shards named by `pattern`, leaving out corrupt shards while they are at
+    /// most `max_corrupt_fraction` of all shards (rounded down); past that, an error names
+    /// every corrupt shard (up to a listing limit) and why.
+    pub fn open_tolerating(pattern: &str, max_corrupt_fraction: f64) -> Result<Self, DataError> {
+        if !(0.0..=1.0).contains(&max_corrupt_fraction) {
+            return Err(DataError::setting(
+                "corrupt shard fraction",
+                max_corrupt_fraction,
+                "must lie in [0, 1]",
+            ));
+        }
         let shards: Vec<PathBuf> = expand_braces(pattern)?
             .into_iter()
             .map(PathBuf::from)
             .collect();
+        check_all_present(pattern, &shards)?;
         let mut samples = Vec::new();
         let mut skipped = Vec::new();
+        let mut faults = Vec::new();
         for (s, shard) in shards.iter().enumerate() {
-            index_shard(s, shard, &mut samples, &mut skipped)?;
+            let kept = (samples.len(), skipped.len());
+            if let Err(e) = index_shard(s, shard, &mut samples, &mut skipped) {
+                // A shard is left out whole: what preceded the fault may be damaged too.
+                samples.truncate(kept.0);
+                skipped.truncate(kept.1);
+                faults.push((shard, e));
+            }
         }
+        check_corrupt_within(pattern, shards.len(), &faults, max_corrupt_fraction)?;
+        let corrupt_shards: Vec<Skipped> = faults
+            .iter()
+            .map(|(shard, e)| {
+                Skipped::warn(
+                    shard.display().to_string(),
+                    format!("corrupt shard left out: {e}"),
+                )
+            })
+            .collect();
         if samples.is_empty() {
             return Err(DataError::Empty {
                 dataset: format!("wds:{pattern}"),
                 detail: format!(
                     ": no sample with both an image ({IMAGE_EXTENSIONS:?}) and a caption (.txt, \
-                     or .json with \"caption\"/\"text\") in {} shard(s); {} skipped",
+                     or .json with \"caption\"/\"text\") in {} shard(s); {} skipped, {} corrupt \
+                     shard(s) left out",
                     shards.len(),
-                    skipped.len()
+                    skipped.len(),
+                    corrupt_shards.len()
                 ),
             });
         }
+        skipped.extend(corrupt_shards.iter().cloned());
         Ok(WebDataset {
             pattern: pattern.to_string(),
             shards,
             samples,
             skipped,
+            corrupt_shards,
         })
     }
 
-    /// Samples left out while indexing, with why.
+    /// Samples left out while indexing, with why, followed by the corrupt shards left out.
     pub fn skipped(&self) -> &[Skipped] {
         &self.skipped
     }
+
+    /// The corrupt shards left out whole, with why.
+    pub fn corrupt_shards(&self) -> &[Skipped] {
+        &self.corrupt_shards
+    }
+}
+
+/// `names` as a comma-separated list, the ones past [`MAX_NAMES_LISTED`] summarised as a count.
+fn name_list(names: impl ExactSizeIterator<Item = String>) -> String {
+    let total = names.len();
+    let mut listed: Vec<String> = names.take(MAX_NAMES_LISTED).collect();
+    if total > listed.len() {
+        listed.push(format!("and {} more", total - listed.len()));
+    }
+    listed.join(", ")
+}
+
+/// Every shard must exist before any is read: a gap in a brace range is a wrong pattern or an
+/// unfinished download, not corruption to skip.
+fn check_all_present(pattern: &str, shards: &[PathBuf]) -> Result<(), DataError> {
+    let missing: Vec<String> = shards
+        .iter()
+        .filter(|p| !std::fs::metadata(p).is_ok_and(|m| m.is_file()))
+        .map(|p| p.display().to_string())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(DataError::Spec {
+        spec: format!("wds:{pattern}"),
+        message: format!(
+            "{} of {} shard(s) missing (a gap in the list, or a file that is not there): {}",
+            missing.len(),
+            shards.len(),
+            name_list(missing.into_iter())
+        ),
+    })
+}
+
+/// Fails when more than `max_fraction` of `total` shards (rounded down) were corrupt.
+fn check_corrupt_within(
+    pattern: &str,
+    total: usize,
+    corrupt: &[(&PathBuf, DataError)],
+    max_fraction: f64,
+) -> Result<(), DataError> {
+    let tolerated = (total as f64 * max_fraction).floor() as usize;
+    if corrupt.len() <= tolerated {
+        return Ok(());
+    }
+    Err(DataError::Format {
+        file: format!("wds:{pattern}"),
+        message: format!(
+            "{} of {total} shard(s) corrupt, more than the {tolerated} tolerated ({}% of the \
+             shards, rounded down); fix or drop them: {}",
+            corrupt.len(),
+            max_fraction * 100.0,
+            name_list(corrupt.iter().map(|(_, e)| e.to_string()))
+        ),
+    })
 }
 
 /// Splits a member path into (key, extension): the key ends at the first dot of the file name.
@@ -150,6 +263,7 @@ fn index_shard(
 ) -> Result<(), DataError> {
     let file = std::fs::File::open(shard).map_err(|e| DataError::io(shard, e))?;
     let shard_len = file.metadata().map_err(|e| DataError::io(shard, e))?.len();
+    refuse_gzip(shard, &file)?;
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     let entries = archive
         .entries_with_seek()
@@ -170,7 +284,11 @@ fn index_shard(
                 size,
                 caption,
             }),
-            (None, _) => skipped.push(Skipped::warn(at, "sample has no image member")),
+            (None, _) => skipped.push(Skipped::warn(
+                at,
+                p.image_error
+                    .unwrap_or_else(|| "sample has no image member".into()),
+            )),
             (Some(_), None) => skipped.push(Skipped::warn(
                 at,
                 p.json_error
@@ -179,8 +297,9 @@ fn index_shard(
         }
     };
     for entry in entries {
-        let entry =
-            entry.map_err(|e| DataError::format(shard.display(), format!("corrupt tar: {e}")))?;
+        let mut entry = entry.map_err(|e| {
+            DataError::format(shard.display(), format!("corrupt or truncated tar: {e}"))
+        })?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
@@ -204,7 +323,11 @@ fn index_shard(
         check_member_size(&entry, shard_len, kind).map_err(|e| DataError::format(at(), e))?;
         if IMAGE_EXTENSIONS.contains(&kind) {
             if plain || pending.image.is_none() {
-                pending.image = Some((path.clone(), entry.raw_file_position(), entry.size()));
+                let (offset, size) = (entry.raw_file_position(), entry.size());
+                match sniff_image(&mut entry) {
+                    Ok(()) => pending.image = Some((path.clone(), offset, size)),
+                    Err(e) => pending.image_error = Some(format!("{}: {e}", at())),
+                }
             }
         } else if kind == "txt" || kind == "json" {
             let mut text = String::new();
@@ -224,6 +347,37 @@ fn index_shard(
     }
     finish(pending, samples, skipped);
     Ok(())
+}
+
+/// Gzip-compressed shards cannot be read by offset; say so instead of "corrupt tar".
+fn refuse_gzip(shard: &Path, file: &std::fs::File) -> Result<(), DataError> {
+    let mut magic = [0u8; 2];
+    let read = (&*file)
+        .read(&mut magic)
+        .and_then(|n| (&*file).seek(SeekFrom::Start(0)).map(|_| n))
+        .map_err(|e| DataError::io(shard, e))?;
+    if read == 2 && magic == [0x1f, 0x8b] {
+        return Err(DataError::format(
+            shard.display(),
+            "gzip-compressed; images are read by offset, so shards must be plain tar (gunzip them)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks an image member's first bytes name a format this build decodes, so members that are
+/// not images at all (an HTML error page saved as .jpg) are skipped while indexing.
+fn sniff_image(entry: &mut impl Read) -> Result<(), String> {
+    let mut head = Vec::with_capacity(32);
+    entry
+        .take(32)
+        .read_to_end(&mut head)
+        .map_err(|e| format!("unreadable image member: {e}"))?;
+    match image::guess_format(&head) {
+        Ok(format) if format.reading_enabled() => Ok(()),
+        Ok(format) => Err(format!("{format:?} images are not decoded by this build")),
+        Err(_) => Err("not an image: its first bytes match no known format".into()),
+    }
 }
 
 /// A member's declared size must fit in the shard after its header, and within the limit for
