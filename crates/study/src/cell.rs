@@ -30,6 +30,12 @@ pub enum Variant {
         /// Optimizer steps of the distillation.
         steps: u64,
     },
+    /// A guided-distilled student (App. C): stage 1 then progressive rounds, `steps` optimizer
+    /// steps each; a cell's sampling steps name the round's student (s16 samples at 16).
+    Guided {
+        /// Optimizer steps of stage 1 and of each round.
+        steps: u64,
+    },
     /// DreamBooth finetunes of the base on the study's subjects, with or without prior
     /// preservation, after `finetune_steps` optimizer steps each.
     DreamBooth {
@@ -42,6 +48,8 @@ pub enum Variant {
 
 /// The kind of [`Variant::SuperRes`], as the store spells it before `@steps`.
 pub const SUPER_RES: &str = "super-res";
+/// The kind of [`Variant::Guided`].
+pub const GUIDED: &str = "guided";
 /// The kinds of [`Variant::DreamBooth`] without and with prior preservation.
 pub const DREAMBOOTH: [&str; 2] = ["dreambooth", "dreambooth-prior"];
 
@@ -52,6 +60,7 @@ impl Variant {
             Variant::Base => "base",
             Variant::SuperRes { .. } => SUPER_RES,
             Variant::Distilled { method, .. } => method.as_str(),
+            Variant::Guided { .. } => GUIDED,
             Variant::DreamBooth { prior, .. } => DREAMBOOTH[usize::from(prior)],
         }
     }
@@ -62,6 +71,7 @@ impl Variant {
             Variant::Base => "base".into(),
             Variant::SuperRes { finetune_steps } => format!("{SUPER_RES}@{finetune_steps}"),
             Variant::Distilled { method, steps } => format!("{method}@{steps}"),
+            Variant::Guided { steps } => format!("{GUIDED}@{steps}"),
             Variant::DreamBooth { finetune_steps, .. } => {
                 format!("{}@{finetune_steps}", self.kind())
             }
@@ -78,7 +88,7 @@ impl fmt::Display for Variant {
 impl FromStr for Variant {
     type Err = String;
     fn from_str(name: &str) -> Result<Self, String> {
-        let expected = "expected base, super-res@STEPS, lcm@STEPS, codi@STEPS, \
+        let expected = "expected base, super-res@STEPS, lcm@STEPS, codi@STEPS, guided@STEPS, \
                         dreambooth@STEPS or dreambooth-prior@STEPS";
         let Some((kind, steps)) = name.split_once('@') else {
             return match name {
@@ -88,7 +98,8 @@ impl FromStr for Variant {
         };
         let method = kind.parse::<DistillMethod>();
         let dreambooth = DREAMBOOTH.iter().position(|k| *k == kind);
-        if kind != SUPER_RES && method.is_err() && dreambooth.is_none() {
+        let known = kind == SUPER_RES || kind == GUIDED;
+        if !known && method.is_err() && dreambooth.is_none() {
             return Err(format!("unknown model variant {name:?}: {expected}"));
         }
         let steps: u64 = steps.parse().map_err(|_| {
@@ -100,6 +111,7 @@ impl FromStr for Variant {
                 prior: prior == 1,
                 finetune_steps: steps,
             },
+            _ if kind == GUIDED => Variant::Guided { steps },
             _ => Variant::SuperRes {
                 finetune_steps: steps,
             },
@@ -246,7 +258,12 @@ mod tests {
             finetune_steps: 100,
         };
         assert_eq!(db.to_string(), "dreambooth-prior@100");
-        for v in [Variant::Base, sr, lcm, db] {
+        let guided = Variant::Guided { steps: 30 };
+        assert_eq!(
+            (guided.name().as_str(), guided.kind()),
+            ("guided@30", "guided")
+        );
+        for v in [Variant::Base, sr, lcm, db, guided] {
             assert_eq!(v.name().parse::<Variant>().unwrap(), v);
             let json = serde_json::to_string(&v).unwrap();
             assert_eq!(serde_json::from_str::<Variant>(&json).unwrap(), v);

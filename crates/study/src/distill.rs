@@ -4,7 +4,10 @@
 //!
 //! Cost convention: a cell's sampling cost is its own evaluations x GFLOPs per evaluation, so
 //! an LCM student counts 1 evaluation per step (guidance is an embedding) and a CoDi student 2
-//! (classifier-free guidance), as the undistilled models with guidance do.
+//! (classifier-free guidance), as the undistilled models with guidance do. Guided distillation
+//! (App. C) is in [`guided`].
+
+pub mod guided;
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
@@ -49,6 +52,10 @@ pub struct DistillResults {
     pub teachers: Vec<Cell>,
     /// The sweep's grid cells: the undistilled models at every cost.
     pub sweep: Vec<Cell>,
+    /// The guided-distilled students' cells (variant `guided@N`, at each student's steps).
+    pub guided: Vec<Cell>,
+    /// The undistilled models' base cells at the guided students' steps.
+    pub guided_teachers: Vec<Cell>,
     /// All of them paired against the sweep's reference set.
     pub pairing: Option<Arc<Pairing>>,
     /// The students' (and teachers') sampling steps.
@@ -73,7 +80,11 @@ impl DistillResults {
             .filter(|c| method_of(c).is_some())
             .cloned()
             .collect();
-        let steps = students.first()?.steps;
+        let (guided, guided_teachers) = guided::from_cells(cells);
+        if students.is_empty() && guided.is_empty() {
+            return None;
+        }
+        let steps = students.first().map_or(4, |c| c.steps);
         let base: Vec<Cell> = cells
             .iter()
             .filter(|c| c.variant == Variant::Base)
@@ -87,6 +98,8 @@ impl DistillResults {
         Some(DistillResults {
             students,
             teachers,
+            guided,
+            guided_teachers,
             sweep: base,
             pairing: None,
             sample_steps: steps,
@@ -95,7 +108,14 @@ impl DistillResults {
 
     /// Every cell the results hold (for pairing).
     pub fn cells(&self) -> Vec<Cell> {
-        [&self.students[..], &self.teachers[..], &self.sweep[..]].concat()
+        [
+            &self.students[..],
+            &self.teachers[..],
+            &self.guided[..],
+            &self.guided_teachers[..],
+            &self.sweep[..],
+        ]
+        .concat()
     }
 
     /// The methods measured, in report order.
@@ -138,14 +158,16 @@ impl DistillResults {
 
 /// The findings of Sec. 3.6.
 pub fn findings(r: &DistillResults) -> Vec<Finding> {
+    let guided = guided::finding(r);
     if r.students.is_empty() {
         let why = "the study distilled no model";
         return vec![
             DISTILLED_BEATS_UNDISTILLED.not_measured(why),
             DISTILLATION_KEEPS_SCALING_TRENDS.not_measured(why),
+            guided,
         ];
     }
-    vec![beats_undistilled(r), keeps_scaling_trends(r)]
+    vec![beats_undistilled(r), keeps_scaling_trends(r), guided]
 }
 
 /// Rule: every student must beat the best undistilled setting of its width whose sampling
@@ -326,6 +348,7 @@ pub fn html(r: &DistillResults) -> Result<String, String> {
     h.push_str(&fig13_right(r)?);
     h.push_str("</div>");
     h.push_str(&table_html(r));
+    h.push_str(&guided::html(r));
     Ok(h)
 }
 
@@ -417,6 +440,7 @@ pub fn markdown(r: &DistillResults) -> String {
             cost.map_or("-".into(), |c| format!("{c:.3e}"))
         );
     }
+    md.push_str(&guided::markdown(r));
     md
 }
 
@@ -468,9 +492,8 @@ mod tests {
         DistillResults {
             students,
             teachers,
-            sweep: Vec::new(),
-            pairing: None,
             sample_steps: 4,
+            ..DistillResults::default()
         }
     }
 

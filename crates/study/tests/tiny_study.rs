@@ -116,6 +116,7 @@ fn check_first_run(config: &StudyConfig, out: &Path, summary: &pipeline::Summary
     assert!(config.widths.contains(&(rec.best.width as usize)));
     check_super_res(config, out, &html);
     check_distill(config, out, &html);
+    check_guided(config, out, &html);
     check_dreambooth(config, out, &html);
     check_adaptive(config, out, &html);
 }
@@ -420,4 +421,57 @@ fn only_runs_the_named_stages_and_refuses_missing_ones() {
         matches!(err, StudyError::UnknownStage(ref s) if s == "sweeep"),
         "{err}"
     );
+}
+
+/// The guided students (App. C): stage 1 and a round per halving, each student sampled at its
+/// own steps over the guidance grid at 1 evaluation per step, beside the undistilled model.
+fn check_guided(config: &StudyConfig, out: &Path, html: &str) {
+    let g = config.distill.as_ref().unwrap().guided.as_ref().unwrap();
+    let guided: Vec<Cell> = all_cells(out)
+        .into_iter()
+        .filter(|c| matches!(c.variant, Variant::Guided { .. }))
+        .collect();
+    let grid = config.sweep.cfg.len() * config.sweep.seeds.len();
+    assert_eq!(guided.len(), g.students.len() * grid * g.widths.len());
+    let cost = |c: &Cell| {
+        c.metrics
+            .iter()
+            .find(|m| m.name == "distill_cost")
+            .unwrap()
+            .value
+    };
+    for c in &guided {
+        assert!(g.students.contains(&c.steps), "{c:?}");
+        assert_eq!(
+            (c.sampler.as_str(), c.evaluations),
+            ("guided-ddim", c.steps as u64)
+        );
+        assert!(
+            c.fid.is_finite() && c.fid_ci.is_some() && cost(c) > 0.0,
+            "{c:?}"
+        );
+    }
+    // A later round's student carries every earlier run's compute.
+    let at = |steps| guided.iter().find(|c| c.steps == steps).map(cost).unwrap();
+    assert!(at(8) > at(16));
+    for run in ["stage1", "s16", "s8"] {
+        let unet = out.join(format!(
+            "distill/guided/w{}/{run}/unet/config.json",
+            g.widths[0]
+        ));
+        assert!(
+            std::fs::read_to_string(unet)
+                .unwrap()
+                .contains("time_cond_proj_dim")
+        );
+    }
+    let undistilled = cells(out)
+        .into_iter()
+        .filter(|c| c.steps == 16 && c.sampler.as_str() == "ddim")
+        .count();
+    assert_eq!(undistilled, grid * g.widths.len());
+    let section = html.split("Guided distillation (App. C)").nth(1).unwrap();
+    assert!(section.contains("<td>s16</td>") && section.contains("<td>s8</td>"));
+    let verdict = "</table><p><b>NOT MEASURED</b>";
+    assert!(section.contains(verdict), "one width decides nothing");
 }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use ldmscale_diffusion::SamplerId;
-use ldmscale_train::tasks::{CodiOptions, LcmOptions};
+use ldmscale_train::tasks::{CodiOptions, GuidedOptions, LcmOptions, ProgressiveOptions};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::StudyConfig;
@@ -113,6 +113,95 @@ pub struct DistillConfig {
     /// The CoDi recipe (guidance in CFG form).
     #[serde(default)]
     pub codi: CodiOptions,
+    /// Guided distillation (App. C); absent: not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guided: Option<GuidedStudy>,
+}
+
+/// Guided distillation (App. C): stage 1 (a w-conditioned student of the teacher's CFG
+/// output, sampled at `base_steps`), then progressive rounds halving the steps, each round's
+/// student the next one's teacher; the `students` are measured beside the undistilled models
+/// at their steps. The paper's students are s16 and s8 of its two smallest models.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuidedStudy {
+    /// Widths distilled (each one of `widths`); empty: the study's two smallest.
+    #[serde(default)]
+    pub widths: Vec<usize>,
+    /// Optimizer steps of stage 1 and of each round (the optimizer recipe is `[distill]`'s).
+    pub steps: u64,
+    /// Sampling steps of the stage-1 student, which the first round halves.
+    pub base_steps: u32,
+    /// The students measured, by their sampling steps (each `base_steps / 2^k`, k >= 1).
+    pub students: Vec<u32>,
+    /// Lowest guidance drawn, LCM form (CFG scale `w + 1`), in every stage.
+    pub w_min: f64,
+    /// Highest guidance drawn.
+    pub w_max: f64,
+    /// Width of the students' guidance embedding.
+    pub embedding_dim: usize,
+}
+
+impl GuidedStudy {
+    /// The widths distilled: `widths`, or the study's two smallest.
+    pub fn distilled_widths(&self, config: &StudyConfig) -> Vec<usize> {
+        if !self.widths.is_empty() {
+            return self.widths.clone();
+        }
+        let mut all = config.widths.clone();
+        all.sort_unstable();
+        all.truncate(2);
+        all
+    }
+
+    /// The rounds' student steps, in order: `base_steps / 2` down to the fewest student's.
+    pub fn rounds(&self) -> Vec<u32> {
+        let fewest = self
+            .students
+            .iter()
+            .copied()
+            .min()
+            .unwrap_or(self.base_steps);
+        let mut steps = self.base_steps / 2;
+        let mut rounds = Vec::new();
+        while steps >= fewest.max(1) {
+            rounds.push(steps);
+            steps /= 2;
+        }
+        rounds
+    }
+
+    /// Stage 1's options.
+    pub fn stage1(&self) -> GuidedOptions {
+        GuidedOptions {
+            w_min: self.w_min,
+            w_max: self.w_max,
+            embedding_dim: self.embedding_dim,
+        }
+    }
+
+    /// The options of the round whose student takes `student_steps`.
+    pub fn round(&self, student_steps: u32) -> ProgressiveOptions {
+        ProgressiveOptions {
+            student_steps: student_steps as usize,
+            w_min: self.w_min,
+            w_max: self.w_max,
+        }
+    }
+
+    /// Students s16 and s8 from a 32-step stage-1 student (the small presets: two rounds,
+    /// not the longer chain from 64 or more steps), guidance covering CFG 1 to `w_max + 1`.
+    fn small(steps: u64, w_max: f64) -> Self {
+        GuidedStudy {
+            widths: Vec::new(),
+            steps,
+            base_steps: 32,
+            students: vec![16, 8],
+            w_min: 0.0,
+            w_max,
+            embedding_dim: 32,
+        }
+    }
 }
 
 fn four() -> u32 {
@@ -156,25 +245,41 @@ impl DistillConfig {
                 w_max: 6.0,
                 ..CodiOptions::default()
             },
+            guided: None,
         }
     }
 
-    /// CI: the smallest width only, a few steps.
+    /// CI: the smallest width only, a few steps; guided distillation of it with 2 steps per
+    /// stage, so every stage runs.
     pub fn tiny() -> Self {
         DistillConfig {
             batch_size: 8,
+            guided: Some(GuidedStudy {
+                widths: vec![8],
+                ..GuidedStudy::small(2, 4.0)
+            }),
             ..Self::small(6, vec![8])
         }
     }
 
-    /// Every width in a small budget.
+    /// Every width in a small budget; guided students of the two smallest.
     pub fn quick() -> Self {
-        Self::small(150, Vec::new())
+        DistillConfig {
+            guided: Some(GuidedStudy::small(100, 4.0)),
+            ..Self::small(150, Vec::new())
+        }
     }
 
-    /// Hours on a CPU: every width, longer.
+    /// Hours on a CPU: every width, longer; guided students from 64 steps (the full preset's
+    /// guidance grid reaches CFG 7.5).
     pub fn full() -> Self {
-        Self::small(2000, Vec::new())
+        DistillConfig {
+            guided: Some(GuidedStudy {
+                base_steps: 64,
+                ..GuidedStudy::small(1000, 6.5)
+            }),
+            ..Self::small(2000, Vec::new())
+        }
     }
 
     /// The references' recipes (LCM's w ~ U[5, 15], CoDi's U[1, 11)), every width.
@@ -191,6 +296,11 @@ impl DistillConfig {
             seed: 0,
             lcm: LcmOptions::default(),
             codi: CodiOptions::default(),
+            guided: Some(GuidedStudy {
+                base_steps: 64,
+                embedding_dim: 256,
+                ..GuidedStudy::small(10_000, 7.0)
+            }),
         }
     }
 }
@@ -256,6 +366,58 @@ pub fn problems(c: &StudyConfig) -> Vec<String> {
     if let Err(e) = d.codi.validate() {
         p.push(format!("distill.{e}"));
     }
+    if let Some(g) = &d.guided {
+        p.extend(guided_problems(c, g));
+    }
+    p
+}
+
+/// `[distill.guided]`'s problems, each naming its field.
+fn guided_problems(c: &StudyConfig, g: &GuidedStudy) -> Vec<String> {
+    let mut p = Vec::new();
+    for (i, w) in g.widths.iter().enumerate() {
+        if !c.widths.contains(w) {
+            p.push(format!(
+                "distill.guided.widths[{i}]: {w} is not one of the study's widths {:?}",
+                c.widths
+            ));
+        }
+    }
+    if g.steps == 0 {
+        p.push("distill.guided.steps: 0; expected at least 1".into());
+    }
+    if !(2..=MAX_STEPS).contains(&g.base_steps) {
+        p.push(format!(
+            "distill.guided.base_steps: {} is outside 2..={MAX_STEPS}",
+            g.base_steps
+        ));
+    }
+    if g.students.is_empty() {
+        p.push("distill.guided.students: empty; expected sampling steps such as [16, 8]".into());
+    }
+    for (i, &s) in g.students.iter().enumerate() {
+        if !g.rounds().contains(&s) || g.students[..i].contains(&s) {
+            p.push(format!(
+                "distill.guided.students[{i}]: {s} is not a new halving of base_steps = {} (expected one of {:?}, each once)",
+                g.base_steps,
+                g.rounds()
+            ));
+        }
+    }
+    if let Err(e) = g.stage1().validate() {
+        p.push(format!("distill.{e}"));
+    }
+    for &cfg in &c.sweep.cfg {
+        // Non-finite rates are sweep.cfg's problem.
+        if cfg.is_finite() && !(g.w_min..=g.w_max).contains(&(cfg - 1.0)) {
+            p.push(format!(
+                "distill.guided.w_max: sweep.cfg {cfg} (w = {}) is outside the trained range [{}, {}]",
+                cfg - 1.0,
+                g.w_min,
+                g.w_max
+            ));
+        }
+    }
     p
 }
 
@@ -290,6 +452,30 @@ mod tests {
             assert!(found.contains(field), "{field} in {found}");
         }
         assert!(c.validate().unwrap_err().contains("distill.lcm.w_max"));
+    }
+
+    #[test]
+    fn guided_rounds_halve_to_the_fewest_student_and_bad_fields_are_named() {
+        let mut c = StudyConfig::preset("quick").unwrap();
+        let g = c.distill.as_ref().unwrap().guided.clone().unwrap();
+        assert_eq!(g.rounds(), vec![16, 8]);
+        assert_eq!(g.distilled_widths(&c), vec![8, 16]);
+        let full = StudyConfig::preset("full").unwrap();
+        let g = full.distill.unwrap().guided.unwrap();
+        assert_eq!(g.rounds(), vec![32, 16, 8]);
+        let bad = c.distill.as_mut().unwrap().guided.as_mut().unwrap();
+        bad.widths = vec![12];
+        bad.students = vec![16, 12, 16];
+        bad.w_max = 1.0;
+        let found = problems(&c).join("\n");
+        for field in [
+            "distill.guided.widths[0]: 12",
+            "distill.guided.students[1]: 12 is not a new halving",
+            "distill.guided.students[2]: 16",
+            "distill.guided.w_max: sweep.cfg 3 (w = 2)",
+        ] {
+            assert!(found.contains(field), "{field} in {found}");
+        }
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! the teacher of one student per method, trained with one recipe (resumable, its compute
 //! accounted); each student is sampled at `sample_steps` over the sweep's guidance grid and
 //! seeds, and so is its teacher with the undistilled sampler, all measured like sweep cells
-//! against the sweep's reference set (so the two sides pair).
+//! against the sweep's reference set (so the two sides pair). Guided distillation (App. C)
+//! is in [`guided`].
+
+mod guided;
 
 use std::path::{Path, PathBuf};
 
@@ -114,10 +117,12 @@ fn meta_key(method: DistillMethod, width: usize) -> String {
     format!("fingerprint:{method}:w{width}")
 }
 
-/// The sampling grid of a student or teacher: the sweep's guidance rates and seeds.
-fn grid(config: &StudyConfig, sampler: ldmscale_diffusion::SamplerId) -> Vec<SweepCell> {
-    let d = config.distill.as_ref();
-    let steps = d.map_or(4, |d| d.sample_steps);
+/// The sampling grid of a student or teacher at `steps`: the sweep's guidance rates and seeds.
+fn grid(
+    config: &StudyConfig,
+    sampler: ldmscale_diffusion::SamplerId,
+    steps: u32,
+) -> Vec<SweepCell> {
     let mut cells = Vec::new();
     for &cfg in &config.sweep.cfg {
         for &seed in &config.sweep.seeds {
@@ -148,18 +153,36 @@ fn student_key(
     }
 }
 
-/// Every key the config asks for: the students' and their teachers'.
-fn all_keys(config: &StudyConfig, d: &DistillConfig) -> Vec<CellKey> {
+/// Every key of the consistency students and their teachers.
+fn consistency_keys(config: &StudyConfig, d: &DistillConfig) -> Vec<CellKey> {
     let mut keys = Vec::new();
     for w in d.distilled_widths(config) {
-        let teacher = grid(config, d.teacher_sampler);
+        let teacher = grid(config, d.teacher_sampler, d.sample_steps);
         keys.extend(teacher.iter().map(|c| sweep::cell_key(w, c)));
         for &method in &d.methods {
-            let cells = grid(config, method.sampler());
+            let cells = grid(config, method.sampler(), d.sample_steps);
             keys.extend(cells.iter().map(|c| student_key(d, method, w, c)));
         }
     }
     keys
+}
+
+/// Every key of the guided students and of the undistilled models at their steps.
+fn guided_keys(config: &StudyConfig, d: &DistillConfig) -> Vec<CellKey> {
+    let Some(g) = &d.guided else {
+        return Vec::new();
+    };
+    let mut keys = Vec::new();
+    for w in g.distilled_widths(config) {
+        keys.extend(guided::teacher_keys(d, g, config, w));
+        keys.extend(guided::student_keys(g, config, w).into_iter().map(|k| k.0));
+    }
+    keys
+}
+
+/// Every key the config asks for: the students' and their teachers'.
+fn all_keys(config: &StudyConfig, d: &DistillConfig) -> Vec<CellKey> {
+    [consistency_keys(config, d), guided_keys(config, d)].concat()
 }
 
 fn owns(cx: &StudyContext, key: &CellKey) -> bool {
@@ -177,6 +200,10 @@ pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
         for &m in &d.methods {
             parts.push(cells_fingerprint(config, m, w));
         }
+    }
+    for w in d.guided.iter().flat_map(|g| g.distilled_widths(config)) {
+        parts.push(sweep::width_fingerprint(config, w));
+        parts.push(guided::cells_fingerprint(config, w));
     }
     Fingerprint::of("distill", &(parts, all_keys(config, d)))
 }
@@ -200,6 +227,12 @@ impl Stage for DistillStage<'_> {
                 }
             }
         }
+        for w in d.guided.iter().flat_map(|g| g.distilled_widths(cx.config)) {
+            let current = guided::cells_fingerprint(cx.config, w);
+            if store.meta(&guided::meta_key(w))?.as_deref() != Some(current.as_str()) {
+                return Ok(None);
+            }
+        }
         for key in all_keys(cx.config, d) {
             if owns(cx, &key) && !store.contains(&key)? {
                 return Ok(None);
@@ -213,13 +246,18 @@ impl Stage for DistillStage<'_> {
         let mut store = Store::open(&sweep::store_path(cx))?;
         for w in d.distilled_widths(cx.config) {
             let teacher = self.teacher(w)?;
-            self.measure_teacher(cx, d, &mut store, (w, &teacher))?;
+            self.measure_teacher(cx, d, &mut store, (w, &teacher), d.sample_steps)?;
             for &method in &d.methods {
                 let summary = self.distil(cx, d, method, (w, &teacher))?;
                 refresh(cx, &mut store, method, w)?;
                 let student = summary.model_dirs.last().cloned();
                 let student = student.unwrap_or_else(|| run_dir(&cx.out, method, w).join("unet"));
                 self.measure_student(cx, d, &mut store, (method, w), (&student, &summary))?;
+            }
+        }
+        if let Some(g) = &d.guided {
+            for w in g.distilled_widths(cx.config) {
+                self.guided(cx, (d, g), &mut store, w)?;
             }
         }
         results(cx, d, &store)
@@ -307,8 +345,9 @@ impl DistillStage<'_> {
         d: &DistillConfig,
         store: &mut Store,
         (width, teacher): (usize, &Path),
+        steps: u32,
     ) -> Result<(), StudyError> {
-        let missing: Vec<SweepCell> = grid(cx.config, d.teacher_sampler)
+        let missing: Vec<SweepCell> = grid(cx.config, d.teacher_sampler, steps)
             .into_iter()
             .filter(|c| {
                 let key = sweep::cell_key(width, c);
@@ -344,33 +383,74 @@ impl DistillStage<'_> {
         (method, width): (DistillMethod, usize),
         (student, summary): (&Path, &RunSummary),
     ) -> Result<(), StudyError> {
-        let missing: Vec<SweepCell> = grid(cx.config, method.sampler())
+        let cells = grid(cx.config, method.sampler(), d.sample_steps);
+        let keyed = cells
             .into_iter()
-            .filter(|c| {
-                let key = student_key(d, method, width, c);
-                owns(cx, &key) && !store.contains(&key).unwrap_or(false)
-            })
+            .map(|c| (student_key(d, method, width, &c), c))
+            .collect();
+        let state = &summary.state;
+        let compute = (state.normalized_cost_x_iterations, state.train_gflops);
+        self.measure_model(cx, store, keyed, (student, compute))
+    }
+
+    /// Width `width`'s guided chain, its undistilled cells at the students' steps and every
+    /// missing cell of its students.
+    fn guided(
+        &self,
+        cx: &StudyContext,
+        (d, g): (&DistillConfig, &crate::config::distill::GuidedStudy),
+        store: &mut Store,
+        width: usize,
+    ) -> Result<(), StudyError> {
+        let teacher = self.teacher(width)?;
+        for &s in &g.students {
+            self.measure_teacher(cx, d, store, (width, &teacher), s)?;
+        }
+        let students = self.guided_chain(cx, (d, g), (width, &teacher))?;
+        guided::refresh(cx, store, width)?;
+        let keys = guided::student_keys(g, cx.config, width);
+        for student in students.iter().filter(|s| g.students.contains(&s.steps)) {
+            let keyed = keys
+                .iter()
+                .filter(|(_, cell)| cell.steps == student.steps)
+                .cloned()
+                .collect();
+            self.measure_model(cx, store, keyed, (&student.model, student.compute))?;
+        }
+        Ok(())
+    }
+
+    /// Every missing cell of `keyed` sampled from `model`, with the distillation compute
+    /// (normalised cost x iterations, GFLOPs) behind it.
+    fn measure_model(
+        &self,
+        cx: &StudyContext,
+        store: &mut Store,
+        keyed: Vec<(CellKey, SweepCell)>,
+        (model, compute): (&Path, (f64, f64)),
+    ) -> Result<(), StudyError> {
+        let missing: Vec<(CellKey, SweepCell)> = keyed
+            .into_iter()
+            .filter(|(key, _)| owns(cx, key) && !store.contains(key).unwrap_or(false))
             .collect();
         if missing.is_empty() {
             return Ok(());
         }
-        let (_, unet) = load_unet(student, &cx.device)?;
+        let (_, unet) = load_unet(model, &cx.device)?;
         let sweep = self.sweep();
         let inputs = sweep.width_inputs(cx, &unet);
-        for cell in missing {
+        for (key, cell) in missing {
             tracing::info!(
-                "distill: {method} student w{width} x{} cfg {}",
+                "distill: {} student w{} {} x{} cfg {}",
+                key.variant,
+                key.width,
+                cell.sampler,
                 cell.steps,
                 cell.cfg
             );
-            let key = student_key(d, method, width, &cell);
             let (mut measured, features) = sweep.measure(&inputs, key, &cell)?;
             measured.params = unet.num_params() as u64;
-            let state = &summary.state;
-            for (name, value) in [
-                (DISTILL_COST, state.normalized_cost_x_iterations),
-                (DISTILL_GFLOPS, state.train_gflops),
-            ] {
+            for (name, value) in [(DISTILL_COST, compute.0), (DISTILL_GFLOPS, compute.1)] {
                 let ci = None;
                 measured.metrics.push(Metric {
                     name: name.into(),
@@ -411,16 +491,23 @@ fn results(
     d: &DistillConfig,
     store: &Store,
 ) -> Result<DistillResults, StudyError> {
-    let keys: std::collections::HashSet<CellKey> = all_keys(cx.config, d).into_iter().collect();
-    let (students, teachers): (Vec<Cell>, Vec<Cell>) = store
-        .cells()?
-        .into_iter()
-        .filter(|c| keys.contains(&c.key()))
-        .partition(|c| c.variant != Variant::Base);
+    let cells = store.cells()?;
+    let split = |keys: Vec<CellKey>| -> (Vec<Cell>, Vec<Cell>) {
+        let keys: std::collections::HashSet<CellKey> = keys.into_iter().collect();
+        cells
+            .iter()
+            .filter(|c| keys.contains(&c.key()))
+            .cloned()
+            .partition(|c| c.variant != Variant::Base)
+    };
+    let (students, teachers) = split(consistency_keys(cx.config, d));
+    let (guided, guided_teachers) = split(guided_keys(cx.config, d));
     let mut results = DistillResults {
         sweep: sweep::grid_cells(cx, store)?,
         students,
         teachers,
+        guided,
+        guided_teachers,
         pairing: None,
         sample_steps: d.sample_steps,
     };
@@ -446,7 +533,10 @@ pub fn estimate(config: &StudyConfig, gflops: &[f64]) -> Estimate {
             continue;
         }
         let guided = |c: &SweepCell| c.steps as f64 * if c.cfg > 1.0 { 2.0 } else { 1.0 };
-        let teacher: f64 = grid(config, d.teacher_sampler).iter().map(guided).sum();
+        let teacher: f64 = grid(config, d.teacher_sampler, d.sample_steps)
+            .iter()
+            .map(guided)
+            .sum();
         e.sample_gflops += config.sweep.samples_per_cell as f64 * teacher * g;
         for &m in &d.methods {
             let passes = match m {
@@ -454,13 +544,14 @@ pub fn estimate(config: &StudyConfig, gflops: &[f64]) -> Estimate {
                 DistillMethod::Codi => codi_distill::FORWARD_PASSES,
             };
             e.train_gflops += passes * samples * g;
-            let evaluations: f64 = grid(config, m.sampler())
+            let evaluations: f64 = grid(config, m.sampler(), d.sample_steps)
                 .iter()
                 .map(|c| c.steps as f64 * per_step(m, c.cfg))
                 .sum();
             e.sample_gflops += config.sweep.samples_per_cell as f64 * evaluations * g;
         }
     }
+    guided::estimate(config, gflops, &mut e);
     e.lines.push(format!(
         "\ndistillation: widths {:?} x methods {:?}, {} steps of batch {} each; students and teachers at {} steps x guidance {:?}",
         d.distilled_widths(config),
