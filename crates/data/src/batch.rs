@@ -181,6 +181,21 @@ pub struct BatchLoader<D> {
     sampler: Sampler,
 }
 
+/// Reads example `index` and transforms it with the random key of (seed, epoch, index), so
+/// its augmentation does not depend on which thread or batch loads it.
+pub(crate) fn load_example<D: Dataset + ?Sized>(
+    dataset: &D,
+    transform: &Transform,
+    seed: u64,
+    index: usize,
+    at: Cursor,
+) -> Result<Example, DataError> {
+    let mut example = dataset.get(index)?;
+    let key = hash_u64s(&[seed, at.epoch, index as u64]);
+    example.image = transform.apply(&example.image, key);
+    Ok(example)
+}
+
 /// Consecutive failures after which an infinite dataset is declared broken.
 const MAX_CONSECUTIVE_FAILURES: usize = 10_000;
 
@@ -231,10 +246,7 @@ impl<D: Dataset> BatchLoader<D> {
     }
 
     fn load(&self, index: usize, at: Cursor) -> Result<Example, DataError> {
-        let mut example = self.dataset.get(index)?;
-        let key = hash_u64s(&[self.config.seed, at.epoch, index as u64]);
-        example.image = self.transform.apply(&example.image, key);
-        Ok(example)
+        load_example(&self.dataset, &self.transform, self.config.seed, index, at)
     }
 
     /// Loads `slots` in parallel on up to `workers` threads, results in slot order.

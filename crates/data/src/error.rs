@@ -76,6 +76,16 @@ pub enum DataError {
         /// Why, when known.
         detail: String,
     },
+    /// Example `id` of a dataset could not be loaded (the streaming loader names the item).
+    #[error("{dataset}: example {id}: {source}")]
+    Example {
+        /// The dataset.
+        dataset: String,
+        /// The example's id (or `index N` when even the id could not be read).
+        id: String,
+        /// What went wrong loading it.
+        source: Box<DataError>,
+    },
     /// A latent cache was built for different data, encoders or resolution than asked.
     #[error(
         "latent cache {dir}: built for a different setting ({mismatch}); rebuild it or point to the cache built for this setting"
@@ -126,10 +136,13 @@ impl DataError {
     /// True for errors confined to one example (an unreadable or vanished file, an image that
     /// does not decode), which a batch loader skips with a warning instead of stopping the run.
     pub fn is_per_example(&self) -> bool {
-        matches!(
-            self,
-            DataError::Image { .. } | DataError::Io { .. } | DataError::Format { .. }
-        )
+        match self {
+            DataError::Example { source, .. } => source.is_per_example(),
+            other => matches!(
+                other,
+                DataError::Image { .. } | DataError::Io { .. } | DataError::Format { .. }
+            ),
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Datasets of ldmscale: captioned images behind one [`Dataset`] trait, deterministic train/val
-//! splits, resize/crop/flip transforms, seeded resumable batching, and a memory-mapped latent
-//! cache.
+//! splits, resize/crop/flip transforms, seeded resumable batching (also streamed by background
+//! workers with bounded prefetch, [`PrefetchLoader`]), and a memory-mapped latent cache.
 //!
 //! Sources: the procedural [`Shapes`] (no files needed), the fetched assets Fashion-MNIST,
 //! MNIST and emoji ([`GrayClasses`], [`Emoji`]), and user data: an image folder
@@ -25,6 +25,7 @@ pub mod folder;
 pub mod hr;
 pub mod image;
 pub mod mnist;
+pub mod prefetch;
 pub mod rng;
 pub mod shapes;
 pub mod spec;
@@ -45,6 +46,7 @@ pub use folder::{Coco, CocoCaptions, ImageFolder};
 pub use hr::{CropSpec, Downscale, HrSource, for_each_hr_crop, hr_crops, hr_crops_of_images};
 pub use image::Image;
 pub use mnist::{CaptionStyle, Emoji, GrayClasses, Part, assets_dir, cache_root};
+pub use prefetch::{Extent, PrefetchLoader};
 pub use shapes::{Scene, Shapes, ShapesConfig};
 pub use spec::DatasetSpec;
 pub use transform::{Crop, Transform};
