@@ -21,6 +21,12 @@ pub trait TrainingData {
     fn latent_shape(&self) -> [usize; 3];
     /// Text-state shape `[tokens, width]`.
     fn context_shape(&self) -> [usize; 2];
+    /// `[h, w, tokens]` one example's UNet forward sees (a task's compute accounting).
+    fn forward_size(&self) -> [usize; 3] {
+        let [_, h, w] = self.latent_shape();
+        let [l, _] = self.context_shape();
+        [h, w, l]
+    }
     /// Latents `[B, C, h, w]` and text states `[B, L, D]` of examples `indices`.
     fn batch(&self, indices: &[usize], device: &Device) -> Result<(Tensor<4>, Tensor<3>), String>;
     /// The null caption's text states `[1, L, D]` (what CFG's unconditional half reads).

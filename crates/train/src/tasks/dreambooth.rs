@@ -218,9 +218,7 @@ impl TrainTask for DreamBooth<'_> {
     }
 
     fn forward_size(&self) -> [usize; 3] {
-        let [_, h, w] = self.instance.latent_shape();
-        let [l, _] = self.instance.context_shape();
-        [h, w, l]
+        self.instance.forward_size()
     }
 
     /// Timesteps, then noise, for all rows, from `rng`; no text dropout.

@@ -478,9 +478,7 @@ impl TrainTask for LcmDistill<'_> {
     }
 
     fn forward_size(&self) -> [usize; 3] {
-        let [_, h, w] = self.data.latent_shape();
-        let [l, _] = self.data.context_shape();
-        [h, w, l]
+        self.data.forward_size()
     }
 
     fn draw(

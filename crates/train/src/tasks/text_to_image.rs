@@ -101,9 +101,7 @@ impl TrainTask for TextToImage<'_> {
     }
 
     fn forward_size(&self) -> [usize; 3] {
-        let [_, h, w] = self.data.latent_shape();
-        let [l, _] = self.data.context_shape();
-        [h, w, l]
+        self.data.forward_size()
     }
 
     /// Timesteps, then noise, then text dropout, all from `rng`.
