@@ -21,6 +21,7 @@ use crate::config::DistillMethod;
 use crate::findings::{Claim, Comparison, Difference, Finding, Verdict, all_hold};
 use crate::pairing::Pairing;
 use crate::plot::{self, Interval, Series};
+use crate::report::esc;
 
 /// Distillation compute of a student, normalised cost x iterations (the paper's axis: the
 /// same for both methods at equal steps).
@@ -350,12 +351,6 @@ pub fn html(r: &DistillResults) -> Result<String, String> {
     h.push_str(&table_html(r));
     h.push_str(&guided::html(r));
     Ok(h)
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 /// One row per model at its optimal guidance: (label, setting, distillation GFLOPs).

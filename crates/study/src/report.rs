@@ -44,7 +44,8 @@ pub struct ReportInputs {
     pub dreambooth: Option<crate::dreambooth::results::DreamBoothResults>,
 }
 
-fn esc(s: &str) -> String {
+/// `s` with the characters HTML gives meaning to escaped (every report section's text).
+pub(crate) fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -9,6 +9,7 @@ use crate::bootstrap::{FidCi, mean_interval};
 use crate::cell::{Cell, Metric, Variant};
 use crate::findings::{Claim, Difference, Finding, Interval, Verdict};
 use crate::plot::{Series, line_chart_with_intervals};
+use crate::report::esc;
 
 /// A metric of the section: its store name, its label, whether higher is better, and what it
 /// stands in for.
@@ -402,12 +403,6 @@ fn fig6_rows(cells: &[Cell]) -> String {
         ]
     });
     rows.collect::<Vec<_>>().join("; ")
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use super::{
 };
 use crate::cell::Cell;
 use crate::plot;
+use crate::report::esc;
 
 /// Bootstrap refits behind the prediction intervals of the law fitted to every width.
 const REPLICATES: usize = 200;
@@ -239,12 +240,6 @@ pub fn markdown(a: &ScalingAnalysis) -> String {
         }
     }
     md
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
