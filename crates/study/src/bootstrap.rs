@@ -97,6 +97,33 @@ pub fn percentile(values: &[f64], q: f64) -> f64 {
     v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
 }
 
+/// The 95% percentile interval of `statistic` over `replicates` draws of `n` generated and `m`
+/// reference row indices with replacement (generated first, then reference, per draw), from
+/// `seed`. Estimators without FID's resampling bias (KID and its differences) need no
+/// re-centring.
+pub fn two_sample_interval(
+    n: usize,
+    m: usize,
+    replicates: usize,
+    seed: u64,
+    statistic: impl Fn(&[usize], &[usize]) -> f64,
+) -> FidCi {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let draws: Vec<f64> = (0..replicates)
+        .map(|_| {
+            let a: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+            let b: Vec<usize> = (0..m).map(|_| rng.random_range(0..m)).collect();
+            statistic(&a, &b)
+        })
+        .collect();
+    FidCi {
+        low: percentile(&draws, 2.5),
+        high: percentile(&draws, 97.5),
+        method: CiMethod::Bootstrap,
+        replicates: replicates as u32,
+    }
+}
+
 /// Generated and reference features prepared for many resampled FIDs.
 pub struct FidResampler {
     n: usize,

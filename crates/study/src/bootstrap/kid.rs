@@ -4,10 +4,8 @@
 //! pairs of a resampled row with itself, so they need no re-centring.
 
 use faer::Mat;
-use rand::rngs::StdRng;
-use rand::{RngExt, SeedableRng};
 
-use super::{CiMethod, FidCi, gram, percentile};
+use super::{FidCi, gram, two_sample_interval};
 
 /// Above this many rows on a side the kernel matrices (rows^2 x 8 bytes) are not built; the
 /// caller uses clean-fid's subset estimator instead.
@@ -79,20 +77,7 @@ impl KidResampler {
         if replicates < 2 {
             return (value, None);
         }
-        let mut rng = StdRng::seed_from_u64(seed ^ 0x041D_B007);
-        let draws: Vec<f64> = (0..replicates)
-            .map(|_| {
-                let a: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
-                let b: Vec<usize> = (0..m).map(|_| rng.random_range(0..m)).collect();
-                self.kid(&a, &b)
-            })
-            .collect();
-        let ci = FidCi {
-            low: percentile(&draws, 2.5),
-            high: percentile(&draws, 97.5),
-            method: CiMethod::Bootstrap,
-            replicates: replicates as u32,
-        };
+        let ci = two_sample_interval(n, m, replicates, seed ^ 0x041D_B007, |a, b| self.kid(a, b));
         (value, Some(ci))
     }
 }
@@ -101,6 +86,8 @@ impl KidResampler {
 mod tests {
     use super::*;
     use crate::bootstrap::tests::gaussian;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
 
     /// The kernel form equals the eval crate's clean-fid estimator where they coincide (equal
     /// set sizes: one subset is the whole of both sets).

@@ -5,7 +5,7 @@
 use ldmscale_data::dreambooth::prompt_words;
 use ldmscale_data::shapes::{BACKGROUND_COLOURS, NUMBER_WORDS, OBJECT_COLOURS, ShapeKind};
 
-use crate::bootstrap::{CiMethod, FidCi, KidResampler, percentile};
+use crate::bootstrap::{FidCi, KidResampler, two_sample_interval};
 
 fn rows(data: &[f32], d: usize) -> impl Iterator<Item = &[f32]> {
     data.chunks_exact(d.max(1))
@@ -101,22 +101,10 @@ pub fn language_drift(
     if replicates < 2 {
         return Ok((value, None));
     }
-    use rand::{RngExt, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let draws: Vec<f64> = (0..replicates)
-        .map(|_| {
-            let a: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
-            let b: Vec<usize> = (0..m).map(|_| rng.random_range(0..m)).collect();
-            diff(&a, &b)
-        })
-        .collect();
-    let ci = FidCi {
-        low: percentile(&draws, 2.5),
-        high: percentile(&draws, 97.5),
-        method: CiMethod::Bootstrap,
-        replicates: replicates as u32,
-    };
-    Ok((value, Some(ci)))
+    Ok((
+        value,
+        Some(two_sample_interval(n, m, replicates, seed, diff)),
+    ))
 }
 
 /// Up to `k` minimally edited versions of `prompt` (a class-noun twin in the `shapes`
