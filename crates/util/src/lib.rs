@@ -1,7 +1,8 @@
 //! What every crate and binary of ldmscale shares below the models: stable hashing for seeds,
-//! the one log subscriber, the lock on an output directory, and the launcher's ranks.
+//! the one log subscriber, the lock on an output directory, the launcher's ranks and the rank-0 handshake.
 
 pub mod hash;
 pub mod launch;
 pub mod lock;
 pub mod logging;
+pub mod rendezvous;
