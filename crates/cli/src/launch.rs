@@ -7,7 +7,7 @@ use burn::tensor::Device;
 use clap::Args;
 #[cfg(feature = "mpi")]
 use ldmscale_train::mpi_sync::MpiSync;
-use ldmscale_train::{EvalHook, RunSummary, TrainConfig, TrainingData};
+use ldmscale_train::{EvalHook, GradSync, RunSummary, TrainConfig, TrainingData};
 use ldmscale_util::launch::{self, Env, RankFlags, Ranks};
 
 /// Who this process is in a multi-process run. Flags override the launcher's variables, read
@@ -48,6 +48,11 @@ impl LaunchArgs {
     }
 }
 
+/// N of a `cuda:N` device name (a bare `cuda` is resolved by [`rank_device`] first).
+pub fn gpu_index(name: &str) -> Option<usize> {
+    name.trim().strip_prefix("cuda:")?.parse().ok()
+}
+
 /// The device name a rank trains on: a bare `cuda` becomes `cuda:N`, N the rank's GPU
 /// (see [`launch::cuda_index`]); other names are kept.
 pub fn rank_device(device: &str, ranks: &Ranks, env: &Env) -> Result<String> {
@@ -57,30 +62,41 @@ pub fn rank_device(device: &str, ranks: &Ranks, env: &Env) -> Result<String> {
     Ok(device.to_string())
 }
 
-/// This process's part in training: alone (threads over its `--devices`), or one rank of an
-/// MPI world (builds with the `mpi` feature) whose ranks split every batch.
+/// This process's part in training: alone (threads over its `--devices`), or one rank of a
+/// multi-process world whose ranks split every batch: NCCL when the device is a GPU (builds
+/// with `cuda`, which implies `nccl`), MPI otherwise (builds with `mpi`).
 pub struct Rank {
     /// Who this process is.
     pub ranks: Ranks,
     /// The device it trains on.
     pub device: Device,
-    #[cfg(feature = "mpi")]
-    mpi: Option<MpiSync>,
+    world: Option<Box<dyn GradSync>>,
 }
 
+/// How long ranks wait for each other at start (rank 0's listener, the others' connection).
+#[cfg(feature = "nccl")]
+const RENDEZVOUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 impl Rank {
-    /// Joins the run `ranks` describes, for batches of `batch_size` rows; MPI is started once
-    /// and serves every run of this process.
-    pub fn join(ranks: Ranks, device: Device, batch_size: usize) -> Result<Self> {
-        if ranks.world_size == 1 {
-            return Ok(Rank {
-                ranks,
-                device,
-                #[cfg(feature = "mpi")]
-                mpi: None,
-            });
-        }
-        join_world(ranks, device, batch_size)
+    /// Joins the run `ranks` describes, for batches of `batch_size` rows; the engine is
+    /// started once and serves every run of this process.
+    /// `gpu` is N when the device is `cuda:N`.
+    pub fn join(
+        ranks: Ranks,
+        device: Device,
+        gpu: Option<usize>,
+        batch_size: usize,
+    ) -> Result<Self> {
+        let world = match (ranks.world_size, gpu) {
+            (1, _) => None,
+            (_, Some(gpu)) => Some(join_nccl(&ranks, &device, gpu, batch_size)?),
+            (_, None) => Some(join_mpi(&ranks, &device, batch_size)?),
+        };
+        Ok(Rank {
+            ranks,
+            device,
+            world,
+        })
     }
 
     /// Whether this process writes outputs (rank 0).
@@ -97,15 +113,21 @@ impl Rank {
         show: bool,
         hook: Option<EvalHook<'_>>,
     ) -> Result<RunSummary> {
-        #[cfg(feature = "mpi")]
-        if let Some(sync) = &self.mpi {
+        if let Some(sync) = &self.world {
             if !config.devices.is_empty() {
-                bail!("train.devices / --devices: an MPI rank trains on its one --device");
+                bail!(
+                    "train.devices / --devices: a rank of a multi-process run trains on its one --device"
+                );
             }
             let task = ldmscale_train::TextToImage::new(config, data, &self.device)?;
             let show = show && self.writes();
             return Ok(ldmscale_train::train_task(
-                config, &task, sync, out, show, hook,
+                config,
+                &task,
+                sync.as_ref(),
+                out,
+                show,
+                hook,
             )?);
         }
         Ok(ldmscale_train::train_with_hook(
@@ -119,9 +141,44 @@ impl Rank {
     }
 }
 
+#[cfg(feature = "nccl")]
+fn join_nccl(
+    ranks: &Ranks,
+    device: &Device,
+    gpu: usize,
+    batch_size: usize,
+) -> Result<Box<dyn GradSync>> {
+    use ldmscale_train::nccl_sync::{NcclRank, NcclSync};
+    let who = NcclRank {
+        rank: ranks.rank,
+        world_size: ranks.world_size,
+        gpu,
+        master_addr: ranks.master_addr.clone(),
+        master_port: ranks.master_port,
+        timeout: RENDEZVOUS_TIMEOUT,
+    };
+    Ok(Box::new(NcclSync::join(&who, device, batch_size)?))
+}
+
+#[cfg(not(feature = "nccl"))]
+fn join_nccl(
+    ranks: &Ranks,
+    _device: &Device,
+    _gpu: usize,
+    _batch_size: usize,
+) -> Result<Box<dyn GradSync>> {
+    bail!(
+        "world size {} (rank {}) from {} on a GPU: this build has no NCCL; build with \
+         `--features cuda`",
+        ranks.world_size,
+        ranks.rank,
+        ranks.launcher
+    )
+}
+
 #[cfg(feature = "mpi")]
-fn join_world(ranks: Ranks, device: Device, batch_size: usize) -> Result<Rank> {
-    let sync = MpiSync::new(&device, batch_size)?;
+fn join_mpi(ranks: &Ranks, device: &Device, batch_size: usize) -> Result<Box<dyn GradSync>> {
+    let sync = MpiSync::join(device, batch_size)?;
     if (sync.rank(), sync.size()) != (ranks.rank, ranks.world_size) {
         bail!(
             "rank {} of {} from {}, but the MPI world has this process as rank {} of {}: \
@@ -133,22 +190,18 @@ fn join_world(ranks: Ranks, device: Device, batch_size: usize) -> Result<Rank> {
             sync.size()
         );
     }
-    Ok(Rank {
-        ranks,
-        device,
-        mpi: Some(sync),
-    })
+    Ok(Box::new(sync))
 }
 
 /// Refuses a multi-process run this build cannot synchronise: its ranks would train apart and
 /// race on one output directory.
 #[cfg(not(feature = "mpi"))]
-fn join_world(ranks: Ranks, _device: Device, _batch_size: usize) -> Result<Rank> {
+fn join_mpi(ranks: &Ranks, _device: &Device, _batch_size: usize) -> Result<Box<dyn GradSync>> {
     bail!(
-        "world size {} (rank {}) from {}: this build has no multi-process gradient sync, \
-         so the ranks would train separate models; build with `--features mpi` and start the \
-         ranks with mpirun, run one process, or split a batch over this process's devices \
-         with --devices",
+        "world size {} (rank {}) from {}: this build has no multi-process gradient sync for \
+         the CPU, so the ranks would train separate models; build with `--features mpi` and \
+         start the ranks with mpirun, train on GPUs (`--features cuda`, NCCL), run one \
+         process, or split a batch over this process's devices with --devices",
         ranks.world_size,
         ranks.rank,
         ranks.launcher

@@ -85,12 +85,12 @@ pub struct TrainArgs {
 }
 
 /// Who this process is, and the device it trains on (`--device cuda` is the rank's GPU).
-fn rank_device(args: &TrainArgs) -> Result<(Device, Ranks)> {
+fn rank_device(args: &TrainArgs) -> Result<(Device, Ranks, Option<usize>)> {
     let env = ldmscale_util::launch::process_env();
     let ranks = args.launch.ranks(&env)?;
     let name = crate::launch::rank_device(&args.device.device, &ranks, &env)?;
     let device = ldmscale_train::parallel::parse_device(&name, "--device")?;
-    Ok((device, ranks))
+    Ok((device, ranks, crate::launch::gpu_index(&name)))
 }
 
 fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig, Option<EvalConfig>)> {
@@ -372,8 +372,8 @@ pub fn run(args: &TrainArgs, quiet: bool) -> Result<()> {
         config.model.width = w;
         config.validate()?;
     }
-    let (device, ranks) = rank_device(args)?;
-    let rank = Rank::join(ranks, device, config.batch_size)?;
+    let (device, ranks, gpu) = rank_device(args)?;
+    let rank = Rank::join(ranks, device, gpu, config.batch_size)?;
     let _lock = lock(&rank, &args.out, "ldmscale train")?;
     run_one(
         &data,
@@ -407,8 +407,8 @@ pub fn family(args: &TrainArgs, quiet: bool) -> Result<()> {
         c.model.width = w;
         c.validate().with_context(|| format!("width {w}"))?;
     }
-    let (device, ranks) = rank_device(args)?;
-    let rank = Rank::join(ranks, device, config.batch_size)?;
+    let (device, ranks, gpu) = rank_device(args)?;
+    let rank = Rank::join(ranks, device, gpu, config.batch_size)?;
     let _lock = lock(&rank, &args.out, "ldmscale train-family")?;
     for &w in &args.widths {
         let mut c = config.clone();

@@ -12,9 +12,12 @@ pub mod error;
 pub mod evaluation;
 #[cfg(feature = "mpi")]
 pub mod mpi_sync;
+#[cfg(feature = "nccl")]
+pub mod nccl_sync;
 pub mod optimizer;
 pub mod parallel;
 pub mod params;
+pub mod process_sync;
 pub mod sync;
 pub mod task;
 pub mod tasks;

@@ -56,7 +56,7 @@ fn mpi_rank() {
         .unwrap();
     let config = config(steps);
     let device = Device::flex();
-    let sync = MpiSync::new(&device, config.batch_size).unwrap();
+    let sync = MpiSync::join(&device, config.batch_size).unwrap();
     let data = common::data(12);
     let task = TextToImage::new(&config, &data, &device).unwrap();
     let summary = train_task(&config, &task, &sync, Path::new(&run), false, None).unwrap();

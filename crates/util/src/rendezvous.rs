@@ -167,8 +167,7 @@ impl Rendezvous {
         let deadline = Instant::now() + self.timeout;
         let mut stream = loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match TcpStream::connect_timeout(&target, left.max(RETRY).min(Duration::from_secs(5)))
-            {
+            match TcpStream::connect_timeout(&target, left.max(RETRY).min(Duration::from_secs(5))) {
                 Ok(stream) => break stream,
                 Err(e) if Instant::now() + RETRY < deadline => {
                     tracing::debug!("rank {}: {address} not reachable yet: {e}", self.rank);
