@@ -235,6 +235,31 @@ mod tests {
         }
     }
 
+    /// A world of one rank on GPU 0: the smoke test a lent GPU machine runs.
+    #[test]
+    fn a_one_rank_world_sums_to_its_own_values() {
+        if check_libraries().is_err() {
+            eprintln!(
+                "skipped: no CUDA driver or NCCL on this machine ({:?})",
+                check_libraries().err()
+            );
+            return;
+        }
+        let world = NcclWorld::join(&NcclRank {
+            rank: 0,
+            world_size: 1,
+            gpu: 0,
+            master_addr: "127.0.0.1".into(),
+            master_port: 0,
+            timeout: Duration::from_secs(10),
+        })
+        .unwrap();
+        let mut values = vec![1.5f32, -2.0, 3.25];
+        world.sum_f32(&mut values).unwrap();
+        assert_eq!(values, [1.5, -2.0, 3.25]);
+        assert_eq!(world.sum_f64(0.125).unwrap(), 0.125);
+    }
+
     #[test]
     fn a_soname_copy_on_the_library_path_is_pointed_at() {
         let dir = tempfile::tempdir().unwrap();
