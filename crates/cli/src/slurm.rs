@@ -1,9 +1,11 @@
 //! `ldmscale study --submit slurm`: a whole study as dependent Slurm jobs.
 //!
-//! prepare (data, first stage, text encoder, latent cache, evaluator) -> an array training
-//! one width per task -> an array of sweep shards -> merge the shard stores and run the rest
-//! (grids, learning check, super-resolution, report) in one job, each after the one before
-//! succeeded (`afterok`; a failure cancels the jobs after it). Every task calls this binary by
+//! prepare (data, first stage, text encoder, latent cache, evaluator, super-resolution data)
+//! -> an array training one width per task -> side by side, an array of sweep shards and one
+//! array per downstream section (super-resolution finetunes, distillation, DreamBooth), each
+//! training its widths -> merge the shard stores and measure and report the rest in one job.
+//! Each job starts after the jobs it needs succeeded (`afterok`; a failure cancels the jobs
+//! after it). Every task calls this binary by
 //! its absolute path on the study's absolute output directory, and skips what is stored, so a
 //! resubmitted study does only what is left. Each task writes its exit code to
 //! `OUT/slurm/status/`, which is how `--wait` tells which one failed.
@@ -27,7 +29,8 @@ pub enum Scheduler {
 #[derive(Args, Debug, Clone, Default)]
 pub struct SubmitArgs {
     /// Submit the study as dependent batch jobs instead of running it here: prepare, a
-    /// training array over widths, a sweep array of shards, then merge and report. Scripts
+    /// training array over widths, then a sweep array of shards beside one training array
+    /// per downstream section, then merge, measure and report. Scripts
     /// go to OUT/slurm/, logs to OUT/slurm/logs/. With --dry-run: write and print the
     /// scripts, submit nothing.
     #[arg(long, value_enum, value_name = "SCHEDULER")]
@@ -64,8 +67,10 @@ pub struct SubmitArgs {
 
 /// One job of a submitted study.
 struct Job {
-    /// Short name: prepare, train, sweep, report.
+    /// Short name: prepare, train, sweep, super-res, distill, dreambooth, report.
     name: &'static str,
+    /// The jobs (indices into the list) that must succeed first.
+    after: Vec<usize>,
     /// Array tasks (None: a single job).
     tasks: Option<usize>,
     /// The shell lines the job (each task) runs.
@@ -80,6 +85,10 @@ pub struct StudyCall<'a> {
     pub config_toml: String,
     /// The study's widths (one training task each).
     pub widths: &'a [usize],
+    /// The downstream stages that train per width, with their widths' count.
+    pub width_arrays: Vec<(&'static str, usize)>,
+    /// Whether the study has a super-resolution section (its data is prepared first).
+    pub super_res: bool,
     /// The output directory (made absolute here).
     pub out: &'a Path,
     /// `--device` of every task.
@@ -122,7 +131,7 @@ pub fn submit(args: &SubmitArgs, call: &StudyCall, dry_run: bool) -> Result<()> 
         quote(&out.display().to_string()),
         quote(call.device)
     );
-    let jobs = jobs(&base, &binary, &out, call.widths.len(), args);
+    let jobs = jobs(&base, &binary, &out, call, args);
     let mut scripts = Vec::new();
     for (i, job) in jobs.iter().enumerate() {
         let path = dir.join(format!("{}-{}.sbatch", i + 1, job.name));
@@ -138,7 +147,7 @@ pub fn submit(args: &SubmitArgs, call: &StudyCall, dry_run: bool) -> Result<()> 
         return Ok(());
     }
     clear_status(&dir.join("status"))?;
-    let ids = submit_chain(&scripts)?;
+    let ids = submit_all(&jobs, &scripts)?;
     for (job, id) in jobs.iter().zip(&ids) {
         println!("submitted {} as Slurm job {id}", job.name);
     }
@@ -153,8 +162,9 @@ pub fn submit(args: &SubmitArgs, call: &StudyCall, dry_run: bool) -> Result<()> 
     Ok(())
 }
 
-/// The study's jobs in order, each depending on the one before.
-fn jobs(base: &str, binary: &Path, out: &Path, widths: usize, args: &SubmitArgs) -> Vec<Job> {
+/// The study's jobs in submission order, each naming the jobs it waits for.
+fn jobs(base: &str, binary: &Path, out: &Path, call: &StudyCall, args: &SubmitArgs) -> Vec<Job> {
+    let widths = call.widths.len();
     let shards = args.sweep_shards.unwrap_or(widths);
     let stores: Vec<String> = (0..shards)
         .map(|i| {
@@ -165,45 +175,61 @@ fn jobs(base: &str, binary: &Path, out: &Path, widths: usize, args: &SubmitArgs)
             )
         })
         .collect();
-    vec![
+    let sr_data = if call.super_res { ",sr-data" } else { "" };
+    let mut jobs = vec![
         Job {
             name: "prepare",
+            after: Vec::new(),
             tasks: None,
             commands: vec![format!(
-                "{base} --only data,first-stage,text-encoder,latents,evaluator"
+                "{base} --only data,first-stage,text-encoder,latents,evaluator{sr_data}"
             )],
             about: "data, first stage, text encoder, latent cache and evaluator".into(),
         },
         Job {
             name: "train",
+            after: vec![0],
             tasks: Some(widths),
             commands: vec![format!("{base} --only family --shard auto")],
             about: format!("array task i trains width i of the {widths} widths"),
         },
         Job {
             name: "sweep",
+            after: vec![1],
             tasks: Some(shards),
             commands: vec![format!("{base} --only sweep --shard auto")],
             about: format!("array task i measures sweep shard i of {shards}"),
         },
-        Job {
-            name: "report",
-            tasks: None,
-            commands: vec![
-                // keep: on a resubmission the study's store holds these cells already, with
-                // what later stages added to them.
-                format!(
-                    "{} results merge --on-conflict keep {} {}",
-                    quote(&binary.display().to_string()),
-                    quote(&out.join("results.sqlite").display().to_string()),
-                    stores.join(" ")
-                ),
-                base.to_string(),
-            ],
-            about: "merge the shard stores, then grids, learning check, super-resolution, report"
-                .into(),
-        },
-    ]
+    ];
+    for &(stage, count) in &call.width_arrays {
+        jobs.push(Job {
+            name: stage,
+            after: vec![1],
+            tasks: Some(count),
+            commands: vec![format!("{base} --only {stage} --shard auto")],
+            about: format!("array task i trains the {stage} models of widths j = i mod {count}"),
+        });
+    }
+    jobs.push(Job {
+        name: "report",
+        after: (2..jobs.len()).collect(),
+        tasks: None,
+        commands: vec![
+            // keep: on a resubmission the study's store holds these cells already, with
+            // what later stages added to them.
+            format!(
+                "{} results merge --on-conflict keep {} {}",
+                quote(&binary.display().to_string()),
+                quote(&out.join("results.sqlite").display().to_string()),
+                stores.join(" ")
+            ),
+            base.to_string(),
+        ],
+        about: "merge the shard stores, then adaptive sampling, grids, learning check, the \
+                downstream sections' measurements and the report"
+            .into(),
+    });
+    jobs
 }
 
 /// A readable sbatch script for job `index` of `count`.
@@ -219,7 +245,7 @@ fn script(job: &Job, index: usize, count: usize, dir: &Path, args: &SubmitArgs) 
             index + 1,
             job.about
         ),
-        "# Written by `ldmscale study --submit slurm`, which submits it after the job before"
+        "# Written by `ldmscale study --submit slurm`, which submits it after the jobs it needs"
             .into(),
         "# (--dependency=afterok); stored results are skipped, so it can be resubmitted.".into(),
         format!("#SBATCH --job-name=ldmscale-{}", job.name),
@@ -253,14 +279,15 @@ fn script(job: &Job, index: usize, count: usize, dir: &Path, args: &SubmitArgs) 
     lines.join("\n") + "\n"
 }
 
-/// Submits the scripts in order, each after the one before succeeded; returns the job ids.
-fn submit_chain(scripts: &[PathBuf]) -> Result<Vec<String>> {
+/// Submits the scripts in order, each after the jobs it needs succeeded; returns the job ids.
+fn submit_all(jobs: &[Job], scripts: &[PathBuf]) -> Result<Vec<String>> {
     let mut ids: Vec<String> = Vec::new();
-    for script in scripts {
+    for (job, script) in jobs.iter().zip(scripts) {
         let mut cmd = Command::new("sbatch");
         cmd.arg("--parsable");
-        if let Some(before) = ids.last() {
-            cmd.arg(format!("--dependency=afterok:{before}"))
+        if !job.after.is_empty() {
+            let before: Vec<&str> = job.after.iter().map(|&j| ids[j].as_str()).collect();
+            cmd.arg(format!("--dependency=afterok:{}", before.join(":")))
                 .arg("--kill-on-invalid-dep=yes");
         }
         let output = cmd
@@ -401,7 +428,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("ldmscale-slurm-{}", std::process::id()));
         std::fs::create_dir_all(dir.join("status")).unwrap();
         let args = SubmitArgs::default();
-        let jobs = jobs("ldmscale study", Path::new("ldmscale"), &dir, 2, &args);
+        let call = StudyCall {
+            config_toml: String::new(),
+            widths: &[8, 16],
+            width_arrays: Vec::new(),
+            super_res: false,
+            out: &dir,
+            device: "cpu",
+        };
+        let jobs = jobs("ldmscale study", Path::new("ldmscale"), &dir, &call, &args);
         let ids: Vec<String> = ["10", "11", "12", "13"].map(String::from).to_vec();
         let write =
             |name: &str, rc: &str| std::fs::write(dir.join("status").join(name), rc).unwrap();
@@ -425,5 +460,44 @@ mod tests {
         }
         assert_eq!(first_failure(&jobs, &ids, &dir), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn downstream_arrays_wait_for_the_family_and_the_report_for_everything() {
+        let call = StudyCall {
+            config_toml: String::new(),
+            widths: &[8, 16, 32],
+            width_arrays: vec![("super-res", 3), ("distill", 2)],
+            super_res: true,
+            out: Path::new("/s"),
+            device: "cpu",
+        };
+        let jobs = jobs(
+            "ldmscale study",
+            Path::new("ldmscale"),
+            Path::new("/s"),
+            &call,
+            &SubmitArgs::default(),
+        );
+        let names: Vec<&str> = jobs.iter().map(|j| j.name).collect();
+        assert_eq!(
+            names,
+            [
+                "prepare",
+                "train",
+                "sweep",
+                "super-res",
+                "distill",
+                "report"
+            ]
+        );
+        let after: Vec<Vec<usize>> = jobs.iter().map(|j| j.after.clone()).collect();
+        assert_eq!(
+            after,
+            [vec![], vec![0], vec![1], vec![1], vec![1], vec![2, 3, 4]]
+        );
+        assert_eq!(jobs[4].tasks, Some(2));
+        assert!(jobs[4].commands[0].ends_with("--only distill --shard auto"));
+        assert!(jobs[0].commands[0].ends_with(",evaluator,sr-data"));
     }
 }

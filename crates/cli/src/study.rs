@@ -38,8 +38,10 @@ pub struct StudyArgs {
     #[arg(long, value_name = "i/N|auto", allow_hyphen_values = true)]
     pub shard: Option<String>,
     /// Compute only these stages (comma-separated): data, first-stage, text-encoder, latents,
-    /// evaluator, family, sweep, grids, learning-check, report. Earlier stages must be stored;
-    /// the run stops after the last one named.
+    /// evaluator, sr-data, family, sweep, adaptive, grids, learning-check, super-res, distill,
+    /// dreambooth, report. Earlier stages they use must be stored; the run stops after the
+    /// last one named. With --shard, a last stage that trains per width (family, super-res,
+    /// distill, dreambooth) trains only the shard's widths.
     #[arg(long, value_name = "STAGE[,STAGE]", value_delimiter = ',')]
     pub only: Option<Vec<String>>,
     #[command(flatten)]
@@ -77,6 +79,8 @@ pub fn run(args: &StudyArgs) -> Result<()> {
         let call = StudyCall {
             config_toml: config.to_toml(),
             widths: &config.widths,
+            width_arrays: ldmscale_study::stages::width_arrays(&config),
+            super_res: config.super_res.is_some(),
             out: &out,
             device: &args.device.device,
         };

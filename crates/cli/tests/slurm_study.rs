@@ -59,7 +59,13 @@ fn the_dry_run_writes_dependent_array_scripts_calling_this_binary() {
         assert!(train.contains(line), "{line:?} missing from:\n{train}");
     }
     assert!(read("3-sweep.sbatch").contains("--only sweep --shard auto"));
-    let report = read("4-report.sbatch");
+    assert!(read("1-prepare.sbatch").contains(",evaluator,sr-data"));
+    // The tiny preset's downstream sections train per width, one array each.
+    for (i, stage) in ["super-res", "distill", "dreambooth"].iter().enumerate() {
+        let script = read(&format!("{}-{stage}.sbatch", i + 4));
+        assert!(script.contains(&format!("--only {stage} --shard auto")), "{script}");
+    }
+    let report = read("7-report.sbatch");
     assert!(report.contains("results merge") && report.contains("results.shard1of2.sqlite"));
     assert!(read("study.toml").contains("name = \"tiny\""));
     // Nothing was submitted: no job ids, and the printout says so.
@@ -178,6 +184,19 @@ fn the_tiny_study_through_slurm_equals_a_local_run() {
     assert!(!expected.is_empty());
     assert_eq!(cells(&slurm.join("results.sqlite")), expected);
     assert!(slurm.join("report/report.html").is_file());
+
+    // The downstream sections trained in their own arrays, one log per width.
+    let logs_of = |job: &str| -> Vec<String> {
+        std::fs::read_dir(slurm.join("slurm/logs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(job))
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
+    };
+    let finetuned = logs_of("super-res-");
+    assert_eq!(finetuned.len(), 2, "one super-res array task per width");
+    assert!(finetuned.iter().all(|log| log.contains("super-res: finetuning width")));
 
     // Resubmitted, every job finds its work stored.
     let again = ldmscale(&submit, &slurm);

@@ -23,12 +23,12 @@ pub const STAGES: [&str; 15] = [
     "text-encoder",
     "latents",
     "evaluator",
+    "sr-data",
     "family",
     "sweep",
     "adaptive",
     "grids",
     "learning-check",
-    "sr-data",
     "super-res",
     "distill",
     "dreambooth",
@@ -108,23 +108,50 @@ impl<'a> StudyContext<'a> {
     pub fn locked(mut self) -> Result<Self, StudyError> {
         let command = "ldmscale study";
         self._lock = Some(match self.shard {
-            Some(shard) => DirLock::acquire_shard(&self.out, command, shard)?,
+            Some(shard) => DirLock::acquire_shard(&self.out, command, self.part(), shard)?,
             None => DirLock::acquire(&self.out, command)?,
         });
         self.manifest = RefCell::new(read_manifest(&self.out)?);
         Ok(self)
     }
 
-    /// Whether this run trains width `index` of `config.widths`: under `--shard i/N` in a run
-    /// that stops after the family (a training array over widths), only index j with
-    /// j mod N = i; otherwise every width (the later stages need them all).
+    /// What a sharded run works on, for its lock: the last stage `--only` names, else the
+    /// whole study.
+    fn part(&self) -> &'static str {
+        let last = self.only.as_ref().and_then(|o| o.iter().max().copied());
+        last.map_or("study", |i| STAGES[i])
+    }
+
+    /// Whether this run trains width `index` of `config.widths` in the family stage.
     pub fn trains_width(&self, index: usize) -> bool {
-        let stops_at_family = self.only.as_ref().and_then(|o| o.iter().max()).copied()
-            == STAGES.iter().position(|s| *s == "family");
-        match self.shard {
-            Some((i, n)) if stops_at_family => index % n == i,
-            _ => true,
-        }
+        self.array_task("family")
+            .is_none_or(|(i, n)| index % n == i)
+    }
+
+    /// `Some((i, n))` when this run is task i of an array over widths for training stage
+    /// `stage` (`--shard i/N` with `stage` the last stage `--only` names): the stage trains
+    /// the widths j with j mod N = i and stops; the run that measures them comes later.
+    pub fn array_task(&self, stage: &str) -> Option<(usize, usize)> {
+        let last = self.only.as_ref()?.iter().max().copied();
+        (last == STAGES.iter().position(|s| *s == stage))
+            .then_some(self.shard)
+            .flatten()
+    }
+
+    /// Whether a run with this `--only` needs any of the `stages`: their results feed only
+    /// the report, so a run that names neither them nor the report skips them (an array
+    /// task of one downstream section does not wait for the others).
+    pub fn needs(&self, stages: &[&str]) -> bool {
+        let Some(only) = &self.only else {
+            return true;
+        };
+        let named = |name: &str| {
+            STAGES
+                .iter()
+                .position(|s| *s == name)
+                .is_some_and(|i| only.contains(&i))
+        };
+        named("report") || stages.iter().any(|s| named(s))
     }
 
     /// `out/relative`.

@@ -78,7 +78,8 @@ pub enum StudyError {
         /// The missing stage.
         stage: &'static str,
     },
-    /// The stages `--only` asked for are done (not a failure: the run stops there).
+    /// The stages `--only` asked for are done, or an array task trained its widths (not a
+    /// failure: the run stops there).
     #[error("the stages --only asked for are done")]
     OnlyDone,
 }

@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use ldmscale_model::weights::write_atomic;
 
+use crate::cell::Cell;
 use crate::config::StudyConfig;
 use crate::context::{RunOptions, StudyContext};
 use crate::error::StudyError;
+use crate::grid::EqualCostGrid;
 use crate::stages::adaptive::AdaptiveStage;
-use crate::stages::data::{Data, Splits};
+use crate::stages::data::Data;
 use crate::stages::distill::DistillStage;
 use crate::stages::dreambooth::DreamBoothStage;
 use crate::stages::evaluator::{Evaluator, EvaluatorStage};
@@ -28,7 +30,6 @@ use crate::stages::super_res::SuperResStage;
 use crate::stages::sweep::SweepStage;
 use crate::stages::text::TextStage;
 use crate::stages::{self};
-use crate::super_res::SrResults;
 
 /// What a study run did.
 #[derive(Debug)]
@@ -75,7 +76,9 @@ pub fn run(
     Ok(summary)
 }
 
-/// The stages in order, each result feeding the next.
+/// The stages in order, each result feeding the next. The measuring stages and each
+/// downstream section feed only the report, so a run whose `--only` names neither them nor
+/// the report skips them (see [`StudyContext::needs`]).
 fn run_stages(cx: &StudyContext, summary: &mut Summary) -> Result<(), StudyError> {
     let data = cx.ensure(&Data)?;
     let first = cx.ensure(&FirstStageStage { data: &data })?;
@@ -89,69 +92,64 @@ fn run_stages(cx: &StudyContext, summary: &mut Summary) -> Result<(), StudyError
         data: &data,
         latents: &latents,
     })?;
+    let sr_sets = match cx.config.super_res {
+        Some(_) if cx.needs(&["sr-data", "super-res"]) => Some(cx.ensure(&SrDataStage {
+            data: &data,
+            first: &first,
+            latents: &latents,
+        })?),
+        _ => None,
+    };
     let family = cx.ensure(&FamilyStage {
         latents: &latents,
         evaluator: &evaluator,
         first: &first,
     })?;
-    let sweep = || SweepStage {
-        family: &family,
-        latents: &latents,
-        evaluator: &evaluator,
-        first: &first,
+    let measured = match cx.needs(&["sweep", "adaptive", "grids", "learning-check"]) {
+        true => Some(measure_family(cx, &family, &latents, &evaluator, &first)?),
+        false => None,
     };
-    cx.ensure(&sweep())?;
-    let cells = cx.ensure(&AdaptiveStage { sweep: sweep() })?;
-    summary.cells = cells.len();
-    let probe = || DdimProbe {
-        first: &first,
-        latents: &latents,
-        evaluator: &evaluator,
-    };
-    let grids = cx.ensure(&GridsStage {
-        family: &family,
-        cells: &cells,
-        probe: probe(),
-    })?;
-    let learning = cx.ensure(&LearningCheckStage {
-        family: &family,
-        cells: &cells,
-        probe: probe(),
-    })?;
-    let super_res = match cx.config.super_res {
-        Some(_) => Some(run_super_res(
-            cx, &data, &first, &latents, &evaluator, &family,
-        )?),
-        None => None,
+    let super_res = match &sr_sets {
+        Some(sets) if cx.needs(&["super-res"]) => Some(cx.ensure(&SuperResStage {
+            family: &family,
+            sets,
+            evaluator: &evaluator,
+            first: &first,
+        })?),
+        _ => None,
     };
     let distill = match cx.config.distill {
-        Some(_) => Some(cx.ensure(&DistillStage {
+        Some(_) if cx.needs(&["distill"]) => Some(cx.ensure(&DistillStage {
             family: &family,
             latents: &latents,
             evaluator: &evaluator,
             first: &first,
         })?),
-        None => None,
+        _ => None,
     };
     let dreambooth = match cx.config.dreambooth {
-        Some(_) => Some(cx.ensure(&DreamBoothStage {
+        Some(_) if cx.needs(&["dreambooth"]) => Some(cx.ensure(&DreamBoothStage {
             family: &family,
             latents: &latents,
             evaluator: &evaluator,
             first: &first,
             text: &text,
         })?),
-        None => None,
+        _ => None,
     };
+    let Some(measured) = measured else {
+        return Ok(());
+    };
+    summary.cells = measured.cells.len();
     let report = ReportStage {
         data: &data,
         first: &first,
         text: &text,
         evaluator: &evaluator,
         family: &family,
-        cells: &cells,
-        grids: &grids,
-        learning: &learning,
+        cells: &measured.cells,
+        grids: &measured.grids,
+        learning: &measured.learning,
         super_res: super_res.as_ref(),
         distill: distill.as_ref(),
         dreambooth: dreambooth.as_ref(),
@@ -160,26 +158,48 @@ fn run_stages(cx: &StudyContext, summary: &mut Summary) -> Result<(), StudyError
     Ok(())
 }
 
-/// The super-resolution stages: the pairs and frozen evaluation set, then every width
-/// finetuned and measured.
-fn run_super_res(
+/// What the family's measurement gives the report.
+struct Measured {
+    cells: Vec<Cell>,
+    grids: Vec<EqualCostGrid>,
+    learning: String,
+}
+
+/// The sweep, adaptive sampling, the grids and the learning check.
+fn measure_family(
     cx: &StudyContext,
-    data: &Splits,
-    first: &FirstStageModel,
+    family: &Family,
     latents: &Latents,
     evaluator: &Evaluator,
-    family: &Family,
-) -> Result<SrResults, StudyError> {
-    let sets = cx.ensure(&SrDataStage {
-        data,
-        first,
-        latents,
-    })?;
-    cx.ensure(&SuperResStage {
+    first: &FirstStageModel,
+) -> Result<Measured, StudyError> {
+    let sweep = || SweepStage {
         family,
-        sets: &sets,
+        latents,
         evaluator,
         first,
+    };
+    cx.ensure(&sweep())?;
+    let cells = cx.ensure(&AdaptiveStage { sweep: sweep() })?;
+    let probe = || DdimProbe {
+        first,
+        latents,
+        evaluator,
+    };
+    let grids = cx.ensure(&GridsStage {
+        family,
+        cells: &cells,
+        probe: probe(),
+    })?;
+    let learning = cx.ensure(&LearningCheckStage {
+        family,
+        cells: &cells,
+        probe: probe(),
+    })?;
+    Ok(Measured {
+        cells,
+        grids,
+        learning,
     })
 }
 

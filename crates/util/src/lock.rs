@@ -76,17 +76,20 @@ impl DirLock {
         Self::hold(dir, file, command, None)
     }
 
-    /// Locks shard `index` of `count` of `dir` for `command`: shards of one directory run at
-    /// the same time (each writes only its own results), while a whole run there, or the same
-    /// shard twice, is refused.
+    /// Locks shard `index` of `count` of `part` of `dir` (e.g. the sweep, or one section's
+    /// training array) for `command`: shards of one directory run at the same time (each
+    /// writes only its own results), while a whole run there, or the same shard of the same
+    /// part twice, is refused.
     pub fn acquire_shard(
         dir: &Path,
         command: &str,
+        part: &str,
         (index, count): (usize, usize),
     ) -> Result<Self, LockError> {
         make_dir(dir)?;
         let shared = lock_file(dir, LOCK_FILE, true)?;
-        let file = lock_file(dir, &format!(".ldmscale.shard{index}of{count}.lock"), false)?;
+        let name = format!(".ldmscale.{part}.shard{index}of{count}.lock");
+        let file = lock_file(dir, &name, false)?;
         Self::hold(dir, file, command, Some(shared))
     }
 
@@ -241,10 +244,16 @@ mod tests {
     #[test]
     fn shards_lock_apart_and_exclude_a_whole_run() {
         let dir = std::env::temp_dir().join(format!("ldmscale-shards-{}", std::process::id()));
-        let zero = DirLock::acquire_shard(&dir, "study --shard 0/2", (0, 2)).unwrap();
-        let one = DirLock::acquire_shard(&dir, "study --shard 1/2", (1, 2)).unwrap();
-        let twice = DirLock::acquire_shard(&dir, "study --shard 1/2", (1, 2)).unwrap_err();
+        let zero = DirLock::acquire_shard(&dir, "study --shard 0/2", "sweep", (0, 2)).unwrap();
+        let one = DirLock::acquire_shard(&dir, "study --shard 1/2", "sweep", (1, 2)).unwrap();
+        let twice = DirLock::acquire_shard(&dir, "study --shard 1/2", "sweep", (1, 2)).unwrap_err();
         assert!(twice.to_string().contains("study --shard 1/2"), "{twice}");
+        let other_part = DirLock::acquire_shard(&dir, "study --shard 1/2", "distill", (1, 2));
+        assert!(
+            other_part.is_ok(),
+            "another part's shard 1/2 is independent"
+        );
+        drop(other_part);
         assert!(matches!(
             DirLock::acquire(&dir, "study"),
             Err(LockError::InUse { .. })
@@ -252,7 +261,7 @@ mod tests {
         drop((zero, one));
         let whole = DirLock::acquire(&dir, "study").unwrap();
         assert!(matches!(
-            DirLock::acquire_shard(&dir, "study --shard 0/2", (0, 2)),
+            DirLock::acquire_shard(&dir, "study --shard 0/2", "sweep", (0, 2)),
             Err(LockError::InUse { .. })
         ));
         drop(whole);

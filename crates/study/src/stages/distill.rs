@@ -243,6 +243,9 @@ impl Stage for DistillStage<'_> {
 
     fn run(&self, cx: &StudyContext) -> Result<DistillResults, StudyError> {
         let d = section(cx)?;
+        if let Some(task) = cx.array_task(Self::NAME) {
+            return self.train_share(cx, d, task);
+        }
         let mut store = Store::open(&sweep::store_path(cx))?;
         for w in d.distilled_widths(cx.config) {
             let teacher = self.teacher(w)?;
@@ -265,6 +268,29 @@ impl Stage for DistillStage<'_> {
 }
 
 impl DistillStage<'_> {
+    /// An array task's share: the students of the widths j with j mod n = i (of each list:
+    /// the consistency-distilled and the guided widths); measuring waits for the run after
+    /// the array.
+    fn train_share(
+        &self,
+        cx: &StudyContext,
+        d: &DistillConfig,
+        (i, n): (usize, usize),
+    ) -> Result<DistillResults, StudyError> {
+        for w in d.distilled_widths(cx.config).into_iter().skip(i).step_by(n) {
+            let teacher = self.teacher(w)?;
+            for &method in &d.methods {
+                self.distil(cx, d, method, (w, &teacher))?;
+            }
+        }
+        if let Some(g) = &d.guided {
+            for w in g.distilled_widths(cx.config).into_iter().skip(i).step_by(n) {
+                self.guided_chain(cx, (d, g), (w, &self.teacher(w)?))?;
+            }
+        }
+        Err(StudyError::OnlyDone)
+    }
+
     /// Width `width`'s final model.
     fn teacher(&self, width: usize) -> Result<PathBuf, StudyError> {
         let found = self.family.models.iter().find(|(w, _)| *w == width);

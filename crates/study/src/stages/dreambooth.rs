@@ -215,6 +215,9 @@ impl Stage for DreamBoothStage<'_> {
         for name in d.subject_names() {
             inputs.push(scorer.subject_inputs(&set, &name)?);
         }
+        if let Some(task) = cx.array_task(Self::NAME) {
+            return self.train_share(cx, (d, &set), &inputs, task);
+        }
         let mut store = Store::open(&sweep::store_path(cx))?;
         let mut rows = vec![self.instance_row(cx, d, &set, &inputs[0])?];
         for w in d.finetuned_widths(cx.config) {
@@ -240,6 +243,35 @@ impl DreamBoothStage<'_> {
         }
     }
 
+    /// An array task's share: every subject finetuned, without and with the prior, on the
+    /// widths j with j mod n = i; measuring waits for the run after the array.
+    fn train_share(
+        &self,
+        cx: &StudyContext,
+        (d, set): (&DreamBoothConfig, &SubjectSet),
+        inputs: &[SubjectInputs],
+        (i, n): (usize, usize),
+    ) -> Result<DreamBoothResults, StudyError> {
+        for width in d.finetuned_widths(cx.config).into_iter().skip(i).step_by(n) {
+            let (unet_config, base) = load_unet(&self.base_dir(width)?, &cx.device)?;
+            for prior in [false, true] {
+                for subject in inputs {
+                    let base = (&unet_config, &base);
+                    self.finetune(cx, (d, set), width, subject, prior, base)?;
+                }
+            }
+        }
+        Err(StudyError::OnlyDone)
+    }
+
+    /// The trained family member of `width`.
+    fn base_dir(&self, width: usize) -> Result<std::path::PathBuf, StudyError> {
+        let dir = self.family.models.iter().find(|(w, _)| *w == width);
+        dir.map(|(_, dir)| dir.clone()).ok_or_else(|| {
+            StudyError::Config(format!("dreambooth.widths: width {width} was not trained"))
+        })
+    }
+
     /// Width `width` without and with the prior; returns its Fig. 6 rows (first subject).
     fn width(
         &self,
@@ -250,11 +282,7 @@ impl DreamBoothStage<'_> {
         store: &mut Store,
     ) -> Result<Vec<Image>, StudyError> {
         refresh(cx, store, width)?;
-        let dir = self.family.models.iter().find(|(w, _)| *w == width);
-        let dir = dir.map(|(_, dir)| dir.clone()).ok_or_else(|| {
-            StudyError::Config(format!("dreambooth.widths: width {width} was not trained"))
-        })?;
-        let (unet_config, base) = load_unet(&dir, &cx.device)?;
+        let (unet_config, base) = load_unet(&self.base_dir(width)?, &cx.device)?;
         let null = self.latents.null.states_tensor(&cx.device);
         let base_model = self.latents.model(&base, self.first);
         let mut base_class = Vec::new();

@@ -39,6 +39,28 @@ pub fn fingerprints(config: &StudyConfig) -> Vec<(&'static str, Fingerprint)> {
     ]
 }
 
+/// The stages that train per width after the family, with how many widths each trains:
+/// the arrays a scheduler runs between the family and the report (`--only STAGE --shard i/N`
+/// trains the widths j with j mod N = i).
+pub fn width_arrays(config: &StudyConfig) -> Vec<(&'static str, usize)> {
+    let mut arrays = Vec::new();
+    if config.super_res.is_some() {
+        arrays.push(("super-res", config.widths.len()));
+    }
+    if let Some(d) = &config.distill {
+        let guided = d
+            .guided
+            .as_ref()
+            .map_or(0, |g| g.distilled_widths(config).len());
+        arrays.push(("distill", d.distilled_widths(config).len().max(guided)));
+    }
+    if let Some(d) = &config.dreambooth {
+        arrays.push(("dreambooth", d.finetuned_widths(config).len()));
+    }
+    arrays.retain(|(_, n)| *n > 0);
+    arrays
+}
+
 /// Adopts a study directory written before per-stage fingerprints: its results were all
 /// made by `saved`, its config then (older releases refused any other).
 pub fn adopt_legacy(cx: &StudyContext, saved: &StudyConfig) -> Result<(), StudyError> {

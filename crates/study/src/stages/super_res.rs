@@ -203,6 +203,12 @@ impl Stage for SuperResStage<'_> {
 
     fn run(&self, cx: &StudyContext) -> Result<SrResults, StudyError> {
         let sr = section(cx)?;
+        if let Some((i, n)) = cx.array_task(Self::NAME) {
+            for (w, pretrained) in self.family.models.iter().skip(i).step_by(n) {
+                self.finetune(cx, sr, *w, pretrained)?;
+            }
+            return Err(StudyError::OnlyDone);
+        }
         let mut store = Store::open(&sweep::store_path(cx))?;
         let measure = self.measure(cx, sr)?;
         keep_reference(&mut store, &measure.reference)?;
