@@ -1,7 +1,8 @@
 //! Matrix products with bf16 products and f32 accumulation (what PyTorch's CPU bf16 autocast
 //! computes): f32 operands are rounded to bf16 (round to nearest even) while they are packed,
 //! and AVX512-BF16 `vdpbf16ps` multiplies pairs of them into f32 sums, at twice the rate of
-//! f32 FMAs on Zen 4.
+//! f32 FMAs on Zen 4; on CPUs with AMX-BF16, tiles multiply the same packed operands (see
+//! `amx.rs`). [`engine`] says which runs, and where neither beats f32 the kernels stay f32.
 //!
 //! Blocking follows BLIS with the vector dimension along the output's columns (the output is
 //! row-major, so tiles load and store whole rows):
@@ -39,22 +40,100 @@ const PACK_PER_TILE_ROWS: usize = 192;
 /// `k` pairs per task packing `rhs`.
 const RHS_PACK_PAIRS: usize = 64;
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
+
 static PRODUCTS_IN_BF16: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-/// Lets the kernels that multiply matrices (convolution) do so in bf16 with f32 sums: the
-/// process-wide choice behind `--precision bf16`. Weights, activations and every other
-/// operation stay f32.
+/// Lets the kernels that multiply matrices (convolution, dense layers) do so in bf16 with f32
+/// sums where this CPU's [`engine`] runs bf16 faster than f32: the process-wide choice behind
+/// `--precision bf16`. Weights, activations and every other operation stay f32.
 pub fn set_products_in_bf16(on: bool) {
     PRODUCTS_IN_BF16.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Whether matrix products run in bf16 (asked for with [`set_products_in_bf16`]).
+/// Whether matrix products run in bf16: asked for with [`set_products_in_bf16`], and this
+/// CPU's [`engine`] is not [`Engine::F32`].
 pub fn products_in_bf16() -> bool {
-    PRODUCTS_IN_BF16.load(std::sync::atomic::Ordering::Relaxed)
+    PRODUCTS_IN_BF16.load(std::sync::atomic::Ordering::Relaxed) && engine() != Engine::F32
 }
 
-/// Whether this CPU runs the AVX512-BF16 path (else [`matmul_bf16`] rounds its operands and
-/// multiplies them with f32 `gemm`, slower).
+/// How products asked to run in bf16 run on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// AMX-BF16 tiles (`tdpbf16ps`).
+    Amx,
+    /// AVX512-BF16 `vdpbf16ps`, where it runs at the rate of two f32 FMAs per lane (AMD Zen 4
+    /// and later).
+    Avx512Bf16,
+    /// f32 products, where no bf16 instruction beats them: without AVX512-BF16, and on Intel
+    /// CPUs without AMX, whose `vdpbf16ps` issues on one port (measured on a Sapphire Rapids
+    /// without the AMX path: the UNet step 1.4x slower than f32).
+    F32,
+}
+
+impl Engine {
+    /// Whether this CPU can run the engine.
+    pub fn runs_here(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Engine::Amx => amx::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Engine::Amx => false,
+            Engine::Avx512Bf16 => available(),
+            Engine::F32 => true,
+        }
+    }
+}
+
+/// 0: detect; else 1 + the [`Engine`] index set by [`set_engine`].
+static ENGINE_OVERRIDE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+const ENGINES: [Engine; 3] = [Engine::Amx, Engine::Avx512Bf16, Engine::F32];
+
+/// The engine of bf16 products: the one set by [`set_engine`], else the fastest this CPU runs.
+pub fn engine() -> Engine {
+    match ENGINE_OVERRIDE.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => detected_engine(),
+        i => ENGINES[i as usize - 1],
+    }
+}
+
+/// Runs bf16 products on `engine` from now on (to compare engines); an error where this CPU
+/// cannot run it.
+pub fn set_engine(engine: Engine) -> Result<(), String> {
+    if !engine.runs_here() {
+        return Err(format!("the {engine:?} bf16 engine cannot run on this CPU"));
+    }
+    let index = ENGINES.iter().position(|&e| e == engine).expect("listed");
+    ENGINE_OVERRIDE.store(index as u8 + 1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+fn detected_engine() -> Engine {
+    if Engine::Amx.runs_here() {
+        Engine::Amx
+    } else if available() && cpu_vendor_is_amd() {
+        Engine::Avx512Bf16
+    } else {
+        Engine::F32
+    }
+}
+
+fn cpu_vendor_is_amd() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let leaf0 = std::arch::x86_64::__cpuid_count(0, 0);
+        // "AuthenticAMD" in EBX, EDX, ECX.
+        (leaf0.ebx, leaf0.edx, leaf0.ecx) == (0x6874_7541, 0x6974_6e65, 0x444d_4163)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether this CPU has AVX512-BF16 (`vdpbf16ps`; else [`matmul_bf16`] rounds its operands
+/// and multiplies them with f32 `gemm`, slower).
 pub fn available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -167,7 +246,13 @@ pub fn matmul_bf16(
             accumulate,
         };
         // SAFETY: the features are present and the extents were checked above.
-        unsafe { avx512::matmul(&shape, dst, lhs, rhs, parallel) };
+        unsafe {
+            if engine() == Engine::Amx {
+                amx::matmul::<amx::Amx>(&shape, dst, lhs, rhs, parallel)
+            } else {
+                avx512::matmul(&shape, dst, lhs, rhs, parallel)
+            }
+        };
         return;
     }
     matmul_rounded_f32(
@@ -273,14 +358,14 @@ mod avx512 {
         /// Packing buffers kept between calls: a fresh large allocation costs page faults on
         /// every call (measured ~2% of a 96 x 256 x 2048 product).
         static PACKED_RHS: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
-        static PACKED_LHS: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
-        static PACKED_RHS_BLOCK: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+        pub(super) static PACKED_LHS: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+        pub(super) static PACKED_RHS_BLOCK: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
     }
 
     /// This thread's `buffer`, at least `len` words (contents unspecified), taken out until it
     /// is set back; empty (so allocated afresh) while in use further up this thread's stack (a
     /// rayon worker that took another product's task while waiting).
-    fn take_buffer(buffer: &'static LocalKey<Cell<Vec<u32>>>, len: usize) -> Vec<u32> {
+    pub(super) fn take_buffer(buffer: &'static LocalKey<Cell<Vec<u32>>>, len: usize) -> Vec<u32> {
         let mut words = buffer.take();
         if words.len() < len {
             words.resize(len, 0);
@@ -289,7 +374,7 @@ mod avx512 {
     }
 
     /// A buffer shared by tasks that write disjoint parts of it.
-    struct SharedMut<T>(*mut T);
+    pub(super) struct SharedMut<T>(pub(super) *mut T);
     impl<T> Clone for SharedMut<T> {
         fn clone(&self) -> Self {
             *self
@@ -409,7 +494,7 @@ mod avx512 {
     /// word `q * NR + c` of panel `p` is `(rhs[2q][32p + c], rhs[2q + 1][32p + c])`.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn pack_rhs_pairs(
+    pub(super) unsafe fn pack_rhs_pairs(
         shape: &Shape,
         rhs: &[f32],
         pair0: usize,
@@ -555,6 +640,7 @@ mod avx512 {
                         pair0,
                         block,
                         &mut packed_lhs,
+                        KC_PAIRS,
                     );
                     if lhs_cs == 1 {
                         // Bring the next micro-panel's rows towards L2 while this one is computed
@@ -599,9 +685,10 @@ mod avx512 {
     }
 
     /// Packs `lhs` rows `row0..row0 + rows`, `k` pairs `pair0..pair0 + block` into rows of
-    /// [`KC_PAIRS`] words (zero past `k`).
+    /// `row_words` words (zero past `k`).
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn pack_lhs_block(
+    pub(super) unsafe fn pack_lhs_block(
         shape: &Shape,
         lhs: &[f32],
         row0: usize,
@@ -609,6 +696,7 @@ mod avx512 {
         pair0: usize,
         block: usize,
         packed: &mut [u32],
+        row_words: usize,
     ) {
         // SAFETY: the caller's contract (features present, extents checked).
         unsafe {
@@ -620,7 +708,7 @@ mod avx512 {
             if lhs_cs == 1 {
                 for r in 0..rows {
                     let src = lhs.as_ptr().add((row0 + r) * lhs_rs + k0);
-                    let out = packed.as_mut_ptr().add(r * KC_PAIRS);
+                    let out = packed.as_mut_ptr().add(r * row_words);
                     // 32 values (16 words) per step; masked loads zero the odd `k`'s partner.
                     for step in (0..2 * block).step_by(32) {
                         let lo_count = k_len.saturating_sub(step);
@@ -649,7 +737,7 @@ mod avx512 {
                         } else {
                             0.0
                         };
-                        packed[r * KC_PAIRS + q] = pair_word(lhs[base + p * lhs_cs], hi);
+                        packed[r * row_words + q] = pair_word(lhs[base + p * lhs_cs], hi);
                     }
                 }
             }
@@ -932,6 +1020,121 @@ mod tests {
         }
     }
 
+    /// The AMX driver on tiles `T` with the strides as given (no transposed copies).
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn amx_product<T: amx::Tiles>(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: &mut [f32],
+        dst_rs: usize,
+        accumulate: bool,
+        lhs: &[f32],
+        lhs_rs: usize,
+        lhs_cs: usize,
+        rhs: &[f32],
+        rhs_rs: usize,
+        rhs_cs: usize,
+        parallel: bool,
+    ) {
+        let shape = Shape {
+            m,
+            n,
+            k,
+            dst_rs,
+            lhs_rs,
+            lhs_cs,
+            rhs_rs,
+            rhs_cs,
+            accumulate,
+        };
+        // SAFETY: the callers check the features; `check_product` sizes the operands.
+        unsafe { amx::matmul::<T>(&shape, dst, lhs, rhs, parallel) }
+    }
+
+    /// Shapes with edges in every dimension, transposed operands, several tiles and `k`
+    /// blocks (the last padded to whole tile steps).
+    #[cfg(target_arch = "x86_64")]
+    fn check_amx_shapes(product: Product) {
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (33, 13, 7),
+            (5, 70, 1),
+            (32, 32, 32),
+            (31, 33, 64),
+        ] {
+            for accumulate in [false, true] {
+                check_product(product, m, n, k, false, false, accumulate, false);
+            }
+        }
+        for (lhs_t, rhs_t) in [(true, false), (false, true), (true, true)] {
+            check_product(product, 50, 65, 257, lhs_t, rhs_t, true, true);
+        }
+        check_product(product, 203, 300, 1100, false, false, true, true);
+        check_product(product, 230, 75, 1100, false, false, false, true);
+    }
+
+    /// The AMX packing, padding and blocking with `tdpbf16ps` emulated: runs on any CPU with
+    /// AVX512-BF16 (which packs).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bf16_amx_blocking_with_emulated_tiles() {
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX512-BF16, which packs AMX operands");
+            return;
+        }
+        check_amx_shapes(amx_product::<amx::Emulated>);
+    }
+
+    /// The AMX instructions themselves, where this CPU and OS run them.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bf16_amx_tiles_on_this_cpu() {
+        if !amx::available() {
+            eprintln!("skipped: {}", amx::unavailable_reason());
+            return;
+        }
+        check_amx_shapes(amx_product::<amx::Amx>);
+        deterministic_across_threads(amx_product::<amx::Amx>, 150, 300, 1100);
+        deterministic_across_threads(amx_product::<amx::Amx>, 260, 100, 600);
+    }
+
+    /// Linux refuses the tile data state to a process on a CPU without AMX (and grants it where
+    /// AMX runs): the permission request reaches the kernel.
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    #[test]
+    fn bf16_amx_permission_follows_the_cpu() {
+        assert_eq!(
+            amx::request_tile_data().is_ok(),
+            amx::cpu_has_amx_bf16(),
+            "{}",
+            amx::unavailable_reason()
+        );
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bf16_amx_deterministic_across_threads_emulated() {
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX512-BF16, which packs AMX operands");
+            return;
+        }
+        deterministic_across_threads(amx_product::<amx::Emulated>, 150, 300, 600);
+    }
+
+    /// Where no override is set, the engine is one this CPU runs, and products run in bf16 only
+    /// where it is not f32.
+    #[test]
+    fn bf16_engine_runs_here() {
+        assert!(engine().runs_here(), "{:?}", engine());
+        assert!(Engine::F32.runs_here());
+        if !available() {
+            assert_eq!(engine(), Engine::F32);
+            assert!(set_engine(Engine::Avx512Bf16).is_err());
+        }
+    }
+
     #[test]
     fn bf16_zero_k() {
         let mut dst = vec![1f32; 6];
@@ -946,17 +1149,17 @@ mod tests {
     fn bf16_deterministic_across_threads() {
         // Both ways of packing `rhs` (rows up to PACK_PER_TILE_ROWS and beyond).
         for (m, n, k) in [(150, 300, 533), (260, 100, 400)] {
-            deterministic_across_threads(m, n, k);
+            deterministic_across_threads(matmul_bf16, m, n, k);
         }
     }
 
-    fn deterministic_across_threads(m: usize, n: usize, k: usize) {
+    fn deterministic_across_threads(product: Product, m: usize, n: usize, k: usize) {
         let lhs = values(m * k, 21);
         let rhs = values(k * n, 22);
         let run = |threads: Option<usize>| {
             let mut dst = values(m * n, 23);
             let mut product = || {
-                matmul_bf16(
+                product(
                     m,
                     n,
                     k,

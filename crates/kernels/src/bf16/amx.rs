@@ -1,0 +1,430 @@
+//! bf16 products on AMX tiles (Intel Sapphire Rapids and later): `tdpbf16ps` multiplies a
+//! 16 x 32 bf16 tile by a 32 x 16 one into 16 x 16 f32 sums, an order of magnitude more per
+//! instruction than `vdpbf16ps`. The AMX intrinsics are not stable Rust, so the tile code is
+//! stable inline assembly, chosen at run time; Linux hands a process the tile data state only
+//! after it asks (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`), which [`available`]
+//! does once.
+//!
+//! Blocking: a task computes an output tile over `k` blocks of about [`KC_PAIRS`] pairs, fixed
+//! by `k` alone and the last padded with zero pairs to whole tile steps of 16. Per block it packs
+//! its `rhs` columns in the AVX-512 path's panels of 32 columns (row `q` of a B tile is 16 words
+//! `(rhs[2q][c], rhs[2q + 1][c])`, 128 bytes apart) and per 32 rows the `lhs` block (rows of
+//! `k` pairs). Each 32 x 32 micro tile sums the block from zero in four C tiles and adds them to
+//! `dst`, so every output element is summed the same way whichever task computes it: results
+//! do not depend on the thread count.
+//!
+//! The tile arithmetic sits behind [`Tiles`] so that the packing and blocking are tested on any
+//! CPU against an emulation of `tdpbf16ps`; the assembly itself runs only where AMX does.
+
+use std::arch::asm;
+
+use rayon::prelude::*;
+
+use super::avx512::{SharedMut, pack_lhs_block, pack_rhs_pairs, take_buffer};
+use super::{NR, Shape, split, tile_range};
+
+/// Output rows per micro tile: two C tiles of 16 rows.
+const MR: usize = 32;
+/// `k` pairs per tile step: an A tile row is 16 words (64 bytes).
+const STEP_PAIRS: usize = 16;
+/// About this many `k` pairs per block (a multiple of [`STEP_PAIRS`]): the packed `lhs` rows
+/// (32 x 256 words, 32 KiB) stay in L1/L2 while the micro tiles of a row sweep the columns.
+const KC_PAIRS: usize = 256;
+/// Output tile of a task (multiples of [`MR`] and [`NR`]).
+const TILE_ROWS: usize = 192;
+const TILE_COLS: usize = 256;
+/// Bytes between the `k` pairs of a packed `rhs` panel.
+const RHS_PAIR_BYTES: usize = NR * 4;
+
+/// Whether this CPU and OS run AMX-BF16 tiles (and AVX512-BF16, which packs the operands);
+/// asks Linux for the tile data state the first time.
+pub fn available() -> bool {
+    use std::sync::OnceLock;
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| super::available() && cpu_has_amx_bf16() && os_enables_tiles())
+}
+
+/// Why [`available`] is false (for tests that skip).
+#[cfg(test)]
+pub(super) fn unavailable_reason() -> String {
+    if !super::available() {
+        "this CPU lacks AVX512-BF16".into()
+    } else if !cpu_has_amx_bf16() {
+        "this CPU lacks AMX-BF16 (CPUID leaf 7 EDX bits 22 and 24): the AMX path is untested here"
+            .into()
+    } else if !os_enables_tiles() {
+        format!(
+            "the OS does not grant AMX tile data: {:?}",
+            request_tile_data()
+        )
+    } else {
+        "AMX runs here".into()
+    }
+}
+
+/// CPUID leaf 7: AMX-BF16 (EDX bit 22) and AMX-TILE (EDX bit 24).
+pub(super) fn cpu_has_amx_bf16() -> bool {
+    use std::arch::x86_64::__cpuid_count;
+    let (max_leaf, leaf7) = (__cpuid_count(0, 0).eax, __cpuid_count(7, 0));
+    max_leaf >= 7 && leaf7.edx & (1 << 22) != 0 && leaf7.edx & (1 << 24) != 0
+}
+
+/// The OS saves tile state (XCR0 bits 17 and 18) and grants this process its use.
+fn os_enables_tiles() -> bool {
+    if std::arch::x86_64::__cpuid_count(1, 0).ecx & (1 << 27) == 0 {
+        return false;
+    }
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV exists where CPUID reports OSXSAVE (checked).
+    unsafe {
+        asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack))
+    };
+    let xcr0 = (hi as u64) << 32 | lo as u64;
+    xcr0 & (0b11 << 17) == 0b11 << 17 && request_tile_data() == Ok(())
+}
+
+/// Asks Linux for permission to use the tile data state (process-wide, once); the kernel's
+/// error number otherwise (EINVAL where the CPU or kernel lacks AMX).
+#[cfg(target_os = "linux")]
+pub(super) fn request_tile_data() -> Result<(), i64> {
+    const SYS_ARCH_PRCTL: i64 = 158;
+    const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+    const XFEATURE_XTILEDATA: u64 = 18;
+    let ret: i64;
+    // SAFETY: arch_prctl reads no memory for this request; the syscall clobbers rcx and r11.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") SYS_ARCH_PRCTL => ret,
+            in("rdi") ARCH_REQ_XCOMP_PERM,
+            in("rsi") XFEATURE_XTILEDATA,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if ret == 0 { Ok(()) } else { Err(-ret) }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn request_tile_data() -> Result<(), i64> {
+    Err(0)
+}
+
+/// The tile arithmetic of a 32 x 32 micro tile.
+pub(super) trait Tiles {
+    /// Run by a task before its micro tiles (loads the tile configuration).
+    ///
+    /// # Safety
+    /// Only where the implementation's instructions exist.
+    unsafe fn begin() {}
+    /// Run by a task after its micro tiles (releases the tile state).
+    ///
+    /// # Safety
+    /// As [`Tiles::begin`].
+    unsafe fn end() {}
+    /// `out` (32 x 32, rows 128 bytes apart) = the sums over `steps` x 16 `k` pairs of 32 packed
+    /// `lhs` rows (`lhs_stride` bytes apart) and a packed `rhs` panel (32 words per pair).
+    ///
+    /// # Safety
+    /// `steps` >= 1 and the pointers cover what is read and written.
+    unsafe fn micro_tile(
+        steps: usize,
+        lhs: *const u32,
+        lhs_stride: usize,
+        rhs: *const u32,
+        out: *mut f32,
+    );
+}
+
+/// The AMX instructions.
+pub(super) struct Amx;
+
+/// The 64-byte tile configuration `ldtilecfg` reads (palette 1).
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    bytes_per_row: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// Tiles 0-3 the C sums, 4-5 the A rows, 6-7 the B panels: all 16 rows of 64 bytes.
+static TILE_CONFIG: TileConfig = {
+    let mut bytes_per_row = [0u16; 16];
+    let mut rows = [0u8; 16];
+    let mut t = 0;
+    while t < 8 {
+        bytes_per_row[t] = 64;
+        rows[t] = 16;
+        t += 1;
+    }
+    TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        bytes_per_row,
+        rows,
+    }
+};
+
+impl Tiles for Amx {
+    unsafe fn begin() {
+        // SAFETY: AMX present (caller); the configuration is 64 valid bytes.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &TILE_CONFIG, options(nostack, readonly)) };
+    }
+
+    unsafe fn end() {
+        // SAFETY: AMX present (caller).
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    unsafe fn micro_tile(
+        steps: usize,
+        lhs: *const u32,
+        lhs_stride: usize,
+        rhs: *const u32,
+        out: *mut f32,
+    ) {
+        // SAFETY: the caller's contract; the tiles were configured by `begin`.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "2:",
+                "tileloadd tmm4, [{a0} + {a_stride}*1]",
+                "tileloadd tmm5, [{a1} + {a_stride}*1]",
+                "tileloadd tmm6, [{b} + {b_stride}*1]",
+                "tileloadd tmm7, [{b} + {b_stride}*1 + 64]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "add {a0}, 64",
+                "add {a1}, 64",
+                "add {b}, {b_step}",
+                "dec {steps}",
+                "jnz 2b",
+                "tilestored [{c0} + {c_stride}*1], tmm0",
+                "tilestored [{c0} + {c_stride}*1 + 64], tmm1",
+                "tilestored [{c1} + {c_stride}*1], tmm2",
+                "tilestored [{c1} + {c_stride}*1 + 64], tmm3",
+                a0 = inout(reg) lhs => _,
+                a1 = inout(reg) lhs.byte_add(16 * lhs_stride) => _,
+                b = inout(reg) rhs => _,
+                steps = inout(reg) steps => _,
+                a_stride = in(reg) lhs_stride,
+                b_stride = in(reg) RHS_PAIR_BYTES,
+                b_step = const STEP_PAIRS * RHS_PAIR_BYTES,
+                c0 = in(reg) out,
+                c1 = in(reg) out.byte_add(16 * RHS_PAIR_BYTES),
+                c_stride = in(reg) RHS_PAIR_BYTES,
+                options(nostack),
+            );
+        }
+    }
+}
+
+/// `tdpbf16ps` in scalar code (f32 products of the bf16 halves, summed in order), to test the
+/// packing and blocking on CPUs without AMX.
+#[cfg(test)]
+pub(super) struct Emulated;
+
+#[cfg(test)]
+impl Tiles for Emulated {
+    unsafe fn micro_tile(
+        steps: usize,
+        lhs: *const u32,
+        lhs_stride: usize,
+        rhs: *const u32,
+        out: *mut f32,
+    ) {
+        let halves = |w: u32| (f32::from_bits(w << 16), f32::from_bits(w & 0xffff_0000));
+        for r in 0..MR {
+            for c in 0..NR {
+                let mut sum = 0f32;
+                for q in 0..steps * STEP_PAIRS {
+                    // SAFETY: the caller's contract.
+                    let (a, b) =
+                        unsafe { (*lhs.byte_add(r * lhs_stride).add(q), *rhs.add(q * NR + c)) };
+                    let ((a_lo, a_hi), (b_lo, b_hi)) = (halves(a), halves(b));
+                    sum += a_lo * b_lo;
+                    sum += a_hi * b_hi;
+                }
+                // SAFETY: the caller's contract.
+                unsafe { *out.add(r * NR + c) = sum };
+            }
+        }
+    }
+}
+
+/// `dst (+)= lhs rhs` on tiles `T` (see [`super::matmul_bf16`]; strides as in `shape`).
+///
+/// # Safety
+/// AVX512-BF16 present, and `T`'s instructions; the slices cover the extents in `shape`.
+pub(super) unsafe fn matmul<T: Tiles>(
+    shape: &Shape,
+    dst: &mut [f32],
+    lhs: &[f32],
+    rhs: &[f32],
+    parallel: bool,
+) {
+    let Shape { m, n, k, .. } = *shape;
+    let block_pairs = split(k.div_ceil(2), KC_PAIRS, STEP_PAIRS);
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let (micro_panels, panels) = (m.div_ceil(MR), n.div_ceil(NR));
+    let mut row_tiles = micro_panels.div_ceil(TILE_ROWS / MR);
+    let mut col_tiles = panels.div_ceil(TILE_COLS / NR);
+    // Tiles only decide who computes what: a multiple of the threads where that is possible.
+    while (row_tiles * col_tiles) % threads != 0 && col_tiles < panels {
+        col_tiles += 1;
+    }
+    while (row_tiles * col_tiles) % threads != 0 && row_tiles < micro_panels {
+        row_tiles += 1;
+    }
+    let dst_ptr = SharedMut(dst.as_mut_ptr());
+    let run_tile = |tile: usize| {
+        let rows = tile_range(tile / col_tiles, row_tiles, micro_panels, MR, m);
+        let cols = tile_range(tile % col_tiles, col_tiles, panels, NR, n);
+        // SAFETY: tiles are disjoint; the caller's contract.
+        unsafe { compute_tile::<T>(shape, dst_ptr, lhs, rhs, block_pairs, rows, cols) }
+    };
+    if parallel {
+        (0..row_tiles * col_tiles)
+            .into_par_iter()
+            .for_each(run_tile);
+    } else {
+        (0..row_tiles * col_tiles).for_each(run_tile);
+    }
+}
+
+/// Computes the output tile of `rows` = (first, count) and `cols` over all of `k`.
+///
+/// # Safety
+/// As [`matmul`]; no other task writes this tile.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn compute_tile<T: Tiles>(
+    shape: &Shape,
+    dst: SharedMut<f32>,
+    lhs: &[f32],
+    rhs: &[f32],
+    block_pairs: usize,
+    (row0, rows): (usize, usize),
+    (col0, cols): (usize, usize),
+) {
+    let pairs = shape.k.div_ceil(2);
+    let (panel0, panel1) = (col0 / NR, (col0 + cols).div_ceil(NR));
+    let mut packed_lhs = take_buffer(&super::avx512::PACKED_LHS, MR * block_pairs);
+    let mut packed_rhs = take_buffer(
+        &super::avx512::PACKED_RHS_BLOCK,
+        (panel1 - panel0) * block_pairs * NR,
+    );
+    let mut sums = [0f32; MR * NR];
+    // SAFETY: the caller's contract.
+    unsafe { T::begin() };
+    let mut pair0 = 0;
+    while pair0 < pairs {
+        let block = block_pairs.min(pairs - pair0);
+        let padded = block.next_multiple_of(STEP_PAIRS);
+        let panel_words = padded * NR;
+        let words = SharedMut(packed_rhs.as_mut_ptr());
+        // SAFETY: the buffer holds (panel1 - panel0) panels of `panel_words`; caller's contract.
+        unsafe {
+            pack_rhs_pairs(
+                shape,
+                rhs,
+                pair0,
+                pair0 + block,
+                panel0,
+                panel1,
+                words,
+                panel_words,
+            )
+        };
+        for panel in packed_rhs[..(panel1 - panel0) * panel_words].chunks_exact_mut(panel_words) {
+            panel[block * NR..].fill(0);
+        }
+        for i in (0..rows).step_by(MR) {
+            let micro_rows = MR.min(rows - i);
+            let lhs_words = &mut packed_lhs[..MR * padded];
+            if micro_rows < MR || padded > block {
+                lhs_words.fill(0);
+            }
+            // SAFETY: the caller's contract.
+            unsafe {
+                pack_lhs_block(
+                    shape,
+                    lhs,
+                    row0 + i,
+                    micro_rows,
+                    pair0,
+                    block,
+                    lhs_words,
+                    padded,
+                )
+            };
+            for j in (0..cols).step_by(NR) {
+                let rhs_panel = &packed_rhs[((col0 + j) / NR - panel0) * panel_words..];
+                // SAFETY: `padded` >= 16 pairs of 32 rows and of a panel are packed.
+                unsafe {
+                    T::micro_tile(
+                        padded / STEP_PAIRS,
+                        lhs_words.as_ptr(),
+                        padded * 4,
+                        rhs_panel.as_ptr(),
+                        sums.as_mut_ptr(),
+                    )
+                };
+                let out = dst.0.wrapping_add((row0 + i) * shape.dst_rs + col0 + j);
+                let load_dst = shape.accumulate || pair0 > 0;
+                // SAFETY: the tile is this task's; extents checked by `matmul_bf16`.
+                unsafe {
+                    add_sums(
+                        &sums,
+                        out,
+                        shape.dst_rs,
+                        micro_rows,
+                        NR.min(cols - j),
+                        load_dst,
+                    )
+                };
+            }
+        }
+        pair0 += block;
+    }
+    // SAFETY: as `begin`.
+    unsafe { T::end() };
+    super::avx512::PACKED_LHS.set(packed_lhs);
+    super::avx512::PACKED_RHS_BLOCK.set(packed_rhs);
+}
+
+/// `dst = sums (+ dst when load_dst)` for the `rows` x `cols` corner of the 32 x 32 `sums`.
+///
+/// # Safety
+/// `dst` covers `rows` rows of `cols` floats, `dst_rs` apart.
+#[inline(always)]
+unsafe fn add_sums(
+    sums: &[f32; MR * NR],
+    dst: *mut f32,
+    dst_rs: usize,
+    rows: usize,
+    cols: usize,
+    load_dst: bool,
+) {
+    for (r, row_sums) in sums.chunks_exact(NR).take(rows).enumerate() {
+        // SAFETY: the caller's contract.
+        let row = unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_rs), cols) };
+        if load_dst {
+            row.iter_mut().zip(row_sums).for_each(|(d, &s)| *d += s);
+        } else {
+            row.copy_from_slice(&row_sums[..cols]);
+        }
+    }
+}
