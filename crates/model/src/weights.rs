@@ -14,7 +14,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::ModelError;
-use crate::unet::{UNet, UNetConfig};
+use crate::unet::{UNet, UNetConfig, adapter};
 
 /// File name of the weights inside a diffusers model directory.
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
@@ -454,17 +454,40 @@ pub fn write_atomic(file: &Path, bytes: &[u8]) -> Result<(), ModelError> {
     written
 }
 
-/// Loads a UNet from a diffusers directory (`config.json` + `diffusion_pytorch_model.safetensors`).
+/// Loads a UNet from a diffusers directory (`config.json` + `diffusion_pytorch_model.safetensors`),
+/// with its encoder adapter when the directory has one (`adapter/`, see
+/// [`crate::unet::adapter`]).
 pub fn load_unet(dir: &Path, device: &Device) -> Result<(UNetConfig, UNet), ModelError> {
-    let config = UNetConfig::from_json_file(&dir.join(CONFIG_FILE))?;
+    let mut config = UNetConfig::from_json_file(&dir.join(CONFIG_FILE))?;
     let model = UNet::new(&config, device);
-    let model = load_safetensors(model, &dir.join(WEIGHTS_FILE), device)?;
+    let mut model = load_safetensors(model, &dir.join(WEIGHTS_FILE), device)?;
+    let adapter_dir = dir.join(adapter::ADAPTER_DIR);
+    if adapter_dir.join(CONFIG_FILE).exists() {
+        adapter::check_adapter_config(&adapter_dir, &config)?;
+        config.encoder_adapter = true;
+        let adapter = adapter::EncoderAdapter::new(&config, device);
+        let weights = adapter_dir.join(WEIGHTS_FILE);
+        model.adapter = Some(load_safetensors(adapter, &weights, device)?);
+    }
     Ok((config, model))
 }
 
-/// Saves a UNet as a diffusers directory, creating it if needed.
+/// Saves a UNet as a diffusers directory, creating it if needed; an encoder adapter goes to
+/// its own `adapter/` inside, so the directory's own files are the frozen UNet's.
 pub fn save_unet(dir: &Path, config: &UNetConfig, model: &UNet) -> Result<(), ModelError> {
     std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    save_safetensors(model, &dir.join(WEIGHTS_FILE))?;
+    let mut base = model.clone();
+    let adapter_dir = dir.join(adapter::ADAPTER_DIR);
+    if base.adapter.is_none() && adapter_dir.exists() {
+        // A stale adapter would be loaded with this UNet.
+        std::fs::remove_dir_all(&adapter_dir).map_err(|e| ModelError::io(&adapter_dir, e))?;
+    }
+    if let Some(adapter) = base.adapter.take() {
+        std::fs::create_dir_all(&adapter_dir).map_err(|e| ModelError::io(&adapter_dir, e))?;
+        save_safetensors(&adapter, &adapter_dir.join(WEIGHTS_FILE))?;
+        let json = adapter::adapter_config_json(config);
+        write_atomic(&adapter_dir.join(CONFIG_FILE), json.as_bytes())?;
+    }
+    save_safetensors(&base, &dir.join(WEIGHTS_FILE))?;
     write_atomic(&dir.join(CONFIG_FILE), config.to_json().as_bytes())
 }

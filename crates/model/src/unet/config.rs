@@ -186,6 +186,10 @@ pub struct UNetConfig {
     /// Kernel of the output convolution.
     #[serde(default = "default_kernel")]
     pub conv_out_kernel: usize,
+    /// Whether the UNet carries an encoder adapter (a CoDi adapter student): never in
+    /// config.json, set by [`crate::weights::load_unet`] when the directory has `adapter/`.
+    #[serde(skip)]
+    pub encoder_adapter: bool,
     /// Everything else in config.json that has no effect here (kept so a saved config
     /// round-trips); unsupported settings among them are rejected by `validate`.
     #[serde(flatten)]
@@ -632,6 +636,7 @@ impl UNetConfig {
             time_cond_proj_dim: None,
             conv_in_kernel: 3,
             conv_out_kernel: 3,
+            encoder_adapter: false,
             other: serde_json::Map::new(),
         }
     }

@@ -1,6 +1,7 @@
 //! The text-conditional UNet of Stable Diffusion (diffusers `UNet2DConditionModel`), the
 //! denoiser of every model in the paper's family.
 
+pub mod adapter;
 pub mod attention;
 pub mod blocks;
 pub mod config;
@@ -18,6 +19,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use crate::cost::Cost;
 use crate::ops::{self, conv2d};
+use adapter::{EncoderAdapter, Residuals};
 use blocks::{DownBlock, MidBlock, Shared, UpBlock};
 use config::{DOWN_CROSS_ATTN, UP_CROSS_ATTN};
 pub use config::{PerLevel, UNetConfig};
@@ -33,6 +35,49 @@ pub struct ExtraConditioning {
     pub timestep_cond: Option<Tensor<2>>,
 }
 
+/// The encoder half of a UNet (conv_in, time embedding, down blocks, mid block), built one
+/// way for the UNet and for its adapter's copy.
+pub(crate) struct Encoder {
+    pub conv_in: Conv2d,
+    pub time_embedding: TimestepEmbedding,
+    pub down_blocks: Vec<DownBlock>,
+    pub mid_block: Option<MidBlock>,
+}
+
+impl Encoder {
+    pub fn new(config: &UNetConfig, device: &Device) -> Self {
+        let shared = Shared::new(config);
+        let levels = config.num_levels();
+        let base = config.base_channels();
+        let mut down_blocks = Vec::with_capacity(levels);
+        let mut c_prev = base;
+        for i in 0..levels {
+            let level = config.level(i);
+            let with_attention = config.down_block_types[i] == DOWN_CROSS_ATTN;
+            let downsample = i + 1 < levels;
+            let block = DownBlock::new(&shared, &level, c_prev, with_attention, downsample, device);
+            down_blocks.push(block);
+            c_prev = level.channels;
+        }
+        let bottom = config.level(levels - 1);
+        let scale = config.mid_block_scale_factor;
+        let k_in = config.conv_in_kernel;
+        let time_dim = config.time_embed_dim();
+        Self {
+            conv_in: conv(config.in_channels, base, k_in, 1, k_in / 2, device),
+            time_embedding: TimestepEmbedding::new(
+                base,
+                time_dim,
+                config.time_cond_proj_dim,
+                device,
+            ),
+            down_blocks,
+            mid_block: (config.mid_block_type.as_ref())
+                .map(|_| MidBlock::new(&shared, &bottom, scale, device)),
+        }
+    }
+}
+
 /// The conditional UNet. Parameter names follow diffusers (see [`crate::weights`]).
 #[derive(Module, Debug)]
 pub struct UNet {
@@ -44,6 +89,8 @@ pub struct UNet {
     pub(crate) up_blocks: Vec<UpBlock>,
     pub(crate) conv_norm_out: GroupNorm,
     pub(crate) conv_out: Conv2d,
+    /// A trained encoder copy whose outputs are added to the skips (a CoDi adapter student).
+    pub(crate) adapter: Option<EncoderAdapter>,
     base_channels: usize,
     flip_sin_to_cos: bool,
     freq_shift: f64,
@@ -62,28 +109,8 @@ impl UNet {
         let levels = config.num_levels();
         let base = config.base_channels();
         let time_dim = config.time_embed_dim();
-
-        let mut down_blocks = Vec::with_capacity(levels);
-        let mut c_prev = base;
-        for i in 0..levels {
-            let level = config.level(i);
-            let with_attention = config.down_block_types[i] == DOWN_CROSS_ATTN;
-            down_blocks.push(DownBlock::new(
-                &shared,
-                &level,
-                c_prev,
-                with_attention,
-                i + 1 < levels,
-                device,
-            ));
-            c_prev = level.channels;
-        }
-
+        let encoder = Encoder::new(config, device);
         let bottom = config.level(levels - 1);
-        let mid_block = config
-            .mid_block_type
-            .as_ref()
-            .map(|_| MidBlock::new(&shared, &bottom, config.mid_block_scale_factor, device));
 
         let mut up_blocks = Vec::with_capacity(levels);
         let mut c_prev = bottom.channels;
@@ -104,22 +131,19 @@ impl UNet {
             c_prev = level.channels;
         }
 
-        let k_in = config.conv_in_kernel;
         let k_out = config.conv_out_kernel;
         Self {
-            conv_in: conv(config.in_channels, base, k_in, 1, k_in / 2, device),
-            time_embedding: TimestepEmbedding::new(
-                base,
-                time_dim,
-                config.time_cond_proj_dim,
-                device,
-            ),
+            conv_in: encoder.conv_in,
+            time_embedding: encoder.time_embedding,
             class_embedding: config
                 .num_class_embeds
                 .map(|n| EmbeddingConfig::new(n, time_dim).init(device)),
-            down_blocks,
-            mid_block,
+            down_blocks: encoder.down_blocks,
+            mid_block: encoder.mid_block,
             up_blocks,
+            adapter: config
+                .encoder_adapter
+                .then(|| EncoderAdapter::new(config, device)),
             conv_norm_out: group_norm(config.norm_num_groups, base, config.norm_eps, device),
             conv_out: conv(base, config.out_channels, k_out, 1, k_out / 2, device),
             base_channels: base,
@@ -155,7 +179,7 @@ impl UNet {
         );
         let mut time = self
             .time_embedding
-            .forward(sinusoid, extra.timestep_cond.clone());
+            .forward(sinusoid.clone(), extra.timestep_cond.clone());
         if let Some(embedding) = &self.class_embedding {
             let labels = extra
                 .class_labels
@@ -174,6 +198,8 @@ impl UNet {
         } else {
             sample
         };
+        let residuals = (self.adapter.as_ref())
+            .map(|adapter| adapter.forward(sample.clone(), sinusoid, &context));
         let mut x = conv2d(&self.conv_in, sample);
         let mut skips = vec![x.clone()];
         for block in &self.down_blocks {
@@ -181,6 +207,12 @@ impl UNet {
         }
         if let Some(mid) = &self.mid_block {
             x = mid.forward(x, &time, &context);
+        }
+        if let Some(Residuals { down, mid }) = residuals {
+            skips = skips.into_iter().zip(down).map(|(s, r)| s + r).collect();
+            if let Some(r) = mid {
+                x = x + r;
+            }
         }
         for block in &self.up_blocks {
             x = block.forward(x, &time, &context, &mut skips);
@@ -221,6 +253,9 @@ impl UNet {
         norm_cost(self.base_channels * h * w, &mut cost);
         cost.activation(self.base_channels * h * w);
         conv_cost(&self.conv_out, h, w, &mut cost);
+        if let Some(adapter) = &self.adapter {
+            adapter.cost(h, w, keys, &mut cost);
+        }
         cost
     }
 }
