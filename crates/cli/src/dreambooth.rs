@@ -19,11 +19,11 @@ use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNetConfig};
 use ldmscale_pipeline::{LatentDiffusion, SamplingSpec};
 use ldmscale_train::class_images::{ClassImageRequest, ensure_class_images};
 use ldmscale_train::tasks::{DEFAULT_PRIOR_WEIGHT, DreamBooth};
-use ldmscale_train::{DeviceThreads, InMemory, RunSummary, TrainConfig, TrainError, train_task};
-use ldmscale_util::lock::DirLock;
+use ldmscale_train::{InMemory, RunSummary, TrainConfig, TrainError};
 
 use crate::device::DeviceArgs;
 use crate::finetune_sr::model_table;
+use crate::launch::{LaunchArgs, Rank};
 
 /// Arguments of `ldmscale dreambooth`.
 #[derive(Args, Debug)]
@@ -89,13 +89,15 @@ pub struct DreamBoothArgs {
     pub seed: u64,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
 }
 
 /// Runs the command.
 pub fn run(args: &DreamBoothArgs, quiet: bool) -> Result<()> {
     crate::checks::output_dir(&args.out, "--out")?;
     check_prompts(args)?;
-    let device = args.device.device()?;
+    let (device, ranks, gpu) = crate::launch::resolve(&args.device.device, &args.launch)?;
     let (vae_config, vae) = load_vae(&args.first_stage, &device)
         .with_context(|| format!("--first-stage {}", args.first_stage.display()))?;
     let (unet_config, unet) = load_unet(&args.unet, &device)
@@ -107,6 +109,8 @@ pub fn run(args: &DreamBoothArgs, quiet: bool) -> Result<()> {
         args.resolution
     );
     let config = train_config(args, &unet_config)?;
+    let rank = Rank::join(ranks, device.clone(), gpu, config.batch_size)?;
+    let quiet = quiet || !rank.writes();
     let text = TextConditioner::load(&args.text_encoder, None, &device)
         .with_context(|| format!("--text-encoder {}", args.text_encoder.display()))?;
     let instance_images = images(
@@ -131,6 +135,12 @@ pub fn run(args: &DreamBoothArgs, quiet: bool) -> Result<()> {
                 ],
             };
             let request = class_request(prompt, count, args.seed);
+            if image_files_in(dir) < count {
+                rank.alone(&format!(
+                    "generating class images (--num-class-images {count} into --class-dir {})",
+                    dir.display()
+                ))?;
+            }
             let made = ensure_class_images(dir, &request, &model, &text, &device)
                 .with_context(|| format!("--class-dir {}", dir.display()))?;
             Some(to_floats(made.iter(), args.resolution))
@@ -141,7 +151,7 @@ pub fn run(args: &DreamBoothArgs, quiet: bool) -> Result<()> {
         _ => None,
     };
     // Taken once the arguments are known good, so a refused run leaves no --out behind.
-    let _lock = DirLock::acquire(&args.out, "ldmscale dreambooth")?;
+    let _lock = rank.lock(&args.out, "ldmscale dreambooth")?;
     let encoder = Encoder {
         vae: (&vae, &vae_config),
         text: &text,
@@ -168,10 +178,27 @@ pub fn run(args: &DreamBoothArgs, quiet: bool) -> Result<()> {
     let task = DreamBooth::new(&config, &instance, class_data, (&unet_config, unet))
         .map_err(name_the_flag)
         .context("the DreamBooth task")?;
-    let sync = DeviceThreads::new(std::slice::from_ref(&device))?;
-    let summary = train_task(&config, &task, &sync, &args.out, !quiet, None)?;
-    report(args, &summary, class.is_some().then_some(weight));
+    let summary = rank.train_task(&config, &task, &args.out, !quiet)?;
+    if rank.writes() {
+        report(args, &summary, class.is_some().then_some(weight));
+    }
     Ok(())
+}
+
+/// Image files directly in `dir` (0 when it does not exist yet).
+fn image_files_in(dir: &Path) -> usize {
+    let is_image = |p: &Path| {
+        let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
+        ["png", "jpg", "jpeg", "webp", "bmp"].contains(&ext.to_ascii_lowercase().as_str())
+    };
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| is_image(&e.path()))
+                .count()
+        })
+        .unwrap_or(0)
 }
 
 /// The class prompt must differ from the instance prompt (it is the instance prompt without

@@ -18,10 +18,10 @@ use ldmscale_pipeline::encode_text;
 use ldmscale_train::tasks::sr_pairs::upsampled_lr;
 use ldmscale_train::tasks::super_res::check_noise_level;
 use ldmscale_train::tasks::{SrOptions, SrPairs};
-use ldmscale_train::{DeviceThreads, SuperRes, TrainConfig, TrainError, checkpoint, train_task};
-use ldmscale_util::lock::DirLock;
+use ldmscale_train::{SuperRes, TrainConfig, TrainError, checkpoint};
 
 use crate::device::DeviceArgs;
+use crate::launch::{LaunchArgs, Rank};
 use crate::npy;
 
 /// Image files read from `--hr`.
@@ -100,6 +100,8 @@ pub struct FinetuneSrArgs {
     pub seed: u64,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
 }
 
 /// The most crops of one image (more would stall allocating them).
@@ -109,7 +111,7 @@ const MAX_CROP_BYTES: usize = 1 << 36;
 
 /// Runs the command.
 pub fn run(args: &FinetuneSrArgs, quiet: bool) -> Result<()> {
-    let device = args.device.device()?;
+    let (device, ranks, gpu) = crate::launch::resolve(&args.device.device, &args.launch)?;
     crate::checks::count(
         args.crops_per_image,
         MAX_CROPS_PER_IMAGE,
@@ -130,8 +132,11 @@ pub fn run(args: &FinetuneSrArgs, quiet: bool) -> Result<()> {
     }
     let context = empty_context(args, &device)?;
     image_files(&args.hr)?;
+    // Every rank makes the same pairs; each trains on its share of every batch.
+    let rank = Rank::join(ranks, device.clone(), gpu, config.batch_size)?;
+    let quiet = quiet || !rank.writes();
     // Taken once the arguments are known good, so a refused run leaves no --out behind.
-    let _lock = DirLock::acquire(&args.out, "ldmscale finetune-sr")?;
+    let _lock = rank.lock(&args.out, "ldmscale finetune-sr")?;
 
     let hr = hr_crops(args, quiet)?;
     let pairs = encode_pairs(args, &hr, (&vae, &vae_config), quiet, &device)?;
@@ -141,9 +146,10 @@ pub fn run(args: &FinetuneSrArgs, quiet: bool) -> Result<()> {
     };
     let task = SuperRes::with_options(&config, &pairs, (&unet_config, unet), context, options)
         .context("the super-resolution task")?;
-    let sync = DeviceThreads::new(std::slice::from_ref(&device))?;
-    let summary = train_task(&config, &task, &sync, &args.out, !quiet, None)?;
-    report(args, &summary);
+    let summary = rank.train_task(&config, &task, &args.out, !quiet)?;
+    if rank.writes() {
+        report(args, &summary);
+    }
     Ok(())
 }
 

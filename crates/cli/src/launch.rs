@@ -7,8 +7,11 @@ use burn::tensor::Device;
 use clap::Args;
 #[cfg(feature = "mpi")]
 use ldmscale_train::mpi_sync::MpiSync;
-use ldmscale_train::{EvalHook, GradSync, RunSummary, TrainConfig, TrainingData};
+use ldmscale_train::{
+    DeviceThreads, EvalHook, GradSync, RunSummary, TrainConfig, TrainTask, TrainingData, train_task,
+};
 use ldmscale_util::launch::{self, Env, RankFlags, Ranks};
+use ldmscale_util::lock::DirLock;
 
 /// Who this process is in a multi-process run. Flags override the launcher's variables, read
 /// in this order: torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), srun
@@ -46,6 +49,16 @@ impl LaunchArgs {
         };
         Ok(launch::ranks(&flags, env)?)
     }
+}
+
+/// This process's ranks, its device (`device` names it; a bare `cuda` is the rank's GPU) and,
+/// for a GPU, the GPU's index: what [`Rank::join`] takes.
+pub fn resolve(device: &str, launch: &LaunchArgs) -> Result<(Device, Ranks, Option<usize>)> {
+    let env = launch::process_env();
+    let ranks = launch.ranks(&env)?;
+    let name = rank_device(device, &ranks, &env)?;
+    let parsed = ldmscale_train::parallel::parse_device(&name, "--device")?;
+    Ok((parsed, ranks, gpu_index(&name)))
 }
 
 /// N of a `cuda:N` device name (a bare `cuda` is resolved by [`rank_device`] first).
@@ -102,6 +115,46 @@ impl Rank {
     /// Whether this process writes outputs (rank 0).
     pub fn writes(&self) -> bool {
         self.ranks.writes()
+    }
+
+    /// The lock on `out` for `command`, taken by rank 0 alone (the others never write there).
+    pub fn lock(&self, out: &Path, command: &str) -> Result<Option<DirLock>> {
+        match self.writes() {
+            true => Ok(Some(DirLock::acquire(out, command)?)),
+            false => Ok(None),
+        }
+    }
+
+    /// Trains (or resumes) `task` in run `out` as this rank: with the world's sync, or alone
+    /// on this process's device. Only rank 0 shows progress.
+    pub fn train_task<T: TrainTask>(
+        &self,
+        config: &TrainConfig,
+        task: &T,
+        out: &Path,
+        show: bool,
+    ) -> Result<RunSummary> {
+        let show = show && self.writes();
+        Ok(match &self.world {
+            Some(sync) => train_task(config, task, sync.as_ref(), out, show, None)?,
+            None => {
+                let sync = DeviceThreads::new(std::slice::from_ref(&self.device))?;
+                train_task(config, task, &sync, out, show, None)?
+            }
+        })
+    }
+
+    /// Refuses work only one process may do (`what`) in a multi-process run.
+    pub fn alone(&self, what: &str) -> Result<()> {
+        if self.ranks.world_size > 1 {
+            bail!(
+                "{what} is done by one process; run it once without a launcher (world size {} \
+                 from {}), then start the ranks",
+                self.ranks.world_size,
+                self.ranks.launcher
+            );
+        }
+        Ok(())
     }
 
     /// Trains (or resumes) text-to-image run `out` as this rank.

@@ -14,7 +14,6 @@ use ldmscale_study::config::validate::MAX_RESOLUTION;
 use ldmscale_study::stages::text::load_or_make;
 use ldmscale_train::InMemory;
 use ldmscale_train::parallel::{parse_devices, training_devices};
-use ldmscale_util::lock::DirLock;
 
 use crate::device::DeviceArgs;
 use crate::launch::{LaunchArgs, Rank};
@@ -86,11 +85,7 @@ pub struct TrainArgs {
 
 /// Who this process is, and the device it trains on (`--device cuda` is the rank's GPU).
 fn rank_device(args: &TrainArgs) -> Result<(Device, Ranks, Option<usize>)> {
-    let env = ldmscale_util::launch::process_env();
-    let ranks = args.launch.ranks(&env)?;
-    let name = crate::launch::rank_device(&args.device.device, &ranks, &env)?;
-    let device = ldmscale_train::parallel::parse_device(&name, "--device")?;
-    Ok((device, ranks, crate::launch::gpu_index(&name)))
+    crate::launch::resolve(&args.device.device, &args.launch)
 }
 
 fn load(args: &TrainArgs) -> Result<(DataConfig, TrainConfig, Option<EvalConfig>)> {
@@ -374,7 +369,7 @@ pub fn run(args: &TrainArgs, quiet: bool) -> Result<()> {
     }
     let (device, ranks, gpu) = rank_device(args)?;
     let rank = Rank::join(ranks, device, gpu, config.batch_size)?;
-    let _lock = lock(&rank, &args.out, "ldmscale train")?;
+    let _lock = rank.lock(&args.out, "ldmscale train")?;
     run_one(
         &data,
         &config,
@@ -409,7 +404,7 @@ pub fn family(args: &TrainArgs, quiet: bool) -> Result<()> {
     }
     let (device, ranks, gpu) = rank_device(args)?;
     let rank = Rank::join(ranks, device, gpu, config.batch_size)?;
-    let _lock = lock(&rank, &args.out, "ldmscale train-family")?;
+    let _lock = rank.lock(&args.out, "ldmscale train-family")?;
     for &w in &args.widths {
         let mut c = config.clone();
         c.model.width = w;
@@ -425,13 +420,4 @@ pub fn family(args: &TrainArgs, quiet: bool) -> Result<()> {
         )?;
     }
     Ok(())
-}
-
-/// The output directory locked for this run; the other ranks of a multi-process run share
-/// rank 0's hold (they write nothing there).
-fn lock(rank: &Rank, out: &Path, command: &str) -> Result<Option<DirLock>> {
-    match rank.writes() {
-        true => Ok(Some(DirLock::acquire(out, command)?)),
-        false => Ok(None),
-    }
 }

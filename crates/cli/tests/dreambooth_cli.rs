@@ -192,6 +192,13 @@ fn bad_inputs_name_the_flag_or_folder() {
         &["--class-dir", "class", "--class-prompt", "A sks circle."],
         &["--class-prompt", "identical to --instance-prompt"],
     );
+    // Ranks this build cannot synchronise.
+    if cfg!(not(feature = "mpi")) {
+        refused(
+            &["--rank", "1", "--world-size", "2"],
+            &["world size 2 (rank 1)", "--features mpi"],
+        );
+    }
     // One of --class-dir / --class-prompt without the other.
     refused(&["--class-prompt", "a circle"], &["--class-dir"]);
     refused(&["--class-dir", "class"], &["--class-prompt"]);

@@ -6,39 +6,13 @@
 #[path = "../src/npy.rs"]
 mod npy;
 
+#[path = "common/sr_setup.rs"]
+mod sr_setup;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use burn::tensor::Device;
-use ldmscale_data::Image;
-use ldmscale_model::vae::save_vae;
-use ldmscale_model::weights::save_unet;
-use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig};
-
-/// A tiny pretrained setup under `root`: `unet/`, `vae/`, `empty.npy` and `hr/` with three
-/// 40x36 images.
-fn setup(root: &Path) {
-    let device = Device::flex();
-    device.seed(1);
-    let mut config = UNetConfig::small(8, 16, 2);
-    config.norm_num_groups = 4;
-    save_unet(&root.join("unet"), &config, &UNet::new(&config, &device)).unwrap();
-    let vae_config = AutoencoderKLConfig::small(2, 8);
-    let vae = AutoencoderKL::new(&vae_config, &device);
-    save_vae(&root.join("vae"), &vae_config, &vae).unwrap();
-    npy::write(&root.join("empty.npy"), &[1, 3, 16], &[0.0; 48]).unwrap();
-    std::fs::create_dir_all(root.join("hr")).unwrap();
-    for i in 0..3u32 {
-        let mut image = Image::filled(40, 36, [20, 40, 60]);
-        for y in 0..36 {
-            for x in 0..40 {
-                let v = ((x * (i + 2) + y * 3) % 255) as u8;
-                image.set_pixel(x, y, [v, 255 - v, (v / 2) + 60]);
-            }
-        }
-        std::fs::write(root.join(format!("hr/{i}.png")), image.to_png()).unwrap();
-    }
-}
+use sr_setup::setup;
 
 fn ldmscale(args: &[&str], root: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ldmscale"))
@@ -173,6 +147,22 @@ fn bad_inputs_are_named() {
     let out = finetune(root, "unet", "hr", "30");
     assert!(!out.status.success());
     assert!(text(&out).contains("--crop 30"), "{}", text(&out));
+
+    // Ranks this build cannot synchronise train nothing (the MPI build's ranks: mpi_train.rs).
+    if cfg!(not(feature = "mpi")) {
+        let ranked = [&FINETUNE[..], &["--rank", "1", "--world-size", "2"]].concat();
+        let out = ldmscale(&ranked, root);
+        assert!(!out.status.success());
+        assert!(
+            text(&out).contains("world size 2 (rank 1)") && text(&out).contains("--features mpi"),
+            "{}",
+            text(&out)
+        );
+        assert!(
+            !root.join("run/checkpoints").exists(),
+            "a refused rank trained"
+        );
+    }
 
     // An SR UNet is not a text-to-image one.
     assert!(finetune(root, "unet", "hr", "32").status.success());

@@ -1,34 +1,91 @@
 //! `mpirun -np 2 ldmscale train` (feature `mpi`): the binary reads its ranks from Open MPI's
 //! variables, the two ranks split every batch (shards of 3 and 2) and train the model one
-//! `ldmscale train` trains with the whole batch, and rank 0 alone writes the run. Skips, saying
-//! why, when `mpirun` is not on PATH.
+//! `ldmscale train` trains with the whole batch, and rank 0 alone writes the run; the same for
+//! `ldmscale finetune-sr`. Skips, saying why, when `mpirun` is not on PATH.
 #![cfg(feature = "mpi")]
 
 mod common;
 #[path = "../../train/tests/common/compare.rs"]
 mod compare;
+#[allow(dead_code)]
+#[path = "../src/npy.rs"]
+mod npy;
+#[path = "common/sr_setup.rs"]
+mod sr_setup;
 
 use std::path::Path;
 use std::process::{Command, Output};
 
 const STEPS: usize = 3;
 
-fn train(launcher: &[&str], run: &Path, out: &Path) -> Output {
+const MPIRUN: [&str; 4] = ["mpirun", "--oversubscribe", "-np", "2"];
+
+/// `ldmscale` started by `launcher` (none: directly) in `dir`.
+fn ldmscale(launcher: &[&str], dir: &Path) -> Command {
     let ldmscale = env!("CARGO_BIN_EXE_ldmscale");
     let (program, args) = match launcher.split_first() {
         Some((first, rest)) => (*first, [rest, &[ldmscale]].concat()),
         None => (ldmscale, Vec::new()),
     };
-    Command::new(program)
+    let mut command = Command::new(program);
+    command
+        .current_dir(dir)
         .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    command
+}
+
+fn train(launcher: &[&str], run: &Path, out: &Path) -> Output {
+    ldmscale(launcher, run.parent().unwrap())
         .args(["-q", "train", "--config"])
         .arg(run)
         .arg("--out")
         .arg(out)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
         .output()
         .unwrap()
+}
+
+fn finetune_sr(launcher: &[&str], root: &Path, out: &str) -> Output {
+    ldmscale(launcher, root)
+        .args([
+            "-q",
+            "finetune-sr",
+            "--unet",
+            "unet",
+            "--first-stage",
+            "vae",
+            "--hr",
+            "hr",
+        ])
+        .args([
+            "--empty-context",
+            "empty.npy",
+            "--crop",
+            "32",
+            "--crops-per-image",
+            "2",
+        ])
+        .args([
+            "--batch-size",
+            "3",
+            "--learning-rate",
+            "1e-3",
+            "--checkpoint-every",
+            "1",
+        ])
+        .args(["--steps", &STEPS.to_string(), "--out", out])
+        .output()
+        .unwrap()
+}
+
+fn mpirun_on_path() -> bool {
+    let on_path = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("mpirun").is_file()));
+    if !on_path {
+        println!("skipped: mpirun is not on PATH (Debian: apt-get install openmpi-bin)");
+    }
+    on_path
 }
 
 fn assert_ok(output: &Output, what: &str) {
@@ -42,10 +99,7 @@ fn assert_ok(output: &Output, what: &str) {
 
 #[test]
 fn mpirun_ldmscale_train_equals_one_process() {
-    let on_path = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("mpirun").is_file()));
-    if !on_path {
-        println!("skipped: mpirun is not on PATH (Debian: apt-get install openmpi-bin)");
+    if !mpirun_on_path() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -55,7 +109,20 @@ fn mpirun_ldmscale_train_equals_one_process() {
     let run = common::tiny_run_file(dir.path(), &recipe, "");
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     assert_ok(&train(&[], &run, &one), "one process");
-    let mpirun = ["mpirun", "--oversubscribe", "-np", "2"];
-    assert_ok(&train(&mpirun, &run, &two), "mpirun -np 2");
+    assert_ok(&train(&MPIRUN, &run, &two), "mpirun -np 2");
     compare::assert_same_run(&one, &two, STEPS, "mpirun -np 2 ldmscale train");
+}
+
+#[test]
+fn mpirun_ldmscale_finetune_sr_equals_one_process() {
+    if !mpirun_on_path() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    sr_setup::setup(root);
+    assert_ok(&finetune_sr(&[], root, "one"), "one process");
+    assert_ok(&finetune_sr(&MPIRUN, root, "two"), "mpirun -np 2");
+    let (one, two) = (root.join("one"), root.join("two"));
+    compare::assert_same_run(&one, &two, STEPS, "mpirun -np 2 ldmscale finetune-sr");
 }
