@@ -22,6 +22,8 @@ mod buffer;
 pub mod conv;
 mod exp;
 pub mod layer_norm;
+#[cfg(feature = "onednn")]
+pub mod onednn;
 pub mod linear;
 pub mod norm;
 pub mod optim;

@@ -1,0 +1,124 @@
+//! Our convolution and dense-layer products against oneDNN's (Debian's libdnnl, OpenMP threads)
+//! on the UNet's shapes for the widths given (default 32 64 128: a CFG batch of 16 on 32x32
+//! latents, levels [c, 2c, 2c] at 32, 16 and 8 pixels; dense layers on the 16x16 level's
+//! tokens), in f32 and with bf16 products. Runs alternate between the two sides; medians.
+//! `cargo run --release -p ldmscale-kernels --features onednn --example onednn_bench [reps
+//! [width ...]]`.
+
+use std::time::Instant;
+
+use ldmscale_kernels::bf16::{engine, set_products_in_bf16};
+use ldmscale_kernels::onednn::{Convolution, MatMul, effective_isa};
+use ldmscale_kernels::{ConvShape, LinearShape, conv2d_forward, linear_forward, run_on_pool};
+
+/// Median milliseconds of `reps` alternating runs of `ours` and `theirs`, after a warm-up each.
+fn medians(reps: usize, mut ours: impl FnMut(), mut theirs: impl FnMut()) -> (f64, f64) {
+    let time = |f: &mut dyn FnMut()| {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64() * 1e3
+    };
+    ours();
+    theirs();
+    let (mut a, mut b): (Vec<f64>, Vec<f64>) = (0..reps)
+        .map(|_| (time(&mut ours), time(&mut theirs)))
+        .unzip();
+    a.sort_by(f64::total_cmp);
+    b.sort_by(f64::total_cmp);
+    (a[reps / 2], b[reps / 2])
+}
+
+fn values(len: usize) -> Vec<f32> {
+    (0..len).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect()
+}
+
+fn conv_row(reps: usize, s: ConvShape, bf16: bool) -> Result<(), String> {
+    let x = values(s.batch * s.channels_in * s.height * s.width);
+    let w = values(s.weight_len());
+    let bias = values(s.channels_out);
+    let (mut ours, mut theirs) = (vec![0f32; s.output_len()], vec![0f32; s.output_len()]);
+    let mut conv = Convolution::new(s, bf16)?;
+    set_products_in_bf16(bf16);
+    let (a, b) = medians(
+        reps,
+        || conv2d_forward(&x, &w, Some(&bias), s, &mut ours),
+        || {
+            conv.forward(&x, &w, &bias, &mut theirs)
+                .expect("oneDNN run")
+        },
+    );
+    let label = format!(
+        "conv {}x{}->{} {}px k{}",
+        s.batch, s.channels_in, s.channels_out, s.height, s.kernel_h
+    );
+    print_row(&label, bf16, a, b);
+    Ok(())
+}
+
+fn linear_row(reps: usize, s: LinearShape, bf16: bool) -> Result<(), String> {
+    let x = values(s.input_len());
+    let w = values(s.weight_len());
+    let (mut ours, mut theirs) = (vec![0f32; s.output_len()], vec![0f32; s.output_len()]);
+    let mut product = MatMul::new(s.rows, s.d_out, s.d_in, bf16)?;
+    set_products_in_bf16(bf16);
+    let (a, b) = medians(
+        reps,
+        || linear_forward(&x, &w, None, s, &mut ours),
+        || product.forward(&x, &w, &mut theirs).expect("oneDNN run"),
+    );
+    let label = format!("linear {}x{}->{}", s.rows, s.d_in, s.d_out);
+    print_row(&label, bf16, a, b);
+    Ok(())
+}
+
+fn print_row(label: &str, bf16: bool, ours: f64, theirs: f64) {
+    let precision = if bf16 { "bf16" } else { "f32" };
+    println!(
+        "{label:<28} {precision:<5} ours {ours:8.2} ms  oneDNN {theirs:8.2} ms  oneDNN/ours {:.2}x",
+        theirs / ours
+    );
+}
+
+fn main() -> Result<(), String> {
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().expect("a number"))
+        .collect();
+    let reps = args.first().copied().unwrap_or(7);
+    let widths = if args.len() > 1 {
+        args[1..].to_vec()
+    } else {
+        vec![32, 64, 128]
+    };
+    println!(
+        "oneDNN isa {}, our bf16 engine {:?}, rayon threads {}",
+        effective_isa(),
+        engine(),
+        rayon::current_num_threads()
+    );
+    run_on_pool(|| {
+        for &c in &widths {
+            for bf16 in [false, true] {
+                for (c_in, c_out, size) in [(c, c, 32), (2 * c, 2 * c, 16), (2 * c, 2 * c, 8)] {
+                    let shape = ConvShape {
+                        batch: 16,
+                        channels_in: c_in,
+                        height: size,
+                        width: size,
+                        channels_out: c_out,
+                        kernel_h: 3,
+                        kernel_w: 3,
+                        stride: [1, 1],
+                        padding: [1, 1],
+                    };
+                    conv_row(reps, shape, bf16)?;
+                }
+                for (d_in, d_out) in [(2 * c, 2 * c), (2 * c, 16 * c), (8 * c, 2 * c)] {
+                    let rows = 16 * 256;
+                    linear_row(reps, LinearShape { rows, d_in, d_out }, bf16)?;
+                }
+            }
+        }
+        Ok(())
+    })
+}
