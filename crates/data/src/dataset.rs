@@ -194,6 +194,9 @@ pub struct SplitDataset<D> {
 }
 
 enum Members {
+    /// Every example of the source, in order: no index held (a paper-scale source has
+    /// hundreds of millions).
+    All,
     /// Finite source: the member indices, in source order.
     Finite(Vec<usize>),
     /// Infinite source: members found so far by scanning source indices in order.
@@ -214,6 +217,7 @@ impl<D: Dataset> SplitDataset<D> {
     pub fn new(inner: D, split: Split, config: SplitConfig) -> Result<Self, DataError> {
         config.validate()?;
         let members = match inner.len() {
+            _ if split == Split::All => Members::All,
             Some(len) => {
                 let mut found = Vec::new();
                 for i in 0..len {
@@ -256,6 +260,10 @@ impl<D: Dataset> SplitDataset<D> {
     /// The source index of member `index`.
     pub fn source_index(&self, index: usize) -> Result<usize, DataError> {
         match &self.members {
+            Members::All => match self.inner.len() {
+                Some(len) => check_index(&self.name(), index, len).map(|()| index),
+                None => Ok(index),
+            },
             Members::Finite(found) => {
                 check_index(&self.name(), index, found.len())?;
                 Ok(found[index])
@@ -308,6 +316,7 @@ impl<D: Dataset> Dataset for SplitDataset<D> {
 
     fn len(&self) -> Option<usize> {
         match &self.members {
+            Members::All => self.inner.len(),
             Members::Finite(found) => Some(found.len()),
             Members::Infinite(_) => None,
         }

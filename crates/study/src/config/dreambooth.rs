@@ -136,13 +136,15 @@ pub fn problems(c: &StudyConfig) -> Vec<String> {
     };
     let mut p = Vec::new();
     let mut add = |field: &str, message: String| p.push(format!("dreambooth.{field}: {message}"));
-    if !matches!(c.dataset, DatasetSpec::Shapes(_)) {
+    if let Ok(train) = c.train_source()
+        && !matches!(train.spec, DatasetSpec::Shapes(_))
+    {
         add(
             "dataset",
             format!(
-                "the subjects are shapes with patterns; dataset {} cannot name them (use shapes \
+                "the subjects are shapes with patterns; {} {} cannot name them (use shapes \
                  or drop [dreambooth])",
-                c.dataset
+                train.field, train.spec
             ),
         );
     }
@@ -211,7 +213,7 @@ mod tests {
             assert!(err.contains(field), "{field} missing from:\n{err}");
         }
         let mut c = StudyConfig::preset("tiny").unwrap();
-        c.dataset = "mnist".parse().unwrap();
+        c.dataset = Some("mnist".parse().unwrap());
         assert!(c.validate().unwrap_err().contains("dreambooth.dataset"));
     }
 

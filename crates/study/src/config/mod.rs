@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use ldmscale_data::DatasetSpec;
+use ldmscale_data::{DatasetSpec, STUDY_SPLIT, Split};
 use ldmscale_diffusion::SamplerId;
 pub use ldmscale_train::Family;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -209,9 +209,20 @@ fn dropout() -> f64 {
 pub struct StudyConfig {
     /// Preset or user name.
     pub name: String,
-    /// Dataset: shapes, fashion-mnist, mnist, emoji, folder:DIR, coco:CAPTIONS.json:IMAGES_DIR,
-    /// wds:PATTERN (ldmscale-data's `DatasetSpec`: the string or a table with `kind`).
-    pub dataset: DatasetSpec,
+    /// One dataset for both roles, split into training (90%) and held-out (10%) examples:
+    /// shapes, fashion-mnist, mnist, emoji, folder:DIR, coco:CAPTIONS.json:IMAGES_DIR,
+    /// wds:PATTERN (ldmscale-data's `DatasetSpec`: the string or a table with `kind`). Absent
+    /// when `train_dataset` and `eval_dataset` are given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetSpec>,
+    /// The training source, read whole (the paper: LAION-style WebDataset shards); with
+    /// `eval_dataset`, in place of `dataset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_dataset: Option<DatasetSpec>,
+    /// The evaluation source, read whole: FID reference set, evaluation prompts (the paper:
+    /// COCO 2014 val); with `train_dataset`, in place of `dataset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_dataset: Option<DatasetSpec>,
     /// Image side in pixels.
     pub resolution: usize,
     /// Training examples used.
@@ -249,6 +260,40 @@ pub struct StudyConfig {
     /// absent: not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dreambooth: Option<DreamBoothConfig>,
+}
+
+/// Where one role's examples (training or evaluation) come from.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DataSource<'a> {
+    /// The dataset.
+    pub spec: &'a DatasetSpec,
+    /// The part read: a shared `dataset`'s train or val split, or all of a separate one.
+    pub split: Split,
+    /// The config field naming it, for messages.
+    pub field: &'static str,
+}
+
+impl DataSource<'_> {
+    /// The part read, in words (cache keys and logs; a shared dataset's wording predates
+    /// separate sources, so its caches are still found).
+    pub fn part(&self) -> String {
+        match self.split {
+            Split::All => "all".into(),
+            s => format!(
+                "{s} (val fraction {}, salt {})",
+                STUDY_SPLIT.val_fraction, STUDY_SPLIT.salt
+            ),
+        }
+    }
+}
+
+impl fmt::Display for DataSource<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.split {
+            Split::All => write!(f, "{}", self.spec),
+            s => write!(f, "{} ({s} split)", self.spec),
+        }
+    }
 }
 
 /// The quick preset's dataset: Fashion-MNIST when `tools/fetch-assets.sh fashion-mnist` has
@@ -290,6 +335,55 @@ impl StudyConfig {
     /// TOML text.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// The training and evaluation sources: the train and val splits of `dataset`, or all of
+    /// `train_dataset` and all of `eval_dataset`. The error names the fields to set.
+    pub fn sources(&self) -> Result<[DataSource<'_>; 2], String> {
+        let source = |spec, split, field| DataSource { spec, split, field };
+        match (&self.dataset, &self.train_dataset, &self.eval_dataset) {
+            (Some(d), None, None) => Ok([
+                source(d, Split::Train, "dataset"),
+                source(d, Split::Val, "dataset"),
+            ]),
+            (None, Some(t), Some(e)) => Ok([
+                source(t, Split::All, "train_dataset"),
+                source(e, Split::All, "eval_dataset"),
+            ]),
+            (Some(_), _, _) => Err("dataset: give either `dataset` (split into training and \
+                 evaluation examples) or `train_dataset` and `eval_dataset`, not both"
+                .into()),
+            (None, t, _) => {
+                let missing = if t.is_none() {
+                    "train_dataset"
+                } else {
+                    "eval_dataset"
+                };
+                Err(format!(
+                    "{missing}: missing; give `train_dataset` and `eval_dataset`, or one \
+                     `dataset` split into both"
+                ))
+            }
+        }
+    }
+
+    /// Where the training examples come from (see [`StudyConfig::sources`]).
+    pub fn train_source(&self) -> Result<DataSource<'_>, String> {
+        self.sources().map(|[train, _]| train)
+    }
+
+    /// Where the evaluation examples come from (see [`StudyConfig::sources`]).
+    pub fn eval_source(&self) -> Result<DataSource<'_>, String> {
+        self.sources().map(|[_, eval]| eval)
+    }
+
+    /// The sources in words, for titles and logs.
+    pub fn describe_data(&self) -> String {
+        match self.sources() {
+            Ok([t, e]) if t.spec == e.spec => t.spec.to_string(),
+            Ok([t, e]) => format!("{t} (training) / {e} (evaluation)"),
+            Err(e) => e,
+        }
     }
 
     /// Every range and consistency check, before any work: all problems at once, one a line,
@@ -356,7 +450,9 @@ mod presets {
     fn base(name: &str) -> StudyConfig {
         StudyConfig {
             name: name.into(),
-            dataset: dataset("shapes"),
+            dataset: Some(dataset("shapes")),
+            train_dataset: None,
+            eval_dataset: None,
             resolution: 16,
             train_examples: 2048,
             val_examples: 256,
@@ -433,12 +529,12 @@ mod presets {
     /// A 2-core CPU in minutes.
     pub fn quick() -> StudyConfig {
         let mut c = base("quick");
-        c.dataset = quick_dataset();
+        c.dataset = Some(quick_dataset());
         // 400 steps left the largest width's FID still falling fast (Fig. 3 curve).
         c.recipe.steps = 800;
         c.recipe.eval_every = 200;
         // The subjects are shapes: no DreamBooth section on Fashion-MNIST.
-        if matches!(c.dataset, DatasetSpec::Shapes(_)) {
+        if matches!(c.dataset, Some(DatasetSpec::Shapes(_))) {
             c.dreambooth = Some(DreamBoothConfig::quick());
         }
         c
@@ -447,7 +543,7 @@ mod presets {
     /// Hours on a CPU: Fashion-MNIST at 32 px, five widths, Inception FID.
     pub fn full() -> StudyConfig {
         let mut c = base("full");
-        c.dataset = dataset("fashion-mnist");
+        c.dataset = Some(dataset("fashion-mnist"));
         c.resolution = 32;
         c.first_stage = FirstStage::Train {
             factor: 4,
@@ -489,11 +585,14 @@ mod presets {
         c
     }
 
-    /// The paper's setup: COCO, the SD VAE, a CLIP text encoder, Table 1's widths.
+    /// The paper's setup: trained on LAION-style WebDataset shards, evaluated on 30k images of
+    /// COCO 2014 val; the SD VAE, a CLIP text encoder, Table 1's widths.
     pub fn paper() -> StudyConfig {
         StudyConfig {
             name: "paper".into(),
-            dataset: dataset("coco:annotations/captions_val2014.json:val2014"),
+            dataset: None,
+            train_dataset: Some(dataset("wds:laion/{00000..09999}.tar")),
+            eval_dataset: Some(dataset("coco:annotations/captions_val2014.json:val2014")),
             resolution: 512,
             train_examples: 600_000_000,
             val_examples: 30_000,
@@ -662,7 +761,43 @@ mod tests {
             "dataset = { kind = \"shapes\", seed = 3 }",
         );
         let c = StudyConfig::from_toml(&table, "s.toml").unwrap();
-        assert_eq!(c.dataset.to_string(), "shapes:seed=3");
+        assert_eq!(c.dataset.unwrap().to_string(), "shapes:seed=3");
+    }
+
+    #[test]
+    fn sources_are_one_dataset_or_train_and_eval_named_by_field() {
+        let paper = StudyConfig::preset("paper").unwrap();
+        let [train, eval] = paper.sources().unwrap();
+        assert_eq!(train.spec.to_string(), "wds:laion/{00000..09999}.tar");
+        assert!(eval.spec.to_string().starts_with("coco:"), "{}", eval.spec);
+        let toml = paper.to_toml();
+        assert!(toml.contains("train_dataset = ") && !toml.contains("\ndataset = "));
+        let tiny = StudyConfig::preset("tiny").unwrap().to_toml();
+        let parsed = StudyConfig::from_toml(&tiny, "s.toml").unwrap();
+        let [train, eval] = parsed.sources().unwrap();
+        assert_eq!((train.split, eval.split), (Split::Train, Split::Val));
+        type Breakage = fn(&mut StudyConfig);
+        let cases: [(&str, Breakage); 4] = [
+            ("eval_dataset: missing", |c| {
+                c.train_dataset = c.dataset.take();
+            }),
+            ("train_dataset: missing", |c| {
+                c.eval_dataset = c.dataset.take();
+            }),
+            ("dataset: give either", |c| {
+                c.eval_dataset = c.dataset.clone();
+            }),
+            ("eval_dataset: shapes is train_dataset itself", |c| {
+                c.train_dataset = c.dataset.clone();
+                c.eval_dataset = c.dataset.take();
+            }),
+        ];
+        for (message, change) in cases {
+            let mut c = StudyConfig::preset("tiny").unwrap();
+            change(&mut c);
+            let err = StudyConfig::from_toml(&c.to_toml(), "s.toml").unwrap_err();
+            assert!(err.contains(message), "{message}: {err}");
+        }
     }
 
     #[test]

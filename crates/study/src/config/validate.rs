@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::hash::Hash;
 
-use ldmscale_data::HrSource;
+use ldmscale_data::{HrSource, Split};
 
 use super::{Family, FirstStage, StudyConfig};
 
@@ -83,6 +83,7 @@ fn check_top(c: &StudyConfig, p: &mut Problems) {
             ),
         );
     }
+    check_sources(c, p);
     p.range("resolution", c.resolution, 1, MAX_RESOLUTION);
     p.range("train_examples", c.train_examples, 1, usize::MAX);
     p.range("val_examples", c.val_examples, 2, usize::MAX);
@@ -105,6 +106,22 @@ fn check_top(c: &StudyConfig, p: &mut Problems) {
         && path.is_empty()
     {
         p.add("text_encoder", "the directory after dir: or clip: is empty");
+    }
+}
+
+/// `dataset`, or `train_dataset` and `eval_dataset`, and two separate sources that differ.
+fn check_sources(c: &StudyConfig, p: &mut Problems) {
+    match c.sources() {
+        Err(e) => p.0.push(e),
+        Ok([train, eval]) if train.split == Split::All && train.spec == eval.spec => p.add(
+            "eval_dataset",
+            format!(
+                "{} is train_dataset itself: every evaluation image would be a training image \
+                 (give `dataset` alone to hold out part of one source)",
+                eval.spec
+            ),
+        ),
+        Ok(_) => {}
     }
 }
 

@@ -1,37 +1,51 @@
-//! Stage 1: the training and held-out examples, decoded into memory.
+//! Stage 1: the training and evaluation examples, decoded into memory.
 
 use std::path::Path;
 
-use ldmscale_data::{Captioned, DatasetSpec, Split, load_captioned};
+use ldmscale_data::{Captioned, DatasetSpec, load_captioned};
 
-use crate::config::StudyConfig;
+use crate::config::{DataSource, StudyConfig};
 use crate::context::StudyContext;
 use crate::error::StudyError;
 use crate::fingerprint::Fingerprint;
 use crate::stage::{Estimate, Stage};
 
-/// The examples of both splits.
+/// The examples of both roles.
 pub struct Splits {
     /// Training examples.
     pub train: Captioned,
-    /// Held-out examples: the FID reference set and the evaluation prompts.
+    /// Evaluation examples: the FID reference set and the evaluation prompts.
     pub val: Captioned,
 }
 
 /// Loads the splits (cheap and deterministic: done again on every run, never stored).
 pub struct Data;
 
-/// What the examples depend on.
+/// What the examples depend on. A single `dataset` hashes as it did before separate sources,
+/// so an unchanged old config keeps every fingerprint and its study resumes.
 pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
-    Fingerprint::of(
-        "data",
-        &(
-            &config.dataset,
-            config.resolution,
-            config.train_examples,
-            config.val_examples,
-        ),
-    )
+    let sizes = (
+        config.resolution,
+        config.train_examples,
+        config.val_examples,
+    );
+    match (&config.dataset, &config.train_dataset, &config.eval_dataset) {
+        (Some(dataset), None, None) => {
+            Fingerprint::of("data", &(dataset, sizes.0, sizes.1, sizes.2))
+        }
+        (shared, train, eval) => {
+            Fingerprint::of("data", &(("train", train), ("eval", eval), shared, sizes))
+        }
+    }
+}
+
+/// The first `count` usable examples of `source`.
+pub fn load(source: DataSource, resolution: usize, count: usize) -> Result<Captioned, StudyError> {
+    let spec = source.spec.to_string();
+    load_captioned(&spec, resolution, source.split, count).map_err(|e| StudyError::Stage {
+        stage: "data",
+        message: format!("{} = {spec}: {e}", source.field),
+    })
 }
 
 impl Stage for Data {
@@ -48,19 +62,23 @@ impl Stage for Data {
 
     fn run(&self, cx: &StudyContext) -> Result<Splits, StudyError> {
         let c = cx.config;
-        tracing::info!("data: {} at {}x{}", c.dataset, c.resolution, c.resolution);
-        let dataset = c.dataset.to_string();
+        let [train, eval] = c.sources().map_err(StudyError::Config)?;
+        tracing::info!(
+            "data: {} at {}x{}",
+            c.describe_data(),
+            c.resolution,
+            c.resolution
+        );
         Ok(Splits {
-            train: load_captioned(&dataset, c.resolution, Split::Train, c.train_examples)?,
-            val: load_captioned(&dataset, c.resolution, Split::Val, c.val_examples)?,
+            train: load(train, c.resolution, c.train_examples)?,
+            val: load(eval, c.resolution, c.val_examples)?,
         })
     }
 }
 
-/// The dataset's files that are missing.
-pub fn estimate(config: &StudyConfig) -> Estimate {
-    let mut e = Estimate::default();
-    let inputs: Vec<(&Path, &str)> = match &config.dataset {
+/// The files of `source` that are missing, each naming its config field.
+fn missing_inputs(source: DataSource) -> Vec<String> {
+    let inputs: Vec<(&Path, &str)> = match source.spec {
         DatasetSpec::Coco {
             annotations,
             images,
@@ -72,17 +90,123 @@ pub fn estimate(config: &StudyConfig) -> Estimate {
         DatasetSpec::Folder { path } => vec![(path, "the image folder")],
         _ => Vec::new(),
     };
-    for (path, what) in inputs.into_iter().filter(|(p, _)| !p.exists()) {
-        e.problems
-            .push(format!("dataset: {path:?} does not exist ({what})"));
+    let mut problems: Vec<String> = inputs
+        .into_iter()
+        .filter(|(p, _)| !p.exists())
+        .map(|(path, what)| format!("{}: {path:?} does not exist ({what})", source.field))
+        .collect();
+    if let DatasetSpec::Wds { shards } = source.spec {
+        match ldmscale_data::webdataset::expand_braces(shards) {
+            Ok(paths) => {
+                let missing: Vec<&String> =
+                    paths.iter().filter(|p| !Path::new(p).exists()).collect();
+                if let Some(first) = missing.first() {
+                    problems.push(format!(
+                        "{}: {} of {} shards of {shards} do not exist (first: {first})",
+                        source.field,
+                        missing.len(),
+                        paths.len()
+                    ));
+                }
+            }
+            Err(e) => problems.push(format!("{}: {e}", source.field)),
+        }
+    }
+    problems
+}
+
+/// The datasets' files that are missing.
+pub fn estimate(config: &StudyConfig) -> Estimate {
+    let mut e = Estimate::default();
+    match config.sources() {
+        Ok([train, eval]) => {
+            e.problems.extend(missing_inputs(train));
+            if eval.spec != train.spec {
+                e.problems.extend(missing_inputs(eval));
+            }
+        }
+        Err(problem) => e.problems.push(problem),
     }
     e.lines.push(format!(
         "data: {} at {}x{}, {} train / {} val examples",
-        config.dataset,
+        config.describe_data(),
         config.resolution,
         config.resolution,
         config.train_examples,
         config.val_examples
     ));
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use ldmscale_data::Split;
+
+    use super::*;
+
+    /// The tiny preset's data fingerprint from before separate sources (SHA-256 of
+    /// `["data",["shapes",16,256,64]]`): an old study directory still resumes.
+    #[test]
+    fn a_single_dataset_keeps_its_old_fingerprint() {
+        let tiny = StudyConfig::preset("tiny").unwrap();
+        assert_eq!(fingerprint(&tiny).as_str(), "f2c6618778806f94");
+        let mut separate = tiny.clone();
+        separate.train_dataset = separate.dataset.take();
+        separate.eval_dataset = Some("shapes:seed=5".parse().unwrap());
+        let other_eval = {
+            let mut c = separate.clone();
+            c.eval_dataset = Some("shapes:seed=6".parse().unwrap());
+            c
+        };
+        let prints = [&tiny, &separate, &other_eval].map(fingerprint);
+        assert!(
+            prints[0] != prints[1] && prints[1] != prints[2],
+            "{prints:?}"
+        );
+    }
+
+    #[test]
+    fn separate_sources_are_read_whole_and_apart() {
+        let mut c = StudyConfig::preset("tiny").unwrap();
+        c.dataset = None;
+        c.train_dataset = Some("shapes:seed=1".parse().unwrap());
+        c.eval_dataset = Some("shapes:seed=2".parse().unwrap());
+        c.validate().unwrap();
+        let [train, eval] = c.sources().unwrap();
+        assert_eq!((train.split, eval.split), (Split::All, Split::All));
+        let (t, e) = (load(train, 16, 6).unwrap(), load(eval, 16, 6).unwrap());
+        let whole = |spec: &str| load_captioned(spec, 16, Split::All, 6).unwrap();
+        assert_eq!(t, whole("shapes:seed=1"));
+        assert_eq!(e, whole("shapes:seed=2"));
+        assert_ne!(t.images, e.images);
+    }
+
+    #[test]
+    fn a_bad_source_is_named_by_its_field() {
+        let mut c = StudyConfig::preset("tiny").unwrap();
+        c.dataset = None;
+        c.train_dataset = Some("shapes".parse().unwrap());
+        c.eval_dataset = Some("folder:/nonexistent/coco".parse().unwrap());
+        let [_, eval] = c.sources().unwrap();
+        let err = load(eval, 16, 4).unwrap_err().to_string();
+        assert!(
+            err.contains("eval_dataset = folder:/nonexistent/coco"),
+            "{err}"
+        );
+        let problems = estimate(&c).problems;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("eval_dataset: \"/nonexistent/coco\"")),
+            "{problems:?}"
+        );
+        c.train_dataset = Some("wds:/nonexistent/{000..009}.tar".parse().unwrap());
+        let problems = estimate(&c).problems;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("train_dataset: 10 of 10 shards")),
+            "{problems:?}"
+        );
+    }
 }

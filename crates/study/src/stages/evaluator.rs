@@ -99,7 +99,7 @@ impl Stage for EvaluatorStage<'_> {
         };
         let features = Features { clip, inception };
         let images = images_tensor(&self.data.val.images, cx.config.resolution, &cx.device);
-        let path = reference_path(&features, cx, self.data.val.len());
+        let path = reference_path(&features, cx, self.data.val.len())?;
         let (stats, reference_features) = features.reference_stats(&path, images)?;
         Ok(Evaluator {
             features,
@@ -150,14 +150,19 @@ fn load_inception(cx: &StudyContext) -> Result<FidExtractor, StudyError> {
 /// Inception reference statistics are cached per dataset, split, resolution, count and mode
 /// under `$LDMSCALE_CACHE/stats/` (they do not depend on the study); in-domain ones live in
 /// the study directory (they depend on its encoder).
-fn reference_path(features: &Features, cx: &StudyContext, n_val: usize) -> PathBuf {
+fn reference_path(
+    features: &Features,
+    cx: &StudyContext,
+    n_val: usize,
+) -> Result<PathBuf, StudyError> {
     if features.inception.is_none() {
-        return cx.path("eval").join("reference_in_domain.npz");
+        return Ok(cx.path("eval").join("reference_in_domain.npz"));
     }
     let c = cx.config;
+    let eval = c.eval_source().map_err(StudyError::Config)?;
     let name: String = format!(
-        "{}-val-{}px-{}-pytorch-fid.npz",
-        c.dataset, c.resolution, n_val
+        "{}-{}-{}px-{}-pytorch-fid.npz",
+        eval.spec, eval.split, c.resolution, n_val
     )
     .chars()
     .map(|ch| {
@@ -168,7 +173,7 @@ fn reference_path(features: &Features, cx: &StudyContext, n_val: usize) -> PathB
         }
     })
     .collect();
-    ldmscale_data::cache_root().join("stats").join(name)
+    Ok(ldmscale_data::cache_root().join("stats").join(name))
 }
 
 impl Features {

@@ -154,10 +154,12 @@ impl LatentsStage<'_> {
             _ => cx.path(first_stage::DIR).join(WEIGHTS_FILE),
         };
         let text_weights = cx.path(text::DIR).join(TRANSFORMERS_WEIGHTS_FILE);
+        let source = c.train_source().map_err(StudyError::Config)?;
         Ok(CacheKey {
-            dataset: c.dataset.to_string(),
+            dataset: source.spec.to_string(),
             split: format!(
-                "train (val fraction 0.1, salt 0), first {} usable examples",
+                "{}, first {} usable examples",
+                source.part(),
                 self.data.train.len()
             ),
             resolution: [res as u32, res as u32],
@@ -196,13 +198,14 @@ impl LatentsStage<'_> {
         )?;
         let null = encode_text(&t.conditioner, &[String::new()], t.length, &cx.device)?;
         let c = cx.config;
+        let source = c.train_source().map_err(StudyError::Config)?;
         let train = CachedTrainingData {
             cache,
             null: null.states.clone(),
             // As before the cache, so checkpoints of earlier runs still resume.
             key: format!(
                 "{}@{} vae:{} text:{}",
-                c.dataset, c.resolution, self.first.config.scaling_factor, c.text_encoder
+                source.spec, c.resolution, self.first.config.scaling_factor, c.text_encoder
             ),
         };
         Ok(Latents {

@@ -85,7 +85,9 @@ impl ReportStage<'_> {
         ReportInputs {
             title: format!(
                 "{} preset: {} at {res}x{res}, widths {:?}",
-                c.name, c.dataset, c.widths
+                c.name,
+                c.describe_data(),
+                c.widths
             ),
             facts: self.facts(cx),
             fid_features: format!(
@@ -122,7 +124,7 @@ impl ReportStage<'_> {
                 "dataset",
                 format!(
                     "{} ({} train / {} val examples)",
-                    c.dataset,
+                    c.describe_data(),
                     self.data.train.len(),
                     self.data.val.len()
                 ),

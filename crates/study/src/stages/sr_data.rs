@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Tensor;
 use ldmscale_data::degrade::{FloatImage, RealEsrganParams, realesrgan, seed_for};
 use ldmscale_data::image::Image;
-use ldmscale_data::{Captioned, CropSpec, HrSource, Split, hr_crops, load_captioned};
+use ldmscale_data::{Captioned, CropSpec, HrSource, hr_crops};
 use ldmscale_model::weights::write_atomic;
 use ldmscale_train::tasks::SrPairs;
 use ldmscale_train::tasks::sr_pairs::{latents_of, upsample_to, upsampled_lr};
@@ -218,17 +218,13 @@ impl SrDataStage<'_> {
             return Ok(hr_images(split, count, res));
         }
         if sr.hr_source == HrSource::Study {
-            let (name, part) = match eval {
-                true => ("val", Split::Val),
-                false => ("train", Split::Train),
-            };
-            tracing::info!("super-res: the {name} split again at {res} px");
-            let dataset = cx.config.dataset.to_string();
-            return Ok(hr_images(
-                &load_captioned(&dataset, res, part, count)?,
-                count,
-                res,
-            ));
+            let source = match eval {
+                true => cx.config.eval_source(),
+                false => cx.config.train_source(),
+            }
+            .map_err(StudyError::Config)?;
+            tracing::info!("super-res: {source} again at {res} px");
+            return Ok(hr_images(&data::load(source, res, count)?, count, res));
         }
         let files = split_files(&sr.hr_source, sr.hr_source.files()?, eval)?;
         let seed = match eval {
