@@ -53,16 +53,16 @@ impl GaussianStats {
     }
 }
 
-/// Running mean and covariance over batches of feature rows, so a large image set never has to
-/// be held in memory. Sums are taken around the first batch's mean, which keeps the
-/// cancellation in `E[xx^T] - mu mu^T` to the level of a two-pass computation.
+/// Running mean and co-moment (sum of outer products of deviations from the mean) over
+/// batches of feature rows, in f64, so a large image set never has to be held in memory. Each
+/// batch is centred on its own mean and merged by Chan et al.'s pairwise update, so the result
+/// matches a two-pass computation however unrepresentative the first batch is.
 #[derive(Debug, Clone)]
 pub struct StatsAccumulator {
     dim: usize,
     count: usize,
-    shift: Option<Vec<f64>>,
-    sum: Vec<f64>,
-    cross: Mat<f64>,
+    mean: Vec<f64>,
+    comoment: Mat<f64>,
 }
 
 impl StatsAccumulator {
@@ -71,9 +71,8 @@ impl StatsAccumulator {
         Self {
             dim,
             count: 0,
-            shift: None,
-            sum: vec![0.0; dim],
-            cross: Mat::zeros(dim, dim),
+            mean: vec![0.0; dim],
+            comoment: Mat::zeros(dim, dim),
         }
     }
 
@@ -101,32 +100,42 @@ impl StatsAccumulator {
                 self.count + bad / d
             )));
         }
-        let shift = self.shift.get_or_insert_with(|| {
-            let mut mean = vec![0.0; d];
-            for row in features.chunks_exact(d) {
-                for (m, &v) in mean.iter_mut().zip(row) {
-                    *m += v as f64;
-                }
-            }
-            mean.iter_mut().for_each(|m| *m /= rows as f64);
-            mean
-        });
-        let centred = Mat::from_fn(rows, d, |i, j| features[i * d + j] as f64 - shift[j]);
-        for row in centred.row_iter() {
-            for (s, &v) in self.sum.iter_mut().zip(row.iter()) {
-                *s += v;
-            }
-        }
+        let batch_mean = column_means(features, d);
+        let centred = Mat::from_fn(rows, d, |i, j| features[i * d + j] as f64 - batch_mean[j]);
+        self.merge_means(&batch_mean, rows);
         matmul(
-            self.cross.as_mut(),
+            self.comoment.as_mut(),
             Accum::Add,
             centred.transpose(),
             centred.as_ref(),
             1.0,
             Par::rayon(0),
         );
-        self.count += rows;
         Ok(())
+    }
+
+    /// Chan's update for a batch of `rows` with mean `batch_mean`: the between-means term of
+    /// the co-moment, then the merged mean and count.
+    fn merge_means(&mut self, batch_mean: &[f64], rows: usize) {
+        let (na, nb) = (self.count as f64, rows as f64);
+        let n = na + nb;
+        let delta: Vec<f64> = batch_mean
+            .iter()
+            .zip(&self.mean)
+            .map(|(b, a)| b - a)
+            .collect();
+        if self.count > 0 {
+            let weight = na * nb / n;
+            for i in 0..self.dim {
+                for j in 0..self.dim {
+                    self.comoment[(i, j)] += weight * delta[i] * delta[j];
+                }
+            }
+        }
+        for (m, dm) in self.mean.iter_mut().zip(&delta) {
+            *m += dm * nb / n;
+        }
+        self.count += rows;
     }
 
     /// Mean and `np.cov`-style covariance (divisor n - 1); needs at least two rows.
@@ -138,17 +147,27 @@ impl StatsAccumulator {
             )));
         }
         let d = self.dim;
-        let shift = self.shift.expect("rows were added");
-        let m: Vec<f64> = self.sum.iter().map(|s| s / n as f64).collect();
-        let mu = shift.iter().zip(&m).map(|(a, b)| a + b).collect();
-        let mut sigma = vec![0.0; d * d];
-        for i in 0..d {
-            for j in 0..d {
-                sigma[i * d + j] = (self.cross[(i, j)] - n as f64 * m[i] * m[j]) / (n - 1) as f64;
-            }
-        }
-        Ok(GaussianStats { mu, sigma })
+        let sigma = (0..d * d)
+            .map(|k| self.comoment[(k / d, k % d)] / (n - 1) as f64)
+            .collect();
+        Ok(GaussianStats {
+            mu: self.mean,
+            sigma,
+        })
     }
+}
+
+/// The mean of each column of `rows x d` values, in f64.
+fn column_means(features: &[f32], d: usize) -> Vec<f64> {
+    let mut mean = vec![0.0; d];
+    for row in features.chunks_exact(d) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += v as f64;
+        }
+    }
+    let rows = (features.len() / d) as f64;
+    mean.iter_mut().for_each(|m| *m /= rows);
+    mean
 }
 
 fn to_mat(values: &[f64], d: usize) -> Mat<f64> {
@@ -357,6 +376,51 @@ mod tests {
         let parts = acc.finish().unwrap();
         for (a, b) in whole.sigma.iter().zip(&parts.sigma) {
             assert!((a - b).abs() < 1e-9, "{a} vs {b}");
+        }
+    }
+
+    /// The bar for streaming statistics: within 1e-9 relative of a two-pass
+    /// computation, on features far from zero with a small spread and a first batch of one
+    /// outlying row (where sums around the first batch's mean would cancel badly).
+    #[test]
+    fn streaming_matches_two_pass_within_1e9_relative() {
+        let d = 5;
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut rows: Vec<f32> = (0..d).map(|j| 1.0e4 + 40.0 * j as f32).collect();
+        rows.extend((d..997 * d).map(|k| 1.0e4 + (k % d) as f32 + rng.random::<f32>() * 0.1));
+        let n = rows.len() / d;
+        let x = |i: usize, j: usize| rows[i * d + j] as f64;
+        let mu: Vec<f64> = (0..d)
+            .map(|j| (0..n).map(|i| x(i, j)).sum::<f64>() / n as f64)
+            .collect();
+        let cov = |a: usize, b: usize| {
+            (0..n)
+                .map(|i| (x(i, a) - mu[a]) * (x(i, b) - mu[b]))
+                .sum::<f64>()
+                / (n - 1) as f64
+        };
+        let mut acc = StatsAccumulator::new(d);
+        let mut start = 0;
+        for size in [1, 7, 64, 13].into_iter().cycle() {
+            let end = (start + size).min(n);
+            acc.add(&rows[start * d..end * d]).unwrap();
+            start = end;
+            if start == n {
+                break;
+            }
+        }
+        assert_eq!(acc.count(), n);
+        let s = acc.finish().unwrap();
+        let scale = (0..d).map(|j| cov(j, j)).fold(0.0, f64::max);
+        for (a, want) in mu.iter().enumerate() {
+            assert!((s.mu[a] - want).abs() <= 1e-9 * want.abs(), "mu[{a}]");
+            for b in 0..d {
+                let (got, want) = (s.sigma[a * d + b], cov(a, b));
+                assert!(
+                    (got - want).abs() <= 1e-9 * scale,
+                    "sigma[{a},{b}]: {got} vs {want}"
+                );
+            }
         }
     }
 
