@@ -29,6 +29,7 @@ pub mod prefetch;
 pub mod rng;
 pub mod shapes;
 pub mod spec;
+pub mod stream;
 pub mod transform;
 pub mod webdataset;
 
@@ -49,5 +50,6 @@ pub use mnist::{CaptionStyle, Emoji, GrayClasses, Part, assets_dir, cache_root};
 pub use prefetch::{Extent, PrefetchLoader};
 pub use shapes::{Scene, Shapes, ShapesConfig};
 pub use spec::DatasetSpec;
+pub use stream::{CaptionedSet, CaptionedStream};
 pub use transform::{Crop, Transform};
 pub use webdataset::WebDataset;
