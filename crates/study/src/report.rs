@@ -294,7 +294,7 @@ impl Analysed {
             found.extend(crate::distill::findings(d));
         }
         if let Some(d) = &inputs.dreambooth {
-            found.extend(crate::dreambooth::results::findings(&d.cells));
+            found.extend(crate::dreambooth::results::findings(&d.cells, &d.paired));
         }
         Analysed {
             models: widths(&optimal),

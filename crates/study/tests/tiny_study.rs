@@ -206,6 +206,9 @@ fn check_dreambooth(config: &StudyConfig, out: &Path, html: &str) {
     });
     assert_eq!(pngs.count(), d.class_images);
     assert!(out.join("dreambooth/fig6.png").is_file());
+    // One width: nothing to pair, but the file is there for the resumed run to read.
+    let paired = std::fs::read_to_string(out.join("dreambooth/paired.json")).unwrap();
+    assert_eq!(paired.trim(), "[]");
     assert!(html.contains("DreamBooth (Sec. 3.2, Fig. 6)"));
     let claim = html
         .split("DreamBooth quality scales with model size")

@@ -100,6 +100,64 @@ pub struct DreamBoothResults {
     pub subjects: Vec<String>,
     /// The section's learning rate.
     pub learning_rate: f64,
+    /// The deciding metric's paired gaps (largest minus smallest width), one per prior
+    /// setting; empty where only the store was read (its cells keep no per-image values).
+    #[serde(default)]
+    pub paired: Vec<PairedGap>,
+}
+
+/// Subject fidelity of the largest minus the smallest width over the same images (same
+/// subjects, prompts and noise on both sides), with the paired bootstrap's 95% interval.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PairedGap {
+    /// With prior preservation.
+    pub prior: bool,
+    /// The smallest and largest width.
+    pub widths: (u32, u32),
+    /// Images paired.
+    pub images: usize,
+    /// Mean per-image difference.
+    pub value: f64,
+    /// Its 95% interval.
+    pub low: f64,
+    /// See `low`.
+    pub high: f64,
+}
+
+impl PairedGap {
+    /// The gap of per-image values `large - small` (the same images in the same order);
+    /// `None` when the sides differ in length or the bootstrap has too few images.
+    pub fn of(
+        prior: bool,
+        (small, large): ((u32, &[f64]), (u32, &[f64])),
+        replicates: usize,
+        seed: u64,
+    ) -> Option<Self> {
+        if small.1.len() != large.1.len() {
+            return None;
+        }
+        let gaps: Vec<f64> = large.1.iter().zip(small.1).map(|(l, s)| l - s).collect();
+        let ci = mean_interval(&gaps, replicates, seed)?;
+        Some(PairedGap {
+            prior,
+            widths: (small.0, large.0),
+            images: gaps.len(),
+            value: gaps.iter().sum::<f64>() / gaps.len() as f64,
+            low: ci.low,
+            high: ci.high,
+        })
+    }
+
+    fn difference(&self) -> Difference {
+        Difference {
+            value: self.value,
+            interval: Some(Interval {
+                low: self.low,
+                high: self.high,
+            }),
+            paired: true,
+        }
+    }
 }
 
 impl DreamBoothResults {
@@ -207,9 +265,10 @@ fn size_gap(small: &Cell, large: &Cell, info: &MetricInfo) -> Option<Difference>
 }
 
 /// The finding: subject fidelity of the largest vs the smallest width, with and without the
-/// prior. It holds (does not hold) only when it does in both settings; otherwise inconclusive.
-/// The other metrics' gaps are the evidence beside it.
-pub fn findings(cells: &[Cell]) -> Vec<Finding> {
+/// prior, paired over the same images where `paired` has the setting's gap (else the range
+/// of the two intervals). It holds (does not hold) only when it does in both settings;
+/// otherwise inconclusive. The other metrics' gaps are the evidence beside it.
+pub fn findings(cells: &[Cell], paired: &[PairedGap]) -> Vec<Finding> {
     let mut verdicts = Vec::new();
     let mut evidence = Vec::new();
     let mut deciding = None;
@@ -222,11 +281,22 @@ pub fn findings(cells: &[Cell]) -> Vec<Finding> {
             continue;
         }
         let label = if prior { "with prior" } else { "without prior" };
+        let pair = paired
+            .iter()
+            .find(|g| g.prior == prior && g.widths == (small.width, large.width));
+        if let Some(g) = pair {
+            evidence.push(format!(
+                "{label}, subject fidelity paired over {} images (w{} - w{}): {:.3} [{:.3}, \
+                 {:.3}]",
+                g.images, large.width, small.width, g.value, g.low, g.high
+            ));
+        }
         for (i, info) in METRICS.iter().enumerate() {
             let Some(d) = size_gap(small, large, info) else {
                 continue;
             };
             if i == 0 {
+                let d = pair.map_or(d, PairedGap::difference);
                 verdicts.push(d.verdict());
                 deciding.get_or_insert(d);
             }
@@ -453,7 +523,37 @@ mod tests {
     }
 
     fn verdict(cells: &[Cell]) -> Verdict {
-        findings(cells)[0].verdict
+        findings(cells, &[])[0].verdict
+    }
+
+    #[test]
+    fn a_paired_gap_decides_where_the_marginal_intervals_overlap() {
+        // Every image gains 0.1 from the larger width, while images differ widely: the
+        // marginal intervals overlap, the paired one lies above zero.
+        let small: Vec<f64> = (0..40).map(|i| (i % 10) as f64 / 10.0).collect();
+        let large: Vec<f64> = small.iter().map(|v| v + 0.1).collect();
+        let mut cells = Vec::new();
+        let mut paired = Vec::new();
+        for prior in [false, true] {
+            cells.push(cell(8, prior, 0.45, 0.1));
+            cells.push(cell(32, prior, 0.55, 0.1));
+            let gap = PairedGap::of(prior, ((8, &small), (32, &large)), 200, 1).unwrap();
+            assert!((gap.value - 0.1).abs() < 1e-12 && gap.low > 0.09, "{gap:?}");
+            paired.push(gap);
+        }
+        assert_eq!(verdict(&cells), Verdict::Inconclusive);
+        let found = &findings(&cells, &paired)[0];
+        assert_eq!(found.verdict, Verdict::Holds);
+        assert!(found.deciding.unwrap().paired);
+        assert!(
+            found.evidence.contains("paired over 40 images"),
+            "{}",
+            found.evidence
+        );
+        // Another pair of widths, or sides of different lengths, do not pair.
+        let other = PairedGap::of(false, ((16, &small), (32, &large)), 200, 1).unwrap();
+        assert_eq!(findings(&cells, &[other])[0].verdict, Verdict::Inconclusive);
+        assert!(PairedGap::of(false, ((8, &small[1..]), (32, &large)), 200, 1).is_none());
     }
 
     #[test]
@@ -484,6 +584,7 @@ mod tests {
             fig6: vec![1, 2, 3],
             subjects: vec!["striped-circle".into()],
             learning_rate: 3e-4,
+            paired: Vec::new(),
         };
         let md = markdown(&r);
         assert!(

@@ -29,7 +29,9 @@ use crate::cell::{Cell, CellKey, Metric, Variant};
 use crate::config::{DreamBoothConfig, StudyConfig};
 use crate::context::StudyContext;
 use crate::dreambooth::measure::{Pooled, Scorer, SubjectInputs, images_tensor};
-use crate::dreambooth::results::{CLASSIFIER_ACCURACY, DreamBoothResults, pooled_metrics};
+use crate::dreambooth::results::{
+    CLASSIFIER_ACCURACY, DreamBoothResults, PairedGap, pooled_metrics,
+};
 use crate::error::StudyError;
 use crate::fingerprint::Fingerprint;
 use crate::stage::{Estimate, Stage};
@@ -170,6 +172,37 @@ fn fig6_path(cx: &StudyContext) -> PathBuf {
     cx.path(DIR).join("fig6.png")
 }
 
+/// The paired gaps of the finding, kept beside Fig. 6 (the store keeps no per-image values).
+fn paired_path(cx: &StudyContext) -> PathBuf {
+    cx.path(DIR).join("paired.json")
+}
+
+/// Subject fidelity per image of each width, without and with the prior.
+type FidelityByWidth = Vec<(usize, [Vec<f64>; 2])>;
+
+fn side((width, fidelity): &(usize, [Vec<f64>; 2]), prior: bool) -> (u32, &[f64]) {
+    (*width as u32, &fidelity[prior as usize])
+}
+
+/// The largest minus the smallest width, per prior setting, over the same images.
+fn paired_gaps(cx: &StudyContext, scores: &FidelityByWidth) -> Vec<PairedGap> {
+    let (Some(small), Some(large)) = (scores.first(), scores.last()) else {
+        return Vec::new();
+    };
+    if small.0 == large.0 {
+        return Vec::new();
+    }
+    let replicates = cx.config.sweep.bootstrap as usize;
+    let seed = ldmscale_util::hash::stable_seed(&["dreambooth paired gap"]);
+    [false, true]
+        .into_iter()
+        .filter_map(|prior| {
+            let sides = (side(small, prior), side(large, prior));
+            PairedGap::of(prior, sides, replicates, seed)
+        })
+        .collect()
+}
+
 impl Stage for DreamBoothStage<'_> {
     type Output = DreamBoothResults;
     const NAME: &'static str = "dreambooth";
@@ -201,8 +234,13 @@ impl Stage for DreamBoothStage<'_> {
         let Ok(fig6) = std::fs::read(fig6_path(cx)) else {
             return Ok(None);
         };
+        let paired = std::fs::read(paired_path(cx)).ok();
+        let Some(paired) = paired.and_then(|b| serde_json::from_slice(&b).ok()) else {
+            return Ok(None);
+        };
         Ok(Some(DreamBoothResults {
             fig6,
+            paired,
             ..results(cx, d, &store)?
         }))
     }
@@ -220,13 +258,22 @@ impl Stage for DreamBoothStage<'_> {
         }
         let mut store = Store::open(&sweep::store_path(cx))?;
         let mut rows = vec![self.instance_row(cx, d, &set, &inputs[0])?];
+        let mut fidelity = Vec::new();
         for w in d.finetuned_widths(cx.config) {
-            rows.extend(self.width(cx, (d, &set, &scorer), w, &inputs, &mut store)?);
+            let (width_rows, scores) =
+                self.width(cx, (d, &set, &scorer), w, &inputs, &mut store)?;
+            rows.extend(width_rows);
+            fidelity.push((w, scores));
         }
         let fig6 = stack_rows(&rows).to_png();
+        let paired = paired_gaps(cx, &fidelity);
+        let json = serde_json::to_vec_pretty(&paired)
+            .map_err(|e| StudyError::stage(Self::NAME)(e.to_string()))?;
+        write_atomic(&paired_path(cx), &json)?;
         write_atomic(&fig6_path(cx), &fig6)?;
         Ok(DreamBoothResults {
             fig6,
+            paired,
             ..results(cx, d, &store)?
         })
     }
@@ -272,7 +319,8 @@ impl DreamBoothStage<'_> {
         })
     }
 
-    /// Width `width` without and with the prior; returns its Fig. 6 rows (first subject).
+    /// Width `width` without and with the prior; returns its Fig. 6 rows (first subject) and
+    /// its subject fidelity per image in each setting (for the paired gap).
     fn width(
         &self,
         cx: &StudyContext,
@@ -280,7 +328,7 @@ impl DreamBoothStage<'_> {
         width: usize,
         inputs: &[SubjectInputs],
         store: &mut Store,
-    ) -> Result<Vec<Image>, StudyError> {
+    ) -> Result<(Vec<Image>, [Vec<f64>; 2]), StudyError> {
         refresh(cx, store, width)?;
         let (unet_config, base) = load_unet(&self.base_dir(width)?, &cx.device)?;
         let null = self.latents.null.states_tensor(&cx.device);
@@ -290,6 +338,7 @@ impl DreamBoothStage<'_> {
             base_class.push(scorer.class_samples(&base_model, i, &null)?);
         }
         let mut rows = Vec::new();
+        let mut fidelity: [Vec<f64>; 2] = Default::default();
         for prior in [false, true] {
             let mut pooled = Pooled::default();
             let mut first_samples = None;
@@ -316,8 +365,9 @@ impl DreamBoothStage<'_> {
                 let cell = self.cell(cx, key, (&base, &pooled), inputs)?;
                 store.insert(&cell)?;
             }
+            fidelity[prior as usize] = pooled.subject_fidelity;
         }
-        Ok(rows)
+        Ok((rows, fidelity))
     }
 
     /// Finetunes (or resumes) one subject on one width; a run made for another config is
@@ -566,6 +616,7 @@ fn results(
         fig6: Vec::new(),
         subjects: d.subject_names(),
         learning_rate: d.learning_rate,
+        paired: Vec::new(),
     })
 }
 
