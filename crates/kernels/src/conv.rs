@@ -234,8 +234,9 @@ fn backward(
     // Weight gradient: a partial sum per fixed group of images, then the partials in order.
     // On large images it is computed transposed (dWᵀ = col dYᵀ reads the large `col` row by
     // row and only the 9x smaller dY transposed; measured 30% faster at 32x32), on small ones
-    // directly (the transposes cost more than they save at 8x8).
-    let transposed = pixels >= LARGE_IMAGE;
+    // directly in f32 (the transposes cost more than they save at 8x8). The bf16 product copies
+    // a transposed operand before packing it, so there the smaller dY is always the one.
+    let transposed = pixels >= LARGE_IMAGE || bf16;
     let per_group = shape.batch.div_ceil(GRAD_GROUPS).max(1);
     let groups = shape.batch.div_ceil(per_group);
     let mut partials = zeroed(groups * dweight.len());
@@ -306,9 +307,10 @@ fn input_gradient(weight: &[f32], d_out: &[f32], shape: ConvShape, dx: &mut [f32
     );
     let inner = inner_parallelism(shape.batch);
     // Wᵀ once, row-major, on large images: packing a transposed operand for every image
-    // costs more there (on 8x8 images the transpose costs more than it saves).
-    let weight_t =
-        (pixels >= LARGE_IMAGE).then(|| transpose(weight, shape.channels_out, patch, patch));
+    // costs more there (on 8x8 images the transpose costs more than it saves in f32; the bf16
+    // product would copy it transposed for every image).
+    let weight_t = (pixels >= LARGE_IMAGE || bf16)
+        .then(|| transpose(weight, shape.channels_out, patch, patch));
     let lhs = match &weight_t {
         Some(t) => (t.as_slice(), shape.channels_out, 1),
         None => (weight, 1, patch),
@@ -701,6 +703,39 @@ mod tests {
         let one = run(1);
         for threads in [2, 3, 5] {
             assert_eq!(run(threads), one, "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn bf16_gradients_do_not_depend_on_the_thread_count() {
+        // Small and large images (their products take different layouts).
+        for size in [6, 17] {
+            let s = ConvShape {
+                batch: 13,
+                channels_in: 8,
+                height: size,
+                width: size,
+                channels_out: 5,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: [1, 1],
+                padding: [1, 1],
+            };
+            let x = pseudo_random(s.input_len(), 5, 1.0, 0.0);
+            let wt = pseudo_random(s.weight_len(), 6, 1.0, 0.0);
+            let d_out = pseudo_random(s.output_len(), 7, 1.0, 0.0);
+            let run = |threads: usize| {
+                on_threads(threads, || {
+                    let mut dw = vec![0f32; s.weight_len()];
+                    let mut dx = vec![0f32; s.input_len()];
+                    backward(&x, &wt, &d_out, s, Some(&mut dx), &mut dw, None, true);
+                    (dx, dw)
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3, 5] {
+                assert_eq!(run(threads), one, "{size}px, {threads} threads");
+            }
         }
     }
 }
