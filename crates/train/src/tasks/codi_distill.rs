@@ -14,6 +14,11 @@
 //! state (in every checkpoint); the config's `text_dropout` is not applied (the null caption
 //! is the unconditional half already).
 //!
+//! The student is either the whole UNet ([`CodiStudent::Unet`]) or an encoder adapter on the
+//! frozen teacher ([`CodiStudent::Adapter`], ControlNet-style, see
+//! [`ldmscale_model::unet::adapter`]): only the adapter is trained, its zero fusion
+//! convolutions make the step-0 student the teacher, and its forward counts in the cost.
+//!
 //! Caveat of the recipe as specified: at the boundary (`t = 19 -> s = 0`, `c_skip(0) = 1`)
 //! the target is the unguided teacher's `z_0` for every `w`, so the exact fixed point of the
 //! loss is a student whose guidance term vanishes; the study should check that its students
@@ -42,6 +47,9 @@ use crate::tasks::lcm_distill::{
 use crate::tasks::super_res::at_reference_width;
 use crate::tasks::text_to_image::rows_on;
 
+/// Parameter names of an adapter student's trained part.
+const ADAPTER_PREFIX: &str = "adapter.";
+
 /// Network evaluations per sampling step of a CoDi student (conditional and unconditional
 /// half); an LCM student costs 1.
 pub const EVALUATIONS_PER_STEP: usize = 2;
@@ -49,6 +57,32 @@ pub const EVALUATIONS_PER_STEP: usize = 2;
 /// Forward-pass equivalents per sample of a training step: the student's guided forward and
 /// backward (2 x 3), the teacher's conditional forward (1) and the target's two halves (2).
 pub const FORWARD_PASSES: f64 = 9.0;
+
+/// The student's part of [`FORWARD_PASSES`] (its guided forward and backward and the
+/// target's halves); the teacher's forward is added at its own cost. An adapter student's
+/// backward is counted at 2 forwards although the frozen UNet's weights get no gradient.
+const STUDENT_PASSES: f64 = 8.0;
+
+/// What a CoDi run trains.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CodiStudent {
+    /// The whole UNet, initialised as the teacher.
+    #[default]
+    Unet,
+    /// A ControlNet-style encoder adapter on the frozen teacher.
+    Adapter,
+}
+
+impl CodiStudent {
+    /// The name in configs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CodiStudent::Unet => "unet",
+            CodiStudent::Adapter => "adapter",
+        }
+    }
+}
 
 /// The CoDi recipe beyond the optimizer (the `[codi]` table of a distillation config).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -113,9 +147,15 @@ pub struct CodiDistill<'d> {
     data: &'d dyn TrainingData,
     /// The frozen teacher, on the drawing device.
     teacher: UNet,
+    /// The student's config (the teacher's, with the adapter for an adapter student).
     config: UNetConfig,
-    /// The student at step 0: the teacher's weights.
+    /// The teacher's config (the cost normalisation's reference is its 320-filter member).
+    teacher_config: UNetConfig,
+    student: CodiStudent,
+    /// The student at step 0: the teacher's weights (and a zero-fused adapter).
     initial: Named,
+    /// Forward-pass equivalents of the student per training sample.
+    passes: f64,
     /// The EMA target, on the drawing device.
     target: EmaTarget,
     /// The null caption's states `[1, L, D]` (the unconditional half).
@@ -150,25 +190,44 @@ pub struct CodiLoss {
 }
 
 impl<'d> CodiDistill<'d> {
-    /// The task of `config` on `data`, distilling `teacher` (its config and weights) under
-    /// `options`, drawing batches on plain device `device`.
+    /// The task of `config` on `data`, distilling `teacher` (its config and weights) into a
+    /// whole-UNet student under `options`, drawing batches on plain device `device`.
     pub fn new(
         config: &TrainConfig,
         data: &'d dyn TrainingData,
-        (teacher_config, teacher): (&UNetConfig, UNet),
+        teacher: (&UNetConfig, UNet),
         options: CodiOptions,
+        device: &Device,
+    ) -> Result<Self, TrainError> {
+        Self::with_student(config, data, teacher, (options, CodiStudent::Unet), device)
+    }
+
+    /// [`CodiDistill::new`] training `student`.
+    pub fn with_student(
+        config: &TrainConfig,
+        data: &'d dyn TrainingData,
+        (teacher_config, teacher): (&UNetConfig, UNet),
+        (options, student): (CodiOptions, CodiStudent),
         device: &Device,
     ) -> Result<Self, TrainError> {
         let schedule = NoiseSchedule::new(&SchedulerConfig::sd())?;
         options.validate()?;
         check_codi_teacher(config, teacher_config, data)?;
         let teacher = teacher.to_device(device);
-        let initial = params::snapshot(&teacher);
+        let (student_config, student_model) = student_of(student, teacher_config, &teacher)?;
+        let initial = params::snapshot(&student_model);
+        let adapter = match student {
+            CodiStudent::Unet => "",
+            CodiStudent::Adapter => ", adapter student",
+        };
         let key = format!(
-            "codi-distill({}, teacher {:016x}, {options:?})",
+            "codi-distill({}, teacher {:016x}, {options:?}{adapter})",
             data.key(),
-            digest(&initial)
+            digest(&params::snapshot(&teacher))
         );
+        let [h, w, tokens] = data.forward_size();
+        let student_gflops = student_model.cost(h, w, tokens).gflops();
+        let passes = STUDENT_PASSES + teacher.cost(h, w, tokens).gflops() / student_gflops;
         let loss = CodiLoss {
             schedule: schedule.clone(),
             prediction: prediction_type(config),
@@ -176,10 +235,13 @@ impl<'d> CodiDistill<'d> {
         };
         Ok(Self {
             data,
-            target: EmaTarget::new(teacher.clone(), options.ema_decay),
+            target: EmaTarget::new(student_model, options.ema_decay),
             teacher,
-            config: teacher_config.clone(),
+            config: student_config,
+            teacher_config: teacher_config.clone(),
+            student,
             initial,
+            passes,
             null: data.null_context(device),
             schedule,
             options,
@@ -188,14 +250,37 @@ impl<'d> CodiDistill<'d> {
         })
     }
 
-    /// The student's config (the teacher's).
+    /// The student's config (the teacher's, with the adapter for an adapter student).
     pub fn student_config(&self) -> &UNetConfig {
         &self.config
+    }
+
+    /// What the run trains.
+    pub fn student(&self) -> CodiStudent {
+        self.student
     }
 
     /// The options the task runs with.
     pub fn options(&self) -> &CodiOptions {
         &self.options
+    }
+}
+
+/// The step-0 student of `teacher` and its config.
+fn student_of(
+    student: CodiStudent,
+    teacher_config: &UNetConfig,
+    teacher: &UNet,
+) -> Result<(UNetConfig, UNet), TrainError> {
+    match student {
+        CodiStudent::Unet => Ok((teacher_config.clone(), teacher.clone())),
+        CodiStudent::Adapter => {
+            let config = teacher_config
+                .with_encoder_adapter()
+                .map_err(|message| TrainError::settings("teacher", message))?;
+            let model = teacher.clone().with_encoder_adapter(&config);
+            Ok((config, model))
+        }
     }
 }
 
@@ -361,11 +446,11 @@ impl TrainTask for CodiDistill<'_> {
     }
 
     fn reference_unet_config(&self, _config: &TrainConfig) -> UNetConfig {
-        at_reference_width(&self.config)
+        at_reference_width(&self.teacher_config)
     }
 
     fn forward_passes(&self) -> f64 {
-        FORWARD_PASSES
+        self.passes
     }
 
     /// The EMA target.
@@ -378,8 +463,18 @@ impl TrainTask for CodiDistill<'_> {
         self.target.restore(weights, &self.null.device())
     }
 
+    /// The target follows the trained weights only (the frozen UNet's stay bit-exact).
     fn after_step(&self, weights: &Named) {
-        self.target.update(weights);
+        match self.student {
+            CodiStudent::Unet => self.target.update(weights),
+            CodiStudent::Adapter => {
+                let trained: Named = (weights.iter())
+                    .filter(|(name, _)| name.starts_with(ADAPTER_PREFIX))
+                    .map(|(name, w)| (name.clone(), w.clone()))
+                    .collect();
+                self.target.update(&trained);
+            }
+        }
     }
 }
 
@@ -402,8 +497,10 @@ impl ShardLoss<CodiBatch> for CodiLoss {
 
     /// Mean squared distance of the student's guided consistency output at `(z_t, t)` from
     /// the target.
+    /// An adapter student's frozen UNet gets no gradient.
     fn loss(&self, unet: &UNet, shard: CodiBatch) -> Result<Tensor<1>, TrainError> {
         let halves = (shard.context, shard.null);
+        let unet = &unet.clone().with_frozen_base();
         let online = self.consistency(unet, shard.noisy, &shard.timesteps, halves, &shard.w)?;
         Ok((online - shard.target).powi_scalar(2).mean())
     }

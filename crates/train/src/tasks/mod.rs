@@ -10,7 +10,7 @@ pub mod sr_pairs;
 pub mod super_res;
 pub mod text_to_image;
 
-pub use codi_distill::{CodiBatch, CodiDistill, CodiLoss, CodiOptions};
+pub use codi_distill::{CodiBatch, CodiDistill, CodiLoss, CodiOptions, CodiStudent};
 pub use dreambooth::{DEFAULT_PRIOR_WEIGHT, DreamBooth, DreamBoothBatch, DreamBoothLoss};
 pub use guided_distill::{GuidedBatch, GuidedDistill, GuidedLoss, GuidedOptions};
 pub use lcm_distill::{ConsistencyLoss, LcmBatch, LcmDistill, LcmLoss, LcmOptions};
