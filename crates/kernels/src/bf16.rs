@@ -250,7 +250,7 @@ pub fn matmul_bf16(
             if engine() == Engine::Amx {
                 amx::matmul::<amx::Amx>(&shape, dst, lhs, rhs, parallel)
             } else {
-                avx512::matmul(&shape, dst, lhs, rhs, parallel)
+                avx512::matmul(&shape, dst, avx512::Lhs::Floats(lhs), rhs, parallel)
             }
         };
         return;
@@ -258,6 +258,123 @@ pub fn matmul_bf16(
     matmul_rounded_f32(
         m, n, k, dst, dst_rs, accumulate, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs, parallel,
     );
+}
+
+/// An `lhs` rounded to bf16 and packed once, for several products with it (a convolution's
+/// weights over the images of a batch): [`matmul_bf16_packed`] gives the same bits as
+/// [`matmul_bf16`] without packing it again.
+pub struct PackedLhs {
+    m: usize,
+    k: usize,
+    words: Vec<u32>,
+}
+
+impl PackedLhs {
+    /// `lhs` (`[m, k]`, strides as [`matmul_bf16`]'s), packed; `None` where the products would
+    /// not read it (no AVX512-BF16, or the AMX engine, which packs its own way).
+    pub fn new(m: usize, k: usize, lhs: &[f32], lhs_rs: usize, lhs_cs: usize) -> Option<Self> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !available() || engine() == Engine::Amx || m == 0 || k == 0 {
+                return None;
+            }
+            assert!(
+                lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs,
+                "lhs too short"
+            );
+            let shape = Shape {
+                m,
+                n: 0,
+                k,
+                dst_rs: 0,
+                lhs_rs,
+                lhs_cs,
+                rhs_rs: 0,
+                rhs_cs: 0,
+                accumulate: false,
+            };
+            let (pairs, panels) = (k.div_ceil(2), m.div_ceil(MR));
+            let block_pairs = split(pairs, KC_PAIRS, 1);
+            let mut words = vec![0u32; pairs.div_ceil(block_pairs) * panels * MR * KC_PAIRS];
+            // One micro-panel and `k` block per chunk, where `matmul` reads it.
+            words
+                .par_chunks_mut(MR * KC_PAIRS)
+                .enumerate()
+                .for_each(|(i, chunk)| {
+                    let (pair0, row0) = (i / panels * block_pairs, i % panels * MR);
+                    let (block, rows) = (block_pairs.min(pairs - pair0), MR.min(m - row0));
+                    debug_assert_eq!(
+                        avx512::packed_lhs_offset(m, block_pairs, pair0, row0),
+                        i * MR * KC_PAIRS
+                    );
+                    // SAFETY: features present; extents checked above.
+                    unsafe {
+                        avx512::pack_lhs_block(
+                            &shape, lhs, row0, rows, pair0, block, chunk, KC_PAIRS,
+                        )
+                    }
+                });
+            Some(PackedLhs { m, k, words })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (m, k, lhs, lhs_rs, lhs_cs);
+            None
+        }
+    }
+}
+
+/// [`matmul_bf16`] with `lhs` packed by [`PackedLhs::new`]; the same bits.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bf16_packed(
+    lhs: &PackedLhs,
+    n: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+    parallel: bool,
+) {
+    let (m, k) = (lhs.m, lhs.k);
+    if n == 0 {
+        return;
+    }
+    assert!(dst_rs >= n || m == 1, "dst rows overlap");
+    assert!(dst.len() > (m - 1) * dst_rs + (n - 1), "dst too short");
+    assert!(
+        rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs,
+        "rhs too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let rhs_t =
+            (rhs_cs != 1 && rhs_rs == 1 && rhs_cs >= k).then(|| transpose(rhs, n, k, rhs_cs));
+        let (rhs, rhs_rs, rhs_cs) = match &rhs_t {
+            Some(t) => (t.as_slice(), n, 1),
+            None => (rhs, rhs_rs, rhs_cs),
+        };
+        let shape = Shape {
+            m,
+            n,
+            k,
+            dst_rs,
+            lhs_rs: k,
+            lhs_cs: 1,
+            rhs_rs,
+            rhs_cs,
+            accumulate,
+        };
+        let packed = avx512::Lhs::Packed(&lhs.words);
+        // SAFETY: `PackedLhs` exists only where the features are; extents checked above.
+        unsafe { avx512::matmul(&shape, dst, packed, rhs, parallel) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (dst, accumulate, parallel);
+        unreachable!("PackedLhs is never built here");
+    }
 }
 
 /// The same product without AVX512-BF16: bf16-rounded copies multiplied by f32 `gemm` (sums
@@ -385,12 +502,30 @@ mod avx512 {
     unsafe impl<T> Send for SharedMut<T> {}
     unsafe impl<T> Sync for SharedMut<T> {}
 
+    /// `lhs` as floats, or packed by [`PackedLhs`] (then `shape`'s `lhs` strides are unused).
+    #[derive(Clone, Copy)]
+    pub(super) enum Lhs<'a> {
+        Floats(&'a [f32]),
+        Packed(&'a [u32]),
+    }
+
+    /// Where the packed micro-panel of `row` (a multiple of [`MR`]) and `k` block `pair0`
+    /// starts in a [`PackedLhs`] of `m` rows.
+    pub(super) fn packed_lhs_offset(
+        m: usize,
+        block_pairs: usize,
+        pair0: usize,
+        row: usize,
+    ) -> usize {
+        ((pair0 / block_pairs) * m.div_ceil(MR) + row / MR) * MR * KC_PAIRS
+    }
+
     /// # Safety
     /// avx512f, avx512bw and avx512bf16 present; the slices cover the extents in `shape`.
     pub(super) unsafe fn matmul(
         shape: &Shape,
         dst: &mut [f32],
-        lhs: &[f32],
+        lhs: Lhs,
         rhs: &[f32],
         parallel: bool,
     ) {
@@ -593,7 +728,7 @@ mod avx512 {
     unsafe fn compute_tile(
         shape: &Shape,
         dst: SharedMut<f32>,
-        lhs: &[f32],
+        lhs: Lhs,
         rhs: &[f32],
         packed_rhs: Option<&[u32]>,
         block_pairs: usize,
@@ -632,30 +767,39 @@ mod avx512 {
                 }
                 for i in (0..rows).step_by(MR) {
                     let micro_rows = MR.min(rows - i);
-                    pack_lhs_block(
-                        shape,
-                        lhs,
-                        row0 + i,
-                        micro_rows,
-                        pair0,
-                        block,
-                        &mut packed_lhs,
-                        KC_PAIRS,
-                    );
-                    if lhs_cs == 1 {
-                        // Bring the next micro-panel's rows towards L2 while this one is computed
-                        // (packing otherwise waits on them where the sums are short).
-                        let next_rows = MR.min(rows - (i + micro_rows));
-                        for r in 0..next_rows {
-                            let src = lhs
-                                .as_ptr()
-                                .add((row0 + i + micro_rows + r) * lhs_rs + 2 * pair0);
-                            for step in (0..(2 * block).min(k - 2 * pair0)).step_by(16) {
-                                _mm_prefetch::<_MM_HINT_T1>(src.add(step).cast());
-                            }
+                    let lhs_panel = match lhs {
+                        Lhs::Packed(words) => {
+                            let at = packed_lhs_offset(shape.m, block_pairs, pair0, row0 + i);
+                            words[at..at + MR * KC_PAIRS].as_ptr()
                         }
-                    }
-                    let lhs_panel = packed_lhs.as_ptr();
+                        Lhs::Floats(lhs) => {
+                            pack_lhs_block(
+                                shape,
+                                lhs,
+                                row0 + i,
+                                micro_rows,
+                                pair0,
+                                block,
+                                &mut packed_lhs,
+                                KC_PAIRS,
+                            );
+                            if lhs_cs == 1 {
+                                // Bring the next micro-panel's rows towards L2 while this one
+                                // is computed (packing otherwise waits on them where the sums
+                                // are short).
+                                let next_rows = MR.min(rows - (i + micro_rows));
+                                for r in 0..next_rows {
+                                    let src = lhs
+                                        .as_ptr()
+                                        .add((row0 + i + micro_rows + r) * lhs_rs + 2 * pair0);
+                                    for step in (0..(2 * block).min(k - 2 * pair0)).step_by(16) {
+                                        _mm_prefetch::<_MM_HINT_T1>(src.add(step).cast());
+                                    }
+                                }
+                            }
+                            packed_lhs.as_ptr()
+                        }
+                    };
                     for j in (0..cols).step_by(NR) {
                         let panel = (col0 + j) / NR;
                         let rhs_panel = match packed_rhs {
@@ -1132,6 +1276,44 @@ mod tests {
         if !available() {
             assert_eq!(engine(), Engine::F32);
             assert!(set_engine(Engine::Avx512Bf16).is_err());
+        }
+    }
+
+    /// A packed `lhs` gives the bits of the plain product, over tiles, `k` blocks and both
+    /// ways of packing `rhs`.
+    #[test]
+    fn bf16_packed_lhs_matches_plain() {
+        if !available() || engine() == Engine::Amx {
+            eprintln!("skipped: the packed lhs serves the AVX512-BF16 engine, not used here");
+            return;
+        }
+        for (m, n, k, lhs_t) in [
+            (33, 13, 7, false),
+            (101, 530, 517, true),
+            (203, 75, 401, false),
+        ] {
+            let lhs = matrix(m, k, lhs_t, 31);
+            let rhs = matrix(k, n, false, 32);
+            let initial = values(m * n, 33);
+            let (mut plain, mut packed) = (initial.clone(), initial);
+            matmul_bf16(
+                m, n, k, &mut plain, n, true, &lhs.data, lhs.rs, lhs.cs, &rhs.data, rhs.rs, rhs.cs,
+                true,
+            );
+            let lhs_packed = PackedLhs::new(m, k, &lhs.data, lhs.rs, lhs.cs).expect("packed");
+            matmul_bf16_packed(
+                &lhs_packed,
+                n,
+                &mut packed,
+                n,
+                true,
+                &rhs.data,
+                rhs.rs,
+                rhs.cs,
+                true,
+            );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&plain), bits(&packed), "{m}x{n}x{k}");
         }
     }
 

@@ -10,9 +10,9 @@
 //! summed per fixed group of images and the groups combined in order, so the result does not
 //! depend on scheduling.
 
-use crate::bf16::products_in_bf16;
+use crate::bf16::{PackedLhs, products_in_bf16};
 use crate::buffer::zeroed;
-use crate::product::{inner_parallelism, product, transpose};
+use crate::product::{inner_parallelism, product, product_packed, transpose};
 use rayon::prelude::*;
 
 /// Sizes of one convolution (groups 1, dilation 1, the same padding on both sides of an axis).
@@ -122,6 +122,10 @@ fn forward(
     }
     let inner = inner_parallelism(shape.batch);
     let valid = ValidRanges::new(shape);
+    // bf16: the weights rounded and packed once, not once per image.
+    let packed_weight = bf16
+        .then(|| PackedLhs::new(shape.channels_out, shape.patch(), weight, shape.patch(), 1))
+        .flatten();
     out.par_chunks_mut(image_out)
         .with_max_len(1)
         .enumerate()
@@ -138,15 +142,19 @@ fn forward(
                     row.fill(v);
                 }
             }
-            product(
-                (shape.channels_out, pixels, shape.patch()),
-                out_b,
-                bias.is_some(),
-                (weight, shape.patch(), 1),
-                (rhs, pixels, 1),
-                inner,
-                bf16,
-            );
+            let rhs = (rhs, pixels, 1);
+            match &packed_weight {
+                Some(w) => product_packed(w, pixels, out_b, bias.is_some(), rhs, inner),
+                None => product(
+                    (shape.channels_out, pixels, shape.patch()),
+                    out_b,
+                    bias.is_some(),
+                    (weight, shape.patch(), 1),
+                    rhs,
+                    inner,
+                    bf16,
+                ),
+            }
         });
 }
 
@@ -315,6 +323,9 @@ fn input_gradient(weight: &[f32], d_out: &[f32], shape: ConvShape, dx: &mut [f32
         Some(t) => (t.as_slice(), shape.channels_out, 1),
         None => (weight, 1, patch),
     };
+    let packed_weight = bf16
+        .then(|| PackedLhs::new(patch, shape.channels_out, lhs.0, lhs.1, lhs.2))
+        .flatten();
     let valid = ValidRanges::new(shape);
     dx.par_chunks_mut(image_in.max(1))
         .with_max_len(1)
@@ -330,15 +341,19 @@ fn input_gradient(weight: &[f32], d_out: &[f32], shape: ConvShape, dx: &mut [f32
                 dcol.as_mut_slice()
             };
             // dcol = Wᵀ dY.
-            product(
-                (patch, pixels, shape.channels_out),
-                dst,
-                false,
-                lhs,
-                (dy_b, pixels, 1),
-                inner,
-                bf16,
-            );
+            let rhs = (dy_b, pixels, 1);
+            match &packed_weight {
+                Some(w) => product_packed(w, pixels, dst, false, rhs, inner),
+                None => product(
+                    (patch, pixels, shape.channels_out),
+                    dst,
+                    false,
+                    lhs,
+                    rhs,
+                    inner,
+                    bf16,
+                ),
+            }
             if !pointwise {
                 col2im(dcol, shape, &valid, dx_b);
             }

@@ -4,7 +4,7 @@
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use crate::bf16::matmul_bf16;
+use crate::bf16::{PackedLhs, matmul_bf16, matmul_bf16_packed};
 use crate::buffer::zeroed;
 
 /// `dst (+)= lhs rhs` for `(m, n, k)`, `dst` row-major `[m, n]`, operands given as (values, row
@@ -57,6 +57,20 @@ pub(crate) fn product(
             parallelism,
         );
     }
+}
+
+/// [`product`] in bf16 with its `lhs` packed once for several products (the same bits);
+/// `rhs` is `[k, n]` as (values, row stride, column stride).
+pub(crate) fn product_packed(
+    lhs: &PackedLhs,
+    n: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+    parallelism: Parallelism,
+) {
+    let parallel = !matches!(parallelism, Parallelism::None);
+    matmul_bf16_packed(lhs, n, dst, n, accumulate, rhs, rhs_rs, rhs_cs, parallel);
 }
 
 /// The pool runs `tasks` independent products side by side; when there are fewer tasks than
