@@ -1,6 +1,8 @@
 //! `ldmscale distill`: distil a text-to-image teacher into a few-step student on a run file's
-//! data, resumable exactly like `train`. Methods: `lcm` (latent consistency distillation) and
-//! `codi` (CoDi-style consistency distillation with guidance inside the loss).
+//! data, resumable exactly like `train`. Methods: `lcm` (latent consistency distillation),
+//! `codi` (CoDi-style consistency distillation with guidance inside the loss; the student the
+//! whole UNet or, `--student adapter`, an encoder adapter on the frozen teacher), `guided` and
+//! `progressive` (guided distillation's two stages).
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +13,8 @@ use ldmscale_model::weights::load_unet;
 use ldmscale_train::parallel::training_devices;
 use ldmscale_train::tasks::codi_distill::EVALUATIONS_PER_STEP;
 use ldmscale_train::tasks::{
-    CodiOptions, GuidedDistill, GuidedOptions, LcmOptions, ProgressiveDistill, ProgressiveOptions,
+    CodiOptions, CodiStudent, GuidedDistill, GuidedOptions, LcmOptions, ProgressiveDistill,
+    ProgressiveOptions,
 };
 use ldmscale_train::{CodiDistill, DeviceThreads, LcmDistill, RunSummary, TrainConfig, train_task};
 use ldmscale_util::lock::DirLock;
@@ -38,10 +41,29 @@ pub enum Method {
     Progressive,
 }
 
+/// What a CoDi run trains (`--student`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Student {
+    /// The whole UNet, initialised as the teacher.
+    Unet,
+    /// A ControlNet-style encoder adapter on the frozen teacher (saved as `unet/adapter/`
+    /// beside the teacher's own files; its parameters and GFLOPs count in the cost).
+    Adapter,
+}
+
+impl From<Student> for CodiStudent {
+    fn from(student: Student) -> Self {
+        match student {
+            Student::Unet => CodiStudent::Unet,
+            Student::Adapter => CodiStudent::Adapter,
+        }
+    }
+}
+
 /// The recipe of the chosen method.
 enum Recipe {
     Lcm(LcmOptions),
-    Codi(CodiOptions),
+    Codi(CodiOptions, CodiStudent),
     Guided(GuidedOptions),
     Progressive(ProgressiveOptions),
 }
@@ -70,6 +92,9 @@ pub struct DistillArgs {
     /// Output directory; a run there resumes from its newest checkpoint.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// `--method codi`: the whole UNet (default) or an encoder adapter on the frozen teacher.
+    #[arg(long, value_enum)]
+    pub student: Option<Student>,
     /// Overrides `train.steps` (a finished run can be extended).
     #[arg(long)]
     pub steps: Option<u64>,
@@ -119,8 +144,9 @@ pub fn run(args: &DistillArgs, quiet: bool) -> Result<()> {
                 .with_context(in_teacher)?;
             train_task(&config, &task, &sync, &args.out, !quiet, None)?
         }
-        Recipe::Codi(options) => {
-            let task = CodiDistill::new(&config, &encoded.data, teacher, options, &plain)
+        Recipe::Codi(options, student) => {
+            let recipe = (options, student);
+            let task = CodiDistill::with_student(&config, &encoded.data, teacher, recipe, &plain)
                 .with_context(in_teacher)?;
             train_task(&config, &task, &sync, &args.out, !quiet, None)?
         }
@@ -135,7 +161,7 @@ pub fn run(args: &DistillArgs, quiet: bool) -> Result<()> {
             train_task(&config, &task, &sync, &args.out, !quiet, None)?
         }
     };
-    report(&config, &summary, args.method);
+    report(&config, &summary, args.method, args.student);
     Ok(())
 }
 
@@ -149,6 +175,9 @@ fn text_encoder_home(args: &DistillArgs) -> &Path {
 
 /// The run file's data, recipe (`[train.model]` filled in from the teacher) and options.
 fn load(args: &DistillArgs, teacher: &UNetConfig) -> Result<(DataConfig, TrainConfig, Recipe)> {
+    if args.student.is_some() && args.method != Method::Codi {
+        anyhow::bail!("--student is for --method codi");
+    }
     let origin = args.config.display().to_string();
     let text =
         std::fs::read_to_string(&args.config).with_context(|| format!("reading {origin}"))?;
@@ -171,7 +200,10 @@ fn load(args: &DistillArgs, teacher: &UNetConfig) -> Result<(DataConfig, TrainCo
         guided: file.guided,
         progressive: file.progressive,
     };
-    let recipe = recipe(args.method, tables, &origin)?;
+    let mut recipe = recipe(args.method, tables, &origin)?;
+    if let (Recipe::Codi(_, student), Some(chosen)) = (&mut recipe, args.student) {
+        *student = chosen.into();
+    }
     Ok((file.data, config, recipe))
 }
 
@@ -200,7 +232,7 @@ fn recipe(method: Method, t: Tables, origin: &str) -> Result<Recipe> {
         Method::Codi => {
             let options = t.codi.unwrap_or_default();
             options.validate().with_context(|| table("codi"))?;
-            Recipe::Codi(options)
+            Recipe::Codi(options, CodiStudent::Unet)
         }
         Method::Guided => {
             let options = t.guided.unwrap_or_default();
@@ -217,14 +249,19 @@ fn recipe(method: Method, t: Tables, origin: &str) -> Result<Recipe> {
     })
 }
 
-fn report(config: &TrainConfig, summary: &RunSummary, method: Method) {
+fn report(config: &TrainConfig, summary: &RunSummary, method: Method, student: Option<Student>) {
     let sampling = match method {
         Method::Lcm => "sample it with --sampler lcm (1 evaluation per step)".to_string(),
         Method::Guided | Method::Progressive => {
             "sample it with --sampler guided-ddim (1 evaluation per step)".to_string()
         }
         Method::Codi => format!(
-            "sample it with classifier-free guidance ({EVALUATIONS_PER_STEP} evaluations per step)"
+            "{}sample it with classifier-free guidance ({EVALUATIONS_PER_STEP} evaluations per step)",
+            match student {
+                Some(Student::Adapter) =>
+                    "an encoder adapter on the frozen teacher (unet/adapter); ",
+                _ => "",
+            }
         ),
     };
     println!(

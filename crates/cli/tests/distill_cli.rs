@@ -355,3 +355,53 @@ fn guided_then_progressive_students_sample_with_guided_ddim() {
         stderr(&out)
     );
 }
+
+#[test]
+fn codi_distils_an_adapter_student_that_samples_with_guidance() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    setup_with(root, "[codi]\nw_max = 4.0\n");
+    let out = distill_with(root, "lcm", &["--student", "adapter"]);
+    assert!(
+        stderr(&out).contains("--student is for --method codi"),
+        "{}",
+        stderr(&out)
+    );
+    let out = distill_with(root, "codi", &["--student", "adapter"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(report.contains("encoder adapter"), "{report}");
+    // The teacher's own files and config, with the adapter beside them.
+    let same = |file: &str| {
+        let read = |dir: &str| std::fs::read(root.join(dir).join(file)).unwrap();
+        read("teacher/unet") == read("student/unet")
+    };
+    assert!(same("diffusion_pytorch_model.safetensors") && same("config.json"));
+    let adapter = root.join("student/unet/adapter");
+    assert!(adapter.join("config.json").exists());
+    // Extended from its checkpoint, still an adapter run.
+    let out = distill_with(root, "codi", &["--student", "adapter", "--steps", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config = std::fs::read_to_string(root.join("student/unet/config.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let width = json["cross_attention_dim"].as_u64().unwrap() as usize;
+    npy::write(&root.join("e.npy"), &[1, 3, width], &vec![0.1; 3 * width]).unwrap();
+    let sample = |unet: &str, out: &str| {
+        let args = ["sample", "--unet", unet, "--sampler", "codi", "--seed", "3"];
+        let rest = ["--steps", "4", "--cfg", "4", "--prompt-embeds", "e.npy"];
+        ldmscale(
+            &[&args[..], &rest[..], &["--output-latents", out]].concat(),
+            root,
+        )
+    };
+    let out = sample("student/unet", "x.npy");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("8 evaluations"), "{}", stderr(&out));
+    // The trained adapter changes the samples; without it the teacher's come back.
+    assert!(sample("teacher/unet", "t.npy").status.success());
+    let read = |f: &str| std::fs::read(root.join(f)).unwrap();
+    assert!(read("x.npy") != read("t.npy"));
+    std::fs::remove_dir_all(&adapter).unwrap();
+    assert!(sample("student/unet", "y.npy").status.success());
+    assert!(read("y.npy") == read("t.npy"));
+}
