@@ -16,9 +16,8 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu, sigmoid};
-use burn::tensor::module::{attention, conv2d, layer_norm, linear};
-use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ldmscale_model::text::TokenBatch;
 use ldmscale_model::text::{ClipTextConfig, ClipTextModel, TextTokenizer, TokenizerOptions};
@@ -27,6 +26,7 @@ use serde::Deserialize;
 
 use crate::error::EvalError;
 use crate::preprocess::RgbImage;
+use crate::vit::{Activation, Dense, EncoderLayer, Loader, Norm, encode};
 use crate::weights::WeightMap;
 
 /// OpenAI CLIP's normalisation mean (RGB).
@@ -68,35 +68,6 @@ pub struct ClipVisionConfig {
     /// LayerNorm epsilon.
     #[serde(default = "eps_default")]
     pub layer_norm_eps: f64,
-}
-
-/// The MLP activations CLIP configs use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Activation {
-    QuickGelu,
-    Gelu,
-    GeluTanh,
-}
-
-impl Activation {
-    fn parse(name: &str) -> Result<Self, String> {
-        match name {
-            "quick_gelu" => Ok(Activation::QuickGelu),
-            "gelu" => Ok(Activation::Gelu),
-            "gelu_new" | "gelu_pytorch_tanh" => Ok(Activation::GeluTanh),
-            other => Err(format!(
-                "hidden_act: unsupported {other:?}; expected quick_gelu, gelu or gelu_new"
-            )),
-        }
-    }
-
-    fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
-        match self {
-            Activation::QuickGelu => x.clone() * sigmoid(x * 1.702),
-            Activation::Gelu => gelu(x),
-            Activation::GeluTanh => burn::tensor::activation::gelu_approximate(x),
-        }
-    }
 }
 
 /// A whole `CLIPModel` config.json.
@@ -177,45 +148,6 @@ impl ClipConfig {
     }
 }
 
-/// LayerNorm parameters (applied with burn's functional layer norm).
-#[derive(Module, Debug)]
-struct Norm {
-    gamma: Param<Tensor<1>>,
-    beta: Param<Tensor<1>>,
-    eps: f64,
-}
-
-impl Norm {
-    fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        layer_norm(x, self.gamma.val(), Some(self.beta.val()), self.eps)
-    }
-}
-
-/// A linear layer stored as burn lays it out (`[d_in, d_out]`).
-#[derive(Module, Debug)]
-struct Dense {
-    weight: Param<Tensor<2>>,
-    bias: Option<Param<Tensor<1>>>,
-}
-
-impl Dense {
-    fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.val(), self.bias.as_ref().map(|b| b.val()))
-    }
-}
-
-#[derive(Module, Debug)]
-struct VisionLayer {
-    layer_norm1: Norm,
-    q_proj: Dense,
-    k_proj: Dense,
-    v_proj: Dense,
-    out_proj: Dense,
-    layer_norm2: Norm,
-    fc1: Dense,
-    fc2: Dense,
-}
-
 /// CLIP's vision transformer with its projection: patches, class token, positions, pre-LN
 /// layers, the class token's post-LN state projected to the embedding space.
 #[derive(Module, Debug)]
@@ -224,63 +156,13 @@ pub struct ClipVision {
     class_embedding: Param<Tensor<1>>,
     position_embedding: Param<Tensor<2>>,
     pre_layrnorm: Norm,
-    layers: Vec<VisionLayer>,
+    layers: Vec<EncoderLayer>,
     post_layernorm: Norm,
     visual_projection: Dense,
     patch_size: usize,
     heads: usize,
     #[module(skip)]
     activation: Activation,
-}
-
-/// Takes tensors by name from a weights file into burn's layouts.
-struct Loader<'a> {
-    map: &'a mut WeightMap,
-    device: Device,
-}
-
-impl Loader<'_> {
-    fn param<const D: usize>(
-        &mut self,
-        key: &str,
-        shape: [usize; D],
-    ) -> Result<Param<Tensor<D>>, EvalError> {
-        Ok(Param::from_tensor(self.map.take(
-            key,
-            shape,
-            &self.device,
-        )?))
-    }
-
-    fn norm(&mut self, key: &str, d: usize, eps: f64) -> Result<Norm, EvalError> {
-        Ok(Norm {
-            gamma: self.param(&format!("{key}.weight"), [d])?,
-            beta: self.param(&format!("{key}.bias"), [d])?,
-            eps,
-        })
-    }
-
-    /// PyTorch's `[d_out, d_in]` weight, transposed.
-    fn dense(
-        &mut self,
-        key: &str,
-        d_in: usize,
-        d_out: usize,
-        bias: bool,
-    ) -> Result<Dense, EvalError> {
-        let weight = self
-            .map
-            .take(&format!("{key}.weight"), [d_out, d_in], &self.device)?
-            .transpose();
-        Ok(Dense {
-            weight: Param::from_tensor(weight),
-            bias: if bias {
-                Some(self.param(&format!("{key}.bias"), [d_out])?)
-            } else {
-                None
-            },
-        })
-    }
 }
 
 impl ClipVision {
@@ -296,7 +178,7 @@ impl ClipVision {
         let layers = (0..v.num_hidden_layers)
             .map(|i| {
                 let k = format!("{p}.encoder.layers.{i}");
-                Ok(VisionLayer {
+                Ok(EncoderLayer {
                     layer_norm1: l.norm(&format!("{k}.layer_norm1"), d, v.layer_norm_eps)?,
                     q_proj: l.dense(&format!("{k}.self_attn.q_proj"), d, d, true)?,
                     k_proj: l.dense(&format!("{k}.self_attn.k_proj"), d, d, true)?,
@@ -350,28 +232,7 @@ impl ClipVision {
         let mut x = Tensor::cat(vec![class, patches], 1)
             + self.position_embedding.val().reshape([1, tokens, d]);
         x = self.pre_layrnorm.forward(x);
-        for layer in &self.layers {
-            let h = layer.layer_norm1.forward(x.clone());
-            let split = |t: Tensor<3>| {
-                t.reshape([batch, tokens, self.heads, d / self.heads])
-                    .swap_dims(1, 2)
-            };
-            let context = attention(
-                split(layer.q_proj.forward(h.clone())),
-                split(layer.k_proj.forward(h.clone())),
-                split(layer.v_proj.forward(h)),
-                None,
-                None,
-                AttentionModuleOptions::default(),
-            )
-            .swap_dims(1, 2)
-            .reshape([batch, tokens, d]);
-            x = x + layer.out_proj.forward(context);
-            let h = layer.layer_norm2.forward(x.clone());
-            x = x + layer
-                .fc2
-                .forward(self.activation.apply(layer.fc1.forward(h)));
-        }
+        x = encode(&self.layers, x, self.heads, self.activation);
         let pooled = x.slice([0..batch, 0..1, 0..d]).reshape([batch, d]);
         self.visual_projection
             .forward(self.post_layernorm.forward(pooled))
@@ -384,12 +245,50 @@ pub struct ClipImageProcessor {
     /// Resize so the short side has this many pixels (`size.shortest_edge`), or to exactly
     /// `(height, width)` (`size.height` / `size.width`); `None` when `do_resize` is false.
     pub resize: Option<ResizeTarget>,
+    /// The resize filter (`resample`: 2 bilinear, 3 bicubic).
+    pub resample: Resample,
     /// Centre crop to `(height, width)`, if `do_center_crop`.
     pub crop: Option<(usize, usize)>,
     /// `rescale_factor` if `do_rescale` (1/255).
     pub rescale: Option<f64>,
     /// `(image_mean, image_std)` if `do_normalize`.
     pub normalize: Option<([f64; 3], [f64; 3])>,
+}
+
+/// The antialiased resize filters of transformers' (torchvision) image processors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resample {
+    /// Triangle filter (`resample` 2; ViT and DINO processors).
+    Bilinear,
+    /// Keys cubic with a = -0.5 (`resample` 3; CLIP).
+    Bicubic,
+}
+
+impl Resample {
+    fn parse(code: u64) -> Result<Self, String> {
+        match code {
+            2 => Ok(Resample::Bilinear),
+            3 => Ok(Resample::Bicubic),
+            other => Err(format!(
+                "resample: {other} is not supported; expected bilinear (2) or bicubic (3)"
+            )),
+        }
+    }
+
+    /// Half the filter's support at scale 1.
+    fn half_width(self) -> f64 {
+        match self {
+            Resample::Bilinear => 1.0,
+            Resample::Bicubic => 2.0,
+        }
+    }
+
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            Resample::Bilinear => (1.0 - x.abs()).max(0.0),
+            Resample::Bicubic => aa_bicubic(x),
+        }
+    }
 }
 
 /// The `size` of an image-processor config.
@@ -406,6 +305,7 @@ impl Default for ClipImageProcessor {
     fn default() -> Self {
         Self {
             resize: Some(ResizeTarget::ShortestEdge(224)),
+            resample: Resample::Bicubic,
             crop: Some((224, 224)),
             rescale: Some(1.0 / 255.0),
             normalize: Some((CLIP_MEAN, CLIP_STD)),
@@ -418,6 +318,23 @@ impl ClipImageProcessor {
     /// `preprocessor_config.json` (older) from a model directory; the defaults where neither
     /// exists.
     pub fn from_dir(dir: &Path) -> Result<Self, EvalError> {
+        Self::from_dir_with_defaults(dir, &serde_json::json!({}))
+    }
+
+    /// As [`Self::from_dir`], with the settings `defaults` names where the file lacks them
+    /// (another processor class's defaults than CLIP's).
+    pub fn from_dir_with_defaults(
+        dir: &Path,
+        defaults: &serde_json::Value,
+    ) -> Result<Self, EvalError> {
+        let with_defaults = |mut settings: serde_json::Value| {
+            if let (Some(map), Some(d)) = (settings.as_object_mut(), defaults.as_object()) {
+                for (k, v) in d {
+                    map.entry(k.clone()).or_insert_with(|| v.clone());
+                }
+            }
+            settings
+        };
         let candidates = [
             (dir.join("processor_config.json"), Some("image_processor")),
             (dir.join("preprocessor_config.json"), None),
@@ -436,10 +353,14 @@ impl ClipImageProcessor {
                 },
                 None => value,
             };
-            return Self::from_json(&settings)
+            return Self::from_json(&with_defaults(settings))
                 .map_err(|message| EvalError::stats(path.display(), message));
         }
-        Ok(Self::default())
+        match defaults.as_object().is_some_and(|d| !d.is_empty()) {
+            true => Self::from_json(defaults)
+                .map_err(|message| EvalError::stats(dir.display(), message)),
+            false => Ok(Self::default()),
+        }
     }
 
     /// Parses image-processor settings; the error names the field.
@@ -448,13 +369,10 @@ impl ClipImageProcessor {
         let dim = |obj: &serde_json::Value, key: &str| {
             obj.get(key).and_then(|x| x.as_u64()).map(|x| x as usize)
         };
-        if let Some(resample) = v.get("resample").and_then(|x| x.as_u64())
-            && resample != 3
-        {
-            return Err(format!(
-                "resample: {resample} is not supported; only bicubic (3), CLIP's setting, is"
-            ));
-        }
+        let resample = match v.get("resample").and_then(|x| x.as_u64()) {
+            Some(code) => Resample::parse(code)?,
+            None => Resample::Bicubic,
+        };
         let resize = if flag("do_resize") {
             let size = v
                 .get("size")
@@ -519,6 +437,7 @@ impl ClipImageProcessor {
         };
         Ok(Self {
             resize,
+            resample,
             crop,
             rescale,
             normalize,
@@ -533,7 +452,7 @@ impl ClipImageProcessor {
                 ResizeTarget::Exact(h, w) => (h, w),
                 ResizeTarget::ShortestEdge(s) => shortest_edge_size(img.height, img.width, s),
             };
-            img = resize_u8_bicubic_antialias(&img, h, w);
+            img = resize_u8_antialias(&img, h, w, self.resample);
         }
         if let Some((ch, cw)) = self.crop {
             img = center_crop(&img, ch, cw);
@@ -617,12 +536,13 @@ fn aa_bicubic(x: f64) -> f64 {
 /// precision: torch's `_compute_index_ranges_int16_weights` for its uint8 antialiased kernels
 /// (weights in f64 as Pillow's, then scaled by the largest power of two that keeps the biggest
 /// weight below 2^15).
-fn int16_taps(in_size: usize, out_size: usize) -> (Vec<(usize, Vec<i32>)>, u32) {
+fn int16_taps(in_size: usize, out_size: usize, filter: Resample) -> (Vec<(usize, Vec<i32>)>, u32) {
     let scale = in_size as f64 / out_size as f64;
+    let half = filter.half_width();
     let (support, inv) = if scale >= 1.0 {
-        (2.0 * scale, 1.0 / scale)
+        (half * scale, 1.0 / scale)
     } else {
-        (2.0, 1.0)
+        (half, 1.0)
     };
     let mut wt_max = 0.0f64;
     let taps: Vec<(usize, Vec<f64>)> = (0..out_size)
@@ -631,7 +551,7 @@ fn int16_taps(in_size: usize, out_size: usize) -> (Vec<(usize, Vec<i32>)>, u32) 
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
             let mut w: Vec<f64> = (xmin..xmax)
-                .map(|j| aa_bicubic((j as f64 - center + 0.5) * inv))
+                .map(|j| filter.weight((j as f64 - center + 0.5) * inv))
                 .collect();
             let total: f64 = w.iter().sum();
             if total != 0.0 {
@@ -673,15 +593,26 @@ fn fixed_point_to_u8(acc: i64, precision: u32) -> u8 {
 }
 
 /// `torchvision.transforms.v2.functional.resize(uint8_image, [out_h, out_w], BICUBIC,
+/// antialias=True)` on the CPU (see [`resize_u8_antialias`]).
+pub fn resize_u8_bicubic_antialias(img: &RgbImage, out_h: usize, out_w: usize) -> RgbImage {
+    resize_u8_antialias(img, out_h, out_w, Resample::Bicubic)
+}
+
+/// `torchvision.transforms.v2.functional.resize(uint8_image, [out_h, out_w], filter,
 /// antialias=True)` on the CPU: torch's integer kernel, a horizontal then a vertical pass each
 /// rounding to 8 bits.
-pub fn resize_u8_bicubic_antialias(img: &RgbImage, out_h: usize, out_w: usize) -> RgbImage {
+pub fn resize_u8_antialias(
+    img: &RgbImage,
+    out_h: usize,
+    out_w: usize,
+    filter: Resample,
+) -> RgbImage {
     if img.height == out_h && img.width == out_w {
         return img.clone();
     }
     let mut current = img.clone();
     if out_w != img.width {
-        let (taps, precision) = int16_taps(img.width, out_w);
+        let (taps, precision) = int16_taps(img.width, out_w, filter);
         let mut data = Vec::with_capacity(img.height * out_w * 3);
         for y in 0..img.height {
             let row = &current.data[y * img.width * 3..(y + 1) * img.width * 3];
@@ -702,7 +633,7 @@ pub fn resize_u8_bicubic_antialias(img: &RgbImage, out_h: usize, out_w: usize) -
         };
     }
     if out_h != img.height {
-        let (taps, precision) = int16_taps(img.height, out_h);
+        let (taps, precision) = int16_taps(img.height, out_h, filter);
         let w = current.width;
         let mut data = Vec::with_capacity(out_h * w * 3);
         for (ymin, wts) in &taps {
@@ -938,8 +869,10 @@ mod tests {
     fn constant_images_resize_to_constants() {
         let img = RgbImage::new(7, 5, vec![200; 7 * 5 * 3]).unwrap();
         for (h, w) in [(12, 3), (2, 9)] {
-            let out = resize_u8_bicubic_antialias(&img, h, w);
-            assert!(out.data.iter().all(|&v| v == 200), "{h}x{w}");
+            for filter in [Resample::Bilinear, Resample::Bicubic] {
+                let out = resize_u8_antialias(&img, h, w, filter);
+                assert!(out.data.iter().all(|&v| v == 200), "{h}x{w} {filter:?}");
+            }
         }
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod clip;
 pub mod cmmd;
+pub mod dino;
 pub mod error;
 pub mod fid;
 pub mod inception;
@@ -21,6 +22,7 @@ pub mod pickle;
 pub mod preprocess;
 pub mod sr_metrics;
 pub mod stats;
+mod vit;
 pub mod weights;
 
 pub use error::EvalError;
