@@ -5,7 +5,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use ldmscale_diffusion::SamplerId;
-use ldmscale_train::tasks::{CodiOptions, GuidedOptions, LcmOptions, ProgressiveOptions};
+use ldmscale_train::tasks::{
+    CodiOptions, CodiStudent, GuidedOptions, LcmOptions, ProgressiveOptions,
+};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::StudyConfig;
@@ -113,6 +115,10 @@ pub struct DistillConfig {
     /// The CoDi recipe (guidance in CFG form).
     #[serde(default)]
     pub codi: CodiOptions,
+    /// What CoDi trains: "unet" (the whole UNet) or "adapter" (an encoder adapter on the
+    /// frozen teacher, its parameters and GFLOPs counted in the students' cost).
+    #[serde(default, skip_serializing_if = "is_whole_unet")]
+    pub codi_student: CodiStudent,
     /// Guided distillation (App. C); absent: not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guided: Option<GuidedStudy>,
@@ -245,6 +251,7 @@ impl DistillConfig {
                 w_max: 6.0,
                 ..CodiOptions::default()
             },
+            codi_student: CodiStudent::Unet,
             guided: None,
         }
     }
@@ -296,6 +303,7 @@ impl DistillConfig {
             seed: 0,
             lcm: LcmOptions::default(),
             codi: CodiOptions::default(),
+            codi_student: CodiStudent::Unet,
             guided: Some(GuidedStudy {
                 base_steps: 64,
                 embedding_dim: 256,
@@ -303,6 +311,10 @@ impl DistillConfig {
             }),
         }
     }
+}
+
+fn is_whole_unet(student: &CodiStudent) -> bool {
+    *student == CodiStudent::Unet
 }
 
 /// The section's problems, each naming its field (`distill.x`).
@@ -494,6 +506,24 @@ mod tests {
                 .unwrap()
                 .distilled_widths(&StudyConfig::preset("quick").unwrap()),
             vec![8, 16, 24, 32]
+        );
+    }
+
+    #[test]
+    fn the_codi_student_reads_from_toml_and_a_bad_one_is_named() {
+        let c = StudyConfig::preset("tiny").unwrap();
+        assert_eq!(c.distill.as_ref().unwrap().codi_student, CodiStudent::Unet);
+        assert!(!c.to_toml().contains("codi_student"));
+        let text = c
+            .to_toml()
+            .replace("[distill]\n", "[distill]\ncodi_student = \"adapter\"\n");
+        let back = StudyConfig::from_toml(&text, "t.toml").unwrap();
+        assert_eq!(back.distill.unwrap().codi_student, CodiStudent::Adapter);
+        let text = text.replace("\"adapter\"", "\"adaptor\"");
+        let err = StudyConfig::from_toml(&text, "t.toml").unwrap_err();
+        assert!(
+            err.contains("codi_student") && err.contains("adaptor"),
+            "{err}"
         );
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use ldmscale_model::weights::{load_unet, write_atomic};
 use ldmscale_train::optimizer::{AdamWConfig, LrSchedule};
-use ldmscale_train::tasks::{codi_distill, lcm_distill};
+use ldmscale_train::tasks::{CodiStudent, codi_distill, lcm_distill};
 use ldmscale_train::{
     CodiDistill, DeviceThreads, LcmDistill, RunSummary, TrainConfig, TrainError, train_task,
 };
@@ -92,7 +92,7 @@ pub fn run_fingerprint(config: &StudyConfig, method: DistillMethod, width: usize
     let recipe = config.distill.as_ref().map(|d| {
         let options = match method {
             DistillMethod::Lcm => serde_json::to_value(&d.lcm),
-            DistillMethod::Codi => serde_json::to_value(&d.codi),
+            DistillMethod::Codi => codi_recipe(d),
         };
         (train_config(config, d, width), options.ok())
     });
@@ -100,6 +100,16 @@ pub fn run_fingerprint(config: &StudyConfig, method: DistillMethod, width: usize
         "distill-run",
         &(family::width_fingerprint(config, width), method, recipe),
     )
+}
+
+/// The CoDi options, with the student when it is the adapter (a whole-UNet run's
+/// fingerprint is the one it had before adapters existed).
+fn codi_recipe(d: &DistillConfig) -> serde_json::Result<serde_json::Value> {
+    let mut options = serde_json::to_value(&d.codi)?;
+    if d.codi_student == CodiStudent::Adapter {
+        options["student"] = d.codi_student.as_str().into();
+    }
+    Ok(options)
 }
 
 /// What one student's cells depend on: the student and what the sweep measures with.
@@ -357,7 +367,8 @@ impl DistillStage<'_> {
                 train_task(config, &task, &sync, run, true, None)
             }
             DistillMethod::Codi => {
-                let task = CodiDistill::new(config, data, teacher, d.codi.clone(), device)?;
+                let recipe = (d.codi.clone(), d.codi_student);
+                let task = CodiDistill::with_student(config, data, teacher, recipe, device)?;
                 train_task(config, &task, &sync, run, true, None)
             }
         }
