@@ -138,7 +138,8 @@ pub struct GuidedStudy {
     pub steps: u64,
     /// Sampling steps of the stage-1 student, which the first round halves.
     pub base_steps: u32,
-    /// The students measured, by their sampling steps (each `base_steps / 2^k`, k >= 1).
+    /// The students measured, by their sampling steps (each `base_steps / 2^k`; k = 0 is the
+    /// stage-1 student, against the teacher with CFG at the same steps).
     pub students: Vec<u32>,
     /// Lowest guidance drawn, LCM form (CFG scale `w + 1`), in every stage.
     pub w_min: f64,
@@ -407,12 +408,13 @@ fn guided_problems(c: &StudyConfig, g: &GuidedStudy) -> Vec<String> {
     if g.students.is_empty() {
         p.push("distill.guided.students: empty; expected sampling steps such as [16, 8]".into());
     }
+    let mut allowed = vec![g.base_steps];
+    allowed.extend(g.rounds());
     for (i, &s) in g.students.iter().enumerate() {
-        if !g.rounds().contains(&s) || g.students[..i].contains(&s) {
+        if !allowed.contains(&s) || g.students[..i].contains(&s) {
             p.push(format!(
-                "distill.guided.students[{i}]: {s} is not a new halving of base_steps = {} (expected one of {:?}, each once)",
-                g.base_steps,
-                g.rounds()
+                "distill.guided.students[{i}]: {s} is neither base_steps = {} nor a halving of it (expected one of {allowed:?}, each once)",
+                g.base_steps
             ));
         }
     }
@@ -475,6 +477,18 @@ mod tests {
         let full = StudyConfig::preset("full").unwrap();
         let g = full.distill.unwrap().guided.unwrap();
         assert_eq!(g.rounds(), vec![32, 16, 8]);
+        // The stage-1 student may be measured too.
+        let mut with_stage1 = c.clone();
+        let guided = with_stage1
+            .distill
+            .as_mut()
+            .unwrap()
+            .guided
+            .as_mut()
+            .unwrap();
+        guided.students = vec![32, 16, 8];
+        assert_eq!(guided.rounds(), vec![16, 8]);
+        assert!(problems(&with_stage1).is_empty());
         let bad = c.distill.as_mut().unwrap().guided.as_mut().unwrap();
         bad.widths = vec![12];
         bad.students = vec![16, 12, 16];
@@ -482,7 +496,7 @@ mod tests {
         let found = problems(&c).join("\n");
         for field in [
             "distill.guided.widths[0]: 12",
-            "distill.guided.students[1]: 12 is not a new halving",
+            "distill.guided.students[1]: 12 is neither base_steps = 32 nor a halving",
             "distill.guided.students[2]: 16",
             "distill.guided.w_max: sweep.cfg 3 (w = 2)",
         ] {

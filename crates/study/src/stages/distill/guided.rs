@@ -151,7 +151,8 @@ pub(super) fn refresh(
 }
 
 impl DistillStage<'_> {
-    /// Width `width`'s chain: stage 1 from `teacher`, then every round; the rounds' students.
+    /// Width `width`'s chain: stage 1 from `teacher`, then every round; every run's student
+    /// (stage 1's at `base_steps`).
     pub(super) fn guided_chain(
         &self,
         cx: &StudyContext,
@@ -175,14 +176,12 @@ impl DistillStage<'_> {
                 .last()
                 .cloned()
                 .unwrap_or_else(|| run.join("unet"));
-            if let Some(steps) = round {
-                let model = model.clone();
-                students.push(Student {
-                    steps,
-                    model,
-                    compute,
-                });
-            }
+            let steps = round.unwrap_or(g.base_steps);
+            students.push(Student {
+                steps,
+                model: model.clone(),
+                compute,
+            });
         }
         Ok(students)
     }
