@@ -115,20 +115,69 @@ pub struct Trained {
     pub chance: f64,
 }
 
-/// Trains on `(images [N,3,H,W], states [N,L,D], mask [N,L])`, holding out `val` pairs.
-#[allow(clippy::too_many_arguments)]
+/// Image-text pairs fetched by index: `(images [k,3,H,W], states [k,L,D], mask [k,L])`.
+/// The study's come from the streamed training set and the latent cache, so the encoder never
+/// holds the whole training set.
+pub trait Pairs {
+    /// Pairs held.
+    fn len(&self) -> usize;
+
+    /// Whether no pair is held.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Width `D` of the text states.
+    fn text_width(&self) -> usize;
+
+    /// The pairs at `indices`, in that order.
+    fn fetch(&self, indices: &[usize], device: &Device) -> Result<Batch, String>;
+}
+
+/// Images, text states and mask of some pairs.
+pub type Batch = (Tensor<4>, Tensor<3>, Tensor<2>);
+
+/// Pairs held as tensors.
+pub struct InMemory {
+    /// `[N, 3, H, W]`.
+    pub images: Tensor<4>,
+    /// `[N, L, D]`.
+    pub states: Tensor<3>,
+    /// `[N, L]`.
+    pub mask: Tensor<2>,
+}
+
+impl Pairs for InMemory {
+    fn len(&self) -> usize {
+        self.images.dims()[0]
+    }
+
+    fn text_width(&self) -> usize {
+        self.states.dims()[2]
+    }
+
+    fn fetch(&self, indices: &[usize], device: &Device) -> Result<Batch, String> {
+        let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [indices.len()]), device);
+        Ok((
+            self.images.clone().select(0, idx.clone()),
+            self.states.clone().select(0, idx.clone()),
+            self.mask.clone().select(0, idx),
+        ))
+    }
+}
+
+/// Trains on `pairs`, holding out the last `val`.
 pub fn train(
-    images: &Tensor<4>,
-    states: &Tensor<3>,
-    mask: &Tensor<2>,
+    pairs: &dyn Pairs,
     val: usize,
     steps: u64,
     batch: usize,
     seed: u64,
     device: &Device,
-) -> Trained {
-    let [n, ..] = images.dims();
-    let [_, _, text_width] = states.dims();
+) -> Result<Trained, String> {
+    let n = pairs.len();
+    let text_width = pairs.text_width();
     let train_n = n - val;
     let ad = device.clone().autodiff();
     let mut model = params::seeded_init(&ad, seed, || InDomainClip::new(text_width, 64, &ad));
@@ -138,14 +187,11 @@ pub fn train(
     });
     for step in 1..=steps {
         let mut rng = rng_for(seed, step, 0xC11B);
-        let idx: Vec<i64> = (0..batch.min(train_n))
-            .map(|_| rng.random_range(0..train_n) as i64)
+        let idx: Vec<usize> = (0..batch.min(train_n))
+            .map(|_| rng.random_range(0..train_n))
             .collect();
-        let idx_t = Tensor::<1, Int>::from_data(TensorData::new(idx.clone(), [idx.len()]), device);
-        let x = images.clone().select(0, idx_t.clone()).autodiff();
-        let s = states.clone().select(0, idx_t.clone()).autodiff();
-        let m = mask.clone().select(0, idx_t).autodiff();
-        let loss = model.loss(x, s, m);
+        let (x, s, m) = pairs.fetch(&idx, device)?;
+        let loss = model.loss(x.autodiff(), s.autodiff(), m.autodiff());
         let grads =
             params::named_gradients(&model, GradientsParams::from_grads(loss.backward(), &model));
         let mut grads = grads;
@@ -157,11 +203,10 @@ pub fn train(
     }
     let model = model.valid();
     let (retrieval_accuracy, chance) = if val >= 2 {
-        let vi = model.embed_images(images.clone().narrow(0, train_n, val));
-        let vt = model.embed_text(
-            states.clone().narrow(0, train_n, val),
-            mask.clone().narrow(0, train_n, val),
-        );
+        let held: Vec<usize> = (train_n..n).collect();
+        let (images, states, mask) = pairs.fetch(&held, device)?;
+        let vi = model.embed_images(images);
+        let vt = model.embed_text(states, mask);
         let sims = vi.matmul(vt.transpose());
         let best: Vec<i64> = sims
             .argmax(1)
@@ -178,11 +223,11 @@ pub fn train(
     } else {
         (f64::NAN, f64::NAN)
     };
-    Trained {
+    Ok(Trained {
         model,
         retrieval_accuracy,
         chance,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -211,7 +256,12 @@ mod tests {
         let images = Tensor::<4>::from_data(TensorData::new(img, [n, 3, 16, 16]), &device);
         let states = Tensor::<3>::from_data(TensorData::new(txt, [n, 2, 8]), &device);
         let mask = Tensor::<2>::ones([n, 2], &device);
-        let trained = train(&images, &states, &mask, 8, 60, 32, 1, &device);
+        let pairs = InMemory {
+            images: images.clone(),
+            states,
+            mask,
+        };
+        let trained = train(&pairs, 8, 60, 32, 1, &device).unwrap();
         // 8 held-out pairs, one per class: chance is 1/8.
         assert!(
             trained.retrieval_accuracy >= 0.75,

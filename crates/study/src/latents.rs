@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use ldmscale_data::{CacheKey, DataError, LatentCache, LatentCacheWriter};
+use ldmscale_data::{CacheKey, Captioned, CaptionedSet, DataError, LatentCache, LatentCacheWriter};
 use ldmscale_train::TrainingData;
 
 /// Encoded examples `start..start + count`: latents `[count, C, h, w]`, text states
@@ -102,6 +102,34 @@ pub fn open_or_build(
     writer.finish().map_err(|e| e.to_string())?;
     let cache = LatentCache::open(dir, key).map_err(|e| e.to_string())?;
     Ok((cache, origin))
+}
+
+/// [`open_or_build`] over `set`, read in order by one stream opened where the build stands (past
+/// the shards an interrupted build stored), never held whole: `encode` turns each chunk of
+/// examples into latents, text states and mask.
+pub fn open_or_build_streamed(
+    dir: &Path,
+    key: &CacheKey,
+    set: &CaptionedSet,
+    chunk: usize,
+    mut encode: impl FnMut(&Captioned) -> Result<EncodedChunk, String>,
+) -> Result<(LatentCache, CacheOrigin), String> {
+    let mut stream = None;
+    open_or_build(dir, key, set.len(), chunk, |start, n| {
+        let stream = match &mut stream {
+            Some(s) => s,
+            None => stream.insert(set.stream(start, chunk).map_err(|e| e.to_string())?),
+        };
+        let part = stream.take_examples(n).map_err(|e| e.to_string())?;
+        if part.len() != n {
+            return Err(format!(
+                "the training set ended at example {} of {}",
+                start + part.len(),
+                set.len()
+            ));
+        }
+        encode(&part)
+    })
 }
 
 /// A latent cache seen as training data, with the null caption's states beside it.
@@ -214,6 +242,48 @@ mod tests {
         assert_eq!(other, 10);
         // And the old key is now the mismatching one.
         assert!(LatentCache::open(&path, &key(16, "a")).is_err());
+    }
+
+    /// A fake encoder of images: each example's first pixel values as its latent and states.
+    fn pixels(part: &Captioned) -> Result<EncodedChunk, String> {
+        let per = part.images.len() / part.len();
+        let take = |k: usize| -> Vec<f32> {
+            part.images
+                .chunks(per)
+                .flat_map(|image| image[..k].to_vec())
+                .collect()
+        };
+        Ok((take(8), take(6), vec![1u8; part.len() * 3]))
+    }
+
+    /// A streamed build abandoned midway (the encoder fails on its second chunk, after a stray
+    /// shard file was left as by a crash before the manifest was written) is never readable as a
+    /// cache, and resumes to exactly what one uninterrupted build writes.
+    #[test]
+    fn an_abandoned_streamed_build_resumes_to_the_same_cache() {
+        let set = CaptionedSet::open("shapes", 16, ldmscale_data::Split::Train, 10).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latents");
+        let mut chunks = 0;
+        let abandoned = open_or_build_streamed(&path, &key(16, "a"), &set, 4, |part| {
+            chunks += 1;
+            if chunks == 2 {
+                return Err("killed".into());
+            }
+            pixels(part)
+        });
+        assert!(abandoned.is_err());
+        std::fs::write(path.join("shard-00001.safetensors"), b"half a shard").unwrap();
+        let err = LatentCache::open(&path, &key(16, "a")).err().unwrap();
+        assert!(err.to_string().contains("incomplete"), "{err}");
+        let (resumed, origin) =
+            open_or_build_streamed(&path, &key(16, "a"), &set, 4, pixels).unwrap();
+        assert_eq!(origin, CacheOrigin::Built { resumed_at: 4 });
+        let fresh_dir = tempfile::tempdir().unwrap();
+        let (fresh, _) =
+            open_or_build_streamed(fresh_dir.path(), &key(16, "a"), &set, 4, pixels).unwrap();
+        let all: Vec<usize> = (0..10).collect();
+        assert_eq!(resumed.batch(&all).unwrap(), fresh.batch(&all).unwrap());
     }
 
     #[test]

@@ -266,6 +266,16 @@ fn check_sweep(c: &StudyConfig, p: &mut Problems) {
     p.list("sweep.seeds", &s.seeds, |x| *x);
     p.range("sweep.dpm_max_steps", s.dpm_max_steps, 1, MAX_STEPS);
     p.range("sweep.samples_per_cell", s.samples_per_cell, 2, u32::MAX);
+    if s.samples_per_cell as usize > c.val_examples {
+        p.add(
+            "sweep.samples_per_cell",
+            format!(
+                "{} is more than val_examples ({}): each sample is generated from its own \
+                 evaluation caption",
+                s.samples_per_cell, c.val_examples
+            ),
+        );
+    }
     for (field, problem) in s
         .adaptive
         .iter()

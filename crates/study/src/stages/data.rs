@@ -1,8 +1,10 @@
-//! Stage 1: the training and evaluation examples, decoded into memory.
+//! Stage 1: the training and evaluation examples, opened for streaming: nothing is decoded
+//! here, and no stage holds a whole set in memory.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
-use ldmscale_data::{Captioned, DatasetSpec, load_captioned};
+use ldmscale_data::{CaptionedSet, DatasetSpec};
 
 use crate::config::{DataSource, StudyConfig};
 use crate::context::StudyContext;
@@ -13,9 +15,21 @@ use crate::stage::{Estimate, Stage};
 /// The examples of both roles.
 pub struct Splits {
     /// Training examples.
-    pub train: Captioned,
+    pub train: CaptionedSet,
     /// Evaluation examples: the FID reference set and the evaluation prompts.
-    pub val: Captioned,
+    pub val: CaptionedSet,
+    val_captions: OnceLock<Vec<String>>,
+}
+
+impl Splits {
+    /// The evaluation captions (the sweep's prompts), read on first use.
+    pub fn val_captions(&self) -> Result<&[String], StudyError> {
+        if let Some(captions) = self.val_captions.get() {
+            return Ok(captions);
+        }
+        let captions = self.val.captions()?;
+        Ok(self.val_captions.get_or_init(|| captions))
+    }
 }
 
 /// Loads the splits (cheap and deterministic: done again on every run, never stored).
@@ -39,10 +53,14 @@ pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
     }
 }
 
-/// The first `count` usable examples of `source`.
-pub fn load(source: DataSource, resolution: usize, count: usize) -> Result<Captioned, StudyError> {
+/// The first `count` examples of `source`, opened for streaming.
+pub fn load(
+    source: DataSource,
+    resolution: usize,
+    count: usize,
+) -> Result<CaptionedSet, StudyError> {
     let spec = source.spec.to_string();
-    load_captioned(&spec, resolution, source.split, count).map_err(|e| StudyError::Stage {
+    CaptionedSet::open(&spec, resolution, source.split, count).map_err(|e| StudyError::Stage {
         stage: "data",
         message: format!("{} = {spec}: {e}", source.field),
     })
@@ -69,11 +87,27 @@ impl Stage for Data {
             c.resolution,
             c.resolution
         );
-        Ok(Splits {
+        let splits = Splits {
             train: load(train, c.resolution, c.train_examples)?,
             val: load(eval, c.resolution, c.val_examples)?,
-        })
+            val_captions: OnceLock::new(),
+        };
+        check_eval_size(c, eval, splits.val.len())?;
+        Ok(splits)
     }
+}
+
+/// An evaluation set too small for a cell's samples (one per evaluation caption), named.
+fn check_eval_size(c: &StudyConfig, eval: DataSource, held: usize) -> Result<(), StudyError> {
+    let wanted = c.sweep.samples_per_cell as usize;
+    if held >= wanted {
+        return Ok(());
+    }
+    Err(StudyError::Config(format!(
+        "{}: {} holds {held} evaluation examples, fewer than sweep.samples_per_cell = {wanted} \
+         (one evaluation caption per sample); lower samples_per_cell or use a larger set",
+        eval.field, eval
+    )))
 }
 
 /// The files of `source` that are missing, each naming its config field.
@@ -140,7 +174,7 @@ pub fn estimate(config: &StudyConfig) -> Estimate {
 
 #[cfg(test)]
 mod tests {
-    use ldmscale_data::Split;
+    use ldmscale_data::{Split, load_captioned};
 
     use super::*;
 
@@ -175,10 +209,42 @@ mod tests {
         let [train, eval] = c.sources().unwrap();
         assert_eq!((train.split, eval.split), (Split::All, Split::All));
         let (t, e) = (load(train, 16, 6).unwrap(), load(eval, 16, 6).unwrap());
+        let (t, e) = (t.first(6).unwrap(), e.first(6).unwrap());
         let whole = |spec: &str| load_captioned(spec, 16, Split::All, 6).unwrap();
         assert_eq!(t, whole("shapes:seed=1"));
         assert_eq!(e, whole("shapes:seed=2"));
         assert_ne!(t.images, e.images);
+    }
+
+    #[test]
+    fn an_eval_set_smaller_than_a_cell_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        for k in 0..3u8 {
+            let png = ldmscale_data::Image::filled(16, 16, [k * 80, 9, 99]).to_png();
+            std::fs::write(dir.path().join(format!("{k}.png")), png).unwrap();
+            std::fs::write(dir.path().join(format!("{k}.txt")), "a caption").unwrap();
+        }
+        let mut c = StudyConfig::preset("tiny").unwrap();
+        c.train_dataset = c.dataset.take();
+        c.eval_dataset = Some(format!("folder:{}", dir.path().display()).parse().unwrap());
+        c.validate().unwrap();
+        let [_, eval] = c.sources().unwrap();
+        let held = load(eval, 16, c.val_examples).unwrap().len();
+        let err = check_eval_size(&c, eval, held).unwrap_err().to_string();
+        let expected = "holds 3 evaluation examples, fewer than sweep.samples_per_cell = 16";
+        assert!(
+            err.starts_with("eval_dataset: folder:") && err.contains(expected),
+            "{err}"
+        );
+        let mut smaller = c.clone();
+        smaller.sweep.samples_per_cell = 3;
+        check_eval_size(&smaller, eval, held).unwrap();
+        c.sweep.samples_per_cell = 65;
+        let err = c.validate().unwrap_err();
+        assert!(
+            err.contains("sweep.samples_per_cell: 65 is more than val_examples (64)"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -188,7 +254,7 @@ mod tests {
         c.train_dataset = Some("shapes".parse().unwrap());
         c.eval_dataset = Some("folder:/nonexistent/coco".parse().unwrap());
         let [_, eval] = c.sources().unwrap();
-        let err = load(eval, 16, 4).unwrap_err().to_string();
+        let err = load(eval, 16, 4).err().unwrap().to_string();
         assert!(
             err.contains("eval_dataset = folder:/nonexistent/coco"),
             "{err}"

@@ -3,10 +3,13 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor, TensorData};
+use ldmscale_data::{CaptionedSet, LatentCache};
 use ldmscale_eval::npz::{encode_npy_f32, parse_npy, read_stats, write_stats};
 use ldmscale_eval::stats::kernel_inception_distance;
-use ldmscale_eval::{FidExtractor, FidMode, GaussianStats, KidOptions, RgbImage, frechet_distance};
+use ldmscale_eval::{
+    FidExtractor, FidMode, GaussianStats, KidOptions, RgbImage, StatsAccumulator, frechet_distance,
+};
 use ldmscale_model::weights::write_atomic;
 use ldmscale_pipeline::values;
 
@@ -27,6 +30,8 @@ use crate::store::{FeatureRows, KID};
 const CLIP_HELD_OUT_MAX: usize = 64;
 const CLIP_STEPS: u64 = 300;
 const CLIP_BATCH: usize = 64;
+/// Reference images decoded and measured at a time.
+const REFERENCE_BATCH: usize = 64;
 
 /// The networks images are measured with.
 pub struct Features {
@@ -98,9 +103,9 @@ impl Stage for EvaluatorStage<'_> {
             FidFeaturesKind::InDomain => None,
         };
         let features = Features { clip, inception };
-        let images = images_tensor(&self.data.val.images, cx.config.resolution, &cx.device);
         let path = reference_path(&features, cx, self.data.val.len())?;
-        let (stats, reference_features) = features.reference_stats(&path, images)?;
+        let (stats, reference_features) =
+            features.reference_stats(&path, &self.data.val, &cx.device)?;
         Ok(Evaluator {
             features,
             reference: Reference {
@@ -114,22 +119,45 @@ impl Stage for EvaluatorStage<'_> {
 
 impl EvaluatorStage<'_> {
     fn train_clip(&self, cx: &StudyContext) -> Result<in_domain::Trained, StudyError> {
-        let train = &self.latents.train;
-        let n = train.cache.len();
-        let all: Vec<usize> = (0..n).collect();
-        let stored = train.cache.batch(&all)?;
-        let [length, width] = train.cache.key().text_shape;
-        let device = &cx.device;
-        let states = Tensor::from_data(
-            burn::tensor::TensorData::new(stored.text_states, [n, length, width]),
-            device,
-        );
+        let pairs = CachedPairs {
+            images: &self.data.train,
+            cache: &self.latents.train.cache,
+        };
+        let held = (in_domain::Pairs::len(&pairs) / 8).clamp(2, CLIP_HELD_OUT_MAX);
+        in_domain::train(&pairs, held, CLIP_STEPS, CLIP_BATCH, 0, &cx.device)
+            .map_err(StudyError::stage("evaluator"))
+    }
+}
+
+/// Training images by index beside their text states in the latent cache (built from the same
+/// set in the same order).
+struct CachedPairs<'a> {
+    images: &'a CaptionedSet,
+    cache: &'a LatentCache,
+}
+
+impl in_domain::Pairs for CachedPairs<'_> {
+    fn len(&self) -> usize {
+        self.cache.len().min(self.images.len())
+    }
+
+    fn text_width(&self) -> usize {
+        self.cache.key().text_shape[1]
+    }
+
+    fn fetch(&self, indices: &[usize], device: &Device) -> Result<in_domain::Batch, String> {
+        let k = indices.len();
+        let images = self.images.get(indices).map_err(|e| e.to_string())?;
+        let stored = self.cache.batch(indices).map_err(|e| e.to_string())?;
+        let [length, width] = self.cache.key().text_shape;
         let mask: Vec<f32> = stored.text_mask.iter().map(|&m| m as f32).collect();
-        let mask = Tensor::from_data(burn::tensor::TensorData::new(mask, [n, length]), device);
-        let images = images_tensor(&self.data.train.images, cx.config.resolution, device);
-        let held = (n / 8).clamp(2, CLIP_HELD_OUT_MAX);
-        Ok(in_domain::train(
-            &images, &states, &mask, held, CLIP_STEPS, CLIP_BATCH, 0, device,
+        Ok((
+            images_tensor(&images.images, self.images.resolution(), device),
+            Tensor::from_data(
+                TensorData::new(stored.text_states, [k, length, width]),
+                device,
+            ),
+            Tensor::from_data(TensorData::new(mask, [k, length]), device),
         ))
     }
 }
@@ -193,6 +221,25 @@ impl Features {
         Ok((extractor.features(&rgb), ldmscale_eval::FEATURE_DIM))
     }
 
+    /// Statistics and features `[N, dim]` of `images`, decoded and measured a batch at a time.
+    fn streamed_stats(
+        &self,
+        images: &CaptionedSet,
+        device: &Device,
+    ) -> Result<(GaussianStats, Vec<f32>, usize), StudyError> {
+        let res = images.resolution();
+        let (mut all, mut acc, mut dim) = (Vec::new(), None, 0);
+        for batch in images.stream(0, REFERENCE_BATCH)? {
+            let (features, d) = self.features(images_tensor(&batch?.images, res, device))?;
+            acc.get_or_insert_with(|| StatsAccumulator::new(d))
+                .add(&features)?;
+            all.extend(features);
+            dim = d;
+        }
+        let stats = acc.map_or_else(|| StatsAccumulator::new(1).finish(), |a| a.finish())?;
+        Ok((stats, all, dim))
+    }
+
     /// What FID is computed on, for the report.
     pub fn describe(&self) -> String {
         match self.inception {
@@ -205,11 +252,13 @@ impl Features {
     }
 
     /// The reference statistics and features: read from `path` for Inception (cached across
-    /// studies), else computed and written there.
+    /// studies), else computed and written there. The images are streamed a batch at a time
+    /// and the statistics accumulated; the features are kept (bootstrap, KID, pairing).
     fn reference_stats(
         &self,
         path: &Path,
-        images: Tensor<4>,
+        images: &CaptionedSet,
+        device: &Device,
     ) -> Result<(GaussianStats, Vec<f32>), StudyError> {
         let features_path = path.with_extension("features.npy");
         // The in-domain encoder is retrained on every run, so its statistics are rewritten.
@@ -222,8 +271,7 @@ impl Features {
         {
             return Ok((stats, array.data.iter().map(|&v| v as f32).collect()));
         }
-        let (features, d) = self.features(images)?;
-        let stats = GaussianStats::from_features(&features, d)?;
+        let (stats, features, d) = self.streamed_stats(images, device)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(StudyError::io(dir))?;
         }

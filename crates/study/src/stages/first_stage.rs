@@ -3,13 +3,17 @@
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use ldmscale_data::CaptionedSet;
 use ldmscale_model::vae::{load_vae, save_vae};
 use ldmscale_model::weights::write_atomic;
 use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig};
+use ldmscale_train::TrainError;
 use ldmscale_train::autoencoder::{
-    self, AutoencoderRecipe, AutoencoderStep, ReconstructionLoss, Reduction, SampledImages,
+    self, AutoencoderRecipe, AutoencoderStep, ImageBatches, ReconstructionLoss, Reduction,
 };
 use ldmscale_train::error::chain;
+use rand::RngExt;
+use rand::rngs::StdRng;
 
 use super::data::{self, Splits};
 use crate::config::{FirstStage, StudyConfig};
@@ -99,9 +103,10 @@ impl Stage for FirstStageStage<'_> {
         let mut config = AutoencoderKLConfig::small(*factor, *width);
         config.latent_channels = *latent_channels;
         let res = cx.config.resolution;
-        let images = images_tensor(&self.data.train.images, res, &cx.device);
-        let vae = train(&config, &images, *steps, &cx.device)?;
-        let (scaling_factor, psnr) = calibrate(&vae, &images)?;
+        let vae = train(&config, &self.data.train, *steps, &cx.device)?;
+        let probe = self.data.train.first(PROBE)?;
+        let (scaling_factor, psnr) =
+            calibrate(&vae, &images_tensor(&probe.images, res, &cx.device))?;
         config.scaling_factor = scaling_factor;
         save_vae(&dir, &config, &vae)?;
         write_atomic(&dir.join("psnr.txt"), format!("{psnr}\n").as_bytes())?;
@@ -129,10 +134,30 @@ fn recipe(steps: u64) -> AutoencoderRecipe {
     }
 }
 
+/// Training images drawn with replacement by index (as `SampledImages` draws them from
+/// memory), decoded when drawn: the set is never held.
+struct DrawnImages<'a>(&'a CaptionedSet);
+
+impl ImageBatches for DrawnImages<'_> {
+    fn draw(
+        &mut self,
+        size: usize,
+        rng: &mut StdRng,
+        device: &Device,
+    ) -> Result<Tensor<4>, TrainError> {
+        let n = self.0.len();
+        let idx: Vec<usize> = (0..size.min(n)).map(|_| rng.random_range(0..n)).collect();
+        let part = self.0.get(&idx).map_err(|e| TrainError::Data {
+            message: e.to_string(),
+        })?;
+        Ok(images_tensor(&part.images, self.0.resolution(), device))
+    }
+}
+
 /// Trains the autoencoder on `images` (batches sampled with replacement), with a progress bar.
 fn train(
     config: &AutoencoderKLConfig,
-    images: &Tensor<4>,
+    images: &CaptionedSet,
     steps: u64,
     device: &Device,
 ) -> Result<AutoencoderKL, StudyError> {
@@ -144,7 +169,7 @@ fn train(
     let trained = autoencoder::train_autoencoder(
         config,
         &recipe(steps),
-        &mut SampledImages(images),
+        &mut DrawnImages(images),
         device,
         &mut tick,
     );
@@ -152,20 +177,18 @@ fn train(
     trained.map_err(|e| StudyError::stage("first-stage")(chain(&e)))
 }
 
-/// The latent scaling factor and the reconstruction PSNR, both over the first [`PROBE`]
-/// training images.
-fn calibrate(vae: &AutoencoderKL, images: &Tensor<4>) -> Result<(f64, f64), StudyError> {
-    let [n, ..] = images.dims();
-    let probe = images.clone().narrow(0, 0, n.min(PROBE));
+/// The latent scaling factor and the reconstruction PSNR, both over `probe`, the first
+/// [`PROBE`] training images.
+fn calibrate(vae: &AutoencoderKL, probe: &Tensor<4>) -> Result<(f64, f64), StudyError> {
     let scaling_factor =
-        autoencoder::latent_scaling_factor(vae, &probe, PROBE).ok_or_else(|| {
+        autoencoder::latent_scaling_factor(vae, probe, PROBE).ok_or_else(|| {
             StudyError::stage("first-stage")(
                 "the trained autoencoder's latents have no spread; no scaling factor exists".into(),
             )
         })?;
     Ok((
         scaling_factor,
-        autoencoder::reconstruction_psnr(vae, &probe, PROBE),
+        autoencoder::reconstruction_psnr(vae, probe, PROBE),
     ))
 }
 

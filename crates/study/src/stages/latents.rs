@@ -17,7 +17,7 @@ use crate::config::{FirstStage, StudyConfig};
 use crate::context::StudyContext;
 use crate::error::StudyError;
 use crate::fingerprint::Fingerprint;
-use crate::latents::{CacheOrigin, CachedTrainingData, open_or_build};
+use crate::latents::{CacheOrigin, CachedTrainingData, open_or_build_streamed};
 use crate::stage::Stage;
 
 /// The cache's directory in the study.
@@ -77,26 +77,21 @@ impl Stage for LatentsStage<'_> {
         let key = self.cache_key(cx)?;
         let dir = cx.path(DIR);
         let res = cx.config.resolution;
-        let (cache, origin) =
-            open_or_build(&dir, &key, self.data.train.len(), SHARD, |start, n| {
-                tracing::info!(
-                    "encoding training images and captions {start}..{}",
-                    start + n
-                );
-                let part = self.data.train.slice(start, n, res);
-                let f = self.first;
-                let latents = encode_images(&f.vae, &f.config, &part.images, res, &cx.device);
-                let states = encode_text(
-                    &self.text.conditioner,
-                    &part.captions,
-                    self.text.length,
-                    &cx.device,
-                )
-                .map_err(|e| e.to_string())?;
-                let mask = states.mask.iter().map(|&m| (m > 0.5) as u8).collect();
-                Ok((latents, states.states, mask))
-            })
-            .map_err(StudyError::stage(Self::NAME))?;
+        let (cache, origin) = open_or_build_streamed(&dir, &key, &self.data.train, SHARD, |part| {
+            tracing::info!("encoding {} training images and captions", part.len());
+            let f = self.first;
+            let latents = encode_images(&f.vae, &f.config, &part.images, res, &cx.device);
+            let states = encode_text(
+                &self.text.conditioner,
+                &part.captions,
+                self.text.length,
+                &cx.device,
+            )
+            .map_err(|e| e.to_string())?;
+            let mask = states.mask.iter().map(|&m| (m > 0.5) as u8).collect();
+            Ok((latents, states.states, mask))
+        })
+        .map_err(StudyError::stage(Self::NAME))?;
         if let CacheOrigin::Rebuilt { mismatch } = &origin {
             tracing::info!(
                 "latent cache {} was built for another setting ({mismatch}); rebuilt",
@@ -192,7 +187,7 @@ impl LatentsStage<'_> {
         let t = self.text;
         let val_text = encode_text(
             &t.conditioner,
-            &self.data.val.captions,
+            self.data.val_captions()?,
             t.length,
             &cx.device,
         )?;

@@ -215,7 +215,7 @@ impl SrDataStage<'_> {
             false => (sr.train_pairs, &self.data.train),
         };
         if sr.hr_source == HrSource::Study && res == cx.config.resolution {
-            return Ok(hr_images(split, count, res));
+            return Ok(hr_images(&split.first(count)?, count, res));
         }
         if sr.hr_source == HrSource::Study {
             let source = match eval {
@@ -224,7 +224,8 @@ impl SrDataStage<'_> {
             }
             .map_err(StudyError::Config)?;
             tracing::info!("super-res: {source} again at {res} px");
-            return Ok(hr_images(&data::load(source, res, count)?, count, res));
+            let images = data::load(source, res, count)?.first(count)?;
+            return Ok(hr_images(&images, count, res));
         }
         let files = split_files(&sr.hr_source, sr.hr_source.files()?, eval)?;
         let seed = match eval {

@@ -86,9 +86,14 @@ impl Stage for TextStage<'_> {
         if let Some(old) = cx.recorded(Self::NAME) {
             cx.retire(&dir, old.as_str())?;
         }
+        // Only the tiny encoder's vocabulary reads the captions.
+        let captions = match cx.config.text_encoder {
+            TextEncoderSpec::TinyRandom => self.data.train.captions()?,
+            _ => Vec::new(),
+        };
         let conditioner = make_reserving(
             &cx.config.text_encoder,
-            &self.data.train.captions,
+            &captions,
             &reserved_words(cx.config),
             &cx.device,
         )?;
