@@ -170,6 +170,9 @@ fn check_dreambooth(config: &StudyConfig, out: &Path, html: &str) {
         "db-div",
         "db-finetune-cost",
         "db-classifier-accuracy",
+        "db-dino",
+        "db-clip-i-real",
+        "db-clip-t-real",
     ];
     for c in &cells {
         assert_eq!(
@@ -210,6 +213,7 @@ fn check_dreambooth(config: &StudyConfig, out: &Path, html: &str) {
     let paired = std::fs::read_to_string(out.join("dreambooth/paired.json")).unwrap();
     assert_eq!(paired.trim(), "[]");
     assert!(html.contains("DreamBooth (Sec. 3.2, Fig. 6)"));
+    assert!(html.contains("| DINO | CLIP-I (CLIP) | CLIP-T (CLIP) |"), "reference columns");
     let claim = html
         .split("DreamBooth quality scales with model size")
         .nth(1)
@@ -332,7 +336,12 @@ fn check_super_res(config: &StudyConfig, out: &Path, html: &str) {
 
 #[test]
 fn tiny_study_runs_end_to_end_resumes_and_recomputes_only_what_changed() {
-    let config = StudyConfig::preset("tiny").unwrap();
+    let mut config = StudyConfig::preset("tiny").unwrap();
+    // The reference DINO and CLIP (random-weight parity fixtures) add the paper's metrics.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/eval");
+    let d = config.dreambooth.as_mut().unwrap();
+    d.dino = Some(fixtures.join("dino/vit_s_like"));
+    d.clip = Some(fixtures.join("clip/vit_b32_like"));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path();
     let device = Device::flex();

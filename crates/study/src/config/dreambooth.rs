@@ -8,6 +8,8 @@
 //! intervals of 1e-4..1e-3 overlap, and CLIP-I and the feature cosine rose with the rate
 //! (3e-3 best), so the choice is weak.
 
+use std::path::PathBuf;
+
 use ldmscale_data::DatasetSpec;
 use ldmscale_data::dreambooth::{SubjectSet, evaluation_prompts};
 use serde::{Deserialize, Serialize};
@@ -49,6 +51,13 @@ pub struct DreamBoothConfig {
     /// Seed of finetune data order, sampling noise and renders.
     #[serde(default)]
     pub seed: u64,
+    /// A transformers DINO `ViTModel` directory (e.g. facebook/dino-vits16): adds the
+    /// DreamBooth paper's DINO score beside the stand-ins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dino: Option<PathBuf>,
+    /// A transformers `CLIPModel` directory: adds the real CLIP-I and CLIP-T.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<PathBuf>,
 }
 
 impl DreamBoothConfig {
@@ -68,6 +77,8 @@ impl DreamBoothConfig {
             sample_steps: 8,
             cfg: 3.0,
             seed: 0,
+            dino: None,
+            clip: None,
         }
     }
 
@@ -102,6 +113,8 @@ impl DreamBoothConfig {
             sample_steps: 50,
             cfg: 7.5,
             seed: 0,
+            dino: None,
+            clip: None,
         }
     }
 
@@ -185,6 +198,18 @@ pub fn problems(c: &StudyConfig) -> Vec<String> {
     number("prior_weight", d.prior_weight, 0.0, 1000.0);
     number("learning_rate", d.learning_rate, 1e-12, 1.0);
     number("cfg", d.cfg, 0.0, 1000.0);
+    for (field, dir) in [("dino", &d.dino), ("clip", &d.clip)] {
+        let Some(dir) = dir else { continue };
+        for file in ["config.json", "model.safetensors"] {
+            if !dir.join(file).is_file() {
+                p.push(format!(
+                    "dreambooth.{field}: {} has no {file} (expected a transformers model \
+                     directory)",
+                    dir.display()
+                ));
+            }
+        }
+    }
     p
 }
 
@@ -201,8 +226,10 @@ mod tests {
         d.prompts = 0;
         d.samples_per_prompt = 1;
         d.learning_rate = f64::NAN;
+        d.dino = Some("no/such/dino".into());
         let err = c.validate().unwrap_err();
         for field in [
+            "dreambooth.dino: no/such/dino has no config.json",
             "dreambooth.subjects[0]: ",
             "no such subject",
             "dreambooth.widths[0]: 12 is not a width",

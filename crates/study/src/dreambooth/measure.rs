@@ -5,6 +5,9 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use ldmscale_data::Image;
 use ldmscale_data::dreambooth::{EvalPrompt, Subject, SubjectSet, evaluation_prompts};
+use ldmscale_eval::RgbImage;
+use ldmscale_eval::clip::ClipModel;
+use ldmscale_eval::dino::DinoModel;
 use ldmscale_pipeline::{LatentDiffusion, SamplingSpec, encode_text, values};
 
 use super::classifier::{self, SubjectClassifier};
@@ -40,6 +43,46 @@ pub struct SubjectInputs {
     /// CLIP text embeddings of the twins (one per row) and of twin + variants (VARIANTS + 1
     /// per row, the twin first).
     pub twin_embeddings: (Vec<f32>, Vec<f32>),
+    /// The reference models' embeddings of the held-out renders and the twins.
+    pub reference: ReferenceInputs,
+}
+
+/// Real DINO and CLIP models from local directories (`[dreambooth] dino`, `clip`).
+#[derive(Debug, Default)]
+pub struct ReferenceModels {
+    /// A transformers ViTModel (DINO).
+    pub dino: Option<DinoModel>,
+    /// A transformers CLIPModel.
+    pub clip: Option<ClipModel>,
+}
+
+impl ReferenceModels {
+    /// The models `config` names, loaded on `device`; an unreadable one is named by field.
+    pub fn load(config: &DreamBoothConfig, device: &Device) -> Result<Self, StudyError> {
+        let named = |field: &str, dir: &std::path::Path, e: ldmscale_eval::EvalError| {
+            StudyError::Config(format!("dreambooth.{field} = {}: {e}", dir.display()))
+        };
+        let dino = match &config.dino {
+            Some(dir) => Some(DinoModel::load(dir, device).map_err(|e| named("dino", dir, e))?),
+            None => None,
+        };
+        let clip = match &config.clip {
+            Some(dir) => Some(ClipModel::load(dir, device).map_err(|e| named("clip", dir, e))?),
+            None => None,
+        };
+        Ok(ReferenceModels { dino, clip })
+    }
+}
+
+/// What the reference models see of one subject, independent of the finetune.
+#[derive(Debug, Default)]
+pub struct ReferenceInputs {
+    /// DINO embeddings of the held-out renders and their width.
+    pub dino_real: Option<(Vec<f32>, usize)>,
+    /// CLIP image embeddings of the held-out renders and their width.
+    pub clip_real: Option<(Vec<f32>, usize)>,
+    /// CLIP text embeddings of the twins, one per generation row.
+    pub clip_twins: Option<Vec<f32>>,
 }
 
 /// Everything the measuring needs beside the model.
@@ -54,6 +97,8 @@ pub struct Scorer<'a> {
     pub resolution: u32,
     /// Where models run.
     pub device: &'a Device,
+    /// Real DINO / CLIP, where the section names them.
+    pub reference: &'a ReferenceModels,
 }
 
 /// Per-image (or per-prompt) values pooled over subjects for one (width, prior).
@@ -73,6 +118,12 @@ pub struct Pooled {
     pub pres: Vec<f64>,
     /// Cosine distance among one prompt's samples.
     pub div: Vec<f64>,
+    /// Mean DINO cosine to real renders (reference model).
+    pub dino: Vec<f64>,
+    /// Mean CLIP image cosine to real renders (reference model).
+    pub clip_i_real: Vec<f64>,
+    /// CLIP cosine with the class twin (reference model).
+    pub clip_t_real: Vec<f64>,
     /// FID features of subject-prompt samples and of the real renders (all subjects).
     pub generated: Vec<f32>,
     /// See `generated`.
@@ -128,6 +179,7 @@ impl Scorer<'_> {
             })
             .collect();
         Ok(SubjectInputs {
+            reference: self.reference_inputs(&real, &twin_rows)?,
             real_features: self.evaluator.features.features(real.clone())?,
             real_clip: values(clip.embed_images(real)),
             real_class_features: self.evaluator.features.features(class)?.0,
@@ -208,6 +260,69 @@ impl Scorer<'_> {
         Ok(images)
     }
 
+    /// The reference models' embeddings of the held-out renders `real` and of `twins`.
+    fn reference_inputs(
+        &self,
+        real: &Tensor<4>,
+        twins: &[String],
+    ) -> Result<ReferenceInputs, StudyError> {
+        let real = rgb_images(real)?;
+        let embed = |t: Tensor<2>| {
+            let d = t.dims()[1];
+            (values(t), d)
+        };
+        let r = self.reference;
+        let twins: Vec<&str> = twins.iter().map(String::as_str).collect();
+        Ok(ReferenceInputs {
+            dino_real: r
+                .dino
+                .as_ref()
+                .map(|m| m.image_embeddings(&real))
+                .transpose()?
+                .map(embed),
+            clip_real: r
+                .clip
+                .as_ref()
+                .map(|m| m.image_embeddings(&real))
+                .transpose()?
+                .map(embed),
+            clip_twins: (r.clip.as_ref())
+                .map(|m| m.text_embeddings(&twins))
+                .transpose()?
+                .map(values),
+        })
+    }
+
+    /// The reference models' scores of subject-prompt samples.
+    fn score_reference(
+        &self,
+        images: &Tensor<4>,
+        inputs: &ReferenceInputs,
+        pooled: &mut Pooled,
+    ) -> Result<(), StudyError> {
+        let r = self.reference;
+        if r.dino.is_none() && r.clip.is_none() {
+            return Ok(());
+        }
+        let generated = rgb_images(images)?;
+        if let (Some(dino), Some((real, d))) = (&r.dino, &inputs.dino_real) {
+            let emb = values(dino.image_embeddings(&generated)?);
+            pooled.dino.extend(metrics::cosine_to_real(&emb, real, *d));
+        }
+        if let (Some(clip), Some((real, d)), Some(twins)) =
+            (&r.clip, &inputs.clip_real, &inputs.clip_twins)
+        {
+            let emb = values(clip.image_embeddings(&generated)?);
+            pooled
+                .clip_i_real
+                .extend(metrics::cosine_to_real(&emb, real, *d));
+            pooled
+                .clip_t_real
+                .extend(metrics::image_text_cosine(&emb, twins, *d));
+        }
+        Ok(())
+    }
+
     /// The feature and CLIP scores of subject-prompt samples.
     fn score_subject(
         &self,
@@ -247,7 +362,7 @@ impl Scorer<'_> {
         pooled.generated.extend(generated);
         pooled.real.extend(real);
         pooled.dim = *d;
-        Ok(())
+        self.score_reference(images, &inputs.reference, pooled)
     }
 }
 
@@ -265,6 +380,17 @@ pub fn images_tensor<'i>(images: impl Iterator<Item = &'i Image>, device: &Devic
         ];
     }
     Tensor::from_data(TensorData::new(data, shape), device)
+}
+
+/// The 8-bit images of a `[N, 3, H, W]` tensor in [-1, 1], as the reference models take them.
+fn rgb_images(images: &Tensor<4>) -> Result<Vec<RgbImage>, StudyError> {
+    to_images(images)
+        .into_iter()
+        .map(|i| {
+            let (w, h) = (i.width() as usize, i.height() as usize);
+            Ok(RgbImage::new(w, h, i.into_bytes())?)
+        })
+        .collect()
 }
 
 /// The images of a `[N, 3, H, W]` tensor in [-1, 1].

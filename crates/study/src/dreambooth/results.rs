@@ -76,6 +76,38 @@ pub const METRICS: [MetricInfo; 8] = [
     },
 ];
 
+/// The DreamBooth paper's own metrics, measured where `[dreambooth] dino` / `clip` name real
+/// models (local transformers directories); shown beside the stand-ins.
+pub const REFERENCE_METRICS: [MetricInfo; 3] = [
+    MetricInfo {
+        name: "db-dino",
+        label: "DINO",
+        higher_is_better: true,
+        about: "mean cosine to real renders, DINO ViT class tokens ([dreambooth] dino)",
+    },
+    MetricInfo {
+        name: "db-clip-i-real",
+        label: "CLIP-I (CLIP)",
+        higher_is_better: true,
+        about: "mean cosine to real renders, CLIP image embeddings ([dreambooth] clip)",
+    },
+    MetricInfo {
+        name: "db-clip-t-real",
+        label: "CLIP-T (CLIP)",
+        higher_is_better: true,
+        about: "cosine with the class twin's CLIP text embedding ([dreambooth] clip)",
+    },
+];
+
+/// The section's metrics the cells have: every stand-in, and the reference metrics measured.
+fn shown_metrics(cells: &[Cell]) -> Vec<&'static MetricInfo> {
+    let measured = |m: &&MetricInfo| cells.iter().any(|c| metric_of(c, m.name).is_some());
+    METRICS
+        .iter()
+        .chain(REFERENCE_METRICS.iter().filter(measured))
+        .collect()
+}
+
 /// Finetune compute of a cell: normalised cost x iterations, summed over its subjects.
 pub const FINETUNE_COST: &str = "db-finetune-cost";
 /// The lowest held-out accuracy of the cell's subject classifiers.
@@ -124,12 +156,15 @@ pub struct PairedGap {
     pub high: f64,
 }
 
+/// A width and its per-image values.
+pub type WidthValues<'v> = (u32, &'v [f64]);
+
 impl PairedGap {
     /// The gap of per-image values `large - small` (the same images in the same order);
     /// `None` when the sides differ in length or the bootstrap has too few images.
     pub fn of(
         prior: bool,
-        (small, large): ((u32, &[f64]), (u32, &[f64])),
+        (small, large): (WidthValues, WidthValues),
         replicates: usize,
         seed: u64,
     ) -> Option<Self> {
@@ -213,6 +248,12 @@ pub fn pooled_metrics(
         ci: drift_ci,
     });
     out.push(metric(METRICS[7].name, &pooled.div));
+    let reference = [&pooled.dino, &pooled.clip_i_real, &pooled.clip_t_real];
+    for (info, values) in REFERENCE_METRICS.iter().zip(reference) {
+        if !values.is_empty() {
+            out.push(metric(info.name, values));
+        }
+    }
     out.push(Metric {
         name: FINETUNE_COST.into(),
         value: pooled.finetune_cost.iter().sum(),
@@ -291,7 +332,7 @@ pub fn findings(cells: &[Cell], paired: &[PairedGap]) -> Vec<Finding> {
                 g.images, large.width, small.width, g.value, g.low, g.high
             ));
         }
-        for (i, info) in METRICS.iter().enumerate() {
+        for (i, info) in shown_metrics(cells).into_iter().enumerate() {
             let Some(d) = size_gap(small, large, info) else {
                 continue;
             };
@@ -358,16 +399,21 @@ pub fn markdown(r: &DreamBoothResults) -> String {
             r.learning_rate
         ),
     };
+    let shown = shown_metrics(&r.cells);
+    let stand_ins = match shown.len() > METRICS.len() {
+        true => "Every metric but DINO, CLIP-I (CLIP) and CLIP-T (CLIP) is an in-domain stand-in",
+        false => "Every metric is an in-domain stand-in",
+    };
     let mut md = format!(
-        "\n## DreamBooth (Sec. 3.2, Fig. 6)\n\n{recipe}. Every metric is an in-domain stand-in \
-         (see the table below); values with 95% bootstrap intervals over images.\n\n| width | \
-         params | prior | finetune cost |"
+        "\n## DreamBooth (Sec. 3.2, Fig. 6)\n\n{recipe}. {stand_ins} (see the table below); \
+         values with 95% bootstrap intervals over images.\n\n| width | params | prior | \
+         finetune cost |"
     );
-    for m in &METRICS {
+    for m in &shown {
         md.push_str(&format!(" {} |", m.label));
     }
     md.push_str("\n|---|---|---|---|");
-    md.push_str(&"---|".repeat(METRICS.len()));
+    md.push_str(&"---|".repeat(shown.len()));
     md.push('\n');
     for c in &r.cells {
         let cost = metric_of(c, FINETUNE_COST).map_or(0.0, |m| m.value);
@@ -380,13 +426,13 @@ pub fn markdown(r: &DreamBoothResults) -> String {
             "| {} | {} | {prior} | {cost:.3} |",
             c.width, c.params
         ));
-        for m in &METRICS {
+        for m in &shown {
             md.push_str(&format!(" {} |", value_text(metric_of(c, m.name))));
         }
         md.push('\n');
     }
     md.push_str("\n| metric | what it is |\n|---|---|\n");
-    for m in &METRICS {
+    for m in &shown {
         md.push_str(&format!("| {} | {} |\n", m.label, m.about));
     }
     md
@@ -449,7 +495,7 @@ pub fn html(r: &DreamBoothResults, base64: impl Fn(&[u8]) -> String) -> Result<S
     }
     let params = |c: &Cell| c.params as f64;
     let cost = |c: &Cell| metric_of(c, FINETUNE_COST).map_or(0.0, |m| m.value);
-    for info in &METRICS {
+    for info in shown_metrics(&r.cells) {
         html.push_str(&chart(r, info, params, "parameters")?);
         html.push_str(&chart(
             r,

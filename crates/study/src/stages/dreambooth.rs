@@ -28,7 +28,7 @@ use super::text::{self, TextModel};
 use crate::cell::{Cell, CellKey, Metric, Variant};
 use crate::config::{DreamBoothConfig, StudyConfig};
 use crate::context::StudyContext;
-use crate::dreambooth::measure::{Pooled, Scorer, SubjectInputs, images_tensor};
+use crate::dreambooth::measure::{Pooled, ReferenceModels, Scorer, SubjectInputs, images_tensor};
 use crate::dreambooth::results::{
     CLASSIFIER_ACCURACY, DreamBoothResults, PairedGap, pooled_metrics,
 };
@@ -248,7 +248,8 @@ impl Stage for DreamBoothStage<'_> {
     fn run(&self, cx: &StudyContext) -> Result<DreamBoothResults, StudyError> {
         let d = section(cx)?;
         let set = SubjectSet::standard();
-        let scorer = self.scorer(cx, d);
+        let reference = ReferenceModels::load(d, &cx.device)?;
+        let scorer = self.scorer(cx, d, &reference);
         let mut inputs = Vec::new();
         for name in d.subject_names() {
             inputs.push(scorer.subject_inputs(&set, &name)?);
@@ -280,8 +281,14 @@ impl Stage for DreamBoothStage<'_> {
 }
 
 impl DreamBoothStage<'_> {
-    fn scorer<'s>(&'s self, cx: &'s StudyContext, d: &'s DreamBoothConfig) -> Scorer<'s> {
+    fn scorer<'s>(
+        &'s self,
+        cx: &'s StudyContext,
+        d: &'s DreamBoothConfig,
+        reference: &'s ReferenceModels,
+    ) -> Scorer<'s> {
         Scorer {
+            reference,
             evaluator: self.evaluator,
             text: self.text,
             config: d,
@@ -432,7 +439,7 @@ impl DreamBoothStage<'_> {
         let request = ClassImageRequest {
             prompt: subject.subject.class_prompt(),
             count: d.class_images,
-            sampling: self.scorer(cx, d).sampling(),
+            sampling: self.scorer(cx, d, &ReferenceModels::default()).sampling(),
         };
         let dir = class_dir(&cx.out, &subject.subject.name, width);
         // Made by another base or sampling: moved aside, made again (never mixed).
