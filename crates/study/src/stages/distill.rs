@@ -576,16 +576,21 @@ pub fn estimate(config: &StudyConfig, gflops: &[f64]) -> Estimate {
             .sum();
         e.sample_gflops += config.sweep.samples_per_cell as f64 * teacher * g;
         for &m in &d.methods {
+            // A CoDi adapter student costs its teacher plus the adapter per evaluation.
+            let student = match (m, d.codi_student) {
+                (DistillMethod::Codi, CodiStudent::Adapter) => adapter_cost_ratio(config, w),
+                _ => 1.0,
+            };
             let passes = match m {
                 DistillMethod::Lcm => lcm_distill::FORWARD_PASSES,
-                DistillMethod::Codi => codi_distill::FORWARD_PASSES,
+                DistillMethod::Codi => (codi_distill::FORWARD_PASSES - 1.0) * student + 1.0,
             };
             e.train_gflops += passes * samples * g;
             let evaluations: f64 = grid(config, m.sampler(), d.sample_steps)
                 .iter()
                 .map(|c| c.steps as f64 * per_step(m, c.cfg))
                 .sum();
-            e.sample_gflops += config.sweep.samples_per_cell as f64 * evaluations * g;
+            e.sample_gflops += config.sweep.samples_per_cell as f64 * evaluations * g * student;
         }
     }
     guided::estimate(config, gflops, &mut e);
@@ -601,10 +606,45 @@ pub fn estimate(config: &StudyConfig, gflops: &[f64]) -> Estimate {
     e
 }
 
+/// GFLOPs of width `width` with an encoder adapter over those without (lazily built models:
+/// nothing is allocated).
+fn adapter_cost_ratio(config: &StudyConfig, width: usize) -> f64 {
+    let (latent, _) = config.latent_layout();
+    let (_, text) = super::text::estimate(config);
+    let teacher = family::model_config(config, width).unet(latent[0], latent[1], text[1]);
+    let Ok(student) = teacher.with_encoder_adapter() else {
+        return 1.0;
+    };
+    let device = burn::tensor::Device::flex();
+    let gflops = |c: &ldmscale_model::UNetConfig| {
+        let unet = ldmscale_model::UNet::new(c, &device);
+        unet.cost(latent[1], latent[2], text[0]).gflops()
+    };
+    gflops(&student) / gflops(&teacher)
+}
+
 /// Evaluations per sampling step of a method's student at guidance `cfg`.
 fn per_step(method: DistillMethod, cfg: f64) -> f64 {
     match method {
         DistillMethod::Codi if cfg > 1.0 => 2.0,
         _ => 1.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_adapter_student_costs_more_in_the_estimate() {
+        let mut config = StudyConfig::preset("tiny").unwrap();
+        let whole = estimate(&config, &[0.01, 0.02]);
+        let d = config.distill.as_mut().unwrap();
+        d.codi_student = CodiStudent::Adapter;
+        let ratio = adapter_cost_ratio(&config, config.widths[0]);
+        assert!(ratio > 1.0 && ratio < 2.0, "{ratio}");
+        let adapter = estimate(&config, &[0.01, 0.02]);
+        assert!(adapter.train_gflops > whole.train_gflops);
+        assert!(adapter.sample_gflops > whole.sample_gflops);
     }
 }
