@@ -331,6 +331,7 @@ th {{ background: #f5f5f5; }} td:first-child, th:first-child {{ text-align: left
 .eqgrid .labels {{ display: flex; flex-direction: column; flex: none; width: 230px; }}
 .eqgrid .label {{ display: flex; flex-direction: column; justify-content: center; text-align: right; font-size: 13px; line-height: 1.3; overflow: hidden; }}
 small {{ color: #666; }} tr.undecided td {{ background: #fff6dd; }}
+.wide {{ overflow-x: auto; }} .wide td {{ white-space: nowrap; }} td.text {{ text-align: left; }}
 </style></head><body>
 <h1>Bigger is not always better &mdash; measured</h1>
 <p>{title}</p>"#,

@@ -213,7 +213,10 @@ fn check_dreambooth(config: &StudyConfig, out: &Path, html: &str) {
     let paired = std::fs::read_to_string(out.join("dreambooth/paired.json")).unwrap();
     assert_eq!(paired.trim(), "[]");
     assert!(html.contains("DreamBooth (Sec. 3.2, Fig. 6)"));
-    assert!(html.contains("| DINO | CLIP-I (CLIP) | CLIP-T (CLIP) |"), "reference columns");
+    for column in [">DINO</th>", ">CLIP-I (CLIP)</th>", ">CLIP-T (CLIP)</th>"] {
+        assert!(html.contains(column), "reference column {column}");
+    }
+    assert!(html.contains("<span>instance images</span>"), "Fig. 6 row labels");
     let claim = html
         .split("DreamBooth quality scales with model size")
         .nth(1)

@@ -387,8 +387,8 @@ fn value_text(m: Option<&Metric>) -> String {
     }
 }
 
-/// The section as Markdown: the table of every metric per width and prior.
-pub fn markdown(r: &DreamBoothResults) -> String {
+/// The section's opening sentences: the recipe and which metrics are stand-ins.
+fn intro(r: &DreamBoothResults) -> String {
     let recipe = match r.subjects.is_empty() {
         true => {
             "Subjects and learning rate: see the study's config (the store keeps neither)".into()
@@ -399,15 +399,29 @@ pub fn markdown(r: &DreamBoothResults) -> String {
             r.learning_rate
         ),
     };
-    let shown = shown_metrics(&r.cells);
-    let stand_ins = match shown.len() > METRICS.len() {
+    let stand_ins = match shown_metrics(&r.cells).len() > METRICS.len() {
         true => "Every metric but DINO, CLIP-I (CLIP) and CLIP-T (CLIP) is an in-domain stand-in",
         false => "Every metric is an in-domain stand-in",
     };
+    format!(
+        "{recipe}. {stand_ins} (see the table below); values with 95% bootstrap intervals over \
+         images."
+    )
+}
+
+fn prior_text(c: &Cell) -> &'static str {
+    match prior_of(c) == Some(true) {
+        true => "yes",
+        false => "no",
+    }
+}
+
+/// The section as Markdown: the table of every metric per width and prior.
+pub fn markdown(r: &DreamBoothResults) -> String {
+    let shown = shown_metrics(&r.cells);
     let mut md = format!(
-        "\n## DreamBooth (Sec. 3.2, Fig. 6)\n\n{recipe}. {stand_ins} (see the table below); \
-         values with 95% bootstrap intervals over images.\n\n| width | params | prior | \
-         finetune cost |"
+        "\n## DreamBooth (Sec. 3.2, Fig. 6)\n\n{}\n\n| width | params | prior | finetune cost |",
+        intro(r)
     );
     for m in &shown {
         md.push_str(&format!(" {} |", m.label));
@@ -417,14 +431,11 @@ pub fn markdown(r: &DreamBoothResults) -> String {
     md.push('\n');
     for c in &r.cells {
         let cost = metric_of(c, FINETUNE_COST).map_or(0.0, |m| m.value);
-        let prior = if prior_of(c) == Some(true) {
-            "yes"
-        } else {
-            "no"
-        };
         md.push_str(&format!(
-            "| {} | {} | {prior} | {cost:.3} |",
-            c.width, c.params
+            "| {} | {} | {} | {cost:.3} |",
+            c.width,
+            c.params,
+            prior_text(c)
         ));
         for m in &shown {
             md.push_str(&format!(" {} |", value_text(metric_of(c, m.name))));
@@ -480,17 +491,15 @@ fn chart(
 
 /// The section as HTML: the table, Fig. 6 and each metric against width and compute.
 pub fn html(r: &DreamBoothResults, base64: impl Fn(&[u8]) -> String) -> Result<String, String> {
-    let md = markdown(r);
     let mut html = String::from("<h2>DreamBooth (Sec. 3.2, Fig. 6)</h2>");
-    html.push_str(&format!("<pre>{}</pre>", esc(md.trim())));
+    html.push_str(&table_html(r));
     if !r.fig6.is_empty() {
         html.push_str(&format!(
             "<h3>Fig. 6</h3><p><small>Rows, top to bottom: the instance images of {}; {}. \
-             One sample per evaluation prompt, the same noise in every row.</small></p><div \
-             class=\"grid\"><img src=\"data:image/png;base64,{}\" alt=\"Fig. 6\"></div>",
+             One sample per evaluation prompt, the same noise in every row.</small></p>{}",
             esc(r.subjects.first().map_or("", String::as_str)),
-            fig6_rows(&r.cells),
-            base64(&r.fig6)
+            fig6_rows(&r.cells).join("; "),
+            fig6_html(r, &base64(&r.fig6))
         ));
     }
     let params = |c: &Cell| c.params as f64;
@@ -507,8 +516,81 @@ pub fn html(r: &DreamBoothResults, base64: impl Fn(&[u8]) -> String) -> Result<S
     Ok(html)
 }
 
+/// The metric table (a metric's meaning on its header's hover, and in the legend below).
+fn table_html(r: &DreamBoothResults) -> String {
+    let shown = shown_metrics(&r.cells);
+    let mut html = format!(
+        "<p>{}</p><div class=\"wide\"><table><tr><th>width</th><th>params</th><th>prior</th>\
+         <th>finetune cost</th>",
+        esc(&intro(r))
+    );
+    for m in &shown {
+        html.push_str(&format!(
+            "<th title=\"{}\">{}</th>",
+            esc(m.about),
+            esc(m.label)
+        ));
+    }
+    html.push_str("</tr>");
+    for c in &r.cells {
+        let cost = metric_of(c, FINETUNE_COST).map_or(0.0, |m| m.value);
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{cost:.3}</td>",
+            c.width,
+            c.params,
+            prior_text(c)
+        ));
+        for m in &shown {
+            html.push_str(&format!("<td>{}</td>", value_text(metric_of(c, m.name))));
+        }
+        html.push_str("</tr>");
+    }
+    html.push_str("</table></div><table><tr><th>metric</th><th>what it is</th></tr>");
+    for m in &shown {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td class=\"text\">{}</td></tr>",
+            esc(m.label),
+            esc(m.about)
+        ));
+    }
+    html + "</table>"
+}
+
+/// The white gap in pixels between Fig. 6's tiles and rows.
+pub const FIG6_GAP: u32 = 2;
+
+/// Fig. 6 with a label beside each row (rows are equally tall, `FIG6_GAP` apart); the bare
+/// image when the PNG's height does not split into the rows.
+fn fig6_html(r: &DreamBoothResults, png_base64: &str) -> String {
+    let img = format!("<img src=\"data:image/png;base64,{png_base64}\" alt=\"Fig. 6\">");
+    let mut labels = vec!["instance images".to_string()];
+    labels.extend(fig6_rows(&r.cells));
+    let rows = labels.len() as u32;
+    let gaps = FIG6_GAP * (rows - 1);
+    let tile = match png_height(&r.fig6) {
+        Some(h) if h > gaps && (h - gaps).is_multiple_of(rows) => (h - gaps) / rows,
+        _ => return format!("<div class=\"grid\">{img}</div>"),
+    };
+    let mut html =
+        format!("<div class=\"eqgrid\"><div class=\"labels\" style=\"gap: {FIG6_GAP}px\">");
+    for label in labels {
+        html.push_str(&format!(
+            "<div class=\"label\" style=\"height: {tile}px\"><span>{}</span></div>",
+            esc(&label)
+        ));
+    }
+    html + "</div>" + &img + "</div>"
+}
+
+/// The height a PNG's header gives.
+fn png_height(png: &[u8]) -> Option<u32> {
+    let bytes: [u8; 4] = png.get(20..24)?.try_into().ok()?;
+    png.starts_with(b"\x89PNG")
+        .then_some(u32::from_be_bytes(bytes))
+}
+
 /// The generated rows of Fig. 6 in the stage's order: each width, without then with the prior.
-fn fig6_rows(cells: &[Cell]) -> String {
+fn fig6_rows(cells: &[Cell]) -> Vec<String> {
     let mut widths: Vec<u32> = cells.iter().map(|c| c.width).collect();
     widths.sort_unstable();
     widths.dedup();
@@ -518,7 +600,7 @@ fn fig6_rows(cells: &[Cell]) -> String {
             format!("width {w} with it"),
         ]
     });
-    rows.collect::<Vec<_>>().join("; ")
+    rows.collect()
 }
 
 #[cfg(test)]
@@ -651,5 +733,13 @@ mod tests {
         assert!(html.contains("base64,PNG"));
         // Two charts per metric the cells have (against parameters and against compute).
         assert_eq!(html.matches("<svg").count(), 2);
+
+        // A real Fig. 6: a label beside each of its five rows (instances, two per width).
+        let png = ldmscale_data::Image::filled(40, 5 * 64 + 4 * FIG6_GAP, [255; 3]).to_png();
+        let labelled = super::html(&DreamBoothResults { fig6: png, ..r }, |_| "PNG".into());
+        let labelled = labelled.unwrap();
+        assert_eq!(labelled.matches("style=\"height: 64px\"").count(), 5);
+        assert!(labelled.contains("<span>instance images</span>"));
+        assert!(labelled.contains("<span>width 16 with it</span>"));
     }
 }

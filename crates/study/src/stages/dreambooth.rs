@@ -30,7 +30,7 @@ use crate::config::{DreamBoothConfig, StudyConfig};
 use crate::context::StudyContext;
 use crate::dreambooth::measure::{Pooled, ReferenceModels, Scorer, SubjectInputs, images_tensor};
 use crate::dreambooth::results::{
-    CLASSIFIER_ACCURACY, DreamBoothResults, PairedGap, pooled_metrics,
+    CLASSIFIER_ACCURACY, DreamBoothResults, FIG6_GAP, PairedGap, pooled_metrics,
 };
 use crate::error::StudyError;
 use crate::fingerprint::Fingerprint;
@@ -564,7 +564,7 @@ fn fig6_row(samples: &Tensor<4>, per_prompt: usize, prompts: usize) -> Image {
 
 /// Pixels enlarged in Fig. 6, and the white gap between tiles.
 const SCALE: usize = 4;
-const GAP: usize = 2;
+const GAP: usize = FIG6_GAP as usize;
 
 /// `count` images (`3 x size x size` floats each) as one row of `columns` tiles, white after.
 fn tile_row(mut chw: Vec<f32>, count: usize, size: usize, columns: usize) -> Image {
