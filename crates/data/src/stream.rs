@@ -143,12 +143,18 @@ impl CaptionedSet {
         self.stream(0, n.clamp(1, 256))?.take_examples(n)
     }
 
-    /// Every caption, in order (their images are decoded on the way and dropped).
-    pub fn captions(&self) -> Result<Vec<String>, DataError> {
-        let mut out = Vec::with_capacity(self.len());
-        for batch in self.stream(0, 64)? {
+    /// The first `n` captions (all of a smaller set), in order; their images are decoded on
+    /// the way and dropped.
+    pub fn captions(&self, n: usize) -> Result<Vec<String>, DataError> {
+        let n = n.min(self.len());
+        let mut out = Vec::with_capacity(n);
+        for batch in self.stream(0, n.clamp(1, 64))? {
             out.extend(batch?.captions);
+            if out.len() >= n {
+                break;
+            }
         }
+        out.truncate(n);
         Ok(out)
     }
 

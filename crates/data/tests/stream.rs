@@ -23,9 +23,13 @@ fn a_stream_is_the_split_in_memory_in_batches_of_any_size() {
     assert_eq!(from_ten.take_examples(100).unwrap(), whole.slice(17, 6, 16));
     assert!(from_ten.take_examples(1).unwrap().is_empty());
     assert_eq!(set.first(9).unwrap(), whole.slice(0, 9, 16));
-    assert_eq!(set.captions().unwrap(), whole.captions);
+    assert_eq!(set.captions(100).unwrap(), whole.captions);
+    assert_eq!(set.captions(5).unwrap(), whole.captions[..5]);
     let picked = set.get(&[4, 0, 4]).unwrap();
-    assert_eq!(picked.captions, [4, 0, 4].map(|i| whole.captions[i].clone()));
+    assert_eq!(
+        picked.captions,
+        [4, 0, 4].map(|i| whole.captions[i].clone())
+    );
     assert_eq!(picked.slice(0, 1, 16), whole.slice(4, 1, 16));
 }
 
@@ -35,7 +39,11 @@ fn a_finite_split_caps_the_count_and_too_few_examples_are_an_error() {
     for k in 0..3u8 {
         let png = Image::filled(20, 12, [k * 80, 10, 200]).to_png();
         std::fs::write(dir.path().join(format!("img{k}.png")), png).unwrap();
-        std::fs::write(dir.path().join(format!("img{k}.txt")), format!("colour {k}")).unwrap();
+        std::fs::write(
+            dir.path().join(format!("img{k}.txt")),
+            format!("colour {k}"),
+        )
+        .unwrap();
     }
     let spec = format!("folder:{}", dir.path().display());
     let set = CaptionedSet::open(&spec, 8, Split::All, 1000).unwrap();

@@ -2,7 +2,6 @@
 //! here, and no stage holds a whole set in memory.
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use ldmscale_data::{CaptionedSet, DatasetSpec};
 
@@ -18,18 +17,14 @@ pub struct Splits {
     pub train: CaptionedSet,
     /// Evaluation examples: the FID reference set and the evaluation prompts.
     pub val: CaptionedSet,
-    val_captions: OnceLock<Vec<String>>,
 }
 
-impl Splits {
-    /// The evaluation captions (the sweep's prompts), read on first use.
-    pub fn val_captions(&self) -> Result<&[String], StudyError> {
-        if let Some(captions) = self.val_captions.get() {
-            return Ok(captions);
-        }
-        let captions = self.val.captions()?;
-        Ok(self.val_captions.get_or_init(|| captions))
-    }
+/// Evaluation captions any stage samples from: a cell's samples, at most the adaptive rounds'
+/// cap (the first of the evaluation set, one per sample); only these are encoded.
+pub fn prompts_used(config: &StudyConfig) -> usize {
+    let adaptive = config.sweep.adaptive.as_ref();
+    let most = adaptive.map_or(0, |a| a.max_samples_per_cell);
+    config.sweep.samples_per_cell.max(most) as usize
 }
 
 /// Loads the splits (cheap and deterministic: done again on every run, never stored).
@@ -90,7 +85,6 @@ impl Stage for Data {
         let splits = Splits {
             train: load(train, c.resolution, c.train_examples)?,
             val: load(eval, c.resolution, c.val_examples)?,
-            val_captions: OnceLock::new(),
         };
         check_eval_size(c, eval, splits.val.len())?;
         Ok(splits)

@@ -10,7 +10,7 @@ use ldmscale_model::text::bert::TRANSFORMERS_WEIGHTS_FILE;
 use ldmscale_model::weights::WEIGHTS_FILE;
 use ldmscale_pipeline::{LatentDiffusion, TextBatch, encode_images, encode_text};
 
-use super::data::Splits;
+use super::data::{self, Splits};
 use super::first_stage::{self, FirstStageModel};
 use super::text::{self, TextModel};
 use crate::config::{FirstStage, StudyConfig};
@@ -31,7 +31,8 @@ pub struct Latents {
     pub train: CachedTrainingData,
     /// `[channels, side, side]` of a latent.
     pub latent_shape: [usize; 3],
-    /// Held-out captions' text states.
+    /// Text states of the held-out captions sampled from: the first
+    /// [`data::prompts_used`], not the whole evaluation set.
     pub val_text: TextBatch,
     /// The empty caption's states (guidance's unconditional branch).
     pub null: TextBatch,
@@ -185,12 +186,8 @@ impl LatentsStage<'_> {
         cache: ldmscale_data::LatentCache,
     ) -> Result<Latents, StudyError> {
         let t = self.text;
-        let val_text = encode_text(
-            &t.conditioner,
-            self.data.val_captions()?,
-            t.length,
-            &cx.device,
-        )?;
+        let captions = self.data.val.captions(data::prompts_used(cx.config))?;
+        let val_text = encode_text(&t.conditioner, &captions, t.length, &cx.device)?;
         let null = encode_text(&t.conditioner, &[String::new()], t.length, &cx.device)?;
         let c = cx.config;
         let source = c.train_source().map_err(StudyError::Config)?;
