@@ -464,7 +464,10 @@ pub fn load_unet(dir: &Path, device: &Device) -> Result<(UNetConfig, UNet), Mode
     let adapter_dir = dir.join(adapter::ADAPTER_DIR);
     if adapter_dir.join(CONFIG_FILE).exists() {
         adapter::check_adapter_config(&adapter_dir, &config)?;
-        config.encoder_adapter = true;
+        config = (config.with_encoder_adapter()).map_err(|message| ModelError::Config {
+            file: adapter_dir.join(CONFIG_FILE).display().to_string(),
+            message,
+        })?;
         let adapter = adapter::EncoderAdapter::new(&config, device);
         let weights = adapter_dir.join(WEIGHTS_FILE);
         model.adapter = Some(load_safetensors(adapter, &weights, device)?);

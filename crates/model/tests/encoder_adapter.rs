@@ -141,3 +141,26 @@ fn a_unet_with_a_guidance_embedding_gets_no_adapter() {
     let err = config.with_encoder_adapter().unwrap_err();
     assert!(err.contains("time_cond_proj_dim"), "{err}");
 }
+
+#[test]
+fn an_adapter_beside_an_lcm_student_is_named() {
+    let (config, student, teacher) = student();
+    let dir = tempfile::tempdir().unwrap();
+    save_unet(dir.path(), &config, &student).unwrap();
+    // The directory's UNet becomes an LCM student; the adapter beside it stays.
+    let base = teacher.with_guidance_embedding(16);
+    let plain = UNetConfig {
+        encoder_adapter: false,
+        ..config.clone()
+    };
+    let lcm = plain.with_guidance_embedding(16).unwrap();
+    let keep = tempfile::tempdir().unwrap();
+    std::fs::rename(dir.path().join(ADAPTER_DIR), keep.path().join(ADAPTER_DIR)).unwrap();
+    save_unet(dir.path(), &lcm, &base).unwrap();
+    std::fs::rename(keep.path().join(ADAPTER_DIR), dir.path().join(ADAPTER_DIR)).unwrap();
+    let err = load_unet(dir.path(), &Device::flex())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("adapter/config.json"), "{err}");
+    assert!(err.contains("time_cond_proj_dim"), "{err}");
+}
