@@ -10,18 +10,17 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use ldmscale_model::UNetConfig;
 use ldmscale_model::weights::load_unet;
-use ldmscale_train::parallel::training_devices;
 use ldmscale_train::tasks::codi_distill::EVALUATIONS_PER_STEP;
 use ldmscale_train::tasks::{
     CodiOptions, CodiStudent, GuidedDistill, GuidedOptions, LcmOptions, ProgressiveDistill,
     ProgressiveOptions,
 };
-use ldmscale_train::{CodiDistill, DeviceThreads, LcmDistill, RunSummary, TrainConfig, train_task};
-use ldmscale_util::lock::DirLock;
+use ldmscale_train::{CodiDistill, LcmDistill, RunSummary, TrainConfig};
 use serde::Deserialize;
 
 use crate::device::DeviceArgs;
 use crate::finetune_sr::model_table;
+use crate::launch::{LaunchArgs, Rank};
 use crate::train::{DataConfig, encode_data};
 
 /// The distillation method.
@@ -101,6 +100,8 @@ pub struct DistillArgs {
     /// Where the steps run.
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub launch: LaunchArgs,
 }
 
 /// A distillation run file.
@@ -126,42 +127,44 @@ struct Tables {
 /// Runs the command.
 pub fn run(args: &DistillArgs, quiet: bool) -> Result<()> {
     crate::checks::output_dir(&args.out, "--out")?;
-    let device = args.device.device()?;
+    let (device, ranks, gpu) = crate::launch::resolve(&args.device.device, &args.launch)?;
     let (teacher_config, teacher) = load_unet(&args.teacher, &device)
         .with_context(|| format!("--teacher {}", args.teacher.display()))?;
     let (data_config, config, recipe) = load(args, &teacher_config)?;
+    let rank = Rank::join(ranks, device, gpu, config.batch_size)?;
+    let quiet = quiet || !rank.writes();
     // Taken once the arguments are known good, so a refused run leaves no --out behind.
-    let _lock = DirLock::acquire(&args.out, "ldmscale distill")?;
-    let devices = training_devices(&config, &device)?;
-    let plain = devices[0].clone().inner();
+    let _lock = rank.lock(&args.out, "ldmscale distill")?;
+    let plain = rank.devices(&config)?[0].clone().inner();
     let encoded = encode_data(&data_config, text_encoder_home(args), &plain)?;
     let in_teacher = || format!("--teacher {}", args.teacher.join("config.json").display());
-    let sync = DeviceThreads::new(&devices)?;
     let teacher = (&teacher_config, teacher);
     let summary = match recipe {
         Recipe::Lcm(options) => {
             let task = LcmDistill::new(&config, &encoded.data, teacher, options, &plain)
                 .with_context(in_teacher)?;
-            train_task(&config, &task, &sync, &args.out, !quiet, None)?
+            rank.train_task(&config, &task, &args.out, !quiet)?
         }
         Recipe::Codi(options, student) => {
             let recipe = (options, student);
             let task = CodiDistill::with_student(&config, &encoded.data, teacher, recipe, &plain)
                 .with_context(in_teacher)?;
-            train_task(&config, &task, &sync, &args.out, !quiet, None)?
+            rank.train_task(&config, &task, &args.out, !quiet)?
         }
         Recipe::Guided(options) => {
             let task = GuidedDistill::new(&config, &encoded.data, teacher, options, &plain)
                 .with_context(in_teacher)?;
-            train_task(&config, &task, &sync, &args.out, !quiet, None)?
+            rank.train_task(&config, &task, &args.out, !quiet)?
         }
         Recipe::Progressive(options) => {
             let task = ProgressiveDistill::new(&config, &encoded.data, teacher, options, &plain)
                 .with_context(in_teacher)?;
-            train_task(&config, &task, &sync, &args.out, !quiet, None)?
+            rank.train_task(&config, &task, &args.out, !quiet)?
         }
     };
-    report(&config, &summary, args.method, args.student);
+    if rank.writes() {
+        report(&config, &summary, args.method, args.student);
+    }
     Ok(())
 }
 

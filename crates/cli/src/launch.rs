@@ -7,6 +7,7 @@ use burn::tensor::Device;
 use clap::Args;
 #[cfg(feature = "mpi")]
 use ldmscale_train::mpi_sync::MpiSync;
+use ldmscale_train::parallel::training_devices;
 use ldmscale_train::{
     DeviceThreads, EvalHook, GradSync, RunSummary, TrainConfig, TrainTask, TrainingData, train_task,
 };
@@ -125,8 +126,22 @@ impl Rank {
         }
     }
 
+    /// The devices this process trains on: its one device in a multi-process run, else
+    /// `train.devices` (or `--devices`) when given, else its device.
+    pub fn devices(&self, config: &TrainConfig) -> Result<Vec<Device>> {
+        if self.world.is_none() {
+            return Ok(training_devices(config, &self.device)?);
+        }
+        if !config.devices.is_empty() {
+            bail!(
+                "train.devices / --devices: a rank of a multi-process run trains on its one --device"
+            );
+        }
+        Ok(vec![self.device.clone()])
+    }
+
     /// Trains (or resumes) `task` in run `out` as this rank: with the world's sync, or alone
-    /// on this process's device. Only rank 0 shows progress.
+    /// over [`Self::devices`]. Only rank 0 shows progress.
     pub fn train_task<T: TrainTask>(
         &self,
         config: &TrainConfig,
@@ -138,7 +153,7 @@ impl Rank {
         Ok(match &self.world {
             Some(sync) => train_task(config, task, sync.as_ref(), out, show, None)?,
             None => {
-                let sync = DeviceThreads::new(std::slice::from_ref(&self.device))?;
+                let sync = DeviceThreads::new(&self.devices(config)?)?;
                 train_task(config, task, &sync, out, show, None)?
             }
         })
@@ -167,11 +182,7 @@ impl Rank {
         hook: Option<EvalHook<'_>>,
     ) -> Result<RunSummary> {
         if let Some(sync) = &self.world {
-            if !config.devices.is_empty() {
-                bail!(
-                    "train.devices / --devices: a rank of a multi-process run trains on its one --device"
-                );
-            }
+            self.devices(config)?;
             let task = ldmscale_train::TextToImage::new(config, data, &self.device)?;
             let show = show && self.writes();
             return Ok(ldmscale_train::train_task(

@@ -1,7 +1,8 @@
 //! `mpirun -np 2 ldmscale train` (feature `mpi`): the binary reads its ranks from Open MPI's
 //! variables, the two ranks split every batch (shards of 3 and 2) and train the model one
 //! `ldmscale train` trains with the whole batch, and rank 0 alone writes the run; the same for
-//! `ldmscale finetune-sr`. Skips, saying why, when `mpirun` is not on PATH.
+//! `ldmscale finetune-sr` and `ldmscale distill`. Skips, saying why, when `mpirun` is not on
+//! PATH.
 #![cfg(feature = "mpi")]
 
 mod common;
@@ -125,4 +126,40 @@ fn mpirun_ldmscale_finetune_sr_equals_one_process() {
     assert_ok(&finetune_sr(&MPIRUN, root, "two"), "mpirun -np 2");
     let (one, two) = (root.join("one"), root.join("two"));
     compare::assert_same_run(&one, &two, STEPS, "mpirun -np 2 ldmscale finetune-sr");
+}
+
+#[test]
+fn mpirun_ldmscale_distill_equals_one_process() {
+    if !mpirun_on_path() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let run = common::tiny_run_file(root, "steps = 2\nbatch_size = 2", "");
+    assert_ok(&train(&[], &run, &root.join("teacher")), "the teacher");
+    let text = std::fs::read_to_string(&run).unwrap();
+    let data = &text[..text.find("[train]").unwrap()];
+    let recipe = format!(
+        "{data}[train]\nsteps = {STEPS}\nbatch_size = 3\nlearning_rate = 1e-3\n\
+         checkpoint_every = 1\n\n[lcm]\nembedding_dim = 16\n"
+    );
+    std::fs::write(root.join("distill.toml"), recipe).unwrap();
+    let distill = |launcher: &[&str], out: &str| {
+        ldmscale(launcher, root)
+            .args([
+                "-q",
+                "distill",
+                "--teacher",
+                "teacher/unet",
+                "--method",
+                "lcm",
+            ])
+            .args(["--config", "distill.toml", "--out", out])
+            .output()
+            .unwrap()
+    };
+    assert_ok(&distill(&[], "one"), "one process");
+    assert_ok(&distill(&MPIRUN, "two"), "mpirun -np 2");
+    let (one, two) = (root.join("one"), root.join("two"));
+    compare::assert_same_run(&one, &two, STEPS, "mpirun -np 2 ldmscale distill");
 }
