@@ -133,9 +133,9 @@ pub fn run(args: &DistillArgs, quiet: bool) -> Result<()> {
     let (data_config, config, recipe) = load(args, &teacher_config)?;
     let rank = Rank::join(ranks, device, gpu, config.batch_size)?;
     let quiet = quiet || !rank.writes();
+    let plain = rank.devices(&config)?[0].clone().inner();
     // Taken once the arguments are known good, so a refused run leaves no --out behind.
     let _lock = rank.lock(&args.out, "ldmscale distill")?;
-    let plain = rank.devices(&config)?[0].clone().inner();
     let encoded = encode_data(&data_config, text_encoder_home(args), &plain)?;
     let in_teacher = || format!("--teacher {}", args.teacher.join("config.json").display());
     let teacher = (&teacher_config, teacher);
