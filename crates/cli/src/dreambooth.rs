@@ -22,7 +22,7 @@ use ldmscale_train::tasks::{DEFAULT_PRIOR_WEIGHT, DreamBooth};
 use ldmscale_train::{InMemory, RunSummary, TrainConfig, TrainError};
 
 use crate::device::DeviceArgs;
-use crate::finetune_sr::model_table;
+use crate::finetune_sr::{IMAGE_EXTENSIONS, model_table};
 use crate::launch::{LaunchArgs, Rank};
 
 /// Arguments of `ldmscale dreambooth`.
@@ -189,7 +189,7 @@ pub fn run(args: &DreamBoothArgs, quiet: bool) -> Result<()> {
 fn image_files_in(dir: &Path) -> usize {
     let is_image = |p: &Path| {
         let ext = p.extension().and_then(|e| e.to_str()).unwrap_or("");
-        ["png", "jpg", "jpeg", "webp", "bmp"].contains(&ext.to_ascii_lowercase().as_str())
+        IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str())
     };
     std::fs::read_dir(dir)
         .map(|entries| {

@@ -25,7 +25,7 @@ use crate::launch::{LaunchArgs, Rank};
 use crate::npy;
 
 /// Image files read from `--hr`.
-const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
+pub(crate) const IMAGE_EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
 /// Tokens of the empty prompt's states (as `train` encodes its null caption).
 const MAX_TOKENS: usize = 32;
 
