@@ -63,7 +63,10 @@ fn the_dry_run_writes_dependent_array_scripts_calling_this_binary() {
     // The tiny preset's downstream sections train per width, one array each.
     for (i, stage) in ["super-res", "distill", "dreambooth"].iter().enumerate() {
         let script = read(&format!("{}-{stage}.sbatch", i + 4));
-        assert!(script.contains(&format!("--only {stage} --shard auto")), "{script}");
+        assert!(
+            script.contains(&format!("--only {stage} --shard auto")),
+            "{script}"
+        );
     }
     let report = read("7-report.sbatch");
     assert!(report.contains("results merge") && report.contains("results.shard1of2.sqlite"));
@@ -196,7 +199,11 @@ fn the_tiny_study_through_slurm_equals_a_local_run() {
     };
     let finetuned = logs_of("super-res-");
     assert_eq!(finetuned.len(), 2, "one super-res array task per width");
-    assert!(finetuned.iter().all(|log| log.contains("super-res: finetuning width")));
+    assert!(
+        finetuned
+            .iter()
+            .all(|log| log.contains("super-res: finetuning width"))
+    );
 
     // Resubmitted, every job finds its work stored.
     let again = ldmscale(&submit, &slurm);

@@ -216,7 +216,10 @@ fn check_dreambooth(config: &StudyConfig, out: &Path, html: &str) {
     for column in [">DINO</th>", ">CLIP-I (CLIP)</th>", ">CLIP-T (CLIP)</th>"] {
         assert!(html.contains(column), "reference column {column}");
     }
-    assert!(html.contains("<span>instance images</span>"), "Fig. 6 row labels");
+    assert!(
+        html.contains("<span>instance images</span>"),
+        "Fig. 6 row labels"
+    );
     let claim = html
         .split("DreamBooth quality scales with model size")
         .nth(1)
