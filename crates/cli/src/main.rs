@@ -37,8 +37,9 @@ static GLOBAL: ldmscale_alloc::TensorAllocator = ldmscale_alloc::TensorAllocator
 #[command(name = "ldmscale", version, about, long_about)]
 struct Cli {
     /// Arithmetic of the CPU convolutions and dense layers: `f32`, or `bf16` products with f32
-    /// sums (as PyTorch's bf16 autocast), about 1.7x faster matrix products on CPUs with
-    /// AVX512-BF16.
+    /// sums (as PyTorch's bf16 autocast) where that beats f32: AMX tiles on Intel, AVX512-BF16
+    /// on AMD Zen 4 and later (convolutions 1.3-1.8x faster); elsewhere f32 products (with a
+    /// warning).
     /// Weights, optimizer state and every other operation stay f32; bf16 results differ from
     /// f32 from about the third significant digit.
     #[arg(long, global = true, value_enum, default_value = "f32")]
@@ -219,10 +220,11 @@ fn main() {
         cli.verbose,
     ));
     if cli.precision == Precision::Bf16 {
-        if !ldmscale_kernels::bf16::available() {
+        use ldmscale_kernels::bf16::{Engine, engine};
+        if engine() == Engine::F32 {
             eprintln!(
-                "warning: --precision bf16 on a CPU without AVX512-BF16: products are rounded to \
-                 bf16 but run at f32 speed"
+                "warning: --precision bf16 runs f32 products on this CPU: it has neither AMX-BF16 \
+                 nor AVX512-BF16 that beats f32 (Intel without AMX issues vdpbf16ps on one port)"
             );
         }
         ldmscale_kernels::bf16::set_products_in_bf16(true);
