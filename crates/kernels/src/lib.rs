@@ -22,10 +22,10 @@ mod buffer;
 pub mod conv;
 mod exp;
 pub mod layer_norm;
-#[cfg(feature = "onednn")]
-pub mod onednn;
 pub mod linear;
 pub mod norm;
+#[cfg(feature = "onednn")]
+pub mod onednn;
 pub mod optim;
 mod pool;
 mod product;
