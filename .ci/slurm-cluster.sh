@@ -61,11 +61,15 @@ start_munge() {
 }
 
 start() {
-    install_packages
-    write_config
-    start_munge
-    slurmctld -i
-    slurmd
+    # Only the export line goes to stdout (the caller evals it): apt's and the daemons' chatter
+    # goes to stderr.
+    {
+        install_packages
+        write_config
+        start_munge
+        slurmctld -i
+        slurmd
+    } >&2
     for _ in $(seq 60); do
         if [ "$(sinfo -h -o %T 2>/dev/null | head -1)" = idle ]; then
             echo "export SLURM_CONF=$SLURM_CONF"
