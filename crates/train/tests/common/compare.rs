@@ -49,6 +49,13 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
 /// Asserts that run `other` trained what run `one` did (`steps` logged steps); `what` names
 /// the split in messages.
 pub fn assert_same_run(one: &Path, other: &Path, steps: usize, what: &str) {
+    assert_same_run_within(one, other, steps, what, 1e-3);
+}
+
+/// [`assert_same_run`] with each parameter held to `param_tol` relative L2 (the whole state
+/// stays at 1e-5). AdamW divides by the gradient's own scale, so a parameter whose gradient is
+/// near zero (a norm's bias) carries rounding-level differences of the sums at full step size.
+pub fn assert_same_run_within(one: &Path, other: &Path, steps: usize, what: &str, param_tol: f64) {
     // Loss and gradient norm are means over the whole batch: a shard weighted wrongly or a
     // sum instead of a mean shows here even where AdamW's scale invariance would hide it.
     let (m1, m2) = (metrics(one), metrics(other));
@@ -72,6 +79,6 @@ pub fn assert_same_run(one: &Path, other: &Path, steps: usize, what: &str) {
     for ((name, x), (name_b, y)) in a.iter().zip(&b) {
         assert_eq!(name, name_b);
         let e = rel_l2(y, x);
-        assert!(e < 1e-3, "{what}: {name} differs by {e:e}");
+        assert!(e < param_tol, "{what}: {name} differs by {e:e}");
     }
 }
