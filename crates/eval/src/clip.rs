@@ -16,8 +16,6 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, Param};
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use ldmscale_model::text::TokenBatch;
 use ldmscale_model::text::{ClipTextConfig, ClipTextModel, TextTokenizer, TokenizerOptions};
@@ -26,7 +24,10 @@ use serde::Deserialize;
 
 use crate::error::EvalError;
 use crate::preprocess::RgbImage;
-use crate::vit::{Activation, Dense, EncoderLayer, Loader, Norm, encode};
+use crate::vit::{
+    Activation, Dense, EncoderLayer, Loader, Norm, encode, of_side, patch_tokens, pixel_batch,
+    shape_problem,
+};
 use crate::weights::WeightMap;
 
 /// OpenAI CLIP's normalisation mean (RGB).
@@ -120,20 +121,10 @@ impl ClipConfig {
         let vision: ClipVisionConfig = serde_json::from_value(section("vision_config")?)
             .map_err(|e| bad(format!("vision_config: {e}")))?;
         Activation::parse(&vision.hidden_act).map_err(|e| bad(format!("vision_config.{e}")))?;
-        if vision.patch_size == 0
-            || !vision.image_size.is_multiple_of(vision.patch_size)
-            || vision.num_attention_heads == 0
-            || !vision
-                .hidden_size
-                .is_multiple_of(vision.num_attention_heads)
-        {
-            return Err(bad(format!(
-                "vision_config: image_size {} / patch_size {} / hidden_size {} / heads {} do not fit",
-                vision.image_size,
-                vision.patch_size,
-                vision.hidden_size,
-                vision.num_attention_heads
-            )));
+        let v = &vision;
+        let (image, patch) = (v.image_size, v.patch_size);
+        if let Some(problem) = shape_problem(image, patch, v.hidden_size, v.num_attention_heads) {
+            return Err(bad(format!("vision_config: {problem}")));
         }
         let projection_dim = value
             .get("projection_dim")
@@ -213,26 +204,16 @@ impl ClipVision {
     /// Image embeddings `[batch, projection_dim]` of preprocessed `pixel_values`
     /// `[batch, 3, image_size, image_size]` (transformers' `get_image_features`).
     pub fn forward(&self, pixel_values: Tensor<4>) -> Tensor<2> {
-        let [batch, _, _, _] = pixel_values.dims();
-        let p = self.patch_size;
-        let patches = conv2d(
+        let x = patch_tokens(
             pixel_values,
-            self.patch_embedding.val(),
-            None,
-            ConvOptions::new([p, p], [0, 0], [1, 1], 1),
+            (self.patch_embedding.val(), None),
+            self.class_embedding.val(),
+            self.position_embedding.val(),
+            self.patch_size,
         );
-        let [_, d, gh, gw] = patches.dims();
-        let patches = patches.reshape([batch, d, gh * gw]).swap_dims(1, 2);
-        let class = self
-            .class_embedding
-            .val()
-            .reshape([1, 1, d])
-            .expand([batch, 1, d]);
-        let tokens = gh * gw + 1;
-        let mut x = Tensor::cat(vec![class, patches], 1)
-            + self.position_embedding.val().reshape([1, tokens, d]);
-        x = self.pre_layrnorm.forward(x);
-        x = encode(&self.layers, x, self.heads, self.activation);
+        let x = self.pre_layrnorm.forward(x);
+        let x = encode(&self.layers, x, self.heads, self.activation);
+        let [batch, _, d] = x.dims();
         let pooled = x.slice([0..batch, 0..1, 0..d]).reshape([batch, d]);
         self.visual_projection
             .forward(self.post_layernorm.forward(pooled))
@@ -747,27 +728,16 @@ impl ClipModel {
 
     /// `[n, 3, h, w]` pixel values of `images`.
     pub fn pixel_values(&self, images: &[RgbImage]) -> Tensor<4> {
-        let mut data = Vec::new();
-        let (mut h, mut w) = (0, 0);
-        for image in images {
-            let (values, ph, pw) = self.processor.pixel_values(image);
-            (h, w) = (ph, pw);
-            data.extend(values);
-        }
-        Tensor::from_data(TensorData::new(data, [images.len(), 3, h, w]), &self.device)
+        pixel_batch(&self.processor, images, &self.device)
     }
 
     /// Projected image embeddings `[n, projection_dim]` (not normalised).
     pub fn image_embeddings(&self, images: &[RgbImage]) -> Result<Tensor<2>, EvalError> {
-        let s = self.config.vision.image_size;
-        let x = self.pixel_values(images);
-        let [_, _, h, w] = x.dims();
-        if (h, w) != (s, s) {
-            return Err(EvalError::Input(format!(
-                "the image processor makes {h}x{w} inputs but the vision tower takes {s}x{s} \
-                 (check size / crop_size in the processor config)"
-            )));
-        }
+        let x = of_side(
+            self.pixel_values(images),
+            self.config.vision.image_size,
+            "vision tower",
+        )?;
         Ok(self.vision.forward(x))
     }
 

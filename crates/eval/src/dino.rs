@@ -8,15 +8,16 @@
 use std::path::Path;
 
 use burn::module::{Module, Param};
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
 use crate::clip::ClipImageProcessor;
 use crate::error::EvalError;
 use crate::preprocess::RgbImage;
-use crate::vit::{Activation, EncoderLayer, Loader, Norm, encode};
+use crate::vit::{
+    Activation, EncoderLayer, Loader, Norm, encode, of_side, patch_tokens, pixel_batch,
+    shape_problem,
+};
 use crate::weights::WeightMap;
 
 /// Weights file inside a transformers model directory.
@@ -71,20 +72,14 @@ impl DinoConfig {
         let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
         let config: DinoConfig = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
         Activation::parse(&config.hidden_act).map_err(bad)?;
-        let fits = config.patch_size > 0
-            && config.image_size.is_multiple_of(config.patch_size)
-            && config.num_attention_heads > 0
-            && config
-                .hidden_size
-                .is_multiple_of(config.num_attention_heads);
-        if !fits {
-            return Err(bad(format!(
-                "image_size {} / patch_size {} / hidden_size {} / heads {} do not fit",
-                config.image_size,
-                config.patch_size,
-                config.hidden_size,
-                config.num_attention_heads
-            )));
+        let c = &config;
+        if let Some(problem) = shape_problem(
+            c.image_size,
+            c.patch_size,
+            c.hidden_size,
+            c.num_attention_heads,
+        ) {
+            return Err(bad(problem));
         }
         Ok(config)
     }
@@ -164,24 +159,15 @@ impl DinoVit {
     }
 
     fn forward(&self, pixel_values: Tensor<4>) -> Tensor<2> {
-        let [batch, _, _, _] = pixel_values.dims();
-        let p = self.patch_size;
-        let patches = conv2d(
+        let x = patch_tokens(
             pixel_values,
-            self.patch_weight.val(),
-            Some(self.patch_bias.val()),
-            ConvOptions::new([p, p], [0, 0], [1, 1], 1),
+            (self.patch_weight.val(), Some(self.patch_bias.val())),
+            self.cls_token.val(),
+            self.position.val(),
+            self.patch_size,
         );
-        let [_, d, gh, gw] = patches.dims();
-        let patches = patches.reshape([batch, d, gh * gw]).swap_dims(1, 2);
-        let cls = self
-            .cls_token
-            .val()
-            .reshape([1, 1, d])
-            .expand([batch, 1, d]);
-        let tokens = gh * gw + 1;
-        let x = Tensor::cat(vec![cls, patches], 1) + self.position.val().reshape([1, tokens, d]);
         let x = encode(&self.layers, x, self.heads, self.activation);
+        let [batch, _, d] = x.dims();
         let cls = x.slice([0..batch, 0..1, 0..d]).reshape([batch, d]);
         // LayerNorm is per token, so normalising the class token alone is the same.
         self.layernorm.forward(cls)
@@ -237,14 +223,7 @@ impl DinoModel {
 
     /// `[n, 3, h, w]` pixel values of `images`.
     pub fn pixel_values(&self, images: &[RgbImage]) -> Tensor<4> {
-        let mut data = Vec::new();
-        let (mut h, mut w) = (0, 0);
-        for image in images {
-            let (values, ph, pw) = self.processor.pixel_values(image);
-            (h, w) = (ph, pw);
-            data.extend(values);
-        }
-        Tensor::from_data(TensorData::new(data, [images.len(), 3, h, w]), &self.device)
+        pixel_batch(&self.processor, images, &self.device)
     }
 
     /// Embeddings `[n, hidden_size]` of preprocessed `pixel_values`.
@@ -254,15 +233,7 @@ impl DinoModel {
 
     /// Embeddings `[n, hidden_size]` of `images` (not normalised).
     pub fn image_embeddings(&self, images: &[RgbImage]) -> Result<Tensor<2>, EvalError> {
-        let s = self.config.image_size;
-        let x = self.pixel_values(images);
-        let [_, _, h, w] = x.dims();
-        if (h, w) != (s, s) {
-            return Err(EvalError::Input(format!(
-                "the image processor makes {h}x{w} inputs but the ViT takes {s}x{s} (check \
-                 size / crop_size in the processor config)"
-            )));
-        }
+        let x = of_side(self.pixel_values(images), self.config.image_size, "ViT")?;
         Ok(self.forward(x))
     }
 }

@@ -1,14 +1,16 @@
 //! The pieces of a pre-LN vision transformer that CLIP's vision tower and DINO's ViT share:
-//! LayerNorm and linear parameters in burn's layouts, their loader, and the encoder layers.
+//! LayerNorm and linear parameters in burn's layouts, their loader, the shape check, the
+//! patch tokens, the encoder layers, and images as a batch of pixel values.
 
 use burn::module::{Module, Param};
-use burn::tensor::Device;
-use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu, sigmoid};
-use burn::tensor::module::{attention, layer_norm, linear};
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::module::{attention, conv2d, layer_norm, linear};
+use burn::tensor::ops::{AttentionModuleOptions, ConvOptions};
+use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::clip::ClipImageProcessor;
 use crate::error::EvalError;
+use crate::preprocess::RgbImage;
 use crate::weights::WeightMap;
 
 /// The MLP activations transformers' vision configs use.
@@ -156,4 +158,76 @@ pub(crate) fn encode(
         x = x + layer.fc2.forward(activation.apply(layer.fc1.forward(h)));
     }
     x
+}
+
+/// Why a transformer of these sizes cannot be built (`None` when it can): whole patches per
+/// side and whole heads per token.
+pub(crate) fn shape_problem(
+    image_size: usize,
+    patch_size: usize,
+    hidden_size: usize,
+    heads: usize,
+) -> Option<String> {
+    let fits = patch_size > 0
+        && image_size.is_multiple_of(patch_size)
+        && heads > 0
+        && hidden_size.is_multiple_of(heads);
+    (!fits).then(|| {
+        format!(
+            "image_size {image_size} / patch_size {patch_size} / hidden_size {hidden_size} / \
+             heads {heads} do not fit"
+        )
+    })
+}
+
+/// The input tokens `[batch, patches + 1, width]`: the patches of `pixel_values` (a
+/// `patch` x `patch` stride convolution), the class token first, positions added.
+pub(crate) fn patch_tokens(
+    pixel_values: Tensor<4>,
+    (weight, bias): (Tensor<4>, Option<Tensor<1>>),
+    class: Tensor<1>,
+    position: Tensor<2>,
+    patch: usize,
+) -> Tensor<3> {
+    let [batch, _, _, _] = pixel_values.dims();
+    let options = ConvOptions::new([patch, patch], [0, 0], [1, 1], 1);
+    let patches = conv2d(pixel_values, weight, bias, options);
+    let [_, d, gh, gw] = patches.dims();
+    let patches = patches.reshape([batch, d, gh * gw]).swap_dims(1, 2);
+    let class = class.reshape([1, 1, d]).expand([batch, 1, d]);
+    let tokens = gh * gw + 1;
+    Tensor::cat(vec![class, patches], 1) + position.reshape([1, tokens, d])
+}
+
+/// `images` prepared by `processor` as one batch `[n, 3, h, w]`.
+pub(crate) fn pixel_batch(
+    processor: &ClipImageProcessor,
+    images: &[RgbImage],
+    device: &Device,
+) -> Tensor<4> {
+    let mut data = Vec::new();
+    let (mut h, mut w) = (0, 0);
+    for image in images {
+        let (values, ph, pw) = processor.pixel_values(image);
+        (h, w) = (ph, pw);
+        data.extend(values);
+    }
+    Tensor::from_data(TensorData::new(data, [images.len(), 3, h, w]), device)
+}
+
+/// `pixel_values`, or an error when the processor made another size than the `side` the
+/// `model` takes.
+pub(crate) fn of_side(
+    pixel_values: Tensor<4>,
+    side: usize,
+    model: &str,
+) -> Result<Tensor<4>, EvalError> {
+    let [_, _, h, w] = pixel_values.dims();
+    if (h, w) != (side, side) {
+        return Err(EvalError::Input(format!(
+            "the image processor makes {h}x{w} inputs but the {model} takes {side}x{side} \
+             (check size / crop_size in the processor config)"
+        )));
+    }
+    Ok(pixel_values)
 }
