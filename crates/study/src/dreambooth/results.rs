@@ -416,31 +416,36 @@ fn prior_text(c: &Cell) -> &'static str {
     }
 }
 
+/// The table's first columns, before one per metric.
+const FIXED_COLUMNS: [&str; 4] = ["width", "params", "prior", "finetune cost"];
+
+/// One table row: [`FIXED_COLUMNS`], then each metric of `shown` with its interval.
+fn cell_row(c: &Cell, shown: &[&MetricInfo]) -> Vec<String> {
+    let cost = metric_of(c, FINETUNE_COST).map_or(0.0, |m| m.value);
+    let fixed = [
+        c.width.to_string(),
+        c.params.to_string(),
+        prior_text(c).to_string(),
+        format!("{cost:.3}"),
+    ];
+    let metrics = shown.iter().map(|m| value_text(metric_of(c, m.name)));
+    fixed.into_iter().chain(metrics).collect()
+}
+
 /// The section as Markdown: the table of every metric per width and prior.
 pub fn markdown(r: &DreamBoothResults) -> String {
     let shown = shown_metrics(&r.cells);
+    let labels = FIXED_COLUMNS
+        .into_iter()
+        .chain(shown.iter().map(|m| m.label));
     let mut md = format!(
-        "\n## DreamBooth (Sec. 3.2, Fig. 6)\n\n{}\n\n| width | params | prior | finetune cost |",
-        intro(r)
+        "\n## DreamBooth (Sec. 3.2, Fig. 6)\n\n{}\n\n| {} |\n|{}\n",
+        intro(r),
+        labels.collect::<Vec<_>>().join(" | "),
+        "---|".repeat(FIXED_COLUMNS.len() + shown.len())
     );
-    for m in &shown {
-        md.push_str(&format!(" {} |", m.label));
-    }
-    md.push_str("\n|---|---|---|---|");
-    md.push_str(&"---|".repeat(shown.len()));
-    md.push('\n');
     for c in &r.cells {
-        let cost = metric_of(c, FINETUNE_COST).map_or(0.0, |m| m.value);
-        md.push_str(&format!(
-            "| {} | {} | {} | {cost:.3} |",
-            c.width,
-            c.params,
-            prior_text(c)
-        ));
-        for m in &shown {
-            md.push_str(&format!(" {} |", value_text(metric_of(c, m.name))));
-        }
-        md.push('\n');
+        md.push_str(&format!("| {} |\n", cell_row(c, &shown).join(" | ")));
     }
     md.push_str("\n| metric | what it is |\n|---|---|\n");
     for m in &shown {
@@ -519,11 +524,10 @@ pub fn html(r: &DreamBoothResults, base64: impl Fn(&[u8]) -> String) -> Result<S
 /// The metric table (a metric's meaning on its header's hover, and in the legend below).
 fn table_html(r: &DreamBoothResults) -> String {
     let shown = shown_metrics(&r.cells);
-    let mut html = format!(
-        "<p>{}</p><div class=\"wide\"><table><tr><th>width</th><th>params</th><th>prior</th>\
-         <th>finetune cost</th>",
-        esc(&intro(r))
-    );
+    let mut html = format!("<p>{}</p><div class=\"wide\"><table><tr>", esc(&intro(r)));
+    for label in FIXED_COLUMNS {
+        html.push_str(&format!("<th>{label}</th>"));
+    }
     for m in &shown {
         html.push_str(&format!(
             "<th title=\"{}\">{}</th>",
@@ -533,17 +537,10 @@ fn table_html(r: &DreamBoothResults) -> String {
     }
     html.push_str("</tr>");
     for c in &r.cells {
-        let cost = metric_of(c, FINETUNE_COST).map_or(0.0, |m| m.value);
-        html.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{cost:.3}</td>",
-            c.width,
-            c.params,
-            prior_text(c)
-        ));
-        for m in &shown {
-            html.push_str(&format!("<td>{}</td>", value_text(metric_of(c, m.name))));
-        }
-        html.push_str("</tr>");
+        let row: String = (cell_row(c, &shown).iter())
+            .map(|v| format!("<td>{}</td>", esc(v)))
+            .collect();
+        html.push_str(&format!("<tr>{row}</tr>"));
     }
     html.push_str("</table></div><table><tr><th>metric</th><th>what it is</th></tr>");
     for m in &shown {
