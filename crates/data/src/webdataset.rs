@@ -2,8 +2,10 @@
 //! up to the first dot of its file name): `000123.jpg` + `000123.txt` (or `000123.json` with a
 //! `"caption"` or `"text"` field) is one sample.
 //!
-//! Opening indexes every shard once (headers only, seeking over image data; captions are read
-//! and kept in memory); `get` then reads one image by offset.
+//! The first open indexes every shard (headers only, seeking over image data) into an index
+//! file per shard (see [`index`]); later opens read each file's sample count, so memory grows
+//! with the number of shards, not of images. `get` reads a sample's record and caption from
+//! its shard's index file, then its image by offset.
 //!
 //! Bad shard sets: missing shards (gaps in a brace range) are an error naming them, before
 //! anything is read; a corrupt shard (truncated or malformed tar, gzip-compressed, unreadable)
@@ -16,6 +18,11 @@ use crate::dataset::{Dataset, Example, Skipped, check_index};
 use crate::error::DataError;
 use crate::folder::IMAGE_EXTENSIONS;
 use crate::image::Image;
+
+pub mod index;
+
+pub use index::{INDEX_SUFFIX, index_file};
+use index::{Sample, ShardIndex};
 
 /// Expands shell-style braces: `{000..009}` (numeric range, zero padding kept from the wider
 /// end) and `{a,b,c}` (alternatives); several braces give their product, in order.
@@ -82,21 +89,19 @@ pub const MAX_CORRUPT_SHARD_FRACTION: f64 = 0.01;
 /// How many names an error lists before summarising the rest as a count.
 const MAX_NAMES_LISTED: usize = 20;
 
-/// One indexed sample.
-struct Sample {
-    shard: usize,
-    key: String,
-    member: String,
-    offset: u64,
-    size: u64,
-    caption: String,
+/// A readable shard: its path, its index file, and the index of its first sample in the set.
+struct Shard {
+    path: PathBuf,
+    index: PathBuf,
+    first: usize,
 }
 
 /// A set of WebDataset tar shards.
 pub struct WebDataset {
     pattern: String,
-    shards: Vec<PathBuf>,
-    samples: Vec<Sample>,
+    /// Shards with at least one sample, in order (corrupt and empty ones left out).
+    shards: Vec<Shard>,
+    len: usize,
     skipped: Vec<Skipped>,
     corrupt_shards: Vec<Skipped>,
 }
@@ -135,16 +140,29 @@ impl WebDataset {
             .map(PathBuf::from)
             .collect();
         check_all_present(pattern, &shards)?;
-        let mut samples = Vec::new();
+        let mut readable = Vec::new();
+        let mut len = 0;
         let mut skipped = Vec::new();
         let mut faults = Vec::new();
-        for (s, shard) in shards.iter().enumerate() {
-            let kept = (samples.len(), skipped.len());
-            if let Err(e) = index_shard(s, shard, &mut samples, &mut skipped) {
-                // A shard is left out whole: what preceded the fault may be damaged too.
-                samples.truncate(kept.0);
-                skipped.truncate(kept.1);
-                faults.push((shard, e));
+        for shard in &shards {
+            // A shard is left out whole: what preceded a fault may be damaged too.
+            match index::open_or_build(shard, || index_shard(shard)) {
+                Ok(ShardIndex {
+                    file,
+                    samples,
+                    skipped: left_out,
+                }) => {
+                    skipped.extend(left_out);
+                    if samples > 0 {
+                        readable.push(Shard {
+                            path: shard.clone(),
+                            index: file,
+                            first: len,
+                        });
+                    }
+                    len += samples as usize;
+                }
+                Err(e) => faults.push((shard, e)),
             }
         }
         check_corrupt_within(pattern, shards.len(), &faults, max_corrupt_fraction)?;
@@ -157,7 +175,7 @@ impl WebDataset {
                 )
             })
             .collect();
-        if samples.is_empty() {
+        if len == 0 {
             return Err(DataError::Empty {
                 dataset: format!("wds:{pattern}"),
                 detail: format!(
@@ -173,11 +191,20 @@ impl WebDataset {
         skipped.extend(corrupt_shards.iter().cloned());
         Ok(WebDataset {
             pattern: pattern.to_string(),
-            shards,
-            samples,
+            shards: readable,
+            len,
             skipped,
             corrupt_shards,
         })
+    }
+
+    /// The shard holding sample `index` and the sample read from its index file.
+    fn sample(&self, index: usize) -> Result<(&Shard, Sample), DataError> {
+        check_index(&self.name(), index, self.len)?;
+        let s = self.shards.partition_point(|shard| shard.first <= index) - 1;
+        let shard = &self.shards[s];
+        let sample = index::read_sample(&shard.index, (index - shard.first) as u64)?;
+        Ok((shard, sample))
     }
 
     /// Samples left out while indexing, with why, followed by the corrupt shards left out.
@@ -255,12 +282,10 @@ fn split_member(path: &str) -> (&str, &str) {
     }
 }
 
-fn index_shard(
-    s: usize,
-    shard: &Path,
-    samples: &mut Vec<Sample>,
-    skipped: &mut Vec<Skipped>,
-) -> Result<(), DataError> {
+/// Reads every member header of `shard` (and its captions): its samples in order, and the
+/// ones left out with why.
+fn index_shard(shard: &Path) -> Result<(Vec<Sample>, Vec<Skipped>), DataError> {
+    let (mut samples, mut skipped) = (Vec::new(), Vec::new());
     let file = std::fs::File::open(shard).map_err(|e| DataError::io(shard, e))?;
     let shard_len = file.metadata().map_err(|e| DataError::io(shard, e))?.len();
     refuse_gzip(shard, &file)?;
@@ -277,7 +302,6 @@ fn index_shard(
         let caption = p.txt.or(p.json_caption);
         match (p.image, caption) {
             (Some((member, offset, size)), Some(caption)) => samples.push(Sample {
-                shard: s,
                 key: p.key,
                 member,
                 offset,
@@ -311,7 +335,7 @@ fn index_shard(
         let (key, ext) = split_member(&path);
         if key != pending.key {
             let done = std::mem::take(&mut pending);
-            finish(done, samples, skipped);
+            finish(done, &mut samples, &mut skipped);
             pending.key = key.to_string();
         }
         // The type is the last extension (`seg.png` is a PNG); a plain `png` beats a compound
@@ -345,8 +369,8 @@ fn index_shard(
             }
         }
     }
-    finish(pending, samples, skipped);
-    Ok(())
+    finish(pending, &mut samples, &mut skipped);
+    Ok((samples, skipped))
 }
 
 /// Gzip-compressed shards cannot be read by offset; say so instead of "corrupt tar".
@@ -425,23 +449,18 @@ impl Dataset for WebDataset {
     }
 
     fn len(&self) -> Option<usize> {
-        Some(self.samples.len())
+        Some(self.len)
     }
 
     fn id(&self, index: usize) -> Result<String, DataError> {
-        check_index(&self.name(), index, self.samples.len())?;
-        let sample = &self.samples[index];
-        let shard = self.shards[sample.shard]
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        Ok(format!("{shard}/{}", sample.key))
+        let (shard, sample) = self.sample(index)?;
+        Ok(sample_id(shard, &sample))
     }
 
     fn get(&self, index: usize) -> Result<Example, DataError> {
-        let id = self.id(index)?;
-        let sample = &self.samples[index];
-        let path = &self.shards[sample.shard];
+        let (shard, sample) = self.sample(index)?;
+        let id = sample_id(shard, &sample);
+        let path = &shard.path;
         let mut file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
         let mut bytes = vec![0u8; sample.size as usize];
         file.seek(SeekFrom::Start(sample.offset))
@@ -451,7 +470,13 @@ impl Dataset for WebDataset {
         Ok(Example {
             id,
             image,
-            caption: sample.caption.clone(),
+            caption: sample.caption,
         })
     }
+}
+
+/// `shard file name/key`.
+fn sample_id(shard: &Shard, sample: &Sample) -> String {
+    let name = shard.path.file_name().unwrap_or_default().to_string_lossy();
+    format!("{name}/{}", sample.key)
 }
