@@ -11,6 +11,16 @@
 //! - Checks that turn bad input into errors naming the word, prompt or folder.
 //!
 //! Every render is a pure function of (seed, subject name, stream, index).
+//!
+//! A second domain, emoji subjects (one emoji the training set leaves out), lives in
+//! [`emoji`]; [`SubjectDomain`] and [`DreamBoothSubjects`] give the stage one interface over
+//! both.
+
+mod domain;
+pub mod emoji;
+
+pub use domain::{DreamBoothSubjects, SubjectDomain, SubjectInfo};
+pub use emoji::{EmojiSubject, EmojiSubjects, emoji_evaluation_prompts};
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -307,7 +317,7 @@ impl SubjectSet {
         let subject = self.get(name)?;
         check_render_request(n, resolution)?;
         let renders = (0..n).map(|i| {
-            let mut rng = stream_rng(subject, Stream::Class, seed, i);
+            let mut rng = stream_rng(&subject.name, Stream::Class, seed, i);
             let at = Placement::draw(&mut rng);
             let colours: Vec<&NamedColour> = OBJECT_COLOURS
                 .iter()
@@ -345,7 +355,7 @@ impl SubjectSet {
         };
         let fill = |dx, dy| subject.colours[subject.pattern.colour_index(dx, dy)];
         let renders = (0..n).map(|i| {
-            let at = Placement::draw(&mut stream_rng(subject, stream, seed, i));
+            let at = Placement::draw(&mut stream_rng(&subject.name, stream, seed, i));
             Example {
                 id: format!("dreambooth/{}/{label}/{i}", subject.name),
                 image: render_shape(subject.kind, &at, resolution, fill),
@@ -360,8 +370,8 @@ impl SubjectSet {
     }
 }
 
-fn stream_rng(subject: &Subject, stream: Stream, seed: u64, index: usize) -> SplitMix64 {
-    let key = [seed, hash_str(&subject.name), stream as u64, index as u64];
+fn stream_rng(subject: &str, stream: Stream, seed: u64, index: usize) -> SplitMix64 {
+    let key = [seed, hash_str(subject), stream as u64, index as u64];
     SplitMix64::new(hash_u64s(&key))
 }
 
@@ -507,7 +517,7 @@ pub fn check_prompts(instance: &str, class: &str, identifier: &str) -> Result<()
     Ok(())
 }
 
-/// DreamBooth's evaluation prompt groups, in the `shapes` grammar.
+/// DreamBooth's evaluation prompt groups, in a domain's caption grammar.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PromptGroup {
     /// Where in the picture.
@@ -522,6 +532,10 @@ pub enum PromptGroup {
     Size,
     /// Recoloured.
     Property,
+    /// A changed expression (emoji: "pouting", "crying").
+    Expression,
+    /// An accessory ("with tears of joy"; DreamBooth's accessorization).
+    Accessory,
 }
 
 /// One evaluation prompt and its class-noun twin.

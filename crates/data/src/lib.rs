@@ -38,9 +38,9 @@ pub use cache::{CacheKey, CachedBatch, LatentCache, LatentCacheWriter, StorageDt
 pub use captioned::{Captioned, STUDY_SPLIT, load_captioned};
 pub use dataset::{Dataset, Example, Skipped, Split, SplitConfig, SplitDataset};
 pub use dreambooth::{
-    EvalPrompt, Pattern, PromptGroup, Subject, SubjectSet, caption_vocabulary,
-    check_evaluation_prompts, check_identifier, check_prompts, class_twin, evaluation_prompts,
-    load_instance_dir,
+    DreamBoothSubjects, EmojiSubject, EmojiSubjects, EvalPrompt, Pattern, PromptGroup, Subject,
+    SubjectDomain, SubjectInfo, SubjectSet, caption_vocabulary, check_evaluation_prompts,
+    check_identifier, check_prompts, class_twin, evaluation_prompts, load_instance_dir,
 };
 pub use error::DataError;
 pub use folder::{Coco, CocoCaptions, ImageFolder};

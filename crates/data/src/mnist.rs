@@ -407,6 +407,36 @@ impl Emoji {
 
     /// From `emoji.json` and `img/*.png` in `dir`.
     pub fn open_in(dir: &Path) -> Result<Self, DataError> {
+        Self::open_excluding(dir, &[])
+    }
+
+    /// From `dir`, without the emoji whose image files `exclude` names (DreamBooth subjects
+    /// the training captions must never name); a file the asset does not list is an error.
+    pub fn open_excluding(dir: &Path, exclude: &[String]) -> Result<Self, DataError> {
+        let mut emoji = Self::open_listed(dir)?;
+        for file in exclude {
+            if !emoji.items.iter().any(|i| &i.file == file) {
+                return Err(DataError::setting(
+                    "emoji exclude",
+                    file,
+                    format!(
+                        "is not the image file of an emoji listed in {}",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+        emoji.items.retain(|i| !exclude.contains(&i.file));
+        if emoji.items.is_empty() {
+            return Err(DataError::Empty {
+                dataset: format!("emoji ({})", dir.display()),
+                detail: ": every emoji is excluded".into(),
+            });
+        }
+        Ok(emoji)
+    }
+
+    fn open_listed(dir: &Path) -> Result<Self, DataError> {
         let json = require("emoji", dir.join("emoji.json"))?;
         let img_dir = require("emoji", dir.join("img"))?;
         let text = std::fs::read_to_string(&json).map_err(|e| DataError::io(&json, e))?;

@@ -11,7 +11,7 @@
 //! | `shapes[:resolution=64][:seed=0][:anti_alias=true]` | `{kind = "shapes", resolution = 64, seed = 0, anti_alias = true}` |
 //! | `fashion-mnist[:train\|test][:captions=fixed\|varied]` | `{kind = "fashion-mnist", part = "test", captions = "varied"}` |
 //! | `mnist[:train\|test][:captions=fixed\|varied]` | `{kind = "mnist", ...}` |
-//! | `emoji` | `{kind = "emoji"}` |
+//! | `emoji[:exclude=FILE,FILE...]` | `{kind = "emoji", exclude = ["1f638.png"]}` |
 //! | `folder:DIR` | `{kind = "folder", path = "DIR"}` |
 //! | `coco:CAPTIONS_JSON:IMAGE_DIR[:captions=first\|every]` | `{kind = "coco", annotations = "...", images = "...", captions = "every"}` |
 //! | `wds:PATTERN` | `{kind = "wds", shards = "/data/shard-{000..009}.tar"}` |
@@ -48,7 +48,10 @@ pub enum DatasetSpec {
         captions: CaptionStyle,
     },
     /// Google emoji from the `emoji` asset.
-    Emoji,
+    Emoji {
+        /// Image files left out (DreamBooth subjects the captions must never name).
+        exclude: Vec<String>,
+    },
     /// A folder of images with `captions.jsonl` or `.txt` sidecars.
     Folder {
         /// The folder.
@@ -131,7 +134,10 @@ enum SpecTable {
         #[serde(default)]
         captions: CaptionStyle,
     },
-    Emoji {},
+    Emoji {
+        #[serde(default)]
+        exclude: Vec<String>,
+    },
     Folder {
         path: PathBuf,
     },
@@ -165,7 +171,7 @@ impl TryFrom<SpecRepr> for DatasetSpec {
                     DatasetSpec::FashionMnist { part, captions }
                 }
                 SpecTable::Mnist { part, captions } => DatasetSpec::Mnist { part, captions },
-                SpecTable::Emoji {} => DatasetSpec::Emoji,
+                SpecTable::Emoji { exclude } => DatasetSpec::Emoji { exclude },
                 SpecTable::Folder { path } => DatasetSpec::Folder { path },
                 SpecTable::Coco {
                     annotations,
@@ -198,7 +204,7 @@ impl From<DatasetSpec> for SpecRepr {
                 SpecTable::FashionMnist { part, captions }
             }
             DatasetSpec::Mnist { part, captions } => SpecTable::Mnist { part, captions },
-            DatasetSpec::Emoji => SpecTable::Emoji {},
+            DatasetSpec::Emoji { exclude } => SpecTable::Emoji { exclude },
             DatasetSpec::Folder { path } => SpecTable::Folder { path },
             DatasetSpec::Coco {
                 annotations,
@@ -215,7 +221,7 @@ impl From<DatasetSpec> for SpecRepr {
 }
 
 const FORMS: &str = "expected shapes[:resolution=N][:seed=N][:anti_alias=BOOL], \
-    fashion-mnist[:train|test][:captions=fixed|varied], mnist[:train|test][:captions=...], emoji, \
+    fashion-mnist[:train|test][:captions=fixed|varied], mnist[:train|test][:captions=...], emoji[:exclude=FILE,...], \
     folder:DIR, coco:CAPTIONS_JSON:IMAGE_DIR[:captions=first|every], or wds:PATTERN";
 
 /// Whether a `:`-separated segment is a `key=value` option (key of lower-case letters and `_`).
@@ -305,10 +311,14 @@ impl std::str::FromStr for DatasetSpec {
             }
             "emoji" => {
                 n_args(0, "no arguments")?;
-                if let Some((k, _)) = options.first() {
-                    return Err(unknown(k, "none"));
+                let mut exclude = Vec::new();
+                for (k, v) in options {
+                    if k != "exclude" {
+                        return Err(unknown(k, "exclude"));
+                    }
+                    exclude.extend(v.split(',').filter(|f| !f.is_empty()).map(String::from));
                 }
-                DatasetSpec::Emoji
+                DatasetSpec::Emoji { exclude }
             }
             "folder" => {
                 n_args(1, "one folder path")?;
@@ -386,7 +396,8 @@ impl std::fmt::Display for DatasetSpec {
                 }
                 Ok(())
             }
-            DatasetSpec::Emoji => write!(f, "emoji"),
+            DatasetSpec::Emoji { exclude } if exclude.is_empty() => write!(f, "emoji"),
+            DatasetSpec::Emoji { exclude } => write!(f, "emoji:exclude={}", exclude.join(",")),
             DatasetSpec::Folder { path } => write!(f, "folder:{}", path.display()),
             DatasetSpec::Coco {
                 annotations,
@@ -423,7 +434,9 @@ impl DatasetSpec {
                 *part,
                 *captions,
             )?),
-            DatasetSpec::Emoji => Box::new(Emoji::open_in(&assets.join("emoji"))?),
+            DatasetSpec::Emoji { exclude } => {
+                Box::new(Emoji::open_excluding(&assets.join("emoji"), exclude)?)
+            }
             DatasetSpec::Folder { path } => Box::new(ImageFolder::open(path)?),
             DatasetSpec::Coco {
                 annotations,
