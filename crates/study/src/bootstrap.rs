@@ -18,9 +18,13 @@
 
 mod kid;
 mod paired;
+mod rows;
 
 pub use kid::{KidResampler, MAX_KID_ROWS};
 pub use paired::{PairedDifference, paired_difference};
+pub use rows::{FeatureFile, FeatureFileWriter, Rows};
+
+use std::sync::Arc;
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, Par, Side};
@@ -124,14 +128,21 @@ pub fn two_sample_interval(
     }
 }
 
+/// Rows a covariance-route replicate gathers and accumulates at a time: its memory stays
+/// `COV_CHUNK x d` however many rows a side has (a side of at most this many is one batch, as
+/// it was when every row was gathered at once).
+const COV_CHUNK: usize = 1024;
+
 /// Generated and reference features prepared for many resampled FIDs.
 pub struct FidResampler {
     n: usize,
     m: usize,
     d: usize,
-    /// Features shifted by the reference mean (less cancellation in the Gram forms).
-    x: Mat<f64>,
-    y: Mat<f64>,
+    /// The features as given (in memory or a mapped file), not copied per replicate.
+    generated: Rows,
+    reference: Rows,
+    /// The reference mean, subtracted from both sides (less cancellation in the Gram forms).
+    shift: Vec<f64>,
     /// Gram matrices, for the low-rank route.
     grams: Option<(Mat<f64>, Mat<f64>, Mat<f64>)>,
 }
@@ -139,6 +150,16 @@ pub struct FidResampler {
 impl FidResampler {
     /// `generated` is `n x d` and `reference` `m x d`, row-major; both need at least 2 rows.
     pub fn new(generated: &[f32], reference: &[f32], d: usize) -> Result<Self, String> {
+        Self::from_rows(
+            Arc::new(generated.to_vec()),
+            Arc::new(reference.to_vec()),
+            d,
+        )
+    }
+
+    /// [`FidResampler::new`] over shared rows: a [`FeatureFile`] stays on disk, mapped.
+    pub fn from_rows(generated_rows: Rows, reference_rows: Rows, d: usize) -> Result<Self, String> {
+        let (generated, reference) = ((*generated_rows).as_ref(), (*reference_rows).as_ref());
         if d == 0 || !generated.len().is_multiple_of(d) || !reference.len().is_multiple_of(d) {
             return Err(format!(
                 "bootstrap: {} generated and {} reference values are not whole rows of {d}",
@@ -161,20 +182,23 @@ impl FidResampler {
                 *s += v as f64 / m as f64;
             }
         }
-        let x = Mat::from_fn(n, d, |i, j| generated[i * d + j] as f64 - shift[j]);
-        let y = Mat::from_fn(m, d, |i, j| reference[i * d + j] as f64 - shift[j]);
         let (small, large) = (n.min(m) as f64, n.max(m) as f64);
         // Per replicate: Gram route ~ small^2 large + 10 small^3; covariance route ~
         // (n + m) d^2 + 20 d^3 (two eigensolves and products of d x d matrices).
         let gram_cost = small * small * large + 10.0 * small.powi(3);
         let cov_cost = (n + m) as f64 * (d * d) as f64 + 20.0 * (d as f64).powi(3);
-        let grams = (gram_cost <= cov_cost).then(|| (gram(&x, &x), gram(&y, &y), gram(&x, &y)));
+        let grams = (gram_cost <= cov_cost).then(|| {
+            let x = Mat::from_fn(n, d, |i, j| generated[i * d + j] as f64 - shift[j]);
+            let y = Mat::from_fn(m, d, |i, j| reference[i * d + j] as f64 - shift[j]);
+            (gram(&x, &x), gram(&y, &y), gram(&x, &y))
+        });
         Ok(Self {
             n,
             m,
             d,
-            x,
-            y,
+            generated: generated_rows,
+            reference: reference_rows,
+            shift,
             grams,
         })
     }
@@ -272,16 +296,35 @@ impl FidResampler {
     }
 
     fn fid_cov(&self, a: &[usize], b: &[usize]) -> Result<f64, String> {
-        let rows = |mat: &Mat<f64>, idx: &[usize]| -> Vec<f32> {
-            idx.iter()
-                .flat_map(|&i| (0..self.d).map(move |j| mat[(i, j)] as f32))
-                .collect()
-        };
-        let s1 = ldmscale_eval::GaussianStats::from_features(&rows(&self.x, a), self.d)
-            .map_err(|e| e.to_string())?;
-        let s2 = ldmscale_eval::GaussianStats::from_features(&rows(&self.y, b), self.d)
-            .map_err(|e| e.to_string())?;
+        self.fid_cov_chunked(a, b, COV_CHUNK)
+    }
+
+    /// The covariance route, gathering `chunk` selected rows at a time.
+    fn fid_cov_chunked(&self, a: &[usize], b: &[usize], chunk: usize) -> Result<f64, String> {
+        let s1 = self.stats_of(&self.generated, a, chunk)?;
+        let s2 = self.stats_of(&self.reference, b, chunk)?;
         ldmscale_eval::frechet_distance(&s1, &s2).map_err(|e| e.to_string())
+    }
+
+    /// Statistics of the shifted rows `idx` of `source` (as f32, as the route always took them).
+    fn stats_of(
+        &self,
+        source: &Rows,
+        idx: &[usize],
+        chunk: usize,
+    ) -> Result<ldmscale_eval::GaussianStats, String> {
+        let (values, d) = ((**source).as_ref(), self.d);
+        let mut acc = ldmscale_eval::StatsAccumulator::new(d);
+        for part in idx.chunks(chunk) {
+            let rows: Vec<f32> = part
+                .iter()
+                .flat_map(|&i| {
+                    (0..d).map(move |j| (values[i * d + j] as f64 - self.shift[j]) as f32)
+                })
+                .collect();
+            acc.add(&rows).map_err(|e| e.to_string())?;
+        }
+        acc.finish().map_err(|e| e.to_string())
     }
 
     /// FID of the full sets.
@@ -353,7 +396,31 @@ pub fn fid_interval(
             "bootstrap: {replicates} replicates; need at least 2"
         ));
     }
-    let r = FidResampler::new(generated, reference, d)?;
+    fid_interval_of(
+        Arc::new(generated.to_vec()),
+        Arc::new(reference.to_vec()),
+        d,
+        fid,
+        replicates,
+        seed,
+    )
+}
+
+/// [`fid_interval`] over shared rows (a mapped [`FeatureFile`] is read in place).
+pub fn fid_interval_of(
+    generated: Rows,
+    reference: Rows,
+    d: usize,
+    fid: f64,
+    replicates: usize,
+    seed: u64,
+) -> Result<FidCi, String> {
+    if replicates < 2 {
+        return Err(format!(
+            "bootstrap: {replicates} replicates; need at least 2"
+        ));
+    }
+    let r = FidResampler::from_rows(generated, reference, d)?;
     Ok(recentred_interval(fid, &r.replicates(replicates, seed)?))
 }
 
@@ -502,6 +569,108 @@ pub(super) mod tests {
             widths.push(width);
         }
         assert!(widths[1] < 0.7 * widths[0], "widths {widths:?}");
+    }
+
+    /// The covariance route as it was before rows were streamed: every selected row gathered
+    /// at once from f64 copies of both sides shifted by the reference mean.
+    fn gathered_cov_replicates(
+        x: &[f32],
+        y: &[f32],
+        d: usize,
+        count: usize,
+        seed: u64,
+    ) -> Vec<f64> {
+        let (n, m) = (x.len() / d, y.len() / d);
+        let mut shift = vec![0.0; d];
+        for row in y.chunks_exact(d) {
+            for (s, &v) in shift.iter_mut().zip(row) {
+                *s += v as f64 / m as f64;
+            }
+        }
+        let xm = Mat::from_fn(n, d, |i, j| x[i * d + j] as f64 - shift[j]);
+        let ym = Mat::from_fn(m, d, |i, j| y[i * d + j] as f64 - shift[j]);
+        let gather = |mat: &Mat<f64>, idx: &[usize]| -> Vec<f32> {
+            idx.iter()
+                .flat_map(|&i| (0..d).map(move |j| mat[(i, j)] as f32))
+                .collect()
+        };
+        let stats = |v: &[f32]| ldmscale_eval::GaussianStats::from_features(v, d).unwrap();
+        let mut rng = StdRng::seed_from_u64(seed ^ 0xB007_5742_u64);
+        (0..count)
+            .map(|_| {
+                let a: Vec<usize> = (0..n).map(|_| rng.random_range(0..n)).collect();
+                let b: Vec<usize> = (0..m).map(|_| rng.random_range(0..m)).collect();
+                let (s1, s2) = (stats(&gather(&xm, &a)), stats(&gather(&ym, &b)));
+                ldmscale_eval::frechet_distance(&s1, &s2).unwrap()
+            })
+            .collect()
+    }
+
+    /// Replicates read from mapped feature files equal those from memory bit for bit, and
+    /// equal the covariance route as it was (gathered whole) bit for bit up to `COV_CHUNK`
+    /// rows a side; past it, the streamed accumulation agrees to rounding.
+    #[test]
+    fn replicates_from_files_and_in_chunks_equal_the_gathered_route() {
+        let mut rng = StdRng::seed_from_u64(21);
+        let d = 6;
+        let x = gaussian(50, d, 0.4, 1, &mut rng);
+        let y = gaussian(70, d, 0.0, 2, &mut rng);
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, v: &[f32]| -> Rows {
+            let mut w = FeatureFileWriter::create(&dir.path().join(name), v.len() / d, d).unwrap();
+            for part in v.chunks(7 * d) {
+                w.append(part).unwrap();
+            }
+            Arc::new(w.finish().unwrap())
+        };
+        let mapped = FidResampler::from_rows(write("x.npy", &x), write("y.npy", &y), d).unwrap();
+        let memory = FidResampler::new(&x, &y, d).unwrap();
+        assert!(memory.grams.is_none(), "n, m > d: the covariance route");
+        let before = gathered_cov_replicates(&x, &y, d, 25, 9);
+        assert_eq!(memory.replicates(25, 9).unwrap(), before);
+        assert_eq!(mapped.replicates(25, 9).unwrap(), before);
+        let (a, b): (Vec<usize>, Vec<usize>) = ((0..50).rev().collect(), (0..70).collect());
+        let whole = memory.fid_cov_chunked(&a, &b, usize::MAX).unwrap();
+        let streamed = memory.fid_cov_chunked(&a, &b, 7).unwrap();
+        assert!(
+            (whole - streamed).abs() <= 1e-9 * whole,
+            "{whole} vs {streamed}"
+        );
+        let ci = fid_interval(&x, &y, d, 1.0, 25, 9).unwrap();
+        assert_eq!(recentred_interval(1.0, &before), ci);
+    }
+
+    #[test]
+    fn feature_files_are_whole_or_absent_and_checked_on_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.npy");
+        let mut w = FeatureFileWriter::create(&path, 3, 2).unwrap();
+        w.append(&[1.0, 2.0]).unwrap();
+        assert!(w.append(&[1.0]).unwrap_err().contains("whole rows of 2"));
+        let err = w.finish().err().expect("1 of 3 rows");
+        assert!(err.contains("1 of 3 rows written"), "{err}");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no file left"
+        );
+        let mut w = FeatureFileWriter::create(&path, 2, 2).unwrap();
+        w.append(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        let f = w.finish().unwrap();
+        assert_eq!(
+            (f.rows(), f.dim(), f.as_ref()),
+            (2, 2, &[1.0f32, 2.0, 3.0, 4.0][..])
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+        let err = FeatureFile::open(&path).err().expect("cut short");
+        assert!(
+            err.contains("f.npy") && err.contains("the file has 12"),
+            "{err}"
+        );
+        std::fs::write(&path, ldmscale_eval::npz::encode_npy(&[2], &[1.0, 2.0])).unwrap();
+        let err = FeatureFile::open(&path).err().expect("f64, one axis");
+        assert!(err.contains("'<f4'"), "{err}");
     }
 
     #[test]

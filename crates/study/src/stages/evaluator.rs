@@ -2,21 +2,21 @@
 //! and the FID features and reference statistics of the held-out images.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use burn::tensor::{Device, Tensor, TensorData};
-use ldmscale_data::{CaptionedSet, LatentCache};
-use ldmscale_eval::npz::{encode_npy_f32, parse_npy, read_stats, write_stats};
+use burn::tensor::{Device, Tensor};
+use ldmscale_data::CaptionedSet;
+use ldmscale_eval::npz::{read_stats, write_stats};
 use ldmscale_eval::stats::kernel_inception_distance;
 use ldmscale_eval::{
     FidExtractor, FidMode, GaussianStats, KidOptions, RgbImage, StatsAccumulator, frechet_distance,
 };
-use ldmscale_model::weights::write_atomic;
 use ldmscale_pipeline::values;
 
 use super::data::{self, Splits};
 use super::first_stage::images_tensor;
 use super::latents::{self, Latents};
-use crate::bootstrap::{self, FidCi, KidResampler};
+use crate::bootstrap::{self, FeatureFile, FeatureFileWriter, FidCi, KidResampler, Rows};
 use crate::cell::Metric;
 use crate::config::{FidFeaturesKind, StudyConfig};
 use crate::context::StudyContext;
@@ -48,17 +48,22 @@ pub struct Evaluator {
     bootstrap: u32,
 }
 
-/// A reference set as FID sees it: its statistics and features.
+/// A reference set as FID sees it: its statistics and features (the evaluation set's in a
+/// mapped file on disk, which the bootstrap resamples in place).
 pub struct Reference {
     stats: GaussianStats,
-    features: Vec<f32>,
+    features: Rows,
 }
 
 impl Reference {
     /// The features as rows, for paired comparisons.
     pub fn rows(&self) -> Result<FeatureRows, StudyError> {
-        FeatureRows::new(self.features.clone(), self.stats.dim())
+        FeatureRows::new(self.values().to_vec(), self.stats.dim())
             .map_err(StudyError::stage("evaluator"))
+    }
+
+    fn values(&self) -> &[f32] {
+        (*self.features).as_ref()
     }
 }
 
@@ -110,7 +115,7 @@ impl Stage for EvaluatorStage<'_> {
             features,
             reference: Reference {
                 stats,
-                features: reference_features,
+                features: Arc::new(reference_features),
             },
             bootstrap: cx.config.sweep.bootstrap,
         })
@@ -121,7 +126,7 @@ impl EvaluatorStage<'_> {
     fn train_clip(&self, cx: &StudyContext) -> Result<in_domain::Trained, StudyError> {
         let pairs = CachedPairs {
             images: &self.data.train,
-            cache: &self.latents.train.cache,
+            train: &self.latents.train,
         };
         let held = (in_domain::Pairs::len(&pairs) / 8).clamp(2, CLIP_HELD_OUT_MAX);
         in_domain::train(&pairs, held, CLIP_STEPS, CLIP_BATCH, 0, &cx.device)
@@ -129,35 +134,29 @@ impl EvaluatorStage<'_> {
     }
 }
 
-/// Training images by index beside their text states in the latent cache (built from the same
-/// set in the same order).
+/// Training images by index beside their captions' text states from the latent cache (built
+/// from the same set in the same order; a cache of token ids is encoded as it is read).
 struct CachedPairs<'a> {
     images: &'a CaptionedSet,
-    cache: &'a LatentCache,
+    train: &'a crate::latents::CachedTrainingData,
 }
 
 impl in_domain::Pairs for CachedPairs<'_> {
     fn len(&self) -> usize {
-        self.cache.len().min(self.images.len())
+        self.train.cache.len().min(self.images.len())
     }
 
     fn text_width(&self) -> usize {
-        self.cache.key().text_shape[1]
+        self.train.cache.key().text_shape[1]
     }
 
     fn fetch(&self, indices: &[usize], device: &Device) -> Result<in_domain::Batch, String> {
-        let k = indices.len();
         let images = self.images.get(indices).map_err(|e| e.to_string())?;
-        let stored = self.cache.batch(indices).map_err(|e| e.to_string())?;
-        let [length, width] = self.cache.key().text_shape;
-        let mask: Vec<f32> = stored.text_mask.iter().map(|&m| m as f32).collect();
+        let (states, mask) = self.train.text(indices, device)?;
         Ok((
             images_tensor(&images.images, self.images.resolution(), device),
-            Tensor::from_data(
-                TensorData::new(stored.text_states, [k, length, width]),
-                device,
-            ),
-            Tensor::from_data(TensorData::new(mask, [k, length]), device),
+            states,
+            mask,
         ))
     }
 }
@@ -221,23 +220,32 @@ impl Features {
         Ok((extractor.features(&rgb), ldmscale_eval::FEATURE_DIM))
     }
 
-    /// Statistics and features `[N, dim]` of `images`, decoded and measured a batch at a time.
+    /// Statistics of `images`, decoded and measured a batch at a time, and their features
+    /// `[N, dim]` written to `features_path` as they come (never gathered in memory).
     fn streamed_stats(
         &self,
         images: &CaptionedSet,
+        features_path: &Path,
         device: &Device,
-    ) -> Result<(GaussianStats, Vec<f32>, usize), StudyError> {
+    ) -> Result<(GaussianStats, FeatureFile), StudyError> {
+        let err = || StudyError::stage("evaluator");
         let res = images.resolution();
-        let (mut all, mut acc, mut dim) = (Vec::new(), None, 0);
+        let (mut acc, mut file) = (None, None);
         for batch in images.stream(0, REFERENCE_BATCH)? {
             let (features, d) = self.features(images_tensor(&batch?.images, res, device))?;
             acc.get_or_insert_with(|| StatsAccumulator::new(d))
                 .add(&features)?;
-            all.extend(features);
-            dim = d;
+            let writer = match &mut file {
+                Some(w) => w,
+                None => file.insert(
+                    FeatureFileWriter::create(features_path, images.len(), d).map_err(err())?,
+                ),
+            };
+            writer.append(&features).map_err(err())?;
         }
         let stats = acc.map_or_else(|| StatsAccumulator::new(1).finish(), |a| a.finish())?;
-        Ok((stats, all, dim))
+        let file = file.expect("a set holds at least two examples");
+        Ok((stats, file.finish().map_err(err())?))
     }
 
     /// What FID is computed on, for the report.
@@ -252,34 +260,29 @@ impl Features {
     }
 
     /// The reference statistics and features: read from `path` for Inception (cached across
-    /// studies), else computed and written there. The images are streamed a batch at a time
-    /// and the statistics accumulated; the features are kept (bootstrap, KID, pairing).
+    /// studies), else computed and written there. The images are streamed a batch at a time,
+    /// the statistics accumulated and the features written to `*.features.npy` beside `path`,
+    /// which stays mapped (bootstrap, KID, pairing).
     fn reference_stats(
         &self,
         path: &Path,
         images: &CaptionedSet,
         device: &Device,
-    ) -> Result<(GaussianStats, Vec<f32>), StudyError> {
+    ) -> Result<(GaussianStats, FeatureFile), StudyError> {
         let features_path = path.with_extension("features.npy");
         // The in-domain encoder is retrained on every run, so its statistics are rewritten.
         if self.inception.is_some()
             && let Ok(stats) = read_stats(path)
-            && let Ok(bytes) = std::fs::read(&features_path)
-            && let Ok(array) = parse_npy(&bytes)
-            && array.shape.len() == 2
-            && array.shape[1] == stats.dim()
+            && let Ok(features) = FeatureFile::open(&features_path)
+            && features.dim() == stats.dim()
         {
-            return Ok((stats, array.data.iter().map(|&v| v as f32).collect()));
+            return Ok((stats, features));
         }
-        let (stats, features, d) = self.streamed_stats(images, device)?;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(StudyError::io(dir))?;
         }
+        let (stats, features) = self.streamed_stats(images, &features_path, device)?;
         write_stats(path, &stats)?;
-        write_atomic(
-            &features_path,
-            &encode_npy_f32(&[features.len() / d, d], &features),
-        )?;
         Ok((stats, features))
     }
 }
@@ -295,7 +298,10 @@ impl Evaluator {
     pub fn reference_of(&self, images: Tensor<4>) -> Result<Reference, StudyError> {
         let (features, d) = self.features.features(images)?;
         let stats = GaussianStats::from_features(&features, d)?;
-        Ok(Reference { stats, features })
+        Ok(Reference {
+            stats,
+            features: Arc::new(features),
+        })
     }
 
     /// FID of `images` and their features `[N, dim]`, row-major.
@@ -318,8 +324,7 @@ impl Evaluator {
 
     /// The reference set's features, for paired comparisons.
     pub fn reference_rows(&self) -> Result<FeatureRows, StudyError> {
-        let d = self.reference.stats.dim();
-        FeatureRows::new(self.reference.features.clone(), d).map_err(StudyError::stage("evaluator"))
+        self.reference.rows()
     }
 
     /// [`Evaluator::fid`] with the generated images' features.
@@ -349,7 +354,7 @@ impl Evaluator {
     /// subset estimator without one beyond.
     pub fn kid(&self, generated: &FeatureRows, seed: u64) -> Result<Metric, StudyError> {
         let err = StudyError::stage("sweep");
-        let reference = &self.reference.features;
+        let reference = self.reference.values();
         let m = reference.len() / generated.dim.max(1);
         let (value, ci) = if generated.rows.max(m) <= bootstrap::MAX_KID_ROWS {
             let k = KidResampler::new(&generated.data, reference, generated.dim).map_err(err)?;
@@ -382,7 +387,9 @@ impl Evaluator {
             return Ok(None);
         }
         let replicates = self.bootstrap as usize;
-        let ci = bootstrap::fid_interval(generated, &reference.features, d, fid, replicates, seed)
+        let generated: Rows = Arc::new(generated.to_vec());
+        let reference = reference.features.clone();
+        let ci = bootstrap::fid_interval_of(generated, reference, d, fid, replicates, seed)
             .map_err(StudyError::stage("sweep"))?;
         Ok(Some(ci))
     }
