@@ -1,18 +1,24 @@
-//! A latent cache: a dataset encoded once into autoencoder latents and text-encoder states,
-//! stored as safetensors shards and read back memory-mapped, so every model width of a family
-//! trains from the same encodings without running the encoders again.
+//! A latent cache: a dataset encoded once into autoencoder latents and, per caption, either the
+//! text encoder's states or its token ids, stored as safetensors shards and read back
+//! memory-mapped, so every model width of a family trains from the same encodings without
+//! running the image encoder again.
 //!
 //! The cache knows nothing of the encoders: the caller pushes plain arrays (latent `[C, h, w]`,
-//! text states `[L, D]`, attention mask `[L]`) and reads plain arrays back. A [`CacheKey`]
-//! records what was encoded and how (dataset spec, split, resolution, crop, encoder names and
-//! weight hashes, latent and text shapes, latent scaling factor, storage dtype); opening a cache
-//! with a different key is an error that names each differing field.
+//! then text states `[L, D]` with attention mask `[L]`, or a caption's token ids) and reads
+//! plain arrays back. Token ids are what a large text encoder's captions are kept as (77 x 1024
+//! f32 states are 315 KB an example; 77 u16 ids are 154 bytes): the frozen encoder then runs
+//! when a batch is read. A [`CacheKey`] records what was encoded and how (dataset spec, split,
+//! resolution, crop, encoder names and weight hashes, latent and text shapes, latent scaling
+//! factor, storage dtype, [`TextStorage`]); opening a cache with a different key is an error
+//! that names each differing field.
 //!
 //! Layout of a cache folder:
 //! - `manifest.json`: format, version, key, `complete`, example count, shard list;
-//! - `shard-00000.safetensors`, ...: tensors `latents` `[n, C, h, w]`, `text_states`
-//!   `[n, L, D]` (f32 or f16) and `text_mask` `[n, L]` (u8), with the example ids as the JSON
-//!   array `ids` in the safetensors metadata.
+//! - `shard-00000.safetensors`, ...: tensor `latents` `[n, C, h, w]` and either `text_states`
+//!   `[n, L, D]` (f32 or f16) with `text_mask` `[n, L]` (u8), or `text_tokens` `[n, T]` (u16 or
+//!   u32, zero after each caption's end) with `text_token_count` `[n]` (u32), with the example
+//!   ids as the JSON array `ids` in the safetensors metadata. A key without `text_storage` (every
+//!   cache written before token ids existed) stores states in the key's `dtype`.
 //!
 //! To train from a cache, draw indices with a [`crate::Sampler`] (seeded shuffle, resumable
 //! cursor) and read them with [`LatentCache::batch`].
@@ -30,6 +36,8 @@ use safetensors::{Dtype, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+use half::f16;
+
 use crate::error::DataError;
 use crate::rng::hash_str;
 use crate::transform::Crop;
@@ -40,7 +48,8 @@ use crate::transform::Crop;
 pub enum StorageDtype {
     /// Exact.
     F32,
-    /// Half the size; rounding error ~1e-3 relative.
+    /// Half the size; rounding error at most 2^-11 (4.9e-4) relative for magnitudes from
+    /// 6.1e-5 to 65504, 3e-8 absolute below; larger magnitudes are refused.
     F16,
 }
 
@@ -58,6 +67,60 @@ impl StorageDtype {
             StorageDtype::F16 => 2,
         }
     }
+}
+
+/// How token ids are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenDtype {
+    /// Vocabularies of at most 65,536 entries (BERT's 30,522, CLIP's 49,408).
+    U16,
+    /// Any vocabulary.
+    U32,
+}
+
+impl TokenDtype {
+    /// The narrowest dtype holding every id below `vocab_size`.
+    pub fn for_vocab(vocab_size: usize) -> Self {
+        if vocab_size <= 1 << 16 {
+            TokenDtype::U16
+        } else {
+            TokenDtype::U32
+        }
+    }
+
+    fn safetensors(self) -> Dtype {
+        match self {
+            TokenDtype::U16 => Dtype::U16,
+            TokenDtype::U32 => Dtype::U32,
+        }
+    }
+
+    fn bytes(self) -> usize {
+        match self {
+            TokenDtype::U16 => 2,
+            TokenDtype::U32 => 4,
+        }
+    }
+}
+
+/// What a cache keeps of each caption.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TextStorage {
+    /// The text encoder's states `[L, D]` in `dtype`, with the mask `[L]`.
+    States {
+        /// Their storage dtype (f16 halves them; see [`StorageDtype`]).
+        dtype: StorageDtype,
+    },
+    /// The caption's token ids, at most `tokens` of them (special tokens included); the text
+    /// encoder runs on them when the example is read.
+    Tokens {
+        /// Longest token sequence (the tokenizer's truncation length).
+        tokens: usize,
+        /// How ids are stored.
+        ids: TokenDtype,
+    },
 }
 
 /// What a cache holds and how it was made; two caches are interchangeable exactly when their
@@ -87,8 +150,12 @@ pub struct CacheKey {
     pub text_shape: [usize; 2],
     /// The factor latents were multiplied by before storing (0.18215 for SD's autoencoder).
     pub scaling_factor: f32,
-    /// Storage dtype of latents and text states.
+    /// Storage dtype of latents (and of text states when `text_storage` is absent).
     pub dtype: StorageDtype,
+    /// What is kept of each caption; absent: text states in `dtype` (the only layout before
+    /// token ids, so those caches keep their keys and folders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_storage: Option<TextStorage>,
 }
 
 impl CacheKey {
@@ -99,9 +166,19 @@ impl CacheKey {
         let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
             unreachable!("a struct serialises to an object")
         };
-        a.iter()
-            .filter(|(k, v)| b.get(*k) != Some(v))
-            .map(|(k, v)| format!("{k}: cache has {v}, asked for {}", b[k]))
+        // A field absent on one side (an old key's `text_storage`) shows as null.
+        let null = serde_json::Value::Null;
+        let fields: Vec<&String> = a
+            .keys()
+            .chain(b.keys().filter(|k| !a.contains_key(*k)))
+            .collect();
+        fields
+            .into_iter()
+            .filter(|k| a.get(*k) != b.get(*k))
+            .map(|k| {
+                let (x, y) = (a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null));
+                format!("{k}: cache has {x}, asked for {y}")
+            })
             .collect()
     }
 
@@ -128,6 +205,12 @@ impl CacheKey {
 
     fn text_len(&self) -> usize {
         self.text_shape.iter().product()
+    }
+
+    /// What is kept of each caption (an absent `text_storage` resolved).
+    pub fn text(&self) -> TextStorage {
+        self.text_storage
+            .unwrap_or(TextStorage::States { dtype: self.dtype })
     }
 }
 
@@ -239,8 +322,10 @@ pub struct LatentCacheWriter {
     manifest: Manifest,
     ids: Vec<String>,
     latents: Vec<u8>,
-    text_states: Vec<u8>,
-    text_mask: Vec<u8>,
+    /// Text states, or token ids padded with zeros.
+    text: Vec<u8>,
+    /// Masks, or token counts.
+    text_extent: Vec<u8>,
 }
 
 impl LatentCacheWriter {
@@ -261,6 +346,9 @@ impl LatentCacheWriter {
                 "latent shape {:?} and text shape {:?} must have no zero dimension",
                 key.latent_shape, key.text_shape
             )));
+        }
+        if let TextStorage::Tokens { tokens: 0, .. } = key.text() {
+            return Err(err("text_storage: tokens must be at least 1".into()));
         }
         std::fs::create_dir_all(dir).map_err(|e| DataError::io(dir, e))?;
         let manifest = match read_manifest(dir)? {
@@ -302,8 +390,8 @@ impl LatentCacheWriter {
             manifest,
             ids: Vec::new(),
             latents: Vec::new(),
-            text_states: Vec::new(),
-            text_mask: Vec::new(),
+            text: Vec::new(),
+            text_extent: Vec::new(),
         })
     }
 
@@ -317,8 +405,15 @@ impl LatentCacheWriter {
         self.len() == 0
     }
 
-    /// Adds one example: `latent` `[C, h, w]`, `text_states` `[L, D]`, `text_mask` `[L]`
-    /// (nonzero = real token), all row-major.
+    fn error(&self, message: String) -> DataError {
+        DataError::Cache {
+            dir: self.dir.display().to_string(),
+            message,
+        }
+    }
+
+    /// Adds one example of a cache that stores text states: `latent` `[C, h, w]`,
+    /// `text_states` `[L, D]`, `text_mask` `[L]` (nonzero = real token), all row-major.
     pub fn push(
         &mut self,
         id: &str,
@@ -327,13 +422,14 @@ impl LatentCacheWriter {
         text_mask: &[u8],
     ) -> Result<(), DataError> {
         let key = &self.manifest.key;
+        let TextStorage::States { dtype: text_dtype } = key.text() else {
+            return Err(self.error(format!(
+                "example {id:?}: this cache stores token ids (text_storage {:?}), not text states",
+                key.text()
+            )));
+        };
         let checks = [
-            (
-                "latent",
-                latent.len(),
-                key.latent_len(),
-                format!("{:?}", key.latent_shape),
-            ),
+            latent_check(key, latent),
             (
                 "text states",
                 text_states.len(),
@@ -347,21 +443,88 @@ impl LatentCacheWriter {
                 format!("[{}]", key.text_shape[0]),
             ),
         ];
-        for (what, got, want, shape) in checks {
-            if got != want {
-                return Err(DataError::Cache {
-                    dir: self.dir.display().to_string(),
-                    message: format!(
-                        "example {id:?}: {what} has {got} values, the key's shape {shape} needs {want}"
-                    ),
-                });
+        self.check_lengths(id, checks)?;
+        for (what, values, dtype) in [
+            ("latent", latent, self.manifest.key.dtype),
+            ("text states", text_states, text_dtype),
+        ] {
+            let too_big = values.iter().find(|v| v.abs() > f16::MAX.to_f32());
+            if let (StorageDtype::F16, Some(v)) = (dtype, too_big) {
+                return Err(self.error(format!(
+                    "example {id:?}: {what} value {v} is beyond f16's range (65504)"
+                )));
             }
         }
-        let dtype = key.dtype;
-        encode(latent, dtype, &mut self.latents);
-        encode(text_states, dtype, &mut self.text_states);
-        self.text_mask
+        encode(latent, self.manifest.key.dtype, &mut self.latents);
+        encode(text_states, text_dtype, &mut self.text);
+        self.text_extent
             .extend(text_mask.iter().map(|&m| (m != 0) as u8));
+        self.pushed(id)
+    }
+
+    /// Adds one example of a cache that stores token ids: `latent` `[C, h, w]` row-major and
+    /// the caption's ids (special tokens included, no padding; 1 to the key's `tokens` of
+    /// them).
+    pub fn push_tokens(
+        &mut self,
+        id: &str,
+        latent: &[f32],
+        tokens: &[u32],
+    ) -> Result<(), DataError> {
+        let key = &self.manifest.key;
+        let TextStorage::Tokens { tokens: most, ids } = key.text() else {
+            return Err(self.error(format!(
+                "example {id:?}: this cache stores text states (text_storage {:?}), not token ids",
+                key.text()
+            )));
+        };
+        self.check_lengths(id, [latent_check(key, latent)])?;
+        if tokens.is_empty() || tokens.len() > most {
+            return Err(self.error(format!(
+                "example {id:?}: {} token ids, the key's text_storage holds 1 to {most}",
+                tokens.len()
+            )));
+        }
+        if let Some(big) = tokens
+            .iter()
+            .find(|&&t| ids == TokenDtype::U16 && t > 0xffff)
+        {
+            return Err(self.error(format!(
+                "example {id:?}: token id {big} does not fit the key's u16 ids"
+            )));
+        }
+        for &t in tokens
+            .iter()
+            .chain(std::iter::repeat_n(&0, most - tokens.len()))
+        {
+            match ids {
+                TokenDtype::U16 => self.text.extend((t as u16).to_le_bytes()),
+                TokenDtype::U32 => self.text.extend(t.to_le_bytes()),
+            }
+        }
+        encode(latent, key.dtype, &mut self.latents);
+        self.text_extent.extend((tokens.len() as u32).to_le_bytes());
+        self.pushed(id)
+    }
+
+    /// Each `(what, got, want, shape)` must have `got == want`.
+    fn check_lengths<const N: usize>(
+        &self,
+        id: &str,
+        checks: [(&str, usize, usize, String); N],
+    ) -> Result<(), DataError> {
+        for (what, got, want, shape) in checks {
+            if got != want {
+                return Err(self.error(format!(
+                    "example {id:?}: {what} has {got} values, the key's shape {shape} needs {want}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a pushed example; a full shard is written.
+    fn pushed(&mut self, id: &str) -> Result<(), DataError> {
         self.ids.push(id.to_string());
         if self.ids.len() == self.shard_size {
             self.flush()?;
@@ -376,32 +539,34 @@ impl LatentCacheWriter {
             return Ok(());
         }
         let key = &self.manifest.key;
-        let dtype = key.dtype.safetensors();
         let [c, h, w] = key.latent_shape;
-        let [l, d] = key.text_shape;
+        let [
+            (text, text_dtype, text_shape),
+            (extent, extent_dtype, extent_shape),
+        ] = text_tensors(key, n);
         let tensors = [
             (
                 "latents",
                 RawTensor {
-                    dtype,
+                    dtype: key.dtype.safetensors(),
                     shape: vec![n, c, h, w],
                     data: std::mem::take(&mut self.latents),
                 },
             ),
             (
-                "text_states",
+                text,
                 RawTensor {
-                    dtype,
-                    shape: vec![n, l, d],
-                    data: std::mem::take(&mut self.text_states),
+                    dtype: text_dtype,
+                    shape: text_shape,
+                    data: std::mem::take(&mut self.text),
                 },
             ),
             (
-                "text_mask",
+                extent,
                 RawTensor {
-                    dtype: Dtype::U8,
-                    shape: vec![n, l],
-                    data: std::mem::take(&mut self.text_mask),
+                    dtype: extent_dtype,
+                    shape: extent_shape,
+                    data: std::mem::take(&mut self.text_extent),
                 },
             ),
         ];
@@ -428,12 +593,38 @@ impl LatentCacheWriter {
     }
 }
 
+/// The `(what, got, want, shape)` check of a latent's length.
+fn latent_check(key: &CacheKey, latent: &[f32]) -> (&'static str, usize, usize, String) {
+    (
+        "latent",
+        latent.len(),
+        key.latent_len(),
+        format!("{:?}", key.latent_shape),
+    )
+}
+
+/// Name, dtype and shape of a shard's two text tensors (states and mask, or token ids and
+/// counts) for `n` examples.
+fn text_tensors(key: &CacheKey, n: usize) -> [(&'static str, Dtype, Vec<usize>); 2] {
+    let [l, d] = key.text_shape;
+    match key.text() {
+        TextStorage::States { dtype } => [
+            ("text_states", dtype.safetensors(), vec![n, l, d]),
+            ("text_mask", Dtype::U8, vec![n, l]),
+        ],
+        TextStorage::Tokens { tokens, ids } => [
+            ("text_tokens", ids.safetensors(), vec![n, tokens]),
+            ("text_token_count", Dtype::U32, vec![n]),
+        ],
+    }
+}
+
 fn encode(values: &[f32], dtype: StorageDtype, out: &mut Vec<u8>) {
     match dtype {
         StorageDtype::F32 => values.iter().for_each(|v| out.extend(v.to_le_bytes())),
         StorageDtype::F16 => values
             .iter()
-            .for_each(|v| out.extend(half::f16::from_f32(*v).to_le_bytes())),
+            .for_each(|v| out.extend(f16::from_f32(*v).to_le_bytes())),
     }
 }
 
@@ -447,7 +638,7 @@ fn decode(bytes: &[u8], dtype: StorageDtype, out: &mut Vec<f32>) {
         StorageDtype::F16 => out.extend(
             bytes
                 .chunks_exact(2)
-                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()),
+                .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()),
         ),
     }
 }
@@ -458,8 +649,10 @@ struct MappedShard {
     count: usize,
     ids: Vec<String>,
     latents: std::ops::Range<usize>,
-    text_states: std::ops::Range<usize>,
-    text_mask: std::ops::Range<usize>,
+    /// Text states, or token ids.
+    text: std::ops::Range<usize>,
+    /// Masks, or token counts.
+    text_extent: std::ops::Range<usize>,
 }
 
 /// Examples read from a cache, batch-major, ready to become tensors.
@@ -469,10 +662,23 @@ pub struct CachedBatch {
     pub ids: Vec<String>,
     /// `[B, C, h, w]`.
     pub latents: Vec<f32>,
-    /// `[B, L, D]`.
-    pub text_states: Vec<f32>,
-    /// `[B, L]`, 1 for real tokens, 0 for padding.
-    pub text_mask: Vec<u8>,
+    /// Their captions, as the cache keeps them.
+    pub text: CachedText,
+}
+
+/// Captions as a cache keeps them ([`TextStorage`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum CachedText {
+    /// The text encoder's states.
+    States {
+        /// `[B, L, D]`.
+        states: Vec<f32>,
+        /// `[B, L]`, 1 for real tokens, 0 for padding.
+        mask: Vec<u8>,
+    },
+    /// Each caption's token ids (special tokens included, no padding), for the text encoder
+    /// to run on.
+    Tokens(Vec<Vec<u32>>),
 }
 
 /// A finished latent cache, opened read-only and memory-mapped.
@@ -574,26 +780,72 @@ impl LatentCache {
     /// Reads the examples at `indices` (any order, repeats allowed).
     pub fn batch(&self, indices: &[usize]) -> Result<CachedBatch, DataError> {
         let key = &self.manifest.key;
-        let (ll, tl, l) = (key.latent_len(), key.text_len(), key.text_shape[0]);
+        let ll = key.latent_len();
         let b = key.dtype.bytes();
         let mut out = CachedBatch {
             ids: Vec::with_capacity(indices.len()),
             latents: Vec::with_capacity(indices.len() * ll),
-            text_states: Vec::with_capacity(indices.len() * tl),
-            text_mask: Vec::with_capacity(indices.len() * l),
+            text: match key.text() {
+                TextStorage::States { .. } => CachedText::States {
+                    states: Vec::with_capacity(indices.len() * key.text_len()),
+                    mask: Vec::with_capacity(indices.len() * key.text_shape[0]),
+                },
+                TextStorage::Tokens { .. } => CachedText::Tokens(Vec::with_capacity(indices.len())),
+            },
         };
         for &index in indices {
             let (shard, i) = self.locate(index)?;
-            let bytes = &shard.map[..];
-            let lat = &bytes[shard.latents.clone()][i * ll * b..(i + 1) * ll * b];
-            let txt = &bytes[shard.text_states.clone()][i * tl * b..(i + 1) * tl * b];
-            let mask = &bytes[shard.text_mask.clone()][i * l..(i + 1) * l];
+            let lat = &shard.map[shard.latents.clone()][i * ll * b..(i + 1) * ll * b];
             decode(lat, key.dtype, &mut out.latents);
-            decode(txt, key.dtype, &mut out.text_states);
-            out.text_mask.extend_from_slice(mask);
+            self.read_text(shard, i, &mut out.text)?;
             out.ids.push(shard.ids[i].clone());
         }
         Ok(out)
+    }
+
+    /// Appends example `i` of `shard`'s caption to `out`.
+    fn read_text(
+        &self,
+        shard: &MappedShard,
+        i: usize,
+        out: &mut CachedText,
+    ) -> Result<(), DataError> {
+        let key = &self.manifest.key;
+        let text = &shard.map[shard.text.clone()];
+        let extent = &shard.map[shard.text_extent.clone()];
+        match (key.text(), out) {
+            (TextStorage::States { dtype }, CachedText::States { states, mask }) => {
+                let (tl, l, b) = (key.text_len(), key.text_shape[0], dtype.bytes());
+                decode(&text[i * tl * b..(i + 1) * tl * b], dtype, states);
+                mask.extend_from_slice(&extent[i * l..(i + 1) * l]);
+            }
+            (TextStorage::Tokens { tokens, ids }, CachedText::Tokens(rows)) => {
+                let count =
+                    u32::from_le_bytes(extent[i * 4..(i + 1) * 4].try_into().expect("4 bytes"));
+                let count = count as usize;
+                if count == 0 || count > tokens {
+                    return Err(DataError::Cache {
+                        dir: self.dir.display().to_string(),
+                        message: format!(
+                            "example {:?}: text_token_count {count}, expected 1 to {tokens}",
+                            shard.ids[i]
+                        ),
+                    });
+                }
+                let b = ids.bytes();
+                let row = &text[i * tokens * b..(i * tokens + count) * b];
+                rows.push(
+                    row.chunks_exact(b)
+                        .map(|c| match ids {
+                            TokenDtype::U16 => u16::from_le_bytes([c[0], c[1]]) as u32,
+                            TokenDtype::U32 => u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                        })
+                        .collect(),
+                );
+            }
+            _ => unreachable!("the batch's text follows the key"),
+        }
+        Ok(())
     }
 }
 
@@ -611,8 +863,6 @@ fn map_shard(path: &Path, count: usize, key: &CacheKey) -> Result<MappedShard, D
         .map_err(|e| err(format!("not a readable safetensors file: {e}")))?;
     let data_start = 8 + header_len;
     let [c, h, w] = key.latent_shape;
-    let [l, d] = key.text_shape;
-    let dtype = key.dtype.safetensors();
     let range = |name: &str, want_dtype: Dtype, want_shape: Vec<usize>| {
         let info = meta
             .info(name)
@@ -625,9 +875,13 @@ fn map_shard(path: &Path, count: usize, key: &CacheKey) -> Result<MappedShard, D
         }
         Ok(data_start + info.data_offsets.0..data_start + info.data_offsets.1)
     };
-    let latents = range("latents", dtype, vec![count, c, h, w])?;
-    let text_states = range("text_states", dtype, vec![count, l, d])?;
-    let text_mask = range("text_mask", Dtype::U8, vec![count, l])?;
+    let latents = range("latents", key.dtype.safetensors(), vec![count, c, h, w])?;
+    let [
+        (text, text_dtype, text_shape),
+        (extent, extent_dtype, extent_shape),
+    ] = text_tensors(key, count);
+    let text = range(text, text_dtype, text_shape)?;
+    let text_extent = range(extent, extent_dtype, extent_shape)?;
     let ids: Vec<String> = meta
         .metadata()
         .as_ref()
@@ -648,7 +902,7 @@ fn map_shard(path: &Path, count: usize, key: &CacheKey) -> Result<MappedShard, D
         count,
         ids,
         latents,
-        text_states,
-        text_mask,
+        text,
+        text_extent,
     })
 }

@@ -34,7 +34,10 @@ pub mod transform;
 pub mod webdataset;
 
 pub use batch::{Batch, BatchLoader, Cursor, LoaderConfig, Sampler};
-pub use cache::{CacheKey, CachedBatch, LatentCache, LatentCacheWriter, StorageDtype, file_sha256};
+pub use cache::{
+    CacheKey, CachedBatch, CachedText, LatentCache, LatentCacheWriter, StorageDtype, TextStorage,
+    TokenDtype, file_sha256,
+};
 pub use captioned::{Captioned, STUDY_SPLIT, load_captioned};
 pub use dataset::{Dataset, Example, Skipped, Split, SplitConfig, SplitDataset};
 pub use dreambooth::{

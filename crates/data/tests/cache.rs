@@ -5,7 +5,8 @@ use std::path::Path;
 
 use ldmscale_data::cache::{MANIFEST, Manifest};
 use ldmscale_data::{
-    CacheKey, Crop, DataError, LatentCache, LatentCacheWriter, StorageDtype, file_sha256,
+    CacheKey, CachedBatch, CachedText, Crop, DataError, LatentCache, LatentCacheWriter,
+    StorageDtype, TextStorage, TokenDtype, file_sha256,
 };
 use ldmscale_testkit::assert_mentions;
 
@@ -23,6 +24,15 @@ fn key(dtype: StorageDtype) -> CacheKey {
         text_shape: [5, 3],
         scaling_factor: 0.18215,
         dtype,
+        text_storage: None,
+    }
+}
+
+/// The states and mask of a batch read from a states cache.
+fn states(batch: &CachedBatch) -> (&[f32], &[u8]) {
+    match &batch.text {
+        CachedText::States { states, mask } => (states, mask),
+        CachedText::Tokens(_) => panic!("a states cache read back token ids"),
     }
 }
 
@@ -70,8 +80,8 @@ fn round_trip_f32_is_exact() {
     for (b, &i) in order.iter().enumerate() {
         let (l, t, m) = arrays(i);
         assert_eq!(&batch.latents[b * 64..(b + 1) * 64], &l[..]);
-        assert_eq!(&batch.text_states[b * 15..(b + 1) * 15], &t[..]);
-        assert_eq!(&batch.text_mask[b * 5..(b + 1) * 5], &m[..]);
+        assert_eq!(&states(&batch).0[b * 15..(b + 1) * 15], &t[..]);
+        assert_eq!(&states(&batch).1[b * 5..(b + 1) * 5], &m[..]);
     }
     let err = cache.batch(&[11]).unwrap_err();
     assert!(matches!(err, DataError::OutOfRange { .. }), "{err}");
@@ -98,7 +108,7 @@ fn round_trip_f16_is_close() {
         .latents
         .iter()
         .zip(&l)
-        .chain(batch.text_states.iter().zip(&t))
+        .chain(states(&batch).0.iter().zip(&t))
     {
         assert!((a - b).abs() <= b.abs() * 1e-3 + 1e-6, "{a} vs {b}");
     }
@@ -219,4 +229,145 @@ fn file_hash_is_sha256() {
         file_sha256(&f).unwrap(),
         "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
     );
+}
+
+/// Text states stored as f16 beside f32 latents: values f16 holds come back exactly, others
+/// within f16's half-ulp (2^-11 relative), and the latents stay exact.
+#[test]
+fn f16_text_states_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut k = key(StorageDtype::F32);
+    k.text_storage = Some(TextStorage::States {
+        dtype: StorageDtype::F16,
+    });
+    let exact: Vec<f32> = (0..15).map(|j| (j as f32 - 7.0) * 0.125).collect();
+    let (l, t, m) = arrays(1);
+    let mut w = LatentCacheWriter::create(dir.path(), k.clone(), 4).unwrap();
+    w.push("exact", &l, &exact, &m).unwrap();
+    w.push("rounded", &l, &t, &m).unwrap();
+    w.finish().unwrap();
+    let cache = LatentCache::open(dir.path(), &k).unwrap();
+    let batch = cache.batch(&[0, 1]).unwrap();
+    assert_eq!(&batch.latents[..64], &l[..]);
+    assert_eq!(&batch.latents[64..], &l[..]);
+    let (read, mask) = states(&batch);
+    assert_eq!(&read[..15], &exact[..]);
+    assert_eq!(&mask[5..], &m[..]);
+    for (a, b) in read[15..].iter().zip(&t) {
+        assert!((a - b).abs() <= b.abs() * 2f32.powi(-11), "{a} vs {b}");
+    }
+    assert_ne!(&read[15..], &t[..], "stored in half precision");
+    let mut big = t.clone();
+    big[3] = 7e4;
+    let mut w = LatentCacheWriter::create(&dir.path().join("big"), k, 4).unwrap();
+    let err = w.push("big", &l, &big, &m).unwrap_err().to_string();
+    assert_mentions(&err, &["\"big\"", "text states value 70000", "f16"]);
+    // The shard holds f16 states and f32 latents.
+    let bytes = std::fs::read(dir.path().join("shard-00000.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        st.tensor("text_states").unwrap().dtype(),
+        safetensors::Dtype::F16
+    );
+    assert_eq!(
+        st.tensor("latents").unwrap().dtype(),
+        safetensors::Dtype::F32
+    );
+}
+
+fn tokens_key(ids: TokenDtype) -> CacheKey {
+    let mut k = key(StorageDtype::F32);
+    k.text_storage = Some(TextStorage::Tokens { tokens: 6, ids });
+    k
+}
+
+/// Token ids come back exactly as pushed (their padding dropped), in u16 and u32, across shards.
+#[test]
+fn token_ids_round_trip() {
+    let rows: Vec<Vec<u32>> = vec![vec![2, 7, 3], vec![2, 65535, 9, 9, 1, 3], vec![5]];
+    for (ids, big) in [(TokenDtype::U16, 65535), (TokenDtype::U32, 1 << 20)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = LatentCacheWriter::create(dir.path(), tokens_key(ids), 2).unwrap();
+        let mut pushed = rows.clone();
+        pushed[1][1] = big;
+        for (i, row) in pushed.iter().enumerate() {
+            w.push_tokens(&format!("ex-{i}"), &arrays(i).0, row)
+                .unwrap();
+        }
+        w.finish().unwrap();
+        let cache = LatentCache::open(dir.path(), &tokens_key(ids)).unwrap();
+        let batch = cache.batch(&[2, 1, 0, 1]).unwrap();
+        let order = [2, 1, 0, 1];
+        let want: Vec<Vec<u32>> = order.iter().map(|&i| pushed[i].clone()).collect();
+        assert_eq!(batch.text, CachedText::Tokens(want));
+        assert_eq!(&batch.latents[64..128], &arrays(1).0[..]);
+        let bytes = std::fs::read(dir.path().join("shard-00000.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("text_tokens").unwrap().shape(), [2, 6]);
+        assert!(
+            st.tensor("text_states").is_err(),
+            "no states in a tokens cache"
+        );
+        // Another storage is another key, named.
+        let err = LatentCache::open(dir.path(), &key(StorageDtype::F32))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("text_storage"), "{err}");
+    }
+}
+
+#[test]
+fn token_ids_bad_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = LatentCacheWriter::create(dir.path(), tokens_key(TokenDtype::U16), 2).unwrap();
+    let (l, t, m) = arrays(0);
+    let err = w.push_tokens("long", &l, &[1; 7]).unwrap_err().to_string();
+    assert_mentions(&err, &["\"long\"", "7 token ids", "1 to 6"]);
+    let err = w.push_tokens("none", &l, &[]).unwrap_err().to_string();
+    assert_mentions(&err, &["\"none\"", "0 token ids"]);
+    let err = w
+        .push_tokens("big", &l, &[2, 70000])
+        .unwrap_err()
+        .to_string();
+    assert_mentions(&err, &["\"big\"", "70000", "u16"]);
+    let err = w.push("states", &l, &t, &m).unwrap_err().to_string();
+    assert_mentions(&err, &["\"states\"", "stores token ids"]);
+    let mut s =
+        LatentCacheWriter::create(&dir.path().join("s"), key(StorageDtype::F32), 2).unwrap();
+    let err = s.push_tokens("ids", &l, &[2, 3]).unwrap_err().to_string();
+    assert_mentions(&err, &["\"ids\"", "stores text states"]);
+    let mut zero = key(StorageDtype::F32);
+    zero.text_storage = Some(TextStorage::Tokens {
+        tokens: 0,
+        ids: TokenDtype::U16,
+    });
+    let err = LatentCacheWriter::create(&dir.path().join("z"), zero, 2)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("tokens must be at least 1"), "{err}");
+    assert_eq!(TokenDtype::for_vocab(49408), TokenDtype::U16);
+    assert_eq!(TokenDtype::for_vocab(65537), TokenDtype::U32);
+}
+
+/// A cache written before text storage was a choice (no `text_storage` in its key) keeps its
+/// folder name and opens as a states cache in its `dtype`.
+#[test]
+fn a_key_without_text_storage_is_the_old_layout() {
+    let k = key(StorageDtype::F32);
+    let json = serde_json::to_string(&k).unwrap();
+    assert!(!json.contains("text_storage"), "{json}");
+    assert_eq!(
+        k.dir_in(Path::new("/c")).to_string_lossy(),
+        "/c/shapes-32x32-a824e1ff8bb6ef63"
+    );
+    assert_eq!(
+        k.text(),
+        TextStorage::States {
+            dtype: StorageDtype::F32
+        }
+    );
+    let parsed: CacheKey = serde_json::from_str(&json).unwrap();
+    assert_eq!(parsed, k);
 }

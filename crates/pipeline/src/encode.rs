@@ -1,7 +1,7 @@
 //! Images to scaled latents and captions to text states.
 
 use burn::tensor::{Device, Tensor, TensorData};
-use ldmscale_model::text::{TextConditioner, TextEncoder};
+use ldmscale_model::text::{TextConditioner, TextEncoder, TextStates, TextTokenizer};
 use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig};
 
 use crate::{PipelineError, values};
@@ -85,22 +85,38 @@ pub fn encode_text(
     };
     for chunk in captions.chunks(TEXT_CHUNK) {
         let refs: Vec<&str> = chunk.iter().map(|c| c.as_str()).collect();
-        let out = text.encode(&refs, device)?;
-        let [b, l, d] = out.hidden.dims();
-        let masked = out.hidden * out.mask.clone().reshape([b, l, 1]);
-        let (h, m) = (values(masked), values(out.mask));
-        for i in 0..b {
-            for t in 0..length {
-                if t < l {
-                    let row = (i * l + t) * d;
-                    batch.states.extend_from_slice(&h[row..row + d]);
-                    batch.mask.push(m[i * l + t]);
-                } else {
-                    batch.states.extend(std::iter::repeat_n(0.0, d));
-                    batch.mask.push(0.0);
-                }
-            }
-        }
+        let (states, mask) = states_at_length(text.encode(&refs, device)?, length, device);
+        batch.states.extend(values(states));
+        batch.mask.extend(values(mask));
     }
     Ok(batch)
+}
+
+/// [`encode_text`]'s states `[B, length, D]` and mask `[B, length]`, as tensors on `device`,
+/// of captions already tokenized: each row a caption's token ids (special tokens included,
+/// unpadded), padded as `tokenizer` pads and encoded by `encoder` (the latent cache's token-id
+/// mode runs this on each training batch).
+pub fn encode_tokens(
+    tokenizer: &TextTokenizer,
+    encoder: &impl TextEncoder,
+    rows: &[Vec<u32>],
+    length: usize,
+    device: &Device,
+) -> (Tensor<3>, Tensor<2>) {
+    let tokens = tokenizer.pad(rows);
+    states_at_length(encoder.encode(&tokens, device), length, device)
+}
+
+/// An encoder's output as the UNet reads it: states zero at padding, cut or zero-padded to
+/// `length` tokens, beside the mask likewise.
+fn states_at_length(out: TextStates, length: usize, device: &Device) -> (Tensor<3>, Tensor<2>) {
+    let [b, l, d] = out.hidden.dims();
+    let masked = out.hidden * out.mask.clone().reshape([b, l, 1]);
+    if l >= length {
+        return (masked.narrow(1, 0, length), out.mask.narrow(1, 0, length));
+    }
+    (
+        Tensor::cat(vec![masked, Tensor::zeros([b, length - l, d], device)], 1),
+        Tensor::cat(vec![out.mask, Tensor::zeros([b, length - l], device)], 1),
+    )
 }

@@ -14,7 +14,7 @@ mod lcm;
 mod super_res;
 
 pub use denoiser::UNetDenoiser;
-pub use encode::{TextBatch, encode_images, encode_text};
+pub use encode::{TextBatch, encode_images, encode_text, encode_tokens};
 pub use error::PipelineError;
 pub use generate::{Generated, LatentDiffusion, SamplingSpec, generate_batch};
 pub use lcm::LcmDenoiser;

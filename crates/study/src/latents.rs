@@ -1,16 +1,25 @@
-//! The study's training set on disk: the first stage's latents and the text encoder's states in
-//! a [`LatentCache`], written once and read by every width's training (and by a resumed study,
-//! which then encodes nothing).
+//! The study's training set on disk: the first stage's latents and the text encoder's states
+//! (or the captions' token ids, for a large encoder) in a [`LatentCache`], written once and read
+//! by every width's training (and by a resumed study, which then encodes nothing). A token-id
+//! cache runs the frozen text encoder on each batch as it is read, on the batch's device, in
+//! [`CachedTrainingData::text`]: the one place every reader of the cache's text goes through.
 
 use std::path::Path;
+use std::sync::Mutex;
 
+use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
-use ldmscale_data::{CacheKey, Captioned, CaptionedSet, DataError, LatentCache, LatentCacheWriter};
+use ldmscale_data::{
+    CacheKey, CachedText, Captioned, CaptionedSet, DataError, LatentCache, LatentCacheWriter,
+};
+use ldmscale_model::text::{TextModel, TextTokenizer};
+use ldmscale_pipeline::encode_tokens;
 use ldmscale_train::TrainingData;
 
-/// Encoded examples `start..start + count`: latents `[count, C, h, w]`, text states
-/// `[count, L, D]`, masks `[count, L]` (non-zero = real token).
-pub type EncodedChunk = (Vec<f32>, Vec<f32>, Vec<u8>);
+/// Encoded examples `start..start + count`: latents `[count, C, h, w]`, and the captions as the
+/// cache keeps them (states `[count, L, D]` with masks `[count, L]`, non-zero = real token; or
+/// each caption's token ids).
+pub type EncodedChunk = (Vec<f32>, CachedText);
 
 /// How [`open_or_build`] got its cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,38 +79,62 @@ pub fn open_or_build(
     if let CacheOrigin::Built { resumed_at } = &mut origin {
         *resumed_at = done;
     }
-    let [c, h, w] = key.latent_shape;
-    let [l, d] = key.text_shape;
     let mut start = done;
     while start < count {
         let n = chunk.min(count - start);
-        let (latents, states, mask) = encode(start, n)?;
-        if latents.len() != n * c * h * w || states.len() != n * l * d || mask.len() != n * l {
-            return Err(format!(
-                "{}: the encoder returned {} latent, {} text and {} mask values for {n} examples of {:?} / {:?}",
-                dir.display(),
-                latents.len(),
-                states.len(),
-                mask.len(),
-                key.latent_shape,
-                key.text_shape
-            ));
-        }
-        for i in 0..n {
-            writer
-                .push(
-                    &(start + i).to_string(),
-                    &latents[i * c * h * w..(i + 1) * c * h * w],
-                    &states[i * l * d..(i + 1) * l * d],
-                    &mask[i * l..(i + 1) * l],
-                )
-                .map_err(|e| e.to_string())?;
-        }
+        let (latents, text) = encode(start, n)?;
+        push_chunk(&mut writer, dir, key, start, n, &latents, &text)?;
         start += n;
     }
     writer.finish().map_err(|e| e.to_string())?;
     let cache = LatentCache::open(dir, key).map_err(|e| e.to_string())?;
     Ok((cache, origin))
+}
+
+/// Stores examples `start..start + n`, checking that the encoder returned `n` of each.
+fn push_chunk(
+    writer: &mut LatentCacheWriter,
+    dir: &Path,
+    key: &CacheKey,
+    start: usize,
+    n: usize,
+    latents: &[f32],
+    text: &CachedText,
+) -> Result<(), String> {
+    let [c, h, w] = key.latent_shape;
+    let [l, d] = key.text_shape;
+    let ll = c * h * w;
+    let (text_ok, text_count) = match text {
+        CachedText::States { states, mask } => (
+            states.len() == n * l * d && mask.len() == n * l,
+            format!("{} text and {} mask values", states.len(), mask.len()),
+        ),
+        CachedText::Tokens(rows) => (rows.len() == n, format!("{} token rows", rows.len())),
+    };
+    if latents.len() != n * ll || !text_ok {
+        return Err(format!(
+            "{}: the encoder returned {} latent values and {text_count} for {n} examples of {:?} / {:?}",
+            dir.display(),
+            latents.len(),
+            key.latent_shape,
+            key.text_shape
+        ));
+    }
+    for i in 0..n {
+        let id = (start + i).to_string();
+        let latent = &latents[i * ll..(i + 1) * ll];
+        match text {
+            CachedText::States { states, mask } => writer.push(
+                &id,
+                latent,
+                &states[i * l * d..(i + 1) * l * d],
+                &mask[i * l..(i + 1) * l],
+            ),
+            CachedText::Tokens(rows) => writer.push_tokens(&id, latent, &rows[i]),
+        }
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 /// [`open_or_build`] over `set`, read in order by one stream opened where the build stands (past
@@ -132,6 +165,20 @@ pub fn open_or_build_streamed(
     })
 }
 
+/// Each caption's token ids as `tokenizer` makes them (special tokens included, padding cut).
+pub fn token_rows(tokenizer: &TextTokenizer, captions: &[String]) -> Result<Vec<Vec<u32>>, String> {
+    let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let tokens = tokenizer.tokenize(&refs).map_err(|e| e.to_string())?;
+    Ok((0..tokens.batch)
+        .map(|i| {
+            let mask = &tokens.mask[i * tokens.len..(i + 1) * tokens.len];
+            // The mask is a prefix of ones: the tokenizer pads on the right.
+            let real = mask.iter().filter(|&&m| m != 0).count();
+            tokens.row(i)[..real].to_vec()
+        })
+        .collect())
+}
+
 /// A latent cache seen as training data, with the null caption's states beside it.
 pub struct CachedTrainingData {
     /// The cache.
@@ -140,6 +187,84 @@ pub struct CachedTrainingData {
     pub null: Vec<f32>,
     /// What a checkpoint records as its data.
     pub key: String,
+    /// The frozen text encoder, for a cache of token ids (None for a cache of states).
+    pub encoder: Option<TextEncoding>,
+}
+
+/// The frozen text encoder a token-id cache's batches are encoded by, on each device a batch
+/// is asked for (a copy per device, made at the first batch there).
+pub struct TextEncoding {
+    tokenizer: TextTokenizer,
+    copies: Mutex<Vec<(Device, TextModel)>>,
+}
+
+impl TextEncoding {
+    /// `encoder` (on `device`) over ids padded as `tokenizer` pads.
+    pub fn new(tokenizer: TextTokenizer, encoder: TextModel, device: &Device) -> Self {
+        TextEncoding {
+            tokenizer,
+            copies: Mutex::new(vec![(device.clone(), encoder)]),
+        }
+    }
+
+    /// States `[B, length, D]` and mask `[B, length]` of captions' token ids, on `device`.
+    fn encode(&self, rows: &[Vec<u32>], length: usize, device: &Device) -> (Tensor<3>, Tensor<2>) {
+        let encoder = {
+            let mut copies = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+            match copies.iter().find(|(d, _)| d == device) {
+                Some((_, e)) => e.clone(),
+                None => {
+                    let moved = copies[0].1.clone().to_device(device);
+                    copies.push((device.clone(), moved.clone()));
+                    moved
+                }
+            }
+        };
+        encode_tokens(&self.tokenizer, &encoder, rows, length, device)
+    }
+}
+
+impl CachedTrainingData {
+    /// Latents `[B, C, h, w]`, text states `[B, L, D]` and mask `[B, L]` of examples
+    /// `indices`: the states as stored, or (a token-id cache) encoded now on `device`.
+    pub fn read(
+        &self,
+        indices: &[usize],
+        device: &Device,
+    ) -> Result<(Tensor<4>, Tensor<3>, Tensor<2>), String> {
+        let b = self.cache.batch(indices).map_err(|e| e.to_string())?;
+        let [c, h, w] = self.latent_shape();
+        let [l, d] = self.context_shape();
+        let n = indices.len();
+        let latents = Tensor::from_data(TensorData::new(b.latents, [n, c, h, w]), device);
+        let (states, mask) = match (b.text, &self.encoder) {
+            (CachedText::States { states, mask }, _) => {
+                let mask: Vec<f32> = mask.iter().map(|&m| m as f32).collect();
+                (
+                    Tensor::from_data(TensorData::new(states, [n, l, d]), device),
+                    Tensor::from_data(TensorData::new(mask, [n, l]), device),
+                )
+            }
+            (CachedText::Tokens(rows), Some(encoder)) => encoder.encode(&rows, l, device),
+            (CachedText::Tokens(_), None) => {
+                return Err(format!(
+                    "the latent cache of {} holds token ids, and no text encoder was given to encode them",
+                    self.key
+                ));
+            }
+        };
+        Ok((latents, states, mask))
+    }
+
+    /// Text states `[B, L, D]` and mask `[B, L]` of examples `indices` (see [`Self::read`]).
+    pub fn text(
+        &self,
+        indices: &[usize],
+        device: &Device,
+    ) -> Result<(Tensor<3>, Tensor<2>), String> {
+        self.read(indices, device)
+            .map(|(_, states, mask)| (states, mask))
+    }
 }
 
 impl TrainingData for CachedTrainingData {
@@ -153,14 +278,8 @@ impl TrainingData for CachedTrainingData {
         self.cache.key().text_shape
     }
     fn batch(&self, indices: &[usize], device: &Device) -> Result<(Tensor<4>, Tensor<3>), String> {
-        let b = self.cache.batch(indices).map_err(|e| e.to_string())?;
-        let [c, h, w] = self.latent_shape();
-        let [l, d] = self.context_shape();
-        let n = indices.len();
-        Ok((
-            Tensor::from_data(TensorData::new(b.latents, [n, c, h, w]), device),
-            Tensor::from_data(TensorData::new(b.text_states, [n, l, d]), device),
-        ))
+        self.read(indices, device)
+            .map(|(latents, states, _)| (latents, states))
     }
     fn null_context(&self, device: &Device) -> Tensor<3> {
         let [l, d] = self.context_shape();
@@ -174,7 +293,10 @@ impl TrainingData for CachedTrainingData {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ldmscale_data::{Crop, StorageDtype};
+    use ldmscale_data::{Crop, StorageDtype, TextStorage, TokenDtype};
+    use ldmscale_model::text::{TextConditioner, TextEncoder, TinyTextSpec, tiny_text_conditioner};
+    use ldmscale_pipeline::{encode_text, values};
+    use ldmscale_train::{TrainConfig, checkpoint, train};
 
     fn key(resolution: u32, vae_hash: &str) -> CacheKey {
         CacheKey {
@@ -190,6 +312,7 @@ mod tests {
             text_shape: [3, 2],
             scaling_factor: 1.0,
             dtype: StorageDtype::F32,
+            text_storage: None,
         }
     }
 
@@ -202,7 +325,8 @@ mod tests {
                     .flat_map(|i| std::iter::repeat_n(i as f32, per))
                     .collect::<Vec<f32>>()
             };
-            Ok((v(8), v(6), vec![1u8; n * 3]))
+            let mask = vec![1u8; n * 3];
+            Ok((v(8), CachedText::States { states: v(6), mask }))
         }
     }
 
@@ -218,6 +342,7 @@ mod tests {
             cache,
             null: vec![0.0; 6],
             key: "k".into(),
+            encoder: None,
         };
         let (l, t) = data.batch(&[7, 2], &Device::flex()).unwrap();
         assert_eq!(l.dims(), [2, 2, 2, 2]);
@@ -253,7 +378,14 @@ mod tests {
                 .flat_map(|image| image[..k].to_vec())
                 .collect()
         };
-        Ok((take(8), take(6), vec![1u8; part.len() * 3]))
+        let mask = vec![1u8; part.len() * 3];
+        Ok((
+            take(8),
+            CachedText::States {
+                states: take(6),
+                mask,
+            },
+        ))
     }
 
     /// A streamed build abandoned midway (the encoder fails on its second chunk, after a stray
@@ -284,6 +416,178 @@ mod tests {
             open_or_build_streamed(fresh_dir.path(), &key(16, "a"), &set, 4, pixels).unwrap();
         let all: Vec<usize> = (0..10).collect();
         assert_eq!(resumed.batch(&all).unwrap(), fresh.batch(&all).unwrap());
+    }
+
+    /// Captions of varied lengths and a tiny text encoder over their words.
+    fn captions_and_encoder() -> (Vec<String>, TextConditioner) {
+        let captions: Vec<String> = [
+            "a red circle",
+            "a big blue square on the left of a small green triangle",
+            "green",
+            "two red squares",
+            "a blue triangle above a red circle",
+            "a small circle",
+            "a red square on the right",
+            "blue",
+        ]
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+        let spec = TinyTextSpec {
+            min_count: 1,
+            ..TinyTextSpec::default()
+        };
+        let conditioner = tiny_text_conditioner(&captions, &spec, &Device::flex()).unwrap();
+        (captions, conditioner)
+    }
+
+    /// The training data of `captions` with fixed latents, their text kept as `storage`.
+    fn cached(
+        dir: &Path,
+        captions: &[String],
+        text: &TextConditioner,
+        storage: Option<TextStorage>,
+    ) -> CachedTrainingData {
+        let device = Device::flex();
+        let length = text.encoder.max_positions().min(32);
+        let mut k = key(16, "a");
+        k.latent_shape = [4, 8, 8];
+        k.text_shape = [length, text.encoder.hidden_size()];
+        k.text_storage = storage;
+        let (cache, _) = open_or_build(dir, &k, captions.len(), 3, |start, n| {
+            let latents = (start * 256..(start + n) * 256)
+                .map(|i| ((i as f32) * 0.37).sin())
+                .collect();
+            let part = &captions[start..start + n];
+            let text = match k.text() {
+                TextStorage::Tokens { .. } => {
+                    CachedText::Tokens(token_rows(&text.tokenizer, part)?)
+                }
+                TextStorage::States { .. } => {
+                    let s = encode_text(text, part, length, &device).map_err(|e| e.to_string())?;
+                    let mask = s.mask.iter().map(|&m| (m > 0.5) as u8).collect();
+                    CachedText::States {
+                        states: s.states,
+                        mask,
+                    }
+                }
+            };
+            Ok((latents, text))
+        })
+        .unwrap();
+        let null = encode_text(text, &[String::new()], length, &device).unwrap();
+        let encoder = matches!(k.text(), TextStorage::Tokens { .. })
+            .then(|| TextEncoding::new(text.tokenizer.clone(), text.encoder.clone(), &device));
+        CachedTrainingData {
+            cache,
+            null: null.states,
+            key: "captions".into(),
+            encoder,
+        }
+    }
+
+    fn token_ids(text: &TextConditioner) -> Option<TextStorage> {
+        Some(TextStorage::Tokens {
+            tokens: text.tokenizer.max_length(),
+            ids: TokenDtype::U16,
+        })
+    }
+
+    fn train_config(steps: u64) -> TrainConfig {
+        TrainConfig::from_toml(
+            &format!(
+                "steps = {steps}\nbatch_size = 2\nlearning_rate = 1e-3\nwarmup_steps = 1\n\
+                 checkpoint_every = 2\nkeep_last = 2\n[model]\nfamily = \"small\"\nwidth = 8\n\
+                 heads = 2\nnorm_groups = 4\n"
+            ),
+            "test",
+        )
+        .unwrap()
+    }
+
+    fn losses(run: &Path) -> Vec<f64> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    /// Token ids encoded as batches are read give the states a states cache stored (to float
+    /// rounding: a batch pads to its own longest caption), and a run trained from either has
+    /// the same losses to 1e-5.
+    #[test]
+    fn training_from_token_ids_matches_training_from_states() {
+        let (captions, text) = captions_and_encoder();
+        let dir = tempfile::tempdir().unwrap();
+        let states = cached(&dir.path().join("s"), &captions, &text, None);
+        let ids = cached(&dir.path().join("t"), &captions, &text, token_ids(&text));
+        let device = Device::flex();
+        let pick = [1, 2, 7, 4];
+        let (sl, ss, sm) = states.read(&pick, &device).unwrap();
+        let (il, is, im) = ids.read(&pick, &device).unwrap();
+        assert_eq!(values(sl), values(il));
+        assert_eq!(values(sm), values(im));
+        let (a, b) = (values(ss), values(is));
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max);
+        assert!(worst <= 1e-5, "states differ by {worst}");
+
+        let (run_s, run_i) = (dir.path().join("run-s"), dir.path().join("run-i"));
+        train(&train_config(4), &states, &run_s, &device, false).unwrap();
+        train(&train_config(4), &ids, &run_i, &device, false).unwrap();
+        let (ls, li) = (losses(&run_s), losses(&run_i));
+        assert_eq!(ls.len(), 4);
+        eprintln!("token ids vs states: states {worst:e} apart at most; losses {ls:?} vs {li:?}");
+        for (x, y) in ls.iter().zip(&li) {
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+                "losses {ls:?} vs {li:?}"
+            );
+        }
+    }
+
+    /// A run from a token-id cache stopped after a checkpoint and resumed ends with the same
+    /// bits as one run straight through.
+    #[test]
+    fn a_token_id_run_resumes_bit_identically() {
+        let (captions, text) = captions_and_encoder();
+        let dir = tempfile::tempdir().unwrap();
+        let ids = cached(&dir.path().join("t"), &captions, &text, token_ids(&text));
+        let device = Device::flex();
+        let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
+        let a = train(&train_config(4), &ids, &straight, &device, false).unwrap();
+        train(&train_config(2), &ids, &split, &device, false).unwrap();
+        let resumed = train(&train_config(4), &ids, &split, &device, false).unwrap();
+        assert_eq!(resumed.steps_run, 2, "resumed from step 2");
+        assert_eq!(a.state, resumed.state);
+        let last = |run: &Path| {
+            let (_, dir) = checkpoint::list(run).pop().expect("a checkpoint");
+            std::fs::read(dir.join("optimizer.safetensors")).unwrap()
+        };
+        assert_eq!(last(&straight), last(&split));
+        assert_eq!(losses(&straight), losses(&split));
+    }
+
+    /// A token-id cache read without an encoder is an error, not states of zeros.
+    #[test]
+    fn token_ids_without_an_encoder_are_refused() {
+        let (captions, text) = captions_and_encoder();
+        let dir = tempfile::tempdir().unwrap();
+        let mut ids = cached(dir.path(), &captions, &text, token_ids(&text));
+        ids.encoder = None;
+        let err = ids.read(&[0], &Device::flex()).err().unwrap();
+        assert!(
+            err.contains("holds token ids") && err.contains("captions"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -136,8 +136,14 @@ impl TextTokenizer {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        Ok(self.pad(&rows))
+    }
+
+    /// Rows of token ids (special tokens included, unpadded) padded as [`tokenize`](Self::tokenize)
+    /// pads them: to the longest row or to `max_length`.
+    pub fn pad(&self, rows: &[Vec<u32>]) -> TokenBatch {
         let pad_to = (self.padding == Padding::MaxLength).then_some(self.max_length);
-        Ok(TokenBatch::from_rows(&rows, self.pad_id, pad_to))
+        TokenBatch::from_rows(rows, self.pad_id, pad_to)
     }
 
     /// Vocabulary size, added tokens included.

@@ -72,6 +72,65 @@ impl FromStr for TextEncoderSpec {
     }
 }
 
+/// Whether the latent cache keeps the text encoder's states of each caption, or its token ids
+/// (the frozen encoder then runs on every batch read from the cache).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CacheTextStates {
+    /// States while all of them fit [`CACHED_TEXT_STATES_BUDGET`]: in f32 when f32 fits (every
+    /// study before this choice existed), else f16; token ids when neither fits.
+    #[default]
+    Auto,
+    /// States: f32 within the budget, else f16.
+    Yes,
+    /// Token ids.
+    No,
+}
+
+/// Bytes the latent cache may spend on text states under `cache_text_states = "auto"`
+/// (64 GiB: the paper's 600M captions of CLIP states are ~40 TB in f16, so they are kept as
+/// token ids; every CPU-sized study keeps f32 states).
+pub const CACHED_TEXT_STATES_BUDGET: u64 = 64 << 30;
+
+impl CacheTextStates {
+    /// True for the default.
+    pub fn is_auto(&self) -> bool {
+        *self == CacheTextStates::Auto
+    }
+}
+
+// TOML spelling: "auto", true or false.
+impl Serialize for CacheTextStates {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CacheTextStates::Auto => s.serialize_str("auto"),
+            CacheTextStates::Yes => s.serialize_bool(true),
+            CacheTextStates::No => s.serialize_bool(false),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CacheTextStates {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Spelling {
+            Bool(bool),
+            Text(String),
+        }
+        let expected = "expected \"auto\", true or false";
+        match Spelling::deserialize(d)
+            .map_err(|_| serde::de::Error::custom(format!("cache_text_states: {expected}")))?
+        {
+            Spelling::Bool(true) => Ok(CacheTextStates::Yes),
+            Spelling::Bool(false) => Ok(CacheTextStates::No),
+            Spelling::Text(t) if t == "auto" => Ok(CacheTextStates::Auto),
+            Spelling::Text(t) => Err(serde::de::Error::custom(format!(
+                "cache_text_states = {t:?}: {expected}"
+            ))),
+        }
+    }
+}
+
 /// What FID is computed on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -235,6 +294,12 @@ pub struct StudyConfig {
     /// initialised and frozen: no asset needed), "minilm" (all-MiniLM-L6-v2 from the asset
     /// cache), "dir:DIR" or "clip:DIR" (a transformers directory).
     pub text_encoder: TextEncoderSpec,
+    /// What the latent cache keeps of each training caption: "auto" (the default: the text
+    /// encoder's states while all of them fit 64 GiB, in f32, else in f16; else token ids),
+    /// true (states, f16 past 64 GiB) or false (token ids: the frozen encoder runs on every
+    /// training batch, and the cache holds a few bytes per token instead of a state).
+    #[serde(default, skip_serializing_if = "CacheTextStates::is_auto")]
+    pub cache_text_states: CacheTextStates,
     /// Model family layout: "small" or "paper".
     pub family: Family,
     /// Base widths to train.
@@ -463,6 +528,7 @@ mod presets {
                 steps: 300,
             },
             text_encoder: TextEncoderSpec::TinyRandom,
+            cache_text_states: CacheTextStates::Auto,
             family: Family::Small,
             widths: vec![8, 16, 24, 32],
             heads: 4,
@@ -600,6 +666,7 @@ mod presets {
                 path: "sd-vae".into(),
             },
             text_encoder: TextEncoderSpec::Clip("text_encoder".into()),
+            cache_text_states: CacheTextStates::Auto,
             family: Family::Paper,
             widths: vec![64, 96, 128, 160, 192, 224, 256, 288, 320, 512, 768],
             heads: 8,
@@ -684,6 +751,39 @@ mod tests {
                 .unwrap_err()
                 .contains("resolutoin")
         );
+    }
+
+    /// cache_text_states reads "auto", true and false, is left out of the TOML when "auto"
+    /// (so older configs and their fingerprints are unchanged), and names itself when wrong.
+    #[test]
+    fn cache_text_states_spellings() {
+        let tiny = StudyConfig::preset("tiny").unwrap().to_toml();
+        assert!(!tiny.contains("cache_text_states"), "{tiny}");
+        let with = |value: &str| {
+            let text = tiny.replacen(
+                "resolution = ",
+                &format!("cache_text_states = {value}\nresolution = "),
+                1,
+            );
+            StudyConfig::from_toml(&text, "s.toml")
+        };
+        for (value, want) in [
+            ("\"auto\"", CacheTextStates::Auto),
+            ("true", CacheTextStates::Yes),
+            ("false", CacheTextStates::No),
+        ] {
+            let c = with(value).unwrap();
+            assert_eq!(c.cache_text_states, want, "{value}");
+            assert_eq!(StudyConfig::from_toml(&c.to_toml(), "s.toml").unwrap(), c);
+        }
+        for (value, named) in [("\"yes\"", "\"yes\""), ("3", "cache_text_states")] {
+            let err = with(value).unwrap_err();
+            assert!(
+                err.contains("cache_text_states") && err.contains(named),
+                "{err}"
+            );
+            assert!(err.contains("expected \"auto\", true or false"), "{err}");
+        }
     }
 
     /// The inputs that passed `--dry-run` and failed after the family trained: all

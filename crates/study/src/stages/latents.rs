@@ -4,8 +4,11 @@
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
-use ldmscale_data::{CacheKey, Crop, StorageDtype, file_sha256};
+use ldmscale_data::{
+    CacheKey, CachedText, Crop, StorageDtype, TextStorage, TokenDtype, file_sha256,
+};
 use ldmscale_model::UNet;
+use ldmscale_model::text::TextTokenizer;
 use ldmscale_model::text::bert::TRANSFORMERS_WEIGHTS_FILE;
 use ldmscale_model::weights::WEIGHTS_FILE;
 use ldmscale_pipeline::{LatentDiffusion, TextBatch, encode_images, encode_text};
@@ -13,11 +16,13 @@ use ldmscale_pipeline::{LatentDiffusion, TextBatch, encode_images, encode_text};
 use super::data::{self, Splits};
 use super::first_stage::{self, FirstStageModel};
 use super::text::{self, TextModel};
-use crate::config::{FirstStage, StudyConfig};
+use crate::config::{CACHED_TEXT_STATES_BUDGET, CacheTextStates, FirstStage, StudyConfig};
 use crate::context::StudyContext;
 use crate::error::StudyError;
 use crate::fingerprint::Fingerprint;
-use crate::latents::{CacheOrigin, CachedTrainingData, open_or_build_streamed};
+use crate::latents::{
+    CacheOrigin, CachedTrainingData, TextEncoding, open_or_build_streamed, token_rows,
+};
 use crate::stage::Stage;
 
 /// The cache's directory in the study.
@@ -48,12 +53,42 @@ pub struct LatentsStage<'a> {
     pub text: &'a TextModel,
 }
 
-/// What the encoded set depends on.
+/// What the encoded set depends on (`cache_text_states` only when set, so that studies from
+/// before it keep their fingerprints; "auto"'s choice follows from the encoder and the data).
 pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
-    Fingerprint::of(
-        "latents",
-        &(first_stage::fingerprint(config), text::fingerprint(config)),
-    )
+    let upstream = (first_stage::fingerprint(config), text::fingerprint(config));
+    match config.cache_text_states {
+        CacheTextStates::Auto => Fingerprint::of("latents", &upstream),
+        choice => Fingerprint::of("latents", &(upstream, choice)),
+    }
+}
+
+/// What the cache keeps of each of `examples` captions whose states are `[L, D]` (absent: f32
+/// states, the layout of every cache before the choice): "auto" keeps states while all of them
+/// fit [`CACHED_TEXT_STATES_BUDGET`], in f32 when f32 fits, else f16, and token ids when even
+/// f16 does not; true keeps states (f16 past the budget); false keeps token ids, as many as
+/// `tokenizer` keeps of a caption.
+pub fn text_storage(
+    choice: CacheTextStates,
+    examples: usize,
+    [l, d]: [usize; 2],
+    tokenizer: &TextTokenizer,
+) -> Option<TextStorage> {
+    let f32_bytes = (l * d * 4) as u64 * examples as u64;
+    let states = match choice {
+        CacheTextStates::Auto => f32_bytes / 2 <= CACHED_TEXT_STATES_BUDGET,
+        CacheTextStates::Yes => true,
+        CacheTextStates::No => false,
+    };
+    if !states {
+        return Some(TextStorage::Tokens {
+            tokens: tokenizer.max_length(),
+            ids: TokenDtype::for_vocab(tokenizer.vocab_size()),
+        });
+    }
+    (f32_bytes > CACHED_TEXT_STATES_BUDGET).then_some(TextStorage::States {
+        dtype: StorageDtype::F16,
+    })
 }
 
 impl Stage for LatentsStage<'_> {
@@ -82,15 +117,7 @@ impl Stage for LatentsStage<'_> {
             tracing::info!("encoding {} training images and captions", part.len());
             let f = self.first;
             let latents = encode_images(&f.vae, &f.config, &part.images, res, &cx.device);
-            let states = encode_text(
-                &self.text.conditioner,
-                &part.captions,
-                self.text.length,
-                &cx.device,
-            )
-            .map_err(|e| e.to_string())?;
-            let mask = states.mask.iter().map(|&m| (m > 0.5) as u8).collect();
-            Ok((latents, states.states, mask))
+            Ok((latents, self.encode_captions(&key, &part.captions, cx)?))
         })
         .map_err(StudyError::stage(Self::NAME))?;
         if let CacheOrigin::Rebuilt { mismatch } = &origin {
@@ -171,6 +198,32 @@ impl LatentsStage<'_> {
             text_shape: [self.text.length, self.text.width],
             scaling_factor: self.first.config.scaling_factor as f32,
             dtype: StorageDtype::F32,
+            text_storage: text_storage(
+                c.cache_text_states,
+                self.data.train.len(),
+                [self.text.length, self.text.width],
+                &self.text.conditioner.tokenizer,
+            ),
+        })
+    }
+
+    /// Captions as the cache keeps them: the encoder's states and masks, or token ids.
+    fn encode_captions(
+        &self,
+        key: &CacheKey,
+        captions: &[String],
+        cx: &StudyContext,
+    ) -> Result<CachedText, String> {
+        let t = &self.text.conditioner;
+        if let TextStorage::Tokens { .. } = key.text() {
+            return token_rows(&t.tokenizer, captions).map(CachedText::Tokens);
+        }
+        let states =
+            encode_text(t, captions, self.text.length, &cx.device).map_err(|e| e.to_string())?;
+        let mask = states.mask.iter().map(|&m| (m > 0.5) as u8).collect();
+        Ok(CachedText::States {
+            states: states.states,
+            mask,
         })
     }
 
@@ -191,8 +244,13 @@ impl LatentsStage<'_> {
         let null = encode_text(&t.conditioner, &[String::new()], t.length, &cx.device)?;
         let c = cx.config;
         let source = c.train_source().map_err(StudyError::Config)?;
+        let encoder = matches!(cache.key().text(), TextStorage::Tokens { .. }).then(|| {
+            let t = &self.text.conditioner;
+            TextEncoding::new(t.tokenizer.clone(), t.encoder.clone(), &cx.device)
+        });
         let train = CachedTrainingData {
             cache,
+            encoder,
             null: null.states.clone(),
             // As before the cache, so checkpoints of earlier runs still resume.
             key: format!(
@@ -206,5 +264,57 @@ impl LatentsStage<'_> {
             val_text,
             null,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ldmscale_model::text::word_tokenizer;
+
+    use super::*;
+
+    /// The tiny preset's latents fingerprint as it was before `cache_text_states` ("auto"
+    /// adds nothing), so an existing study keeps its cache and everything trained from it; a
+    /// value set explicitly is part of it.
+    #[test]
+    fn cache_text_states_changes_the_fingerprint_only_when_set() {
+        let mut tiny = StudyConfig::preset("tiny").unwrap();
+        assert_eq!(fingerprint(&tiny).as_str(), "676c3b87be636aa1");
+        let auto = fingerprint(&tiny);
+        tiny.cache_text_states = CacheTextStates::No;
+        let ids = fingerprint(&tiny);
+        tiny.cache_text_states = CacheTextStates::Yes;
+        assert!(auto != ids && ids != fingerprint(&tiny) && auto != fingerprint(&tiny));
+    }
+
+    /// "auto" keeps f32 states while they fit the budget, f16 when only f16 fits, token ids
+    /// beyond; true and false force states or ids.
+    #[test]
+    fn text_storage_is_chosen_by_size() {
+        let tokenizer = word_tokenizer(&["a red circle", "a blue square"], 4096, 1, 32).unwrap();
+        let ids = Some(TextStorage::Tokens {
+            tokens: 32,
+            ids: TokenDtype::U16,
+        });
+        let f16 = Some(TextStorage::States {
+            dtype: StorageDtype::F16,
+        });
+        let tiny = [32, 64]; // 8 KiB of f32 states a caption
+        let clip = [32, 1024];
+        let rule = |choice, examples, shape| text_storage(choice, examples, shape, &tokenizer);
+        use CacheTextStates::{Auto, No, Yes};
+        assert_eq!(
+            rule(Auto, 2048, tiny),
+            None,
+            "the tiny preset: f32 states as before"
+        );
+        assert_eq!(rule(Auto, 8 << 20, tiny), None, "64 GiB of f32 states");
+        assert_eq!(rule(Auto, (8 << 20) + 1, tiny), f16);
+        assert_eq!(rule(Auto, 16 << 20, tiny), f16, "64 GiB of f16 states");
+        assert_eq!(rule(Auto, (16 << 20) + 1, tiny), ids);
+        assert_eq!(rule(Auto, 600_000_000, clip), ids, "the paper");
+        assert_eq!(rule(Yes, 600_000_000, clip), f16);
+        assert_eq!(rule(Yes, 10, clip), None);
+        assert_eq!(rule(No, 10, tiny), ids);
     }
 }
