@@ -8,14 +8,15 @@
 # latent cache's bytes per example.
 # Short runs of the later stages (first stage 20 steps); their memory, not their quality, is
 # what is measured. One run per row, this machine; compare rows of one run only.
-# Usage: bench/data_rss.sh   (SIZES="10000 100000", KEEP=1 keeps the work folder)
+# Usage: bench/data_rss.sh   (SIZES="10000 100000", STAGES="data first-stage ..." a leading part
+# of the stage list, KEEP=1 keeps the work folder)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cargo build --release -q -p ldmscale-bench --bin wds-gen --manifest-path "$root/Cargo.toml"
 cargo build --release -q -p ldmscale-cli --bin ldmscale --manifest-path "$root/Cargo.toml"
 bin="${CARGO_TARGET_DIR:-$root/target}/release"
 sizes="${SIZES:-10000 100000}"
-stages="data first-stage text-encoder latents evaluator"
+stages="${STAGES:-data first-stage text-encoder latents evaluator}"
 work="$(mktemp -d)"
 [ -n "${KEEP:-}" ] || trap 'rm -rf "$work"' EXIT
 
@@ -81,6 +82,7 @@ for n in $sizes; do
     rss[$stage,$n]="$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/time.txt")"
   done
   cache="$work/$n/study/latents/train"
+  [ -d "$cache" ] || continue
   bytes="$(find "$cache" -name '*.safetensors' -printf '%s\n' | awk '{s += $1} END {print s}')"
   echo "N=$n: latent cache $bytes bytes of shards, $((bytes / n)) bytes per example" \
     "($(du -sb "$cache" | cut -f1) bytes with the manifest)"
