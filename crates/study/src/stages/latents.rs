@@ -23,7 +23,7 @@ use crate::fingerprint::Fingerprint;
 use crate::latents::{
     CacheOrigin, CachedTrainingData, TextEncoding, open_or_build_streamed, token_rows,
 };
-use crate::stage::Stage;
+use crate::stage::{Estimate, Stage};
 
 /// The cache's directory in the study.
 pub const DIR: &str = "latents/train";
@@ -74,21 +74,61 @@ pub fn text_storage(
     [l, d]: [usize; 2],
     tokenizer: &TextTokenizer,
 ) -> Option<TextStorage> {
+    match states_dtype(choice, examples, [l, d]) {
+        None => Some(TextStorage::Tokens {
+            tokens: tokenizer.max_length(),
+            ids: TokenDtype::for_vocab(tokenizer.vocab_size()),
+        }),
+        Some(StorageDtype::F32) => None,
+        Some(dtype) => Some(TextStorage::States { dtype }),
+    }
+}
+
+/// [`text_storage`]'s choice before the tokenizer: the dtype states are kept in, or None for
+/// token ids.
+pub fn states_dtype(
+    choice: CacheTextStates,
+    examples: usize,
+    [l, d]: [usize; 2],
+) -> Option<StorageDtype> {
     let f32_bytes = (l * d * 4) as u64 * examples as u64;
     let states = match choice {
         CacheTextStates::Auto => f32_bytes / 2 <= CACHED_TEXT_STATES_BUDGET,
         CacheTextStates::Yes => true,
         CacheTextStates::No => false,
     };
-    if !states {
-        return Some(TextStorage::Tokens {
-            tokens: tokenizer.max_length(),
-            ids: TokenDtype::for_vocab(tokenizer.vocab_size()),
-        });
-    }
-    (f32_bytes > CACHED_TEXT_STATES_BUDGET).then_some(TextStorage::States {
-        dtype: StorageDtype::F16,
+    let fits = f32_bytes <= CACHED_TEXT_STATES_BUDGET;
+    states.then_some(if fits {
+        StorageDtype::F32
+    } else {
+        StorageDtype::F16
     })
+}
+
+/// The dry run's line on what the cache keeps of each caption.
+pub fn estimate(config: &StudyConfig, text_shape: [usize; 2]) -> Estimate {
+    let kept = match states_dtype(config.cache_text_states, config.train_examples, text_shape) {
+        Some(StorageDtype::F32) => "text states in f32".to_string(),
+        Some(StorageDtype::F16) => "text states in f16".to_string(),
+        None => "token ids; the text encoder runs on every training batch (its compute is not in \
+                 the training GFLOPs below)"
+            .to_string(),
+    };
+    Estimate {
+        lines: vec![format!(
+            "latent cache: {kept} (cache_text_states = {})",
+            toml_value(config.cache_text_states)
+        )],
+        ..Estimate::default()
+    }
+}
+
+fn toml_value(choice: CacheTextStates) -> &'static str {
+    match choice {
+        CacheTextStates::Auto => "\"auto\"",
+        CacheTextStates::Yes => "true",
+        CacheTextStates::No => "false",
+    }
 }
 
 impl Stage for LatentsStage<'_> {
@@ -316,5 +356,18 @@ mod tests {
         assert_eq!(rule(Yes, 600_000_000, clip), f16);
         assert_eq!(rule(Yes, 10, clip), None);
         assert_eq!(rule(No, 10, tiny), ids);
+    }
+
+    #[test]
+    fn the_dry_run_says_what_the_cache_keeps() {
+        let line = |c: &StudyConfig| estimate(c, [32, 1024]).lines.join("\n");
+        let tiny = StudyConfig::preset("tiny").unwrap();
+        let said = line(&tiny);
+        assert!(
+            said.contains("text states in f32") && said.contains("\"auto\""),
+            "{said}"
+        );
+        let said = line(&StudyConfig::preset("paper").unwrap());
+        assert!(said.contains("token ids"), "{said}");
     }
 }
