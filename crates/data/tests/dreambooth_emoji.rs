@@ -334,7 +334,7 @@ fn renders_are_pinned() {
         .collect();
     assert_eq!(
         digest,
-        "c2e18ef8868cd59fa71571de6c7290950e804e6c6337d1f6647d4bce9cdd1b60"
+        "45c3fe61c22473aacdc0478f242026acb4dcb15811ea0eef000ce3a927606228"
     );
 }
 

@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use ldmscale_data::DatasetSpec;
-use ldmscale_data::dreambooth::{SubjectSet, evaluation_prompts};
+use ldmscale_data::dreambooth::{DreamBoothSubjects, SubjectDomain};
 use serde::{Deserialize, Serialize};
 
 use super::StudyConfig;
@@ -20,8 +20,13 @@ use super::StudyConfig;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DreamBoothConfig {
-    /// Subjects of the standard set (`striped-circle`, `checkered-square`, `dotted-hexagon`,
-    /// `two-tone-diamond`), by name; empty: all.
+    /// The subjects' domain: `shapes` (patterned shapes) or `emoji` (emoji the training set
+    /// leaves out by file); unset: emoji when the study trains on `emoji`, else shapes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<SubjectDomain>,
+    /// Subjects of the domain's standard set by name (shapes: `striped-circle`,
+    /// `checkered-square`, `dotted-hexagon`, `two-tone-diamond`; emoji: `cat-face`,
+    /// `sparkling-heart`, `moon-face`, `halo-face`); empty: all.
     #[serde(default)]
     pub subjects: Vec<String>,
     /// Widths finetuned; empty: every width of the study.
@@ -64,6 +69,7 @@ impl DreamBoothConfig {
     /// CI: one subject on one width, a few steps.
     pub fn tiny() -> Self {
         DreamBoothConfig {
+            domain: None,
             subjects: vec!["striped-circle".into()],
             widths: vec![8],
             instances: 4,
@@ -100,6 +106,7 @@ impl DreamBoothConfig {
     /// images at 50 steps and CFG 7.5, all 25 prompts x 4 samples.
     pub fn paper() -> Self {
         DreamBoothConfig {
+            domain: None,
             subjects: Vec::new(),
             widths: Vec::new(),
             instances: 5,
@@ -118,14 +125,39 @@ impl DreamBoothConfig {
         }
     }
 
-    /// The subject set the section names (all standard subjects when `subjects` is empty).
-    pub fn subject_names(&self) -> Vec<String> {
-        let all = SubjectSet::standard();
+    /// The subjects' domain: `domain`, else emoji when the study trains on `emoji`, else
+    /// shapes.
+    pub fn domain(&self, config: &StudyConfig) -> SubjectDomain {
+        let trains_on_emoji = config
+            .train_source()
+            .is_ok_and(|t| matches!(t.spec, DatasetSpec::Emoji { .. }));
+        match (self.domain, trains_on_emoji) {
+            (Some(domain), _) => domain,
+            (None, true) => SubjectDomain::Emoji,
+            (None, false) => SubjectDomain::Shapes,
+        }
+    }
+
+    /// The subjects the section names (all of its domain's standard subjects when `subjects`
+    /// is empty).
+    pub fn subject_names(&self, config: &StudyConfig) -> Vec<String> {
         if self.subjects.is_empty() {
-            all.subjects().iter().map(|s| s.name.clone()).collect()
+            let standard = self.domain(config).standard();
+            standard.into_iter().map(|(name, _)| name).collect()
         } else {
             self.subjects.clone()
         }
+    }
+
+    /// The domain's standard subjects (emoji: over the fetched `emoji` asset).
+    pub fn open_subjects(
+        &self,
+        config: &StudyConfig,
+    ) -> Result<Box<dyn DreamBoothSubjects>, crate::error::StudyError> {
+        let domain = self.domain(config);
+        domain.open().map_err(|e| {
+            crate::error::StudyError::Config(format!("dreambooth ({domain} subjects): {e}"))
+        })
     }
 
     /// The widths finetuned, in the study's order.
@@ -149,22 +181,23 @@ pub fn problems(c: &StudyConfig) -> Vec<String> {
     };
     let mut p = Vec::new();
     let mut add = |field: &str, message: String| p.push(format!("dreambooth.{field}: {message}"));
-    if let Ok(train) = c.train_source()
-        && !matches!(train.spec, DatasetSpec::Shapes(_))
-    {
-        add(
-            "dataset",
-            format!(
-                "the subjects are shapes with patterns; {} {} cannot name them (use shapes \
-                 or drop [dreambooth])",
-                train.field, train.spec
-            ),
-        );
+    let domain = d.domain(c);
+    if let Ok(train) = c.train_source() {
+        for (field, message) in domain_problems(c, domain, train) {
+            add(&field, message);
+        }
     }
-    let known = SubjectSet::standard();
+    let known = domain.standard();
     for (i, name) in d.subjects.iter().enumerate() {
-        if let Err(e) = known.get(name) {
-            add(&format!("subjects[{i}]"), e.to_string());
+        if !known.iter().any(|(k, _)| k == name) {
+            let names: Vec<&str> = known.iter().map(|(k, _)| k.as_str()).collect();
+            add(
+                &format!("subjects[{i}]"),
+                format!(
+                    "{name:?}: no such subject of the {domain} domain (known: {})",
+                    names.join(", ")
+                ),
+            );
         }
     }
     for (i, w) in d.widths.iter().enumerate() {
@@ -184,7 +217,7 @@ pub fn problems(c: &StudyConfig) -> Vec<String> {
     range("class_images", d.class_images as u64, 1, 4096);
     range("steps", d.steps, 1, 10_000_000);
     range("batch_size", d.batch_size as u64, 1, 4096);
-    let prompts = evaluation_prompts(&known.subjects()[0]).len() as u64;
+    let prompts = domain.prompt_count() as u64;
     range("prompts", d.prompts as u64, 1, prompts);
     range("samples_per_prompt", d.samples_per_prompt as u64, 2, 64);
     range("sample_steps", d.sample_steps as u64, 1, 1000);
@@ -211,6 +244,65 @@ pub fn problems(c: &StudyConfig) -> Vec<String> {
         }
     }
     p
+}
+
+/// The domain against the training data: shapes subjects need a `shapes` study, emoji
+/// subjects an `emoji` one that leaves every chosen subject's file out; (field, message).
+fn domain_problems(
+    c: &StudyConfig,
+    domain: SubjectDomain,
+    train: super::DataSource,
+) -> Vec<(String, String)> {
+    let d = c.dreambooth.as_ref().expect("a [dreambooth] section");
+    let on = format!("{} = {}", train.field, train.spec);
+    match (domain, train.spec) {
+        (SubjectDomain::Shapes, DatasetSpec::Shapes(_)) => Vec::new(),
+        (SubjectDomain::Shapes, DatasetSpec::Emoji { .. }) => vec![(
+            "domain".into(),
+            format!(
+                "shapes subjects on an emoji study ({on}): its captions cannot name shapes; \
+                 set domain = \"emoji\" or leave it out"
+            ),
+        )],
+        (SubjectDomain::Shapes, _) => vec![(
+            "dataset".into(),
+            format!(
+                "the subjects are shapes with patterns; {on} cannot name them (use shapes, \
+                 emoji for emoji subjects, or drop [dreambooth])"
+            ),
+        )],
+        (SubjectDomain::Emoji, DatasetSpec::Emoji { exclude }) => {
+            let names = d.subject_names(c);
+            let files: Vec<&str> = (names.iter())
+                .filter_map(|n| SubjectDomain::emoji_file(n))
+                .collect();
+            let kept = names.iter().enumerate().filter_map(|(i, name)| {
+                let file = SubjectDomain::emoji_file(name)?;
+                (!exclude.iter().any(|f| f == file)).then(|| {
+                    let message = format!(
+                        "emoji subject {name:?} ({file}) is in the training set, so its \
+                         caption names it; leave the subjects out: {} = \"emoji:exclude={}\"",
+                        train.field,
+                        files.join(",")
+                    );
+                    (format!("subjects[{i}]"), message)
+                })
+            });
+            let mut out: Vec<(String, String)> = kept.collect();
+            if d.subjects.is_empty()
+                && let Some((_, message)) = out.first().cloned()
+            {
+                out = vec![("subjects".into(), message)];
+            }
+            out
+        }
+        (SubjectDomain::Emoji, _) => vec![(
+            "domain".into(),
+            format!(
+                "emoji subjects need an emoji study (dataset = \"emoji:exclude=...\"), not {on}"
+            ),
+        )],
+    }
 }
 
 #[cfg(test)]
@@ -242,6 +334,83 @@ mod tests {
         let mut c = StudyConfig::preset("tiny").unwrap();
         c.dataset = Some("mnist".parse().unwrap());
         assert!(c.validate().unwrap_err().contains("dreambooth.dataset"));
+    }
+
+    /// The tiny preset on emoji with the DreamBooth subject `subjects`.
+    fn emoji_study(dataset: &str, subjects: &[&str]) -> StudyConfig {
+        let mut c = StudyConfig::preset("tiny").unwrap();
+        c.dataset = Some(dataset.parse().unwrap());
+        let d = c.dreambooth.as_mut().unwrap();
+        d.subjects = subjects.iter().map(|s| s.to_string()).collect();
+        c
+    }
+
+    const ALL_OUT: &str = "emoji:exclude=1f638.png,1f496.png,1f31d.png,1f607.png";
+
+    #[test]
+    fn an_emoji_study_gets_emoji_subjects_left_out_of_its_training_set() {
+        let c = emoji_study(ALL_OUT, &["cat-face"]);
+        let d = c.dreambooth.as_ref().unwrap();
+        assert_eq!(d.domain(&c), SubjectDomain::Emoji);
+        let problems = problems(&c);
+        assert!(problems.is_empty(), "{problems:?}");
+        let all = emoji_study(ALL_OUT, &[]);
+        let names = all.dreambooth.as_ref().unwrap().subject_names(&all);
+        assert_eq!(
+            names,
+            ["cat-face", "sparkling-heart", "moon-face", "halo-face"]
+        );
+        let tiny = StudyConfig::preset("tiny").unwrap();
+        assert_eq!(
+            tiny.dreambooth.as_ref().unwrap().domain(&tiny),
+            SubjectDomain::Shapes
+        );
+        // `domain` round-trips through TOML and is left out when unset.
+        let mut explicit = c.clone();
+        explicit.dreambooth.as_mut().unwrap().domain = Some(SubjectDomain::Emoji);
+        let text = explicit.to_toml();
+        assert!(text.contains("domain = \"emoji\""), "{text}");
+        assert_eq!(StudyConfig::from_toml(&text, "t").unwrap(), explicit);
+        assert!(!tiny.to_toml().contains("\ndomain = "));
+    }
+
+    #[test]
+    fn mismatched_domains_and_kept_subjects_are_named() {
+        let cases = [
+            (
+                emoji_study("emoji", &["cat-face"]),
+                "dreambooth.subjects[0]: emoji subject \"cat-face\" (1f638.png) is in the \
+                 training set",
+            ),
+            (
+                emoji_study("emoji:exclude=1f638.png", &[]),
+                "dataset = \"emoji:exclude=1f638.png,1f496.png,1f31d.png,1f607.png\"",
+            ),
+            (
+                emoji_study(ALL_OUT, &["striped-circle"]),
+                "dreambooth.subjects[0]: \"striped-circle\": no such subject of the emoji domain \
+                 (known: cat-face, sparkling-heart, moon-face, halo-face)",
+            ),
+        ];
+        for (c, want) in cases {
+            let err = c.validate().unwrap_err();
+            assert!(err.contains(want), "want {want:?} in:\n{err}");
+        }
+        let mut shapes_on_emoji = emoji_study(ALL_OUT, &["striped-circle"]);
+        shapes_on_emoji.dreambooth.as_mut().unwrap().domain = Some(SubjectDomain::Shapes);
+        let err = shapes_on_emoji.validate().unwrap_err();
+        assert!(
+            err.contains("dreambooth.domain: shapes subjects on an emoji study"),
+            "{err}"
+        );
+        let mut emoji_on_shapes = StudyConfig::preset("tiny").unwrap();
+        let d = emoji_on_shapes.dreambooth.as_mut().unwrap();
+        (d.domain, d.subjects) = (Some(SubjectDomain::Emoji), vec!["cat-face".into()]);
+        let err = emoji_on_shapes.validate().unwrap_err();
+        assert!(
+            err.contains("dreambooth.domain: emoji subjects need an emoji study"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use ldmscale_data::Image;
-use ldmscale_data::dreambooth::{EvalPrompt, Subject, SubjectSet, evaluation_prompts};
+use ldmscale_data::dreambooth::{DreamBoothSubjects, EvalPrompt, SubjectInfo};
 use ldmscale_eval::RgbImage;
 use ldmscale_eval::clip::ClipModel;
 use ldmscale_eval::dino::DinoModel;
@@ -26,8 +26,8 @@ pub const VARIANTS: usize = 4;
 
 /// What one subject is scored against, independent of the model.
 pub struct SubjectInputs {
-    /// The subject.
-    pub subject: Subject,
+    /// The subject's name, identifier and prompts.
+    pub subject: SubjectInfo,
     /// Its classifier and that classifier's held-out accuracy.
     pub classifier: (SubjectClassifier, f64),
     /// Evaluation prompts used, each repeated `samples_per_prompt` times (rows of generation).
@@ -36,7 +36,7 @@ pub struct SubjectInputs {
     pub real_features: (Vec<f32>, usize),
     /// In-domain CLIP embeddings of the held-out renders.
     pub real_clip: Vec<f32>,
-    /// FID features of real class images (plain shapes of its kind).
+    /// FID features of real class images (plain shapes of its kind; other emoji of its class).
     pub real_class_features: Vec<f32>,
     /// Text states of the generation rows: subject prompts, class twins.
     pub states: (Tensor<3>, Tensor<3>),
@@ -144,13 +144,13 @@ impl Scorer<'_> {
     /// The model-independent inputs of subject `name`.
     pub fn subject_inputs(
         &self,
-        set: &SubjectSet,
+        set: &dyn DreamBoothSubjects,
         name: &str,
     ) -> Result<SubjectInputs, StudyError> {
         let (c, res) = (self.config, self.resolution);
-        let subject = set.get(name)?.clone();
+        let subject = set.info(name)?;
         let classifier = classifier::for_subject(set, name, CLASSIFIER_IMAGES, res, c.seed)?;
-        let all = evaluation_prompts(&subject);
+        let all = set.prompts(name)?;
         let prompts: Vec<EvalPrompt> = c
             .prompt_indices(all.len())
             .into_iter()

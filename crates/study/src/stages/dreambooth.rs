@@ -2,14 +2,16 @@
 //! of the `[dreambooth]` section with one recipe, without and with prior preservation (class
 //! images generated once by the base width), then sampled on the subject's evaluation prompts
 //! and their class twins with the same noise for every width, and scored
-//! ([`crate::dreambooth`]). One cell per (width, prior) pools every subject's images.
+//! ([`crate::dreambooth`]). One cell per (width, prior) pools every subject's images. The
+//! subjects are the section's domain's ([`ldmscale_data::dreambooth::DreamBoothSubjects`]):
+//! patterned shapes on a `shapes` study, left-out emoji on an `emoji` one.
 
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::{Int, Tensor};
 use ldmscale_data::Image;
-use ldmscale_data::dreambooth::SubjectSet;
+use ldmscale_data::dreambooth::DreamBoothSubjects;
 use ldmscale_eval::{GaussianStats, frechet_distance};
 use ldmscale_model::weights::{load_unet, write_atomic};
 use ldmscale_model::{UNet, UNetConfig};
@@ -247,22 +249,22 @@ impl Stage for DreamBoothStage<'_> {
 
     fn run(&self, cx: &StudyContext) -> Result<DreamBoothResults, StudyError> {
         let d = section(cx)?;
-        let set = SubjectSet::standard();
+        let set = d.open_subjects(cx.config)?;
+        let set = set.as_ref();
         let reference = ReferenceModels::load(d, &cx.device)?;
         let scorer = self.scorer(cx, d, &reference);
         let mut inputs = Vec::new();
-        for name in d.subject_names() {
-            inputs.push(scorer.subject_inputs(&set, &name)?);
+        for name in d.subject_names(cx.config) {
+            inputs.push(scorer.subject_inputs(set, &name)?);
         }
         if let Some(task) = cx.array_task(Self::NAME) {
-            return self.train_share(cx, (d, &set), &inputs, task);
+            return self.train_share(cx, (d, set), &inputs, task);
         }
         let mut store = Store::open(&sweep::store_path(cx))?;
-        let mut rows = vec![self.instance_row(cx, d, &set, &inputs[0])?];
+        let mut rows = vec![self.instance_row(cx, d, set, &inputs[0])?];
         let mut fidelity = Vec::new();
         for w in d.finetuned_widths(cx.config) {
-            let (width_rows, scores) =
-                self.width(cx, (d, &set, &scorer), w, &inputs, &mut store)?;
+            let (width_rows, scores) = self.width(cx, (d, set, &scorer), w, &inputs, &mut store)?;
             rows.extend(width_rows);
             fidelity.push((w, scores));
         }
@@ -302,7 +304,7 @@ impl DreamBoothStage<'_> {
     fn train_share(
         &self,
         cx: &StudyContext,
-        (d, set): (&DreamBoothConfig, &SubjectSet),
+        (d, set): (&DreamBoothConfig, &dyn DreamBoothSubjects),
         inputs: &[SubjectInputs],
         (i, n): (usize, usize),
     ) -> Result<DreamBoothResults, StudyError> {
@@ -331,7 +333,7 @@ impl DreamBoothStage<'_> {
     fn width(
         &self,
         cx: &StudyContext,
-        (d, set, scorer): (&DreamBoothConfig, &SubjectSet, &Scorer),
+        (d, set, scorer): (&DreamBoothConfig, &dyn DreamBoothSubjects, &Scorer),
         width: usize,
         inputs: &[SubjectInputs],
         store: &mut Store,
@@ -382,7 +384,7 @@ impl DreamBoothStage<'_> {
     fn finetune(
         &self,
         cx: &StudyContext,
-        (d, set): (&DreamBoothConfig, &SubjectSet),
+        (d, set): (&DreamBoothConfig, &dyn DreamBoothSubjects),
         width: usize,
         subject: &SubjectInputs,
         prior: bool,
@@ -437,7 +439,7 @@ impl DreamBoothStage<'_> {
         (_, base): (&UNetConfig, &UNet),
     ) -> Result<InMemory, StudyError> {
         let request = ClassImageRequest {
-            prompt: subject.subject.class_prompt(),
+            prompt: subject.subject.class_prompt.clone(),
             count: d.class_images,
             sampling: self.scorer(cx, d, &ReferenceModels::default()).sampling(),
         };
@@ -536,7 +538,7 @@ impl DreamBoothStage<'_> {
         &self,
         cx: &StudyContext,
         d: &DreamBoothConfig,
-        set: &SubjectSet,
+        set: &dyn DreamBoothSubjects,
         first: &SubjectInputs,
     ) -> Result<Image, StudyError> {
         let res = cx.config.resolution as u32;
@@ -621,7 +623,7 @@ fn results(
     Ok(DreamBoothResults {
         cells,
         fig6: Vec::new(),
-        subjects: d.subject_names(),
+        subjects: d.subject_names(cx.config),
         learning_rate: d.learning_rate,
         paired: Vec::new(),
     })
@@ -639,7 +641,7 @@ pub fn estimate(config: &StudyConfig, gflops: &[f64]) -> Estimate {
     let Some(d) = &config.dreambooth else {
         return Estimate::default();
     };
-    let subjects = d.subject_names().len() as f64;
+    let subjects = d.subject_names(config).len() as f64;
     let per_sample = d.sample_steps as f64 * if d.cfg > 1.0 { 2.0 } else { 1.0 };
     let rows = (d.prompts * d.samples_per_prompt) as f64;
     let mut e = Estimate::default();
@@ -657,7 +659,7 @@ pub fn estimate(config: &StudyConfig, gflops: &[f64]) -> Estimate {
         "\ndreambooth: widths {:?} x subjects {:?} x (no prior, prior), {} steps of batch {} \
          at lr {}; {} class images; {} prompts x {} samples at {} DDIM steps, CFG {}",
         d.finetuned_widths(config),
-        d.subject_names(),
+        d.subject_names(config),
         d.steps,
         d.batch_size,
         d.learning_rate,
@@ -691,6 +693,11 @@ mod tests {
         without.dreambooth = None;
         assert_ne!(text::fingerprint(&without), text::fingerprint(&tiny));
         assert_eq!(text::reserved_words(&tiny), ["sks", "zwx", "qlv", "bnq"]);
+        // The tiny study's encoder as before the emoji domain, and a section without `domain`
+        // hashes as before (the field is left out), so its directories resume.
+        assert_eq!(text::fingerprint(&tiny).as_str(), "336929b45d6bb4eb");
+        let section = serde_json::to_value(tiny.dreambooth.as_ref().unwrap()).unwrap();
+        assert!(section.get("domain").is_none(), "{section}");
     }
 
     #[test]

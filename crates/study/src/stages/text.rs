@@ -54,16 +54,17 @@ pub fn fingerprint(config: &StudyConfig) -> Fingerprint {
 }
 
 /// Words the tiny encoder reserves beyond the captions': every standard DreamBooth subject's
-/// identifier (else they would all be `[UNK]`), whichever subjects the section picks, so that
-/// changing the pick does not change the encoder and retrain the family.
+/// identifier of the section's domain (else they would all be `[UNK]`), whichever subjects
+/// the section picks, so that changing the pick does not change the encoder and retrain the
+/// family.
 pub fn reserved_words(config: &StudyConfig) -> Vec<String> {
-    let (Some(_), TextEncoderSpec::TinyRandom) = (&config.dreambooth, &config.text_encoder) else {
+    let (Some(d), TextEncoderSpec::TinyRandom) = (&config.dreambooth, &config.text_encoder) else {
         return Vec::new();
     };
-    let set = ldmscale_data::dreambooth::SubjectSet::standard();
-    set.subjects()
-        .iter()
-        .map(|s| s.identifier.clone())
+    let standard = d.domain(config).standard();
+    standard
+        .into_iter()
+        .map(|(_, identifier)| identifier)
         .collect()
 }
 
