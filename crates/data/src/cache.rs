@@ -26,9 +26,17 @@
 //! Every file is written atomically, and the manifest is rewritten after each shard, so an
 //! interrupted encoding resumes at the last whole shard ([`LatentCacheWriter::create`] then
 //! reports how many examples are already stored).
+//!
+//! A cache can also be built in parts, by several processes at once: each writes a contiguous
+//! range of examples ([`split_ranges`], bounds on shard multiples) as a cache of its own in
+//! [`range_dir`] (`range-START-END/` inside the cache folder, resumable like any cache), and
+//! [`LatentCache::join`] indexes the finished ranges in one manifest whose shards are theirs
+//! (`range-.../shard-00000.safetensors`): the same examples, ids and shard bytes as one process
+//! writes. A range that is missing or unfinished is never indexed.
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use ldmscale_model::weights::write_atomic;
@@ -212,6 +220,48 @@ impl CacheKey {
         self.text_storage
             .unwrap_or(TextStorage::States { dtype: self.dtype })
     }
+}
+
+/// `count` examples in `parts` contiguous ranges, each a whole number of `shard_size` shards
+/// (the last range ends at `count`), as even as whole shards allow; with more parts than
+/// shards, some are empty.
+pub fn split_ranges(count: usize, shard_size: usize, parts: usize) -> Vec<Range<usize>> {
+    let shards = count.div_ceil(shard_size.max(1));
+    let parts = parts.max(1);
+    let bound = |i: usize| (i * shards / parts * shard_size).min(count);
+    (0..parts).map(|i| bound(i)..bound(i + 1)).collect()
+}
+
+/// The folder, inside cache folder `dir`, of the part of a cache holding examples `range`.
+pub fn range_dir(dir: &Path, range: &Range<usize>) -> PathBuf {
+    dir.join(format!(
+        "{RANGE_PREFIX}{:012}-{:012}",
+        range.start, range.end
+    ))
+}
+
+const RANGE_PREFIX: &str = "range-";
+
+/// The ranges of examples whose part folders ([`range_dir`]) are in `dir`, by start.
+pub fn ranges_in(dir: &Path) -> Result<Vec<Range<usize>>, DataError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(DataError::io(dir, e)),
+    };
+    let mut ranges = Vec::new();
+    for entry in entries {
+        let name = entry.map_err(|e| DataError::io(dir, e))?.file_name();
+        let bounds = name.to_str().and_then(|n| n.strip_prefix(RANGE_PREFIX));
+        let parsed = bounds
+            .and_then(|b| b.split_once('-'))
+            .and_then(|(a, b)| Some(a.parse::<usize>().ok()?..b.parse::<usize>().ok()?));
+        if let Some(range) = parsed.filter(|r| r.start < r.end) {
+            ranges.push(range);
+        }
+    }
+    ranges.sort_by_key(|r| (r.start, r.end));
+    Ok(ranges)
 }
 
 /// The SHA-256 of a file as lower-case hex, for [`CacheKey`]'s encoder hashes.
@@ -702,6 +752,80 @@ impl LatentCache {
             });
         }
         Ok(cache)
+    }
+
+    /// Indexes the finished part caches of `dir` ([`range_dir`]), which must hold examples
+    /// `0..count` between them with no gap or overlap, each built with `key`, as one cache
+    /// (its manifest written atomically last) and opens it. A range missing, unfinished, built
+    /// with another key or holding other than its examples is an error naming it, and nothing
+    /// is indexed.
+    pub fn join(dir: &Path, key: &CacheKey, count: usize) -> Result<Self, DataError> {
+        let err = |message: String| DataError::Cache {
+            dir: dir.display().to_string(),
+            message,
+        };
+        let mut manifest = Manifest {
+            format: FORMAT.into(),
+            version: VERSION,
+            key: key.clone(),
+            complete: true,
+            count: 0,
+            shards: Vec::new(),
+        };
+        for range in ranges_in(dir)? {
+            let part = range_dir(dir, &range);
+            let name = part.file_name().expect("a range folder").to_string_lossy();
+            if range.start != manifest.count {
+                return Err(err(format!(
+                    "{name} starts at example {}, the ranges before end at {}: {}",
+                    range.start,
+                    manifest.count,
+                    if range.start > manifest.count {
+                        "a gap"
+                    } else {
+                        "an overlap"
+                    }
+                )));
+            }
+            let m = read_manifest(&part)?
+                .ok_or_else(|| err(format!("{name} has no {MANIFEST}: never started")))?;
+            let problem = if m.key != *key {
+                Some(format!(
+                    "was built for another key ({})",
+                    m.key.differences(key).join("; ")
+                ))
+            } else if !m.complete {
+                Some(format!(
+                    "is unfinished ({} of {} examples)",
+                    m.count,
+                    range.len()
+                ))
+            } else if m.count != range.len() {
+                Some(format!(
+                    "holds {} examples for a range of {}",
+                    m.count,
+                    range.len()
+                ))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                return Err(err(format!("{name} {problem}; build it again")));
+            }
+            manifest.shards.extend(m.shards.iter().map(|s| ShardEntry {
+                file: format!("{name}/{}", s.file),
+                count: s.count,
+            }));
+            manifest.count = range.end;
+        }
+        if manifest.count != count {
+            return Err(err(format!(
+                "the ranges hold examples 0..{}, {count} are needed",
+                manifest.count
+            )));
+        }
+        write_manifest(dir, &manifest)?;
+        Self::open(dir, key)
     }
 
     /// Opens the cache in `dir` whatever its key (to inspect it).

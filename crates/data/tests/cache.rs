@@ -6,7 +6,7 @@ use std::path::Path;
 use ldmscale_data::cache::{MANIFEST, Manifest};
 use ldmscale_data::{
     CacheKey, CachedBatch, CachedText, Crop, DataError, LatentCache, LatentCacheWriter,
-    StorageDtype, TextStorage, TokenDtype, file_sha256,
+    StorageDtype, TextStorage, TokenDtype, file_sha256, range_dir, split_ranges,
 };
 use ldmscale_testkit::assert_mentions;
 
@@ -370,4 +370,139 @@ fn a_key_without_text_storage_is_the_old_layout() {
     );
     let parsed: CacheKey = serde_json::from_str(&json).unwrap();
     assert_eq!(parsed, k);
+}
+
+/// Examples `range` written as a part cache of `dir`, as one array task does.
+fn fill_range(dir: &Path, range: std::ops::Range<usize>, shard: usize) {
+    let mut w =
+        LatentCacheWriter::create(&range_dir(dir, &range), key(StorageDtype::F32), shard).unwrap();
+    for i in range {
+        let (l, t, m) = arrays(i);
+        w.push(&format!("ex-{i}"), &l, &t, &m).unwrap();
+    }
+    w.finish().unwrap();
+}
+
+/// The shard files of a cache, in order, as bytes.
+fn shard_bytes(dir: &Path) -> Vec<Vec<u8>> {
+    let text = std::fs::read_to_string(dir.join(MANIFEST)).unwrap();
+    let m: Manifest = serde_json::from_str(&text).unwrap();
+    m.shards
+        .iter()
+        .map(|s| std::fs::read(dir.join(&s.file)).unwrap())
+        .collect()
+}
+
+#[test]
+fn ranges_are_whole_shards() {
+    let one = split_ranges(10, 4, 1);
+    assert_eq!((one.len(), one[0].clone()), (1, 0..10));
+    assert_eq!(split_ranges(10, 4, 2), [0..4, 4..10]);
+    assert_eq!(split_ranges(10, 4, 3), [0..4, 4..8, 8..10]);
+    assert_eq!(split_ranges(10, 4, 5), [0..0, 0..4, 4..4, 4..8, 8..10]);
+    assert_eq!(split_ranges(1000, 256, 3), [0..256, 256..512, 512..1000]);
+    assert_eq!(split_ranges(0, 256, 2), [0..0, 0..0]);
+}
+
+/// A cache built in 2 or 3 ranges (out of order, as array tasks finish) and joined reads like
+/// the one-process cache: the same ids and values, and the same shard bytes in order.
+#[test]
+fn a_cache_built_in_ranges_joins_to_the_one_process_cache() {
+    let whole = tempfile::tempdir().unwrap();
+    fill(whole.path(), key(StorageDtype::F32), 11, 2);
+    let one = LatentCache::open(whole.path(), &key(StorageDtype::F32)).unwrap();
+    let all: Vec<usize> = (0..11).collect();
+    for parts in [2, 3] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ranges = split_ranges(11, 2, parts);
+        ranges.reverse();
+        for r in ranges.into_iter().filter(|r| !r.is_empty()) {
+            fill_range(dir.path(), r, 2);
+        }
+        let joined = LatentCache::join(dir.path(), &key(StorageDtype::F32), 11).unwrap();
+        assert_eq!(joined.len(), 11);
+        assert_eq!(
+            joined.batch(&all).unwrap(),
+            one.batch(&all).unwrap(),
+            "{parts} parts"
+        );
+        assert_eq!(
+            shard_bytes(dir.path()),
+            shard_bytes(whole.path()),
+            "{parts} parts"
+        );
+        // Reopened later like any cache.
+        let again = LatentCache::open(dir.path(), &key(StorageDtype::F32)).unwrap();
+        assert_eq!(again.batch(&[10, 3]).unwrap(), one.batch(&[10, 3]).unwrap());
+    }
+}
+
+/// A missing, unfinished or foreign range is named, and nothing is indexed.
+#[test]
+fn a_join_refuses_gaps_and_unfinished_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = key(StorageDtype::F32);
+    fill_range(dir.path(), 0..4, 2);
+    fill_range(dir.path(), 8..11, 2);
+    let err = LatentCache::join(dir.path(), &k, 11)
+        .err()
+        .unwrap()
+        .to_string();
+    assert_mentions(
+        &err,
+        &[
+            "range-000000000008-000000000011",
+            "starts at example 8",
+            "gap",
+        ],
+    );
+    assert!(
+        !dir.path().join(MANIFEST).exists(),
+        "a failed join indexed something"
+    );
+
+    // A range killed midway (one whole shard of two written) is unfinished, and resumes.
+    let middle = range_dir(dir.path(), &(4..8));
+    let mut w = LatentCacheWriter::create(&middle, k.clone(), 2).unwrap();
+    for i in 4..7 {
+        let (l, t, m) = arrays(i);
+        w.push(&format!("ex-{i}"), &l, &t, &m).unwrap();
+    }
+    drop(w);
+    let err = LatentCache::join(dir.path(), &k, 11)
+        .err()
+        .unwrap()
+        .to_string();
+    assert_mentions(
+        &err,
+        &["range-000000000004-000000000008", "unfinished (2 of 4"],
+    );
+    assert!(!dir.path().join(MANIFEST).exists());
+    let mut w = LatentCacheWriter::create(&middle, k.clone(), 2).unwrap();
+    assert_eq!(w.len(), 2);
+    for i in 6..8 {
+        let (l, t, m) = arrays(i);
+        w.push(&format!("ex-{i}"), &l, &t, &m).unwrap();
+    }
+    w.finish().unwrap();
+    let err = LatentCache::join(dir.path(), &k, 12)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("0..11, 12 are needed"), "{err}");
+    LatentCache::join(dir.path(), &k, 11).unwrap();
+
+    // A range of another key.
+    let other = tempfile::tempdir().unwrap();
+    fill_range(other.path(), 0..4, 2);
+    let mut f16 = key(StorageDtype::F16);
+    f16.resolution = [32, 32];
+    let err = LatentCache::join(other.path(), &f16, 4)
+        .err()
+        .unwrap()
+        .to_string();
+    assert_mentions(
+        &err,
+        &["range-000000000000-000000000004", "another key", "dtype"],
+    );
 }
