@@ -670,6 +670,29 @@ fn relations(subject: &Subject, s: &str) -> Vec<String> {
     ]
 }
 
+/// The words that may replace `word` in a minimally edited `shapes` prompt (none when it is
+/// not a swappable word); a colour before "background" only by a background colour.
+pub fn shapes_word_alternatives(word: &str, next: Option<&str>) -> Vec<&'static str> {
+    let background = next == Some("background");
+    let backgrounds: Vec<&'static str> = BACKGROUND_COLOURS.iter().map(|c| c.name).collect();
+    let colours: Vec<&'static str> = OBJECT_COLOURS.iter().map(|c| c.name).collect();
+    let kinds: Vec<&'static str> = ShapeKind::ALL.iter().map(|k| k.name()).collect();
+    let plurals: Vec<&'static str> = ShapeKind::ALL.iter().map(|k| k.plural()).collect();
+    let groups: [Vec<&'static str>; 7] = [
+        if background { backgrounds } else { colours },
+        kinds,
+        plurals,
+        NUMBER_WORDS[2..].to_vec(),
+        vec!["small", "large"],
+        vec!["above", "below"],
+        vec!["left", "right", "top", "bottom", "center"],
+    ];
+    let group = groups.into_iter().find(|g| g.contains(&word));
+    let mut out = group.unwrap_or_default();
+    out.retain(|w| *w != word);
+    out
+}
+
 /// Checks evaluation prompts: a non-empty list, each prompt with the identifier and its twin
 /// without it.
 pub fn check_evaluation_prompts(prompts: &[EvalPrompt], identifier: &str) -> Result<(), DataError> {

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use ldmscale_data::dreambooth::emoji::{MIN_CLASS_MEMBERS, standard_emoji_subjects};
+use ldmscale_data::dreambooth::emoji::{EMOJI_SWAPS, MIN_CLASS_MEMBERS, standard_emoji_subjects};
 use ldmscale_data::dreambooth::{emoji_evaluation_prompts, prompt_words};
 use ldmscale_data::{
     Dataset, DatasetSpec, DreamBoothSubjects, Emoji, EmojiSubject, EmojiSubjects, Image,
@@ -382,6 +382,12 @@ fn the_standard_subjects_resolve_in_the_real_asset_and_prompts_use_its_words() {
                     "{w:?} of {text:?} is no word of the training captions"
                 );
             }
+        }
+        for w in EMOJI_SWAPS.iter().flat_map(|g| g.iter()) {
+            assert!(
+                words.contains(*w),
+                "swap word {w:?} is no word of the training captions"
+            );
         }
         // The class noun is a caption the base model trains on words of, many times over.
         let uses = captions

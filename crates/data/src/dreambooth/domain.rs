@@ -123,6 +123,9 @@ pub trait DreamBoothSubjects {
         res: u32,
         seed: u64,
     ) -> Result<Vec<Image>, DataError>;
+    /// The words that may replace `word` (followed by `next`) in a minimally edited prompt of
+    /// the domain's grammar (prompt accuracy); none when it is not a swappable word.
+    fn word_alternatives(&self, word: &str, next: Option<&str>) -> Vec<&'static str>;
 }
 
 fn shapes_info(s: &Subject) -> SubjectInfo {
@@ -235,6 +238,10 @@ impl DreamBoothSubjects for SubjectSet {
         out.truncate(n);
         Ok(out)
     }
+
+    fn word_alternatives(&self, word: &str, next: Option<&str>) -> Vec<&'static str> {
+        super::shapes_word_alternatives(word, next)
+    }
 }
 
 impl DreamBoothSubjects for EmojiSubjects {
@@ -299,5 +306,9 @@ impl DreamBoothSubjects for EmojiSubjects {
         seed: u64,
     ) -> Result<Vec<Image>, DataError> {
         Ok(images(EmojiSubjects::class_images(self, name, n, res, seed)?).collect())
+    }
+
+    fn word_alternatives(&self, word: &str, next: Option<&str>) -> Vec<&'static str> {
+        super::emoji::emoji_word_alternatives(word, next)
     }
 }

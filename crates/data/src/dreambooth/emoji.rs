@@ -577,3 +577,30 @@ pub fn emoji_evaluation_prompts(subject: &EmojiSubject) -> Vec<EvalPrompt> {
         })
         .collect()
 }
+
+/// Words of the emoji names that swap for one another in a minimally edited prompt (prompt
+/// accuracy): colours, sizes, expressions, animals, things, body parts, weather, relations.
+pub const EMOJI_SWAPS: [&[&str]; 8] = [
+    &[
+        "red", "blue", "green", "yellow", "purple", "orange", "pink", "black", "white", "brown",
+    ],
+    &["large", "small", "medium"],
+    &[
+        "smiling", "grinning", "crying", "kissing", "pouting", "weary", "winking",
+    ],
+    &[
+        "cat", "dog", "tiger", "rabbit", "horse", "pig", "cow", "mouse", "bear", "monkey",
+    ],
+    &["face", "heart", "moon", "star", "sun", "flower"],
+    &["eyes", "mouth", "ears", "hands"],
+    &["fire", "cloud", "rain", "snow", "lightning"],
+    &["on", "with", "behind"],
+];
+
+/// The words that may replace `word` in a minimally edited emoji prompt (none when it is not
+/// a swappable word).
+pub fn emoji_word_alternatives(word: &str, _next: Option<&str>) -> Vec<&'static str> {
+    let group = EMOJI_SWAPS.iter().find(|g| g.contains(&word));
+    let others = group.map(|g| g.iter().copied().filter(|w| *w != word));
+    others.map(Iterator::collect).unwrap_or_default()
+}

@@ -173,7 +173,9 @@ impl Scorer<'_> {
             .iter()
             .flat_map(|t| {
                 let mut v = vec![t.clone()];
-                v.extend(metrics::prompt_variants(t, VARIANTS));
+                v.extend(metrics::prompt_variants(t, VARIANTS, |w, next| {
+                    set.word_alternatives(w, next)
+                }));
                 v.resize(VARIANTS + 1, t.clone());
                 v
             })

@@ -3,7 +3,6 @@
 //! [`crate::dreambooth`] for which paper metric each stands in for.
 
 use ldmscale_data::dreambooth::prompt_words;
-use ldmscale_data::shapes::{BACKGROUND_COLOURS, NUMBER_WORDS, OBJECT_COLOURS, ShapeKind};
 
 use crate::bootstrap::{FidCi, KidResampler, two_sample_interval};
 
@@ -107,17 +106,22 @@ pub fn language_drift(
     ))
 }
 
-/// Up to `k` minimally edited versions of `prompt` (a class-noun twin in the `shapes`
-/// grammar): one word swapped for another of its kind (a background colour, an object colour,
-/// a shape kind, a count, a size, a direction), in the order the words come, each variant
-/// distinct from the prompt and from the others.
-pub fn prompt_variants(prompt: &str, k: usize) -> Vec<String> {
+/// Up to `k` minimally edited versions of `prompt` (a class-noun twin in its domain's
+/// grammar): one word swapped for another of its kind, as `alternatives(word, next word)` of
+/// the domain gives them (shapes: a background colour, an object colour, a shape kind, a
+/// count, a size, a direction), in the order the words come, each variant distinct from the
+/// prompt and from the others.
+pub fn prompt_variants(
+    prompt: &str,
+    k: usize,
+    alternatives: impl Fn(&str, Option<&str>) -> Vec<&'static str>,
+) -> Vec<String> {
     let words: Vec<String> = prompt_words(prompt).collect();
     let mut out: Vec<String> = Vec::new();
     for round in 0..MAX_ALTERNATIVES {
         for (i, word) in words.iter().enumerate() {
-            let next_is_background = words.get(i + 1).is_some_and(|w| w == "background");
-            let Some(alternative) = alternatives(word, next_is_background).nth(round) else {
+            let next = words.get(i + 1).map(String::as_str);
+            let Some(alternative) = alternatives(word, next).into_iter().nth(round) else {
                 continue;
             };
             let mut edited = words.clone();
@@ -134,31 +138,11 @@ pub fn prompt_variants(prompt: &str, k: usize) -> Vec<String> {
 /// Most alternatives tried per word.
 const MAX_ALTERNATIVES: usize = 12;
 
-/// The words that may replace `word` (none when it is not a swappable word).
-fn alternatives(word: &str, background: bool) -> impl Iterator<Item = &'static str> + '_ {
-    let backgrounds: Vec<&'static str> = BACKGROUND_COLOURS.iter().map(|c| c.name).collect();
-    let colours: Vec<&'static str> = OBJECT_COLOURS.iter().map(|c| c.name).collect();
-    let kinds: Vec<&'static str> = ShapeKind::ALL.iter().map(|k| k.name()).collect();
-    let plurals: Vec<&'static str> = ShapeKind::ALL.iter().map(|k| k.plural()).collect();
-    let groups: [Vec<&'static str>; 7] = [
-        if background { backgrounds } else { colours },
-        kinds,
-        plurals,
-        NUMBER_WORDS[2..].to_vec(),
-        vec!["small", "large"],
-        vec!["above", "below"],
-        vec!["left", "right", "top", "bottom", "center"],
-    ];
-    let group = groups.into_iter().find(|g| g.contains(&word));
-    group
-        .unwrap_or_default()
-        .into_iter()
-        .filter(move |w| *w != word)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ldmscale_data::dreambooth::emoji::emoji_word_alternatives;
+    use ldmscale_data::dreambooth::shapes_word_alternatives;
 
     #[test]
     fn cosines_have_their_known_values() {
@@ -216,7 +200,28 @@ mod tests {
     }
 
     #[test]
+    fn emoji_variants_stay_in_the_emoji_grammar() {
+        let variants = prompt_variants(
+            "blue cat face with tears of joy",
+            6,
+            emoji_word_alternatives,
+        );
+        assert_eq!(
+            variants,
+            [
+                "red cat face with tears of joy",
+                "blue dog face with tears of joy",
+                "blue cat heart with tears of joy",
+                "blue cat face on tears of joy",
+                "green cat face with tears of joy",
+                "blue tiger face with tears of joy",
+            ]
+        );
+    }
+
+    #[test]
     fn prompt_variants_change_one_word_each() {
+        let prompt_variants = |p, k| prompt_variants(p, k, shapes_word_alternatives);
         let prompt = "a small red circle above a large blue square on a white background";
         let variants = prompt_variants(prompt, 8);
         assert_eq!(variants.len(), 8);
