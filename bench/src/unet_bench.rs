@@ -54,6 +54,10 @@ struct Args {
     /// Convolution products in bf16 with f32 sums (`ldmscale --precision bf16`).
     #[arg(long)]
     bf16: bool,
+    /// The paper's family member of base width `--width` (Table 1: [c, 2c, 4c, 4c], 8 heads,
+    /// 1024-wide context) instead of the small model; `--context-dim` is then 1024.
+    #[arg(long)]
+    paper: bool,
 }
 
 /// A "network" that returns its input: sampling through it times everything but the UNet
@@ -96,7 +100,13 @@ fn main() -> Result<()> {
 fn run() -> Result<()> {
     let args = Args::parse();
     ldmscale_kernels::bf16::set_products_in_bf16(args.bf16);
-    let config = UNetConfig::small(args.width, args.context_dim, 8.min(args.width / 8).max(1));
+    let (config, context_dim) = match args.paper {
+        true => (UNetConfig::paper(args.width), 1024),
+        false => (
+            UNetConfig::small(args.width, args.context_dim, 8.min(args.width / 8).max(1)),
+            args.context_dim,
+        ),
+    };
     let device = Device::flex();
     let model = UNet::new(&config, &device);
     if let Some(dir) = &args.save {
@@ -108,7 +118,7 @@ fn run() -> Result<()> {
     // Sampling step: CFG doubles the batch in one call.
     let x = Tensor::<4>::random([2 * b, 4, l, l], Distribution::Normal(0.0, 1.0), &device);
     let ctx = Tensor::<3>::random(
-        [2 * b, args.tokens, args.context_dim],
+        [2 * b, args.tokens, context_dim],
         Distribution::Normal(0.0, 1.0),
         &device,
     );
@@ -145,9 +155,43 @@ fn run() -> Result<()> {
         }
     }
 
-    // Training step on the autodiff device.
+    let train_ms = match args.skip_train {
+        true => f64::NAN,
+        false => train_step_ms(&config, context_dim, &args)?,
+    };
+    let forward_ms = median(forward);
+    let gflop_fwd = cost.gflops() * (2 * b) as f64;
+    // Backward is about twice the forward's multiply-adds.
+    let gflop_train = cost.gflops() * b as f64 * 3.0;
+    println!(
+        "{}",
+        serde_json::json!({
+            "backend": "burn-flex",
+            "precision": if args.bf16 { "bf16" } else { "f32" },
+            "family": if args.paper { "paper" } else { "small" },
+            "width": args.width,
+            "params": model.num_params(),
+            "batch": b,
+            "latent": l,
+            "gflops_per_sample_forward": cost.gflops(),
+            "cfg_step_ms": forward_ms,
+            "cfg_step_gflops_per_s": gflop_fwd / (forward_ms / 1e3),
+            "train_step_ms": train_ms,
+            "train_step_gflops_per_s": gflop_train / (train_ms / 1e3),
+            "sampler_overhead_ms_per_step": overhead,
+        })
+    );
+    Ok(())
+}
+
+/// The median time of `--reps` training steps (forward, backward, AdamW) after one warm-up,
+/// on a model of its own on the autodiff device (built only when timed: the paper's widths
+/// hold gigabytes of parameters).
+fn train_step_ms(config: &UNetConfig, context_dim: usize, args: &Args) -> Result<f64> {
+    let (b, l) = (args.batch, args.latent);
+    let device = Device::flex();
     let ad = device.autodiff();
-    let mut train_model = UNet::new(&config, &ad);
+    let mut train_model = UNet::new(config, &ad);
     // The trainer's own optimizer (ldmscale-train), as `ldmscale train` runs it.
     let mut adam = AdamW::new(AdamWConfig {
         weight_decay: 0.01,
@@ -156,17 +200,13 @@ fn run() -> Result<()> {
     let x = Tensor::<4>::random([b, 4, l, l], Distribution::Normal(0.0, 1.0), &ad);
     let noise = Tensor::<4>::random([b, 4, l, l], Distribution::Normal(0.0, 1.0), &ad);
     let ctx = Tensor::<3>::random(
-        [b, args.tokens, args.context_dim],
+        [b, args.tokens, context_dim],
         Distribution::Normal(0.0, 1.0),
         &ad,
     );
     let t: Vec<f32> = (0..b).map(|i| (91 * i % 1000) as f32).collect();
     let mut train = Vec::new();
     for rep in 0..=args.reps {
-        if args.skip_train {
-            train.push(f64::NAN);
-            break;
-        }
         let start = Instant::now();
         let pred = train_model.forward(x.clone(), &t, ctx.clone());
         let loss = (pred - noise.clone()).powi_scalar(2).mean();
@@ -183,27 +223,5 @@ fn run() -> Result<()> {
         }
     }
 
-    let forward_ms = median(forward);
-    let train_ms = median(train);
-    let gflop_fwd = cost.gflops() * (2 * b) as f64;
-    // Backward is about twice the forward's multiply-adds.
-    let gflop_train = cost.gflops() * b as f64 * 3.0;
-    println!(
-        "{}",
-        serde_json::json!({
-            "backend": "burn-flex",
-            "precision": if args.bf16 { "bf16" } else { "f32" },
-            "width": args.width,
-            "params": model.num_params(),
-            "batch": b,
-            "latent": l,
-            "gflops_per_sample_forward": cost.gflops(),
-            "cfg_step_ms": forward_ms,
-            "cfg_step_gflops_per_s": gflop_fwd / (forward_ms / 1e3),
-            "train_step_ms": train_ms,
-            "train_step_gflops_per_s": gflop_train / (train_ms / 1e3),
-            "sampler_overhead_ms_per_step": overhead,
-        })
-    );
-    Ok(())
+    Ok(median(train))
 }
