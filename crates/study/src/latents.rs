@@ -4,13 +4,15 @@
 //! cache runs the frozen text encoder on each batch as it is read, on the batch's device, in
 //! [`CachedTrainingData::text`]: the one place every reader of the cache's text goes through.
 
+use std::ops::Range;
 use std::path::Path;
 use std::sync::Mutex;
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use ldmscale_data::{
-    CacheKey, CachedText, Captioned, CaptionedSet, DataError, LatentCache, LatentCacheWriter,
+    CacheKey, CachedText, Captioned, CaptionedSet, CaptionedStream, DataError, LatentCache,
+    LatentCacheWriter, range_dir, ranges_in,
 };
 use ldmscale_model::text::{TextModel, TextTokenizer};
 use ldmscale_pipeline::encode_tokens;
@@ -41,7 +43,9 @@ pub enum CacheOrigin {
 /// Opens the cache in `dir` built with `key`, or encodes `count` examples into it with
 /// `encode(start, count)` (in chunks of `chunk`). A cache in `dir` with another key (another
 /// resolution, autoencoder or text encoder) is replaced, and the returned origin names the
-/// differing fields; an interrupted encoding resumes at its last whole shard.
+/// differing fields; an interrupted encoding resumes at its last whole shard. Where ranges of
+/// the cache were built apart ([`build_range`], array tasks), the ranges missing or unfinished
+/// are built here and all of them joined.
 pub fn open_or_build(
     dir: &Path,
     key: &CacheKey,
@@ -61,6 +65,9 @@ pub fn open_or_build(
             origin = CacheOrigin::Rebuilt { mismatch };
         }
         Err(_) => {}
+    }
+    if !ranges_in(dir).map_err(|e| e.to_string())?.is_empty() {
+        return build_ranges_and_join(dir, key, count, chunk, origin, &mut encode);
     }
     if matches!(origin, CacheOrigin::Rebuilt { .. }) {
         std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -89,6 +96,104 @@ pub fn open_or_build(
     writer.finish().map_err(|e| e.to_string())?;
     let cache = LatentCache::open(dir, key).map_err(|e| e.to_string())?;
     Ok((cache, origin))
+}
+
+/// Builds examples `range` of the cache in `dir` as a part of it of their own
+/// ([`range_dir`]; an array task's share), resuming an unfinished part and replacing one built
+/// with another key; returns how many examples were stored already.
+pub fn build_range(
+    dir: &Path,
+    key: &CacheKey,
+    range: Range<usize>,
+    chunk: usize,
+    encode: &mut impl FnMut(usize, usize) -> Result<EncodedChunk, String>,
+) -> Result<usize, String> {
+    if range.is_empty() {
+        return Ok(0);
+    }
+    let part = range_dir(dir, &range);
+    if LatentCache::open(&part, key).is_ok_and(|c| c.len() == range.len()) {
+        return Ok(range.len());
+    }
+    let create = || LatentCacheWriter::create(&part, key.clone(), chunk.max(1));
+    let mut writer = match create() {
+        Ok(w) => w,
+        // Another key, or finished with another count: this range starts over.
+        Err(DataError::CacheKeyMismatch { .. } | DataError::Cache { .. }) => {
+            std::fs::remove_dir_all(&part).map_err(|e| format!("{}: {e}", part.display()))?;
+            create().map_err(|e| e.to_string())?
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let done = writer.len();
+    let mut start = range.start + done;
+    while start < range.end {
+        let n = chunk.min(range.end - start);
+        let (latents, text) = encode(start, n)?;
+        push_chunk(&mut writer, &part, key, start, n, &latents, &text)?;
+        start += n;
+    }
+    writer.finish().map_err(|e| e.to_string())?;
+    Ok(done)
+}
+
+/// The rest of a cache built in ranges: ranges of another key are dropped, those missing
+/// (gaps, a failed array task) or unfinished are built here, then all are joined; a stale
+/// joined manifest is replaced.
+fn build_ranges_and_join(
+    dir: &Path,
+    key: &CacheKey,
+    count: usize,
+    chunk: usize,
+    origin: CacheOrigin,
+    encode: &mut impl FnMut(usize, usize) -> Result<EncodedChunk, String>,
+) -> Result<(LatentCache, CacheOrigin), String> {
+    let io = |path: &Path, e: std::io::Error| format!("{}: {e}", path.display());
+    // What a one-process build (or a join for another key) left at the top is not reused.
+    for entry in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let path = entry.map_err(|e| io(dir, e))?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if path.is_file() && (name == ldmscale_data::cache::MANIFEST || name.starts_with("shard-"))
+        {
+            std::fs::remove_file(&path).map_err(|e| io(&path, e))?;
+        }
+    }
+    for range in ranges_in(dir).map_err(|e| e.to_string())? {
+        let part = range_dir(dir, &range);
+        if let Err(DataError::CacheKeyMismatch { .. }) =
+            LatentCacheWriter::create(&part, key.clone(), chunk.max(1))
+        {
+            std::fs::remove_dir_all(&part).map_err(|e| io(&part, e))?;
+        }
+    }
+    let mut todo = Vec::new();
+    for range in ranges_in(dir).map_err(|e| e.to_string())? {
+        let at = todo.last().map_or(0, |r: &Range<usize>| r.end);
+        if range.start < at || range.end > count {
+            return Err(format!(
+                "{}: range {range:?} overlaps the ranges before it or passes {count} examples \
+                 (array tasks of another --shard count?); delete the range-* folders to rebuild",
+                dir.display()
+            ));
+        }
+        if range.start > at {
+            todo.push(at..range.start);
+        }
+        todo.push(range);
+    }
+    let at = todo.last().map_or(0, |r| r.end);
+    if at < count {
+        todo.push(at..count);
+    }
+    let mut resumed_at = 0;
+    for range in todo {
+        resumed_at += build_range(dir, key, range, chunk, encode)?;
+    }
+    let cache = LatentCache::join(dir, key, count).map_err(|e| e.to_string())?;
+    Ok(match origin {
+        CacheOrigin::Built { .. } => (cache, CacheOrigin::Built { resumed_at }),
+        rebuilt => (cache, rebuilt),
+    })
 }
 
 /// Stores examples `start..start + n`, checking that the encoder returned `n` of each.
@@ -145,15 +250,42 @@ pub fn open_or_build_streamed(
     key: &CacheKey,
     set: &CaptionedSet,
     chunk: usize,
-    mut encode: impl FnMut(&Captioned) -> Result<EncodedChunk, String>,
+    encode: impl FnMut(&Captioned) -> Result<EncodedChunk, String>,
 ) -> Result<(LatentCache, CacheOrigin), String> {
-    let mut stream = None;
-    open_or_build(dir, key, set.len(), chunk, |start, n| {
-        let stream = match &mut stream {
-            Some(s) => s,
-            None => stream.insert(set.stream(start, chunk).map_err(|e| e.to_string())?),
+    open_or_build(dir, key, set.len(), chunk, streamed(set, chunk, encode))
+}
+
+/// [`build_range`] over `set`, read by one stream opened where the range's build stands.
+pub fn build_range_streamed(
+    dir: &Path,
+    key: &CacheKey,
+    set: &CaptionedSet,
+    range: Range<usize>,
+    chunk: usize,
+    encode: impl FnMut(&Captioned) -> Result<EncodedChunk, String>,
+) -> Result<usize, String> {
+    build_range(dir, key, range, chunk, &mut streamed(set, chunk, encode))
+}
+
+/// `encode(start, n)` over `set`'s examples, read in order by a stream opened at the first
+/// `start` asked for, and again wherever a call does not follow the one before (the next
+/// range of a cache built in ranges).
+fn streamed(
+    set: &CaptionedSet,
+    chunk: usize,
+    mut encode: impl FnMut(&Captioned) -> Result<EncodedChunk, String>,
+) -> impl FnMut(usize, usize) -> Result<EncodedChunk, String> {
+    let mut stream: Option<(usize, CaptionedStream)> = None;
+    move |start, n| {
+        let (next, s) = match &mut stream {
+            Some((next, s)) if *next == start => (next, s),
+            _ => {
+                let opened = set.stream(start, chunk).map_err(|e| e.to_string())?;
+                let (next, s) = stream.insert((start, opened));
+                (next, s)
+            }
         };
-        let part = stream.take_examples(n).map_err(|e| e.to_string())?;
+        let part = s.take_examples(n).map_err(|e| e.to_string())?;
         if part.len() != n {
             return Err(format!(
                 "the training set ended at example {} of {}",
@@ -161,8 +293,9 @@ pub fn open_or_build_streamed(
                 set.len()
             ));
         }
+        *next = start + n;
         encode(&part)
-    })
+    }
 }
 
 /// Each caption's token ids as `tokenizer` makes them (special tokens included, padding cut).
@@ -588,6 +721,104 @@ mod tests {
             err.contains("holds token ids") && err.contains("captions"),
             "{err}"
         );
+    }
+
+    /// The shard files of a cache, in order, as bytes.
+    fn shard_bytes(dir: &Path) -> Vec<Vec<u8>> {
+        let text = std::fs::read_to_string(dir.join(ldmscale_data::cache::MANIFEST)).unwrap();
+        let m: ldmscale_data::cache::Manifest = serde_json::from_str(&text).unwrap();
+        let files = m.shards.iter().map(|s| dir.join(&s.file));
+        files.map(|f| std::fs::read(f).unwrap()).collect()
+    }
+
+    /// Array tasks each build their range of the cache (2 or 3 of them: the last killed midway
+    /// and left unfinished, the first never run); the run after them builds what is missing,
+    /// resumes the unfinished range and joins: the same ids, values and shard bytes as one
+    /// process's build.
+    #[test]
+    fn a_cache_built_by_array_tasks_equals_one_process_build() {
+        let whole = tempfile::tempdir().unwrap();
+        let mut calls = 0;
+        let (one, _) = open_or_build(whole.path(), &key(16, "a"), 10, 2, fake(&mut calls)).unwrap();
+        let all: Vec<usize> = (0..10).collect();
+        for parts in [2, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let ranges = ldmscale_data::split_ranges(10, 2, parts);
+            let last = ranges.last().unwrap().clone();
+            let mut failing = |start: usize, n: usize| {
+                if start == last.start + 2 {
+                    return Err("killed".to_string());
+                }
+                fake(&mut 0)(start, n)
+            };
+            let killed = build_range(dir.path(), &key(16, "a"), last.clone(), 2, &mut failing);
+            assert!(killed.is_err());
+            // The middle task (3 parts) ran; the first never did.
+            let middle: usize = ranges[1..parts - 1].iter().map(|r| r.len()).sum();
+            for r in &ranges[1..parts - 1] {
+                build_range(dir.path(), &key(16, "a"), r.clone(), 2, &mut fake(&mut 0)).unwrap();
+            }
+            let mut rest = 0;
+            let (joined, origin) =
+                open_or_build(dir.path(), &key(16, "a"), 10, 2, fake(&mut rest)).unwrap();
+            assert_eq!(
+                origin,
+                CacheOrigin::Built {
+                    resumed_at: 2 + middle
+                }
+            );
+            assert_eq!(
+                rest,
+                10 - 2 - middle,
+                "{parts} parts: only what was missing"
+            );
+            assert_eq!(joined.batch(&all).unwrap(), one.batch(&all).unwrap());
+            assert_eq!(shard_bytes(dir.path()), shard_bytes(whole.path()));
+            // And then it is a finished cache.
+            let (_, origin) =
+                open_or_build(dir.path(), &key(16, "a"), 10, 2, fake(&mut 0)).unwrap();
+            assert_eq!(origin, CacheOrigin::Reused);
+        }
+    }
+
+    /// Ranges streamed from the training set (each stream opened at its range) and joined equal
+    /// one streamed build; ranges of another key are dropped and built again.
+    #[test]
+    fn streamed_ranges_join_to_the_streamed_build() {
+        let set = CaptionedSet::open("shapes", 16, ldmscale_data::Split::Train, 10).unwrap();
+        let fresh = tempfile::tempdir().unwrap();
+        let (one, _) =
+            open_or_build_streamed(fresh.path(), &key(16, "a"), &set, 4, pixels).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ranges = ldmscale_data::split_ranges(10, 4, 2);
+        build_range_streamed(
+            dir.path(),
+            &key(16, "b"),
+            &set,
+            ranges[0].clone(),
+            4,
+            pixels,
+        )
+        .unwrap();
+        build_range_streamed(
+            dir.path(),
+            &key(16, "a"),
+            &set,
+            ranges[1].clone(),
+            4,
+            pixels,
+        )
+        .unwrap();
+        let (joined, origin) =
+            open_or_build_streamed(dir.path(), &key(16, "a"), &set, 4, pixels).unwrap();
+        assert_eq!(
+            origin,
+            CacheOrigin::Built {
+                resumed_at: ranges[1].len()
+            }
+        );
+        let all: Vec<usize> = (0..10).collect();
+        assert_eq!(joined.batch(&all).unwrap(), one.batch(&all).unwrap());
     }
 
     #[test]

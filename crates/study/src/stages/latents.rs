@@ -5,7 +5,8 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
 use ldmscale_data::{
-    CacheKey, CachedText, Crop, StorageDtype, TextStorage, TokenDtype, file_sha256,
+    CacheKey, CachedText, Captioned, Crop, StorageDtype, TextStorage, TokenDtype, file_sha256,
+    split_ranges,
 };
 use ldmscale_model::UNet;
 use ldmscale_model::text::TextTokenizer;
@@ -21,7 +22,8 @@ use crate::context::StudyContext;
 use crate::error::StudyError;
 use crate::fingerprint::Fingerprint;
 use crate::latents::{
-    CacheOrigin, CachedTrainingData, TextEncoding, open_or_build_streamed, token_rows,
+    CacheOrigin, CachedTrainingData, TextEncoding, build_range_streamed, open_or_build_streamed,
+    token_rows,
 };
 use crate::stage::{Estimate, Stage};
 
@@ -153,13 +155,23 @@ impl Stage for LatentsStage<'_> {
         let key = self.cache_key(cx)?;
         let dir = cx.path(DIR);
         let res = cx.config.resolution;
-        let (cache, origin) = open_or_build_streamed(&dir, &key, &self.data.train, SHARD, |part| {
+        let encode = |part: &Captioned| {
             tracing::info!("encoding {} training images and captions", part.len());
             let f = self.first;
             let latents = encode_images(&f.vae, &f.config, &part.images, res, &cx.device);
             Ok((latents, self.encode_captions(&key, &part.captions, cx)?))
-        })
-        .map_err(StudyError::stage(Self::NAME))?;
+        };
+        // An array task (--only latents --shard i/N) builds its range of whole shards and
+        // stops; the run after the array builds what is missing and joins the ranges.
+        if let Some((i, n)) = cx.array_task(Self::NAME) {
+            let range = split_ranges(self.data.train.len(), SHARD, n)[i].clone();
+            tracing::info!("latent cache: examples {range:?}, part {} of {n}", i + 1);
+            build_range_streamed(&dir, &key, &self.data.train, range, SHARD, encode)
+                .map_err(StudyError::stage(Self::NAME))?;
+            return Err(StudyError::OnlyDone);
+        }
+        let (cache, origin) = open_or_build_streamed(&dir, &key, &self.data.train, SHARD, encode)
+            .map_err(StudyError::stage(Self::NAME))?;
         if let CacheOrigin::Rebuilt { mismatch } = &origin {
             tracing::info!(
                 "latent cache {} was built for another setting ({mismatch}); rebuilt",
