@@ -48,6 +48,11 @@ pub struct SubmitArgs {
     /// Sweep shards, one array task each (default: the number of widths).
     #[arg(long, value_name = "N", requires = "submit")]
     pub sweep_shards: Option<usize>,
+    /// Build the latent cache in N ranges of whole shards, one array task each
+    /// (`--only latents --shard i/N`), joined by the job after them (default: the prepare job
+    /// builds it in one process).
+    #[arg(long, value_name = "N", requires = "submit")]
+    pub latent_shards: Option<usize>,
     /// More `#SBATCH` lines for every job, e.g. --sbatch-arg=--time=2:00:00
     /// --sbatch-arg=--mem=16G (repeatable).
     #[arg(
@@ -67,7 +72,8 @@ pub struct SubmitArgs {
 
 /// One job of a submitted study.
 struct Job {
-    /// Short name: prepare, train, sweep, super-res, distill, dreambooth, report.
+    /// Short name: prepare, latents, join, train, sweep, super-res, distill, dreambooth,
+    /// report.
     name: &'static str,
     /// The jobs (indices into the list) that must succeed first.
     after: Vec<usize>,
@@ -99,6 +105,7 @@ pub struct StudyCall<'a> {
 pub fn submit(args: &SubmitArgs, call: &StudyCall, dry_run: bool) -> Result<()> {
     for (flag, value) in [
         ("--sweep-shards", args.sweep_shards),
+        ("--latent-shards", args.latent_shards),
         ("--array-limit", args.array_limit),
     ] {
         if value == Some(0) {
@@ -175,36 +182,28 @@ fn jobs(base: &str, binary: &Path, out: &Path, call: &StudyCall, args: &SubmitAr
             )
         })
         .collect();
-    let sr_data = if call.super_res { ",sr-data" } else { "" };
-    let mut jobs = vec![
-        Job {
-            name: "prepare",
-            after: Vec::new(),
-            tasks: None,
-            commands: vec![format!(
-                "{base} --only data,first-stage,text-encoder,latents,evaluator{sr_data}"
-            )],
-            about: "data, first stage, text encoder, latent cache and evaluator".into(),
-        },
+    let mut jobs = prepare_jobs(base, call, args);
+    let train = jobs.len();
+    jobs.extend([
         Job {
             name: "train",
-            after: vec![0],
+            after: vec![train - 1],
             tasks: Some(widths),
             commands: vec![format!("{base} --only family --shard auto")],
             about: format!("array task i trains width i of the {widths} widths"),
         },
         Job {
             name: "sweep",
-            after: vec![1],
+            after: vec![train],
             tasks: Some(shards),
             commands: vec![format!("{base} --only sweep --shard auto")],
             about: format!("array task i measures sweep shard i of {shards}"),
         },
-    ];
+    ]);
     for &(stage, count) in &call.width_arrays {
         jobs.push(Job {
             name: stage,
-            after: vec![1],
+            after: vec![train],
             tasks: Some(count),
             commands: vec![format!("{base} --only {stage} --shard auto")],
             about: format!("array task i trains the {stage} models of widths j = i mod {count}"),
@@ -212,7 +211,7 @@ fn jobs(base: &str, binary: &Path, out: &Path, call: &StudyCall, args: &SubmitAr
     }
     jobs.push(Job {
         name: "report",
-        after: (2..jobs.len()).collect(),
+        after: (train + 1..jobs.len()).collect(),
         tasks: None,
         commands: vec![
             // keep: on a resubmission the study's store holds these cells already, with
@@ -230,6 +229,45 @@ fn jobs(base: &str, binary: &Path, out: &Path, call: &StudyCall, args: &SubmitAr
             .into(),
     });
     jobs
+}
+
+/// The jobs before training: one prepare job, or with --latent-shards N > 1 a prepare job
+/// (data, first stage, text encoder), an array building the latent cache's N ranges and a job
+/// joining them (building what a failed task left) and running the evaluator.
+fn prepare_jobs(base: &str, call: &StudyCall, args: &SubmitArgs) -> Vec<Job> {
+    let sr_data = if call.super_res { ",sr-data" } else { "" };
+    let one = |only: &str, about: &str, after: Vec<usize>| Job {
+        name: if after.is_empty() { "prepare" } else { "join" },
+        after,
+        tasks: None,
+        commands: vec![format!("{base} --only {only}{sr_data}")],
+        about: about.into(),
+    };
+    match args.latent_shards {
+        Some(n) if n > 1 => vec![
+            Job {
+                commands: vec![format!("{base} --only data,first-stage,text-encoder")],
+                ..one("", "data, first stage and text encoder", Vec::new())
+            },
+            Job {
+                name: "latents",
+                after: vec![0],
+                tasks: Some(n),
+                commands: vec![format!("{base} --only latents --shard auto")],
+                about: format!("array task i encodes range i of the latent cache's {n}"),
+            },
+            one(
+                "latents,evaluator",
+                "join the latent cache's ranges (building what a failed task left) and evaluator",
+                vec![1],
+            ),
+        ],
+        _ => vec![one(
+            "data,first-stage,text-encoder,latents,evaluator",
+            "data, first stage, text encoder, latent cache and evaluator",
+            Vec::new(),
+        )],
+    }
 }
 
 /// A readable sbatch script for job `index` of `count`.
@@ -499,5 +537,64 @@ mod tests {
         assert_eq!(jobs[4].tasks, Some(2));
         assert!(jobs[4].commands[0].ends_with("--only distill --shard auto"));
         assert!(jobs[0].commands[0].ends_with(",evaluator,sr-data"));
+    }
+
+    /// --latent-shards N: the latent cache is built by an array of N tasks between the prepare
+    /// job and the job that joins it, and everything after waits for the join.
+    #[test]
+    fn latent_shards_build_the_cache_as_an_array() {
+        let call = StudyCall {
+            config_toml: String::new(),
+            widths: &[8, 16],
+            width_arrays: vec![("distill", 2)],
+            super_res: true,
+            out: Path::new("/s"),
+            device: "cpu",
+        };
+        let args = SubmitArgs {
+            latent_shards: Some(3),
+            ..SubmitArgs::default()
+        };
+        let plan = jobs(
+            "ldmscale study",
+            Path::new("ldmscale"),
+            Path::new("/s"),
+            &call,
+            &args,
+        );
+        let names: Vec<&str> = plan.iter().map(|j| j.name).collect();
+        let want = [
+            "prepare", "latents", "join", "train", "sweep", "distill", "report",
+        ];
+        assert_eq!(names, want);
+        let after: Vec<Vec<usize>> = plan.iter().map(|j| j.after.clone()).collect();
+        let want = [
+            vec![],
+            vec![0],
+            vec![1],
+            vec![2],
+            vec![3],
+            vec![3],
+            vec![4, 5],
+        ];
+        assert_eq!(after, want);
+        assert_eq!(plan[1].tasks, Some(3));
+        assert!(plan[0].commands[0].ends_with("--only data,first-stage,text-encoder"));
+        assert!(plan[1].commands[0].ends_with("--only latents --shard auto"));
+        assert!(plan[2].commands[0].ends_with("--only latents,evaluator,sr-data"));
+        // One range is the one-process build.
+        let one = SubmitArgs {
+            latent_shards: Some(1),
+            ..SubmitArgs::default()
+        };
+        let single = jobs(
+            "ldmscale study",
+            Path::new("ldmscale"),
+            Path::new("/s"),
+            &call,
+            &one,
+        );
+        assert_eq!(single[0].name, "prepare");
+        assert_eq!(single[1].name, "train");
     }
 }

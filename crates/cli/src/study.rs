@@ -41,7 +41,8 @@ pub struct StudyArgs {
     /// evaluator, sr-data, family, sweep, adaptive, grids, learning-check, super-res, distill,
     /// dreambooth, report. Earlier stages they use must be stored; the run stops after the
     /// last one named. With --shard, a last stage that trains per width (family, super-res,
-    /// distill, dreambooth) trains only the shard's widths.
+    /// distill, dreambooth) trains only the shard's widths, and a last stage `latents` encodes
+    /// only range i of the latent cache's N (the next run without --shard joins them).
     #[arg(long, value_name = "STAGE[,STAGE]", value_delimiter = ',')]
     pub only: Option<Vec<String>>,
     #[command(flatten)]
