@@ -129,12 +129,9 @@ impl Picture {
             .pixels()
             .map(|p| {
                 let a = p[3] as f32 / 255.0;
-                [0, 1, 2]
-                    .map(|c| p[c] as f32 / 255.0 * a)
-                    .into_iter()
-                    .chain([a])
+                let channel = |c: usize| p[c] as f32 / 255.0 * a;
+                [channel(0), channel(1), channel(2), a]
             })
-            .map(|mut v| [0; 4].map(|_| v.next().expect("4 channels")))
             .collect();
         Ok(Picture {
             width: rgba.width() as usize,

@@ -375,6 +375,20 @@ mod tests {
     }
 
     #[test]
+    fn the_committed_emoji_config_validates() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../configs/tiny-emoji-dreambooth.toml"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let c = StudyConfig::from_toml(&text, path).unwrap();
+        assert_eq!(
+            c.dreambooth.as_ref().unwrap().domain(&c),
+            SubjectDomain::Emoji
+        );
+    }
+
+    #[test]
     fn mismatched_domains_and_kept_subjects_are_named() {
         let cases = [
             (
