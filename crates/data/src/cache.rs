@@ -693,11 +693,12 @@ fn decode(bytes: &[u8], dtype: StorageDtype, out: &mut Vec<f32>) {
     }
 }
 
-/// One memory-mapped shard: byte ranges of each tensor's data.
+/// One memory-mapped shard: byte ranges of each tensor's data. Its ids stay in the mapped
+/// header and are read when asked for, so an open cache holds no per-example memory (a
+/// `String` an id held would be ~40 GB at 600M examples).
 struct MappedShard {
     map: memmap2::Mmap,
     count: usize,
-    ids: Vec<String>,
     latents: std::ops::Range<usize>,
     /// Text states, or token ids.
     text: std::ops::Range<usize>,
@@ -895,10 +896,21 @@ impl LatentCache {
         Ok((&self.shards[s], index - self.starts[s]))
     }
 
-    /// The id of example `index`.
-    pub fn id(&self, index: usize) -> Result<&str, DataError> {
+    /// The id of example `index`, read from its shard's header.
+    pub fn id(&self, index: usize) -> Result<String, DataError> {
         let (shard, i) = self.locate(index)?;
-        Ok(&shard.ids[i])
+        self.shard_id(shard, i)
+    }
+
+    /// Id `i` of `shard` (checked at open: the header lists one id per example).
+    fn shard_id(&self, shard: &MappedShard, i: usize) -> Result<String, DataError> {
+        let read = read_ids(&shard.map, Some(i)).and_then(|(_, id)| {
+            id.ok_or_else(|| format!("no id {i} among its {} examples", shard.count))
+        });
+        read.map_err(|message| DataError::Cache {
+            dir: self.dir.display().to_string(),
+            message,
+        })
     }
 
     /// Reads the examples at `indices` (any order, repeats allowed).
@@ -922,7 +934,7 @@ impl LatentCache {
             let lat = &shard.map[shard.latents.clone()][i * ll * b..(i + 1) * ll * b];
             decode(lat, key.dtype, &mut out.latents);
             self.read_text(shard, i, &mut out.text)?;
-            out.ids.push(shard.ids[i].clone());
+            out.ids.push(self.shard_id(shard, i)?);
         }
         Ok(out)
     }
@@ -952,7 +964,7 @@ impl LatentCache {
                         dir: self.dir.display().to_string(),
                         message: format!(
                             "example {:?}: text_token_count {count}, expected 1 to {tokens}",
-                            shard.ids[i]
+                            self.shard_id(shard, i)?
                         ),
                     });
                 }
@@ -1006,27 +1018,55 @@ fn map_shard(path: &Path, count: usize, key: &CacheKey) -> Result<MappedShard, D
     ] = text_tensors(key, count);
     let text = range(text, text_dtype, text_shape)?;
     let text_extent = range(extent, extent_dtype, extent_shape)?;
-    let ids: Vec<String> = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("ids"))
-        .ok_or_else(|| err("no \"ids\" in the metadata".into()))
-        .and_then(|s| {
-            serde_json::from_str(s).map_err(|e| {
-                err(format!(
-                    "metadata \"ids\" is not a JSON list of strings: {e}"
-                ))
-            })
-        })?;
-    if ids.len() != count {
-        return Err(err(format!("{} ids for {count} examples", ids.len())));
+    let (ids, _) = read_ids(&map, None).map_err(err)?;
+    if ids != count {
+        return Err(err(format!("{ids} ids for {count} examples")));
     }
     Ok(MappedShard {
         map,
         count,
-        ids,
         latents,
         text,
         text_extent,
     })
+}
+
+/// Reads the ids list (`ids` in the metadata) of the safetensors file `bytes`: how many ids it
+/// holds and, when asked for, id `nth`, without keeping the others.
+fn read_ids(bytes: &[u8], nth: Option<usize>) -> Result<(usize, Option<String>), String> {
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| format!("not a readable safetensors file: {e}"))?;
+    let json = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("ids"))
+        .ok_or_else(|| "no \"ids\" in the metadata".to_string())?;
+    let mut de = serde_json::Deserializer::from_str(json);
+    serde::Deserializer::deserialize_seq(&mut de, IdList { nth })
+        .and_then(|read| de.end().map(|_| read))
+        .map_err(|e| format!("metadata \"ids\" is not a JSON list of strings: {e}"))
+}
+
+/// Visits a JSON list of strings, counting them and keeping the `nth`.
+struct IdList {
+    nth: Option<usize>,
+}
+
+impl<'de> serde::de::Visitor<'de> for IdList {
+    type Value = (usize, Option<String>);
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of strings")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let (mut count, mut kept) = (0, None);
+        while let Some(id) = seq.next_element::<String>()? {
+            if self.nth == Some(count) {
+                kept = Some(id);
+            }
+            count += 1;
+        }
+        Ok((count, kept))
+    }
 }

@@ -72,7 +72,11 @@ fn round_trip_f32_is_exact() {
 
     let cache = LatentCache::open(dir.path(), &key(StorageDtype::F32)).unwrap();
     assert_eq!(cache.len(), 11);
-    assert_eq!(cache.id(9).unwrap(), "ex-9");
+    for i in 0..11 {
+        assert_eq!(cache.id(i).unwrap(), format!("ex-{i}"));
+    }
+    let err = cache.id(11).unwrap_err();
+    assert!(matches!(err, DataError::OutOfRange { .. }), "{err}");
     // Across shards, out of order, with a repeat.
     let order = [10, 0, 5, 4, 3, 5];
     let batch = cache.batch(&order).unwrap();
@@ -218,6 +222,53 @@ fn bad_input_and_damaged_files_are_reported() {
         .unwrap()
         .to_string();
     assert!(err.contains(MANIFEST), "{err}");
+}
+
+/// Rewrites the safetensors file `file` with metadata `ids` (none: no metadata), keeping its
+/// tensors.
+fn rewrite_ids(file: &Path, ids: Option<&str>) {
+    let bytes = std::fs::read(file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let metadata = ids.map(|ids| std::collections::HashMap::from([("ids".into(), ids.into())]));
+    std::fs::write(
+        file,
+        safetensors::serialize(st.tensors(), metadata).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Ids are read from the shards' headers when asked for; a header whose ids are missing, not
+/// strings or not one an example is refused at open, naming the shard.
+#[test]
+fn damaged_ids_are_named_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    fill(dir.path(), key(StorageDtype::F32), 6, 4);
+    let shard = dir.path().join("shard-00001.safetensors");
+    let cases = [
+        (Some(r#"["ex-4"]"#), "1 ids for 2 examples"),
+        (Some(r#"["ex-4", 5]"#), "not a JSON list of strings"),
+        (Some(r#"["ex-4", "ex-5"] x"#), "not a JSON list of strings"),
+        (None, "no \"ids\" in the metadata"),
+    ];
+    for (ids, expected) in cases {
+        rewrite_ids(&shard, ids);
+        let err = LatentCache::open(dir.path(), &key(StorageDtype::F32))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_mentions(&err, &["shard-00001.safetensors", expected]);
+    }
+    rewrite_ids(&shard, Some(r#"["renamed-4", "ex-\"5\""]"#));
+    let cache = LatentCache::open(dir.path(), &key(StorageDtype::F32)).unwrap();
+    let ids: Vec<String> = (0..6).map(|i| cache.id(i).unwrap()).collect();
+    assert_eq!(
+        ids,
+        ["ex-0", "ex-1", "ex-2", "ex-3", "renamed-4", "ex-\"5\""]
+    );
+    assert_eq!(
+        cache.batch(&[5, 4]).unwrap().ids,
+        [ids[5].as_str(), &ids[4]]
+    );
 }
 
 #[test]
