@@ -33,7 +33,7 @@ pub fn dry_run(
         data::estimate(config),
         first_stage::estimate(config),
         text_estimate,
-        stages::latents::estimate(config, text_shape),
+        stages::latents::estimate(config, text_shape, text::caption_gflops(config)),
         family_estimate,
         sweep_estimate(config, &gflops),
         super_res_estimate(config, &gflops),

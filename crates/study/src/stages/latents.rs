@@ -107,22 +107,32 @@ pub fn states_dtype(
     })
 }
 
-/// The dry run's line on what the cache keeps of each caption.
-pub fn estimate(config: &StudyConfig, text_shape: [usize; 2]) -> Estimate {
+/// The dry run's line on what the cache keeps of each caption (states `text_shape` of the text
+/// stage's [`text::state_length`], the build's), and with token ids the frozen text encoder's
+/// compute over the family's training (`caption_gflops` a caption, every training example of
+/// every width).
+pub fn estimate(config: &StudyConfig, text_shape: [usize; 2], caption_gflops: f64) -> Estimate {
+    let mut e = Estimate::default();
     let kept = match states_dtype(config.cache_text_states, config.train_examples, text_shape) {
         Some(StorageDtype::F32) => "text states in f32".to_string(),
         Some(StorageDtype::F16) => "text states in f16".to_string(),
-        None => "token ids; the text encoder runs on every training batch (its compute is not in \
-                 the training GFLOPs below)"
-            .to_string(),
+        None => {
+            let captions = config.widths.len() as f64
+                * (config.recipe.batch_size as u64 * config.recipe.steps) as f64;
+            e.train_gflops = captions * caption_gflops;
+            format!(
+                "token ids; the frozen text encoder runs on every training batch: \
+                 {caption_gflops:.3} GFLOPs a caption, {:.3e} GFLOPs over the family's training \
+                 (in the training compute below)",
+                e.train_gflops
+            )
+        }
     };
-    Estimate {
-        lines: vec![format!(
-            "latent cache: {kept} (cache_text_states = {})",
-            toml_value(config.cache_text_states)
-        )],
-        ..Estimate::default()
-    }
+    e.lines.push(format!(
+        "latent cache: {kept} (cache_text_states = {})",
+        toml_value(config.cache_text_states)
+    ));
+    e
 }
 
 fn toml_value(choice: CacheTextStates) -> &'static str {
@@ -372,14 +382,64 @@ mod tests {
 
     #[test]
     fn the_dry_run_says_what_the_cache_keeps() {
-        let line = |c: &StudyConfig| estimate(c, [32, 1024]).lines.join("\n");
+        let line = |c: &StudyConfig| estimate(c, [32, 1024], 2.5);
         let tiny = StudyConfig::preset("tiny").unwrap();
-        let said = line(&tiny);
+        let said = line(&tiny).lines.join("\n");
         assert!(
             said.contains("text states in f32") && said.contains("\"auto\""),
             "{said}"
         );
-        let said = line(&StudyConfig::preset("paper").unwrap());
-        assert!(said.contains("token ids"), "{said}");
+        assert_eq!(
+            line(&tiny).train_gflops,
+            0.0,
+            "states: no encoder while training"
+        );
+        let paper = StudyConfig::preset("paper").unwrap();
+        let said = line(&paper).lines.join("\n");
+        assert!(
+            said.contains("token ids") && said.contains("2.500 GFLOPs a caption"),
+            "{said}"
+        );
+        let captions =
+            paper.widths.len() as u64 * paper.recipe.steps * paper.recipe.batch_size as u64;
+        assert_eq!(line(&paper).train_gflops, captions as f64 * 2.5);
+    }
+
+    /// A CLIP encoder's states are 32 tokens in the dry run as in the build (not its 77
+    /// positions), so near the budget the dry run keeps what the build keeps: f32 states for as
+    /// many examples as 32 x 1024 f32 states fit in 64 GiB.
+    #[test]
+    fn the_dry_run_assumes_the_builds_text_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let clip = ldmscale_model::text::ClipTextConfig {
+            vocab_size: 1000,
+            hidden_size: 1024,
+            intermediate_size: 64,
+            num_hidden_layers: 1,
+            num_attention_heads: 4,
+            max_position_embeddings: 77,
+            hidden_act: "gelu".into(),
+            layer_norm_eps: 1e-5,
+            other: Default::default(),
+        };
+        std::fs::write(dir.path().join("config.json"), clip.to_json()).unwrap();
+        let mut config = StudyConfig::preset("tiny").unwrap();
+        config.text_encoder =
+            crate::config::TextEncoderSpec::Clip(dir.path().display().to_string());
+        // 49 GiB of f32 states at 32 tokens; at 77, 117 GiB in f32 and 59 GiB in f16 (the f16
+        // the dry run said before).
+        config.train_examples = 400_000;
+        let (e, shape) = text::estimate(&config);
+        assert!(e.problems.is_empty(), "{:?}", e.problems);
+        assert_eq!(shape, [text::state_length(77), 1024]);
+        assert_eq!(shape[0], 32);
+        let said = estimate(&config, shape, text::caption_gflops(&config))
+            .lines
+            .join("\n");
+        assert!(said.contains("text states in f32"), "{said}");
+        let tokenizer = word_tokenizer(&["a red circle"], 4096, 1, 32).unwrap();
+        let built = text_storage(config.cache_text_states, 400_000, shape, &tokenizer);
+        assert_eq!(built, None, "the build keeps f32 states too");
+        assert!(text::caption_gflops(&config) > 0.0);
     }
 }

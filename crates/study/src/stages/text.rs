@@ -4,7 +4,8 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use ldmscale_model::text::{
-    TextConditioner, TextEncoder, TinyTextSpec, default_minilm_dir, tiny_text_conditioner,
+    Bert, BertConfig, ClipTextConfig, ClipTextModel, TextConditioner, TextEncoder,
+    TextModel as Encoder, TextModelConfig, TinyTextSpec, default_minilm_dir, tiny_text_conditioner,
 };
 use ldmscale_train::params;
 
@@ -104,7 +105,7 @@ impl Stage for TextStage<'_> {
 }
 
 fn with_shape(conditioner: TextConditioner) -> TextModel {
-    let length = conditioner.encoder.max_positions().min(MAX_TOKENS);
+    let length = state_length(conditioner.encoder.max_positions());
     let width = conditioner.encoder.hidden_size();
     TextModel {
         conditioner,
@@ -174,24 +175,118 @@ pub fn load_or_make(
     Ok(t)
 }
 
-/// The text-state shape `--dry-run` assumes, and a missing encoder directory.
+/// Tokens of text state per caption: the encoder's positions, at most [`MAX_TOKENS`]. What the
+/// study encodes captions to, the latent cache keeps and `--dry-run` assumes, so that the dry
+/// run's choice of what the cache keeps is the build's.
+pub fn state_length(max_positions: usize) -> usize {
+    max_positions.min(MAX_TOKENS)
+}
+
+/// The text-state shape `--dry-run` assumes, and a missing or unreadable encoder directory.
 pub fn estimate(config: &StudyConfig) -> (Estimate, [usize; 2]) {
     let mut e = Estimate::default();
-    let shape = match &config.text_encoder {
-        TextEncoderSpec::TinyRandom => [MAX_TOKENS, TinyTextSpec::default().width],
-        TextEncoderSpec::MiniLm => [MAX_TOKENS, 384],
-        TextEncoderSpec::Dir(_) | TextEncoderSpec::Clip(_) => [77, 1024],
+    let (shape, _) = match assumed(&config.text_encoder) {
+        Ok(assumed) => assumed,
+        Err(problem) => {
+            e.problems.push(problem);
+            assumed_by_default(&config.text_encoder)
+        }
     };
-    if let Some(dir) = config.text_encoder.path()
-        && !Path::new(dir).join("config.json").exists()
-    {
-        e.problems.push(format!(
-            "text_encoder {dir:?}: no config.json (a transformers directory is needed)"
-        ));
-    }
     e.lines.push(format!(
         "text encoder: {}, states {}x{}",
         config.text_encoder, shape[0], shape[1]
     ));
     (e, shape)
+}
+
+/// GFLOPs of encoding one caption (at [`state_length`] tokens) with the encoder `--dry-run`
+/// assumes.
+pub fn caption_gflops(config: &StudyConfig) -> f64 {
+    assumed(&config.text_encoder)
+        .unwrap_or_else(|_| assumed_by_default(&config.text_encoder))
+        .1
+}
+
+/// States shape and GFLOPs a caption of the encoder `spec` names: its directory's
+/// `config.json` where it has one.
+fn assumed(spec: &TextEncoderSpec) -> Result<([usize; 2], f64), String> {
+    let dir = match spec {
+        TextEncoderSpec::TinyRandom => return Ok(assumed_by_default(spec)),
+        TextEncoderSpec::MiniLm => default_minilm_dir(),
+        TextEncoderSpec::Dir(path) | TextEncoderSpec::Clip(path) => path.into(),
+    };
+    let file = dir.join("config.json");
+    if !file.exists() {
+        return match spec {
+            TextEncoderSpec::MiniLm => Ok(assumed_by_default(spec)),
+            _ => Err(format!(
+                "text_encoder {:?}: no config.json (a transformers directory is needed)",
+                dir.display()
+            )),
+        };
+    }
+    let config =
+        read_config(&file).map_err(|e| format!("text_encoder {:?}: {e}", dir.display()))?;
+    Ok(shape_and_cost(&config))
+}
+
+/// What a spec's encoder usually is: the tiny encoder, all-MiniLM-L6-v2, or Stable Diffusion
+/// 2's text encoder (OpenCLIP ViT-H/14 less its last layer, the paper's scale).
+fn assumed_by_default(spec: &TextEncoderSpec) -> ([usize; 2], f64) {
+    let config = match spec {
+        TextEncoderSpec::TinyRandom => {
+            let t = TinyTextSpec::default();
+            TextModelConfig::Bert(BertConfig::small(
+                t.max_vocab,
+                t.width,
+                t.layers,
+                t.heads,
+                t.max_length,
+            ))
+        }
+        TextEncoderSpec::MiniLm => TextModelConfig::Bert(BertConfig::small(30522, 384, 6, 12, 512)),
+        TextEncoderSpec::Dir(_) | TextEncoderSpec::Clip(_) => {
+            TextModelConfig::Clip(ClipTextConfig {
+                vocab_size: 49408,
+                hidden_size: 1024,
+                intermediate_size: 4096,
+                num_hidden_layers: 23,
+                num_attention_heads: 16,
+                max_position_embeddings: 77,
+                hidden_act: "gelu".into(),
+                layer_norm_eps: 1e-5,
+                other: Default::default(),
+            })
+        }
+    };
+    shape_and_cost(&config)
+}
+
+/// A transformers `config.json` of a BERT or CLIP text model (by its `model_type`).
+fn read_config(file: &Path) -> Result<TextModelConfig, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("config.json: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("config.json: {e}"))?;
+    let config = match value.get("model_type").and_then(|v| v.as_str()) {
+        Some("bert") => BertConfig::from_json_file(file).map(TextModelConfig::Bert),
+        Some("clip_text_model") => ClipTextConfig::from_json_file(file).map(TextModelConfig::Clip),
+        other => {
+            return Err(format!(
+                "config.json: model_type {other:?} is not \"bert\" or \"clip_text_model\""
+            ));
+        }
+    };
+    config.map_err(|e| e.to_string())
+}
+
+/// States shape and GFLOPs a caption of the encoder `config` describes (built lazily: nothing
+/// is allocated).
+fn shape_and_cost(config: &TextModelConfig) -> ([usize; 2], f64) {
+    let device = Device::flex();
+    let model = match config {
+        TextModelConfig::Bert(c) => Encoder::Bert(Bert::new(c, &device)),
+        TextModelConfig::Clip(c) => Encoder::Clip(ClipTextModel::new(c, &device)),
+    };
+    let length = state_length(model.max_positions());
+    ([length, model.hidden_size()], model.cost(length).gflops())
 }
