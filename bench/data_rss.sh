@@ -97,7 +97,9 @@ table() { # title, array name
       kb="${values[$stage,$n]}"; printf '%12.1f' "$(echo "$kb / 1024" | bc -l)"
       first="${first:-$kb}"; last="$kb"
     done
-    printf '%12.3f\n' "$(echo "$last / $first" | bc -l)"
+    # A stage that ends before the first 0.1 s sample reads 0: no ratio.
+    if [ "$first" -gt 0 ]; then printf '%12.3f\n' "$(echo "$last / $first" | bc -l)"; else
+      printf '%12s\n' "n/a"; fi
   done
 }
 table "peak RSS MB" rss
