@@ -3,6 +3,7 @@
 //! serialisable: save it with a checkpoint, resume with it, and the following batches are
 //! identical to those an uninterrupted run would have seen, augmentations included.
 
+use ldmscale_util::permutation::{Permutation, SHUFFLED_IN_MEMORY_MAX};
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::{Dataset, Example, Skipped};
@@ -73,7 +74,7 @@ impl Sampler {
         self.cursor
     }
 
-    /// The order of epoch `epoch` (a finite dataset's indices).
+    /// The order of epoch `epoch` (a finite dataset's indices) of a set shuffled in memory.
     pub fn epoch_order(len: usize, seed: u64, shuffle: bool, epoch: u64) -> Vec<usize> {
         let mut order: Vec<usize> = (0..len).collect();
         if shuffle {
@@ -91,12 +92,7 @@ impl Sampler {
                 at.position as usize
             }
             Some(n) => {
-                let stale = self.order.as_ref().is_none_or(|(e, _)| *e != at.epoch);
-                if stale {
-                    let order = Self::epoch_order(n, self.seed, self.shuffle, at.epoch);
-                    self.order = Some((at.epoch, order));
-                }
-                let index = self.order.as_ref().expect("order set above").1[at.position as usize];
+                let index = self.index_in_epoch(n, at);
                 self.cursor.position += 1;
                 if self.cursor.position == n as u64 {
                     self.cursor = Cursor {
@@ -108,6 +104,25 @@ impl Sampler {
             }
         };
         (index, at)
+    }
+
+    /// The index at `at` of an epoch of `n`: the position itself unshuffled, else from the
+    /// epoch's order held in memory, or past [`SHUFFLED_IN_MEMORY_MAX`] from its
+    /// [`Permutation`] (no order held).
+    fn index_in_epoch(&mut self, n: usize, at: Cursor) -> usize {
+        if !self.shuffle {
+            return at.position as usize;
+        }
+        if n > SHUFFLED_IN_MEMORY_MAX {
+            let key = hash_u64s(&[self.seed, at.epoch, 0x5045_524D]);
+            return Permutation::new(n as u64, key).at(at.position) as usize;
+        }
+        let stale = self.order.as_ref().is_none_or(|(e, _)| *e != at.epoch);
+        if stale {
+            let order = Self::epoch_order(n, self.seed, self.shuffle, at.epoch);
+            self.order = Some((at.epoch, order));
+        }
+        self.order.as_ref().expect("order set above").1[at.position as usize]
     }
 
     /// The next `count` indices.

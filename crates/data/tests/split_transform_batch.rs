@@ -367,3 +367,36 @@ fn failing_examples_are_skipped_and_reported() {
         .is_err()
     );
 }
+
+/// A shuffled set past SHUFFLED_IN_MEMORY_MAX is ordered without holding its epoch: distinct
+/// indices in range, the same from a cursor taken midway, and another order the next epoch.
+#[test]
+fn large_sets_are_ordered_without_holding_an_epoch() {
+    let n = ldmscale_util::permutation::SHUFFLED_IN_MEMORY_MAX + 5;
+    let start = Cursor::default();
+    let mut sampler = Sampler::new(Some(n), 5, true, start).unwrap();
+    let first = sampler.next_indices(100);
+    assert!(first.iter().all(|&i| i < n));
+    let distinct: HashSet<usize> = first.iter().copied().collect();
+    assert_eq!(distinct.len(), 100);
+    let midway = Cursor {
+        epoch: 0,
+        position: 40,
+    };
+    let resumed = Sampler::new(Some(n), 5, true, midway)
+        .unwrap()
+        .next_indices(60);
+    assert_eq!(resumed, first[40..]);
+    let next_epoch = Cursor {
+        epoch: 1,
+        position: 0,
+    };
+    let second = Sampler::new(Some(n), 5, true, next_epoch)
+        .unwrap()
+        .next_indices(100);
+    assert_ne!(first, second);
+    let plain = Sampler::new(Some(n), 5, false, start)
+        .unwrap()
+        .next_indices(3);
+    assert_eq!(plain, vec![0, 1, 2]);
+}

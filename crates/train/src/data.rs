@@ -6,6 +6,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use ldmscale_model::text::{TextConditioner, TextEncoder};
 use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig};
 use ldmscale_pipeline::{PipelineError, encode_images, encode_text};
+use ldmscale_util::permutation::{Permutation, SHUFFLED_IN_MEMORY_MAX};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -125,8 +126,13 @@ pub fn rng_for(seed: u64, step: u64, stream: u64) -> StdRng {
 }
 
 /// The example indices for samples `start .. start + count` of the run: epochs of a seeded
-/// permutation of `0..len`.
+/// permutation of `0..len`, shuffled in memory up to [`SHUFFLED_IN_MEMORY_MAX`] examples (the
+/// order every run has had), else drawn position by position from a [`Permutation`] instead of
+/// rebuilding gigabytes of indices for every micro-batch.
 pub fn order(seed: u64, len: usize, start: u64, count: usize) -> Vec<usize> {
+    if len > SHUFFLED_IN_MEMORY_MAX {
+        return order_without_memory(seed, len, start, count);
+    }
     let mut out = Vec::with_capacity(count);
     let mut epoch = u64::MAX;
     let mut perm: Vec<usize> = Vec::new();
@@ -144,6 +150,22 @@ pub fn order(seed: u64, len: usize, start: u64, count: usize) -> Vec<usize> {
         out.push(perm[(sample % len as u64) as usize]);
     }
     out
+}
+
+/// [`order`] for sets past [`SHUFFLED_IN_MEMORY_MAX`]: each epoch's permutation keyed by
+/// (seed, epoch), evaluated at the positions asked for.
+fn order_without_memory(seed: u64, len: usize, start: u64, count: usize) -> Vec<usize> {
+    let len = len as u64;
+    (start..start + count as u64)
+        .map(|sample| {
+            let key = ldmscale_util::hash::stable_seed(&[
+                "data-order",
+                &seed.to_string(),
+                &(sample / len).to_string(),
+            ]);
+            Permutation::new(len, key).at(sample % len) as usize
+        })
+        .collect()
 }
 
 /// A synthetic conditional data set for tests and smoke runs: example `i` belongs to class
@@ -241,5 +263,22 @@ mod tests {
         }
         assert_ne!(all[..10], all[10..20]);
         assert_eq!(order(7, 10, 13, 9), all[13..22].to_vec());
+    }
+
+    #[test]
+    fn large_sets_are_ordered_without_holding_an_epoch() {
+        let len = SHUFFLED_IN_MEMORY_MAX + 3;
+        let first = order(7, len, 0, 64);
+        assert_eq!(order(7, len, 10, 20), first[10..30].to_vec());
+        assert!(first.iter().all(|&i| i < len));
+        let mut distinct = first.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 64);
+        // The epoch after re-draws; positions across the epoch boundary stay in range.
+        let next = order(7, len, len as u64, 64);
+        assert_ne!(first, next);
+        let across = order(7, len, len as u64 - 2, 4);
+        assert_eq!(across[2..], next[..2]);
     }
 }
