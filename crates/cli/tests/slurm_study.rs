@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use ldmscale_study::cell::Cell;
+use ldmscale_study::config::StudyConfig;
 use ldmscale_study::store::Store;
 
 fn ldmscale(args: &[&str], out: &Path) -> Output {
@@ -178,9 +179,25 @@ fn the_tiny_study_through_slurm_equals_a_local_run() {
     }
     let dir = tempfile::tempdir().unwrap();
     let (local, slurm) = (dir.path().join("local"), dir.path().join("slurm"));
-    let done = ldmscale(&["-q", "study", "--preset", "tiny"], &local);
+    // The tiny preset on 600 training examples: its latent cache (256-example shards) is built
+    // on Slurm by a two-task array, examples 0..256 and 256..600, and joined.
+    let mut config = StudyConfig::preset("tiny").unwrap();
+    config.train_examples = 600;
+    let toml = dir.path().join("tiny-600.toml");
+    std::fs::write(&toml, config.to_toml()).unwrap();
+    let toml = toml.to_str().unwrap();
+    let done = ldmscale(&["-q", "study", "--config", toml], &local);
     assert!(done.status.success(), "{}", text(&done));
-    let submit = ["study", "--preset", "tiny", "--submit", "slurm", "--wait"];
+    let submit = [
+        "study",
+        "--config",
+        toml,
+        "--submit",
+        "slurm",
+        "--latent-shards",
+        "2",
+        "--wait",
+    ];
     let done = ldmscale(&submit, &slurm);
     assert!(done.status.success(), "{}", text(&done));
     let expected = cells(&local.join("results.sqlite"));
@@ -197,6 +214,22 @@ fn the_tiny_study_through_slurm_equals_a_local_run() {
             .map(|p| std::fs::read_to_string(p).unwrap())
             .collect()
     };
+    let mut ranges: Vec<String> = logs_of("latents-")
+        .iter()
+        .filter_map(|log| log.lines().find(|l| l.contains("latent cache: examples")))
+        .map(|line| {
+            line.split("latent cache: examples ")
+                .nth(1)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    ranges.sort();
+    assert_eq!(
+        ranges,
+        ["0..256, part 1 of 2", "256..600, part 2 of 2"],
+        "one latents array task per range"
+    );
     let finetuned = logs_of("super-res-");
     assert_eq!(finetuned.len(), 2, "one super-res array task per width");
     assert!(
