@@ -1,9 +1,10 @@
 //! The latent cache's bytes per example with and without cached text states (issue 23 item 5):
 //! writes `--examples` examples (shards of 256, as the study does) for the tiny study's shapes
 //! (64 px latents 4x16x16, the tiny encoder's 32 x 64 states) and the paper's (512 px SD-VAE
-//! latents 4x64x64, CLIP's 77 x 1024 states), each with text states in f32, in f16, and as
-//! token ids, and prints the shard bytes per example measured on disk, with what 600M examples
-//! would take. Latents are f32; values are pseudo-random (sizes do not depend on them).
+//! latents 4x64x64, CLIP's states 32 x 1024 as the study keeps them, or its 77 token ids),
+//! each with text states in f32, in f16, and as token ids, and prints the shard bytes per
+//! example measured on disk, with what 600M examples would take. Latents are f32; values are
+//! pseudo-random (sizes do not depend on them).
 
 use anyhow::Result;
 use clap::Parser;
@@ -21,10 +22,12 @@ type Layout = (&'static str, [usize; 3], [usize; 2], usize);
 
 const LAYOUTS: [Layout; 2] = [
     ("tiny (64 px, 32x64 states)", [4, 16, 16], [32, 64], 32),
+    // The study keeps CLIP's states at 32 of its 77 positions (text::state_length), and the
+    // tokenizer's 77 token ids.
     (
-        "paper (512 px, 77x1024 states)",
+        "paper (512 px, 32x1024 states)",
         [4, 64, 64],
-        [77, 1024],
+        [32, 1024],
         77,
     ),
 ];
