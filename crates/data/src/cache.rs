@@ -693,11 +693,11 @@ fn decode(bytes: &[u8], dtype: StorageDtype, out: &mut Vec<f32>) {
     }
 }
 
-/// One memory-mapped shard: byte ranges of each tensor's data. Its ids stay in the mapped
-/// header and are read when asked for, so an open cache holds no per-example memory (a
-/// `String` an id held would be ~40 GB at 600M examples).
+/// One shard as checked at open: where it is and the byte ranges of each tensor's data. Its ids
+/// stay in the header and are read when asked for, so an open cache holds no per-example memory
+/// (a `String` an id held would be ~40 GB at 600M examples).
 struct MappedShard {
-    map: memmap2::Mmap,
+    path: PathBuf,
     count: usize,
     latents: std::ops::Range<usize>,
     /// Text states, or token ids.
@@ -732,13 +732,46 @@ pub enum CachedText {
     Tokens(Vec<Vec<u32>>),
 }
 
-/// A finished latent cache, opened read-only and memory-mapped.
+/// Most shards a cache keeps mapped at once: Linux allows a process 65,530 maps by default, and
+/// the paper's 600M examples are 2.3M shards of 256.
+pub const MAX_MAPPED_SHARDS: usize = 1024;
+
+/// A finished latent cache, opened read-only; its shards are memory-mapped when read, at most
+/// [`MAX_MAPPED_SHARDS`] at a time (the least recently read unmapped first).
 pub struct LatentCache {
     dir: PathBuf,
     manifest: Manifest,
     shards: Vec<MappedShard>,
     /// Global index of each shard's first example.
     starts: Vec<usize>,
+    maps: std::sync::Mutex<ShardMaps>,
+}
+
+/// The shards mapped now, by index, with when each was last read.
+#[derive(Default)]
+struct ShardMaps {
+    open: std::collections::HashMap<usize, (std::sync::Arc<memmap2::Mmap>, u64)>,
+    reads: u64,
+}
+
+impl ShardMaps {
+    /// Shard `s`'s map, mapping `path` (and unmapping the least recently read past
+    /// [`MAX_MAPPED_SHARDS`]) when it is not mapped.
+    fn get(&mut self, s: usize, path: &Path) -> Result<std::sync::Arc<memmap2::Mmap>, DataError> {
+        self.reads += 1;
+        if let Some((map, last)) = self.open.get_mut(&s) {
+            *last = self.reads;
+            return Ok(map.clone());
+        }
+        if self.open.len() >= MAX_MAPPED_SHARDS {
+            let oldest = self.open.iter().min_by_key(|(_, (_, last))| *last);
+            let oldest = *oldest.expect("full, so not empty").0;
+            self.open.remove(&oldest);
+        }
+        let map = std::sync::Arc::new(map_file(path)?);
+        self.open.insert(s, (map.clone(), self.reads));
+        Ok(map)
+    }
 }
 
 impl LatentCache {
@@ -866,6 +899,7 @@ impl LatentCache {
             manifest,
             shards,
             starts,
+            maps: Default::default(),
         })
     }
 
@@ -884,7 +918,17 @@ impl LatentCache {
         self.manifest.count == 0
     }
 
-    fn locate(&self, index: usize) -> Result<(&MappedShard, usize), DataError> {
+    /// How many of its shards are mapped now (at most [`MAX_MAPPED_SHARDS`]).
+    pub fn mapped_shards(&self) -> usize {
+        self.maps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .open
+            .len()
+    }
+
+    /// Example `index`'s shard (its number and layout) and place in it.
+    fn locate(&self, index: usize) -> Result<(usize, &MappedShard, usize), DataError> {
         if index >= self.len() {
             return Err(DataError::OutOfRange {
                 dataset: format!("latent cache {}", self.dir.display()),
@@ -893,18 +937,24 @@ impl LatentCache {
             });
         }
         let s = self.starts.partition_point(|&start| start <= index) - 1;
-        Ok((&self.shards[s], index - self.starts[s]))
+        Ok((s, &self.shards[s], index - self.starts[s]))
+    }
+
+    /// Shard `s`'s bytes.
+    fn mapped(&self, s: usize) -> Result<std::sync::Arc<memmap2::Mmap>, DataError> {
+        let mut maps = self.maps.lock().unwrap_or_else(|p| p.into_inner());
+        maps.get(s, &self.shards[s].path)
     }
 
     /// The id of example `index`, read from its shard's header.
     pub fn id(&self, index: usize) -> Result<String, DataError> {
-        let (shard, i) = self.locate(index)?;
-        self.shard_id(shard, i)
+        let (s, shard, i) = self.locate(index)?;
+        self.shard_id(shard, &self.mapped(s)?, i)
     }
 
-    /// Id `i` of `shard` (checked at open: the header lists one id per example).
-    fn shard_id(&self, shard: &MappedShard, i: usize) -> Result<String, DataError> {
-        let read = read_ids(&shard.map, Some(i)).and_then(|(_, id)| {
+    /// Id `i` of `shard` mapped as `map` (checked at open: the header lists one id per example).
+    fn shard_id(&self, shard: &MappedShard, map: &[u8], i: usize) -> Result<String, DataError> {
+        let read = read_ids(map, Some(i)).and_then(|(_, id)| {
             id.ok_or_else(|| format!("no id {i} among its {} examples", shard.count))
         });
         read.map_err(|message| DataError::Cache {
@@ -930,25 +980,27 @@ impl LatentCache {
             },
         };
         for &index in indices {
-            let (shard, i) = self.locate(index)?;
-            let lat = &shard.map[shard.latents.clone()][i * ll * b..(i + 1) * ll * b];
+            let (s, shard, i) = self.locate(index)?;
+            let map = self.mapped(s)?;
+            let lat = &map[shard.latents.clone()][i * ll * b..(i + 1) * ll * b];
             decode(lat, key.dtype, &mut out.latents);
-            self.read_text(shard, i, &mut out.text)?;
-            out.ids.push(self.shard_id(shard, i)?);
+            self.read_text(shard, &map, i, &mut out.text)?;
+            out.ids.push(self.shard_id(shard, &map, i)?);
         }
         Ok(out)
     }
 
-    /// Appends example `i` of `shard`'s caption to `out`.
+    /// Appends example `i` of `shard`'s caption (`shard` mapped as `map`) to `out`.
     fn read_text(
         &self,
         shard: &MappedShard,
+        map: &[u8],
         i: usize,
         out: &mut CachedText,
     ) -> Result<(), DataError> {
         let key = &self.manifest.key;
-        let text = &shard.map[shard.text.clone()];
-        let extent = &shard.map[shard.text_extent.clone()];
+        let text = &map[shard.text.clone()];
+        let extent = &map[shard.text_extent.clone()];
         match (key.text(), out) {
             (TextStorage::States { dtype }, CachedText::States { states, mask }) => {
                 let (tl, l, b) = (key.text_len(), key.text_shape[0], dtype.bytes());
@@ -964,7 +1016,7 @@ impl LatentCache {
                         dir: self.dir.display().to_string(),
                         message: format!(
                             "example {:?}: text_token_count {count}, expected 1 to {tokens}",
-                            self.shard_id(shard, i)?
+                            self.shard_id(shard, map, i)?
                         ),
                     });
                 }
@@ -990,11 +1042,7 @@ fn map_shard(path: &Path, count: usize, key: &CacheKey) -> Result<MappedShard, D
         dir: path.display().to_string(),
         message,
     };
-    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    // SAFETY: shards are written once through a temporary file and a rename and never modified
-    // in place, so the mapped bytes do not change while mapped (short of someone overwriting
-    // the cache by hand).
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| DataError::io(path, e))?;
+    let map = map_file(path)?;
     let (header_len, meta) = SafeTensors::read_metadata(&map[..])
         .map_err(|e| err(format!("not a readable safetensors file: {e}")))?;
     let data_start = 8 + header_len;
@@ -1023,12 +1071,21 @@ fn map_shard(path: &Path, count: usize, key: &CacheKey) -> Result<MappedShard, D
         return Err(err(format!("{ids} ids for {count} examples")));
     }
     Ok(MappedShard {
-        map,
+        path: path.to_path_buf(),
         count,
         latents,
         text,
         text_extent,
     })
+}
+
+/// `path` mapped read-only.
+fn map_file(path: &Path) -> Result<memmap2::Mmap, DataError> {
+    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
+    // SAFETY: shards are written once through a temporary file and a rename and never modified
+    // in place, so the mapped bytes do not change while mapped (short of someone overwriting
+    // the cache by hand).
+    unsafe { memmap2::Mmap::map(&file) }.map_err(|e| DataError::io(path, e))
 }
 
 /// Reads the ids list (`ids` in the metadata) of the safetensors file `bytes`: how many ids it

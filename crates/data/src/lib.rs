@@ -35,8 +35,8 @@ pub mod webdataset;
 
 pub use batch::{Batch, BatchLoader, Cursor, LoaderConfig, Sampler};
 pub use cache::{
-    CacheKey, CachedBatch, CachedText, LatentCache, LatentCacheWriter, StorageDtype, TextStorage,
-    TokenDtype, file_sha256, range_dir, ranges_in, split_ranges,
+    CacheKey, CachedBatch, CachedText, LatentCache, LatentCacheWriter, MAX_MAPPED_SHARDS,
+    StorageDtype, TextStorage, TokenDtype, file_sha256, range_dir, ranges_in, split_ranges,
 };
 pub use captioned::{Captioned, STUDY_SPLIT, load_captioned};
 pub use dataset::{Dataset, Example, Skipped, Split, SplitConfig, SplitDataset};

@@ -557,3 +557,24 @@ fn a_join_refuses_gaps_and_unfinished_ranges() {
         &["range-000000000000-000000000004", "another key", "dtype"],
     );
 }
+
+/// More shards than may be mapped at once: every example still reads back, shards being
+/// unmapped and mapped again as reads move on (the paper's cache is 2.3M shards, Linux allows
+/// a process 65,530 maps).
+#[test]
+fn a_cache_of_more_shards_than_maps_reads_every_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = ldmscale_data::MAX_MAPPED_SHARDS + 6;
+    fill(dir.path(), key(StorageDtype::F32), n, 1);
+    let cache = LatentCache::open(dir.path(), &key(StorageDtype::F32)).unwrap();
+    assert_eq!(cache.mapped_shards(), 0, "open maps no shard for good");
+    for pass in 0..2 {
+        for i in (0..n).rev().step_by(1 + pass) {
+            let batch = cache.batch(&[i]).unwrap();
+            assert_eq!(batch.ids, [format!("ex-{i}")]);
+            assert_eq!(batch.latents, arrays(i).0);
+        }
+    }
+    assert_eq!(cache.id(0).unwrap(), "ex-0");
+    assert_eq!(cache.mapped_shards(), ldmscale_data::MAX_MAPPED_SHARDS);
+}
