@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::emoji::{EmojiSubjects, STANDARD_EMOJI, emoji_evaluation_prompts};
+use super::emoji::{
+    EmojiSubjects, STANDARD_EMOJI, emoji_evaluation_prompts, standard_emoji_subjects,
+};
 use super::{EvalPrompt, Subject, SubjectSet, evaluation_prompts};
 use crate::dataset::Example;
 use crate::error::DataError;
@@ -35,15 +37,17 @@ impl SubjectDomain {
             SubjectDomain::Shapes => (SubjectSet::standard().subjects().iter())
                 .map(|s| (s.name.clone(), s.identifier.clone()))
                 .collect(),
-            SubjectDomain::Emoji => (STANDARD_EMOJI.iter())
-                .map(|s| (s.0.to_string(), s.4.to_string()))
+            SubjectDomain::Emoji => (standard_emoji_subjects().into_iter())
+                .map(|s| (s.name, s.identifier))
                 .collect(),
         }
     }
 
     /// The image file of the standard emoji subject `name` (what the training set excludes).
     pub fn emoji_file(name: &str) -> Option<&'static str> {
-        STANDARD_EMOJI.iter().find(|s| s.0 == name).map(|s| s.2)
+        (STANDARD_EMOJI.iter())
+            .find(|&&(subject, ..)| subject == name)
+            .map(|&(_, _, file, ..)| file)
     }
 
     /// Evaluation prompts each subject of the domain has.
