@@ -248,7 +248,7 @@ pub fn matmul_bf16(
         // SAFETY: the features are present and the extents were checked above.
         unsafe {
             if engine() == Engine::Amx {
-                amx::matmul::<amx::Amx>(&shape, dst, lhs, rhs, parallel)
+                amx::matmul::<amx::Amx>(&shape, dst, avx512::Lhs::Floats(lhs), rhs, parallel)
             } else {
                 avx512::matmul(&shape, dst, avx512::Lhs::Floats(lhs), rhs, parallel)
             }
@@ -266,16 +266,18 @@ pub fn matmul_bf16(
 pub struct PackedLhs {
     m: usize,
     k: usize,
+    /// The engine whose blocks `words` holds: [`Engine::Amx`] or [`Engine::Avx512Bf16`].
+    layout: Engine,
     words: Vec<u32>,
 }
 
 impl PackedLhs {
-    /// `lhs` (`[m, k]`, strides as [`matmul_bf16`]'s), packed; `None` where the products would
-    /// not read it (no AVX512-BF16, or the AMX engine, which packs its own way).
+    /// `lhs` (`[m, k]`, strides as [`matmul_bf16`]'s), packed for this CPU's [`engine`];
+    /// `None` where the products would not read it (no AVX512-BF16).
     pub fn new(m: usize, k: usize, lhs: &[f32], lhs_rs: usize, lhs_cs: usize) -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
         {
-            if !available() || engine() == Engine::Amx || m == 0 || k == 0 {
+            if !available() || m == 0 || k == 0 {
                 return None;
             }
             assert!(
@@ -293,28 +295,23 @@ impl PackedLhs {
                 rhs_cs: 0,
                 accumulate: false,
             };
-            let (pairs, panels) = (k.div_ceil(2), m.div_ceil(MR));
-            let block_pairs = split(pairs, KC_PAIRS, 1);
-            let mut words = vec![0u32; pairs.div_ceil(block_pairs) * panels * MR * KC_PAIRS];
-            // One micro-panel and `k` block per chunk, where `matmul` reads it.
-            words
-                .par_chunks_mut(MR * KC_PAIRS)
-                .enumerate()
-                .for_each(|(i, chunk)| {
-                    let (pair0, row0) = (i / panels * block_pairs, i % panels * MR);
-                    let (block, rows) = (block_pairs.min(pairs - pair0), MR.min(m - row0));
-                    debug_assert_eq!(
-                        avx512::packed_lhs_offset(m, block_pairs, pair0, row0),
-                        i * MR * KC_PAIRS
-                    );
-                    // SAFETY: features present; extents checked above.
-                    unsafe {
-                        avx512::pack_lhs_block(
-                            &shape, lhs, row0, rows, pair0, block, chunk, KC_PAIRS,
-                        )
-                    }
-                });
-            Some(PackedLhs { m, k, words })
+            let layout = match engine() {
+                Engine::Amx => Engine::Amx,
+                _ => Engine::Avx512Bf16,
+            };
+            // SAFETY: features present; extents checked above.
+            let words = unsafe {
+                match layout {
+                    Engine::Amx => amx::pack_lhs(&shape, lhs),
+                    _ => avx512::pack_lhs(&shape, lhs),
+                }
+            };
+            Some(PackedLhs {
+                m,
+                k,
+                layout,
+                words,
+            })
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -367,8 +364,14 @@ pub fn matmul_bf16_packed(
             accumulate,
         };
         let packed = avx512::Lhs::Packed(&lhs.words);
-        // SAFETY: `PackedLhs` exists only where the features are; extents checked above.
-        unsafe { avx512::matmul(&shape, dst, packed, rhs, parallel) };
+        // SAFETY: `PackedLhs` exists only where the features (and its layout's engine) are;
+        // extents checked above.
+        unsafe {
+            match lhs.layout {
+                Engine::Amx => amx::matmul::<amx::Amx>(&shape, dst, packed, rhs, parallel),
+                _ => avx512::matmul(&shape, dst, packed, rhs, parallel),
+            }
+        };
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -507,6 +510,33 @@ mod avx512 {
     pub(super) enum Lhs<'a> {
         Floats(&'a [f32]),
         Packed(&'a [u32]),
+    }
+
+    /// All of `lhs` (`shape`'s `m` x `k` and `lhs` strides) rounded to bf16 in the micro-panels
+    /// and `k` blocks [`matmul`] reads as [`Lhs::Packed`] (see [`packed_lhs_offset`]).
+    ///
+    /// # Safety
+    /// avx512f, avx512bw and avx512bf16 present; `lhs` covers the extents in `shape`.
+    pub(super) unsafe fn pack_lhs(shape: &Shape, lhs: &[f32]) -> Vec<u32> {
+        let (m, pairs) = (shape.m, shape.k.div_ceil(2));
+        let panels = m.div_ceil(MR);
+        let block_pairs = split(pairs, KC_PAIRS, 1);
+        let mut words = vec![0u32; pairs.div_ceil(block_pairs) * panels * MR * KC_PAIRS];
+        // One micro-panel and `k` block per chunk, where `matmul` reads it.
+        words
+            .par_chunks_mut(MR * KC_PAIRS)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                let (pair0, row0) = (i / panels * block_pairs, i % panels * MR);
+                let (block, rows) = (block_pairs.min(pairs - pair0), MR.min(m - row0));
+                debug_assert_eq!(
+                    packed_lhs_offset(m, block_pairs, pair0, row0),
+                    i * MR * KC_PAIRS
+                );
+                // SAFETY: the caller's contract.
+                unsafe { pack_lhs_block(shape, lhs, row0, rows, pair0, block, chunk, KC_PAIRS) }
+            });
+        words
     }
 
     /// Where the packed micro-panel of `row` (a multiple of [`MR`]) and `k` block `pair0`
@@ -1194,7 +1224,43 @@ mod tests {
             accumulate,
         };
         // SAFETY: the callers check the features; `check_product` sizes the operands.
-        unsafe { amx::matmul::<T>(&shape, dst, lhs, rhs, parallel) }
+        unsafe { amx::matmul::<T>(&shape, dst, avx512::Lhs::Floats(lhs), rhs, parallel) }
+    }
+
+    /// [`amx_product`] with `lhs` packed whole first, as [`PackedLhs`] does on AMX.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn amx_product_packed<T: amx::Tiles>(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: &mut [f32],
+        dst_rs: usize,
+        accumulate: bool,
+        lhs: &[f32],
+        lhs_rs: usize,
+        lhs_cs: usize,
+        rhs: &[f32],
+        rhs_rs: usize,
+        rhs_cs: usize,
+        parallel: bool,
+    ) {
+        let shape = Shape {
+            m,
+            n,
+            k,
+            dst_rs,
+            lhs_rs,
+            lhs_cs,
+            rhs_rs,
+            rhs_cs,
+            accumulate,
+        };
+        // SAFETY: as `amx_product`.
+        unsafe {
+            let words = amx::pack_lhs(&shape, lhs);
+            amx::matmul::<T>(&shape, dst, avx512::Lhs::Packed(&words), rhs, parallel)
+        }
     }
 
     /// Shapes with edges in every dimension, transposed operands, several tiles and `k`
@@ -1231,6 +1297,48 @@ mod tests {
         check_amx_shapes(amx_product::<amx::Emulated>);
     }
 
+    /// An `lhs` packed whole for AMX gives the bits of the product that packs it per task.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bf16_amx_packed_lhs_matches_plain_emulated() {
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX512-BF16, which packs AMX operands");
+            return;
+        }
+        check_amx_shapes(amx_product_packed::<amx::Emulated>);
+        for (m, n, k, lhs_t) in [
+            (33, 13, 7, false),
+            (101, 130, 517, true),
+            (70, 75, 1100, false),
+        ] {
+            let lhs = matrix(m, k, lhs_t, 41);
+            let rhs = matrix(k, n, false, 42);
+            let initial = values(m * n, 43);
+            let (mut plain, mut packed) = (initial.clone(), initial);
+            let args = (&lhs.data, lhs.rs, lhs.cs, &rhs.data, rhs.rs, rhs.cs);
+            amx_product::<amx::Emulated>(
+                m, n, k, &mut plain, n, true, args.0, args.1, args.2, args.3, args.4, args.5, true,
+            );
+            amx_product_packed::<amx::Emulated>(
+                m,
+                n,
+                k,
+                &mut packed,
+                n,
+                true,
+                args.0,
+                args.1,
+                args.2,
+                args.3,
+                args.4,
+                args.5,
+                true,
+            );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&plain), bits(&packed), "{m}x{n}x{k}");
+        }
+    }
+
     /// The AMX instructions themselves, where this CPU and OS run them.
     #[cfg(target_arch = "x86_64")]
     #[test]
@@ -1240,6 +1348,7 @@ mod tests {
             return;
         }
         check_amx_shapes(amx_product::<amx::Amx>);
+        check_amx_shapes(amx_product_packed::<amx::Amx>);
         deterministic_across_threads(amx_product::<amx::Amx>, 150, 300, 1100);
         deterministic_across_threads(amx_product::<amx::Amx>, 260, 100, 600);
     }
@@ -1279,12 +1388,12 @@ mod tests {
         }
     }
 
-    /// A packed `lhs` gives the bits of the plain product, over tiles, `k` blocks and both
-    /// ways of packing `rhs`.
+    /// A packed `lhs` gives the bits of the plain product on this CPU's engine, over tiles, `k`
+    /// blocks and both ways of packing `rhs`.
     #[test]
     fn bf16_packed_lhs_matches_plain() {
-        if !available() || engine() == Engine::Amx {
-            eprintln!("skipped: the packed lhs serves the AVX512-BF16 engine, not used here");
+        if !available() {
+            eprintln!("skipped: this CPU lacks AVX512-BF16, which the packed lhs serves");
             return;
         }
         for (m, n, k, lhs_t) in [

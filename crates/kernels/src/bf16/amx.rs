@@ -11,7 +11,8 @@
 //! `(rhs[2q][c], rhs[2q + 1][c])`, 128 bytes apart) and per 32 rows the `lhs` block (rows of
 //! `k` pairs). Each 32 x 32 micro tile sums the block from zero in four C tiles and adds them to
 //! `dst`, so every output element is summed the same way whichever task computes it: results
-//! do not depend on the thread count.
+//! do not depend on the thread count. [`pack_lhs`] packs a whole `lhs` once in the same blocks
+//! (a convolution's weights, read for every image of a batch); the products are bitwise the same.
 //!
 //! The tile arithmetic sits behind [`Tiles`] so that the packing and blocking are tested on any
 //! CPU against an emulation of `tdpbf16ps`; the assembly itself runs only where AMX does.
@@ -20,7 +21,7 @@ use std::arch::asm;
 
 use rayon::prelude::*;
 
-use super::avx512::{SharedMut, pack_lhs_block, pack_rhs_pairs, take_buffer};
+use super::avx512::{Lhs, SharedMut, pack_lhs_block, pack_rhs_pairs, take_buffer};
 use super::{NR, Shape, split, tile_range};
 
 /// Output rows per micro tile: two C tiles of 16 rows.
@@ -261,6 +262,43 @@ impl Tiles for Emulated {
     }
 }
 
+/// `k` pairs per block: near-equal blocks fixed by `k` alone, whole tile steps each.
+fn block_pairs(k: usize) -> usize {
+    split(k.div_ceil(2), KC_PAIRS, STEP_PAIRS)
+}
+
+/// Where [`pack_lhs`] puts the rows of the micro tile at `row` (a multiple of [`MR`]) and the
+/// `k` block at `pair0`: one micro tile's rows of `block_pairs` words after another, by block.
+fn packed_lhs_offset(m: usize, block_pairs: usize, pair0: usize, row: usize) -> usize {
+    ((pair0 / block_pairs) * m.div_ceil(MR) + row / MR) * MR * block_pairs
+}
+
+/// All of `lhs` (`shape`'s `m` x `k` and `lhs` strides) rounded to bf16 in the blocks
+/// [`matmul`] packs per task, zero past `m` and `k`: [`matmul`] reads it as [`Lhs::Packed`].
+///
+/// # Safety
+/// AVX512-BF16 present; `lhs` covers the extents in `shape`.
+pub(super) unsafe fn pack_lhs(shape: &Shape, lhs: &[f32]) -> Vec<u32> {
+    let (m, pairs) = (shape.m, shape.k.div_ceil(2));
+    let block_pairs = block_pairs(shape.k);
+    let micro_panels = m.div_ceil(MR);
+    let mut words = vec![0u32; pairs.div_ceil(block_pairs) * micro_panels * MR * block_pairs];
+    words
+        .par_chunks_mut(MR * block_pairs)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let (pair0, row0) = (i / micro_panels * block_pairs, i % micro_panels * MR);
+            let (block, rows) = (block_pairs.min(pairs - pair0), MR.min(m - row0));
+            debug_assert_eq!(
+                packed_lhs_offset(m, block_pairs, pair0, row0),
+                i * chunk.len()
+            );
+            // SAFETY: the caller's contract.
+            unsafe { pack_lhs_block(shape, lhs, row0, rows, pair0, block, chunk, block_pairs) }
+        });
+    words
+}
+
 /// `dst (+)= lhs rhs` on tiles `T` (see [`super::matmul_bf16`]; strides as in `shape`).
 ///
 /// # Safety
@@ -268,12 +306,12 @@ impl Tiles for Emulated {
 pub(super) unsafe fn matmul<T: Tiles>(
     shape: &Shape,
     dst: &mut [f32],
-    lhs: &[f32],
+    lhs: Lhs,
     rhs: &[f32],
     parallel: bool,
 ) {
     let Shape { m, n, k, .. } = *shape;
-    let block_pairs = split(k.div_ceil(2), KC_PAIRS, STEP_PAIRS);
+    let block_pairs = block_pairs(k);
     let threads = if parallel {
         rayon::current_num_threads()
     } else {
@@ -313,7 +351,7 @@ pub(super) unsafe fn matmul<T: Tiles>(
 unsafe fn compute_tile<T: Tiles>(
     shape: &Shape,
     dst: SharedMut<f32>,
-    lhs: &[f32],
+    lhs: Lhs,
     rhs: &[f32],
     block_pairs: usize,
     (row0, rows): (usize, usize),
@@ -353,22 +391,32 @@ unsafe fn compute_tile<T: Tiles>(
         }
         for i in (0..rows).step_by(MR) {
             let micro_rows = MR.min(rows - i);
-            let lhs_words = &mut packed_lhs[..MR * padded];
-            if micro_rows < MR || padded > block {
-                lhs_words.fill(0);
-            }
-            // SAFETY: the caller's contract.
-            unsafe {
-                pack_lhs_block(
-                    shape,
-                    lhs,
-                    row0 + i,
-                    micro_rows,
-                    pair0,
-                    block,
-                    lhs_words,
-                    padded,
-                )
+            // 32 rows of packed pairs, zero past `block` up to `padded`, and their stride.
+            let (lhs_rows, lhs_row_words) = match lhs {
+                Lhs::Packed(words) => {
+                    let at = packed_lhs_offset(shape.m, block_pairs, pair0, row0 + i);
+                    (words[at..at + MR * block_pairs].as_ptr(), block_pairs)
+                }
+                Lhs::Floats(lhs) => {
+                    let lhs_words = &mut packed_lhs[..MR * padded];
+                    if micro_rows < MR || padded > block {
+                        lhs_words.fill(0);
+                    }
+                    // SAFETY: the caller's contract.
+                    unsafe {
+                        pack_lhs_block(
+                            shape,
+                            lhs,
+                            row0 + i,
+                            micro_rows,
+                            pair0,
+                            block,
+                            lhs_words,
+                            padded,
+                        )
+                    };
+                    (lhs_words.as_ptr(), padded)
+                }
             };
             for j in (0..cols).step_by(NR) {
                 let rhs_panel = &packed_rhs[((col0 + j) / NR - panel0) * panel_words..];
@@ -376,8 +424,8 @@ unsafe fn compute_tile<T: Tiles>(
                 unsafe {
                     T::micro_tile(
                         padded / STEP_PAIRS,
-                        lhs_words.as_ptr(),
-                        padded * 4,
+                        lhs_rows,
+                        lhs_row_words * 4,
                         rhs_panel.as_ptr(),
                         sums.as_mut_ptr(),
                     )
