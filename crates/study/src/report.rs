@@ -109,12 +109,19 @@ fn kid_text(s: &Setting) -> String {
     }
 }
 
-/// The margin of a budget row's winner: "+0.35 [0.10, 0.60] over 16 filters (paired)".
+/// The margin of a budget row's winner: "+0.35 [0.10, 0.60] over 16 filters (paired)", with
+/// "from 2.048 GFLOPs" where it is measured at a later budget of the row than its first.
 fn margin_text(row: &BudgetRow) -> String {
-    let (Some(d), Some(other)) = (row.margin, &row.winner.runner_up) else {
+    let (Some(d), Some(compared)) = (row.margin, &row.compared) else {
         return "no other size fits".into();
     };
-    let over = format!("over {} filters", other.width);
+    let Some(other) = &compared.runner_up else {
+        return "no other size fits".into();
+    };
+    let mut over = format!("over {} filters", other.width);
+    if compared.budget != row.winner.budget {
+        over.push_str(&format!(" from {:.3} GFLOPs", compared.budget));
+    }
     let Some(i) = d.interval else {
         return format!("{:+.2} {over} (no interval)", d.value);
     };
@@ -126,7 +133,7 @@ fn margin_text(row: &BudgetRow) -> String {
 }
 
 /// Whether the row's winner is decided: "yes", "no" (the interval contains 0 or is missing),
-/// or "-" when it is the only size within budget.
+/// or "-" when it is the only size within every budget of the row.
 fn decided_text(row: &BudgetRow) -> &'static str {
     match row.margin.map(|d| d.verdict()) {
         None => "-",
@@ -139,9 +146,10 @@ fn decided_text(row: &BudgetRow) -> &'static str {
 /// sides; adaptive sampling raises it for undecided rows), or "-".
 fn decided_column(row: &BudgetRow) -> String {
     let text = decided_text(row);
-    match (&row.winner.runner_up, text) {
+    let compared = row.compared.as_ref();
+    match (compared.and_then(|c| c.runner_up.as_ref()), text) {
         (Some(r), "yes" | "no") => {
-            let samples = row.winner.best.samples.min(r.samples);
+            let samples = compared.unwrap().best.samples.min(r.samples);
             format!("{text} at {samples} samples")
         }
         _ => text.into(),
@@ -166,31 +174,42 @@ fn setting_row(s: &Setting) -> String {
     )
 }
 
-/// A row of the budget table: the winner from its budget on, and its margin at that budget.
+/// A row of the budget table: the winner from its budget on, and its margin over the
+/// runner-up at the row's first budget where another size fits.
 struct BudgetRow {
     winner: BudgetWinner,
+    /// The winner at the row's first budget where another size fits (None where none does).
+    compared: Option<BudgetWinner>,
     margin: Option<Difference>,
 }
 
 /// The budget winners, keeping only budgets where the winning setting changes; margins are
-/// bootstrapped for the kept rows only (each is a paired bootstrap).
+/// bootstrapped for the kept rows only (each is a paired bootstrap). A row whose first budget
+/// fits no other size is compared at its first budget where one does: a small model that keeps
+/// winning once a larger one fits says so with a margin, not "no other size fits".
 fn winner_changes(optimal: &[Setting]) -> Vec<BudgetRow> {
-    let mut kept: Vec<BudgetWinner> = Vec::new();
+    let mut spans: Vec<Vec<BudgetWinner>> = Vec::new();
     for w in winners(optimal, None) {
-        if kept.last().is_none_or(|last| last.best != w.best) {
-            kept.push(w);
+        match spans.last_mut() {
+            Some(span) if span[0].best == w.best => span.push(w),
+            _ => spans.push(vec![w]),
         }
     }
-    kept.into_iter()
-        .map(|winner| BudgetRow {
-            margin: winner.margin(),
-            winner,
+    spans
+        .into_iter()
+        .map(|span| {
+            let compared = span.iter().find(|w| w.runner_up.is_some()).cloned();
+            BudgetRow {
+                margin: compared.as_ref().and_then(BudgetWinner::margin),
+                compared,
+                winner: span.into_iter().next().expect("a span holds a winner"),
+            }
         })
         .collect()
 }
 
 /// What the budget table's KID and margin columns are.
-const BUDGET_NOTE: &str = "KID x 10^3: the unbiased kernel inception distance (cubic kernel) of the same samples, times 1000, with its 95% bootstrap interval. Margin: FID of the runner-up (the best other model size within the row's first budget) minus the winner's, with its 95% interval: paired bootstrap where both kept their features (same prompts, noise and reference rows resampled together), else the range the two FID intervals allow. A winner is decided only when that interval lies above 0.";
+const BUDGET_NOTE: &str = "KID x 10^3: the unbiased kernel inception distance (cubic kernel) of the same samples, times 1000, with its 95% bootstrap interval. Margin: FID of the runner-up (the best other model size within the row's first budget, or where no other size fits there, within the row's first budget where one does, named) minus the winner's, with its 95% interval: paired bootstrap where both kept their features (same prompts, noise and reference rows resampled together), else the range the two FID intervals allow. A winner is decided only when that interval lies above 0.";
 
 /// What the intervals in the tables and plots are.
 fn interval_note(cells: &[Cell], paired: bool) -> String {
@@ -664,6 +683,28 @@ mod tests {
             "{md}"
         );
         assert!(!html.contains("KID against sampling cost"));
+    }
+
+    /// A winner alone at its first budget keeps winning once another size fits: its margin is
+    /// measured at that later budget, which the row names.
+    #[test]
+    fn a_lone_winner_is_compared_where_another_size_first_fits() {
+        let c = |width, steps, fid: f64| {
+            let mut c = cell(width, "ddim", steps, 1.0, fid);
+            c.fid_ci = Some(crate::bootstrap::FidCi {
+                low: fid - 0.5,
+                high: fid + 0.5,
+                method: CiMethod::Bootstrap,
+                replicates: 100,
+            });
+            c
+        };
+        // Costs 0.512 (16 filters, 2 steps), 2.048 (16 x 8 and 32 x 2) and 4.096 (32 x 4).
+        let cells = [c(16, 2, 5.0), c(16, 8, 8.0), c(32, 2, 9.0), c(32, 4, 7.0)];
+        let (_, md) = render(&cells, &ReportInputs::default()).unwrap();
+        let row = "| 0.512 | 16 | ddim | 2 | 1.0 | 5.00 | [4.50, 5.50] | - | +4.00 [3.00, 5.00] over 32 filters from 2.048 GFLOPs (interval range) | yes at 100 samples |";
+        assert!(md.contains(row), "{row}\n{md}");
+        assert!(!md.contains("| no other size fits |"), "{md}");
     }
 
     #[test]
