@@ -290,12 +290,14 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        // Large enough that gemm splits every product between threads.
-        let s = LinearShape {
-            rows: 600,
-            d_in: 128,
-            d_out: 96,
-        };
+        // Large enough that every product is split between threads; the second in blocks of
+        // rows, the last one row.
+        for (rows, d_in, d_out) in [(600, 128, 96), (513, 40, 24)] {
+            results_on_threads_agree(LinearShape { rows, d_in, d_out });
+        }
+    }
+
+    fn results_on_threads_agree(s: LinearShape) {
         let x = pseudo_random(s.input_len(), 5, 1.0, 0.0);
         let w = pseudo_random(s.weight_len(), 6, 1.0, 0.0);
         let bias = pseudo_random(s.d_out, 7, 1.0, 0.0);

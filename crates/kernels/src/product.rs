@@ -33,20 +33,84 @@ pub(crate) fn product(
         },
         "product operands too short"
     );
+    if m >= 2 * TASK_ROWS {
+        // gemm's own split scaled poorly (a 4096 x 1024 x 256 product took as long on 2
+        // threads as on 1): blocks of rows of a fixed height, each a product of its own, on
+        // one thread too, so that every block is summed alike (gemm takes other routes for
+        // thin products) whatever the thread count.
+        let dst_ptr = SharedRows(dst.as_mut_ptr());
+        let run_block = |block: usize| {
+            let (row0, rows) = (block * TASK_ROWS, TASK_ROWS.min(m - block * TASK_ROWS));
+            let dst = dst_ptr;
+            // SAFETY: blocks write disjoint rows of `dst`; the operands were checked above.
+            unsafe {
+                gemm_f32(
+                    (rows, n, k),
+                    dst.0.add(row0 * n),
+                    accumulate,
+                    (lhs.as_ptr().add(row0 * lhs_rs), lhs_rs, lhs_cs),
+                    (rhs.as_ptr(), rhs_rs, rhs_cs),
+                    Parallelism::None,
+                )
+            }
+        };
+        let blocks = 0..m.div_ceil(TASK_ROWS);
+        match parallelism {
+            Parallelism::None => blocks.for_each(run_block),
+            _ => blocks.into_par_iter().for_each(run_block),
+        }
+        return;
+    }
     // SAFETY: the three matrices lie inside their slices with the strides given (checked).
+    unsafe {
+        gemm_f32(
+            (m, n, k),
+            dst.as_mut_ptr(),
+            accumulate,
+            (lhs.as_ptr(), lhs_rs, lhs_cs),
+            (rhs.as_ptr(), rhs_rs, rhs_cs),
+            parallelism,
+        )
+    }
+}
+
+/// Rows of the product per task where [`product`] splits its output itself: a fixed height,
+/// so that the blocks (and the sums) do not depend on the thread count.
+const TASK_ROWS: usize = 256;
+
+/// A `dst` that tasks write at disjoint rows.
+#[derive(Clone, Copy)]
+struct SharedRows(*mut f32);
+// SAFETY: tasks write disjoint rows only.
+unsafe impl Send for SharedRows {}
+unsafe impl Sync for SharedRows {}
+
+/// gemm's f32 `dst (+)= lhs rhs`, `dst` row-major `[m, n]`.
+///
+/// # Safety
+/// The three matrices lie inside their allocations with the strides given.
+unsafe fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (*const f32, usize, usize),
+    (rhs, rhs_rs, rhs_cs): (*const f32, usize, usize),
+    parallelism: Parallelism,
+) {
+    // SAFETY: the caller's contract.
     unsafe {
         gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
-            lhs.as_ptr(),
+            lhs,
             lhs_cs as isize,
             lhs_rs as isize,
-            rhs.as_ptr(),
+            rhs,
             rhs_cs as isize,
             rhs_rs as isize,
             if accumulate { 1.0 } else { 0.0 },
