@@ -1194,10 +1194,11 @@ mod tests {
         }
     }
 
-    /// The AMX driver on tiles `T` with the strides as given (no transposed copies).
+    /// The AMX driver on tiles `T` with the strides as given (no transposed copies); with
+    /// `PACKED`, `lhs` packed whole first, as [`PackedLhs`] does on AMX.
     #[cfg(target_arch = "x86_64")]
     #[allow(clippy::too_many_arguments)]
-    fn amx_product<T: amx::Tiles>(
+    fn amx_product<T: amx::Tiles, const PACKED: bool>(
         m: usize,
         n: usize,
         k: usize,
@@ -1224,42 +1225,13 @@ mod tests {
             accumulate,
         };
         // SAFETY: the callers check the features; `check_product` sizes the operands.
-        unsafe { amx::matmul::<T>(&shape, dst, avx512::Lhs::Floats(lhs), rhs, parallel) }
-    }
-
-    /// [`amx_product`] with `lhs` packed whole first, as [`PackedLhs`] does on AMX.
-    #[cfg(target_arch = "x86_64")]
-    #[allow(clippy::too_many_arguments)]
-    fn amx_product_packed<T: amx::Tiles>(
-        m: usize,
-        n: usize,
-        k: usize,
-        dst: &mut [f32],
-        dst_rs: usize,
-        accumulate: bool,
-        lhs: &[f32],
-        lhs_rs: usize,
-        lhs_cs: usize,
-        rhs: &[f32],
-        rhs_rs: usize,
-        rhs_cs: usize,
-        parallel: bool,
-    ) {
-        let shape = Shape {
-            m,
-            n,
-            k,
-            dst_rs,
-            lhs_rs,
-            lhs_cs,
-            rhs_rs,
-            rhs_cs,
-            accumulate,
-        };
-        // SAFETY: as `amx_product`.
         unsafe {
-            let words = amx::pack_lhs(&shape, lhs);
-            amx::matmul::<T>(&shape, dst, avx512::Lhs::Packed(&words), rhs, parallel)
+            if PACKED {
+                let words = amx::pack_lhs(&shape, lhs);
+                amx::matmul::<T>(&shape, dst, avx512::Lhs::Packed(&words), rhs, parallel)
+            } else {
+                amx::matmul::<T>(&shape, dst, avx512::Lhs::Floats(lhs), rhs, parallel)
+            }
         }
     }
 
@@ -1294,7 +1266,7 @@ mod tests {
             eprintln!("skipped: this CPU lacks AVX512-BF16, which packs AMX operands");
             return;
         }
-        check_amx_shapes(amx_product::<amx::Emulated>);
+        check_amx_shapes(amx_product::<amx::Emulated, false>);
     }
 
     /// An `lhs` packed whole for AMX gives the bits of the product that packs it per task.
@@ -1305,7 +1277,7 @@ mod tests {
             eprintln!("skipped: this CPU lacks AVX512-BF16, which packs AMX operands");
             return;
         }
-        check_amx_shapes(amx_product_packed::<amx::Emulated>);
+        check_amx_shapes(amx_product::<amx::Emulated, true>);
         for (m, n, k, lhs_t) in [
             (33, 13, 7, false),
             (101, 130, 517, true),
@@ -1316,10 +1288,10 @@ mod tests {
             let initial = values(m * n, 43);
             let (mut plain, mut packed) = (initial.clone(), initial);
             let args = (&lhs.data, lhs.rs, lhs.cs, &rhs.data, rhs.rs, rhs.cs);
-            amx_product::<amx::Emulated>(
+            amx_product::<amx::Emulated, false>(
                 m, n, k, &mut plain, n, true, args.0, args.1, args.2, args.3, args.4, args.5, true,
             );
-            amx_product_packed::<amx::Emulated>(
+            amx_product::<amx::Emulated, true>(
                 m,
                 n,
                 k,
@@ -1347,10 +1319,10 @@ mod tests {
             eprintln!("skipped: {}", amx::unavailable_reason());
             return;
         }
-        check_amx_shapes(amx_product::<amx::Amx>);
-        check_amx_shapes(amx_product_packed::<amx::Amx>);
-        deterministic_across_threads(amx_product::<amx::Amx>, 150, 300, 1100);
-        deterministic_across_threads(amx_product::<amx::Amx>, 260, 100, 600);
+        check_amx_shapes(amx_product::<amx::Amx, false>);
+        check_amx_shapes(amx_product::<amx::Amx, true>);
+        deterministic_across_threads(amx_product::<amx::Amx, false>, 150, 300, 1100);
+        deterministic_across_threads(amx_product::<amx::Amx, false>, 260, 100, 600);
     }
 
     /// Linux refuses the tile data state to a process on a CPU without AMX (and grants it where
@@ -1373,7 +1345,7 @@ mod tests {
             eprintln!("skipped: this CPU lacks AVX512-BF16, which packs AMX operands");
             return;
         }
-        deterministic_across_threads(amx_product::<amx::Emulated>, 150, 300, 600);
+        deterministic_across_threads(amx_product::<amx::Emulated, false>, 150, 300, 600);
     }
 
     /// Where no override is set, the engine is one this CPU runs, and products run in bf16 only

@@ -630,19 +630,24 @@ mod tests {
     use super::*;
     use crate::analysis::tests::{cell, paper_like, with_kid};
 
+    /// A DDIM cell without guidance, its FID +- 0.5 by bootstrap.
+    fn ddim_cell(width: u32, steps: u32, fid: f64) -> Cell {
+        let mut c = cell(width, "ddim", steps, 1.0, fid);
+        c.fid_ci = Some(crate::bootstrap::FidCi {
+            low: fid - 0.5,
+            high: fid + 0.5,
+            method: CiMethod::Bootstrap,
+            replicates: 100,
+        });
+        c
+    }
+
     /// Two widths on one sampler, FID +- 0.5 and KID = FID / 1000 +- 0.0005: the budget rows
     /// are the 16-filter model alone, an undecided 32-filter winner (margin 0.2 +- 1) and a
     /// decided one (margin 3 +- 1).
     fn budget_cells() -> Vec<Cell> {
         let c = |width, steps, fid: f64| {
-            let mut c = cell(width, "ddim", steps, 1.0, fid);
-            c.fid_ci = Some(crate::bootstrap::FidCi {
-                low: fid - 0.5,
-                high: fid + 0.5,
-                method: CiMethod::Bootstrap,
-                replicates: 100,
-            });
-            with_kid(c, fid / 1000.0, Some(0.0005))
+            with_kid(ddim_cell(width, steps, fid), fid / 1000.0, Some(0.0005))
         };
         // Cost: steps x width^2 / 1000 GFLOPs.
         vec![c(16, 2, 10.0), c(16, 8, 8.0), c(32, 2, 7.8), c(32, 4, 5.0)]
@@ -689,16 +694,7 @@ mod tests {
     /// measured at that later budget, which the row names.
     #[test]
     fn a_lone_winner_is_compared_where_another_size_first_fits() {
-        let c = |width, steps, fid: f64| {
-            let mut c = cell(width, "ddim", steps, 1.0, fid);
-            c.fid_ci = Some(crate::bootstrap::FidCi {
-                low: fid - 0.5,
-                high: fid + 0.5,
-                method: CiMethod::Bootstrap,
-                replicates: 100,
-            });
-            c
-        };
+        let c = ddim_cell;
         // Costs 0.512 (16 filters, 2 steps), 2.048 (16 x 8 and 32 x 2) and 4.096 (32 x 4).
         let cells = [c(16, 2, 5.0), c(16, 8, 8.0), c(32, 2, 9.0), c(32, 4, 7.0)];
         let (_, md) = render(&cells, &ReportInputs::default()).unwrap();
