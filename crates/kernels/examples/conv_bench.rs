@@ -4,7 +4,9 @@
 mod common;
 
 use common::{min_ms, reps_arg};
-use ldmscale_kernels::{ConvShape, conv2d_backward, conv2d_forward};
+use ldmscale_kernels::{
+    ConvAlgorithm, ConvShape, conv2d_backward, conv2d_forward, conv2d_forward_with,
+};
 
 fn main() {
     let reps = reps_arg(5);
@@ -16,6 +18,8 @@ fn main() {
         // The quick study's width-32 UNet on 8x8 latents: a training batch, a CFG batch.
         (16, 32, 32, 8, 3),
         (64, 64, 64, 4, 3),
+        (16, 64, 64, 16, 3),
+        (16, 128, 128, 8, 3),
     ] {
         let s = ConvShape {
             batch,
@@ -45,6 +49,21 @@ fn main() {
             conv2d_backward(&x, &w, &d_out, s, None, &mut dw, Some(&mut db))
         });
         let flop = 2.0 * (batch * c_out * c_in * kernel * kernel * size * size) as f64;
+        if kernel == 3 {
+            // Both algorithms side by side, in turn, whichever `conv2d_forward` picks.
+            let mut time = |algorithm| {
+                min_ms(reps, || {
+                    conv2d_forward_with(algorithm, &x, &w, Some(&bias), s, &mut out)
+                })
+            };
+            let direct = time(ConvAlgorithm::Direct);
+            let winograd = time(ConvAlgorithm::Winograd);
+            println!(
+                "{batch}x{c_in}->{c_out} {size}px k3 forward: direct {direct:.2} ms, Winograd {winograd:.2} ms ({:.2}x; chosen: {:?})",
+                direct / winograd,
+                ConvAlgorithm::for_shape(&s, false)
+            );
+        }
         println!(
             "{batch}x{c_in}->{c_out} {size}px k{kernel}: forward {forward:.2} ms ({:.0} GFLOP/s), backward {backward:.2} ms ({:.0} GFLOP/s: weights {weights_only:.2} ms, input {:.2} ms)",
             flop / forward / 1e6,

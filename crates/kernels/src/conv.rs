@@ -13,6 +13,7 @@
 use crate::bf16::{PackedLhs, products_in_bf16};
 use crate::buffer::zeroed;
 use crate::product::{inner_parallelism, product, product_packed, transpose};
+use crate::winograd;
 use rayon::prelude::*;
 
 /// Sizes of one convolution (groups 1, dilation 1, the same padding on both sides of an axis).
@@ -85,6 +86,28 @@ const LARGE_IMAGE: usize = 256;
 /// partials are added never depends on the thread count.
 const GRAD_GROUPS: usize = 8;
 
+/// How a convolution's multiplies are organised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// One product of the weights with the gathered receptive fields per image.
+    Direct,
+    /// Winograd's F(2x2, 3x3): 2.25x fewer multiplies, for 3x3 kernels at stride 1 only.
+    Winograd,
+}
+
+impl ConvAlgorithm {
+    /// The faster one for `shape`: Winograd for 3x3 kernels at stride 1 on images large enough
+    /// that its transforms pay, in f32 (bf16 products keep the direct form, whose operands are
+    /// the values the model holds rather than sums of them).
+    pub fn for_shape(shape: &ConvShape, bf16: bool) -> Self {
+        if !bf16 && winograd::applies(shape) {
+            Self::Winograd
+        } else {
+            Self::Direct
+        }
+    }
+}
+
 /// `out = conv(x, weight) + bias`. `x`: `[batch, c_in, h, w]`, `weight`: `[c_out, c_in, kh,
 /// kw]`, `bias`: `[c_out]`, `out`: `[batch, c_out, h_out, w_out]`.
 pub fn conv2d_forward(
@@ -97,6 +120,29 @@ pub fn conv2d_forward(
     forward(x, weight, bias, shape, out, products_in_bf16());
 }
 
+/// [`conv2d_forward`] in f32 with the algorithm given (for benchmarks and tests); panics if
+/// Winograd is asked for a shape other than 3x3 at stride 1.
+pub fn conv2d_forward_with(
+    algorithm: ConvAlgorithm,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    shape: ConvShape,
+    out: &mut [f32],
+) {
+    check_buffers(x, weight, bias, shape, out);
+    match algorithm {
+        ConvAlgorithm::Direct => direct_forward(x, weight, bias, shape, out, false),
+        ConvAlgorithm::Winograd => {
+            assert!(
+                shape.kernel_h == 3 && shape.kernel_w == 3 && shape.stride == [1, 1],
+                "Winograd F(2x2, 3x3) needs a 3x3 kernel at stride 1: {shape:?}"
+            );
+            winograd::forward(x, weight, bias, shape, out)
+        }
+    }
+}
+
 fn forward(
     x: &[f32],
     weight: &[f32],
@@ -105,6 +151,14 @@ fn forward(
     out: &mut [f32],
     bf16: bool,
 ) {
+    check_buffers(x, weight, bias, shape, out);
+    match ConvAlgorithm::for_shape(&shape, bf16) {
+        ConvAlgorithm::Direct => direct_forward(x, weight, bias, shape, out, bf16),
+        ConvAlgorithm::Winograd => winograd::forward(x, weight, bias, shape, out),
+    }
+}
+
+fn check_buffers(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: ConvShape, out: &[f32]) {
     shape.check();
     assert_eq!(x.len(), shape.input_len(), "conv input size");
     assert_eq!(weight.len(), shape.weight_len(), "conv weight size");
@@ -112,6 +166,16 @@ fn forward(
     if let Some(b) = bias {
         assert_eq!(b.len(), shape.channels_out, "conv bias size");
     }
+}
+
+fn direct_forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    shape: ConvShape,
+    out: &mut [f32],
+    bf16: bool,
+) {
     let (pixels, image_in) = (
         shape.pixels(),
         shape.channels_in * shape.height * shape.width,
@@ -645,6 +709,111 @@ mod tests {
             for (i, (&o, &b)) in out.iter().zip(&bare).enumerate() {
                 let c = (i / plane) % co;
                 assert!((o - b - bias[c]).abs() < 1e-5, "{s:?} bias at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn winograd_matches_the_reference() {
+        // (batch, c_in, h, w, c_out, padding): odd and even output sides, whole vector steps
+        // of tiles and tails, no padding and more than a kernel's worth.
+        let shapes = [
+            (2, 3, 6, 6, 4, [1, 1]),
+            (1, 5, 7, 9, 3, [1, 1]),
+            (3, 4, 19, 34, 5, [1, 1]),
+            (2, 2, 9, 21, 3, [0, 0]),
+            (1, 3, 5, 17, 2, [2, 1]),
+            (2, 6, 33, 32, 7, [1, 0]),
+        ];
+        for (batch, ci, h, w, co, padding) in shapes {
+            let s = ConvShape {
+                batch,
+                channels_in: ci,
+                height: h,
+                width: w,
+                channels_out: co,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: [1, 1],
+                padding,
+            };
+            let x = pseudo_random(s.input_len(), 21, 1.0, 0.0);
+            let wt = pseudo_random(s.weight_len(), 22, 1.0, 0.0);
+            let bias = pseudo_random(co, 23, 1.0, 0.0);
+            let (want, _, _, _) = reference(&x, &wt, &bias, &vec![0.0; s.output_len()], s);
+            let mut out = vec![f32::NAN; s.output_len()];
+            conv2d_forward_with(ConvAlgorithm::Winograd, &x, &wt, Some(&bias), s, &mut out);
+            assert!(max_rel(&out, &want) < 1e-5, "{s:?}");
+            let mut bare = vec![f32::NAN; s.output_len()];
+            conv2d_forward_with(ConvAlgorithm::Winograd, &x, &wt, None, s, &mut bare);
+            let plane = s.out_height() * s.out_width();
+            for (i, (&o, &b)) in out.iter().zip(&bare).enumerate() {
+                assert!(
+                    (o - b - bias[(i / plane) % co]).abs() < 1e-5,
+                    "{s:?} bias at {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn winograd_is_chosen_for_large_3x3_images_in_f32_only() {
+        let shape = |size, kernel, stride| ConvShape {
+            batch: 2,
+            channels_in: 4,
+            height: size,
+            width: size,
+            channels_out: 4,
+            kernel_h: kernel,
+            kernel_w: kernel,
+            stride: [stride, stride],
+            padding: [kernel / 2, kernel / 2],
+        };
+        let winograd = |s: ConvShape, bf16| ConvAlgorithm::for_shape(&s, bf16);
+        assert_eq!(winograd(shape(32, 3, 1), false), ConvAlgorithm::Winograd);
+        assert_eq!(winograd(shape(16, 3, 1), false), ConvAlgorithm::Winograd);
+        assert_eq!(winograd(shape(8, 3, 1), false), ConvAlgorithm::Direct);
+        assert_eq!(winograd(shape(32, 3, 1), true), ConvAlgorithm::Direct);
+        assert_eq!(winograd(shape(32, 3, 2), false), ConvAlgorithm::Direct);
+        assert_eq!(winograd(shape(32, 1, 1), false), ConvAlgorithm::Direct);
+        // The direct form stays the reference: the two agree to rounding.
+        let s = shape(17, 3, 1);
+        let x = pseudo_random(s.input_len(), 31, 1.0, 0.0);
+        let wt = pseudo_random(s.weight_len(), 32, 1.0, 0.0);
+        let [mut direct, mut fast] = [0, 1].map(|_| vec![0f32; s.output_len()]);
+        conv2d_forward_with(ConvAlgorithm::Direct, &x, &wt, None, s, &mut direct);
+        conv2d_forward_with(ConvAlgorithm::Winograd, &x, &wt, None, s, &mut fast);
+        let direct: Vec<f64> = direct.iter().map(|&v| v as f64).collect();
+        assert!(max_rel(&fast, &direct) < 1e-5);
+    }
+
+    #[test]
+    fn winograd_does_not_depend_on_the_thread_count() {
+        // Fewer images than threads too (the products then split).
+        for batch in [1, 5] {
+            let s = ConvShape {
+                batch,
+                channels_in: 6,
+                height: 20,
+                width: 18,
+                channels_out: 5,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: [1, 1],
+                padding: [1, 1],
+            };
+            let x = pseudo_random(s.input_len(), 41, 1.0, 0.0);
+            let wt = pseudo_random(s.weight_len(), 42, 1.0, 0.0);
+            let run = |threads: usize| {
+                on_threads(threads, || {
+                    let mut out = vec![0f32; s.output_len()];
+                    conv2d_forward_with(ConvAlgorithm::Winograd, &x, &wt, None, s, &mut out);
+                    out
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3, 5] {
+                assert_eq!(run(threads), one, "batch {batch}, {threads} threads");
             }
         }
     }

@@ -1,7 +1,8 @@
 //! CPU kernels for the operations where burn's flex backend spends most of a UNet step, each
 //! parallel over fixed chunks (results do not depend on the thread count):
 //! - [`attention`]: attention with narrow heads, scores, softmax and weighted sum fused;
-//! - [`conv`]: convolution as one matrix product per image, forward and backward;
+//! - [`conv`]: convolution as one matrix product per image, forward and backward, or as
+//!   Winograd's F(2x2, 3x3) for 3x3 kernels at stride 1;
 //! - [`layer_norm`]: LayerNorm over the last dimension, forward and backward;
 //! - [`linear`]: a dense layer as one matrix product over all rows, forward and backward;
 //! - [`norm`] and [`activation`]: GroupNorm(+SiLU) and GEGLU in one pass each;
@@ -32,11 +33,12 @@ mod product;
 mod simd;
 #[cfg(test)]
 mod test_values;
+mod winograd;
 
 pub use activation::{geglu_backward, geglu_forward};
 pub use attention::{AttentionShape, attention_backward, attention_forward};
 pub use buffer::zeroed;
-pub use conv::{ConvShape, conv2d_backward, conv2d_forward};
+pub use conv::{ConvAlgorithm, ConvShape, conv2d_backward, conv2d_forward, conv2d_forward_with};
 pub use layer_norm::{LayerNormShape, layer_norm_backward, layer_norm_forward};
 pub use linear::{LinearShape, linear_backward, linear_forward};
 pub use norm::{GroupNormShape, group_norm_backward, group_norm_forward};
