@@ -822,7 +822,7 @@ mod tests {
             })
         };
         let one = run(1);
-        let (_, want_dx, want_dw, _) = reference(&x, &wt, &vec![0.0; 4], &d_out, s);
+        let (_, want_dx, want_dw, _) = reference(&x, &wt, &[0.0; 4], &d_out, s);
         assert!(max_rel(&one.0, &want_dx) < 1e-5);
         assert!(max_rel(&one.1, &want_dw) < 1e-5);
         for threads in [2, 3, 5] {
