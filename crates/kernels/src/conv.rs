@@ -135,7 +135,7 @@ pub fn conv2d_forward_with(
         ConvAlgorithm::Direct => direct_forward(x, weight, bias, shape, out, false),
         ConvAlgorithm::Winograd => {
             assert!(
-                shape.kernel_h == 3 && shape.kernel_w == 3 && shape.stride == [1, 1],
+                winograd::supports(&shape),
                 "Winograd F(2x2, 3x3) needs a 3x3 kernel at stride 1: {shape:?}"
             );
             winograd::forward(x, weight, bias, shape, out)
@@ -347,30 +347,34 @@ fn backward(
                 product(dims, partial, b > g * per_group, lhs, rhs, inner, bf16);
             }
         });
-    let len = dweight.len();
-    let mut sum_t = zeroed(len);
-    sum_t
-        .par_chunks_mut(4096)
-        .enumerate()
-        .for_each(|(chunk, dst)| {
-            let start = chunk * 4096;
-            dst.copy_from_slice(&partials[start..][..dst.len()]);
-            for g in 1..groups {
-                for (d, &p) in dst.iter_mut().zip(&partials[g * len + start..]) {
-                    *d += p;
-                }
-            }
-        });
+    let sum_t = sum_partials(&mut partials, dweight.len());
     if transposed {
         dweight.copy_from_slice(&transpose(
-            &sum_t,
+            sum_t,
             patch,
             shape.channels_out,
             shape.channels_out,
         ));
     } else {
-        dweight.copy_from_slice(&sum_t);
+        dweight.copy_from_slice(sum_t);
     }
+}
+
+/// The sum of the consecutive partial sums of `len` values in `partials`, added in their order
+/// (so the result does not depend on which task finished first), into and returned as the
+/// first.
+pub(crate) fn sum_partials(partials: &mut [f32], len: usize) -> &[f32] {
+    let (sum, rest) = partials.split_at_mut(len);
+    sum.par_chunks_mut(4096)
+        .enumerate()
+        .for_each(|(chunk, dst)| {
+            for partial in rest.chunks_exact(len) {
+                for (d, &p) in dst.iter_mut().zip(&partial[chunk * 4096..]) {
+                    *d += p;
+                }
+            }
+        });
+    sum
 }
 
 /// The input gradient as products into a gathered `dcol = Wᵀ dY` scattered back to `dx`
@@ -717,34 +721,47 @@ mod tests {
         }
     }
 
+    /// A 3x3 convolution at stride 1.
+    fn three_by_three(
+        batch: usize,
+        channels_in: usize,
+        (height, width): (usize, usize),
+        channels_out: usize,
+        padding: [usize; 2],
+    ) -> ConvShape {
+        ConvShape {
+            batch,
+            channels_in,
+            height,
+            width,
+            channels_out,
+            kernel_h: 3,
+            kernel_w: 3,
+            stride: [1, 1],
+            padding,
+        }
+    }
+
     #[test]
     fn winograd_matches_the_reference() {
-        // (batch, c_in, h, w, c_out, padding): odd and even output sides, whole vector steps
-        // of tiles and tails, no padding and more than a kernel's worth.
+        // (batch, c_in, (h, w), c_out, padding, images per weight-gradient group): odd and even
+        // output sides, whole vector steps of tiles and tails, no padding and more than a
+        // kernel's worth.
         let shapes = [
-            (2, 3, 6, 6, 4, [1, 1]),
-            (1, 5, 7, 9, 3, [1, 1]),
-            (3, 4, 19, 34, 5, [1, 1]),
-            (2, 2, 9, 21, 3, [0, 0]),
-            (1, 3, 5, 17, 2, [2, 1]),
-            (2, 6, 33, 32, 7, [1, 0]),
+            (2, 3, (6, 6), 4, [1, 1], 1),
+            (3, 5, (7, 9), 3, [1, 1], 2),
+            (5, 4, (19, 34), 5, [1, 1], 2),
+            (2, 2, (9, 21), 3, [0, 0], 1),
+            (1, 3, (5, 17), 2, [2, 1], 1),
+            (4, 6, (33, 32), 7, [1, 0], 4),
         ];
-        for (batch, ci, h, w, co, padding) in shapes {
-            let s = ConvShape {
-                batch,
-                channels_in: ci,
-                height: h,
-                width: w,
-                channels_out: co,
-                kernel_h: 3,
-                kernel_w: 3,
-                stride: [1, 1],
-                padding,
-            };
+        for (batch, ci, size, co, padding, per_group) in shapes {
+            let s = three_by_three(batch, ci, size, co, padding);
             let x = pseudo_random(s.input_len(), 21, 1.0, 0.0);
             let wt = pseudo_random(s.weight_len(), 22, 1.0, 0.0);
             let bias = pseudo_random(co, 23, 1.0, 0.0);
-            let (want, _, _, _) = reference(&x, &wt, &bias, &vec![0.0; s.output_len()], s);
+            let d_out = pseudo_random(s.output_len(), 24, 1.0, 0.0);
+            let (want, _, want_dw, _) = reference(&x, &wt, &bias, &d_out, s);
             let mut out = vec![f32::NAN; s.output_len()];
             conv2d_forward_with(ConvAlgorithm::Winograd, &x, &wt, Some(&bias), s, &mut out);
             assert!(max_rel(&out, &want) < 1e-5, "{s:?}");
@@ -757,55 +774,15 @@ mod tests {
                     "{s:?} bias at {i}"
                 );
             }
-        }
-    }
-
-    #[test]
-    fn winograd_weight_gradient_matches_the_reference() {
-        // (batch, c_in, h, w, c_out, padding, images per group)
-        let shapes = [
-            (2, 3, 6, 6, 4, [1, 1], 1),
-            (3, 5, 7, 9, 3, [1, 1], 2),
-            (5, 4, 19, 34, 5, [1, 1], 2),
-            (2, 2, 9, 21, 3, [0, 0], 1),
-            (1, 3, 5, 17, 2, [2, 1], 1),
-            (4, 6, 33, 32, 7, [1, 0], 4),
-        ];
-        for (batch, ci, h, w, co, padding, per_group) in shapes {
-            let s = ConvShape {
-                batch,
-                channels_in: ci,
-                height: h,
-                width: w,
-                channels_out: co,
-                kernel_h: 3,
-                kernel_w: 3,
-                stride: [1, 1],
-                padding,
-            };
-            let x = pseudo_random(s.input_len(), 51, 1.0, 0.0);
-            let wt = pseudo_random(s.weight_len(), 52, 1.0, 0.0);
-            let d_out = pseudo_random(s.output_len(), 53, 1.0, 0.0);
-            let (_, _, want, _) = reference(&x, &wt, &vec![0.0; co], &d_out, s);
             let mut dw = vec![f32::NAN; s.weight_len()];
             winograd::weight_gradient(&x, &d_out, s, per_group, &mut dw);
-            assert!(max_rel(&dw, &want) < 1e-5, "{s:?}");
+            assert!(max_rel(&dw, &want_dw) < 1e-5, "{s:?} dweight");
         }
     }
 
     #[test]
     fn winograd_weight_gradient_does_not_depend_on_the_thread_count() {
-        let s = ConvShape {
-            batch: 13,
-            channels_in: 5,
-            height: 32,
-            width: 33,
-            channels_out: 4,
-            kernel_h: 3,
-            kernel_w: 3,
-            stride: [1, 1],
-            padding: [1, 1],
-        };
+        let s = three_by_three(13, 5, (32, 33), 4, [1, 1]);
         assert!(
             winograd::gradient_applies(&s),
             "the backward takes this path"
@@ -865,17 +842,7 @@ mod tests {
     fn winograd_does_not_depend_on_the_thread_count() {
         // Fewer images than threads too (the products then split).
         for batch in [1, 5] {
-            let s = ConvShape {
-                batch,
-                channels_in: 6,
-                height: 20,
-                width: 18,
-                channels_out: 5,
-                kernel_h: 3,
-                kernel_w: 3,
-                stride: [1, 1],
-                padding: [1, 1],
-            };
+            let s = three_by_three(batch, 6, (20, 18), 5, [1, 1]);
             let x = pseudo_random(s.input_len(), 41, 1.0, 0.0);
             let wt = pseudo_random(s.weight_len(), 42, 1.0, 0.0);
             let run = |threads: usize| {
@@ -936,17 +903,7 @@ mod tests {
 
     #[test]
     fn gradients_do_not_depend_on_the_thread_count() {
-        let s = ConvShape {
-            batch: 13,
-            channels_in: 8,
-            height: 6,
-            width: 6,
-            channels_out: 5,
-            kernel_h: 3,
-            kernel_w: 3,
-            stride: [1, 1],
-            padding: [1, 1],
-        };
+        let s = three_by_three(13, 8, (6, 6), 5, [1, 1]);
         let x = pseudo_random(s.input_len(), 5, 1.0, 0.0);
         let wt = pseudo_random(s.weight_len(), 6, 1.0, 0.0);
         let d_out = pseudo_random(s.output_len(), 7, 1.0, 0.0);
@@ -968,17 +925,7 @@ mod tests {
     fn bf16_gradients_do_not_depend_on_the_thread_count() {
         // Small and large images (their products take different layouts).
         for size in [6, 17] {
-            let s = ConvShape {
-                batch: 13,
-                channels_in: 8,
-                height: size,
-                width: size,
-                channels_out: 5,
-                kernel_h: 3,
-                kernel_w: 3,
-                stride: [1, 1],
-                padding: [1, 1],
-            };
+            let s = three_by_three(13, 8, (size, size), 5, [1, 1]);
             let x = pseudo_random(s.input_len(), 5, 1.0, 0.0);
             let wt = pseudo_random(s.weight_len(), 6, 1.0, 0.0);
             let d_out = pseudo_random(s.output_len(), 7, 1.0, 0.0);

@@ -13,7 +13,7 @@
 use rayon::prelude::*;
 
 use crate::buffer::zeroed;
-use crate::conv::ConvShape;
+use crate::conv::{ConvShape, sum_partials};
 use crate::product::{inner_parallelism, product, transpose};
 use crate::simd::{Simd, multiversion};
 
@@ -26,13 +26,15 @@ const POINTS: usize = 16;
 /// 0.4-0.6x at 8x8, where products of 16 tiles repack `U` for too little work.
 const MIN_PIXELS: usize = 256;
 
-/// Whether `shape` is a convolution this module computes: 3x3 kernels at stride 1 (any padding)
-/// on images of at least [`MIN_PIXELS`] output pixels.
+/// Whether this module can compute `shape`: a 3x3 kernel at stride 1 (any padding).
+pub(crate) fn supports(shape: &ConvShape) -> bool {
+    shape.kernel_h == 3 && shape.kernel_w == 3 && shape.stride == [1, 1]
+}
+
+/// Whether `shape` is a convolution this module computes faster than the direct product: one
+/// it [`supports`] on images of at least [`MIN_PIXELS`] output pixels.
 pub(crate) fn applies(shape: &ConvShape) -> bool {
-    shape.kernel_h == 3
-        && shape.kernel_w == 3
-        && shape.stride == [1, 1]
-        && shape.out_height() * shape.out_width() >= MIN_PIXELS
+    supports(shape) && shape.out_height() * shape.out_width() >= MIN_PIXELS
 }
 
 /// `out = conv(x, weight) + bias` for a shape where [`applies`] holds; buffers as
@@ -53,22 +55,24 @@ pub(crate) fn forward(
     out.par_chunks_mut(image_out)
         .with_max_len(1)
         .enumerate()
-        .for_each_init(Scratch::default, |scratch, (b, out_b)| {
-            scratch.fit(&tiling);
-            transform_image_mv(&x[b * image_in..][..image_in], tiling, scratch);
-            for e in 0..POINTS {
-                product(
-                    (c_out, tiles, c_in),
-                    &mut scratch.m[e * c_out * tiles..][..c_out * tiles],
-                    false,
-                    (&u[e * c_out * c_in..][..c_out * c_in], c_in, 1),
-                    (&scratch.v[e * c_in * tiles..][..c_in * tiles], tiles, 1),
-                    inner,
-                    false,
-                );
-            }
-            untransform_image_mv(&scratch.m, tiling, bias, out_b);
-        });
+        .for_each_init(
+            || Scratch::new(&tiling),
+            |scratch, (b, out_b)| {
+                transform_image_mv(&x[b * image_in..][..image_in], tiling, scratch);
+                for e in 0..POINTS {
+                    product(
+                        (c_out, tiles, c_in),
+                        &mut scratch.m[e * c_out * tiles..][..c_out * tiles],
+                        false,
+                        (&u[e * c_out * c_in..][..c_out * c_in], c_in, 1),
+                        (&scratch.v[e * c_in * tiles..][..c_in * tiles], tiles, 1),
+                        inner,
+                        false,
+                    );
+                }
+                untransform_image_mv(&scratch.m, tiling, bias, out_b);
+            },
+        );
 }
 
 /// Output pixels per image from which the weight gradient is faster this way: its products sum
@@ -105,32 +109,29 @@ pub(crate) fn weight_gradient(
         .par_chunks_mut(block)
         .with_max_len(1)
         .enumerate()
-        .for_each_init(Scratch::default, |scratch, (g, partial)| {
-            scratch.fit(&tiling);
-            let images = g * per_group..((g + 1) * per_group).min(shape.batch);
-            for b in images.clone() {
-                transform_image_mv(&x[b * image_in..][..image_in], tiling, scratch);
-                let dy = &d_out[b * image_out..][..image_out];
-                transform_gradient_mv(dy, tiling, &mut scratch.m);
-                for e in 0..POINTS {
-                    product(
-                        (c_out, c_in, tiles),
-                        &mut partial[e * c_out * c_in..][..c_out * c_in],
-                        b > images.start,
-                        (&scratch.m[e * c_out * tiles..][..c_out * tiles], tiles, 1),
-                        (&scratch.v[e * c_in * tiles..][..c_in * tiles], 1, tiles),
-                        inner,
-                        false,
-                    );
+        .for_each_init(
+            || Scratch::new(&tiling),
+            |scratch, (g, partial)| {
+                let images = g * per_group..((g + 1) * per_group).min(shape.batch);
+                for b in images.clone() {
+                    transform_image_mv(&x[b * image_in..][..image_in], tiling, scratch);
+                    let dy = &d_out[b * image_out..][..image_out];
+                    transform_gradient_mv(dy, tiling, &mut scratch.m);
+                    for e in 0..POINTS {
+                        product(
+                            (c_out, c_in, tiles),
+                            &mut partial[e * c_out * c_in..][..c_out * c_in],
+                            b > images.start,
+                            (&scratch.m[e * c_out * tiles..][..c_out * tiles], tiles, 1),
+                            (&scratch.v[e * c_in * tiles..][..c_in * tiles], 1, tiles),
+                            inner,
+                            false,
+                        );
+                    }
                 }
-            }
-        });
-    let (sum, rest) = partials.split_at_mut(block);
-    for partial in rest.chunks_exact(block) {
-        sum.par_iter_mut()
-            .zip(partial.par_iter())
-            .for_each(|(s, &p)| *s += p);
-    }
+            },
+        );
+    let sum = sum_partials(&mut partials, block);
     let by_kernel = transpose(sum, POINTS, c_out * c_in, c_out * c_in);
     dweight
         .par_chunks_mut(9)
@@ -181,28 +182,28 @@ impl Tiling {
     }
 }
 
-/// One task's buffers, kept from image to image.
-#[derive(Default)]
 struct Scratch {
     /// Transformed input: `[16][c_in][tiles]`.
     v: Vec<f32>,
     /// Products: `[16][c_out][tiles]`.
     m: Vec<f32>,
-    /// One channel's padded plane; its border stays zero.
+    /// One channel's padded plane; its border stays zero (every channel writes the same
+    /// interior).
     plane: Vec<f32>,
     /// `Bᵀ d` of one row of blocks: four rows of the plane's width.
     strip: Vec<f32>,
 }
 
 impl Scratch {
-    fn fit(&mut self, t: &Tiling) {
+    /// One task's buffers for images cut as `t`, kept from image to image.
+    fn new(t: &Tiling) -> Self {
         let (plane_h, plane_w) = t.plane();
-        self.v.resize(POINTS * t.channels_in * t.tiles(), 0.0);
-        self.m.resize(POINTS * t.channels_out * t.tiles(), 0.0);
-        self.strip.resize(4 * plane_w, 0.0);
-        // Cleared for every image: a plane from another shape may have a non-zero border.
-        self.plane.clear();
-        self.plane.resize(plane_h * plane_w, 0.0);
+        Self {
+            v: vec![0.0; POINTS * t.channels_in * t.tiles()],
+            m: vec![0.0; POINTS * t.channels_out * t.tiles()],
+            plane: vec![0.0; plane_h * plane_w],
+            strip: vec![0.0; 4 * plane_w],
+        }
     }
 }
 
@@ -436,14 +437,26 @@ fn untransform_image<S: Simd>(m: &[f32], t: Tiling, bias: Option<&[f32]>, out_b:
 fn output_tiles(p: &[&[f32; STEP]; POINTS], bias: f32) -> [[f32; STEP]; 4] {
     let mut y = [[0f32; STEP]; 4];
     for l in 0..STEP {
-        let a: [f32; 4] = std::array::from_fn(|j| p[j][l] + p[4 + j][l] + p[8 + j][l]);
-        let c: [f32; 4] = std::array::from_fn(|j| p[4 + j][l] - p[8 + j][l] - p[12 + j][l]);
-        y[0][l] = a[0] + a[1] + a[2] + bias;
-        y[1][l] = a[1] - a[2] - a[3] + bias;
-        y[2][l] = c[0] + c[1] + c[2] + bias;
-        y[3][l] = c[1] - c[2] - c[3] + bias;
+        let pixels = output_tile(std::array::from_fn(|e| p[e][l]), bias);
+        for (corner, value) in pixels.into_iter().enumerate() {
+            y[corner][l] = value;
+        }
     }
     y
+}
+
+/// `Aᵀ m A + bias` of one tile, with `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`: its top-left,
+/// top-right, bottom-left and bottom-right pixels.
+#[inline(always)]
+fn output_tile(m: [f32; POINTS], bias: f32) -> [f32; 4] {
+    let a: [f32; 4] = std::array::from_fn(|j| m[j] + m[4 + j] + m[8 + j]);
+    let c: [f32; 4] = std::array::from_fn(|j| m[4 + j] - m[8 + j] - m[12 + j]);
+    [
+        a[0] + a[1] + a[2] + bias,
+        a[1] - a[2] - a[3] + bias,
+        c[0] + c[1] + c[2] + bias,
+        c[1] - c[2] - c[3] + bias,
+    ]
 }
 
 /// The tiles `range` of one row, one by one (the part the vector steps leave): `top` and
@@ -457,18 +470,16 @@ fn write_tiles(
 ) {
     let width = top.len();
     for tc in range {
-        let p = |e: usize| point[e][tc];
-        let a: [f32; 4] = std::array::from_fn(|j| p(j) + p(4 + j) + p(8 + j));
-        let c: [f32; 4] = std::array::from_fn(|j| p(4 + j) - p(8 + j) - p(12 + j));
+        let [y00, y01, y10, y11] = output_tile(std::array::from_fn(|e| point[e][tc]), bias);
         let x = 2 * tc;
-        top[x] = a[0] + a[1] + a[2] + bias;
+        top[x] = y00;
         if let Some(bottom) = bottom.as_deref_mut() {
-            bottom[x] = c[0] + c[1] + c[2] + bias;
+            bottom[x] = y10;
         }
         if x + 1 < width {
-            top[x + 1] = a[1] - a[2] - a[3] + bias;
+            top[x + 1] = y01;
             if let Some(bottom) = bottom.as_deref_mut() {
-                bottom[x + 1] = c[1] - c[2] - c[3] + bias;
+                bottom[x + 1] = y11;
             }
         }
     }
