@@ -112,10 +112,7 @@ fn kid_text(s: &Setting) -> String {
 /// The margin of a budget row's winner: "+0.35 [0.10, 0.60] over 16 filters (paired)", with
 /// "from 2.048 GFLOPs" where it is measured at a later budget of the row than its first.
 fn margin_text(row: &BudgetRow) -> String {
-    let (Some(d), Some(compared)) = (row.margin, &row.compared) else {
-        return "no other size fits".into();
-    };
-    let Some(other) = &compared.runner_up else {
+    let (Some(d), Some((compared, other))) = (row.margin, row.compared_pair()) else {
         return "no other size fits".into();
     };
     let mut over = format!("over {} filters", other.width);
@@ -146,10 +143,9 @@ fn decided_text(row: &BudgetRow) -> &'static str {
 /// sides; adaptive sampling raises it for undecided rows), or "-".
 fn decided_column(row: &BudgetRow) -> String {
     let text = decided_text(row);
-    let compared = row.compared.as_ref();
-    match (compared.and_then(|c| c.runner_up.as_ref()), text) {
-        (Some(r), "yes" | "no") => {
-            let samples = compared.unwrap().best.samples.min(r.samples);
+    match (row.compared_pair(), text) {
+        (Some((compared, other)), "yes" | "no") => {
+            let samples = compared.best.samples.min(other.samples);
             format!("{text} at {samples} samples")
         }
         _ => text.into(),
@@ -181,6 +177,14 @@ struct BudgetRow {
     /// The winner at the row's first budget where another size fits (None where none does).
     compared: Option<BudgetWinner>,
     margin: Option<Difference>,
+}
+
+impl BudgetRow {
+    /// The winner the margin is measured at and its runner-up, where another size fits.
+    fn compared_pair(&self) -> Option<(&BudgetWinner, &Setting)> {
+        let compared = self.compared.as_ref()?;
+        Some((compared, compared.runner_up.as_ref()?))
+    }
 }
 
 /// The budget winners, keeping only budgets where the winning setting changes; margins are
