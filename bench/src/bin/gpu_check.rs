@@ -18,6 +18,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use clap::Parser;
 use ldmscale_diffusion::objective::DiffusionObjective;
 use ldmscale_diffusion::{NoiseSchedule, PredictionType, SchedulerConfig};
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::unet::PerLevel;
 use ldmscale_model::weights::save_unet;
 use ldmscale_model::{UNet, UNetConfig};
@@ -177,7 +178,7 @@ fn main() -> Result<()> {
         config.norm_num_groups = args.norm_groups;
         config.sample_size = Some(l);
         config.validate().map_err(anyhow::Error::msg)?;
-        let host = params::seeded_init(&cpu, width as u64, || UNet::new(&config, &cpu));
+        let host = seeded_init(&cpu, width as u64, || UNet::new(&config, &cpu));
         if let Some(dir) = &args.save {
             save_unet(&dir.join(format!("w{width}")), &config, &host)?;
         }

@@ -20,6 +20,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use ldmscale_data::{
     BatchLoader, Dataset, DatasetSpec, LoaderConfig, Split, SplitConfig, SplitDataset, Transform,
 };
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::vae::{AutoencoderKL, AutoencoderKLConfig, save_vae};
 use ldmscale_model::weights::write_atomic;
 use ldmscale_train::TrainError;
@@ -27,7 +28,6 @@ use ldmscale_train::autoencoder::{
     AutoencoderRecipe, AutoencoderStep, ImageBatches, ReconstructionLoss, Reduction, StdRng,
     latent_scaling_factor, reconstruction_psnr, train_autoencoder,
 };
-use ldmscale_train::params;
 use ldmscale_util::lock::DirLock;
 
 /// Largest accepted sizes: beyond them a run cannot fit in memory (or is a typo).
@@ -148,8 +148,7 @@ pub fn train(args: &TrainVaeArgs, show_progress: bool) -> Result<TrainVaeReport>
     let device = args.device.device()?;
     let r = args.resolution as usize;
     let val = image_tensor(val_images.concat(), val_images.len(), r, &device);
-    let untrained =
-        params::seeded_init(&device, args.seed, || AutoencoderKL::new(&config, &device));
+    let untrained = seeded_init(&device, args.seed, || AutoencoderKL::new(&config, &device));
     let val_psnr_at_start = reconstruction_psnr(&untrained, &val, args.batch_size);
     let params = untrained.num_params();
 

@@ -883,17 +883,18 @@ fn train_run_files_with_impossible_sizes_are_refused_before_any_work() {
 /// A tiny UNet, autoencoder and empty context under the fixture folder for `finetune-sr`.
 fn finetune_inputs(f: &Fixture) -> Vec<String> {
     use burn::tensor::Device;
+    use ldmscale_model::init::seeded_init;
     use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig};
     let device = Device::flex();
-    device.seed(1);
     let mut config = UNetConfig::small(8, 16, 2);
     config.norm_num_groups = 4;
     let unet = f.dir.path().join("unet");
-    ldmscale_model::weights::save_unet(&unet, &config, &UNet::new(&config, &device)).unwrap();
+    let model = seeded_init(&device, 1, || UNet::new(&config, &device));
+    ldmscale_model::weights::save_unet(&unet, &config, &model).unwrap();
     let vae_config = AutoencoderKLConfig::small(2, 8);
     let vae = f.dir.path().join("vae");
-    ldmscale_model::vae::save_vae(&vae, &vae_config, &AutoencoderKL::new(&vae_config, &device))
-        .unwrap();
+    let model = seeded_init(&device, 2, || AutoencoderKL::new(&vae_config, &device));
+    ldmscale_model::vae::save_vae(&vae, &vae_config, &model).unwrap();
     let empty = f.write("context.npy", &encode_npy_f32(&[1, 3, 16], &[0.0; 48]));
     let mut args = vec!["finetune-sr", "--unet", s(&unet), "--first-stage", s(&vae)];
     let hr = f.path("img");

@@ -3,6 +3,7 @@
 
 pub mod cost;
 pub mod error;
+pub mod init;
 pub mod ops;
 pub mod text;
 pub mod unet;

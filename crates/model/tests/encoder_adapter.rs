@@ -4,6 +4,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
+use ldmscale_model::init::{seeded, seeded_init};
 use ldmscale_model::unet::adapter::ADAPTER_DIR;
 use ldmscale_model::weights::{CONFIG_FILE, WEIGHTS_FILE, load_unet, save_unet, tensor_names};
 use ldmscale_model::{UNet, UNetConfig};
@@ -12,10 +13,11 @@ use ldmscale_testkit::{fixture_dir, max_abs_diff, values};
 const CASE: &str = "sd_like_linear";
 
 fn inputs(device: &Device) -> (Tensor<4>, Tensor<3>) {
-    device.seed(5);
-    let x = Tensor::random([2, 4, 16, 16], Distribution::Normal(0.0, 1.0), device);
-    let context = Tensor::random([2, 5, 32], Distribution::Normal(0.0, 1.0), device);
-    (x, context)
+    seeded(device, 5, || {
+        let x = Tensor::random([2, 4, 16, 16], Distribution::Normal(0.0, 1.0), device);
+        let context = Tensor::random([2, 5, 32], Distribution::Normal(0.0, 1.0), device);
+        (x, context)
+    })
 }
 
 fn student() -> (UNetConfig, UNet, UNet) {
@@ -45,12 +47,9 @@ fn a_nonzero_adapter_changes_the_output() {
     // any change of the output comes through the residuals.
     let (ours_dir, random_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     save_unet(ours_dir.path(), &config, &student).unwrap();
-    save_unet(
-        random_dir.path(),
-        &config,
-        &UNet::new(&config, &Device::flex()),
-    )
-    .unwrap();
+    let device = Device::flex();
+    let random = seeded_init(&device, 6, || UNet::new(&config, &device));
+    save_unet(random_dir.path(), &config, &random).unwrap();
     let adapter_weights = |dir: &std::path::Path| dir.join(ADAPTER_DIR).join(WEIGHTS_FILE);
     std::fs::copy(
         adapter_weights(random_dir.path()),

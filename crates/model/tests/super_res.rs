@@ -3,6 +3,7 @@
 //! `in_channels` doubled, and UNets that cannot be converted are refused naming the field.
 
 use burn::tensor::{Device, Distribution, Int, Tensor};
+use ldmscale_model::init::seeded;
 use ldmscale_model::weights::{CONFIG_FILE, WEIGHTS_FILE, load_unet, save_unet};
 use ldmscale_model::{ExtraConditioning, UNetConfig};
 use ldmscale_testkit::{
@@ -12,10 +13,11 @@ use ldmscale_testkit::{
 const CASE: &str = "sd_like_linear";
 
 fn inputs(device: &Device) -> (Tensor<4>, Tensor<3>) {
-    device.seed(11);
-    let x = Tensor::random([2, 4, 16, 16], Distribution::Normal(0.0, 1.0), device);
-    let context = Tensor::random([2, 5, 32], Distribution::Normal(0.0, 1.0), device);
-    (x, context)
+    seeded(device, 11, || {
+        let x = Tensor::random([2, 4, 16, 16], Distribution::Normal(0.0, 1.0), device);
+        let context = Tensor::random([2, 5, 32], Distribution::Normal(0.0, 1.0), device);
+        (x, context)
+    })
 }
 
 #[test]
@@ -33,7 +35,9 @@ fn at_step_zero_the_sr_model_equals_the_text_to_image_model_for_any_lr() {
         let reference = values(t2i.forward(x.clone(), &t, context.clone()));
         // LR latents of growing scale: nothing of them may leak through the zero weights.
         let scale = 10f32.powi(draw as i32);
-        let lr = Tensor::<4>::random([2, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+        let lr = seeded(&device, 12 + draw as u64, || {
+            Tensor::<4>::random([2, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device)
+        });
         let input = Tensor::cat(vec![x.clone(), lr * scale], 1);
         let ours = values(sr.forward(input, &t, context.clone()));
         let diff = max_abs_diff(&ours, &reference);
@@ -51,7 +55,9 @@ fn a_zero_noise_level_embedding_keeps_the_text_to_image_output() {
     let sr = sr.with_noise_level_embedding(1000);
     assert_eq!(sr_config.num_class_embeds, Some(1000));
     let (x, context) = inputs(&device);
-    let lr = Tensor::<4>::random([2, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let lr = seeded(&device, 15, || {
+        Tensor::<4>::random([2, 4, 16, 16], Distribution::Normal(0.0, 1.0), &device)
+    });
     let t = [40.0, 600.0];
     let extra = ExtraConditioning {
         class_labels: Some(Tensor::<1, Int>::from_ints([20, 349], &device)),

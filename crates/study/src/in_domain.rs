@@ -10,6 +10,7 @@ use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d
 use burn::optim::GradientsParams;
 use burn::tensor::activation::{log_softmax, silu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use ldmscale_model::init::seeded_init;
 use ldmscale_train::data::rng_for;
 use ldmscale_train::optimizer::{AdamW, AdamWConfig};
 use ldmscale_train::params;
@@ -180,7 +181,7 @@ pub fn train(
     let text_width = pairs.text_width();
     let train_n = n - val;
     let ad = device.clone().autodiff();
-    let mut model = params::seeded_init(&ad, seed, || InDomainClip::new(text_width, 64, &ad));
+    let mut model = seeded_init(&ad, seed, || InDomainClip::new(text_width, 64, &ad));
     let mut adam = AdamW::new(AdamWConfig {
         weight_decay: 0.1,
         ..AdamWConfig::default()

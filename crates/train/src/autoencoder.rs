@@ -10,6 +10,7 @@
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig};
 use ldmscale_pipeline::values;
 use rand::RngExt;
@@ -159,7 +160,7 @@ pub fn train_autoencoder(
 ) -> Result<AutoencoderKL, TrainError> {
     recipe.validate()?;
     let ad = device.clone().autodiff();
-    let mut model = params::seeded_init(&ad, recipe.seed, || AutoencoderKL::new(config, &ad));
+    let mut model = seeded_init(&ad, recipe.seed, || AutoencoderKL::new(config, &ad));
     let mut adam = AdamW::new(AdamWConfig {
         weight_decay: 0.0,
         ..AdamWConfig::default()
@@ -366,7 +367,7 @@ mod tests {
     #[test]
     fn calibration_does_not_depend_on_the_chunk_size_beyond_rounding() {
         let device = Device::flex();
-        let vae = params::seeded_init(&device, 0, || {
+        let vae = seeded_init(&device, 0, || {
             AutoencoderKL::new(&AutoencoderKLConfig::small(2, 8), &device)
         });
         let x = images(5, &device);

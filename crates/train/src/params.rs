@@ -8,6 +8,8 @@ use burn::backend::Flex;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Tensor, TensorData};
+use ldmscale_model::init::with_device_rng;
+use ldmscale_model::{UNet, UNetConfig};
 
 use crate::error::TensorsError;
 
@@ -241,33 +243,14 @@ pub fn write_named(groups: &[(&str, &Named)], metadata: BTreeMap<String, String>
     safetensors::serialize(views, Some(metadata.into_iter().collect())).expect("serialisable")
 }
 
-/// Builds a module with parameters drawn from `device`'s generator seeded with `seed`, and
-/// initialises them at once. burn's generator is global to the process and parameters are
-/// initialised lazily, so two models built at the same time (parallel tests, say) would
-/// interleave their draws; a process-wide lock around seeding and initialising keeps every
-/// model's initial weights a function of its seed alone.
-pub fn seeded_init<M: Module>(
-    device: &burn::tensor::Device,
-    seed: u64,
-    build: impl FnOnce() -> M,
-) -> M {
+/// A UNet of `config` on plain device `device` holding `weights` (by parameter name, on any
+/// device); a parameter `weights` lacks keeps its random initial value.
+pub fn unet_holding(config: &UNetConfig, weights: &Named, device: &Device) -> UNet {
+    // Replacing a lazy parameter initialises it first, drawing from the device generator.
     with_device_rng(|| {
-        device.seed(seed);
-        let module = build();
-        // Reading every parameter forces its lazy initialisation while the lock is held.
-        let _ = snapshot(&module);
-        module
+        let model = UNet::new(config, device);
+        update(model, &mut |name, _| {
+            weights.get(name).map(|w| w.clone().to_device(device))
+        })
     })
-}
-
-/// Runs `f` while no other thread of this process draws from burn's device generator. Any
-/// code that initialises parameters (even ones overwritten right after) must run inside: a
-/// draw from another training between [`seeded_init`]'s seeding and its last draw changes that
-/// training's initial weights.
-pub fn with_device_rng<R>(f: impl FnOnce() -> R) -> R {
-    static DEVICE_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = DEVICE_RNG
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    f()
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::weights::{save_unet, write_atomic};
 use ldmscale_model::{UNet, UNetConfig};
 use serde_json::json;
@@ -180,7 +181,7 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
     ) -> Result<Self, TrainError> {
         let ad = sync.weights_device().clone();
         let device = ad.clone().inner();
-        let model = params::seeded_init(&ad, config.seed, || UNet::new(&unet_config, &ad));
+        let model = seeded_init(&ad, config.seed, || UNet::new(&unet_config, &ad));
         let model = match task.initial_weights() {
             Some(weights) => initialised_from(model, weights, &device)?,
             None => model,
@@ -424,7 +425,7 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
         } else {
             params::snapshot(&self.model)
         };
-        let unet = model_from(&self.unet_config, &weights, &self.device);
+        let unet = params::unet_holding(&self.unet_config, &weights, &self.device);
         hook(&unet, &self.state).map_err(|message| TrainError::Hook {
             step: self.state.step,
             message,
@@ -480,10 +481,10 @@ struct ModelDirs<'a> {
 }
 
 fn write_model_dirs(dir: &Path, models: &ModelDirs<'_>) -> Result<(), TrainError> {
-    let unet = model_from(models.config, &models.weights, models.device);
+    let unet = params::unet_holding(models.config, &models.weights, models.device);
     save_unet(&dir.join("unet"), models.config, &unet)?;
     if let Some(ema) = models.ema {
-        let unet = model_from(models.config, ema, models.device);
+        let unet = params::unet_holding(models.config, ema, models.device);
         save_unet(&dir.join("unet_ema"), models.config, &unet)?;
     }
     Ok(())
@@ -495,17 +496,6 @@ fn final_dirs(run: &Path, config: &TrainConfig) -> Vec<PathBuf> {
         dirs.push(run.join("unet_ema"));
     }
     dirs
-}
-
-/// A UNet on plain device `device` holding `weights` (by parameter name, on any device).
-fn model_from(config: &UNetConfig, weights: &Named, device: &Device) -> UNet {
-    // Replacing a lazy parameter initialises it first, drawing from the device generator.
-    params::with_device_rng(|| {
-        let model = UNet::new(config, device);
-        params::update(model, &mut |name, _| {
-            weights.get(name).map(|w| w.clone().to_device(device))
-        })
-    })
 }
 
 fn progress_bar(config: &TrainConfig, position: u64, show: bool) -> ProgressBar {

@@ -6,11 +6,11 @@ use std::path::Path;
 use burn::tensor::Device;
 use ldmscale_data::Image;
 use ldmscale_diffusion::SamplerId;
+use ldmscale_model::init::{seeded_init, with_device_rng};
 use ldmscale_model::text::{TextConditioner, TinyTextSpec, tiny_text_conditioner};
 use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNet};
 use ldmscale_pipeline::{LatentDiffusion, SamplingSpec};
 use ldmscale_train::class_images::{ClassImageRequest, RECORD, ensure_class_images, image_path};
-use ldmscale_train::params::{seeded_init, with_device_rng};
 use ldmscale_train::{Family, ModelConfig};
 
 struct Models {

@@ -10,28 +10,19 @@ use std::path::Path;
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
 use ldmscale_diffusion::{Cfg, CodiSampler, LcmOptions, NoNoise, SchedulerConfig, sample};
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::unet::config::{DOWN_PLAIN, UP_PLAIN};
 use ldmscale_model::weights::load_unet;
 use ldmscale_model::{UNet, UNetConfig};
 use ldmscale_pipeline::UNetDenoiser;
 use ldmscale_train::data::rng_for;
-use ldmscale_train::params::{Named, seeded_init, update};
+use ldmscale_train::params::unet_holding;
 use ldmscale_train::tasks::codi_distill::EVALUATIONS_PER_STEP;
 use ldmscale_train::tasks::{CodiOptions, CodiStudent};
 use ldmscale_train::{
     CodiDistill, DeviceThreads, ShardLoss, SyntheticData, TrainConfig, TrainError, TrainTask,
     TrainingData, checkpoint, train_task,
 };
-
-/// Holds the tests of this file one at a time. Run concurrently in one process, the adapter
-/// distillation below came out differently from run to run (diverging in some), which a lone
-/// run never does; until that interplay is found, the tests do not share the process's time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// The tiny family member the common config trains, as a (random) text-to-image teacher.
 fn teacher(seed: u64) -> (UNetConfig, UNet) {
@@ -65,25 +56,22 @@ fn distill(config: &TrainConfig, data: &SyntheticData, run: &Path) -> Result<u64
     Ok(train_task(config, &task, &sync, run, false, None)?.steps_run)
 }
 
-/// A UNet of `config` holding `weights`.
-fn model(config: &UNetConfig, weights: &Named) -> UNet {
-    let unet = UNet::new(config, &Device::flex());
-    update(unet, &mut |name, _| weights.get(name).cloned())
-}
-
 fn values(t: Tensor<4>) -> Vec<f32> {
     t.into_data().try_to_vec::<f32>().unwrap()
 }
 
 #[test]
 fn the_step_0_student_is_the_teacher() {
-    let _serial = serial();
     let data = common::data(8);
     let task = task_of(&config(1, 1e-3), &data, 7).unwrap();
     let (teacher_config, teacher) = teacher(7);
     assert_eq!(task.student_config(), &teacher_config);
     assert_eq!(task.forward_passes(), 9.0);
-    let student = model(task.student_config(), task.initial_weights().unwrap());
+    let student = unet_holding(
+        task.student_config(),
+        task.initial_weights().unwrap(),
+        &Device::flex(),
+    );
     let device = Device::flex();
     let z: Vec<f32> = (0..3 * 256)
         .map(|k| (k * 37 % 101) as f32 / 50.0 - 1.0)
@@ -124,7 +112,6 @@ fn held_out_loss(student: &UNet, target: &UNet) -> f64 {
 
 #[test]
 fn a_tiny_distillation_lowers_the_held_out_consistency_loss() {
-    let _serial = serial();
     let data = common::data(8);
     let run = tempfile::tempdir().unwrap();
     // Guidance up to 11 amplifies every weight change in the guided output: at 1e-3 (LCM's
@@ -133,7 +120,11 @@ fn a_tiny_distillation_lowers_the_held_out_consistency_loss() {
     cfg.checkpoint_every = 120;
     distill(&cfg, &data, run.path()).unwrap();
     let task = task_of(&cfg, &data, 7).unwrap();
-    let start = model(task.student_config(), task.initial_weights().unwrap());
+    let start = unet_holding(
+        task.student_config(),
+        task.initial_weights().unwrap(),
+        &Device::flex(),
+    );
     let (_, trained) = load_unet(&run.path().join("unet"), &Device::flex()).unwrap();
     // With decay 0.999 the EMA target stays near the step-0 student over 120 steps: measure
     // both against that fixed target, what the run minimises.
@@ -145,7 +136,6 @@ fn a_tiny_distillation_lowers_the_held_out_consistency_loss() {
 
 #[test]
 fn the_student_samples_in_4_guided_steps_at_2_evaluations_each() {
-    let _serial = serial();
     let data = common::data(4);
     let device = Device::flex();
     let (_, student) = teacher(7);
@@ -169,7 +159,6 @@ fn the_student_samples_in_4_guided_steps_at_2_evaluations_each() {
 
 #[test]
 fn resumed_distillation_is_bit_identical_with_its_target() {
-    let _serial = serial();
     let data = common::data(6);
     let straight = tempfile::tempdir().unwrap();
     distill(&config(5, 1e-3), &data, straight.path()).unwrap();
@@ -198,7 +187,6 @@ fn resumed_distillation_is_bit_identical_with_its_target() {
 
 #[test]
 fn another_teacher_is_refused_on_resume() {
-    let _serial = serial();
     let data = common::data(6);
     let run = tempfile::tempdir().unwrap();
     distill(&config(2, 1e-3), &data, run.path()).unwrap();
@@ -219,7 +207,6 @@ fn refused(options: CodiOptions, teacher: (&UNetConfig, UNet)) -> String {
 
 #[test]
 fn bad_inputs_name_the_field() {
-    let _serial = serial();
     for (options, start) in [
         ((11.0, 1.0, 50), "codi.w_max = 1: "),
         ((-1.0, 11.0, 50), "codi.w_min = -1: "),
@@ -242,7 +229,7 @@ fn bad_inputs_name_the_field() {
     c.down_block_types = vec![DOWN_PLAIN.to_string(); c.down_block_types.len()];
     c.up_block_types = vec![UP_PLAIN.to_string(); c.up_block_types.len()];
     c.mid_block_type = None;
-    let unet = UNet::new(&c, &Device::flex());
+    let unet = seeded_init(&Device::flex(), 0, || UNet::new(&c, &Device::flex()));
     let err = refused(CodiOptions::default(), (&c, unet));
     assert!(err.contains("no cross-attention block"), "{err}");
     // An LCM student as the teacher.
@@ -257,7 +244,6 @@ fn bad_inputs_name_the_field() {
 
 #[test]
 fn the_options_read_from_toml() {
-    let _serial = serial();
     let options: CodiOptions = toml::from_str("w_max = 8.0\nema_decay = 0.99").unwrap();
     assert_eq!((options.w_min, options.w_max), (1.0, 8.0));
     assert_eq!((options.ema_decay, options.ddim_steps), (0.99, 50));
@@ -295,7 +281,6 @@ fn probe(data: &SyntheticData) -> (Tensor<4>, [f32; 3], Tensor<3>) {
 
 #[test]
 fn the_step_0_adapter_student_is_exactly_the_teacher() {
-    let _serial = serial();
     let data = common::data(8);
     let task = adapter_task(&config(1, 1e-3), &data);
     let (teacher_config, teacher) = teacher(7);
@@ -303,7 +288,11 @@ fn the_step_0_adapter_student_is_exactly_the_teacher() {
     assert_eq!(task.student(), CodiStudent::Adapter);
     // 8 student passes with the adapter, the teacher's forward at its own (smaller) cost.
     assert!(task.forward_passes() > 8.0 && task.forward_passes() < 9.0);
-    let student = model(task.student_config(), task.initial_weights().unwrap());
+    let student = unet_holding(
+        task.student_config(),
+        task.initial_weights().unwrap(),
+        &Device::flex(),
+    );
     assert!(student.num_params() > UNet::new(&teacher_config, &Device::flex()).num_params());
     let (z, t, context) = probe(&data);
     let expected = values(teacher.forward(z.clone(), &t, context.clone()));
@@ -320,7 +309,6 @@ fn the_step_0_adapter_student_is_exactly_the_teacher() {
 
 #[test]
 fn a_tiny_adapter_distillation_lowers_the_loss_and_keeps_the_unet_frozen() {
-    let _serial = serial();
     let data = common::data(8);
     let run = tempfile::tempdir().unwrap();
     // Only the zero-initialised fusion convolutions reach the output at first: a larger rate
@@ -330,7 +318,11 @@ fn a_tiny_adapter_distillation_lowers_the_loss_and_keeps_the_unet_frozen() {
     cfg.checkpoint_every = 120;
     distill_adapter(&cfg, &data, run.path());
     let task = adapter_task(&cfg, &data);
-    let start = model(task.student_config(), task.initial_weights().unwrap());
+    let start = unet_holding(
+        task.student_config(),
+        task.initial_weights().unwrap(),
+        &Device::flex(),
+    );
     let (trained_config, trained) = load_unet(&run.path().join("unet"), &Device::flex()).unwrap();
     assert!(trained_config.encoder_adapter && trained.has_encoder_adapter());
     let before = held_out_loss(&start, &start);
@@ -372,7 +364,6 @@ fn a_tiny_adapter_distillation_lowers_the_loss_and_keeps_the_unet_frozen() {
 
 #[test]
 fn a_resumed_adapter_distillation_is_bit_identical() {
-    let _serial = serial();
     let data = common::data(6);
     let straight = tempfile::tempdir().unwrap();
     distill_adapter(&config(5, 1e-3), &data, straight.path());
@@ -408,11 +399,10 @@ fn a_resumed_adapter_distillation_is_bit_identical() {
 
 #[test]
 fn a_teacher_with_a_class_embedding_gets_no_adapter() {
-    let _serial = serial();
     let data = common::data(4);
     let (c, _) = teacher(7);
     let c = c.with_noise_level_embedding(10);
-    let unet = UNet::new(&c, &Device::flex());
+    let unet = seeded_init(&Device::flex(), 0, || UNet::new(&c, &Device::flex()));
     let recipe = (CodiOptions::default(), CodiStudent::Adapter);
     let err =
         CodiDistill::with_student(&config(2, 1e-3), &data, (&c, unet), recipe, &Device::flex())

@@ -10,10 +10,11 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor};
 use ldmscale_diffusion::objective::{add_noise, min_snr_weights, snr};
 use ldmscale_diffusion::{NoiseSchedule, PredictionType, SchedulerConfig};
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::weights::load_unet;
 use ldmscale_model::{UNet, UNetConfig};
 use ldmscale_train::data::rng_for;
-use ldmscale_train::params::{seeded_init, snapshot};
+use ldmscale_train::params::snapshot;
 use ldmscale_train::tasks::DreamBooth;
 use ldmscale_train::{
     DeviceThreads, ShardLoss, SyntheticData, TrainConfig, TrainError, TrainTask, TrainingData,

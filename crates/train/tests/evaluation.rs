@@ -6,12 +6,12 @@ use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use ldmscale_diffusion::SamplerId;
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNet};
 use ldmscale_pipeline::SamplingSpec;
 use ldmscale_train::evaluation::{
     BoxError, FidProbe, FidScore, GridProbe, TrainingEvaluator, read_records,
 };
-use ldmscale_train::params::seeded_init;
 use ldmscale_train::{Family, ModelConfig, TrainState};
 
 /// A scorer that remembers the batches it saw and scores by their size.

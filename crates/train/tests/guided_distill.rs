@@ -9,10 +9,11 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::weights::load_unet;
 use ldmscale_model::{ExtraConditioning, UNet, UNetConfig};
 use ldmscale_train::data::rng_for;
-use ldmscale_train::params::{seeded_init, update};
+use ldmscale_train::params::unet_holding;
 use ldmscale_train::tasks::lcm_distill::embeddings;
 use ldmscale_train::tasks::{GuidedDistill, GuidedOptions};
 use ldmscale_train::{
@@ -54,11 +55,6 @@ fn distill(config: &TrainConfig, data: &SyntheticData, run: &Path) -> Result<u64
     Ok(train_task(config, &task, &sync, run, false, None)?.steps_run)
 }
 
-fn model(config: &UNetConfig, weights: &ldmscale_train::params::Named) -> UNet {
-    let unet = UNet::new(config, &Device::flex());
-    update(unet, &mut |name, _| weights.get(name).cloned())
-}
-
 /// The student's output at LCM-form guidance `w` on fixed latents, timesteps and text.
 fn student_output(student: &UNet, w: f32) -> Vec<f32> {
     let device = Device::flex();
@@ -86,7 +82,11 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn the_step_0_student_is_the_teachers_conditional_model_for_any_guidance() {
     let data = common::data(4);
     let task = task(&config(1, 1e-3), &data);
-    let student = model(task.student_config(), task.initial_weights().unwrap());
+    let student = unet_holding(
+        task.student_config(),
+        task.initial_weights().unwrap(),
+        &Device::flex(),
+    );
     let (_, teacher) = teacher(7);
     let device = Device::flex();
     let z: Vec<f32> = (0..3 * 256)
@@ -126,7 +126,11 @@ fn a_tiny_distillation_lowers_the_held_out_loss_and_reads_the_guidance() {
     cfg.checkpoint_every = 80;
     distill(&cfg, &data, run.path()).unwrap();
     let task = task(&cfg, &data);
-    let start = model(task.student_config(), task.initial_weights().unwrap());
+    let start = unet_holding(
+        task.student_config(),
+        task.initial_weights().unwrap(),
+        &Device::flex(),
+    );
     let (_, trained) = load_unet(&run.path().join("unet"), &Device::flex()).unwrap();
     let (before, after) = (held_out_loss(&start), held_out_loss(&trained));
     eprintln!("held-out guided regression loss: step 0 {before:.4e}, after 80 steps {after:.4e}");

@@ -12,12 +12,13 @@ use burn::tensor::{Device, Tensor, TensorData};
 use ldmscale_diffusion::{
     Cfg, NoNoise, NoiseSource, SamplerId, SchedulerConfig, SeededNoise, sample,
 };
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::unet::config::{DOWN_PLAIN, UP_PLAIN};
 use ldmscale_model::weights::load_unet;
 use ldmscale_model::{ExtraConditioning, UNet, UNetConfig};
 use ldmscale_pipeline::{LcmDenoiser, UNetDenoiser};
 use ldmscale_train::data::rng_for;
-use ldmscale_train::params::{seeded_init, snapshot, update};
+use ldmscale_train::params::{snapshot, unet_holding};
 use ldmscale_train::tasks::lcm_distill::embeddings;
 use ldmscale_train::tasks::{ConsistencyLoss, LcmOptions};
 use ldmscale_train::{
@@ -71,12 +72,6 @@ fn distill(config: &TrainConfig, data: &SyntheticData, run: &Path) -> Result<u64
     Ok(train_task(config, &task, &sync, run, false, None)?.steps_run)
 }
 
-/// A UNet of `config` holding `weights`.
-fn model(config: &UNetConfig, weights: &ldmscale_train::params::Named) -> UNet {
-    let unet = UNet::new(config, &Device::flex());
-    update(unet, &mut |name, _| weights.get(name).cloned())
-}
-
 /// Fixed inputs: latents `[3, 4, 8, 8]`, timesteps, text states of three classes.
 fn inputs() -> (Tensor<4>, Vec<f32>, Tensor<3>) {
     let device = Device::flex();
@@ -116,7 +111,11 @@ fn the_step_0_student_is_the_teacher_for_any_guidance() {
     let cfg = config(1, 1e-3);
     let task = task(&cfg, &data);
     assert_eq!(task.student_config().time_cond_proj_dim, Some(16));
-    let student = model(task.student_config(), task.initial_weights().unwrap());
+    let student = unet_holding(
+        task.student_config(),
+        task.initial_weights().unwrap(),
+        &Device::flex(),
+    );
     assert_eq!(student.time_cond_proj_dim(), Some(16));
     let (_, teacher) = teacher(7);
     let (z, t, context) = inputs();
@@ -210,7 +209,11 @@ fn a_tiny_distillation_lowers_the_consistency_loss_and_the_4_step_gap() {
     cfg.checkpoint_every = 120;
     distill(&cfg, &data, run.path()).unwrap();
     let task = task(&cfg, &data);
-    let start = model(task.student_config(), task.initial_weights().unwrap());
+    let start = unet_holding(
+        task.student_config(),
+        task.initial_weights().unwrap(),
+        &Device::flex(),
+    );
     let (_, trained) = load_unet(&run.path().join("unet"), &Device::flex()).unwrap();
     let (before, after) = (held_out_loss(&start), held_out_loss(&trained));
     eprintln!("held-out consistency loss: step 0 {before:.4e}, after 120 steps {after:.4e}");
@@ -300,7 +303,7 @@ fn bad_inputs_name_the_field() {
     c.down_block_types = vec![DOWN_PLAIN.to_string(); c.down_block_types.len()];
     c.up_block_types = vec![UP_PLAIN.to_string(); c.up_block_types.len()];
     c.mid_block_type = None;
-    let unet = UNet::new(&c, &Device::flex());
+    let unet = seeded_init(&Device::flex(), 0, || UNet::new(&c, &Device::flex()));
     let err = refused(options(), (&c, unet));
     assert!(err.contains("no cross-attention block"), "{err}");
     // An LCM student as the teacher.

@@ -11,10 +11,11 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::Device;
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::weights::load_unet;
 use ldmscale_model::{UNet, UNetConfig};
 use ldmscale_train::data::rng_for;
-use ldmscale_train::params::{seeded_init, update};
+use ldmscale_train::params::update;
 use ldmscale_train::tasks::{ProgressiveDistill, ProgressiveOptions};
 use ldmscale_train::{
     DeviceThreads, ShardLoss, SyntheticData, TrainConfig, TrainError, TrainTask, checkpoint,
@@ -125,7 +126,7 @@ fn a_plain_teacher_and_bad_options_are_named() {
     let plain_config = common::config("steps = 1\nbatch_size = 1")
         .model
         .unet(4, 8, 16);
-    let plain = UNet::new(&plain_config, &device);
+    let plain = seeded_init(&device, 0, || UNet::new(&plain_config, &device));
     let refused = |config: &UNetConfig, unet: UNet, options: ProgressiveOptions| {
         ProgressiveDistill::new(&config_of(), &data, (config, unet), options, &device)
             .err()

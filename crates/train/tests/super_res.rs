@@ -9,10 +9,11 @@ mod common;
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::weights::load_unet;
 use ldmscale_model::{UNet, UNetConfig};
 use ldmscale_train::data::rng_for;
-use ldmscale_train::params::{seeded_init, snapshot};
+use ldmscale_train::params::snapshot;
 use ldmscale_train::tasks::{SrData, SrOptions, SrPairs};
 use ldmscale_train::{
     DeviceThreads, ShardLoss, SuperRes, TrainConfig, TrainError, TrainTask, checkpoint, train_task,

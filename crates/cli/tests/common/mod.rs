@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::vae::save_vae;
 use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig};
 
@@ -13,8 +14,8 @@ pub fn tiny_run_file(dir: &Path, train: &str, extra: &str) -> PathBuf {
     let vae_dir = dir.join("vae");
     let config = AutoencoderKLConfig::small(2, 8);
     let device = Device::flex();
-    device.seed(3);
-    save_vae(&vae_dir, &config, &AutoencoderKL::new(&config, &device)).unwrap();
+    let vae = seeded_init(&device, 3, || AutoencoderKL::new(&config, &device));
+    save_vae(&vae_dir, &config, &vae).unwrap();
     let file = dir.join("run.toml");
     std::fs::write(
         &file,

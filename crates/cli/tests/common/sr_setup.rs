@@ -5,6 +5,7 @@ use std::path::Path;
 
 use burn::tensor::Device;
 use ldmscale_data::Image;
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::vae::save_vae;
 use ldmscale_model::weights::save_unet;
 use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig};
@@ -13,12 +14,12 @@ use ldmscale_model::{AutoencoderKL, AutoencoderKLConfig, UNet, UNetConfig};
 /// 40x36 images.
 pub fn setup(root: &Path) {
     let device = Device::flex();
-    device.seed(1);
     let mut config = UNetConfig::small(8, 16, 2);
     config.norm_num_groups = 4;
-    save_unet(&root.join("unet"), &config, &UNet::new(&config, &device)).unwrap();
+    let unet = seeded_init(&device, 1, || UNet::new(&config, &device));
+    save_unet(&root.join("unet"), &config, &unet).unwrap();
     let vae_config = AutoencoderKLConfig::small(2, 8);
-    let vae = AutoencoderKL::new(&vae_config, &device);
+    let vae = seeded_init(&device, 2, || AutoencoderKL::new(&vae_config, &device));
     save_vae(&root.join("vae"), &vae_config, &vae).unwrap();
     crate::npy::write(&root.join("empty.npy"), &[1, 3, 16], &[0.0; 48]).unwrap();
     std::fs::create_dir_all(root.join("hr")).unwrap();

@@ -172,7 +172,9 @@ impl EncoderAdapter {
 
 /// A 1x1 convolution set to zero (weight and bias).
 fn zeroed(mut conv: Conv2d) -> Conv2d {
-    let device = conv.weight.device();
+    // The device of a lazy parameter, not its value: reading the value would draw it from the
+    // process's generator, unseeded, in the middle of another thread's seeded draws.
+    let device = conv.weight.lazy_device();
     let shape = conv.weight.lazy_shape();
     conv.weight = Param::from_tensor(Tensor::zeros(shape, &device));
     if let Some(bias) = &conv.bias {

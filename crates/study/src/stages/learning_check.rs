@@ -3,8 +3,8 @@
 
 use ldmscale_diffusion::SamplerId;
 use ldmscale_model::UNet;
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::weights::{load_unet, write_atomic};
-use ldmscale_train::params;
 
 use super::family::Family;
 use super::grids::{self, DdimProbe};
@@ -60,7 +60,7 @@ impl Stage for LearningCheckStage<'_> {
         let cfg = grid::optimal_guidance(&optimal, *width as u32, ddim, STEPS).unwrap_or(1.0);
         let (unet_config, trained) = load_unet(dir, &cx.device)?;
         // Seeded as training initialises it.
-        let untrained = params::seeded_init(&cx.device, 0, || UNet::new(&unet_config, &cx.device));
+        let untrained = seeded_init(&cx.device, 0, || UNet::new(&unet_config, &cx.device));
         let (_, fid_trained, ci_trained) = self.probe.measure(cx, &trained, STEPS, cfg, 1)?;
         let (_, fid_untrained, ci_untrained) = self.probe.measure(cx, &untrained, STEPS, cfg, 2)?;
         let ci = |c: Option<FidCi>| c.map(|c| format!(" {}", c.text())).unwrap_or_default();

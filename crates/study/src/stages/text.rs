@@ -3,11 +3,11 @@
 use std::path::Path;
 
 use burn::tensor::Device;
+use ldmscale_model::init::seeded_init;
 use ldmscale_model::text::{
     Bert, BertConfig, ClipTextConfig, ClipTextModel, TextConditioner, TextEncoder,
     TextModel as Encoder, TextModelConfig, TinyTextSpec, default_minilm_dir, tiny_text_conditioner,
 };
-use ldmscale_train::params;
 
 use super::data::{self, Splits};
 use crate::config::{StudyConfig, TextEncoderSpec};
@@ -139,7 +139,7 @@ pub fn make_reserving(
     Ok(match spec {
         TextEncoderSpec::TinyRandom => {
             let mut made = None;
-            params::seeded_init(device, 17, || {
+            seeded_init(device, 17, || {
                 made = Some(tiny_text_conditioner(captions, &tiny, device));
                 made.as_ref()
                     .and_then(|r| r.as_ref().ok())
