@@ -7,6 +7,7 @@ use burn::module::Param;
 use burn::nn::{GroupNorm, GroupNormConfig, LayerNorm, LayerNormConfig};
 use burn::tensor::{Device, Distribution, Tensor};
 use common::{fast, l2, rel_l2, rel_l2_with_floor};
+use ldmscale_model::init::seeded;
 use ldmscale_model::ops::{OpKind, burn_geglu, burn_group_norm, geglu, group_norm, layer_norm};
 
 /// The fused ops, asserting that their kernels ran.
@@ -57,60 +58,66 @@ fn input(dims: [usize; 4], device: &Device) -> Tensor<4> {
 #[test]
 fn group_norm_forward_matches_burn_without_autodiff() {
     let device = Device::flex();
-    for (batch, channels, groups, h, w) in NORM_CASES {
-        let norm = random_norm(channels, groups, &device);
-        let x = input([batch, channels, h, w], &device);
-        for with_silu in [false, true] {
-            let fused = fast_group_norm(&norm, x.clone(), with_silu);
-            let reference = burn_group_norm(&norm, x.clone(), with_silu);
-            let err = rel_l2(fused, reference);
-            assert!(
-                err < 1e-5,
-                "{batch}x{channels}x{h}x{w}/{groups} silu {with_silu}: relative L2 {err}"
-            );
+    // Seeded: the same inputs every run (rounding limits the tolerances).
+    seeded(&device, 1, || {
+        for (batch, channels, groups, h, w) in NORM_CASES {
+            let norm = random_norm(channels, groups, &device);
+            let x = input([batch, channels, h, w], &device);
+            for with_silu in [false, true] {
+                let fused = fast_group_norm(&norm, x.clone(), with_silu);
+                let reference = burn_group_norm(&norm, x.clone(), with_silu);
+                let err = rel_l2(fused, reference);
+                assert!(
+                    err < 1e-5,
+                    "{batch}x{channels}x{h}x{w}/{groups} silu {with_silu}: relative L2 {err}"
+                );
+            }
         }
-    }
+    })
 }
 
 #[test]
 fn group_norm_gradients_match_burn_under_autodiff() {
     let device = Device::flex().autodiff();
-    for (batch, channels, groups, h, w) in NORM_CASES {
-        let norm = random_norm(channels, groups, &device);
-        let x = input([batch, channels, h, w], &device).require_grad();
-        // A weighting makes every output element matter differently to the loss.
-        let weight = Tensor::<4>::random(
-            [batch, channels, h, w],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        );
-        for with_silu in [false, true] {
-            let run = |f: fn(&GroupNorm, Tensor<4>, bool) -> Tensor<4>| {
-                let out = f(&norm, x.clone(), with_silu);
-                let grads = (out.clone() * weight.clone()).sum().backward();
-                let gamma = norm.gamma.as_ref().expect("affine").val();
-                let beta = norm.beta.as_ref().expect("affine").val();
-                (
-                    out.inner(),
-                    x.grad(&grads).expect("x gradient"),
-                    gamma.grad(&grads).expect("gamma gradient"),
-                    beta.grad(&grads).expect("beta gradient"),
-                )
-            };
-            let (out_f, dx_f, dgamma_f, dbeta_f) = run(fast_group_norm);
-            let (out_b, dx_b, dgamma_b, dbeta_b) = run(burn_group_norm);
-            let case = format!("{batch}x{channels}x{h}x{w}/{groups} silu {with_silu}");
-            let errs = [
-                ("output", rel_l2(out_f, out_b)),
-                ("x", rel_l2(dx_f, dx_b)),
-                ("gamma", rel_l2(dgamma_f, dgamma_b)),
-                ("beta", rel_l2(dbeta_f, dbeta_b)),
-            ];
-            for (name, err) in errs {
-                assert!(err < 1e-5, "{case}: {name} relative L2 {err}");
+    // Seeded: the same inputs every run (rounding limits the tolerances).
+    seeded(&device, 2, || {
+        for (batch, channels, groups, h, w) in NORM_CASES {
+            let norm = random_norm(channels, groups, &device);
+            let x = input([batch, channels, h, w], &device).require_grad();
+            // A weighting makes every output element matter differently to the loss.
+            let weight = Tensor::<4>::random(
+                [batch, channels, h, w],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            for with_silu in [false, true] {
+                let run = |f: fn(&GroupNorm, Tensor<4>, bool) -> Tensor<4>| {
+                    let out = f(&norm, x.clone(), with_silu);
+                    let grads = (out.clone() * weight.clone()).sum().backward();
+                    let gamma = norm.gamma.as_ref().expect("affine").val();
+                    let beta = norm.beta.as_ref().expect("affine").val();
+                    (
+                        out.inner(),
+                        x.grad(&grads).expect("x gradient"),
+                        gamma.grad(&grads).expect("gamma gradient"),
+                        beta.grad(&grads).expect("beta gradient"),
+                    )
+                };
+                let (out_f, dx_f, dgamma_f, dbeta_f) = run(fast_group_norm);
+                let (out_b, dx_b, dgamma_b, dbeta_b) = run(burn_group_norm);
+                let case = format!("{batch}x{channels}x{h}x{w}/{groups} silu {with_silu}");
+                let errs = [
+                    ("output", rel_l2(out_f, out_b)),
+                    ("x", rel_l2(dx_f, dx_b)),
+                    ("gamma", rel_l2(dgamma_f, dgamma_b)),
+                    ("beta", rel_l2(dbeta_f, dbeta_b)),
+                ];
+                for (name, err) in errs {
+                    assert!(err < 1e-5, "{case}: {name} relative L2 {err}");
+                }
             }
         }
-    }
+    })
 }
 
 /// `(batch, tokens, features, epsilon)`: features off and on the lane width, a single row, rows
@@ -147,91 +154,100 @@ fn burn_layer_norm(norm: &LayerNorm, x: Tensor<3>) -> Tensor<3> {
 #[test]
 fn layer_norm_forward_matches_burn_without_autodiff() {
     let device = Device::flex();
-    for (batch, tokens, features, epsilon) in LAYER_NORM_CASES {
-        let norm = random_layer_norm(features, epsilon, &device);
-        // An offset larger than the spread exercises the variance's cancellation.
-        let x = Tensor::<3>::random(
-            [batch, tokens, features],
-            Distribution::Normal(3.0, 1.0),
-            &device,
-        );
-        let err = rel_l2(
-            fast_layer_norm(&norm, epsilon, x.clone()),
-            norm.forward(x.clone()),
-        );
-        assert!(
-            err < 1e-5,
-            "{batch}x{tokens}x{features} eps {epsilon}: relative L2 {err}"
-        );
-        // Any rank: the same values as rows of a matrix.
-        let x2 = x.reshape([batch * tokens, features]);
-        let err = rel_l2(
-            fast_layer_norm(&norm, epsilon, x2.clone()),
-            norm.forward(x2),
-        );
-        assert!(
-            err < 1e-5,
-            "{batch}x{tokens}x{features} as a matrix: relative L2 {err}"
-        );
-    }
+    // Seeded: the same inputs every run (rounding limits the tolerances).
+    seeded(&device, 3, || {
+        for (batch, tokens, features, epsilon) in LAYER_NORM_CASES {
+            let norm = random_layer_norm(features, epsilon, &device);
+            // An offset larger than the spread exercises the variance's cancellation.
+            let x = Tensor::<3>::random(
+                [batch, tokens, features],
+                Distribution::Normal(3.0, 1.0),
+                &device,
+            );
+            let err = rel_l2(
+                fast_layer_norm(&norm, epsilon, x.clone()),
+                norm.forward(x.clone()),
+            );
+            assert!(
+                err < 1e-5,
+                "{batch}x{tokens}x{features} eps {epsilon}: relative L2 {err}"
+            );
+            // Any rank: the same values as rows of a matrix.
+            let x2 = x.reshape([batch * tokens, features]);
+            let err = rel_l2(
+                fast_layer_norm(&norm, epsilon, x2.clone()),
+                norm.forward(x2),
+            );
+            assert!(
+                err < 1e-5,
+                "{batch}x{tokens}x{features} as a matrix: relative L2 {err}"
+            );
+        }
+    })
 }
 
 #[test]
 fn layer_norm_gradients_match_burn_under_autodiff() {
     let device = Device::flex().autodiff();
-    for (batch, tokens, features, epsilon) in LAYER_NORM_CASES {
-        let norm = random_layer_norm(features, epsilon, &device);
-        let x = Tensor::<3>::random(
-            [batch, tokens, features],
-            Distribution::Normal(3.0, 1.0),
-            &device,
-        )
-        .require_grad();
-        let run = |f: &dyn Fn(&LayerNorm, Tensor<3>) -> Tensor<3>| {
-            let out = f(&norm, x.clone());
-            // Nonlinear, so that every output element matters differently to the loss.
-            let grads = (out.clone() * out.clone().cos()).sum().backward();
-            let beta = norm.beta.as_ref().expect("bias").val();
-            (
-                out.inner(),
-                x.grad(&grads).expect("x gradient"),
-                norm.gamma.val().grad(&grads).expect("gamma gradient"),
-                beta.grad(&grads).expect("beta gradient"),
+    // Seeded: the same inputs every run (rounding limits the tolerances).
+    seeded(&device, 4, || {
+        for (batch, tokens, features, epsilon) in LAYER_NORM_CASES {
+            let norm = random_layer_norm(features, epsilon, &device);
+            let x = Tensor::<3>::random(
+                [batch, tokens, features],
+                Distribution::Normal(3.0, 1.0),
+                &device,
             )
-        };
-        let (out_f, dx_f, dgamma_f, dbeta_f) = run(&|n, x| fast_layer_norm(n, epsilon, x));
-        let (out_b, dx_b, dgamma_b, dbeta_b) = run(&burn_layer_norm);
-        let case = format!("{batch}x{tokens}x{features} eps {epsilon}");
-        let errs = [
-            ("output", rel_l2(out_f, out_b)),
-            ("x", rel_l2(dx_f, dx_b)),
-            ("gamma", rel_l2(dgamma_f, dgamma_b)),
-            ("beta", rel_l2(dbeta_f, dbeta_b)),
-        ];
-        for (name, err) in errs {
-            assert!(err < 1e-5, "{case}: {name} relative L2 {err}");
+            .require_grad();
+            let run = |f: &dyn Fn(&LayerNorm, Tensor<3>) -> Tensor<3>| {
+                let out = f(&norm, x.clone());
+                // Nonlinear, so that every output element matters differently to the loss.
+                let grads = (out.clone() * out.clone().cos()).sum().backward();
+                let beta = norm.beta.as_ref().expect("bias").val();
+                (
+                    out.inner(),
+                    x.grad(&grads).expect("x gradient"),
+                    norm.gamma.val().grad(&grads).expect("gamma gradient"),
+                    beta.grad(&grads).expect("beta gradient"),
+                )
+            };
+            let (out_f, dx_f, dgamma_f, dbeta_f) = run(&|n, x| fast_layer_norm(n, epsilon, x));
+            let (out_b, dx_b, dgamma_b, dbeta_b) = run(&burn_layer_norm);
+            let case = format!("{batch}x{tokens}x{features} eps {epsilon}");
+            let errs = [
+                ("output", rel_l2(out_f, out_b)),
+                ("x", rel_l2(dx_f, dx_b)),
+                ("gamma", rel_l2(dgamma_f, dgamma_b)),
+                ("beta", rel_l2(dbeta_f, dbeta_b)),
+            ];
+            for (name, err) in errs {
+                assert!(err < 1e-5, "{case}: {name} relative L2 {err}");
+            }
         }
-    }
+    })
 }
 
 /// A strided view (not contiguous) goes through the same fused op, forward and backward.
 #[test]
 fn layer_norm_accepts_a_transposed_input() {
     let device = Device::flex().autodiff();
-    let norm = random_layer_norm(6, 1e-5, &device);
-    let base =
-        Tensor::<3>::random([2, 6, 11], Distribution::Normal(0.0, 1.0), &device).require_grad();
-    let run = |f: &dyn Fn(&LayerNorm, Tensor<3>) -> Tensor<3>| {
-        let out = f(&norm, base.clone().swap_dims(1, 2));
-        let grads = (out.clone() * out.clone().cos()).sum().backward();
-        (out.inner(), base.grad(&grads).expect("gradient"))
-    };
-    let (out_f, d_f) = run(&|n, x| fast_layer_norm(n, 1e-5, x));
-    let (out_b, d_b) = run(&burn_layer_norm);
-    let err = rel_l2(out_f, out_b);
-    assert!(err < 1e-5, "output relative L2 {err}");
-    let err = rel_l2(d_f, d_b);
-    assert!(err < 1e-5, "gradient relative L2 {err}");
+    // Seeded: the same inputs every run (rounding limits the tolerances).
+    seeded(&device, 5, || {
+        let norm = random_layer_norm(6, 1e-5, &device);
+        let base =
+            Tensor::<3>::random([2, 6, 11], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let run = |f: &dyn Fn(&LayerNorm, Tensor<3>) -> Tensor<3>| {
+            let out = f(&norm, base.clone().swap_dims(1, 2));
+            let grads = (out.clone() * out.clone().cos()).sum().backward();
+            (out.inner(), base.grad(&grads).expect("gradient"))
+        };
+        let (out_f, d_f) = run(&|n, x| fast_layer_norm(n, 1e-5, x));
+        let (out_b, d_b) = run(&burn_layer_norm);
+        let err = rel_l2(out_f, out_b);
+        assert!(err < 1e-5, "output relative L2 {err}");
+        let err = rel_l2(d_f, d_b);
+        assert!(err < 1e-5, "gradient relative L2 {err}");
+    })
 }
 
 /// `(batch, tokens, hidden)`: hidden widths with and without a lane remainder.
@@ -240,57 +256,67 @@ const GEGLU_CASES: [(usize, usize, usize); 3] = [(2, 7, 19), (1, 1, 1), (3, 40, 
 #[test]
 fn geglu_forward_matches_burn_without_autodiff() {
     let device = Device::flex();
-    for (batch, tokens, hidden) in GEGLU_CASES {
-        let p = Tensor::<3>::random(
-            [batch, tokens, 2 * hidden],
-            Distribution::Normal(0.0, 2.0),
-            &device,
-        );
-        // A single output can be a GELU near zero: the error is taken against the input's size.
-        let scale = l2(p.clone());
-        let err = rel_l2_with_floor(fast_geglu(p.clone()), burn_geglu(p), scale);
-        assert!(err < 1e-5, "{batch}x{tokens}x{hidden}: relative L2 {err}");
-    }
+    // Seeded: the same inputs every run (rounding limits the tolerances).
+    seeded(&device, 6, || {
+        for (batch, tokens, hidden) in GEGLU_CASES {
+            let p = Tensor::<3>::random(
+                [batch, tokens, 2 * hidden],
+                Distribution::Normal(0.0, 2.0),
+                &device,
+            );
+            // A single output can be a GELU near zero: the error is taken against the input's size.
+            let scale = l2(p.clone());
+            let err = rel_l2_with_floor(fast_geglu(p.clone()), burn_geglu(p), scale);
+            assert!(err < 1e-5, "{batch}x{tokens}x{hidden}: relative L2 {err}");
+        }
+    })
 }
 
 #[test]
 fn geglu_gradients_match_burn_under_autodiff() {
     let device = Device::flex().autodiff();
-    for (batch, tokens, hidden) in GEGLU_CASES {
-        let p = Tensor::<3>::random(
-            [batch, tokens, 2 * hidden],
-            Distribution::Normal(0.0, 2.0),
-            &device,
-        )
-        .require_grad();
-        let weight = Tensor::<3>::random(
-            [batch, tokens, hidden],
-            Distribution::Normal(0.0, 1.0),
-            &device,
-        );
-        let run = |f: fn(Tensor<3>) -> Tensor<3>| {
-            let out = f(p.clone());
-            let grads = (out.clone() * weight.clone()).sum().backward();
-            (out.inner(), p.grad(&grads).expect("gradient"))
-        };
-        let (out_f, dp_f) = run(fast_geglu);
-        let (out_b, dp_b) = run(burn_geglu);
-        let case = format!("{batch}x{tokens}x{hidden}");
-        // As in the forward test: errors against the inputs' size where a result is near zero.
-        let err = rel_l2_with_floor(out_f, out_b, l2(p.clone().inner()));
-        assert!(err < 1e-5, "{case}: output relative L2 {err}");
-        let err = rel_l2_with_floor(dp_f, dp_b, l2(weight.clone().inner()));
-        assert!(err < 1e-5, "{case}: gradient relative L2 {err}");
-    }
+    // Seeded: the same inputs every run (rounding limits the tolerances).
+    seeded(&device, 7, || {
+        for (batch, tokens, hidden) in GEGLU_CASES {
+            let p = Tensor::<3>::random(
+                [batch, tokens, 2 * hidden],
+                Distribution::Normal(0.0, 2.0),
+                &device,
+            )
+            .require_grad();
+            let weight = Tensor::<3>::random(
+                [batch, tokens, hidden],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let run = |f: fn(Tensor<3>) -> Tensor<3>| {
+                let out = f(p.clone());
+                let grads = (out.clone() * weight.clone()).sum().backward();
+                (out.inner(), p.grad(&grads).expect("gradient"))
+            };
+            let (out_f, dp_f) = run(fast_geglu);
+            let (out_b, dp_b) = run(burn_geglu);
+            let case = format!("{batch}x{tokens}x{hidden}");
+            // As in the forward test: errors against the inputs' size where a result is near zero.
+            let err = rel_l2_with_floor(out_f, out_b, l2(p.clone().inner()));
+            assert!(err < 1e-5, "{case}: output relative L2 {err}");
+            let err = rel_l2_with_floor(dp_f, dp_b, l2(weight.clone().inner()));
+            assert!(err < 1e-5, "{case}: gradient relative L2 {err}");
+        }
+    })
 }
 
 /// A projection that is a strided view (not contiguous) goes through the same fused op.
 #[test]
 fn geglu_accepts_a_transposed_input() {
     let device = Device::flex();
-    let p = Tensor::<3>::random([2, 8, 5], Distribution::Normal(0.0, 1.0), &device).swap_dims(1, 2);
-    let err = rel_l2(fast_geglu(p.clone()), burn_geglu(p));
-    assert!(err < 1e-5, "relative L2 {err}");
+    // Seeded: the same inputs every run (rounding limits the tolerances).
+    seeded(&device, 8, || {
+        let p =
+            Tensor::<3>::random([2, 8, 5], Distribution::Normal(0.0, 1.0), &device).swap_dims(1, 2);
+        let err = rel_l2(fast_geglu(p.clone()), burn_geglu(p));
+        assert!(err < 1e-5, "relative L2 {err}");
+    })
 }
 
 /// Timings on width-128 UNet shapes, fused vs burn (min of several runs):
