@@ -191,7 +191,6 @@ fn direct_forward(
         .then(|| PackedLhs::new(shape.channels_out, shape.patch(), weight, shape.patch(), 1))
         .flatten();
     out.par_chunks_mut(image_out)
-        .with_max_len(1)
         .enumerate()
         .for_each_init(Vec::new, |col, (b, out_b)| {
             let x_b = &x[b * image_in..][..image_in];
@@ -320,7 +319,6 @@ fn backward(
     let valid = ValidRanges::new(shape);
     partials
         .par_chunks_mut(dweight.len().max(1))
-        .with_max_len(1)
         .enumerate()
         .for_each_init(Vec::new, |col, (g, partial)| {
             for b in g * per_group..((g + 1) * per_group).min(shape.batch) {
@@ -400,7 +398,6 @@ fn input_gradient(weight: &[f32], d_out: &[f32], shape: ConvShape, dx: &mut [f32
         .flatten();
     let valid = ValidRanges::new(shape);
     dx.par_chunks_mut(image_in.max(1))
-        .with_max_len(1)
         .enumerate()
         .for_each_init(Vec::new, |dcol, (b, dx_b)| {
             let dy_b = &d_out[b * image_out..][..image_out];

@@ -53,7 +53,6 @@ pub(crate) fn forward(
     let image_out = c_out * tiling.out_h * tiling.out_w;
     let inner = inner_parallelism(shape.batch);
     out.par_chunks_mut(image_out)
-        .with_max_len(1)
         .enumerate()
         .for_each_init(
             || Scratch::new(&tiling),
@@ -107,7 +106,6 @@ pub(crate) fn weight_gradient(
     let mut partials = zeroed(groups * block);
     partials
         .par_chunks_mut(block)
-        .with_max_len(1)
         .enumerate()
         .for_each_init(
             || Scratch::new(&tiling),
