@@ -52,26 +52,24 @@ pub(crate) fn forward(
     let image_in = c_in * shape.height * shape.width;
     let image_out = c_out * tiling.out_h * tiling.out_w;
     let inner = inner_parallelism(shape.batch);
-    out.par_chunks_mut(image_out)
-        .enumerate()
-        .for_each_init(
-            || Scratch::new(&tiling),
-            |scratch, (b, out_b)| {
-                transform_image_mv(&x[b * image_in..][..image_in], tiling, scratch);
-                for e in 0..POINTS {
-                    product(
-                        (c_out, tiles, c_in),
-                        &mut scratch.m[e * c_out * tiles..][..c_out * tiles],
-                        false,
-                        (&u[e * c_out * c_in..][..c_out * c_in], c_in, 1),
-                        (&scratch.v[e * c_in * tiles..][..c_in * tiles], tiles, 1),
-                        inner,
-                        false,
-                    );
-                }
-                untransform_image_mv(&scratch.m, tiling, bias, out_b);
-            },
-        );
+    out.par_chunks_mut(image_out).enumerate().for_each_init(
+        || Scratch::new(&tiling),
+        |scratch, (b, out_b)| {
+            transform_image_mv(&x[b * image_in..][..image_in], tiling, scratch);
+            for e in 0..POINTS {
+                product(
+                    (c_out, tiles, c_in),
+                    &mut scratch.m[e * c_out * tiles..][..c_out * tiles],
+                    false,
+                    (&u[e * c_out * c_in..][..c_out * c_in], c_in, 1),
+                    (&scratch.v[e * c_in * tiles..][..c_in * tiles], tiles, 1),
+                    inner,
+                    false,
+                );
+            }
+            untransform_image_mv(&scratch.m, tiling, bias, out_b);
+        },
+    );
 }
 
 /// Output pixels per image from which the weight gradient is faster this way: its products sum
@@ -104,31 +102,28 @@ pub(crate) fn weight_gradient(
     let groups = shape.batch.div_ceil(per_group);
     let inner = inner_parallelism(groups);
     let mut partials = zeroed(groups * block);
-    partials
-        .par_chunks_mut(block)
-        .enumerate()
-        .for_each_init(
-            || Scratch::new(&tiling),
-            |scratch, (g, partial)| {
-                let images = g * per_group..((g + 1) * per_group).min(shape.batch);
-                for b in images.clone() {
-                    transform_image_mv(&x[b * image_in..][..image_in], tiling, scratch);
-                    let dy = &d_out[b * image_out..][..image_out];
-                    transform_gradient_mv(dy, tiling, &mut scratch.m);
-                    for e in 0..POINTS {
-                        product(
-                            (c_out, c_in, tiles),
-                            &mut partial[e * c_out * c_in..][..c_out * c_in],
-                            b > images.start,
-                            (&scratch.m[e * c_out * tiles..][..c_out * tiles], tiles, 1),
-                            (&scratch.v[e * c_in * tiles..][..c_in * tiles], 1, tiles),
-                            inner,
-                            false,
-                        );
-                    }
+    partials.par_chunks_mut(block).enumerate().for_each_init(
+        || Scratch::new(&tiling),
+        |scratch, (g, partial)| {
+            let images = g * per_group..((g + 1) * per_group).min(shape.batch);
+            for b in images.clone() {
+                transform_image_mv(&x[b * image_in..][..image_in], tiling, scratch);
+                let dy = &d_out[b * image_out..][..image_out];
+                transform_gradient_mv(dy, tiling, &mut scratch.m);
+                for e in 0..POINTS {
+                    product(
+                        (c_out, c_in, tiles),
+                        &mut partial[e * c_out * c_in..][..c_out * c_in],
+                        b > images.start,
+                        (&scratch.m[e * c_out * tiles..][..c_out * tiles], tiles, 1),
+                        (&scratch.v[e * c_in * tiles..][..c_in * tiles], 1, tiles),
+                        inner,
+                        false,
+                    );
                 }
-            },
-        );
+            }
+        },
+    );
     let sum = sum_partials(&mut partials, block);
     let by_kernel = transpose(sum, POINTS, c_out * c_in, c_out * c_in);
     dweight
