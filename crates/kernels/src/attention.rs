@@ -333,9 +333,7 @@ fn forward_block(
                 Operand::transposed(k.as_ptr().add(kv_offset), w),
                 scale * ScoreUnits::of(packed).per_natural(),
             );
-            for (m, row) in s.row_max.iter_mut().zip(s.scores.chunks_exact(ld)) {
-                *m = max(&row[..keys]);
-            }
+            row_maxima_mv(&s.scores, ld, keys, &mut s.row_max);
         }
         softmax_rows_mv(
             &mut s.scores,
@@ -481,20 +479,33 @@ fn exp2_shifted_sum<S: Simd>(row: &mut [f32], shift: f32) -> f32 {
     reduce_lanes(sum_lanes, |a, b| a + b)
 }
 
-/// Largest element of a row (the remainder on one padded vector too).
+multiversion!(fn row_maxima_mv(scores: &[f32], stride: usize, keys: usize, row_max: &mut [f32])
+    => row_maxima);
+
+/// The largest of the first `keys` scores of each row.
+#[inline(always)]
+fn row_maxima<S: Simd>(scores: &[f32], stride: usize, keys: usize, row_max: &mut [f32]) {
+    for (m, row) in row_max.iter_mut().zip(scores.chunks_exact(stride)) {
+        *m = max(&row[..keys]);
+    }
+}
+
+/// Largest element of a row (the remainder on one padded vector too). A comparison rather than
+/// `f32::max`, whose NaN rule costs two more instructions a vector: scores are finite.
 #[inline(always)]
 fn max(row: &[f32]) -> f32 {
+    let larger = |a: f32, b: f32| if b > a { b } else { a };
     let mut lanes = [f32::NEG_INFINITY; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
         for l in 0..LANES {
-            lanes[l] = lanes[l].max(chunk[l]);
+            lanes[l] = larger(lanes[l], chunk[l]);
         }
     }
     for (l, &x) in chunks.remainder().iter().enumerate() {
-        lanes[l] = lanes[l].max(x);
+        lanes[l] = larger(lanes[l], x);
     }
-    reduce_lanes(lanes, f32::max)
+    reduce_lanes(lanes, larger)
 }
 
 /// Combines the lanes pairwise in halves: shuffles, not a 16-step chain.
