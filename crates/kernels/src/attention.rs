@@ -289,6 +289,7 @@ fn forward_block(
     s: &mut ForwardScratch,
 ) {
     let (keys, d, w) = (shape.keys, shape.head_dim, shape.width());
+    let units = ScoreUnits::of(packed);
     let ld = score_stride(keys);
     s.scores.resize(rows * ld, 0.0);
     s.row_max.resize(rows, 0.0);
@@ -331,7 +332,7 @@ fn forward_block(
                 false,
                 Operand::rows(q.as_ptr().add(q_offset), w),
                 Operand::transposed(k.as_ptr().add(kv_offset), w),
-                scale * ScoreUnits::of(packed).per_natural(),
+                scale * units.per_natural(),
             );
             row_maxima_mv(&s.scores, ld, keys, &mut s.row_max);
         }
@@ -342,7 +343,7 @@ fn forward_block(
             &s.row_max,
             &mut s.lse,
             &mut s.inv_sum,
-            ScoreUnits::of(packed),
+            units,
         );
         let out_block = out.0.add(q_offset);
         narrow_product(
