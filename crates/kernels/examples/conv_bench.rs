@@ -3,6 +3,9 @@
 
 mod common;
 
+#[global_allocator]
+static GLOBAL: ldmscale_alloc::TensorAllocator = ldmscale_alloc::TensorAllocator;
+
 use common::{min_ms, reps_arg};
 use ldmscale_kernels::{
     ConvAlgorithm, ConvShape, conv2d_backward, conv2d_forward, conv2d_forward_with,
@@ -57,10 +60,12 @@ fn main() {
                 })
             };
             let direct = time(ConvAlgorithm::Direct);
-            let winograd = time(ConvAlgorithm::Winograd);
+            let winograd = time(ConvAlgorithm::WinogradF2);
+            let winograd4 = time(ConvAlgorithm::WinogradF4);
             println!(
-                "{batch}x{c_in}->{c_out} {size}px k3 forward: direct {direct:.2} ms, Winograd {winograd:.2} ms ({:.2}x; chosen: {:?})",
+                "{batch}x{c_in}->{c_out} {size}px k3 forward: direct {direct:.2} ms, F(2x2, 3x3) {winograd:.2} ms ({:.2}x), F(4x4, 3x3) {winograd4:.2} ms ({:.2}x); chosen: {:?}",
                 direct / winograd,
+                direct / winograd4,
                 ConvAlgorithm::for_shape(&s, false)
             );
         }

@@ -1,7 +1,8 @@
 //! Our convolution and dense-layer products against oneDNN's (Debian's libdnnl, OpenMP threads)
 //! on the UNet's shapes for the widths given (default 32 64 128: a CFG batch of 16 on 32x32
 //! latents, levels [c, 2c, 2c] at 32, 16 and 8 pixels; dense layers on the 16x16 level's
-//! tokens), in f32 and with bf16 products. Runs alternate between the two sides; medians.
+//! tokens), in f32 and with bf16 products. Runs alternate between the two sides, oneDNN's
+//! OpenMP threads told to sleep when idle; medians.
 //! `cargo run --release -p ldmscale-kernels --features onednn --example onednn_bench [reps
 //! [width ...]]`.
 
@@ -79,7 +80,27 @@ fn print_row(label: &str, bf16: bool, ours: f64, theirs: f64) {
     );
 }
 
+/// Runs this benchmark again with `OMP_WAIT_POLICY=passive` unless it is set: libgomp reads it
+/// when it loads, before `main`, and by default oneDNN's OpenMP threads spin after each call,
+/// taking the cores from rayon's threads while the two sides alternate (on a 2-core AMD EPYC
+/// Zen 1 that made our dense layers look 1.3-1.8x slower than when run alone).
+fn with_passive_openmp_threads() -> Option<std::process::ExitStatus> {
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return None;
+    }
+    let exe = std::env::current_exe().expect("this benchmark's path");
+    let status = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("OMP_WAIT_POLICY", "passive")
+        .status()
+        .expect("rerun with OMP_WAIT_POLICY=passive");
+    Some(status)
+}
+
 fn main() -> Result<(), String> {
+    if let Some(status) = with_passive_openmp_threads() {
+        std::process::exit(status.code().unwrap_or(1));
+    }
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse().expect("a number"))

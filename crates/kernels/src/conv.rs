@@ -92,16 +92,23 @@ pub enum ConvAlgorithm {
     /// One product of the weights with the gathered receptive fields per image.
     Direct,
     /// Winograd's F(2x2, 3x3): 2.25x fewer multiplies, for 3x3 kernels at stride 1 only.
-    Winograd,
+    WinogradF2,
+    /// Winograd's F(4x4, 3x3): 4x fewer multiplies, for 3x3 kernels at stride 1 only.
+    WinogradF4,
 }
 
 impl ConvAlgorithm {
-    /// The faster one for `shape`: Winograd for 3x3 kernels at stride 1 on images large enough
+    /// The faster one for `shape`: for 3x3 kernels at stride 1, Winograd's F(4x4, 3x3) where
+    /// there are enough channels for the image size, else F(2x2, 3x3) on images large enough
     /// that its transforms pay, in f32 (bf16 products keep the direct form, whose operands are
     /// the values the model holds rather than sums of them).
     pub fn for_shape(shape: &ConvShape, bf16: bool) -> Self {
-        if !bf16 && winograd::applies(shape) {
-            Self::Winograd
+        if bf16 {
+            Self::Direct
+        } else if winograd::f4::applies(shape) {
+            Self::WinogradF4
+        } else if winograd::applies(shape) {
+            Self::WinogradF2
         } else {
             Self::Direct
         }
@@ -133,12 +140,16 @@ pub fn conv2d_forward_with(
     check_buffers(x, weight, bias, shape, out);
     match algorithm {
         ConvAlgorithm::Direct => direct_forward(x, weight, bias, shape, out, false),
-        ConvAlgorithm::Winograd => {
+        ConvAlgorithm::WinogradF2 | ConvAlgorithm::WinogradF4 => {
             assert!(
                 winograd::supports(&shape),
-                "Winograd F(2x2, 3x3) needs a 3x3 kernel at stride 1: {shape:?}"
+                "Winograd's algorithms need a 3x3 kernel at stride 1: {shape:?}"
             );
-            winograd::forward(x, weight, bias, shape, out)
+            if algorithm == ConvAlgorithm::WinogradF2 {
+                winograd::forward(x, weight, bias, shape, out)
+            } else {
+                winograd::f4::forward(x, weight, bias, shape, out)
+            }
         }
     }
 }
@@ -154,7 +165,8 @@ fn forward(
     check_buffers(x, weight, bias, shape, out);
     match ConvAlgorithm::for_shape(&shape, bf16) {
         ConvAlgorithm::Direct => direct_forward(x, weight, bias, shape, out, bf16),
-        ConvAlgorithm::Winograd => winograd::forward(x, weight, bias, shape, out),
+        ConvAlgorithm::WinogradF2 => winograd::forward(x, weight, bias, shape, out),
+        ConvAlgorithm::WinogradF4 => winograd::f4::forward(x, weight, bias, shape, out),
     }
 }
 
@@ -287,7 +299,8 @@ fn backward(
     // Input gradient: one task per image, each owning its slice of `dx`.
     if let Some(dx) = dx {
         assert_eq!(dx.len(), shape.input_len(), "conv input gradient size");
-        let as_convolution = (shape.pixels() >= LARGE_IMAGE)
+        let large = shape.pixels() >= LARGE_IMAGE || winograd::f4::applies(&shape);
+        let as_convolution = large
             .then(|| transposed_as_convolution(weight, shape))
             .flatten();
         if let Some((flipped, shape_t)) = as_convolution {
@@ -308,6 +321,10 @@ fn backward(
     // directly in f32 (the transposes cost more than they save at 8x8). The bf16 product copies
     // a transposed operand before packing it, so there the smaller dY is always the one.
     let per_group = shape.batch.div_ceil(GRAD_GROUPS).max(1);
+    if !bf16 && winograd::f4::gradient_applies(&shape) {
+        winograd::f4::weight_gradient(x, d_out, shape, dweight);
+        return;
+    }
     if !bf16 && winograd::gradient_applies(&shape) {
         winograd::weight_gradient(x, d_out, shape, per_group, dweight);
         return;
@@ -743,7 +760,8 @@ mod tests {
     fn winograd_matches_the_reference() {
         // (batch, c_in, (h, w), c_out, padding, images per weight-gradient group): odd and even
         // output sides, whole vector steps of tiles and tails, no padding and more than a
-        // kernel's worth.
+        // kernel's worth; the last, in F(4x4, 3x3), three blocks of product columns, images
+        // across their edges.
         let shapes = [
             (2, 3, (6, 6), 4, [1, 1], 1),
             (3, 5, (7, 9), 3, [1, 1], 2),
@@ -751,6 +769,7 @@ mod tests {
             (2, 2, (9, 21), 3, [0, 0], 1),
             (1, 3, (5, 17), 2, [2, 1], 1),
             (4, 6, (33, 32), 7, [1, 0], 4),
+            (9, 3, (30, 33), 2, [1, 1], 3),
         ];
         for (batch, ci, size, co, padding, per_group) in shapes {
             let s = three_by_three(batch, ci, size, co, padding);
@@ -759,21 +778,28 @@ mod tests {
             let bias = pseudo_random(co, 23, 1.0, 0.0);
             let d_out = pseudo_random(s.output_len(), 24, 1.0, 0.0);
             let (want, _, want_dw, _) = reference(&x, &wt, &bias, &d_out, s);
-            let mut out = vec![f32::NAN; s.output_len()];
-            conv2d_forward_with(ConvAlgorithm::Winograd, &x, &wt, Some(&bias), s, &mut out);
-            assert!(max_rel(&out, &want) < 1e-5, "{s:?}");
-            let mut bare = vec![f32::NAN; s.output_len()];
-            conv2d_forward_with(ConvAlgorithm::Winograd, &x, &wt, None, s, &mut bare);
-            let plane = s.out_height() * s.out_width();
-            for (i, (&o, &b)) in out.iter().zip(&bare).enumerate() {
-                assert!(
-                    (o - b - bias[(i / plane) % co]).abs() < 1e-5,
-                    "{s:?} bias at {i}"
-                );
+            for algorithm in [ConvAlgorithm::WinogradF2, ConvAlgorithm::WinogradF4] {
+                let mut out = vec![f32::NAN; s.output_len()];
+                conv2d_forward_with(algorithm, &x, &wt, Some(&bias), s, &mut out);
+                let error = max_rel(&out, &want);
+                assert!(error < 1e-5, "{algorithm:?} {s:?}: {error:e}");
+                let mut bare = vec![f32::NAN; s.output_len()];
+                conv2d_forward_with(algorithm, &x, &wt, None, s, &mut bare);
+                let plane = s.out_height() * s.out_width();
+                for (i, (&o, &b)) in out.iter().zip(&bare).enumerate() {
+                    assert!(
+                        (o - b - bias[(i / plane) % co]).abs() < 1e-5,
+                        "{algorithm:?} {s:?} bias at {i}"
+                    );
+                }
             }
             let mut dw = vec![f32::NAN; s.weight_len()];
             winograd::weight_gradient(&x, &d_out, s, per_group, &mut dw);
             assert!(max_rel(&dw, &want_dw) < 1e-5, "{s:?} dweight");
+            let mut dw = vec![f32::NAN; s.weight_len()];
+            winograd::f4::weight_gradient(&x, &d_out, s, &mut dw);
+            let error = max_rel(&dw, &want_dw);
+            assert!(error < 1e-5, "{s:?} F(4x4, 3x3) dweight: {error:e}");
         }
     }
 
@@ -802,56 +828,85 @@ mod tests {
         for threads in [2, 3, 5] {
             assert_eq!(run(threads), one, "{threads} threads");
         }
+        // F(4x4, 3x3)'s, which takes the shapes with more channels.
+        let run = |threads: usize| {
+            on_threads(threads, || {
+                let mut dw = vec![0f32; s.weight_len()];
+                winograd::f4::weight_gradient(&x, &d_out, s, &mut dw);
+                dw
+            })
+        };
+        let one = run(1);
+        assert!(max_rel(&one, &want_dw) < 1e-5);
+        for threads in [2, 3, 5] {
+            assert_eq!(run(threads), one, "F(4x4, 3x3), {threads} threads");
+        }
     }
 
     #[test]
     fn winograd_is_chosen_for_large_3x3_images_in_f32_only() {
-        let shape = |size, kernel, stride| ConvShape {
+        let shape = |size, kernel, stride, channels| ConvShape {
             batch: 2,
-            channels_in: 4,
+            channels_in: channels,
             height: size,
             width: size,
-            channels_out: 4,
+            channels_out: channels,
             kernel_h: kernel,
             kernel_w: kernel,
             stride: [stride, stride],
             padding: [kernel / 2, kernel / 2],
         };
-        let winograd = |s: ConvShape, bf16| ConvAlgorithm::for_shape(&s, bf16);
-        assert_eq!(winograd(shape(32, 3, 1), false), ConvAlgorithm::Winograd);
-        assert_eq!(winograd(shape(16, 3, 1), false), ConvAlgorithm::Winograd);
-        assert_eq!(winograd(shape(8, 3, 1), false), ConvAlgorithm::Direct);
-        assert_eq!(winograd(shape(32, 3, 1), true), ConvAlgorithm::Direct);
-        assert_eq!(winograd(shape(32, 3, 2), false), ConvAlgorithm::Direct);
-        assert_eq!(winograd(shape(32, 1, 1), false), ConvAlgorithm::Direct);
-        // The direct form stays the reference: the two agree to rounding.
+        let chosen = |s: ConvShape, bf16| ConvAlgorithm::for_shape(&s, bf16);
+        use ConvAlgorithm::{Direct, WinogradF2, WinogradF4};
+        assert_eq!(chosen(shape(32, 3, 1, 4), false), WinogradF2);
+        assert_eq!(chosen(shape(16, 3, 1, 4), false), WinogradF2);
+        assert_eq!(chosen(shape(8, 3, 1, 4), false), Direct);
+        assert_eq!(chosen(shape(32, 3, 1, 128), false), WinogradF4);
+        assert_eq!(chosen(shape(16, 3, 1, 128), false), WinogradF2);
+        assert_eq!(chosen(shape(8, 3, 1, 256), false), WinogradF4);
+        assert_eq!(chosen(shape(4, 3, 1, 256), false), Direct);
+        assert_eq!(chosen(shape(32, 3, 1, 128), true), Direct);
+        assert_eq!(chosen(shape(32, 3, 2, 128), false), Direct);
+        assert_eq!(chosen(shape(32, 1, 1, 128), false), Direct);
+        let shape = |size, kernel, stride| shape(size, kernel, stride, 4);
+        // The direct form stays the reference: they agree to rounding.
         let s = shape(17, 3, 1);
         let x = pseudo_random(s.input_len(), 31, 1.0, 0.0);
         let wt = pseudo_random(s.weight_len(), 32, 1.0, 0.0);
-        let [mut direct, mut fast] = [0, 1].map(|_| vec![0f32; s.output_len()]);
+        let mut direct = vec![0f32; s.output_len()];
         conv2d_forward_with(ConvAlgorithm::Direct, &x, &wt, None, s, &mut direct);
-        conv2d_forward_with(ConvAlgorithm::Winograd, &x, &wt, None, s, &mut fast);
         let direct: Vec<f64> = direct.iter().map(|&v| v as f64).collect();
-        assert!(max_rel(&fast, &direct) < 1e-5);
+        for algorithm in [ConvAlgorithm::WinogradF2, ConvAlgorithm::WinogradF4] {
+            let mut fast = vec![0f32; s.output_len()];
+            conv2d_forward_with(algorithm, &x, &wt, None, s, &mut fast);
+            assert!(max_rel(&fast, &direct) < 1e-5, "{algorithm:?}");
+        }
     }
 
     #[test]
     fn winograd_does_not_depend_on_the_thread_count() {
-        // Fewer images than threads too (the products then split).
-        for batch in [1, 5] {
-            let s = three_by_three(batch, 6, (20, 18), 5, [1, 1]);
-            let x = pseudo_random(s.input_len(), 41, 1.0, 0.0);
-            let wt = pseudo_random(s.weight_len(), 42, 1.0, 0.0);
-            let run = |threads: usize| {
-                on_threads(threads, || {
-                    let mut out = vec![0f32; s.output_len()];
-                    conv2d_forward_with(ConvAlgorithm::Winograd, &x, &wt, None, s, &mut out);
-                    out
-                })
-            };
-            let one = run(1);
-            for threads in [2, 3, 5] {
-                assert_eq!(run(threads), one, "batch {batch}, {threads} threads");
+        // Fewer images than threads too (F(2x2, 3x3)'s products then split), and in F(4x4, 3x3)
+        // several blocks of product columns (batch 13).
+        for algorithm in [ConvAlgorithm::WinogradF2, ConvAlgorithm::WinogradF4] {
+            for batch in [1, 5, 13] {
+                let s = three_by_three(batch, 6, (20, 18), 5, [1, 1]);
+                let x = pseudo_random(s.input_len(), 41, 1.0, 0.0);
+                let wt = pseudo_random(s.weight_len(), 42, 1.0, 0.0);
+                let run = |threads: usize| {
+                    on_threads(threads, || {
+                        let mut out = vec![0f32; s.output_len()];
+                        conv2d_forward_with(algorithm, &x, &wt, None, s, &mut out);
+                        out
+                    })
+                };
+                let one = run(1);
+                for threads in [2, 3, 5] {
+                    assert_eq!(
+                        run(threads),
+                        one,
+                        "{algorithm:?} batch {batch}, {threads} threads"
+                    );
+                }
             }
         }
     }

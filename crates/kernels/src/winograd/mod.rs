@@ -12,6 +12,8 @@
 
 use rayon::prelude::*;
 
+pub(crate) mod f4;
+
 use crate::buffer::zeroed;
 use crate::conv::{ConvShape, sum_partials};
 use crate::product::{inner_parallelism, product, transpose};
@@ -46,7 +48,7 @@ pub(crate) fn forward(
     shape: ConvShape,
     out: &mut [f32],
 ) {
-    let tiling = Tiling::new(shape);
+    let tiling = Tiling::new(shape, 2);
     let (c_in, c_out, tiles) = (shape.channels_in, shape.channels_out, tiling.tiles());
     let u = transform_weights(weight, c_out, c_in);
     let image_in = c_in * shape.height * shape.width;
@@ -94,7 +96,7 @@ pub(crate) fn weight_gradient(
     per_group: usize,
     dweight: &mut [f32],
 ) {
-    let tiling = Tiling::new(shape);
+    let tiling = Tiling::new(shape, 2);
     let (c_in, c_out, tiles) = (shape.channels_in, shape.channels_out, tiling.tiles());
     let image_in = c_in * shape.height * shape.width;
     let image_out = c_out * tiling.out_h * tiling.out_w;
@@ -132,9 +134,9 @@ pub(crate) fn weight_gradient(
         .for_each(|(dw, du)| dw.copy_from_slice(&untransform_kernel(du)));
 }
 
-/// How an image is cut into 2x2 output tiles, and the zero-padded input plane their 4x4 input
-/// blocks are read from (with room for the last tile's second row and column where the output
-/// side is odd).
+/// How an image is cut into square output tiles of `side` pixels, and the zero-padded input
+/// plane their blocks (`side + 2` pixels a side) are read from, with room for the last tile's
+/// rows and columns where the output side is not a multiple of `side`.
 #[derive(Clone, Copy, Debug)]
 struct Tiling {
     channels_in: usize,
@@ -144,12 +146,13 @@ struct Tiling {
     padding: [usize; 2],
     out_h: usize,
     out_w: usize,
+    side: usize,
     rows: usize,
     cols: usize,
 }
 
 impl Tiling {
-    fn new(shape: ConvShape) -> Self {
+    fn new(shape: ConvShape, side: usize) -> Self {
         let (out_h, out_w) = (shape.out_height(), shape.out_width());
         Self {
             channels_in: shape.channels_in,
@@ -159,8 +162,9 @@ impl Tiling {
             padding: shape.padding,
             out_h,
             out_w,
-            rows: out_h.div_ceil(2),
-            cols: out_w.div_ceil(2),
+            side,
+            rows: out_h.div_ceil(side),
+            cols: out_w.div_ceil(side),
         }
     }
 
@@ -168,10 +172,10 @@ impl Tiling {
         self.rows * self.cols
     }
 
-    /// Sides of the padded plane: tile `(r, c)` reads its rows `2r..2r + 4` and columns
-    /// `2c..2c + 4`.
+    /// Sides of the padded plane: tile `(r, c)` reads its rows `side r..side (r + 1) + 2` and
+    /// columns `side c..side (c + 1) + 2`.
     fn plane(&self) -> (usize, usize) {
-        (2 * self.rows + 2, 2 * self.cols + 2)
+        (self.side * self.rows + 2, self.side * self.cols + 2)
     }
 }
 
