@@ -868,6 +868,11 @@ mod tests {
         assert_eq!(chosen(shape(32, 3, 1, 128), true), Direct);
         assert_eq!(chosen(shape(32, 3, 2, 128), false), Direct);
         assert_eq!(chosen(shape(32, 1, 1, 128), false), Direct);
+        // The weight gradient takes F(4x4, 3x3) from fewer channels.
+        let f4_gradient = |s: ConvShape| winograd::f4::gradient_applies(&s);
+        assert!(f4_gradient(shape(16, 3, 1, 64)) && f4_gradient(shape(8, 3, 1, 128)));
+        assert!(!f4_gradient(shape(8, 3, 1, 64)) && !f4_gradient(shape(32, 3, 1, 32)));
+        assert!(!f4_gradient(shape(16, 3, 2, 128)));
         let shape = |size, kernel, stride| shape(size, kernel, stride, 4);
         // The direct form stays the reference: they agree to rounding.
         let s = shape(17, 3, 1);
