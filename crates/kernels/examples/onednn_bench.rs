@@ -8,6 +8,9 @@
 
 use std::time::Instant;
 
+#[global_allocator]
+static GLOBAL: ldmscale_alloc::TensorAllocator = ldmscale_alloc::TensorAllocator;
+
 use ldmscale_kernels::bf16::{engine, set_products_in_bf16};
 use ldmscale_kernels::onednn::{Convolution, MatMul, effective_isa};
 use ldmscale_kernels::{ConvShape, LinearShape, conv2d_forward, linear_forward, run_on_pool};
