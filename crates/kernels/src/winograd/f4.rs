@@ -117,9 +117,10 @@ struct Columns {
 
 impl Columns {
     fn new(t: &Tiling, batch: usize) -> Self {
+        let per_row = t.cols.max(1);
         Self {
             n: batch * t.tiles(),
-            width: t.cols * (BLOCK_COLUMNS / t.cols).max(1),
+            width: per_row * (BLOCK_COLUMNS / per_row).max(1),
             tiles: t.tiles(),
             tiles_per_row: t.cols,
         }
@@ -347,11 +348,11 @@ impl SharedOut {
     }
 }
 
-/// One task's buffers, kept from channel to channel. Rows are [`STEP`] values longer than the
-/// data so that vector steps may read past its end.
+/// One task's buffers, kept from channel to channel, with room for vector steps to read past
+/// the data's end.
 struct Scratch {
-    /// One channel's zero-padded plane (`plane_w` a row); its border stays zero (every channel
-    /// writes the same interior).
+    /// One channel's zero-padded plane (`plane_w` a row, [`STEP`] values to spare); its border
+    /// stays zero (every channel writes the same interior).
     plane: Vec<f32>,
     /// `Bᵀ d` of one row of blocks: six rows of `stride` values, room for whole vector steps of
     /// tiles (the values past the plane's width only reach lanes that are not written out).

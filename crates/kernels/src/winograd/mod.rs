@@ -8,7 +8,7 @@
 //! Where the direct product already runs near the CPU's peak, fewer multiplies are what is
 //! left to gain: 2.25x fewer here. Each image's sums run in a fixed order on
 //! one task, so the results do not depend on the thread count; they differ from the direct
-//! product's by rounding.
+//! product's by rounding. Layers with more channels take [`f4`]'s F(4x4, 3x3) instead.
 
 use rayon::prelude::*;
 
