@@ -308,14 +308,16 @@ fn backward(
             // flipped, transposed kernel: the product then sums over the long `c_out * kh * kw`
             // axis, as the forward's does, instead of writing a 9x larger `dcol` to scatter
             // (measured 10-20% faster at 16x16 and 32x32; slower at 8x8, where flipping the
-            // kernel costs more than it saves).
+            // kernel costs more than it saves, unless the layer is wide enough for F(4x4, 3x3)).
             forward(d_out, &flipped, None, shape_t, dx, bf16);
         } else {
             input_gradient(weight, d_out, shape, dx, bf16);
         }
     }
 
-    // Weight gradient: a partial sum per fixed group of images, then the partials in order.
+    // Weight gradient: by F(4x4, 3x3)'s adjoint on wide enough layers (one product per point
+    // over the whole batch); else a partial sum per fixed group of images, then the partials in
+    // order.
     // On large images it is computed transposed (dWᵀ = col dYᵀ reads the large `col` row by
     // row and only the 9x smaller dY transposed; measured 30% faster at 32x32), on small ones
     // directly in f32 (the transposes cost more than they save at 8x8). The bf16 product copies
