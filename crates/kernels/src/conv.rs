@@ -138,19 +138,27 @@ pub fn conv2d_forward_with(
     out: &mut [f32],
 ) {
     check_buffers(x, weight, bias, shape, out);
+    assert!(
+        algorithm == ConvAlgorithm::Direct || winograd::supports(&shape),
+        "Winograd's algorithms need a 3x3 kernel at stride 1: {shape:?}"
+    );
+    run(algorithm, x, weight, bias, shape, out, false);
+}
+
+/// `out = conv(x, weight) + bias` by `algorithm` (the direct product's in bf16 when `bf16`).
+fn run(
+    algorithm: ConvAlgorithm,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    shape: ConvShape,
+    out: &mut [f32],
+    bf16: bool,
+) {
     match algorithm {
-        ConvAlgorithm::Direct => direct_forward(x, weight, bias, shape, out, false),
-        ConvAlgorithm::WinogradF2 | ConvAlgorithm::WinogradF4 => {
-            assert!(
-                winograd::supports(&shape),
-                "Winograd's algorithms need a 3x3 kernel at stride 1: {shape:?}"
-            );
-            if algorithm == ConvAlgorithm::WinogradF2 {
-                winograd::forward(x, weight, bias, shape, out)
-            } else {
-                winograd::f4::forward(x, weight, bias, shape, out)
-            }
-        }
+        ConvAlgorithm::Direct => direct_forward(x, weight, bias, shape, out, bf16),
+        ConvAlgorithm::WinogradF2 => winograd::forward(x, weight, bias, shape, out),
+        ConvAlgorithm::WinogradF4 => winograd::f4::forward(x, weight, bias, shape, out),
     }
 }
 
@@ -163,11 +171,8 @@ fn forward(
     bf16: bool,
 ) {
     check_buffers(x, weight, bias, shape, out);
-    match ConvAlgorithm::for_shape(&shape, bf16) {
-        ConvAlgorithm::Direct => direct_forward(x, weight, bias, shape, out, bf16),
-        ConvAlgorithm::WinogradF2 => winograd::forward(x, weight, bias, shape, out),
-        ConvAlgorithm::WinogradF4 => winograd::f4::forward(x, weight, bias, shape, out),
-    }
+    let algorithm = ConvAlgorithm::for_shape(&shape, bf16);
+    run(algorithm, x, weight, bias, shape, out, bf16);
 }
 
 fn check_buffers(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: ConvShape, out: &[f32]) {

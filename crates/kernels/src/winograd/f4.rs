@@ -135,11 +135,16 @@ impl Columns {
         (e * self.n + k * self.width) * channels
     }
 
-    /// Where row `c` of point `e` holds tile row `tr` of image `b` (`tiles_per_row` values).
-    fn tile_row(&self, channels: usize, e: usize, c: usize, (b, tr): (usize, usize)) -> usize {
+    /// Where row `c` of each point holds tile row `tr` of image `b` (`tiles_per_row` values).
+    fn tile_rows(&self, channels: usize, c: usize, (b, tr): (usize, usize)) -> [usize; POINTS] {
         let col = b * self.tiles + tr * self.tiles_per_row;
         let k = col / self.width;
-        self.block_start(channels, e, k) + c * self.block_width(k) + col % self.width
+        let in_block = c * self.block_width(k) + col % self.width;
+        let mut at = [0; POINTS];
+        for (e, at) in at.iter_mut().enumerate() {
+            *at = self.block_start(channels, e, k) + in_block;
+        }
+        at
     }
 
     /// Point `e`'s part `m_e` of a buffer of `channels` rows, cut into its blocks.
@@ -161,15 +166,15 @@ const KERNEL_BLOCK: usize = 512;
 /// `U = G g Gᵀ` of every kernel, as 36 row-major `[c_out, c_in]` matrices, one per point.
 fn transform_weights(weight: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
     let kernels = c_out * c_in;
-    let mut u = Vec::with_capacity(POINTS * kernels);
-    let dst = SharedOut(u.as_mut_ptr());
-    weight
-        .par_chunks(9 * KERNEL_BLOCK)
-        .enumerate()
-        .for_each(|(block, g)| transform_kernels_mv(g, block * KERNEL_BLOCK, kernels, dst));
     // SAFETY: the blocks cover every kernel at every point.
-    unsafe { u.set_len(POINTS * kernels) };
-    u
+    unsafe {
+        filled(POINTS * kernels, |dst| {
+            weight
+                .par_chunks(9 * KERNEL_BLOCK)
+                .enumerate()
+                .for_each(|(block, g)| transform_kernels_mv(g, block * KERNEL_BLOCK, kernels, dst))
+        })
+    }
 }
 
 multiversion!(fn transform_kernels_mv(g: &[f32], first: usize, kernels: usize, dst: SharedOut) => transform_kernels);
@@ -318,20 +323,31 @@ fn output_rows<S: Simd>([m0, m1, m2, m3, m4, m5]: [Lanes; SIDE]) -> [Lanes; OUT]
 /// `[36][c_in][n]` right operands.
 fn transform_input(x: &[f32], t: Tiling, columns: Columns) -> Vec<f32> {
     let plane = t.height * t.width;
-    let len = POINTS * t.channels_in * columns.n;
-    let mut v = Vec::with_capacity(len);
-    let dst = SharedOut(v.as_mut_ptr());
-    x.par_chunks(plane).enumerate().for_each_init(
-        || Scratch::new(&t),
-        |scratch, (image_channel, channel)| {
-            let b_c = (image_channel / t.channels_in, image_channel % t.channels_in);
-            transform_channel_mv(channel, t, columns, b_c, dst, scratch);
-        },
-    );
-    // SAFETY: every (image, channel) wrote its tiles' columns of its row at every point: all
-    // `len` values (checked by the tests against the direct product).
-    unsafe { v.set_len(len) };
-    v
+    // SAFETY: every (image, channel) writes its tiles' columns of its row at every point: all
+    // the values (checked by the tests against the direct product).
+    unsafe {
+        filled(POINTS * t.channels_in * columns.n, |dst| {
+            x.par_chunks(plane).enumerate().for_each_init(
+                || Scratch::new(&t),
+                |scratch, (image_channel, channel)| {
+                    let b_c = (image_channel / t.channels_in, image_channel % t.channels_in);
+                    transform_channel_mv(channel, t, columns, b_c, dst, scratch);
+                },
+            )
+        })
+    }
+}
+
+/// A buffer of `len` values, every one written by `fill` through the pointer it is given.
+///
+/// # Safety
+/// `fill` writes all `len` values, each inside the buffer.
+unsafe fn filled(len: usize, fill: impl FnOnce(SharedOut)) -> Vec<f32> {
+    let mut values = Vec::with_capacity(len);
+    fill(SharedOut(values.as_mut_ptr()));
+    // SAFETY: the caller's contract.
+    unsafe { values.set_len(len) };
+    values
 }
 
 /// A buffer that tasks write at disjoint places through a raw pointer.
@@ -410,13 +426,10 @@ fn transform_channel<S: Simd>(
                 strip[i * *stride + x0..][..STEP].copy_from_slice(&row.0);
             }
         }
-        for i in 0..SIDE {
+        let at = columns.tile_rows(t.channels_in, c, (b, tr));
+        for (i, at_i) in at.chunks_exact(SIDE).enumerate() {
             let row = &strip[i * *stride..][..*stride];
-            let mut at = [0; SIDE];
-            for (k, at) in at.iter_mut().enumerate() {
-                *at = columns.tile_row(t.channels_in, SIDE * i + k, c, (b, tr));
-            }
-            transform_row::<S>(row, t.cols, at, dst);
+            transform_row::<S>(row, t.cols, at_i.try_into().unwrap(), dst);
         }
     }
 }
@@ -475,10 +488,7 @@ fn untransform_channel<S: Simd>(
 ) {
     let (out_h, out_w) = (t.out_h, t.out_w);
     for tr in 0..t.rows {
-        let mut starts = [0; POINTS];
-        for (e, start) in starts.iter_mut().enumerate() {
-            *start = columns.tile_row(t.channels_out, e, o, (b, tr));
-        }
+        let starts = columns.tile_rows(t.channels_out, o, (b, tr));
         let (y0, rows) = (OUT * tr, OUT.min(out_h - OUT * tr));
         for t0 in (0..t.cols).step_by(STEP) {
             let count = STEP.min(t.cols - t0);
@@ -576,22 +586,21 @@ pub(crate) fn weight_gradient(x: &[f32], d_out: &[f32], shape: ConvShape, dweigh
 /// the products' column layout: the `[36][c_out][n]` left operands of the weight gradient.
 fn transform_gradient(d_out: &[f32], t: Tiling, columns: Columns) -> Vec<f32> {
     let plane = t.out_h * t.out_w;
-    let len = POINTS * t.channels_out * columns.n;
-    let mut dm = Vec::with_capacity(len);
-    let dst = SharedOut(dm.as_mut_ptr());
-    d_out
-        .par_chunks(plane)
-        .enumerate()
-        .for_each(|(image_channel, dy)| {
-            let b_o = (
-                image_channel / t.channels_out,
-                image_channel % t.channels_out,
-            );
-            transform_gradient_channel_mv(dy, t, columns, b_o, dst);
-        });
-    // SAFETY: every (image, channel) wrote its tiles' columns of its row at every point.
-    unsafe { dm.set_len(len) };
-    dm
+    // SAFETY: every (image, channel) writes its tiles' columns of its row at every point.
+    unsafe {
+        filled(POINTS * t.channels_out * columns.n, |dst| {
+            d_out
+                .par_chunks(plane)
+                .enumerate()
+                .for_each(|(image_channel, dy)| {
+                    let b_o = (
+                        image_channel / t.channels_out,
+                        image_channel % t.channels_out,
+                    );
+                    transform_gradient_channel_mv(dy, t, columns, b_o, dst);
+                })
+        })
+    }
 }
 
 multiversion!(fn transform_gradient_channel_mv(dy: &[f32], t: Tiling, columns: Columns, b_o: (usize, usize), dst: SharedOut) => transform_gradient_channel);
@@ -608,10 +617,7 @@ fn transform_gradient_channel<S: Simd>(
 ) {
     let (out_h, out_w) = (t.out_h, t.out_w);
     for tr in 0..t.rows {
-        let mut at = [0; POINTS];
-        for (e, at) in at.iter_mut().enumerate() {
-            *at = columns.tile_row(t.channels_out, e, o, (b, tr));
-        }
+        let at = columns.tile_rows(t.channels_out, o, (b, tr));
         let (y0, rows) = (OUT * tr, OUT.min(out_h - OUT * tr));
         for t0 in (0..t.cols).step_by(STEP) {
             let count = STEP.min(t.cols - t0);
