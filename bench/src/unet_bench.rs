@@ -215,8 +215,9 @@ fn train_step_ms(config: &UNetConfig, context_dim: usize, args: &Args) -> Result
             GradientsParams::from_grads(loss.backward(), &train_model),
         );
         adam.begin_step();
-        train_model = params::update(train_model, &mut |name, p| {
-            grads.remove(name).map(|g| adam.update(name, p, g, 1e-4))
+        train_model = params::update(train_model, &mut |name, p| match grads.remove(name) {
+            Some(g) => adam.update(name, p, g, 1e-4),
+            None => p,
         });
         if rep > 0 {
             train.push(start.elapsed().as_secs_f64() * 1e3);

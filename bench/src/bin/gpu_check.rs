@@ -93,7 +93,7 @@ fn copy_to(model: &UNet, config: &UNetConfig, device: &Device) -> UNet {
     let target = device.clone().inner();
     let fresh = UNet::new(config, device);
     params::update(fresh, &mut |name, _| {
-        Some(weights[name].clone().to_device(&target))
+        weights[name].clone().to_device(&target)
     })
 }
 
@@ -263,8 +263,9 @@ fn main() -> Result<()> {
             let grads_done = start.elapsed().as_secs_f64() * 1e3;
             clip_global_norm(&mut grads, Some(1.0));
             adam.begin_step();
-            model = params::update(model, &mut |name, p| {
-                grads.remove(name).map(|g| adam.update(name, p, g, 1e-4))
+            model = params::update(model, &mut |name, p| match grads.remove(name) {
+                Some(g) => adam.update(name, p, g, 1e-4),
+                None => p,
             });
             sync(&device)?;
             let total = start.elapsed().as_secs_f64() * 1e3;

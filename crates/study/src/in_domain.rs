@@ -198,8 +198,9 @@ pub fn train(
         let mut grads = grads;
         adam.begin_step();
         let lr = 2e-3 * (step as f64 / 20.0).min(1.0);
-        model = params::update(model, &mut |name, p| {
-            grads.remove(name).map(|g| adam.update(name, p, g, lr))
+        model = params::update(model, &mut |name, p| match grads.remove(name) {
+            Some(g) => adam.update(name, p, g, lr),
+            None => p,
         });
     }
     let model = model.valid();

@@ -175,8 +175,9 @@ pub fn train_autoencoder(
         let mut grads = params::named_gradients(&model, grads);
         adam.begin_step();
         let lr = recipe.learning_rate_at(step);
-        model = params::update(model, &mut |name, p| {
-            grads.remove(name).map(|g| adam.update(name, p, g, lr))
+        model = params::update(model, &mut |name, p| match grads.remove(name) {
+            Some(g) => adam.update(name, p, g, lr),
+            None => p,
         });
         observe(&measured, &model)?;
     }

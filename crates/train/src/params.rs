@@ -128,12 +128,12 @@ pub fn with_weights<M: Module>(
     device: &Device,
 ) -> Result<M, Vec<String>> {
     let mut missing = Vec::new();
-    let module = update(module, &mut |name, _| {
-        let w = weights.get(name).map(|w| w.clone().to_device(device));
-        if w.is_none() {
+    let module = update(module, &mut |name, current| match weights.get(name) {
+        Some(w) => w.clone().to_device(device),
+        None => {
             missing.push(name.to_string());
+            current
         }
-        w
     });
     match missing.is_empty() {
         true => Ok(module),
@@ -141,15 +141,13 @@ pub fn with_weights<M: Module>(
     }
 }
 
-/// Replaces parameter values by name: `update(name, current_flat)` returns the new flat value or
-/// `None` to keep it. Autodiff tracking (require_grad) is preserved.
-pub fn update<M: Module>(
-    module: M,
-    update: &mut dyn FnMut(&str, Tensor<1>) -> Option<Tensor<1>>,
-) -> M {
+/// Replaces parameter values by name: `update(name, current_flat)` returns the new flat value,
+/// or `current_flat` itself to keep it. Autodiff tracking (require_grad) is preserved. The
+/// current value is handed over, not cloned, so an in-place update finds its buffer unshared.
+pub fn update<M: Module>(module: M, update: &mut dyn FnMut(&str, Tensor<1>) -> Tensor<1>) -> M {
     struct Apply<'a> {
         path: PathTracker,
-        update: &'a mut dyn FnMut(&str, Tensor<1>) -> Option<Tensor<1>>,
+        update: &'a mut dyn FnMut(&str, Tensor<1>) -> Tensor<1>,
     }
     impl ModuleMapper for Apply<'_> {
         fn enter_module(&mut self, name: &str, _: &str) {
@@ -163,17 +161,11 @@ pub fn update<M: Module>(
             let (id, tensor, mapper) = param.consume();
             let require_grad = tensor.is_require_grad();
             let shape = tensor.shape();
-            let inner = tensor.clone().inner();
-            let tensor = match (self.update)(&key, flat(inner)) {
-                Some(new) => {
-                    let mut t = Tensor::<D>::from_inner(new.reshape(shape));
-                    if require_grad {
-                        t = t.require_grad();
-                    }
-                    t
-                }
-                None => tensor,
-            };
+            let new = (self.update)(&key, flat(tensor.inner()));
+            let mut tensor = Tensor::<D>::from_inner(new.reshape(shape));
+            if require_grad {
+                tensor = tensor.require_grad();
+            }
             Param::from_mapped_value(id, tensor, mapper)
         }
     }
@@ -249,8 +241,9 @@ pub fn unet_holding(config: &UNetConfig, weights: &Named, device: &Device) -> UN
     // Replacing a lazy parameter initialises it first, drawing from the device generator.
     with_device_rng(|| {
         let model = UNet::new(config, device);
-        update(model, &mut |name, _| {
-            weights.get(name).map(|w| w.clone().to_device(device))
+        update(model, &mut |name, current| match weights.get(name) {
+            Some(w) => w.clone().to_device(device),
+            None => current,
         })
     })
 }

@@ -242,12 +242,11 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
                 names,
             })?;
         let mut missing = Vec::new();
-        self.model = params::update(self.model, &mut |name, _| {
-            let w = weights.remove(name);
-            if w.is_none() {
+        self.model = params::update(self.model, &mut |name, current| {
+            weights.remove(name).unwrap_or_else(|| {
                 missing.push(name.to_string());
-            }
-            w
+                current
+            })
         });
         if !missing.is_empty() {
             return Err(TrainError::MissingParameters {
@@ -339,8 +338,9 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
         );
         self.adam.begin_step();
         let adam = &mut self.adam;
-        self.model = params::update(self.model, &mut |name, p| {
-            grads.remove(name).map(|g| adam.update(name, p, g, lr))
+        self.model = params::update(self.model, &mut |name, p| match grads.remove(name) {
+            Some(g) => adam.update(name, p, g, lr),
+            None => p,
         });
         let weights = params::snapshot(&self.model);
         if let Some(ema) = &config.ema {

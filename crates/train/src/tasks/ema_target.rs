@@ -46,10 +46,15 @@ impl EmaTarget {
     pub fn update(&self, student: &Named) {
         let decay = self.decay;
         let mut model = self.lock();
-        *model = params::update(model.clone(), &mut |name, current| {
-            let student = student.get(name)?.clone();
-            Some(current.mul_scalar(decay) + student.mul_scalar(1.0 - decay))
-        });
+        *model = params::update(
+            model.clone(),
+            &mut |name, current| match student.get(name) {
+                Some(student) => {
+                    current.mul_scalar(decay) + student.clone().mul_scalar(1.0 - decay)
+                }
+                None => current,
+            },
+        );
     }
 
     // A panic elsewhere while holding the lock leaves valid weights: keep using them.
