@@ -88,8 +88,8 @@ multiversion!(fn adamw_chunk_mv(
 
 /// One chunk's update. Zipped slices leave no bounds checks, so the loop vectorises (divisions
 /// and square roots included) in the copies compiled for AVX2 and AVX-512; each element's
-/// arithmetic is the same separate multiplies and adds in every copy, so results do not depend
-/// on the instruction set.
+/// arithmetic is the same separate multiplies and adds in every copy (`S` goes unused: a fused
+/// multiply-add would round differently), so results do not depend on the instruction set.
 #[inline(always)]
 fn adamw_chunk<S: Simd>(
     p: &mut [f32],
