@@ -210,15 +210,11 @@ fn train_step_ms(config: &UNetConfig, context_dim: usize, args: &Args) -> Result
         let start = Instant::now();
         let pred = train_model.forward(x.clone(), &t, ctx.clone());
         let loss = (pred - noise.clone()).powi_scalar(2).mean();
-        let mut grads = params::named_gradients(
+        let grads = params::named_gradients(
             &train_model,
             GradientsParams::from_grads(loss.backward(), &train_model),
         );
-        adam.begin_step();
-        train_model = params::update(train_model, &mut |name, p| match grads.remove(name) {
-            Some(g) => adam.update(name, p, g, 1e-4),
-            None => p,
-        });
+        train_model = adam.step_module(train_model, grads, 1e-4);
         if rep > 0 {
             train.push(start.elapsed().as_secs_f64() * 1e3);
         }

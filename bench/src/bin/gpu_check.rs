@@ -262,11 +262,7 @@ fn main() -> Result<()> {
             sync(&device)?;
             let grads_done = start.elapsed().as_secs_f64() * 1e3;
             clip_global_norm(&mut grads, Some(1.0));
-            adam.begin_step();
-            model = params::update(model, &mut |name, p| match grads.remove(name) {
-                Some(g) => adam.update(name, p, g, 1e-4),
-                None => p,
-            });
+            model = adam.step_module(model, grads, 1e-4);
             sync(&device)?;
             let total = start.elapsed().as_secs_f64() * 1e3;
             losses.push(loss);

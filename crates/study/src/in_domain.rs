@@ -195,13 +195,8 @@ pub fn train(
         let loss = model.loss(x.autodiff(), s.autodiff(), m.autodiff());
         let grads =
             params::named_gradients(&model, GradientsParams::from_grads(loss.backward(), &model));
-        let mut grads = grads;
-        adam.begin_step();
         let lr = 2e-3 * (step as f64 / 20.0).min(1.0);
-        model = params::update(model, &mut |name, p| match grads.remove(name) {
-            Some(g) => adam.update(name, p, g, lr),
-            None => p,
-        });
+        model = adam.step_module(model, grads, lr);
     }
     let model = model.valid();
     let (retrieval_accuracy, chance) = if val >= 2 {

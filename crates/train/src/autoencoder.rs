@@ -172,13 +172,8 @@ pub fn train_autoencoder(
             .autodiff();
         let (loss, measured) = objective(&model, recipe, x, &mut rng, step, &ad)?;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let mut grads = params::named_gradients(&model, grads);
-        adam.begin_step();
-        let lr = recipe.learning_rate_at(step);
-        model = params::update(model, &mut |name, p| match grads.remove(name) {
-            Some(g) => adam.update(name, p, g, lr),
-            None => p,
-        });
+        let grads = params::named_gradients(&model, grads);
+        model = adam.step_module(model, grads, recipe.learning_rate_at(step));
         observe(&measured, &model)?;
     }
     Ok(model.valid())

@@ -4,12 +4,13 @@
 
 use std::collections::BTreeMap;
 
+use burn::module::Module;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use ldmscale_kernels::optim::{AdamWStep, adamw_update, scale, sum_squares};
 
-use crate::params::{Named, from_values, into_values, on_flex, read_values};
+use crate::params::{self, Named, from_values, into_values, on_flex, read_values};
 
 /// AdamW hyper-parameters (PyTorch defaults except weight decay, which diffusers' scripts set).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -56,6 +57,16 @@ impl AdamW {
             config,
             ..Self::default()
         }
+    }
+
+    /// One optimizer step over `module`: advances the step counter and updates each parameter
+    /// that has a gradient in `grads`; the others keep their values.
+    pub fn step_module<M: Module>(&mut self, module: M, mut grads: Named, lr: f64) -> M {
+        self.begin_step();
+        params::update(module, &mut |name, p| match grads.remove(name) {
+            Some(g) => self.update(name, p, g, lr),
+            None => p,
+        })
     }
 
     /// Advances the step counter; call once per optimizer step before [`AdamW::update`].

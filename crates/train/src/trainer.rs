@@ -336,12 +336,7 @@ impl<'a, T: TrainTask> Trainer<'a, T> {
             step,
             config.steps,
         );
-        self.adam.begin_step();
-        let adam = &mut self.adam;
-        self.model = params::update(self.model, &mut |name, p| match grads.remove(name) {
-            Some(g) => adam.update(name, p, g, lr),
-            None => p,
-        });
+        self.model = self.adam.step_module(self.model, grads, lr);
         let weights = params::snapshot(&self.model);
         if let Some(ema) = &config.ema {
             ema.update(&mut self.shadow, &weights, step);
