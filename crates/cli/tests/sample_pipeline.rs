@@ -87,11 +87,13 @@ fn final_latents_match_the_diffusers_pipeline() {
         let err = relative_l2(&ours.data, &theirs.data);
         // 1e-3, unless the case amplifies rounding so much that diffusers' own f32 run lies
         // further than that from its f64 run (20 guided DPM++ steps of a random network do:
-        // a 1e-6 change of the input moves the output by 3e-3); then twice that distance.
+        // a 1e-6 change of the input moves the output by 3e-3); then three times that
+        // distance: another f32 run lands anywhere in that ball (on an Intel Sapphire Rapids,
+        // whose AVX-512 kernels round differently, 2.07 times it for that case).
         let floor = case["f32_vs_f64_relative_l2"]
             .as_f64()
             .expect("f32_vs_f64_relative_l2");
-        let tolerance = 1e-3f64.max(2.0 * floor);
+        let tolerance = 1e-3f64.max(3.0 * floor);
         eprintln!("{file}: relative L2 {err:.2e} (diffusers f32 vs f64: {floor:.1e})");
         assert!(
             err < tolerance,
