@@ -1,5 +1,6 @@
 """The PyTorch peer of crates/kernels/examples/attention_bench.rs: scaled_dot_product_attention
-forward, and its backward through autograd, on the same shapes (heads split out of
+forward, and its backward through autograd, on the same shapes, and the forward on bf16 inputs
+(what bf16 autocast runs) (heads split out of
 [batch, tokens, heads * head_dim] as diffusers does). Prints one JSON line per shape."""
 import argparse
 import json
@@ -43,8 +44,16 @@ def main():
         def backward():
             torch.autograd.grad(out, (q, k, v), d_out, retain_graph=True)
 
+        # bf16 autocast hands SDPA bf16 projections.
+        q16, k16, v16 = (x.detach().to(torch.bfloat16) for x in (q, k, v))
+
+        def forward_bf16():
+            with torch.no_grad():
+                F.scaled_dot_product_attention(split(q16, nq), split(k16, nk), split(v16, nk))
+
         print(json.dumps({"shape": [b, h, nq, nk, d], "forward_ms": min_ms(a.reps, forward),
-                          "backward_ms": min_ms(a.reps, backward)}))
+                          "backward_ms": min_ms(a.reps, backward),
+                          "forward_bf16_ms": min_ms(a.reps, forward_bf16)}))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 //! Times the fused attention kernels on the UNet's attention shapes; `bench/attention.sh` runs
 //! it beside PyTorch's `scaled_dot_product_attention` on the same shapes.
 //! `cargo run --release -p ldmscale-kernels --example attention_bench [reps]` prints one JSON
-//! line per shape: the minimum over `reps` (default 7) forward and backward times.
+//! line per shape: the minimum over `reps` (default 7) forward and backward times, and the
+//! forward without log-sum-exps (sampling) with bf16 products on (`--precision bf16`).
 
 mod common;
 
 use common::{min_ms, reps_arg};
+use ldmscale_kernels::bf16::{engine, set_products_in_bf16};
 use ldmscale_kernels::{AttentionShape, attention_backward, attention_forward};
 
 /// (batch, heads, queries, keys, head_dim): self-attention at 32x32 and 16x16 latents and at
@@ -61,8 +63,15 @@ fn main() {
                 &q, &k, &v, &out, &lse, &d_out, s, scale, &mut dq, &mut dk, &mut dv,
             )
         });
+        // Sampling (no log-sum-exps) with bf16 products, as `--precision bf16` runs it.
+        set_products_in_bf16(true);
+        let sampling_bf16 = min_ms(reps, || {
+            attention_forward(&q, &k, &v, s, scale, &mut out, None)
+        });
+        set_products_in_bf16(false);
         println!(
-            "{{\"shape\":[{batch},{heads},{queries},{keys},{head_dim}],\"forward_ms\":{forward},\"backward_ms\":{backward}}}"
+            "{{\"shape\":[{batch},{heads},{queries},{keys},{head_dim}],\"forward_ms\":{forward},\"backward_ms\":{backward},\"sampling_bf16_ms\":{sampling_bf16},\"bf16_engine\":\"{:?}\"}}",
+            engine()
         );
     }
 }

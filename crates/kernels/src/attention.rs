@@ -16,6 +16,9 @@ use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
 use crate::exp::exp2_lanes;
+
+#[cfg(target_arch = "x86_64")]
+mod bf16;
 use crate::simd::{LANES, Simd, multiversion};
 
 /// Sizes of one attention call.
@@ -200,6 +203,7 @@ unsafe fn narrow_product(
 
 /// `out = softmax(scale * q k^T) v` per batch and head. Writes the log-sum-exp of each row's
 /// scaled scores to `lse` (`[batch, heads, queries]`) when given: the backward pass needs it.
+/// Without `lse` (sampling) and with bf16 products on AMX, the products run in bf16 ([`bf16`]).
 pub fn attention_forward(
     q: &[f32],
     k: &[f32],
@@ -210,6 +214,12 @@ pub fn attention_forward(
     lse: Option<&mut [f32]>,
 ) {
     shape.check(q, k, v, out);
+    #[cfg(target_arch = "x86_64")]
+    if lse.is_none() && bf16_on_tiles() {
+        // SAFETY: AMX (and AVX512-BF16) run here; sizes checked above.
+        unsafe { bf16::forward::<crate::bf16::amx::Amx>(q, k, v, shape, scale, out) };
+        return;
+    }
     let lse_ptr = lse.map(|l| {
         assert_eq!(
             l.len(),
@@ -252,6 +262,13 @@ pub fn attention_forward(
                 start += rows;
             }
         });
+}
+
+/// Whether a forward pass without log-sum-exps (sampling) runs its products in bf16 on AMX
+/// tiles ([`bf16`]): bf16 products are on and AMX is their engine.
+#[cfg(target_arch = "x86_64")]
+fn bf16_on_tiles() -> bool {
+    crate::bf16::products_in_bf16() && crate::bf16::engine() == crate::bf16::Engine::Amx
 }
 
 /// Whether this CPU runs the AVX-512 register-tile kernels (on packed transposed keys and

@@ -41,7 +41,7 @@ const PACK_PER_TILE_ROWS: usize = 192;
 const RHS_PACK_PAIRS: usize = 64;
 
 #[cfg(target_arch = "x86_64")]
-mod amx;
+pub(crate) mod amx;
 
 static PRODUCTS_IN_BF16: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -248,7 +248,7 @@ pub fn matmul_bf16(
         // SAFETY: the features are present and the extents were checked above.
         unsafe {
             if engine() == Engine::Amx {
-                amx::matmul::<amx::Amx>(&shape, dst, avx512::Lhs::Floats(lhs), rhs, parallel)
+                amx::matmul::<amx::Amx>(&shape, dst, avx512::Lhs::Floats(lhs), rhs, None, parallel)
             } else {
                 avx512::matmul(&shape, dst, avx512::Lhs::Floats(lhs), rhs, parallel)
             }
@@ -368,7 +368,7 @@ pub fn matmul_bf16_packed(
         // extents checked above.
         unsafe {
             match lhs.layout {
-                Engine::Amx => amx::matmul::<amx::Amx>(&shape, dst, packed, rhs, parallel),
+                Engine::Amx => amx::matmul::<amx::Amx>(&shape, dst, packed, rhs, None, parallel),
                 _ => avx512::matmul(&shape, dst, packed, rhs, parallel),
             }
         };
@@ -377,6 +377,60 @@ pub fn matmul_bf16_packed(
     {
         let _ = (dst, accumulate, parallel);
         unreachable!("PackedLhs is never built here");
+    }
+}
+
+/// `dst (+)= lhs patches` for a stride-1 convolution that keeps the image's size: `lhs` its
+/// weights packed for AMX, `patches` the im2col matrix of image `x` (`[c, h, w]`), which is
+/// packed from the image straight into the tiles' layout (in `buffer`, reused between calls)
+/// rather than written out in f32. `false` (and nothing done) where the weights are not packed
+/// for AMX or the convolution is not of that kind: the caller then multiplies the im2col.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv_product_on_tiles(
+    lhs: &PackedLhs,
+    x: &[f32],
+    conv: &crate::conv::ConvShape,
+    dst: &mut [f32],
+    accumulate: bool,
+    parallel: bool,
+    buffer: &mut Vec<u32>,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (m, n) = (lhs.m, conv.height * conv.width);
+        if lhs.layout != Engine::Amx || !amx::patches::applies(conv) || n == 0 {
+            return false;
+        }
+        assert_eq!(
+            lhs.k,
+            conv.channels_in * conv.kernel_h * conv.kernel_w,
+            "patch size"
+        );
+        assert!(dst.len() >= m * n, "dst too short");
+        let shape = Shape {
+            m,
+            n,
+            k: lhs.k,
+            dst_rs: n,
+            lhs_rs: lhs.k,
+            lhs_cs: 1,
+            rhs_rs: 0,
+            rhs_cs: 0,
+            accumulate,
+        };
+        // SAFETY: a `PackedLhs` of the AMX layout exists only where AMX (and AVX512-BF16)
+        // run; `pack_patches` checks the image's extent, the product reads only the words.
+        unsafe {
+            amx::patches::pack_patches(x, conv, buffer);
+            let lhs = avx512::Lhs::Packed(&lhs.words);
+            amx::matmul::<amx::Amx>(&shape, dst, lhs, &[], Some(buffer), parallel);
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (lhs, x, conv, dst, accumulate, parallel, buffer);
+        false
     }
 }
 
@@ -480,6 +534,8 @@ mod avx512 {
         static PACKED_RHS: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
         pub(super) static PACKED_LHS: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
         pub(super) static PACKED_RHS_BLOCK: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+        /// The AMX path's whole `rhs`, packed before its tiles run.
+        pub(super) static PACKED_RHS_WHOLE: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
     }
 
     /// This thread's `buffer`, at least `len` words (contents unspecified), taken out until it
@@ -1228,9 +1284,16 @@ mod tests {
         unsafe {
             if PACKED {
                 let words = amx::pack_lhs(&shape, lhs);
-                amx::matmul::<T>(&shape, dst, avx512::Lhs::Packed(&words), rhs, parallel)
+                amx::matmul::<T>(
+                    &shape,
+                    dst,
+                    avx512::Lhs::Packed(&words),
+                    rhs,
+                    None,
+                    parallel,
+                )
             } else {
-                amx::matmul::<T>(&shape, dst, avx512::Lhs::Floats(lhs), rhs, parallel)
+                amx::matmul::<T>(&shape, dst, avx512::Lhs::Floats(lhs), rhs, None, parallel)
             }
         }
     }

@@ -10,7 +10,7 @@
 //! summed per fixed group of images and the groups combined in order, so the result does not
 //! depend on scheduling.
 
-use crate::bf16::{PackedLhs, products_in_bf16};
+use crate::bf16::{PackedLhs, conv_product_on_tiles, products_in_bf16};
 use crate::buffer::zeroed;
 use crate::product::{inner_parallelism, product, product_packed, transpose};
 use crate::winograd;
@@ -207,21 +207,28 @@ fn direct_forward(
     let packed_weight = bf16
         .then(|| PackedLhs::new(shape.channels_out, shape.patch(), weight, shape.patch(), 1))
         .flatten();
-    out.par_chunks_mut(image_out)
-        .enumerate()
-        .for_each_init(Vec::new, |col, (b, out_b)| {
+    out.par_chunks_mut(image_out).enumerate().for_each_init(
+        Default::default,
+        |(col, words), (b, out_b)| {
             let x_b = &x[b * image_in..][..image_in];
+            if let Some(bias) = bias {
+                for (row, &v) in out_b.chunks_exact_mut(pixels).zip(bias) {
+                    row.fill(v);
+                }
+            }
+            let parallel = !matches!(inner, gemm::Parallelism::None);
+            if let Some(w) = &packed_weight
+                && !shape.is_pointwise()
+                && conv_product_on_tiles(w, x_b, &shape, out_b, bias.is_some(), parallel, words)
+            {
+                return;
+            }
             let rhs = if shape.is_pointwise() {
                 x_b
             } else {
                 im2col(x_b, shape, &valid, col);
                 col.as_slice()
             };
-            if let Some(bias) = bias {
-                for (row, &v) in out_b.chunks_exact_mut(pixels).zip(bias) {
-                    row.fill(v);
-                }
-            }
             let rhs = (rhs, pixels, 1);
             match &packed_weight {
                 Some(w) => product_packed(w, pixels, out_b, bias.is_some(), rhs, inner),
@@ -235,7 +242,8 @@ fn direct_forward(
                     bf16,
                 ),
             }
-        });
+        },
+    );
 }
 
 /// Gradients of [`conv2d_forward`] from the output's gradient `d_out`: `dx` (when wanted),
@@ -928,21 +936,30 @@ mod tests {
         use crate::bf16::{bf16_to_f32, round_to_bf16};
         let round =
             |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| bf16_to_f32(round_to_bf16(x))).collect() };
-        for (batch, stride, padding, kernel) in [(3, 1, 1, 3), (2, 2, 1, 3), (1, 1, 0, 1)] {
-            let s = ConvShape {
-                batch,
-                channels_in: 6,
-                height: 9,
-                width: 7,
-                channels_out: 5,
-                kernel_h: kernel,
-                kernel_w: kernel,
-                stride: [stride, stride],
-                padding: [padding, padding],
-            };
+        let conv = |batch, (c_in, c_out), (height, width), kernel: usize, stride| ConvShape {
+            batch,
+            channels_in: c_in,
+            height,
+            width,
+            channels_out: c_out,
+            kernel_h: kernel,
+            kernel_w: kernel,
+            stride: [stride, stride],
+            padding: [kernel / 2, kernel / 2],
+        };
+        for s in [
+            conv(3, (6, 5), (9, 7), 3, 1),
+            conv(2, (6, 5), (9, 7), 3, 2),
+            conv(1, (6, 5), (9, 7), 1, 1),
+            // Patches packed from the image on AMX: an odd patch size and a 5x5 kernel, an
+            // image within one vector, and two `k` blocks over several panels and micro tiles.
+            conv(2, (5, 3), (6, 11), 5, 1),
+            conv(1, (3, 4), (4, 3), 3, 1),
+            conv(2, (64, 70), (20, 20), 3, 1),
+        ] {
             let x = pseudo_random(s.input_len(), 11, 1.0, 0.0);
             let wt = pseudo_random(s.weight_len(), 12, 1.0, 0.0);
-            let bias = pseudo_random(5, 13, 1.0, 0.0);
+            let bias = pseudo_random(s.channels_out, 13, 1.0, 0.0);
             let d_out = pseudo_random(s.output_len(), 14, 1.0, 0.0);
             // Each product rounds both of its operands; the reference rounds them alike.
             let (want, _, _, _) = reference(&round(&x), &round(&wt), &bias, &d_out, s);

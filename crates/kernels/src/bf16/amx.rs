@@ -19,6 +19,8 @@
 
 use std::arch::asm;
 
+pub(crate) mod patches;
+
 use rayon::prelude::*;
 
 use super::avx512::{Lhs, SharedMut, pack_lhs_block, pack_rhs_pairs, take_buffer};
@@ -47,7 +49,7 @@ pub fn available() -> bool {
 
 /// Why [`available`] is false (for tests that skip).
 #[cfg(test)]
-pub(super) fn unavailable_reason() -> String {
+pub(crate) fn unavailable_reason() -> String {
     if !super::available() {
         "this CPU lacks AVX512-BF16".into()
     } else if !cpu_has_amx_bf16() {
@@ -113,7 +115,7 @@ pub(super) fn request_tile_data() -> Result<(), i64> {
 }
 
 /// The tile arithmetic of a 32 x 32 micro tile.
-pub(super) trait Tiles {
+pub(crate) trait Tiles {
     /// Run by a task before its micro tiles (loads the tile configuration).
     ///
     /// # Safety
@@ -136,10 +138,46 @@ pub(super) trait Tiles {
         rhs: *const u32,
         out: *mut f32,
     );
+    /// Four 16 x 16 tiles sharing their A tiles: tile `g` (rows `out_stride` bytes apart, at
+    /// `out + 64 g` bytes) = the sum over `steps` of the pair-word A tile at `a + s * a_step`
+    /// bytes (rows `a_stride` bytes apart) times the B tile at `b + (g * steps + s) * 1024`
+    /// bytes (16 rows of 16 pair words): attention's scores of four groups of 16 keys. Four
+    /// independent sums keep the tile unit busy (one sum waits on each product).
+    ///
+    /// # Safety
+    /// `steps` >= 1 and the pointers cover what is read and written.
+    unsafe fn dot16_four(
+        steps: usize,
+        a: *const u8,
+        a_stride: usize,
+        a_step: usize,
+        b: *const u32,
+        out: *mut f32,
+        out_stride: usize,
+    );
+    /// One 16 x 16 product over `steps` A tiles (at `a + s * a_step` bytes, rows `a_stride`
+    /// bytes apart) and B tiles (at `b + s * 1024` bytes) as four partial sums, written to
+    /// `partials` (4 x 256 floats): sum `j` takes the steps `s = j mod 4` below the last whole
+    /// four, sum 0 also the rest. Attention's product of probabilities with values, whose
+    /// `k` (the keys) is long: one running sum would wait on each product.
+    ///
+    /// # Safety
+    /// `steps` >= 1 and the pointers cover what is read and written.
+    unsafe fn dot16_split(
+        steps: usize,
+        a: *const u8,
+        a_stride: usize,
+        a_step: usize,
+        b: *const u32,
+        partials: *mut f32,
+    );
 }
 
+/// Bytes of a 16 x 16 B tile of pair words.
+pub(crate) const B_TILE_BYTES: usize = 1024;
+
 /// The AMX instructions.
-pub(super) struct Amx;
+pub(crate) struct Amx;
 
 /// The 64-byte tile configuration `ldtilecfg` reads (palette 1).
 #[repr(C, align(64))]
@@ -227,12 +265,135 @@ impl Tiles for Amx {
             );
         }
     }
+
+    unsafe fn dot16_four(
+        steps: usize,
+        a: *const u8,
+        a_stride: usize,
+        a_step: usize,
+        b: *const u32,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        let group_bytes = steps * B_TILE_BYTES;
+        // SAFETY: the caller's contract; the tiles were configured by `begin` (16 rows of 64
+        // bytes each).
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "2:",
+                "tileloadd tmm4, [{a} + {a_stride}*1]",
+                "tileloadd tmm5, [{b} + {b_stride}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm5",
+                "tileloadd tmm6, [{b1} + {b_stride}*1]",
+                "tdpbf16ps tmm1, tmm4, tmm6",
+                "tileloadd tmm7, [{b2} + {b_stride}*1]",
+                "tdpbf16ps tmm2, tmm4, tmm7",
+                "tileloadd tmm5, [{b3} + {b_stride}*1]",
+                "tdpbf16ps tmm3, tmm4, tmm5",
+                "add {a}, {a_step}",
+                "add {b}, {b_step}",
+                "add {b1}, {b_step}",
+                "add {b2}, {b_step}",
+                "add {b3}, {b_step}",
+                "dec {steps}",
+                "jnz 2b",
+                "tilestored [{c} + {c_stride}*1], tmm0",
+                "tilestored [{c} + {c_stride}*1 + 64], tmm1",
+                "tilestored [{c} + {c_stride}*1 + 128], tmm2",
+                "tilestored [{c} + {c_stride}*1 + 192], tmm3",
+                a = inout(reg) a => _,
+                b = inout(reg) b => _,
+                b1 = inout(reg) b.byte_add(group_bytes) => _,
+                b2 = inout(reg) b.byte_add(2 * group_bytes) => _,
+                b3 = inout(reg) b.byte_add(3 * group_bytes) => _,
+                steps = inout(reg) steps => _,
+                a_stride = in(reg) a_stride,
+                a_step = in(reg) a_step,
+                b_stride = in(reg) 64usize,
+                b_step = const B_TILE_BYTES,
+                c = in(reg) out,
+                c_stride = in(reg) out_stride,
+                options(nostack),
+            );
+        }
+    }
+
+    unsafe fn dot16_split(
+        steps: usize,
+        a: *const u8,
+        a_stride: usize,
+        a_step: usize,
+        b: *const u32,
+        partials: *mut f32,
+    ) {
+        // SAFETY: the caller's contract; the tiles were configured by `begin`.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "test {quads}, {quads}",
+                "jz 3f",
+                "2:",
+                "tileloadd tmm4, [{a} + {a_stride}*1]",
+                "tileloadd tmm6, [{b} + {b_stride}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "add {a}, {a_step}",
+                "tileloadd tmm5, [{a} + {a_stride}*1]",
+                "tileloadd tmm7, [{b} + {b_stride}*1 + 1024]",
+                "tdpbf16ps tmm1, tmm5, tmm7",
+                "add {a}, {a_step}",
+                "tileloadd tmm4, [{a} + {a_stride}*1]",
+                "tileloadd tmm6, [{b} + {b_stride}*1 + 2048]",
+                "tdpbf16ps tmm2, tmm4, tmm6",
+                "add {a}, {a_step}",
+                "tileloadd tmm5, [{a} + {a_stride}*1]",
+                "tileloadd tmm7, [{b} + {b_stride}*1 + 3072]",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "add {a}, {a_step}",
+                "add {b}, 4096",
+                "dec {quads}",
+                "jnz 2b",
+                "3:",
+                "test {rest}, {rest}",
+                "jz 5f",
+                "4:",
+                "tileloadd tmm4, [{a} + {a_stride}*1]",
+                "tileloadd tmm6, [{b} + {b_stride}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "add {a}, {a_step}",
+                "add {b}, 1024",
+                "dec {rest}",
+                "jnz 4b",
+                "5:",
+                "tilestored [{c} + {c_stride}*1], tmm0",
+                "tilestored [{c} + {c_stride}*1 + 1024], tmm1",
+                "tilestored [{c} + {c_stride}*1 + 2048], tmm2",
+                "tilestored [{c} + {c_stride}*1 + 3072], tmm3",
+                a = inout(reg) a => _,
+                b = inout(reg) b => _,
+                quads = inout(reg) steps / 4 => _,
+                rest = inout(reg) steps % 4 => _,
+                a_stride = in(reg) a_stride,
+                a_step = in(reg) a_step,
+                b_stride = in(reg) 64usize,
+                c = in(reg) partials,
+                c_stride = in(reg) 64usize,
+                options(nostack),
+            );
+        }
+    }
 }
 
 /// `tdpbf16ps` in scalar code (f32 products of the bf16 halves, summed in order), to test the
 /// packing and blocking on CPUs without AMX.
 #[cfg(test)]
-pub(super) struct Emulated;
+pub(crate) struct Emulated;
 
 #[cfg(test)]
 impl Tiles for Emulated {
@@ -260,6 +421,83 @@ impl Tiles for Emulated {
             }
         }
     }
+
+    unsafe fn dot16_four(
+        steps: usize,
+        a: *const u8,
+        a_stride: usize,
+        a_step: usize,
+        b: *const u32,
+        out: *mut f32,
+        out_stride: usize,
+    ) {
+        for g in 0..4 {
+            // SAFETY: the caller's contract.
+            unsafe {
+                let b = b.add(g * steps * B_TILE_BYTES / 4);
+                let sums = emulated_dot16(0..steps, a, a_stride, a_step, b);
+                for (r, row) in sums.chunks_exact(16).enumerate() {
+                    let dst = out.byte_add(r * out_stride).add(16 * g);
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), dst, 16);
+                }
+            }
+        }
+    }
+
+    unsafe fn dot16_split(
+        steps: usize,
+        a: *const u8,
+        a_stride: usize,
+        a_step: usize,
+        b: *const u32,
+        partials: *mut f32,
+    ) {
+        let whole = steps / 4 * 4;
+        for j in 0..4 {
+            let mut order: Vec<usize> = (j..whole).step_by(4).collect();
+            if j == 0 {
+                order.extend(whole..steps);
+            }
+            // SAFETY: the caller's contract.
+            unsafe {
+                let sums = emulated_dot16(order, a, a_stride, a_step, b);
+                std::ptr::copy_nonoverlapping(sums.as_ptr(), partials.add(256 * j), 256);
+            }
+        }
+    }
+}
+
+/// The 16 x 16 sums over the tile steps `steps` (in that order) of the A tiles at `a + s *
+/// a_step` bytes and the B tiles at `b + s * 1024` bytes, as `tdpbf16ps` in scalar code.
+///
+/// # Safety
+/// The pointers cover what is read.
+#[cfg(test)]
+unsafe fn emulated_dot16(
+    steps: impl IntoIterator<Item = usize>,
+    a: *const u8,
+    a_stride: usize,
+    a_step: usize,
+    b: *const u32,
+) -> [f32; 256] {
+    let halves = |w: u32| (f32::from_bits(w << 16), f32::from_bits(w & 0xffff_0000));
+    let mut sums = [0f32; 256];
+    for s in steps {
+        for (i, sum) in sums.iter_mut().enumerate() {
+            let (r, c) = (i / 16, i % 16);
+            for p in 0..16 {
+                // SAFETY: the caller's contract.
+                let (x, y) = unsafe {
+                    let row = a.add(s * a_step + r * a_stride).cast::<u32>();
+                    (row.add(p).read_unaligned(), *b.add((s * 16 + p) * 16 + c))
+                };
+                let ((x_lo, x_hi), (y_lo, y_hi)) = (halves(x), halves(y));
+                *sum += x_lo * y_lo;
+                *sum += x_hi * y_hi;
+            }
+        }
+    }
+    sums
 }
 
 /// `k` pairs per block: near-equal blocks fixed by `k` alone, whole tile steps each.
@@ -299,7 +537,9 @@ pub(super) unsafe fn pack_lhs(shape: &Shape, lhs: &[f32]) -> Vec<u32> {
     words
 }
 
-/// `dst (+)= lhs rhs` on tiles `T` (see [`super::matmul_bf16`]; strides as in `shape`).
+/// `dst (+)= lhs rhs` on tiles `T` (see [`super::matmul_bf16`]; strides as in `shape`), with
+/// `rhs` already in [`pack_whole_rhs`]'s layout where `prepacked_rhs` is given (then `rhs` is
+/// not read).
 ///
 /// # Safety
 /// AVX512-BF16 present, and `T`'s instructions; the slices cover the extents in `shape`.
@@ -308,6 +548,7 @@ pub(super) unsafe fn matmul<T: Tiles>(
     dst: &mut [f32],
     lhs: Lhs,
     rhs: &[f32],
+    prepacked_rhs: Option<&[u32]>,
     parallel: bool,
 ) {
     let Shape { m, n, k, .. } = *shape;
@@ -319,20 +560,44 @@ pub(super) unsafe fn matmul<T: Tiles>(
     };
     let (micro_panels, panels) = (m.div_ceil(MR), n.div_ceil(NR));
     let mut row_tiles = micro_panels.div_ceil(TILE_ROWS / MR);
-    let mut col_tiles = panels.div_ceil(TILE_COLS / NR);
+    // Several rows of tiles: `rhs` packed once for all of them, and each tile spans every
+    // column, so that its `lhs` rows are packed once too (packing per tile, a dense layer's
+    // weights were packed once per 192 rows, its inputs once per 256 columns).
+    let whole_rhs = row_tiles > 1 || prepacked_rhs.is_some();
+    let mut col_tiles = if whole_rhs {
+        1
+    } else {
+        panels.div_ceil(TILE_COLS / NR)
+    };
     // Tiles only decide who computes what: a multiple of the threads where that is possible.
-    while (row_tiles * col_tiles) % threads != 0 && col_tiles < panels {
+    while (row_tiles * col_tiles) % threads != 0 && col_tiles < panels && !whole_rhs {
         col_tiles += 1;
     }
     while (row_tiles * col_tiles) % threads != 0 && row_tiles < micro_panels {
         row_tiles += 1;
     }
+    let own_rhs = (whole_rhs && prepacked_rhs.is_none()).then(|| {
+        // SAFETY: the caller's contract.
+        unsafe { pack_whole_rhs(shape, rhs, parallel) }
+    });
+    let packed_rhs = prepacked_rhs.or(own_rhs.as_deref());
     let dst_ptr = SharedMut(dst.as_mut_ptr());
     let run_tile = |tile: usize| {
         let rows = tile_range(tile / col_tiles, row_tiles, micro_panels, MR, m);
         let cols = tile_range(tile % col_tiles, col_tiles, panels, NR, n);
         // SAFETY: tiles are disjoint; the caller's contract.
-        unsafe { compute_tile::<T>(shape, dst_ptr, lhs, rhs, block_pairs, rows, cols) }
+        unsafe {
+            compute_tile::<T>(
+                shape,
+                dst_ptr,
+                lhs,
+                rhs,
+                packed_rhs,
+                block_pairs,
+                rows,
+                cols,
+            )
+        }
     };
     if parallel {
         (0..row_tiles * col_tiles)
@@ -341,18 +606,61 @@ pub(super) unsafe fn matmul<T: Tiles>(
     } else {
         (0..row_tiles * col_tiles).for_each(run_tile);
     }
+    if let Some(words) = own_rhs {
+        super::avx512::PACKED_RHS_WHOLE.set(words);
+    }
 }
 
-/// Computes the output tile of `rows` = (first, count) and `cols` over all of `k`.
+/// Pairs of `k` per panel of [`pack_whole_rhs`]: whole tile steps, zero past `k`.
+fn whole_rhs_pairs(k: usize) -> usize {
+    k.div_ceil(2).next_multiple_of(STEP_PAIRS)
+}
+
+/// All of `rhs` as panels of 32 columns, each [`whole_rhs_pairs`] pairs of 32 words (the
+/// layout [`compute_tile`] packs a block at a time), packed in parallel chunks of pairs.
+///
+/// # Safety
+/// AVX512-BF16 present; `rhs` covers the extents in `shape`.
+unsafe fn pack_whole_rhs(shape: &Shape, rhs: &[f32], parallel: bool) -> Vec<u32> {
+    const CHUNK_PAIRS: usize = 64;
+    let (pairs, panels) = (shape.k.div_ceil(2), shape.n.div_ceil(NR));
+    let panel_words = whole_rhs_pairs(shape.k) * NR;
+    let mut words = take_buffer(&super::avx512::PACKED_RHS_WHOLE, panels * panel_words);
+    for panel in words[..panels * panel_words].chunks_exact_mut(panel_words) {
+        panel[pairs * NR..].fill(0);
+    }
+    let words_ptr = SharedMut(words.as_mut_ptr());
+    let pack_chunk = |chunk: usize| {
+        let (pair0, pair1) = (chunk * CHUNK_PAIRS, ((chunk + 1) * CHUNK_PAIRS).min(pairs));
+        let words = words_ptr; // the whole wrapper, which is Sync
+        // SAFETY: chunks write disjoint pairs of every panel; the caller's contract.
+        unsafe {
+            let at = SharedMut(words.0.add(pair0 * NR));
+            pack_rhs_pairs(shape, rhs, pair0, pair1, 0, panels, at, panel_words)
+        }
+    };
+    let chunks = 0..pairs.div_ceil(CHUNK_PAIRS);
+    if parallel {
+        chunks.into_par_iter().for_each(pack_chunk);
+    } else {
+        chunks.for_each(pack_chunk);
+    }
+    words
+}
+
+/// Computes the output tile of `rows` = (first, count) and `cols` over all of `k`, reading
+/// `rhs` from `packed_rhs` ([`pack_whole_rhs`]) where given, else packing its blocks.
 ///
 /// # Safety
 /// As [`matmul`]; no other task writes this tile.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn compute_tile<T: Tiles>(
     shape: &Shape,
     dst: SharedMut<f32>,
     lhs: Lhs,
     rhs: &[f32],
+    packed_rhs: Option<&[u32]>,
     block_pairs: usize,
     (row0, rows): (usize, usize),
     (col0, cols): (usize, usize),
@@ -360,9 +668,13 @@ unsafe fn compute_tile<T: Tiles>(
     let pairs = shape.k.div_ceil(2);
     let (panel0, panel1) = (col0 / NR, (col0 + cols).div_ceil(NR));
     let mut packed_lhs = take_buffer(&super::avx512::PACKED_LHS, MR * block_pairs);
-    let mut packed_rhs = take_buffer(
+    let mut own_rhs = take_buffer(
         &super::avx512::PACKED_RHS_BLOCK,
-        (panel1 - panel0) * block_pairs * NR,
+        if packed_rhs.is_some() {
+            0
+        } else {
+            (panel1 - panel0) * block_pairs * NR
+        },
     );
     let mut sums = [0f32; MR * NR];
     // SAFETY: the caller's contract.
@@ -371,24 +683,33 @@ unsafe fn compute_tile<T: Tiles>(
     while pair0 < pairs {
         let block = block_pairs.min(pairs - pair0);
         let padded = block.next_multiple_of(STEP_PAIRS);
-        let panel_words = padded * NR;
-        let words = SharedMut(packed_rhs.as_mut_ptr());
-        // SAFETY: the buffer holds (panel1 - panel0) panels of `panel_words`; caller's contract.
-        unsafe {
-            pack_rhs_pairs(
-                shape,
-                rhs,
-                pair0,
-                pair0 + block,
-                panel0,
-                panel1,
-                words,
-                panel_words,
-            )
+        // Where panel `p`'s pairs of this block start, and the stride of panels.
+        let (rhs_words, first_panel, panel_words) = match packed_rhs {
+            Some(whole) => (&whole[pair0 * NR..], 0, whole_rhs_pairs(shape.k) * NR),
+            None => {
+                let panel_words = padded * NR;
+                let words = SharedMut(own_rhs.as_mut_ptr());
+                // SAFETY: the buffer holds (panel1 - panel0) panels of `panel_words`; the
+                // caller's contract.
+                unsafe {
+                    pack_rhs_pairs(
+                        shape,
+                        rhs,
+                        pair0,
+                        pair0 + block,
+                        panel0,
+                        panel1,
+                        words,
+                        panel_words,
+                    )
+                };
+                let own = &mut own_rhs[..(panel1 - panel0) * panel_words];
+                for panel in own.chunks_exact_mut(panel_words) {
+                    panel[block * NR..].fill(0);
+                }
+                (&own_rhs[..], panel0, panel_words)
+            }
         };
-        for panel in packed_rhs[..(panel1 - panel0) * panel_words].chunks_exact_mut(panel_words) {
-            panel[block * NR..].fill(0);
-        }
         for i in (0..rows).step_by(MR) {
             let micro_rows = MR.min(rows - i);
             // 32 rows of packed pairs, zero past `block` up to `padded`, and their stride.
@@ -419,7 +740,7 @@ unsafe fn compute_tile<T: Tiles>(
                 }
             };
             for j in (0..cols).step_by(NR) {
-                let rhs_panel = &packed_rhs[((col0 + j) / NR - panel0) * panel_words..];
+                let rhs_panel = &rhs_words[((col0 + j) / NR - first_panel) * panel_words..];
                 // SAFETY: `padded` >= 16 pairs of 32 rows and of a panel are packed.
                 unsafe {
                     T::micro_tile(
@@ -450,7 +771,7 @@ unsafe fn compute_tile<T: Tiles>(
     // SAFETY: as `begin`.
     unsafe { T::end() };
     super::avx512::PACKED_LHS.set(packed_lhs);
-    super::avx512::PACKED_RHS_BLOCK.set(packed_rhs);
+    super::avx512::PACKED_RHS_BLOCK.set(own_rhs);
 }
 
 /// `dst = sums (+ dst when load_dst)` for the `rows` x `cols` corner of the 32 x 32 `sums`.
