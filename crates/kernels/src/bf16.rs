@@ -382,10 +382,9 @@ pub fn matmul_bf16_packed(
 
 /// `dst (+)= lhs patches` for a stride-1 convolution that keeps the image's size: `lhs` its
 /// weights packed for AMX, `patches` the im2col matrix of image `x` (`[c, h, w]`), which is
-/// packed from the image straight into the tiles' layout (in `buffer`, reused between calls)
-/// rather than written out in f32. `false` (and nothing done) where the weights are not packed
-/// for AMX or the convolution is not of that kind: the caller then multiplies the im2col.
-#[allow(clippy::too_many_arguments)]
+/// packed from the image straight into the tiles' layout rather than written out in f32.
+/// `false` (and nothing done) where the weights are not packed for AMX or the convolution is
+/// not of that kind: the caller then multiplies the im2col.
 pub(crate) fn conv_product_on_tiles(
     lhs: &PackedLhs,
     x: &[f32],
@@ -393,7 +392,6 @@ pub(crate) fn conv_product_on_tiles(
     dst: &mut [f32],
     accumulate: bool,
     parallel: bool,
-    buffer: &mut Vec<u32>,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -418,18 +416,20 @@ pub(crate) fn conv_product_on_tiles(
             rhs_cs: 0,
             accumulate,
         };
+        let mut words = amx::patches::PACKED_PATCHES.take();
         // SAFETY: a `PackedLhs` of the AMX layout exists only where AMX (and AVX512-BF16)
         // run; `pack_patches` checks the image's extent, the product reads only the words.
         unsafe {
-            amx::patches::pack_patches(x, conv, buffer);
+            amx::patches::pack_patches(x, conv, &mut words);
             let lhs = avx512::Lhs::Packed(&lhs.words);
-            amx::matmul::<amx::Amx>(&shape, dst, lhs, &[], Some(buffer), parallel);
+            amx::matmul::<amx::Amx>(&shape, dst, lhs, &[], Some(&words), parallel);
         }
+        amx::patches::PACKED_PATCHES.set(words);
         true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (lhs, x, conv, dst, accumulate, parallel, buffer);
+        let _ = (lhs, x, conv, dst, accumulate, parallel);
         false
     }
 }

@@ -207,9 +207,9 @@ fn direct_forward(
     let packed_weight = bf16
         .then(|| PackedLhs::new(shape.channels_out, shape.patch(), weight, shape.patch(), 1))
         .flatten();
-    out.par_chunks_mut(image_out).enumerate().for_each_init(
-        Default::default,
-        |(col, words), (b, out_b)| {
+    out.par_chunks_mut(image_out)
+        .enumerate()
+        .for_each_init(Vec::new, |col, (b, out_b)| {
             let x_b = &x[b * image_in..][..image_in];
             if let Some(bias) = bias {
                 for (row, &v) in out_b.chunks_exact_mut(pixels).zip(bias) {
@@ -219,7 +219,7 @@ fn direct_forward(
             let parallel = !matches!(inner, gemm::Parallelism::None);
             if let Some(w) = &packed_weight
                 && !shape.is_pointwise()
-                && conv_product_on_tiles(w, x_b, &shape, out_b, bias.is_some(), parallel, words)
+                && conv_product_on_tiles(w, x_b, &shape, out_b, bias.is_some(), parallel)
             {
                 return;
             }
@@ -242,8 +242,7 @@ fn direct_forward(
                     bf16,
                 ),
             }
-        },
-    );
+        });
 }
 
 /// Gradients of [`conv2d_forward`] from the output's gradient `d_out`: `dx` (when wanted),

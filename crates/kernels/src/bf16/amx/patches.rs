@@ -9,6 +9,7 @@
 //! are not read, so the shifted address may leave the plane).
 
 use std::arch::x86_64::*;
+use std::cell::Cell;
 
 use super::super::NR;
 use super::whole_rhs_pairs;
@@ -70,8 +71,14 @@ fn column_masks(conv: &ConvShape) -> Vec<u16> {
     masks
 }
 
-/// The im2col of image `x` (`[c, h, w]`) for `conv` ([`applies`]) into `words`, resized to
-/// `h w / 32` panels of [`whole_rhs_pairs`] pairs of 32 words.
+thread_local! {
+    /// The packed patches, kept between images and calls: a fresh buffer of several MiB was
+    /// zeroed by the allocator for every image.
+    pub(crate) static PACKED_PATCHES: Cell<Vec<u32>> = const { Cell::new(Vec::new()) };
+}
+
+/// The im2col of image `x` (`[c, h, w]`) for `conv` ([`applies`]) into `words` (grown to
+/// `h w / 32` panels of [`whole_rhs_pairs`] pairs of 32 words where shorter).
 ///
 /// # Safety
 /// AVX-512F, AVX-512BW and AVX512-BF16 present; `x` holds one image of `conv`.
@@ -83,8 +90,10 @@ pub(crate) unsafe fn pack_patches(x: &[f32], conv: &ConvShape, words: &mut Vec<u
     assert!(x.len() >= conv.channels_in * n, "image too short");
     let (pairs, panels) = (k.div_ceil(2), n.div_ceil(NR));
     let panel_words = whole_rhs_pairs(k) * NR;
-    words.resize(panels * panel_words, 0);
-    for panel in words.chunks_exact_mut(panel_words) {
+    if words.len() < panels * panel_words {
+        words.resize(panels * panel_words, 0);
+    }
+    for panel in words[..panels * panel_words].chunks_exact_mut(panel_words) {
         panel[pairs * NR..].fill(0);
     }
     let masks = column_masks(conv);
