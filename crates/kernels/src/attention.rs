@@ -16,10 +16,10 @@ use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
 use crate::exp::exp2_lanes;
+use crate::simd::{LANES, Simd, multiversion};
 
 #[cfg(target_arch = "x86_64")]
 mod bf16;
-use crate::simd::{LANES, Simd, multiversion};
 
 /// Sizes of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,7 +203,8 @@ unsafe fn narrow_product(
 
 /// `out = softmax(scale * q k^T) v` per batch and head. Writes the log-sum-exp of each row's
 /// scaled scores to `lse` (`[batch, heads, queries]`) when given: the backward pass needs it.
-/// Without `lse` (sampling) and with bf16 products on AMX, the products run in bf16 ([`bf16`]).
+/// Without `lse` (sampling) and with bf16 products on AMX, the products run in bf16 (module
+/// `bf16`).
 pub fn attention_forward(
     q: &[f32],
     k: &[f32],

@@ -29,7 +29,16 @@ fn bf16_products_stay_within_their_rounding_of_the_f32_pass() {
     let norm = |v: &mut dyn Iterator<Item = f64>| v.map(|x| x * x).sum::<f64>().sqrt();
     let diff = norm(&mut exact.iter().zip(&rounded).map(|(&a, &b)| (a - b) as f64));
     let relative = diff / norm(&mut exact.iter().map(|&a| a as f64));
-    eprintln!("{:?} engine: relative L2 distance to the f32 pass {relative:.2e}", engine());
-    assert!(relative < 2e-2, "bf16 pass too far from f32: {relative:.2e}");
-    assert!(relative > 1e-5, "bf16 products left no trace: {relative:.2e}");
+    eprintln!(
+        "{:?} engine: relative L2 distance to the f32 pass {relative:.2e}",
+        engine()
+    );
+    assert!(
+        relative < 2e-2,
+        "bf16 pass too far from f32: {relative:.2e}"
+    );
+    assert!(
+        relative > 1e-5,
+        "bf16 products left no trace: {relative:.2e}"
+    );
 }

@@ -13,6 +13,9 @@
 //! `dst`, so every output element is summed the same way whichever task computes it: results
 //! do not depend on the thread count. [`pack_lhs`] packs a whole `lhs` once in the same blocks
 //! (a convolution's weights, read for every image of a batch); the products are bitwise the same.
+//! Where several rows of tiles share `rhs`, it is packed whole once first ([`pack_whole_rhs`],
+//! the same words) and each tile spans every column; a convolution's patches are packed that way
+//! straight from its image ([`patches`]).
 //!
 //! The tile arithmetic sits behind [`Tiles`] so that the packing and blocking are tested on any
 //! CPU against an emulation of `tdpbf16ps`; the assembly itself runs only where AMX does.
@@ -114,7 +117,8 @@ pub(super) fn request_tile_data() -> Result<(), i64> {
     Err(0)
 }
 
-/// The tile arithmetic of a 32 x 32 micro tile.
+/// The tile arithmetic: the products' 32 x 32 micro tile and attention's 16 x 16 tiles
+/// (`attention::bf16`).
 pub(crate) trait Tiles {
     /// Run by a task before its micro tiles (loads the tile configuration).
     ///
