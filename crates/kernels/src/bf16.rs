@@ -42,6 +42,8 @@ const RHS_PACK_PAIRS: usize = 64;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod amx;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use avx512::{column_mask, store_pair_words};
 
 static PRODUCTS_IN_BF16: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -171,7 +173,7 @@ pub fn bf16_to_f32(bits: u16) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 /// The two bf16 of `k` pair `(lo, hi)` as the 32-bit word `vdpbf16ps` reads (`lo` first).
-fn pair_word(lo: f32, hi: f32) -> u32 {
+pub(crate) fn pair_word(lo: f32, hi: f32) -> u32 {
     round_to_bf16(lo) as u32 | (round_to_bf16(hi) as u32) << 16
 }
 
@@ -649,34 +651,9 @@ mod avx512 {
         let mut packed_rhs = Vec::new();
         if !pack_per_tile {
             packed_rhs = take_buffer(&PACKED_RHS, panels * panel_len);
-            // Fixed chunks of `k` pairs, each written to every panel.
-            let chunks = pairs.div_ceil(RHS_PACK_PAIRS);
-            let packed_ptr = SharedMut(packed_rhs.as_mut_ptr());
-            let pack_chunk = |chunk: usize| {
-                let pair0 = chunk * RHS_PACK_PAIRS;
-                let pair1 = (pair0 + RHS_PACK_PAIRS).min(pairs);
-                // SAFETY: chunks write disjoint pairs; features present (caller); extents checked
-                // by `matmul_bf16`.
-                unsafe {
-                    let packed = packed_ptr; // the whole wrapper, which is Sync
-                    let offset = packed.0.add(pair0 * NR);
-                    pack_rhs_pairs(
-                        shape,
-                        rhs,
-                        pair0,
-                        pair1,
-                        0,
-                        panels,
-                        SharedMut(offset),
-                        panel_len,
-                    )
-                }
-            };
-            if parallel {
-                (0..chunks).into_par_iter().for_each(pack_chunk);
-            } else {
-                (0..chunks).for_each(pack_chunk);
-            }
+            // SAFETY: the buffer holds every panel; features present (caller); extents checked
+            // by `matmul_bf16`.
+            unsafe { pack_all_rhs_pairs(shape, rhs, &mut packed_rhs, panel_len, parallel) };
         }
         let dst_ptr = SharedMut(dst.as_mut_ptr());
         let packed_rhs_words = (!pack_per_tile).then_some(&packed_rhs[..]);
@@ -711,6 +688,42 @@ mod avx512 {
         }
     }
 
+    /// Packs every `k` pair of `rhs` into every panel of 32 columns, panels `panel_stride` words
+    /// apart ([`pack_rhs_pairs`] over fixed chunks of pairs, in parallel where `parallel`).
+    ///
+    /// # Safety
+    /// AVX512-BF16 present; `rhs` covers `shape`'s extents; `packed` holds every panel.
+    pub(super) unsafe fn pack_all_rhs_pairs(
+        shape: &Shape,
+        rhs: &[f32],
+        packed: &mut [u32],
+        panel_stride: usize,
+        parallel: bool,
+    ) {
+        let (pairs, panels) = (shape.k.div_ceil(2), shape.n.div_ceil(NR));
+        assert!(
+            packed.len() >= panels * panel_stride,
+            "packed rhs too short"
+        );
+        let packed_ptr = SharedMut(packed.as_mut_ptr());
+        let pack_chunk = |chunk: usize| {
+            let pair0 = chunk * RHS_PACK_PAIRS;
+            let pair1 = (pair0 + RHS_PACK_PAIRS).min(pairs);
+            let packed = packed_ptr; // the whole wrapper, which is Sync
+            // SAFETY: chunks write disjoint pairs of every panel; the caller's contract.
+            unsafe {
+                let offset = SharedMut(packed.0.add(pair0 * NR));
+                pack_rhs_pairs(shape, rhs, pair0, pair1, 0, panels, offset, panel_stride)
+            }
+        };
+        let chunks = 0..pairs.div_ceil(RHS_PACK_PAIRS);
+        if parallel {
+            chunks.into_par_iter().for_each(pack_chunk);
+        } else {
+            chunks.for_each(pack_chunk);
+        }
+    }
+
     /// Packs `k` pairs `pair0..pair1` of `rhs` into every panel of 32 columns (zero past `n`):
     /// word `q * NR + c` of panel `p` is `(rhs[2q][32p + c], rhs[2q + 1][32p + c])`.
     #[allow(clippy::too_many_arguments)]
@@ -738,12 +751,6 @@ mod avx512 {
             let word_at =
                 |p: usize, q: usize| packed.0.add((p - panel0) * panel_stride + (q - pair0) * NR);
             if rhs_cs == 1 {
-                // Lane c of the result takes element c of row 2q and element c of row 2q + 1
-                // (the converted pair of rows holds row 2q in elements 0..16, row 2q + 1 in 16..32).
-                let interleave = _mm512_set_epi16(
-                    31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
-                    5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0,
-                );
                 // Row by row pair, so `rhs` is read in order.
                 for q in pair0..pair1 {
                     let row_lo = rhs.as_ptr().add(2 * q * rhs_rs);
@@ -766,14 +773,7 @@ mod avx512 {
                             ),
                             None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
                         };
-                        let bf_0: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi_0, lo_0));
-                        let bf_1: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi_1, lo_1));
-                        let out = word_at(panel, q);
-                        _mm512_storeu_si512(out.cast(), _mm512_permutexvar_epi16(interleave, bf_0));
-                        _mm512_storeu_si512(
-                            out.add(16).cast(),
-                            _mm512_permutexvar_epi16(interleave, bf_1),
-                        );
+                        store_pair_words(word_at(panel, q), [lo_0, lo_1], [hi_0, hi_1]);
                     }
                 }
             } else {
@@ -799,8 +799,32 @@ mod avx512 {
         }
     }
 
+    /// Writes the 32 words `(lo[c], hi[c])` of two rows' 32 values (two vectors each), rounded to
+    /// bf16, at `out`: a `k` pair of a panel.
+    ///
+    /// # Safety
+    /// AVX512-BF16 present; `out` holds 32 words.
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    pub(crate) unsafe fn store_pair_words(out: *mut u32, lo: [__m512; 2], hi: [__m512; 2]) {
+        // Lane c of the result takes element c of row 2q and element c of row 2q + 1 (the
+        // converted pair of rows holds row 2q in elements 0..16, row 2q + 1 in 16..32).
+        let interleave = _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        );
+        for half in 0..2 {
+            // SAFETY: a vector conversion; the caller's contract for the store.
+            unsafe {
+                let bf: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi[half], lo[half]));
+                let words = _mm512_permutexvar_epi16(interleave, bf);
+                _mm512_storeu_si512(out.add(16 * half).cast(), words);
+            }
+        }
+    }
+
     /// Lane mask of the first `count` (capped at 16) lanes.
-    fn column_mask(count: usize) -> __mmask16 {
+    pub(crate) fn column_mask(count: usize) -> __mmask16 {
         if count >= 16 {
             0xffff
         } else {

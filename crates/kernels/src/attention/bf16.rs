@@ -21,9 +21,9 @@
 
 use rayon::prelude::*;
 
-use super::{AttentionShape, FORWARD_TASK_ROWS, SharedMut, score_stride};
+use super::{AttentionShape, FORWARD_TASK_ROWS, SharedMut, row_maxima_mv, score_stride};
 use crate::bf16::amx::{B_TILE_BYTES, Tiles};
-use crate::bf16::round_to_bf16;
+use crate::bf16::{pair_word, round_to_bf16};
 
 /// Rows of an A or C tile; also the columns of a B or C tile.
 const TILE: usize = 16;
@@ -46,6 +46,7 @@ struct Scratch {
     probability_rows: Vec<u16>,
     /// The block's scores: 16 rows of [`scores_stride`].
     scores: Vec<f32>,
+    row_max: Vec<f32>,
     inv_sum: Vec<f32>,
     out_tile: Vec<f32>,
 }
@@ -107,10 +108,22 @@ fn scores_stride(shape: &AttentionShape) -> usize {
     score_stride(padded_keys(shape))
 }
 
-/// The two bf16 of a pair word (`lo` first), zero where absent.
-fn pair(lo: Option<f32>, hi: Option<f32>) -> u32 {
-    let bits = |x: Option<f32>| x.map_or(0, round_to_bf16) as u32;
-    bits(lo) | bits(hi) << 16
+/// `groups` x `steps` B tiles into `tiles`, tile (`g`, `t`) at `g * steps + t`, its word
+/// `(p, c)` = the pair `word(g, t, p, c)` rounded to bf16 (`None` for zero).
+fn pack_b_tiles(
+    tiles: &mut Vec<u32>,
+    (groups, steps): (usize, usize),
+    word: impl Fn(usize, usize, usize, usize) -> (Option<f32>, Option<f32>),
+) {
+    tiles.clear();
+    tiles.resize(groups * steps * B_TILE_WORDS, 0);
+    for (tile, words) in tiles.chunks_exact_mut(B_TILE_WORDS).enumerate() {
+        let (group, step) = (tile / steps, tile % steps);
+        for (i, w) in words.iter_mut().enumerate() {
+            let (lo, hi) = word(group, step, i / TILE, i % TILE);
+            *w = pair_word(lo.unwrap_or(0.0), hi.unwrap_or(0.0));
+        }
+    }
 }
 
 /// The head's keys (rows `w` apart from `k[0]`) times `scale` as the B tiles of the scores:
@@ -118,19 +131,12 @@ fn pair(lo: Option<f32>, hi: Option<f32>) -> u32 {
 /// step of key `16 g + c`.
 fn pack_pairs_of_channels(k: &[f32], shape: AttentionShape, scale: f32, s: &mut Scratch) {
     let (keys, d, w) = (shape.keys, shape.head_dim, shape.width());
-    let steps = padded_d(&shape) / STEP;
-    let groups = padded_keys(&shape) / TILE;
-    s.key_tiles.clear();
-    s.key_tiles.resize(groups * steps * B_TILE_WORDS, 0);
     let at = |key: usize, ch: usize| (key < keys && ch < d).then(|| scale * k[key * w + ch]);
-    for (tile, words) in s.key_tiles.chunks_exact_mut(B_TILE_WORDS).enumerate() {
-        let (group, step) = (tile / steps, tile % steps);
-        for (i, word) in words.iter_mut().enumerate() {
-            let (p, c) = (i / TILE, i % TILE);
-            let (key, ch) = (group * TILE + c, step * STEP + 2 * p);
-            *word = pair(at(key, ch), at(key, ch + 1));
-        }
-    }
+    let grid = (padded_keys(&shape) / TILE, padded_d(&shape) / STEP);
+    pack_b_tiles(&mut s.key_tiles, grid, |group, step, p, c| {
+        let (key, ch) = (group * TILE + c, step * STEP + 2 * p);
+        (at(key, ch), at(key, ch + 1))
+    });
 }
 
 /// The head's values (rows `w` apart from `v[0]`) as the B tiles of the output: tile
@@ -138,19 +144,12 @@ fn pack_pairs_of_channels(k: &[f32], shape: AttentionShape, scale: f32, s: &mut 
 /// channel `16 g + c`.
 fn pack_pairs_of_keys(v: &[f32], shape: AttentionShape, s: &mut Scratch) {
     let (keys, d, w) = (shape.keys, shape.head_dim, shape.width());
-    let steps = padded_keys(&shape) / STEP;
-    let groups = d.div_ceil(TILE);
-    s.value_tiles.clear();
-    s.value_tiles.resize(groups * steps * B_TILE_WORDS, 0);
     let at = |key: usize, ch: usize| (key < keys && ch < d).then(|| v[key * w + ch]);
-    for (tile, words) in s.value_tiles.chunks_exact_mut(B_TILE_WORDS).enumerate() {
-        let (group, step) = (tile / steps, tile % steps);
-        for (i, word) in words.iter_mut().enumerate() {
-            let (p, c) = (i / TILE, i % TILE);
-            let (key, ch) = (step * STEP + 2 * p, group * TILE + c);
-            *word = pair(at(key, ch), at(key + 1, ch));
-        }
-    }
+    let grid = (d.div_ceil(TILE), padded_keys(&shape) / STEP);
+    pack_b_tiles(&mut s.value_tiles, grid, |group, step, p, c| {
+        let (key, ch) = (step * STEP + 2 * p, group * TILE + c);
+        (at(key, ch), at(key + 1, ch))
+    });
 }
 
 /// Query rows `q_rows[r * w..][..d]` for `r < rows` (at most 16) into output rows at `out`.
@@ -229,38 +228,15 @@ unsafe fn probabilities<T: Tiles>(rows: usize, shape: AttentionShape, s: &mut Sc
             )
         };
     }
+    s.row_max.resize(rows, 0.0);
+    row_maxima_mv(&s.scores[..rows * ld], ld, keys, &mut s.row_max);
     s.inv_sum.clear();
     s.probability_rows[rows * pk..].fill(0);
-    for r in 0..rows {
+    for (r, &max) in s.row_max.iter().enumerate() {
         let row = &s.scores[r * ld..][..keys];
         let dst = &mut s.probability_rows[r * pk..][..pk];
-        s.inv_sum.push(1.0 / rounded_exp(row, row_max(row), dst));
+        s.inv_sum.push(1.0 / rounded_exp(row, max, dst));
     }
-}
-
-/// The largest of `row`'s scores (finite).
-fn row_max(row: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if crate::bf16::available() {
-        // SAFETY: AVX-512F detected (AVX512-BF16 implies it).
-        return unsafe { row_max_avx512(row) };
-    }
-    row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn row_max_avx512(row: &[f32]) -> f32 {
-    use std::arch::x86_64::*;
-    let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
-    for at in (0..row.len()).step_by(16) {
-        let n = (row.len() - at).min(16);
-        let mask = ((1u32 << n) - 1) as __mmask16;
-        // SAFETY: the masked load stays inside `row`.
-        let x = unsafe { _mm512_maskz_loadu_ps(mask, row.as_ptr().add(at)) };
-        max = _mm512_mask_max_ps(max, mask, max, x);
-    }
-    _mm512_reduce_max_ps(max)
 }
 
 /// `dst` = `exp(row - max)` rounded to bf16, zero past `row`; returns the sum of the f32
@@ -304,7 +280,7 @@ unsafe fn rounded_exp_row(row: &[f32], max: f32, dst: &mut [u16]) -> f32 {
         _mm512_scalef_ps(p, n)
     };
     debug_assert!(dst.len().is_multiple_of(32) && row.len() <= dst.len());
-    let mask = |n: usize| -> __mmask16 { if n >= 16 { 0xffff } else { (1u16 << n) - 1 } };
+    let mask = crate::bf16::column_mask;
     // SAFETY: masked loads stay inside `row`; whole 32-value stores inside `dst`.
     unsafe {
         let (shift, mut sum) = (_mm512_set1_ps(max), _mm512_setzero_ps());
@@ -344,7 +320,7 @@ unsafe fn round_row(src: &[f32], dst: &mut [u16]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn round_row_avx512(src: &[f32], dst: &mut [u16]) {
     use std::arch::x86_64::*;
-    let mask = |n: usize| -> __mmask16 { if n >= 16 { 0xffff } else { (1u16 << n) - 1 } };
+    let mask = crate::bf16::column_mask;
     for at in (0..dst.len()).step_by(32) {
         let left = src.len().saturating_sub(at);
         // SAFETY: masked loads stay inside `src`, the masked store inside `dst`.

@@ -26,7 +26,9 @@ pub(crate) mod patches;
 
 use rayon::prelude::*;
 
-use super::avx512::{Lhs, SharedMut, pack_lhs_block, pack_rhs_pairs, take_buffer};
+use super::avx512::{
+    Lhs, SharedMut, pack_all_rhs_pairs, pack_lhs_block, pack_rhs_pairs, take_buffer,
+};
 use super::{NR, Shape, split, tile_range};
 
 /// Output rows per micro tile: two C tiles of 16 rows.
@@ -621,34 +623,19 @@ fn whole_rhs_pairs(k: usize) -> usize {
 }
 
 /// All of `rhs` as panels of 32 columns, each [`whole_rhs_pairs`] pairs of 32 words (the
-/// layout [`compute_tile`] packs a block at a time), packed in parallel chunks of pairs.
+/// layout [`compute_tile`] packs a block at a time).
 ///
 /// # Safety
 /// AVX512-BF16 present; `rhs` covers the extents in `shape`.
 unsafe fn pack_whole_rhs(shape: &Shape, rhs: &[f32], parallel: bool) -> Vec<u32> {
-    const CHUNK_PAIRS: usize = 64;
     let (pairs, panels) = (shape.k.div_ceil(2), shape.n.div_ceil(NR));
     let panel_words = whole_rhs_pairs(shape.k) * NR;
     let mut words = take_buffer(&super::avx512::PACKED_RHS_WHOLE, panels * panel_words);
     for panel in words[..panels * panel_words].chunks_exact_mut(panel_words) {
         panel[pairs * NR..].fill(0);
     }
-    let words_ptr = SharedMut(words.as_mut_ptr());
-    let pack_chunk = |chunk: usize| {
-        let (pair0, pair1) = (chunk * CHUNK_PAIRS, ((chunk + 1) * CHUNK_PAIRS).min(pairs));
-        let words = words_ptr; // the whole wrapper, which is Sync
-        // SAFETY: chunks write disjoint pairs of every panel; the caller's contract.
-        unsafe {
-            let at = SharedMut(words.0.add(pair0 * NR));
-            pack_rhs_pairs(shape, rhs, pair0, pair1, 0, panels, at, panel_words)
-        }
-    };
-    let chunks = 0..pairs.div_ceil(CHUNK_PAIRS);
-    if parallel {
-        chunks.into_par_iter().for_each(pack_chunk);
-    } else {
-        chunks.for_each(pack_chunk);
-    }
+    // SAFETY: the buffer holds every panel; the caller's contract.
+    unsafe { pack_all_rhs_pairs(shape, rhs, &mut words, panel_words, parallel) };
     words
 }
 

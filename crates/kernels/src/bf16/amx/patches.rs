@@ -11,7 +11,7 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::super::NR;
+use super::super::{NR, store_pair_words};
 use super::whole_rhs_pairs;
 use crate::conv::ConvShape;
 
@@ -98,11 +98,6 @@ pub(crate) unsafe fn pack_patches(x: &[f32], conv: &ConvShape, words: &mut Vec<u
     }
     let masks = column_masks(conv);
     let vectors = n.div_ceil(16);
-    // Lane c of the result takes element c of row 2q and element c of row 2q + 1.
-    let interleave = _mm512_set_epi16(
-        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4,
-        19, 3, 18, 2, 17, 1, 16, 0,
-    );
     // The 16 values of im2col row `row` at vector `v` (zero past the plane and `k`).
     let load = |row: Option<&PatchRow>, v: usize| match row {
         Some(row) => {
@@ -124,14 +119,11 @@ pub(crate) unsafe fn pack_patches(x: &[f32], conv: &ConvShape, words: &mut Vec<u
             };
             let (lo_0, hi_0) = (load(Some(&lo), 2 * panel), load(hi.as_ref(), 2 * panel));
             let (lo_1, hi_1) = (second(Some(&lo)), second(hi.as_ref()));
-            // SAFETY: the panel's 32 words of pair `q` lie inside `words` (resized above).
+            // SAFETY: the panel's 32 words of pair `q` lie inside `words` (resized above);
+            // AVX512-BF16 (the caller's contract).
             unsafe {
-                let bf_0: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi_0, lo_0));
-                let bf_1: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi_1, lo_1));
                 let out = words.as_mut_ptr().add(panel * panel_words + q * NR);
-                _mm512_storeu_si512(out.cast(), _mm512_permutexvar_epi16(interleave, bf_0));
-                let second = _mm512_permutexvar_epi16(interleave, bf_1);
-                _mm512_storeu_si512(out.add(16).cast(), second);
+                store_pair_words(out, [lo_0, lo_1], [hi_0, hi_1]);
             }
         }
     }
