@@ -21,12 +21,13 @@ precisions=(f32); [ "${BF16:-0}" = 1 ] && precisions+=(bf16)
 for w in "${widths[@]}"; do
 for precision in "${precisions[@]}"; do
   flag=(); [ "$precision" = bf16 ] && flag=(--bf16)
-  ours() { "$bin" --width "$w" --batch "$batch" --latent "$latent" --reps "$reps" --save "$tmp/w$w" "${flag[@]}"; }
+  ours() { "$bin" --width "$w" --batch "$batch" --latent "$latent" --reps "$reps" "${flag[@]}" "$@"; }
   peer() { "$venv/bin/python" "$root/bench/unet_torch.py" --model "$tmp/w$w" --batch "$batch" --latent "$latent" --reps "$reps" "${flag[@]}"; }
   runs="$tmp/runs"; : > "$runs"
   for round in $(seq "$rounds"); do
-    # Ours first in odd rounds: it writes the model the peer loads.
-    if (( round % 2 )); then o="$(ours)"; p="$(peer)"; else p="$(peer)"; o="$(ours)"; fi
+    # Ours first in odd rounds; the first writes the model the peer loads in every round.
+    if (( round == 1 )); then o="$(ours --save "$tmp/w$w")"; p="$(peer)"
+    elif (( round % 2 )); then o="$(ours)"; p="$(peer)"; else p="$(peer)"; o="$(ours)"; fi
     printf 'ours %s\npeer %s\n' "$o" "$p" >> "$runs"
   done
   python3 - "$runs" <<'PY'
