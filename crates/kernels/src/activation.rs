@@ -6,6 +6,7 @@
 
 use rayon::prelude::*;
 
+use crate::buffer::filled_in_blocks;
 use crate::exp::exp_lanes;
 use crate::simd::{LANES, Simd, multiversion};
 
@@ -89,6 +90,19 @@ pub fn geglu_forward(projected: &[f32], rows: usize, hidden: usize, out: &mut [f
             let src = &projected[chunk * ROW_CHUNK * 2 * hidden..][..out.len() * 2];
             forward_rows_mv(src, hidden, out);
         });
+}
+
+/// [`geglu_forward`] into a new buffer, each block of rows zeroed in cache just before it is
+/// written rather than the whole output beforehand.
+pub fn geglu_output(projected: &[f32], rows: usize, hidden: usize) -> Vec<f32> {
+    check(projected, rows, hidden);
+    if rows * hidden == 0 {
+        return Vec::new();
+    }
+    filled_in_blocks(rows * hidden, ROW_CHUNK * hidden, &[0.0], |chunk, out| {
+        let src = &projected[chunk * ROW_CHUNK * 2 * hidden..][..out.len() * 2];
+        forward_rows_mv(src, hidden, out);
+    })
 }
 
 multiversion!(fn forward_rows_mv(projected: &[f32], hidden: usize, out: &mut [f32]) => forward_rows);
@@ -276,6 +290,7 @@ mod tests {
             let d_out = values(rows * hidden, 12, 1.0);
             let mut out = vec![0f32; rows * hidden];
             geglu_forward(&projected, rows, hidden, &mut out);
+            assert!(geglu_output(&projected, rows, hidden) == out, "{rows}x{hidden} new output");
             let mut d_projected = vec![0f32; projected.len()];
             geglu_backward(&projected, &d_out, rows, hidden, &mut d_projected);
             let inv_sqrt_2pi = 1.0 / (2.0 * std::f64::consts::PI).sqrt();

@@ -19,6 +19,43 @@ pub fn zeroed(len: usize) -> Vec<f32> {
     v
 }
 
+/// `len` values made on the pool in blocks of `block` elements (the last may be shorter), each
+/// filled with `pattern` repeated and then handed to `work` with its index. A kernel that
+/// overwrites or accumulates onto its output block by block then finds the block in cache,
+/// where [`zeroed`] first writes the whole buffer out to memory (4-6% of a width-128 CFG step).
+pub fn filled_in_blocks(
+    len: usize,
+    block: usize,
+    pattern: &[f32],
+    work: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    assert!(
+        !pattern.is_empty() && block.is_multiple_of(pattern.len()),
+        "a block of {block} values is not a whole number of patterns of {}",
+        pattern.len()
+    );
+    let mut v = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(block)
+        .enumerate()
+        .for_each(|(index, values)| {
+            match pattern {
+                [value] => values.fill(MaybeUninit::new(*value)),
+                _ => {
+                    for chunk in values.chunks_mut(pattern.len()) {
+                        chunk.write_copy_of_slice(&pattern[..chunk.len()]);
+                    }
+                }
+            }
+            // SAFETY: every element of `values` was initialised just above.
+            let values = unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            work(index, values);
+        });
+    // SAFETY: the blocks cover all `len` elements, each initialised above.
+    unsafe { v.set_len(len) };
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -32,5 +69,35 @@ mod tests {
             assert_eq!(v.len(), len);
             assert!(v.iter().all(|&x| x == 0.0), "{len}");
         }
+    }
+
+    #[test]
+    fn blocks_start_from_the_pattern_and_are_handed_over_once_each() {
+        let pattern = [1.0, 2.0, 3.0];
+        for (len, block) in [(0, 3), (9, 3), (20, 6), (7, 12)] {
+            drop(vec![7f32; len]);
+            let seen = std::sync::Mutex::new(Vec::new());
+            let v = filled_in_blocks(len, block, &pattern, |index, values| {
+                let starts: Vec<f32> = pattern.iter().cycle().take(values.len()).copied().collect();
+                assert_eq!(values, &starts[..], "block {index} of {len} by {block}");
+                seen.lock().unwrap().push((index, values.len()));
+                values.iter_mut().for_each(|x| *x += 10.0 * index as f32);
+            });
+            let mut seen = seen.into_inner().unwrap();
+            seen.sort();
+            let want: Vec<(usize, usize)> = (0..len.div_ceil(block))
+                .map(|i| (i, block.min(len - i * block)))
+                .collect();
+            assert_eq!(seen, want, "{len} by {block}");
+            for (i, &x) in v.iter().enumerate() {
+                assert_eq!(x, pattern[i % 3] + 10.0 * (i / block) as f32, "{len} by {block} at {i}");
+            }
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "not a whole number of patterns")]
+    fn blocks_must_hold_whole_patterns() {
+        filled_in_blocks(10, 5, &[0.0, 1.0], |_, _| {});
     }
 }

@@ -35,11 +35,11 @@ mod simd;
 mod test_values;
 mod winograd;
 
-pub use activation::{geglu_backward, geglu_forward};
+pub use activation::{geglu_backward, geglu_forward, geglu_output};
 pub use attention::{AttentionShape, attention_backward, attention_forward};
 pub use buffer::zeroed;
 pub use conv::{ConvAlgorithm, ConvShape, conv2d_backward, conv2d_forward, conv2d_forward_with};
 pub use layer_norm::{LayerNormShape, layer_norm_backward, layer_norm_forward};
-pub use linear::{LinearShape, linear_backward, linear_forward};
+pub use linear::{LinearShape, linear_backward, linear_forward, linear_output};
 pub use norm::{GroupNormShape, group_norm_backward, group_norm_forward};
 pub use pool::run_on_pool;

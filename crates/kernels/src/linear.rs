@@ -12,7 +12,7 @@ use rayon::prelude::*;
 
 use crate::bf16::products_in_bf16;
 use crate::buffer::zeroed;
-use crate::product::{inner_parallelism, product, transpose};
+use crate::product::{inner_parallelism, product, product_into_new, transpose};
 
 /// Sizes of one dense layer application.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,6 +52,21 @@ pub fn linear_forward(
     out: &mut [f32],
 ) {
     forward(x, weight, bias, shape, out, products_in_bf16());
+}
+
+/// [`linear_forward`] into a new buffer, the same values: each block of rows starts from the
+/// bias in cache just before its product, with no pass over the whole output beforehand.
+pub fn linear_output(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: LinearShape) -> Vec<f32> {
+    assert_eq!(x.len(), shape.input_len(), "linear input size");
+    assert_eq!(weight.len(), shape.weight_len(), "linear weight size");
+    let LinearShape { rows, d_in, d_out } = shape;
+    product_into_new(
+        (rows, d_out, d_in),
+        bias,
+        (x, d_in, 1),
+        (weight, d_out, 1),
+        products_in_bf16(),
+    )
 }
 
 fn forward(
@@ -253,6 +268,25 @@ mod tests {
             linear_forward(&x, &w, None, s, &mut bare);
             for (i, (&o, &b)) in out.iter().zip(&bare).enumerate() {
                 assert!((o - b - bias[i % d_out]).abs() < 1e-5, "{s:?} bias at {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_output_holds_the_values_written_onto_a_given_one() {
+        // One product; several blocks of rows, the last one short; a single column.
+        for (rows, d_in, d_out) in [(70, 33, 130), (600, 40, 24), (1030, 7, 1)] {
+            let s = LinearShape { rows, d_in, d_out };
+            let x = pseudo_random(s.input_len(), 21, 1.0, 0.0);
+            let w = pseudo_random(s.weight_len(), 22, 1.0, 0.0);
+            let bias = pseudo_random(d_out, 23, 1.0, 0.0);
+            for bias in [Some(&bias[..]), None] {
+                let mut given = vec![f32::NAN; s.output_len()];
+                linear_forward(&x, &w, bias, s, &mut given);
+                for threads in [1, 3] {
+                    let new = on_threads(threads, || linear_output(&x, &w, bias, s));
+                    assert!(new == given, "{s:?} bias {} {threads} threads", bias.is_some());
+                }
             }
         }
     }

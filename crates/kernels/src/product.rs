@@ -5,7 +5,7 @@ use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
 use crate::bf16::{PackedLhs, matmul_bf16, matmul_bf16_packed};
-use crate::buffer::zeroed;
+use crate::buffer::{filled_in_blocks, zeroed};
 
 /// `dst (+)= lhs rhs` for `(m, n, k)`, `dst` row-major `[m, n]`, operands given as (values, row
 /// stride, column stride); in bf16 (f32 sums) when `bf16`, else f32 `gemm`.
@@ -26,38 +26,23 @@ pub(crate) fn product(
         );
         return;
     }
-    assert!(
-        m == 0 || n == 0 || k == 0 || {
-            lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs
-                && rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs
-        },
-        "product operands too short"
-    );
-    if m >= 2 * TASK_ROWS {
+    check_operands((m, n, k), (lhs, lhs_rs, lhs_cs), (rhs, rhs_rs, rhs_cs));
+    if m >= 2 * TASK_ROWS && n > 0 {
         // gemm's own split scaled poorly (a 4096 x 1024 x 256 product took as long on 2
         // threads as on 1): blocks of rows of a fixed height, each a product of its own, on
         // one thread too, so that every block is summed alike (gemm takes other routes for
         // thin products) whatever the thread count.
-        let dst_ptr = SharedRows(dst.as_mut_ptr());
-        let run_block = |block: usize| {
-            let (row0, rows) = (block * TASK_ROWS, TASK_ROWS.min(m - block * TASK_ROWS));
-            let dst = dst_ptr;
-            // SAFETY: blocks write disjoint rows of `dst`; the operands were checked above.
+        let dst = &mut dst[..m * n];
+        let run_block = |(block, dst): (usize, &mut [f32])| {
+            // SAFETY: the operands were checked above.
             unsafe {
-                gemm_f32(
-                    (rows, n, k),
-                    dst.0.add(row0 * n),
-                    accumulate,
-                    (lhs.as_ptr().add(row0 * lhs_rs), lhs_rs, lhs_cs),
-                    (rhs.as_ptr(), rhs_rs, rhs_cs),
-                    Parallelism::None,
-                )
+                let (lhs, rhs) = ((lhs, lhs_rs, lhs_cs), (rhs, rhs_rs, rhs_cs));
+                product_block(block, (n, k), dst, accumulate, lhs, rhs)
             }
         };
-        let blocks = 0..m.div_ceil(TASK_ROWS);
         match parallelism {
-            Parallelism::None => blocks.for_each(run_block),
-            _ => blocks.into_par_iter().for_each(run_block),
+            Parallelism::None => dst.chunks_mut(TASK_ROWS * n).enumerate().for_each(run_block),
+            _ => (dst.par_chunks_mut(TASK_ROWS * n).enumerate()).for_each(run_block),
         }
         return;
     }
@@ -74,16 +59,84 @@ pub(crate) fn product(
     }
 }
 
+/// `lhs rhs` for `(m, n, k)` into a new row-major `[m, n]` buffer whose rows start from `row`
+/// (a bias) when given, else from zero: the values of [`product`] onto such a buffer, without
+/// its pass over the whole buffer in memory before the product (each block of rows is
+/// initialised just before its product, in cache).
+pub(crate) fn product_into_new(
+    (m, n, k): (usize, usize, usize),
+    row: Option<&[f32]>,
+    lhs: (&[f32], usize, usize),
+    rhs: (&[f32], usize, usize),
+    bf16: bool,
+) -> Vec<f32> {
+    if let Some(row) = row {
+        assert_eq!(row.len(), n, "product row length");
+    }
+    if bf16 || m < 2 * TASK_ROWS || n == 0 || k == 0 {
+        let mut dst = zeroed(m * n);
+        if let Some(row) = row {
+            dst.par_chunks_mut(n.max(1))
+                .for_each(|dst| dst.copy_from_slice(row));
+        }
+        let parallelism = inner_parallelism(1);
+        product((m, n, k), &mut dst, row.is_some(), lhs, rhs, parallelism, bf16);
+        return dst;
+    }
+    check_operands((m, n, k), lhs, rhs);
+    let pattern = row.unwrap_or(&[0.0]);
+    filled_in_blocks(m * n, TASK_ROWS * n, pattern, |block, dst| {
+        // SAFETY: the operands were checked above.
+        unsafe { product_block(block, (n, k), dst, row.is_some(), lhs, rhs) }
+    })
+}
+
+/// Panics unless `lhs` (`[m, k]`) and `rhs` (`[k, n]`) lie inside their slices with the strides
+/// given.
+fn check_operands(
+    (m, n, k): (usize, usize, usize),
+    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+) {
+    assert!(
+        m == 0 || n == 0 || k == 0 || {
+            lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs
+                && rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs
+        },
+        "product operands too short"
+    );
+}
+
+/// Block `block` of [`TASK_ROWS`] rows of `lhs rhs` into `dst` (its rows, `[rows, n]`), on
+/// this thread.
+///
+/// # Safety
+/// `lhs` and `rhs` passed [`check_operands`] for a product of at least the block's last row.
+unsafe fn product_block(
+    block: usize,
+    (n, k): (usize, usize),
+    dst: &mut [f32],
+    accumulate: bool,
+    (lhs, lhs_rs, lhs_cs): (&[f32], usize, usize),
+    (rhs, rhs_rs, rhs_cs): (&[f32], usize, usize),
+) {
+    let rows = dst.len() / n;
+    // SAFETY: the block's rows of `lhs` lie inside it (the caller's contract).
+    unsafe {
+        gemm_f32(
+            (rows, n, k),
+            dst.as_mut_ptr(),
+            accumulate,
+            (lhs.as_ptr().add(block * TASK_ROWS * lhs_rs), lhs_rs, lhs_cs),
+            (rhs.as_ptr(), rhs_rs, rhs_cs),
+            Parallelism::None,
+        )
+    }
+}
+
 /// Rows of the product per task where [`product`] splits its output itself: a fixed height,
 /// so that the blocks (and the sums) do not depend on the thread count.
 const TASK_ROWS: usize = 256;
-
-/// A `dst` that tasks write at disjoint rows.
-#[derive(Clone, Copy)]
-struct SharedRows(*mut f32);
-// SAFETY: tasks write disjoint rows only.
-unsafe impl Send for SharedRows {}
-unsafe impl Sync for SharedRows {}
 
 /// gemm's f32 `dst (+)= lhs rhs`, `dst` row-major `[m, n]`.
 ///

@@ -5,7 +5,7 @@
 use burn::backend::flex::FlexTensor;
 use burn::tensor::Tensor;
 use burn::tensor::activation::gelu;
-use ldmscale_kernels::{geglu_backward, geglu_forward, zeroed};
+use ldmscale_kernels::{geglu_backward, geglu_output, zeroed};
 
 use super::buffers::{flex, shaped_like, values};
 use super::{FlexOp, OpKind, try_fused};
@@ -43,8 +43,7 @@ impl FlexOp<1> for Geglu {
 
     fn forward(&self, [projected]: [FlexTensor; 1]) -> FlexTensor {
         let (rows, hidden) = sizes(&projected);
-        let mut out = zeroed(rows * hidden);
-        geglu_forward(values(&projected), rows, hidden, &mut out);
+        let out = geglu_output(values(&projected), rows, hidden);
         let dims = projected.layout().shape();
         flex(out, [dims[0], dims[1], hidden])
     }

@@ -5,7 +5,7 @@
 use burn::backend::flex::FlexTensor;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
-use ldmscale_kernels::{LinearShape, linear_backward, linear_forward, zeroed};
+use ldmscale_kernels::{LinearShape, linear_backward, linear_output, zeroed};
 
 use super::buffers::{flex, shaped_like, values};
 use super::{FlexOp, OpKind, try_fused};
@@ -47,8 +47,7 @@ fn shape_of(x: &FlexTensor, weight: &FlexTensor) -> LinearShape {
 
 fn forward(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
     let shape = shape_of(x, weight);
-    let mut out = zeroed(shape.output_len());
-    linear_forward(values(x), values(weight), bias.map(values), shape, &mut out);
+    let out = linear_output(values(x), values(weight), bias.map(values), shape);
     let mut out_dims = x.layout().shape().to_vec();
     *out_dims.last_mut().expect("rank 1 or more") = shape.d_out;
     flex(out, out_dims)
