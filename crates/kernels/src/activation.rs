@@ -103,6 +103,7 @@ pub fn geglu_output(projected: &[f32], rows: usize, hidden: usize) -> Vec<f32> {
         let src = &projected[chunk * ROW_CHUNK * 2 * hidden..][..out.len() * 2];
         forward_rows_mv(src, hidden, out);
     })
+    .0
 }
 
 multiversion!(fn forward_rows_mv(projected: &[f32], hidden: usize, out: &mut [f32]) => forward_rows);

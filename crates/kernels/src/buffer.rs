@@ -20,25 +20,26 @@ pub fn zeroed(len: usize) -> Vec<f32> {
 }
 
 /// `len` values made on the pool in blocks of `block` elements (the last may be shorter), each
-/// filled with `pattern` repeated and then handed to `work` with its index. A kernel that
-/// overwrites or accumulates onto its output block by block then finds the block in cache,
-/// where [`zeroed`] first writes the whole buffer out to memory (4-6% of a width-128 CFG step).
-pub fn filled_in_blocks(
+/// filled with `pattern` repeated and then handed to `work` with its index; with what `work`
+/// returned for each block, in order. A kernel that overwrites or accumulates onto its output
+/// block by block then finds the block in cache, where [`zeroed`] first writes the whole
+/// buffer out to memory (4-6% of a width-128 CFG step).
+pub fn filled_in_blocks<R: Send>(
     len: usize,
     block: usize,
     pattern: &[f32],
-    work: impl Fn(usize, &mut [f32]) + Sync,
-) -> Vec<f32> {
+    work: impl Fn(usize, &mut [f32]) -> R + Sync,
+) -> (Vec<f32>, Vec<R>) {
     assert!(
         !pattern.is_empty() && block.is_multiple_of(pattern.len()),
         "a block of {block} values is not a whole number of patterns of {}",
         pattern.len()
     );
     let mut v = Vec::with_capacity(len);
-    v.spare_capacity_mut()[..len]
+    let returned = v.spare_capacity_mut()[..len]
         .par_chunks_mut(block)
         .enumerate()
-        .for_each(|(index, values)| {
+        .map(|(index, values)| {
             match pattern {
                 [value] => values.fill(MaybeUninit::new(*value)),
                 _ => {
@@ -49,11 +50,12 @@ pub fn filled_in_blocks(
             }
             // SAFETY: every element of `values` was initialised just above.
             let values = unsafe { &mut *(values as *mut [MaybeUninit<f32>] as *mut [f32]) };
-            work(index, values);
-        });
+            work(index, values)
+        })
+        .collect();
     // SAFETY: the blocks cover all `len` elements, each initialised above.
     unsafe { v.set_len(len) };
-    v
+    (v, returned)
 }
 
 #[cfg(test)]
@@ -77,15 +79,18 @@ mod tests {
         for (len, block) in [(0, 3), (9, 3), (20, 6), (7, 12)] {
             drop(vec![7f32; len]);
             let seen = std::sync::Mutex::new(Vec::new());
-            let v = filled_in_blocks(len, block, &pattern, |index, values| {
+            let (v, returned) = filled_in_blocks(len, block, &pattern, |index, values| {
                 let starts: Vec<f32> = pattern.iter().cycle().take(values.len()).copied().collect();
                 assert_eq!(values, &starts[..], "block {index} of {len} by {block}");
                 seen.lock().unwrap().push((index, values.len()));
                 values.iter_mut().for_each(|x| *x += 10.0 * index as f32);
+                2 * index
             });
+            let blocks = len.div_ceil(block);
+            assert_eq!(returned, (0..blocks).map(|i| 2 * i).collect::<Vec<_>>());
             let mut seen = seen.into_inner().unwrap();
             seen.sort();
-            let want: Vec<(usize, usize)> = (0..len.div_ceil(block))
+            let want: Vec<(usize, usize)> = (0..blocks)
                 .map(|i| (i, block.min(len - i * block)))
                 .collect();
             assert_eq!(seen, want, "{len} by {block}");

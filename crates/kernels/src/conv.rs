@@ -162,6 +162,27 @@ fn run(
     }
 }
 
+/// [`conv2d_forward`] into a new buffer, the same values. Winograd's F(4x4, 3x3) zeroes each
+/// output plane in cache just before writing it, instead of a pass over the whole output in
+/// memory beforehand.
+pub fn conv2d_output(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    shape: ConvShape,
+) -> Vec<f32> {
+    let bf16 = products_in_bf16();
+    check_inputs(x, weight, bias, shape);
+    match ConvAlgorithm::for_shape(&shape, bf16) {
+        ConvAlgorithm::WinogradF4 => winograd::f4::forward_into_new(x, weight, bias, shape),
+        algorithm => {
+            let mut out = zeroed(shape.output_len());
+            run(algorithm, x, weight, bias, shape, &mut out, bf16);
+            out
+        }
+    }
+}
+
 fn forward(
     x: &[f32],
     weight: &[f32],
@@ -176,10 +197,14 @@ fn forward(
 }
 
 fn check_buffers(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: ConvShape, out: &[f32]) {
+    check_inputs(x, weight, bias, shape);
+    assert_eq!(out.len(), shape.output_len(), "conv output size");
+}
+
+fn check_inputs(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: ConvShape) {
     shape.check();
     assert_eq!(x.len(), shape.input_len(), "conv input size");
     assert_eq!(weight.len(), shape.weight_len(), "conv weight size");
-    assert_eq!(out.len(), shape.output_len(), "conv output size");
     if let Some(b) = bias {
         assert_eq!(b.len(), shape.channels_out, "conv bias size");
     }
@@ -767,6 +792,34 @@ mod tests {
             kernel_w: 3,
             stride: [1, 1],
             padding,
+        }
+    }
+
+    #[test]
+    fn a_new_output_holds_the_values_written_onto_a_given_one() {
+        let stride_two = ConvShape {
+            stride: [2, 2],
+            ..three_by_three(2, 3, (9, 8), 4, [1, 1])
+        };
+        let shapes = [
+            (three_by_three(1, 128, (33, 32), 136, [1, 1]), ConvAlgorithm::WinogradF4),
+            (three_by_three(3, 256, (8, 8), 256, [1, 1]), ConvAlgorithm::WinogradF4),
+            (three_by_three(2, 3, (16, 17), 5, [1, 1]), ConvAlgorithm::WinogradF2),
+            (stride_two, ConvAlgorithm::Direct),
+        ];
+        for (s, algorithm) in shapes {
+            assert_eq!(ConvAlgorithm::for_shape(&s, false), algorithm, "{s:?}");
+            let x = pseudo_random(s.input_len(), 31, 1.0, 0.0);
+            let wt = pseudo_random(s.weight_len(), 32, 1.0, 0.0);
+            let bias = pseudo_random(s.channels_out, 33, 1.0, 0.0);
+            for bias in [Some(&bias[..]), None] {
+                let mut given = vec![f32::NAN; s.output_len()];
+                conv2d_forward(&x, &wt, bias, s, &mut given);
+                for threads in [1, 3] {
+                    let new = on_threads(threads, || conv2d_output(&x, &wt, bias, s));
+                    assert!(new == given, "{s:?} bias {} {threads} threads", bias.is_some());
+                }
+            }
         }
     }
 

@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 
+use crate::buffer::filled_in_blocks;
 use crate::simd::{LANES, Simd, multiversion};
 
 /// Rows per parallel task; fixed so that the gradient partial sums do not depend on threads.
@@ -83,6 +84,30 @@ pub fn layer_norm_forward(
             let x = &x[b * block..][..out.len()];
             forward_rows_mv(x, gamma, beta, eps, out, stats);
         });
+}
+
+/// [`layer_norm_forward`] into a new buffer, each block of rows zeroed in cache just before it
+/// is written; with the statistics, `[mean, 1/sqrt(var + eps)]` per row.
+pub fn layer_norm_output(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    shape: LayerNormShape,
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    shape.check(x, gamma);
+    assert_eq!(beta.len(), shape.features, "beta size");
+    if shape.is_empty() {
+        return (vec![0.0; x.len()], vec![0.0; shape.stats_len()]);
+    }
+    let block = ROWS_PER_TASK * shape.features;
+    let (out, stats) = filled_in_blocks(x.len(), block, &[0.0], |b, out| {
+        let x = &x[b * block..][..out.len()];
+        let mut stats = vec![0.0; 2 * (out.len() / shape.features)];
+        forward_rows_mv(x, gamma, beta, eps, out, &mut stats);
+        stats
+    });
+    (out, stats.concat())
 }
 
 multiversion!(fn forward_rows_mv(
@@ -378,6 +403,8 @@ mod tests {
         let mut out = vec![0f32; shape.len()];
         let mut stats = vec![0f32; shape.stats_len()];
         layer_norm_forward(x, gamma, beta, shape, eps, &mut out, Some(&mut stats));
+        let new = layer_norm_output(x, gamma, beta, shape, eps);
+        assert!(new == (out.clone(), stats.clone()), "{shape:?} new output");
         let mut dx = vec![0f32; shape.len()];
         let (mut dgamma, mut dbeta) = (vec![0f32; shape.features], vec![0f32; shape.features]);
         layer_norm_backward(

@@ -9,6 +9,7 @@
 
 use rayon::prelude::*;
 
+use crate::buffer::filled_in_blocks;
 use crate::exp::exp_lanes;
 use crate::simd::{LANES, Simd, multiversion};
 
@@ -87,17 +88,52 @@ pub fn group_norm_forward(
             own_stats.as_mut_slice()
         }
     };
+    let forward = forward_unit(x, (gamma, beta), shape, eps, silu);
     out.par_chunks_mut(block)
         .zip(stats.par_chunks_mut(2))
         .enumerate()
-        .for_each(|(unit, (out, stats))| {
-            let g = unit % shape.groups;
-            let x = &x[unit * block..][..block];
-            let c0 = g * shape.group_channels();
-            let gamma = &gamma[c0..][..shape.group_channels()];
-            let beta = &beta[c0..][..shape.group_channels()];
-            forward_group_mv(x, gamma, beta, shape.spatial, eps, silu, out, stats);
-        });
+        .for_each(|(unit, (out, stats))| forward(unit, out, stats));
+}
+
+/// [`group_norm_forward`] into a new buffer, each (sample, group) zeroed in cache just before
+/// it is written; with the statistics, `[mean, 1/sqrt(var + eps)]` per (sample, group).
+pub fn group_norm_output(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    shape: GroupNormShape,
+    eps: f32,
+    silu: bool,
+) -> (Vec<f32>, Vec<f32>) {
+    shape.check(x, gamma, beta);
+    if shape.is_empty() {
+        return (vec![0.0; x.len()], vec![0.0; shape.stats_len()]);
+    }
+    let forward = forward_unit(x, (gamma, beta), shape, eps, silu);
+    let block = shape.group_channels() * shape.spatial;
+    let (out, stats) = filled_in_blocks(x.len(), block, &[0.0], |unit, out| {
+        let mut stats = [0.0; 2];
+        forward(unit, out, &mut stats);
+        stats
+    });
+    (out, stats.into_flattened())
+}
+
+/// The forward of one (sample, group), `unit`, into its output and statistics.
+fn forward_unit<'a>(
+    x: &'a [f32],
+    (gamma, beta): (&'a [f32], &'a [f32]),
+    shape: GroupNormShape,
+    eps: f32,
+    silu: bool,
+) -> impl Fn(usize, &mut [f32], &mut [f32]) + Sync + 'a {
+    let (channels, block) = (shape.group_channels(), shape.group_channels() * shape.spatial);
+    move |unit, out, stats| {
+        let c0 = (unit % shape.groups) * channels;
+        let (gamma, beta) = (&gamma[c0..][..channels], &beta[c0..][..channels]);
+        let x = &x[unit * block..][..block];
+        forward_group_mv(x, gamma, beta, shape.spatial, eps, silu, out, stats);
+    }
 }
 
 multiversion!(fn forward_group_mv(
@@ -519,6 +555,8 @@ pub(crate) mod tests {
                 &mut out,
                 Some(&mut stats),
             );
+            let new = group_norm_output(&x, &gamma, &beta, shape, eps, silu);
+            assert!(new == (out.clone(), stats.clone()), "{shape:?} new output");
             let (mut dx, mut dgamma, mut dbeta) = (
                 vec![0f32; shape.len()],
                 vec![0f32; channels],

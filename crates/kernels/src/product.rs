@@ -89,6 +89,7 @@ pub(crate) fn product_into_new(
         // SAFETY: the operands were checked above.
         unsafe { product_block(block, (n, k), dst, row.is_some(), lhs, rhs) }
     })
+    .0
 }
 
 /// Panics unless `lhs` (`[m, k]`) and `rhs` (`[k, n]`) lie inside their slices with the strides

@@ -10,7 +10,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use super::Tiling;
-use crate::buffer::zeroed;
+use crate::buffer::{filled_in_blocks, zeroed};
 use crate::conv::ConvShape;
 use crate::product::product;
 use crate::simd::{Simd, multiversion};
@@ -68,16 +68,39 @@ pub(crate) fn forward(
     shape: ConvShape,
     out: &mut [f32],
 ) {
+    let (tiling, columns, m) = transformed_products(x, weight, shape);
+    out.par_chunks_mut(tiling.out_h * tiling.out_w)
+        .enumerate()
+        .for_each(|(image_channel, out_plane)| {
+            untransform_plane(&m, (tiling, columns), bias, image_channel, out_plane)
+        });
+}
+
+/// [`forward`] into a new buffer, each output plane zeroed in cache just before it is written.
+pub(crate) fn forward_into_new(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    shape: ConvShape,
+) -> Vec<f32> {
+    let (tiling, columns, m) = transformed_products(x, weight, shape);
+    let plane = tiling.out_h * tiling.out_w;
+    filled_in_blocks(shape.output_len(), plane, &[0.0], |image_channel, out_plane| {
+        untransform_plane(&m, (tiling, columns), bias, image_channel, out_plane)
+    })
+    .0
+}
+
+/// The tiling, the columns and `M`: the 36 points' products of transformed weights and inputs.
+fn transformed_products(x: &[f32], weight: &[f32], shape: ConvShape) -> (Tiling, Columns, Vec<f32>) {
     let tiling = Tiling::new(shape, OUT);
     let columns = Columns::new(&tiling, shape.batch);
     let (c_in, c_out) = (shape.channels_in, shape.channels_out);
     let u = transform_weights(weight, c_out, c_in);
     let v = transform_input(x, tiling, columns);
-    let mut m = zeroed(POINTS * c_out * columns.n);
-    m.par_chunks_mut(c_out * columns.n)
-        .enumerate()
-        .flat_map(|(e, m_e)| columns.split(m_e, c_out, e))
-        .for_each(|(e, k, dst)| {
+    // Each point's products overwrite their part, zeroed in cache just before.
+    let m = filled_in_blocks(POINTS * c_out * columns.n, c_out * columns.n, &[0.0], |e, m_e| {
+        columns.split(m_e, c_out, e).into_par_iter().for_each(|(e, k, dst)| {
             let width = columns.block_width(k);
             product(
                 (c_out, width, c_in),
@@ -92,15 +115,24 @@ pub(crate) fn forward(
                 Parallelism::None,
                 false,
             );
-        });
-    let plane = tiling.out_h * tiling.out_w;
-    out.par_chunks_mut(plane)
-        .enumerate()
-        .for_each(|(image_channel, out_plane)| {
-            let (b, o) = (image_channel / c_out, image_channel % c_out);
-            let bias = bias.map_or(0.0, |bias| bias[o]);
-            untransform_channel_mv(&m, tiling, columns, (b, o), bias, out_plane);
-        });
+        })
+    })
+    .0;
+    (tiling, columns, m)
+}
+
+/// Output plane `image_channel` (image `b`, channel `o`) from `M`, plus channel `o`'s bias.
+fn untransform_plane(
+    m: &[f32],
+    (tiling, columns): (Tiling, Columns),
+    bias: Option<&[f32]>,
+    image_channel: usize,
+    out_plane: &mut [f32],
+) {
+    let c_out = tiling.channels_out;
+    let (b, o) = (image_channel / c_out, image_channel % c_out);
+    let bias = bias.map_or(0.0, |bias| bias[o]);
+    untransform_channel_mv(m, tiling, columns, (b, o), bias, out_plane);
 }
 
 /// Where the products' columns lie: tile `t` of image `b` is column `b * tiles + t`, and each

@@ -6,7 +6,7 @@ use burn::backend::flex::FlexTensor;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
-use ldmscale_kernels::{ConvShape, conv2d_backward, conv2d_forward, zeroed};
+use ldmscale_kernels::{ConvShape, conv2d_backward, conv2d_output, zeroed};
 
 use super::buffers::{flex, shaped_like, values};
 use super::{FlexOp, OpKind, try_fused};
@@ -72,14 +72,7 @@ impl FlexOp<3> for Conv {
 
     fn forward(&self, [x, weight, bias]: [FlexTensor; 3]) -> FlexTensor {
         let shape = self.shape(&x, &weight);
-        let mut out = zeroed(shape.output_len());
-        conv2d_forward(
-            values(&x),
-            values(&weight),
-            Some(values(&bias)),
-            shape,
-            &mut out,
-        );
+        let out = conv2d_output(values(&x), values(&weight), Some(values(&bias)), shape);
         let dims = [
             shape.batch,
             shape.channels_out,

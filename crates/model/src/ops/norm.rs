@@ -10,8 +10,8 @@ use burn::nn::{GroupNorm, LayerNorm};
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 use ldmscale_kernels::{
-    GroupNormShape, LayerNormShape, group_norm_backward, group_norm_forward, layer_norm_backward,
-    layer_norm_forward, zeroed,
+    GroupNormShape, LayerNormShape, group_norm_backward, group_norm_output, layer_norm_backward,
+    layer_norm_output, zeroed,
 };
 
 use super::buffers::{flex, shaped_like, values};
@@ -85,20 +85,16 @@ impl GroupNormOp {
         }
     }
 
-    /// Output, and the per-group statistics when `keep_stats`.
-    fn run(&self, [x, gamma, beta]: &[FlexTensor; 3], keep_stats: bool) -> (FlexTensor, Vec<f32>) {
+    /// Output, and the per-group statistics.
+    fn run(&self, [x, gamma, beta]: &[FlexTensor; 3]) -> (FlexTensor, Vec<f32>) {
         let shape = self.shape(x);
-        let mut out = zeroed(shape.len());
-        let mut stats = vec![0f32; if keep_stats { shape.stats_len() } else { 0 }];
-        group_norm_forward(
+        let (out, stats) = group_norm_output(
             values(x),
             values(gamma),
             values(beta),
             shape,
             self.eps,
             self.with_silu,
-            &mut out,
-            keep_stats.then_some(stats.as_mut_slice()),
         );
         (shaped_like(out, x), stats)
     }
@@ -109,11 +105,11 @@ impl FlexOp<3> for GroupNormOp {
     const KIND: OpKind = OpKind::GroupNorm;
 
     fn forward(&self, inputs: [FlexTensor; 3]) -> FlexTensor {
-        self.run(&inputs, false).0
+        self.run(&inputs).0
     }
 
     fn forward_saving(&self, inputs: [FlexTensor; 3]) -> (FlexTensor, GroupNormSaved) {
-        let (out, stats) = self.run(&inputs, true);
+        let (out, stats) = self.run(&inputs);
         let stats = Arc::new(stats);
         (out, GroupNormSaved { inputs, stats })
     }
@@ -171,20 +167,11 @@ fn layer_norm_shape(x: &FlexTensor) -> LayerNormShape {
 }
 
 impl LayerNormOp {
-    /// Output, and the per-row statistics when `keep_stats`.
-    fn run(&self, [x, gamma, beta]: &[FlexTensor; 3], keep_stats: bool) -> (FlexTensor, Vec<f32>) {
+    /// Output, and the per-row statistics.
+    fn run(&self, [x, gamma, beta]: &[FlexTensor; 3]) -> (FlexTensor, Vec<f32>) {
         let shape = layer_norm_shape(x);
-        let mut out = zeroed(shape.len());
-        let mut stats = vec![0f32; if keep_stats { shape.stats_len() } else { 0 }];
-        layer_norm_forward(
-            values(x),
-            values(gamma),
-            values(beta),
-            shape,
-            self.eps,
-            &mut out,
-            keep_stats.then_some(stats.as_mut_slice()),
-        );
+        let (out, stats) =
+            layer_norm_output(values(x), values(gamma), values(beta), shape, self.eps);
         (shaped_like(out, x), stats)
     }
 }
@@ -194,11 +181,11 @@ impl FlexOp<3> for LayerNormOp {
     const KIND: OpKind = OpKind::LayerNorm;
 
     fn forward(&self, inputs: [FlexTensor; 3]) -> FlexTensor {
-        self.run(&inputs, false).0
+        self.run(&inputs).0
     }
 
     fn forward_saving(&self, inputs: [FlexTensor; 3]) -> (FlexTensor, LayerNormSaved) {
-        let (out, stats) = self.run(&inputs, true);
+        let (out, stats) = self.run(&inputs);
         let [x, gamma, _] = inputs;
         let stats = Arc::new(stats);
         (out, LayerNormSaved { x, gamma, stats })
