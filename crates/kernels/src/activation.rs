@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use crate::buffer::filled_in_blocks;
 use crate::exp::exp_lanes;
-use crate::simd::{LANES, Simd, multiversion};
+use crate::simd::{LANES, Simd, copy_prefix, multiversion};
 
 /// Rows per parallel task.
 const ROW_CHUNK: usize = 16;
@@ -112,7 +112,7 @@ multiversion!(fn forward_rows_mv(projected: &[f32], hidden: usize, out: &mut [f3
 #[inline(always)]
 fn load(src: &[f32]) -> [f32; LANES] {
     let mut v = [0f32; LANES];
-    v[..src.len()].copy_from_slice(src);
+    copy_prefix(&mut v, src);
     v
 }
 
@@ -131,7 +131,7 @@ fn forward_rows<S: Simd>(projected: &[f32], hidden: usize, out: &mut [f32]) {
             for l in 0..LANES {
                 y[l] = v[l] * (0.5 * g[l] * phi2[l]);
             }
-            out[j..j + n].copy_from_slice(&y[..n]);
+            copy_prefix(&mut out[j..j + n], &y[..n]);
         }
     }
 }
@@ -204,8 +204,8 @@ fn backward_rows<S: Simd>(
                 let slope = S::fma(g[l] * INV_SQRT_2PI, density[l], 0.5 * phi2[l]);
                 dg[l] = d[l] * v[l] * slope;
             }
-            d_value[j..j + n].copy_from_slice(&dv[..n]);
-            d_gate[j..j + n].copy_from_slice(&dg[..n]);
+            copy_prefix(&mut d_value[j..j + n], &dv[..n]);
+            copy_prefix(&mut d_gate[j..j + n], &dg[..n]);
         }
     }
 }
@@ -291,7 +291,10 @@ mod tests {
             let d_out = values(rows * hidden, 12, 1.0);
             let mut out = vec![0f32; rows * hidden];
             geglu_forward(&projected, rows, hidden, &mut out);
-            assert!(geglu_output(&projected, rows, hidden) == out, "{rows}x{hidden} new output");
+            assert!(
+                geglu_output(&projected, rows, hidden) == out,
+                "{rows}x{hidden} new output"
+            );
             let mut d_projected = vec![0f32; projected.len()];
             geglu_backward(&projected, &d_out, rows, hidden, &mut d_projected);
             let inv_sqrt_2pi = 1.0 / (2.0 * std::f64::consts::PI).sqrt();

@@ -95,7 +95,11 @@ mod tests {
                 .collect();
             assert_eq!(seen, want, "{len} by {block}");
             for (i, &x) in v.iter().enumerate() {
-                assert_eq!(x, pattern[i % 3] + 10.0 * (i / block) as f32, "{len} by {block} at {i}");
+                assert_eq!(
+                    x,
+                    pattern[i % 3] + 10.0 * (i / block) as f32,
+                    "{len} by {block} at {i}"
+                );
             }
         }
     }

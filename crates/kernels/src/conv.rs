@@ -802,9 +802,18 @@ mod tests {
             ..three_by_three(2, 3, (9, 8), 4, [1, 1])
         };
         let shapes = [
-            (three_by_three(1, 128, (33, 32), 136, [1, 1]), ConvAlgorithm::WinogradF4),
-            (three_by_three(3, 256, (8, 8), 256, [1, 1]), ConvAlgorithm::WinogradF4),
-            (three_by_three(2, 3, (16, 17), 5, [1, 1]), ConvAlgorithm::WinogradF2),
+            (
+                three_by_three(1, 128, (33, 32), 136, [1, 1]),
+                ConvAlgorithm::WinogradF4,
+            ),
+            (
+                three_by_three(3, 256, (8, 8), 256, [1, 1]),
+                ConvAlgorithm::WinogradF4,
+            ),
+            (
+                three_by_three(2, 3, (16, 17), 5, [1, 1]),
+                ConvAlgorithm::WinogradF2,
+            ),
             (stride_two, ConvAlgorithm::Direct),
         ];
         for (s, algorithm) in shapes {
@@ -817,7 +826,11 @@ mod tests {
                 conv2d_forward(&x, &wt, bias, s, &mut given);
                 for threads in [1, 3] {
                     let new = on_threads(threads, || conv2d_output(&x, &wt, bias, s));
-                    assert!(new == given, "{s:?} bias {} {threads} threads", bias.is_some());
+                    assert!(
+                        new == given,
+                        "{s:?} bias {} {threads} threads",
+                        bias.is_some()
+                    );
                 }
             }
         }

@@ -56,7 +56,12 @@ pub fn linear_forward(
 
 /// [`linear_forward`] into a new buffer, the same values: each block of rows starts from the
 /// bias in cache just before its product, with no pass over the whole output beforehand.
-pub fn linear_output(x: &[f32], weight: &[f32], bias: Option<&[f32]>, shape: LinearShape) -> Vec<f32> {
+pub fn linear_output(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    shape: LinearShape,
+) -> Vec<f32> {
     assert_eq!(x.len(), shape.input_len(), "linear input size");
     assert_eq!(weight.len(), shape.weight_len(), "linear weight size");
     let LinearShape { rows, d_in, d_out } = shape;
@@ -285,7 +290,11 @@ mod tests {
                 linear_forward(&x, &w, bias, s, &mut given);
                 for threads in [1, 3] {
                     let new = on_threads(threads, || linear_output(&x, &w, bias, s));
-                    assert!(new == given, "{s:?} bias {} {threads} threads", bias.is_some());
+                    assert!(
+                        new == given,
+                        "{s:?} bias {} {threads} threads",
+                        bias.is_some()
+                    );
                 }
             }
         }

@@ -127,7 +127,10 @@ fn forward_unit<'a>(
     eps: f32,
     silu: bool,
 ) -> impl Fn(usize, &mut [f32], &mut [f32]) + Sync + 'a {
-    let (channels, block) = (shape.group_channels(), shape.group_channels() * shape.spatial);
+    let (channels, block) = (
+        shape.group_channels(),
+        shape.group_channels() * shape.spatial,
+    );
     move |unit, out, stats| {
         let c0 = (unit % shape.groups) * channels;
         let (gamma, beta) = (&gamma[c0..][..channels], &beta[c0..][..channels]);

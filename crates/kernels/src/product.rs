@@ -41,7 +41,10 @@ pub(crate) fn product(
             }
         };
         match parallelism {
-            Parallelism::None => dst.chunks_mut(TASK_ROWS * n).enumerate().for_each(run_block),
+            Parallelism::None => dst
+                .chunks_mut(TASK_ROWS * n)
+                .enumerate()
+                .for_each(run_block),
             _ => (dst.par_chunks_mut(TASK_ROWS * n).enumerate()).for_each(run_block),
         }
         return;
@@ -80,7 +83,15 @@ pub(crate) fn product_into_new(
                 .for_each(|dst| dst.copy_from_slice(row));
         }
         let parallelism = inner_parallelism(1);
-        product((m, n, k), &mut dst, row.is_some(), lhs, rhs, parallelism, bf16);
+        product(
+            (m, n, k),
+            &mut dst,
+            row.is_some(),
+            lhs,
+            rhs,
+            parallelism,
+            bf16,
+        );
         return dst;
     }
     check_operands((m, n, k), lhs, rhs);

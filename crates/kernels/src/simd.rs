@@ -30,6 +30,52 @@ impl Simd for Plain {
     }
 }
 
+/// `len` values from `src` to `dst`; below 32 values as fixed-size copies (16, 8, 4, 2 and 1
+/// values, no loop that the compiler would turn back into a call), which compile to vector
+/// moves: runs of a few vectors whose length is known only at run time otherwise become calls
+/// to `memcpy`, which cost more than the copy.
+///
+/// # Safety
+/// `src` and `dst` hold `len` values each and do not overlap.
+#[inline(always)]
+pub(crate) unsafe fn copy_short(src: *const f32, dst: *mut f32, len: usize) {
+    let mut at = 0;
+    // SAFETY: every copy lies inside the first `len` values (the caller's contract).
+    unsafe {
+        if len >= 32 {
+            std::ptr::copy_nonoverlapping(src, dst, len);
+            return;
+        }
+        if len - at >= 16 {
+            std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), 16);
+            at += 16;
+        }
+        if len - at >= 8 {
+            std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), 8);
+            at += 8;
+        }
+        if len - at >= 4 {
+            std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), 4);
+            at += 4;
+        }
+        if len - at >= 2 {
+            std::ptr::copy_nonoverlapping(src.add(at), dst.add(at), 2);
+            at += 2;
+        }
+        if len - at == 1 {
+            *dst.add(at) = *src.add(at);
+        }
+    }
+}
+
+/// `dst[..src.len()] = src` by [`copy_short`].
+#[inline(always)]
+pub(crate) fn copy_prefix(dst: &mut [f32], src: &[f32]) {
+    assert!(dst.len() >= src.len(), "copy_prefix: destination too short");
+    // SAFETY: both hold `src.len()` values; `&mut dst` cannot overlap `src`.
+    unsafe { copy_short(src.as_ptr(), dst.as_mut_ptr(), src.len()) }
+}
+
 /// The widest instruction set this CPU has, detected once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Isa {
@@ -96,3 +142,22 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_copies_copy_the_prefix_and_nothing_else() {
+        let src: Vec<f32> = (0..40).map(|i| i as f32).collect();
+        for len in 0..=src.len() {
+            let mut dst = vec![-1f32; src.len() + 1];
+            copy_prefix(&mut dst, &src[..len]);
+            assert_eq!(dst[..len], src[..len], "{len}");
+            assert!(
+                dst[len..].iter().all(|&x| x == -1.0),
+                "{len} wrote past the run"
+            );
+        }
+    }
+}

@@ -13,7 +13,7 @@ use super::Tiling;
 use crate::buffer::{filled_in_blocks, zeroed};
 use crate::conv::ConvShape;
 use crate::product::product;
-use crate::simd::{Simd, multiversion};
+use crate::simd::{Simd, copy_prefix, copy_short, multiversion};
 
 /// Side of an output tile.
 const OUT: usize = 4;
@@ -85,38 +85,55 @@ pub(crate) fn forward_into_new(
 ) -> Vec<f32> {
     let (tiling, columns, m) = transformed_products(x, weight, shape);
     let plane = tiling.out_h * tiling.out_w;
-    filled_in_blocks(shape.output_len(), plane, &[0.0], |image_channel, out_plane| {
-        untransform_plane(&m, (tiling, columns), bias, image_channel, out_plane)
-    })
+    filled_in_blocks(
+        shape.output_len(),
+        plane,
+        &[0.0],
+        |image_channel, out_plane| {
+            untransform_plane(&m, (tiling, columns), bias, image_channel, out_plane)
+        },
+    )
     .0
 }
 
 /// The tiling, the columns and `M`: the 36 points' products of transformed weights and inputs.
-fn transformed_products(x: &[f32], weight: &[f32], shape: ConvShape) -> (Tiling, Columns, Vec<f32>) {
+fn transformed_products(
+    x: &[f32],
+    weight: &[f32],
+    shape: ConvShape,
+) -> (Tiling, Columns, Vec<f32>) {
     let tiling = Tiling::new(shape, OUT);
     let columns = Columns::new(&tiling, shape.batch);
     let (c_in, c_out) = (shape.channels_in, shape.channels_out);
     let u = transform_weights(weight, c_out, c_in);
     let v = transform_input(x, tiling, columns);
     // Each point's products overwrite their part, zeroed in cache just before.
-    let m = filled_in_blocks(POINTS * c_out * columns.n, c_out * columns.n, &[0.0], |e, m_e| {
-        columns.split(m_e, c_out, e).into_par_iter().for_each(|(e, k, dst)| {
-            let width = columns.block_width(k);
-            product(
-                (c_out, width, c_in),
-                dst,
-                false,
-                (&u[e * c_out * c_in..][..c_out * c_in], c_in, 1),
-                (
-                    &v[columns.block_start(c_in, e, k)..][..c_in * width],
-                    width,
-                    1,
-                ),
-                Parallelism::None,
-                false,
-            );
-        })
-    })
+    let m = filled_in_blocks(
+        POINTS * c_out * columns.n,
+        c_out * columns.n,
+        &[0.0],
+        |e, m_e| {
+            columns
+                .split(m_e, c_out, e)
+                .into_par_iter()
+                .for_each(|(e, k, dst)| {
+                    let width = columns.block_width(k);
+                    product(
+                        (c_out, width, c_in),
+                        dst,
+                        false,
+                        (&u[e * c_out * c_in..][..c_out * c_in], c_in, 1),
+                        (
+                            &v[columns.block_start(c_in, e, k)..][..c_in * width],
+                            width,
+                            1,
+                        ),
+                        Parallelism::None,
+                        false,
+                    );
+                })
+        },
+    )
     .0;
     (tiling, columns, m)
 }
@@ -271,7 +288,7 @@ impl Lanes {
     #[inline(always)]
     fn load_first(s: &[f32], count: usize) -> Self {
         let mut lanes = [0f32; STEP];
-        lanes[..count].copy_from_slice(&s[..count]);
+        copy_prefix(&mut lanes, &s[..count]);
         Self(lanes)
     }
 
@@ -443,8 +460,8 @@ fn transform_channel<S: Simd>(
         stride,
     } = scratch;
     for r in 0..rows_in {
-        plane[(r + pad_h) * plane_w + pad_w..][..cols_in]
-            .copy_from_slice(&channel[r * t.width..][..cols_in]);
+        let row = &mut plane[(r + pad_h) * plane_w + pad_w..];
+        copy_prefix(row, &channel[r * t.width..][..cols_in]);
     }
     for tr in 0..t.rows {
         let block = &plane[OUT * tr * plane_w..];
@@ -488,8 +505,8 @@ fn transform_row<S: Simd>(row: &[f32], tiles: usize, at: [usize; SIDE], dst: Sha
     }
 }
 
-/// Copies the first `count` lanes of `values` to `dst` from `at` (all of them as one fixed-size
-/// copy, which compiles to vector stores rather than a call to `memcpy`).
+/// Copies the first `count` lanes of `values` to `dst` from `at`, as fixed-size copies (which
+/// compile to vector stores rather than a call to `memcpy`).
 ///
 /// # Safety
 /// The run lies inside `dst`'s buffer and no other task writes it.
@@ -500,7 +517,7 @@ unsafe fn write_run(dst: SharedOut, at: usize, values: &Lanes, count: usize) {
         if count == STEP {
             std::ptr::copy_nonoverlapping(values.0.as_ptr(), dst.at(at), STEP)
         } else {
-            std::ptr::copy_nonoverlapping(values.0.as_ptr(), dst.at(at), count)
+            copy_short(values.0.as_ptr(), dst.at(at), count)
         }
     }
 }
@@ -547,11 +564,32 @@ fn untransform_channel<S: Simd>(
                 if width == OUT * STEP {
                     row[..OUT * STEP].copy_from_slice(&interleaved);
                 } else {
-                    row[..width].copy_from_slice(&interleaved[..width]);
+                    copy_prefix(row, &interleaved[..width]);
                 }
             }
         }
     }
+}
+
+/// Column `k` of the row-major 6x6 grid `m`. A loop, not `array::map`: its closure is compiled
+/// outside the caller's target features, and its result copied through `memcpy`.
+#[inline(always)]
+fn grid_column(m: &[Lanes; POINTS], k: usize) -> [Lanes; SIDE] {
+    let mut column = [Lanes([0.0; STEP]); SIDE];
+    for (i, value) in column.iter_mut().enumerate() {
+        *value = m[SIDE * i + k];
+    }
+    column
+}
+
+/// Entry `a` of each of the six columns (as [`grid_column`], a loop).
+#[inline(always)]
+fn row_of<const N: usize>(columns: &[[Lanes; N]; SIDE], a: usize) -> [Lanes; SIDE] {
+    let mut row = [Lanes([0.0; STEP]); SIDE];
+    for (value, column) in row.iter_mut().zip(columns) {
+        *value = column[a];
+    }
+    row
 }
 
 /// `Aᵀ m A + bias` of [`STEP`] tiles' 36 products: their 4x4 pixels, `[row][column]`.
@@ -559,12 +597,12 @@ fn untransform_channel<S: Simd>(
 fn output_tiles<S: Simd>(m: &[Lanes; POINTS], bias: f32) -> [[Lanes; OUT]; OUT] {
     let mut columns = [[Lanes([0.0; STEP]); OUT]; SIDE];
     for (k, column) in columns.iter_mut().enumerate() {
-        let m_k = [0, 1, 2, 3, 4, 5].map(|i| m[SIDE * i + k]);
+        let m_k = grid_column(m, k);
         *column = output_rows::<S>(m_k);
     }
     let mut pixels = [[Lanes([0.0; STEP]); OUT]; OUT];
     for (a, row) in pixels.iter_mut().enumerate() {
-        let c_a = [0, 1, 2, 3, 4, 5].map(|k| columns[k][a]);
+        let c_a = row_of(&columns, a);
         *row = output_rows::<S>(c_a);
         for value in row.iter_mut() {
             *value = *value + Lanes([bias; STEP]);
@@ -662,7 +700,7 @@ fn transform_gradient_channel<S: Simd>(
                 if width == OUT * STEP {
                     run.copy_from_slice(&src[..OUT * STEP]);
                 } else {
-                    run[..width].copy_from_slice(&src[..width]);
+                    copy_prefix(&mut run, &src[..width]);
                 }
                 for l in 0..STEP {
                     for c in 0..OUT {
@@ -732,10 +770,10 @@ fn untransform_kernels<S: Simd>(du: &[f32], kernels: usize, first: usize, dw: &m
         }
         let mut columns = [[Lanes([0.0; STEP]); 3]; SIDE];
         for (k, column) in columns.iter_mut().enumerate() {
-            *column = kernel_gradient_rows::<S>([0, 1, 2, 3, 4, 5].map(|i| points[SIDE * i + k]));
+            *column = kernel_gradient_rows::<S>(grid_column(&points, k));
         }
         for a in 0..3 {
-            let row = kernel_gradient_rows::<S>([0, 1, 2, 3, 4, 5].map(|k| columns[k][a]));
+            let row = kernel_gradient_rows::<S>(row_of(&columns, a));
             for (l, kernel) in dw[9 * i0..][..9 * lanes].chunks_exact_mut(9).enumerate() {
                 for (b, values) in row.iter().enumerate() {
                     kernel[3 * a + b] = values.0[l];

@@ -17,7 +17,7 @@ pub(crate) mod f4;
 use crate::buffer::zeroed;
 use crate::conv::{ConvShape, sum_partials};
 use crate::product::{inner_parallelism, product, transpose};
-use crate::simd::{Simd, multiversion};
+use crate::simd::{Simd, copy_prefix, multiversion};
 
 /// Points of the 4x4 transform domain: one matrix product each.
 const POINTS: usize = 16;
@@ -334,8 +334,8 @@ fn transform_image<S: Simd>(x_b: &[f32], t: Tiling, scratch: &mut Scratch) {
     for c in 0..t.channels_in {
         let channel = &x_b[c * t.height * t.width..][..t.height * t.width];
         for r in 0..rows_in {
-            plane[(r + pad_h) * plane_w + pad_w..][..cols_in]
-                .copy_from_slice(&channel[r * t.width..][..cols_in]);
+            let row = &mut plane[(r + pad_h) * plane_w + pad_w..];
+            copy_prefix(row, &channel[r * t.width..][..cols_in]);
         }
         for tr in 0..t.rows {
             let block_rows = &plane[2 * tr * plane_w..][..4 * plane_w];
