@@ -1,7 +1,8 @@
 //! Our convolution and dense-layer products against oneDNN's (Debian's libdnnl, OpenMP threads)
 //! on the UNet's shapes for the widths given (default 32 64 128: a CFG batch of 16 on 32x32
-//! latents, levels [c, 2c, 2c] at 32, 16 and 8 pixels; dense layers on the 16x16 level's
-//! tokens), in f32 and with bf16 products. Runs alternate between the two sides, oneDNN's
+//! latents, levels [c, 2c, 2c] at 32, 16 and 8 pixels; dense layers on the tokens of the two
+//! levels with attention), in f32 and with bf16 products, ours through the calls the model
+//! makes (each output a new buffer). Runs alternate between the two sides, oneDNN's
 //! OpenMP threads told to sleep when idle; medians.
 //! `cargo run --release -p ldmscale-kernels --features onednn --example onednn_bench [reps
 //! [width ...]]`.
@@ -13,7 +14,7 @@ static GLOBAL: ldmscale_alloc::TensorAllocator = ldmscale_alloc::TensorAllocator
 
 use ldmscale_kernels::bf16::{engine, set_products_in_bf16};
 use ldmscale_kernels::onednn::{Convolution, MatMul, effective_isa};
-use ldmscale_kernels::{ConvShape, LinearShape, conv2d_forward, linear_forward, run_on_pool};
+use ldmscale_kernels::{ConvShape, LinearShape, conv2d_output, linear_output, run_on_pool};
 
 /// Median milliseconds of `reps` alternating runs of `ours` and `theirs`, after a warm-up each.
 fn medians(reps: usize, mut ours: impl FnMut(), mut theirs: impl FnMut()) -> (f64, f64) {
@@ -40,12 +41,12 @@ fn conv_row(reps: usize, s: ConvShape, bf16: bool) -> Result<(), String> {
     let x = values(s.batch * s.channels_in * s.height * s.width);
     let w = values(s.weight_len());
     let bias = values(s.channels_out);
-    let (mut ours, mut theirs) = (vec![0f32; s.output_len()], vec![0f32; s.output_len()]);
+    let mut theirs = vec![0f32; s.output_len()];
     let mut conv = Convolution::new(s, bf16)?;
     set_products_in_bf16(bf16);
     let (a, b) = medians(
         reps,
-        || conv2d_forward(&x, &w, Some(&bias), s, &mut ours),
+        || drop(conv2d_output(&x, &w, Some(&bias), s)),
         || {
             conv.forward(&x, &w, &bias, &mut theirs)
                 .expect("oneDNN run")
@@ -62,12 +63,12 @@ fn conv_row(reps: usize, s: ConvShape, bf16: bool) -> Result<(), String> {
 fn linear_row(reps: usize, s: LinearShape, bf16: bool) -> Result<(), String> {
     let x = values(s.input_len());
     let w = values(s.weight_len());
-    let (mut ours, mut theirs) = (vec![0f32; s.output_len()], vec![0f32; s.output_len()]);
+    let mut theirs = vec![0f32; s.output_len()];
     let mut product = MatMul::new(s.rows, s.d_out, s.d_in, bf16)?;
     set_products_in_bf16(bf16);
     let (a, b) = medians(
         reps,
-        || linear_forward(&x, &w, None, s, &mut ours),
+        || drop(linear_output(&x, &w, None, s)),
         || product.forward(&x, &w, &mut theirs).expect("oneDNN run"),
     );
     let label = format!("linear {}x{}->{}", s.rows, s.d_in, s.d_out);
@@ -137,9 +138,12 @@ fn main() -> Result<(), String> {
                     };
                     conv_row(reps, shape, bf16)?;
                 }
-                for (d_in, d_out) in [(2 * c, 2 * c), (2 * c, 16 * c), (8 * c, 2 * c)] {
-                    let rows = 16 * 256;
-                    linear_row(reps, LinearShape { rows, d_in, d_out }, bf16)?;
+                // The transformer blocks' projections, feed-forward in and out, at both levels
+                // with attention (32x32 latents: 1024 tokens of c, 256 of 2c).
+                for (rows, w) in [(16 * 1024, c), (16 * 256, 2 * c)] {
+                    for (d_in, d_out) in [(w, w), (w, 8 * w), (4 * w, w)] {
+                        linear_row(reps, LinearShape { rows, d_in, d_out }, bf16)?;
+                    }
                 }
             }
         }
