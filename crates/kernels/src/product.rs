@@ -45,7 +45,10 @@ pub(crate) fn product(
                 .chunks_mut(TASK_ROWS * n)
                 .enumerate()
                 .for_each(run_block),
-            _ => (dst.par_chunks_mut(TASK_ROWS * n).enumerate()).for_each(run_block),
+            _ => dst
+                .par_chunks_mut(TASK_ROWS * n)
+                .enumerate()
+                .for_each(run_block),
         }
         return;
     }
