@@ -42,6 +42,8 @@ pub use conv::{
     ConvAlgorithm, ConvShape, conv2d_backward, conv2d_forward, conv2d_forward_with, conv2d_output,
 };
 pub use layer_norm::{LayerNormShape, layer_norm_backward, layer_norm_forward, layer_norm_output};
-pub use linear::{LinearShape, linear_backward, linear_forward, linear_output};
+pub use linear::{
+    LinearShape, linear_backward, linear_forward, linear_input_gradient, linear_output,
+};
 pub use norm::{GroupNormShape, group_norm_backward, group_norm_forward, group_norm_output};
 pub use pool::run_on_pool;

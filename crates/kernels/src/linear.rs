@@ -180,6 +180,30 @@ pub fn linear_backward(
     );
 }
 
+/// The input gradient of [`linear_forward`], `dx = dy Wᵀ`, into a new buffer: the values
+/// [`linear_backward`] writes to `dx`, each block of rows zeroed in cache just before its
+/// product.
+pub fn linear_input_gradient(weight: &[f32], d_out: &[f32], shape: LinearShape) -> Vec<f32> {
+    assert_eq!(weight.len(), shape.weight_len(), "linear weight size");
+    assert_eq!(
+        d_out.len(),
+        shape.output_len(),
+        "linear output gradient size"
+    );
+    let LinearShape {
+        rows,
+        d_in,
+        d_out: n_out,
+    } = shape;
+    product_into_new(
+        (rows, d_in, n_out),
+        None,
+        (d_out, n_out, 1),
+        (weight, 1, n_out),
+        products_in_bf16(),
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 fn backward(
     x: &[f32],
@@ -303,7 +327,13 @@ mod tests {
     fn forward_and_backward_match_the_reference() {
         // One row; odd sizes; more columns than a bias block; big enough for gemm's threads;
         // a weight gradient summed in blocks of rows, the last one short.
-        let shapes = [(1, 5, 3), (7, 9, 13), (70, 33, 130), (300, 96, 80), (2100, 9, 13)];
+        let shapes = [
+            (1, 5, 3),
+            (7, 9, 13),
+            (70, 33, 130),
+            (300, 96, 80),
+            (2100, 9, 13),
+        ];
         for (rows, d_in, d_out) in shapes {
             let s = LinearShape { rows, d_in, d_out };
             let x = pseudo_random(s.input_len(), 1, 1.0, 0.0);
@@ -319,6 +349,7 @@ mod tests {
             let mut db = vec![f32::NAN; d_out];
             linear_backward(&x, &w, &d_y, s, Some(&mut dx), Some(&mut dw), Some(&mut db));
             assert!(max_rel(&dx, &want_dx) < 1e-5, "{s:?} dx");
+            assert!(linear_input_gradient(&w, &d_y, s) == dx, "{s:?} new dx");
             assert!(max_rel(&dw, &want_dw) < 1e-5, "{s:?} dweight");
             assert!(max_rel(&db, &want_db) < 1e-5, "{s:?} dbias");
             // Without bias the output is the bare product.
@@ -406,7 +437,7 @@ mod tests {
                 let mut dw = vec![0f32; s.weight_len()];
                 let mut db = vec![0f32; s.d_out];
                 linear_backward(&x, &w, &d_y, s, Some(&mut dx), Some(&mut dw), Some(&mut db));
-                (out, dx, dw, db)
+                (out, dx, dw, db, linear_input_gradient(&w, &d_y, s))
             })
         };
         let one = run(1);

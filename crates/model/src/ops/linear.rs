@@ -5,7 +5,9 @@
 use burn::backend::flex::FlexTensor;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
-use ldmscale_kernels::{LinearShape, linear_backward, linear_output, zeroed};
+use ldmscale_kernels::{
+    LinearShape, linear_backward, linear_input_gradient, linear_output, zeroed,
+};
 
 use super::buffers::{flex, shaped_like, values};
 use super::{FlexOp, OpKind, try_fused};
@@ -57,7 +59,7 @@ fn forward(x: &FlexTensor, weight: &FlexTensor, bias: Option<&FlexTensor>) -> Fl
 fn backward(s: Saved, d_out: FlexTensor, needed: [bool; 3]) -> [Option<FlexTensor>; 3] {
     let shape = shape_of(&s.x, &s.weight);
     let [need_x, need_weight, need_bias] = needed;
-    let mut dx = need_x.then(|| zeroed(shape.input_len()));
+    let dx = need_x.then(|| linear_input_gradient(values(&s.weight), values(&d_out), shape));
     let mut dweight = need_weight.then(|| zeroed(shape.weight_len()));
     let mut dbias = need_bias.then(|| zeroed(shape.d_out));
     linear_backward(
@@ -65,7 +67,7 @@ fn backward(s: Saved, d_out: FlexTensor, needed: [bool; 3]) -> [Option<FlexTenso
         values(&s.weight),
         values(&d_out),
         shape,
-        dx.as_deref_mut(),
+        None,
         dweight.as_deref_mut(),
         dbias.as_deref_mut(),
     );
