@@ -103,11 +103,15 @@ pub fn layer_norm_output(
     let block = ROWS_PER_TASK * shape.features;
     let (out, stats) = filled_in_blocks(x.len(), block, &[0.0], |b, out| {
         let x = &x[b * block..][..out.len()];
-        let mut stats = vec![0.0; 2 * (out.len() / shape.features)];
-        forward_rows_mv(x, gamma, beta, eps, out, &mut stats);
+        let mut stats = [0.0; 2 * ROWS_PER_TASK];
+        let rows = out.len() / shape.features;
+        forward_rows_mv(x, gamma, beta, eps, out, &mut stats[..2 * rows]);
         stats
     });
-    (out, stats.concat())
+    // Only the last block can be short: its unused statistics are the tail.
+    let mut stats = stats.into_flattened();
+    stats.truncate(shape.stats_len());
+    (out, stats)
 }
 
 multiversion!(fn forward_rows_mv(
