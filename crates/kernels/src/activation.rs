@@ -77,23 +77,8 @@ fn check(projected: &[f32], rows: usize, hidden: usize) {
 }
 
 /// `out[r, j] = projected[r, j] * gelu(projected[r, hidden + j])` for `rows` rows of
-/// `2 * hidden` (`out` is `[rows, hidden]`).
-pub fn geglu_forward(projected: &[f32], rows: usize, hidden: usize, out: &mut [f32]) {
-    check(projected, rows, hidden);
-    assert_eq!(out.len(), rows * hidden, "output size");
-    if out.is_empty() {
-        return;
-    }
-    out.par_chunks_mut(ROW_CHUNK * hidden)
-        .enumerate()
-        .for_each(|(chunk, out)| {
-            let src = &projected[chunk * ROW_CHUNK * 2 * hidden..][..out.len() * 2];
-            forward_rows_mv(src, hidden, out);
-        });
-}
-
-/// [`geglu_forward`] into a new buffer, each block of rows zeroed in cache just before it is
-/// written rather than the whole output beforehand.
+/// `2 * hidden`, into a new `[rows, hidden]` buffer, each block of rows initialised in cache just
+/// before it is written rather than the whole output beforehand.
 pub fn geglu_output(projected: &[f32], rows: usize, hidden: usize) -> Vec<f32> {
     check(projected, rows, hidden);
     if rows * hidden == 0 {
@@ -136,7 +121,7 @@ fn forward_rows<S: Simd>(projected: &[f32], hidden: usize, out: &mut [f32]) {
     }
 }
 
-/// Gradient of [`geglu_forward`] with respect to `projected` (`[rows, 2 * hidden]`,
+/// Gradient of [`geglu_output`] with respect to `projected` (`[rows, 2 * hidden]`,
 /// overwritten): `d value = d_out * gelu(gate)`, `d gate = d_out * value * gelu'(gate)`.
 pub fn geglu_backward(
     projected: &[f32],
@@ -289,12 +274,7 @@ mod tests {
         for (rows, hidden) in [(37, 19), (3, 16), (1, 1), (20, 40)] {
             let projected = values(rows * 2 * hidden, 11, 6.0);
             let d_out = values(rows * hidden, 12, 1.0);
-            let mut out = vec![0f32; rows * hidden];
-            geglu_forward(&projected, rows, hidden, &mut out);
-            assert!(
-                geglu_output(&projected, rows, hidden) == out,
-                "{rows}x{hidden} new output"
-            );
+            let out = geglu_output(&projected, rows, hidden);
             let mut d_projected = vec![0f32; projected.len()];
             geglu_backward(&projected, &d_out, rows, hidden, &mut d_projected);
             let inv_sqrt_2pi = 1.0 / (2.0 * std::f64::consts::PI).sqrt();

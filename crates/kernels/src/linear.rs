@@ -5,8 +5,9 @@
 //! weight-gradient products of its own. Here the rows of every sample form one product
 //! (`[rows, d_in] x [d_in, d_out]`, the bias written first and accumulated onto), and the
 //! backward is two products (`dx = dy Wᵀ`, `dW = xᵀ dy` summing over all rows in one go) and a
-//! column sum for the bias. gemm splits each product's output between threads, never its sums,
-//! so the result does not depend on the thread count.
+//! column sum for the bias. Products are split between threads by their output (or, for the
+//! weight gradient, by fixed blocks of rows added in order), never by a thread-dependent sum, so
+//! the result does not depend on the thread count.
 
 use rayon::prelude::*;
 
@@ -86,104 +87,52 @@ fn weight_gradient_by_row_blocks(x: &[f32], d_out: &[f32], shape: LinearShape, d
 /// Values per task when partial weight gradients are added up.
 const SUM_BLOCK: usize = 16 * 1024;
 
-/// Rows written per task when a pass over the output is split between threads.
-const ROW_BLOCK: usize = 64;
 /// Columns summed per task in the bias gradient.
 const COLUMN_BLOCK: usize = 64;
 
-/// `out = x weight + bias`. `x`: `[rows, d_in]`, `weight`: `[d_in, d_out]` (burn's `Linear`
-/// layout), `bias`: `[d_out]`, `out`: `[rows, d_out]`, all row-major.
-pub fn linear_forward(
-    x: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    shape: LinearShape,
-    out: &mut [f32],
-) {
-    forward(x, weight, bias, shape, out, products_in_bf16());
-}
-
-/// [`linear_forward`] into a new buffer, the same values: each block of rows starts from the
-/// bias in cache just before its product, with no pass over the whole output beforehand.
+/// `x weight + bias` into a new buffer. `x`: `[rows, d_in]`, `weight`: `[d_in, d_out]` (burn's
+/// `Linear` layout), `bias`: `[d_out]`, the output `[rows, d_out]`, all row-major. Each block of
+/// rows starts from the bias in cache just before its product, with no pass over the whole
+/// output beforehand.
 pub fn linear_output(
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,
     shape: LinearShape,
 ) -> Vec<f32> {
+    output(x, weight, bias, shape, products_in_bf16())
+}
+
+fn output(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    shape: LinearShape,
+    bf16: bool,
+) -> Vec<f32> {
     assert_eq!(x.len(), shape.input_len(), "linear input size");
     assert_eq!(weight.len(), shape.weight_len(), "linear weight size");
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), shape.d_out, "linear bias size");
+    }
     let LinearShape { rows, d_in, d_out } = shape;
     product_into_new(
         (rows, d_out, d_in),
         bias,
         (x, d_in, 1),
         (weight, d_out, 1),
-        products_in_bf16(),
+        bf16,
     )
 }
 
-fn forward(
-    x: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    shape: LinearShape,
-    out: &mut [f32],
-    bf16: bool,
-) {
-    let LinearShape { rows, d_in, d_out } = shape;
-    assert_eq!(x.len(), shape.input_len(), "linear input size");
-    assert_eq!(weight.len(), shape.weight_len(), "linear weight size");
-    assert_eq!(out.len(), shape.output_len(), "linear output size");
-    if out.is_empty() {
-        return;
-    }
-    if let Some(b) = bias {
-        assert_eq!(b.len(), d_out, "linear bias size");
-        out.par_chunks_mut(ROW_BLOCK * d_out).for_each(|block| {
-            for row in block.chunks_exact_mut(d_out) {
-                row.copy_from_slice(b);
-            }
-        });
-    }
-    product(
-        (rows, d_out, d_in),
-        out,
-        bias.is_some(),
-        (x, d_in, 1),
-        (weight, d_out, 1),
-        inner_parallelism(1),
-        bf16,
-    );
-}
-
-/// Gradients of [`linear_forward`] from the output's gradient `d_out` (`[rows, d_out]`); each of
-/// `dx`, `dweight` and `dbias` that is given is overwritten.
-pub fn linear_backward(
-    x: &[f32],
-    weight: &[f32],
-    d_out: &[f32],
-    shape: LinearShape,
-    dx: Option<&mut [f32]>,
-    dweight: Option<&mut [f32]>,
-    dbias: Option<&mut [f32]>,
-) {
-    backward(
-        x,
-        weight,
-        d_out,
-        shape,
-        dx,
-        dweight,
-        dbias,
-        products_in_bf16(),
-    );
-}
-
-/// The input gradient of [`linear_forward`], `dx = dy Wᵀ`, into a new buffer: the values
-/// [`linear_backward`] writes to `dx`, each block of rows zeroed in cache just before its
-/// product.
+/// The input gradient of [`linear_output`] from the output's gradient `d_out`
+/// (`[rows, d_out]`), `dx = dy Wᵀ`, into a new buffer, each block of rows zeroed in cache just
+/// before its product.
 pub fn linear_input_gradient(weight: &[f32], d_out: &[f32], shape: LinearShape) -> Vec<f32> {
+    input_gradient(weight, d_out, shape, products_in_bf16())
+}
+
+fn input_gradient(weight: &[f32], d_out: &[f32], shape: LinearShape, bf16: bool) -> Vec<f32> {
     assert_eq!(weight.len(), shape.weight_len(), "linear weight size");
     assert_eq!(
         d_out.len(),
@@ -195,22 +144,32 @@ pub fn linear_input_gradient(weight: &[f32], d_out: &[f32], shape: LinearShape) 
         d_in,
         d_out: n_out,
     } = shape;
+    // Wᵀ is W read column by column.
     product_into_new(
         (rows, d_in, n_out),
         None,
         (d_out, n_out, 1),
         (weight, 1, n_out),
-        products_in_bf16(),
+        bf16,
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-fn backward(
+/// The weight and bias gradients of [`linear_output`] from its input and the output's gradient
+/// `d_out` (`[rows, d_out]`); each of `dweight` and `dbias` that is given is overwritten.
+pub fn linear_parameter_gradients(
     x: &[f32],
-    weight: &[f32],
     d_out: &[f32],
     shape: LinearShape,
-    dx: Option<&mut [f32]>,
+    dweight: Option<&mut [f32]>,
+    dbias: Option<&mut [f32]>,
+) {
+    parameter_gradients(x, d_out, shape, dweight, dbias, products_in_bf16());
+}
+
+fn parameter_gradients(
+    x: &[f32],
+    d_out: &[f32],
+    shape: LinearShape,
     dweight: Option<&mut [f32]>,
     dbias: Option<&mut [f32]>,
     bf16: bool,
@@ -221,26 +180,12 @@ fn backward(
         d_out: n_out,
     } = shape;
     assert_eq!(x.len(), shape.input_len(), "linear input size");
-    assert_eq!(weight.len(), shape.weight_len(), "linear weight size");
     assert_eq!(
         d_out.len(),
         shape.output_len(),
         "linear output gradient size"
     );
     let parallel = inner_parallelism(1);
-    if let Some(dx) = dx {
-        assert_eq!(dx.len(), shape.input_len(), "linear input gradient size");
-        // dx = dy Wᵀ (Wᵀ is W read column by column).
-        product(
-            (rows, d_in, n_out),
-            dx,
-            false,
-            (d_out, n_out, 1),
-            (weight, 1, n_out),
-            parallel,
-            bf16,
-        );
-    }
     if let Some(dw) = dweight {
         assert_eq!(dw.len(), shape.weight_len(), "linear weight gradient size");
         // dW = xᵀ dy, the sum running over every row. The bf16 product copies its transposed
@@ -326,12 +271,15 @@ mod tests {
     #[test]
     fn forward_and_backward_match_the_reference() {
         // One row; odd sizes; more columns than a bias block; big enough for gemm's threads;
-        // a weight gradient summed in blocks of rows, the last one short.
+        // products in blocks of rows, the last one short (a single column too); a weight
+        // gradient summed in blocks of rows, the last one short.
         let shapes = [
             (1, 5, 3),
             (7, 9, 13),
             (70, 33, 130),
             (300, 96, 80),
+            (600, 40, 24),
+            (1030, 7, 1),
             (2100, 9, 13),
         ];
         for (rows, d_in, d_out) in shapes {
@@ -341,45 +289,19 @@ mod tests {
             let bias = pseudo_random(d_out, 3, 1.0, 0.0);
             let d_y = pseudo_random(s.output_len(), 4, 1.0, 0.0);
             let (want, want_dx, want_dw, want_db) = reference(&x, &w, &bias, &d_y, s);
-            let mut out = vec![f32::NAN; s.output_len()];
-            linear_forward(&x, &w, Some(&bias), s, &mut out);
+            let out = linear_output(&x, &w, Some(&bias), s);
             assert!(max_rel(&out, &want) < 1e-5, "{s:?} forward");
-            let mut dx = vec![f32::NAN; s.input_len()];
+            let dx = linear_input_gradient(&w, &d_y, s);
             let mut dw = vec![f32::NAN; s.weight_len()];
             let mut db = vec![f32::NAN; d_out];
-            linear_backward(&x, &w, &d_y, s, Some(&mut dx), Some(&mut dw), Some(&mut db));
+            linear_parameter_gradients(&x, &d_y, s, Some(&mut dw), Some(&mut db));
             assert!(max_rel(&dx, &want_dx) < 1e-5, "{s:?} dx");
-            assert!(linear_input_gradient(&w, &d_y, s) == dx, "{s:?} new dx");
             assert!(max_rel(&dw, &want_dw) < 1e-5, "{s:?} dweight");
             assert!(max_rel(&db, &want_db) < 1e-5, "{s:?} dbias");
             // Without bias the output is the bare product.
-            let mut bare = vec![f32::NAN; s.output_len()];
-            linear_forward(&x, &w, None, s, &mut bare);
+            let bare = linear_output(&x, &w, None, s);
             for (i, (&o, &b)) in out.iter().zip(&bare).enumerate() {
                 assert!((o - b - bias[i % d_out]).abs() < 1e-5, "{s:?} bias at {i}");
-            }
-        }
-    }
-
-    #[test]
-    fn a_new_output_holds_the_values_written_onto_a_given_one() {
-        // One product; several blocks of rows, the last one short; a single column.
-        for (rows, d_in, d_out) in [(70, 33, 130), (600, 40, 24), (1030, 7, 1)] {
-            let s = LinearShape { rows, d_in, d_out };
-            let x = pseudo_random(s.input_len(), 21, 1.0, 0.0);
-            let w = pseudo_random(s.weight_len(), 22, 1.0, 0.0);
-            let bias = pseudo_random(d_out, 23, 1.0, 0.0);
-            for bias in [Some(&bias[..]), None] {
-                let mut given = vec![f32::NAN; s.output_len()];
-                linear_forward(&x, &w, bias, s, &mut given);
-                for threads in [1, 3] {
-                    let new = on_threads(threads, || linear_output(&x, &w, bias, s));
-                    assert!(
-                        new == given,
-                        "{s:?} bias {} {threads} threads",
-                        bias.is_some()
-                    );
-                }
             }
         }
     }
@@ -400,17 +322,15 @@ mod tests {
             let (want, _, _, _) = reference(&round(&x), &round(&w), &bias, &d_y, s);
             let (_, want_dx, _, _) = reference(&x, &round(&w), &bias, &round(&d_y), s);
             let (_, _, want_dw, _) = reference(&round(&x), &w, &bias, &round(&d_y), s);
-            let mut out = vec![f32::NAN; s.output_len()];
-            forward(&x, &w, Some(&bias), s, &mut out, true);
+            let out = output(&x, &w, Some(&bias), s, true);
             assert!(max_rel(&out, &want) < 1e-5, "{s:?} forward");
-            let mut dx = vec![f32::NAN; s.input_len()];
+            let dx = input_gradient(&w, &d_y, s, true);
             let mut dw = vec![f32::NAN; s.weight_len()];
-            backward(&x, &w, &d_y, s, Some(&mut dx), Some(&mut dw), None, true);
+            parameter_gradients(&x, &d_y, s, Some(&mut dw), None, true);
             assert!(max_rel(&dx, &want_dx) < 1e-5, "{s:?} dx");
             assert!(max_rel(&dw, &want_dw) < 1e-5, "{s:?} dweight");
             // And it is bf16: the f32 result differs.
-            let mut exact = vec![0f32; s.output_len()];
-            forward(&x, &w, Some(&bias), s, &mut exact, false);
+            let exact = output(&x, &w, Some(&bias), s, false);
             assert!(max_rel(&exact, &want) > 1e-5, "{s:?} bf16 rounding visible");
         }
     }
@@ -431,13 +351,11 @@ mod tests {
         let d_y = pseudo_random(s.output_len(), 8, 1.0, 0.0);
         let run = |threads: usize| {
             on_threads(threads, || {
-                let mut out = vec![0f32; s.output_len()];
-                linear_forward(&x, &w, Some(&bias), s, &mut out);
-                let mut dx = vec![0f32; s.input_len()];
+                let out = linear_output(&x, &w, Some(&bias), s);
                 let mut dw = vec![0f32; s.weight_len()];
                 let mut db = vec![0f32; s.d_out];
-                linear_backward(&x, &w, &d_y, s, Some(&mut dx), Some(&mut dw), Some(&mut db));
-                (out, dx, dw, db, linear_input_gradient(&w, &d_y, s))
+                linear_parameter_gradients(&x, &d_y, s, Some(&mut dw), Some(&mut db));
+                (out, linear_input_gradient(&w, &d_y, s), dw, db)
             })
         };
         let one = run(1);

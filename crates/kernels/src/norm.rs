@@ -57,46 +57,10 @@ impl GroupNormShape {
     }
 }
 
-/// `out = silu?(gamma * (x - mean) / sqrt(var + eps) + beta)` with mean and (biased) variance
-/// per (sample, group). Writes `[mean, 1/sqrt(var + eps)]` per (sample, group) to `stats` when
-/// given: the backward pass needs them.
-#[allow(clippy::too_many_arguments)]
-pub fn group_norm_forward(
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    shape: GroupNormShape,
-    eps: f32,
-    silu: bool,
-    out: &mut [f32],
-    stats: Option<&mut [f32]>,
-) {
-    shape.check(x, gamma, beta);
-    assert_eq!(out.len(), x.len(), "output size");
-    if shape.is_empty() {
-        return;
-    }
-    let block = shape.group_channels() * shape.spatial;
-    let mut own_stats;
-    let stats = match stats {
-        Some(s) => {
-            assert_eq!(s.len(), shape.stats_len(), "stats size");
-            s
-        }
-        None => {
-            own_stats = vec![0f32; shape.stats_len()];
-            own_stats.as_mut_slice()
-        }
-    };
-    let forward = forward_unit(x, (gamma, beta), shape, eps, silu);
-    out.par_chunks_mut(block)
-        .zip(stats.par_chunks_mut(2))
-        .enumerate()
-        .for_each(|(unit, (out, stats))| forward(unit, out, stats));
-}
-
-/// [`group_norm_forward`] into a new buffer, each (sample, group) zeroed in cache just before
-/// it is written; with the statistics, `[mean, 1/sqrt(var + eps)]` per (sample, group).
+/// `silu?(gamma * (x - mean) / sqrt(var + eps) + beta)` with mean and (biased) variance per
+/// (sample, group), into a new buffer, each (sample, group) initialised in cache just before it
+/// is written; with the statistics the backward needs, `[mean, 1/sqrt(var + eps)]` per
+/// (sample, group).
 pub fn group_norm_output(
     x: &[f32],
     gamma: &[f32],
@@ -268,7 +232,7 @@ fn forward_group<S: Simd>(
     }
 }
 
-/// Gradients of [`group_norm_forward`]: `dx` (overwritten), `dgamma` and `dbeta` (overwritten
+/// Gradients of [`group_norm_output`]: `dx` (overwritten), `dgamma` and `dbeta` (overwritten
 /// with the sums over batch and space), from the input, the affine parameters, the `stats` the
 /// forward wrote and the output gradient `d_out`.
 #[allow(clippy::too_many_arguments)]
@@ -546,20 +510,7 @@ pub(crate) mod tests {
             let beta = values(channels, 3, 1.0, 0.0);
             let d_out = values(shape.len(), 4, 1.0, 0.0);
             let eps = 1e-5;
-            let mut out = vec![0f32; shape.len()];
-            let mut stats = vec![0f32; shape.stats_len()];
-            group_norm_forward(
-                &x,
-                &gamma,
-                &beta,
-                shape,
-                eps,
-                silu,
-                &mut out,
-                Some(&mut stats),
-            );
-            let new = group_norm_output(&x, &gamma, &beta, shape, eps, silu);
-            assert!(new == (out.clone(), stats.clone()), "{shape:?} new output");
+            let (out, stats) = group_norm_output(&x, &gamma, &beta, shape, eps, silu);
             let (mut dx, mut dgamma, mut dbeta) = (
                 vec![0f32; shape.len()],
                 vec![0f32; channels],
@@ -604,18 +555,7 @@ pub(crate) mod tests {
         let beta = values(12, 10, 1.0, 0.0);
         let d_out = values(shape.len(), 11, 1.0, 0.0);
         let run = || {
-            let mut out = vec![0f32; shape.len()];
-            let mut stats = vec![0f32; shape.stats_len()];
-            group_norm_forward(
-                &x,
-                &gamma,
-                &beta,
-                shape,
-                1e-5,
-                true,
-                &mut out,
-                Some(&mut stats),
-            );
+            let (out, stats) = group_norm_output(&x, &gamma, &beta, shape, 1e-5, true);
             let (mut dx, mut dgamma, mut dbeta) =
                 (vec![0f32; shape.len()], vec![0f32; 12], vec![0f32; 12]);
             group_norm_backward(
@@ -635,33 +575,5 @@ pub(crate) mod tests {
         let one = on_threads(1, run);
         let three = on_threads(3, run);
         assert!(one == three, "results differ between 1 and 3 threads");
-    }
-
-    #[test]
-    fn forward_without_stats_matches_forward_with_them() {
-        let shape = GroupNormShape {
-            batch: 2,
-            channels: 8,
-            groups: 2,
-            spatial: 20,
-        };
-        let x = values(shape.len(), 5, 1.0, 0.0);
-        let gamma = values(8, 6, 1.0, 1.0);
-        let beta = values(8, 7, 1.0, 0.0);
-        let mut a = vec![0f32; shape.len()];
-        let mut b = vec![0f32; shape.len()];
-        let mut stats = vec![0f32; shape.stats_len()];
-        group_norm_forward(&x, &gamma, &beta, shape, 1e-6, true, &mut a, None);
-        group_norm_forward(
-            &x,
-            &gamma,
-            &beta,
-            shape,
-            1e-6,
-            true,
-            &mut b,
-            Some(&mut stats),
-        );
-        assert_eq!(a, b);
     }
 }

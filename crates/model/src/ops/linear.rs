@@ -6,7 +6,7 @@ use burn::backend::flex::FlexTensor;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
 use ldmscale_kernels::{
-    LinearShape, linear_backward, linear_input_gradient, linear_output, zeroed,
+    LinearShape, linear_input_gradient, linear_output, linear_parameter_gradients, zeroed,
 };
 
 use super::buffers::{flex, shaped_like, values};
@@ -62,12 +62,10 @@ fn backward(s: Saved, d_out: FlexTensor, needed: [bool; 3]) -> [Option<FlexTenso
     let dx = need_x.then(|| linear_input_gradient(values(&s.weight), values(&d_out), shape));
     let mut dweight = need_weight.then(|| zeroed(shape.weight_len()));
     let mut dbias = need_bias.then(|| zeroed(shape.d_out));
-    linear_backward(
+    linear_parameter_gradients(
         values(&s.x),
-        values(&s.weight),
         values(&d_out),
         shape,
-        None,
         dweight.as_deref_mut(),
         dbias.as_deref_mut(),
     );
