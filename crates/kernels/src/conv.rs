@@ -12,7 +12,7 @@
 
 use crate::bf16::{PackedLhs, conv_product_on_tiles, products_in_bf16};
 use crate::buffer::zeroed;
-use crate::product::{inner_parallelism, product, product_packed, transpose};
+use crate::product::{inner_parallelism, product, product_packed, sum_partials, transpose};
 use crate::winograd;
 use rayon::prelude::*;
 
@@ -412,23 +412,6 @@ fn backward(
     } else {
         dweight.copy_from_slice(sum_t);
     }
-}
-
-/// The sum of the consecutive partial sums of `len` values in `partials`, added in their order
-/// (so the result does not depend on which task finished first), into and returned as the
-/// first.
-pub(crate) fn sum_partials(partials: &mut [f32], len: usize) -> &[f32] {
-    let (sum, rest) = partials.split_at_mut(len);
-    sum.par_chunks_mut(4096)
-        .enumerate()
-        .for_each(|(chunk, dst)| {
-            for partial in rest.chunks_exact(len) {
-                for (d, &p) in dst.iter_mut().zip(&partial[chunk * 4096..]) {
-                    *d += p;
-                }
-            }
-        });
-    sum
 }
 
 /// The input gradient as products into a gathered `dcol = Wᵀ dY` scattered back to `dx`

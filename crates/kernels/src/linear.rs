@@ -12,8 +12,8 @@
 use rayon::prelude::*;
 
 use crate::bf16::products_in_bf16;
-use crate::buffer::zeroed;
-use crate::product::{inner_parallelism, product, product_into_new, transpose};
+use crate::buffer::{filled_in_blocks, zeroed};
+use crate::product::{inner_parallelism, product, product_into_new, sum_partials, transpose};
 
 /// Sizes of one dense layer application.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,41 +51,30 @@ fn weight_gradient_by_row_blocks(x: &[f32], d_out: &[f32], shape: LinearShape, d
         d_in,
         d_out: n_out,
     } = shape;
-    let partials: Vec<Vec<f32>> = (0..rows.div_ceil(REDUCTION_ROWS))
-        .into_par_iter()
-        .map(|block| {
+    // Each block's partial is zeroed in cache just before its product overwrites it.
+    let block_len = d_in * n_out;
+    let (mut partials, _) = filled_in_blocks(
+        rows.div_ceil(REDUCTION_ROWS) * block_len,
+        block_len,
+        &[0.0],
+        |block, partial| {
             let (first, count) = (
                 block * REDUCTION_ROWS,
                 REDUCTION_ROWS.min(rows - block * REDUCTION_ROWS),
             );
-            let mut partial = vec![0f32; d_in * n_out];
             product(
                 (d_in, n_out, count),
-                &mut partial,
+                partial,
                 false,
                 (&x[first * d_in..], 1, d_in),
                 (&d_out[first * n_out..], n_out, 1),
                 gemm::Parallelism::None,
                 false,
             );
-            partial
-        })
-        .collect();
-    dw.par_chunks_mut(SUM_BLOCK)
-        .enumerate()
-        .for_each(|(block, sums)| {
-            let start = block * SUM_BLOCK;
-            sums.copy_from_slice(&partials[0][start..][..sums.len()]);
-            for partial in &partials[1..] {
-                for (s, &p) in sums.iter_mut().zip(&partial[start..]) {
-                    *s += p;
-                }
-            }
-        });
+        },
+    );
+    dw.copy_from_slice(sum_partials(&mut partials, block_len));
 }
-
-/// Values per task when partial weight gradients are added up.
-const SUM_BLOCK: usize = 16 * 1024;
 
 /// Columns summed per task in the bias gradient.
 const COLUMN_BLOCK: usize = 64;

@@ -216,6 +216,23 @@ pub(crate) fn inner_parallelism(tasks: usize) -> Parallelism {
     }
 }
 
+/// The sum of the consecutive partial sums of `len` values in `partials`, added in their order
+/// (so the result does not depend on which task finished first), into and returned as the
+/// first.
+pub(crate) fn sum_partials(partials: &mut [f32], len: usize) -> &[f32] {
+    let (sum, rest) = partials.split_at_mut(len);
+    sum.par_chunks_mut(4096)
+        .enumerate()
+        .for_each(|(chunk, dst)| {
+            for partial in rest.chunks_exact(len) {
+                for (d, &p) in dst.iter_mut().zip(&partial[chunk * 4096..]) {
+                    *d += p;
+                }
+            }
+        });
+    sum
+}
+
 /// The `[cols, rows]` transpose (row-major) of the `[rows, cols]` matrix whose row `r` starts at
 /// `m[r * row_stride]`.
 pub(crate) fn transpose(m: &[f32], rows: usize, cols: usize, row_stride: usize) -> Vec<f32> {

@@ -15,8 +15,8 @@ use rayon::prelude::*;
 pub(crate) mod f4;
 
 use crate::buffer::zeroed;
-use crate::conv::{ConvShape, sum_partials};
-use crate::product::{inner_parallelism, product, transpose};
+use crate::conv::ConvShape;
+use crate::product::{inner_parallelism, product, sum_partials, transpose};
 use crate::simd::{Simd, copy_prefix, multiversion};
 
 /// Points of the 4x4 transform domain: one matrix product each.
